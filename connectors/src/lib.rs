@@ -1,0 +1,19 @@
+//! Waymark's connectors: workflow files, the HTTP source and the SQLite destination.
+//!
+//! # Layout
+//! - [`workflow`]: the TOML workflow file, validated, with `file:line:col` errors, its
+//!   canonical digest, and the engine [`Plan`](waymark_engine::Plan) of each stream.
+//! - [`http`]: [`HttpSource`], a paginated JSON API over reqwest (rustls).
+//! - [`sqlite`]: [`SqliteDestination`], idempotent versioned upserts with the checkpoint in
+//!   the same transaction (rusqlite, bundled SQLite).
+//! - [`record`]: reading a record's key and version.
+#![deny(missing_docs)]
+
+pub mod http;
+pub mod record;
+pub mod sqlite;
+pub mod workflow;
+
+pub use http::HttpSource;
+pub use sqlite::SqliteDestination;
+pub use workflow::Workflow;

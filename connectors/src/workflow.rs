@@ -1,0 +1,576 @@
+//! Workflow files: one TOML file describes one sync (source, streams, destination).
+//!
+//! Loading resolves and validates everything before the engine is touched: unknown keys
+//! and wrong types are errors with `file:line:col`, then semantic checks run. Each stream's
+//! [`Plan`] carries a digest of the canonical form of the parts that affect it, so an
+//! unfinished run refuses to resume under a changed file and says which keys changed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use waymark_engine::{Plan, Timestamp};
+
+/// A workflow file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, an unknown key, or a wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// Parsed, but does not make sense.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key path (`stream.orders.primary_key`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No stream of that name.
+    #[error("{path}: no stream named `{name}` (streams: {known})")]
+    UnknownStream {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The streams the file has.
+        known: String,
+    },
+}
+
+/// A duration written like `30s`, `5m`, `7d`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Span(pub Duration);
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Span).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. \"30s\", \"5m\", \"7d\""
+            ))
+        })
+    }
+}
+
+/// The `[sync]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// Name of the sync; with the stream name it identifies checkpoints.
+    pub name: String,
+    /// How long journals of finished runs are kept (default 30 days).
+    #[serde(default = "default_keep")]
+    pub keep: Span,
+}
+
+fn default_keep() -> Span {
+    Span(Duration::from_secs(30 * 24 * 3600))
+}
+
+/// The `[source]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// Only `"http"` for now.
+    pub kind: SourceKind,
+    /// Base URL; `${VAR}` is replaced by the environment variable `VAR` at run time.
+    pub base_url: String,
+    /// Per-request timeout (default 30s).
+    #[serde(default = "default_timeout")]
+    pub timeout: Span,
+    /// Attempts per page before the run fails (default 6).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_timeout() -> Span {
+    Span(Duration::from_secs(30))
+}
+
+fn default_attempts() -> u32 {
+    6
+}
+
+/// Source kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A paginated JSON API.
+    Http,
+}
+
+/// A stream's pagination.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    /// Only `"cursor"` for now: a token from the body, sent back as a query parameter.
+    pub kind: PaginationKind,
+    /// Dotted path of the next-page token in the response body.
+    pub cursor_path: String,
+    /// Query parameter that carries the token.
+    pub cursor_param: String,
+    /// Query parameter that carries the page size (optional).
+    pub limit_param: Option<String>,
+}
+
+/// Pagination kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaginationKind {
+    /// Token in the body, sent back as a query parameter.
+    Cursor,
+}
+
+/// A stream's incremental window.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSection {
+    /// The watermark is `now − lag` (default 0s).
+    #[serde(default)]
+    pub lag: Span,
+    /// A new window re-reads this much before the last watermark (default 0s).
+    #[serde(default)]
+    pub overlap: Span,
+    /// Start of the first window, RFC 3339 (default: from the beginning).
+    pub start: Option<String>,
+    /// Query parameter that receives the window start (RFC 3339), if the API filters.
+    pub start_param: Option<String>,
+    /// Query parameter that receives the watermark (RFC 3339), if the API filters.
+    pub end_param: Option<String>,
+}
+
+/// One `[[stream]]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// Name; also the destination table (letters, digits, `_`).
+    pub name: String,
+    /// Path appended to the base URL.
+    pub path: String,
+    /// Dotted path of the records array in the response body (empty: the body is the array).
+    #[serde(default)]
+    pub records: String,
+    /// Dotted path of the primary key in a record.
+    pub primary_key: String,
+    /// Dotted path of the version (e.g. `updated_at`): an older version never overwrites a
+    /// newer one.
+    pub cursor_field: Option<String>,
+    /// Records per page requested (default 100).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// How pages follow each other.
+    pub pagination: Pagination,
+    /// The incremental window.
+    #[serde(default)]
+    pub window: WindowSection,
+}
+
+fn default_page_size() -> u32 {
+    100
+}
+
+/// The `[destination]` table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSection {
+    /// Only `"sqlite"` for now.
+    pub kind: DestinationKind,
+    /// Database file, relative to the workflow file's directory.
+    pub path: String,
+}
+
+/// Destination kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationKind {
+    /// SQLite file (embedded, nothing to install).
+    Sqlite,
+}
+
+/// The parsed file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// `[sync]`
+    pub sync: SyncSection,
+    /// `[source]`
+    pub source: SourceSection,
+    /// `[[stream]]`
+    pub stream: Vec<StreamSection>,
+    /// `[destination]`
+    pub destination: DestinationSection,
+}
+
+/// A loaded, validated workflow.
+#[derive(Clone, Debug)]
+pub struct Workflow {
+    path: PathBuf,
+    file: File,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Workflow {
+    /// Reads and validates a workflow file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates workflow text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let file: File = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            Error::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let workflow = Workflow {
+            path: path.to_path_buf(),
+            file,
+        };
+        workflow.validate()?;
+        Ok(workflow)
+    }
+
+    fn invalid(&self, key: String, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            path: self.path.clone(),
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if !valid_name(&self.file.sync.name) {
+            return Err(self.invalid("sync.name".into(), "use letters, digits, `_` or `-`"));
+        }
+        if self.file.stream.is_empty() {
+            return Err(self.invalid("stream".into(), "declare at least one [[stream]]"));
+        }
+        if self.file.source.max_attempts == 0 {
+            return Err(self.invalid("source.max_attempts".into(), "must be at least 1"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.file.stream {
+            let key = |k: &str| format!("stream.{}.{k}", s.name);
+            if !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || s.name.is_empty()
+            {
+                return Err(self.invalid(
+                    key("name"),
+                    "use letters, digits and `_` (it names a table)",
+                ));
+            }
+            if s.name.starts_with("_waymark") {
+                return Err(
+                    self.invalid(key("name"), "names starting with `_waymark` are reserved")
+                );
+            }
+            if !seen.insert(&s.name) {
+                return Err(self.invalid(key("name"), "two streams have this name"));
+            }
+            if s.primary_key.trim().is_empty() {
+                return Err(self.invalid(key("primary_key"), "every stream needs a primary key"));
+            }
+            if s.page_size == 0 {
+                return Err(self.invalid(key("page_size"), "must be at least 1"));
+            }
+            if let Some(start) = &s.window.start {
+                humantime::parse_rfc3339_weak(start).map_err(|e| {
+                    self.invalid(
+                        key("window.start"),
+                        format!("`{start}` is not an RFC 3339 time ({e})"),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The sync's name.
+    pub fn name(&self) -> &str {
+        &self.file.sync.name
+    }
+
+    /// Retention of finished runs' journals.
+    pub fn keep(&self) -> Duration {
+        self.file.sync.keep.0
+    }
+
+    /// The streams, in file order.
+    pub fn streams(&self) -> &[StreamSection] {
+        &self.file.stream
+    }
+
+    /// The stream called `name`.
+    pub fn stream(&self, name: &str) -> Result<&StreamSection, Error> {
+        self.file
+            .stream
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::UnknownStream {
+                path: self.path.clone(),
+                name: name.to_string(),
+                known: self
+                    .file
+                    .stream
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The destination database path, resolved against the workflow file's directory.
+    pub fn destination_path(&self) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        base.join(&self.file.destination.path)
+    }
+
+    /// The canonical key/values of everything that affects `stream`'s runs (retention
+    /// excluded), sorted by key.
+    pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
+        let value = serde_json::json!({
+            "sync": { "name": self.file.sync.name },
+            "source": self.file.source,
+            "stream": stream,
+            "destination": self.file.destination,
+        });
+        let mut out = Vec::new();
+        flatten("", &value, &mut out);
+        out.sort();
+        out
+    }
+
+    /// The engine's plan for one stream's run.
+    pub fn plan(&self, stream: &StreamSection, fresh: bool) -> Plan {
+        let fingerprint = self.fingerprint(stream);
+        let mut hasher = Sha256::new();
+        for (k, v) in &fingerprint {
+            hasher.update(k.as_bytes());
+            hasher.update([0]);
+            hasher.update(v.as_bytes());
+            hasher.update([0]);
+        }
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let start = stream
+            .window
+            .start
+            .as_deref()
+            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+            .map(Timestamp::from_system);
+        Plan {
+            sync: self.file.sync.name.clone(),
+            stream: stream.name.clone(),
+            workflow_digest: digest,
+            workflow_path: std::fs::canonicalize(&self.path)
+                .unwrap_or_else(|_| self.path.clone())
+                .display()
+                .to_string(),
+            fingerprint,
+            lag: stream.window.lag.0,
+            overlap: stream.window.overlap.0,
+            start,
+            fresh,
+        }
+    }
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// Replaces `${VAR}` with the environment variable `VAR`; a missing variable is an error
+/// naming it (its value is never printed).
+pub fn expand_env(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed `${{` in `{text}`"));
+        };
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[sync]
+name = "shop"
+
+[source]
+kind = "http"
+base_url = "http://127.0.0.1:1"
+
+[[stream]]
+name = "orders"
+path = "/orders"
+records = "data"
+primary_key = "id"
+cursor_field = "updated_at"
+pagination = { kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor" }
+
+[destination]
+kind = "sqlite"
+path = "shop.db"
+"#;
+
+    #[test]
+    fn unknown_key_is_reported_with_line_and_column() {
+        let text = GOOD.replace("records = \"data\"", "recrods = \"data\"");
+        let err = Workflow::parse(Path::new("w.toml"), &text)
+            .map(|_| ())
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("w.toml:10:1: unknown field `recrods`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_and_bad_duration_are_reported() {
+        let text = GOOD.replace("kind = \"http\"", "kind = \"http\"\ntimeout = \"soon\"");
+        let msg = Workflow::parse(Path::new("w.toml"), &text)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("w.toml:7:11:") && msg.contains("`soon` is not a duration"),
+            "{msg}"
+        );
+        let text = GOOD.replace("path = \"/orders\"", "path = 3");
+        let msg = Workflow::parse(Path::new("w.toml"), &text)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("w.toml:11:8:") && msg.contains("expected a string"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let text = GOOD.replace("primary_key = \"id\"", "primary_key = \"\"");
+        let msg = Workflow::parse(Path::new("w.toml"), &text)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "w.toml: stream.orders.primary_key: every stream needs a primary key"
+        );
+    }
+
+    #[test]
+    fn digest_ignores_formatting_and_names_changes() -> Result<(), Error> {
+        let a = Workflow::parse(Path::new("w.toml"), GOOD)?;
+        let b = Workflow::parse(Path::new("w.toml"), &format!("# comment\n{GOOD}"))?;
+        let c = Workflow::parse(Path::new("w.toml"), &GOOD.replace("\"id\"", "\"order_id\""))?;
+        let plan = |w: &Workflow| w.plan(&w.streams()[0], false);
+        assert_eq!(plan(&a).workflow_digest, plan(&b).workflow_digest);
+        assert_ne!(plan(&a).workflow_digest, plan(&c).workflow_digest);
+        assert!(plan(&a)
+            .fingerprint
+            .contains(&("stream.primary_key".into(), "\"id\"".into())));
+        Ok(())
+    }
+
+    #[test]
+    fn expands_environment_variables() {
+        std::env::set_var("WAYMARK_TEST_HOST", "example.test");
+        assert_eq!(
+            expand_env("http://${WAYMARK_TEST_HOST}/x").as_deref(),
+            Ok("http://example.test/x")
+        );
+        assert!(expand_env("${WAYMARK_TEST_MISSING_VAR}").is_err());
+    }
+}

@@ -1,0 +1,401 @@
+//! The driver: the only part of the engine that performs I/O.
+//!
+//! [`open`] starts a stream's run or picks up its unfinished one; [`drive`] loops: decide
+//! the next action from the state (pure), perform it through the [`Source`], [`Staging`]
+//! or [`Destination`], append the resulting event to the journal (flushed where
+//! [`Event::needs_flush`] says), fold it, repeat.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::checkpoint::Checkpoint;
+use crate::decision::{decide, on_fetch_failure, Action, Budget, FetchFailure, RetryPolicy};
+use crate::destination::{self, Batch, Destination};
+use crate::event::{Event, PageFetched, RunId, RunStarted, StartFrom};
+use crate::journal::{self, Backend, Journal};
+use crate::source::{PageRequest, Source};
+use crate::staging::{self, Staging};
+use crate::state::{RunState, Status};
+use crate::time::{Clock, Timestamp};
+use crate::window::Window;
+
+/// A failure that stops the driver. Source and destination failures are not here: they
+/// are journaled as `RunFailed` and the run can be resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] journal::Error),
+    /// Staging failed.
+    #[error(transparent)]
+    Staging(#[from] staging::Error),
+    /// The workflow changed since the unfinished run started.
+    #[error(
+        "run {run} of {stream} started under a different version of {path}; changed: {}. \
+         Restore the file to finish that run, or pass --fresh to abandon it and start a new \
+         run from the last committed checkpoint",
+        changes.join("; ")
+    )]
+    WorkflowChanged {
+        /// The unfinished run.
+        run: RunId,
+        /// The stream.
+        stream: String,
+        /// The workflow file.
+        path: String,
+        /// What changed, one entry per key.
+        changes: Vec<String>,
+    },
+    /// The run is finished and cannot be resumed.
+    #[error("run {run} is {status}; nothing to resume (`waymark run` starts a new one)")]
+    Finished {
+        /// The run.
+        run: RunId,
+        /// Its status.
+        status: &'static str,
+    },
+    /// The destination could not tell its checkpoint.
+    #[error("reading the destination's checkpoint failed: {0}")]
+    Destination(#[from] destination::Error),
+}
+
+/// Everything needed to start or resume one stream's run, resolved from the workflow file.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Sync name.
+    pub sync: String,
+    /// Stream name.
+    pub stream: String,
+    /// Digest of the workflow's canonical form.
+    pub workflow_digest: String,
+    /// Path of the workflow file.
+    pub workflow_path: String,
+    /// The workflow's canonical key/values, to name what changed between two digests.
+    pub fingerprint: Vec<(String, String)>,
+    /// The watermark is `now − lag`.
+    pub lag: Duration,
+    /// A new window starts this long before the previous watermark, to re-read late updates.
+    pub overlap: Duration,
+    /// Window start of the stream's first run (`None`: from the beginning).
+    pub start: Option<Timestamp>,
+    /// Abandon an unfinished run and start a new one.
+    pub fresh: bool,
+}
+
+/// Limits and retry behaviour of one invocation.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// Retry policy for fetches.
+    pub retry: RetryPolicy,
+    /// Fetch at most this many pages, then pause.
+    pub max_pages: Option<u64>,
+    /// Run at most this long, then pause.
+    pub max_duration: Option<Duration>,
+    /// Seed of the jitter generator.
+    pub jitter_seed: u64,
+}
+
+/// Starts a new run of the plan's stream, or resumes its unfinished run.
+pub async fn open<B: Backend, D: Destination>(
+    journal: &mut Journal<B>,
+    staging: &Staging,
+    destination: &mut D,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<RunState, Error> {
+    let active = match journal.active_run(&plan.sync, &plan.stream) {
+        Ok(active) => active,
+        Err(e @ journal::Error::Corrupt { .. }) if !plan.fresh => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!("--fresh: forgetting the damaged unfinished-run pointer: {e}");
+            journal.clear_active_run(&plan.sync, &plan.stream)?;
+            None
+        }
+    };
+    if let Some(run) = active {
+        match journal.load(run) {
+            Ok(state) if !plan.fresh => return resume(journal, state, plan, now),
+            Ok(state) => {
+                let reason = "abandoned by --fresh".to_string();
+                journal.append(state, &Event::RunAbandoned { reason, at: now })?;
+                staging.remove_run(run)?;
+            }
+            Err(e) if !plan.fresh => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("--fresh: abandoning damaged run {run}: {e}");
+                journal.clear_active_run(&plan.sync, &plan.stream)?;
+                staging.remove_run(run)?;
+            }
+        }
+    }
+    let start_from = match journal.checkpoint(&plan.sync, &plan.stream)? {
+        Some(checkpoint) => StartFrom::Journal(checkpoint),
+        None => match destination.checkpoint().await? {
+            Some(checkpoint) => {
+                tracing::warn!(
+                    "{}/{}: no checkpoint in the journal; continuing from the destination's copy (run {}, page {})",
+                    plan.sync, plan.stream, checkpoint.run_id, checkpoint.page
+                );
+                StartFrom::Destination(checkpoint)
+            }
+            None => StartFrom::Beginning,
+        },
+    };
+    let (window, start_cursor) = window_after(start_from_checkpoint(&start_from), plan, now);
+    let started = RunStarted {
+        run_id: RunId::new(),
+        sync: plan.sync.clone(),
+        stream: plan.stream.clone(),
+        workflow_digest: plan.workflow_digest.clone(),
+        workflow_path: plan.workflow_path.clone(),
+        window,
+        start_cursor,
+        start_from,
+        at: now,
+    };
+    Ok(journal.start(started, &plan.fingerprint)?)
+}
+
+fn start_from_checkpoint(start: &StartFrom) -> Option<&Checkpoint> {
+    match start {
+        StartFrom::Beginning => None,
+        StartFrom::Journal(c) | StartFrom::Destination(c) => Some(c),
+    }
+}
+
+/// The window and start cursor of a new run after `previous`. Pure.
+///
+/// After a completed window the new one starts `overlap` before the old watermark, from
+/// the source's first page. After an unfinished one (abandoned, or a lost journal) it keeps
+/// the old start and continues from the committed cursor, up to a new watermark.
+pub fn window_after(
+    previous: Option<&Checkpoint>,
+    plan: &Plan,
+    now: Timestamp,
+) -> (Window, Option<String>) {
+    let end = now.saturating_sub(plan.lag);
+    let (start, cursor) = match previous {
+        None => (plan.start, None),
+        Some(c) if c.complete => (Some(c.window.end.saturating_sub(plan.overlap)), None),
+        Some(c) => (c.window.start, c.cursor.clone()),
+    };
+    (
+        Window {
+            start: start.map(|s| s.min(end)),
+            end,
+        },
+        cursor,
+    )
+}
+
+/// Resumes a run that is not finished: refuses if the workflow changed, else journals
+/// `RunResumed` and returns the folded state.
+pub fn resume<B: Backend>(
+    journal: &mut Journal<B>,
+    state: RunState,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<RunState, Error> {
+    let run = state.run_id();
+    if state.status.is_finished() {
+        return Err(Error::Finished {
+            run,
+            status: state.status.name(),
+        });
+    }
+    if state.started.workflow_digest != plan.workflow_digest {
+        let before = journal
+            .fingerprint(&state.started.workflow_digest)?
+            .unwrap_or_default();
+        return Err(Error::WorkflowChanged {
+            run,
+            stream: state.started.stream.clone(),
+            path: plan.workflow_path.clone(),
+            changes: diff(&before, &plan.fingerprint),
+        });
+    }
+    Ok(journal.append(
+        state,
+        &Event::RunResumed {
+            pid: std::process::id(),
+            at: now,
+        },
+    )?)
+}
+
+/// Names the keys that differ between two canonical workflows.
+fn diff(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let old: BTreeMap<_, _> = before.iter().map(|(k, v)| (k, v)).collect();
+    let new: BTreeMap<_, _> = after.iter().map(|(k, v)| (k, v)).collect();
+    let mut changes = Vec::new();
+    for (key, value) in &old {
+        match new.get(key) {
+            None => changes.push(format!("{key} removed (was {value})")),
+            Some(now) if now != value => changes.push(format!("{key}: {value} -> {now}")),
+            Some(_) => {}
+        }
+    }
+    for (key, value) in &new {
+        if !old.contains_key(key) {
+            changes.push(format!("{key} added ({value})"));
+        }
+    }
+    if changes.is_empty() {
+        changes.push("the workflow's digest (its earlier form is not in the journal)".into());
+    }
+    changes
+}
+
+struct Jitter(u64);
+
+impl Jitter {
+    /// splitmix64, mapped to [0, 1).
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Drives a run until it completes, pauses, fails, or a stop is requested. Returns the
+/// final state; `observe` sees every event after it is journaled.
+#[allow(clippy::too_many_arguments)]
+pub async fn drive<B, S, D>(
+    journal: &mut Journal<B>,
+    staging: &Staging,
+    source: &mut S,
+    destination: &mut D,
+    clock: &dyn Clock,
+    settings: &Settings,
+    stop: &AtomicBool,
+    mut state: RunState,
+    observe: &mut (dyn FnMut(&RunState, &Event) + Send),
+) -> Result<RunState, Error>
+where
+    B: Backend,
+    S: Source,
+    D: Destination,
+{
+    let began = clock.now();
+    let mut fetched = 0u64;
+    let mut jitter = Jitter(settings.jitter_seed);
+    let run = state.run_id();
+    loop {
+        let budget = Budget {
+            pages_left: settings.max_pages.map(|max| max.saturating_sub(fetched)),
+            out_of_time: settings
+                .max_duration
+                .is_some_and(|d| clock.now().since(began) >= d),
+            interrupted: stop.load(Ordering::SeqCst),
+        };
+        let action = decide(&state, &budget);
+        let event = match &action {
+            Action::Stop => return Ok(state),
+            Action::Fetch { page, cursor } => {
+                let request = PageRequest {
+                    page: *page,
+                    cursor: cursor.as_deref(),
+                    window: state.window(),
+                };
+                match source.fetch(request).await {
+                    Ok(fetched_page) => {
+                        let staged = staging.stage(run, *page, &fetched_page.records)?;
+                        fetched += 1;
+                        Event::PageFetched(PageFetched {
+                            page: *page,
+                            request_cursor: cursor.clone(),
+                            next_cursor: fetched_page.next_cursor,
+                            records: fetched_page.records.len() as u64,
+                            bytes: staged.bytes,
+                            checksum: staged.checksum,
+                            at: clock.now(),
+                        })
+                    }
+                    Err(e) => {
+                        let failure = FetchFailure {
+                            page: *page,
+                            retryable: e.retryable,
+                            retry_after: e.retry_after,
+                            message: e.message,
+                        };
+                        on_fetch_failure(
+                            &state,
+                            &failure,
+                            &settings.retry,
+                            jitter.next(),
+                            clock.now(),
+                        )
+                    }
+                }
+            }
+            Action::Write { page } => {
+                let now = clock.now();
+                let (Some(pending), Some(checkpoint)) = (
+                    state.pending.iter().find(|p| p.fetched.page == *page),
+                    state.checkpoint_after(*page, now),
+                ) else {
+                    // `decide` only names pending pages; anything else is a bug in it.
+                    return Err(Error::Journal(journal::Error::Inconsistent {
+                        run,
+                        source: crate::state::Invalid {
+                            event: "batch_written",
+                            status: state.status.name(),
+                            seq: state.last_seq,
+                            why: format!("page {page} is not pending"),
+                        },
+                    }));
+                };
+                let records = staging.read(run, *page, pending.fetched.checksum)?;
+                let batch = Batch {
+                    run_id: run,
+                    page: *page,
+                    records: &records,
+                    checkpoint: &checkpoint,
+                };
+                match destination.write(batch).await {
+                    Ok(ack) => Event::BatchWritten {
+                        page: *page,
+                        ack,
+                        at: clock.now(),
+                    },
+                    Err(e) => Event::RunFailed {
+                        error: format!("destination refused page {page}: {e}"),
+                        at: clock.now(),
+                    },
+                }
+            }
+            Action::Commit { page } => Event::CursorCommitted {
+                page: *page,
+                at: clock.now(),
+            },
+            Action::Complete => Event::RunCompleted { at: clock.now() },
+            Action::Pause(reason) => Event::RunPaused {
+                reason: reason.clone(),
+                at: clock.now(),
+            },
+        };
+        state = journal.append(state, &event)?;
+        tracing::debug!(run = %run, seq = state.last_seq, step = event.name(), "journaled");
+        observe(&state, &event);
+        match &event {
+            Event::CursorCommitted { page, .. } => staging.remove(run, *page)?,
+            Event::RequestRetried { wait_ms, .. } => sleep(*wait_ms, stop).await,
+            _ if state.status == Status::Completed => staging.remove_run(run)?,
+            _ => {}
+        }
+    }
+}
+
+/// Sleeps `ms`, waking early when a stop is requested.
+async fn sleep(ms: u64, stop: &AtomicBool) {
+    let mut left = Duration::from_millis(ms);
+    while !left.is_zero() && !stop.load(Ordering::SeqCst) {
+        let slice = left.min(Duration::from_millis(100));
+        tokio::time::sleep(slice).await;
+        left -= slice;
+    }
+}

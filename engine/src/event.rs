@@ -1,0 +1,277 @@
+//! The journaled facts of a run.
+//!
+//! Every step transition of a run is one [`Event`], appended to the journal before the next
+//! step starts. Events are plain data: they carry the time they happened and everything the
+//! fold needs, so replaying them never touches the network, the clock or the destination.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::checkpoint::Checkpoint;
+use crate::time::Timestamp;
+use crate::window::Window;
+
+/// Identifies one run of one stream. Version-7 UUIDs sort by creation time, so journal keys
+/// ordered by run id are ordered by age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RunId(pub Uuid);
+
+impl RunId {
+    /// A new, time-ordered run id.
+    pub fn new() -> Self {
+        RunId(Uuid::now_v7())
+    }
+
+    /// The 16 bytes used in journal keys.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        RunId::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(RunId)
+    }
+}
+
+/// What the destination reported for one written batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteAck {
+    /// Records that were new.
+    pub inserted: u64,
+    /// Records that replaced an older version.
+    pub updated: u64,
+    /// Records identical to what was stored.
+    pub unchanged: u64,
+    /// Records older than the stored version, left alone.
+    pub skipped_stale: u64,
+    /// Records the destination refused individually and put in the dead-letter store.
+    pub dead_lettered: u64,
+    /// True when the destination had already committed this batch (a crash came between its
+    /// commit and our journal entry); the counts are the ones stored with that commit.
+    pub replayed: bool,
+}
+
+impl WriteAck {
+    /// Records the destination handled, whatever the outcome.
+    pub fn total(&self) -> u64 {
+        self.inserted + self.updated + self.unchanged + self.skipped_stale + self.dead_lettered
+    }
+}
+
+/// Where a new run's starting point came from; journaled so the choice is never silent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartFrom {
+    /// No checkpoint anywhere: the stream's first run.
+    Beginning,
+    /// The stream's committed checkpoint in the journal.
+    Journal(Checkpoint),
+    /// The journal had no checkpoint but the destination held one (journal lost or reset).
+    Destination(Checkpoint),
+}
+
+/// Why a run paused (it can be continued by the next `waymark run`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PauseReason {
+    /// `--max-pages` pages were fetched in this invocation.
+    PageBudget(u64),
+    /// `--max-duration` ran out.
+    TimeBudget,
+    /// The process was asked to stop (SIGINT/SIGTERM) and stopped at a step boundary.
+    Interrupted,
+}
+
+impl fmt::Display for PauseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PauseReason::PageBudget(n) => write!(f, "page budget of {n} reached"),
+            PauseReason::TimeBudget => write!(f, "time budget reached"),
+            PauseReason::Interrupted => write!(f, "interrupted"),
+        }
+    }
+}
+
+/// The start of a run, with everything fixed for its whole life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStarted {
+    /// This run.
+    pub run_id: RunId,
+    /// The sync (workflow) name.
+    pub sync: String,
+    /// The stream name.
+    pub stream: String,
+    /// Digest of the workflow's canonical form; resuming under another digest is refused.
+    pub workflow_digest: String,
+    /// Path of the workflow file, so `waymark resume <run-id>` can find it.
+    pub workflow_path: String,
+    /// The window, whose end is the watermark.
+    pub window: Window,
+    /// Cursor of the first fetch (`None`: the source's first page).
+    pub start_cursor: Option<String>,
+    /// Where the start came from.
+    pub start_from: StartFrom,
+    /// When the run started.
+    pub at: Timestamp,
+}
+
+/// A fetched page whose records are staged (durably, with a checksum) before any write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageFetched {
+    /// Page number within the run, from 1.
+    pub page: u64,
+    /// The cursor the page was requested with.
+    pub request_cursor: Option<String>,
+    /// The cursor of the page after it (`None`: this was the last page).
+    pub next_cursor: Option<String>,
+    /// Records on the page.
+    pub records: u64,
+    /// Size of the staged page in bytes.
+    pub bytes: u64,
+    /// CRC-32 of the staged page, checked when it is read back.
+    pub checksum: u32,
+    /// When the page arrived.
+    pub at: Timestamp,
+}
+
+/// One journaled fact about a run. Match exhaustively: a new variant must be handled
+/// everywhere before it compiles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The run began with a fixed window.
+    RunStarted(RunStarted),
+    /// A process picked the run up again (after a crash, pause or failure).
+    RunResumed {
+        /// Process id of the resuming process.
+        pid: u32,
+        /// When.
+        at: Timestamp,
+    },
+    /// A page was fetched and its records staged.
+    PageFetched(PageFetched),
+    /// A fetch failed and will be retried after `wait_ms`; the cursor does not move.
+    RequestRetried {
+        /// The page being fetched.
+        page: u64,
+        /// Attempt that failed, from 1.
+        attempt: u32,
+        /// What went wrong (never contains secrets).
+        error: String,
+        /// How long the driver waits before the next attempt.
+        wait_ms: u64,
+        /// When.
+        at: Timestamp,
+    },
+    /// The destination confirmed a page's batch.
+    BatchWritten {
+        /// The page.
+        page: u64,
+        /// The destination's acknowledgement.
+        ack: WriteAck,
+        /// When.
+        at: Timestamp,
+    },
+    /// The stream's checkpoint advanced past a written page (flushed before the next fetch).
+    CursorCommitted {
+        /// The page.
+        page: u64,
+        /// When.
+        at: Timestamp,
+    },
+    /// The run stopped at a step boundary and can be continued.
+    RunPaused {
+        /// Why.
+        reason: PauseReason,
+        /// When.
+        at: Timestamp,
+    },
+    /// Every page up to the watermark is written and committed.
+    RunCompleted {
+        /// When.
+        at: Timestamp,
+    },
+    /// The run stopped on an error; the checkpoint is intact and the run can be resumed.
+    RunFailed {
+        /// What went wrong.
+        error: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The run was given up (`--fresh`); the next run starts from the committed checkpoint.
+    RunAbandoned {
+        /// Why.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+impl Event {
+    /// Short name of the step, as shown by `waymark journal`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::RunStarted(_) => "run_started",
+            Event::RunResumed { .. } => "run_resumed",
+            Event::PageFetched(_) => "page_fetched",
+            Event::RequestRetried { .. } => "request_retried",
+            Event::BatchWritten { .. } => "batch_written",
+            Event::CursorCommitted { .. } => "cursor_committed",
+            Event::RunPaused { .. } => "run_paused",
+            Event::RunCompleted { .. } => "run_completed",
+            Event::RunFailed { .. } => "run_failed",
+            Event::RunAbandoned { .. } => "run_abandoned",
+        }
+    }
+
+    /// When the event happened.
+    pub fn at(&self) -> Timestamp {
+        match self {
+            Event::RunStarted(e) => e.at,
+            Event::PageFetched(e) => e.at,
+            Event::RunResumed { at, .. }
+            | Event::RequestRetried { at, .. }
+            | Event::BatchWritten { at, .. }
+            | Event::CursorCommitted { at, .. }
+            | Event::RunPaused { at, .. }
+            | Event::RunCompleted { at }
+            | Event::RunFailed { at, .. }
+            | Event::RunAbandoned { at, .. } => *at,
+        }
+    }
+
+    /// Whether the journal must reach the disk before the driver takes its next step.
+    ///
+    /// Staged pages are flushed before they are written, cursor commits before the next
+    /// fetch, and every change of run status at once. A lost `BatchWritten` or
+    /// `RequestRetried` is harmless: the destination recognises a batch it already
+    /// committed, and a retry is only a retry.
+    pub fn needs_flush(&self) -> bool {
+        match self {
+            Event::RunStarted(_)
+            | Event::PageFetched(_)
+            | Event::CursorCommitted { .. }
+            | Event::RunPaused { .. }
+            | Event::RunCompleted { .. }
+            | Event::RunFailed { .. }
+            | Event::RunAbandoned { .. } => true,
+            Event::RunResumed { .. }
+            | Event::RequestRetried { .. }
+            | Event::BatchWritten { .. } => false,
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! The run journal: every event of every run, per-run heads, stream checkpoints.
+//!
+//! Layout (one ordered key space, so a step is one atomic batch):
+//!
+//! | key                          | value                                  |
+//! |------------------------------|----------------------------------------|
+//! | `e` run-id(16) seq(u64 BE)   | [`Event`]                              |
+//! | `h` run-id(16)               | [`RunState`] after the last event      |
+//! | `a` sync `\0` stream         | [`RunId`] of the stream's unfinished run |
+//! | `c` sync `\0` stream         | the stream's committed [`Checkpoint`]  |
+//! | `w` digest                   | the workflow's canonical key/values    |
+//!
+//! Every value is framed by [`codec`] (format version + CRC-32). Appending an event writes
+//! the event, the new head and, for a commit, the checkpoint in one batch, so resume reads
+//! one head instead of folding the whole history, and head and events can never disagree.
+
+mod backend;
+mod codec;
+mod sled;
+
+use std::time::Duration;
+
+pub use self::backend::{Backend, BackendError, MemoryBackend, Op};
+pub use self::codec::{Error as CodecError, FORMAT_VERSION};
+pub use self::sled::SledBackend;
+
+use crate::checkpoint::Checkpoint;
+use crate::event::{Event, RunId, RunStarted};
+use crate::state::{apply, Invalid, RunState};
+use crate::time::Timestamp;
+
+/// A journal failure. All of these are fail-stop: the run cannot continue safely.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The storage below failed.
+    #[error("journal storage failed: {0}")]
+    Storage(#[from] BackendError),
+    /// An entry fails its checksum, is truncated, or is from a newer Waymark.
+    #[error(
+        "journal entry {entry} is unreadable: {source}. Run `waymark journal verify` to list \
+         every damaged entry; `waymark run <workflow> --fresh` abandons a damaged run and \
+         continues from the stream's committed checkpoint"
+    )]
+    Corrupt {
+        /// Which entry ("run R seq N", "head of run R", ...).
+        entry: String,
+        /// What is wrong with it.
+        source: codec::Error,
+    },
+    /// The events of a run do not fold (a step out of order).
+    #[error("journal of run {run} is inconsistent: {source}")]
+    Inconsistent {
+        /// The run.
+        run: RunId,
+        /// The transition that failed.
+        source: Invalid,
+    },
+    /// No run with that id is in the journal (never existed, or pruned).
+    #[error("no run {0} in the journal (it never existed or was pruned by retention)")]
+    UnknownRun(RunId),
+}
+
+fn event_key(run: RunId, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(25);
+    key.push(b'e');
+    key.extend_from_slice(run.as_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn run_key(tag: u8, run: RunId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(17);
+    key.push(tag);
+    key.extend_from_slice(run.as_bytes());
+    key
+}
+
+fn stream_key(tag: u8, sync: &str, stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + sync.len() + stream.len());
+    key.push(tag);
+    key.extend_from_slice(sync.as_bytes());
+    key.push(0);
+    key.extend_from_slice(stream.as_bytes());
+    key
+}
+
+fn digest_key(digest: &str) -> Vec<u8> {
+    let mut key = vec![b'w'];
+    key.extend_from_slice(digest.as_bytes());
+    key
+}
+
+/// What a pruning pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished runs whose journal was removed.
+    pub runs: u64,
+    /// Events removed.
+    pub events: u64,
+}
+
+/// One damaged or inconsistent entry found by [`Journal::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Which entry.
+    pub entry: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The result of [`Journal::verify`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Runs checked.
+    pub runs: u64,
+    /// Events checked.
+    pub events: u64,
+    /// Problems found (empty: the journal is sound).
+    pub damage: Vec<Damage>,
+}
+
+/// The journal over a storage backend.
+pub struct Journal<B> {
+    backend: B,
+}
+
+impl<B: Backend> Journal<B> {
+    /// A journal stored in `backend`.
+    pub fn new(backend: B) -> Self {
+        Journal { backend }
+    }
+
+    /// The backend (for size measurements and tests).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        entry: impl FnOnce() -> String,
+    ) -> Result<Option<T>, Error> {
+        match self.backend.get(key)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(&bytes)
+                .map(Some)
+                .map_err(|source| Error::Corrupt {
+                    entry: entry(),
+                    source,
+                }),
+        }
+    }
+
+    /// Starts a run: journals `RunStarted`, makes it the stream's unfinished run, remembers
+    /// the workflow's canonical form under its digest, and flushes.
+    pub fn start(
+        &mut self,
+        started: RunStarted,
+        fingerprint: &[(String, String)],
+    ) -> Result<RunState, Error> {
+        let run = started.run_id;
+        let state = RunState::start(&started);
+        let event = Event::RunStarted(started);
+        let ops = vec![
+            Op::Put(event_key(run, 1), codec::encode(&event)),
+            Op::Put(run_key(b'h', run), codec::encode(&state)),
+            Op::Put(
+                stream_key(b'a', &state.started.sync, &state.started.stream),
+                codec::encode(&run),
+            ),
+            Op::Put(
+                digest_key(&state.started.workflow_digest),
+                codec::encode(&fingerprint),
+            ),
+        ];
+        self.backend.commit(ops)?;
+        self.backend.flush()?;
+        Ok(state)
+    }
+
+    /// Appends `event` to the run, folds it into `state`, and returns the new state. The
+    /// event, the new head and (for a commit) the stream checkpoint are written atomically,
+    /// and flushed when [`Event::needs_flush`] says so.
+    pub fn append(&mut self, state: RunState, event: &Event) -> Result<RunState, Error> {
+        let run = state.run_id();
+        let checkpoint = match event {
+            Event::CursorCommitted { page, at } => state.checkpoint_after(*page, *at),
+            _ => None,
+        };
+        let next = apply(state, event).map_err(|source| Error::Inconsistent { run, source })?;
+        let mut ops = vec![
+            Op::Put(event_key(run, next.last_seq), codec::encode(event)),
+            Op::Put(run_key(b'h', run), codec::encode(&next)),
+        ];
+        if let Some(checkpoint) = checkpoint {
+            let key = stream_key(b'c', &next.started.sync, &next.started.stream);
+            ops.push(Op::Put(key, codec::encode(&checkpoint)));
+        }
+        if next.status.is_finished() {
+            ops.push(Op::Delete(stream_key(
+                b'a',
+                &next.started.sync,
+                &next.started.stream,
+            )));
+        }
+        self.backend.commit(ops)?;
+        if event.needs_flush() {
+            self.backend.flush()?;
+        }
+        Ok(next)
+    }
+
+    /// The run's state, from its head snapshot plus any events after it.
+    pub fn load(&self, run: RunId) -> Result<RunState, Error> {
+        let head: RunState = self
+            .read(&run_key(b'h', run), || format!("head of run {run}"))?
+            .ok_or(Error::UnknownRun(run))?;
+        let last = self.last_seq(run)?;
+        if last <= head.last_seq {
+            return Ok(head);
+        }
+        // Events past the head cannot be written by `append`; fold them if a future
+        // writer leaves some.
+        let mut state = head;
+        for item in self.events(run) {
+            let (seq, event) = item?;
+            if seq > state.last_seq {
+                state =
+                    apply(state, &event).map_err(|source| Error::Inconsistent { run, source })?;
+            }
+        }
+        Ok(state)
+    }
+
+    fn last_seq(&self, run: RunId) -> Result<u64, Error> {
+        Ok(match self.backend.last(&run_key(b'e', run))? {
+            Some((key, _)) => seq_of(&key),
+            None => 0,
+        })
+    }
+
+    /// The run's events in order, each checked against its checksum.
+    pub fn events(&self, run: RunId) -> impl Iterator<Item = Result<(u64, Event), Error>> + '_ {
+        self.backend.scan(&run_key(b'e', run)).map(move |item| {
+            let (key, value) = item?;
+            let seq = seq_of(&key);
+            let event = codec::decode(&value).map_err(|source| Error::Corrupt {
+                entry: format!("run {run} seq {seq}"),
+                source,
+            })?;
+            Ok((seq, event))
+        })
+    }
+
+    /// The unfinished run of a stream, if any.
+    pub fn active_run(&self, sync: &str, stream: &str) -> Result<Option<RunId>, Error> {
+        self.read(&stream_key(b'a', sync, stream), || {
+            format!("unfinished-run pointer of {sync}/{stream}")
+        })
+    }
+
+    /// Forgets the stream's unfinished run (used when its journal is damaged beyond folding
+    /// and the operator chose `--fresh`).
+    pub fn clear_active_run(&mut self, sync: &str, stream: &str) -> Result<(), Error> {
+        self.backend
+            .commit(vec![Op::Delete(stream_key(b'a', sync, stream))])?;
+        self.backend.flush()?;
+        Ok(())
+    }
+
+    /// The stream's committed checkpoint, if any.
+    pub fn checkpoint(&self, sync: &str, stream: &str) -> Result<Option<Checkpoint>, Error> {
+        self.read(&stream_key(b'c', sync, stream), || {
+            format!("checkpoint of {sync}/{stream}")
+        })
+    }
+
+    /// The workflow key/values recorded under `digest`.
+    pub fn fingerprint(&self, digest: &str) -> Result<Option<Vec<(String, String)>>, Error> {
+        self.read(&digest_key(digest), || format!("workflow {digest}"))
+    }
+
+    /// The heads of all runs in the journal, oldest first.
+    pub fn runs(&self) -> impl Iterator<Item = Result<RunState, Error>> + '_ {
+        self.backend.scan(b"h").map(|item| {
+            let (key, value) = item?;
+            codec::decode(&value).map_err(|source| Error::Corrupt {
+                entry: format!("head {}", hex(&key[1..])),
+                source,
+            })
+        })
+    }
+
+    /// Removes the journals of runs that finished more than `keep` before `now`. Active
+    /// runs and stream checkpoints are never pruned. Returns what was removed.
+    pub fn prune(&mut self, now: Timestamp, keep: Duration) -> Result<Pruned, Error> {
+        let cutoff = now.saturating_sub(keep);
+        let mut doomed = Vec::new();
+        for head in self.runs() {
+            let head = head?;
+            if head.status.is_finished() && head.updated_at <= cutoff {
+                doomed.push(head.run_id());
+            }
+        }
+        let mut pruned = Pruned::default();
+        for run in doomed {
+            let mut ops: Vec<Op> = Vec::new();
+            for item in self.backend.scan(&run_key(b'e', run)) {
+                ops.push(Op::Delete(item?.0));
+            }
+            pruned.events += ops.len() as u64;
+            ops.push(Op::Delete(run_key(b'h', run)));
+            self.backend.commit(ops)?;
+            pruned.runs += 1;
+        }
+        if pruned.runs > 0 {
+            self.backend.flush()?;
+        }
+        Ok(pruned)
+    }
+
+    /// Reads every entry, checks every checksum, folds every run and compares the fold with
+    /// its head. Reports damage instead of stopping at the first problem.
+    pub fn verify(&self) -> Result<Verified, Error> {
+        let mut report = Verified::default();
+        let mut heads = Vec::new();
+        for item in self.backend.scan(b"h") {
+            let (key, value) = item?;
+            let run = run_of(&key[1..]);
+            match codec::decode::<RunState>(&value) {
+                Ok(head) => heads.push((run, Some(head))),
+                Err(e) => {
+                    report.damage.push(Damage {
+                        entry: format!("head of run {}", describe(run, &key)),
+                        problem: e.to_string(),
+                    });
+                    heads.push((run, None));
+                }
+            }
+        }
+        for (run, head) in heads {
+            let Some(run) = run else { continue };
+            report.runs += 1;
+            let mut state: Option<RunState> = None;
+            let mut broken = false;
+            for item in self.events(run) {
+                report.events += 1;
+                match item {
+                    Err(Error::Corrupt { entry, source }) => {
+                        report.damage.push(Damage {
+                            entry,
+                            problem: source.to_string(),
+                        });
+                        broken = true;
+                    }
+                    Err(other) => return Err(other),
+                    Ok((seq, event)) if !broken => {
+                        let folded = match (state.take(), &event) {
+                            (None, Event::RunStarted(s)) => Ok(RunState::start(s)),
+                            (None, e) => {
+                                Err(format!("first event is {}, not run_started", e.name()))
+                            }
+                            (Some(s), e) => apply(s, e).map_err(|e| e.to_string()),
+                        };
+                        match folded {
+                            Ok(s) => state = Some(s),
+                            Err(problem) => {
+                                report.damage.push(Damage {
+                                    entry: format!("run {run} seq {seq}"),
+                                    problem,
+                                });
+                                broken = true;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if let (false, Some(folded), Some(head)) = (broken, state, head) {
+                if folded != head {
+                    report.damage.push(Damage {
+                        entry: format!("head of run {run}"),
+                        problem: format!(
+                            "head (seq {}) differs from the fold of its events (seq {})",
+                            head.last_seq, folded.last_seq
+                        ),
+                    });
+                }
+            }
+        }
+        for item in self.backend.scan(b"c") {
+            let (key, value) = item?;
+            if let Err(e) = codec::decode::<Checkpoint>(&value) {
+                let stream = String::from_utf8_lossy(&key[1..]).replace('\0', "/");
+                report.damage.push(Damage {
+                    entry: format!("checkpoint of {stream}"),
+                    problem: e.to_string(),
+                });
+            }
+        }
+        Ok(report)
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), Error> {
+        Ok(self.backend.flush()?)
+    }
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    if key.len() >= 25 {
+        bytes.copy_from_slice(&key[17..25]);
+    }
+    u64::from_be_bytes(bytes)
+}
+
+fn run_of(bytes: &[u8]) -> Option<RunId> {
+    <[u8; 16]>::try_from(bytes)
+        .ok()
+        .map(|b| RunId(uuid::Uuid::from_bytes(b)))
+}
+
+fn describe(run: Option<RunId>, key: &[u8]) -> String {
+    run.map(|r| r.to_string()).unwrap_or_else(|| hex(key))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,41 @@
+//! Waymark's engine: a resumable sync run as a pure state machine, journaled to sled.
+//!
+//! # Layout
+//! - [`event`]: the journaled facts of a run ([`Event`]).
+//! - [`state`]: [`RunState`] and the pure fold [`apply`].
+//! - [`decision`]: the pure choice of the next [`Action`] and of retry or failure.
+//! - [`journal`]: events, heads and checkpoints in one ordered key space (sled or memory).
+//! - [`staging`]: fetched pages on disk, checksummed, until their cursor is committed.
+//! - [`driver`]: the only I/O: perform the action, journal the event, fold, repeat.
+//! - [`source`], [`destination`]: the traits connectors implement.
+//! - [`state_dir`]: the locked state directory that holds journal and staging.
+//! - [`checkpoint`], [`window`], [`time`]: the values the rest is made of.
+//!
+//! The engine knows nothing of HTTP, SQL or command lines.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod decision;
+pub mod destination;
+pub mod driver;
+pub mod event;
+pub mod journal;
+pub mod source;
+pub mod staging;
+pub mod state;
+pub mod state_dir;
+pub mod time;
+pub mod window;
+
+pub use checkpoint::Checkpoint;
+pub use decision::{decide, Action, Budget, RetryPolicy};
+pub use destination::{Batch, Destination};
+pub use driver::{drive, open, Plan, Settings};
+pub use event::{Event, PageFetched, PauseReason, RunId, RunStarted, StartFrom, WriteAck};
+pub use journal::Journal;
+pub use source::{Page, PageRequest, Source};
+pub use staging::Staging;
+pub use state::{apply, fold, RunState, Status};
+pub use state_dir::StateDir;
+pub use time::{Clock, SystemClock, Timestamp};
+pub use window::Window;

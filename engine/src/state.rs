@@ -1,0 +1,348 @@
+//! The run's state and the pure fold over its events.
+//!
+//! `apply(state, &event)` is the only way a [`RunState`] changes. It does no I/O and reads no
+//! clock, so folding a run's journal always reproduces the state the crashed process had.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::event::{Event, PageFetched, PauseReason, RunId, RunStarted, WriteAck};
+use crate::time::Timestamp;
+use crate::window::Window;
+
+/// Where a run stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// Being driven (or was, when the process died).
+    Running,
+    /// Stopped at a step boundary; the next `waymark run` continues it.
+    Paused(PauseReason),
+    /// Stopped on an error; the next `waymark run` retries from the last journaled step.
+    Failed(String),
+    /// Done: everything up to the watermark is written and committed.
+    Completed,
+    /// Given up by `--fresh`.
+    Abandoned(String),
+}
+
+impl Status {
+    /// True when nothing more will happen in this run.
+    pub fn is_finished(&self) -> bool {
+        match self {
+            Status::Completed | Status::Abandoned(_) => true,
+            Status::Running | Status::Paused(_) | Status::Failed(_) => false,
+        }
+    }
+
+    /// Short name for tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Paused(_) => "paused",
+            Status::Failed(_) => "failed",
+            Status::Completed => "completed",
+            Status::Abandoned(_) => "abandoned",
+        }
+    }
+}
+
+/// A fetched page that is not committed yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPage {
+    /// What was fetched and staged.
+    pub fetched: PageFetched,
+    /// The destination's acknowledgement, once written.
+    pub written: Option<WriteAck>,
+}
+
+/// Running totals of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Pages fetched and staged.
+    pub pages_fetched: u64,
+    /// Pages whose cursor is committed.
+    pub pages_committed: u64,
+    /// Records fetched.
+    pub records_fetched: u64,
+    /// Records in committed pages.
+    pub records_committed: u64,
+    /// Sum of the destination acknowledgements of committed pages.
+    pub written: WriteAck,
+    /// Retried requests.
+    pub retries: u64,
+    /// Times the run was picked up again.
+    pub resumes: u64,
+}
+
+/// Everything known about a run, derived from its events alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// The fixed facts of the run.
+    pub started: RunStarted,
+    /// Where it stands.
+    pub status: Status,
+    /// Fetched pages not yet committed, in page order.
+    pub pending: VecDeque<PendingPage>,
+    /// Cursor of the last committed page's successor (where a fresh fetch would start).
+    pub committed_cursor: Option<String>,
+    /// Last committed page number (0 before the first).
+    pub committed_page: u64,
+    /// Consecutive failed attempts at the next fetch.
+    pub attempts: u32,
+    /// Running totals.
+    pub counts: Counts,
+    /// Sequence number of the last applied event (1 for `RunStarted`).
+    pub last_seq: u64,
+    /// When the last event happened.
+    pub updated_at: Timestamp,
+}
+
+/// An event that cannot follow the state it was applied to: the journal is inconsistent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{event} cannot follow a run that is {status} at seq {seq}: {why}")]
+pub struct Invalid {
+    /// The event's step name.
+    pub event: &'static str,
+    /// The run's status name.
+    pub status: &'static str,
+    /// The last applied sequence number.
+    pub seq: u64,
+    /// What is inconsistent.
+    pub why: String,
+}
+
+impl RunState {
+    /// The state right after `RunStarted`.
+    pub fn start(started: &RunStarted) -> Self {
+        RunState {
+            started: started.clone(),
+            status: Status::Running,
+            pending: VecDeque::new(),
+            committed_cursor: started.start_cursor.clone(),
+            committed_page: 0,
+            attempts: 0,
+            counts: Counts::default(),
+            last_seq: 1,
+            updated_at: started.at,
+        }
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> RunId {
+        self.started.run_id
+    }
+
+    /// The run's window (its end is the watermark).
+    pub fn window(&self) -> Window {
+        self.started.window
+    }
+
+    /// Cursor for the next fetch: after the last fetched page, pending or committed.
+    /// `None` together with [`RunState::exhausted`] means there is nothing left to fetch.
+    pub fn fetch_cursor(&self) -> Option<&String> {
+        match self.pending.back() {
+            Some(p) => p.fetched.next_cursor.as_ref(),
+            None => self.committed_cursor.as_ref(),
+        }
+    }
+
+    /// True once the last page of the window has been fetched.
+    pub fn exhausted(&self) -> bool {
+        let last_fetched = self.pending.back().map(|p| &p.fetched.next_cursor);
+        match last_fetched {
+            Some(next) => next.is_none(),
+            // Nothing pending: exhausted if a page was committed and it had no successor.
+            None => self.committed_page > 0 && self.committed_cursor.is_none(),
+        }
+    }
+
+    /// Number of the next page to fetch.
+    pub fn next_page(&self) -> u64 {
+        self.committed_page + self.pending.len() as u64 + 1
+    }
+
+    /// The checkpoint that committing every pending page up to `page` produces, or `None`
+    /// if `page` is not pending.
+    pub fn checkpoint_after(&self, page: u64, at: Timestamp) -> Option<Checkpoint> {
+        let upto = self.pending.iter().position(|p| p.fetched.page == page)?;
+        let records: u64 = self
+            .pending
+            .iter()
+            .take(upto + 1)
+            .map(|p| p.fetched.records)
+            .sum();
+        let cursor = self.pending[upto].fetched.next_cursor.clone();
+        Some(Checkpoint {
+            run_id: self.run_id(),
+            window: self.window(),
+            complete: cursor.is_none(),
+            cursor,
+            page,
+            records: self.counts.records_committed + records,
+            at,
+        })
+    }
+
+    /// The stream's checkpoint as of this state's last commit, if any page was committed.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        (self.committed_page > 0).then(|| Checkpoint {
+            run_id: self.run_id(),
+            window: self.window(),
+            cursor: self.committed_cursor.clone(),
+            page: self.committed_page,
+            records: self.counts.records_committed,
+            complete: self.committed_cursor.is_none(),
+            at: self.updated_at,
+        })
+    }
+
+    fn invalid(&self, event: &Event, why: impl Into<String>) -> Invalid {
+        Invalid {
+            event: event.name(),
+            status: self.status.name(),
+            seq: self.last_seq,
+            why: why.into(),
+        }
+    }
+}
+
+/// Folds one event into the state. Pure: no I/O, no clock.
+pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
+    let running = state.status == Status::Running;
+    match event {
+        Event::RunStarted(_) => return Err(state.invalid(event, "the run already started")),
+        Event::RunResumed { .. } => {
+            if state.status.is_finished() {
+                return Err(state.invalid(event, "a finished run cannot be resumed"));
+            }
+            state.status = Status::Running;
+            state.attempts = 0;
+            state.counts.resumes += 1;
+        }
+        Event::PageFetched(page) => {
+            if !running {
+                return Err(state.invalid(event, "only a running run fetches"));
+            }
+            if state.exhausted() {
+                return Err(state.invalid(event, "the last page was already fetched"));
+            }
+            if page.page != state.next_page() {
+                let why = format!(
+                    "expected page {}, got page {}",
+                    state.next_page(),
+                    page.page
+                );
+                return Err(state.invalid(event, why));
+            }
+            state.counts.pages_fetched += 1;
+            state.counts.records_fetched += page.records;
+            state.attempts = 0;
+            state.pending.push_back(PendingPage {
+                fetched: page.clone(),
+                written: None,
+            });
+        }
+        Event::RequestRetried { .. } => {
+            if !running {
+                return Err(state.invalid(event, "only a running run retries"));
+            }
+            state.attempts += 1;
+            state.counts.retries += 1;
+        }
+        Event::BatchWritten { page, ack, .. } => {
+            if !running {
+                return Err(state.invalid(event, "only a running run writes"));
+            }
+            // Pages are written in order: the first unwritten pending page is the only one.
+            let Some(slot) = state.pending.iter_mut().find(|p| p.written.is_none()) else {
+                return Err(state.invalid(event, format!("page {page} is not staged")));
+            };
+            if slot.fetched.page != *page {
+                let why = format!(
+                    "page {} must be written before page {page}",
+                    slot.fetched.page
+                );
+                return Err(state.invalid(event, why));
+            }
+            slot.written = Some(*ack);
+        }
+        Event::CursorCommitted { page, .. } => {
+            if !running {
+                return Err(state.invalid(event, "only a running run commits"));
+            }
+            let Some(front) = state.pending.front() else {
+                return Err(state.invalid(event, format!("page {page} is not staged")));
+            };
+            let Some(ack) = front.written else {
+                return Err(state.invalid(event, format!("page {page} is not written")));
+            };
+            if front.fetched.page != *page {
+                let why = format!("page {} must be committed first", front.fetched.page);
+                return Err(state.invalid(event, why));
+            }
+            state.committed_cursor = front.fetched.next_cursor.clone();
+            state.committed_page = *page;
+            state.counts.pages_committed += 1;
+            state.counts.records_committed += front.fetched.records;
+            add_ack(&mut state.counts.written, &ack);
+            state.pending.pop_front();
+        }
+        Event::RunPaused { reason, .. } => {
+            if !running {
+                return Err(state.invalid(event, "only a running run pauses"));
+            }
+            state.status = Status::Paused(reason.clone());
+        }
+        Event::RunCompleted { .. } => {
+            if !running || !state.pending.is_empty() || !state.exhausted() {
+                return Err(state.invalid(event, "pages remain to fetch, write or commit"));
+            }
+            state.status = Status::Completed;
+        }
+        Event::RunFailed { error, .. } => {
+            if state.status.is_finished() {
+                return Err(state.invalid(event, "a finished run cannot fail"));
+            }
+            state.status = Status::Failed(error.clone());
+        }
+        Event::RunAbandoned { reason, .. } => {
+            if state.status.is_finished() {
+                return Err(state.invalid(event, "a finished run cannot be abandoned"));
+            }
+            state.status = Status::Abandoned(reason.clone());
+        }
+    }
+    state.last_seq += 1;
+    state.updated_at = event.at();
+    Ok(state)
+}
+
+fn add_ack(sum: &mut WriteAck, ack: &WriteAck) {
+    sum.inserted += ack.inserted;
+    sum.updated += ack.updated;
+    sum.unchanged += ack.unchanged;
+    sum.skipped_stale += ack.skipped_stale;
+    sum.dead_lettered += ack.dead_lettered;
+}
+
+/// Folds a whole journal: the first event must be `RunStarted`.
+pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<RunState>, Invalid> {
+    let mut state: Option<RunState> = None;
+    for event in events {
+        state = Some(match (state, event) {
+            (None, Event::RunStarted(started)) => RunState::start(started),
+            (None, other) => {
+                return Err(Invalid {
+                    event: other.name(),
+                    status: "not started",
+                    seq: 0,
+                    why: "a journal must begin with run_started".into(),
+                })
+            }
+            (Some(s), e) => apply(s, e)?,
+        });
+    }
+    Ok(state)
+}

@@ -1,0 +1,166 @@
+//! Command-line interface: one module per subcommand, each resolving its arguments into a
+//! validated configuration before touching the engine. Data goes to stdout, logs to stderr.
+
+/// Prints one line of data on stdout; a closed pipe (`waymark runs | head`) ends the
+/// process quietly instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*)) };
+}
+
+mod demo;
+mod journal;
+mod run;
+mod runs;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use waymark_connectors::workflow;
+use waymark_engine::{driver, journal as engine_journal, staging, state_dir};
+
+/// Durable, checkpointed API syncs: every step journaled, every run resumable.
+#[derive(Debug, Parser)]
+#[command(name = "waymark", version, about)]
+pub struct Cli {
+    /// State directory (journal, staged pages, lock).
+    #[arg(
+        long,
+        global = true,
+        env = "WAYMARK_STATE_DIR",
+        default_value = ".waymark"
+    )]
+    pub state_dir: PathBuf,
+    /// Only warnings and errors on stderr (`WAYMARK_LOG` overrides, e.g. `debug`).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every stream of a workflow: start a run, or resume the stream's unfinished one.
+    Run(run::RunArgs),
+    /// Resume one unfinished run by id.
+    Resume(run::ResumeArgs),
+    /// Show a run's step journal, or verify / reset the journal.
+    Journal(journal::JournalArgs),
+    /// List the runs in the journal.
+    Runs(runs::RunsArgs),
+    /// Serve the sandbox API on loopback (a fake SaaS API for demos and tests).
+    Sandbox(sandbox::SandboxArgs),
+    /// Run a real sync against an in-process sandbox into a SQLite file.
+    Demo(demo::DemoArgs),
+}
+
+/// Documented exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: every run completed (or the command succeeded).
+    Success,
+    /// 1: a run failed (source or destination error); it can be resumed.
+    Failed,
+    /// 2: bad input: usage, invalid workflow file, changed workflow, unknown run.
+    BadInput,
+    /// 3: a run paused (budget reached or interrupted); `waymark run` continues it.
+    Paused,
+    /// 4: the state directory is in use by another process.
+    Busy,
+    /// 5: the journal or a staged page is damaged.
+    Corrupt,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        ExitCode::from(match status {
+            ExitStatus::Success => 0,
+            ExitStatus::Failed => 1,
+            ExitStatus::BadInput => 2,
+            ExitStatus::Paused => 3,
+            ExitStatus::Busy => 4,
+            ExitStatus::Corrupt => 5,
+        })
+    }
+}
+
+impl ExitStatus {
+    /// The exit status an error chain stands for.
+    pub fn of_error(error: &anyhow::Error) -> Self {
+        for cause in error.chain() {
+            if let Some(e) = cause.downcast_ref::<state_dir::Error>() {
+                return match e {
+                    state_dir::Error::Busy { .. } => ExitStatus::Busy,
+                    state_dir::Error::JournalUnreadable { .. } => ExitStatus::Corrupt,
+                    state_dir::Error::Io { .. } => ExitStatus::Failed,
+                    state_dir::Error::Staging(_) => ExitStatus::Failed,
+                };
+            }
+            if let Some(e) = cause.downcast_ref::<engine_journal::Error>() {
+                return match e {
+                    engine_journal::Error::Corrupt { .. }
+                    | engine_journal::Error::Inconsistent { .. } => ExitStatus::Corrupt,
+                    engine_journal::Error::UnknownRun(_) => ExitStatus::BadInput,
+                    engine_journal::Error::Storage(_) => ExitStatus::Failed,
+                };
+            }
+            if let Some(e) = cause.downcast_ref::<staging::Error>() {
+                return match e {
+                    staging::Error::Corrupt { .. } => ExitStatus::Corrupt,
+                    staging::Error::Io { .. } | staging::Error::RecordTooLarge { .. } => {
+                        ExitStatus::Failed
+                    }
+                };
+            }
+            if let Some(e) = cause.downcast_ref::<driver::Error>() {
+                match e {
+                    driver::Error::WorkflowChanged { .. } | driver::Error::Finished { .. } => {
+                        return ExitStatus::BadInput
+                    }
+                    // The wrapped journal or staging error decides.
+                    driver::Error::Journal(_) | driver::Error::Staging(_) => {}
+                    driver::Error::Destination(_) => return ExitStatus::Failed,
+                }
+            }
+            if cause.downcast_ref::<workflow::Error>().is_some()
+                || cause.downcast_ref::<UsageError>().is_some()
+            {
+                return ExitStatus::BadInput;
+            }
+        }
+        ExitStatus::Failed
+    }
+}
+
+/// Writes one line to stdout (see `out!`).
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.write_all(b"\n"));
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// A command-line argument that does not make sense.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+    let state_dir = cli.state_dir;
+    match cli.command {
+        Command::Run(args) => run::run(&state_dir, args).await,
+        Command::Resume(args) => run::resume(&state_dir, args).await,
+        Command::Journal(args) => journal::run(&state_dir, args),
+        Command::Runs(args) => runs::run(&state_dir, args),
+        Command::Sandbox(args) => sandbox::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

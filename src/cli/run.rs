@@ -1,0 +1,338 @@
+//! `waymark run` and `waymark resume`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use waymark_connectors::workflow::StreamSection;
+use waymark_connectors::{HttpSource, SqliteDestination, Workflow};
+use waymark_engine::decision::RetryPolicy;
+use waymark_engine::{
+    driver, Clock, Event, RunId, RunState, Settings, StateDir, Status, SystemClock,
+};
+
+use super::{ExitStatus, UsageError};
+
+/// Limits of one invocation, shared by `run` and `resume`.
+#[derive(Debug, Args, Clone)]
+pub struct Budget {
+    /// Fetch at most N pages per stream, then pause (the next `waymark run` continues).
+    #[arg(long, value_name = "N")]
+    max_pages: Option<u64>,
+    /// Run each stream at most this long (e.g. `10m`), then pause at a step boundary.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    max_duration: Option<Duration>,
+}
+
+/// Arguments of `waymark run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The workflow file.
+    workflow: PathBuf,
+    /// Only these streams (repeatable; default: all, in file order).
+    #[arg(long = "stream", value_name = "NAME")]
+    streams: Vec<String>,
+    /// Abandon an unfinished run (journaled) and start a new one from the last committed
+    /// checkpoint.
+    #[arg(long)]
+    fresh: bool,
+    #[command(flatten)]
+    budget: Budget,
+}
+
+/// Arguments of `waymark resume`.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run to resume (a unique prefix or suffix of its id is enough).
+    run_id: String,
+    #[command(flatten)]
+    budget: Budget,
+}
+
+/// Stop flag set by SIGINT/SIGTERM: the driver pauses at the next step boundary.
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::warn!("stop requested: pausing at the next step boundary");
+        flag.store(true, Ordering::SeqCst);
+    });
+    stop
+}
+
+fn settings(workflow: &Workflow, budget: &Budget) -> Settings {
+    let source = &workflow.file().source;
+    Settings {
+        retry: RetryPolicy {
+            max_attempts: source.max_attempts,
+            ..RetryPolicy::default()
+        },
+        max_pages: budget.max_pages,
+        max_duration: budget.max_duration,
+        jitter_seed: SystemClock.now().0 ^ u64::from(std::process::id()),
+    }
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Opens the state directory, with the command recorded in its lock.
+pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
+    Ok(StateDir::open(dir, &command_line())?)
+}
+
+fn destination(workflow: &Workflow, stream: &StreamSection) -> anyhow::Result<SqliteDestination> {
+    let path = workflow.destination_path();
+    Ok(SqliteDestination::open(
+        &path,
+        workflow.name(),
+        &stream.name,
+        &stream.primary_key,
+        stream.cursor_field.as_deref(),
+    )
+    .with_context(|| format!("opening destination {}", path.display()))?)
+}
+
+/// Drives one opened run to its end (or pause/failure) and prints its summary line.
+async fn drive(
+    dir: &mut StateDir,
+    workflow: &Workflow,
+    stream: &StreamSection,
+    destination: &mut SqliteDestination,
+    state: RunState,
+    settings: &Settings,
+    stop: &AtomicBool,
+) -> anyhow::Result<RunState> {
+    let mut source = HttpSource::new(workflow, stream)?;
+    let run = state.run_id();
+    let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
+        "resumed"
+    } else {
+        "started"
+    };
+    tracing::info!(
+        "{}/{}: run {run} {verb}, window {}, start {}",
+        workflow.name(),
+        stream.name,
+        state.window(),
+        state
+            .fetch_cursor()
+            .map_or("at the first page", |c| c.as_str())
+    );
+    let began = Instant::now();
+    let mut last_report = Instant::now();
+    let name = stream.name.clone();
+    let mut observe = move |state: &RunState, event: &Event| {
+        if matches!(event, Event::CursorCommitted { .. })
+            && last_report.elapsed() >= Duration::from_secs(2)
+        {
+            last_report = Instant::now();
+            let secs = began.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(
+                "{name}: {} pages, {} records committed ({:.0} records/s), {} retries",
+                state.counts.pages_committed,
+                state.counts.records_committed,
+                state.counts.records_committed as f64 / secs,
+                state.counts.retries
+            );
+        }
+        if let Event::RequestRetried {
+            attempt,
+            wait_ms,
+            error,
+            ..
+        } = event
+        {
+            tracing::warn!("{name}: attempt {attempt} failed, retrying in {wait_ms} ms: {error}");
+        }
+    };
+    let (journal, staging) = dir.parts();
+    let state = driver::drive(
+        journal,
+        staging,
+        &mut source,
+        destination,
+        &SystemClock,
+        settings,
+        stop,
+        state,
+        &mut observe,
+    )
+    .await
+    .with_context(|| format!("run {run} of {}/{}", workflow.name(), stream.name))?;
+    print_summary(workflow.name(), &state, began.elapsed());
+    Ok(state)
+}
+
+fn print_summary(sync: &str, state: &RunState, took: Duration) {
+    let c = &state.counts;
+    let w = &c.written;
+    let outcome = match &state.status {
+        Status::Failed(e) => format!("failed: {e}"),
+        Status::Paused(reason) => format!("paused ({reason})"),
+        other => other.name().to_string(),
+    };
+    out!(
+        "{sync}/{}: run {} {outcome} — {} records in {} pages this run (inserted {}, updated {}, unchanged {}, stale {}, dead-lettered {}), {} retries, {} resumes, window {}, {:.1}s",
+        state.started.stream,
+        state.run_id(),
+        c.records_committed,
+        c.pages_committed,
+        w.inserted,
+        w.updated,
+        w.unchanged,
+        w.skipped_stale,
+        w.dead_lettered,
+        c.retries,
+        c.resumes,
+        state.window(),
+        took.as_secs_f64()
+    );
+}
+
+fn status_of(states: &[RunState]) -> ExitStatus {
+    if states.iter().any(|s| matches!(s.status, Status::Failed(_))) {
+        ExitStatus::Failed
+    } else if states
+        .iter()
+        .any(|s| matches!(s.status, Status::Paused(_) | Status::Running))
+    {
+        ExitStatus::Paused
+    } else {
+        ExitStatus::Success
+    }
+}
+
+/// `waymark run <workflow>`.
+pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
+    let workflow = Workflow::load(&args.workflow)?;
+    let streams: Vec<&StreamSection> = if args.streams.is_empty() {
+        workflow.streams().iter().collect()
+    } else {
+        args.streams
+            .iter()
+            .map(|name| workflow.stream(name))
+            .collect::<Result<_, _>>()?
+    };
+    let mut dir = open_state(state_dir)?;
+    run_streams(&mut dir, &workflow, &streams, args.fresh, &args.budget).await
+}
+
+/// Runs streams of an already-loaded workflow in an open state directory (also used by
+/// `waymark demo`).
+pub async fn run_streams(
+    dir: &mut StateDir,
+    workflow: &Workflow,
+    streams: &[&StreamSection],
+    fresh: bool,
+    budget: &Budget,
+) -> anyhow::Result<ExitStatus> {
+    let pruned = dir
+        .journal_mut()
+        .prune(SystemClock.now(), workflow.keep())?;
+    if pruned.runs > 0 {
+        tracing::info!(
+            "pruned the journals of {} finished runs ({} events)",
+            pruned.runs,
+            pruned.events
+        );
+    }
+    let stop = stop_on_signal();
+    let settings = settings(workflow, budget);
+    let mut finished = Vec::new();
+    for stream in streams {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let mut destination = destination(workflow, stream)?;
+        let plan = workflow.plan(stream, fresh);
+        let (journal, staging) = dir.parts();
+        let state =
+            driver::open(journal, staging, &mut destination, &plan, SystemClock.now()).await?;
+        finished.push(
+            drive(
+                dir,
+                workflow,
+                stream,
+                &mut destination,
+                state,
+                &settings,
+                &stop,
+            )
+            .await?,
+        );
+    }
+    Ok(status_of(&finished))
+}
+
+/// Finds a run by id, or by a unique prefix or suffix of it.
+pub fn find_run(dir: &StateDir, text: &str) -> anyhow::Result<RunId> {
+    if let Ok(id) = text.parse::<RunId>() {
+        return Ok(id);
+    }
+    let mut found = Vec::new();
+    for head in dir.journal().runs() {
+        let id = head?.run_id();
+        let full = id.to_string();
+        if full.starts_with(text) || full.ends_with(text) {
+            found.push(id);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(UsageError(format!(
+            "no run id starts or ends with `{text}` (see `waymark runs`)"
+        ))
+        .into()),
+        many => Err(UsageError(format!(
+            "`{text}` matches {} runs; give more of the id",
+            many.len()
+        ))
+        .into()),
+    }
+}
+
+/// `waymark resume <run-id>`.
+pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitStatus> {
+    let mut dir = open_state(state_dir)?;
+    let run = find_run(&dir, &args.run_id)?;
+    let state = dir.journal().load(run)?;
+    let path = PathBuf::from(&state.started.workflow_path);
+    let workflow =
+        Workflow::load(&path).with_context(|| format!("loading the workflow of run {run}"))?;
+    let stream = workflow.stream(&state.started.stream)?.clone();
+    let plan = workflow.plan(&stream, false);
+    let mut destination = destination(&workflow, &stream)?;
+    let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
+    let stop = stop_on_signal();
+    let settings = settings(&workflow, &args.budget);
+    let state = drive(
+        &mut dir,
+        &workflow,
+        &stream,
+        &mut destination,
+        state,
+        &settings,
+        &stop,
+    )
+    .await?;
+    Ok(status_of(&[state]))
+}
