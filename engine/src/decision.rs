@@ -155,3 +155,214 @@ pub fn on_fetch_failure(
         at,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{PageFetched, RunId, RunStarted, StartFrom, WriteAck};
+    use crate::state::apply;
+    use crate::window::Window;
+
+    fn state(events: &[Event]) -> RunState {
+        let started = RunStarted {
+            run_id: RunId::new(),
+            sync: "s".into(),
+            stream: "t".into(),
+            workflow_digest: "d".into(),
+            workflow_path: "w".into(),
+            window: Window {
+                start: None,
+                end: Timestamp(100),
+            },
+            start_cursor: Some("c0".into()),
+            start_from: StartFrom::Beginning,
+            at: Timestamp(1),
+        };
+        let mut s = RunState::start(&started);
+        for e in events {
+            s = match apply(s, e) {
+                Ok(s) => s,
+                Err(err) => panic!("{err}"),
+            };
+        }
+        s
+    }
+
+    fn fetched(page: u64, next: Option<&str>) -> Event {
+        Event::PageFetched(PageFetched {
+            page,
+            request_cursor: None,
+            next_cursor: next.map(str::to_string),
+            records: 1,
+            bytes: 1,
+            checksum: 0,
+            at: Timestamp(2),
+        })
+    }
+
+    const NONE: Budget = Budget {
+        pages_left: None,
+        out_of_time: false,
+        interrupted: false,
+    };
+
+    #[test]
+    fn chooses_fetch_write_commit_complete_in_order() {
+        let s = state(&[]);
+        assert_eq!(
+            decide(&s, &NONE),
+            Action::Fetch {
+                page: 1,
+                cursor: Some("c0".into())
+            }
+        );
+        let s = state(&[fetched(1, Some("c1"))]);
+        assert_eq!(decide(&s, &NONE), Action::Write { page: 1 });
+        let written = Event::BatchWritten {
+            page: 1,
+            ack: WriteAck::default(),
+            at: Timestamp(3),
+        };
+        let s = state(&[fetched(1, Some("c1")), written.clone()]);
+        assert_eq!(decide(&s, &NONE), Action::Commit { page: 1 });
+        let commit = Event::CursorCommitted {
+            page: 1,
+            at: Timestamp(4),
+        };
+        let s = state(&[fetched(1, Some("c1")), written.clone(), commit.clone()]);
+        assert_eq!(
+            decide(&s, &NONE),
+            Action::Fetch {
+                page: 2,
+                cursor: Some("c1".into())
+            }
+        );
+        let s = state(&[fetched(1, None), written, commit]);
+        assert_eq!(decide(&s, &NONE), Action::Complete);
+    }
+
+    #[test]
+    fn budgets_pause_only_before_a_fetch() {
+        let out = Budget {
+            out_of_time: true,
+            ..NONE
+        };
+        let stop = Budget {
+            interrupted: true,
+            ..NONE
+        };
+        let spent = Budget {
+            pages_left: Some(0),
+            ..NONE
+        };
+        let fresh = state(&[]);
+        assert_eq!(decide(&fresh, &out), Action::Pause(PauseReason::TimeBudget));
+        assert_eq!(
+            decide(&fresh, &stop),
+            Action::Pause(PauseReason::Interrupted)
+        );
+        assert_eq!(
+            decide(&fresh, &spent),
+            Action::Pause(PauseReason::PageBudget(0))
+        );
+        // A staged page is still written and committed before the pause.
+        let staged = state(&[fetched(1, Some("c1"))]);
+        assert_eq!(decide(&staged, &out), Action::Write { page: 1 });
+        // The last page done: completing beats pausing.
+        let done = state(&[
+            fetched(1, None),
+            Event::BatchWritten {
+                page: 1,
+                ack: WriteAck::default(),
+                at: Timestamp(3),
+            },
+            Event::CursorCommitted {
+                page: 1,
+                at: Timestamp(4),
+            },
+        ]);
+        assert_eq!(decide(&done, &stop), Action::Complete);
+    }
+
+    #[test]
+    fn stops_when_not_running() {
+        let s = state(&[Event::RunFailed {
+            error: "x".into(),
+            at: Timestamp(2),
+        }]);
+        assert_eq!(decide(&s, &NONE), Action::Stop);
+    }
+
+    #[test]
+    fn failures_retry_with_jittered_backoff_then_fail() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(150),
+        };
+        let failure = FetchFailure {
+            page: 1,
+            retryable: true,
+            retry_after: None,
+            message: "HTTP 503".into(),
+        };
+        let s = state(&[]);
+        match on_fetch_failure(&s, &failure, &policy, 0.5, Timestamp(9)) {
+            Event::RequestRetried {
+                attempt: 1,
+                wait_ms: 50,
+                page: 1,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        // The second retry's ceiling is capped at 150 ms.
+        let retried = Event::RequestRetried {
+            page: 1,
+            attempt: 1,
+            error: "x".into(),
+            wait_ms: 50,
+            at: Timestamp(9),
+        };
+        let s = state(&[retried.clone()]);
+        match on_fetch_failure(&s, &failure, &policy, 1.0, Timestamp(9)) {
+            Event::RequestRetried {
+                attempt: 2,
+                wait_ms: 150,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        // Retry-After is a floor, and zero falls back to backoff, never an instant retry.
+        let after = FetchFailure {
+            retry_after: Some(Duration::from_secs(2)),
+            ..failure.clone()
+        };
+        assert!(matches!(
+            on_fetch_failure(&s, &after, &policy, 0.0, Timestamp(9)),
+            Event::RequestRetried { wait_ms: 2000, .. }
+        ));
+        let zero = FetchFailure {
+            retry_after: Some(Duration::ZERO),
+            ..failure.clone()
+        };
+        assert!(matches!(
+            on_fetch_failure(&s, &zero, &policy, 0.0, Timestamp(9)),
+            Event::RequestRetried { wait_ms: 10, .. }
+        ));
+        // The third attempt is the last.
+        let s = state(&[retried.clone(), retried]);
+        assert!(
+            matches!(on_fetch_failure(&s, &failure, &policy, 0.5, Timestamp(9)), Event::RunFailed { error, .. } if error.contains("after 3 attempts"))
+        );
+        // Not retryable: fails at once.
+        let fatal = FetchFailure {
+            retryable: false,
+            message: "HTTP 404".into(),
+            ..failure
+        };
+        assert!(
+            matches!(on_fetch_failure(&state(&[]), &fatal, &policy, 0.5, Timestamp(9)), Event::RunFailed { error, .. } if error == "page 1: HTTP 404")
+        );
+    }
+}

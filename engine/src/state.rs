@@ -346,3 +346,219 @@ pub fn fold<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Option<Ru
     }
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::StartFrom;
+
+    fn started() -> RunStarted {
+        RunStarted {
+            run_id: RunId::new(),
+            sync: "s".into(),
+            stream: "t".into(),
+            workflow_digest: "d".into(),
+            workflow_path: "w.toml".into(),
+            window: Window {
+                start: None,
+                end: Timestamp(100),
+            },
+            start_cursor: None,
+            start_from: StartFrom::Beginning,
+            at: Timestamp(1),
+        }
+    }
+
+    fn fetched(page: u64, next: Option<&str>) -> Event {
+        Event::PageFetched(PageFetched {
+            page,
+            request_cursor: None,
+            next_cursor: next.map(str::to_string),
+            records: 10,
+            bytes: 100,
+            checksum: 7,
+            at: Timestamp(2),
+        })
+    }
+
+    fn written(page: u64) -> Event {
+        let ack = WriteAck {
+            inserted: 8,
+            updated: 2,
+            ..WriteAck::default()
+        };
+        Event::BatchWritten {
+            page,
+            ack,
+            at: Timestamp(3),
+        }
+    }
+
+    fn committed(page: u64) -> Event {
+        Event::CursorCommitted {
+            page,
+            at: Timestamp(4),
+        }
+    }
+
+    fn run(events: &[Event]) -> Result<RunState, Invalid> {
+        events
+            .iter()
+            .try_fold(RunState::start(&started()), |s, e| apply(s, e))
+    }
+
+    #[test]
+    fn fetch_write_commit_advances_the_cursor_and_counts() -> Result<(), Invalid> {
+        let s = run(&[fetched(1, Some("c1"))])?;
+        assert_eq!(
+            (s.pending.len(), s.next_page(), s.fetch_cursor().cloned()),
+            (1, 2, Some("c1".into()))
+        );
+        assert_eq!(s.committed_cursor, None);
+        let s = apply(s, &written(1))?;
+        assert_eq!(s.pending[0].written.map(|a| a.total()), Some(10));
+        let s = apply(s, &committed(1))?;
+        assert!(s.pending.is_empty());
+        assert_eq!(
+            (s.committed_page, s.committed_cursor.as_deref()),
+            (1, Some("c1"))
+        );
+        assert_eq!(
+            (
+                s.counts.pages_committed,
+                s.counts.records_committed,
+                s.counts.written.inserted
+            ),
+            (1, 10, 8)
+        );
+        assert_eq!(s.last_seq, 4);
+        assert_eq!(s.updated_at, Timestamp(4));
+        assert!(!s.exhausted());
+        let cp = s
+            .checkpoint()
+            .ok_or_else(|| s.invalid(&committed(1), "no checkpoint"))?;
+        assert_eq!((cp.page, cp.records, cp.complete), (1, 10, false));
+        Ok(())
+    }
+
+    #[test]
+    fn the_last_page_exhausts_and_completes() -> Result<(), Invalid> {
+        let s = run(&[fetched(1, None), written(1), committed(1)])?;
+        assert!(s.exhausted());
+        let s = apply(s, &Event::RunCompleted { at: Timestamp(5) })?;
+        assert_eq!(s.status, Status::Completed);
+        assert!(s.status.is_finished());
+        assert!(s.checkpoint().is_some_and(|c| c.complete));
+        Ok(())
+    }
+
+    #[test]
+    fn retries_count_attempts_until_a_page_arrives() -> Result<(), Invalid> {
+        let retry = Event::RequestRetried {
+            page: 1,
+            attempt: 1,
+            error: "503".into(),
+            wait_ms: 5,
+            at: Timestamp(2),
+        };
+        let s = run(&[retry.clone(), retry])?;
+        assert_eq!((s.attempts, s.counts.retries, s.next_page()), (2, 2, 1));
+        let s = apply(s, &fetched(1, Some("c")))?;
+        assert_eq!(s.attempts, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn pause_fail_resume_and_abandon_change_status() -> Result<(), Invalid> {
+        let paused = run(&[Event::RunPaused {
+            reason: PauseReason::TimeBudget,
+            at: Timestamp(2),
+        }])?;
+        assert_eq!(paused.status, Status::Paused(PauseReason::TimeBudget));
+        assert!(
+            apply(paused.clone(), &fetched(1, None)).is_err(),
+            "a paused run does not fetch"
+        );
+        let resumed = apply(
+            paused,
+            &Event::RunResumed {
+                pid: 1,
+                at: Timestamp(3),
+            },
+        )?;
+        assert_eq!(
+            (resumed.status.clone(), resumed.counts.resumes),
+            (Status::Running, 1)
+        );
+        let failed = apply(
+            resumed,
+            &Event::RunFailed {
+                error: "boom".into(),
+                at: Timestamp(4),
+            },
+        )?;
+        assert_eq!(failed.status, Status::Failed("boom".into()));
+        let resumed = apply(
+            failed,
+            &Event::RunResumed {
+                pid: 1,
+                at: Timestamp(5),
+            },
+        )?;
+        let abandoned = apply(
+            resumed,
+            &Event::RunAbandoned {
+                reason: "fresh".into(),
+                at: Timestamp(6),
+            },
+        )?;
+        assert!(abandoned.status.is_finished());
+        assert!(apply(
+            abandoned,
+            &Event::RunResumed {
+                pid: 1,
+                at: Timestamp(7)
+            }
+        )
+        .is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn out_of_order_events_are_rejected() {
+        let bad: Vec<(Vec<Event>, &str)> = vec![
+            (vec![fetched(2, None)], "expected page 1"),
+            (vec![written(1)], "not staged"),
+            (vec![fetched(1, Some("c")), committed(1)], "not written"),
+            (
+                vec![fetched(1, Some("c")), written(2)],
+                "page 1 must be written before page 2",
+            ),
+            (
+                vec![fetched(1, None), fetched(2, None)],
+                "last page was already fetched",
+            ),
+            (
+                vec![
+                    fetched(1, Some("c")),
+                    Event::RunCompleted { at: Timestamp(9) },
+                ],
+                "pages remain",
+            ),
+            (vec![Event::RunStarted(started())], "already started"),
+        ];
+        for (events, why) in bad {
+            let err = run(&events).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains(why), "{err} should mention {why}");
+        }
+    }
+
+    #[test]
+    fn fold_requires_run_started_first() -> Result<(), Invalid> {
+        assert!(fold(&[written(1)]).is_err());
+        assert_eq!(fold(&[])?, None);
+        let s = fold(&[Event::RunStarted(started()), fetched(1, None)])?;
+        assert_eq!(s.map(|s| s.last_seq), Some(2));
+        Ok(())
+    }
+}

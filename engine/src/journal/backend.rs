@@ -82,6 +82,19 @@ impl MemoryBackend {
         disk.live = disk.durable.clone();
     }
 
+    /// A separate backend holding only what is durable here: what a process that starts
+    /// after a crash right now would find.
+    pub fn durable_copy(&self) -> MemoryBackend {
+        let durable = self.disk().durable.clone();
+        let copy = MemoryBackend::new();
+        {
+            let mut disk = copy.disk();
+            disk.live = durable.clone();
+            disk.durable = durable;
+        }
+        copy
+    }
+
     /// Number of flushes so far.
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::SeqCst)

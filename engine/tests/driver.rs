@@ -1,0 +1,384 @@
+//! Scenarios of the real driver over the in-memory backend, source and destination.
+
+mod fixture;
+
+use std::sync::atomic::AtomicBool;
+
+use fixture::{plan, FixedClock, Harness, MemorySource, NOW};
+use waymark_engine::journal::Journal;
+use waymark_engine::{driver, Event, PauseReason, StartFrom, Status, Timestamp};
+
+fn records(n: u64) -> Vec<(u64, u64)> {
+    (1..=n).map(|id| (id, 1)).collect()
+}
+
+fn names(
+    journal: &Journal<waymark_engine::journal::MemoryBackend>,
+    run: waymark_engine::RunId,
+) -> Vec<&'static str> {
+    journal
+        .events(run)
+        .map(|e| e.map(|(_, ev)| ev.name()))
+        .collect::<Result<_, _>>()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_uninterrupted_run_journals_each_step_in_order() -> Result<(), Box<dyn std::error::Error>>
+{
+    let mut h = Harness::new("order", MemorySource::new(records(12), 5));
+    let state = h.run(&plan()).await?;
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(h.destination.state().rows.len(), 12);
+    let mut expected = vec!["run_started"];
+    for _ in 0..3 {
+        expected.extend(["page_fetched", "batch_written", "cursor_committed"]);
+    }
+    expected.push("run_completed");
+    assert_eq!(names(&h.journal, state.run_id()), expected);
+    let checkpoint = h
+        .journal
+        .checkpoint("shop", "orders")?
+        .ok_or("no checkpoint")?;
+    assert_eq!(
+        (
+            checkpoint.page,
+            checkpoint.records,
+            checkpoint.complete,
+            checkpoint.cursor
+        ),
+        (3, 12, true, None)
+    );
+    // The head equals the fold of the events.
+    let events: Vec<Event> = h
+        .journal
+        .events(state.run_id())
+        .map(|e| e.map(|(_, ev)| ev))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(waymark_engine::fold(&events)?, Some(state.clone()));
+    assert_eq!(h.journal.load(state.run_id())?, state);
+    // A completed run is no longer the stream's unfinished run, and its staged pages are gone.
+    assert_eq!(h.journal.active_run("shop", "orders")?, None);
+    assert!(!h.dir.join(state.run_id().to_string()).exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_step_is_durable_before_the_next_one_starts() -> Result<(), Box<dyn std::error::Error>>
+{
+    let source = MemorySource::new(records(9), 2);
+    let mut h = Harness::new("durable", source.clone());
+    let backend = h.backend.clone();
+    let checks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+
+    // Before each fetch: a process starting now finds the previous page's cursor committed
+    // and nothing pending.
+    let (b, log) = (backend.clone(), checks.clone());
+    source.state().before_fetch = Some(Box::new(move |page| {
+        let durable = Journal::new(b.durable_copy());
+        let run = durable.active_run("shop", "orders").ok().flatten();
+        let state = run.and_then(|r| durable.load(r).ok());
+        let ok = state
+            .as_ref()
+            .is_some_and(|s| s.committed_page == page - 1 && s.pending.is_empty());
+        let checkpoint = durable
+            .checkpoint("shop", "orders")
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.page);
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("fetch {page} durable={ok} checkpoint={checkpoint}"));
+    }));
+    // Before each write: the page is staged in the durable journal.
+    let (b, log) = (backend.clone(), checks.clone());
+    h.destination.state().before_write = Some(Box::new(move |page| {
+        let durable = Journal::new(b.durable_copy());
+        let run = durable.active_run("shop", "orders").ok().flatten();
+        let state = run.and_then(|r| durable.load(r).ok());
+        let staged = state.is_some_and(|s| {
+            s.pending
+                .iter()
+                .any(|p| p.fetched.page == page && p.written.is_none())
+        });
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("write {page} staged={staged}"));
+    }));
+    let state = h.run(&plan()).await?;
+    assert_eq!(state.status, Status::Completed);
+    let log = checks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut expected = Vec::new();
+    for page in 1..=5u64 {
+        expected.push(format!("fetch {page} durable=true checkpoint={}", page - 1));
+        expected.push(format!("write {page} staged=true"));
+    }
+    assert_eq!(log, expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_page_fetched_before_a_crash_is_replayed_from_the_journal(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let source = MemorySource::new(records(6), 3);
+    source.state().bump_after_fetch = 10; // the data changes after every fetch
+    let mut h = Harness::new("replay", source.clone());
+    // Second write fails; the journal then dies before it can record the failure: the
+    // process crashed between staging page 2 and writing it.
+    h.destination.state().failing_writes = vec![1];
+    h.backend.fail_after(5); // run_started, fetched 1, written 1, committed 1, fetched 2
+    assert!(h.run(&plan()).await.is_err());
+    h.crash();
+    let state = h.run(&plan()).await?;
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(state.counts.resumes, 1);
+    let s = source.state();
+    assert_eq!(
+        s.fetches.get(&2),
+        Some(&1),
+        "page 2 must not be fetched again"
+    );
+    let d = h.destination.state();
+    let page2: Vec<_> = d.written_versions.iter().filter(|(p, _)| *p == 2).collect();
+    // The write after the resume saw what the first fetch saw: version 1 + 10 (one bump).
+    assert_eq!(page2, vec![&(2, vec![11, 11, 11])]);
+    assert_eq!(
+        names(&h.journal, state.run_id())[..6],
+        [
+            "run_started",
+            "page_fetched",
+            "batch_written",
+            "cursor_committed",
+            "page_fetched",
+            "run_resumed"
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_committed_by_the_destination_before_a_crash_is_recognised(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("recognise", MemorySource::new(records(6), 3));
+    h.backend.fail_after(2); // run_started, fetched 1; the destination commits page 1, then the journal dies
+    assert!(h.run(&plan()).await.is_err());
+    assert_eq!(h.destination.state().rows.len(), 3);
+    h.crash();
+    let state = h.run(&plan()).await?;
+    assert_eq!(state.status, Status::Completed);
+    let d = h.destination.state();
+    let page1: Vec<_> = d.writes.iter().filter(|w| w.1 == 1).map(|w| w.2).collect();
+    assert_eq!(
+        page1,
+        vec![false, true],
+        "written once, then recognised as already committed"
+    );
+    assert_eq!(
+        state.counts.written.inserted, 6,
+        "the replayed acknowledgement carries the original counts"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_resumed_run_keeps_its_watermark() -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("watermark", MemorySource::new(records(10), 2));
+    let mut p = plan();
+    p.lag = std::time::Duration::from_secs(60);
+    h.settings.max_pages = Some(2);
+    let first = h.run(&p).await?;
+    assert_eq!(first.status, Status::Paused(PauseReason::PageBudget(2)));
+    assert_eq!(first.window().end, NOW.saturating_sub(p.lag));
+    h.settings.max_pages = None;
+    let later = Timestamp(NOW.0 + 3_600_000);
+    let resumed = h.run_at(&p, later).await?;
+    assert_eq!(resumed.run_id(), first.run_id());
+    assert_eq!(resumed.window(), first.window());
+    assert_eq!(resumed.status, Status::Completed);
+    assert_eq!(h.destination.state().rows.len(), 10);
+    // The next run's window starts at the old watermark and ends at the new one.
+    let next = h.run_at(&p, later).await?;
+    assert_ne!(next.run_id(), first.run_id());
+    assert_eq!(next.window().start, Some(first.window().end));
+    assert_eq!(next.window().end, later.saturating_sub(p.lag));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_workflow_is_refused_and_fresh_abandons_the_run(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let source = MemorySource::new(records(10), 2);
+    let mut h = Harness::new("digest", source.clone());
+    h.settings.max_pages = Some(2);
+    let first = h.run(&plan()).await?;
+    let mut changed = plan();
+    changed.workflow_digest = "digest-2".into();
+    changed.fingerprint = vec![("stream.primary_key".into(), "\"key\"".into())];
+    let refused = h.run(&changed).await;
+    match refused {
+        Err(driver::Error::WorkflowChanged { run, changes, .. }) => {
+            assert_eq!(run, first.run_id());
+            assert_eq!(
+                changes,
+                vec!["stream.primary_key: \"id\" -> \"key\"".to_string()]
+            );
+        }
+        other => panic!("expected WorkflowChanged, got {other:?}"),
+    }
+    h.settings.max_pages = None;
+    changed.fresh = true;
+    let second = h.run(&changed).await?;
+    assert_ne!(second.run_id(), first.run_id());
+    assert!(matches!(
+        h.journal.load(first.run_id())?.status,
+        Status::Abandoned(_)
+    ));
+    assert_eq!(
+        names(&h.journal, first.run_id()).last(),
+        Some(&"run_abandoned")
+    );
+    // The new run continued from the abandoned run's committed cursor, not from zero.
+    match &second.started.start_from {
+        StartFrom::Journal(c) => assert_eq!(
+            (c.run_id, c.page, c.cursor.as_deref()),
+            (first.run_id(), 2, Some("4"))
+        ),
+        other => panic!("expected the journal checkpoint, got {other:?}"),
+    }
+    assert_eq!(second.started.start_cursor.as_deref(), Some("4"));
+    assert_eq!(second.status, Status::Completed);
+    assert_eq!(h.destination.state().rows.len(), 10);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_checkpoint_is_never_ahead_of_the_destination() -> Result<(), Box<dyn std::error::Error>>
+{
+    let mut h = Harness::new("ahead", MemorySource::new(records(15), 4));
+    let p = plan();
+    let state = driver::open(&mut h.journal, &h.staging, &mut h.destination, &p, NOW).await?;
+    let (backend, destination) = (h.backend.clone(), h.destination.clone());
+    let mut violations = Vec::new();
+    let mut observed = 0;
+    let mut observe = |_: &waymark_engine::RunState, event: &Event| {
+        observed += 1;
+        let journal = Journal::new(backend.clone());
+        let ours = journal
+            .checkpoint("shop", "orders")
+            .ok()
+            .flatten()
+            .map_or(0, |c| c.page);
+        let theirs = destination.state().stored.as_ref().map_or(0, |s| s.1);
+        if ours > theirs {
+            violations.push(format!(
+                "{}: journal page {ours} > destination page {theirs}",
+                event.name()
+            ));
+        }
+    };
+    let stop = AtomicBool::new(false);
+    let done = driver::drive(
+        &mut h.journal,
+        &h.staging,
+        &mut h.source,
+        &mut h.destination,
+        &FixedClock(NOW),
+        &h.settings,
+        &stop,
+        state,
+        &mut observe,
+    )
+    .await?;
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(observed, 13);
+    assert!(violations.is_empty(), "{violations:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn retries_never_move_the_cursor_and_are_bounded() -> Result<(), Box<dyn std::error::Error>> {
+    let source = MemorySource::new(records(6), 3);
+    source.state().failing_attempts = vec![1, 2];
+    let mut h = Harness::new("retry", source.clone());
+    let state = h.run(&plan()).await?;
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(state.counts.retries, 2);
+    assert_eq!(
+        source.state().requested,
+        vec![None, Some("3".into()), Some("3".into()), Some("3".into())]
+    );
+    let retried: Vec<(u64, u32)> = h
+        .journal
+        .events(state.run_id())
+        .filter_map(|e| match e {
+            Ok((_, Event::RequestRetried { page, attempt, .. })) => Some((page, attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retried, vec![(2, 1), (2, 2)]);
+
+    // A page that keeps failing fails the run after max_attempts; a later run resumes it.
+    let source = MemorySource::new(records(6), 3);
+    source.state().failing_attempts = (1..=6).collect();
+    let mut h = Harness::new("retry-fail", source.clone());
+    h.settings.retry.max_attempts = 3;
+    let failed = h.run(&plan()).await?;
+    assert!(
+        matches!(&failed.status, Status::Failed(e) if e.contains("page 2 failed after 3 attempts")),
+        "{:?}",
+        failed.status
+    );
+    assert_eq!(failed.committed_page, 1);
+    h.settings.retry.max_attempts = 10;
+    let resumed = h.run(&plan()).await?;
+    assert_eq!(
+        (resumed.run_id(), resumed.status.clone()),
+        (failed.run_id(), Status::Completed)
+    );
+    assert_eq!(h.destination.state().rows.len(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_destination_failure_stops_without_advancing_the_checkpoint(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("dest-fail", MemorySource::new(records(9), 3));
+    h.destination.state().failing_writes = vec![1];
+    let failed = h.run(&plan()).await?;
+    assert!(matches!(&failed.status, Status::Failed(e) if e.contains("disk full")));
+    assert_eq!(
+        h.journal.checkpoint("shop", "orders")?.map(|c| c.page),
+        Some(1)
+    );
+    let done = h.run(&plan()).await?;
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(h.destination.state().rows.len(), 9);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_journal_recovers_the_checkpoint_from_the_destination(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let source = MemorySource::new(records(10), 2);
+    let mut h = Harness::new("lost", source.clone());
+    h.settings.max_pages = Some(3);
+    let first = h.run(&plan()).await?;
+    assert!(matches!(first.status, Status::Paused(_)));
+    // The journal is gone (a new, empty backend); the destination still has its copy.
+    h.backend = waymark_engine::journal::MemoryBackend::new();
+    h.journal = Journal::new(h.backend.clone());
+    h.settings.max_pages = None;
+    source.state().requested.clear();
+    let second = h.run(&plan()).await?;
+    assert!(
+        matches!(&second.started.start_from, StartFrom::Destination(c) if c.page == 3 && c.run_id == first.run_id())
+    );
+    assert_eq!(
+        source.state().requested.first(),
+        Some(&Some("6".to_string())),
+        "continues after page 3, not from zero"
+    );
+    assert_eq!(second.status, Status::Completed);
+    assert_eq!(h.destination.state().rows.len(), 10);
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The journal's own guarantees: damage is named, finished runs are pruned, checkpoints kept.
+
+mod fixture;
+
+use std::time::Duration;
+
+use fixture::{plan, Harness, MemorySource, NOW};
+use waymark_engine::journal::{Backend, Error, Op};
+use waymark_engine::{Status, Timestamp};
+
+fn records(n: u64) -> Vec<(u64, u64)> {
+    (1..=n).map(|id| (id, 1)).collect()
+}
+
+#[tokio::test]
+async fn a_damaged_entry_is_named_by_run_and_sequence() -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("damage", MemorySource::new(records(6), 3));
+    h.settings.max_pages = Some(1);
+    let state = h.run(&plan()).await?;
+    let run = state.run_id();
+    assert!(h.journal.verify()?.damage.is_empty());
+
+    // Flip one bit in the value of seq 3 (batch_written).
+    let (key, mut value) = h
+        .backend
+        .scan(b"e")
+        .filter_map(Result::ok)
+        .find(|(k, _)| k.ends_with(&3u64.to_be_bytes()))
+        .ok_or("no seq 3")?;
+    let last = value.len() - 1;
+    value[last] ^= 0x01;
+    h.backend.commit(vec![Op::Put(key, value)])?;
+    let report = h.journal.verify()?;
+    assert_eq!(report.damage.len(), 1);
+    assert_eq!(report.damage[0].entry, format!("run {run} seq 3"));
+    assert!(report.damage[0].problem.contains("checksum mismatch"));
+    let err = h
+        .journal
+        .events(run)
+        .find_map(Result::err)
+        .ok_or("no error")?;
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("run {run} seq 3")) && msg.contains("waymark journal verify"),
+        "{msg}"
+    );
+
+    // A truncated head refuses to load, naming the run; --fresh gets past it.
+    let mut head_key = vec![b'h'];
+    head_key.extend_from_slice(run.as_bytes());
+    h.backend
+        .commit(vec![Op::Put(head_key, vec![b'W', 1, 0])])?;
+    match h.run(&plan()).await {
+        Err(waymark_engine::driver::Error::Journal(Error::Corrupt { entry, .. })) => {
+            assert_eq!(entry, format!("head of run {run}"))
+        }
+        other => panic!("expected a corrupt head, got {other:?}"),
+    }
+    let mut fresh = plan();
+    fresh.fresh = true;
+    h.settings.max_pages = None;
+    let next = h.run(&fresh).await?;
+    assert_eq!(next.status, Status::Completed);
+    assert_ne!(next.run_id(), run);
+    assert_eq!(
+        next.started.start_cursor.as_deref(),
+        Some("3"),
+        "continues from the committed checkpoint"
+    );
+    assert_eq!(h.destination.state().rows.len(), 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_future_format_version_is_refused_not_misread() -> Result<(), Box<dyn std::error::Error>>
+{
+    let mut h = Harness::new("future", MemorySource::new(records(2), 2));
+    let state = h.run(&plan()).await?;
+    let (key, mut value) = h
+        .backend
+        .scan(b"e")
+        .filter_map(Result::ok)
+        .next()
+        .ok_or("no event")?;
+    value[1] = waymark_engine::journal::FORMAT_VERSION + 1;
+    h.backend.commit(vec![Op::Put(key, value)])?;
+    let err = h
+        .journal
+        .events(state.run_id())
+        .find_map(Result::err)
+        .ok_or("no error")?;
+    assert!(err.to_string().contains("newer format version"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn retention_prunes_finished_runs_but_never_checkpoints(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("prune", MemorySource::new(records(4), 2));
+    let first = h.run(&plan()).await?;
+    let second = h.run(&plan()).await?;
+    h.settings.max_pages = Some(0);
+    let unfinished = h.run(&plan()).await?;
+    assert!(matches!(unfinished.status, Status::Paused(_)));
+
+    // Nothing is old enough yet.
+    let pruned = h.journal.prune(NOW, Duration::from_secs(3600))?;
+    assert_eq!(pruned.runs, 0);
+    let later = Timestamp(NOW.0 + 7_200_000);
+    let pruned = h.journal.prune(later, Duration::from_secs(3600))?;
+    // Each run: started, 2 × (fetched, written, committed), completed.
+    assert_eq!((pruned.runs, pruned.events), (2, 2 * 8));
+    for run in [first.run_id(), second.run_id()] {
+        assert!(matches!(h.journal.load(run), Err(Error::UnknownRun(r)) if r == run));
+        assert_eq!(h.journal.events(run).count(), 0);
+    }
+    // The unfinished run and the stream's checkpoint stay.
+    assert_eq!(
+        h.journal.load(unfinished.run_id())?.run_id(),
+        unfinished.run_id()
+    );
+    assert_eq!(
+        h.journal.checkpoint("shop", "orders")?.map(|c| c.run_id),
+        Some(second.run_id())
+    );
+    Ok(())
+}
