@@ -1,1 +1,9 @@
-fn main() {}
+//! End-to-end tests of the real `waymark` binary over loopback HTTP and SQLite.
+
+mod util;
+
+mod crash;
+mod input;
+mod journal;
+mod state_dir;
+mod workflows;

@@ -1,0 +1,155 @@
+//! Bad input gets a clear error and a documented exit code, never a panic.
+
+use crate::util::*;
+
+#[test]
+fn a_malformed_workflow_names_file_line_and_column() -> Result {
+    let dir = TempDir::new("malformed");
+    let path = workflow(dir.path(), 100, 3)?;
+    let original = std::fs::read_to_string(&path)?;
+    std::fs::write(
+        &path,
+        original.replace("page_size = 100", "page_size = \"many\""),
+    )?;
+    let out = run(waymark(&dir.path().join("state"), "").arg("run").arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:16:13:", path.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("invalid type: string \"many\", expected u32"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, original.replace("[destination]", "[destinaton]"))?;
+    let out = run(waymark(&dir.path().join("state"), "").arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown field `destinaton`"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unreachable_api_fails_after_bounded_retries_and_resumes_later() -> Result {
+    let dir = TempDir::new("unreachable");
+    let path = workflow(dir.path(), 100, 2)?;
+    let state = dir.path().join("state");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let out = run(waymark(&state, &format!("http://127.0.0.1:{port}"))
+        .arg("run")
+        .arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("failed: page 1 failed after 2 attempts")
+            && stdout.contains("could not connect"),
+        "{stdout}"
+    );
+
+    // Once the API is up, the same run resumes and completes.
+    let sandbox = Sandbox::start(&["--records", "250"])?;
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("completed — 250 records"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(runs(&state)?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_destination_that_rejects_writes_fails_the_run_cleanly() -> Result {
+    let sandbox = Sandbox::start(&["--records", "250"])?;
+    let dir = TempDir::new("reject");
+    let path = workflow(dir.path(), 100, 2)?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "1"])
+        .arg(&path))?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "paused after one page: {}",
+        text(&out.stderr)
+    );
+    // Make the database read-only underneath the sync: the next write is refused.
+    let conn = rusqlite::Connection::open(dir.path().join("shop.db"))?;
+    conn.execute_batch("CREATE TRIGGER no_writes BEFORE INSERT ON orders BEGIN SELECT RAISE(ABORT, 'read-only replica'); END;")?;
+    drop(conn);
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("destination refused page 2") && stdout.contains("read-only replica"),
+        "{stdout}"
+    );
+    assert_eq!(
+        rows(&dir.path().join("shop.db"))?.len(),
+        100,
+        "nothing past the committed page"
+    );
+    // Fixed: the run resumes from its checkpoint and completes.
+    rusqlite::Connection::open(dir.path().join("shop.db"))?
+        .execute_batch("DROP TRIGGER no_writes;")?;
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}
+
+#[test]
+fn a_changed_workflow_is_refused_until_restored_or_fresh() -> Result {
+    let sandbox = Sandbox::start(&["--records", "600"])?;
+    let dir = TempDir::new("changed");
+    let path = workflow(dir.path(), 100, 3)?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "2"])
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let original = std::fs::read_to_string(&path)?;
+    std::fs::write(
+        &path,
+        format!(
+            "# a comment changes nothing\n{}",
+            original.replace("page_size = 100", "page_size = 50")
+        ),
+    )?;
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("changed: stream.page_size: 100 -> 50") && stderr.contains("--fresh"),
+        "{stderr}"
+    );
+
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--fresh"])
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = runs(&state)?;
+    let statuses: Vec<_> = all
+        .iter()
+        .map(|r| r["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(statuses, ["abandoned", "completed"]);
+    // The new run started at the abandoned run's committed cursor, not from the beginning.
+    let events = journal(&state, all[1]["run"].as_str().ok_or("id")?)?;
+    assert_eq!(events[0]["event"]["RunStarted"]["start_cursor"], "p200");
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}

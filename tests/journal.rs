@@ -1,0 +1,186 @@
+//! Damaged journals: clear errors and exit codes, never a panic, never a silent restart.
+
+use waymark_engine::journal::{Backend, Op, SledBackend};
+
+use crate::util::*;
+
+fn paused_run(
+    sandbox: &Sandbox,
+    dir: &TempDir,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, String)> {
+    let path = workflow(dir.path(), 100, 3)?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "2"])
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let run_id = runs(&state)?[0]["run"]
+        .as_str()
+        .ok_or("run id")?
+        .to_string();
+    Ok((path, state, run_id))
+}
+
+#[test]
+fn a_flipped_bit_is_named_by_run_and_seq_with_the_way_out() -> Result {
+    let sandbox = Sandbox::start(&["--records", "500"])?;
+    let dir = TempDir::new("bitflip");
+    let (path, state, run_id) = paused_run(&sandbox, &dir)?;
+    {
+        let backend = SledBackend::open(&state.join("journal"))?;
+        let (key, mut value) = backend
+            .scan(b"e")
+            .filter_map(|r| r.ok())
+            .find(|(k, _)| k.ends_with(&2u64.to_be_bytes()))
+            .ok_or("seq 2 not found")?;
+        value[8] ^= 0x10;
+        backend.commit(vec![Op::Put(key, value)])?;
+        backend.flush()?;
+    }
+    let out = run(waymark(&state, "").args(["journal", &run_id]))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "journal entry run {run_id} seq 2 is unreadable: checksum mismatch"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("waymark journal verify"), "{stderr}");
+
+    let out = run(waymark(&state, "").args(["journal", "verify"]))?;
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        text(&out.stdout).contains(&format!("damaged: run {run_id} seq 2: checksum mismatch")),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // The run itself resumes from its head (the damaged event is history, not state).
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}
+
+#[test]
+fn a_lost_journal_continues_from_the_destination_checkpoint_never_from_zero() -> Result {
+    let sandbox = Sandbox::start(&["--records", "500"])?;
+    let dir = TempDir::new("lost");
+    let (path, state, first_run) = paused_run(&sandbox, &dir)?;
+    let out = run(waymark(&state, "").args(["journal", "reset"]))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("journal moved to"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = runs(&state)?;
+    assert_eq!(all.len(), 1);
+    let events = journal(&state, all[0]["run"].as_str().ok_or("id")?)?;
+    let started = &events[0]["event"]["RunStarted"];
+    assert_eq!(
+        started["start_from"]["Destination"]["run_id"],
+        first_run.as_str()
+    );
+    assert_eq!(started["start_from"]["Destination"]["page"], 2);
+    assert_eq!(started["start_cursor"], "p200");
+    assert_eq!(
+        all[0]["records"], 300,
+        "only the records after the destination's checkpoint were fetched"
+    );
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}
+
+#[test]
+fn damaged_sled_files_never_panic() -> Result {
+    let sandbox = Sandbox::start(&["--records", "500"])?;
+    for (name, damage) in [("garbage", 0u8), ("truncated", 1)] {
+        let dir = TempDir::new(name);
+        let (path, state, _) = paused_run(&sandbox, &dir)?;
+        let db = state.join("journal").join("db");
+        let mut bytes = std::fs::read(&db)?;
+        if damage == 0 {
+            for b in bytes.iter_mut().skip(64).take(4096) {
+                *b = 0xA5;
+            }
+        } else {
+            bytes.truncate(bytes.len() / 3);
+        }
+        std::fs::write(&db, &bytes)?;
+        let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+        assert_no_panic(&out);
+        let code = out.status.code();
+        assert!(
+            matches!(code, Some(0) | Some(5)),
+            "{name}: exit {code:?}: {}",
+            text(&out.stderr)
+        );
+        if code == Some(5) {
+            assert!(
+                text(&out.stderr).contains("waymark journal reset"),
+                "{}",
+                text(&out.stderr)
+            );
+            let reset = run(waymark(&state, "").args(["journal", "reset"]))?;
+            assert_eq!(reset.status.code(), Some(0));
+            let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        }
+        // Whatever survived, the destination ends exactly right.
+        assert_eq!(
+            rows(&dir.path().join("shop.db"))?,
+            sandbox.truth()?,
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn incomplete_or_damaged_sled_snapshots_are_moved_aside() -> Result {
+    let sandbox = Sandbox::start(&["--records", "500"])?;
+    let dir = TempDir::new("snapshot");
+    let (path, state, run_id) = paused_run(&sandbox, &dir)?;
+    let journal_dir = state.join("journal");
+    // What a kill during snapshot generation leaves (spacejam/sled #1527).
+    std::fs::write(
+        journal_dir.join("snap.00000000DEADBEEF.generating"),
+        b"half a snapshot",
+    )?;
+    // And a complete snapshot that is damaged.
+    for entry in std::fs::read_dir(&journal_dir)? {
+        let p = entry?.path();
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        if name.starts_with("snap.") && !name.ends_with(".generating") {
+            let mut bytes = std::fs::read(&p)?;
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0xFF;
+            std::fs::write(&p, bytes)?;
+        }
+    }
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(journal_dir
+        .join("quarantine")
+        .join("snap.00000000DEADBEEF.generating")
+        .exists());
+    // The same run finished: the journal survived without its snapshots.
+    let all = runs(&state)?;
+    assert_eq!(
+        (all.len(), all[0]["run"].as_str()),
+        (1, Some(run_id.as_str()))
+    );
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The state directory: one process at a time, and a size that stays bounded.
+
+use std::time::Duration;
+
+use crate::util::*;
+
+#[test]
+fn a_second_process_is_told_who_holds_the_state_directory() -> Result {
+    let sandbox = Sandbox::start(&["--records", "2000", "--latency", "100ms"])?;
+    let dir = TempDir::new("busy");
+    let path = workflow(dir.path(), 50, 3)?;
+    let state = dir.path().join("state");
+    let mut first = waymark(&state, &sandbox.url)
+        .arg("run")
+        .arg(&path)
+        .spawn()?;
+    let lock = state.join("LOCK");
+    let pid = first.id();
+    let holds = wait_for(
+        || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&format!("pid {pid}"))),
+        Duration::from_secs(10),
+    );
+    assert!(holds, "the first run never took the lock");
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(4));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another process (pid") && stderr.contains(&pid.to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("waymark") && stderr.contains(" run "),
+        "names the holder's command: {stderr}"
+    );
+    let out = run(waymark(&state, "").arg("runs"))?;
+    assert_eq!(out.status.code(), Some(4));
+    first.kill()?;
+    first.wait()?;
+    // Once the holder is gone (even by SIGKILL), the directory is free again.
+    let out = run(waymark(&state, "").arg("runs"))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    Ok(())
+}
+
+#[test]
+fn a_sigterm_pauses_at_a_step_boundary() -> Result {
+    let sandbox = Sandbox::start(&["--records", "2000", "--latency", "50ms"])?;
+    let dir = TempDir::new("sigterm");
+    let path = workflow(dir.path(), 50, 3)?;
+    let state = dir.path().join("state");
+    let child = waymark(&state, &sandbox.url)
+        .arg("run")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(600));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let out = child.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("paused (interrupted)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}
+
+/// sled keeps large values as blob files it never deletes; staged pages live in our own
+/// files and journal values stay small, so the state directory stays bounded.
+#[test]
+fn the_state_directory_stays_bounded_over_2m_records_and_100_more_runs() -> Result {
+    let sandbox = Sandbox::start(&["--records", "2000000"])?;
+    let dir = TempDir::new("bounded");
+    let path = workflow(dir.path(), 2000, 3)?;
+    let state = dir.path().join("state");
+    let started = std::time::Instant::now();
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("completed — 2000000 records in 1000 pages"),
+        "{}",
+        text(&out.stdout)
+    );
+    let after_big = du(&state);
+    eprintln!(
+        "2M records synced in {:.1}s; state directory {} KiB",
+        started.elapsed().as_secs_f64(),
+        after_big / 1024
+    );
+    for _ in 0..100 {
+        let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let after_small = du(&state);
+    eprintln!(
+        "after 100 more runs: state directory {} KiB",
+        after_small / 1024
+    );
+    assert_eq!(runs(&state)?.len(), 101);
+    // 1000 pages of ~800 KB went through staging; none of it may stay.
+    assert!(
+        after_big < 16 << 20,
+        "state directory is {after_big} bytes after 2M records"
+    );
+    assert!(
+        after_small < 16 << 20,
+        "state directory is {after_small} bytes after 100 more runs"
+    );
+    assert_eq!(std::fs::read_dir(state.join("staging"))?.count(), 0);
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! Helpers for end-to-end tests: unique temp dirs, the sandbox as a real process, running
+//! the real `waymark` binary, reading the SQLite destination.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_waymark"))
+}
+
+/// A fresh directory under the system temp dir, removed on drop unless the test failed.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("waymark-e2e-{name}-{}-{nanos}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A `waymark sandbox` process, killed on drop.
+pub struct Sandbox {
+    child: Child,
+    pub url: String,
+}
+
+impl Sandbox {
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bin())
+            .args(["sandbox", "--port", "0", "--quiet"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .ok_or("no address")?
+            .to_string();
+        if !url.starts_with("http://") {
+            return Err(format!("sandbox said: {line}").into());
+        }
+        Ok(Sandbox { child, url })
+    }
+
+    /// Every record the sandbox serves, keyed by id.
+    pub fn truth(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+        let body: serde_json::Value = serde_json::from_slice(&get(&self.url, "/_truth/orders")?)?;
+        let mut map = std::collections::BTreeMap::new();
+        for record in body["data"].as_array().ok_or("no data")? {
+            map.insert(record["id"].to_string(), record.clone());
+        }
+        Ok(map)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET over a loopback socket; returns the body of a 200 response.
+pub fn get(base: &str, path: &str) -> Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no header end")?;
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path}: {head}").into());
+    }
+    Ok(response[split + 4..].to_vec())
+}
+
+/// Writes a workflow for the sandbox's orders into `dir/shop.toml`; `extra` is appended to
+/// the stream table.
+pub fn workflow(dir: &Path, page_size: u32, max_attempts: u32) -> Result<PathBuf> {
+    let text = format!(
+        r#"[sync]
+name = "shop"
+
+[source]
+kind = "http"
+base_url = "${{WAYMARK_SANDBOX_URL}}"
+timeout = "5s"
+max_attempts = {max_attempts}
+
+[[stream]]
+name = "orders"
+path = "/orders"
+records = "data"
+primary_key = "id"
+cursor_field = "updated_at"
+page_size = {page_size}
+pagination = {{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }}
+window = {{ lag = "0s", start_param = "updated_since", end_param = "updated_before" }}
+
+[destination]
+kind = "sqlite"
+path = "shop.db"
+"#
+    );
+    let path = dir.join("shop.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// A `waymark` command with the state dir and sandbox URL set.
+pub fn waymark(state: &Path, url: &str) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env("WAYMARK_STATE_DIR", state)
+        .env("WAYMARK_SANDBOX_URL", url)
+        .env("WAYMARK_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    Ok(cmd.output()?)
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts the process did not panic (Rust's panic exit code is 101).
+pub fn assert_no_panic(out: &Output) {
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "panicked: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+}
+
+/// Rows of the orders table: key → record.
+pub fn rows(db: &Path) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    let conn = rusqlite::Connection::open(db)?;
+    let mut stmt = conn.prepare("SELECT key, record FROM orders")?;
+    let pairs: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<std::result::Result<_, _>>()?;
+    let mut map = std::collections::BTreeMap::new();
+    for (key, record) in pairs {
+        map.insert(key, serde_json::from_str(&record)?);
+    }
+    Ok(map)
+}
+
+/// The journal of a run as JSON events.
+pub fn journal(state: &Path, run: &str) -> Result<Vec<serde_json::Value>> {
+    let out = waymark(state, "")
+        .args(["journal", run, "--json"])
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("journal failed: {}", text(&out.stderr)).into());
+    }
+    text(&out.stdout)
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// All runs as JSON objects.
+pub fn runs(state: &Path) -> Result<Vec<serde_json::Value>> {
+    let out = waymark(state, "").args(["runs", "--json"]).output()?;
+    if !out.status.success() {
+        return Err(format!("runs failed: {}", text(&out.stderr)).into());
+    }
+    text(&out.stdout)
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// Total size of the files under `path`.
+pub fn du(path: &Path) -> u64 {
+    waymark_engine::state_dir::disk_usage(path)
+}
+
+pub fn wait_for(mut done: impl FnMut() -> bool, timeout: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}

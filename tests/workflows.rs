@@ -1,0 +1,51 @@
+//! Every file in `workflows/` is parsed, validated and run against the sandbox.
+
+use crate::util::*;
+
+#[test]
+fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
+    let sandbox = Sandbox::start(&["--records", "3000"])?;
+    let truth = sandbox.truth()?;
+    assert_eq!(truth.len(), 3000);
+    let examples = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"))?;
+    let mut ran = 0;
+    for entry in examples {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let dir = TempDir::new("example");
+        let workflow = dir.path().join("workflow.toml");
+        std::fs::copy(&path, &workflow)?;
+        let state = dir.path().join("state");
+        let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("completed — 3000 records"), "{stdout}");
+        assert_eq!(
+            rows(&dir.path().join("shop.db"))?,
+            truth,
+            "{}",
+            path.display()
+        );
+
+        // The next run re-reads only the overlap window and changes nothing.
+        let again = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
+        assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+        assert!(
+            text(&again.stdout).contains("inserted 0, updated 0"),
+            "{}",
+            text(&again.stdout)
+        );
+        assert_eq!(rows(&dir.path().join("shop.db"))?, truth);
+        ran += 1;
+    }
+    assert!(ran >= 1, "no example workflows found");
+    Ok(())
+}
