@@ -324,7 +324,7 @@ mod tests {
             wait_ms: 50,
             at: Timestamp(9),
         };
-        let s = state(&[retried.clone()]);
+        let s = state(std::slice::from_ref(&retried));
         match on_fetch_failure(&s, &failure, &policy, 1.0, Timestamp(9)) {
             Event::RequestRetried {
                 attempt: 2,

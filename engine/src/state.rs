@@ -402,9 +402,7 @@ mod tests {
     }
 
     fn run(events: &[Event]) -> Result<RunState, Invalid> {
-        events
-            .iter()
-            .try_fold(RunState::start(&started()), |s, e| apply(s, e))
+        events.iter().try_fold(RunState::start(&started()), apply)
     }
 
     #[test]

@@ -55,10 +55,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     );
     let status = run_streams(&mut dir, &workflow, &streams, false, &args.budget).await?;
     let state = state_dir.display();
+    let me = std::env::args().next().unwrap_or_else(|| "waymark".into());
     out!("");
     out!("Inspect what happened:");
-    out!("  waymark --state-dir {state} runs");
-    out!("  waymark --state-dir {state} journal <run-id>     # every step, journaled before the next");
+    out!("  {me} --state-dir {state} runs");
+    out!("  {me} --state-dir {state} journal <run-id>     # every step, journaled before the next");
     out!(
         "  sqlite3 {} 'SELECT count(*) FROM orders'",
         workflow.destination_path().display()

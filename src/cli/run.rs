@@ -101,14 +101,14 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
 
 fn destination(workflow: &Workflow, stream: &StreamSection) -> anyhow::Result<SqliteDestination> {
     let path = workflow.destination_path();
-    Ok(SqliteDestination::open(
+    SqliteDestination::open(
         &path,
         workflow.name(),
         &stream.name,
         &stream.primary_key,
         stream.cursor_field.as_deref(),
     )
-    .with_context(|| format!("opening destination {}", path.display()))?)
+    .with_context(|| format!("opening destination {}", path.display()))
 }
 
 /// Drives one opened run to its end (or pause/failure) and prints its summary line.

@@ -10,6 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[error("{0}")]
 pub struct BackendError(pub String);
 
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Entries in key order, each read checked by the backend.
+pub type Entries<'a> = Box<dyn Iterator<Item = Result<Entry, BackendError>> + 'a>;
+
 /// One write of an atomic batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -24,12 +30,9 @@ pub trait Backend: Send {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
     /// Every entry whose key starts with `prefix`, in key order.
-    fn scan<'a>(
-        &'a self,
-        prefix: &[u8],
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), BackendError>> + 'a>;
+    fn scan<'a>(&'a self, prefix: &[u8]) -> Entries<'a>;
     /// The last entry whose key starts with `prefix`.
-    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, BackendError>;
+    fn last(&self, prefix: &[u8]) -> Result<Option<Entry>, BackendError>;
     /// Applies all ops atomically (all or none are visible, before and after a crash).
     fn commit(&self, ops: Vec<Op>) -> Result<(), BackendError>;
     /// Makes every committed batch durable.
@@ -106,10 +109,7 @@ impl Backend for MemoryBackend {
         Ok(self.disk().live.get(key).cloned())
     }
 
-    fn scan<'a>(
-        &'a self,
-        prefix: &[u8],
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), BackendError>> + 'a> {
+    fn scan<'a>(&'a self, prefix: &[u8]) -> Entries<'a> {
         let items: Vec<_> = self
             .disk()
             .live
@@ -120,7 +120,7 @@ impl Backend for MemoryBackend {
         Box::new(items.into_iter())
     }
 
-    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn last(&self, prefix: &[u8]) -> Result<Option<Entry>, BackendError> {
         Ok(self
             .disk()
             .live

@@ -20,7 +20,7 @@ mod sled;
 
 use std::time::Duration;
 
-pub use self::backend::{Backend, BackendError, MemoryBackend, Op};
+pub use self::backend::{Backend, BackendError, Entries, Entry, MemoryBackend, Op};
 pub use self::codec::{Error as CodecError, FORMAT_VERSION};
 pub use self::sled::SledBackend;
 

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::backend::{Backend, BackendError, Op};
+use super::backend::{Backend, BackendError, Entries, Entry, Op};
 
 /// sled's default tree as a journal backend.
 pub struct SledBackend {
@@ -104,10 +104,7 @@ impl Backend for SledBackend {
         Ok(self.db.get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
-    fn scan<'a>(
-        &'a self,
-        prefix: &[u8],
-    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), BackendError>> + 'a> {
+    fn scan<'a>(&'a self, prefix: &[u8]) -> Entries<'a> {
         Box::new(
             self.db
                 .scan_prefix(prefix)
@@ -115,7 +112,7 @@ impl Backend for SledBackend {
         )
     }
 
-    fn last(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn last(&self, prefix: &[u8]) -> Result<Option<Entry>, BackendError> {
         match self.db.scan_prefix(prefix).next_back() {
             Some(r) => r.map(|(k, v)| Some((k.to_vec(), v.to_vec()))).map_err(err),
             None => Ok(None),
