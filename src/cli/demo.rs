@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use waymark_connectors::Workflow;
 
-use super::run::{open_state, run_streams, Budget};
+use super::run::{open_state, run_streams, stop_on_signal, Budget};
 use super::ExitStatus;
 use crate::sandbox::{self, Config};
 
@@ -25,6 +25,7 @@ pub struct DemoArgs {
 
 /// Runs `waymark demo`.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
+    let stop = stop_on_signal()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     let config = Config {
@@ -53,7 +54,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
         args.records,
         workflow.destination_path().display()
     );
-    let status = run_streams(&mut dir, &workflow, &streams, false, &args.budget).await?;
+    let status = run_streams(&mut dir, &workflow, &streams, false, &args.budget, &stop).await?;
     let state = state_dir.display();
     let me = std::env::args().next().unwrap_or_else(|| "waymark".into());
     out!("");

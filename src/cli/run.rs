@@ -52,29 +52,31 @@ pub struct ResumeArgs {
     budget: Budget,
 }
 
-/// Stop flag set by SIGINT/SIGTERM: the driver pauses at the next step boundary.
-fn stop_on_signal() -> Arc<AtomicBool> {
+/// Stop flag set by SIGINT/SIGTERM: the driver pauses at the next step boundary; a second
+/// signal exits at once (safe: that is a crash, which the journal recovers from). The
+/// handlers are registered before this returns, so no signal after it kills a step midway.
+pub fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let Ok(mut term) = signal(SignalKind::terminate()) {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            } else {
-                let _ = tokio::signal::ctrl_c().await;
+        for _ in 0..2 {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
+            if flag.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    "second stop request: exiting now; the next run resumes from the journal"
+                );
+                std::process::exit(130);
+            }
+            tracing::warn!("stop requested: pausing at the next step boundary (again to exit now)");
         }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::warn!("stop requested: pausing at the next step boundary");
-        flag.store(true, Ordering::SeqCst);
     });
-    stop
+    Ok(stop)
 }
 
 fn settings(workflow: &Workflow, budget: &Budget) -> Settings {
@@ -223,6 +225,7 @@ fn status_of(states: &[RunState]) -> ExitStatus {
 
 /// `waymark run <workflow>`.
 pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
+    let stop = stop_on_signal()?;
     let workflow = Workflow::load(&args.workflow)?;
     let streams: Vec<&StreamSection> = if args.streams.is_empty() {
         workflow.streams().iter().collect()
@@ -233,7 +236,15 @@ pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> 
             .collect::<Result<_, _>>()?
     };
     let mut dir = open_state(state_dir)?;
-    run_streams(&mut dir, &workflow, &streams, args.fresh, &args.budget).await
+    run_streams(
+        &mut dir,
+        &workflow,
+        &streams,
+        args.fresh,
+        &args.budget,
+        &stop,
+    )
+    .await
 }
 
 /// Runs streams of an already-loaded workflow in an open state directory (also used by
@@ -244,6 +255,7 @@ pub async fn run_streams(
     streams: &[&StreamSection],
     fresh: bool,
     budget: &Budget,
+    stop: &AtomicBool,
 ) -> anyhow::Result<ExitStatus> {
     let pruned = dir
         .journal_mut()
@@ -255,7 +267,6 @@ pub async fn run_streams(
             pruned.events
         );
     }
-    let stop = stop_on_signal();
     let settings = settings(workflow, budget);
     let mut finished = Vec::new();
     for stream in streams {
@@ -312,6 +323,7 @@ pub fn find_run(dir: &StateDir, text: &str) -> anyhow::Result<RunId> {
 
 /// `waymark resume <run-id>`.
 pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitStatus> {
+    let stop = stop_on_signal()?;
     let mut dir = open_state(state_dir)?;
     let run = find_run(&dir, &args.run_id)?;
     let state = dir.journal().load(run)?;
@@ -322,7 +334,6 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let plan = workflow.plan(&stream, false);
     let mut destination = destination(&workflow, &stream)?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
-    let stop = stop_on_signal();
     let settings = settings(&workflow, &args.budget);
     let state = drive(
         &mut dir,
