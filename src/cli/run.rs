@@ -286,7 +286,7 @@ pub async fn run_streams(
                 &mut destination,
                 state,
                 &settings,
-                &stop,
+                stop,
             )
             .await?,
         );
