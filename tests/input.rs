@@ -114,12 +114,7 @@ fn a_destination_that_rejects_writes_fails_the_run_cleanly() -> Result {
 fn a_changed_workflow_is_refused_until_restored_or_fresh() -> Result {
     let sandbox = Sandbox::start(&["--records", "600"])?;
     let dir = TempDir::new("changed");
-    let path = workflow(dir.path(), 100, 3)?;
-    let state = dir.path().join("state");
-    let out = run(waymark(&state, &sandbox.url)
-        .args(["run", "--max-pages", "2"])
-        .arg(&path))?;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let (path, state, _) = paused_run(&sandbox, &dir)?;
     let original = std::fs::read_to_string(&path)?;
     std::fs::write(
         &path,

@@ -4,23 +4,6 @@ use waymark_engine::journal::{Backend, Op, SledBackend};
 
 use crate::util::*;
 
-fn paused_run(
-    sandbox: &Sandbox,
-    dir: &TempDir,
-) -> Result<(std::path::PathBuf, std::path::PathBuf, String)> {
-    let path = workflow(dir.path(), 100, 3)?;
-    let state = dir.path().join("state");
-    let out = run(waymark(&state, &sandbox.url)
-        .args(["run", "--max-pages", "2"])
-        .arg(&path))?;
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    let run_id = runs(&state)?[0]["run"]
-        .as_str()
-        .ok_or("run id")?
-        .to_string();
-    Ok((path, state, run_id))
-}
-
 #[test]
 fn a_flipped_bit_is_named_by_run_and_seq_with_the_way_out() -> Result {
     let sandbox = Sandbox::start(&["--records", "500"])?;

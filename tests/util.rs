@@ -224,3 +224,22 @@ pub fn wait_for(mut done: impl FnMut() -> bool, timeout: Duration) -> bool {
     }
     false
 }
+
+/// Syncs two pages of 100 records, then pauses (`--max-pages 2`, exit 3): a state directory
+/// with an unfinished run. Returns the workflow path, the state directory and the run id.
+pub fn paused_run(
+    sandbox: &Sandbox,
+    dir: &TempDir,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, String)> {
+    let path = workflow(dir.path(), 100, 3)?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "2"])
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let run_id = runs(&state)?[0]["run"]
+        .as_str()
+        .ok_or("run id")?
+        .to_string();
+    Ok((path, state, run_id))
+}

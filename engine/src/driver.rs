@@ -114,6 +114,11 @@ pub async fn open<B: Backend, D: Destination>(
     };
     if let Some(run) = active {
         match journal.load(run) {
+            Ok(state) if state.status.is_finished() => {
+                // Cannot happen through `append` (the pointer goes in the same batch as the
+                // finishing event); a stale pointer is simply dropped.
+                journal.clear_active_run(&plan.sync, &plan.stream)?;
+            }
             Ok(state) if !plan.fresh => return resume(journal, state, plan, now),
             Ok(state) => {
                 let reason = "abandoned by --fresh".to_string();

@@ -33,7 +33,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A staged page is damaged or does not match its journal entry.
-    #[error("staged page {page} of run {run} is damaged: {detail}")]
+    #[error(
+        "staged page {page} of run {run} is damaged: {detail}. `waymark run <workflow> --fresh` \
+         abandons the run and continues from its last committed checkpoint"
+    )]
     Corrupt {
         /// The run.
         run: RunId,
