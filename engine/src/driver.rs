@@ -133,17 +133,29 @@ pub async fn open<B: Backend, D: Destination>(
             }
         }
     }
-    let start_from = match journal.checkpoint(&plan.sync, &plan.stream)? {
+    // The journal's checkpoint; if it is missing or damaged, the destination's own copy
+    // (stored in the same transaction as the data). Never silently the beginning.
+    let (ours, damaged) = match journal.checkpoint(&plan.sync, &plan.stream) {
+        Ok(ours) => (ours, None),
+        Err(e @ journal::Error::Corrupt { .. }) => (None, Some(e)),
+        Err(e) => return Err(e.into()),
+    };
+    let start_from = match ours {
         Some(checkpoint) => StartFrom::Journal(checkpoint),
-        None => match destination.checkpoint().await? {
-            Some(checkpoint) => {
+        None => match (destination.checkpoint().await?, damaged) {
+            (Some(checkpoint), why) => {
+                let why = why.map_or("no checkpoint in the journal".into(), |e| e.to_string());
                 tracing::warn!(
-                    "{}/{}: no checkpoint in the journal; continuing from the destination's copy (run {}, page {})",
-                    plan.sync, plan.stream, checkpoint.run_id, checkpoint.page
+                    "{}/{}: {why}; continuing from the destination's copy (run {}, page {})",
+                    plan.sync,
+                    plan.stream,
+                    checkpoint.run_id,
+                    checkpoint.page
                 );
                 StartFrom::Destination(checkpoint)
             }
-            None => StartFrom::Beginning,
+            (None, Some(damaged)) => return Err(damaged.into()),
+            (None, None) => StartFrom::Beginning,
         },
     };
     let (window, start_cursor) = window_after(start_from_checkpoint(&start_from), plan, now);
