@@ -140,6 +140,7 @@ async fn drive(
             .map_or("at the first page", |c| c.as_str())
     );
     let began = Instant::now();
+    let records_before = state.counts.records_committed;
     let mut last_report = Instant::now();
     let name = stream.name.clone();
     let mut observe = move |state: &RunState, event: &Event| {
@@ -152,7 +153,7 @@ async fn drive(
                 "{name}: {} pages, {} records committed ({:.0} records/s), {} retries",
                 state.counts.pages_committed,
                 state.counts.records_committed,
-                state.counts.records_committed as f64 / secs,
+                (state.counts.records_committed - records_before) as f64 / secs,
                 state.counts.retries
             );
         }
