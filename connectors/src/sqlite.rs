@@ -28,15 +28,6 @@ fn fail(context: &str) -> impl Fn(rusqlite::Error) -> destination::Error + '_ {
     move |e| destination::Error(format!("SQLite {context}: {e}"))
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredAck {
-    inserted: u64,
-    updated: u64,
-    unchanged: u64,
-    skipped_stale: u64,
-    dead_lettered: u64,
-}
-
 impl SqliteDestination {
     /// Opens (creating) the database at `path` and the stream's table.
     pub fn open(
@@ -98,17 +89,6 @@ impl SqliteDestination {
         })
     }
 
-    fn stored(&self) -> Result<Option<(String, u64, String, String)>, destination::Error> {
-        self.conn
-            .query_row(
-                "SELECT run_id, page, checkpoint, ack FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
-                params![self.sync, self.stream],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
-            .optional()
-            .map_err(fail("reading the checkpoint"))
-    }
-
     fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
         let tx = self
             .conn
@@ -125,16 +105,12 @@ impl SqliteDestination {
             .map_err(fail("reading the checkpoint"))?;
         if let Some((prior_run, prior_page, ack)) = prior {
             if prior_run == run && prior_page >= batch.page {
-                let stored: StoredAck = serde_json::from_str(&ack).map_err(|e| {
+                let stored: WriteAck = serde_json::from_str(&ack).map_err(|e| {
                     destination::Error(format!("stored acknowledgement unreadable: {e}"))
                 })?;
                 return Ok(WriteAck {
-                    inserted: stored.inserted,
-                    updated: stored.updated,
-                    unchanged: stored.unchanged,
-                    skipped_stale: stored.skipped_stale,
-                    dead_lettered: stored.dead_lettered,
                     replayed: true,
+                    ..stored
                 });
             }
         }
@@ -210,14 +186,7 @@ impl SqliteDestination {
         }
         let checkpoint = serde_json::to_string(batch.checkpoint)
             .map_err(|e| destination::Error(format!("checkpoint encoding: {e}")))?;
-        let stored = StoredAck {
-            inserted: ack.inserted,
-            updated: ack.updated,
-            unchanged: ack.unchanged,
-            skipped_stale: ack.skipped_stale,
-            dead_lettered: ack.dead_lettered,
-        };
-        let stored = serde_json::to_string(&stored)
+        let stored = serde_json::to_string(&ack)
             .map_err(|e| destination::Error(format!("acknowledgement encoding: {e}")))?;
         tx.execute(
             "INSERT INTO _waymark_checkpoints (sync, stream, run_id, page, checkpoint, ack)
@@ -266,11 +235,18 @@ impl Destination for SqliteDestination {
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
-        match self.stored()? {
-            None => Ok(None),
-            Some((_, _, checkpoint, _)) => serde_json::from_str(&checkpoint)
-                .map(Some)
-                .map_err(|e| destination::Error(format!("stored checkpoint unreadable: {e}"))),
-        }
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT checkpoint FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
+                params![self.sync, self.stream],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(fail("reading the checkpoint"))?;
+        stored
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| destination::Error(format!("stored checkpoint unreadable: {e}")))
     }
 }
