@@ -14,13 +14,11 @@ fn a_second_process_is_told_who_holds_the_state_directory() -> Result {
         .arg("run")
         .arg(&path)
         .spawn()?;
-    let lock = state.join("LOCK");
     let pid = first.id();
-    let holds = wait_for(
-        || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&format!("pid {pid}"))),
-        Duration::from_secs(10),
+    assert!(
+        wait_for_lock(&state, pid),
+        "the first run never took the lock"
     );
-    assert!(holds, "the first run never took the lock");
     let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
     assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(4));
@@ -54,7 +52,11 @@ fn a_sigterm_pauses_at_a_step_boundary() -> Result {
         .arg(&path)
         .stdout(std::process::Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        wait_for_lock(&state, child.id()),
+        "the run never took the lock"
+    );
+    std::thread::sleep(Duration::from_millis(300));
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;

@@ -243,3 +243,13 @@ pub fn paused_run(
         .to_string();
     Ok((path, state, run_id))
 }
+
+/// Waits until process `pid` holds the state directory's lock (its signal handlers are in
+/// place by then).
+pub fn wait_for_lock(state: &Path, pid: u32) -> bool {
+    let lock = state.join("LOCK");
+    wait_for(
+        || std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&format!("pid {pid}"))),
+        Duration::from_secs(10),
+    )
+}

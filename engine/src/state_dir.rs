@@ -48,7 +48,6 @@ pub enum Error {
 
 /// An open, locked state directory.
 pub struct StateDir {
-    root: PathBuf,
     journal: Journal<SledBackend>,
     staging: Staging,
     _lock: File,
@@ -114,7 +113,6 @@ impl StateDir {
         })?;
         let staging = Staging::open(&root.join("staging"))?;
         Ok(StateDir {
-            root: root.to_path_buf(),
             journal: Journal::new(backend),
             staging,
             _lock: lock,
@@ -138,11 +136,6 @@ impl StateDir {
         Ok(Some(target))
     }
 
-    /// The directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The journal.
     pub fn journal(&self) -> &Journal<SledBackend> {
         &self.journal
@@ -151,11 +144,6 @@ impl StateDir {
     /// The journal, for appending.
     pub fn journal_mut(&mut self) -> &mut Journal<SledBackend> {
         &mut self.journal
-    }
-
-    /// The staging area.
-    pub fn staging(&self) -> &Staging {
-        &self.staging
     }
 
     /// Journal and staging together, as the driver needs them.

@@ -53,7 +53,6 @@ pub struct MemoryBackend {
     disk: Arc<Mutex<Disk>>,
     commits_left: Arc<AtomicU64>,
     limited: Arc<std::sync::atomic::AtomicBool>,
-    flushes: Arc<AtomicU64>,
 }
 
 impl MemoryBackend {
@@ -96,11 +95,6 @@ impl MemoryBackend {
             disk.durable = durable;
         }
         copy
-    }
-
-    /// Number of flushes so far.
-    pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::SeqCst)
     }
 }
 
@@ -151,7 +145,6 @@ impl Backend for MemoryBackend {
     fn flush(&self) -> Result<(), BackendError> {
         let mut disk = self.disk();
         disk.durable = disk.live.clone();
-        self.flushes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }

@@ -130,11 +130,6 @@ impl<B: Backend> Journal<B> {
         Journal { backend }
     }
 
-    /// The backend (for size measurements and tests).
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
     fn read<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],
