@@ -2,7 +2,7 @@
 
 mod util;
 
-mod crash;
+mod chaos;
 mod input;
 mod journal;
 mod state_dir;

@@ -70,14 +70,48 @@ impl Sandbox {
         Ok(Sandbox { child, url })
     }
 
-    /// Every record the sandbox serves, keyed by id.
+    /// Every order the sandbox serves, keyed by id.
     pub fn truth(&self) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
-        let body: serde_json::Value = serde_json::from_slice(&get(&self.url, "/_truth/orders")?)?;
+        Ok(self.truth_of("orders")?.0)
+    }
+
+    /// A resource's live records keyed by id, and the ids deleted (and not live again).
+    pub fn truth_of(
+        &self,
+        resource: &str,
+    ) -> Result<(
+        std::collections::BTreeMap<String, serde_json::Value>,
+        Vec<String>,
+    )> {
+        let body: serde_json::Value =
+            serde_json::from_slice(&get(&self.url, &format!("/_truth/{resource}"))?)?;
         let mut map = std::collections::BTreeMap::new();
         for record in body["data"].as_array().ok_or("no data")? {
             map.insert(record["id"].to_string(), record.clone());
         }
-        Ok(map)
+        let deleted = body["deleted"]
+            .as_array()
+            .ok_or("no deleted")?
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
+        Ok((map, deleted))
+    }
+
+    /// What the sandbox served, injected and mutated so far.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&get(&self.url, "/_stats")?)?)
+    }
+
+    /// Replaces the injected faults (`{}`: none).
+    pub fn set_faults(&self, faults: &str) -> Result {
+        http("PUT", &self.url, "/_control/faults", Some(faults)).map(drop)
+    }
+
+    /// Sets the mutator's rate (0 stops it).
+    pub fn set_mutation_rate(&self, per_second: f64) -> Result {
+        let body = format!(r#"{{"rate":{per_second}}}"#);
+        http("PUT", &self.url, "/_control/mutator", Some(&body)).map(drop)
     }
 }
 
@@ -90,12 +124,20 @@ impl Drop for Sandbox {
 
 /// A plain HTTP/1.1 GET over a loopback socket; returns the body of a 200 response.
 pub fn get(base: &str, path: &str) -> Result<Vec<u8>> {
+    http("GET", base, path, None)
+}
+
+/// A plain HTTP/1.1 request with an optional JSON body; returns the body of a 200 response.
+pub fn http(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<Vec<u8>> {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(host)?;
+    let body = body.unwrap_or("");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
@@ -105,7 +147,7 @@ pub fn get(base: &str, path: &str) -> Result<Vec<u8>> {
         .ok_or("no header end")?;
     let head = String::from_utf8_lossy(&response[..split]).into_owned();
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("GET {path}: {head}").into());
+        return Err(format!("{method} {path}: {head}").into());
     }
     Ok(response[split + 4..].to_vec())
 }
@@ -169,18 +211,36 @@ pub fn assert_no_panic(out: &Output) {
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
 }
 
-/// Rows of the orders table: key → record.
+/// Live rows of the orders table: key → record.
 pub fn rows(db: &Path) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    Ok(table(db, "orders")?.0)
+}
+
+/// A destination table: live rows (key → record) and the keys marked deleted.
+pub fn table(
+    db: &Path,
+    name: &str,
+) -> Result<(
+    std::collections::BTreeMap<String, serde_json::Value>,
+    Vec<String>,
+)> {
     let conn = rusqlite::Connection::open(db)?;
-    let mut stmt = conn.prepare("SELECT key, record FROM orders")?;
-    let pairs: Vec<(String, String)> = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+    let mut stmt = conn.prepare(&format!(
+        "SELECT key, record, deleted_at IS NOT NULL FROM \"{name}\" ORDER BY key"
+    ))?;
+    let rows: Vec<(String, String, bool)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<std::result::Result<_, _>>()?;
-    let mut map = std::collections::BTreeMap::new();
-    for (key, record) in pairs {
-        map.insert(key, serde_json::from_str(&record)?);
+    let mut live = std::collections::BTreeMap::new();
+    let mut deleted = Vec::new();
+    for (key, record, gone) in rows {
+        if gone {
+            deleted.push(key);
+        } else {
+            live.insert(key, serde_json::from_str(&record)?);
+        }
     }
-    Ok(map)
+    Ok((live, deleted))
 }
 
 /// The journal of a run as JSON events.

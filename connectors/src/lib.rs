@@ -15,5 +15,5 @@ pub mod sqlite;
 pub mod workflow;
 
 pub use http::HttpSource;
-pub use sqlite::SqliteDestination;
+pub use sqlite::{Binding, SqliteDestination};
 pub use workflow::Workflow;

@@ -2,8 +2,9 @@
 //! the same transaction as its batch.
 //!
 //! Tables: one per stream (`key` primary key, `version`, the raw `record` JSON, the run and
-//! page that wrote it), `_waymark_checkpoints` (one row per sync and stream: checkpoint and
-//! the acknowledgement of the batch that committed it) and `_waymark_dead_letters`.
+//! page that wrote it, `deleted_at` once a deletions feed removed it), `_waymark_checkpoints`
+//! (one row per sync and stream: checkpoint and the acknowledgement of the batch that
+//! committed it) and `_waymark_dead_letters`.
 
 use std::cmp::Ordering;
 use std::path::Path;
@@ -14,14 +15,50 @@ use waymark_engine::destination::{self, Batch, Destination};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::record::{compare_versions, lookup, scalar};
+use crate::workflow::{StreamSection, Workflow};
+
+/// Where one stream's records go: its table, key, version, and whether its records are
+/// deletions of another stream's records.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// The sync; with `stream` it names the checkpoint row.
+    pub sync: String,
+    /// The stream.
+    pub stream: String,
+    /// The table written (the stream's own, or the one a deletions feed deletes from).
+    pub table: String,
+    /// Dotted path of the record key.
+    pub primary_key: String,
+    /// Dotted path of the record version (for a deletions feed: the deletion time).
+    pub version_field: Option<String>,
+    /// Records mark rows of `table` deleted instead of being stored.
+    pub deletes: bool,
+    /// How long to wait for a database locked by another process.
+    pub busy_timeout: Duration,
+}
+
+impl Binding {
+    /// The binding of `stream` in `workflow`.
+    pub fn new(workflow: &Workflow, stream: &StreamSection) -> Self {
+        Binding {
+            sync: workflow.name().to_string(),
+            stream: stream.name.clone(),
+            table: stream
+                .deletes
+                .clone()
+                .unwrap_or_else(|| stream.name.clone()),
+            primary_key: stream.primary_key.clone(),
+            version_field: stream.cursor_field.clone(),
+            deletes: stream.deletes.is_some(),
+            busy_timeout: workflow.file().destination.busy_timeout.0,
+        }
+    }
+}
 
 /// One stream's table in a SQLite database.
 pub struct SqliteDestination {
     conn: Connection,
-    sync: String,
-    stream: String,
-    primary_key: String,
-    version_field: Option<String>,
+    binding: Binding,
 }
 
 fn fail(context: &str) -> impl Fn(rusqlite::Error) -> destination::Error + '_ {
@@ -30,20 +67,14 @@ fn fail(context: &str) -> impl Fn(rusqlite::Error) -> destination::Error + '_ {
 
 impl SqliteDestination {
     /// Opens (creating) the database at `path` and the stream's table.
-    pub fn open(
-        path: &Path,
-        sync: &str,
-        stream: &str,
-        primary_key: &str,
-        version_field: Option<&str>,
-    ) -> Result<Self, destination::Error> {
+    pub fn open(path: &Path, binding: Binding) -> Result<Self, destination::Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| destination::Error(format!("{}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path)
             .map_err(|e| destination::Error(format!("SQLite {}: {e}", path.display())))?;
-        conn.busy_timeout(Duration::from_secs(10))
+        conn.busy_timeout(binding.busy_timeout)
             .map_err(fail("busy timeout"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(fail("WAL mode"))?;
@@ -51,13 +82,15 @@ impl SqliteDestination {
         // ahead of a durable write, even on power loss.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(fail("synchronous"))?;
+        let table = &binding.table;
         conn.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS \"{stream}\" (
+            "CREATE TABLE IF NOT EXISTS \"{table}\" (
                  key TEXT PRIMARY KEY NOT NULL,
                  version TEXT,
                  record TEXT NOT NULL,
                  run_id TEXT NOT NULL,
-                 page INTEGER NOT NULL
+                 page INTEGER NOT NULL,
+                 deleted_at TEXT
              );
              CREATE TABLE IF NOT EXISTS _waymark_checkpoints (
                  sync TEXT NOT NULL,
@@ -80,16 +113,27 @@ impl SqliteDestination {
              );"
         ))
         .map_err(fail("creating tables"))?;
-        Ok(SqliteDestination {
-            conn,
-            sync: sync.to_string(),
-            stream: stream.to_string(),
-            primary_key: primary_key.to_string(),
-            version_field: version_field.map(str::to_string),
-        })
+        // Tables created before deletions feeds existed lack `deleted_at`.
+        let has_deleted_at: bool = conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'deleted_at'"
+                ),
+                [],
+                |row| row.get(0),
+            )
+            .map_err(fail("reading the table's columns"))?;
+        if !has_deleted_at {
+            conn.execute_batch(&format!(
+                "ALTER TABLE \"{table}\" ADD COLUMN deleted_at TEXT"
+            ))
+            .map_err(fail("adding column deleted_at"))?;
+        }
+        Ok(SqliteDestination { conn, binding })
     }
 
     fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+        let b = &self.binding;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -98,7 +142,7 @@ impl SqliteDestination {
         let prior = tx
             .query_row(
                 "SELECT run_id, page, ack FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
-                params![self.sync, self.stream],
+                params![b.sync, b.stream],
                 |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?, row.get::<_, String>(2)?)),
             )
             .optional()
@@ -116,18 +160,30 @@ impl SqliteDestination {
         }
         let mut ack = WriteAck::default();
         {
+            let table = &b.table;
             let mut select = tx
                 .prepare_cached(&format!(
-                    "SELECT version, record FROM \"{}\" WHERE key = ?1",
-                    self.stream
+                    "SELECT version, record, deleted_at FROM \"{table}\" WHERE key = ?1"
                 ))
                 .map_err(fail("prepare"))?;
             let mut upsert = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO \"{}\" (key, version, record, run_id, page) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(key) DO UPDATE SET version = excluded.version, record = excluded.record,
-                       run_id = excluded.run_id, page = excluded.page",
-                    self.stream
+                    "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                     ON CONFLICT(key) DO UPDATE SET version = excluded.version,
+                       record = excluded.record, run_id = excluded.run_id, page = excluded.page,
+                       deleted_at = NULL"
+                ))
+                .map_err(fail("prepare"))?;
+            // A deletion keeps the last record it saw (for audit) and stores the deletion
+            // time as the version, so an older copy read later is stale, not a resurrection.
+            let mut tombstone = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?2)
+                     ON CONFLICT(key) DO UPDATE SET version = excluded.version,
+                       run_id = excluded.run_id, page = excluded.page,
+                       deleted_at = excluded.deleted_at"
                 ))
                 .map_err(fail("prepare"))?;
             let mut dead = tx
@@ -138,46 +194,55 @@ impl SqliteDestination {
                 .map_err(fail("prepare"))?;
             for record in batch.records {
                 let (key, version) =
-                    match identify(record, &self.primary_key, self.version_field.as_deref()) {
+                    match identify(record, &b.primary_key, b.version_field.as_deref()) {
                         Ok(found) => found,
                         Err((key, reason)) => {
                             dead.execute(params![
-                                self.sync,
-                                self.stream,
-                                run,
-                                batch.page,
-                                key,
-                                reason,
-                                record
+                                b.sync, b.stream, run, batch.page, key, reason, record
                             ])
                             .map_err(fail("dead letter"))?;
                             ack.dead_lettered += 1;
                             continue;
                         }
                     };
-                let existing: Option<(Option<String>, String)> = select
-                    .query_row(params![key], |row| Ok((row.get(0)?, row.get(1)?)))
+                let existing: Option<(Option<String>, String, Option<String>)> = select
+                    .query_row(params![key], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
                     .optional()
                     .map_err(fail("lookup"))?;
-                match existing {
-                    None => ack.inserted += 1,
-                    Some((old_version, old_record)) => {
-                        let order = match (&old_version, &version) {
-                            (Some(old), Some(new)) => compare_versions(new, old),
-                            _ => Ordering::Equal,
-                        };
-                        match order {
-                            Ordering::Less => {
-                                ack.skipped_stale += 1;
-                                continue;
-                            }
-                            Ordering::Equal if old_record == *record => {
-                                ack.unchanged += 1;
-                                continue;
-                            }
-                            Ordering::Equal | Ordering::Greater => ack.updated += 1,
+                let order = match (existing.as_ref().and_then(|e| e.0.as_ref()), &version) {
+                    (Some(old), Some(new)) => compare_versions(new, old),
+                    _ => Ordering::Equal,
+                };
+                if b.deletes {
+                    match existing {
+                        Some((_, _, Some(_))) if order != Ordering::Greater => {
+                            ack.unchanged += 1;
+                        }
+                        Some(_) if order == Ordering::Less => ack.skipped_stale += 1,
+                        _ => {
+                            tombstone
+                                .execute(params![key, version, record, run, batch.page])
+                                .map_err(fail("delete"))?;
+                            ack.deleted += 1;
                         }
                     }
+                    continue;
+                }
+                match existing {
+                    None => ack.inserted += 1,
+                    Some((_, old_record, deleted_at)) => match order {
+                        Ordering::Less => {
+                            ack.skipped_stale += 1;
+                            continue;
+                        }
+                        Ordering::Equal if deleted_at.is_none() && old_record == *record => {
+                            ack.unchanged += 1;
+                            continue;
+                        }
+                        Ordering::Equal | Ordering::Greater => ack.updated += 1,
+                    },
                 }
                 upsert
                     .execute(params![key, version, record, run, batch.page])
@@ -193,7 +258,7 @@ impl SqliteDestination {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(sync, stream) DO UPDATE SET run_id = excluded.run_id, page = excluded.page,
                checkpoint = excluded.checkpoint, ack = excluded.ack",
-            params![self.sync, self.stream, run, batch.page, checkpoint, stored],
+            params![b.sync, b.stream, run, batch.page, checkpoint, stored],
         )
         .map_err(fail("storing the checkpoint"))?;
         tx.commit().map_err(fail("commit"))?;
@@ -239,7 +304,7 @@ impl Destination for SqliteDestination {
             .conn
             .query_row(
                 "SELECT checkpoint FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
-                params![self.sync, self.stream],
+                params![self.binding.sync, self.binding.stream],
                 |row| row.get(0),
             )
             .optional()
@@ -248,5 +313,132 @@ impl Destination for SqliteDestination {
             .map(|c| serde_json::from_str(&c))
             .transpose()
             .map_err(|e| destination::Error(format!("stored checkpoint unreadable: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waymark_engine::{RunId, Timestamp, Window};
+
+    struct Db {
+        _dir: std::path::PathBuf,
+        orders: SqliteDestination,
+        deletions: SqliteDestination,
+        run: RunId,
+        page: u64,
+    }
+
+    fn binding(stream: &str, deletes: bool) -> Binding {
+        Binding {
+            sync: "shop".into(),
+            stream: stream.into(),
+            table: "orders".into(),
+            primary_key: "id".into(),
+            version_field: Some(if deletes { "deleted_at" } else { "v" }.into()),
+            deletes,
+            busy_timeout: Duration::from_millis(100),
+        }
+    }
+
+    impl Db {
+        fn new() -> Result<Db, destination::Error> {
+            let dir = std::env::temp_dir().join(format!(
+                "waymark-sqlite-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let path = dir.join("t.db");
+            Ok(Db {
+                orders: SqliteDestination::open(&path, binding("orders", false))?,
+                deletions: SqliteDestination::open(&path, binding("orders_deleted", true))?,
+                _dir: dir,
+                run: RunId::new(),
+                page: 0,
+            })
+        }
+
+        fn write(
+            &mut self,
+            deletes: bool,
+            records: &[&str],
+        ) -> Result<WriteAck, destination::Error> {
+            self.page += 1;
+            let records: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+            let checkpoint = Checkpoint {
+                run_id: self.run,
+                window: Window {
+                    start: None,
+                    end: Timestamp(0),
+                },
+                cursor: None,
+                page: self.page,
+                records: 0,
+                complete: false,
+                at: Timestamp(0),
+            };
+            let batch = Batch {
+                run_id: self.run,
+                page: self.page,
+                records: &records,
+                checkpoint: &checkpoint,
+            };
+            if deletes {
+                self.deletions.write_batch(batch)
+            } else {
+                self.orders.write_batch(batch)
+            }
+        }
+
+        fn rows(&self) -> Vec<(String, String, Option<String>)> {
+            let mut stmt = match self
+                .orders
+                .conn
+                .prepare("SELECT key, version, deleted_at FROM orders ORDER BY key")
+            {
+                Ok(s) => s,
+                Err(_) => return Vec::new(),
+            };
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map(|rows| rows.filter_map(Result::ok).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    #[test]
+    fn deletions_respect_versions_both_ways() -> Result<(), destination::Error> {
+        let mut db = Db::new()?;
+        let ack = db.write(false, &[r#"{"id":1,"v":"10"}"#, r#"{"id":2,"v":"10"}"#])?;
+        assert_eq!((ack.inserted, ack.deleted), (2, 0));
+        // 1 deleted at 20; 2's deletion at 5 is older than the stored version 10: stale.
+        // 3 was never seen: a tombstone keeps its deletion time.
+        let ack = db.write(
+            true,
+            &[
+                r#"{"id":1,"deleted_at":"20"}"#,
+                r#"{"id":2,"deleted_at":"5"}"#,
+                r#"{"id":3,"deleted_at":"20"}"#,
+            ],
+        )?;
+        assert_eq!((ack.deleted, ack.skipped_stale), (2, 1));
+        // The same deletion again changes nothing.
+        let ack = db.write(true, &[r#"{"id":1,"deleted_at":"20"}"#])?;
+        assert_eq!((ack.deleted, ack.unchanged), (0, 1));
+        // An older copy of 1 read late (overlap window) does not bring it back...
+        let ack = db.write(false, &[r#"{"id":1,"v":"15"}"#])?;
+        assert_eq!(ack.skipped_stale, 1);
+        // ...a newer version (the id was reused) does.
+        let ack = db.write(false, &[r#"{"id":3,"v":"30"}"#])?;
+        assert_eq!(ack.updated, 1);
+        assert_eq!(
+            db.rows(),
+            vec![
+                ("1".into(), "20".into(), Some("20".into())),
+                ("2".into(), "10".into(), None),
+                ("3".into(), "30".into(), None),
+            ]
+        );
+        Ok(())
     }
 }

@@ -189,6 +189,10 @@ pub struct StreamSection {
     /// The incremental window.
     #[serde(default)]
     pub window: WindowSection,
+    /// Makes this stream a deletions feed of the named stream: each record (its
+    /// `primary_key`, and its `cursor_field` as the deletion time) marks that stream's
+    /// record deleted, unless the stored record is newer than the deletion.
+    pub deletes: Option<String>,
 }
 
 fn default_page_size() -> u32 {
@@ -203,6 +207,14 @@ pub struct DestinationSection {
     pub kind: DestinationKind,
     /// Database file, relative to the workflow file's directory.
     pub path: String,
+    /// How long a write waits for a database locked by another process before the step
+    /// fails (default 10s).
+    #[serde(default = "default_busy_timeout")]
+    pub busy_timeout: Span,
+}
+
+fn default_busy_timeout() -> Span {
+    Span(Duration::from_secs(10))
 }
 
 /// Destination kinds.
@@ -323,6 +335,30 @@ impl Workflow {
             if s.page_size == 0 {
                 return Err(self.invalid(key("page_size"), "must be at least 1"));
             }
+            if let Some(target) = &s.deletes {
+                let Some(t) = self.file.stream.iter().find(|t| &t.name == target) else {
+                    return Err(self.invalid(
+                        key("deletes"),
+                        format!("no stream named `{target}` in this file"),
+                    ));
+                };
+                if t.name == s.name || t.deletes.is_some() {
+                    return Err(self.invalid(
+                        key("deletes"),
+                        format!("`{target}` is itself a deletions feed"),
+                    ));
+                }
+                if s.cursor_field.is_none() || t.cursor_field.is_none() {
+                    return Err(self.invalid(
+                        key("deletes"),
+                        format!(
+                            "a deletions feed and `{target}` both need a `cursor_field` (the \
+                             deletion time and the record version), so a delete never removes \
+                             a newer record"
+                        ),
+                    ));
+                }
+            }
             if let Some(start) = &s.window.start {
                 humantime::parse_rfc3339_weak(start).map_err(|e| {
                     self.invalid(
@@ -394,7 +430,10 @@ impl Workflow {
             "sync": { "name": self.file.sync.name },
             "source": { "kind": source.kind, "base_url": source.base_url },
             "stream": stream,
-            "destination": self.file.destination,
+            "destination": {
+                "kind": self.file.destination.kind,
+                "path": self.file.destination.path,
+            },
         });
         let mut out = Vec::new();
         flatten("", &value, &mut out);

@@ -318,7 +318,14 @@ where
                     cursor: cursor.as_deref(),
                     window: state.window(),
                 };
-                match source.fetch(request).await {
+                // A fetch has no effect until its page is journaled, so a stop request
+                // abandons it (a hung request never delays a pause); `decide` then pauses.
+                let fetched_page = tokio::select! {
+                    biased;
+                    () = stop_requested(stop) => continue,
+                    result = source.fetch(request) => result,
+                };
+                match fetched_page {
                     Ok(fetched_page) => {
                         let staged = staging.stage(run, *page, &fetched_page.records)?;
                         fetched += 1;
@@ -404,6 +411,13 @@ where
             _ if state.status == Status::Completed => staging.remove_run(run)?,
             _ => {}
         }
+    }
+}
+
+/// Resolves once a stop is requested.
+async fn stop_requested(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

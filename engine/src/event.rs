@@ -63,6 +63,8 @@ pub struct WriteAck {
     pub skipped_stale: u64,
     /// Records the destination refused individually and put in the dead-letter store.
     pub dead_lettered: u64,
+    /// Records marked deleted (by a deletions feed).
+    pub deleted: u64,
     /// True when the destination had already committed this batch (a crash came between its
     /// commit and our journal entry); the counts are the ones stored with that commit.
     pub replayed: bool,
@@ -71,7 +73,12 @@ pub struct WriteAck {
 impl WriteAck {
     /// Records the destination handled, whatever the outcome.
     pub fn total(&self) -> u64 {
-        self.inserted + self.updated + self.unchanged + self.skipped_stale + self.dead_lettered
+        self.inserted
+            + self.updated
+            + self.unchanged
+            + self.skipped_stale
+            + self.dead_lettered
+            + self.deleted
     }
 }
 

@@ -29,7 +29,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
     let config = Config {
-        records: args.records,
+        orders: args.records,
         ..Config::default()
     };
     tokio::spawn(async move {

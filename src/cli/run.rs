@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use waymark_connectors::workflow::StreamSection;
-use waymark_connectors::{HttpSource, SqliteDestination, Workflow};
+use waymark_connectors::{Binding, HttpSource, SqliteDestination, Workflow};
 use waymark_engine::decision::RetryPolicy;
 use waymark_engine::{
     driver, Clock, Event, RunId, RunState, Settings, StateDir, Status, SystemClock,
@@ -103,14 +103,8 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
 
 fn destination(workflow: &Workflow, stream: &StreamSection) -> anyhow::Result<SqliteDestination> {
     let path = workflow.destination_path();
-    SqliteDestination::open(
-        &path,
-        workflow.name(),
-        &stream.name,
-        &stream.primary_key,
-        stream.cursor_field.as_deref(),
-    )
-    .with_context(|| format!("opening destination {}", path.display()))
+    SqliteDestination::open(&path, Binding::new(workflow, stream))
+        .with_context(|| format!("opening destination {}", path.display()))
 }
 
 /// Drives one opened run to its end (or pause/failure) and prints its summary line.
@@ -194,7 +188,7 @@ fn print_summary(sync: &str, state: &RunState, took: Duration) {
         other => other.name().to_string(),
     };
     out!(
-        "{sync}/{}: run {} {outcome} — {} records in {} pages this run (inserted {}, updated {}, unchanged {}, stale {}, dead-lettered {}), {} retries, {} resumes, window {}, {:.1}s",
+        "{sync}/{}: run {} {outcome} — {} records in {} pages this run (inserted {}, updated {}, unchanged {}, stale {}, deleted {}, dead-lettered {}), {} retries, {} resumes, window {}, {:.1}s",
         state.started.stream,
         state.run_id(),
         c.records_committed,
@@ -203,6 +197,7 @@ fn print_summary(sync: &str, state: &RunState, took: Duration) {
         w.updated,
         w.unchanged,
         w.skipped_stale,
+        w.deleted,
         w.dead_lettered,
         c.retries,
         c.resumes,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::ExitStatus;
-use crate::sandbox::{self, Config};
+use crate::sandbox::{self, Config, Faults, Quirk};
 
 /// Arguments of `waymark sandbox`.
 #[derive(Debug, Args)]
@@ -16,18 +16,56 @@ pub struct SandboxArgs {
     /// Number of orders.
     #[arg(long, default_value_t = 10_000)]
     records: u64,
-    /// Orders sharing each `updated_at` value.
+    /// Number of customers (each has 0–3 invoices).
+    #[arg(long, default_value_t = 1_000)]
+    customers: u64,
+    /// Records sharing each `updated_at` value (make it larger than a page to test
+    /// tie-breakers).
     #[arg(long, default_value_t = 5)]
     tie: u64,
-    /// Seed of the generated data and of injected faults.
+    /// Seed of the data, the mutator and the injected faults.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Latency added to every page (e.g. `20ms`).
+    /// Inserts, updates and deletes per second while serving.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 0.0)]
+    mutate: f64,
+    /// Switch on an API quirk (repeatable).
+    #[arg(long = "quirk", value_enum, value_name = "QUIRK")]
+    quirks: Vec<Quirk>,
+    /// Require `Authorization: Bearer <token>` on data endpoints.
+    #[arg(long, env = "WAYMARK_SANDBOX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Latency added to every data response (e.g. `20ms`).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     latency: Duration,
-    /// Fraction of page requests answered with HTTP 500 (0.0 – 1.0).
+    /// Fraction of data requests answered 429 with `Retry-After`.
     #[arg(long, default_value_t = 0.0)]
-    fail_rate: f64,
+    rate_429: f64,
+    /// `Retry-After` of 429 and 503 answers.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    retry_after: Duration,
+    /// Fraction answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    rate_500: f64,
+    /// Fraction answered 503 with `Retry-After`.
+    #[arg(long, default_value_t = 0.0)]
+    rate_503: f64,
+    /// Fraction that hang for `--hang` before answering.
+    #[arg(long, default_value_t = 0.0)]
+    rate_hang: f64,
+    /// How long a hung request hangs.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    hang: Duration,
+    /// Fraction whose connection is dropped mid-body.
+    #[arg(long, default_value_t = 0.0)]
+    rate_reset: f64,
+    /// Fraction answered 200 with a body that is not valid JSON.
+    #[arg(long, default_value_t = 0.0)]
+    rate_malformed: f64,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Runs `waymark sandbox`.
@@ -35,12 +73,30 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     let addr = listener.local_addr()?;
     out!("sandbox listening on http://{addr}");
+    tracing::info!(
+        "endpoints: /orders /customers /customers/{{id}}/invoices /orders/deleted \
+         /customers/deleted /_truth/orders /_truth/customers /_stats, PUT /_control/faults \
+         /_control/mutator"
+    );
     let config = Config {
-        records: args.records,
+        orders: args.records,
+        customers: args.customers,
         tie: args.tie.max(1),
         seed: args.seed,
-        latency: args.latency,
-        fail_rate: args.fail_rate.clamp(0.0, 1.0),
+        mutate_rate: args.mutate.max(0.0),
+        quirks: args.quirks,
+        token: args.token,
+        faults: Faults {
+            latency_ms: ms(args.latency),
+            rate_429: args.rate_429,
+            retry_after_s: args.retry_after.as_secs(),
+            rate_500: args.rate_500,
+            rate_503: args.rate_503,
+            rate_hang: args.rate_hang,
+            hang_ms: ms(args.hang),
+            rate_reset: args.rate_reset,
+            rate_malformed: args.rate_malformed,
+        },
         ..Config::default()
     };
     sandbox::serve(listener, config).await?;

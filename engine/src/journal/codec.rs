@@ -7,8 +7,9 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The format version this build writes; it reads this one and older ones.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes and reads (2: write acknowledgements count
+/// deletions).
+pub const FORMAT_VERSION: u8 = 2;
 const MAGIC: u8 = b'W';
 const HEADER: usize = 6;
 
@@ -22,8 +23,11 @@ pub enum Error {
     #[error("not a journal value (bad magic byte {0:#04x})")]
     BadMagic(u8),
     /// Written by a newer Waymark.
-    #[error("written by a newer format version {0} (this build reads up to {FORMAT_VERSION})")]
+    #[error("written by a newer format version {0} (this build reads version {FORMAT_VERSION})")]
     FutureVersion(u8),
+    /// Written by an older Waymark, in a format this build no longer reads.
+    #[error("written by format version {0}, which this build no longer reads (it reads version {FORMAT_VERSION})")]
+    OldVersion(u8),
     /// The payload does not match its checksum.
     #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     Checksum {
@@ -62,6 +66,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     }
     if bytes[1] > FORMAT_VERSION {
         return Err(Error::FutureVersion(bytes[1]));
+    }
+    if bytes[1] < FORMAT_VERSION {
+        return Err(Error::OldVersion(bytes[1]));
     }
     let stored = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
     let payload = &bytes[HEADER..];
@@ -113,7 +120,13 @@ mod tests {
         future[1] = FORMAT_VERSION + 1;
         assert_eq!(
             decode::<(u64, String, Option<u32>)>(&future),
-            Err(Error::FutureVersion(2))
+            Err(Error::FutureVersion(FORMAT_VERSION + 1))
+        );
+        let mut old = bytes.clone();
+        old[1] = FORMAT_VERSION - 1;
+        assert_eq!(
+            decode::<(u64, String, Option<u32>)>(&old),
+            Err(Error::OldVersion(FORMAT_VERSION - 1))
         );
 
         let mut magic = bytes;

@@ -1,0 +1,219 @@
+//! `waymark sandbox`: a deterministic fake SaaS API on loopback, for demos, for testing
+//! workflow files against bad days, and as the oracle of our own tests.
+//!
+//! Resources `orders` and `customers` (each customer has child `invoices`), generated from
+//! a seed, sorted by `(updated_at, id)` with `tie` records sharing each `updated_at`.
+//! Every list endpoint speaks every pagination style at once — the client picks one by the
+//! parameters it sends (see [`routes`]). A mutator inserts, updates and deletes while a sync
+//! runs; faults are injected at configurable rates; switchable quirks reproduce API shapes
+//! seen in the wild. `/_truth/{resource}` is the current true state, `/_control/*` changes
+//! the mutator and faults at run time, `/_stats` counts what was served and injected.
+
+mod data;
+mod faults;
+mod routes;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+pub use faults::Faults;
+
+use data::{mix, unit, Kind, Mutation, Resource};
+use faults::Injected;
+
+/// API shapes seen in the wild, each switchable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quirk {
+    /// Only inclusive filters: `updated_before` means `<=`, `updated_after` is refused.
+    InclusiveFilters,
+    /// Time filters compare the parameter's text with the stored text (a parameter without
+    /// milliseconds then misses the records of its own second).
+    StringCompare,
+    /// An inserted record takes the id of the most recently deleted one.
+    ReuseIds,
+    /// The last page still returns a `next_cursor`; following it yields empty pages with
+    /// the same cursor, forever.
+    CursorOnLastPage,
+    /// Inserted records get an `updated_at` in the past (late-arriving data), which also
+    /// shifts offset and page-number pagination.
+    BackdatedInserts,
+}
+
+/// How the sandbox behaves.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Number of orders.
+    pub orders: u64,
+    /// Number of customers.
+    pub customers: u64,
+    /// Records sharing each `updated_at` value.
+    pub tie: u64,
+    /// Seed of the data, the mutator and fault injection.
+    pub seed: u64,
+    /// `updated_at` of the first records, ms since the epoch (default 2026-01-01).
+    pub base_ms: u64,
+    /// Mutations per second (inserts 30%, updates 55%, deletes 15%; orders 80%).
+    pub mutate_rate: f64,
+    /// Injected faults.
+    pub faults: Faults,
+    /// Switched-on quirks.
+    pub quirks: Vec<Quirk>,
+    /// When set, data endpoints require `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            orders: 10_000,
+            customers: 1_000,
+            tie: 5,
+            seed: 1,
+            base_ms: 1_767_225_600_000,
+            mutate_rate: 0.0,
+            faults: Faults::default(),
+            quirks: Vec::new(),
+            token: None,
+        }
+    }
+}
+
+/// The two top-level resources.
+pub struct Dataset {
+    orders: Resource,
+    customers: Resource,
+}
+
+impl Dataset {
+    fn resource(&self, kind: Kind) -> &Resource {
+        match kind {
+            Kind::Orders => &self.orders,
+            Kind::Customers => &self.customers,
+        }
+    }
+
+    fn resource_mut(&mut self, kind: Kind) -> &mut Resource {
+        match kind {
+            Kind::Orders => &mut self.orders,
+            Kind::Customers => &mut self.customers,
+        }
+    }
+}
+
+/// Shared state of a running sandbox.
+pub struct Sandbox {
+    config: Config,
+    data: RwLock<Dataset>,
+    faults: RwLock<Faults>,
+    mutate_rate: RwLock<f64>,
+    requests: AtomicU64,
+    injected: Injected,
+    /// Inserted, updated, deleted.
+    mutations: [AtomicU64; 3],
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    waymark_engine::Timestamp::from_system(SystemTime::now()).0
+}
+
+impl Sandbox {
+    /// Generates the dataset.
+    pub fn new(config: Config) -> Arc<Self> {
+        let data = Dataset {
+            orders: Resource::generate(
+                Kind::Orders,
+                config.seed,
+                config.orders,
+                config.tie,
+                config.base_ms,
+            ),
+            customers: Resource::generate(
+                Kind::Customers,
+                config.seed ^ 0xC057,
+                config.customers,
+                config.tie,
+                config.base_ms,
+            ),
+        };
+        Arc::new(Sandbox {
+            faults: RwLock::new(config.faults.clone()),
+            mutate_rate: RwLock::new(config.mutate_rate),
+            config,
+            data: RwLock::new(data),
+            requests: AtomicU64::new(0),
+            injected: Injected::default(),
+            mutations: Default::default(),
+        })
+    }
+
+    fn quirk(&self, quirk: Quirk) -> bool {
+        self.config.quirks.contains(&quirk)
+    }
+
+    /// One random mutation, drawn from the `n`th number of the seed.
+    fn mutate(&self, n: u64) -> Mutation {
+        let r = mix(self.config.seed ^ 0x307A_7E00_0000_0000 ^ n);
+        let kind = if unit(r) < 0.8 {
+            Kind::Orders
+        } else {
+            Kind::Customers
+        };
+        let op = unit(mix(r));
+        let now = now_ms();
+        let mut data = write(&self.data);
+        let resource = data.resource_mut(kind);
+        if op < 0.30 {
+            let ms = if self.quirk(Quirk::BackdatedInserts) {
+                let span = now.saturating_sub(self.config.base_ms);
+                self.config.base_ms + mix(r ^ 1) % span.max(1)
+            } else {
+                now
+            };
+            resource.insert(ms, self.quirk(Quirk::ReuseIds))
+        } else if op < 0.85 {
+            resource.update(mix(r ^ 2), now)
+        } else {
+            resource.delete(mix(r ^ 3), now)
+        }
+    }
+
+    /// Applies mutations at the current rate until the process ends.
+    async fn run_mutator(self: Arc<Self>) {
+        const TICK: Duration = Duration::from_millis(10);
+        let mut owed = 0.0;
+        let mut n = 0u64;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            owed += *read(&self.mutate_rate) * TICK.as_secs_f64();
+            while owed >= 1.0 {
+                owed -= 1.0;
+                n += 1;
+                let slot = match self.mutate(n) {
+                    Mutation::Inserted(_) => 0,
+                    Mutation::Updated(_) => 1,
+                    Mutation::Deleted(_) => 2,
+                    Mutation::Nothing => continue,
+                };
+                self.mutations[slot].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Serves the sandbox on `listener` (with its mutator) until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
+    let sandbox = Sandbox::new(config);
+    tokio::spawn(sandbox.clone().run_mutator());
+    axum::serve(listener, routes::router(sandbox)).await
+}

@@ -1,0 +1,447 @@
+//! The chaos suite: the real binary against a sandbox that changes its data and misbehaves,
+//! killed with SIGKILL at random moments, stopped with SIGTERM, and refused by its
+//! destination — and the destination still matches the source exactly.
+//!
+//! Every run prints its seed; `WAYMARK_CHAOS_SEED=<seed>` replays one. `WAYMARK_SOAK=1`
+//! runs the long version (hundreds of kills over 100k orders).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Deterministic pseudo-random delays (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("WAYMARK_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(7, |d| d.as_nanos() as u64)
+        })
+        | 1;
+    eprintln!("chaos seed: WAYMARK_CHAOS_SEED={seed}");
+    seed
+}
+
+/// Orders and customers, each with its deletions feed, incremental with a 1 s lag.
+fn chaos_workflow(dir: &Path, page_size: u32) -> Result<PathBuf> {
+    let stream = |name: &str, path: &str, cursor_field: &str, deletes: Option<&str>| {
+        format!(
+            r#"
+[[stream]]
+name = "{name}"
+path = "{path}"
+records = "data"
+primary_key = "id"
+cursor_field = "{cursor_field}"
+page_size = {page_size}
+pagination = {{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }}
+window = {{ lag = "1s", overlap = "5s", start_param = "updated_since", end_param = "updated_before" }}
+{}"#,
+            deletes.map_or(String::new(), |d| format!("deletes = \"{d}\"\n"))
+        )
+    };
+    let text = format!(
+        r#"[sync]
+name = "shop"
+
+[source]
+kind = "http"
+base_url = "${{WAYMARK_SANDBOX_URL}}"
+timeout = "2s"
+max_attempts = 15
+{}{}{}{}
+[destination]
+kind = "sqlite"
+path = "shop.db"
+busy_timeout = "300ms"
+"#,
+        stream("orders", "/orders", "updated_at", None),
+        stream(
+            "orders_deleted",
+            "/orders/deleted",
+            "deleted_at",
+            Some("orders")
+        ),
+        stream("customers", "/customers", "updated_at", None),
+        stream(
+            "customers_deleted",
+            "/customers/deleted",
+            "deleted_at",
+            Some("customers")
+        ),
+    );
+    let path = dir.join("shop.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// The destination holds exactly the source's live records (same versions, same content),
+/// and every record the source deleted is absent or marked deleted.
+fn assert_matches_source(sandbox: &Sandbox, db: &Path, resource: &str) -> Result {
+    let (truth, gone) = sandbox.truth_of(resource)?;
+    let (live, deleted) = table(db, resource)?;
+    let missing: Vec<&String> = truth.keys().filter(|k| !live.contains_key(*k)).collect();
+    let extra: Vec<&String> = live.keys().filter(|k| !truth.contains_key(*k)).collect();
+    let stale: Vec<&String> = truth
+        .iter()
+        .filter(|(k, v)| live.get(*k).is_some_and(|got| got != *v))
+        .map(|(k, _)| k)
+        .collect();
+    eprintln!(
+        "{resource}: {} live at the source, {} deleted; destination {} live, {} marked deleted; \
+         missing {}, extra {}, stale {}",
+        truth.len(),
+        gone.len(),
+        live.len(),
+        deleted.len(),
+        missing.len(),
+        extra.len(),
+        stale.len()
+    );
+    let first = |v: &[&String]| v.iter().take(10).map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(
+        missing.is_empty(),
+        "{resource} missing: {:?}",
+        first(&missing)
+    );
+    assert!(
+        extra.is_empty(),
+        "{resource} not at the source: {:?}",
+        first(&extra)
+    );
+    assert!(stale.is_empty(), "{resource} stale: {:?}", first(&stale));
+    Ok(())
+}
+
+/// Each page of each run was written exactly once (a batch the destination committed just
+/// before a kill is recognised there and journaled once, `replayed`). Returns the number of
+/// `batch_written` events, of retries journaled, and of resumes.
+fn assert_each_page_written_once(state: &Path) -> Result<(usize, u64, u64)> {
+    let mut pages = BTreeMap::<(String, u64), u32>::new();
+    let (mut retries, mut resumes) = (0, 0);
+    for r in runs(state)? {
+        let run_id = r["run"].as_str().ok_or("run id")?;
+        for e in journal(state, run_id)? {
+            let written = &e["event"]["BatchWritten"];
+            if written.is_object() {
+                let page = written["page"].as_u64().ok_or("page")?;
+                *pages.entry((run_id.to_string(), page)).or_default() += 1;
+            }
+            match e["step"].as_str() {
+                Some("request_retried") => retries += 1,
+                Some("run_resumed") => resumes += 1,
+                _ => {}
+            }
+        }
+    }
+    let twice: Vec<_> = pages.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "pages written more than once: {twice:?}");
+    Ok((pages.len(), retries, resumes))
+}
+
+fn assert_journal_verifies_and_nothing_staged(state: &Path) -> Result {
+    let verify = run(waymark(state, "").args(["journal", "verify"]))?;
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+    let staged = std::fs::read_dir(state.join("staging"))?.count();
+    assert_eq!(staged, 0, "staged pages left behind");
+    Ok(())
+}
+
+/// Runs `waymark run` until every stream completed a run that started after the mutator
+/// stopped (the first invocation may only finish interrupted runs).
+fn catch_up(state: &Path, sandbox: &Sandbox, workflow: &Path) -> Result {
+    for _ in 0..2 {
+        let out = run(waymark(state, &sandbox.url).arg("run").arg(workflow))?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "catch-up run: {}",
+            text(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn sigkill_at_random_moments_under_mutations_and_faults_loses_nothing() -> Result {
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let soak = std::env::var_os("WAYMARK_SOAK").is_some();
+    let (orders, kills_wanted) = if soak { ("100000", 300) } else { ("20000", 32) };
+    let sandbox = Sandbox::start(&[
+        "--records",
+        orders,
+        "--customers",
+        "2000",
+        "--tie",
+        "40",
+        "--seed",
+        &seed.to_string(),
+        "--mutate",
+        "100",
+        "--latency",
+        "2ms",
+        "--rate-429",
+        "0.10",
+        "--retry-after",
+        "1s",
+        "--rate-500",
+        "0.03",
+        "--rate-503",
+        "0.02",
+        "--rate-reset",
+        "0.02",
+        "--rate-malformed",
+        "0.01",
+        "--rate-hang",
+        "0.005",
+        "--hang",
+        "30s",
+    ])?;
+    let dir = TempDir::new("chaos");
+    let workflow = chaos_workflow(dir.path(), 200)?;
+    let state = dir.path().join("state");
+    let began = Instant::now();
+
+    let (mut kills, mut invocations) = (0, 0);
+    while kills < kills_wanted {
+        let mut child = waymark(&state, &sandbox.url)
+            .arg("run")
+            .arg(&workflow)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        invocations += 1;
+        std::thread::sleep(Duration::from_millis(5 + rng.below(600)));
+        if child.try_wait()?.is_some() {
+            // It finished before the kill; the mutator keeps going, so the next invocation
+            // starts a new incremental run.
+            let out = child.wait_with_output()?;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            continue;
+        }
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        kills += 1;
+    }
+    sandbox.set_mutation_rate(0.0)?;
+    // Past the window's lag, every mutation is below the next run's watermark.
+    std::thread::sleep(Duration::from_millis(1500));
+    catch_up(&state, &sandbox, &workflow)?;
+
+    let stats = sandbox.stats()?;
+    eprintln!(
+        "{kills} kills over {invocations} invocations in {:.1}s; sandbox: {stats}",
+        began.elapsed().as_secs_f64()
+    );
+    let db = dir.path().join("shop.db");
+    assert_matches_source(&sandbox, &db, "orders")?;
+    assert_matches_source(&sandbox, &db, "customers")?;
+    let (pages, retries, resumes) = assert_each_page_written_once(&state)?;
+    eprintln!("{pages} pages written once each, {retries} retries, {resumes} resumes journaled");
+    assert_journal_verifies_and_nothing_staged(&state)?;
+
+    // The bad day really happened: faults were served, data changed, runs were resumed.
+    let count = |path: &[&str]| {
+        path.iter()
+            .fold(&stats, |v, p| &v[*p])
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        count(&["faults", "429"]) > 0 && count(&["faults", "reset"]) > 0,
+        "{stats}"
+    );
+    assert!(count(&["mutations", "deleted"]) > 0, "{stats}");
+    assert!(count(&["mutations", "updated"]) > 0, "{stats}");
+    assert!(retries > 0 && resumes > 0);
+    Ok(())
+}
+
+#[test]
+fn a_sigterm_during_a_hung_request_pauses_within_a_second() -> Result {
+    let sandbox = Sandbox::start(&["--records", "3000", "--hang", "60s"])?;
+    let dir = TempDir::new("sigterm-hang");
+    let path = workflow(dir.path(), 100, 3)?;
+    // A timeout longer than the test: only the stop request can end the hung fetch.
+    let text_before = std::fs::read_to_string(&path)?;
+    std::fs::write(
+        &path,
+        text_before.replace("timeout = \"5s\"", "timeout = \"120s\""),
+    )?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "3"])
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    sandbox.set_faults(r#"{"rate_hang": 1.0, "hang_ms": 60000}"#)?;
+    let requests = sandbox.stats()?["requests"].as_u64().unwrap_or(0);
+    let child = waymark(&state, &sandbox.url)
+        .arg("run")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    assert!(
+        wait_for(
+            || sandbox
+                .stats()
+                .is_ok_and(|s| s["requests"].as_u64() > Some(requests)),
+            Duration::from_secs(10)
+        ),
+        "the run never sent its request"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(kill.success());
+    let out = child.wait_with_output()?;
+    let took = sent.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        took < Duration::from_secs(1),
+        "stopping took {took:?} during a hung request"
+    );
+    assert!(
+        text(&out.stdout).contains("paused (interrupted)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let run_id = runs(&state)?[0]["run"]
+        .as_str()
+        .ok_or("run id")?
+        .to_string();
+    let steps: Vec<String> = journal(&state, &run_id)?
+        .iter()
+        .filter_map(|e| e["step"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("run_paused"),
+        "{steps:?}"
+    );
+
+    sandbox.set_faults("{}")?;
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    assert_each_page_written_once(&state)?;
+    Ok(())
+}
+
+/// The destination's own checkpoint row for the orders stream.
+fn stored_checkpoint(db: &Path) -> Result<String> {
+    let conn = rusqlite::Connection::open(db)?;
+    Ok(conn.query_row(
+        "SELECT checkpoint FROM _waymark_checkpoints WHERE stream = 'orders'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Interrupts a sync with `fault` applied to the destination after 3 pages, checks the run
+/// failed with `message` without moving the checkpoint, lifts the fault with `heal`, and
+/// checks a resume completes with the destination equal to the source.
+fn destination_fault(
+    name: &str,
+    fault: impl FnOnce(&Path) -> Result<rusqlite::Connection>,
+    heal: impl FnOnce(rusqlite::Connection) -> Result,
+    message: &str,
+) -> Result {
+    let sandbox = Sandbox::start(&["--records", "1000"])?;
+    let dir = TempDir::new(name);
+    let path = chaos_workflow(dir.path(), 100)?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--stream", "orders", "--max-pages", "3"])
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let db = dir.path().join("shop.db");
+    let before = stored_checkpoint(&db)?;
+    let rows_before = rows(&db)?.len();
+    assert_eq!(rows_before, 300);
+
+    let holder = fault(&db)?;
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--stream", "orders"])
+        .arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("destination refused page 4") && said.contains(message),
+        "{said}"
+    );
+    heal(holder)?;
+    assert_eq!(stored_checkpoint(&db)?, before, "the checkpoint moved");
+    assert_eq!(rows(&db)?.len(), rows_before, "a partial batch was kept");
+    let run_id = runs(&state)?[0]["run"]
+        .as_str()
+        .ok_or("run id")?
+        .to_string();
+    let committed = journal(&state, &run_id)?
+        .iter()
+        .filter(|e| e["step"] == "cursor_committed")
+        .count();
+    assert_eq!(committed, 3);
+
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--stream", "orders"])
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_matches_source(&sandbox, &db, "orders")?;
+    let (pages, _, _) = assert_each_page_written_once(&state)?;
+    assert_eq!(pages, 10);
+    assert_journal_verifies_and_nothing_staged(&state)?;
+    Ok(())
+}
+
+#[test]
+fn a_write_error_mid_batch_moves_no_checkpoint_and_a_resume_completes() -> Result {
+    // Order 350 is in the middle of page 4: the batch fails after 49 upserts.
+    destination_fault(
+        "write-error",
+        |db| {
+            let conn = rusqlite::Connection::open(db)?;
+            conn.execute_batch(
+                "CREATE TRIGGER fail_350 BEFORE INSERT ON orders WHEN NEW.key = '350'
+                 BEGIN SELECT RAISE(ABORT, 'injected write failure'); END;",
+            )?;
+            Ok(conn)
+        },
+        |conn| Ok(conn.execute_batch("DROP TRIGGER fail_350")?),
+        "injected write failure",
+    )
+}
+
+#[test]
+fn a_locked_destination_fails_the_step_and_a_resume_completes() -> Result {
+    destination_fault(
+        "locked",
+        |db| {
+            let conn = rusqlite::Connection::open(db)?;
+            conn.execute_batch("BEGIN EXCLUSIVE")?;
+            Ok(conn)
+        },
+        |conn| Ok(conn.execute_batch("ROLLBACK")?),
+        "database is locked",
+    )
+}
