@@ -5,5 +5,6 @@ mod util;
 mod chaos;
 mod input;
 mod journal;
+mod sandbox;
 mod state_dir;
 mod workflows;

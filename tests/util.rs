@@ -98,6 +98,16 @@ impl Sandbox {
         Ok((map, deleted))
     }
 
+    /// The `next_cursor` the sandbox gives after the first `n` orders.
+    pub fn cursor_after(&self, n: u64) -> Result<String> {
+        let page: serde_json::Value =
+            serde_json::from_slice(&get(&self.url, &format!("/orders?limit={n}"))?)?;
+        Ok(page["next_cursor"]
+            .as_str()
+            .ok_or("no next_cursor")?
+            .to_string())
+    }
+
     /// What the sandbox served, injected and mutated so far.
     pub fn stats(&self) -> Result<serde_json::Value> {
         Ok(serde_json::from_slice(&get(&self.url, "/_stats")?)?)
@@ -129,6 +139,36 @@ pub fn get(base: &str, path: &str) -> Result<Vec<u8>> {
 
 /// A plain HTTP/1.1 request with an optional JSON body; returns the body of a 200 response.
 pub fn http(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<Vec<u8>> {
+    let reply = request(method, base, path, body)?;
+    if reply.status != 200 {
+        return Err(format!("{method} {path}: {}", reply.head).into());
+    }
+    Ok(reply.body)
+}
+
+/// A response: status, header block, body.
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// A header's value (names compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+}
+
+/// A plain HTTP/1.1 request with an optional JSON body, any status.
+pub fn request(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<Reply> {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(host)?;
@@ -146,10 +186,34 @@ pub fn http(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<
         .position(|w| w == b"\r\n\r\n")
         .ok_or("no header end")?;
     let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{method} {path}: {head}").into());
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let mut body = response[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body)?;
     }
-    Ok(response[split + 4..].to_vec())
+    Ok(Reply { status, head, body })
+}
+
+/// Decodes a chunked body; a body cut off mid-way is an error.
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n").ok_or("cut off")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end])?.trim(), 16)?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(raw.get(..size).ok_or("cut off")?);
+        raw = raw.get(size + 2..).ok_or("cut off")?;
+    }
 }
 
 /// Writes a workflow for the sandbox's orders into `dir/shop.toml`; `extra` is appended to

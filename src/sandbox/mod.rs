@@ -111,6 +111,8 @@ pub struct Sandbox {
     injected: Injected,
     /// Inserted, updated, deleted.
     mutations: [AtomicU64; 3],
+    /// Random draws made by the mutator.
+    drawn: AtomicU64,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -152,6 +154,7 @@ impl Sandbox {
             requests: AtomicU64::new(0),
             injected: Injected::default(),
             mutations: Default::default(),
+            drawn: AtomicU64::new(0),
         })
     }
 
@@ -173,8 +176,9 @@ impl Sandbox {
         let resource = data.resource_mut(kind);
         if op < 0.30 {
             let ms = if self.quirk(Quirk::BackdatedInserts) {
-                let span = now.saturating_sub(self.config.base_ms);
-                self.config.base_ms + mix(r ^ 1) % span.max(1)
+                // Anywhere in the generated data's time span.
+                let span = self.config.orders.max(self.config.customers) / self.config.tie.max(1);
+                self.config.base_ms + mix(r ^ 1) % (span.max(1) * 1000)
             } else {
                 now
             };
@@ -186,27 +190,32 @@ impl Sandbox {
         }
     }
 
+    /// Applies `count` random mutations now.
+    fn apply_mutations(&self, count: u64) {
+        for _ in 0..count {
+            let n = self.drawn.fetch_add(1, Ordering::Relaxed);
+            let slot = match self.mutate(n) {
+                Mutation::Inserted(_) => 0,
+                Mutation::Updated(_) => 1,
+                Mutation::Deleted(_) => 2,
+                Mutation::Nothing => continue,
+            };
+            self.mutations[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Applies mutations at the current rate until the process ends.
     async fn run_mutator(self: Arc<Self>) {
         const TICK: Duration = Duration::from_millis(10);
         let mut owed = 0.0;
-        let mut n = 0u64;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             owed += *read(&self.mutate_rate) * TICK.as_secs_f64();
-            while owed >= 1.0 {
-                owed -= 1.0;
-                n += 1;
-                let slot = match self.mutate(n) {
-                    Mutation::Inserted(_) => 0,
-                    Mutation::Updated(_) => 1,
-                    Mutation::Deleted(_) => 2,
-                    Mutation::Nothing => continue,
-                };
-                self.mutations[slot].fetch_add(1, Ordering::Relaxed);
-            }
+            let due = owed.floor();
+            owed -= due;
+            self.apply_mutations(due as u64);
         }
     }
 }

@@ -554,15 +554,21 @@ async fn set_faults(State(s): Shared, Json(faults): Json<Faults>) -> Response {
     Json(faults).into_response()
 }
 
+/// `PUT /_control/mutator`: `{"rate": per_second}` changes the background rate, and
+/// `{"apply": n}` applies `n` mutations before answering (deterministic tests).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MutatorControl {
-    rate: f64,
+    rate: Option<f64>,
+    apply: Option<u64>,
 }
 
 async fn set_mutator(State(s): Shared, Json(c): Json<MutatorControl>) -> Response {
-    *write(&s.mutate_rate) = c.rate.max(0.0);
-    Json(serde_json::json!({ "rate": c.rate.max(0.0) })).into_response()
+    if let Some(rate) = c.rate {
+        *write(&s.mutate_rate) = rate.max(0.0);
+    }
+    s.apply_mutations(c.apply.unwrap_or(0));
+    Json(serde_json::json!({ "rate": *read(&s.mutate_rate) })).into_response()
 }
 
 /// The sandbox's routes.
