@@ -128,8 +128,13 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
         Event::BatchWritten { page, ack, .. } => (
             String::new(),
             format!(
-                "page {page} ins {} upd {} same {} stale {} dlq {}",
-                ack.inserted, ack.updated, ack.unchanged, ack.skipped_stale, ack.dead_lettered
+                "page {page} ins {} upd {} same {} stale {} del {} dlq {}",
+                ack.inserted,
+                ack.updated,
+                ack.unchanged,
+                ack.skipped_stale,
+                ack.deleted,
+                ack.dead_lettered
             ),
             if ack.replayed {
                 "already committed by the destination".into()

@@ -134,35 +134,10 @@ async fn drive(
             .map_or("at the first page", |c| c.as_str())
     );
     let began = Instant::now();
-    let records_before = state.counts.records_committed;
-    let mut last_report = Instant::now();
-    let name = stream.name.clone();
-    let mut observe = move |state: &RunState, event: &Event| {
-        if matches!(event, Event::CursorCommitted { .. })
-            && last_report.elapsed() >= Duration::from_secs(2)
-        {
-            last_report = Instant::now();
-            let secs = began.elapsed().as_secs_f64().max(0.001);
-            tracing::info!(
-                "{name}: {} pages, {} records committed ({:.0} records/s), {} retries",
-                state.counts.pages_committed,
-                state.counts.records_committed,
-                (state.counts.records_committed - records_before) as f64 / secs,
-                state.counts.retries
-            );
-        }
-        if let Event::RequestRetried {
-            attempt,
-            wait_ms,
-            error,
-            ..
-        } = event
-        {
-            tracing::warn!("{name}: attempt {attempt} failed, retrying in {wait_ms} ms: {error}");
-        }
-    };
+    let mut progress = Progress::new(&stream.name, state.counts.records_committed);
+    let mut observe = |state: &RunState, event: &Event| progress.observe(state, event);
     let (journal, staging) = dir.parts();
-    let state = driver::drive(
+    let outcome = driver::drive(
         journal,
         staging,
         &mut source,
@@ -173,10 +148,99 @@ async fn drive(
         state,
         &mut observe,
     )
-    .await
-    .with_context(|| format!("run {run} of {}/{}", workflow.name(), stream.name))?;
+    .await;
+    drop(progress);
+    let state =
+        outcome.with_context(|| format!("run {run} of {}/{}", workflow.name(), stream.name))?;
     print_summary(workflow.name(), &state, began.elapsed());
     Ok(state)
+}
+
+/// What a run shows while it goes: a live line on a terminal (pages, records, records/s,
+/// retries, cursor), a log line every few seconds otherwise. Retries are always logged.
+struct Progress {
+    stream: String,
+    bar: Option<indicatif::ProgressBar>,
+    began: Instant,
+    records_before: u64,
+    last_log: Instant,
+}
+
+impl Progress {
+    fn new(stream: &str, records_before: u64) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {wide_msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            stream: stream.to_string(),
+            bar,
+            began: Instant::now(),
+            records_before,
+            last_log: Instant::now(),
+        }
+    }
+
+    fn observe(&mut self, state: &RunState, event: &Event) {
+        let c = &state.counts;
+        if let Event::RequestRetried {
+            attempt,
+            wait_ms,
+            error,
+            ..
+        } = event
+        {
+            let line = format!(
+                "{}: attempt {attempt} failed, retrying in {wait_ms} ms: {error}",
+                self.stream
+            );
+            match &self.bar {
+                Some(bar) => bar.suspend(|| tracing::warn!("{line}")),
+                None => tracing::warn!("{line}"),
+            }
+        }
+        if !matches!(event, Event::CursorCommitted { .. }) {
+            return;
+        }
+        let secs = self.began.elapsed().as_secs_f64().max(0.001);
+        let rate = (c.records_committed - self.records_before) as f64 / secs;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!(
+                    "{}: {} pages, {} records, {rate:.0}/s, {} retries, cursor {}",
+                    self.stream,
+                    c.pages_committed,
+                    c.records_committed,
+                    c.retries,
+                    state.fetch_cursor().map_or("-", |s| s.as_str()),
+                ));
+            }
+            None if self.last_log.elapsed() >= Duration::from_secs(2) => {
+                self.last_log = Instant::now();
+                tracing::info!(
+                    "{}: {} pages, {} records committed ({rate:.0} records/s), {} retries",
+                    self.stream,
+                    c.pages_committed,
+                    c.records_committed,
+                    c.retries
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn print_summary(sync: &str, state: &RunState, took: Duration) {
