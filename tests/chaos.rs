@@ -40,55 +40,30 @@ fn seed() -> u64 {
 
 /// Orders and customers, each with its deletions feed, incremental with a 1 s lag.
 fn chaos_workflow(dir: &Path, page_size: u32) -> Result<PathBuf> {
-    let stream = |name: &str, path: &str, cursor_field: &str, deletes: Option<&str>| {
-        format!(
-            r#"
-[[stream]]
-name = "{name}"
-path = "{path}"
-records = "data"
-primary_key = "id"
-cursor_field = "{cursor_field}"
-page_size = {page_size}
-pagination = {{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }}
-window = {{ lag = "1s", overlap = "5s", start_param = "updated_since", end_param = "updated_before" }}
-{}"#,
-            deletes.map_or(String::new(), |d| format!("deletes = \"{d}\"\n"))
-        )
-    };
-    let text = format!(
-        r#"[sync]
-name = "shop"
-
-[source]
-kind = "http"
-base_url = "${{WAYMARK_SANDBOX_URL}}"
-timeout = "2s"
-max_attempts = 15
-{}{}{}{}
-[destination]
-kind = "sqlite"
-path = "shop.db"
-busy_timeout = "300ms"
-"#,
-        stream("orders", "/orders", "updated_at", None),
-        stream(
-            "orders_deleted",
-            "/orders/deleted",
+    let window = r#"window = { lag = "1s", overlap = "5s", start_param = "updated_since", end_param = "updated_before" }"#;
+    let mut streams = String::new();
+    for resource in ["orders", "customers"] {
+        streams += &stream_table(
+            resource,
+            &format!("/{resource}"),
+            "updated_at",
+            page_size,
+            window,
+        );
+        streams += &stream_table(
+            &format!("{resource}_deleted"),
+            &format!("/{resource}/deleted"),
             "deleted_at",
-            Some("orders")
-        ),
-        stream("customers", "/customers", "updated_at", None),
-        stream(
-            "customers_deleted",
-            "/customers/deleted",
-            "deleted_at",
-            Some("customers")
-        ),
-    );
-    let path = dir.join("shop.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+            page_size,
+            &format!("{window}\ndeletes = \"{resource}\""),
+        );
+    }
+    write_workflow(
+        dir,
+        "timeout = \"2s\"\nmax_attempts = 15",
+        &streams,
+        "busy_timeout = \"300ms\"",
+    )
 }
 
 /// The destination holds exactly the source's live records (same versions, same content),

@@ -216,9 +216,38 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-/// Writes a workflow for the sandbox's orders into `dir/shop.toml`; `extra` is appended to
-/// the stream table.
-pub fn workflow(dir: &Path, page_size: u32, max_attempts: u32) -> Result<PathBuf> {
+/// A `[[stream]]` table for a sandbox resource with cursor pagination; `extra` lines
+/// (window, `deletes`) are appended.
+pub fn stream_table(
+    name: &str,
+    path: &str,
+    cursor_field: &str,
+    page_size: u32,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[[stream]]
+name = "{name}"
+path = "{path}"
+records = "data"
+primary_key = "id"
+cursor_field = "{cursor_field}"
+page_size = {page_size}
+pagination = {{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }}
+{extra}
+"#
+    )
+}
+
+/// Writes `dir/shop.toml`: the sandbox as source (`source` lines added to its table), the
+/// given streams, and `dir/shop.db` as destination (`destination` lines added).
+pub fn write_workflow(
+    dir: &Path,
+    source: &str,
+    streams: &str,
+    destination: &str,
+) -> Result<PathBuf> {
     let text = format!(
         r#"[sync]
 name = "shop"
@@ -226,27 +255,33 @@ name = "shop"
 [source]
 kind = "http"
 base_url = "${{WAYMARK_SANDBOX_URL}}"
-timeout = "5s"
-max_attempts = {max_attempts}
-
-[[stream]]
-name = "orders"
-path = "/orders"
-records = "data"
-primary_key = "id"
-cursor_field = "updated_at"
-page_size = {page_size}
-pagination = {{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }}
-window = {{ lag = "0s", start_param = "updated_since", end_param = "updated_before" }}
-
+{source}
+{streams}
 [destination]
 kind = "sqlite"
 path = "shop.db"
+{destination}
 "#
     );
     let path = dir.join("shop.toml");
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// A workflow syncing the sandbox's orders into `dir/shop.db`.
+pub fn workflow(dir: &Path, page_size: u32, max_attempts: u32) -> Result<PathBuf> {
+    write_workflow(
+        dir,
+        &format!("timeout = \"5s\"\nmax_attempts = {max_attempts}"),
+        &stream_table(
+            "orders",
+            "/orders",
+            "updated_at",
+            page_size,
+            r#"window = { lag = "0s", start_param = "updated_since", end_param = "updated_before" }"#,
+        ),
+        "",
+    )
 }
 
 /// A `waymark` command with the state dir and sandbox URL set.
