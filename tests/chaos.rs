@@ -48,6 +48,7 @@ fn chaos_workflow(dir: &Path, page_size: u32) -> Result<PathBuf> {
             &format!("/{resource}"),
             "updated_at",
             page_size,
+            CURSOR,
             window,
         );
         streams += &stream_table(
@@ -55,6 +56,7 @@ fn chaos_workflow(dir: &Path, page_size: u32) -> Result<PathBuf> {
             &format!("/{resource}/deleted"),
             "deleted_at",
             page_size,
+            CURSOR,
             &format!("{window}\ndeletes = \"{resource}\""),
         );
     }

@@ -5,6 +5,7 @@ mod util;
 mod chaos;
 mod input;
 mod journal;
+mod pagination;
 mod sandbox;
 mod state_dir;
 mod workflows;

@@ -216,13 +216,17 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-/// A `[[stream]]` table for a sandbox resource with cursor pagination; `extra` lines
-/// (window, `deletes`) are appended.
+/// The sandbox's cursor-token pagination.
+pub const CURSOR: &str = r#"{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }"#;
+
+/// A `[[stream]]` table for a sandbox resource; `extra` lines (window, `deletes`) are
+/// appended.
 pub fn stream_table(
     name: &str,
     path: &str,
     cursor_field: &str,
     page_size: u32,
+    pagination: &str,
     extra: &str,
 ) -> String {
     format!(
@@ -234,7 +238,7 @@ records = "data"
 primary_key = "id"
 cursor_field = "{cursor_field}"
 page_size = {page_size}
-pagination = {{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }}
+pagination = {pagination}
 {extra}
 "#
     )
@@ -278,6 +282,7 @@ pub fn workflow(dir: &Path, page_size: u32, max_attempts: u32) -> Result<PathBuf
             "/orders",
             "updated_at",
             page_size,
+            CURSOR,
             r#"window = { lag = "0s", start_param = "updated_since", end_param = "updated_before" }"#,
         ),
         "",

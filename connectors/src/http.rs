@@ -1,12 +1,22 @@
-//! The HTTP source: one GET per page, records and next cursor read from the JSON body.
+//! The HTTP source: one request per page, in any of six pagination styles, with loop
+//! checks.
+//!
+//! The engine's cursor is an opaque string; each style decides what it holds: the API's
+//! token (`cursor`), the next page's URL (`next_url`, `link_header`), a page number, an
+//! offset, or the last `(cursor_field, primary_key)` seen as a JSON pair (`keyset`).
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 use serde_json::value::RawValue;
+use serde_json::Value;
 use waymark_engine::source::{self, Page, PageRequest, Source};
 
-use crate::workflow::{expand_env, StreamSection, Workflow};
+use crate::record::{compare_versions, lookup, scalar};
+use crate::workflow::{
+    expand_env, CursorIn, Method, Pagination, PaginationKind, StreamSection, Workflow,
+};
 
 /// Why the source could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -17,13 +27,98 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Client(String),
+    /// The pagination settings are incomplete (validation normally catches this first).
+    #[error("stream.{stream}.pagination: {message}")]
+    Pagination {
+        /// The stream.
+        stream: String,
+        /// What is missing.
+        message: String,
+    },
 }
+
+/// When page-number and offset pagination stop, besides an empty or short page.
+#[derive(Clone, Debug, Default)]
+struct StopRules {
+    has_more_path: Option<String>,
+    total_path: Option<String>,
+    total_header: Option<String>,
+}
+
+/// The resolved pagination style.
+#[derive(Clone, Debug)]
+enum Style {
+    Cursor {
+        path: String,
+        param: String,
+        carrier: CursorIn,
+    },
+    NextUrl {
+        path: String,
+    },
+    LinkHeader,
+    PageNumber {
+        param: String,
+        first: u64,
+    },
+    Offset {
+        param: String,
+    },
+    Keyset {
+        since: String,
+        id: Option<String>,
+        cursor_field: String,
+    },
+}
+
+impl Style {
+    fn new(stream: &StreamSection) -> Result<Style, Error> {
+        let p: &Pagination = &stream.pagination;
+        let need = |v: &Option<String>, key: &str| {
+            v.clone().ok_or_else(|| Error::Pagination {
+                stream: stream.name.clone(),
+                message: format!("`{key}` is required"),
+            })
+        };
+        Ok(match p.kind {
+            PaginationKind::Cursor => Style::Cursor {
+                path: need(&p.cursor_path, "cursor_path")?,
+                param: need(&p.cursor_param, "cursor_param")?,
+                carrier: p.cursor_in.unwrap_or_default(),
+            },
+            PaginationKind::NextUrl => Style::NextUrl {
+                path: need(&p.next_url_path, "next_url_path")?,
+            },
+            PaginationKind::LinkHeader => Style::LinkHeader,
+            PaginationKind::PageNumber => Style::PageNumber {
+                param: need(&p.page_param, "page_param")?,
+                first: p.first_page.unwrap_or(1),
+            },
+            PaginationKind::Offset => Style::Offset {
+                param: need(&p.offset_param, "offset_param")?,
+            },
+            PaginationKind::Keyset => Style::Keyset {
+                since: need(&p.since_param, "since_param")?,
+                id: p.id_param.clone(),
+                cursor_field: need(&stream.cursor_field, "cursor_field")?,
+            },
+        })
+    }
+}
+
+/// The position a keyset cursor holds: the last `cursor_field` value exactly as the API
+/// wrote it, and the last primary key.
+type Keyset = (String, Value);
 
 /// A paginated JSON API for one stream.
 pub struct HttpSource {
     client: reqwest::Client,
     url: reqwest::Url,
     stream: StreamSection,
+    style: Style,
+    stop: StopRules,
+    /// Hash of the previous page's records, to notice the same page served twice.
+    previous: Option<u64>,
 }
 
 impl HttpSource {
@@ -44,34 +139,119 @@ impl HttpSource {
             .user_agent(concat!("waymark/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Client(e.to_string()))?;
+        let p = &stream.pagination;
         Ok(HttpSource {
             client,
             url,
+            style: Style::new(stream)?,
+            stop: StopRules {
+                has_more_path: p.has_more_path.clone(),
+                total_path: p.total_path.clone(),
+                total_header: p.total_header.clone(),
+            },
             stream: stream.clone(),
+            previous: None,
         })
     }
 
-    fn request(&self, request: &PageRequest<'_>) -> reqwest::Url {
-        let mut url = self.url.clone();
-        {
-            let mut query = url.query_pairs_mut();
-            let p = &self.stream.pagination;
-            if let Some(limit) = &p.limit_param {
-                query.append_pair(limit, &self.stream.page_size.to_string());
+    /// The request for one page.
+    fn request(&self, request: &PageRequest<'_>) -> Result<reqwest::RequestBuilder, source::Error> {
+        let mut body = self.stream.body.clone();
+        let mut headers = HeaderMap::new();
+        let url = match (&self.style, request.cursor) {
+            (Style::NextUrl { .. } | Style::LinkHeader, Some(next)) => self.same_origin(next)?,
+            _ => {
+                let mut params: Vec<(String, String)> = Vec::new();
+                let mut set = |k: &str, v: String| {
+                    params.retain(|(name, _)| name != k);
+                    params.push((k.to_string(), v));
+                };
+                let p = &self.stream.pagination;
+                if let Some(limit) = &p.limit_param {
+                    set(limit, self.stream.page_size.to_string());
+                }
+                let w = &self.stream.window;
+                if let (Some(param), Some(start)) = (&w.start_param, request.window.start) {
+                    set(param, w.format.format(start));
+                }
+                if let Some(param) = &w.end_param {
+                    set(param, w.format.format(request.window.end));
+                }
+                match (&self.style, request.cursor) {
+                    (Style::Cursor { param, carrier, .. }, Some(cursor)) => match carrier {
+                        CursorIn::Query => set(param, cursor.to_string()),
+                        CursorIn::Header => {
+                            let name = HeaderName::from_bytes(param.as_bytes())
+                                .map_err(|e| fatal(format!("cursor header `{param}`: {e}")))?;
+                            let value = HeaderValue::from_str(cursor)
+                                .map_err(|e| fatal(format!("cursor is not a header value: {e}")))?;
+                            headers.insert(name, value);
+                        }
+                        CursorIn::Body => {
+                            let mut object = match body.take() {
+                                Some(Value::Object(map)) => map,
+                                _ => serde_json::Map::new(),
+                            };
+                            object.insert(param.clone(), Value::String(cursor.to_string()));
+                            body = Some(Value::Object(object));
+                        }
+                    },
+                    (Style::PageNumber { param, first }, cursor) => {
+                        set(param, cursor.map_or(first.to_string(), str::to_string));
+                    }
+                    (Style::Offset { param }, cursor) => {
+                        set(param, cursor.unwrap_or("0").to_string());
+                    }
+                    (Style::Keyset { since, id, .. }, Some(cursor)) => {
+                        let (value, key) = keyset(cursor)?;
+                        set(since, value);
+                        if let Some(id) = id {
+                            set(id, scalar(&key).unwrap_or_default());
+                        }
+                    }
+                    _ => {}
+                }
+                let mut url = self.url.clone();
+                if !params.is_empty() {
+                    url.query_pairs_mut().extend_pairs(params);
+                }
+                url
             }
-            if let Some(cursor) = request.cursor {
-                query.append_pair(&p.cursor_param, cursor);
-            }
-            let w = &self.stream.window;
-            if let (Some(param), Some(start)) = (&w.start_param, request.window.start) {
-                query.append_pair(param, &start.to_string());
-            }
-            if let Some(param) = &w.end_param {
-                query.append_pair(param, &request.window.end.to_string());
-            }
-        }
-        url
+        };
+        let builder = match self.stream.method {
+            Method::Get => self.client.get(url),
+            Method::Post => self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(
+                    body.unwrap_or(Value::Object(serde_json::Map::new()))
+                        .to_string(),
+                ),
+        };
+        Ok(builder.headers(headers))
     }
+
+    /// A next-page URL, resolved against the stream's URL; another origin is refused so
+    /// credentials never leave for a host the workflow did not name.
+    fn same_origin(&self, next: &str) -> Result<reqwest::Url, source::Error> {
+        let url = self
+            .url
+            .join(next)
+            .map_err(|e| fatal(format!("next URL `{next}` is not a URL: {e}")))?;
+        if url.origin() != self.url.origin() {
+            return Err(fatal(format!(
+                "the API sent a next URL on another host ({}); refusing to follow it",
+                url.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
+    }
+}
+
+fn keyset(cursor: &str) -> Result<Keyset, source::Error> {
+    serde_json::from_str(cursor)
+        .map_err(|e| fatal(format!("journaled keyset cursor unreadable: {e}")))
 }
 
 fn retryable(message: String, retry_after: Option<Duration>) -> source::Error {
@@ -117,41 +297,204 @@ fn raw_at<'a>(doc: &'a RawValue, path: &str) -> Result<Option<&'a RawValue>, ser
     Ok(Some(current))
 }
 
-/// Records and next cursor of a page body.
-pub fn parse_page(body: &[u8], records: &str, cursor_path: &str) -> Result<Page, source::Error> {
-    let doc: &RawValue = serde_json::from_slice(body).map_err(|e| {
+/// The page body as a JSON document, without parsing what is not needed.
+pub fn document(body: &[u8]) -> Result<&RawValue, source::Error> {
+    serde_json::from_slice(body).map_err(|e| {
         retryable(
-            format!("page is not JSON ({e}); it starts: {}", excerpt(body)),
+            format!("the page is not JSON ({e}); it starts: {}", excerpt(body)),
             None,
         )
-    })?;
-    let array = raw_at(doc, records)
+    })
+}
+
+/// The records array at `path` (empty: the document is the array), each record's text as
+/// the API sent it.
+pub fn records_at<'a>(doc: &'a RawValue, path: &str) -> Result<Vec<&'a RawValue>, source::Error> {
+    let array = raw_at(doc, path)
         .map_err(|e| fatal(e.to_string()))?
         .ok_or_else(|| {
             fatal(format!(
-                "records path `{records}` is not in the page: {}",
-                excerpt(body)
+                "records path `{path}` is not in the page: {}",
+                excerpt(doc.get().as_bytes())
             ))
         })?;
-    let items: Vec<&RawValue> = serde_json::from_str(array.get()).map_err(|_| {
+    serde_json::from_str(array.get()).map_err(|_| {
         fatal(format!(
-            "records path `{records}` is not an array: {}",
+            "records path `{path}` is not an array: {}",
             excerpt(array.get().as_bytes())
         ))
-    })?;
-    let records = items.into_iter().map(|r| r.get().to_string()).collect();
-    let next_cursor = match raw_at(doc, cursor_path).map_err(|e| fatal(e.to_string()))? {
-        None => None,
-        Some(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
-            Ok(serde_json::Value::String(s)) if !s.is_empty() => Some(s),
-            Ok(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        },
-    };
-    Ok(Page {
-        records,
-        next_cursor,
     })
+}
+
+/// The JSON value at a dotted path, if present.
+fn value_at(doc: &RawValue, path: &str) -> Option<Value> {
+    raw_at(doc, path)
+        .ok()
+        .flatten()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+}
+
+/// A token: a non-empty string, or a number.
+fn token(value: Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The `rel="next"` target of RFC 8288 `Link` headers.
+pub fn link_next(headers: &HeaderMap) -> Option<String> {
+    for value in headers.get_all(reqwest::header::LINK) {
+        let mut rest = value.to_str().ok()?;
+        while let Some(open) = rest.find('<') {
+            let close = open + rest[open..].find('>')?;
+            let target = &rest[open + 1..close];
+            let after = &rest[close + 1..];
+            let end = after.find('<').unwrap_or(after.len());
+            let is_next = after[..end].split(';').any(|param| {
+                param
+                    .trim()
+                    .trim_end_matches(',')
+                    .split_once('=')
+                    .is_some_and(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("rel")
+                            && v.trim()
+                                .trim_matches('"')
+                                .split_whitespace()
+                                .any(|r| r.eq_ignore_ascii_case("next"))
+                    })
+            });
+            if is_next {
+                return Some(target.to_string());
+            }
+            rest = &after[end..];
+        }
+    }
+    None
+}
+
+/// A cheap fingerprint of a page's records, to notice the same page served twice.
+fn fingerprint(records: &[String]) -> u64 {
+    records.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, r| {
+        r.bytes()
+            .chain(std::iter::once(0))
+            .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    })
+}
+
+impl HttpSource {
+    /// Whether more pages follow, by `has_more_path`; and the total, by `total_path` or
+    /// `total_header`.
+    fn stop_signals(&self, doc: &RawValue, headers: &HeaderMap) -> (Option<bool>, Option<u64>) {
+        let more = self
+            .stop
+            .has_more_path
+            .as_deref()
+            .and_then(|p| value_at(doc, p))
+            .and_then(|v| v.as_bool());
+        let total = self
+            .stop
+            .total_path
+            .as_deref()
+            .and_then(|p| value_at(doc, p))
+            .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+            .or_else(|| {
+                let name = self.stop.total_header.as_deref()?;
+                headers.get(name)?.to_str().ok()?.trim().parse().ok()
+            });
+        (more, total)
+    }
+
+    /// The key and the raw `cursor_field` text of a record.
+    fn position(&self, record: &str, field: &str) -> Result<Keyset, source::Error> {
+        let value: Value = serde_json::from_str(record)
+            .map_err(|e| fatal(format!("a record is not JSON: {e}")))?;
+        let at = lookup(&value, field).and_then(scalar).ok_or_else(|| {
+            fatal(format!(
+                "a record has no `{field}` (the keyset cursor field): {}",
+                excerpt(record.as_bytes())
+            ))
+        })?;
+        let key = lookup(&value, &self.stream.primary_key)
+            .filter(|k| scalar(k).is_some())
+            .cloned()
+            .ok_or_else(|| {
+                fatal(format!(
+                    "a record has no primary key `{}`: {}",
+                    self.stream.primary_key,
+                    excerpt(record.as_bytes())
+                ))
+            })?;
+        Ok((at, key))
+    }
+
+    /// The next page's cursor (`None`: this was the last page). `records` are the page's
+    /// records as received; keyset pagination drops those at or before its position.
+    fn next_cursor(
+        &self,
+        request: &PageRequest<'_>,
+        doc: &RawValue,
+        headers: &HeaderMap,
+        records: &mut Vec<String>,
+    ) -> Result<Option<String>, source::Error> {
+        // Counted before any record is dropped: a short page is the last one.
+        let received = records.len();
+        let size = self.stream.page_size as usize;
+        let (more, total) = self.stop_signals(doc, headers);
+        let last = received == 0 || more == Some(false);
+        let unreadable =
+            |what: &str, c: &str| fatal(format!("journaled {what} cursor `{c}` unreadable"));
+        Ok(match &self.style {
+            _ if last => None,
+            Style::Cursor { path, .. } => value_at(doc, path).and_then(token),
+            Style::NextUrl { path } => value_at(doc, path).and_then(token),
+            Style::LinkHeader => link_next(headers),
+            Style::PageNumber { first, .. } => {
+                let current = match request.cursor {
+                    Some(c) => c.parse::<u64>().map_err(|_| unreadable("page", c))?,
+                    None => *first,
+                };
+                let seen = (current + 1).saturating_sub(*first) * size as u64;
+                (received >= size && total.is_none_or(|t| seen < t))
+                    .then(|| (current + 1).to_string())
+            }
+            Style::Offset { .. } => {
+                let current = match request.cursor {
+                    Some(c) => c.parse::<u64>().map_err(|_| unreadable("offset", c))?,
+                    None => 0,
+                };
+                let next = current + received as u64;
+                (received >= size && total.is_none_or(|t| next < t)).then(|| next.to_string())
+            }
+            Style::Keyset { cursor_field, .. } => {
+                let next = match records.last() {
+                    Some(r) if received >= size => {
+                        let position = self.position(r, cursor_field)?;
+                        serde_json::to_string(&position).ok()
+                    }
+                    _ => None,
+                };
+                if let Some(cursor) = request.cursor {
+                    // An inclusive `>=` filter sends the records sharing the position's
+                    // value again; those up to its key were written already.
+                    let (at, key) = keyset(cursor)?;
+                    let key = scalar(&key).unwrap_or_default();
+                    let mut seen = 0;
+                    for r in records.iter() {
+                        let (r_at, r_key) = self.position(r, cursor_field)?;
+                        let r_key = scalar(&r_key).unwrap_or_default();
+                        if r_at != at || compare_versions(&r_key, &key).is_gt() {
+                            break;
+                        }
+                        seen += 1;
+                    }
+                    records.drain(..seen);
+                }
+                next
+            }
+        })
+    }
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -182,9 +525,12 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
 
 impl Source for HttpSource {
     async fn fetch(&mut self, request: PageRequest<'_>) -> Result<Page, source::Error> {
-        let url = self.request(&request);
-        let what = format!("GET {} (page {})", self.url.path(), request.page);
-        let response = self.client.get(url).send().await.map_err(|e| {
+        let method = match self.stream.method {
+            Method::Get => "GET",
+            Method::Post => "POST",
+        };
+        let what = format!("{method} {}", self.url.path());
+        let response = self.request(&request)?.send().await.map_err(|e| {
             let e = e.without_url();
             let kind = if e.is_timeout() {
                 "timed out"
@@ -196,7 +542,7 @@ impl Source for HttpSource {
             retryable(format!("{what} {kind}: {e}"), None)
         })?;
         let status = response.status();
-        let after = retry_after(response.headers());
+        let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|e| {
             retryable(
                 format!("{what}: reading the body failed: {}", e.without_url()),
@@ -206,7 +552,7 @@ impl Source for HttpSource {
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             return Err(retryable(
                 format!("{what}: HTTP {status}: {}", excerpt(&body)),
-                after,
+                retry_after(&headers),
             ));
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -217,8 +563,39 @@ impl Source for HttpSource {
         if !status.is_success() {
             return Err(fatal(format!("{what}: HTTP {status}: {}", excerpt(&body))));
         }
-        let p = &self.stream.pagination;
-        parse_page(&body, &self.stream.records, &p.cursor_path)
+        let doc = document(&body)?;
+        let mut records: Vec<String> = records_at(doc, &self.stream.records)?
+            .into_iter()
+            .map(|r| r.get().to_string())
+            .collect();
+        let print = fingerprint(&records);
+        let repeated = !records.is_empty() && self.previous == Some(print);
+        self.previous = Some(print);
+        let next_cursor = self.next_cursor(&request, doc, &headers, &mut records)?;
+        if next_cursor.is_some() && next_cursor.as_deref() == request.cursor {
+            return Err(fatal(format!(
+                "{what}: the API returned the cursor it was sent (`{}`); stopping instead of \
+                 looping{}",
+                request.cursor.unwrap_or_default(),
+                match self.style {
+                    Style::Keyset { id: None, .. } => {
+                        " (more records share one cursor_field value than fit on a page: set \
+                         pagination.id_param, the API's tie-breaker filter, or a larger page_size)"
+                    }
+                    _ => "",
+                }
+            )));
+        }
+        if repeated {
+            return Err(fatal(format!(
+                "{what}: the API served the same records as the previous page; stopping \
+                 instead of looping (check the pagination settings)"
+            )));
+        }
+        Ok(Page {
+            records,
+            next_cursor,
+        })
     }
 }
 
@@ -227,39 +604,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_records_and_cursor_without_reserialising() -> Result<(), source::Error> {
+    fn reads_records_without_reserialising() -> Result<(), source::Error> {
         let body = br#"{"data":[{"id":1, "a":"x"},{"id":2}],"meta":{"next":"c2"}}"#;
-        let page = parse_page(body, "data", "meta.next")?;
+        let doc = document(body)?;
+        let records: Vec<&str> = records_at(doc, "data")?.iter().map(|r| r.get()).collect();
+        assert_eq!(records, [r#"{"id":1, "a":"x"}"#, r#"{"id":2}"#]);
         assert_eq!(
-            page.records,
-            vec![r#"{"id":1, "a":"x"}"#.to_string(), r#"{"id":2}"#.into()]
+            value_at(doc, "meta.next").and_then(token).as_deref(),
+            Some("c2")
         );
-        assert_eq!(page.next_cursor.as_deref(), Some("c2"));
-        let last = parse_page(br#"{"data":[],"meta":{"next":null}}"#, "data", "meta.next")?;
-        assert_eq!(
-            last,
-            Page {
-                records: vec![],
-                next_cursor: None
-            }
-        );
-        let bare = parse_page(br#"[{"id":1}]"#, "", "next")?;
-        assert_eq!(bare.records.len(), 1);
+        let bare = document(br#"[{"id":1}]"#)?;
+        assert_eq!(records_at(bare, "")?.len(), 1);
         Ok(())
     }
 
     #[test]
-    fn classifies_bad_pages() {
-        let not_json = parse_page(b"<html>oops", "data", "next").unwrap_err();
+    fn classifies_bad_pages_and_names_the_page() {
+        let not_json = document(b"<html>oops").unwrap_err();
         assert!(
-            not_json.retryable && not_json.message.contains("not JSON"),
+            not_json.retryable && not_json.message.contains("the page is not JSON"),
             "{not_json:?}"
         );
-        let missing = parse_page(br#"{"items":[]}"#, "data", "next").unwrap_err();
+        let doc = document(br#"{"items":[]}"#).unwrap_or_else(|_| unreachable!());
+        let missing = records_at(doc, "data").unwrap_err();
         assert!(
-            !missing.retryable && missing.message.contains("`data`"),
+            !missing.retryable
+                && missing
+                    .message
+                    .contains("records path `data` is not in the page"),
             "{missing:?}"
         );
+    }
+
+    #[test]
+    fn finds_the_next_link_among_several() {
+        let mut h = HeaderMap::new();
+        h.append(
+            reqwest::header::LINK,
+            HeaderValue::from_static(
+                r#"<https://a.test/x?page=1>; rel="first", <https://a.test/x?page=3&q=a,b>; rel="prev next""#,
+            ),
+        );
+        assert_eq!(
+            link_next(&h).as_deref(),
+            Some("https://a.test/x?page=3&q=a,b")
+        );
+        let mut none = HeaderMap::new();
+        none.append(
+            reqwest::header::LINK,
+            HeaderValue::from_static(r#"<https://a.test/x?page=1>; rel="prev""#),
+        );
+        assert_eq!(link_next(&none), None);
     }
 
     #[test]

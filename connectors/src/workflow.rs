@@ -125,26 +125,152 @@ pub enum SourceKind {
     Http,
 }
 
-/// A stream's pagination.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pagination {
-    /// Only `"cursor"` for now: a token from the body, sent back as a query parameter.
-    pub kind: PaginationKind,
-    /// Dotted path of the next-page token in the response body.
-    pub cursor_path: String,
-    /// Query parameter that carries the token.
-    pub cursor_param: String,
-    /// Query parameter that carries the page size (optional).
-    pub limit_param: Option<String>,
+/// HTTP methods a stream can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// GET
+    #[default]
+    Get,
+    /// POST with a JSON body.
+    Post,
 }
 
-/// Pagination kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A stream's pagination: `kind` picks the style, and each style reads only its own keys
+/// (a key of another style is an error).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    /// The style.
+    pub kind: PaginationKind,
+    /// Query parameter that carries the page size (any style).
+    pub limit_param: Option<String>,
+    /// `cursor`: dotted path of the next-page token in the body.
+    pub cursor_path: Option<String>,
+    /// `cursor`: the parameter (or header, or body field) that carries the token back.
+    pub cursor_param: Option<String>,
+    /// `cursor`: where the token goes: `query` (default), `header` or `body` (a POST).
+    pub cursor_in: Option<CursorIn>,
+    /// `next_url`: dotted path of the next page's URL in the body.
+    pub next_url_path: Option<String>,
+    /// `page_number`: query parameter of the page number.
+    pub page_param: Option<String>,
+    /// `page_number`: number of the first page (default 1).
+    pub first_page: Option<u64>,
+    /// `offset`: query parameter of the offset.
+    pub offset_param: Option<String>,
+    /// `page_number`, `offset`, `keyset`: dotted path of a boolean "more pages follow".
+    pub has_more_path: Option<String>,
+    /// `page_number`, `offset`: dotted path of the total record count in the body.
+    pub total_path: Option<String>,
+    /// `page_number`, `offset`: header carrying the total record count.
+    pub total_header: Option<String>,
+    /// `keyset`: parameter receiving the last `cursor_field` value seen, exactly as the API
+    /// wrote it (usually the same parameter as `window.start_param`).
+    pub since_param: Option<String>,
+    /// `keyset`: parameter receiving the last primary key seen, the tie-breaker among
+    /// records sharing a `cursor_field` value.
+    pub id_param: Option<String>,
+}
+
+/// Pagination styles.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaginationKind {
-    /// Token in the body, sent back as a query parameter.
+    /// A token read from the body, sent back.
+    #[default]
     Cursor,
+    /// The next page's URL, read from the body.
+    NextUrl,
+    /// The next page's URL from an RFC 8288 `Link` header, `rel="next"`.
+    LinkHeader,
+    /// Page numbers.
+    PageNumber,
+    /// Offsets.
+    Offset,
+    /// The last `(cursor_field, primary_key)` seen, sent back through filter parameters.
+    Keyset,
+}
+
+/// Where a cursor token is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CursorIn {
+    /// A query parameter.
+    #[default]
+    Query,
+    /// A request header.
+    Header,
+    /// A field of a JSON body (the request becomes a POST).
+    Body,
+}
+
+impl Pagination {
+    /// The keys this style requires, and the optional ones it accepts besides
+    /// `limit_param`.
+    fn keys(kind: PaginationKind) -> (&'static [&'static str], &'static [&'static str]) {
+        match kind {
+            PaginationKind::Cursor => (&["cursor_path", "cursor_param"], &["cursor_in"]),
+            PaginationKind::NextUrl => (&["next_url_path"], &[]),
+            PaginationKind::LinkHeader => (&[], &[]),
+            PaginationKind::PageNumber => (
+                &["page_param"],
+                &["first_page", "has_more_path", "total_path", "total_header"],
+            ),
+            PaginationKind::Offset => (
+                &["offset_param"],
+                &["has_more_path", "total_path", "total_header"],
+            ),
+            PaginationKind::Keyset => (&["since_param"], &["id_param", "has_more_path"]),
+        }
+    }
+
+    /// The style-specific keys that are set.
+    fn set_keys(&self) -> Vec<&'static str> {
+        [
+            ("cursor_path", self.cursor_path.is_some()),
+            ("cursor_param", self.cursor_param.is_some()),
+            ("cursor_in", self.cursor_in.is_some()),
+            ("next_url_path", self.next_url_path.is_some()),
+            ("page_param", self.page_param.is_some()),
+            ("first_page", self.first_page.is_some()),
+            ("offset_param", self.offset_param.is_some()),
+            ("has_more_path", self.has_more_path.is_some()),
+            ("total_path", self.total_path.is_some()),
+            ("total_header", self.total_header.is_some()),
+            ("since_param", self.since_param.is_some()),
+            ("id_param", self.id_param.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect()
+    }
+
+    /// A key this style needs but lacks, or a key of another style: `(key, message)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let kind = serde_json::to_value(self.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let (required, optional) = Self::keys(self.kind);
+        let set = self.set_keys();
+        if let Some(missing) = required.iter().find(|k| !set.contains(k)) {
+            return Err((
+                format!("pagination.{missing}"),
+                format!("required with kind = \"{kind}\""),
+            ));
+        }
+        if let Some(stray) = set
+            .iter()
+            .find(|k| !required.contains(k) && !optional.contains(k))
+        {
+            return Err((
+                format!("pagination.{stray}"),
+                format!("does not apply to kind = \"{kind}\""),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A stream's incremental window.
@@ -157,12 +283,45 @@ pub struct WindowSection {
     /// A new window re-reads this much before the last watermark (default 0s).
     #[serde(default)]
     pub overlap: Span,
-    /// Start of the first window, RFC 3339 (default: from the beginning).
-    pub start: Option<String>,
-    /// Query parameter that receives the window start (RFC 3339), if the API filters.
+    /// Start of the first window: an RFC 3339 time, or an age such as `30d` (default: from
+    /// the beginning).
+    #[serde(alias = "start")]
+    pub initial: Option<String>,
+    /// Query parameter that receives the window start, if the API filters.
     pub start_param: Option<String>,
-    /// Query parameter that receives the watermark (RFC 3339), if the API filters.
+    /// Query parameter that receives the watermark, if the API filters.
     pub end_param: Option<String>,
+    /// How window bounds are written: `rfc3339` (default, with milliseconds), `unix`
+    /// (seconds), `unix_ms` or `date` (`YYYY-MM-DD`).
+    #[serde(default)]
+    pub format: TimeFormat,
+}
+
+/// How a time is written in a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// `2026-01-01T00:00:00.000Z`
+    #[default]
+    Rfc3339,
+    /// Unix seconds.
+    Unix,
+    /// Unix milliseconds.
+    UnixMs,
+    /// `2026-01-01` (the day containing the instant, UTC).
+    Date,
+}
+
+impl TimeFormat {
+    /// `t` written in this format.
+    pub fn format(self, t: Timestamp) -> String {
+        match self {
+            TimeFormat::Rfc3339 => t.to_string(),
+            TimeFormat::Unix => (t.0 / 1000).to_string(),
+            TimeFormat::UnixMs => t.0.to_string(),
+            TimeFormat::Date => t.to_string().chars().take(10).collect(),
+        }
+    }
 }
 
 /// One `[[stream]]`.
@@ -173,6 +332,11 @@ pub struct StreamSection {
     pub name: String,
     /// Path appended to the base URL.
     pub path: String,
+    /// HTTP method: `get` (default) or `post`.
+    #[serde(default)]
+    pub method: Method,
+    /// JSON body of a `post` (a TOML table).
+    pub body: Option<serde_json::Value>,
     /// Dotted path of the records array in the response body (empty: the body is the array).
     #[serde(default)]
     pub records: String,
@@ -359,16 +523,60 @@ impl Workflow {
                     ));
                 }
             }
-            if let Some(start) = &s.window.start {
-                humantime::parse_rfc3339_weak(start).map_err(|e| {
-                    self.invalid(
-                        key("window.start"),
-                        format!("`{start}` is not an RFC 3339 time ({e})"),
-                    )
-                })?;
+            if let Some(initial) = &s.window.initial {
+                initial_start(initial, Timestamp(0))
+                    .map_err(|e| self.invalid(key("window.initial"), e))?;
+            }
+            s.pagination
+                .check()
+                .map_err(|(k, message)| self.invalid(key(&k), message))?;
+            if s.pagination.kind == PaginationKind::Keyset && s.cursor_field.is_none() {
+                return Err(self.invalid(
+                    key("cursor_field"),
+                    "keyset pagination needs a `cursor_field` (with `primary_key`, the position \
+                     sent back)",
+                ));
+            }
+            if s.pagination.cursor_in == Some(CursorIn::Body) && s.method != Method::Post {
+                return Err(self.invalid(
+                    key("pagination.cursor_in"),
+                    "a cursor in the body needs `method = \"post\"`",
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Things that work but probably not as meant: `(key, message)`.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for s in &self.file.stream {
+            let incremental = s.window.start_param.is_some() || s.window.end_param.is_some();
+            if incremental
+                && matches!(
+                    s.pagination.kind,
+                    PaginationKind::PageNumber | PaginationKind::Offset
+                )
+            {
+                out.push((
+                    format!("stream.{}.pagination.kind", s.name),
+                    "page-number and offset pagination skip or repeat records while the data \
+                     changes during a run (a record updated out of the window shifts every later \
+                     page); prefer cursor, next_url, link_header or keyset pagination for an \
+                     incremental stream"
+                        .to_string(),
+                ));
+            }
+            if s.cursor_field.is_some() && !incremental && s.deletes.is_none() {
+                out.push((
+                    format!("stream.{}.window", s.name),
+                    "the stream has a cursor_field but no window parameters: every run reads \
+                     everything (a full refresh)"
+                        .to_string(),
+                ));
+            }
+        }
+        out
     }
 
     /// The file's path.
@@ -457,12 +665,9 @@ impl Workflow {
             .take(16)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let start = stream
-            .window
-            .start
-            .as_deref()
-            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
-            .map(Timestamp::from_system);
+        let start = stream.window.initial.as_deref().and_then(|s| {
+            initial_start(s, Timestamp::from_system(std::time::SystemTime::now())).ok()
+        });
         Plan {
             sync: self.file.sync.name.clone(),
             stream: stream.name.clone(),
@@ -495,6 +700,16 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
         serde_json::Value::Null => {}
         other => out.push((prefix.to_string(), other.to_string())),
     }
+}
+
+/// The start of a first window: an RFC 3339 time, or an age (`30d`) before `now`.
+pub fn initial_start(text: &str, now: Timestamp) -> Result<Timestamp, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(Timestamp::from_system(t));
+    }
+    humantime::parse_duration(text)
+        .map(|age| now.saturating_sub(age))
+        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor an age such as \"30d\""))
 }
 
 /// Replaces `${VAR}` with the environment variable `VAR`; a missing variable is an error

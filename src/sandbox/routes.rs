@@ -6,7 +6,8 @@
 //!   `T` is RFC 3339, or unix seconds, or unix milliseconds; on the deletions feeds they
 //!   filter `deleted_at`;
 //! - a page size: `limit` or `per_page` (default 100);
-//! - one pagination style: `cursor=` (opaque token from `next_cursor`), `page=` (1-based),
+//! - one pagination style: `cursor=` (opaque token from `next_cursor`; or an `X-Cursor`
+//!   header), `page=` (1-based),
 //!   `offset=`, or keyset `updated_since=T&since_id=I` (records after `(T, I)`); with none
 //!   of them, the first page of cursor pagination.
 //!
@@ -392,11 +393,24 @@ enum Feed {
     Invoices(u64),
 }
 
-async fn list(s: Arc<Sandbox>, q: ListQuery, uri: Uri, headers: HeaderMap, feed: Feed) -> Response {
+async fn list(
+    s: Arc<Sandbox>,
+    mut q: ListQuery,
+    uri: Uri,
+    headers: HeaderMap,
+    feed: Feed,
+) -> Response {
     let fault = match admit(&s, &headers).await {
         Ok(f) => f,
         Err(response) => return response,
     };
+    // The cursor may also come as an `X-Cursor` header.
+    if q.cursor.is_none() {
+        q.cursor = headers
+            .get("x-cursor")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+    }
     let (filter, style) = match (Filter::parse(&s, &q), Style::parse(&q)) {
         (Ok(f), Ok(st)) => (f, st),
         (Err(r), _) | (_, Err(r)) => return r.into_response(),
