@@ -36,6 +36,72 @@ fn a_malformed_workflow_names_file_line_and_column() -> Result {
 }
 
 #[test]
+fn validate_reports_errors_with_the_key_and_warnings_and_schema_is_json() -> Result {
+    let dir = TempDir::new("validate");
+    let path = workflow(dir.path(), 100, 3)?;
+    let original = std::fs::read_to_string(&path)?;
+    let state = dir.path().join("state");
+    let validate = |args: &[&str]| run(waymark(&state, "").arg("validate").args(args).arg(&path));
+
+    let out = validate(&[])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("valid — sync shop, streams: orders (incremental, cursor)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    std::fs::write(
+        &path,
+        original.replace(
+            "cursor_path = \"next_cursor\"",
+            "cursor_pth = \"next_cursor\"",
+        ),
+    )?;
+    let out = validate(&[])?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:17:33: stream[0].pagination.cursor_pth: unknown field `cursor_pth`",
+            path.display()
+        )),
+        "{stderr}"
+    );
+
+    let offset =
+        r#"pagination = { kind = "offset", offset_param = "offset", limit_param = "limit" }"#;
+    let with_offset: String = original
+        .lines()
+        .map(|l| {
+            if l.starts_with("pagination =") {
+                offset
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, with_offset)?;
+    let out = validate(&[])?;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("warning: ")
+            && text(&out.stderr).contains("stream.orders.pagination.kind: page-number and offset"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(validate(&["--strict"])?.status.code(), Some(2));
+
+    let schema = run(waymark(&state, "").arg("schema"))?;
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout)?;
+    assert_eq!(schema["additionalProperties"], false);
+    assert!(schema["definitions"]["Pagination"]["properties"]["since_param"].is_object());
+    Ok(())
+}
+
+#[test]
 fn an_unreachable_api_fails_after_bounded_retries_and_resumes_later() -> Result {
     let dir = TempDir::new("unreachable");
     let path = workflow(dir.path(), 100, 2)?;

@@ -1,4 +1,4 @@
-//! Every file in `workflows/` is parsed, validated and run against the sandbox.
+//! Every file in `workflows/` is validated (no warnings) and run against the sandbox.
 
 use crate::util::*;
 
@@ -18,6 +18,9 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
         let workflow = dir.path().join("workflow.toml");
         std::fs::copy(&path, &workflow)?;
         let state = dir.path().join("state");
+        let checked = run(waymark(&state, "").arg("validate").arg(&workflow))?;
+        assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
+        assert_eq!(text(&checked.stderr), "", "{}: warnings", path.display());
         let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
         assert_eq!(
             out.status.code(),

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use waymark_engine::{Plan, Timestamp};
@@ -67,6 +68,22 @@ impl Serialize for Span {
     }
 }
 
+impl JsonSchema for Span {
+    fn schema_name() -> String {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        let mut schema = schemars::schema::SchemaObject {
+            instance_type: Some(schemars::schema::InstanceType::String.into()),
+            ..Default::default()
+        };
+        schema.metadata().description =
+            Some("A duration such as \"30s\", \"5m\", \"2h\", \"7d\"".into());
+        schema.into()
+    }
+}
+
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -78,8 +95,13 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+/// The JSON Schema of workflow files (for editors).
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(File)).unwrap_or_default()
+}
+
 /// The `[sync]` table.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncSection {
     /// Name of the sync; with the stream name it identifies checkpoints.
@@ -94,7 +116,7 @@ fn default_keep() -> Span {
 }
 
 /// The `[source]` table.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
     /// Only `"http"` for now.
@@ -118,7 +140,7 @@ fn default_attempts() -> u32 {
 }
 
 /// Source kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// A paginated JSON API.
@@ -126,7 +148,7 @@ pub enum SourceKind {
 }
 
 /// HTTP methods a stream can use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// GET
@@ -138,7 +160,7 @@ pub enum Method {
 
 /// A stream's pagination: `kind` picks the style, and each style reads only its own keys
 /// (a key of another style is an error).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pagination {
     /// The style.
@@ -174,7 +196,7 @@ pub struct Pagination {
 }
 
 /// Pagination styles.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PaginationKind {
     /// A token read from the body, sent back.
@@ -193,7 +215,7 @@ pub enum PaginationKind {
 }
 
 /// Where a cursor token is sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CursorIn {
     /// A query parameter.
@@ -274,7 +296,7 @@ impl Pagination {
 }
 
 /// A stream's incremental window.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSection {
     /// The watermark is `now − lag` (default 0s).
@@ -298,7 +320,7 @@ pub struct WindowSection {
 }
 
 /// How a time is written in a request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeFormat {
     /// `2026-01-01T00:00:00.000Z`
@@ -325,7 +347,7 @@ impl TimeFormat {
 }
 
 /// One `[[stream]]`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSection {
     /// Name; also the destination table (letters, digits, `_`).
@@ -364,7 +386,7 @@ fn default_page_size() -> u32 {
 }
 
 /// The `[destination]` table.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSection {
     /// Only `"sqlite"` for now.
@@ -382,7 +404,7 @@ fn default_busy_timeout() -> Span {
 }
 
 /// Destination kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DestinationKind {
     /// SQLite file (embedded, nothing to install).
@@ -390,7 +412,7 @@ pub enum DestinationKind {
 }
 
 /// The parsed file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct File {
     /// `[sync]`
@@ -417,6 +439,68 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The key path (`stream[1].pagination.kind`) of the key or value at `offset` of a TOML
+/// text, for error messages: the enclosing table header, the key of the line, and the key
+/// inside an inline table.
+fn key_path(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    // The table: the last header above this line, with the index of an array of tables.
+    let mut table = String::new();
+    for line in text[..line_start].lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
+            let name = name.trim();
+            let index = text[..line_start]
+                .lines()
+                .filter(|l| {
+                    l.trim()
+                        .strip_prefix("[[")
+                        .and_then(|l| l.split("]]").next())
+                        .map(str::trim)
+                        == Some(name)
+                })
+                .count();
+            table = format!("{name}[{}]", index.saturating_sub(1));
+        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.chars().all(ident));
+    // Inside an inline table: the key just before the offset's `=` (or at the offset).
+    let column = offset - line_start;
+    let inner = line.find('{').filter(|open| *open < column).and_then(|_| {
+        let head = &line[..column.min(line.len())];
+        let word_at: String = line[column.min(line.len())..]
+            .chars()
+            .take_while(|c| ident(*c))
+            .collect();
+        if !word_at.is_empty() && !head.ends_with(|c: char| ident(c)) {
+            return Some(word_at);
+        }
+        let eq = head.rfind('=')?;
+        let name: String = head[..eq]
+            .trim_end()
+            .chars()
+            .rev()
+            .take_while(|c| ident(*c))
+            .collect();
+        Some(name.chars().rev().collect::<String>()).filter(|n| !n.is_empty())
+    });
+    let parts: Vec<&str> = [Some(table.as_str()), key, inner.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("."))
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -437,12 +521,17 @@ impl Workflow {
     /// Parses and validates workflow text; `path` names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
         let file: File = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            let start = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_col(text, start);
+            let message = e.message().trim().to_string();
             Error::Syntax {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().trim().to_string(),
+                message: match key_path(text, start) {
+                    Some(key) => format!("{key}: {message}"),
+                    None => message,
+                },
             }
         })?;
         let workflow = Workflow {
@@ -766,7 +855,7 @@ path = "shop.db"
             .unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.starts_with("w.toml:12:1: unknown field `recrods`"),
+            msg.starts_with("w.toml:12:1: stream[0].recrods: unknown field `recrods`"),
             "{msg}"
         );
     }
@@ -779,7 +868,8 @@ path = "shop.db"
             .unwrap_err()
             .to_string();
         assert!(
-            msg.starts_with("w.toml:7:11:") && msg.contains("`soon` is not a duration"),
+            msg.starts_with("w.toml:7:11: source.timeout: ")
+                && msg.contains("`soon` is not a duration"),
             "{msg}"
         );
         let text = GOOD.replace("path = \"/orders\"", "path = 3");
@@ -788,9 +878,80 @@ path = "shop.db"
             .unwrap_err()
             .to_string();
         assert!(
-            msg.starts_with("w.toml:11:8:") && msg.contains("expected a string"),
+            msg.starts_with("w.toml:11:8: stream[0].path: ") && msg.contains("expected a string"),
             "{msg}"
         );
+    }
+
+    fn error(text: &str) -> String {
+        Workflow::parse(Path::new("w.toml"), text)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn keys_inside_inline_tables_and_later_tables_are_named() {
+        let text = GOOD.replace("cursor_param = \"cursor\"", "cursor_parm = \"cursor\"");
+        let msg = error(&text);
+        assert!(
+            msg.starts_with("w.toml:15:62: stream[0].pagination.cursor_parm: unknown field"),
+            "{msg}"
+        );
+        let two = format!("{GOOD}\n[[stream]]\nname = \"b\"\npath = 7\n");
+        let msg = error(&two.replace("[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n", ""));
+        assert!(msg.contains("stream[1].path: "), "{msg}");
+    }
+
+    #[test]
+    fn each_pagination_style_checks_its_own_keys() {
+        let keyset = GOOD.replace(
+            "{ kind = \"cursor\", cursor_path = \"next_cursor\", cursor_param = \"cursor\" }",
+            "{ kind = \"keyset\", id_param = \"since_id\" }",
+        );
+        assert_eq!(
+            error(&keyset),
+            "w.toml: stream.orders.pagination.since_param: required with kind = \"keyset\""
+        );
+        let stray = GOOD.replace(
+            "cursor_param = \"cursor\"",
+            "cursor_param = \"c\", page_param = \"p\"",
+        );
+        assert_eq!(
+            error(&stray),
+            "w.toml: stream.orders.pagination.page_param: does not apply to kind = \"cursor\""
+        );
+        let no_field = keyset
+            .replace("id_param", "since_param")
+            .replace("cursor_field = \"updated_at\"\n", "");
+        assert!(error(&no_field).contains("stream.orders.cursor_field: keyset pagination needs"));
+    }
+
+    #[test]
+    fn warns_about_offset_pages_on_an_incremental_stream() -> Result<(), Error> {
+        let text = GOOD
+            .replace(
+                "{ kind = \"cursor\", cursor_path = \"next_cursor\", cursor_param = \"cursor\" }",
+                "{ kind = \"offset\", offset_param = \"offset\" }\nwindow = { start_param = \"since\" }",
+            );
+        let w = Workflow::parse(Path::new("w.toml"), &text)?;
+        let warnings = w.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].0, "stream.orders.pagination.kind");
+        assert!(warnings[0].1.contains("skip or repeat records"));
+        Ok(())
+    }
+
+    #[test]
+    fn initial_is_a_time_or_an_age() {
+        let now = Timestamp(1_000_000_000_000);
+        assert_eq!(initial_start("30s", now), Ok(Timestamp(999_999_970_000)));
+        assert_eq!(
+            initial_start("2001-09-09T01:46:40Z", now),
+            Ok(Timestamp(1_000_000_000_000))
+        );
+        assert!(initial_start("last tuesday", now).is_err());
     }
 
     #[test]

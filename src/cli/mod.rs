@@ -12,6 +12,7 @@ mod journal;
 mod run;
 mod runs;
 mod sandbox;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,11 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Run a real sync against an in-process sandbox into a SQLite file.
     Demo(demo::DemoArgs),
+    /// Check workflow files (errors with file:line:col and the key; warnings) without
+    /// running them.
+    Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of workflow files (for editors).
+    Schema,
 }
 
 /// Documented exit codes.
@@ -162,5 +168,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Runs(args) => runs::run(&state_dir, args),
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Validate(args) => validate::validate(args),
+        Command::Schema => validate::schema(),
     }
 }

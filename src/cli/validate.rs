@@ -1,0 +1,75 @@
+//! `waymark validate` and `waymark schema`: check workflow files without running them.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use waymark_connectors::workflow::{self, PaginationKind};
+use waymark_connectors::Workflow;
+
+use super::ExitStatus;
+
+/// Arguments of `waymark validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Workflow files.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Treat warnings as errors (exit 2).
+    #[arg(long)]
+    strict: bool,
+}
+
+/// Validates each file: errors with `file:line:col` and the key path, then warnings.
+pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
+    let mut status = ExitStatus::Success;
+    for path in &args.files {
+        let workflow = match Workflow::load(path) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: {e}");
+                status = ExitStatus::BadInput;
+                continue;
+            }
+        };
+        let warnings = workflow.warnings();
+        for (key, message) in &warnings {
+            eprintln!("warning: {}: {key}: {message}", path.display());
+        }
+        if args.strict && !warnings.is_empty() {
+            status = ExitStatus::BadInput;
+        }
+        let streams: Vec<String> = workflow
+            .streams()
+            .iter()
+            .map(|s| {
+                let style = serde_json::to_value(s.pagination.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                match &s.deletes {
+                    Some(target) => format!("{} (deletions of {target}, {style})", s.name),
+                    None if s.pagination.kind == PaginationKind::Keyset
+                        || s.window.start_param.is_some()
+                        || s.window.end_param.is_some() =>
+                    {
+                        format!("{} (incremental, {style})", s.name)
+                    }
+                    None => format!("{} (full refresh, {style})", s.name),
+                }
+            })
+            .collect();
+        out!(
+            "{}: valid — sync {}, streams: {}",
+            path.display(),
+            workflow.name(),
+            streams.join(", ")
+        );
+    }
+    Ok(status)
+}
+
+/// Prints the JSON Schema of workflow files.
+pub fn schema() -> anyhow::Result<ExitStatus> {
+    out!("{}", serde_json::to_string_pretty(&workflow::schema())?);
+    Ok(ExitStatus::Success)
+}
