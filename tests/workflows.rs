@@ -52,3 +52,41 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
     assert!(ran >= 1, "no example workflows found");
     Ok(())
 }
+
+#[test]
+fn the_reference_documents_every_key_of_the_schema() -> Result {
+    let out = run(waymark(std::path::Path::new("unused"), "").arg("schema"))?;
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    fn keys(v: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                map.values().for_each(|v| keys(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = std::collections::BTreeSet::new();
+    keys(&schema, &mut all);
+    assert!(all.len() > 30, "{all:?}");
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/workflow-reference.md"
+    ))?;
+    let undocumented: Vec<&String> = all
+        .iter()
+        .filter(|k| {
+            !reference.contains(&format!("`{k}`"))
+                && !reference.contains(&format!("`[{k}]`"))
+                && !reference.contains(&format!("`[[{k}]]`"))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/workflow-reference.md: {undocumented:?}"
+    );
+    Ok(())
+}
