@@ -8,4 +8,5 @@ mod journal;
 mod pagination;
 mod sandbox;
 mod state_dir;
+mod windows;
 mod workflows;

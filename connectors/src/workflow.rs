@@ -313,6 +313,9 @@ pub struct WindowSection {
     pub start_param: Option<String>,
     /// Query parameter that receives the watermark, if the API filters.
     pub end_param: Option<String>,
+    /// Longest window of one run (e.g. `1d`): a long catch-up runs as consecutive
+    /// slices, each checkpointed. Must be longer than `overlap`.
+    pub step: Option<Span>,
     /// How window bounds are written: `rfc3339` (default, with milliseconds), `unix`
     /// (seconds), `unix_ms` or `date` (`YYYY-MM-DD`).
     #[serde(default)]
@@ -616,6 +619,14 @@ impl Workflow {
                 initial_start(initial, Timestamp(0))
                     .map_err(|e| self.invalid(key("window.initial"), e))?;
             }
+            if let Some(step) = s.window.step {
+                if step.0 <= s.window.overlap.0 {
+                    return Err(self.invalid(
+                        key("window.step"),
+                        "must be longer than window.overlap (each slice must move forward)",
+                    ));
+                }
+            }
             s.pagination
                 .check()
                 .map_err(|(k, message)| self.invalid(key(&k), message))?;
@@ -738,6 +749,23 @@ impl Workflow {
         out
     }
 
+    /// The plan of a backfill of `stream` over `[from, to)`, under its own scope.
+    pub fn backfill_plan(
+        &self,
+        stream: &StreamSection,
+        from: Timestamp,
+        to: Timestamp,
+        fresh: bool,
+    ) -> Plan {
+        Plan {
+            stream: backfill_scope(&stream.name, from, to),
+            start: Some(from),
+            until: Some(to),
+            overlap: Duration::ZERO,
+            ..self.plan(stream, fresh)
+        }
+    }
+
     /// The engine's plan for one stream's run.
     pub fn plan(&self, stream: &StreamSection, fresh: bool) -> Plan {
         let fingerprint = self.fingerprint(stream);
@@ -769,6 +797,8 @@ impl Workflow {
             lag: stream.window.lag.0,
             overlap: stream.window.overlap.0,
             start,
+            until: None,
+            step: stream.window.step.map(|s| s.0),
             fresh,
         }
     }
@@ -789,6 +819,28 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
         serde_json::Value::Null => {}
         other => out.push((prefix.to_string(), other.to_string())),
     }
+}
+
+/// The checkpoint scope of a backfill of `stream` over `[from, to)`: its runs and
+/// checkpoint are its own, so it never moves the stream's incremental checkpoint.
+pub fn backfill_scope(stream: &str, from: Timestamp, to: Timestamp) -> String {
+    format!("{stream}@backfill:{from}..{to}")
+}
+
+/// The stream of a checkpoint scope, and the range if it is a backfill's.
+pub fn parse_scope(scope: &str) -> (&str, Option<(Timestamp, Timestamp)>) {
+    let Some((stream, range)) = scope.split_once("@backfill:") else {
+        return (scope, None);
+    };
+    let parse = |t: &str| {
+        humantime::parse_rfc3339_weak(t)
+            .ok()
+            .map(Timestamp::from_system)
+    };
+    let bounds = range
+        .split_once("..")
+        .and_then(|(from, to)| Some((parse(from)?, parse(to)?)));
+    (stream, bounds)
 }
 
 /// The start of a first window: an RFC 3339 time, or an age (`30d`) before `now`.
@@ -941,6 +993,20 @@ path = "shop.db"
         assert_eq!(warnings[0].0, "stream.orders.pagination.kind");
         assert!(warnings[0].1.contains("skip or repeat records"));
         Ok(())
+    }
+
+    #[test]
+    fn backfill_scopes_round_trip() {
+        let scope = backfill_scope("orders", Timestamp(1_000), Timestamp(2_000));
+        assert_eq!(
+            scope,
+            "orders@backfill:1970-01-01T00:00:01.000Z..1970-01-01T00:00:02.000Z"
+        );
+        assert_eq!(
+            parse_scope(&scope),
+            ("orders", Some((Timestamp(1_000), Timestamp(2_000))))
+        );
+        assert_eq!(parse_scope("orders"), ("orders", None));
     }
 
     #[test]

@@ -78,6 +78,11 @@ pub struct Plan {
     pub overlap: Duration,
     /// Window start of the stream's first run (`None`: from the beginning).
     pub start: Option<Timestamp>,
+    /// A fixed upper bound for every window (a backfill's end); `now − lag` if earlier.
+    pub until: Option<Timestamp>,
+    /// Longest window of one run: a long catch-up is processed as consecutive runs
+    /// ("slices"), each checkpointed (applies once the window has a start).
+    pub step: Option<Duration>,
     /// Abandon an unfinished run and start a new one.
     pub fresh: bool,
 }
@@ -190,12 +195,23 @@ pub fn window_after(
     plan: &Plan,
     now: Timestamp,
 ) -> (Window, Option<String>) {
-    let end = now.saturating_sub(plan.lag);
-    let (start, cursor) = match previous {
-        None => (plan.start, None),
-        Some(c) if c.complete => (Some(c.window.end.saturating_sub(plan.overlap)), None),
-        Some(c) => (c.window.start, c.cursor.clone()),
+    let limit = now.saturating_sub(plan.lag);
+    let limit = plan.until.map_or(limit, |until| until.min(limit));
+    let (start, cursor, end) = match previous {
+        None => (plan.start, None, None),
+        Some(c) if c.complete => (Some(c.window.end.saturating_sub(plan.overlap)), None, None),
+        // An unfinished window keeps its bounds when it was a slice (its cursor belongs
+        // to that range); otherwise it extends to the new watermark.
+        Some(c) => (
+            c.window.start,
+            c.cursor.clone(),
+            plan.step.map(|_| c.window.end),
+        ),
     };
+    let end = end.unwrap_or(match (start, plan.step) {
+        (Some(s), Some(step)) => limit.min(Timestamp(s.0.saturating_add(millis(step)))),
+        _ => limit,
+    });
     (
         Window {
             start: start.map(|s| s.min(end)),
@@ -203,6 +219,18 @@ pub fn window_after(
         },
         cursor,
     )
+}
+
+/// Whether a completed run's window was cut short by `plan.step`, so another slice follows.
+pub fn sliced(window: &Window, plan: &Plan) -> bool {
+    match (window.start, plan.step) {
+        (Some(start), Some(step)) => window.end.0 == start.0.saturating_add(millis(step)),
+        _ => false,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Resumes a run that is not finished: refuses if the workflow changed, else journals

@@ -382,3 +382,72 @@ async fn a_lost_journal_recovers_the_checkpoint_from_the_destination(
     assert_eq!(h.destination.state().rows.len(), 10);
     Ok(())
 }
+
+#[test]
+fn slices_and_a_fixed_end_bound_each_window() {
+    use std::time::Duration;
+    use waymark_engine::{Checkpoint, RunId, Window};
+    const HOUR: u64 = 3_600_000;
+    let now = Timestamp(10 * HOUR);
+    let sliced_plan = driver::Plan {
+        step: Some(Duration::from_secs(3600)),
+        overlap: Duration::from_secs(60),
+        start: Some(Timestamp(0)),
+        ..plan()
+    };
+    let (first, cursor) = driver::window_after(None, &sliced_plan, now);
+    assert_eq!(
+        (first, cursor),
+        (
+            Window {
+                start: Some(Timestamp(0)),
+                end: Timestamp(HOUR)
+            },
+            None
+        )
+    );
+    assert!(driver::sliced(&first, &sliced_plan));
+    let checkpoint = |window: Window, complete: bool, cursor: Option<&str>| Checkpoint {
+        run_id: RunId::new(),
+        window,
+        cursor: cursor.map(str::to_string),
+        page: 3,
+        records: 30,
+        complete,
+        at: now,
+    };
+    // The next slice starts `overlap` before the last one ended.
+    let (second, _) = driver::window_after(Some(&checkpoint(first, true, None)), &sliced_plan, now);
+    assert_eq!(second.start, Some(Timestamp(HOUR - 60_000)));
+    assert_eq!(second.end, Timestamp(2 * HOUR - 60_000));
+    // An interrupted slice keeps its bounds and its cursor.
+    let (again, cursor) = driver::window_after(
+        Some(&checkpoint(second, false, Some("c7"))),
+        &sliced_plan,
+        now,
+    );
+    assert_eq!((again, cursor.as_deref()), (second, Some("c7")));
+    // The last slice ends at the watermark and is not cut short.
+    let late = Window {
+        start: Some(Timestamp(9 * HOUR)),
+        end: Timestamp(9 * HOUR + HOUR / 2),
+    };
+    let (last, _) = driver::window_after(Some(&checkpoint(late, true, None)), &sliced_plan, now);
+    assert_eq!(last.end, now);
+    assert!(!driver::sliced(&last, &sliced_plan));
+
+    // A backfill's fixed end.
+    let backfill = driver::Plan {
+        start: Some(Timestamp(HOUR)),
+        until: Some(Timestamp(3 * HOUR)),
+        ..plan()
+    };
+    let (w, _) = driver::window_after(None, &backfill, now);
+    assert_eq!(
+        w,
+        Window {
+            start: Some(Timestamp(HOUR)),
+            end: Timestamp(3 * HOUR)
+        }
+    );
+}

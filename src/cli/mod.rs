@@ -46,6 +46,8 @@ enum Command {
     Run(run::RunArgs),
     /// Resume one unfinished run by id.
     Resume(run::ResumeArgs),
+    /// Re-read a time range of one stream under its own checkpoint.
+    Backfill(run::BackfillArgs),
     /// Show a run's step journal, or verify / reset the journal.
     Journal(journal::JournalArgs),
     /// List the runs in the journal.
@@ -164,6 +166,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Run(args) => run::run(&state_dir, args).await,
         Command::Resume(args) => run::resume(&state_dir, args).await,
+        Command::Backfill(args) => run::backfill(&state_dir, args).await,
         Command::Journal(args) => journal::run(&state_dir, args),
         Command::Runs(args) => runs::run(&state_dir, args),
         Command::Sandbox(args) => sandbox::run(args).await,

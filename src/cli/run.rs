@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use waymark_connectors::workflow::StreamSection;
+use waymark_connectors::workflow::{parse_scope, StreamSection};
 use waymark_connectors::{Binding, HttpSource, SqliteDestination, Workflow};
 use waymark_engine::decision::RetryPolicy;
 use waymark_engine::{
-    driver, Clock, Event, RunId, RunState, Settings, StateDir, Status, SystemClock,
+    driver, Clock, Event, Plan, RunId, RunState, Settings, StateDir, Status, SystemClock, Timestamp,
 };
 
 use super::{ExitStatus, UsageError};
@@ -50,6 +50,33 @@ pub struct ResumeArgs {
     run_id: String,
     #[command(flatten)]
     budget: Budget,
+}
+
+/// Arguments of `waymark backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The workflow file.
+    workflow: PathBuf,
+    /// The stream to backfill.
+    #[arg(long)]
+    stream: String,
+    /// Start of the range, RFC 3339 (absolute, so the same command resumes it).
+    #[arg(long, value_parser = rfc3339)]
+    from: Timestamp,
+    /// End of the range (exclusive), RFC 3339.
+    #[arg(long, value_parser = rfc3339)]
+    to: Timestamp,
+    /// Abandon the backfill's unfinished run and start it again from its checkpoint.
+    #[arg(long)]
+    fresh: bool,
+    #[command(flatten)]
+    budget: Budget,
+}
+
+fn rfc3339(text: &str) -> Result<Timestamp, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map(Timestamp::from_system)
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time ({e}), e.g. 2026-01-01T00:00:00Z"))
 }
 
 /// Stop flag set by SIGINT/SIGTERM: the driver pauses at the next step boundary; a second
@@ -101,9 +128,19 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
     Ok(StateDir::open(dir, &command_line())?)
 }
 
-fn destination(workflow: &Workflow, stream: &StreamSection) -> anyhow::Result<SqliteDestination> {
+/// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a
+/// backfill of it).
+fn destination(
+    workflow: &Workflow,
+    stream: &StreamSection,
+    scope: &str,
+) -> anyhow::Result<SqliteDestination> {
     let path = workflow.destination_path();
-    SqliteDestination::open(&path, Binding::new(workflow, stream))
+    let binding = Binding {
+        stream: scope.to_string(),
+        ..Binding::new(workflow, stream)
+    };
+    SqliteDestination::open(&path, binding)
         .with_context(|| format!("opening destination {}", path.display()))
 }
 
@@ -333,25 +370,82 @@ pub async fn run_streams(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let mut destination = destination(workflow, stream)?;
         let plan = workflow.plan(stream, fresh);
-        let (journal, staging) = dir.parts();
-        let state =
-            driver::open(journal, staging, &mut destination, &plan, SystemClock.now()).await?;
-        finished.push(
-            drive(
-                dir,
-                workflow,
-                stream,
-                &mut destination,
-                state,
-                &settings,
-                stop,
-            )
-            .await?,
-        );
+        finished.extend(run_scope(dir, workflow, stream, &plan, &settings, stop).await?);
     }
     Ok(status_of(&finished))
+}
+
+/// Starts or resumes the run of one checkpoint scope, then, while each completed run was
+/// a slice cut short by `window.step`, the next slice.
+async fn run_scope(
+    dir: &mut StateDir,
+    workflow: &Workflow,
+    stream: &StreamSection,
+    plan: &Plan,
+    settings: &Settings,
+    stop: &AtomicBool,
+) -> anyhow::Result<Vec<RunState>> {
+    let mut destination = destination(workflow, stream, &plan.stream)?;
+    let mut states = Vec::new();
+    loop {
+        let (journal, staging) = dir.parts();
+        let state =
+            driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
+        let state = drive(
+            dir,
+            workflow,
+            stream,
+            &mut destination,
+            state,
+            settings,
+            stop,
+        )
+        .await?;
+        let next_slice = state.status == Status::Completed
+            && driver::sliced(&state.window(), plan)
+            && !stop.load(Ordering::SeqCst);
+        states.push(state);
+        if !next_slice {
+            return Ok(states);
+        }
+    }
+}
+
+/// `waymark backfill <workflow> --stream S --from T1 --to T2`: re-reads `[T1, T2)` under a
+/// checkpoint of its own; the stream's incremental checkpoint never moves, and both resume
+/// independently.
+pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<ExitStatus> {
+    let stop = stop_on_signal()?;
+    let workflow = Workflow::load(&args.workflow)?;
+    let stream = workflow.stream(&args.stream)?.clone();
+    let (from, to) = (args.from, args.to);
+    if from >= to {
+        return Err(UsageError(format!("--from {from} is not before --to {to}")).into());
+    }
+    if stream.window.start_param.is_none() && stream.window.end_param.is_none() {
+        return Err(UsageError(format!(
+            "stream {} has no window parameters, so the API cannot be asked for a time range",
+            stream.name
+        ))
+        .into());
+    }
+    let mut dir = open_state(state_dir)?;
+    let plan = workflow.backfill_plan(&stream, from, to, args.fresh);
+    if let Some(done) = dir.journal().checkpoint(&plan.sync, &plan.stream)? {
+        if done.complete && done.window.end >= to {
+            out!(
+                "{}/{}: already complete (run {}); choose another range to backfill again",
+                workflow.name(),
+                plan.stream,
+                done.run_id
+            );
+            return Ok(ExitStatus::Success);
+        }
+    }
+    let settings = settings(&workflow, &args.budget);
+    let states = run_scope(&mut dir, &workflow, &stream, &plan, &settings, &stop).await?;
+    Ok(status_of(&states))
 }
 
 /// Finds a run by id, or by a unique prefix or suffix of it.
@@ -390,9 +484,13 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let path = PathBuf::from(&state.started.workflow_path);
     let workflow =
         Workflow::load(&path).with_context(|| format!("loading the workflow of run {run}"))?;
-    let stream = workflow.stream(&state.started.stream)?.clone();
-    let plan = workflow.plan(&stream, false);
-    let mut destination = destination(&workflow, &stream)?;
+    let (name, backfill) = parse_scope(&state.started.stream);
+    let stream = workflow.stream(name)?.clone();
+    let plan = match backfill {
+        Some((from, to)) => workflow.backfill_plan(&stream, from, to, false),
+        None => workflow.plan(&stream, false),
+    };
+    let mut destination = destination(&workflow, &stream, &plan.stream)?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     let settings = settings(&workflow, &args.budget);
     let state = drive(

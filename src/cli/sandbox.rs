@@ -23,6 +23,10 @@ pub struct SandboxArgs {
     /// tie-breakers).
     #[arg(long, default_value_t = 5)]
     tie: u64,
+    /// `updated_at` of the first generated records: an RFC 3339 time or an age (`2h`:
+    /// two hours ago). Default 2026-01-01T00:00:00Z.
+    #[arg(long)]
+    base: Option<String>,
     /// Seed of the data, the mutator and the injected faults.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -78,7 +82,17 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
          /customers/deleted /_truth/orders /_truth/customers /_stats, PUT /_control/faults \
          /_control/mutator"
     );
+    let base_ms = match &args.base {
+        Some(text) => {
+            let now = waymark_engine::Timestamp::from_system(std::time::SystemTime::now());
+            waymark_connectors::workflow::initial_start(text, now)
+                .map_err(|e| super::UsageError(format!("--base: {e}")))?
+                .0
+        }
+        None => Config::default().base_ms,
+    };
     let config = Config {
+        base_ms,
         orders: args.records,
         customers: args.customers,
         tie: args.tie.max(1),
@@ -97,7 +111,6 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
             rate_reset: args.rate_reset,
             rate_malformed: args.rate_malformed,
         },
-        ..Config::default()
     };
     sandbox::serve(listener, config).await?;
     Ok(ExitStatus::Success)

@@ -1,0 +1,164 @@
+//! Incremental windows cut into slices, and backfills on their own checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+/// Orders of the last hour (one per second, ids 1..=3000 from 60 minutes ago).
+fn recent_sandbox() -> Result<Sandbox> {
+    Sandbox::start(&["--records", "3000", "--tie", "1", "--base", "60m"])
+}
+
+fn windowed(dir: &Path, window: &str) -> Result<PathBuf> {
+    write_workflow(
+        dir,
+        "timeout = \"5s\"\nmax_attempts = 3",
+        &stream_table(
+            "orders",
+            "/orders",
+            "updated_at",
+            200,
+            CURSOR,
+            &format!("window = {{ {window}, start_param = \"updated_since\", end_param = \"updated_before\" }}"),
+        ),
+        "",
+    )
+}
+
+fn windows_of(state: &Path) -> Result<Vec<(String, String, u64)>> {
+    let mut out: Vec<(String, String, u64)> = runs(state)?
+        .iter()
+        .map(|r| {
+            (
+                r["window_start"].as_str().unwrap_or("").to_string(),
+                r["watermark"].as_str().unwrap_or("").to_string(),
+                r["records"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn ms(text: &str) -> Result<u64> {
+    let t = humantime::parse_rfc3339(text)?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64)
+}
+
+#[test]
+fn a_long_window_runs_as_checkpointed_slices_that_resume() -> Result {
+    let sandbox = recent_sandbox()?;
+    let dir = TempDir::new("slices");
+    let workflow = windowed(dir.path(), r#"lag = "0s", initial = "90m", step = "20m""#)?;
+    let state = dir.path().join("state");
+    // Interrupted inside the second slice...
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "4"])
+        .arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // ...and continued: the same slice resumes, then the others follow.
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+
+    let windows = windows_of(&state)?;
+    assert_eq!(
+        windows.len(),
+        5,
+        "90 minutes in 20-minute slices: {windows:?}"
+    );
+    for pair in windows.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "slices tile the range: {windows:?}");
+    }
+    for (start, end, _) in &windows[..4] {
+        assert_eq!(ms(end)? - ms(start)?, 20 * 60 * 1000, "{windows:?}");
+    }
+    let records: u64 = windows.iter().map(|w| w.2).sum();
+    assert_eq!(records, 3000);
+    Ok(())
+}
+
+#[test]
+fn a_backfill_has_its_own_checkpoint_and_coexists_with_the_incremental_run() -> Result {
+    let sandbox = recent_sandbox()?;
+    let dir = TempDir::new("backfill");
+    let workflow = windowed(dir.path(), r#"lag = "0s""#)?;
+    let state = dir.path().join("state");
+    let db = dir.path().join("shop.db");
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let checkpoints = |db: &Path| -> Result<Vec<(String, String)>> {
+        let conn = rusqlite::Connection::open(db)?;
+        let mut stmt =
+            conn.prepare("SELECT stream, checkpoint FROM _waymark_checkpoints ORDER BY stream")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(rows)
+    };
+    let incremental = checkpoints(&db)?;
+    assert_eq!(incremental.len(), 1);
+
+    // A backfill of minutes 40..20 ago, paused after one page...
+    let ago = |minutes: u64| {
+        humantime::format_rfc3339_millis(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(minutes * 60),
+        )
+        .to_string()
+    };
+    let (from, to) = (ago(40), ago(20));
+    let backfill = |extra: &[&str]| {
+        run(waymark(&state, &sandbox.url)
+            .arg("backfill")
+            .arg(&workflow)
+            .args(["--stream", "orders", "--from", &from, "--to", &to])
+            .args(extra))
+    };
+    let out = backfill(&["--max-pages", "1"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // ...while the incremental stream runs on its own...
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // ...then the backfill resumes its own run.
+    let out = backfill(&[])?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = runs(&state)?;
+    let scoped: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|r| {
+            r["stream"]
+                .as_str()
+                .is_some_and(|s| s.contains("@backfill:"))
+        })
+        .collect();
+    assert_eq!(scoped.len(), 1, "{all:?}");
+    assert_eq!(scoped[0]["status"], "completed");
+    // One record per second over 20 minutes.
+    assert_eq!(scoped[0]["records"], 1200);
+    assert_eq!(scoped[0]["window_start"].as_str(), Some(from.as_str()));
+    assert_eq!(scoped[0]["watermark"].as_str(), Some(to.as_str()));
+    let again = backfill(&[])?;
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        text(&again.stdout).contains("already complete"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    // The incremental checkpoint is the incremental runs' alone.
+    let after = checkpoints(&db)?;
+    assert_eq!(after.len(), 2, "{after:?}");
+    let incremental_after = after.iter().find(|(s, _)| s == "orders").ok_or("no row")?;
+    let last_incremental = all
+        .iter()
+        .rfind(|r| r["stream"] == "orders")
+        .ok_or("no incremental run")?;
+    assert!(
+        incremental_after
+            .1
+            .contains(last_incremental["run"].as_str().unwrap_or("?")),
+        "{after:?}"
+    );
+    assert_eq!(rows(&db)?, sandbox.truth()?);
+    Ok(())
+}
