@@ -3,6 +3,7 @@
 mod util;
 
 mod chaos;
+mod children;
 mod input;
 mod journal;
 mod pagination;

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use waymark_engine::source::{self, Page, PageRequest, Source};
 
 use crate::record::{compare_versions, lookup, scalar};
+use crate::sqlite::ParentRecords;
+use crate::template::{render, render_json, Context};
 use crate::workflow::{
     expand_env, CursorIn, Method, Pagination, PaginationKind, StreamSection, Workflow,
 };
@@ -27,6 +30,9 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Client(String),
+    /// A child stream's parent records cannot be read.
+    #[error("{0}")]
+    Parent(String),
     /// The pagination settings are incomplete (validation normally catches this first).
     #[error("stream.{stream}.pagination: {message}")]
     Pagination {
@@ -117,21 +123,33 @@ pub struct HttpSource {
     stream: StreamSection,
     style: Style,
     stop: StopRules,
-    /// Hash of the previous page's records, to notice the same page served twice.
-    previous: Option<u64>,
+    /// The parent of the previous page and a hash of its records, to notice the same page
+    /// served twice.
+    previous: Option<(Option<String>, u64)>,
+    /// A child stream's parent records.
+    parents: Option<ParentRecords>,
+}
+
+/// A child stream's position: the current parent and the cursor within its pages.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChildCursor {
+    parent: String,
+    cursor: Option<String>,
 }
 
 impl HttpSource {
     /// The source of `stream` in `workflow`.
     pub fn new(workflow: &Workflow, stream: &StreamSection) -> Result<Self, Error> {
         let base = expand_env(&workflow.file().source.base_url).map_err(Error::Url)?;
-        let joined = format!(
-            "{}/{}",
-            base.trim_end_matches('/'),
-            stream.path.trim_start_matches('/')
-        );
-        let url =
-            reqwest::Url::parse(&joined).map_err(|e| Error::Url(format!("`{joined}`: {e}")))?;
+        let url = reqwest::Url::parse(base.trim_end_matches('/'))
+            .map_err(|e| Error::Url(format!("`{base}`: {e}")))?;
+        let parents = match &stream.parent {
+            Some(parent) => Some(
+                ParentRecords::open(&workflow.destination_path(), parent)
+                    .map_err(|e| Error::Parent(e.to_string()))?,
+            ),
+            None => None,
+        };
         let timeout = workflow.file().source.timeout.0;
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -151,17 +169,59 @@ impl HttpSource {
             },
             stream: stream.clone(),
             previous: None,
+            parents,
         })
     }
 
-    /// The request for one page.
-    fn request(&self, request: &PageRequest<'_>) -> Result<reqwest::RequestBuilder, source::Error> {
-        let mut body = self.stream.body.clone();
+    /// The URL of `path` under the base URL.
+    fn join(&self, path: &str) -> Result<reqwest::Url, source::Error> {
+        let joined = format!(
+            "{}/{}",
+            self.url.as_str().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
+        reqwest::Url::parse(&joined).map_err(|e| fatal(format!("`{joined}` is not a URL: {e}")))
+    }
+
+    /// The request for one page (of `parent`'s children, for a child stream).
+    fn request(
+        &self,
+        request: &PageRequest<'_>,
+        parent: Option<&Value>,
+    ) -> Result<reqwest::Request, source::Error> {
+        let ctx = Context {
+            window: request.window,
+            format: self.stream.window.format,
+            cursor: request.cursor,
+            parent,
+        };
+        let render = |t: &str| render(t, &ctx).map_err(fatal);
+        let mut body = self
+            .stream
+            .body
+            .as_ref()
+            .map(|b| render_json(b, &ctx).map_err(fatal))
+            .transpose()?;
         let mut headers = HeaderMap::new();
+        for (name, value) in &self.stream.headers {
+            let value = expand_env(&render(value)?).map_err(fatal)?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| fatal(format!("header `{name}`: {e}")))?;
+            // The value may hold a secret: the error never shows it.
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| fatal(format!("header `{name}`: the value is not a valid header")))?;
+            headers.insert(name, value);
+        }
         let url = match (&self.style, request.cursor) {
             (Style::NextUrl { .. } | Style::LinkHeader, Some(next)) => self.same_origin(next)?,
             _ => {
                 let mut params: Vec<(String, String)> = Vec::new();
+                for (k, v) in &self.stream.params {
+                    let v = render(v)?;
+                    if !v.is_empty() {
+                        params.push((k.clone(), v));
+                    }
+                }
                 let mut set = |k: &str, v: String| {
                     params.retain(|(name, _)| name != k);
                     params.push((k.to_string(), v));
@@ -211,7 +271,7 @@ impl HttpSource {
                     }
                     _ => {}
                 }
-                let mut url = self.url.clone();
+                let mut url = self.join(&render(&self.stream.path)?)?;
                 if !params.is_empty() {
                     url.query_pairs_mut().extend_pairs(params);
                 }
@@ -229,7 +289,10 @@ impl HttpSource {
                         .to_string(),
                 ),
         };
-        Ok(builder.headers(headers))
+        builder
+            .headers(headers)
+            .build()
+            .map_err(|e| fatal(format!("building the request: {}", e.without_url())))
     }
 
     /// A next-page URL, resolved against the stream's URL; another origin is refused so
@@ -523,14 +586,16 @@ fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
     humantime::parse_rfc3339(&text).ok()
 }
 
-impl Source for HttpSource {
-    async fn fetch(&mut self, request: PageRequest<'_>) -> Result<Page, source::Error> {
-        let method = match self.stream.method {
-            Method::Get => "GET",
-            Method::Post => "POST",
-        };
-        let what = format!("{method} {}", self.url.path());
-        let response = self.request(&request)?.send().await.map_err(|e| {
+impl HttpSource {
+    /// One page of the stream (for a child stream: of `parent`'s children).
+    async fn fetch_page(
+        &mut self,
+        request: PageRequest<'_>,
+        parent: Option<(&str, &Value)>,
+    ) -> Result<Page, source::Error> {
+        let built = self.request(&request, parent.map(|(_, record)| record))?;
+        let what = format!("{} {}", built.method(), built.url().path());
+        let response = self.client.execute(built).await.map_err(|e| {
             let e = e.without_url();
             let kind = if e.is_timeout() {
                 "timed out"
@@ -568,8 +633,11 @@ impl Source for HttpSource {
             .into_iter()
             .map(|r| r.get().to_string())
             .collect();
-        let print = fingerprint(&records);
-        let repeated = !records.is_empty() && self.previous == Some(print);
+        let print = (
+            parent.map(|(key, _)| key.to_string()),
+            fingerprint(&records),
+        );
+        let repeated = !records.is_empty() && self.previous.as_ref() == Some(&print);
         self.previous = Some(print);
         let next_cursor = self.next_cursor(&request, doc, &headers, &mut records)?;
         if next_cursor.is_some() && next_cursor.as_deref() == request.cursor {
@@ -596,6 +664,68 @@ impl Source for HttpSource {
             records,
             next_cursor,
         })
+    }
+
+    /// One page of a child stream: the current parent's next page, then the next parent.
+    async fn fetch_child(
+        &mut self,
+        parents: &ParentRecords,
+        request: PageRequest<'_>,
+    ) -> Result<Page, source::Error> {
+        let parent_error = |e: waymark_engine::destination::Error| fatal(e.to_string());
+        let position = match request.cursor {
+            Some(c) => serde_json::from_str::<ChildCursor>(c)
+                .map_err(|e| fatal(format!("journaled child cursor `{c}` unreadable: {e}")))?,
+            None => match parents.after(None).map_err(parent_error)? {
+                Some((parent, _)) => ChildCursor {
+                    parent,
+                    cursor: None,
+                },
+                None => return Ok(Page::default()),
+            },
+        };
+        let mut page = match parents.get(&position.parent).map_err(parent_error)? {
+            Some(record) => {
+                let inner = PageRequest {
+                    cursor: position.cursor.as_deref(),
+                    ..request
+                };
+                self.fetch_page(inner, Some((&position.parent, &record)))
+                    .await?
+            }
+            // Deleted since the run started: nothing to read under it.
+            None => Page::default(),
+        };
+        let next = match page.next_cursor.take() {
+            Some(inner) => Some(ChildCursor {
+                parent: position.parent,
+                cursor: Some(inner),
+            }),
+            None => parents
+                .after(Some(&position.parent))
+                .map_err(parent_error)?
+                .map(|(parent, _)| ChildCursor {
+                    parent,
+                    cursor: None,
+                }),
+        };
+        page.next_cursor = next
+            .map(|c| serde_json::to_string(&c))
+            .transpose()
+            .map_err(|e| fatal(e.to_string()))?;
+        Ok(page)
+    }
+}
+
+impl Source for HttpSource {
+    async fn fetch(&mut self, request: PageRequest<'_>) -> Result<Page, source::Error> {
+        let parents = self.parents.take();
+        let page = match &parents {
+            Some(p) => self.fetch_child(p, request).await,
+            None => self.fetch_page(request, None).await,
+        };
+        self.parents = parents;
+        page
     }
 }
 

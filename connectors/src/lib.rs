@@ -7,11 +7,13 @@
 //! - [`sqlite`]: [`SqliteDestination`], idempotent versioned upserts with the checkpoint in
 //!   the same transaction (rusqlite, bundled SQLite).
 //! - [`record`]: reading a record's key and version.
+//! - [`template`]: `{window.start|unix}`, `{parent.id}`… in requests.
 #![deny(missing_docs)]
 
 pub mod http;
 pub mod record;
 pub mod sqlite;
+pub mod template;
 pub mod workflow;
 
 pub use http::HttpSource;

@@ -360,8 +360,19 @@ pub struct StreamSection {
     /// HTTP method: `get` (default) or `post`.
     #[serde(default)]
     pub method: Method,
-    /// JSON body of a `post` (a TOML table).
+    /// JSON body of a `post` (a TOML table); string values may hold templates.
     pub body: Option<serde_json::Value>,
+    /// Extra query parameters; values may hold templates (`{window.start|unix}`).
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Extra request headers; values may hold templates and `${VAR}` (read at run time,
+    /// never journaled or logged).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Makes this a child stream: it is read once per record of the named stream (an
+    /// earlier stream of this file, read from its destination table in key order), whose
+    /// fields `{parent.<path>}` fill the path, parameters, headers and body.
+    pub parent: Option<String>,
     /// Dotted path of the records array in the response body (empty: the body is the array).
     #[serde(default)]
     pub records: String,
@@ -619,6 +630,53 @@ impl Workflow {
                 initial_start(initial, Timestamp(0))
                     .map_err(|e| self.invalid(key("window.initial"), e))?;
             }
+            let child = s.parent.is_some();
+            let templates = std::iter::once(("path".to_string(), s.path.clone()))
+                .chain(
+                    s.params
+                        .iter()
+                        .map(|(k, v)| (format!("params.{k}"), v.clone())),
+                )
+                .chain(
+                    s.headers
+                        .iter()
+                        .map(|(k, v)| (format!("headers.{k}"), v.clone())),
+                )
+                .chain(
+                    s.body
+                        .iter()
+                        .flat_map(json_strings)
+                        .map(|v| ("body".to_string(), v)),
+                );
+            for (k, template) in templates {
+                crate::template::check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
+            }
+            if let Some(parent) = &s.parent {
+                let position = self.file.stream.iter().position(|t| &t.name == parent);
+                let me = self.file.stream.iter().position(|t| t.name == s.name);
+                match (position, me) {
+                    (Some(p), Some(m)) if p < m => {
+                        if self.file.stream[p].deletes.is_some() {
+                            return Err(self.invalid(
+                                key("parent"),
+                                format!("`{parent}` is a deletions feed"),
+                            ));
+                        }
+                    }
+                    (Some(_), _) => {
+                        return Err(self.invalid(
+                            key("parent"),
+                            format!("`{parent}` must come before this stream in the file"),
+                        ))
+                    }
+                    (None, _) => {
+                        return Err(self.invalid(
+                            key("parent"),
+                            format!("no stream named `{parent}` in this file"),
+                        ))
+                    }
+                }
+            }
             if let Some(step) = s.window.step {
                 if step.0 <= s.window.overlap.0 {
                     return Err(self.invalid(
@@ -818,6 +876,16 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
         }
         serde_json::Value::Null => {}
         other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// Every string inside a JSON value.
+fn json_strings(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items.iter().flat_map(json_strings).collect(),
+        serde_json::Value::Object(map) => map.values().flat_map(json_strings).collect(),
+        _ => Vec::new(),
     }
 }
 

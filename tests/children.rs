@@ -1,0 +1,138 @@
+//! Child streams (one request sequence per parent record) and request templates.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+fn customers_and_invoices(dir: &Path, invoice_page: u32) -> Result<PathBuf> {
+    let mut streams = stream_table("customers", "/customers", "updated_at", 100, CURSOR, "");
+    streams += &stream_table(
+        "invoices",
+        "/customers/{parent.id}/invoices",
+        "updated_at",
+        invoice_page,
+        CURSOR,
+        "parent = \"customers\"",
+    );
+    write_workflow(dir, "timeout = \"5s\"\nmax_attempts = 3", &streams, "")
+}
+
+/// Every invoice the sandbox serves, by id, asked customer by customer.
+fn invoice_truth(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
+    let mut ids = BTreeSet::new();
+    for id in sandbox.truth_of("customers")?.0.keys() {
+        let page: serde_json::Value = serde_json::from_slice(&get(
+            &sandbox.url,
+            &format!("/customers/{id}/invoices?limit=100"),
+        )?)?;
+        for invoice in page["data"].as_array().ok_or("no data")? {
+            ids.insert(invoice["id"].to_string());
+        }
+    }
+    Ok(ids)
+}
+
+#[test]
+fn a_child_stream_reads_each_parents_children_once_and_resumes_mid_parent() -> Result {
+    let sandbox = Sandbox::start(&["--records", "10", "--customers", "300"])?;
+    let expected = invoice_truth(&sandbox)?;
+    assert_eq!(expected.len(), 450, "0–3 invoices per customer");
+    let dir = TempDir::new("children");
+    // Pages of 2 invoices: customers with 3 have two pages.
+    let workflow = customers_and_invoices(dir.path(), 2)?;
+    let state = dir.path().join("state");
+
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "120"])
+        .arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let (invoices, _) = table(&dir.path().join("shop.db"), "invoices")?;
+    let got: BTreeSet<String> = invoices.keys().cloned().collect();
+    assert_eq!(got, expected);
+    assert!(invoices.values().all(|i| i["customer_id"]
+        .as_u64()
+        .is_some_and(|c| i["id"].as_u64() == Some(c * 10 + i["id"].as_u64().unwrap_or(0) % 10))));
+
+    let all = runs(&state)?;
+    let child = all
+        .iter()
+        .find(|r| r["stream"] == "invoices")
+        .ok_or("no invoices run")?;
+    assert_eq!(child["records"], 450, "each invoice written once: {child}");
+    assert_eq!(child["resumes"], 1);
+    // The journaled cursor holds one parent key and one page cursor, however many parents.
+    let run_id = child["run"].as_str().ok_or("id")?;
+    let longest = journal(&state, run_id)?
+        .iter()
+        .filter_map(|e| {
+            e["event"]["PageFetched"]["next_cursor"]
+                .as_str()
+                .map(str::len)
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 80, "cursor grows: {longest} bytes");
+    Ok(())
+}
+
+#[test]
+fn templates_fill_parameters_and_headers_and_secrets_stay_out_of_the_journal() -> Result {
+    let sandbox = Sandbox::start(&["--records", "500", "--token", "s3cret-token"])?;
+    let dir = TempDir::new("templates");
+    let workflow = write_workflow(
+        dir.path(),
+        "timeout = \"5s\"\nmax_attempts = 2",
+        &stream_table(
+            "orders",
+            "/orders",
+            "updated_at",
+            100,
+            CURSOR,
+            r#"window = { lag = "0s" }
+params = { updated_before = "{window.end|unix_ms}", updated_since = "{window.start|unix}" }
+headers = { Authorization = "Bearer ${SHOP_TOKEN}" }"#,
+        ),
+        "",
+    )?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .env("SHOP_TOKEN", "s3cret-token")
+        .arg("run")
+        .arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+
+    // Without the variable: a clear error before anything is journaled as fetched.
+    let other = dir.path().join("other");
+    let out = run(waymark(&other, &sandbox.url)
+        .env_remove("SHOP_TOKEN")
+        .args(["run", "--fresh"])
+        .arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("environment variable SHOP_TOKEN is not set"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A wrong token is refused by the API; the secret appears nowhere.
+    let out = run(waymark(&other, &sandbox.url)
+        .env("SHOP_TOKEN", "wrong-secret")
+        .arg("run")
+        .arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(1));
+    let mut seen = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    for state in [&state, &other] {
+        for r in runs(state)? {
+            let id = r["run"].as_str().ok_or("id")?;
+            seen += &serde_json::to_string(&journal(state, id)?)?;
+        }
+    }
+    assert!(seen.contains("refused the credentials"), "{seen}");
+    assert!(!seen.contains("s3cret") && !seen.contains("wrong-secret"));
+    Ok(())
+}
