@@ -216,3 +216,43 @@ fn loops_stop_with_an_error_naming_the_page() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn jsonpath_records_composite_keys_filters_and_projection() -> Result {
+    let sandbox = Sandbox::start(&["--records", "600"])?;
+    let dir = TempDir::new("shape");
+    let stream = stream_table("orders", "/orders", "updated_at", 100, STYLES[0].1, WINDOW)
+        .replace("records = \"data\"", "records = \"$.data[*]\"")
+        .replace(
+            "primary_key = \"id\"",
+            "primary_key = [\"customer_id\", \"id\"]",
+        )
+        + "filter = { path = \"status\", one_of = [\"paid\", \"shipped\"] }\n\
+           fields = [\"id\", \"customer_id\", \"updated_at\", \"status\"]\n";
+    let workflow = write_workflow(dir.path(), "timeout = \"5s\"", &stream, "")?;
+    let out = sync(dir.path(), &sandbox, &workflow)?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let expected: std::collections::BTreeMap<String, serde_json::Value> = sandbox
+        .truth()?
+        .values()
+        .filter(|r| r["status"] == "paid" || r["status"] == "shipped")
+        .map(|r| {
+            let key = format!("[\"{}\",\"{}\"]", r["customer_id"], r["id"]);
+            let kept = serde_json::json!({
+                "id": r["id"], "customer_id": r["customer_id"],
+                "updated_at": r["updated_at"], "status": r["status"],
+            });
+            (key, kept)
+        })
+        .collect();
+    assert!(
+        expected.len() > 150 && expected.len() < 450,
+        "{}",
+        expected.len()
+    );
+    assert_eq!(rows(&dir.path().join("shop.db"))?, expected);
+    // All 6 pages were read although most records were filtered out.
+    assert_eq!(pages_fetched(&dir.path().join("state"))?, 6);
+    Ok(())
+}

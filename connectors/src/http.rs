@@ -30,6 +30,9 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("HTTP client: {0}")]
     Client(String),
+    /// The records path is not a JSONPath.
+    #[error("records: {0}")]
+    Records(String),
     /// A child stream's parent records cannot be read.
     #[error("{0}")]
     Parent(String),
@@ -128,6 +131,8 @@ pub struct HttpSource {
     previous: Option<(Option<String>, u64)>,
     /// A child stream's parent records.
     parents: Option<ParentRecords>,
+    /// `records` when it is a JSONPath (`$.data[*]`).
+    records_path: Option<serde_json_path::JsonPath>,
 }
 
 /// A child stream's position: the current parent and the cursor within its pages.
@@ -166,6 +171,13 @@ impl HttpSource {
                 has_more_path: p.has_more_path.clone(),
                 total_path: p.total_path.clone(),
                 total_header: p.total_header.clone(),
+            },
+            records_path: match stream.records.starts_with('$') {
+                true => Some(
+                    serde_json_path::JsonPath::parse(&stream.records)
+                        .map_err(|e| Error::Records(e.to_string()))?,
+                ),
+                false => None,
             },
             stream: stream.clone(),
             previous: None,
@@ -437,6 +449,44 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
     None
 }
 
+/// Applies the stream's record filter and field projection.
+fn shape(records: Vec<String>, stream: &StreamSection) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(records.len());
+    for text in records {
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| format!("a record is not JSON: {e}"))?;
+        if let Some(filter) = &stream.filter {
+            let found = lookup(&value, &filter.path).and_then(scalar);
+            if !found.is_some_and(|v| filter.one_of.contains(&v)) {
+                continue;
+            }
+        }
+        let Some(fields) = &stream.fields else {
+            out.push(text);
+            continue;
+        };
+        let mut kept = Value::Object(serde_json::Map::new());
+        for path in fields {
+            if let Some(v) = lookup(&value, path) {
+                let mut slot = &mut kept;
+                let parts: Vec<&str> = path.split('.').collect();
+                for (i, part) in parts.iter().enumerate() {
+                    let Value::Object(map) = slot else { break };
+                    slot = if i + 1 == parts.len() {
+                        map.insert((*part).to_string(), v.clone());
+                        break;
+                    } else {
+                        map.entry((*part).to_string())
+                            .or_insert_with(|| Value::Object(serde_json::Map::new()))
+                    };
+                }
+            }
+        }
+        out.push(kept.to_string());
+    }
+    Ok(out)
+}
+
 /// A cheap fingerprint of a page's records, to notice the same page served twice.
 fn fingerprint(records: &[String]) -> u64 {
     records.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, r| {
@@ -479,7 +529,8 @@ impl HttpSource {
                 excerpt(record.as_bytes())
             ))
         })?;
-        let key = lookup(&value, &self.stream.primary_key)
+        let key_path = self.stream.primary_key.paths().join(".");
+        let key = lookup(&value, &key_path)
             .filter(|k| scalar(k).is_some())
             .cloned()
             .ok_or_else(|| {
@@ -629,10 +680,21 @@ impl HttpSource {
             return Err(fatal(format!("{what}: HTTP {status}: {}", excerpt(&body))));
         }
         let doc = document(&body)?;
-        let mut records: Vec<String> = records_at(doc, &self.stream.records)?
-            .into_iter()
-            .map(|r| r.get().to_string())
-            .collect();
+        let mut records: Vec<String> = match &self.records_path {
+            Some(path) => {
+                let value: Value =
+                    serde_json::from_str(doc.get()).map_err(|e| fatal(format!("{what}: {e}")))?;
+                path.query(&value)
+                    .all()
+                    .into_iter()
+                    .map(Value::to_string)
+                    .collect()
+            }
+            None => records_at(doc, &self.stream.records)?
+                .into_iter()
+                .map(|r| r.get().to_string())
+                .collect(),
+        };
         let print = (
             parent.map(|(key, _)| key.to_string()),
             fingerprint(&records),
@@ -659,6 +721,9 @@ impl HttpSource {
                 "{what}: the API served the same records as the previous page; stopping \
                  instead of looping (check the pagination settings)"
             )));
+        }
+        if self.stream.filter.is_some() || self.stream.fields.is_some() {
+            records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }
         Ok(Page {
             records,
@@ -764,6 +829,31 @@ mod tests {
                     .contains("records path `data` is not in the page"),
             "{missing:?}"
         );
+    }
+
+    #[test]
+    fn filters_and_projects_records() -> Result<(), String> {
+        let stream: StreamSection = toml::from_str(
+            r#"
+name = "s"
+path = "/s"
+primary_key = "id"
+pagination = { kind = "link_header" }
+filter = { path = "status", one_of = ["paid", "7"] }
+fields = ["id", "customer.id", "missing"]
+"#,
+        )
+        .map_err(|e| e.to_string())?;
+        let records = vec![
+            r#"{"id":1,"status":"paid","customer":{"id":5,"name":"x"},"big":[1,2]}"#.into(),
+            r#"{"id":2,"status":"open"}"#.into(),
+            r#"{"id":3,"status":7}"#.into(),
+        ];
+        assert_eq!(
+            shape(records, &stream)?,
+            [r#"{"customer":{"id":5},"id":1}"#, r#"{"id":3}"#]
+        );
+        Ok(())
     }
 
     #[test]

@@ -24,6 +24,21 @@ pub fn scalar(value: &Value) -> Option<String> {
     }
 }
 
+/// A record's key from one path (its scalar) or several (a JSON array of their scalars);
+/// `None` when a part is missing or not a scalar.
+pub fn key_of(value: &Value, paths: &[String]) -> Option<String> {
+    match paths {
+        [one] => lookup(value, one).and_then(scalar),
+        many => {
+            let parts: Option<Vec<String>> = many
+                .iter()
+                .map(|p| lookup(value, p).and_then(scalar))
+                .collect();
+            serde_json::to_string(&parts?).ok()
+        }
+    }
+}
+
 /// Orders two versions: numerically when both are numbers, else as text (RFC 3339
 /// timestamps in one format order correctly as text).
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
@@ -47,6 +62,12 @@ mod tests {
             Some("true")
         );
         assert_eq!(lookup(&v, "c.missing"), None);
+        assert_eq!(key_of(&v, &["id".into()]).as_deref(), Some("7"));
+        assert_eq!(
+            key_of(&v, &["c.k".into(), "id".into()]).as_deref(),
+            Some(r#"["x","7"]"#)
+        );
+        assert_eq!(key_of(&v, &["id".into(), "nope".into()]), None);
         assert_eq!(compare_versions("9", "10"), Ordering::Less);
         assert_eq!(
             compare_versions("2024-01-02T00:00:00Z", "2024-01-10T00:00:00Z"),

@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use waymark_engine::destination::{self, Batch, Destination};
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::record::{compare_versions, lookup, scalar};
+use crate::record::{compare_versions, key_of, lookup, scalar};
 use crate::workflow::{StreamSection, Workflow};
 
 /// Where one stream's records go: its table, key, version, and whether its records are
@@ -27,8 +27,8 @@ pub struct Binding {
     pub stream: String,
     /// The table written (the stream's own, or the one a deletions feed deletes from).
     pub table: String,
-    /// Dotted path of the record key.
-    pub primary_key: String,
+    /// Dotted paths of the record key (several: a composite key, stored as a JSON array).
+    pub primary_key: Vec<String>,
     /// Dotted path of the record version (for a deletions feed: the deletion time).
     pub version_field: Option<String>,
     /// Records mark rows of `table` deleted instead of being stored.
@@ -47,7 +47,7 @@ impl Binding {
                 .deletes
                 .clone()
                 .unwrap_or_else(|| stream.name.clone()),
-            primary_key: stream.primary_key.clone(),
+            primary_key: stream.primary_key.paths(),
             version_field: stream.cursor_field.clone(),
             deletes: stream.deletes.is_some(),
             busy_timeout: workflow.file().destination.busy_timeout.0,
@@ -348,19 +348,20 @@ impl ParentRecords {
 /// Key and version of a record, or the key (if any) and why it is dead-lettered.
 fn identify(
     record: &str,
-    primary_key: &str,
+    primary_key: &[String],
     version_field: Option<&str>,
 ) -> Result<(String, Option<String>), (Option<String>, String)> {
     let value: serde_json::Value =
         serde_json::from_str(record).map_err(|e| (None, format!("not JSON: {e}")))?;
-    let key = lookup(&value, primary_key)
-        .and_then(scalar)
-        .ok_or_else(|| {
-            (
-                None,
-                format!("primary key `{primary_key}` is missing or not a scalar"),
-            )
-        })?;
+    let key = key_of(&value, primary_key).ok_or_else(|| {
+        (
+            None,
+            format!(
+                "primary key `{}` is missing or not a scalar",
+                primary_key.join(", ")
+            ),
+        )
+    })?;
     let version = match version_field {
         None => None,
         Some(field) => Some(lookup(&value, field).and_then(scalar).ok_or_else(|| {
@@ -413,7 +414,7 @@ mod tests {
             sync: "shop".into(),
             stream: stream.into(),
             table: "orders".into(),
-            primary_key: "id".into(),
+            primary_key: vec!["id".into()],
             version_field: Some(if deletes { "deleted_at" } else { "v" }.into()),
             deletes,
             busy_timeout: Duration::from_millis(100),

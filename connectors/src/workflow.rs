@@ -147,6 +147,42 @@ pub enum SourceKind {
     Http,
 }
 
+/// `filter = { path = "status", one_of = ["paid", "shipped"] }`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordFilter {
+    /// Dotted path of the value tested.
+    pub path: String,
+    /// Accepted values (compared as text: `"7"` matches `7`).
+    pub one_of: Vec<String>,
+}
+
+/// A primary key: one dotted path, or several (a composite key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PrimaryKey {
+    /// `primary_key = "id"`
+    One(String),
+    /// `primary_key = ["org_id", "id"]`
+    Composite(Vec<String>),
+}
+
+impl PrimaryKey {
+    /// The key's paths.
+    pub fn paths(&self) -> Vec<String> {
+        match self {
+            PrimaryKey::One(path) => vec![path.clone()],
+            PrimaryKey::Composite(paths) => paths.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PrimaryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.paths().join(", "))
+    }
+}
+
 /// HTTP methods a stream can use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -369,6 +405,11 @@ pub struct StreamSection {
     /// never journaled or logged).
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Keeps only the records whose value at a path is one of the listed values (the page
+    /// size still counts every record received).
+    pub filter: Option<RecordFilter>,
+    /// Keeps only these fields (dotted paths) of each record.
+    pub fields: Option<Vec<String>>,
     /// Makes this a child stream: it is read once per record of the named stream (an
     /// earlier stream of this file, read from its destination table in key order), whose
     /// fields `{parent.<path>}` fill the path, parameters, headers and body.
@@ -377,7 +418,7 @@ pub struct StreamSection {
     #[serde(default)]
     pub records: String,
     /// Dotted path of the primary key in a record.
-    pub primary_key: String,
+    pub primary_key: PrimaryKey,
     /// Dotted path of the version (e.g. `updated_at`): an older version never overwrites a
     /// newer one.
     pub cursor_field: Option<String>,
@@ -596,7 +637,11 @@ impl Workflow {
             if !seen.insert(&s.name) {
                 return Err(self.invalid(key("name"), "two streams have this name"));
             }
-            if s.primary_key.trim().is_empty() {
+            if s.records.starts_with('$') {
+                serde_json_path::JsonPath::parse(&s.records)
+                    .map_err(|e| self.invalid(key("records"), format!("not a JSONPath: {e}")))?;
+            }
+            if s.primary_key.paths().iter().any(|p| p.trim().is_empty()) {
                 return Err(self.invalid(key("primary_key"), "every stream needs a primary key"));
             }
             if s.page_size == 0 {
@@ -688,6 +733,14 @@ impl Workflow {
             s.pagination
                 .check()
                 .map_err(|(k, message)| self.invalid(key(&k), message))?;
+            if s.pagination.kind == PaginationKind::Keyset
+                && matches!(s.primary_key, PrimaryKey::Composite(_))
+            {
+                return Err(self.invalid(
+                    key("pagination.kind"),
+                    "keyset pagination needs a single-path primary_key (its tie-breaker)",
+                ));
+            }
             if s.pagination.kind == PaginationKind::Keyset && s.cursor_field.is_none() {
                 return Err(self.invalid(
                     key("cursor_field"),
