@@ -422,3 +422,64 @@ fn a_locked_destination_fails_the_step_and_a_resume_completes() -> Result {
         "database is locked",
     )
 }
+
+#[test]
+fn hard_deletes_and_flagged_deletions_match_the_source() -> Result {
+    let sandbox = Sandbox::start(&["--records", "2000", "--seed", "9", "--quirk", "reuse-ids"])?;
+    let dir = TempDir::new("hard-delete");
+    let path = chaos_workflow(dir.path(), 200)?;
+    let text_before = std::fs::read_to_string(&path)?;
+    std::fs::write(
+        &path,
+        text_before
+            .replace(
+                "name = \"orders\"\n",
+                "name = \"orders\"\ndeleted_when = { path = \"status\", one_of = [\"refunded\"] }\n",
+            )
+            .replace("busy_timeout", "delete_mode = \"hard\"\nbusy_timeout"),
+    )?;
+    let state = dir.path().join("state");
+    let db = dir.path().join("shop.db");
+    for round in 0..3 {
+        http(
+            "PUT",
+            &sandbox.url,
+            "/_control/mutator",
+            Some(r#"{"apply": 400}"#),
+        )?;
+        // Past the window's lag.
+        std::thread::sleep(Duration::from_millis(1100));
+        let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: {}",
+            text(&out.stderr)
+        );
+        let (truth, gone) = sandbox.truth_of("orders")?;
+        let expected: BTreeMap<String, serde_json::Value> = truth
+            .into_iter()
+            .filter(|(_, r)| r["status"] != "refunded")
+            .collect();
+        let (live, marked) = table(&db, "orders")?;
+        assert!(marked.is_empty(), "hard deletes leave no marked rows");
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|(k, _)| !live.contains_key(*k))
+            .take(3)
+            .collect();
+        assert_eq!(live.len(), expected.len(), "round {round}: {missing:?}");
+        assert!(
+            live == expected,
+            "round {round}: destination differs from the source"
+        );
+        let conn = rusqlite::Connection::open(&db)?;
+        let remembered: i64 = conn.query_row(
+            "SELECT count(*) FROM _waymark_tombstones WHERE tbl = 'orders'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert!(remembered as usize >= gone.len(), "round {round}");
+    }
+    Ok(())
+}

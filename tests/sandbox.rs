@@ -195,12 +195,16 @@ fn time_filters_tile_windows_and_quirks_change_them() -> Result {
 fn mutations_keep_truth_and_deletions_feed_consistent() -> Result {
     let sandbox = Sandbox::start(&["--records", "500", "--seed", "11", "--quirk", "reuse-ids"])?;
     let before = sandbox.truth_of("orders")?.0;
-    http(
-        "PUT",
-        &sandbox.url,
-        "/_control/mutator",
-        Some(r#"{"apply": 400}"#),
-    )?;
+    // In four bursts: an id is only reused after the millisecond it was deleted in.
+    for _ in 0..4 {
+        http(
+            "PUT",
+            &sandbox.url,
+            "/_control/mutator",
+            Some(r#"{"apply": 100}"#),
+        )?;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let stats = sandbox.stats()?;
     let (truth, gone) = sandbox.truth_of("orders")?;
     let deleted_feed: BTreeSet<u64> = walk(

@@ -15,7 +15,7 @@ use waymark_engine::destination::{self, Batch, Destination};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::record::{compare_versions, key_of, lookup, scalar};
-use crate::workflow::{StreamSection, Workflow};
+use crate::workflow::{DeleteMode, RecordFilter, StreamSection, Workflow};
 
 /// Where one stream's records go: its table, key, version, and whether its records are
 /// deletions of another stream's records.
@@ -33,6 +33,10 @@ pub struct Binding {
     pub version_field: Option<String>,
     /// Records mark rows of `table` deleted instead of being stored.
     pub deletes: bool,
+    /// Records matching this are deletions too.
+    pub deleted_when: Option<RecordFilter>,
+    /// Deletions remove rows (remembered in `_waymark_tombstones`) instead of marking them.
+    pub hard_delete: bool,
     /// How long to wait for a database locked by another process.
     pub busy_timeout: Duration,
 }
@@ -50,6 +54,8 @@ impl Binding {
             primary_key: stream.primary_key.paths(),
             version_field: stream.cursor_field.clone(),
             deletes: stream.deletes.is_some(),
+            deleted_when: stream.deleted_when.clone(),
+            hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
             busy_timeout: workflow.file().destination.busy_timeout.0,
         }
     }
@@ -100,6 +106,13 @@ impl SqliteDestination {
                  checkpoint TEXT NOT NULL,
                  ack TEXT NOT NULL,
                  PRIMARY KEY (sync, stream)
+             );
+             CREATE TABLE IF NOT EXISTS _waymark_tombstones (
+                 tbl TEXT NOT NULL,
+                 key TEXT NOT NULL,
+                 version TEXT,
+                 run_id TEXT NOT NULL,
+                 PRIMARY KEY (tbl, key)
              );
              CREATE TABLE IF NOT EXISTS _waymark_dead_letters (
                  id INTEGER PRIMARY KEY,
@@ -192,35 +205,68 @@ impl SqliteDestination {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(fail("prepare"))?;
+            let mut remembered = tx
+                .prepare_cached(
+                    "SELECT version FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2",
+                )
+                .map_err(fail("prepare"))?;
+            let mut remember = tx
+                .prepare_cached(
+                    "INSERT INTO _waymark_tombstones (tbl, key, version, run_id) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(tbl, key) DO UPDATE SET version = excluded.version,
+                       run_id = excluded.run_id",
+                )
+                .map_err(fail("prepare"))?;
+            let mut forget = tx
+                .prepare_cached("DELETE FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2")
+                .map_err(fail("prepare"))?;
+            let mut remove = tx
+                .prepare_cached(&format!("DELETE FROM \"{table}\" WHERE key = ?1"))
+                .map_err(fail("prepare"))?;
             for record in batch.records {
-                let (key, version) =
-                    match identify(record, &b.primary_key, b.version_field.as_deref()) {
-                        Ok(found) => found,
-                        Err((key, reason)) => {
-                            dead.execute(params![
-                                b.sync, b.stream, run, batch.page, key, reason, record
-                            ])
-                            .map_err(fail("dead letter"))?;
-                            ack.dead_lettered += 1;
-                            continue;
-                        }
-                    };
-                let existing: Option<(Option<String>, String, Option<String>)> = select
+                let (key, version, flagged) = match identify(record, b) {
+                    Ok(found) => found,
+                    Err((key, reason)) => {
+                        dead.execute(params![
+                            b.sync, b.stream, run, batch.page, key, reason, record
+                        ])
+                        .map_err(fail("dead letter"))?;
+                        ack.dead_lettered += 1;
+                        continue;
+                    }
+                };
+                let row: Option<(Option<String>, String, Option<String>)> = select
                     .query_row(params![key], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })
                     .optional()
                     .map_err(fail("lookup"))?;
-                let order = match (existing.as_ref().and_then(|e| e.0.as_ref()), &version) {
+                // What is stored: (version, deleted, record); a hard-deleted row is only a
+                // remembered version.
+                let stored: Option<(Option<String>, bool, Option<String>)> = match row {
+                    Some((v, record, deleted_at)) => Some((v, deleted_at.is_some(), Some(record))),
+                    None if b.hard_delete => remembered
+                        .query_row(params![table, key], |row| row.get::<_, Option<String>>(0))
+                        .optional()
+                        .map_err(fail("lookup"))?
+                        .map(|v| (v, true, None)),
+                    None => None,
+                };
+                let order = match (stored.as_ref().and_then(|s| s.0.as_ref()), &version) {
                     (Some(old), Some(new)) => compare_versions(new, old),
                     _ => Ordering::Equal,
                 };
-                if b.deletes {
-                    match existing {
-                        Some((_, _, Some(_))) if order != Ordering::Greater => {
-                            ack.unchanged += 1;
-                        }
+                if b.deletes || flagged {
+                    match stored {
+                        Some((_, true, _)) if order != Ordering::Greater => ack.unchanged += 1,
                         Some(_) if order == Ordering::Less => ack.skipped_stale += 1,
+                        _ if b.hard_delete => {
+                            remove.execute(params![key]).map_err(fail("delete"))?;
+                            remember
+                                .execute(params![table, key, version, run])
+                                .map_err(fail("delete"))?;
+                            ack.deleted += 1;
+                        }
                         _ => {
                             tombstone
                                 .execute(params![key, version, record, run, batch.page])
@@ -230,18 +276,25 @@ impl SqliteDestination {
                     }
                     continue;
                 }
-                match existing {
+                match stored {
                     None => ack.inserted += 1,
-                    Some((_, old_record, deleted_at)) => match order {
+                    Some((_, deleted, old_record)) => match order {
                         Ordering::Less => {
                             ack.skipped_stale += 1;
                             continue;
                         }
-                        Ordering::Equal if deleted_at.is_none() && old_record == *record => {
+                        Ordering::Equal if !deleted && old_record.as_deref() == Some(record) => {
                             ack.unchanged += 1;
                             continue;
                         }
-                        Ordering::Equal | Ordering::Greater => ack.updated += 1,
+                        // Back after a hard delete (an id reused, or undeleted).
+                        _ if deleted && old_record.is_none() => {
+                            forget
+                                .execute(params![table, key])
+                                .map_err(fail("upsert"))?;
+                            ack.inserted += 1;
+                        }
+                        _ => ack.updated += 1,
                     },
                 }
                 upsert
@@ -345,24 +398,24 @@ impl ParentRecords {
     }
 }
 
-/// Key and version of a record, or the key (if any) and why it is dead-lettered.
-fn identify(
-    record: &str,
-    primary_key: &[String],
-    version_field: Option<&str>,
-) -> Result<(String, Option<String>), (Option<String>, String)> {
+/// What the destination needs of a record: key, version, and whether it is flagged
+/// deleted (`deleted_when`).
+type Identity = (String, Option<String>, bool);
+
+/// The record's identity, or its key (if any) and why it is dead-lettered.
+fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, String)> {
     let value: serde_json::Value =
         serde_json::from_str(record).map_err(|e| (None, format!("not JSON: {e}")))?;
-    let key = key_of(&value, primary_key).ok_or_else(|| {
+    let key = key_of(&value, &b.primary_key).ok_or_else(|| {
         (
             None,
             format!(
                 "primary key `{}` is missing or not a scalar",
-                primary_key.join(", ")
+                b.primary_key.join(", ")
             ),
         )
     })?;
-    let version = match version_field {
+    let version = match &b.version_field {
         None => None,
         Some(field) => Some(lookup(&value, field).and_then(scalar).ok_or_else(|| {
             (
@@ -371,7 +424,12 @@ fn identify(
             )
         })?),
     };
-    Ok((key, version))
+    let flagged = b.deleted_when.as_ref().is_some_and(|f| {
+        lookup(&value, &f.path)
+            .and_then(scalar)
+            .is_some_and(|v| f.one_of.contains(&v))
+    });
+    Ok((key, version, flagged))
 }
 
 impl Destination for SqliteDestination {
@@ -409,8 +467,13 @@ mod tests {
         page: u64,
     }
 
-    fn binding(stream: &str, deletes: bool) -> Binding {
+    fn binding(stream: &str, deletes: bool, hard: bool) -> Binding {
         Binding {
+            deleted_when: Some(RecordFilter {
+                path: "status".into(),
+                one_of: vec!["gone".into()],
+            }),
+            hard_delete: hard,
             sync: "shop".into(),
             stream: stream.into(),
             table: "orders".into(),
@@ -422,17 +485,17 @@ mod tests {
     }
 
     impl Db {
-        fn new() -> Result<Db, destination::Error> {
+        fn new(hard: bool) -> Result<Db, destination::Error> {
             let dir = std::env::temp_dir().join(format!(
-                "waymark-sqlite-{}-{:?}",
+                "waymark-sqlite-{}-{:?}-{hard}",
                 std::process::id(),
                 std::thread::current().id()
             ));
             let _ = std::fs::remove_dir_all(&dir);
             let path = dir.join("t.db");
             Ok(Db {
-                orders: SqliteDestination::open(&path, binding("orders", false))?,
-                deletions: SqliteDestination::open(&path, binding("orders_deleted", true))?,
+                orders: SqliteDestination::open(&path, binding("orders", false, hard))?,
+                deletions: SqliteDestination::open(&path, binding("orders_deleted", true, hard))?,
                 _dir: dir,
                 run: RunId::new(),
                 page: 0,
@@ -486,13 +549,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn deletions_respect_versions_both_ways() -> Result<(), destination::Error> {
-        let mut db = Db::new()?;
+    /// The same story in both modes; `rows` differ only in what a deletion leaves.
+    fn deletion_story(hard: bool) -> Result<Db, destination::Error> {
+        let mut db = Db::new(hard)?;
         let ack = db.write(false, &[r#"{"id":1,"v":"10"}"#, r#"{"id":2,"v":"10"}"#])?;
         assert_eq!((ack.inserted, ack.deleted), (2, 0));
         // 1 deleted at 20; 2's deletion at 5 is older than the stored version 10: stale.
-        // 3 was never seen: a tombstone keeps its deletion time.
+        // 3 was never seen: its deletion is remembered.
         let ack = db.write(
             true,
             &[
@@ -510,14 +573,43 @@ mod tests {
         assert_eq!(ack.skipped_stale, 1);
         // ...a newer version (the id was reused) does.
         let ack = db.write(false, &[r#"{"id":3,"v":"30"}"#])?;
-        assert_eq!(ack.updated, 1);
+        assert_eq!(ack.inserted + ack.updated, 1);
+        // A record flagged deleted in the stream itself (`deleted_when`) is a deletion.
+        let ack = db.write(false, &[r#"{"id":2,"v":"40","status":"gone"}"#])?;
+        assert_eq!(ack.deleted, 1);
+        Ok(db)
+    }
+
+    #[test]
+    fn soft_deletions_respect_versions_both_ways() -> Result<(), destination::Error> {
+        let db = deletion_story(false)?;
         assert_eq!(
             db.rows(),
             vec![
                 ("1".into(), "20".into(), Some("20".into())),
-                ("2".into(), "10".into(), None),
+                ("2".into(), "40".into(), Some("40".into())),
                 ("3".into(), "30".into(), None),
             ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn hard_deletions_remove_rows_and_remember_versions() -> Result<(), destination::Error> {
+        let db = deletion_story(true)?;
+        assert_eq!(db.rows(), vec![("3".into(), "30".into(), None)]);
+        let remembered: Vec<(String, String)> = db
+            .orders
+            .conn
+            .prepare("SELECT key, version FROM _waymark_tombstones ORDER BY key")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            remembered,
+            vec![("1".into(), "20".into()), ("2".into(), "40".into())]
         );
         Ok(())
     }

@@ -410,6 +410,9 @@ pub struct StreamSection {
     pub filter: Option<RecordFilter>,
     /// Keeps only these fields (dotted paths) of each record.
     pub fields: Option<Vec<String>>,
+    /// Records whose value at a path is one of the listed values are deletions (a
+    /// soft-delete flag in the source), applied like a deletions feed's.
+    pub deleted_when: Option<RecordFilter>,
     /// Makes this a child stream: it is read once per record of the named stream (an
     /// earlier stream of this file, read from its destination table in key order), whose
     /// fields `{parent.<path>}` fill the path, parameters, headers and body.
@@ -448,6 +451,11 @@ pub struct DestinationSection {
     pub kind: DestinationKind,
     /// Database file, relative to the workflow file's directory.
     pub path: String,
+    /// What a deletion does: `soft` (default: the row stays, `deleted_at` set) or `hard`
+    /// (the row is removed; its key and deletion version are kept in `_waymark_tombstones`
+    /// so an older copy read later is not written back).
+    #[serde(default)]
+    pub delete_mode: DeleteMode,
     /// How long a write waits for a database locked by another process before the step
     /// fails (default 10s).
     #[serde(default = "default_busy_timeout")]
@@ -456,6 +464,17 @@ pub struct DestinationSection {
 
 fn default_busy_timeout() -> Span {
     Span(Duration::from_secs(10))
+}
+
+/// What a deletion does in the destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteMode {
+    /// Keep the row, set `deleted_at`.
+    #[default]
+    Soft,
+    /// Remove the row; remember the deletion in `_waymark_tombstones`.
+    Hard,
 }
 
 /// Destination kinds.
@@ -721,6 +740,12 @@ impl Workflow {
                         ))
                     }
                 }
+            }
+            if s.deleted_when.is_some() && s.cursor_field.is_none() {
+                return Err(self.invalid(
+                    key("deleted_when"),
+                    "needs a `cursor_field` (the version compared with later copies)",
+                ));
             }
             if let Some(step) = s.window.step {
                 if step.0 <= s.window.overlap.0 {

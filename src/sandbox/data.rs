@@ -49,8 +49,8 @@ pub struct Resource {
     by_id: HashMap<u64, (u64, usize)>,
     /// Live ids, for picking one at random.
     ids: Vec<u64>,
-    /// Deleted ids not yet reused, most recent last.
-    freed: Vec<u64>,
+    /// Deleted ids not yet reused and when they were deleted, most recent last.
+    freed: Vec<(u64, u64)>,
     next_id: u64,
 }
 
@@ -126,10 +126,12 @@ impl Resource {
         render(self.kind, self.seed, key, rev, out);
     }
 
-    /// Inserts a record at `ms`; `reuse` takes the most recently deleted id if there is one.
+    /// Inserts a record at `ms`; `reuse` takes the most recently deleted id if there is one
+    /// deleted before `ms` (a re-insert never shares its deletion's timestamp).
     pub fn insert(&mut self, ms: u64, reuse: bool) -> Mutation {
-        let id = match self.freed.pop().filter(|_| reuse) {
-            Some(id) => id,
+        let reusable = reuse && self.freed.last().is_some_and(|&(_, deleted)| deleted < ms);
+        let id = match reusable.then(|| self.freed.pop()).flatten() {
+            Some((id, _)) => id,
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
@@ -174,7 +176,7 @@ impl Resource {
             self.live.remove(&(old_ms, id));
         }
         self.deleted.insert((ms.max(1), id), ());
-        self.freed.push(id);
+        self.freed.push((id, ms));
         Mutation::Deleted(id)
     }
 }
@@ -300,10 +302,15 @@ mod tests {
         assert_eq!(r.gone_ids(), vec![1]);
         // The swapped-in id keeps a correct index: deleting it by the same pick works.
         assert_eq!(r.delete(0, 6_000_001), Mutation::Deleted(10));
+        assert_eq!(
+            r.insert(6_000_001, true),
+            Mutation::Inserted(11),
+            "same ms: no reuse"
+        );
         assert_eq!(r.insert(7_000_000, true), Mutation::Inserted(10));
-        assert_eq!(r.insert(7_000_000, false), Mutation::Inserted(11));
+        assert_eq!(r.insert(7_000_000, false), Mutation::Inserted(12));
         assert_eq!(r.gone_ids(), vec![1]);
-        assert_eq!(r.sorted_ids(), vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(r.sorted_ids(), vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         let mut text = String::new();
         r.render((7_000_000, 10), 0, &mut text);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
