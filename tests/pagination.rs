@@ -9,7 +9,7 @@ const WINDOW: &str =
     r#"window = { lag = "0s", start_param = "updated_since", end_param = "updated_before" }"#;
 
 /// `(name, pagination table)` of each style, as the sandbox speaks them.
-const STYLES: [(&str, &str); 8] = [
+const STYLES: [(&str, &str); 9] = [
     (
         "cursor",
         r#"{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }"#,
@@ -17,6 +17,10 @@ const STYLES: [(&str, &str); 8] = [
     (
         "cursor_header",
         r#"{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "X-Cursor", cursor_in = "header", limit_param = "limit" }"#,
+    ),
+    (
+        "cursor_body",
+        r#"{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", cursor_in = "body", limit_param = "limit" }"#,
     ),
     (
         "next_url",
@@ -45,19 +49,22 @@ const STYLES: [(&str, &str); 8] = [
 ];
 
 fn style_workflow(dir: &Path, pagination: &str, page_size: u32) -> Result<PathBuf> {
-    write_workflow(
-        dir,
-        "timeout = \"5s\"\nmax_attempts = 3",
-        &stream_table(
-            "orders",
-            "/orders",
-            "updated_at",
-            page_size,
-            pagination,
-            WINDOW,
-        ),
-        "",
-    )
+    let mut stream = stream_table(
+        "orders",
+        "/orders",
+        "updated_at",
+        page_size,
+        pagination,
+        WINDOW,
+    );
+    if pagination.contains("cursor_in = \"body\"") {
+        // A search endpoint taking its parameters as a JSON body.
+        stream = stream.replace(
+            "path = \"/orders\"",
+            "path = \"/orders/search\"\nmethod = \"post\"",
+        ) + "body = { updated_before = \"{window.end}\" }\n";
+    }
+    write_workflow(dir, "timeout = \"5s\"\nmax_attempts = 3", &stream, "")
 }
 
 fn sync(dir: &Path, sandbox: &Sandbox, workflow: &Path) -> Result<std::process::Output> {
@@ -154,7 +161,7 @@ fn keyset_works_with_inclusive_text_filters_and_tie_groups() -> Result {
     let quirks = ["--quirk", "inclusive-filters", "--quirk", "string-compare"];
     let keyset_without_id =
         r#"{ kind = "keyset", since_param = "updated_since", limit_param = "limit" }"#;
-    let keyset = STYLES[7].1;
+    let keyset = STYLES[8].1;
 
     // Ties smaller than a page: the records of the boundary value that come back through
     // the inclusive filter are dropped, none is skipped.

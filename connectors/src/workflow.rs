@@ -332,11 +332,12 @@ impl Pagination {
 }
 
 /// A stream's incremental window.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSection {
-    /// The watermark is `now − lag` (default 0s).
-    #[serde(default)]
+    /// The watermark is `now − lag` (default 2m: records the API commits late still fall
+    /// inside the next window).
+    #[serde(default = "default_lag")]
     pub lag: Span,
     /// A new window re-reads this much before the last watermark (default 0s).
     #[serde(default)]
@@ -356,6 +357,24 @@ pub struct WindowSection {
     /// (seconds), `unix_ms` or `date` (`YYYY-MM-DD`).
     #[serde(default)]
     pub format: TimeFormat,
+}
+
+fn default_lag() -> Span {
+    Span(Duration::from_secs(120))
+}
+
+impl Default for WindowSection {
+    fn default() -> Self {
+        WindowSection {
+            lag: default_lag(),
+            overlap: Span::default(),
+            initial: None,
+            start_param: None,
+            end_param: None,
+            step: None,
+            format: TimeFormat::default(),
+        }
+    }
 }
 
 /// How a time is written in a request.

@@ -11,6 +11,9 @@
 //!   `offset=`, or keyset `updated_since=T&since_id=I` (records after `(T, I)`); with none
 //!   of them, the first page of cursor pagination.
 //!
+//! `POST /{resource}/search` takes the same parameters as a JSON body (over the query
+//! string's).
+//!
 //! The body is `{"data": [...], "next_cursor", "next_url", "has_more"}` (plus `total` and
 //! `page` for page and offset pagination, also as `X-Total-Count`), and a `Link: <…>;
 //! rel="next"` header while more pages follow.
@@ -25,7 +28,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -47,6 +50,23 @@ pub struct ListQuery {
     updated_since: Option<String>,
     updated_after: Option<String>,
     updated_before: Option<String>,
+}
+
+impl ListQuery {
+    /// These parameters, completed by `other`'s (a search body over its query string).
+    fn or(self, other: ListQuery) -> ListQuery {
+        ListQuery {
+            limit: self.limit.or(other.limit),
+            per_page: self.per_page.or(other.per_page),
+            cursor: self.cursor.or(other.cursor),
+            page: self.page.or(other.page),
+            offset: self.offset.or(other.offset),
+            since_id: self.since_id.or(other.since_id),
+            updated_since: self.updated_since.or(other.updated_since),
+            updated_after: self.updated_after.or(other.updated_after),
+            updated_before: self.updated_before.or(other.updated_before),
+        }
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -603,6 +623,18 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
                 get(
                     move |State(s): Shared, Query(q): Query<ListQuery>, uri: Uri, h: HeaderMap| {
                         list(s, q, uri, h, Feed::Deleted(kind))
+                    },
+                ),
+            )
+            .route(
+                &format!("/{name}/search"),
+                post(
+                    move |State(s): Shared,
+                          Query(q): Query<ListQuery>,
+                          uri: Uri,
+                          h: HeaderMap,
+                          Json(body): Json<ListQuery>| {
+                        list(s, body.or(q), uri, h, Feed::Live(kind))
                     },
                 ),
             )
