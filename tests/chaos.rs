@@ -441,12 +441,7 @@ fn hard_deletes_and_flagged_deletions_match_the_source() -> Result {
     let state = dir.path().join("state");
     let db = dir.path().join("shop.db");
     for round in 0..3 {
-        http(
-            "PUT",
-            &sandbox.url,
-            "/_control/mutator",
-            Some(r#"{"apply": 400}"#),
-        )?;
+        sandbox.apply_mutations(400)?;
         // Past the window's lag.
         std::thread::sleep(Duration::from_millis(1100));
         let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;

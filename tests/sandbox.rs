@@ -197,12 +197,7 @@ fn mutations_keep_truth_and_deletions_feed_consistent() -> Result {
     let before = sandbox.truth_of("orders")?.0;
     // In four bursts: an id is only reused after the millisecond it was deleted in.
     for _ in 0..4 {
-        http(
-            "PUT",
-            &sandbox.url,
-            "/_control/mutator",
-            Some(r#"{"apply": 100}"#),
-        )?;
+        sandbox.apply_mutations(100)?;
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let stats = sandbox.stats()?;
@@ -258,15 +253,7 @@ fn offset_pagination_serves_records_twice_while_data_changes() -> Result {
         "--quirk",
         "backdated-inserts",
     ])?;
-    let mutate = || -> Result {
-        http(
-            "PUT",
-            &sandbox.url,
-            "/_control/mutator",
-            Some(r#"{"apply": 20}"#),
-        )
-        .map(drop)
-    };
+    let mutate = || sandbox.apply_mutations(20);
     let mut offset = 0;
     let walked = walk(
         &sandbox,

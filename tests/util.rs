@@ -118,6 +118,12 @@ impl Sandbox {
         http("PUT", &self.url, "/_control/faults", Some(faults)).map(drop)
     }
 
+    /// Applies `n` random mutations now.
+    pub fn apply_mutations(&self, n: u32) -> Result {
+        let body = format!(r#"{{"apply":{n}}}"#);
+        http("PUT", &self.url, "/_control/mutator", Some(&body)).map(drop)
+    }
+
     /// Sets the mutator's rate (0 stops it).
     pub fn set_mutation_rate(&self, per_second: f64) -> Result {
         let body = format!(r#"{{"rate":{per_second}}}"#);
