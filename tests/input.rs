@@ -88,7 +88,10 @@ fn validate_reports_errors_with_the_key_and_warnings_and_schema_is_json() -> Res
     assert_eq!(out.status.code(), Some(0));
     assert!(
         text(&out.stderr).contains("warning: ")
-            && text(&out.stderr).contains("stream.orders.pagination.kind: page-number and offset"),
+            && text(&out.stderr).contains(&format!(
+                "{}:17:16: stream.orders.pagination.kind: page-number and offset",
+                path.display()
+            )),
         "{}",
         text(&out.stderr)
     );

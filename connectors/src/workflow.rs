@@ -37,10 +37,14 @@ pub enum Error {
         message: String,
     },
     /// Parsed, but does not make sense.
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}:{line}:{column}: {key}: {message}")]
     Invalid {
         /// The file.
         path: PathBuf,
+        /// 1-based line of the key (or of its table when the key is missing).
+        line: usize,
+        /// 1-based column.
+        column: usize,
         /// The key path (`stream.orders.primary_key`).
         key: String,
         /// What is wrong.
@@ -523,6 +527,8 @@ pub struct File {
 pub struct Workflow {
     path: PathBuf,
     file: File,
+    /// The text, to place errors found after parsing.
+    text: String,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -530,6 +536,64 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
+}
+
+/// The byte offset of a semantic key path (`stream.orders.pagination.since_param`) in the
+/// text: the key itself, else the nearest enclosing key or table that is there.
+fn locate(text: &str, key: &str) -> usize {
+    let mut parts = key.split('.');
+    let Some(table) = parts.next() else {
+        return 0;
+    };
+    let mut rest: Vec<&str> = parts.collect();
+    // Stream keys name their stream: `stream.<name>.…`.
+    let name = (table == "stream" && !rest.is_empty()).then(|| rest.remove(0));
+    let mut blocks = Vec::new();
+    let (mut offset, mut open) = (0, None);
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if let Some(start) = open.take() {
+                blocks.push((start, offset));
+            }
+            let header = t.trim_start_matches('[').split(']').next().unwrap_or("");
+            if header.trim() == table {
+                open = Some(offset);
+            }
+        }
+        offset += line.len();
+    }
+    if let Some(start) = open {
+        blocks.push((start, text.len()));
+    }
+    let named = |body: &str, name: &str| {
+        body.lines()
+            .any(|l| l.replace(' ', "") == format!("name=\"{name}\""))
+    };
+    let Some((start, end)) = blocks
+        .into_iter()
+        .find(|(s, e)| name.is_none_or(|n| named(&text[*s..*e], n)))
+    else {
+        return 0;
+    };
+    let body = &text[start..end];
+    let (mut found, mut from) = (0, 0);
+    for part in rest {
+        let is_key = |i: usize| {
+            let before = body[..i].chars().last();
+            !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && body[i + part.len()..].trim_start().starts_with('=')
+        };
+        match body[from..]
+            .match_indices(part)
+            .map(|(i, _)| i + from)
+            .find(|&i| is_key(i))
+        {
+            Some(i) => (found, from) = (i, i + part.len()),
+            None => break,
+        }
+    }
+    start + found
 }
 
 /// The key path (`stream[1].pagination.kind`) of the key or value at `offset` of a TOML
@@ -630,14 +694,23 @@ impl Workflow {
         let workflow = Workflow {
             path: path.to_path_buf(),
             file,
+            text: text.to_string(),
         };
         workflow.validate()?;
         Ok(workflow)
     }
 
+    /// Line and column of a key path (`stream.orders.pagination.kind`) in the file.
+    pub fn position(&self, key: &str) -> (usize, usize) {
+        line_col(&self.text, locate(&self.text, key))
+    }
+
     fn invalid(&self, key: String, message: impl Into<String>) -> Error {
+        let (line, column) = self.position(&key);
         Error::Invalid {
             path: self.path.clone(),
+            line,
+            column,
             key,
             message: message.into(),
         }
@@ -1129,7 +1202,7 @@ path = "shop.db"
         );
         assert_eq!(
             error(&keyset),
-            "w.toml: stream.orders.pagination.since_param: required with kind = \"keyset\""
+            "w.toml:15:1: stream.orders.pagination.since_param: required with kind = \"keyset\""
         );
         let stray = GOOD.replace(
             "cursor_param = \"cursor\"",
@@ -1137,7 +1210,7 @@ path = "shop.db"
         );
         assert_eq!(
             error(&stray),
-            "w.toml: stream.orders.pagination.page_param: does not apply to kind = \"cursor\""
+            "w.toml:15:82: stream.orders.pagination.page_param: does not apply to kind = \"cursor\""
         );
         let no_field = keyset
             .replace("id_param", "since_param")
@@ -1194,7 +1267,7 @@ path = "shop.db"
             .to_string();
         assert_eq!(
             msg,
-            "w.toml: stream.orders.primary_key: every stream needs a primary key"
+            "w.toml:13:1: stream.orders.primary_key: every stream needs a primary key"
         );
     }
 

@@ -33,7 +33,11 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
         };
         let warnings = workflow.warnings();
         for (key, message) in &warnings {
-            eprintln!("warning: {}: {key}: {message}", path.display());
+            let (line, column) = workflow.position(key);
+            eprintln!(
+                "warning: {}:{line}:{column}: {key}: {message}",
+                path.display()
+            );
         }
         if args.strict && !warnings.is_empty() {
             status = ExitStatus::BadInput;
