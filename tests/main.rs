@@ -1,5 +1,6 @@
 //! End-to-end tests of the real `waymark` binary over loopback HTTP and SQLite.
 
+mod scripted;
 mod util;
 
 mod chaos;
@@ -7,6 +8,7 @@ mod children;
 mod input;
 mod journal;
 mod pagination;
+mod resilience;
 mod sandbox;
 mod state_dir;
 mod windows;

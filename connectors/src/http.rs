@@ -5,16 +5,18 @@
 //! token (`cursor`), the next page's URL (`next_url`, `link_header`), a page number, an
 //! offset, or the last `(cursor_field, primary_key)` seen as a JSON pair (`keyset`).
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use waymark_engine::source::{self, Page, PageRequest, Source};
+use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
+
+use crate::api::Api;
 
 use crate::record::{compare_versions, lookup, scalar};
+use crate::rules::Rules;
 use crate::sqlite::ParentRecords;
 use crate::template::{render, render_json, Context};
 use crate::workflow::{
@@ -24,12 +26,6 @@ use crate::workflow::{
 /// Why the source could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The base URL is unusable.
-    #[error("source.base_url: {0}")]
-    Url(String),
-    /// The HTTP client could not be built.
-    #[error("HTTP client: {0}")]
-    Client(String),
     /// The records path is not a JSONPath.
     #[error("records: {0}")]
     Records(String),
@@ -121,8 +117,8 @@ type Keyset = (String, Value);
 
 /// A paginated JSON API for one stream.
 pub struct HttpSource {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    api: Arc<Api>,
+    rules: Rules,
     stream: StreamSection,
     style: Style,
     stop: StopRules,
@@ -143,11 +139,8 @@ struct ChildCursor {
 }
 
 impl HttpSource {
-    /// The source of `stream` in `workflow`.
-    pub fn new(workflow: &Workflow, stream: &StreamSection) -> Result<Self, Error> {
-        let base = expand_env(&workflow.file().source.base_url).map_err(Error::Url)?;
-        let url = reqwest::Url::parse(base.trim_end_matches('/'))
-            .map_err(|e| Error::Url(format!("`{base}`: {e}")))?;
+    /// The source of `stream` in `workflow`, sending its requests through `api`.
+    pub fn new(workflow: &Workflow, stream: &StreamSection, api: Arc<Api>) -> Result<Self, Error> {
         let parents = match &stream.parent {
             Some(parent) => Some(
                 ParentRecords::open(&workflow.destination_path(), parent)
@@ -155,17 +148,15 @@ impl HttpSource {
             ),
             None => None,
         };
-        let timeout = workflow.file().source.timeout.0;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("waymark/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Client(e.to_string()))?;
         let p = &stream.pagination;
+        let rules = Rules::new(
+            &stream.name,
+            &stream.on_response,
+            &workflow.file().source.on_response,
+        );
         Ok(HttpSource {
-            client,
-            url,
+            api,
+            rules,
             style: Style::new(stream)?,
             stop: StopRules {
                 has_more_path: p.has_more_path.clone(),
@@ -189,7 +180,7 @@ impl HttpSource {
     fn join(&self, path: &str) -> Result<reqwest::Url, source::Error> {
         let joined = format!(
             "{}/{}",
-            self.url.as_str().trim_end_matches('/'),
+            self.api.base_url().as_str().trim_end_matches('/'),
             path.trim_start_matches('/')
         );
         reqwest::Url::parse(&joined).map_err(|e| fatal(format!("`{joined}` is not a URL: {e}")))
@@ -290,10 +281,10 @@ impl HttpSource {
                 url
             }
         };
+        let client = self.api.client();
         let builder = match self.stream.method {
-            Method::Get => self.client.get(url),
-            Method::Post => self
-                .client
+            Method::Get => client.get(url),
+            Method::Post => client
                 .post(url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(
@@ -310,11 +301,11 @@ impl HttpSource {
     /// A next-page URL, resolved against the stream's URL; another origin is refused so
     /// credentials never leave for a host the workflow did not name.
     fn same_origin(&self, next: &str) -> Result<reqwest::Url, source::Error> {
-        let url = self
-            .url
+        let base = self.api.base_url();
+        let url = base
             .join(next)
             .map_err(|e| fatal(format!("next URL `{next}` is not a URL: {e}")))?;
-        if url.origin() != self.url.origin() {
+        if url.origin() != base.origin() {
             return Err(fatal(format!(
                 "the API sent a next URL on another host ({}); refusing to follow it",
                 url.origin().ascii_serialization()
@@ -329,23 +320,12 @@ fn keyset(cursor: &str) -> Result<Keyset, source::Error> {
         .map_err(|e| fatal(format!("journaled keyset cursor unreadable: {e}")))
 }
 
-fn retryable(message: String, retry_after: Option<Duration>) -> source::Error {
-    source::Error {
-        retryable: true,
-        retry_after,
-        message,
-    }
-}
-
 fn fatal(message: String) -> source::Error {
-    source::Error {
-        retryable: false,
-        retry_after: None,
-        message,
-    }
+    source::Error::new(ErrorKind::Fatal, message)
 }
 
-fn excerpt(body: &[u8]) -> String {
+/// The first 200 bytes of a body, on one line, for error messages.
+pub(crate) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
     let text = text.replace(['\n', '\r'], " ");
     if body.len() > 200 {
@@ -375,9 +355,9 @@ fn raw_at<'a>(doc: &'a RawValue, path: &str) -> Result<Option<&'a RawValue>, ser
 /// The page body as a JSON document, without parsing what is not needed.
 pub fn document(body: &[u8]) -> Result<&RawValue, source::Error> {
     serde_json::from_slice(body).map_err(|e| {
-        retryable(
+        source::Error::new(
+            ErrorKind::Retry,
             format!("the page is not JSON ({e}); it starts: {}", excerpt(body)),
-            None,
         )
     })
 }
@@ -611,32 +591,6 @@ impl HttpSource {
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    if let Ok(secs) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = httpdate_parse(value)?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
-fn httpdate_parse(value: &str) -> Option<std::time::SystemTime> {
-    // IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT".
-    let parts: Vec<&str> = value.split_whitespace().collect();
-    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = months.iter().position(|x| x == month)? + 1;
-    let text = format!("{year}-{m:02}-{day:0>2}T{time}Z");
-    humantime::parse_rfc3339(&text).ok()
-}
-
 impl HttpSource {
     /// One page of the stream (for a child stream: of `parent`'s children).
     async fn fetch_page(
@@ -644,41 +598,22 @@ impl HttpSource {
         request: PageRequest<'_>,
         parent: Option<(&str, &Value)>,
     ) -> Result<Page, source::Error> {
-        let built = self.request(&request, parent.map(|(_, record)| record))?;
-        let what = format!("{} {}", built.method(), built.url().path());
-        let response = self.client.execute(built).await.map_err(|e| {
-            let e = e.without_url();
-            let kind = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "could not connect"
-            } else {
-                "failed"
-            };
-            retryable(format!("{what} {kind}: {e}"), None)
-        })?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| {
-            retryable(
-                format!("{what}: reading the body failed: {}", e.without_url()),
-                None,
-            )
-        })?;
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Err(retryable(
-                format!("{what}: HTTP {status}: {}", excerpt(&body)),
-                retry_after(&headers),
-            ));
-        }
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(fatal(format!(
-                "{what}: HTTP {status}: the API refused the credentials"
-            )));
-        }
-        if !status.is_success() {
-            return Err(fatal(format!("{what}: HTTP {status}: {}", excerpt(&body))));
-        }
+        let reply = self
+            .api
+            .send(&self.rules, || {
+                self.request(&request, parent.map(|(_, record)| record))
+            })
+            .await?;
+        let (what, headers, body) = match reply {
+            Ok(accepted) => (accepted.what, accepted.headers, accepted.body),
+            Err(ignored) => {
+                self.previous = None;
+                return Ok(Page {
+                    ignored: Some(ignored),
+                    ..Page::default()
+                });
+            }
+        };
         let doc = document(&body)?;
         let mut records: Vec<String> = match &self.records_path {
             Some(path) => {
@@ -725,10 +660,45 @@ impl HttpSource {
         if self.stream.filter.is_some() || self.stream.fields.is_some() {
             records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }
+        let next_cursor = next_cursor.map(|c| self.journalable(c)).transpose()?;
         Ok(Page {
             records,
             next_cursor,
+            ignored: None,
         })
+    }
+
+    /// A cursor fit for the journal: an API key in the query is taken out of a next-page
+    /// URL (it is added to every request anyway); any other secret in it is an error.
+    fn journalable(&self, cursor: String) -> Result<String, source::Error> {
+        let cursor = match (self.api.key_param(), &self.style) {
+            (Some(key), Style::NextUrl { .. } | Style::LinkHeader) => {
+                match reqwest::Url::parse(&cursor) {
+                    Ok(mut url) => {
+                        let kept: Vec<(String, String)> = url
+                            .query_pairs()
+                            .filter(|(k, _)| k != key)
+                            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                            .collect();
+                        url.set_query(None);
+                        if !kept.is_empty() {
+                            url.query_pairs_mut().extend_pairs(kept);
+                        }
+                        url.to_string()
+                    }
+                    Err(_) => cursor,
+                }
+            }
+            _ => cursor,
+        };
+        if self.api.secrets().reveals(&cursor) {
+            return Err(fatal(
+                "the API put a credential into the next-page cursor; refusing to journal it \
+                 (with an API key, use `in = \"header\"` if the API allows it)"
+                    .into(),
+            ));
+        }
+        Ok(cursor)
     }
 
     /// One page of a child stream: the current parent's next page, then the next parent.
@@ -790,7 +760,10 @@ impl Source for HttpSource {
             None => self.fetch_page(request, None).await,
         };
         self.parents = parents;
-        page
+        page.map_err(|mut e| {
+            e.message = self.api.secrets().redact(&e.message);
+            e
+        })
     }
 }
 
@@ -817,13 +790,13 @@ mod tests {
     fn classifies_bad_pages_and_names_the_page() {
         let not_json = document(b"<html>oops").unwrap_err();
         assert!(
-            not_json.retryable && not_json.message.contains("the page is not JSON"),
+            not_json.kind == ErrorKind::Retry && not_json.message.contains("the page is not JSON"),
             "{not_json:?}"
         );
         let doc = document(br#"{"items":[]}"#).unwrap_or_else(|_| unreachable!());
         let missing = records_at(doc, "data").unwrap_err();
         assert!(
-            !missing.retryable
+            missing.kind == ErrorKind::Fatal
                 && missing
                     .message
                     .contains("records path `data` is not in the page"),
@@ -875,20 +848,5 @@ fields = ["id", "customer.id", "missing"]
             HeaderValue::from_static(r#"<https://a.test/x?page=1>; rel="prev""#),
         );
         assert_eq!(link_next(&none), None);
-    }
-
-    #[test]
-    fn reads_retry_after_in_both_forms() {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static("7"),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
     }
 }

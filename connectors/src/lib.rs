@@ -8,14 +8,24 @@
 //!   the same transaction (rusqlite, bundled SQLite).
 //! - [`record`]: reading a record's key and version.
 //! - [`template`]: `{window.start|unix}`, `{parent.id}`… in requests.
+//! - [`api`]: [`Api`], what the streams of one source share: the HTTP client, credentials,
+//!   request budget and response rules.
+//! - [`auth`]: credentials from environment variables, OAuth2 tokens, secret masking.
+//! - [`rate`]: the request budget (GCRA, quota headers, `Retry-After`), persisted.
+//! - [`rules`]: what a response means (`on_response` rules, then the defaults).
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod auth;
 pub mod http;
+pub mod rate;
 pub mod record;
+pub mod rules;
 pub mod sqlite;
 pub mod template;
 pub mod workflow;
 
+pub use api::Api;
 pub use http::HttpSource;
 pub use sqlite::{Binding, SqliteDestination};
 pub use workflow::Workflow;

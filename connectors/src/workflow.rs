@@ -11,7 +11,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use waymark_engine::{Plan, Timestamp};
+use waymark_engine::{Plan, RetryPolicy, Timestamp};
 
 /// A workflow file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -130,9 +130,66 @@ pub struct SourceSection {
     /// Per-request timeout (default 30s).
     #[serde(default = "default_timeout")]
     pub timeout: Span,
+    /// Connect timeout (default 10s, at most `timeout`).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Span,
+    /// A PEM file of extra trusted CA certificates (relative to the workflow file).
+    pub ca_file: Option<PathBuf>,
     /// Attempts per page before the run fails (default 6).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Exponential backoff with full jitter between attempts.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Longest wait a run sleeps through (a far `Retry-After`, an exhausted quota); a longer
+    /// one pauses the run until then, and the next `waymark run` continues (default 10m).
+    #[serde(default = "default_max_wait")]
+    pub max_wait: Span,
+    /// A request budget shared by every stream of this source.
+    pub rate_limit: Option<crate::rate::RateLimit>,
+    /// How requests authenticate; secrets come from environment variables.
+    pub auth: Option<crate::auth::AuthSection>,
+    /// Rules deciding what a response means, before the defaults.
+    #[serde(default)]
+    pub on_response: Vec<crate::rules::ResponseRule>,
+}
+
+/// `backoff = { base = "250ms", cap = "30s" }`: the n-th retry waits a uniformly random
+/// time in `[0, min(cap, base × 2ⁿ⁻¹)]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// The first retry's ceiling (default 250ms).
+    #[serde(default = "default_base")]
+    pub base: Span,
+    /// The largest ceiling (default 30s).
+    #[serde(default = "default_cap")]
+    pub cap: Span,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: default_base(),
+            cap: default_cap(),
+        }
+    }
+}
+
+fn default_base() -> Span {
+    Span(Duration::from_millis(250))
+}
+
+fn default_cap() -> Span {
+    Span(Duration::from_secs(30))
+}
+
+fn default_max_wait() -> Span {
+    Span(Duration::from_secs(600))
+}
+
+fn default_connect_timeout() -> Span {
+    Span(Duration::from_secs(10))
 }
 
 fn default_timeout() -> Span {
@@ -456,6 +513,9 @@ pub struct StreamSection {
     /// The incremental window.
     #[serde(default)]
     pub window: WindowSection,
+    /// Rules deciding what a response means, checked before the source's.
+    #[serde(default)]
+    pub on_response: Vec<crate::rules::ResponseRule>,
     /// Makes this stream a deletions feed of the named stream: each record (its
     /// `primary_key`, and its `cursor_field` as the deletion time) marks that stream's
     /// record deleted, unless the stored record is newer than the deletion.
@@ -723,8 +783,49 @@ impl Workflow {
         if self.file.stream.is_empty() {
             return Err(self.invalid("stream".into(), "declare at least one [[stream]]"));
         }
-        if self.file.source.max_attempts == 0 {
+        let source = &self.file.source;
+        if source.max_attempts == 0 {
             return Err(self.invalid("source.max_attempts".into(), "must be at least 1"));
+        }
+        if source.backoff.base.0.is_zero() || source.backoff.base.0 > source.backoff.cap.0 {
+            return Err(self.invalid(
+                "source.backoff".into(),
+                "needs 0 < base <= cap, e.g. { base = \"250ms\", cap = \"30s\" }",
+            ));
+        }
+        if source.backoff.cap.0 > source.max_wait.0 {
+            return Err(self.invalid(
+                "source.max_wait".into(),
+                "must be at least backoff.cap (a backoff would otherwise pause the run)",
+            ));
+        }
+        if let Some(limit) = &source.rate_limit {
+            if limit.requests == 0 || limit.per.0.is_zero() || limit.burst == 0 {
+                return Err(self.invalid(
+                    "source.rate_limit".into(),
+                    "needs requests >= 1, a non-zero `per` and burst >= 1, e.g. \
+                     { requests = 10, per = \"1s\" }",
+                ));
+            }
+        }
+        let rules = source
+            .on_response
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("source.on_response[{i}]"), r))
+            .chain(self.file.stream.iter().flat_map(|s| {
+                s.on_response
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, r)| (format!("stream.{}.on_response[{i}]", s.name), r))
+            }));
+        for (key, rule) in rules {
+            if !rule.has_condition() {
+                return Err(self.invalid(
+                    key,
+                    "give at least one condition: `status`, `header` or `body_contains`",
+                ));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.file.stream {
@@ -927,6 +1028,26 @@ impl Workflow {
         self.file.sync.keep.0
     }
 
+    /// The engine's retry policy from `[source]`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let source = &self.file.source;
+        RetryPolicy {
+            max_attempts: source.max_attempts,
+            base: source.backoff.base.0,
+            cap: source.backoff.cap.0,
+            max_wait: source.max_wait.0,
+        }
+    }
+
+    /// `source.ca_file`, relative to the workflow file.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        let file = self.file.source.ca_file.as_ref()?;
+        Some(match self.path.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.clone(),
+        })
+    }
+
     /// The streams, in file order.
     pub fn streams(&self) -> &[StreamSection] {
         &self.file.stream
@@ -959,10 +1080,11 @@ impl Workflow {
 
     /// The canonical key/values of everything that decides which records `stream`'s runs
     /// read and where they go, sorted by key. Operational knobs (retention, timeouts,
-    /// attempts) are left out: changing them never blocks a resume.
+    /// retries, rate limits, auth, response rules) are left out: changing them never
+    /// blocks a resume.
     pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
         let source = &self.file.source;
-        let value = serde_json::json!({
+        let mut value = serde_json::json!({
             "sync": { "name": self.file.sync.name },
             "source": { "kind": source.kind, "base_url": source.base_url },
             "stream": stream,
@@ -971,6 +1093,9 @@ impl Workflow {
                 "path": self.file.destination.path,
             },
         });
+        if let Some(stream) = value.get_mut("stream").and_then(|s| s.as_object_mut()) {
+            stream.remove("on_response");
+        }
         let mut out = Vec::new();
         flatten("", &value, &mut out);
         out.sort();

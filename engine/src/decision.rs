@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::event::{Event, PauseReason};
+use crate::source::{self, ErrorKind};
 use crate::state::{RunState, Status};
 use crate::time::Timestamp;
 
@@ -93,6 +94,9 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// Largest backoff.
     pub cap: Duration,
+    /// Longest wait the run sleeps through; a longer one (a far `Retry-After`) pauses the
+    /// run with the time the API allows requests again.
+    pub max_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -101,43 +105,32 @@ impl Default for RetryPolicy {
             max_attempts: 6,
             base: Duration::from_millis(250),
             cap: Duration::from_secs(30),
+            max_wait: Duration::from_secs(600),
         }
     }
 }
 
-/// A failed fetch as the driver saw it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FetchFailure {
-    /// The page being fetched.
-    pub page: u64,
-    /// Worth retrying (429, 5xx, timeouts, resets, malformed pages).
-    pub retryable: bool,
-    /// What the server asked for (`Retry-After`), if anything.
-    pub retry_after: Option<Duration>,
-    /// Description, free of secrets.
-    pub message: String,
-}
+/// Shortest wait before a retry: a missing or zero `Retry-After` never means "at once".
+const MIN_WAIT: Duration = Duration::from_millis(10);
 
-/// The event a failed fetch leads to: a retry after a jittered wait, or the run failing.
-/// `jitter` is a uniform sample in `[0, 1)` drawn by the driver. Pure.
+/// The event a failed fetch of `page` leads to: a retry after a jittered wait, a pause
+/// (the wait is longer than `max_wait` or than the `time_left` of the run's budget), or
+/// the run failing. `jitter` is a uniform sample in `[0, 1)` drawn by the driver. Pure.
 pub fn on_fetch_failure(
     state: &RunState,
-    failure: &FetchFailure,
+    page: u64,
+    failure: &source::Error,
     policy: &RetryPolicy,
     jitter: f64,
+    time_left: Option<Duration>,
     at: Timestamp,
 ) -> Event {
     let attempt = state.attempts + 1;
-    if !failure.retryable || attempt >= policy.max_attempts {
-        let why = if failure.retryable {
-            format!(
-                "page {} failed after {attempt} attempts: {}",
-                failure.page, failure.message
-            )
-        } else {
-            format!("page {}: {}", failure.page, failure.message)
+    if failure.kind == ErrorKind::Fatal {
+        return Event::RunFailed {
+            error: format!("page {page}: {}", failure.message),
+            at,
         };
-        return Event::RunFailed { error: why, at };
     }
     let exp = policy.base.saturating_mul(1u32 << state.attempts.min(20));
     let ceiling = exp.min(policy.cap);
@@ -145,15 +138,41 @@ pub fn on_fetch_failure(
     let jittered = ceiling.mul_f64(jitter.clamp(0.0, 1.0));
     let wait = match failure.retry_after {
         Some(after) if !after.is_zero() => after.max(jittered),
-        _ => jittered.max(Duration::from_millis(10)),
+        _ => jittered.max(MIN_WAIT),
     };
+    let asked = failure.kind == ErrorKind::RateLimited || failure.retry_after.is_some();
+    if wait > policy.max_wait || time_left.is_some_and(|left| wait > left) {
+        let reason = if asked {
+            PauseReason::RateLimited {
+                until: Timestamp(at.0.saturating_add(millis(wait))),
+            }
+        } else {
+            PauseReason::TimeBudget
+        };
+        return Event::RunPaused { reason, at };
+    }
+    if attempt >= policy.max_attempts {
+        return Event::RunFailed {
+            error: format!(
+                "page {page} failed after {attempt} attempts: {}",
+                failure.message
+            ),
+            at,
+        };
+    }
     Event::RequestRetried {
-        page: failure.page,
+        page,
         attempt,
         error: failure.message.clone(),
-        wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        status: failure.status,
+        rule: failure.rule.clone(),
+        wait_ms: millis(wait),
         at,
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -293,76 +312,125 @@ mod tests {
         assert_eq!(decide(&s, &NONE), Action::Stop);
     }
 
-    #[test]
-    fn failures_retry_with_jittered_backoff_then_fail() {
-        let policy = RetryPolicy {
-            max_attempts: 3,
-            base: Duration::from_millis(100),
-            cap: Duration::from_millis(150),
-        };
-        let failure = FetchFailure {
-            page: 1,
-            retryable: true,
-            retry_after: None,
-            message: "HTTP 503".into(),
-        };
-        let s = state(&[]);
-        match on_fetch_failure(&s, &failure, &policy, 0.5, Timestamp(9)) {
-            Event::RequestRetried {
-                attempt: 1,
-                wait_ms: 50,
-                page: 1,
-                ..
-            } => {}
-            other => panic!("{other:?}"),
+    fn failure(kind: ErrorKind, retry_after: Option<Duration>) -> source::Error {
+        source::Error {
+            retry_after,
+            status: Some(503),
+            ..source::Error::new(kind, "HTTP 503")
         }
-        // The second retry's ceiling is capped at 150 ms.
-        let retried = Event::RequestRetried {
+    }
+
+    fn retried(wait_ms: u64) -> Event {
+        Event::RequestRetried {
             page: 1,
             attempt: 1,
             error: "x".into(),
-            wait_ms: 50,
+            status: Some(503),
+            rule: None,
+            wait_ms,
             at: Timestamp(9),
-        };
-        let s = state(std::slice::from_ref(&retried));
-        match on_fetch_failure(&s, &failure, &policy, 1.0, Timestamp(9)) {
+        }
+    }
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        base: Duration::from_millis(100),
+        cap: Duration::from_millis(150),
+        max_wait: Duration::from_secs(60),
+    };
+
+    fn decide_failure(s: &RunState, f: &source::Error, jitter: f64, left: Option<u64>) -> Event {
+        let left = left.map(Duration::from_millis);
+        on_fetch_failure(s, 1, f, &POLICY, jitter, left, Timestamp(9))
+    }
+
+    #[test]
+    fn failures_retry_with_jittered_backoff_then_fail() {
+        let transient = failure(ErrorKind::Retry, None);
+        let s = state(&[]);
+        assert_eq!(
+            decide_failure(&s, &transient, 0.5, None),
+            Event::RequestRetried {
+                page: 1,
+                attempt: 1,
+                error: "HTTP 503".into(),
+                status: Some(503),
+                rule: None,
+                wait_ms: 50,
+                at: Timestamp(9),
+            }
+        );
+        // The second retry's ceiling is capped at 150 ms.
+        let s = state(&[retried(50)]);
+        assert!(matches!(
+            decide_failure(&s, &transient, 1.0, None),
             Event::RequestRetried {
                 attempt: 2,
                 wait_ms: 150,
                 ..
-            } => {}
-            other => panic!("{other:?}"),
-        }
+            }
+        ));
         // Retry-After is a floor, and zero falls back to backoff, never an instant retry.
-        let after = FetchFailure {
-            retry_after: Some(Duration::from_secs(2)),
-            ..failure.clone()
-        };
+        let after = failure(ErrorKind::RateLimited, Some(Duration::from_secs(2)));
         assert!(matches!(
-            on_fetch_failure(&s, &after, &policy, 0.0, Timestamp(9)),
+            decide_failure(&s, &after, 0.0, None),
             Event::RequestRetried { wait_ms: 2000, .. }
         ));
-        let zero = FetchFailure {
-            retry_after: Some(Duration::ZERO),
-            ..failure.clone()
-        };
+        let zero = failure(ErrorKind::RateLimited, Some(Duration::ZERO));
         assert!(matches!(
-            on_fetch_failure(&s, &zero, &policy, 0.0, Timestamp(9)),
+            decide_failure(&s, &zero, 0.0, None),
             Event::RequestRetried { wait_ms: 10, .. }
         ));
         // The third attempt is the last.
-        let s = state(&[retried.clone(), retried]);
+        let s = state(&[retried(50), retried(50)]);
         assert!(
-            matches!(on_fetch_failure(&s, &failure, &policy, 0.5, Timestamp(9)), Event::RunFailed { error, .. } if error.contains("after 3 attempts"))
+            matches!(decide_failure(&s, &transient, 0.5, None), Event::RunFailed { error, .. } if error.contains("after 3 attempts"))
         );
         // Not retryable: fails at once.
-        let fatal = FetchFailure {
-            retryable: false,
-            message: "HTTP 404".into(),
-            ..failure
-        };
+        let fatal = source::Error::new(ErrorKind::Fatal, "HTTP 404");
         assert!(
-            matches!(on_fetch_failure(&state(&[]), &fatal, &policy, 0.5, Timestamp(9)), Event::RunFailed { error, .. } if error == "page 1: HTTP 404")
+            matches!(decide_failure(&state(&[]), &fatal, 0.5, None), Event::RunFailed { error, .. } if error == "page 1: HTTP 404")
+        );
+    }
+
+    #[test]
+    fn long_waits_pause_instead_of_sleeping() {
+        let s = state(&[]);
+        // Beyond max_wait (60 s): paused until the time the API named.
+        let far = failure(ErrorKind::RateLimited, Some(Duration::from_secs(3600)));
+        assert_eq!(
+            decide_failure(&s, &far, 0.5, None),
+            Event::RunPaused {
+                reason: PauseReason::RateLimited {
+                    until: Timestamp(9 + 3_600_000)
+                },
+                at: Timestamp(9)
+            }
+        );
+        // Even on the last attempt: a rate limit is not a failure.
+        let last = state(&[retried(50), retried(50)]);
+        assert!(matches!(
+            decide_failure(&last, &far, 0.5, None),
+            Event::RunPaused { .. }
+        ));
+        // A wait beyond the time budget left pauses too.
+        let near = failure(ErrorKind::RateLimited, Some(Duration::from_secs(5)));
+        assert!(matches!(
+            decide_failure(&s, &near, 0.5, Some(4_000)),
+            Event::RunPaused {
+                reason: PauseReason::RateLimited {
+                    until: Timestamp(5_009)
+                },
+                ..
+            }
+        ));
+        let transient = failure(ErrorKind::Retry, None);
+        assert_eq!(
+            decide_failure(&s, &transient, 1.0, Some(20)),
+            Event::RunPaused {
+                reason: PauseReason::TimeBudget,
+                at: Timestamp(9)
+            }
         );
     }
 }

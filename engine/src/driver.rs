@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::checkpoint::Checkpoint;
-use crate::decision::{decide, on_fetch_failure, Action, Budget, FetchFailure, RetryPolicy};
+use crate::decision::{decide, on_fetch_failure, Action, Budget, RetryPolicy};
 use crate::destination::{self, Batch, Destination};
 use crate::event::{Event, PageFetched, RunId, RunStarted, StartFrom};
 use crate::journal::{self, Backend, Journal};
@@ -330,11 +330,12 @@ where
     let mut jitter = Jitter(settings.jitter_seed);
     let run = state.run_id();
     loop {
+        let time_left = settings
+            .max_duration
+            .map(|d| d.saturating_sub(clock.now().since(began)));
         let budget = Budget {
             pages_left: settings.max_pages.map(|max| max.saturating_sub(fetched)),
-            out_of_time: settings
-                .max_duration
-                .is_some_and(|d| clock.now().since(began) >= d),
+            out_of_time: time_left.is_some_and(|left| left.is_zero()),
             interrupted: stop.load(Ordering::SeqCst),
         };
         let action = decide(&state, &budget);
@@ -355,6 +356,17 @@ where
                 };
                 match fetched_page {
                     Ok(fetched_page) => {
+                        if let Some(ignored) = fetched_page.ignored {
+                            let note = Event::PageIgnored {
+                                page: *page,
+                                status: ignored.status,
+                                rule: ignored.rule,
+                                reason: ignored.reason,
+                                at: clock.now(),
+                            };
+                            state = journal.append(state, &note)?;
+                            observe(&state, &note);
+                        }
                         let staged = staging.stage(run, *page, &fetched_page.records)?;
                         fetched += 1;
                         Event::PageFetched(PageFetched {
@@ -367,21 +379,15 @@ where
                             at: clock.now(),
                         })
                     }
-                    Err(e) => {
-                        let failure = FetchFailure {
-                            page: *page,
-                            retryable: e.retryable,
-                            retry_after: e.retry_after,
-                            message: e.message,
-                        };
-                        on_fetch_failure(
-                            &state,
-                            &failure,
-                            &settings.retry,
-                            jitter.next(),
-                            clock.now(),
-                        )
-                    }
+                    Err(e) => on_fetch_failure(
+                        &state,
+                        *page,
+                        &e,
+                        &settings.retry,
+                        jitter.next(),
+                        time_left,
+                        clock.now(),
+                    ),
                 }
             }
             Action::Write { page } => {
@@ -435,7 +441,13 @@ where
         observe(&state, &event);
         match &event {
             Event::CursorCommitted { page, .. } => staging.remove(run, *page)?,
-            Event::RequestRetried { wait_ms, .. } => sleep(*wait_ms, stop).await,
+            Event::RequestRetried { wait_ms, .. } => {
+                // A stop request cuts the wait short; `decide` then pauses.
+                tokio::select! {
+                    () = clock.sleep(Duration::from_millis(*wait_ms)) => {}
+                    () = stop_requested(stop) => {}
+                }
+            }
             _ if state.status == Status::Completed => staging.remove_run(run)?,
             _ => {}
         }
@@ -446,15 +458,5 @@ where
 async fn stop_requested(stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Sleeps `ms`, waking early when a stop is requested.
-async fn sleep(ms: u64, stop: &AtomicBool) {
-    let mut left = Duration::from_millis(ms);
-    while !left.is_zero() && !stop.load(Ordering::SeqCst) {
-        let slice = left.min(Duration::from_millis(100));
-        tokio::time::sleep(slice).await;
-        left -= slice;
     }
 }

@@ -102,6 +102,12 @@ pub enum PauseReason {
     TimeBudget,
     /// The process was asked to stop (SIGINT/SIGTERM) and stopped at a step boundary.
     Interrupted,
+    /// The API asked for a wait longer than `max_wait` (or the time budget left); the next
+    /// `waymark run` continues, and does not call the API before `until`.
+    RateLimited {
+        /// When the API allows requests again.
+        until: Timestamp,
+    },
 }
 
 impl fmt::Display for PauseReason {
@@ -110,6 +116,7 @@ impl fmt::Display for PauseReason {
             PauseReason::PageBudget(n) => write!(f, "page budget of {n} reached"),
             PauseReason::TimeBudget => write!(f, "time budget reached"),
             PauseReason::Interrupted => write!(f, "interrupted"),
+            PauseReason::RateLimited { until } => write!(f, "rate limited until {until}"),
         }
     }
 }
@@ -179,8 +186,26 @@ pub enum Event {
         attempt: u32,
         /// What went wrong (never contains secrets).
         error: String,
+        /// The HTTP status, when there was a response.
+        status: Option<u16>,
+        /// The workflow's response rule that matched (`None`: the default rules).
+        rule: Option<String>,
         /// How long the driver waits before the next attempt.
         wait_ms: u64,
+        /// When.
+        at: Timestamp,
+    },
+    /// A response was ignored by a response rule (`action = "ignore"`): the page counts as
+    /// an empty last page (of its parent, for a child stream).
+    PageIgnored {
+        /// The page.
+        page: u64,
+        /// The HTTP status.
+        status: Option<u16>,
+        /// The rule that matched.
+        rule: Option<String>,
+        /// What the response said (never contains secrets).
+        reason: String,
         /// When.
         at: Timestamp,
     },
@@ -236,6 +261,7 @@ impl Event {
             Event::RunResumed { .. } => "run_resumed",
             Event::PageFetched(_) => "page_fetched",
             Event::RequestRetried { .. } => "request_retried",
+            Event::PageIgnored { .. } => "page_ignored",
             Event::BatchWritten { .. } => "batch_written",
             Event::CursorCommitted { .. } => "cursor_committed",
             Event::RunPaused { .. } => "run_paused",
@@ -252,6 +278,7 @@ impl Event {
             Event::PageFetched(e) => e.at,
             Event::RunResumed { at, .. }
             | Event::RequestRetried { at, .. }
+            | Event::PageIgnored { at, .. }
             | Event::BatchWritten { at, .. }
             | Event::CursorCommitted { at, .. }
             | Event::RunPaused { at, .. }
@@ -278,6 +305,7 @@ impl Event {
             | Event::RunAbandoned { .. } => true,
             Event::RunResumed { .. }
             | Event::RequestRetried { .. }
+            | Event::PageIgnored { .. }
             | Event::BatchWritten { .. } => false,
         }
     }

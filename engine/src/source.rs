@@ -23,18 +23,66 @@ pub struct Page {
     pub records: Vec<String>,
     /// The cursor of the next page; `None` when this is the last.
     pub next_cursor: Option<String>,
+    /// Set when a response rule ignored the response: the page is empty and journaled as
+    /// ignored, with this explanation.
+    pub ignored: Option<Ignored>,
+}
+
+/// Why a response was ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ignored {
+    /// The HTTP status.
+    pub status: Option<u16>,
+    /// The response rule that matched.
+    pub rule: Option<String>,
+    /// What the response said, free of secrets.
+    pub reason: String,
+}
+
+/// What a failed fetch calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Worth retrying after a backoff (5xx, timeouts, resets, a malformed page).
+    Retry,
+    /// The API is rate limiting: retry after `retry_after` (or a backoff); a wait beyond
+    /// the run's `max_wait` pauses the run instead.
+    RateLimited,
+    /// Retrying cannot help (401/403, other 4xx, a broken workflow): the run fails.
+    Fatal,
 }
 
 /// A failed fetch.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
-    /// Worth retrying (429, 5xx, timeouts, resets, a malformed page).
-    pub retryable: bool,
-    /// What the server asked for (`Retry-After`).
+    /// What it calls for.
+    pub kind: ErrorKind,
+    /// What the server asked for (`Retry-After`, a quota reset), if anything.
     pub retry_after: Option<Duration>,
+    /// The HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// The workflow's response rule that decided (`None`: the defaults).
+    pub rule: Option<String>,
     /// What happened, free of secrets.
     pub message: String,
+}
+
+impl Error {
+    /// An error of `kind` with nothing but a message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            retry_after: None,
+            status: None,
+            rule: None,
+            message: message.into(),
+        }
+    }
+
+    /// Whether a retry can help.
+    pub fn retryable(&self) -> bool {
+        self.kind != ErrorKind::Fatal
+    }
 }
 
 /// A stream of pages. Implemented by connectors; called only by the driver.

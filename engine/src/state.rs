@@ -72,6 +72,8 @@ pub struct Counts {
     pub written: WriteAck,
     /// Retried requests.
     pub retries: u64,
+    /// Responses ignored by a response rule.
+    pub ignored: u64,
     /// Times the run was picked up again.
     pub resumes: u64,
 }
@@ -250,6 +252,12 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
             }
             state.attempts += 1;
             state.counts.retries += 1;
+        }
+        Event::PageIgnored { .. } => {
+            if !running {
+                return Err(state.invalid(event, "only a running run fetches"));
+            }
+            state.counts.ignored += 1;
         }
         Event::BatchWritten { page, ack, .. } => {
             if !running {
@@ -456,6 +464,8 @@ mod tests {
             page: 1,
             attempt: 1,
             error: "503".into(),
+            status: Some(503),
+            rule: None,
             wait_ms: 5,
             at: Timestamp(2),
         };

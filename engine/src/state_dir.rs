@@ -48,6 +48,7 @@ pub enum Error {
 
 /// An open, locked state directory.
 pub struct StateDir {
+    root: PathBuf,
     journal: Journal<SledBackend>,
     staging: Staging,
     _lock: File,
@@ -113,6 +114,7 @@ impl StateDir {
         })?;
         let staging = Staging::open(&root.join("staging"))?;
         Ok(StateDir {
+            root: root.to_path_buf(),
             journal: Journal::new(backend),
             staging,
             _lock: lock,
@@ -134,6 +136,12 @@ impl StateDir {
             fs::remove_dir_all(&staging).map_err(io(&staging))?;
         }
         Ok(Some(target))
+    }
+
+    /// The journal.
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The journal.

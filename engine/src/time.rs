@@ -4,6 +4,8 @@
 //! passes [`Timestamp`]s in, so a fold of the same events always gives the same state.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -49,10 +51,16 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// Where the driver reads "now" from; tests inject a fixed or stepping clock.
+/// Where the driver reads "now" from and how it waits; tests inject a clock whose sleeps
+/// only move its time forward, so backoff and rate-limit tests take no real time.
 pub trait Clock: Send + Sync {
     /// The current instant.
     fn now(&self) -> Timestamp;
+
+    /// Waits `d` (by this clock).
+    fn sleep(&self, d: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(tokio::time::sleep(d))
+    }
 }
 
 /// The operating system's clock.

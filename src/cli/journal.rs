@@ -118,12 +118,34 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
             page,
             attempt,
             error,
+            status,
+            rule,
             wait_ms,
             ..
         } => (
             String::new(),
             format!("page {page}"),
-            format!("attempt {attempt} failed, wait {wait_ms} ms: {error}"),
+            format!(
+                "attempt {attempt} failed{}, wait {wait_ms} ms{}: {error}",
+                status.map_or(String::new(), |s| format!(" (HTTP {s})")),
+                rule.as_ref()
+                    .map_or(String::new(), |r| format!(", rule {r}")),
+            ),
+        ),
+        Event::PageIgnored {
+            page,
+            status,
+            rule,
+            reason,
+            ..
+        } => (
+            String::new(),
+            format!("page {page}"),
+            format!(
+                "ignored{} by {}: {reason}",
+                status.map_or(String::new(), |s| format!(" HTTP {s}")),
+                rule.as_deref().unwrap_or("the default rules"),
+            ),
         ),
         Event::BatchWritten { page, ack, .. } => (
             String::new(),

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use waymark_connectors::workflow;
+use waymark_connectors::{api, workflow};
 use waymark_engine::{driver, journal as engine_journal, staging, state_dir};
 
 /// Durable, checkpointed API syncs: every step journaled, every run resumable.
@@ -132,6 +132,7 @@ impl ExitStatus {
                 }
             }
             if cause.downcast_ref::<workflow::Error>().is_some()
+                || cause.downcast_ref::<api::Error>().is_some()
                 || cause.downcast_ref::<UsageError>().is_some()
             {
                 return ExitStatus::BadInput;

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use waymark_connectors::workflow::{parse_scope, StreamSection};
-use waymark_connectors::{Binding, HttpSource, SqliteDestination, Workflow};
-use waymark_engine::decision::RetryPolicy;
+use waymark_connectors::{Api, Binding, HttpSource, SqliteDestination, Workflow};
 use waymark_engine::{
     driver, Clock, Event, Plan, RunId, RunState, Settings, StateDir, Status, SystemClock, Timestamp,
 };
@@ -107,12 +106,8 @@ pub fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
 }
 
 fn settings(workflow: &Workflow, budget: &Budget) -> Settings {
-    let source = &workflow.file().source;
     Settings {
-        retry: RetryPolicy {
-            max_attempts: source.max_attempts,
-            ..RetryPolicy::default()
-        },
+        retry: workflow.retry_policy(),
         max_pages: budget.max_pages,
         max_duration: budget.max_duration,
         jitter_seed: SystemClock.now().0 ^ u64::from(std::process::id()),
@@ -126,6 +121,12 @@ fn command_line() -> String {
 /// Opens the state directory, with the command recorded in its lock.
 pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
     Ok(StateDir::open(dir, &command_line())?)
+}
+
+/// The connection to the workflow's API, shared by its streams (credentials are read
+/// here: a missing variable stops the command before any request).
+fn api(dir: &StateDir, workflow: &Workflow) -> anyhow::Result<Arc<Api>> {
+    Ok(Api::new(workflow, Some(dir.root()), Arc::new(SystemClock))?)
 }
 
 /// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a
@@ -145,8 +146,10 @@ fn destination(
 }
 
 /// Drives one opened run to its end (or pause/failure) and prints its summary line.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     dir: &mut StateDir,
+    api: &Arc<Api>,
     workflow: &Workflow,
     stream: &StreamSection,
     destination: &mut SqliteDestination,
@@ -154,7 +157,7 @@ async fn drive(
     settings: &Settings,
     stop: &AtomicBool,
 ) -> anyhow::Result<RunState> {
-    let mut source = HttpSource::new(workflow, stream)?;
+    let mut source = HttpSource::new(workflow, stream, api.clone())?;
     let run = state.run_id();
     let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
         "resumed"
@@ -365,13 +368,14 @@ pub async fn run_streams(
         );
     }
     let settings = settings(workflow, budget);
+    let api = api(dir, workflow)?;
     let mut finished = Vec::new();
     for stream in streams {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let plan = workflow.plan(stream, fresh);
-        finished.extend(run_scope(dir, workflow, stream, &plan, &settings, stop).await?);
+        finished.extend(run_scope(dir, &api, workflow, stream, &plan, &settings, stop).await?);
     }
     Ok(status_of(&finished))
 }
@@ -380,6 +384,7 @@ pub async fn run_streams(
 /// a slice cut short by `window.step`, the next slice.
 async fn run_scope(
     dir: &mut StateDir,
+    api: &Arc<Api>,
     workflow: &Workflow,
     stream: &StreamSection,
     plan: &Plan,
@@ -394,6 +399,7 @@ async fn run_scope(
             driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
         let state = drive(
             dir,
+            api,
             workflow,
             stream,
             &mut destination,
@@ -444,7 +450,8 @@ pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<Ex
         }
     }
     let settings = settings(&workflow, &args.budget);
-    let states = run_scope(&mut dir, &workflow, &stream, &plan, &settings, &stop).await?;
+    let api = api(&dir, &workflow)?;
+    let states = run_scope(&mut dir, &api, &workflow, &stream, &plan, &settings, &stop).await?;
     Ok(status_of(&states))
 }
 
@@ -493,8 +500,10 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let mut destination = destination(&workflow, &stream, &plan.stream)?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     let settings = settings(&workflow, &args.budget);
+    let api = api(&dir, &workflow)?;
     let state = drive(
         &mut dir,
+        &api,
         &workflow,
         &stream,
         &mut destination,

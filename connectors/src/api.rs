@@ -1,0 +1,373 @@
+//! What the streams of one source share: the HTTP client (rustls, timeouts, extra CA
+//! certificates), the credentials, the request budget and the response rules. [`Api::send`]
+//! is the one way a request leaves Waymark.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use waymark_engine::source::{self, ErrorKind, Ignored};
+use waymark_engine::{Clock, Timestamp};
+
+use crate::auth::{self, Credentials, Secrets};
+use crate::rate::Gate;
+use crate::rules::{Action, Rules};
+use crate::workflow::{expand_env, Workflow};
+
+/// Why the source's connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The base URL is unusable.
+    #[error("source.base_url: {0}")]
+    Url(String),
+    /// A credential is missing or unusable.
+    #[error(transparent)]
+    Auth(#[from] auth::Error),
+    /// The CA file cannot be used.
+    #[error("source.ca_file: {path}: {why}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+/// A response the rules accepted.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The request: method and URL path (no query: it may hold a key).
+    pub what: String,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// The connection to one source's API.
+pub struct Api {
+    base_url: reqwest::Url,
+    client: reqwest::Client,
+    credentials: Credentials,
+    gate: Gate,
+    secrets: Secrets,
+    clock: Arc<dyn Clock>,
+}
+
+impl Api {
+    /// The connection for `workflow`'s source. Reads every secret now (a missing variable
+    /// is an error before any request) and the request budget saved in `state_dir`.
+    pub fn new(
+        workflow: &Workflow,
+        state_dir: Option<&Path>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Api>, Error> {
+        let source = &workflow.file().source;
+        let secrets = Secrets::default();
+        let credentials = Credentials::resolve(source.auth.as_ref(), &secrets)?;
+        // `${VAR}` values in headers and parameters are as secret as the credentials.
+        for stream in workflow.streams() {
+            for text in stream.headers.values().chain(stream.params.values()) {
+                for var in env_vars(text) {
+                    if let Ok(value) = std::env::var(var) {
+                        secrets.add(&value);
+                    }
+                }
+            }
+        }
+        let base = expand_env(&source.base_url).map_err(Error::Url)?;
+        let base_url = reqwest::Url::parse(base.trim_end_matches('/'))
+            .map_err(|e| Error::Url(format!("`{base}`: {e}")))?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(source.timeout.0)
+            .connect_timeout(source.connect_timeout.0.min(source.timeout.0))
+            .user_agent(concat!("waymark/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = workflow.ca_file() {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(&path).map_err(|e| Error::CaFile {
+                path: shown.clone(),
+                why: e.to_string(),
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaFile {
+                path: shown.clone(),
+                why: format!("not a PEM certificate bundle: {e}"),
+            })?;
+            if certs.is_empty() {
+                return Err(Error::CaFile {
+                    path: shown,
+                    why: "holds no PEM certificate".into(),
+                });
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build().map_err(|e| Error::Client(e.to_string()))?;
+        let file = state_dir.map(|dir| {
+            dir.join("rate")
+                .join(format!("{}.json", origin_key(&base_url)))
+        });
+        let gate = Gate::new(
+            source.rate_limit.as_ref(),
+            file,
+            clock.clone(),
+            source.max_wait.0,
+        );
+        Ok(Arc::new(Api {
+            base_url,
+            client,
+            credentials,
+            gate,
+            secrets,
+            clock,
+        }))
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &reqwest::Url {
+        &self.base_url
+    }
+
+    /// The HTTP client, to build requests with.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The secret values of this source, to mask them.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
+    /// The query parameter holding an API key, if the key goes in the query (it is removed
+    /// from next-page URLs before they are journaled, and added to every request).
+    pub fn key_param(&self) -> Option<&str> {
+        self.credentials.query_param()
+    }
+
+    /// Sends the request `build` makes: waits at the gate, signs it, sends it, reads the
+    /// quota headers and judges the response by `rules`. A 401 answered by refreshing an
+    /// OAuth2 token is sent once more. Every message is free of secrets.
+    pub async fn send(
+        &self,
+        rules: &Rules,
+        build: impl Fn() -> Result<reqwest::Request, source::Error>,
+    ) -> Result<Result<Accepted, Ignored>, source::Error> {
+        let mut refreshed = false;
+        loop {
+            if let Err(blocked) = self.gate.admit().await {
+                let wait = blocked.until.since(self.clock.now());
+                return Err(source::Error {
+                    retry_after: Some(wait),
+                    ..source::Error::new(ErrorKind::RateLimited, blocked.why)
+                });
+            }
+            let mut request = build()?;
+            let what = format!("{} {}", request.method(), request.url().path());
+            self.credentials
+                .sign(&self.client, self.clock.as_ref(), &mut request)
+                .await
+                .map_err(|e| self.masked(e))?;
+            let response = self.client.execute(request).await.map_err(|e| {
+                let e = e.without_url();
+                let why = causes(&e);
+                let (kind, verb, hint) = if why.contains("certificate") {
+                    // Retrying cannot make a certificate trusted.
+                    let hint = "; if the API uses a private CA, set source.ca_file";
+                    (ErrorKind::Fatal, "failed", hint)
+                } else if e.is_timeout() {
+                    (ErrorKind::Retry, "timed out", "")
+                } else if e.is_connect() {
+                    (ErrorKind::Retry, "could not connect", "")
+                } else {
+                    (ErrorKind::Retry, "failed", "")
+                };
+                self.masked(source::Error::new(
+                    kind,
+                    format!("{what} {verb}: {why}{hint}"),
+                ))
+            })?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            self.gate.observe(&headers);
+            let body = response.bytes().await.map_err(|e| {
+                self.masked(source::Error::new(
+                    ErrorKind::Retry,
+                    format!(
+                        "{what}: reading the body failed: {}",
+                        causes(&e.without_url())
+                    ),
+                ))
+            })?;
+            let verdict = rules.judge(status, &headers, &body);
+            let code = Some(status.as_u16());
+            let said = format!("{what}: HTTP {status}: {}", crate::http::excerpt(&body));
+            let error = |kind, retry_after, message: String| {
+                self.masked(source::Error {
+                    kind,
+                    retry_after,
+                    status: code,
+                    rule: verdict.rule.clone(),
+                    message,
+                })
+            };
+            let auth_refused = || {
+                format!(
+                    "{what}: HTTP {status}: the API refused the credentials{}; check \
+                     source.auth and its environment variables",
+                    if refreshed {
+                        " (even with a new OAuth2 token)"
+                    } else {
+                        ""
+                    }
+                )
+            };
+            return match verdict.action {
+                Action::Accept => Ok(Ok(Accepted {
+                    what,
+                    headers,
+                    body: body.to_vec(),
+                })),
+                Action::Ignore => Ok(Err(Ignored {
+                    status: code,
+                    rule: verdict.rule.clone(),
+                    reason: self.secrets.redact(&said),
+                })),
+                Action::Retry => Err(error(
+                    ErrorKind::Retry,
+                    retry_after(&headers, self.clock.now()).or(verdict.wait),
+                    said,
+                )),
+                Action::RateLimited => {
+                    let wait = retry_after(&headers, self.clock.now()).or(verdict.wait);
+                    if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+                        self.gate
+                            .block(Timestamp(self.clock.now().0.saturating_add(millis(wait))));
+                    }
+                    Err(error(ErrorKind::RateLimited, wait, said))
+                }
+                Action::RefreshAuth if self.credentials.refreshable() && !refreshed => {
+                    tracing::info!("{what}: HTTP {status}; fetching a new OAuth2 token");
+                    self.credentials.invalidate().await;
+                    refreshed = true;
+                    continue;
+                }
+                Action::RefreshAuth => Err(error(ErrorKind::Fatal, None, auth_refused())),
+                Action::Fail if verdict.rule.is_none() && status.as_u16() == 403 => {
+                    Err(error(ErrorKind::Fatal, None, auth_refused()))
+                }
+                Action::Fail => Err(error(ErrorKind::Fatal, None, said)),
+            };
+        }
+    }
+
+    fn masked(&self, mut e: source::Error) -> source::Error {
+        e.message = self.secrets.redact(&e.message);
+        e
+    }
+}
+
+/// An error and its causes, `outer: inner: innermost` (reqwest's own text stops at the
+/// outermost, which rarely says what went wrong).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The `${VAR}` names in a text.
+fn env_vars(text: &str) -> Vec<&str> {
+    text.split("${")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+        .collect()
+}
+
+/// A file name for a URL's origin: `api.example.com_443`.
+fn origin_key(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("local");
+    let port = url.port_or_known_default().unwrap_or(0);
+    format!("{host}_{port}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `Retry-After` in seconds or as an HTTP date (RFC 9110 §10.2.3).
+pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = http_date(value)?;
+    Some(when.since(now))
+}
+
+/// An IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(value: &str) -> Option<Timestamp> {
+    let parts: Vec<&str> = value.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let m = months.iter().position(|x| x == month)? + 1;
+    let text = format!("{year}-{m:02}-{day:0>2}T{time}Z");
+    humantime::parse_rfc3339(&text)
+        .ok()
+        .map(Timestamp::from_system)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn reads_retry_after_in_both_forms() {
+        let now = Timestamp(784_111_777_000 - 30_000); // 30 s before the date below
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        // A date in the past: no wait asked (the backoff applies).
+        assert_eq!(
+            retry_after(&h, Timestamp(900_000_000_000)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn names_env_vars_and_origins() {
+        assert_eq!(env_vars("a ${X} b ${Y_2}"), ["X", "Y_2"]);
+        let url =
+            reqwest::Url::parse("https://api.example.com/v1").unwrap_or_else(|_| unreachable!());
+        assert_eq!(origin_key(&url), "api.example.com_443");
+    }
+}

@@ -1,0 +1,488 @@
+//! Credentials: how a request proves who sends it. Secrets are read from environment
+//! variables when the source is built (a missing one is an error before any request), and
+//! every value that could reveal one is registered with [`Secrets`], which masks it in
+//! every message the source produces.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use waymark_engine::source::{self, ErrorKind};
+use waymark_engine::{Clock, Timestamp};
+
+use crate::workflow::Span;
+
+/// A secret read from an environment variable: `{ env = "SHOP_TOKEN" }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FromEnv {
+    /// The environment variable's name.
+    pub env: String,
+}
+
+/// A value written in the file (`"alice"`) or read from the environment (`{ env = "X" }`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Setting {
+    /// Written in the file.
+    Literal(String),
+    /// Read from an environment variable.
+    Env(FromEnv),
+}
+
+/// Where an API key goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyIn {
+    /// A request header (default).
+    #[default]
+    Header,
+    /// A query parameter.
+    Query,
+}
+
+/// How OAuth2 client credentials reach the token endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP basic authentication (RFC 6749 §2.3.1; default).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` form fields.
+    Body,
+}
+
+/// `[source.auth]`: how requests authenticate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthSection {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: FromEnv,
+    },
+    /// `Authorization: Basic …`.
+    Basic {
+        /// The user name.
+        username: Setting,
+        /// The password.
+        password: FromEnv,
+    },
+    /// An API key in a header or a query parameter.
+    ApiKey {
+        /// Header or parameter name, e.g. `X-Api-Key`.
+        name: String,
+        /// `header` (default) or `query`.
+        #[serde(rename = "in", default)]
+        location: KeyIn,
+        /// The key.
+        key: FromEnv,
+    },
+    /// OAuth2: client credentials, or a refresh token when one is given. The access token
+    /// is kept in memory only, refreshed `refresh_before` its expiry and once on a 401.
+    Oauth2 {
+        /// The token endpoint.
+        token_url: String,
+        /// The client id.
+        client_id: Setting,
+        /// The client secret.
+        client_secret: FromEnv,
+        /// A refresh token: use the `refresh_token` grant instead of `client_credentials`.
+        refresh_token: Option<FromEnv>,
+        /// Requested scope.
+        scope: Option<String>,
+        /// `basic` (default) or `body`.
+        #[serde(default)]
+        client_auth: ClientAuth,
+        /// Refresh this long before the token expires (default 60s).
+        #[serde(default = "default_refresh_before")]
+        refresh_before: Span,
+    },
+}
+
+fn default_refresh_before() -> Span {
+    Span(Duration::from_secs(60))
+}
+
+/// Why credentials could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A variable the workflow names is not set.
+    #[error("source.auth.{key}: environment variable {var} is not set")]
+    Missing {
+        /// The key naming it.
+        key: &'static str,
+        /// The variable.
+        var: String,
+    },
+    /// A value cannot be sent (not a valid header, not a URL).
+    #[error("source.auth.{key}: {why}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong (never the secret itself).
+        why: String,
+    },
+}
+
+/// Values that must never be shown, and the masking of them in messages.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets(Arc<Mutex<Vec<String>>>);
+
+impl Secrets {
+    /// Registers a secret value (and its URL-encoded form).
+    pub fn add(&self, value: &str) {
+        // Very short values would mask ordinary words; no real credential is this short.
+        if value.len() < 4 {
+            return;
+        }
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let encoded: String = reqwest::Url::parse_with_params("x:", [("v", value)])
+            .ok()
+            .and_then(|u| u.query().map(|q| q.trim_start_matches("v=").to_string()))
+            .unwrap_or_default();
+        for v in [value.to_string(), encoded] {
+            if !v.is_empty() && !all.contains(&v) {
+                all.push(v);
+            }
+        }
+        // Longest first, so a secret containing another is masked whole.
+        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// `text` with every registered secret replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = text.to_string();
+        for secret in all.iter() {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "***");
+            }
+        }
+        out
+    }
+
+    /// Whether `text` holds a registered secret.
+    pub fn reveals(&self, text: &str) -> bool {
+        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        all.iter().any(|s| text.contains(s.as_str()))
+    }
+}
+
+/// Reads `var`, registering its value as a secret.
+fn read(key: &'static str, var: &FromEnv, secrets: &Secrets) -> Result<String, Error> {
+    let value = std::env::var(&var.env).map_err(|_| Error::Missing {
+        key,
+        var: var.env.clone(),
+    })?;
+    secrets.add(&value);
+    Ok(value)
+}
+
+fn setting(key: &'static str, value: &Setting, secrets: &Secrets) -> Result<String, Error> {
+    match value {
+        Setting::Literal(text) => Ok(text.clone()),
+        Setting::Env(var) => read(key, var, secrets),
+    }
+}
+
+fn header(key: &'static str, value: &str) -> Result<HeaderValue, Error> {
+    let mut value = HeaderValue::from_str(value).map_err(|_| Error::Invalid {
+        key,
+        why: "the value is not a valid header value".into(),
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// An OAuth2 access token and when it expires.
+#[derive(Clone, Debug)]
+struct Token {
+    value: HeaderValue,
+    expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug)]
+struct OAuth2 {
+    token_url: reqwest::Url,
+    client_id: String,
+    client_secret: String,
+    refresh_token: Mutex<Option<String>>,
+    scope: Option<String>,
+    client_auth: ClientAuth,
+    refresh_before: Duration,
+    token: tokio::sync::Mutex<Option<Token>>,
+}
+
+/// Resolved credentials, ready to sign requests.
+#[derive(Debug)]
+enum Scheme {
+    None,
+    Header(HeaderName, HeaderValue),
+    Query(String, String),
+    OAuth2(Box<OAuth2>),
+}
+
+/// The credentials of one source, shared by its streams.
+#[derive(Debug)]
+pub struct Credentials {
+    scheme: Scheme,
+    secrets: Secrets,
+}
+
+impl Credentials {
+    /// Reads the secrets `section` names from the environment.
+    pub fn resolve(section: Option<&AuthSection>, secrets: &Secrets) -> Result<Self, Error> {
+        let scheme = match section {
+            None => Scheme::None,
+            Some(AuthSection::Bearer { token }) => {
+                let token = read("token", token, secrets)?;
+                Scheme::Header(AUTHORIZATION, header("token", &format!("Bearer {token}"))?)
+            }
+            Some(AuthSection::Basic { username, password }) => {
+                let user = setting("username", username, secrets)?;
+                let password = read("password", password, secrets)?;
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                secrets.add(&encoded);
+                Scheme::Header(
+                    AUTHORIZATION,
+                    header("password", &format!("Basic {encoded}"))?,
+                )
+            }
+            Some(AuthSection::ApiKey {
+                name,
+                location,
+                key,
+            }) => {
+                let key = read("key", key, secrets)?;
+                match location {
+                    KeyIn::Header => {
+                        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
+                            Error::Invalid {
+                                key: "name",
+                                why: format!("`{name}` is not a header name: {e}"),
+                            }
+                        })?;
+                        Scheme::Header(name, header("key", &key)?)
+                    }
+                    KeyIn::Query => Scheme::Query(name.clone(), key),
+                }
+            }
+            Some(AuthSection::Oauth2 {
+                token_url,
+                client_id,
+                client_secret,
+                refresh_token,
+                scope,
+                client_auth,
+                refresh_before,
+            }) => {
+                let token_url = reqwest::Url::parse(token_url).map_err(|e| Error::Invalid {
+                    key: "token_url",
+                    why: format!("`{token_url}` is not a URL: {e}"),
+                })?;
+                Scheme::OAuth2(Box::new(OAuth2 {
+                    token_url,
+                    client_id: setting("client_id", client_id, secrets)?,
+                    client_secret: read("client_secret", client_secret, secrets)?,
+                    refresh_token: Mutex::new(
+                        refresh_token
+                            .as_ref()
+                            .map(|t| read("refresh_token", t, secrets))
+                            .transpose()?,
+                    ),
+                    scope: scope.clone(),
+                    client_auth: *client_auth,
+                    refresh_before: refresh_before.0,
+                    token: tokio::sync::Mutex::new(None),
+                }))
+            }
+        };
+        Ok(Credentials {
+            scheme,
+            secrets: secrets.clone(),
+        })
+    }
+
+    /// The query parameter holding an API key, if the key goes in the query.
+    pub fn query_param(&self) -> Option<&str> {
+        match &self.scheme {
+            Scheme::Query(name, _) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Whether a 401 can be cured by fetching a new token.
+    pub fn refreshable(&self) -> bool {
+        matches!(self.scheme, Scheme::OAuth2(_))
+    }
+
+    /// Forgets the current OAuth2 token, so the next request fetches a new one.
+    pub async fn invalidate(&self) {
+        if let Scheme::OAuth2(oauth) = &self.scheme {
+            *oauth.token.lock().await = None;
+        }
+    }
+
+    /// Adds the credentials to `request`, fetching or refreshing an OAuth2 token first
+    /// when needed.
+    pub async fn sign(
+        &self,
+        client: &reqwest::Client,
+        clock: &dyn Clock,
+        request: &mut reqwest::Request,
+    ) -> Result<(), source::Error> {
+        match &self.scheme {
+            Scheme::None => {}
+            Scheme::Header(name, value) => {
+                request.headers_mut().insert(name.clone(), value.clone());
+            }
+            Scheme::Query(name, value) => {
+                request.url_mut().query_pairs_mut().append_pair(name, value);
+            }
+            Scheme::OAuth2(oauth) => {
+                let mut token = oauth.token.lock().await;
+                let now = clock.now();
+                let fresh = token.as_ref().is_some_and(|t| {
+                    t.expires_at
+                        .is_none_or(|at| now < at.saturating_sub(oauth.refresh_before))
+                });
+                if !fresh {
+                    *token = Some(self.fetch_token(oauth, client, now).await?);
+                }
+                if let Some(t) = token.as_ref() {
+                    request.headers_mut().insert(AUTHORIZATION, t.value.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_token(
+        &self,
+        oauth: &OAuth2,
+        client: &reqwest::Client,
+        now: Timestamp,
+    ) -> Result<Token, source::Error> {
+        let refresh = oauth
+            .refresh_token
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut form: Vec<(&str, &str)> = match &refresh {
+            Some(r) => vec![("grant_type", "refresh_token"), ("refresh_token", r)],
+            None => vec![("grant_type", "client_credentials")],
+        };
+        if let Some(scope) = &oauth.scope {
+            form.push(("scope", scope));
+        }
+        let mut builder = client.post(oauth.token_url.clone());
+        match oauth.client_auth {
+            ClientAuth::Basic => {
+                builder = builder.basic_auth(&oauth.client_id, Some(&oauth.client_secret));
+            }
+            ClientAuth::Body => {
+                form.push(("client_id", &oauth.client_id));
+                form.push(("client_secret", &oauth.client_secret));
+            }
+        }
+        let what = format!("OAuth2 token request to {}", oauth.token_url.path());
+        let response = builder.form(&form).send().await.map_err(|e| {
+            source::Error::new(
+                ErrorKind::Retry,
+                format!("{what} failed: {}", e.without_url()),
+            )
+        })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| {
+            source::Error::new(
+                ErrorKind::Retry,
+                format!("{what}: reading the answer failed: {}", e.without_url()),
+            )
+        })?;
+        if !status.is_success() {
+            let kind = if status.is_server_error() || status.as_u16() == 429 {
+                ErrorKind::Retry
+            } else {
+                ErrorKind::Fatal
+            };
+            let excerpt = self.secrets.redact(&crate::http::excerpt(&body));
+            return Err(source::Error {
+                status: Some(status.as_u16()),
+                ..source::Error::new(kind, format!("{what}: HTTP {status}: {excerpt}"))
+            });
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: String,
+            expires_in: Option<u64>,
+            refresh_token: Option<String>,
+        }
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
+            source::Error::new(
+                ErrorKind::Fatal,
+                format!("{what}: the answer has no usable access_token ({e})"),
+            )
+        })?;
+        self.secrets.add(&answer.access_token);
+        if let Some(rotated) = answer.refresh_token {
+            self.secrets.add(&rotated);
+            *oauth
+                .refresh_token
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(rotated);
+        }
+        let value = header("token_url", &format!("Bearer {}", answer.access_token))
+            .map_err(|e| source::Error::new(ErrorKind::Fatal, e.to_string()))?;
+        tracing::info!(
+            "fetched an OAuth2 access token{}",
+            answer
+                .expires_in
+                .map_or(String::new(), |s| format!(" valid for {s}s"))
+        );
+        Ok(Token {
+            value,
+            expires_at: answer
+                .expires_in
+                .map(|s| Timestamp(now.0.saturating_add(s.saturating_mul(1000)))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_secrets_and_their_encodings() {
+        let secrets = Secrets::default();
+        secrets.add("s3cr3t/token+x");
+        secrets.add("ab");
+        assert_eq!(
+            secrets.redact("a s3cr3t/token+x b s3cr3t%2Ftoken%2Bx ab"),
+            "a *** b *** ab"
+        );
+        assert!(secrets.reveals("..s3cr3t/token+x.."));
+        assert!(!secrets.reveals("nothing here"));
+    }
+
+    #[test]
+    fn a_missing_variable_is_named_before_any_request() {
+        let section = AuthSection::Bearer {
+            token: FromEnv {
+                env: "WAYMARK_TEST_SURELY_UNSET".into(),
+            },
+        };
+        let err = Credentials::resolve(Some(&section), &Secrets::default())
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("source.auth.token: environment variable WAYMARK_TEST_SURELY_UNSET is not set")
+        );
+    }
+}

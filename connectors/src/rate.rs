@@ -1,0 +1,397 @@
+//! The request budget of one source: a proactive limit (GCRA), the API's own quota headers,
+//! and the wait an API asked for (`Retry-After`). Every stream of the source passes the
+//! same [`Gate`] before each request, and its state is kept in the state directory, so the
+//! next run does not begin by hitting 429.
+//!
+//! Written here rather than taken from `governor`: the gate must sleep on the engine's
+//! [`Clock`] (tests advance it without real time) and persist its state between processes,
+//! and GCRA itself is a few lines.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use waymark_engine::{Clock, Timestamp};
+
+use crate::workflow::Span;
+
+/// `rate_limit = { requests = 10, per = "1s" }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests allowed…
+    pub requests: u32,
+    /// …per this period.
+    pub per: Span,
+    /// Requests that may go back to back after a quiet spell (default 1: evenly spaced).
+    #[serde(default = "one")]
+    pub burst: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// When the quota is at or below this fraction of its limit, requests are spread evenly
+/// over the time left until the quota resets.
+const LOW_QUOTA: u64 = 10;
+
+/// What the gate knows; kept in `rate/<origin>.json` in the state directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Budget {
+    /// GCRA's theoretical arrival time of the next request, µs since the epoch.
+    tat_us: u64,
+    /// Requests left in the API's quota window (its headers), counted down locally.
+    remaining: Option<u64>,
+    /// The quota's size, when the API says.
+    limit: Option<u64>,
+    /// When the quota window resets, ms since the epoch.
+    reset_at: Option<u64>,
+    /// No request before this instant (the API's `Retry-After`), ms since the epoch.
+    blocked_until: Option<u64>,
+    /// When the last request was let through, ms since the epoch.
+    last_ms: u64,
+}
+
+/// A wait longer than the run may sleep: the run pauses until `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// When requests may go again.
+    pub until: Timestamp,
+    /// Why.
+    pub why: String,
+}
+
+/// The shared request budget of one source.
+pub struct Gate {
+    budget: Mutex<Budget>,
+    /// GCRA emission interval and burst tolerance, µs.
+    limit: Option<(u64, u64)>,
+    file: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+    max_wait: Duration,
+}
+
+impl Gate {
+    /// A gate with `limit`, its state loaded from (and saved to) `file`.
+    pub fn new(
+        limit: Option<&RateLimit>,
+        file: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+        max_wait: Duration,
+    ) -> Self {
+        let budget = file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|bytes| match serde_json::from_slice(&bytes) {
+                Ok(budget) => Some(budget),
+                Err(e) => {
+                    tracing::warn!("ignoring an unreadable rate-limit state ({e})");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        let limit = limit.map(|l| {
+            let per_us = u64::try_from(l.per.0.as_micros()).unwrap_or(u64::MAX);
+            let interval = per_us.div_ceil(u64::from(l.requests.max(1)));
+            (interval, interval * u64::from(l.burst.max(1) - 1))
+        });
+        Gate {
+            budget: Mutex::new(budget),
+            limit,
+            file,
+            clock,
+            max_wait,
+        }
+    }
+
+    /// Waits until a request may be sent and counts it; or, when the wait is longer than
+    /// `max_wait`, returns when requests may go again. Every wait of a second or more is
+    /// logged with its reason.
+    pub async fn admit(&self) -> Result<(), Blocked> {
+        loop {
+            let now = self.clock.now();
+            let wait = {
+                let mut budget = self.lock();
+                match budget.wait(now, self.limit) {
+                    None => {
+                        budget.take(now, self.limit);
+                        let snapshot = budget.clone();
+                        drop(budget);
+                        self.save(&snapshot);
+                        return Ok(());
+                    }
+                    Some(wait) => wait,
+                }
+            };
+            let (duration, why) = wait;
+            if duration > self.max_wait {
+                return Err(Blocked {
+                    until: Timestamp(now.0.saturating_add(millis(duration))),
+                    why,
+                });
+            }
+            if duration >= Duration::from_secs(1) {
+                tracing::info!("waiting {}: {why}", humantime::format_duration(duration));
+            }
+            self.clock.sleep(duration).await;
+        }
+    }
+
+    /// Reads the API's quota headers from a response.
+    pub fn observe(&self, headers: &HeaderMap) {
+        let Some(quota) = Quota::read(headers, self.clock.now()) else {
+            return;
+        };
+        let snapshot = {
+            let mut budget = self.lock();
+            budget.remaining = Some(quota.remaining);
+            budget.limit = quota.limit.or(budget.limit);
+            budget.reset_at = quota.reset_at.map(|t| t.0);
+            budget.clone()
+        };
+        self.save(&snapshot);
+    }
+
+    /// No request before `until` (the API said so); shared with every stream of the source.
+    pub fn block(&self, until: Timestamp) {
+        let snapshot = {
+            let mut budget = self.lock();
+            budget.blocked_until = Some(budget.blocked_until.unwrap_or(0).max(until.0));
+            budget.clone()
+        };
+        self.save(&snapshot);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Saves the budget (atomically: a crash leaves the old file or the new one). Advisory
+    /// state: a failure is logged, never fatal.
+    fn save(&self, budget: &Budget) {
+        let Some(file) = &self.file else { return };
+        let result = (|| -> std::io::Result<()> {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = file.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(budget).unwrap_or_default())?;
+            std::fs::rename(&tmp, file)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(
+                "could not save the rate-limit state {}: {e}",
+                file.display()
+            );
+        }
+    }
+}
+
+impl Budget {
+    /// How long the next request must wait, and why (`None`: it may go now).
+    fn wait(&self, now: Timestamp, limit: Option<(u64, u64)>) -> Option<(Duration, String)> {
+        let ms = |until: u64| Duration::from_millis(until.saturating_sub(now.0));
+        if let Some(until) = self.blocked_until.filter(|u| *u > now.0) {
+            let why = format!(
+                "the API asked to wait (Retry-After) until {}",
+                Timestamp(until)
+            );
+            return Some((ms(until), why));
+        }
+        if let (Some(remaining), Some(reset)) = (self.remaining, self.reset_at) {
+            if reset > now.0 {
+                if remaining == 0 {
+                    let why = format!("the API's quota is used up until {}", Timestamp(reset));
+                    return Some((ms(reset), why));
+                }
+                let low = self
+                    .limit
+                    .map_or(remaining <= 1, |l| remaining * LOW_QUOTA <= l);
+                let pace = (reset - now.0) / (remaining + 1);
+                let next = self.last_ms.saturating_add(pace);
+                if low && next > now.0 {
+                    let why = format!(
+                        "{remaining} requests left in the API's quota until {}: spreading them",
+                        Timestamp(reset)
+                    );
+                    return Some((ms(next), why));
+                }
+            }
+        }
+        if let Some((_, tolerance)) = limit {
+            let now_us = now.0.saturating_mul(1000);
+            let allowed = self.tat_us.saturating_sub(tolerance);
+            if allowed > now_us {
+                let wait = Duration::from_micros(allowed - now_us);
+                return Some((wait, "the workflow's rate_limit".into()));
+            }
+        }
+        None
+    }
+
+    /// Counts a request let through at `now`.
+    fn take(&mut self, now: Timestamp, limit: Option<(u64, u64)>) {
+        if let Some((interval, _)) = limit {
+            self.tat_us = self.tat_us.max(now.0.saturating_mul(1000)) + interval;
+        }
+        if self.reset_at.is_some_and(|r| r > now.0) {
+            self.remaining = self.remaining.map(|r| r.saturating_sub(1));
+        }
+        self.blocked_until = self.blocked_until.filter(|u| *u > now.0);
+        self.last_ms = now.0;
+    }
+}
+
+/// A quota as the API's headers state it.
+#[derive(Debug, PartialEq, Eq)]
+struct Quota {
+    remaining: u64,
+    limit: Option<u64>,
+    reset_at: Option<Timestamp>,
+}
+
+impl Quota {
+    /// Reads `RateLimit-Remaining`/`-Reset`/`-Limit`, their `X-RateLimit-*` forms, or the
+    /// combined `RateLimit: limit=…, remaining=…, reset=…` header. A reset is a number of
+    /// seconds, or (above 10⁹) a Unix time in seconds.
+    fn read(headers: &HeaderMap, now: Timestamp) -> Option<Quota> {
+        let get = |names: &[&str]| {
+            names.iter().find_map(|n| {
+                let text = headers.get(*n)?.to_str().ok()?;
+                // "100, 100;w=60" → 100
+                let first = text.split([',', ';']).next()?.trim();
+                first.parse::<u64>().ok()
+            })
+        };
+        let combined = headers
+            .get("ratelimit")
+            .and_then(|v| v.to_str().ok())
+            .map(|text| {
+                let field = |names: &[&str]| {
+                    text.split([',', ';']).find_map(|part| {
+                        let (k, v) = part.trim().split_once('=')?;
+                        names
+                            .contains(&k.trim())
+                            .then(|| v.trim().trim_matches('"').parse::<u64>().ok())
+                            .flatten()
+                    })
+                };
+                (
+                    field(&["remaining", "r"]),
+                    field(&["limit", "l"]),
+                    field(&["reset", "t"]),
+                )
+            })
+            .unwrap_or_default();
+        let remaining = get(&["ratelimit-remaining", "x-ratelimit-remaining"]).or(combined.0)?;
+        let limit = get(&["ratelimit-limit", "x-ratelimit-limit"]).or(combined.1);
+        let reset = get(&["ratelimit-reset", "x-ratelimit-reset"]).or(combined.2);
+        let reset_at = reset.map(|r| {
+            if r > 1_000_000_000 {
+                Timestamp(r.saturating_mul(1000))
+            } else {
+                Timestamp(now.0.saturating_add(r.saturating_mul(1000)))
+            }
+        });
+        Some(Quota {
+            remaining,
+            limit,
+            reset_at,
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn reads_the_common_quota_headers() {
+        let now = Timestamp(1_000_000);
+        let q = |pairs| Quota::read(&headers(pairs), now);
+        assert_eq!(
+            q(&[("ratelimit-remaining", "5"), ("ratelimit-reset", "30")]),
+            Some(Quota {
+                remaining: 5,
+                limit: None,
+                reset_at: Some(Timestamp(1_030_000))
+            })
+        );
+        assert_eq!(
+            q(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-limit", "100, 100;w=60"),
+                ("x-ratelimit-reset", "1700000000")
+            ]),
+            Some(Quota {
+                remaining: 0,
+                limit: Some(100),
+                reset_at: Some(Timestamp(1_700_000_000_000))
+            })
+        );
+        assert_eq!(
+            q(&[("ratelimit", "limit=10, remaining=3, reset=2")]),
+            Some(Quota {
+                remaining: 3,
+                limit: Some(10),
+                reset_at: Some(Timestamp(1_002_000))
+            })
+        );
+        assert_eq!(q(&[("x-other", "1")]), None);
+    }
+
+    #[test]
+    fn gcra_spaces_requests_and_allows_the_burst() {
+        let limit = Some((100_000, 200_000)); // 10/s, burst 3
+        let mut b = Budget::default();
+        let t = Timestamp(10_000);
+        for _ in 0..3 {
+            assert_eq!(b.wait(t, limit), None);
+            b.take(t, limit);
+        }
+        let (wait, _) = b.wait(t, limit).unwrap_or_default();
+        assert_eq!(wait, Duration::from_millis(100));
+        assert_eq!(b.wait(Timestamp(10_100), limit), None);
+    }
+
+    #[test]
+    fn an_exhausted_quota_waits_for_its_reset_and_a_low_one_spreads() {
+        let mut b = Budget {
+            remaining: Some(0),
+            limit: Some(100),
+            reset_at: Some(30_000),
+            ..Budget::default()
+        };
+        let (wait, why) = b.wait(Timestamp(10_000), None).unwrap_or_default();
+        assert_eq!(wait, Duration::from_secs(20));
+        assert!(why.contains("used up"), "{why}");
+        // 4 left of 100 with 20 s to go: one every 4 s.
+        b.remaining = Some(4);
+        b.last_ms = 10_000;
+        let (wait, _) = b.wait(Timestamp(10_000), None).unwrap_or_default();
+        assert_eq!(wait, Duration::from_secs(4));
+        // Plenty left: no wait.
+        b.remaining = Some(50);
+        assert_eq!(b.wait(Timestamp(10_000), None), None);
+        // After the reset the old figures no longer apply.
+        b.remaining = Some(0);
+        assert_eq!(b.wait(Timestamp(30_000), None), None);
+    }
+}
