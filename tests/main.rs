@@ -10,6 +10,7 @@ mod journal;
 mod pagination;
 mod resilience;
 mod sandbox;
+mod secrets;
 mod state_dir;
 mod windows;
 mod workflows;

@@ -204,7 +204,7 @@ impl Api {
             })?;
             let verdict = rules.judge(status, &headers, &body);
             let code = Some(status.as_u16());
-            let said = format!("{what}: HTTP {status}: {}", crate::http::excerpt(&body));
+            let said = || format!("{what}: HTTP {status}: {}", self.secrets.excerpt(&body));
             let error = |kind, retry_after, message: String| {
                 self.masked(source::Error {
                     kind,
@@ -234,20 +234,22 @@ impl Api {
                 Action::Ignore => Ok(Err(Ignored {
                     status: code,
                     rule: verdict.rule.clone(),
-                    reason: self.secrets.redact(&said),
+                    reason: said(),
                 })),
-                Action::Retry => Err(error(
-                    ErrorKind::Retry,
-                    retry_after(&headers, self.clock.now()).or(verdict.wait),
-                    said,
-                )),
-                Action::RateLimited => {
+                Action::Retry | Action::RateLimited => {
+                    // A wait the API asked for holds back every stream of the source, in
+                    // this process and (saved with the budget) the next.
                     let wait = retry_after(&headers, self.clock.now()).or(verdict.wait);
                     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
+                        let now = self.clock.now();
                         self.gate
-                            .block(Timestamp(self.clock.now().0.saturating_add(millis(wait))));
+                            .block(Timestamp(now.0.saturating_add(millis(wait))));
                     }
-                    Err(error(ErrorKind::RateLimited, wait, said))
+                    let kind = match verdict.action {
+                        Action::RateLimited => ErrorKind::RateLimited,
+                        _ => ErrorKind::Retry,
+                    };
+                    Err(error(kind, wait, said()))
                 }
                 Action::RefreshAuth if self.credentials.refreshable() && !refreshed => {
                     tracing::info!("{what}: HTTP {status}; fetching a new OAuth2 token");
@@ -259,7 +261,7 @@ impl Api {
                 Action::Fail if verdict.rule.is_none() && status.as_u16() == 403 => {
                     Err(error(ErrorKind::Fatal, None, auth_refused()))
                 }
-                Action::Fail => Err(error(ErrorKind::Fatal, None, said)),
+                Action::Fail => Err(error(ErrorKind::Fatal, None, said())),
             };
         }
     }

@@ -165,6 +165,13 @@ impl Secrets {
         out
     }
 
+    /// The start of a body, on one line, for messages: masked before it is cut, so no
+    /// part of a secret survives at the cut.
+    pub fn excerpt(&self, body: &[u8]) -> String {
+        let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+        crate::http::excerpt(self.redact(&head).as_bytes())
+    }
+
     /// Whether `text` holds a registered secret.
     pub fn reveals(&self, text: &str) -> bool {
         let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -410,7 +417,7 @@ impl Credentials {
             } else {
                 ErrorKind::Fatal
             };
-            let excerpt = self.secrets.redact(&crate::http::excerpt(&body));
+            let excerpt = self.secrets.excerpt(&body);
             return Err(source::Error {
                 status: Some(status.as_u16()),
                 ..source::Error::new(kind, format!("{what}: HTTP {status}: {excerpt}"))

@@ -673,7 +673,7 @@ impl HttpSource {
     fn journalable(&self, cursor: String) -> Result<String, source::Error> {
         let cursor = match (self.api.key_param(), &self.style) {
             (Some(key), Style::NextUrl { .. } | Style::LinkHeader) => {
-                match reqwest::Url::parse(&cursor) {
+                match self.api.base_url().join(&cursor) {
                     Ok(mut url) => {
                         let kept: Vec<(String, String)> = url
                             .query_pairs()
