@@ -92,6 +92,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 page: p + 1,
                 attempt: 1,
                 error: "HTTP 503".into(),
+                status: Some(503),
+                rule: None,
                 wait_ms: 1,
                 at,
             };

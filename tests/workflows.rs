@@ -4,9 +4,9 @@ use crate::util::*;
 
 #[test]
 fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
-    let sandbox = Sandbox::start(&["--records", "3000"])?;
-    let truth = sandbox.truth()?;
-    assert_eq!(truth.len(), 3000);
+    let open = Sandbox::start(&["--records", "3000"])?;
+    // Examples with `[source.auth]` read the token from WAYMARK_SANDBOX_TOKEN.
+    let locked = Sandbox::start(&["--records", "3000", "--token", "example-token"])?;
     let examples = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"))?;
     let mut ran = 0;
     for entry in examples {
@@ -14,6 +14,12 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
         }
+        let sandbox = match std::fs::read_to_string(&path)?.contains("[source.auth]") {
+            true => &locked,
+            false => &open,
+        };
+        let truth = sandbox.truth()?;
+        assert_eq!(truth.len(), 3000);
         let dir = TempDir::new("example");
         let workflow = dir.path().join("workflow.toml");
         std::fs::copy(&path, &workflow)?;
@@ -21,6 +27,11 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
         let checked = run(waymark(&state, "").arg("validate").arg(&workflow))?;
         assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
         assert_eq!(text(&checked.stderr), "", "{}: warnings", path.display());
+        let waymark = |state: &std::path::Path, url: &str| {
+            let mut cmd = waymark(state, url);
+            cmd.env("WAYMARK_SANDBOX_TOKEN", "example-token");
+            cmd
+        };
         let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
         assert_eq!(
             out.status.code(),
