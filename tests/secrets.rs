@@ -7,6 +7,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::resilience::workflow_text;
 use crate::scripted::{records, Reply, Request, Server};
 use crate::util::{assert_no_panic, bin, journal, text, Result, TempDir};
 
@@ -66,32 +67,18 @@ fn run_binary(dir: &Path, workflow: &str, args: &[&str]) -> Result<Output> {
     Ok(out)
 }
 
-fn workflow(url: &str, source: &str, stream: &str) -> String {
-    format!(
-        r#"[sync]
-name = "sec"
-
-[source]
-kind = "http"
-base_url = "{url}"
-timeout = "2s"
-max_attempts = 2
-backoff = {{ base = "10ms", cap = "20ms" }}
-{source}
-
-[[stream]]
-name = "items"
-path = "/items"
-records = "data"
-primary_key = "id"
-page_size = 3
-{stream}
-
-[destination]
-kind = "sqlite"
-path = "out.db"
-"#
-    )
+/// The resilience tests' workflow (cursor pagination), failing fast: two attempts, short
+/// backoff; `next_url` swaps in next-URL pagination.
+fn workflow(url: &str, stream: &str, next_url: bool) -> String {
+    let source = "max_attempts = 2\nbackoff = { base = \"10ms\", cap = \"20ms\" }";
+    let text = workflow_text(url, source, stream);
+    match next_url {
+        true => text.replace(
+            "pagination = { kind = \"cursor\", cursor_path = \"next\", cursor_param = \"cursor\" }",
+            "pagination = { kind = \"next_url\", next_url_path = \"next\" }",
+        ),
+        false => text,
+    }
 }
 
 /// Every file under `dir` and every output: none holds a secret.
@@ -163,29 +150,28 @@ fn secrets_never_reach_the_journal_the_state_directory_or_the_output() -> Result
         }
     })?;
     let url = server.url();
-    let cursor = "pagination = { kind = \"cursor\", cursor_path = \"next\", cursor_param = \"c\" }";
     let bearer = "[source.auth]\nkind = \"bearer\"\ntoken = { env = \"SEC_TOKEN\" }\n";
-    let at = |path: &str, stream: &str| workflow(url, "", stream).replace("/items", path);
+    let at = |path: &str, stream: &str| workflow(url, stream, false).replace("/items", path);
     // (case, workflow, exit code, what the failure says)
     let cases = [
-        ("bearer", at("/fine", cursor) + bearer, 0, ""),
-        ("500s echoing the token", at("/broken", cursor) + bearer, 1, "Bearer ***"),
+        ("bearer", at("/fine", "") + bearer, 0, ""),
+        ("500s echoing the token", at("/broken", "") + bearer, 1, "Bearer ***"),
         (
             "a ${VAR} header echoed in a 400",
-            at("/echo", &format!("{cursor}\nheaders = {{ X-Custom = \"v=${{SEC_HEADER}}\" }}")),
+            at("/echo", "headers = { X-Custom = \"v=${SEC_HEADER}\" }"),
             1,
             "v=***",
         ),
         (
             "an API key in the query, echoed in next URLs",
-            at("/keyed", "pagination = { kind = \"next_url\", next_url_path = \"next\" }")
+            workflow(url, "", true).replace("/items", "/keyed")
                 + "[source.auth]\nkind = \"api_key\"\nname = \"api_key\"\nin = \"query\"\nkey = { env = \"SEC_TOKEN\" }\n",
             0,
             "",
         ),
         (
             "an OAuth2 token endpoint echoing the client secret",
-            at("/items", cursor)
+            at("/items", "")
                 + &format!(
                     "[source.auth]\nkind = \"oauth2\"\ntoken_url = \"{url}/oauth/token\"\nclient_id = \"app\"\nclient_secret = {{ env = \"SEC_CLIENT_SECRET\" }}\nclient_auth = \"body\"\n"
                 ),
@@ -214,7 +200,10 @@ fn secrets_never_reach_the_journal_the_state_directory_or_the_output() -> Result
         if case.starts_with("500s") {
             // `waymark journal` shows each retry with its status (and rule, if one matched).
             let shown = text(&table.stdout);
-            assert!(shown.contains("attempt 1 failed (HTTP 500), wait "), "{shown}");
+            assert!(
+                shown.contains("attempt 1 failed (HTTP 500), wait "),
+                "{shown}"
+            );
         }
         let runs = serde_json::to_vec(&runs)?;
         assert_nowhere(
@@ -255,11 +244,7 @@ fn a_time_budget_pauses_instead_of_sleeping_and_the_next_run_continues() -> Resu
             _ => Reply::json(200, format!(r#"{{"data":{}}}"#, records(1, 2))),
         }
     })?;
-    let text_of_workflow = workflow(
-        server.url(),
-        "",
-        "pagination = { kind = \"cursor\", cursor_path = \"next\", cursor_param = \"c\" }",
-    );
+    let text_of_workflow = workflow(server.url(), "", false);
     let began = Instant::now();
     let paused = run_binary(dir.path(), &text_of_workflow, &["--max-duration", "1s"])?;
     assert_eq!(paused.status.code(), Some(3), "{}", text(&paused.stderr));

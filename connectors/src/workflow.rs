@@ -639,6 +639,8 @@ fn locate(text: &str, key: &str) -> usize {
     let body = &text[start..end];
     let (mut found, mut from) = (0, 0);
     for part in rest {
+        // `on_response[2]` is found by its key.
+        let part = part.split('[').next().unwrap_or(part);
         let is_key = |i: usize| {
             let before = body[..i].chars().last();
             !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -805,6 +807,14 @@ impl Workflow {
                     "source.rate_limit".into(),
                     "needs requests >= 1, a non-zero `per` and burst >= 1, e.g. \
                      { requests = 10, per = \"1s\" }",
+                ));
+            }
+        }
+        if let Some(crate::auth::AuthSection::Oauth2 { token_url, .. }) = &source.auth {
+            if let Err(e) = reqwest::Url::parse(token_url) {
+                return Err(self.invalid(
+                    "source.auth.token_url".into(),
+                    format!("`{token_url}` is not a URL: {e}"),
                 ));
             }
         }
@@ -1415,7 +1425,13 @@ path = "shop.db"
         let a = Workflow::parse(Path::new("w.toml"), GOOD)?;
         let tuned = GOOD.replace(
             "kind = \"http\"",
-            "kind = \"http\"\ntimeout = \"5s\"\nmax_attempts = 9",
+            "kind = \"http\"\ntimeout = \"5s\"\nmax_attempts = 9\nrate_limit = { requests = 2, per = \"1s\" }\n\
+             auth = { kind = \"bearer\", token = { env = \"T\" } }\n\
+             on_response = [{ status = 400, action = \"retry\" }]",
+        );
+        let tuned = tuned.replace(
+            "cursor_field = \"updated_at\"",
+            "cursor_field = \"updated_at\"\non_response = [{ status = 404, action = \"ignore\" }]",
         );
         let b = Workflow::parse(
             Path::new("w.toml"),
@@ -1426,6 +1442,46 @@ path = "shop.db"
             b.plan(&b.streams()[0], false).workflow_digest
         );
         Ok(())
+    }
+
+    #[test]
+    fn resilience_settings_are_checked() {
+        let with = |source: &str| {
+            let text = GOOD.replace("kind = \"http\"", &format!("kind = \"http\"\n{source}"));
+            Workflow::parse(Path::new("w.toml"), &text)
+                .map(|_| ())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(
+            with("on_response = [{ action = \"retry\" }]").as_deref(),
+            Some(
+                "w.toml:7:1: source.on_response[0]: give at least one condition: `status`, \
+                 `header` or `body_contains`"
+            )
+        );
+        assert!(with("backoff = { base = \"5s\", cap = \"1s\" }")
+            .is_some_and(|e| e.contains("source.backoff: needs 0 < base <= cap")));
+        assert!(with("max_wait = \"1s\"")
+            .is_some_and(|e| e.contains("source.max_wait: must be at least backoff.cap")));
+        assert!(with("rate_limit = { requests = 0, per = \"1s\" }")
+            .is_some_and(|e| e.contains("source.rate_limit: needs requests >= 1")));
+        assert!(
+            with("auth = { kind = \"bearer\", token = { env = \"T\" }, extra = 1 }")
+                .is_some_and(|e| e.contains("unknown field `extra`")),
+            "{:?}",
+            with("auth = { kind = \"bearer\", token = { env = \"T\" }, extra = 1 }")
+        );
+        assert!(with("auth = { kind = \"magic\" }").is_some_and(|e| e.contains("magic")));
+        assert!(with(
+            "auth = { kind = \"oauth2\", token_url = \"nope\", client_id = \"a\", \
+             client_secret = { env = \"S\" } }"
+        )
+        .is_some_and(|e| e.contains("source.auth.token_url: `nope` is not a URL")));
+        assert_eq!(
+            with("auth = { kind = \"bearer\", token = { env = \"T\" } }\nrate_limit = { requests = 3, per = \"1s\", burst = 2 }"),
+            None
+        );
     }
 
     #[test]

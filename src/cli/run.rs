@@ -228,17 +228,25 @@ impl Progress {
 
     fn observe(&mut self, state: &RunState, event: &Event) {
         let c = &state.counts;
-        if let Event::RequestRetried {
-            attempt,
-            wait_ms,
-            error,
-            ..
-        } = event
-        {
-            let line = format!(
-                "{}: attempt {attempt} failed, retrying in {wait_ms} ms: {error}",
+        let line = match event {
+            Event::RequestRetried {
+                attempt,
+                wait_ms,
+                error,
+                rule,
+                ..
+            } => Some(format!(
+                "{}: attempt {attempt} failed, retrying in {wait_ms} ms{}: {error}",
+                self.stream,
+                rule.as_ref().map_or(String::new(), |r| format!(" ({r})"))
+            )),
+            Event::PageIgnored { page, reason, .. } => Some(format!(
+                "{}: page {page} ignored by a response rule: {reason}",
                 self.stream
-            );
+            )),
+            _ => None,
+        };
+        if let Some(line) = line {
             match &self.bar {
                 Some(bar) => bar.suspend(|| tracing::warn!("{line}")),
                 None => tracing::warn!("{line}"),

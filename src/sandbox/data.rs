@@ -126,11 +126,15 @@ impl Resource {
         render(self.kind, self.seed, key, rev, out);
     }
 
-    /// Inserts a record at `ms`; `reuse` takes the most recently deleted id if there is one
+    /// Inserts a record at `ms`; `reuse` takes the most recently deleted id among those
     /// deleted before `ms` (a re-insert never shares its deletion's timestamp).
     pub fn insert(&mut self, ms: u64, reuse: bool) -> Mutation {
-        let reusable = reuse && self.freed.last().is_some_and(|&(_, deleted)| deleted < ms);
-        let id = match reusable.then(|| self.freed.pop()).flatten() {
+        let reusable = self
+            .freed
+            .iter()
+            .rposition(|&(_, deleted)| deleted < ms)
+            .filter(|_| reuse);
+        let id = match reusable.map(|i| self.freed.remove(i)) {
             Some((id, _)) => id,
             None => {
                 let id = self.next_id;
@@ -304,13 +308,14 @@ mod tests {
         assert_eq!(r.delete(0, 6_000_001), Mutation::Deleted(10));
         assert_eq!(
             r.insert(6_000_001, true),
-            Mutation::Inserted(11),
-            "same ms: no reuse"
+            Mutation::Inserted(1),
+            "10 was deleted in this ms: not reused; 1 was deleted earlier"
         );
+        assert_eq!(r.insert(6_000_001, true), Mutation::Inserted(11));
         assert_eq!(r.insert(7_000_000, true), Mutation::Inserted(10));
         assert_eq!(r.insert(7_000_000, false), Mutation::Inserted(12));
-        assert_eq!(r.gone_ids(), vec![1]);
-        assert_eq!(r.sorted_ids(), vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(r.gone_ids(), Vec::<u64>::new());
+        assert_eq!(r.sorted_ids(), (1..=12).collect::<Vec<u64>>());
         let mut text = String::new();
         r.render((7_000_000, 10), 0, &mut text);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
