@@ -711,6 +711,71 @@ async fn oauth2_tokens_are_refreshed_before_expiry_and_once_on_401() -> Result {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_refresh_tokens_are_used_and_rotated() -> Result {
+    set_env("RES_REFRESH_SECRET", "client-s3cret-2");
+    set_env("RES_REFRESH_TOKEN", "rt-1");
+    let dir = TempDir::new("oauth2-refresh");
+    let clock = ManualClock::at(T0);
+    // Every refresh token works once and is replaced by the next (rotation); tokens live 30 s.
+    let server = Server::start(clock_reader(&clock), |r: &Request| {
+        if r.path() == "/token" {
+            let n: u64 = r
+                .body
+                .split('&')
+                .find_map(|p| p.strip_prefix("refresh_token=rt-"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let client = r
+                .body
+                .contains("client_id=crm&client_secret=client-s3cret-2");
+            if n == 0 || !client || !r.body.contains("grant_type=refresh_token") {
+                return Reply::json(400, r#"{"error":"invalid_grant"}"#);
+            }
+            return Reply::json(
+                200,
+                format!(
+                    r#"{{"access_token":"at-{n}","expires_in":30,"refresh_token":"rt-{}"}}"#,
+                    n + 1
+                ),
+            );
+        }
+        let n: u64 = r.param("cursor").map_or(1, |c| c.parse().unwrap_or(1));
+        page(n * 3 - 2, (n < 4).then(|| (n + 1).to_string()).as_deref())
+    })
+    .await?;
+    let auth = format!(
+        "[source.auth]\nkind = \"oauth2\"\ntoken_url = \"{}/token\"\nclient_id = \"crm\"\n\
+         client_secret = {{ env = \"RES_REFRESH_SECRET\" }}\nrefresh_token = {{ env = \"RES_REFRESH_TOKEN\" }}\n\
+         client_auth = \"body\"\nrefresh_before = \"5s\"\n",
+        server.url
+    );
+    // One page every 30 s: each page needs a new access token, from the rotated refresh token.
+    let text = workflow_text(
+        &server.url,
+        "rate_limit = { requests = 1, per = \"30s\" }",
+        "",
+    ) + &auth;
+    let runs = sync(dir.path(), &text, &clock).await?;
+    assert_eq!(
+        runs[0].state.status,
+        Status::Completed,
+        "{:?}",
+        runs[0].state.status
+    );
+    let used: Vec<String> = server
+        .received()
+        .iter()
+        .filter(|r| r.path() == "/items")
+        .filter_map(|r| r.header("authorization").map(str::to_string))
+        .collect();
+    assert_eq!(
+        used,
+        ["Bearer at-1", "Bearer at-2", "Bearer at-3", "Bearer at-4"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_custom_ca_file_makes_a_private_tls_server_trusted() -> Result {
     use rustls::pki_types::pem::PemObject;
     let dir = TempDir::new("tls");
