@@ -1,10 +1,12 @@
 //! End-to-end tests of the real `waymark` binary over loopback HTTP and SQLite.
 
+mod pg;
 mod scripted;
 mod util;
 
 mod chaos;
 mod children;
+mod conformance;
 mod input;
 mod journal;
 mod pagination;

@@ -171,8 +171,8 @@ async fn run_stream(
     clock: &Arc<ManualClock>,
 ) -> Result<Outcome> {
     let plan = workflow.plan(stream, false);
-    let mut destination =
-        SqliteDestination::open(&workflow.destination_path(), Binding::new(workflow, stream))?;
+    let binding = Binding::new(workflow, stream, dir.root());
+    let mut destination = SqliteDestination::open(&workflow.destination_path(), binding)?;
     let mut source = HttpSource::new(workflow, stream, api.clone())?;
     let (journal, staging) = dir.parts();
     let state = driver::open(journal, staging, &mut destination, &plan, clock.now()).await?;

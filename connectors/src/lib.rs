@@ -6,6 +6,11 @@
 //! - [`http`]: [`HttpSource`], a paginated JSON API over reqwest (rustls).
 //! - [`sqlite`]: [`SqliteDestination`], idempotent versioned upserts with the checkpoint in
 //!   the same transaction (rusqlite, bundled SQLite).
+//! - [`postgres`]: the same in PostgreSQL (tokio-postgres, COPY into a temporary table).
+//! - [`jsonl`]: JSON Lines files, one atomically renamed file per page, and compaction.
+//! - [`destinations`]: [`AnyDestination`], the one a workflow names.
+//! - [`upsert`]: what a batch does to any destination (versions, deletions, dead letters).
+//! - [`columns`]: declared typed columns; [`dead_letters`]: the dead-letter store.
 //! - [`record`]: reading a record's key and version.
 //! - [`template`]: `{window.start|unix}`, `{parent.id}`… in requests.
 //! - [`api`]: [`Api`], what the streams of one source share: the HTTP client, credentials,
@@ -17,15 +22,23 @@
 
 pub mod api;
 pub mod auth;
+pub mod columns;
+pub mod dead_letters;
+pub mod destinations;
 pub mod http;
+pub mod jsonl;
+pub mod postgres;
 pub mod rate;
 pub mod record;
 pub mod rules;
 pub mod sqlite;
 pub mod template;
+pub mod upsert;
 pub mod workflow;
 
 pub use api::Api;
+pub use destinations::AnyDestination;
 pub use http::HttpSource;
-pub use sqlite::{Binding, SqliteDestination};
+pub use sqlite::SqliteDestination;
+pub use upsert::Binding;
 pub use workflow::Workflow;

@@ -2,64 +2,21 @@
 //! the same transaction as its batch.
 //!
 //! Tables: one per stream (`key` primary key, `version`, the raw `record` JSON, the run and
-//! page that wrote it, `deleted_at` once a deletions feed removed it), `_waymark_checkpoints`
-//! (one row per sync and stream: checkpoint and the acknowledgement of the batch that
-//! committed it) and `_waymark_dead_letters`.
+//! page that wrote it, `deleted_at` once a deletions feed removed it, then the declared
+//! columns), `_waymark_checkpoints` (one row per sync and stream: checkpoint and the
+//! acknowledgement of the batch that committed it) and `_waymark_tombstones` (hard
+//! deletions). What a batch does is decided by [`crate::upsert::plan`]; dead letters go to
+//! the state directory.
 
-use std::cmp::Ordering;
 use std::path::Path;
-use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use waymark_engine::destination::{self, Batch, Destination};
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::record::{compare_versions, key_of, lookup, scalar};
-use crate::workflow::{DeleteMode, RecordFilter, StreamSection, Workflow};
-
-/// Where one stream's records go: its table, key, version, and whether its records are
-/// deletions of another stream's records.
-#[derive(Clone, Debug)]
-pub struct Binding {
-    /// The sync; with `stream` it names the checkpoint row.
-    pub sync: String,
-    /// The stream.
-    pub stream: String,
-    /// The table written (the stream's own, or the one a deletions feed deletes from).
-    pub table: String,
-    /// Dotted paths of the record key (several: a composite key, stored as a JSON array).
-    pub primary_key: Vec<String>,
-    /// Dotted path of the record version (for a deletions feed: the deletion time).
-    pub version_field: Option<String>,
-    /// Records mark rows of `table` deleted instead of being stored.
-    pub deletes: bool,
-    /// Records matching this are deletions too.
-    pub deleted_when: Option<RecordFilter>,
-    /// Deletions remove rows (remembered in `_waymark_tombstones`) instead of marking them.
-    pub hard_delete: bool,
-    /// How long to wait for a database locked by another process.
-    pub busy_timeout: Duration,
-}
-
-impl Binding {
-    /// The binding of `stream` in `workflow`.
-    pub fn new(workflow: &Workflow, stream: &StreamSection) -> Self {
-        Binding {
-            sync: workflow.name().to_string(),
-            stream: stream.name.clone(),
-            table: stream
-                .deletes
-                .clone()
-                .unwrap_or_else(|| stream.name.clone()),
-            primary_key: stream.primary_key.paths(),
-            version_field: stream.cursor_field.clone(),
-            deletes: stream.deletes.is_some(),
-            deleted_when: stream.deleted_when.clone(),
-            hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
-            busy_timeout: workflow.file().destination.busy_timeout.0,
-        }
-    }
-}
+use crate::columns::Cell;
+use crate::upsert::{plan, Binding, Op, Stored};
 
 /// One stream's table in a SQLite database.
 pub struct SqliteDestination {
@@ -113,34 +70,32 @@ impl SqliteDestination {
                  version TEXT,
                  run_id TEXT NOT NULL,
                  PRIMARY KEY (tbl, key)
-             );
-             CREATE TABLE IF NOT EXISTS _waymark_dead_letters (
-                 id INTEGER PRIMARY KEY,
-                 sync TEXT NOT NULL,
-                 stream TEXT NOT NULL,
-                 run_id TEXT NOT NULL,
-                 page INTEGER NOT NULL,
-                 record_key TEXT,
-                 reason TEXT NOT NULL,
-                 record TEXT NOT NULL
              );"
         ))
         .map_err(fail("creating tables"))?;
-        // Tables created before deletions feeds existed lack `deleted_at`.
-        let has_deleted_at: bool = conn
-            .query_row(
-                &format!(
-                    "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'deleted_at'"
-                ),
-                [],
-                |row| row.get(0),
-            )
+        // Schema evolution: columns declared since the table was made (and `deleted_at`,
+        // which tables from before deletions feeds lack) are added.
+        let existing: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()
+            })
             .map_err(fail("reading the table's columns"))?;
-        if !has_deleted_at {
-            conn.execute_batch(&format!(
-                "ALTER TABLE \"{table}\" ADD COLUMN deleted_at TEXT"
-            ))
-            .map_err(fail("adding column deleted_at"))?;
+        let wanted = std::iter::once(("deleted_at".to_string(), "TEXT")).chain(
+            binding
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), c.kind.sqlite())),
+        );
+        for (name, kind) in wanted {
+            if !existing.contains(&name) {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE \"{table}\" ADD COLUMN \"{name}\" {kind}"
+                ))
+                .map_err(fail("adding a column"))?;
+                tracing::info!("{table}: added column {name} ({kind})");
+            }
         }
         Ok(SqliteDestination { conn, binding })
     }
@@ -171,21 +126,68 @@ impl SqliteDestination {
                 });
             }
         }
-        let mut ack = WriteAck::default();
-        {
-            let table = &b.table;
+        let table = &b.table;
+        let plan = {
             let mut select = tx
                 .prepare_cached(&format!(
                     "SELECT version, record, deleted_at FROM \"{table}\" WHERE key = ?1"
                 ))
                 .map_err(fail("prepare"))?;
+            let mut remembered = tx
+                .prepare_cached(
+                    "SELECT version FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2",
+                )
+                .map_err(fail("prepare"))?;
+            plan(b, &run, batch.page, batch.records, |key| {
+                let row = select
+                    .query_row(params![key], |row| {
+                        Ok(Stored {
+                            version: row.get(0)?,
+                            record: Some(row.get(1)?),
+                            deleted: row.get::<_, Option<String>>(2)?.is_some(),
+                        })
+                    })
+                    .optional()
+                    .map_err(fail("lookup"))?;
+                match row {
+                    None if b.hard_delete => remembered
+                        .query_row(params![table, key], |row| {
+                            Ok(Stored {
+                                version: row.get(0)?,
+                                deleted: true,
+                                record: None,
+                            })
+                        })
+                        .optional()
+                        .map_err(fail("lookup")),
+                    row => Ok(row),
+                }
+            })?
+        };
+        // Dead letters reach the state directory before the batch commits (a replay of the
+        // page rewrites the same file).
+        b.dead_letters.put(&run, batch.page, &plan.dead)?;
+        {
+            let names: String = b
+                .columns
+                .iter()
+                .map(|c| format!(", \"{}\"", c.name))
+                .collect();
+            let values: String = (0..b.columns.iter().len())
+                .map(|i| format!(", ?{}", i + 6))
+                .collect();
+            let updates: String = b
+                .columns
+                .iter()
+                .map(|c| format!(", \"{0}\" = excluded.\"{0}\"", c.name))
+                .collect();
             let mut upsert = tx
                 .prepare_cached(&format!(
-                    "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, NULL)
+                    "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at{names})
+                     VALUES (?1, ?2, ?3, ?4, ?5, NULL{values})
                      ON CONFLICT(key) DO UPDATE SET version = excluded.version,
                        record = excluded.record, run_id = excluded.run_id, page = excluded.page,
-                       deleted_at = NULL"
+                       deleted_at = NULL{updates}"
                 ))
                 .map_err(fail("prepare"))?;
             // A deletion keeps the last record it saw (for audit) and stores the deletion
@@ -198,17 +200,6 @@ impl SqliteDestination {
                        run_id = excluded.run_id, page = excluded.page,
                        deleted_at = excluded.deleted_at"
                 ))
-                .map_err(fail("prepare"))?;
-            let mut dead = tx
-                .prepare_cached(
-                    "INSERT INTO _waymark_dead_letters (sync, stream, run_id, page, record_key, reason, record)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .map_err(fail("prepare"))?;
-            let mut remembered = tx
-                .prepare_cached(
-                    "SELECT version FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2",
-                )
                 .map_err(fail("prepare"))?;
             let mut remember = tx
                 .prepare_cached(
@@ -223,85 +214,51 @@ impl SqliteDestination {
             let mut remove = tx
                 .prepare_cached(&format!("DELETE FROM \"{table}\" WHERE key = ?1"))
                 .map_err(fail("prepare"))?;
-            for record in batch.records {
-                let (key, version, flagged) = match identify(record, b) {
-                    Ok(found) => found,
-                    Err((key, reason)) => {
-                        dead.execute(params![
-                            b.sync, b.stream, run, batch.page, key, reason, record
-                        ])
-                        .map_err(fail("dead letter"))?;
-                        ack.dead_lettered += 1;
-                        continue;
-                    }
-                };
-                let row: Option<(Option<String>, String, Option<String>)> = select
-                    .query_row(params![key], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })
-                    .optional()
-                    .map_err(fail("lookup"))?;
-                // What is stored: (version, deleted, record); a hard-deleted row is only a
-                // remembered version.
-                let stored: Option<(Option<String>, bool, Option<String>)> = match row {
-                    Some((v, record, deleted_at)) => Some((v, deleted_at.is_some(), Some(record))),
-                    None if b.hard_delete => remembered
-                        .query_row(params![table, key], |row| row.get::<_, Option<String>>(0))
-                        .optional()
-                        .map_err(fail("lookup"))?
-                        .map(|v| (v, true, None)),
-                    None => None,
-                };
-                let order = match (stored.as_ref().and_then(|s| s.0.as_ref()), &version) {
-                    (Some(old), Some(new)) => compare_versions(new, old),
-                    _ => Ordering::Equal,
-                };
-                if b.deletes || flagged {
-                    match stored {
-                        Some((_, true, _)) if order != Ordering::Greater => ack.unchanged += 1,
-                        Some(_) if order == Ordering::Less => ack.skipped_stale += 1,
-                        _ if b.hard_delete => {
-                            remove.execute(params![key]).map_err(fail("delete"))?;
-                            remember
-                                .execute(params![table, key, version, run])
-                                .map_err(fail("delete"))?;
-                            ack.deleted += 1;
-                        }
-                        _ => {
-                            tombstone
-                                .execute(params![key, version, record, run, batch.page])
-                                .map_err(fail("delete"))?;
-                            ack.deleted += 1;
-                        }
-                    }
-                    continue;
-                }
-                match stored {
-                    None => ack.inserted += 1,
-                    Some((_, deleted, old_record)) => match order {
-                        Ordering::Less => {
-                            ack.skipped_stale += 1;
-                            continue;
-                        }
-                        Ordering::Equal if !deleted && old_record.as_deref() == Some(record) => {
-                            ack.unchanged += 1;
-                            continue;
-                        }
-                        // Back after a hard delete (an id reused, or undeleted).
-                        _ if deleted && old_record.is_none() => {
+            for op in &plan.ops {
+                match op {
+                    Op::Put {
+                        key,
+                        version,
+                        record,
+                        cells,
+                        revived,
+                    } => {
+                        if *revived {
                             forget
                                 .execute(params![table, key])
                                 .map_err(fail("upsert"))?;
-                            ack.inserted += 1;
                         }
-                        _ => ack.updated += 1,
-                    },
+                        let fixed = [
+                            SqlValue::Text(key.clone()),
+                            version.clone().map_or(SqlValue::Null, SqlValue::Text),
+                            SqlValue::Text(record.to_string()),
+                            SqlValue::Text(run.clone()),
+                            SqlValue::Integer(batch.page as i64),
+                        ];
+                        let all = fixed.into_iter().chain(cells.iter().map(sql_value));
+                        upsert
+                            .execute(params_from_iter(all))
+                            .map_err(fail("upsert"))?;
+                    }
+                    Op::Tombstone {
+                        key,
+                        version,
+                        record,
+                    } => {
+                        tombstone
+                            .execute(params![key, version, record, run, batch.page])
+                            .map_err(fail("delete"))?;
+                    }
+                    Op::Remove { key, version } => {
+                        remove.execute(params![key]).map_err(fail("delete"))?;
+                        remember
+                            .execute(params![table, key, version, run])
+                            .map_err(fail("delete"))?;
+                    }
                 }
-                upsert
-                    .execute(params![key, version, record, run, batch.page])
-                    .map_err(fail("upsert"))?;
             }
         }
+        let ack = plan.ack;
         let checkpoint = serde_json::to_string(batch.checkpoint)
             .map_err(|e| destination::Error(format!("checkpoint encoding: {e}")))?;
         let stored = serde_json::to_string(&ack)
@@ -398,38 +355,14 @@ impl ParentRecords {
     }
 }
 
-/// What the destination needs of a record: key, version, and whether it is flagged
-/// deleted (`deleted_when`).
-type Identity = (String, Option<String>, bool);
-
-/// The record's identity, or its key (if any) and why it is dead-lettered.
-fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, String)> {
-    let value: serde_json::Value =
-        serde_json::from_str(record).map_err(|e| (None, format!("not JSON: {e}")))?;
-    let key = key_of(&value, &b.primary_key).ok_or_else(|| {
-        (
-            None,
-            format!(
-                "primary key `{}` is missing or not a scalar",
-                b.primary_key.join(", ")
-            ),
-        )
-    })?;
-    let version = match &b.version_field {
-        None => None,
-        Some(field) => Some(lookup(&value, field).and_then(scalar).ok_or_else(|| {
-            (
-                Some(key.clone()),
-                format!("version field `{field}` is missing or not a scalar"),
-            )
-        })?),
-    };
-    let flagged = b.deleted_when.as_ref().is_some_and(|f| {
-        lookup(&value, &f.path)
-            .and_then(scalar)
-            .is_some_and(|v| f.one_of.contains(&v))
-    });
-    Ok((key, version, flagged))
+fn sql_value(cell: &Cell) -> SqlValue {
+    match cell {
+        Cell::Null => SqlValue::Null,
+        Cell::Text(t) => SqlValue::Text(t.clone()),
+        Cell::Integer(i) => SqlValue::Integer(*i),
+        Cell::Real(r) => SqlValue::Real(*r),
+        Cell::Boolean(b) => SqlValue::Integer(i64::from(*b)),
+    }
 }
 
 impl Destination for SqliteDestination {
@@ -457,6 +390,7 @@ impl Destination for SqliteDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::RecordFilter;
     use waymark_engine::{RunId, Timestamp, Window};
 
     struct Db {
@@ -480,7 +414,13 @@ mod tests {
             primary_key: vec!["id".into()],
             version_field: Some(if deletes { "deleted_at" } else { "v" }.into()),
             deletes,
-            busy_timeout: Duration::from_millis(100),
+            columns: crate::columns::Columns::default(),
+            dead_letters: crate::dead_letters::DeadLetters::new(
+                &std::env::temp_dir(),
+                "shop",
+                stream,
+            ),
+            busy_timeout: std::time::Duration::from_millis(100),
         }
     }
 

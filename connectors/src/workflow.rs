@@ -516,6 +516,10 @@ pub struct StreamSection {
     /// Rules deciding what a response means, checked before the source's.
     #[serde(default)]
     pub on_response: Vec<crate::rules::ResponseRule>,
+    /// Typed destination columns filled from record paths, beside the raw record; a new
+    /// one is added to an existing table.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, crate::columns::ColumnSpec>,
     /// Makes this stream a deletions feed of the named stream: each record (its
     /// `primary_key`, and its `cursor_field` as the deletion time) marks that stream's
     /// record deleted, unless the stored record is newer than the deletion.
@@ -530,10 +534,16 @@ fn default_page_size() -> u32 {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSection {
-    /// Only `"sqlite"` for now.
+    /// `sqlite`, `postgres` or `jsonl`.
     pub kind: DestinationKind,
-    /// Database file, relative to the workflow file's directory.
-    pub path: String,
+    /// SQLite: the database file; JSONL: the directory (relative to the workflow file's
+    /// directory).
+    pub path: Option<String>,
+    /// PostgreSQL: the connection string (it may hold a password), from the environment:
+    /// `url = { env = "WAYMARK_PG_URL" }`.
+    pub url: Option<crate::auth::FromEnv>,
+    /// PostgreSQL: the schema of the tables (default `public`).
+    pub schema: Option<String>,
     /// What a deletion does: `soft` (default: the row stays, `deleted_at` set) or `hard`
     /// (the row is removed; its key and deletion version are kept in `_waymark_tombstones`
     /// so an older copy read later is not written back).
@@ -566,6 +576,10 @@ pub enum DeleteMode {
 pub enum DestinationKind {
     /// SQLite file (embedded, nothing to install).
     Sqlite,
+    /// A PostgreSQL database.
+    Postgres,
+    /// JSON Lines files, a directory per table.
+    Jsonl,
 }
 
 /// The parsed file.
@@ -785,6 +799,24 @@ impl Workflow {
         if self.file.stream.is_empty() {
             return Err(self.invalid("stream".into(), "declare at least one [[stream]]"));
         }
+        let d = &self.file.destination;
+        match d.kind {
+            DestinationKind::Sqlite | DestinationKind::Jsonl if d.path.is_none() => {
+                return Err(self.invalid(
+                    "destination".into(),
+                    "sqlite and jsonl destinations need `path` (the database file, or the \
+                     directory)",
+                ))
+            }
+            DestinationKind::Postgres if d.url.is_none() => {
+                return Err(self.invalid(
+                    "destination".into(),
+                    "a postgres destination needs `url = { env = \"…\" }` (the connection \
+                     string, read from the environment)",
+                ))
+            }
+            _ => {}
+        }
         let source = &self.file.source;
         if source.max_attempts == 0 {
             return Err(self.invalid("source.max_attempts".into(), "must be at least 1"));
@@ -866,6 +898,18 @@ impl Workflow {
             if s.primary_key.paths().iter().any(|p| p.trim().is_empty()) {
                 return Err(self.invalid(key("primary_key"), "every stream needs a primary key"));
             }
+            for name in s.columns.keys() {
+                let key = key(&format!("columns.{name}"));
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(self.invalid(key, "a column name uses letters, digits and `_`"));
+                }
+                if crate::columns::RESERVED.contains(&name.as_str()) {
+                    return Err(self.invalid(
+                        key,
+                        format!("`{name}` is a column of every table; choose another name"),
+                    ));
+                }
+            }
             if s.page_size == 0 {
                 return Err(self.invalid(key("page_size"), "must be at least 1"));
             }
@@ -919,6 +963,12 @@ impl Workflow {
                 crate::template::check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
             }
             if let Some(parent) = &s.parent {
+                if d.kind != DestinationKind::Sqlite {
+                    return Err(self.invalid(
+                        key("parent"),
+                        "child streams read their parents from a sqlite destination",
+                    ));
+                }
                 let position = self.file.stream.iter().position(|t| &t.name == parent);
                 let me = self.file.stream.iter().position(|t| t.name == s.name);
                 match (position, me) {
@@ -1085,13 +1135,13 @@ impl Workflow {
     /// The destination database path, resolved against the workflow file's directory.
     pub fn destination_path(&self) -> PathBuf {
         let base = self.path.parent().unwrap_or(Path::new("."));
-        base.join(&self.file.destination.path)
+        base.join(self.file.destination.path.as_deref().unwrap_or_default())
     }
 
     /// The canonical key/values of everything that decides which records `stream`'s runs
     /// read and where they go, sorted by key. Operational knobs (retention, timeouts,
-    /// retries, rate limits, auth, response rules) are left out: changing them never
-    /// blocks a resume.
+    /// retries, rate limits, auth, response rules, declared columns) are left out: changing
+    /// them never blocks a resume.
     pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
         let source = &self.file.source;
         let mut value = serde_json::json!({
@@ -1101,10 +1151,13 @@ impl Workflow {
             "destination": {
                 "kind": self.file.destination.kind,
                 "path": self.file.destination.path,
+                "url": self.file.destination.url,
+                "schema": self.file.destination.schema,
             },
         });
         if let Some(stream) = value.get_mut("stream").and_then(|s| s.as_object_mut()) {
             stream.remove("on_response");
+            stream.remove("columns");
         }
         let mut out = Vec::new();
         flatten("", &value, &mut out);

@@ -7,6 +7,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*)) };
 }
 
+mod compact;
 mod demo;
 mod journal;
 mod run;
@@ -59,6 +60,8 @@ enum Command {
     /// Check workflow files (errors with file:line:col and the key; warnings) without
     /// running them.
     Validate(validate::ValidateArgs),
+    /// Merge a JSONL destination's page files into one file per table (newest line per key).
+    Compact(compact::CompactArgs),
     /// Print the JSON Schema of workflow files (for editors).
     Schema,
 }
@@ -173,6 +176,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Sandbox(args) => sandbox::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Validate(args) => validate::validate(args),
+        Command::Compact(args) => compact::run(&state_dir, args),
         Command::Schema => validate::schema(),
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use waymark_connectors::workflow::{parse_scope, StreamSection};
-use waymark_connectors::{Api, Binding, HttpSource, SqliteDestination, Workflow};
+use waymark_connectors::{destinations, AnyDestination, Api, HttpSource, Workflow};
 use waymark_engine::{
     driver, Clock, Event, Plan, RunId, RunState, Settings, StateDir, Status, SystemClock, Timestamp,
 };
@@ -131,18 +131,16 @@ fn api(dir: &StateDir, workflow: &Workflow) -> anyhow::Result<Arc<Api>> {
 
 /// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a
 /// backfill of it).
-fn destination(
+async fn destination(
+    dir: &StateDir,
     workflow: &Workflow,
     stream: &StreamSection,
     scope: &str,
-) -> anyhow::Result<SqliteDestination> {
-    let path = workflow.destination_path();
-    let binding = Binding {
-        stream: scope.to_string(),
-        ..Binding::new(workflow, stream)
-    };
-    SqliteDestination::open(&path, binding)
-        .with_context(|| format!("opening destination {}", path.display()))
+) -> anyhow::Result<AnyDestination> {
+    let binding = destinations::binding(workflow, stream, scope, dir.root());
+    AnyDestination::open(workflow, binding)
+        .await
+        .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
 }
 
 /// Drives one opened run to its end (or pause/failure) and prints its summary line.
@@ -152,7 +150,7 @@ async fn drive(
     api: &Arc<Api>,
     workflow: &Workflow,
     stream: &StreamSection,
-    destination: &mut SqliteDestination,
+    destination: &mut AnyDestination,
     state: RunState,
     settings: &Settings,
     stop: &AtomicBool,
@@ -399,7 +397,7 @@ async fn run_scope(
     settings: &Settings,
     stop: &AtomicBool,
 ) -> anyhow::Result<Vec<RunState>> {
-    let mut destination = destination(workflow, stream, &plan.stream)?;
+    let mut destination = destination(dir, workflow, stream, &plan.stream).await?;
     let mut states = Vec::new();
     loop {
         let (journal, staging) = dir.parts();
@@ -505,7 +503,7 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
         Some((from, to)) => workflow.backfill_plan(&stream, from, to, false),
         None => workflow.plan(&stream, false),
     };
-    let mut destination = destination(&workflow, &stream, &plan.stream)?;
+    let mut destination = destination(&dir, &workflow, &stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     let settings = settings(&workflow, &args.budget);
     let api = api(&dir, &workflow)?;

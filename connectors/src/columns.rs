@@ -1,0 +1,259 @@
+//! Declared columns: record paths mapped to typed destination columns, beside the raw
+//! record (kept whole, so nothing is lost). A value that does not fit its column's type
+//! sends the record to the dead-letter store.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::record::lookup;
+
+/// A column's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// Text (numbers and booleans as written; objects and arrays as JSON).
+    Text,
+    /// A 64-bit integer (also from a string of digits).
+    Integer,
+    /// A floating-point number (also from a numeric string).
+    Real,
+    /// `true`/`false` (also `"true"`, `"false"`, `0`, `1`).
+    Boolean,
+    /// An instant: RFC 3339 text, or Unix seconds/milliseconds; stored in UTC.
+    Timestamp,
+    /// Any JSON value.
+    Json,
+}
+
+impl ColumnType {
+    /// The SQL type in PostgreSQL.
+    pub fn postgres(self) -> &'static str {
+        match self {
+            ColumnType::Text => "text",
+            ColumnType::Integer => "bigint",
+            ColumnType::Real => "double precision",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Timestamp => "timestamptz",
+            ColumnType::Json => "jsonb",
+        }
+    }
+
+    /// The SQL type in SQLite.
+    pub fn sqlite(self) -> &'static str {
+        match self {
+            ColumnType::Text | ColumnType::Timestamp | ColumnType::Json => "TEXT",
+            ColumnType::Integer => "INTEGER",
+            ColumnType::Real => "REAL",
+            ColumnType::Boolean => "INTEGER",
+        }
+    }
+}
+
+/// `columns = { status = "text", total = { path = "amount.total", type = "real" } }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ColumnSpec {
+    /// The column's type; its path is its name.
+    Type(ColumnType),
+    /// A path and a type.
+    Full {
+        /// Dotted path of the value in a record.
+        path: String,
+        /// The column's type.
+        #[serde(rename = "type")]
+        kind: ColumnType,
+    },
+}
+
+/// Names every table has; declared columns cannot take them.
+pub const RESERVED: [&str; 6] = ["key", "version", "record", "run_id", "page", "deleted_at"];
+
+/// A stream's declared columns, in name order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Columns(Vec<Column>);
+
+/// One declared column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// The record path it reads.
+    pub path: String,
+    /// Its type.
+    pub kind: ColumnType,
+}
+
+/// A column value, converted from a record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    /// Absent or null.
+    Null,
+    /// Text, an instant as RFC 3339 UTC, or JSON text.
+    Text(String),
+    /// An integer (also a boolean in SQLite).
+    Integer(i64),
+    /// A real number.
+    Real(f64),
+    /// A boolean.
+    Boolean(bool),
+}
+
+impl Cell {
+    /// The cell as text (PostgreSQL's COPY; `None` is NULL).
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Cell::Null => None,
+            Cell::Text(t) => Some(t.clone()),
+            Cell::Integer(i) => Some(i.to_string()),
+            Cell::Real(r) => Some(r.to_string()),
+            Cell::Boolean(b) => Some(b.to_string()),
+        }
+    }
+}
+
+impl Columns {
+    /// The columns declared in a stream's `columns` table.
+    pub fn new(declared: &BTreeMap<String, ColumnSpec>) -> Self {
+        Columns(
+            declared
+                .iter()
+                .map(|(name, spec)| match spec {
+                    ColumnSpec::Type(kind) => Column {
+                        name: name.clone(),
+                        path: name.clone(),
+                        kind: *kind,
+                    },
+                    ColumnSpec::Full { path, kind } => Column {
+                        name: name.clone(),
+                        path: path.clone(),
+                        kind: *kind,
+                    },
+                })
+                .collect(),
+        )
+    }
+
+    /// The columns.
+    pub fn iter(&self) -> std::slice::Iter<'_, Column> {
+        self.0.iter()
+    }
+
+    /// Whether none are declared.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The record's values for every column, or why one does not fit.
+    pub fn cells(&self, record: &Value) -> Result<Vec<Cell>, String> {
+        self.0
+            .iter()
+            .map(|c| {
+                convert(lookup(record, &c.path), c.kind)
+                    .map_err(|why| format!("column `{}` (`{}`): {why}", c.name, c.path))
+            })
+            .collect()
+    }
+}
+
+fn convert(value: Option<&Value>, kind: ColumnType) -> Result<Cell, String> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(Cell::Null);
+    };
+    let shown = || {
+        let text = value.to_string();
+        match text.len() > 60 {
+            true => format!("{}…", text.chars().take(60).collect::<String>()),
+            false => text,
+        }
+    };
+    Ok(match (kind, value) {
+        (ColumnType::Json, v) => Cell::Text(v.to_string()),
+        (ColumnType::Text, Value::String(s)) => Cell::Text(s.clone()),
+        (ColumnType::Text, v) => Cell::Text(v.to_string()),
+        (ColumnType::Integer, Value::Number(n)) => match n.as_i64() {
+            Some(i) => Cell::Integer(i),
+            None => return Err(format!("{} is not an integer", shown())),
+        },
+        (ColumnType::Integer, Value::String(s)) => match s.trim().parse() {
+            Ok(i) => Cell::Integer(i),
+            Err(_) => return Err(format!("{} is not an integer", shown())),
+        },
+        (ColumnType::Real, Value::Number(n)) => match n.as_f64() {
+            Some(r) => Cell::Real(r),
+            None => return Err(format!("{} is not a number", shown())),
+        },
+        (ColumnType::Real, Value::String(s)) => match s.trim().parse::<f64>() {
+            Ok(r) if r.is_finite() => Cell::Real(r),
+            _ => return Err(format!("{} is not a number", shown())),
+        },
+        (ColumnType::Boolean, Value::Bool(b)) => Cell::Boolean(*b),
+        (ColumnType::Boolean, v) => match v.to_string().trim_matches('"') {
+            "true" | "1" => Cell::Boolean(true),
+            "false" | "0" => Cell::Boolean(false),
+            _ => return Err(format!("{} is not a boolean", shown())),
+        },
+        (ColumnType::Timestamp, Value::String(s)) => match humantime::parse_rfc3339_weak(s) {
+            Ok(t) => Cell::Text(humantime::format_rfc3339_millis(t).to_string()),
+            Err(_) => return Err(format!("{} is not an RFC 3339 time", shown())),
+        },
+        (ColumnType::Timestamp, Value::Number(n)) => match n.as_u64() {
+            // Unix seconds, or milliseconds when too large to be seconds before 5138.
+            Some(t) => {
+                let ms = if t > 100_000_000_000 { t } else { t * 1000 };
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                Cell::Text(humantime::format_rfc3339_millis(at).to_string())
+            }
+            None => return Err(format!("{} is not a Unix time", shown())),
+        },
+        (_, _) => return Err(format!("{} does not fit a {kind:?} column", shown())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_values_and_refuses_what_does_not_fit() {
+        let declared: BTreeMap<String, ColumnSpec> = toml::from_str(
+            r#"
+status = "text"
+total = { path = "amount.total", type = "real" }
+qty = "integer"
+paid = "boolean"
+at = "timestamp"
+meta = "json"
+"#,
+        )
+        .unwrap_or_default();
+        let columns = Columns::new(&declared);
+        let record = serde_json::json!({
+            "status": "paid", "amount": {"total": "12.5"}, "qty": 3, "paid": "true",
+            "at": 1_767_225_600, "meta": {"a": [1]}
+        });
+        assert_eq!(
+            columns.cells(&record),
+            Ok(vec![
+                Cell::Text("2026-01-01T00:00:00.000Z".into()),
+                Cell::Text(r#"{"a":[1]}"#.into()),
+                Cell::Boolean(true),
+                Cell::Integer(3),
+                Cell::Text("paid".into()),
+                Cell::Real(12.5),
+            ])
+        );
+        let bad = serde_json::json!({"qty": "three"});
+        assert_eq!(
+            columns.cells(&bad),
+            Err("column `qty` (`qty`): \"three\" is not an integer".into())
+        );
+        assert_eq!(
+            columns.cells(&serde_json::json!({})).map(|c| c.len()),
+            Ok(6),
+            "absent values are NULL"
+        );
+    }
+}

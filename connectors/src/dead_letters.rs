@@ -1,0 +1,99 @@
+//! The dead-letter store, in the state directory: records that failed validation or that a
+//! destination refused one by one, with their stream, run, page, key and reason. A bad
+//! record never stalls a sync.
+//!
+//! One file per `(run, page)`, `dead_letters/<sync>/<stream>/<run>-<page>.jsonl`, written
+//! atomically before the destination commits the page: replaying the page writes the same
+//! file again, so a crash never duplicates a dead letter.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use waymark_engine::destination;
+
+/// One dead-lettered record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The stream.
+    pub stream: String,
+    /// The run that read it.
+    pub run_id: String,
+    /// The page it came in.
+    pub page: u64,
+    /// Its key, when it has one.
+    pub key: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+    /// The record as received.
+    pub record: String,
+}
+
+/// The dead letters of one stream.
+#[derive(Clone, Debug)]
+pub struct DeadLetters {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
+    move |e| destination::Error(format!("dead-letter store {}: {e}", path.display()))
+}
+
+impl DeadLetters {
+    /// The store of `sync`/`stream` under the state directory `root`.
+    pub fn new(root: &Path, sync: &str, stream: &str) -> Self {
+        DeadLetters {
+            dir: root.join("dead_letters").join(sync).join(stream),
+        }
+    }
+
+    /// Stores a page's dead letters (nothing when there are none).
+    pub fn put(
+        &self,
+        run: &str,
+        page: u64,
+        letters: &[DeadLetter],
+    ) -> Result<(), destination::Error> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let file = self.dir.join(format!("{run}-{page:010}.jsonl"));
+        let tmp = file.with_extension("tmp");
+        let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        for letter in letters {
+            let line = serde_json::to_string(letter)
+                .map_err(|e| destination::Error(format!("dead letter encoding: {e}")))?;
+            writeln!(out, "{line}").map_err(io(&tmp))?;
+        }
+        out.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &file).map_err(io(&file))?;
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Every dead letter of the stream, oldest run first.
+    pub fn list(&self) -> Result<Vec<DeadLetter>, destination::Error> {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.dir)(e)),
+        };
+        files.sort();
+        let mut all = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                all.push(serde_json::from_str(line).map_err(|e| {
+                    destination::Error(format!("{}: unreadable dead letter: {e}", file.display()))
+                })?);
+            }
+        }
+        Ok(all)
+    }
+}

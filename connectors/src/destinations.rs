@@ -1,0 +1,96 @@
+//! The destination a workflow names, behind one type the driver can use.
+
+use std::path::Path;
+
+use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::{Checkpoint, WriteAck};
+
+use crate::jsonl::JsonlDestination;
+use crate::postgres::PostgresDestination;
+use crate::sqlite::SqliteDestination;
+use crate::upsert::Binding;
+use crate::workflow::{DestinationKind, Workflow};
+
+/// Any of the destinations.
+pub enum AnyDestination {
+    /// SQLite.
+    Sqlite(SqliteDestination),
+    /// PostgreSQL.
+    Postgres(PostgresDestination),
+    /// JSONL files.
+    Jsonl(JsonlDestination),
+}
+
+impl AnyDestination {
+    /// Opens the workflow's destination for `binding`.
+    pub async fn open(workflow: &Workflow, binding: Binding) -> Result<Self, destination::Error> {
+        let d = &workflow.file().destination;
+        match d.kind {
+            DestinationKind::Sqlite => {
+                let path = workflow.destination_path();
+                SqliteDestination::open(&path, binding).map(AnyDestination::Sqlite)
+            }
+            DestinationKind::Postgres => {
+                let var = d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default();
+                let url = std::env::var(var).map_err(|_| {
+                    destination::Error(format!(
+                        "destination.url: environment variable {var} is not set"
+                    ))
+                })?;
+                let schema = d.schema.as_deref().unwrap_or("public");
+                PostgresDestination::open(&url, schema, binding)
+                    .await
+                    .map(AnyDestination::Postgres)
+            }
+            DestinationKind::Jsonl => JsonlDestination::open(&workflow.destination_path(), binding)
+                .map(AnyDestination::Jsonl),
+        }
+    }
+
+    /// Where it is, for messages (never a connection string).
+    pub fn describe(workflow: &Workflow) -> String {
+        let d = &workflow.file().destination;
+        match d.kind {
+            DestinationKind::Sqlite | DestinationKind::Jsonl => {
+                workflow.destination_path().display().to_string()
+            }
+            DestinationKind::Postgres => format!(
+                "PostgreSQL (${}), schema {}",
+                d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default(),
+                d.schema.as_deref().unwrap_or("public")
+            ),
+        }
+    }
+}
+
+impl Destination for AnyDestination {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+        match self {
+            AnyDestination::Sqlite(d) => d.write(batch).await,
+            AnyDestination::Postgres(d) => d.write(batch).await,
+            AnyDestination::Jsonl(d) => d.write(batch).await,
+        }
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
+        match self {
+            AnyDestination::Sqlite(d) => d.checkpoint().await,
+            AnyDestination::Postgres(d) => d.checkpoint().await,
+            AnyDestination::Jsonl(d) => d.checkpoint().await,
+        }
+    }
+}
+
+/// The binding of `stream` under the checkpoint scope `scope` (the stream, or a backfill of
+/// it), its dead letters in the state directory `state_dir`.
+pub fn binding(
+    workflow: &Workflow,
+    stream: &crate::workflow::StreamSection,
+    scope: &str,
+    state_dir: &Path,
+) -> Binding {
+    Binding {
+        stream: scope.to_string(),
+        ..Binding::new(workflow, stream, state_dir)
+    }
+}

@@ -1,0 +1,317 @@
+//! The JSONL destination: one directory per table, one file per written page.
+//!
+//! A page becomes `<dir>/<table>/<run>-<page>.jsonl`: a header line (the stream's scope, its
+//! checkpoint and the write acknowledgement) then one line per change
+//! (`{"key","version","deleted_at","record"}`), written to a temporary file, synced and
+//! renamed. The rename is the commit: batch and checkpoint land together, a replay of the
+//! page finds its file and returns the stored acknowledgement, and a crash between write
+//! and commit never leaves a duplicate line. Versions are checked against an index of the
+//! newest version per key, rebuilt from the files when the destination opens.
+//! [`compact`] merges the files into `compacted.jsonl`, the newest line per key.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::{Checkpoint, WriteAck};
+
+use crate::upsert::{plan, Binding, Op, Stored};
+
+/// A page file's first line.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    stream: String,
+    checkpoint: Checkpoint,
+    ack: WriteAck,
+}
+
+/// One change.
+#[derive(Debug, Serialize, Deserialize)]
+struct Line<'a> {
+    key: String,
+    version: Option<String>,
+    deleted_at: Option<String>,
+    #[serde(borrow)]
+    record: Option<&'a RawValue>,
+}
+
+/// One table of a JSONL directory.
+pub struct JsonlDestination {
+    dir: PathBuf,
+    binding: Binding,
+    /// The newest state of every key.
+    index: HashMap<String, Stored>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
+    move |e| destination::Error(format!("{}: {e}", path.display()))
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> destination::Error {
+    destination::Error(format!("{}: unreadable line: {e}", path.display()))
+}
+
+/// The page files of a table directory, oldest first (run ids sort by time), and the
+/// compacted file if there is one.
+fn files(dir: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>), destination::Error> {
+    let mut pages: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "jsonl")
+                    && p.file_name().is_some_and(|n| n != "compacted.jsonl")
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    pages.sort();
+    let compacted = dir.join("compacted.jsonl");
+    Ok((compacted.is_file().then_some(compacted), pages))
+}
+
+/// Reads a JSONL file: its header (page files) and each line, passed to `each`.
+fn read(
+    path: &Path,
+    header: bool,
+    mut each: impl FnMut(Line<'_>),
+) -> Result<Option<Header>, destination::Error> {
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let mut lines = BufReader::new(file).lines();
+    let head = match header {
+        true => match lines.next() {
+            Some(line) => {
+                Some(serde_json::from_str(&line.map_err(io(path))?).map_err(|e| corrupt(path, e))?)
+            }
+            None => return Err(corrupt(path, "no header")),
+        },
+        false => None,
+    };
+    for line in lines {
+        let line = line.map_err(io(path))?;
+        each(serde_json::from_str(&line).map_err(|e| corrupt(path, e))?);
+    }
+    Ok(head)
+}
+
+fn stored(line: &Line<'_>) -> Stored {
+    Stored {
+        version: line.version.clone(),
+        deleted: line.deleted_at.is_some() || line.record.is_none(),
+        record: line.record.map(|r| r.get().to_string()),
+    }
+}
+
+impl JsonlDestination {
+    /// Opens (creating) `root/<table>/` and indexes what it holds.
+    pub fn open(root: &Path, binding: Binding) -> Result<Self, destination::Error> {
+        let dir = root.join(&binding.table);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut index = HashMap::new();
+        let (compacted, pages) = files(&dir)?;
+        let mut add = |line: Line<'_>| {
+            index.insert(line.key.clone(), stored(&line));
+        };
+        if let Some(c) = compacted {
+            read(&c, false, &mut add)?;
+        }
+        for page in &pages {
+            read(page, true, &mut add)?;
+        }
+        Ok(JsonlDestination {
+            dir,
+            binding,
+            index,
+        })
+    }
+
+    fn page_file(&self, batch: &Batch<'_>) -> PathBuf {
+        self.dir
+            .join(format!("{}-{:010}.jsonl", batch.run_id, batch.page))
+    }
+
+    fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+        let b = &self.binding;
+        let file = self.page_file(&batch);
+        if file.is_file() {
+            // Committed before a crash: the file holds the acknowledgement.
+            let header = read(&file, true, |_| {})?.ok_or_else(|| corrupt(&file, "no header"))?;
+            return Ok(WriteAck {
+                replayed: true,
+                ..header.ack
+            });
+        }
+        let run = batch.run_id.to_string();
+        let index = &self.index;
+        let plan = plan(b, &run, batch.page, batch.records, |key| {
+            Ok::<_, destination::Error>(index.get(key).cloned())
+        })?;
+        b.dead_letters.put(&run, batch.page, &plan.dead)?;
+        let header = Header {
+            stream: b.stream.clone(),
+            checkpoint: batch.checkpoint.clone(),
+            ack: plan.ack,
+        };
+        let encode = |e: serde_json::Error| destination::Error(format!("encoding: {e}"));
+        let mut out = serde_json::to_string(&header).map_err(encode)?;
+        out.push('\n');
+        for op in &plan.ops {
+            // A soft deletion keeps the last record (for audit), as the SQL destinations do.
+            let kept;
+            let line = match op {
+                Op::Put {
+                    key,
+                    version,
+                    record,
+                    ..
+                } => Line {
+                    key: key.clone(),
+                    version: version.clone(),
+                    deleted_at: None,
+                    record: Some(serde_json::from_str(record).map_err(encode)?),
+                },
+                Op::Tombstone {
+                    key,
+                    version,
+                    record,
+                } => {
+                    kept = self
+                        .index
+                        .get(key)
+                        .and_then(|s| s.record.clone())
+                        .unwrap_or_else(|| record.to_string());
+                    Line {
+                        key: key.clone(),
+                        version: version.clone(),
+                        deleted_at: version.clone(),
+                        record: Some(serde_json::from_str(&kept).map_err(encode)?),
+                    }
+                }
+                Op::Remove { key, version } => Line {
+                    key: key.clone(),
+                    version: version.clone(),
+                    deleted_at: version.clone(),
+                    record: None,
+                },
+            };
+            out.push_str(&serde_json::to_string(&line).map_err(encode)?);
+            out.push('\n');
+        }
+        let tmp = file.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(out.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &file).map_err(io(&file))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            d.sync_all().map_err(io(&self.dir))?;
+        }
+        // Durable: the index follows.
+        let mut lines = out.lines();
+        lines.next();
+        for line in lines {
+            let line: Line<'_> = serde_json::from_str(line).map_err(encode)?;
+            self.index.insert(line.key.clone(), stored(&line));
+        }
+        Ok(plan.ack)
+    }
+
+    /// The checkpoint of the newest page file of this stream's scope.
+    fn stored_checkpoint(&self) -> Result<Option<Checkpoint>, destination::Error> {
+        let (_, pages) = files(&self.dir)?;
+        for page in pages.iter().rev() {
+            let file = std::fs::File::open(page).map_err(io(page))?;
+            let mut first = String::new();
+            BufReader::new(file)
+                .read_line(&mut first)
+                .map_err(io(page))?;
+            let header: Header = serde_json::from_str(&first).map_err(|e| corrupt(page, e))?;
+            if header.stream == self.binding.stream {
+                return Ok(Some(header.checkpoint));
+            }
+        }
+        let saved = self.dir.join("compacted.checkpoints.json");
+        match std::fs::read(&saved) {
+            Ok(bytes) => {
+                let all: BTreeMap<String, Checkpoint> =
+                    serde_json::from_slice(&bytes).map_err(|e| corrupt(&saved, e))?;
+                Ok(all.get(&self.binding.stream).cloned())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&saved)(e)),
+        }
+    }
+}
+
+impl Destination for JsonlDestination {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+        self.write_batch(batch)
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
+        self.stored_checkpoint()
+    }
+}
+
+/// What [`compact`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Page files merged (and removed).
+    pub files: usize,
+    /// Lines read.
+    pub lines: usize,
+    /// Keys in the compacted file.
+    pub keys: usize,
+}
+
+/// Merges a table directory's page files into `compacted.jsonl` (the newest line per key,
+/// in key order; a hard deletion is a line with `"record": null`) and removes them. The stream checkpoints they
+/// held are kept in `compacted.checkpoints.json`. Crash-safe: the new files are renamed into
+/// place before any page file is removed, and merging again gives the same result.
+pub fn compact(table_dir: &Path) -> Result<Compacted, destination::Error> {
+    let (compacted, pages) = files(table_dir)?;
+    let mut newest: BTreeMap<String, String> = BTreeMap::new();
+    let saved = table_dir.join("compacted.checkpoints.json");
+    let mut checkpoints: BTreeMap<String, Checkpoint> = match std::fs::read(&saved) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(&saved, e))?,
+        Err(_) => BTreeMap::new(),
+    };
+    let mut lines = 0;
+    let mut keep = |line: Line<'_>| {
+        lines += 1;
+        // Hard deletions stay (`record: null`): they keep an older copy from coming back.
+        let text = serde_json::to_string(&line).unwrap_or_default();
+        newest.insert(line.key, text);
+    };
+    if let Some(c) = &compacted {
+        read(c, false, &mut keep)?;
+    }
+    for page in &pages {
+        if let Some(h) = read(page, true, &mut keep)? {
+            checkpoints.insert(h.stream, h.checkpoint);
+        }
+    }
+    let out = table_dir.join("compacted.jsonl");
+    let tmp = table_dir.join("compacted.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    for text in newest.values() {
+        writeln!(f, "{text}").map_err(io(&tmp))?;
+    }
+    f.sync_all().map_err(io(&tmp))?;
+    let tmp_cp = table_dir.join("compacted.checkpoints.tmp");
+    let cp = serde_json::to_vec(&checkpoints)
+        .map_err(|e| destination::Error(format!("encoding: {e}")))?;
+    std::fs::write(&tmp_cp, cp).map_err(io(&tmp_cp))?;
+    std::fs::rename(&tmp_cp, &saved).map_err(io(&saved))?;
+    std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    for page in &pages {
+        std::fs::remove_file(page).map_err(io(page))?;
+    }
+    Ok(Compacted {
+        files: pages.len(),
+        lines,
+        keys: newest.len(),
+    })
+}

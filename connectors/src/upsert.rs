@@ -1,0 +1,404 @@
+//! What one batch does to a destination, decided without I/O and shared by every
+//! destination, so they all keep the same promises: each record is identified (key,
+//! version, deletion flag, declared columns) or dead-lettered; compared with what is stored
+//! (an older version never overwrites a newer one; a deletion never removes a newer
+//! record; a deleted record is not brought back by an older copy); and turned into
+//! operations and the counts of the write acknowledgement.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use waymark_engine::WriteAck;
+
+use crate::columns::{Cell, Columns};
+use crate::dead_letters::{DeadLetter, DeadLetters};
+use crate::record::{compare_versions, key_of, lookup, scalar};
+use crate::workflow::{DeleteMode, RecordFilter, StreamSection, Workflow};
+
+/// Where one stream's records go and by which rules.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// The sync; with `stream` it names the checkpoint row.
+    pub sync: String,
+    /// The stream (or a backfill scope of it): names the checkpoint row.
+    pub stream: String,
+    /// The table written (the stream's own, or the one a deletions feed deletes from).
+    pub table: String,
+    /// Dotted paths of the record key (several: a composite key, stored as a JSON array).
+    pub primary_key: Vec<String>,
+    /// Dotted path of the record version (for a deletions feed: the deletion time).
+    pub version_field: Option<String>,
+    /// Records mark rows of `table` deleted instead of being stored.
+    pub deletes: bool,
+    /// Records matching this are deletions too.
+    pub deleted_when: Option<RecordFilter>,
+    /// Deletions remove rows (remembering their deletion version) instead of marking them.
+    pub hard_delete: bool,
+    /// Typed columns beside the raw record.
+    pub columns: Columns,
+    /// Where refused records go.
+    pub dead_letters: DeadLetters,
+    /// How long to wait for a database locked by another process.
+    pub busy_timeout: Duration,
+}
+
+impl Binding {
+    /// The binding of `stream` in `workflow`, its dead letters under the state directory
+    /// `state_dir`.
+    pub fn new(workflow: &Workflow, stream: &StreamSection, state_dir: &Path) -> Self {
+        let table = stream
+            .deletes
+            .clone()
+            .unwrap_or_else(|| stream.name.clone());
+        // A deletions feed fills no columns: it only marks rows of its target.
+        let columns = match &stream.deletes {
+            Some(_) => Columns::default(),
+            None => Columns::new(&stream.columns),
+        };
+        Binding {
+            sync: workflow.name().to_string(),
+            stream: stream.name.clone(),
+            table,
+            primary_key: stream.primary_key.paths(),
+            version_field: stream.cursor_field.clone(),
+            deletes: stream.deletes.is_some(),
+            deleted_when: stream.deleted_when.clone(),
+            hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
+            columns,
+            dead_letters: DeadLetters::new(state_dir, workflow.name(), &stream.name),
+            busy_timeout: workflow.file().destination.busy_timeout.0,
+        }
+    }
+}
+
+/// What a destination holds for a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The stored version.
+    pub version: Option<String>,
+    /// The row is marked deleted, or (with `record: None`) only its deletion is remembered.
+    pub deleted: bool,
+    /// The stored record; `None` after a hard delete.
+    pub record: Option<String>,
+}
+
+/// One change to a destination.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op<'a> {
+    /// Insert or replace the row; `revived`: it had been hard-deleted (forget that).
+    Put {
+        /// The key.
+        key: String,
+        /// The version.
+        version: Option<String>,
+        /// The record.
+        record: &'a str,
+        /// Its declared columns.
+        cells: Vec<Cell>,
+        /// It had been hard-deleted.
+        revived: bool,
+    },
+    /// Soft delete: the row stays (its last record kept, for audit), `deleted_at` and the
+    /// version become the deletion's time.
+    Tombstone {
+        /// The key.
+        key: String,
+        /// The deletion's version.
+        version: Option<String>,
+        /// The deletion record (stored only when the row is new).
+        record: &'a str,
+    },
+    /// Hard delete: the row goes; `(key, version)` is remembered.
+    Remove {
+        /// The key.
+        key: String,
+        /// The deletion's version.
+        version: Option<String>,
+    },
+}
+
+impl Op<'_> {
+    /// The key it changes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Tombstone { key, .. } | Op::Remove { key, .. } => key,
+        }
+    }
+}
+
+/// A batch's changes, dead letters and counts.
+#[derive(Debug, Default)]
+pub struct Plan<'a> {
+    /// The changes, in record order.
+    pub ops: Vec<Op<'a>>,
+    /// The refused records.
+    pub dead: Vec<DeadLetter>,
+    /// The counts.
+    pub ack: WriteAck,
+}
+
+impl<'a> Plan<'a> {
+    /// The changes with only the last one per key (what a set-based write applies).
+    pub fn last_per_key(&self) -> Vec<&Op<'a>> {
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, op) in self.ops.iter().enumerate() {
+            last.insert(op.key(), i);
+        }
+        let mut keep: Vec<usize> = last.into_values().collect();
+        keep.sort_unstable();
+        keep.into_iter().map(|i| &self.ops[i]).collect()
+    }
+}
+
+/// A record's identity and columns.
+struct Identity {
+    key: String,
+    version: Option<String>,
+    deletion: bool,
+    cells: Vec<Cell>,
+}
+
+/// The record's identity, or its key (if any) and why it is refused.
+fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, String)> {
+    let value: serde_json::Value =
+        serde_json::from_str(record).map_err(|e| (None, format!("not JSON: {e}")))?;
+    let key = key_of(&value, &b.primary_key).ok_or_else(|| {
+        (
+            None,
+            format!(
+                "primary key `{}` is missing or not a scalar",
+                b.primary_key.join(", ")
+            ),
+        )
+    })?;
+    let version = match &b.version_field {
+        None => None,
+        Some(field) => Some(lookup(&value, field).and_then(scalar).ok_or_else(|| {
+            (
+                Some(key.clone()),
+                format!("version field `{field}` is missing or not a scalar"),
+            )
+        })?),
+    };
+    let deletion = b.deletes
+        || b.deleted_when.as_ref().is_some_and(|f| {
+            lookup(&value, &f.path)
+                .and_then(scalar)
+                .is_some_and(|v| f.one_of.contains(&v))
+        });
+    let cells = match deletion {
+        true => Vec::new(),
+        false => b
+            .columns
+            .cells(&value)
+            .map_err(|why| (Some(key.clone()), why))?,
+    };
+    Ok(Identity {
+        key,
+        version,
+        deletion,
+        cells,
+    })
+}
+
+/// The keys of the records that have one (to look up what is stored in one query).
+pub fn keys(b: &Binding, records: &[String]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+        .filter_map(|v| key_of(&v, &b.primary_key))
+        .collect()
+}
+
+/// Decides what `records` (page `page` of run `run`) do, given what is stored for a key
+/// (`stored` is asked once per key; later records of the batch see the batch's own changes).
+pub fn plan<'a, E>(
+    b: &Binding,
+    run: &str,
+    page: u64,
+    records: &'a [String],
+    mut stored: impl FnMut(&str) -> Result<Option<Stored>, E>,
+) -> Result<Plan<'a>, E> {
+    let mut out = Plan::default();
+    let mut seen: HashMap<String, Option<Stored>> = HashMap::new();
+    for record in records {
+        let id = match identify(record, b) {
+            Ok(id) => id,
+            Err((key, reason)) => {
+                out.dead.push(DeadLetter {
+                    stream: b.stream.clone(),
+                    run_id: run.to_string(),
+                    page,
+                    key,
+                    reason,
+                    record: record.clone(),
+                });
+                out.ack.dead_lettered += 1;
+                continue;
+            }
+        };
+        let before = match seen.get(&id.key) {
+            Some(s) => s.clone(),
+            None => stored(&id.key)?,
+        };
+        let order = match (
+            before.as_ref().and_then(|s| s.version.as_ref()),
+            &id.version,
+        ) {
+            (Some(old), Some(new)) => compare_versions(new, old),
+            _ => Ordering::Equal,
+        };
+        let ack = &mut out.ack;
+        let (op, after) = if id.deletion {
+            match &before {
+                Some(s) if s.deleted && order != Ordering::Greater => {
+                    ack.unchanged += 1;
+                    continue;
+                }
+                Some(_) if order == Ordering::Less => {
+                    ack.skipped_stale += 1;
+                    continue;
+                }
+                _ => {
+                    ack.deleted += 1;
+                    let kept = match b.hard_delete {
+                        true => None,
+                        false => before
+                            .as_ref()
+                            .and_then(|s| s.record.clone())
+                            .or_else(|| Some(record.clone())),
+                    };
+                    let after = Stored {
+                        version: id.version.clone(),
+                        deleted: true,
+                        record: kept,
+                    };
+                    let op = match b.hard_delete {
+                        true => Op::Remove {
+                            key: id.key.clone(),
+                            version: id.version,
+                        },
+                        false => Op::Tombstone {
+                            key: id.key.clone(),
+                            version: id.version,
+                            record,
+                        },
+                    };
+                    (op, after)
+                }
+            }
+        } else {
+            let revived = match &before {
+                None => {
+                    ack.inserted += 1;
+                    false
+                }
+                Some(_) if order == Ordering::Less => {
+                    ack.skipped_stale += 1;
+                    continue;
+                }
+                Some(s)
+                    if order == Ordering::Equal
+                        && !s.deleted
+                        && s.record.as_deref() == Some(record.as_str()) =>
+                {
+                    ack.unchanged += 1;
+                    continue;
+                }
+                // Back after a hard delete (an id reused, or undeleted).
+                Some(s) if s.deleted && s.record.is_none() => {
+                    ack.inserted += 1;
+                    true
+                }
+                Some(_) => {
+                    ack.updated += 1;
+                    false
+                }
+            };
+            let after = Stored {
+                version: id.version.clone(),
+                deleted: false,
+                record: Some(record.clone()),
+            };
+            let op = Op::Put {
+                key: id.key.clone(),
+                version: id.version,
+                record,
+                cells: id.cells,
+                revived,
+            };
+            (op, after)
+        };
+        seen.insert(id.key, Some(after));
+        out.ops.push(op);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(hard: bool) -> Binding {
+        Binding {
+            sync: "s".into(),
+            stream: "t".into(),
+            table: "t".into(),
+            primary_key: vec!["id".into()],
+            version_field: Some("v".into()),
+            deletes: false,
+            deleted_when: Some(RecordFilter {
+                path: "gone".into(),
+                one_of: vec!["true".into()],
+            }),
+            hard_delete: hard,
+            columns: Columns::default(),
+            dead_letters: DeadLetters::new(Path::new("/nonexistent"), "s", "t"),
+            busy_timeout: Duration::ZERO,
+        }
+    }
+
+    fn records(texts: &[&str]) -> Vec<String> {
+        texts.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn versions_decide_and_the_batch_sees_its_own_changes() -> Result<(), String> {
+        let b = binding(false);
+        let batch = records(&[
+            r#"{"id":1,"v":5}"#,
+            r#"{"id":1,"v":4}"#,
+            r#"{"id":1,"v":5}"#,
+            r#"{"id":2,"v":9}"#,
+            r#"{"id":3,"v":1,"gone":true}"#,
+            r#"{"v":1}"#,
+        ]);
+        let stored = |key: &str| -> Result<Option<Stored>, String> {
+            Ok((key == "2").then(|| Stored {
+                version: Some("10".into()),
+                deleted: false,
+                record: Some("{}".into()),
+            }))
+        };
+        let plan = plan(&b, "r", 1, &batch, stored)?;
+        let ack = plan.ack;
+        assert_eq!(
+            (
+                ack.inserted,
+                ack.skipped_stale,
+                ack.unchanged,
+                ack.deleted,
+                ack.dead_lettered
+            ),
+            (1, 2, 1, 1, 1)
+        );
+        assert_eq!(plan.ops.len(), 2);
+        assert_eq!(
+            plan.dead[0].reason,
+            "primary key `id` is missing or not a scalar"
+        );
+        Ok(())
+    }
+}

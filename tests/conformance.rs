@@ -1,0 +1,650 @@
+//! One conformance suite for every destination, run against the real SQLite and a real
+//! PostgreSQL server (started by `tests/pg.rs`): idempotent re-writes, stale versions
+//! skipped, a batch committed just before a crash recognised on replay, dead letters,
+//! schema evolution with typed columns, and deletions (soft and hard).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use waymark_connectors::dead_letters::DeadLetters;
+use waymark_connectors::{destinations, AnyDestination, Workflow};
+use waymark_engine::destination::Destination;
+use waymark_engine::{Batch, Checkpoint, RunId, Timestamp, Window, WriteAck};
+
+use crate::util::{Result, TempDir};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Sqlite,
+    Postgres,
+    Jsonl,
+}
+
+/// One destination under test, in a directory of its own.
+struct Target {
+    kind: Kind,
+    dir: TempDir,
+    /// PostgreSQL: the connection string (also in the environment variable `var`).
+    url: Option<String>,
+    var: String,
+}
+
+/// SQLite, JSONL files, and PostgreSQL when it is installed (`tests/pg.rs` says so loudly
+/// when not).
+fn targets(name: &str) -> Result<Vec<Target>> {
+    let local = |kind: Kind| Target {
+        kind,
+        dir: TempDir::new(&format!("conf-{kind:?}-{name}")),
+        url: None,
+        var: String::new(),
+    };
+    let mut all = vec![local(Kind::Sqlite), local(Kind::Jsonl)];
+    if let Some(pg) = crate::pg::shared() {
+        let url = pg.database()?;
+        let var = format!("WAYMARK_CONFORMANCE_PG_{}", name.to_uppercase());
+        std::env::set_var(&var, &url);
+        all.push(Target {
+            kind: Kind::Postgres,
+            dir: TempDir::new(&format!("conf-pg-{name}")),
+            url: Some(url),
+            var,
+        });
+    }
+    Ok(all)
+}
+
+impl Target {
+    /// The workflow: one stream `items` keyed by `id`, versioned by `v`, with `stream`
+    /// lines added to it and `destination` lines to its destination.
+    fn workflow(&self, stream: &str, destination: &str) -> Result<Workflow> {
+        let target = match self.kind {
+            Kind::Sqlite => "kind = \"sqlite\"\npath = \"out.db\"".to_string(),
+            Kind::Postgres => format!("kind = \"postgres\"\nurl = {{ env = \"{}\" }}", self.var),
+            Kind::Jsonl => "kind = \"jsonl\"\npath = \"out\"".to_string(),
+        };
+        let text = format!(
+            r#"[sync]
+name = "conf"
+
+[source]
+kind = "http"
+base_url = "http://127.0.0.1:1"
+
+[[stream]]
+name = "items"
+path = "/items"
+records = "data"
+primary_key = "id"
+cursor_field = "v"
+pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }}
+{stream}
+
+[destination]
+{target}
+{destination}
+"#
+        );
+        let file = self.dir.path().join("workflow.toml");
+        std::fs::write(&file, text)?;
+        Ok(Workflow::load(&file)?)
+    }
+
+    async fn open(&self, workflow: &Workflow) -> Result<AnyDestination> {
+        let stream = &workflow.streams()[0];
+        let binding = destinations::binding(workflow, stream, "items", &self.state());
+        Ok(AnyDestination::open(workflow, binding).await?)
+    }
+
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Every row: key → (version, deleted, record).
+    async fn rows(&self) -> Result<BTreeMap<String, (Option<String>, bool, Value)>> {
+        let sql = "SELECT key, version, deleted_at IS NOT NULL, record FROM items";
+        let mut out = BTreeMap::new();
+        match self.kind {
+            Kind::Sqlite => {
+                let conn = rusqlite::Connection::open(self.dir.path().join("out.db"))?;
+                let mut stmt = conn.prepare(sql)?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (key, version, deleted, record) = row?;
+                    out.insert(key, (version, deleted, serde_json::from_str(&record)?));
+                }
+            }
+            Kind::Jsonl => {
+                // Read the files directly: the newest line per key wins (page files are
+                // named by time-ordered run id and page).
+                let dir = self.dir.path().join("out").join("items");
+                let mut files: Vec<_> = std::fs::read_dir(&dir)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                    .collect();
+                files.sort();
+                files.sort_by_key(|p| !p.ends_with("compacted.jsonl"));
+                for file in files {
+                    let text = std::fs::read_to_string(&file)?;
+                    let skip = usize::from(!file.ends_with("compacted.jsonl"));
+                    for line in text.lines().skip(skip) {
+                        let v: Value = serde_json::from_str(line)?;
+                        let key = v["key"].as_str().ok_or("no key")?.to_string();
+                        match v["record"].is_null() {
+                            true => out.remove(&key),
+                            false => out.insert(
+                                key,
+                                (
+                                    v["version"].as_str().map(str::to_string),
+                                    !v["deleted_at"].is_null(),
+                                    v["record"].clone(),
+                                ),
+                            ),
+                        };
+                    }
+                }
+            }
+            Kind::Postgres => {
+                let client = self.client().await?;
+                let sql = sql.replace("record", "record::text");
+                for r in client.query(&sql, &[]).await? {
+                    let record: String = r.get(3);
+                    out.insert(
+                        r.get(0),
+                        (r.get(1), r.get(2), serde_json::from_str(&record)?),
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A column's values as JSON: key → value.
+    async fn column(&self, name: &str) -> Result<BTreeMap<String, Value>> {
+        let mut out = BTreeMap::new();
+        match self.kind {
+            Kind::Jsonl => return Err("JSONL files have no typed columns".into()),
+            Kind::Sqlite => {
+                let conn = rusqlite::Connection::open(self.dir.path().join("out.db"))?;
+                let mut stmt = conn.prepare(&format!("SELECT key, \"{name}\" FROM items"))?;
+                let rows = stmt.query_map([], |r| {
+                    let v: rusqlite::types::Value = r.get(1)?;
+                    Ok((r.get::<_, String>(0)?, v))
+                })?;
+                for row in rows {
+                    let (key, v) = row?;
+                    let v = match v {
+                        rusqlite::types::Value::Null => Value::Null,
+                        rusqlite::types::Value::Integer(i) => Value::from(i),
+                        rusqlite::types::Value::Real(r) => Value::from(r),
+                        rusqlite::types::Value::Text(t) => Value::from(t),
+                        rusqlite::types::Value::Blob(_) => Value::from("blob"),
+                    };
+                    out.insert(key, v);
+                }
+            }
+            Kind::Postgres => {
+                let client = self.client().await?;
+                let sql = format!("SELECT key, to_jsonb(\"{name}\")::text FROM items");
+                for r in client.query(&sql, &[]).await? {
+                    let v: Option<String> = r.get(1);
+                    let v = v.map_or(Ok(Value::Null), |t| serde_json::from_str(&t))?;
+                    out.insert(r.get(0), v);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn client(&self) -> Result<tokio_postgres::Client> {
+        let url = self.url.as_deref().ok_or("not PostgreSQL")?;
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
+/// Writes `records` as page `page` of `run`; the checkpoint says so.
+async fn write(
+    d: &mut AnyDestination,
+    run: RunId,
+    page: u64,
+    records: &[&str],
+) -> Result<WriteAck> {
+    let records: Vec<String> = records.iter().map(|r| r.to_string()).collect();
+    let checkpoint = Checkpoint {
+        run_id: run,
+        window: Window {
+            start: None,
+            end: Timestamp(1_000),
+        },
+        cursor: Some(format!("after-{page}")),
+        page,
+        records: 0,
+        complete: false,
+        at: Timestamp(1_000),
+    };
+    let batch = Batch {
+        run_id: run,
+        page,
+        records: &records,
+        checkpoint: &checkpoint,
+    };
+    Ok(d.write(batch).await?)
+}
+
+fn counts(a: &WriteAck) -> [u64; 6] {
+    [
+        a.inserted,
+        a.updated,
+        a.unchanged,
+        a.skipped_stale,
+        a.deleted,
+        a.dead_lettered,
+    ]
+}
+
+fn row(v: &str, deleted: bool, record: &str) -> Result<(Option<String>, bool, Value)> {
+    Ok((Some(v.to_string()), deleted, serde_json::from_str(record)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_are_idempotent_and_older_versions_never_win() -> Result {
+    for t in targets("idempotent")? {
+        let wf = t.workflow("", "")?;
+        let mut d = t.open(&wf).await?;
+        let first = [
+            r#"{"id":1,"v":2,"n":"a"}"#,
+            r#"{"id":2,"v":2,"n":"b"}"#,
+            r#"{"id":3,"v":10,"n":"c"}"#,
+        ];
+        let a = write(&mut d, RunId::new(), 1, &first).await?;
+        assert_eq!(counts(&a), [3, 0, 0, 0, 0, 0], "{:?}", t.kind);
+        // The same records again (an overlap window, a retried run): nothing changes.
+        let run = RunId::new();
+        let again = write(&mut d, run, 1, &first).await?;
+        assert_eq!(counts(&again), [0, 0, 3, 0, 0, 0], "{:?}", t.kind);
+        // Older versions are skipped (9 < 10 compares as numbers, not text); newer win.
+        let mixed = [
+            r#"{"id":1,"v":1,"n":"old"}"#,
+            r#"{"id":2,"v":3,"n":"new"}"#,
+            r#"{"id":3,"v":9,"n":"old"}"#,
+            r#"{"id":4,"v":1,"n":"d"}"#,
+        ];
+        let m = write(&mut d, run, 2, &mixed).await?;
+        assert_eq!(counts(&m), [1, 1, 0, 2, 0, 0], "{:?}", t.kind);
+        let expected = BTreeMap::from([
+            ("1".to_string(), row("2", false, first[0])?),
+            ("2".to_string(), row("3", false, mixed[1])?),
+            ("3".to_string(), row("10", false, first[2])?),
+            ("4".to_string(), row("1", false, mixed[3])?),
+        ]);
+        assert_eq!(t.rows().await?, expected, "{:?}", t.kind);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_committed_before_a_crash_is_recognised_not_written_again() -> Result {
+    for t in targets("replay")? {
+        let wf = t.workflow("", "")?;
+        let run = RunId::new();
+        let records = [r#"{"id":1,"v":1}"#, r#"{"id":2,"v":1}"#];
+        let ack = {
+            let mut d = t.open(&wf).await?;
+            write(&mut d, run, 1, &records).await?
+        };
+        // The process died before journaling the ack; a new one writes the page again.
+        let mut d = t.open(&wf).await?;
+        let replayed = write(&mut d, run, 1, &records).await?;
+        assert!(replayed.replayed, "{:?}", t.kind);
+        assert_eq!(counts(&replayed), counts(&ack), "{:?}", t.kind);
+        assert_eq!(t.rows().await?.len(), 2);
+        let checkpoint = d.checkpoint().await?.ok_or("no checkpoint")?;
+        assert_eq!(
+            (
+                checkpoint.run_id,
+                checkpoint.page,
+                checkpoint.cursor.as_deref()
+            ),
+            (run, 1, Some("after-1")),
+            "{:?}",
+            t.kind
+        );
+        // The next page goes through normally.
+        let next = write(&mut d, run, 2, &[r#"{"id":3,"v":1}"#]).await?;
+        assert_eq!(counts(&next), [1, 0, 0, 0, 0, 0]);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_go_to_the_dead_letter_store_and_the_rest_is_written() -> Result {
+    for t in targets("dead")? {
+        let wf = t.workflow("columns = { qty = \"integer\" }", "")?;
+        let mut d = t.open(&wf).await?;
+        let run = RunId::new();
+        let records = [
+            r#"{"id":1,"v":1,"qty":2}"#,
+            r#"{"v":1,"qty":2}"#,
+            r#"{"id":3,"v":1,"qty":"three"}"#,
+            r#"{"id":4,"qty":1}"#,
+            r#"{"id":5,"v":1}"#,
+        ];
+        let ack = write(&mut d, run, 1, &records).await?;
+        assert_eq!(counts(&ack), [2, 0, 0, 0, 0, 3], "{:?}", t.kind);
+        assert_eq!(
+            t.rows().await?.keys().cloned().collect::<Vec<_>>(),
+            ["1", "5"],
+            "{:?}",
+            t.kind
+        );
+        let store = DeadLetters::new(&t.state(), "conf", "items");
+        let letters = store.list()?;
+        let seen: Vec<(Option<&str>, &str, u64)> = letters
+            .iter()
+            .map(|l| (l.key.as_deref(), l.reason.as_str(), l.page))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (None, "primary key `id` is missing or not a scalar", 1),
+                (
+                    Some("3"),
+                    "column `qty` (`qty`): \"three\" is not an integer",
+                    1
+                ),
+                (Some("4"), "version field `v` is missing or not a scalar", 1),
+            ],
+            "{:?}",
+            t.kind
+        );
+        assert_eq!(letters[2].record, records[3]);
+        assert_eq!(letters[0].run_id, run.to_string());
+        // Replaying the page (after a crash) does not duplicate them.
+        let mut d = t.open(&wf).await?;
+        write(&mut d, run, 1, &records).await?;
+        assert_eq!(store.list()?.len(), 3, "{:?}", t.kind);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_fields_and_new_columns_never_break_the_sync() -> Result {
+    for t in targets("schema")? {
+        let before = t.workflow("columns = { status = \"text\" }", "")?;
+        let mut d = t.open(&before).await?;
+        write(
+            &mut d,
+            RunId::new(),
+            1,
+            &[r#"{"id":1,"v":1,"status":"open"}"#],
+        )
+        .await?;
+        // A new declared column (typed, from a nested path) and a field nobody declared.
+        let after = t.workflow(
+            "columns = { status = \"text\", total = { path = \"amount.total\", type = \"real\" }, \
+             paid = \"boolean\", at = \"timestamp\" }",
+            "",
+        )?;
+        let mut d = t.open(&after).await?;
+        let newer = r#"{"id":2,"v":1,"status":"paid","amount":{"total":"12.5"},"paid":true,"at":"2026-01-02T03:04:05Z","surprise":[1,2]}"#;
+        let ack = write(&mut d, RunId::new(), 1, &[newer]).await?;
+        assert_eq!(counts(&ack), [1, 0, 0, 0, 0, 0], "{:?}", t.kind);
+        let rows = t.rows().await?;
+        assert_eq!(
+            rows["2"].2,
+            serde_json::from_str::<Value>(newer)?,
+            "raw record kept whole"
+        );
+        if t.kind == Kind::Jsonl {
+            continue;
+        }
+        assert_eq!(
+            t.column("total").await?,
+            BTreeMap::from([("1".into(), Value::Null), ("2".into(), Value::from(12.5))]),
+            "{:?}",
+            t.kind
+        );
+        assert_eq!(t.column("status").await?["2"], Value::from("paid"));
+        let paid = t.column("paid").await?["2"].clone();
+        assert!(paid == true || paid == 1, "{paid:?}");
+        let at = t.column("at").await?["2"].clone();
+        assert!(
+            at.as_str()
+                .is_some_and(|s| s.starts_with("2026-01-02T03:04:05")),
+            "{:?}: {at:?}",
+            t.kind
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_respect_versions_soft_and_hard() -> Result {
+    for hard in [false, true] {
+        for t in targets(if hard { "hard" } else { "soft" })? {
+            let mode = if hard { "delete_mode = \"hard\"" } else { "" };
+            let wf = t.workflow(
+                "deleted_when = { path = \"gone\", one_of = [\"true\"] }",
+                mode,
+            )?;
+            let mut d = t.open(&wf).await?;
+            let run = RunId::new();
+            write(&mut d, run, 1, &[r#"{"id":1,"v":5}"#, r#"{"id":2,"v":5}"#]).await?;
+            // An older deletion loses to the stored record; a newer one wins.
+            let del = write(
+                &mut d,
+                run,
+                2,
+                &[
+                    r#"{"id":1,"v":4,"gone":true}"#,
+                    r#"{"id":2,"v":6,"gone":true}"#,
+                ],
+            )
+            .await?;
+            assert_eq!(counts(&del), [0, 0, 0, 1, 1, 0], "{:?} hard={hard}", t.kind);
+            // A copy older than the deletion does not bring the record back.
+            let old = write(&mut d, run, 3, &[r#"{"id":2,"v":5}"#]).await?;
+            assert_eq!(counts(&old), [0, 0, 0, 1, 0, 0], "{:?} hard={hard}", t.kind);
+            let rows = t.rows().await?;
+            match hard {
+                true => assert!(!rows.contains_key("2"), "{:?}", t.kind),
+                false => assert_eq!(rows["2"].0.as_deref(), Some("6")),
+            }
+            // A newer copy does (an id reused, or undeleted).
+            let back = write(&mut d, run, 4, &[r#"{"id":2,"v":7}"#]).await?;
+            let expect = if hard {
+                [1, 0, 0, 0, 0, 0]
+            } else {
+                [0, 1, 0, 0, 0, 0]
+            };
+            assert_eq!(counts(&back), expect, "{:?} hard={hard}", t.kind);
+            assert_eq!(t.rows().await?["2"], row("7", false, r#"{"id":2,"v":7}"#)?);
+        }
+    }
+    Ok(())
+}
+
+/// The real binary syncs the sandbox into PostgreSQL — through faults and a kill — and the
+/// table equals the source.
+#[test]
+fn the_binary_syncs_into_postgres_exactly_through_faults_and_a_kill() -> Result {
+    use crate::util::{run, text, waymark, workflow, Sandbox};
+    let Some(pg) = crate::pg::shared() else {
+        return Ok(());
+    };
+    let url = pg.database()?;
+    let dir = TempDir::new("pg-e2e");
+    let sandbox = Sandbox::start(&[
+        "--records",
+        "3000",
+        "--rate-429",
+        "0.1",
+        "--rate-500",
+        "0.05",
+    ])?;
+    let file = workflow(dir.path(), 100, 12)?;
+    let text_of = std::fs::read_to_string(&file)?.replace(
+        "kind = \"sqlite\"\npath = \"shop.db\"",
+        "kind = \"postgres\"\nurl = { env = \"WAYMARK_E2E_PG\" }\nschema = \"shop\"",
+    );
+    std::fs::write(&file, text_of)?;
+    let state = dir.path().join("state");
+    let command = || {
+        let mut cmd = waymark(&state, &sandbox.url);
+        cmd.env("WAYMARK_E2E_PG", &url).arg("run").arg(&file);
+        cmd
+    };
+    // Killed mid-run, then run again to the end.
+    let mut child = command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = child.kill();
+    child.wait()?;
+    let out = run(&mut command())?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let truth = sandbox.truth()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let rows: BTreeMap<String, Value> = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let mut rows = BTreeMap::new();
+        for r in client
+            .query(
+                "SELECT key, record::text FROM shop.orders WHERE deleted_at IS NULL",
+                &[],
+            )
+            .await?
+        {
+            let record: String = r.get(1);
+            rows.insert(r.get::<_, String>(0), serde_json::from_str(&record)?);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(rows)
+    })?;
+    assert_eq!(rows.len(), 3000);
+    assert!(rows == truth, "PostgreSQL differs from the source");
+    // A connection string is never shown: the URL is not in any output.
+    assert!(!text(&out.stdout).contains("host=127.0.0.1"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_compaction_keeps_the_newest_line_per_key_and_the_checkpoint() -> Result {
+    let t = Target {
+        kind: Kind::Jsonl,
+        dir: TempDir::new("conf-jsonl-compact"),
+        url: None,
+        var: String::new(),
+    };
+    let wf = t.workflow(
+        "deleted_when = { path = \"gone\", one_of = [\"true\"] }",
+        "delete_mode = \"hard\"",
+    )?;
+    let mut d = t.open(&wf).await?;
+    let run = RunId::new();
+    write(&mut d, run, 1, &[r#"{"id":1,"v":1}"#, r#"{"id":2,"v":1}"#]).await?;
+    write(&mut d, run, 2, &[r#"{"id":1,"v":2}"#, r#"{"id":3,"v":1}"#]).await?;
+    write(&mut d, run, 3, &[r#"{"id":3,"v":2,"gone":true}"#]).await?;
+    let before = t.rows().await?;
+    let table = t.dir.path().join("out").join("items");
+    let done = waymark_connectors::jsonl::compact(&table)?;
+    assert_eq!((done.files, done.lines, done.keys), (3, 5, 3));
+    let names: Vec<String> = std::fs::read_dir(&table)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(names, ["compacted.jsonl"]);
+    assert_eq!(t.rows().await?, before);
+    assert_eq!(before.keys().cloned().collect::<Vec<_>>(), ["1", "2"]);
+    // Reopened: the checkpoint, the versions and the hard deletion are still known.
+    let mut d = t.open(&wf).await?;
+    let checkpoint = d
+        .checkpoint()
+        .await?
+        .ok_or("checkpoint lost by compaction")?;
+    assert_eq!((checkpoint.run_id, checkpoint.page), (run, 3));
+    let stale = write(
+        &mut d,
+        RunId::new(),
+        1,
+        &[r#"{"id":1,"v":1}"#, r#"{"id":3,"v":1}"#],
+    )
+    .await?;
+    assert_eq!(counts(&stale), [0, 0, 0, 2, 0, 0]);
+    // Compacting again changes nothing.
+    let again = waymark_connectors::jsonl::compact(&table)?;
+    assert_eq!(again.keys, 3);
+    assert_eq!(t.rows().await?, before);
+    Ok(())
+}
+
+/// The real binary syncs the sandbox into JSONL files, killed once; `waymark compact`
+/// leaves one file whose live lines equal the source.
+#[test]
+fn the_binary_syncs_into_jsonl_and_compacts_exactly() -> Result {
+    use crate::util::{run, text, waymark, workflow, Sandbox};
+    let dir = TempDir::new("jsonl-e2e");
+    let sandbox = Sandbox::start(&["--records", "3000", "--rate-429", "0.1"])?;
+    let file = workflow(dir.path(), 100, 12)?;
+    let text_of = std::fs::read_to_string(&file)?.replace(
+        "kind = \"sqlite\"\npath = \"shop.db\"",
+        "kind = \"jsonl\"\npath = \"out\"",
+    );
+    std::fs::write(&file, text_of)?;
+    let state = dir.path().join("state");
+    let mut child = waymark(&state, &sandbox.url)
+        .arg("run")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = child.kill();
+    child.wait()?;
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let compacted = run(waymark(&state, "").arg("compact").arg(&file))?;
+    assert_eq!(
+        compacted.status.code(),
+        Some(0),
+        "{}",
+        text(&compacted.stderr)
+    );
+    assert!(
+        text(&compacted.stdout).contains("3000 keys"),
+        "{}",
+        text(&compacted.stdout)
+    );
+    let lines = std::fs::read_to_string(dir.path().join("out/orders/compacted.jsonl"))?;
+    let mut rows = BTreeMap::new();
+    for line in lines.lines() {
+        let v: Value = serde_json::from_str(line)?;
+        rows.insert(
+            v["key"].as_str().ok_or("key")?.to_string(),
+            v["record"].clone(),
+        );
+    }
+    assert!(rows == sandbox.truth()?, "JSONL differs from the source");
+    // A sqlite workflow is refused by compact, clearly.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&file)?.replace("kind = \"jsonl\"", "kind = \"sqlite\""),
+    )?;
+    let refused = run(waymark(&state, "").arg("compact").arg(&other))?;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(text(&refused.stderr).contains("compact works on jsonl destinations only"));
+    Ok(())
+}
