@@ -4,6 +4,7 @@
 //! schema evolution with typed columns, and deletions (soft and hard).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use waymark_connectors::dead_letters::DeadLetters;
@@ -11,6 +12,8 @@ use waymark_connectors::{destinations, AnyDestination, Workflow};
 use waymark_engine::destination::Destination;
 use waymark_engine::{Batch, Checkpoint, RunId, Timestamp, Window, WriteAck};
 
+use crate::crm;
+use crate::scripted::Server;
 use crate::util::{Result, TempDir};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +21,7 @@ enum Kind {
     Sqlite,
     Postgres,
     Jsonl,
+    Http,
 }
 
 /// One destination under test, in a directory of its own.
@@ -27,18 +31,30 @@ struct Target {
     /// PostgreSQL: the connection string (also in the environment variable `var`).
     url: Option<String>,
     var: String,
+    /// HTTP: the CRM-like API on loopback.
+    crm: Option<(Server, crm::Shared)>,
 }
 
-/// SQLite, JSONL files, and PostgreSQL when it is installed (`tests/pg.rs` says so loudly
-/// when not).
-fn targets(name: &str) -> Result<Vec<Target>> {
+/// SQLite, JSONL files, an HTTP API, and PostgreSQL when it is installed (`tests/pg.rs`
+/// says so loudly when not).
+async fn targets(name: &str) -> Result<Vec<Target>> {
     let local = |kind: Kind| Target {
         kind,
         dir: TempDir::new(&format!("conf-{kind:?}-{name}")),
         url: None,
         var: String::new(),
+        crm: None,
     };
-    let mut all = vec![local(Kind::Sqlite), local(Kind::Jsonl)];
+    let shared = crm::Shared::default();
+    let server = Server::start(|| 0, crm::handler(shared.clone())).await?;
+    let mut all = vec![
+        local(Kind::Sqlite),
+        local(Kind::Jsonl),
+        Target {
+            crm: Some((server, shared)),
+            ..local(Kind::Http)
+        },
+    ];
     if let Some(pg) = crate::pg::shared() {
         let url = pg.database()?;
         let var = format!("WAYMARK_CONFORMANCE_PG_{}", name.to_uppercase());
@@ -48,6 +64,7 @@ fn targets(name: &str) -> Result<Vec<Target>> {
             dir: TempDir::new(&format!("conf-pg-{name}")),
             url: Some(url),
             var,
+            crm: None,
         });
     }
     Ok(all)
@@ -61,6 +78,7 @@ impl Target {
             Kind::Sqlite => "kind = \"sqlite\"\npath = \"out.db\"".to_string(),
             Kind::Postgres => format!("kind = \"postgres\"\nurl = {{ env = \"{}\" }}", self.var),
             Kind::Jsonl => "kind = \"jsonl\"\npath = \"out\"".to_string(),
+            Kind::Http => crm::destination(&self.crm.as_ref().ok_or("no CRM")?.0.url),
         };
         let text = format!(
             r#"[sync]
@@ -92,7 +110,7 @@ pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }
     async fn open(&self, workflow: &Workflow) -> Result<AnyDestination> {
         let stream = &workflow.streams()[0];
         let binding = destinations::binding(workflow, stream, "items", &self.state());
-        Ok(AnyDestination::open(workflow, binding).await?)
+        Ok(AnyDestination::open(workflow, binding, &self.state()).await?)
     }
 
     fn state(&self) -> std::path::PathBuf {
@@ -118,6 +136,16 @@ pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }
                 for row in rows {
                     let (key, version, deleted, record) = row?;
                     out.insert(key, (version, deleted, serde_json::from_str(&record)?));
+                }
+            }
+            Kind::Http => {
+                let crm = &self.crm.as_ref().ok_or("no CRM")?.1;
+                let crm = crm
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (key, record) in crm.by_external_id() {
+                    let version = record["v"].as_u64().map(|v| v.to_string());
+                    out.insert(key, (version, false, record));
                 }
             }
             Kind::Jsonl => {
@@ -169,7 +197,7 @@ pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }
     async fn column(&self, name: &str) -> Result<BTreeMap<String, Value>> {
         let mut out = BTreeMap::new();
         match self.kind {
-            Kind::Jsonl => return Err("JSONL files have no typed columns".into()),
+            Kind::Jsonl | Kind::Http => return Err("no typed columns here".into()),
             Kind::Sqlite => {
                 let conn = rusqlite::Connection::open(self.dir.path().join("out.db"))?;
                 let mut stmt = conn.prepare(&format!("SELECT key, \"{name}\" FROM items"))?;
@@ -256,7 +284,7 @@ fn row(v: &str, deleted: bool, record: &str) -> Result<(Option<String>, bool, Va
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrites_are_idempotent_and_older_versions_never_win() -> Result {
-    for t in targets("idempotent")? {
+    for t in targets("idempotent").await? {
         let wf = t.workflow("", "")?;
         let mut d = t.open(&wf).await?;
         let first = [
@@ -292,7 +320,7 @@ async fn rewrites_are_idempotent_and_older_versions_never_win() -> Result {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_committed_before_a_crash_is_recognised_not_written_again() -> Result {
-    for t in targets("replay")? {
+    for t in targets("replay").await? {
         let wf = t.workflow("", "")?;
         let run = RunId::new();
         let records = [r#"{"id":1,"v":1}"#, r#"{"id":2,"v":1}"#];
@@ -326,7 +354,7 @@ async fn a_batch_committed_before_a_crash_is_recognised_not_written_again() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_go_to_the_dead_letter_store_and_the_rest_is_written() -> Result {
-    for t in targets("dead")? {
+    for t in targets("dead").await? {
         let wf = t.workflow("columns = { qty = \"integer\" }", "")?;
         let mut d = t.open(&wf).await?;
         let run = RunId::new();
@@ -377,7 +405,7 @@ async fn bad_records_go_to_the_dead_letter_store_and_the_rest_is_written() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_fields_and_new_columns_never_break_the_sync() -> Result {
-    for t in targets("schema")? {
+    for t in targets("schema").await? {
         let before = t.workflow("columns = { status = \"text\" }", "")?;
         let mut d = t.open(&before).await?;
         write(
@@ -403,7 +431,7 @@ async fn new_fields_and_new_columns_never_break_the_sync() -> Result {
             serde_json::from_str::<Value>(newer)?,
             "raw record kept whole"
         );
-        if t.kind == Kind::Jsonl {
+        if matches!(t.kind, Kind::Jsonl | Kind::Http) {
             continue;
         }
         assert_eq!(
@@ -429,7 +457,9 @@ async fn new_fields_and_new_columns_never_break_the_sync() -> Result {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletions_respect_versions_soft_and_hard() -> Result {
     for hard in [false, true] {
-        for t in targets(if hard { "hard" } else { "soft" })? {
+        for t in targets(if hard { "hard" } else { "soft" }).await? {
+            // An API has no soft delete: a deletion removes the record there.
+            let hard = hard || t.kind == Kind::Http;
             let mode = if hard { "delete_mode = \"hard\"" } else { "" };
             let wf = t.workflow(
                 "deleted_when = { path = \"gone\", one_of = [\"true\"] }",
@@ -472,11 +502,43 @@ async fn deletions_respect_versions_soft_and_hard() -> Result {
     Ok(())
 }
 
+/// The sandbox workflow of `util::workflow` with another `[destination]`; `edit` changes
+/// the rest.
+fn sandbox_workflow(dir: &Path, destination: &str, edit: &[(&str, &str)]) -> Result<PathBuf> {
+    let file = crate::util::workflow(dir, 100, 12)?;
+    let mut text = std::fs::read_to_string(&file)?
+        .replace("kind = \"sqlite\"\npath = \"shop.db\"", destination);
+    for (from, to) in edit {
+        text = text.replace(from, to);
+    }
+    std::fs::write(&file, text)?;
+    Ok(file)
+}
+
+/// Starts `waymark run` and kills it once `done` holds (or after 30 s); whether it held.
+fn run_and_kill(
+    state: &Path,
+    url: &str,
+    file: &Path,
+    mut done: impl FnMut() -> bool,
+) -> Result<bool> {
+    let mut child = crate::util::waymark(state, url)
+        .arg("run")
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let held = crate::util::wait_for(&mut done, std::time::Duration::from_secs(30));
+    let _ = child.kill();
+    child.wait()?;
+    Ok(held)
+}
+
 /// The real binary syncs the sandbox into PostgreSQL — through faults and a kill — and the
 /// table equals the source.
 #[test]
 fn the_binary_syncs_into_postgres_exactly_through_faults_and_a_kill() -> Result {
-    use crate::util::{run, text, waymark, workflow, Sandbox};
+    use crate::util::{run, text, waymark, Sandbox};
     let Some(pg) = crate::pg::shared() else {
         return Ok(());
     };
@@ -490,12 +552,11 @@ fn the_binary_syncs_into_postgres_exactly_through_faults_and_a_kill() -> Result 
         "--rate-500",
         "0.05",
     ])?;
-    let file = workflow(dir.path(), 100, 12)?;
-    let text_of = std::fs::read_to_string(&file)?.replace(
-        "kind = \"sqlite\"\npath = \"shop.db\"",
+    let file = sandbox_workflow(
+        dir.path(),
         "kind = \"postgres\"\nurl = { env = \"WAYMARK_E2E_PG\" }\nschema = \"shop\"",
-    );
-    std::fs::write(&file, text_of)?;
+        &[],
+    )?;
     let state = dir.path().join("state");
     let command = || {
         let mut cmd = waymark(&state, &sandbox.url);
@@ -503,13 +564,11 @@ fn the_binary_syncs_into_postgres_exactly_through_faults_and_a_kill() -> Result 
         cmd
     };
     // Killed mid-run, then run again to the end.
-    let mut child = command()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(700));
-    let _ = child.kill();
-    child.wait()?;
+    std::env::set_var("WAYMARK_E2E_PG", &url);
+    let began = std::time::Instant::now();
+    run_and_kill(&state, &sandbox.url, &file, || {
+        began.elapsed() > std::time::Duration::from_millis(700)
+    })?;
     let out = run(&mut command())?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let truth = sandbox.truth()?;
@@ -546,6 +605,7 @@ async fn jsonl_compaction_keeps_the_newest_line_per_key_and_the_checkpoint() -> 
         dir: TempDir::new("conf-jsonl-compact"),
         url: None,
         var: String::new(),
+        crm: None,
     };
     let wf = t.workflow(
         "deleted_when = { path = \"gone\", one_of = [\"true\"] }",
@@ -594,25 +654,15 @@ async fn jsonl_compaction_keeps_the_newest_line_per_key_and_the_checkpoint() -> 
 /// leaves one file whose live lines equal the source.
 #[test]
 fn the_binary_syncs_into_jsonl_and_compacts_exactly() -> Result {
-    use crate::util::{run, text, waymark, workflow, Sandbox};
+    use crate::util::{run, text, waymark, Sandbox};
     let dir = TempDir::new("jsonl-e2e");
     let sandbox = Sandbox::start(&["--records", "3000", "--rate-429", "0.1"])?;
-    let file = workflow(dir.path(), 100, 12)?;
-    let text_of = std::fs::read_to_string(&file)?.replace(
-        "kind = \"sqlite\"\npath = \"shop.db\"",
-        "kind = \"jsonl\"\npath = \"out\"",
-    );
-    std::fs::write(&file, text_of)?;
+    let file = sandbox_workflow(dir.path(), "kind = \"jsonl\"\npath = \"out\"", &[])?;
     let state = dir.path().join("state");
-    let mut child = waymark(&state, &sandbox.url)
-        .arg("run")
-        .arg(&file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let _ = child.kill();
-    child.wait()?;
+    let began = std::time::Instant::now();
+    run_and_kill(&state, &sandbox.url, &file, || {
+        began.elapsed() > std::time::Duration::from_millis(500)
+    })?;
     let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let compacted = run(waymark(&state, "").arg("compact").arg(&file))?;
@@ -646,5 +696,102 @@ fn the_binary_syncs_into_jsonl_and_compacts_exactly() -> Result {
     let refused = run(waymark(&state, "").arg("compact").arg(&other))?;
     assert_eq!(refused.status.code(), Some(2));
     assert!(text(&refused.stderr).contains("compact works on jsonl destinations only"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_that_refuses_a_record_dead_letters_it_and_retries_throttles() -> Result {
+    let t = targets("refuse")
+        .await?
+        .into_iter()
+        .find(|t| t.kind == Kind::Http)
+        .ok_or("no HTTP target")?;
+    let shared = t.crm.as_ref().ok_or("no CRM")?.1.clone();
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .fail_every = 3;
+    let wf = t.workflow("", "")?;
+    let mut d = t.open(&wf).await?;
+    let run = RunId::new();
+    let records = [
+        r#"{"id":1,"v":1,"qty":1}"#,
+        r#"{"id":2,"v":1,"qty":"bad"}"#,
+        r#"{"id":3,"v":1,"qty":3}"#,
+    ];
+    let ack = write(&mut d, run, 1, &records).await?;
+    assert_eq!(counts(&ack), [2, 0, 0, 0, 0, 1]);
+    let letters = DeadLetters::new(&t.state(), "conf", "items").list()?;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].key.as_deref(), Some("2"));
+    assert!(
+        letters[0].reason.contains("HTTP 422"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        t.rows().await?.keys().cloned().collect::<Vec<_>>(),
+        ["1", "3"]
+    );
+    // Every third request was a 429 or 503; each record still exists exactly once.
+    let crm = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert_eq!((crm.creates, crm.contacts.len()), (2, 2));
+    Ok(())
+}
+
+/// The real binary syncs the sandbox into a CRM-like API that fails every seventh request,
+/// killed once mid-run: afterwards every source record exists exactly once there, as the
+/// source has it, and no record was ever created twice.
+#[test]
+fn the_binary_syncs_into_an_api_exactly_once_through_faults_and_a_kill() -> Result {
+    use crate::util::{run, text, waymark, Sandbox};
+    let dir = TempDir::new("http-e2e");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let shared = crm::Shared::default();
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .fail_every = 7;
+    let server = runtime.block_on(Server::start(|| 0, crm::handler(shared.clone())))?;
+    let sandbox = Sandbox::start(&["--records", "600"])?;
+    let file = sandbox_workflow(
+        dir.path(),
+        &crm::destination(&server.url),
+        &[
+            ("page_size = 100", "page_size = 50"),
+            (
+                "max_attempts = 12",
+                "max_attempts = 12\nbackoff = { base = \"5ms\", cap = \"20ms\" }",
+            ),
+        ],
+    )?;
+    let state = dir.path().join("state");
+    // Killed as soon as the first page is committed: mid-page 2, requests in flight.
+    let map = state.join("http_ids").join("shop").join("orders.json");
+    let committed = run_and_kill(&state, &sandbox.url, &file, || map.exists())?;
+    assert!(committed, "the first page was never committed");
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(" 1 resumes"),
+        "{}",
+        text(&out.stdout)
+    );
+    let crm = shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    assert_eq!(crm.contacts.len(), 600, "a record is missing or doubled");
+    assert_eq!(crm.creates, 600, "a record was created twice");
+    assert!(
+        crm.by_external_id() == sandbox.truth()?,
+        "the API differs from the source"
+    );
+    drop(crm);
+    drop(server);
     Ok(())
 }

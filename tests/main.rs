@@ -1,5 +1,6 @@
 //! End-to-end tests of the real `waymark` binary over loopback HTTP and SQLite.
 
+mod crm;
 mod pg;
 mod scripted;
 mod util;

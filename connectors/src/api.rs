@@ -48,7 +48,14 @@ pub struct Accepted {
     pub body: Vec<u8>,
 }
 
-/// The connection to one source's API.
+/// Where requests go and how they authenticate.
+struct Endpoint<'a> {
+    base_url: &'a str,
+    auth: Option<&'a crate::auth::AuthSection>,
+    rate_limit: Option<&'a crate::rate::RateLimit>,
+}
+
+/// The connection to one API (a source's, or an HTTP destination's).
 pub struct Api {
     base_url: reqwest::Url,
     client: reqwest::Client,
@@ -68,7 +75,6 @@ impl Api {
     ) -> Result<Arc<Api>, Error> {
         let source = &workflow.file().source;
         let secrets = Secrets::default();
-        let credentials = Credentials::resolve(source.auth.as_ref(), &secrets)?;
         // `${VAR}` values in headers and parameters are as secret as the credentials.
         for stream in workflow.streams() {
             for text in stream.headers.values().chain(stream.params.values()) {
@@ -79,7 +85,40 @@ impl Api {
                 }
             }
         }
-        let base = expand_env(&source.base_url).map_err(Error::Url)?;
+        let endpoint = Endpoint {
+            base_url: &source.base_url,
+            auth: source.auth.as_ref(),
+            rate_limit: source.rate_limit.as_ref(),
+        };
+        Self::connect(workflow, &endpoint, secrets, state_dir, clock)
+    }
+
+    /// The connection for `workflow`'s HTTP destination (its own URL, credentials and
+    /// budget; the source's timeouts, CA file and `max_wait`).
+    pub fn for_destination(
+        workflow: &Workflow,
+        state_dir: Option<&Path>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Api>, Error> {
+        let d = &workflow.file().destination;
+        let endpoint = Endpoint {
+            base_url: d.base_url.as_deref().unwrap_or_default(),
+            auth: d.auth.as_ref(),
+            rate_limit: d.rate_limit.as_ref(),
+        };
+        Self::connect(workflow, &endpoint, Secrets::default(), state_dir, clock)
+    }
+
+    fn connect(
+        workflow: &Workflow,
+        endpoint: &Endpoint<'_>,
+        secrets: Secrets,
+        state_dir: Option<&Path>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Api>, Error> {
+        let source = &workflow.file().source;
+        let credentials = Credentials::resolve(endpoint.auth, &secrets)?;
+        let base = expand_env(endpoint.base_url).map_err(Error::Url)?;
         let base_url = reqwest::Url::parse(base.trim_end_matches('/'))
             .map_err(|e| Error::Url(format!("`{base}`: {e}")))?;
         let mut builder = reqwest::Client::builder()
@@ -111,12 +150,7 @@ impl Api {
             dir.join("rate")
                 .join(format!("{}.json", origin_key(&base_url)))
         });
-        let gate = Gate::new(
-            source.rate_limit.as_ref(),
-            file,
-            clock.clone(),
-            source.max_wait.0,
-        );
+        let gate = Gate::new(endpoint.rate_limit, file, clock.clone(), source.max_wait.0);
         Ok(Arc::new(Api {
             base_url,
             client,

@@ -1,15 +1,17 @@
 //! The destination a workflow names, behind one type the driver can use.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use waymark_engine::destination::{self, Batch, Destination};
-use waymark_engine::{Checkpoint, WriteAck};
+use waymark_engine::{Checkpoint, SystemClock, WriteAck};
 
+use crate::http_destination::HttpDestination;
 use crate::jsonl::JsonlDestination;
 use crate::postgres::PostgresDestination;
 use crate::sqlite::SqliteDestination;
 use crate::upsert::Binding;
-use crate::workflow::{DestinationKind, Workflow};
+use crate::workflow::{DestinationKind, StreamSection, Workflow};
 
 /// Any of the destinations.
 pub enum AnyDestination {
@@ -19,11 +21,18 @@ pub enum AnyDestination {
     Postgres(PostgresDestination),
     /// JSONL files.
     Jsonl(JsonlDestination),
+    /// Another API.
+    Http(Box<HttpDestination>),
 }
 
 impl AnyDestination {
-    /// Opens the workflow's destination for `binding`.
-    pub async fn open(workflow: &Workflow, binding: Binding) -> Result<Self, destination::Error> {
+    /// Opens the workflow's destination for `binding` (an HTTP destination keeps its id
+    /// map in the state directory `state_dir`).
+    pub async fn open(
+        workflow: &Workflow,
+        binding: Binding,
+        state_dir: &Path,
+    ) -> Result<Self, destination::Error> {
         let d = &workflow.file().destination;
         match d.kind {
             DestinationKind::Sqlite => {
@@ -44,6 +53,10 @@ impl AnyDestination {
             }
             DestinationKind::Jsonl => JsonlDestination::open(&workflow.destination_path(), binding)
                 .map(AnyDestination::Jsonl),
+            DestinationKind::Http => {
+                HttpDestination::open(workflow, binding, state_dir, Arc::new(SystemClock))
+                    .map(|d| AnyDestination::Http(Box::new(d)))
+            }
         }
     }
 
@@ -54,6 +67,7 @@ impl AnyDestination {
             DestinationKind::Sqlite | DestinationKind::Jsonl => {
                 workflow.destination_path().display().to_string()
             }
+            DestinationKind::Http => d.base_url.clone().unwrap_or_default(),
             DestinationKind::Postgres => format!(
                 "PostgreSQL (${}), schema {}",
                 d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default(),
@@ -69,6 +83,7 @@ impl Destination for AnyDestination {
             AnyDestination::Sqlite(d) => d.write(batch).await,
             AnyDestination::Postgres(d) => d.write(batch).await,
             AnyDestination::Jsonl(d) => d.write(batch).await,
+            AnyDestination::Http(d) => d.write(batch).await,
         }
     }
 
@@ -77,6 +92,7 @@ impl Destination for AnyDestination {
             AnyDestination::Sqlite(d) => d.checkpoint().await,
             AnyDestination::Postgres(d) => d.checkpoint().await,
             AnyDestination::Jsonl(d) => d.checkpoint().await,
+            AnyDestination::Http(d) => d.checkpoint().await,
         }
     }
 }
@@ -85,7 +101,7 @@ impl Destination for AnyDestination {
 /// it), its dead letters in the state directory `state_dir`.
 pub fn binding(
     workflow: &Workflow,
-    stream: &crate::workflow::StreamSection,
+    stream: &StreamSection,
     scope: &str,
     state_dir: &Path,
 ) -> Binding {

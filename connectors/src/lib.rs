@@ -8,6 +8,7 @@
 //!   the same transaction (rusqlite, bundled SQLite).
 //! - [`postgres`]: the same in PostgreSQL (tokio-postgres, COPY into a temporary table).
 //! - [`jsonl`]: JSON Lines files, one atomically renamed file per page, and compaction.
+//! - [`http_destination`]: another API (look up, update or create; idempotency keys).
 //! - [`destinations`]: [`AnyDestination`], the one a workflow names.
 //! - [`upsert`]: what a batch does to any destination (versions, deletions, dead letters).
 //! - [`columns`]: declared typed columns; [`dead_letters`]: the dead-letter store.
@@ -26,6 +27,7 @@ pub mod columns;
 pub mod dead_letters;
 pub mod destinations;
 pub mod http;
+pub mod http_destination;
 pub mod jsonl;
 pub mod postgres;
 pub mod rate;

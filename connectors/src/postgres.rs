@@ -13,7 +13,7 @@ use waymark_engine::destination::{self, Batch, Destination};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::columns::Cell;
-use crate::upsert::{plan, Binding, Op, Stored};
+use crate::upsert::{plan, replayed, Binding, Op, Stored};
 
 /// One stream's table in a PostgreSQL database.
 pub struct PostgresDestination {
@@ -146,13 +146,7 @@ impl PostgresDestination {
             let (prior_run, prior_page, ack): (String, i64, String) =
                 (row.get(0), row.get(1), row.get(2));
             if prior_run == run && prior_page >= batch.page as i64 {
-                let stored: WriteAck = serde_json::from_str(&ack).map_err(|e| {
-                    destination::Error(format!("stored acknowledgement unreadable: {e}"))
-                })?;
-                return Ok(WriteAck {
-                    replayed: true,
-                    ..stored
-                });
+                return replayed(&ack);
             }
         }
         // What is stored for the batch's keys, in one round trip.

@@ -16,7 +16,7 @@ use waymark_engine::destination::{self, Batch, Destination};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::columns::Cell;
-use crate::upsert::{plan, Binding, Op, Stored};
+use crate::upsert::{plan, replayed, Binding, Op, Stored};
 
 /// One stream's table in a SQLite database.
 pub struct SqliteDestination {
@@ -117,13 +117,7 @@ impl SqliteDestination {
             .map_err(fail("reading the checkpoint"))?;
         if let Some((prior_run, prior_page, ack)) = prior {
             if prior_run == run && prior_page >= batch.page {
-                let stored: WriteAck = serde_json::from_str(&ack).map_err(|e| {
-                    destination::Error(format!("stored acknowledgement unreadable: {e}"))
-                })?;
-                return Ok(WriteAck {
-                    replayed: true,
-                    ..stored
-                });
+                return replayed(&ack);
             }
         }
         let table = &b.table;

@@ -203,6 +203,18 @@ fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, Stri
     })
 }
 
+/// The acknowledgement stored with an already-committed batch (a SQL destination's
+/// checkpoint row), marked as replayed.
+pub fn replayed(stored: &str) -> Result<WriteAck, waymark_engine::destination::Error> {
+    let ack: WriteAck = serde_json::from_str(stored).map_err(|e| {
+        waymark_engine::destination::Error(format!("stored acknowledgement unreadable: {e}"))
+    })?;
+    Ok(WriteAck {
+        replayed: true,
+        ..ack
+    })
+}
+
 /// The keys of the records that have one (to look up what is stored in one query).
 pub fn keys(b: &Binding, records: &[String]) -> Vec<String> {
     records

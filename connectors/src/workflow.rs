@@ -534,7 +534,7 @@ fn default_page_size() -> u32 {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationSection {
-    /// `sqlite`, `postgres` or `jsonl`.
+    /// `sqlite`, `postgres`, `jsonl` or `http`.
     pub kind: DestinationKind,
     /// SQLite: the database file; JSONL: the directory (relative to the workflow file's
     /// directory).
@@ -544,6 +544,27 @@ pub struct DestinationSection {
     pub url: Option<crate::auth::FromEnv>,
     /// PostgreSQL: the schema of the tables (default `public`).
     pub schema: Option<String>,
+    /// HTTP: the API's base URL (`${VAR}` allowed).
+    pub base_url: Option<String>,
+    /// HTTP: how requests authenticate (as in `[source.auth]`).
+    pub auth: Option<crate::auth::AuthSection>,
+    /// HTTP: a request budget for the destination API.
+    pub rate_limit: Option<crate::rate::RateLimit>,
+    /// HTTP: the search for a record by its source key, e.g.
+    /// `"/contacts?external_id={key}"`; the answer (an object, or an array whose first
+    /// element is used) holds the destination's id at `id_path`.
+    pub lookup: Option<String>,
+    /// HTTP: where a new record is POSTed, e.g. `"/contacts"`.
+    pub create: Option<String>,
+    /// HTTP: where a known record is PATCHed, e.g. `"/contacts/{id}"`.
+    pub update: Option<String>,
+    /// HTTP: where a deleted record is DELETEd, e.g. `"/contacts/{id}"`.
+    pub delete: Option<String>,
+    /// HTTP: the destination's id in a create or lookup answer (default `id`).
+    pub id_path: Option<String>,
+    /// HTTP: the field of the sent body that carries the source key (default
+    /// `external_id`).
+    pub external_id_field: Option<String>,
     /// What a deletion does: `soft` (default: the row stays, `deleted_at` set) or `hard`
     /// (the row is removed; its key and deletion version are kept in `_waymark_tombstones`
     /// so an older copy read later is not written back).
@@ -580,6 +601,8 @@ pub enum DestinationKind {
     Postgres,
     /// JSON Lines files, a directory per table.
     Jsonl,
+    /// Another API (e.g. a CRM): look up by external id, then update or create.
+    Http,
 }
 
 /// The parsed file.
@@ -814,6 +837,21 @@ impl Workflow {
                     "a postgres destination needs `url = { env = \"…\" }` (the connection \
                      string, read from the environment)",
                 ))
+            }
+            DestinationKind::Http => {
+                for (k, v) in [
+                    ("base_url", &d.base_url),
+                    ("lookup", &d.lookup),
+                    ("create", &d.create),
+                    ("update", &d.update),
+                ] {
+                    if v.is_none() {
+                        return Err(self.invalid(
+                            "destination".into(),
+                            format!("an http destination needs `{k}`"),
+                        ));
+                    }
+                }
             }
             _ => {}
         }

@@ -138,7 +138,7 @@ async fn destination(
     scope: &str,
 ) -> anyhow::Result<AnyDestination> {
     let binding = destinations::binding(workflow, stream, scope, dir.root());
-    AnyDestination::open(workflow, binding)
+    AnyDestination::open(workflow, binding, dir.root())
         .await
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
 }

@@ -1,0 +1,508 @@
+//! The HTTP destination (API to API, e.g. into a CRM): per record, find the destination's
+//! record (from the key → id map, else by searching for the source key), then update it,
+//! else create it — with an `Idempotency-Key` derived from `(stream, key, version)`, so a
+//! retried or replayed request never makes a second record.
+//!
+//! The key → (id, version, record) map and the stream's checkpoint are kept together in the
+//! state directory (`http_ids/<sync>/<table>.json`, replaced atomically after each page),
+//! so later runs update instead of searching, and a replayed page is recognised. 429 and
+//! 5xx are retried with the source's backoff rules (`Retry-After` honoured); a record the
+//! API refuses (another 4xx) goes to the dead-letter store with the status and the start
+//! of the answer; 401/403 or exhausted retries fail the step without moving the checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::source::ErrorKind;
+use waymark_engine::{Checkpoint, Clock, RetryPolicy, WriteAck};
+
+use crate::api::Api;
+use crate::dead_letters::DeadLetter;
+use crate::record::lookup;
+use crate::rules::Rules;
+use crate::upsert::{plan, Binding, Op, Stored};
+use crate::workflow::Workflow;
+
+/// What the destination knows of one source record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Known {
+    /// The destination's id (`None`: deleted there).
+    id: Option<String>,
+    version: Option<String>,
+    record: Option<String>,
+    deleted: bool,
+}
+
+/// The map and the checkpoints, saved together.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Mapping {
+    records: BTreeMap<String, Known>,
+    /// Scope → (run, page, checkpoint, ack) of the last page written.
+    checkpoints: BTreeMap<String, (String, u64, Checkpoint, WriteAck)>,
+}
+
+/// Paths and fields of the destination API.
+#[derive(Clone, Debug)]
+struct Endpoints {
+    lookup: String,
+    create: String,
+    update: String,
+    delete: Option<String>,
+    id_path: String,
+    external_id_field: String,
+}
+
+/// One stream written to an API.
+pub struct HttpDestination {
+    api: Arc<Api>,
+    rules: Rules,
+    binding: Binding,
+    endpoints: Endpoints,
+    retry: RetryPolicy,
+    clock: Arc<dyn Clock>,
+    file: PathBuf,
+    mapping: Mapping,
+    jitter: u64,
+}
+
+/// How a request ended.
+enum Answer {
+    Ok(Vec<u8>),
+    /// The API refused this record (a 4xx other than 401/403): status and reason.
+    Refused(String),
+    NotFound,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
+    move |e| destination::Error(format!("{}: {e}", path.display()))
+}
+
+/// `{name}` in `template` replaced by `value`, percent-encoded.
+fn fill(template: &str, name: &str, value: &str) -> String {
+    let encoded: String = value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    template.replace(&format!("{{{name}}}"), &encoded)
+}
+
+impl HttpDestination {
+    /// The destination of `binding` in `workflow`; its map is in `state_dir`.
+    pub fn open(
+        workflow: &Workflow,
+        binding: Binding,
+        state_dir: &Path,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, destination::Error> {
+        let d = &workflow.file().destination;
+        let api = Api::for_destination(workflow, Some(state_dir), clock.clone())
+            .map_err(|e| destination::Error(e.to_string()))?;
+        let endpoints = Endpoints {
+            lookup: d.lookup.clone().unwrap_or_default(),
+            create: d.create.clone().unwrap_or_default(),
+            update: d.update.clone().unwrap_or_default(),
+            delete: d.delete.clone(),
+            id_path: d.id_path.clone().unwrap_or_else(|| "id".into()),
+            external_id_field: d
+                .external_id_field
+                .clone()
+                .unwrap_or_else(|| "external_id".into()),
+        };
+        let file = state_dir
+            .join("http_ids")
+            .join(&binding.sync)
+            .join(format!("{}.json", binding.table));
+        let mapping = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                destination::Error(format!("{}: unreadable id map: {e}", file.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Mapping::default(),
+            Err(e) => return Err(io(&file)(e)),
+        };
+        Ok(HttpDestination {
+            api,
+            rules: Rules::default(),
+            binding,
+            endpoints,
+            retry: workflow.retry_policy(),
+            jitter: clock.now().0,
+            clock,
+            file,
+            mapping,
+        })
+    }
+
+    fn next_jitter(&mut self) -> f64 {
+        // splitmix64 → [0, 1)
+        self.jitter = self.jitter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.jitter;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Sends one request, retrying 429/5xx with backoff.
+    async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency: Option<&str>,
+    ) -> Result<Answer, destination::Error> {
+        let url = format!(
+            "{}/{}",
+            self.api.base_url().as_str().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
+        let url = reqwest::Url::parse(&url)
+            .map_err(|e| destination::Error(format!("`{path}` is not a URL path: {e}")))?;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let build = || {
+                let mut request = self.api.client().request(method.clone(), url.clone());
+                if let Some(body) = body {
+                    request = request
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .body(body.to_string());
+                }
+                if let Some(key) = idempotency {
+                    request = request.header("Idempotency-Key", key);
+                }
+                request.build().map_err(|e| {
+                    waymark_engine::source::Error::new(
+                        ErrorKind::Fatal,
+                        e.without_url().to_string(),
+                    )
+                })
+            };
+            let error = match self.api.send(&self.rules, build).await {
+                Ok(Ok(accepted)) => return Ok(Answer::Ok(accepted.body)),
+                Ok(Err(ignored)) => return Ok(Answer::Refused(ignored.reason)),
+                Err(e) => e,
+            };
+            match (error.kind, error.status) {
+                (ErrorKind::Fatal, Some(404)) => return Ok(Answer::NotFound),
+                (ErrorKind::Fatal, Some(s)) if (400..500).contains(&s) && s != 401 && s != 403 => {
+                    return Ok(Answer::Refused(error.message))
+                }
+                (ErrorKind::Fatal, _) => return Err(destination::Error(error.message)),
+                _ if attempt >= self.retry.max_attempts => {
+                    return Err(destination::Error(format!(
+                        "{} after {attempt} attempts",
+                        error.message
+                    )))
+                }
+                _ => {}
+            }
+            let ceiling = self
+                .retry
+                .base
+                .saturating_mul(1u32 << (attempt - 1).min(20))
+                .min(self.retry.cap);
+            let jittered = ceiling.mul_f64(self.next_jitter());
+            let wait = match error.retry_after {
+                Some(after) if !after.is_zero() => after.max(jittered),
+                _ => jittered.max(Duration::from_millis(10)),
+            };
+            if wait > self.retry.max_wait {
+                return Err(destination::Error(format!(
+                    "{}; the API asks to wait {} (more than max_wait)",
+                    error.message,
+                    humantime::format_duration(wait)
+                )));
+            }
+            tracing::warn!(
+                "destination: attempt {attempt} failed, retrying in {} ms: {}",
+                wait.as_millis(),
+                error.message
+            );
+            self.clock.sleep(wait).await;
+        }
+    }
+
+    /// The destination's id of `key`: known, or found by the lookup.
+    async fn find(&mut self, key: &str) -> Result<Option<String>, destination::Error> {
+        if let Some(id) = self.mapping.records.get(key).and_then(|k| k.id.clone()) {
+            return Ok(Some(id));
+        }
+        let path = fill(&self.endpoints.lookup, "key", key);
+        match self.call(Method::GET, &path, None, None).await? {
+            Answer::Ok(body) => Ok(self.id_in(&body)),
+            Answer::NotFound => Ok(None),
+            Answer::Refused(why) => Err(destination::Error(format!("lookup of {key}: {why}"))),
+        }
+    }
+
+    /// The id in an answer: an object, or the first element of an array.
+    fn id_in(&self, body: &[u8]) -> Option<String> {
+        let value: Value = serde_json::from_slice(body).ok()?;
+        let first = match &value {
+            Value::Array(items) => items.first()?,
+            other => other,
+        };
+        match lookup(first, &self.endpoints.id_path)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    fn idempotency_key(&self, key: &str, version: Option<&str>, action: &str) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.binding.sync.as_str(),
+            self.binding.table.as_str(),
+            key,
+            version.unwrap_or(""),
+            action,
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    async fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+        let run = batch.run_id.to_string();
+        if let Some((r, p, _, ack)) = self.mapping.checkpoints.get(&self.binding.stream) {
+            if *r == run && *p >= batch.page {
+                return Ok(WriteAck {
+                    replayed: true,
+                    ..*ack
+                });
+            }
+        }
+        let records = &self.mapping.records;
+        let hard = self.binding.hard_delete;
+        let mut plan = plan(&self.binding, &run, batch.page, batch.records, |key| {
+            Ok::<_, destination::Error>(records.get(key).map(|k| Stored {
+                version: k.version.clone(),
+                deleted: k.deleted,
+                record: match (k.deleted && hard, &k.record) {
+                    (true, _) => None,
+                    (false, r) => r.clone(),
+                },
+            }))
+        })?;
+        let mut refused = Vec::new();
+        for op in &plan.ops {
+            let outcome = match op {
+                Op::Put {
+                    key,
+                    version,
+                    record,
+                    ..
+                } => self.put(key, version.as_deref(), record).await?,
+                Op::Tombstone { key, version, .. } | Op::Remove { key, version } => {
+                    self.remove(key, version.as_deref()).await?
+                }
+            };
+            if let Err(reason) = outcome {
+                refused.push(DeadLetter {
+                    stream: self.binding.stream.clone(),
+                    run_id: run.clone(),
+                    page: batch.page,
+                    key: Some(op.key().to_string()),
+                    reason,
+                    record: match op {
+                        Op::Put { record, .. } | Op::Tombstone { record, .. } => record.to_string(),
+                        Op::Remove { .. } => String::new(),
+                    },
+                });
+                // It was counted as written; it is a dead letter instead.
+                let ack = &mut plan.ack;
+                match op {
+                    Op::Put { revived, .. }
+                        if !revived && self.mapping.records.contains_key(op.key()) =>
+                    {
+                        ack.updated = ack.updated.saturating_sub(1)
+                    }
+                    Op::Put { .. } => ack.inserted = ack.inserted.saturating_sub(1),
+                    _ => ack.deleted = ack.deleted.saturating_sub(1),
+                }
+                ack.dead_lettered += 1;
+            }
+        }
+        plan.dead.extend(refused);
+        self.binding
+            .dead_letters
+            .put(&run, batch.page, &plan.dead)?;
+        self.mapping.checkpoints.insert(
+            self.binding.stream.clone(),
+            (run, batch.page, batch.checkpoint.clone(), plan.ack),
+        );
+        self.save()?;
+        Ok(plan.ack)
+    }
+
+    /// Updates or creates one record; `Err` is why the API refused it.
+    async fn put(
+        &mut self,
+        key: &str,
+        version: Option<&str>,
+        record: &str,
+    ) -> Result<Result<(), String>, destination::Error> {
+        let mut body: Value = serde_json::from_str(record)
+            .map_err(|e| destination::Error(format!("record {key}: {e}")))?;
+        if let Value::Object(map) = &mut body {
+            map.insert(
+                self.endpoints.external_id_field.clone(),
+                Value::String(key.to_string()),
+            );
+        }
+        let id = match self.find(key).await? {
+            Some(id) => {
+                let path = fill(&self.endpoints.update, "id", &id);
+                let idem = self.idempotency_key(key, version, "update");
+                match self
+                    .call(Method::PATCH, &path, Some(&body), Some(&idem))
+                    .await?
+                {
+                    Answer::Ok(_) => id,
+                    // Deleted on the other side meanwhile: create it again.
+                    Answer::NotFound => match self.create(key, version, &body).await? {
+                        Ok(id) => id,
+                        Err(why) => return Ok(Err(why)),
+                    },
+                    Answer::Refused(why) => return Ok(Err(why)),
+                }
+            }
+            None => match self.create(key, version, &body).await? {
+                Ok(id) => id,
+                Err(why) => return Ok(Err(why)),
+            },
+        };
+        self.mapping.records.insert(
+            key.to_string(),
+            Known {
+                id: Some(id),
+                version: version.map(str::to_string),
+                record: Some(record.to_string()),
+                deleted: false,
+            },
+        );
+        Ok(Ok(()))
+    }
+
+    async fn create(
+        &mut self,
+        key: &str,
+        version: Option<&str>,
+        body: &Value,
+    ) -> Result<Result<String, String>, destination::Error> {
+        let idem = self.idempotency_key(key, version, "create");
+        let path = self.endpoints.create.clone();
+        match self
+            .call(Method::POST, &path, Some(body), Some(&idem))
+            .await?
+        {
+            Answer::Ok(answer) => match self.id_in(&answer) {
+                Some(id) => Ok(Ok(id)),
+                None => Err(destination::Error(format!(
+                    "created {key}, but the answer has no `{}`: {}",
+                    self.endpoints.id_path,
+                    crate::http::excerpt(&answer)
+                ))),
+            },
+            Answer::NotFound => Ok(Err("HTTP 404 on create".into())),
+            Answer::Refused(why) => Ok(Err(why)),
+        }
+    }
+
+    /// Deletes one record on the other side; `Err` is why that was not done.
+    async fn remove(
+        &mut self,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Result<(), String>, destination::Error> {
+        let Some(template) = self.endpoints.delete.clone() else {
+            return Ok(Err(
+                "the destination has no `delete` endpoint: the deletion was not applied".into(),
+            ));
+        };
+        if let Some(id) = self.find(key).await? {
+            let idem = self.idempotency_key(key, version, "delete");
+            match self
+                .call(
+                    Method::DELETE,
+                    &fill(&template, "id", &id),
+                    None,
+                    Some(&idem),
+                )
+                .await?
+            {
+                Answer::Ok(_) | Answer::NotFound => {}
+                Answer::Refused(why) => return Ok(Err(why)),
+            }
+        }
+        self.mapping.records.insert(
+            key.to_string(),
+            Known {
+                id: None,
+                version: version.map(str::to_string),
+                record: None,
+                deleted: true,
+            },
+        );
+        Ok(Ok(()))
+    }
+
+    /// Replaces the map file (written aside, synced, renamed).
+    fn save(&self) -> Result<(), destination::Error> {
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let tmp = self.file.with_extension("tmp");
+        let bytes = serde_json::to_vec(&self.mapping)
+            .map_err(|e| destination::Error(format!("id map encoding: {e}")))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        std::io::Write::write_all(&mut f, &bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &self.file).map_err(io(&self.file))
+    }
+}
+
+impl Destination for HttpDestination {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+        self.write_batch(batch).await
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
+        Ok(self
+            .mapping
+            .checkpoints
+            .get(&self.binding.stream)
+            .map(|(_, _, c, _)| c.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_and_encodes_path_values() {
+        assert_eq!(
+            fill("/c?external_id={key}", "key", "a b/7"),
+            "/c?external_id=a%20b%2F7"
+        );
+        assert_eq!(fill("/c/{id}", "id", "42"), "/c/42");
+    }
+}
