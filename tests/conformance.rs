@@ -795,3 +795,53 @@ fn the_binary_syncs_into_an_api_exactly_once_through_faults_and_a_kill() -> Resu
     drop(server);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_use_verified_tls_when_asked() -> Result {
+    let Some(pg) = crate::pg::shared() else {
+        return Ok(());
+    };
+    let url = pg.database()?.replace("sslmode=disable", "sslmode=require");
+    let target = |name: &str| Target {
+        kind: Kind::Postgres,
+        dir: TempDir::new(name),
+        url: Some(url.clone()),
+        var: "WAYMARK_CONFORMANCE_PG_TLS".into(),
+        crm: None,
+    };
+    std::env::set_var("WAYMARK_CONFORMANCE_PG_TLS", &url);
+    // The server's certificate is not trusted by default: refused, and said so.
+    let untrusted = target("pg-tls-untrusted");
+    let wf = untrusted.workflow("", "")?;
+    let refused = untrusted.open(&wf).await.err().map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("certificate")),
+        "{refused:?}"
+    );
+    // Trusted through `ca_file`: the batch goes over TLS.
+    let trusted = target("pg-tls-trusted");
+    let ca = format!("ca_file = \"{}\"", pg.ca_file().display());
+    let wf = trusted.workflow("", &ca)?;
+    let mut d = trusted.open(&wf).await?;
+    let ack = write(&mut d, RunId::new(), 1, &[r#"{"id":1,"v":1}"#]).await?;
+    assert_eq!(counts(&ack), [1, 0, 0, 0, 0, 0]);
+    let plain = url.replace("sslmode=require", "sslmode=disable");
+    let (client, connection) = tokio_postgres::connect(&plain, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = current_database() AND s.ssl",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        encrypted, 1,
+        "the destination's connection is not encrypted"
+    );
+    drop(d);
+    Ok(())
+}

@@ -69,6 +69,34 @@ fn start() -> Result<Option<Postgres>> {
     };
     let dir = TempDir::new("pg");
     let data = dir.path().join("data");
+    // The server offers TLS with a certificate for 127.0.0.1 (trusted via `ca_file`).
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("the PostgreSQL tests need the `openssl` command: {e}"))?;
+    if !made.success() {
+        return Err("openssl could not make the server certificate".into());
+    }
+    let mut perms = std::fs::metadata(&key)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&key, perms)?;
     // initdb and postgres refuse to run as root: run them as the `postgres` user.
     let root = Command::new("id")
         .arg("-u")
@@ -115,12 +143,15 @@ fn start() -> Result<Option<Postgres>> {
     // The server runs until the test process (holding the wrapper's stdin) ends.
     let server = format!(
         "{} {} -D '{}' -p {port} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off \
-         -c full_page_writes=off -c synchronous_commit=off & pid=$!; read _; kill -TERM $pid; \
+         -c full_page_writes=off -c synchronous_commit=off -c ssl=on \
+         -c ssl_cert_file='{}' -c ssl_key_file='{}' & pid=$!; read _; kill -TERM $pid; \
          wait $pid; rm -rf '{}'",
         prefix.join(" "),
         bin.join("postgres").display(),
         data.display(),
         dir.path().display(),
+        cert.display(),
+        key.display(),
         dir.path().display()
     );
     let guard = Command::new("sh")
@@ -173,8 +204,13 @@ impl Postgres {
             return Err(format!("createdb: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
         Ok(format!(
-            "host=127.0.0.1 port={} user=postgres dbname={name}",
+            "host=127.0.0.1 port={} user=postgres dbname={name} sslmode=disable",
             self.port
         ))
+    }
+
+    /// The server certificate, to trust it (`ca_file`).
+    pub fn ca_file(&self) -> PathBuf {
+        self._dir.path().join("server.crt")
     }
 }

@@ -8,6 +8,7 @@ use waymark_engine::{Checkpoint, SystemClock, WriteAck};
 
 use crate::http_destination::HttpDestination;
 use crate::jsonl::JsonlDestination;
+use crate::pg_tls::Rustls;
 use crate::postgres::PostgresDestination;
 use crate::sqlite::SqliteDestination;
 use crate::upsert::Binding;
@@ -47,7 +48,9 @@ impl AnyDestination {
                     ))
                 })?;
                 let schema = d.schema.as_deref().unwrap_or("public");
-                PostgresDestination::open(&url, schema, binding)
+                let tls = Rustls::new(workflow.destination_ca_file().as_deref())
+                    .map_err(destination::Error)?;
+                PostgresDestination::open(&url, tls, schema, binding)
                     .await
                     .map(AnyDestination::Postgres)
             }

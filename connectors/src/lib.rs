@@ -6,7 +6,8 @@
 //! - [`http`]: [`HttpSource`], a paginated JSON API over reqwest (rustls).
 //! - [`sqlite`]: [`SqliteDestination`], idempotent versioned upserts with the checkpoint in
 //!   the same transaction (rusqlite, bundled SQLite).
-//! - [`postgres`]: the same in PostgreSQL (tokio-postgres, COPY into a temporary table).
+//! - [`postgres`]: the same in PostgreSQL (tokio-postgres, COPY into a temporary table);
+//!   [`pg_tls`]: its TLS through rustls.
 //! - [`jsonl`]: JSON Lines files, one atomically renamed file per page, and compaction.
 //! - [`http_destination`]: another API (look up, update or create; idempotency keys).
 //! - [`destinations`]: [`AnyDestination`], the one a workflow names.
@@ -29,6 +30,7 @@ pub mod destinations;
 pub mod http;
 pub mod http_destination;
 pub mod jsonl;
+pub mod pg_tls;
 pub mod postgres;
 pub mod rate;
 pub mod record;

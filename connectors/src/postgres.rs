@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use futures_util::SinkExt;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use waymark_engine::destination::{self, Batch, Destination};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::columns::Cell;
+use crate::pg_tls::Rustls;
 use crate::upsert::{plan, replayed, Binding, Op, Stored};
 
 /// One stream's table in a PostgreSQL database.
@@ -29,10 +30,18 @@ fn fail(context: &'static str) -> impl Fn(tokio_postgres::Error) -> destination:
     move |e| {
         // The database's own message (`db_error`) says what went wrong; the outer text is
         // often just "db error".
-        let detail = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
+        let detail = match e.as_db_error() {
+            Some(d) => d.message().to_string(),
+            None => {
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                text
+            }
+        };
         destination::Error(format!("PostgreSQL {context}: {detail}"))
     }
 }
@@ -44,13 +53,15 @@ fn ident(name: &str) -> String {
 
 impl PostgresDestination {
     /// Connects with `url` (a libpq connection string or URI; it may hold a password and is
-    /// never shown) and creates or evolves the stream's table in `schema`.
+    /// never shown; its `sslmode` decides on TLS, verified by `tls`) and creates or evolves
+    /// the stream's table in `schema`.
     pub async fn open(
         url: &str,
+        tls: Rustls,
         schema: &str,
         binding: Binding,
     ) -> Result<Self, destination::Error> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
+        let (client, connection) = tokio_postgres::connect(url, tls)
             .await
             .map_err(fail("connecting"))?;
         tokio::spawn(async move {

@@ -544,6 +544,9 @@ pub struct DestinationSection {
     pub url: Option<crate::auth::FromEnv>,
     /// PostgreSQL: the schema of the tables (default `public`).
     pub schema: Option<String>,
+    /// PostgreSQL: a PEM file of extra trusted CA certificates for TLS (relative to the
+    /// workflow file); the Mozilla roots are always trusted.
+    pub ca_file: Option<PathBuf>,
     /// HTTP: the API's base URL (`${VAR}` allowed).
     pub base_url: Option<String>,
     /// HTTP: how requests authenticate (as in `[source.auth]`).
@@ -1139,11 +1142,24 @@ impl Workflow {
 
     /// `source.ca_file`, relative to the workflow file.
     pub fn ca_file(&self) -> Option<PathBuf> {
-        let file = self.file.source.ca_file.as_ref()?;
-        Some(match self.path.parent() {
+        self.file.source.ca_file.as_deref().map(|f| self.beside(f))
+    }
+
+    /// `destination.ca_file`, relative to the workflow file.
+    pub fn destination_ca_file(&self) -> Option<PathBuf> {
+        self.file
+            .destination
+            .ca_file
+            .as_deref()
+            .map(|f| self.beside(f))
+    }
+
+    /// `file` relative to the workflow file's directory (unless absolute).
+    fn beside(&self, file: &Path) -> PathBuf {
+        match self.path.parent() {
             Some(dir) if file.is_relative() => dir.join(file),
-            _ => file.clone(),
-        })
+            _ => file.to_path_buf(),
+        }
     }
 
     /// The streams, in file order.
