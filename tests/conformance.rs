@@ -230,6 +230,19 @@ pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }
         Ok(out)
     }
 
+    /// Runs SQL in a SQL destination's database.
+    async fn execute(&self, sql: &str) -> Result {
+        match self.kind {
+            Kind::Sqlite => {
+                let conn = rusqlite::Connection::open(self.dir.path().join("out.db"))?;
+                conn.execute_batch(sql)?;
+            }
+            Kind::Postgres => self.client().await?.batch_execute(sql).await?,
+            Kind::Jsonl | Kind::Http => return Err("not a SQL destination".into()),
+        }
+        Ok(())
+    }
+
     async fn client(&self) -> Result<tokio_postgres::Client> {
         let url = self.url.as_deref().ok_or("not PostgreSQL")?;
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -843,5 +856,46 @@ async fn postgres_connections_use_verified_tls_when_asked() -> Result {
         "the destination's connection is not encrypted"
     );
     drop(d);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_wide_failure_moves_no_checkpoint_and_a_retry_completes() -> Result {
+    for t in targets("refusal").await? {
+        // A database that refuses the whole batch (a trigger; think disk full, permission
+        // revoked) — the SQL destinations.
+        let (block, unblock) = match t.kind {
+            Kind::Sqlite => (
+                "CREATE TRIGGER no_writes BEFORE INSERT ON items BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+                "DROP TRIGGER no_writes",
+            ),
+            Kind::Postgres => (
+                "CREATE FUNCTION no_writes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+                 CREATE TRIGGER no_writes BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION no_writes()",
+                "DROP TRIGGER no_writes ON items",
+            ),
+            Kind::Jsonl | Kind::Http => continue,
+        };
+        let wf = t.workflow("", "")?;
+        let mut d = t.open(&wf).await?;
+        let run = RunId::new();
+        write(&mut d, run, 1, &[r#"{"id":1,"v":1}"#]).await?;
+        t.execute(block).await?;
+        let failed = write(&mut d, run, 2, &[r#"{"id":2,"v":1}"#, r#"{"id":3,"v":1}"#]).await;
+        let why = failed.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(why.contains("disk full"), "{:?}: {why}", t.kind);
+        let checkpoint = d.checkpoint().await?.ok_or("no checkpoint")?;
+        assert_eq!(checkpoint.page, 1, "{:?}: the checkpoint moved", t.kind);
+        assert_eq!(
+            t.rows().await?.len(),
+            1,
+            "{:?}: half a batch was kept",
+            t.kind
+        );
+        t.execute(unblock).await?;
+        let ack = write(&mut d, run, 2, &[r#"{"id":2,"v":1}"#, r#"{"id":3,"v":1}"#]).await?;
+        assert_eq!(counts(&ack), [2, 0, 0, 0, 0, 0], "{:?}", t.kind);
+        assert_eq!(d.checkpoint().await?.map(|c| c.page), Some(2));
+    }
     Ok(())
 }
