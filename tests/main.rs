@@ -10,6 +10,7 @@ mod children;
 mod conformance;
 mod input;
 mod journal;
+mod operator;
 mod pagination;
 mod resilience;
 mod sandbox;

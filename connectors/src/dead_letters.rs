@@ -74,8 +74,8 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Every dead letter of the stream, oldest run first.
-    pub fn list(&self) -> Result<Vec<DeadLetter>, destination::Error> {
+    /// The files of the store, oldest run first.
+    pub fn files(&self) -> Result<Vec<PathBuf>, destination::Error> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -85,9 +85,65 @@ impl DeadLetters {
             Err(e) => return Err(io(&self.dir)(e)),
         };
         files.sort();
+        Ok(files)
+    }
+
+    /// Removes files of the store (after their letters were retried or dropped).
+    pub fn remove(&self, files: &[PathBuf]) -> Result<(), destination::Error> {
+        for file in files {
+            std::fs::remove_file(file).map_err(io(file))?;
+        }
+        Ok(())
+    }
+
+    /// Appends a line to the store's audit log (`audit.log`): what was done to it and why.
+    pub fn audit(&self, line: &str) -> Result<(), destination::Error> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.dir.join("audit.log");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        writeln!(f, "{line}").map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))
+    }
+
+    /// The streams with a store under the state directory `root`: `(sync, stream)`.
+    pub fn streams(root: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let base = root.join("dead_letters");
+        let names = |dir: &Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok())
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        for sync in names(&base) {
+            for stream in names(&base.join(&sync)) {
+                out.push((sync.clone(), stream));
+            }
+        }
+        out
+    }
+
+    /// Every dead letter of the stream, oldest run first.
+    pub fn list(&self) -> Result<Vec<DeadLetter>, destination::Error> {
+        self.read(&self.files()?)
+    }
+
+    /// The dead letters in `files`.
+    pub fn read(&self, files: &[PathBuf]) -> Result<Vec<DeadLetter>, destination::Error> {
         let mut all = Vec::new();
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(io(&file))?;
+            let text = std::fs::read_to_string(file).map_err(io(file))?;
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 all.push(serde_json::from_str(line).map_err(|e| {
                     destination::Error(format!("{}: unreadable dead letter: {e}", file.display()))

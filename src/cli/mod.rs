@@ -9,6 +9,7 @@ macro_rules! out {
 
 mod compact;
 mod demo;
+mod dlq;
 mod journal;
 mod run;
 mod runs;
@@ -60,6 +61,8 @@ enum Command {
     /// Check workflow files (errors with file:line:col and the key; warnings) without
     /// running them.
     Validate(validate::ValidateArgs),
+    /// Dead letters by stream: list, show, retry through the destination, drop.
+    Dlq(dlq::DlqArgs),
     /// Merge a JSONL destination's page files into one file per table (newest line per key).
     Compact(compact::CompactArgs),
     /// Print the JSON Schema of workflow files (for editors).
@@ -177,6 +180,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Demo(args) => demo::run(args).await,
         Command::Validate(args) => validate::validate(args),
         Command::Compact(args) => compact::run(&state_dir, args),
+        Command::Dlq(args) => dlq::run(&state_dir, args).await,
         Command::Schema => validate::schema(),
     }
 }

@@ -131,7 +131,7 @@ fn api(dir: &StateDir, workflow: &Workflow) -> anyhow::Result<Arc<Api>> {
 
 /// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a
 /// backfill of it).
-async fn destination(
+pub(super) async fn destination(
     dir: &StateDir,
     workflow: &Workflow,
     stream: &StreamSection,

@@ -1,0 +1,260 @@
+//! `waymark dlq`: the dead letters of each stream — list, show, retry through the
+//! destination after a fix, or drop with a reason.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use waymark_connectors::dead_letters::{DeadLetter, DeadLetters};
+use waymark_connectors::Workflow;
+use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, SystemClock, Window};
+
+use super::run::{destination, open_state};
+use super::{ExitStatus, UsageError};
+
+/// Arguments of `waymark dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Dead letters per stream: how many, and the newest reason.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A stream's dead letters: run, page, key, reason, record.
+    Show {
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+        /// The sync (needed when two syncs have a stream of that name).
+        #[arg(long)]
+        sync: Option<String>,
+        /// Show at most this many (newest last).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line (the whole record).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a stream's dead letters through its destination again (after fixing what
+    /// refused them); those refused again stay, under the retry's run.
+    Retry {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+    },
+    /// Remove a stream's dead letters for good; the reason goes to the store's audit log.
+    Drop {
+        /// The stream.
+        #[arg(long)]
+        stream: String,
+        /// The sync (needed when two syncs have a stream of that name).
+        #[arg(long)]
+        sync: Option<String>,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Runs `waymark dlq`.
+pub async fn run(state_dir: &Path, args: DlqArgs) -> anyhow::Result<ExitStatus> {
+    let dir = open_state(state_dir)?;
+    let root = dir.root();
+    match args.action {
+        Action::List { json } => {
+            let streams = DeadLetters::streams(root);
+            if !json {
+                out!("{:<32}  {:>8}  newest reason", "sync/stream", "letters");
+            }
+            for (sync, stream) in streams {
+                let letters = DeadLetters::new(root, &sync, &stream).list()?;
+                let newest = letters.last().map_or("", |l| l.reason.as_str());
+                if json {
+                    out!(
+                        "{}",
+                        json!({"sync": sync, "stream": stream, "letters": letters.len(), "newest_reason": newest})
+                    );
+                } else {
+                    out!(
+                        "{:<32}  {:>8}  {newest}",
+                        format!("{sync}/{stream}"),
+                        letters.len()
+                    );
+                }
+            }
+            Ok(ExitStatus::Success)
+        }
+        Action::Show {
+            stream,
+            sync,
+            limit,
+            json,
+        } => {
+            let store = store(root, sync.as_deref(), &stream)?;
+            let letters = store.list()?;
+            let shown = &letters[letters.len().saturating_sub(limit)..];
+            if !json {
+                out!(
+                    "{} dead letters of {stream}{}",
+                    letters.len(),
+                    if shown.len() < letters.len() {
+                        format!(", the newest {}", shown.len())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            for l in shown {
+                if json {
+                    out!("{}", serde_json::to_string(l)?);
+                } else {
+                    out!(
+                        "run {} page {} key {}: {}\n    {}",
+                        l.run_id,
+                        l.page,
+                        l.key.as_deref().unwrap_or("-"),
+                        l.reason,
+                        excerpt(&l.record)
+                    );
+                }
+            }
+            Ok(ExitStatus::Success)
+        }
+        Action::Retry { workflow, stream } => {
+            let workflow = Workflow::load(&workflow)?;
+            let section = workflow.stream(&stream)?.clone();
+            let store = DeadLetters::new(root, workflow.name(), &section.name);
+            let files = store.files()?;
+            let letters: Vec<DeadLetter> = store.read(&files)?;
+            let records: Vec<String> = letters
+                .iter()
+                .filter(|l| !l.record.is_empty())
+                .map(|l| l.record.clone())
+                .collect();
+            if records.is_empty() {
+                out!("{}/{stream}: no dead letters to retry", workflow.name());
+                return Ok(ExitStatus::Success);
+            }
+            // Its own checkpoint scope: the stream's checkpoint never moves.
+            let scope = format!("{stream}@dlq-retry");
+            let mut target = destination(&dir, &workflow, &section, &scope).await?;
+            let run_id = RunId::new();
+            let now = SystemClock.now();
+            let checkpoint = Checkpoint {
+                run_id,
+                window: Window {
+                    start: None,
+                    end: now,
+                },
+                cursor: None,
+                page: 1,
+                records: records.len() as u64,
+                complete: true,
+                at: now,
+            };
+            let ack = target
+                .write(Batch {
+                    run_id,
+                    page: 1,
+                    records: &records,
+                    checkpoint: &checkpoint,
+                })
+                .await?;
+            store.remove(&files)?;
+            let summary = format!(
+                "retried {} dead letters as run {run_id}: inserted {}, updated {}, unchanged {}, stale {}, deleted {}, dead-lettered again {}",
+                records.len(),
+                ack.inserted,
+                ack.updated,
+                ack.unchanged,
+                ack.skipped_stale,
+                ack.deleted,
+                ack.dead_lettered
+            );
+            store.audit(&format!("{now} {} {summary}", user()))?;
+            out!("{}/{stream}: {summary}", workflow.name());
+            Ok(if ack.dead_lettered > 0 {
+                ExitStatus::Failed
+            } else {
+                ExitStatus::Success
+            })
+        }
+        Action::Drop {
+            stream,
+            sync,
+            reason,
+        } => {
+            if reason.trim().is_empty() {
+                return Err(
+                    UsageError("--reason must say why the letters are dropped".into()).into(),
+                );
+            }
+            let store = store(root, sync.as_deref(), &stream)?;
+            let files = store.files()?;
+            let count = store.read(&files)?.len();
+            store.audit(&format!(
+                "{} {} dropped {count} dead letters: {reason}",
+                SystemClock.now(),
+                user()
+            ))?;
+            store.remove(&files)?;
+            out!("{stream}: dropped {count} dead letters ({reason})");
+            Ok(ExitStatus::Success)
+        }
+    }
+}
+
+/// The store of `stream`, whose sync is `sync` or the only one with such a stream.
+fn store(root: &Path, sync: Option<&str>, stream: &str) -> anyhow::Result<DeadLetters> {
+    let all = DeadLetters::streams(root);
+    let matching: Vec<&(String, String)> = all
+        .iter()
+        .filter(|(s, t)| t == stream && sync.is_none_or(|wanted| wanted == s))
+        .collect();
+    match matching.as_slice() {
+        [(sync, stream)] => Ok(DeadLetters::new(root, sync, stream)),
+        [] => {
+            let known: Vec<String> = all.iter().map(|(s, t)| format!("{s}/{t}")).collect();
+            Err(UsageError(format!(
+                "no dead letters for stream `{stream}`{}",
+                match known.is_empty() {
+                    true => String::new(),
+                    false => format!(" (streams with dead letters: {})", known.join(", ")),
+                }
+            ))
+            .into())
+        }
+        many => Err(UsageError(format!(
+            "{} syncs have a stream `{stream}`; choose one with --sync ({})",
+            many.len(),
+            many.iter()
+                .map(|(s, _)| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into()),
+    }
+}
+
+fn excerpt(record: &str) -> String {
+    match record.chars().count() > 160 {
+        true => format!("{}…", record.chars().take(160).collect::<String>()),
+        false => record.to_string(),
+    }
+}
+
+/// Who runs the command (for audit lines).
+pub fn user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}

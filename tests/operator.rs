@@ -1,0 +1,93 @@
+//! The operator's commands on state directories made by real runs.
+
+use crate::util::*;
+
+#[test]
+fn dead_letters_are_listed_shown_retried_after_a_fix_and_dropped_with_a_reason() -> Result {
+    let sandbox = Sandbox::start(&["--records", "300"])?;
+    let dir = TempDir::new("dlq");
+    let file = workflow(dir.path(), 100, 3)?;
+    let text_of = std::fs::read_to_string(&file)?;
+    // A column type that does not fit the data: every order is refused.
+    let broken = text_of.replace(
+        "cursor_field = \"updated_at\"",
+        "cursor_field = \"updated_at\"\ncolumns = { status = \"integer\" }",
+    );
+    std::fs::write(&file, &broken)?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("dead-lettered 300"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let dlq = |args: &[&str]| run(waymark(&state, "").arg("dlq").args(args));
+    let listed = dlq(&["list"])?;
+    assert!(
+        text(&listed.stdout).contains("shop/orders"),
+        "{}",
+        text(&listed.stdout)
+    );
+    assert!(
+        text(&listed.stdout).contains("300"),
+        "{}",
+        text(&listed.stdout)
+    );
+    let shown = dlq(&["show", "--stream", "orders", "--limit", "2", "--json"])?;
+    let letters: Vec<serde_json::Value> = text(&shown.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(letters.len(), 2);
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("column `status` (`status`): \"")),
+        "{letters:?}"
+    );
+    let unknown = dlq(&["show", "--stream", "nope"])?;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr)
+        .contains("no dead letters for stream `nope` (streams with dead letters: shop/orders)"));
+
+    // Fixed: the retry writes them all, under its own checkpoint scope.
+    std::fs::write(&file, broken.replace("\"integer\"", "\"text\""))?;
+    let retried = run(waymark(&state, "")
+        .args(["dlq", "retry"])
+        .arg(&file)
+        .args(["--stream", "orders"]))?;
+    assert_eq!(retried.status.code(), Some(0), "{}", text(&retried.stderr));
+    assert!(
+        text(&retried.stdout).contains("retried 300 dead letters")
+            && text(&retried.stdout).contains("inserted 300"),
+        "{}",
+        text(&retried.stdout)
+    );
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    assert!(text(&dlq(&["list", "--json"])?.stdout).contains("\"letters\":0"));
+    let audit = std::fs::read_to_string(state.join("dead_letters/shop/orders/audit.log"))?;
+    assert!(audit.contains("retried 300 dead letters"), "{audit}");
+    // The stream's own checkpoint did not move: the next run re-reads only its overlap.
+    let again = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+    assert!(
+        text(&again.stdout).contains("inserted 0, updated 0"),
+        "{}",
+        text(&again.stdout)
+    );
+
+    // Dropping needs a reason, and records it.
+    std::fs::write(&file, &broken)?;
+    let fresh = run(waymark(&state, &sandbox.url)
+        .args(["run", "--fresh"])
+        .arg(&file))?;
+    assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh.stderr));
+    let no_reason = dlq(&["drop", "--stream", "orders"])?;
+    assert_eq!(no_reason.status.code(), Some(2));
+    let dropped = dlq(&["drop", "--stream", "orders", "--reason", "test data"])?;
+    assert_eq!(dropped.status.code(), Some(0), "{}", text(&dropped.stderr));
+    let audit = std::fs::read_to_string(state.join("dead_letters/shop/orders/audit.log"))?;
+    assert!(audit.contains("dead letters: test data"), "{audit}");
+    Ok(())
+}
