@@ -91,3 +91,51 @@ fn dead_letters_are_listed_shown_retried_after_a_fix_and_dropped_with_a_reason()
     assert!(audit.contains("dead letters: test data"), "{audit}");
     Ok(())
 }
+
+#[test]
+fn runs_are_filtered_by_sync_and_stream_and_limited_to_the_newest() -> Result {
+    let sandbox = Sandbox::start(&["--records", "300", "--customers", "50"])?;
+    let dir = TempDir::new("runs");
+    let window =
+        r#"window = { lag = "0s", start_param = "updated_since", end_param = "updated_before" }"#;
+    let streams = stream_table("orders", "/orders", "updated_at", 100, CURSOR, window)
+        + &stream_table("customers", "/customers", "updated_at", 100, CURSOR, window);
+    let file = write_workflow(dir.path(), "", &streams, "")?;
+    let state = dir.path().join("state");
+    for _ in 0..2 {
+        let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let listed = |args: &[&str]| -> Result<Vec<serde_json::Value>> {
+        let out = run(waymark(&state, "").args(["runs", "--json"]).args(args))?;
+        text(&out.stdout)
+            .lines()
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    };
+    assert_eq!(listed(&[])?.len(), 4);
+    let customers = listed(&["--stream", "customers"])?;
+    assert_eq!(customers.len(), 2);
+    assert!(customers.iter().all(|r| r["stream"] == "customers"));
+    assert_eq!(customers[0]["records"], 50);
+    assert_eq!(
+        customers[1]["records"], 0,
+        "the second run re-reads nothing new"
+    );
+    assert!(customers[0]["cursor_end"].is_null() && customers[0]["duration_ms"].is_u64());
+    let newest = listed(&["--limit", "1"])?;
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0]["run"], listed(&[])?[3]["run"]);
+    assert!(listed(&["--sync", "other"])?.is_empty());
+    let table = run(waymark(&state, "").args(["runs", "--stream", "orders"]))?;
+    let shown = text(&table.stdout);
+    assert_eq!(shown.lines().count(), 3, "{shown}");
+    assert!(
+        shown
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("shop/orders") && l.contains("completed")),
+        "{shown}"
+    );
+    Ok(())
+}
