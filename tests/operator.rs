@@ -139,3 +139,61 @@ fn runs_are_filtered_by_sync_and_stream_and_limited_to_the_newest() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn status_gives_each_stream_a_verdict_and_fails_when_one_is_unhealthy() -> Result {
+    let sandbox = Sandbox::start(&["--records", "200"])?;
+    let dir = TempDir::new("status");
+    let file = workflow(dir.path(), 100, 1)?;
+    let state = dir.path().join("state");
+    let status = |args: &[&str]| -> Result<(Option<i32>, Vec<serde_json::Value>)> {
+        let out = run(waymark(&state, "").args(["status", "--json"]).args(args))?;
+        let lines = text(&out.stdout)
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<std::result::Result<_, _>>()?;
+        Ok((out.status.code(), lines))
+    };
+    let ok = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let (code, lines) = status(&[])?;
+    assert_eq!(code, Some(0), "{lines:?}");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["stream"], "orders");
+    assert_eq!(lines[0]["health"], "ok");
+    assert_eq!(lines[0]["last_records"], 200);
+    assert!(
+        lines[0]["lag_s"].as_u64().is_some_and(|l| l < 60),
+        "{lines:?}"
+    );
+
+    // Nothing advanced for longer than allowed: stalled, exit 1.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (code, lines) = status(&["--stalled-after", "10ms"])?;
+    assert_eq!(code, Some(1));
+    assert_eq!(lines[0]["health"], "stalled");
+    assert!(lines[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("no checkpoint advance for")));
+
+    // The API goes away: the next run fails, and so does the verdict.
+    drop(sandbox);
+    let failed = run(waymark(&state, "http://127.0.0.1:9").arg("run").arg(&file))?;
+    assert_eq!(failed.status.code(), Some(1));
+    let (code, lines) = status(&[])?;
+    assert_eq!(code, Some(1));
+    assert_eq!(lines[0]["health"], "failing");
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("could not connect")),
+        "{lines:?}"
+    );
+    let table = run(waymark(&state, "").arg("status"))?;
+    assert!(
+        text(&table.stdout).contains("failing   shop/orders"),
+        "{}",
+        text(&table.stdout)
+    );
+    Ok(())
+}

@@ -14,6 +14,7 @@ mod journal;
 mod run;
 mod runs;
 mod sandbox;
+mod status;
 mod validate;
 
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ enum Command {
     /// Check workflow files (errors with file:line:col and the key; warnings) without
     /// running them.
     Validate(validate::ValidateArgs),
+    /// Per stream: checkpoint, lag, last runs, dead letters and a health verdict (exit 1
+    /// when unhealthy).
+    Status(status::StatusArgs),
     /// Dead letters by stream: list, show, retry through the destination, drop.
     Dlq(dlq::DlqArgs),
     /// Merge a JSONL destination's page files into one file per table (newest line per key).
@@ -181,6 +185,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Validate(args) => validate::validate(args),
         Command::Compact(args) => compact::run(&state_dir, args),
         Command::Dlq(args) => dlq::run(&state_dir, args).await,
+        Command::Status(args) => status::run(&state_dir, args),
         Command::Schema => validate::schema(),
     }
 }

@@ -270,6 +270,22 @@ impl<B: Backend> Journal<B> {
         })
     }
 
+    /// Every stream's committed checkpoint: `(sync, stream, checkpoint)`.
+    pub fn checkpoints(
+        &self,
+    ) -> impl Iterator<Item = Result<(String, String, Checkpoint), Error>> + '_ {
+        self.backend.scan(b"c").map(|item| {
+            let (key, value) = item?;
+            let name = String::from_utf8_lossy(&key[1..]).into_owned();
+            let (sync, stream) = name.split_once('\0').unwrap_or((name.as_str(), ""));
+            let checkpoint = codec::decode(&value).map_err(|source| Error::Corrupt {
+                entry: format!("checkpoint of {sync}/{stream}"),
+                source,
+            })?;
+            Ok((sync.to_string(), stream.to_string(), checkpoint))
+        })
+    }
+
     /// The workflow key/values recorded under `digest`.
     pub fn fingerprint(&self, digest: &str) -> Result<Option<Vec<(String, String)>>, Error> {
         self.read(&digest_key(digest), || format!("workflow {digest}"))

@@ -1,0 +1,162 @@
+//! `waymark status`: per stream, how far it is synced, how it went lately, and a verdict —
+//! ok, stalled or failing — with the reason. Exits 1 when anything is unhealthy, so cron
+//! jobs and monitors can use it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+use waymark_connectors::dead_letters::DeadLetters;
+use waymark_connectors::workflow::parse_scope;
+use waymark_engine::{Checkpoint, Clock, RunState, Status, SystemClock, Timestamp};
+
+use super::run::open_state;
+use super::ExitStatus;
+
+/// Arguments of `waymark status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A stream is stalled when its checkpoint has not advanced for this long (default:
+    /// twice the usual interval between its runs, when it has run at least three times).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    stalled_after: Option<Duration>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What is known of one checkpoint scope.
+#[derive(Default)]
+struct Stream {
+    checkpoint: Option<Checkpoint>,
+    runs: Vec<RunState>,
+}
+
+/// Runs `waymark status`.
+pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let dir = open_state(state_dir)?;
+    let now = SystemClock.now();
+    let mut streams: BTreeMap<(String, String), Stream> = BTreeMap::new();
+    for item in dir.journal().checkpoints() {
+        let (sync, stream, checkpoint) = item?;
+        streams.entry((sync, stream)).or_default().checkpoint = Some(checkpoint);
+    }
+    for head in dir.journal().runs() {
+        let s = head?;
+        let key = (s.started.sync.clone(), s.started.stream.clone());
+        streams.entry(key).or_default().runs.push(s);
+    }
+    if !args.json {
+        out!(
+            "{:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {:>5}  reason",
+            "health",
+            "sync/stream",
+            "watermark",
+            "lag",
+            "last run",
+            "dlq"
+        );
+    }
+    let mut unhealthy = false;
+    for ((sync, scope), s) in &streams {
+        let letters = DeadLetters::new(dir.root(), sync, parse_scope(scope).0)
+            .list()
+            .map_or(0, |l| l.len());
+        let (health, reason) = verdict(s, now, args.stalled_after);
+        unhealthy |= health != "ok";
+        let watermark = s.checkpoint.as_ref().map(|c| c.window.end);
+        let lag = watermark.map(|w| now.since(w));
+        let last = s.runs.last();
+        let failures = s
+            .runs
+            .iter()
+            .rev()
+            .take(5)
+            .filter(|r| matches!(r.status, Status::Failed(_)))
+            .count();
+        if args.json {
+            out!(
+                "{}",
+                json!({
+                    "sync": sync,
+                    "stream": scope,
+                    "health": health,
+                    "reason": reason,
+                    "watermark": watermark.map(|w| w.to_string()),
+                    "lag_s": lag.map(|l| l.as_secs()),
+                    "checkpoint_at": s.checkpoint.as_ref().map(|c| c.at.to_string()),
+                    "cursor": s.checkpoint.as_ref().and_then(|c| c.cursor.clone()),
+                    "last_run": last.map(|r| r.run_id().to_string()),
+                    "last_status": last.map(|r| r.status.name()),
+                    "last_records": last.map(|r| r.counts.records_committed),
+                    "failures_of_last_5": failures,
+                    "dead_letters": letters,
+                })
+            );
+        } else {
+            out!(
+                "{health:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {letters:>5}  {reason}",
+                format!("{sync}/{scope}"),
+                watermark.map_or("-".into(), |w| w.to_string()),
+                lag.map_or("-".into(), |l| humantime::format_duration(
+                    Duration::from_secs(l.as_secs())
+                )
+                .to_string()),
+                last.map_or("-", |r| r.status.name()),
+            );
+        }
+    }
+    Ok(if unhealthy {
+        ExitStatus::Failed
+    } else {
+        ExitStatus::Success
+    })
+}
+
+/// `ok`, `stalled` or `failing`, and why.
+fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'static str, String) {
+    if let Some(last) = s.runs.last() {
+        if let Status::Failed(e) = &last.status {
+            return ("failing", format!("the last run failed: {e}"));
+        }
+    }
+    // Usual interval: the median gap between the starts of the recent runs.
+    let starts: Vec<u64> = s
+        .runs
+        .iter()
+        .rev()
+        .take(10)
+        .map(|r| r.started.at.0)
+        .collect();
+    let usual = match starts.len() >= 3 {
+        true => {
+            let mut gaps: Vec<u64> = starts
+                .windows(2)
+                .map(|w| w[0].saturating_sub(w[1]))
+                .collect();
+            gaps.sort_unstable();
+            Some(Duration::from_millis(gaps[gaps.len() / 2]))
+        }
+        false => None,
+    };
+    let limit = stalled_after.or(usual.map(|u| u * 2));
+    let advanced = s.checkpoint.as_ref().map(|c| c.at);
+    match (limit, advanced) {
+        (Some(limit), Some(at)) if now.since(at) > limit => (
+            "stalled",
+            format!(
+                "no checkpoint advance for {} (limit {})",
+                humantime::format_duration(Duration::from_secs(now.since(at).as_secs())),
+                humantime::format_duration(limit)
+            ),
+        ),
+        (Some(_), None) if s.runs.len() >= 3 => ("stalled", "no checkpoint yet".into()),
+        _ => match s.runs.last().map(|r| &r.status) {
+            Some(Status::Paused(reason)) => ("ok", format!("paused: {reason}")),
+            Some(Status::Running) => ("ok", "a run is unfinished (resumes next time)".into()),
+            _ => ("ok", String::new()),
+        },
+    }
+}
