@@ -48,7 +48,8 @@ fn a_flipped_bit_is_named_by_run_and_seq_with_the_way_out() -> Result {
 }
 
 #[test]
-fn a_lost_journal_continues_from_the_destination_checkpoint_never_from_zero() -> Result {
+fn a_lost_journal_is_never_guessed_around_and_the_destinations_checkpoint_can_be_adopted() -> Result
+{
     let sandbox = Sandbox::start(&["--records", "500"])?;
     let dir = TempDir::new("lost");
     let (path, state, first_run) = paused_run(&sandbox, &dir)?;
@@ -60,6 +61,37 @@ fn a_lost_journal_continues_from_the_destination_checkpoint_never_from_zero() ->
         text(&out.stdout)
     );
 
+    // The run refuses to start and names the choices.
+    let refused = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    let said = text(&refused.stderr);
+    for choice in [
+        "waymark checkpoint adopt <workflow> --stream orders",
+        "waymark checkpoint set <workflow> --stream orders --to",
+        "waymark checkpoint reset <workflow> --stream orders",
+    ] {
+        assert!(said.contains(choice), "{said}");
+    }
+    assert!(said.contains(&format!("run {first_run}, page 2")), "{said}");
+    assert!(runs(&state)?.is_empty(), "nothing ran");
+
+    // Without a reason, nothing changes; with one, the destination's checkpoint is adopted.
+    let no_reason = run(waymark(&state, "")
+        .args(["checkpoint", "adopt"])
+        .arg(&path)
+        .args(["--stream", "orders"]))?;
+    assert_eq!(no_reason.status.code(), Some(2));
+    assert!(
+        text(&no_reason.stderr).contains("--reason"),
+        "{}",
+        text(&no_reason.stderr)
+    );
+    let adopted = run(waymark(&state, "")
+        .args(["checkpoint", "adopt"])
+        .arg(&path)
+        .args(["--stream", "orders", "--reason", "journal lost in the move"]))?;
+    assert_eq!(adopted.status.code(), Some(0), "{}", text(&adopted.stderr));
+
     let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let all = runs(&state)?;
@@ -67,10 +99,10 @@ fn a_lost_journal_continues_from_the_destination_checkpoint_never_from_zero() ->
     let events = journal(&state, all[0]["run"].as_str().ok_or("id")?)?;
     let started = &events[0]["event"]["RunStarted"];
     assert_eq!(
-        started["start_from"]["Destination"]["run_id"],
+        started["start_from"]["Journal"]["run_id"],
         first_run.as_str()
     );
-    assert_eq!(started["start_from"]["Destination"]["page"], 2);
+    assert_eq!(started["start_from"]["Journal"]["page"], 2);
     assert_eq!(started["start_cursor"], sandbox.cursor_after(200)?);
     assert_eq!(
         all[0]["records"], 300,

@@ -197,3 +197,130 @@ fn status_gives_each_stream_a_verdict_and_fails_when_one_is_unhealthy() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn checkpoints_are_set_reset_and_restored_with_a_reason_and_a_history() -> Result {
+    let sandbox = Sandbox::start(&["--records", "300"])?;
+    let dir = TempDir::new("checkpoint");
+    let file = workflow(dir.path(), 100, 3)?;
+    let state = dir.path().join("state");
+    let sync = |args: &[&str]| -> Result<String> {
+        let out = run(waymark(&state, &sandbox.url)
+            .arg("run")
+            .arg(&file)
+            .args(args))?;
+        assert!(
+            matches!(out.status.code(), Some(0 | 3)),
+            "{}",
+            text(&out.stderr)
+        );
+        Ok(text(&out.stdout))
+    };
+    let checkpoint = |args: &[&str]| {
+        run(waymark(&state, "")
+            .arg("checkpoint")
+            .arg(args[0])
+            .arg(&file)
+            .args(&args[1..]))
+    };
+    // A run paused after one page is unfinished: changing the checkpoint abandons it.
+    sync(&["--max-pages", "1"])?;
+    let set = checkpoint(&[
+        "set",
+        "--stream",
+        "orders",
+        "--to",
+        "2020-01-01T00:00:00Z",
+        "--reason",
+        "re-read all",
+    ])?;
+    assert_eq!(set.status.code(), Some(0), "{}", text(&set.stderr));
+    assert!(
+        text(&set.stdout).contains("abandoned unfinished run"),
+        "{}",
+        text(&set.stdout)
+    );
+    assert!(sync(&[])?.contains("completed — 300 records"));
+    // Change 2 is that run's completion (change 1 the set); nothing new after it.
+    assert!(sync(&[])?.contains("completed — 0 records"));
+
+    let reset = checkpoint(&[
+        "reset",
+        "--stream",
+        "orders",
+        "--reason",
+        "rebuild the table",
+    ])?;
+    assert_eq!(reset.status.code(), Some(0), "{}", text(&reset.stderr));
+    assert!(
+        text(&reset.stdout).contains("-> the beginning (rebuild the table)"),
+        "{}",
+        text(&reset.stdout)
+    );
+    assert!(sync(&[])?.contains(
+        "completed — 300 records in 3 pages this run (inserted 0, updated 0, unchanged 300"
+    ));
+
+    let shown = checkpoint(&["show", "--stream", "orders", "--json"])?;
+    let view: serde_json::Value = serde_json::from_str(text(&shown.stdout).trim())?;
+    let history = view["history"].as_array().ok_or("no history")?;
+    let whys: Vec<&str> = history.iter().filter_map(|c| c["why"].as_str()).collect();
+    assert_eq!(
+        whys,
+        [
+            "re-read all",
+            "completed",
+            "completed",
+            "rebuild the table",
+            "completed"
+        ]
+    );
+    assert!(
+        history[0]["who"].is_string()
+            && history[1]["who"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("run "))
+    );
+    assert!(history[3]["new"].is_null() && history[3]["previous"]["complete"] == true);
+
+    // Back to the value after change 1 (the set): the next run re-reads everything again.
+    let restored = checkpoint(&[
+        "restore",
+        "--stream",
+        "orders",
+        "--change",
+        "1",
+        "--reason",
+        "undo the reset",
+    ])?;
+    assert_eq!(
+        restored.status.code(),
+        Some(0),
+        "{}",
+        text(&restored.stderr)
+    );
+    assert!(sync(&[])?.contains("completed — 300 records"));
+
+    // Mistakes are named.
+    let unknown = checkpoint(&["reset", "--stream", "nope", "--reason", "x"])?;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("nope"),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let missing = checkpoint(&[
+        "restore", "--stream", "orders", "--change", "99", "--reason", "x",
+    ])?;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("has no change 99"));
+    let no_reason = checkpoint(&["reset", "--stream", "orders"])?;
+    assert_eq!(no_reason.status.code(), Some(2));
+    let table = checkpoint(&["show"])?;
+    assert!(
+        text(&table.stdout).contains("shop/orders: watermark"),
+        "{}",
+        text(&table.stdout)
+    );
+    Ok(())
+}

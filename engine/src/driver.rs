@@ -57,6 +57,31 @@ pub enum Error {
     /// The destination could not tell its checkpoint.
     #[error("reading the destination's checkpoint failed: {0}")]
     Destination(#[from] destination::Error),
+    /// The journal has no usable checkpoint for a stream that has synced before: where to
+    /// continue is the operator's choice, never a guess.
+    #[error(
+        "{sync}/{stream}: {why}. Nothing is guessed; choose where the stream continues:{}\n  \
+         waymark checkpoint set <workflow> --stream {stream} --to <RFC 3339 time> --reason \"…\"\n  \
+         waymark checkpoint reset <workflow> --stream {stream} --reason \"…\"   (from the beginning)",
+        match destination {
+            Some(c) => format!(
+                "\n  waymark checkpoint adopt <workflow> --stream {stream} --reason \"…\"   \
+                 (the destination's own: run {}, page {}, watermark {})",
+                c.run_id, c.page, c.window.end
+            ),
+            None => String::new(),
+        }
+    )]
+    CheckpointLost {
+        /// The sync.
+        sync: String,
+        /// The stream (checkpoint scope).
+        stream: String,
+        /// What is missing or damaged.
+        why: String,
+        /// The destination's own checkpoint, if it has one.
+        destination: Option<Box<Checkpoint>>,
+    },
 }
 
 /// Everything needed to start or resume one stream's run, resolved from the workflow file.
@@ -138,8 +163,9 @@ pub async fn open<B: Backend, D: Destination>(
             }
         }
     }
-    // The journal's checkpoint; if it is missing or damaged, the destination's own copy
-    // (stored in the same transaction as the data). Never silently the beginning.
+    // The journal's checkpoint. If it is missing (a lost or reset journal) or damaged while
+    // the destination holds one, or it was damaged, the operator chooses how to continue;
+    // only a stream with no checkpoint anywhere, or one reset on purpose, starts afresh.
     let (ours, damaged) = match journal.checkpoint(&plan.sync, &plan.stream) {
         Ok(ours) => (ours, None),
         Err(e @ journal::Error::Corrupt { .. }) => (None, Some(e)),
@@ -147,21 +173,32 @@ pub async fn open<B: Backend, D: Destination>(
     };
     let start_from = match ours {
         Some(checkpoint) => StartFrom::Journal(checkpoint),
-        None => match (destination.checkpoint().await?, damaged) {
-            (Some(checkpoint), why) => {
-                let why = why.map_or("no checkpoint in the journal".into(), |e| e.to_string());
-                tracing::warn!(
-                    "{}/{}: {why}; continuing from the destination's copy (run {}, page {})",
-                    plan.sync,
-                    plan.stream,
-                    checkpoint.run_id,
-                    checkpoint.page
-                );
-                StartFrom::Destination(checkpoint)
+        None => {
+            let reset = journal
+                .checkpoint_history(&plan.sync, &plan.stream)
+                .ok()
+                .and_then(|h| h.last().map(|(_, c)| c.new.is_none()))
+                .unwrap_or(false);
+            let theirs = destination.checkpoint().await?;
+            match (theirs, damaged) {
+                (_, None) if reset => StartFrom::Beginning,
+                (None, None) => StartFrom::Beginning,
+                (theirs, damaged) => {
+                    let why = match (&damaged, &theirs) {
+                        (Some(e), _) => format!("the journal's checkpoint is damaged ({e})"),
+                        (None, _) => "the journal has no checkpoint for this stream, but its \
+                                      destination holds one (the journal was lost or reset?)"
+                            .to_string(),
+                    };
+                    return Err(Error::CheckpointLost {
+                        sync: plan.sync.clone(),
+                        stream: plan.stream.clone(),
+                        why,
+                        destination: theirs.map(Box::new),
+                    });
+                }
             }
-            (None, Some(damaged)) => return Err(damaged.into()),
-            (None, None) => StartFrom::Beginning,
-        },
+        }
     };
     let (window, start_cursor) = window_after(start_from_checkpoint(&start_from), plan, now);
     let started = RunStarted {

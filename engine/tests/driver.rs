@@ -357,7 +357,7 @@ async fn a_destination_failure_stops_without_advancing_the_checkpoint(
 }
 
 #[tokio::test]
-async fn a_lost_journal_recovers_the_checkpoint_from_the_destination(
+async fn a_lost_journal_refuses_to_guess_and_the_destination_checkpoint_can_be_adopted(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let source = MemorySource::new(records(10), 2);
     let mut h = Harness::new("lost", source.clone());
@@ -369,10 +369,28 @@ async fn a_lost_journal_recovers_the_checkpoint_from_the_destination(
     h.journal = Journal::new(h.backend.clone());
     h.settings.max_pages = None;
     source.state().requested.clear();
-    let second = h.run(&plan()).await?;
+    let theirs = match h.run(&plan()).await {
+        Err(driver::Error::CheckpointLost {
+            destination: Some(c),
+            ..
+        }) => *c,
+        other => panic!("expected a refusal naming the destination's checkpoint, got {other:?}"),
+    };
+    assert_eq!((theirs.page, theirs.run_id), (3, first.run_id()));
     assert!(
-        matches!(&second.started.start_from, StartFrom::Destination(c) if c.page == 3 && c.run_id == first.run_id())
+        source.state().requested.is_empty(),
+        "nothing fetched before the choice"
     );
+    // The operator adopts it (`waymark checkpoint adopt`): the run continues after page 3.
+    let change = waymark_engine::journal::CheckpointChange {
+        at: Timestamp(5),
+        who: "ops".into(),
+        why: "journal lost".into(),
+        previous: None,
+        new: Some(theirs),
+    };
+    h.journal.set_checkpoint("shop", "orders", &change)?;
+    let second = h.run(&plan()).await?;
     assert_eq!(
         source.state().requested.first(),
         Some(&Some("6".to_string())),
@@ -380,6 +398,10 @@ async fn a_lost_journal_recovers_the_checkpoint_from_the_destination(
     );
     assert_eq!(second.status, Status::Completed);
     assert_eq!(h.destination.state().rows.len(), 10);
+    let history = h.journal.checkpoint_history("shop", "orders")?;
+    assert_eq!(history.len(), 2, "the adoption and the completed run");
+    assert_eq!(history[0].1.why, "journal lost");
+    assert_eq!(history[1].1.who, format!("run {}", second.run_id()));
     Ok(())
 }
 

@@ -127,8 +127,7 @@ async fn retention_prunes_finished_runs_but_never_checkpoints(
 }
 
 #[tokio::test]
-async fn a_damaged_checkpoint_falls_back_to_the_destination_copy_never_to_zero(
-) -> Result<(), Box<dyn std::error::Error>> {
+async fn a_damaged_checkpoint_is_never_guessed_around() -> Result<(), Box<dyn std::error::Error>> {
     let mut h = Harness::new("damaged-checkpoint", MemorySource::new(records(6), 3));
     let first = h.run(&plan()).await?;
     let (key, mut value) = h
@@ -140,20 +139,26 @@ async fn a_damaged_checkpoint_falls_back_to_the_destination_copy_never_to_zero(
     value[7] ^= 0x01;
     h.backend
         .commit(vec![Op::Put(key.clone(), value.clone())])?;
-    let next = h.run(&plan()).await?;
-    match &next.started.start_from {
-        waymark_engine::StartFrom::Destination(c) => {
-            assert_eq!((c.run_id, c.complete), (first.run_id(), true))
+    match h.run(&plan()).await {
+        Err(waymark_engine::driver::Error::CheckpointLost {
+            why,
+            destination: Some(c),
+            ..
+        }) => {
+            assert!(why.contains("damaged"), "{why}");
+            assert_eq!((c.run_id, c.complete), (first.run_id(), true));
         }
-        other => panic!("expected the destination's checkpoint, got {other:?}"),
+        other => panic!("expected a refusal naming the destination's checkpoint, got {other:?}"),
     }
     // With no copy in the destination either, the run refuses to start.
     h.backend.commit(vec![Op::Put(key, value)])?;
     h.destination.state().stored = None;
     match h.run(&plan()).await {
-        Err(waymark_engine::driver::Error::Journal(Error::Corrupt { entry, .. })) => {
-            assert_eq!(entry, "checkpoint of shop/orders")
-        }
+        Err(waymark_engine::driver::Error::CheckpointLost {
+            why,
+            destination: None,
+            ..
+        }) => assert!(why.contains("checkpoint of shop/orders"), "{why}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     Ok(())

@@ -7,6 +7,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*)) };
 }
 
+mod checkpoint;
 mod compact;
 mod demo;
 mod dlq;
@@ -65,6 +66,9 @@ enum Command {
     /// Per stream: checkpoint, lag, last runs, dead letters and a health verdict (exit 1
     /// when unhealthy).
     Status(status::StatusArgs),
+    /// A stream's checkpoint: show its history; set, reset, adopt the destination's, or
+    /// restore an earlier value (each with a reason).
+    Checkpoint(checkpoint::CheckpointArgs),
     /// Dead letters by stream: list, show, retry through the destination, drop.
     Dlq(dlq::DlqArgs),
     /// Merge a JSONL destination's page files into one file per table (newest line per key).
@@ -133,9 +137,9 @@ impl ExitStatus {
             }
             if let Some(e) = cause.downcast_ref::<driver::Error>() {
                 match e {
-                    driver::Error::WorkflowChanged { .. } | driver::Error::Finished { .. } => {
-                        return ExitStatus::BadInput
-                    }
+                    driver::Error::WorkflowChanged { .. }
+                    | driver::Error::Finished { .. }
+                    | driver::Error::CheckpointLost { .. } => return ExitStatus::BadInput,
                     // The wrapped journal or staging error decides.
                     driver::Error::Journal(_) | driver::Error::Staging(_) => {}
                     driver::Error::Destination(_) => return ExitStatus::Failed,
@@ -186,6 +190,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Compact(args) => compact::run(&state_dir, args),
         Command::Dlq(args) => dlq::run(&state_dir, args).await,
         Command::Status(args) => status::run(&state_dir, args),
+        Command::Checkpoint(args) => checkpoint::run(&state_dir, args).await,
         Command::Schema => validate::schema(),
     }
 }

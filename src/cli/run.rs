@@ -72,7 +72,7 @@ pub struct BackfillArgs {
     budget: Budget,
 }
 
-fn rfc3339(text: &str) -> Result<Timestamp, String> {
+pub(super) fn rfc3339(text: &str) -> Result<Timestamp, String> {
     humantime::parse_rfc3339_weak(text)
         .map(Timestamp::from_system)
         .map_err(|e| format!("`{text}` is not an RFC 3339 time ({e}), e.g. 2026-01-01T00:00:00Z"))

@@ -84,6 +84,32 @@ fn stream_key(tag: u8, sync: &str, stream: &str) -> Vec<u8> {
     key
 }
 
+/// `k` sync `\0` stream `\0`: the prefix of a stream's checkpoint history.
+fn history_prefix(sync: &str, stream: &str) -> Vec<u8> {
+    let mut key = stream_key(b'k', sync, stream);
+    key.push(0);
+    key
+}
+
+/// History entries kept per stream (the oldest go first).
+const HISTORY: usize = 200;
+
+/// One change of a stream's checkpoint: set by an operator (`waymark checkpoint`), or the
+/// final checkpoint of a completed run. Kept so any earlier value can be restored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointChange {
+    /// When.
+    pub at: Timestamp,
+    /// Who: a user name, or `run <id>`.
+    pub who: String,
+    /// Why (an operator's `--reason`, or `completed`).
+    pub why: String,
+    /// The checkpoint before.
+    pub previous: Option<Checkpoint>,
+    /// The checkpoint after; `None`: the stream starts again from the beginning.
+    pub new: Option<Checkpoint>,
+}
+
 fn digest_key(digest: &str) -> Vec<u8> {
     let mut key = vec![b'w'];
     key.extend_from_slice(digest.as_bytes());
@@ -198,6 +224,21 @@ impl<B: Backend> Journal<B> {
                 &next.started.stream,
             )));
         }
+        if let Event::RunCompleted { at } = event {
+            let (sync, stream) = (&next.started.sync, &next.started.stream);
+            let change = CheckpointChange {
+                at: *at,
+                who: format!("run {run}"),
+                why: "completed".into(),
+                previous: match &next.started.start_from {
+                    crate::event::StartFrom::Beginning => None,
+                    crate::event::StartFrom::Journal(c)
+                    | crate::event::StartFrom::Destination(c) => Some(c.clone()),
+                },
+                new: self.checkpoint(sync, stream)?,
+            };
+            ops.extend(self.history_ops(sync, stream, &change)?);
+        }
         self.backend.commit(ops)?;
         if event.needs_flush() {
             self.backend.flush()?;
@@ -284,6 +325,78 @@ impl<B: Backend> Journal<B> {
             })?;
             Ok((sync.to_string(), stream.to_string(), checkpoint))
         })
+    }
+
+    /// Sets (or, with `change.new == None`, clears: from the beginning) the stream's
+    /// checkpoint, recording the change in its history. Flushed before it returns.
+    pub fn set_checkpoint(
+        &mut self,
+        sync: &str,
+        stream: &str,
+        change: &CheckpointChange,
+    ) -> Result<(), Error> {
+        let key = stream_key(b'c', sync, stream);
+        let mut ops = match &change.new {
+            Some(c) => vec![Op::Put(key, codec::encode(c))],
+            None => vec![Op::Delete(key)],
+        };
+        ops.extend(self.history_ops(sync, stream, change)?);
+        self.backend.commit(ops)?;
+        self.backend.flush()?;
+        Ok(())
+    }
+
+    /// The stream's checkpoint history, oldest first, numbered.
+    pub fn checkpoint_history(
+        &self,
+        sync: &str,
+        stream: &str,
+    ) -> Result<Vec<(u64, CheckpointChange)>, Error> {
+        let prefix = history_prefix(sync, stream);
+        self.backend
+            .scan(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                let mut seq = [0u8; 8];
+                if let Some(tail) = key.get(prefix.len()..prefix.len() + 8) {
+                    seq.copy_from_slice(tail);
+                }
+                let change = codec::decode(&value).map_err(|source| Error::Corrupt {
+                    entry: format!("checkpoint history of {sync}/{stream}"),
+                    source,
+                })?;
+                Ok((u64::from_be_bytes(seq), change))
+            })
+            .collect()
+    }
+
+    /// The writes that append `change` to the history (dropping the oldest beyond the bound).
+    fn history_ops(
+        &self,
+        sync: &str,
+        stream: &str,
+        change: &CheckpointChange,
+    ) -> Result<Vec<Op>, Error> {
+        let prefix = history_prefix(sync, stream);
+        let keys: Vec<Vec<u8>> = self
+            .backend
+            .scan(&prefix)
+            .map(|item| item.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        let last = keys
+            .last()
+            .and_then(|k| k.get(prefix.len()..prefix.len() + 8))
+            .map_or(0, |b| {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(b);
+                u64::from_be_bytes(seq)
+            });
+        let mut key = prefix;
+        key.extend_from_slice(&(last + 1).to_be_bytes());
+        let mut ops = vec![Op::Put(key, codec::encode(change))];
+        let excess = (keys.len() + 1).saturating_sub(HISTORY);
+        ops.extend(keys.into_iter().take(excess).map(Op::Delete));
+        Ok(ops)
     }
 
     /// The workflow key/values recorded under `digest`.
