@@ -50,6 +50,8 @@ pub struct Accepted {
 
 /// Where requests go and how they authenticate.
 struct Endpoint<'a> {
+    /// `source` or `destination`, for messages.
+    table: &'static str,
     base_url: &'a str,
     auth: Option<&'a crate::auth::AuthSection>,
     rate_limit: Option<&'a crate::rate::RateLimit>,
@@ -86,6 +88,7 @@ impl Api {
             }
         }
         let endpoint = Endpoint {
+            table: "source.auth",
             base_url: &source.base_url,
             auth: source.auth.as_ref(),
             rate_limit: source.rate_limit.as_ref(),
@@ -102,6 +105,7 @@ impl Api {
     ) -> Result<Arc<Api>, Error> {
         let d = &workflow.file().destination;
         let endpoint = Endpoint {
+            table: "destination.auth",
             base_url: d.base_url.as_deref().unwrap_or_default(),
             auth: d.auth.as_ref(),
             rate_limit: d.rate_limit.as_ref(),
@@ -117,11 +121,30 @@ impl Api {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<Api>, Error> {
         let source = &workflow.file().source;
-        let credentials = Credentials::resolve(endpoint.auth, &secrets)?;
+        let credentials = Credentials::resolve(endpoint.auth, endpoint.table, &secrets)?;
+        // A `${VAR}` inside the URL (some APIs put the token in the path) is a secret too;
+        // one that starts it holds the address itself.
+        for var in env_vars(endpoint.base_url) {
+            let address = endpoint.base_url.starts_with(&format!("${{{var}}}"));
+            if let (false, Ok(value)) = (address, std::env::var(var)) {
+                secrets.add(&value);
+            }
+        }
         let base = expand_env(endpoint.base_url).map_err(Error::Url)?;
         let base_url = reqwest::Url::parse(base.trim_end_matches('/'))
             .map_err(|e| Error::Url(format!("`{base}`: {e}")))?;
+        // Redirects are followed only within the origin: credentials (headers, query keys)
+        // never travel to a host the workflow did not name.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let first = attempt.previous().first().map(|u| u.origin());
+            match (attempt.previous().len() >= 10, first) {
+                (true, _) => attempt.error("more than 10 redirects"),
+                (false, Some(origin)) if origin != attempt.url().origin() => attempt.stop(),
+                _ => attempt.follow(),
+            }
+        });
         let mut builder = reqwest::Client::builder()
+            .redirect(redirects)
             .timeout(source.timeout.0)
             .connect_timeout(source.connect_timeout.0.min(source.timeout.0))
             .user_agent(concat!("waymark/", env!("CARGO_PKG_VERSION")));
@@ -273,7 +296,9 @@ impl Api {
                 Action::Retry | Action::RateLimited => {
                     // A wait the API asked for holds back every stream of the source, in
                     // this process and (saved with the budget) the next.
-                    let wait = retry_after(&headers, self.clock.now()).or(verdict.wait);
+                    let wait = retry_after(&headers, self.clock.now())
+                        .filter(|w| !w.is_zero())
+                        .or(verdict.wait);
                     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
                         let now = self.clock.now();
                         self.gate
@@ -293,7 +318,8 @@ impl Api {
                 }
                 Action::RefreshAuth => Err(error(ErrorKind::Fatal, None, auth_refused())),
                 Action::Fail if verdict.rule.is_none() && status.as_u16() == 403 => {
-                    Err(error(ErrorKind::Fatal, None, auth_refused()))
+                    let message = format!("{}: {}", auth_refused(), self.secrets.excerpt(&body));
+                    Err(error(ErrorKind::Fatal, None, message))
                 }
                 Action::Fail => Err(error(ErrorKind::Fatal, None, said())),
             };

@@ -111,16 +111,20 @@ fn default_refresh_before() -> Span {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A variable the workflow names is not set.
-    #[error("source.auth.{key}: environment variable {var} is not set")]
+    #[error("{at}.{key}: environment variable {var} is not set")]
     Missing {
+        /// The table: `source.auth` or `destination.auth`.
+        at: &'static str,
         /// The key naming it.
         key: &'static str,
         /// The variable.
         var: String,
     },
     /// A value cannot be sent (not a valid header, not a URL).
-    #[error("source.auth.{key}: {why}")]
+    #[error("{at}.{key}: {why}")]
     Invalid {
+        /// The table: `source.auth` or `destination.auth`.
+        at: &'static str,
         /// The key.
         key: &'static str,
         /// What is wrong (never the secret itself).
@@ -180,8 +184,14 @@ impl Secrets {
 }
 
 /// Reads `var`, registering its value as a secret.
-fn read(key: &'static str, var: &FromEnv, secrets: &Secrets) -> Result<String, Error> {
+fn read(
+    at: &'static str,
+    key: &'static str,
+    var: &FromEnv,
+    secrets: &Secrets,
+) -> Result<String, Error> {
     let value = std::env::var(&var.env).map_err(|_| Error::Missing {
+        at,
         key,
         var: var.env.clone(),
     })?;
@@ -189,15 +199,21 @@ fn read(key: &'static str, var: &FromEnv, secrets: &Secrets) -> Result<String, E
     Ok(value)
 }
 
-fn setting(key: &'static str, value: &Setting, secrets: &Secrets) -> Result<String, Error> {
+fn setting(
+    at: &'static str,
+    key: &'static str,
+    value: &Setting,
+    secrets: &Secrets,
+) -> Result<String, Error> {
     match value {
         Setting::Literal(text) => Ok(text.clone()),
-        Setting::Env(var) => read(key, var, secrets),
+        Setting::Env(var) => read(at, key, var, secrets),
     }
 }
 
-fn header(key: &'static str, value: &str) -> Result<HeaderValue, Error> {
+fn header(at: &'static str, key: &'static str, value: &str) -> Result<HeaderValue, Error> {
     let mut value = HeaderValue::from_str(value).map_err(|_| Error::Invalid {
+        at,
         key,
         why: "the value is not a valid header value".into(),
     })?;
@@ -209,7 +225,9 @@ fn header(key: &'static str, value: &str) -> Result<HeaderValue, Error> {
 #[derive(Clone, Debug)]
 struct Token {
     value: HeaderValue,
-    expires_at: Option<Timestamp>,
+    /// When to fetch the next one: `refresh_before` the expiry, or half-way through a
+    /// token that lives shorter than twice that.
+    refresh_at: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -241,23 +259,31 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Reads the secrets `section` names from the environment.
-    pub fn resolve(section: Option<&AuthSection>, secrets: &Secrets) -> Result<Self, Error> {
+    /// Reads the secrets `section` (the table `at`: `source.auth` or `destination.auth`)
+    /// names from the environment.
+    pub fn resolve(
+        section: Option<&AuthSection>,
+        at: &'static str,
+        secrets: &Secrets,
+    ) -> Result<Self, Error> {
         let scheme = match section {
             None => Scheme::None,
             Some(AuthSection::Bearer { token }) => {
-                let token = read("token", token, secrets)?;
-                Scheme::Header(AUTHORIZATION, header("token", &format!("Bearer {token}"))?)
+                let token = read(at, "token", token, secrets)?;
+                Scheme::Header(
+                    AUTHORIZATION,
+                    header(at, "token", &format!("Bearer {token}"))?,
+                )
             }
             Some(AuthSection::Basic { username, password }) => {
-                let user = setting("username", username, secrets)?;
-                let password = read("password", password, secrets)?;
+                let user = setting(at, "username", username, secrets)?;
+                let password = read(at, "password", password, secrets)?;
                 let encoded =
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                 secrets.add(&encoded);
                 Scheme::Header(
                     AUTHORIZATION,
-                    header("password", &format!("Basic {encoded}"))?,
+                    header(at, "password", &format!("Basic {encoded}"))?,
                 )
             }
             Some(AuthSection::ApiKey {
@@ -265,16 +291,17 @@ impl Credentials {
                 location,
                 key,
             }) => {
-                let key = read("key", key, secrets)?;
+                let key = read(at, "key", key, secrets)?;
                 match location {
                     KeyIn::Header => {
                         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
                             Error::Invalid {
+                                at,
                                 key: "name",
                                 why: format!("`{name}` is not a header name: {e}"),
                             }
                         })?;
-                        Scheme::Header(name, header("key", &key)?)
+                        Scheme::Header(name, header(at, "key", &key)?)
                     }
                     KeyIn::Query => Scheme::Query(name.clone(), key),
                 }
@@ -289,17 +316,18 @@ impl Credentials {
                 refresh_before,
             }) => {
                 let token_url = reqwest::Url::parse(token_url).map_err(|e| Error::Invalid {
+                    at,
                     key: "token_url",
                     why: format!("`{token_url}` is not a URL: {e}"),
                 })?;
                 Scheme::OAuth2(Box::new(OAuth2 {
                     token_url,
-                    client_id: setting("client_id", client_id, secrets)?,
-                    client_secret: read("client_secret", client_secret, secrets)?,
+                    client_id: setting(at, "client_id", client_id, secrets)?,
+                    client_secret: read(at, "client_secret", client_secret, secrets)?,
                     refresh_token: Mutex::new(
                         refresh_token
                             .as_ref()
-                            .map(|t| read("refresh_token", t, secrets))
+                            .map(|t| read(at, "refresh_token", t, secrets))
                             .transpose()?,
                     ),
                     scope: scope.clone(),
@@ -354,10 +382,9 @@ impl Credentials {
             Scheme::OAuth2(oauth) => {
                 let mut token = oauth.token.lock().await;
                 let now = clock.now();
-                let fresh = token.as_ref().is_some_and(|t| {
-                    t.expires_at
-                        .is_none_or(|at| now < at.saturating_sub(oauth.refresh_before))
-                });
+                let fresh = token
+                    .as_ref()
+                    .is_some_and(|t| t.refresh_at.is_none_or(|at| now < at));
                 if !fresh {
                     *token = Some(self.fetch_token(oauth, client, now).await?);
                 }
@@ -443,20 +470,27 @@ impl Credentials {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(rotated);
         }
-        let value = header("token_url", &format!("Bearer {}", answer.access_token))
-            .map_err(|e| source::Error::new(ErrorKind::Fatal, e.to_string()))?;
+        let value = header(
+            "oauth2",
+            "access_token",
+            &format!("Bearer {}", answer.access_token),
+        )
+        .map_err(|e| source::Error::new(ErrorKind::Fatal, e.to_string()))?;
         tracing::info!(
             "fetched an OAuth2 access token{}",
             answer
                 .expires_in
                 .map_or(String::new(), |s| format!(" valid for {s}s"))
         );
-        Ok(Token {
-            value,
-            expires_at: answer
-                .expires_in
-                .map(|s| Timestamp(now.0.saturating_add(s.saturating_mul(1000)))),
-        })
+        let refresh_at = answer.expires_in.map(|secs| {
+            let life = Duration::from_secs(secs);
+            let early = oauth.refresh_before.min(life / 2);
+            Timestamp(
+                now.0
+                    .saturating_add(u64::try_from((life - early).as_millis()).unwrap_or(u64::MAX)),
+            )
+        });
+        Ok(Token { value, refresh_at })
     }
 }
 
@@ -484,7 +518,7 @@ mod tests {
                 env: "WAYMARK_TEST_SURELY_UNSET".into(),
             },
         };
-        let err = Credentials::resolve(Some(&section), &Secrets::default())
+        let err = Credentials::resolve(Some(&section), "source.auth", &Secrets::default())
             .err()
             .map(|e| e.to_string());
         assert_eq!(

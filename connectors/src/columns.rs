@@ -170,6 +170,15 @@ fn convert(value: Option<&Value>, kind: ColumnType) -> Result<Cell, String> {
         }
     };
     Ok(match (kind, value) {
+        (_, Value::String(s)) if s.contains('\0') => {
+            return Err(format!("{} contains a NUL character", shown()))
+        }
+        (ColumnType::Json, v) if v.to_string().contains("\\u0000") => {
+            return Err(format!(
+                "{} contains \\u0000, which JSON columns cannot store",
+                shown()
+            ))
+        }
         (ColumnType::Json, v) => Cell::Text(v.to_string()),
         (ColumnType::Text, Value::String(s)) => Cell::Text(s.clone()),
         (ColumnType::Text, v) => Cell::Text(v.to_string()),
@@ -202,7 +211,14 @@ fn convert(value: Option<&Value>, kind: ColumnType) -> Result<Cell, String> {
         (ColumnType::Timestamp, Value::Number(n)) => match n.as_u64() {
             // Unix seconds, or milliseconds when too large to be seconds before 5138.
             Some(t) => {
-                let ms = if t > 100_000_000_000 { t } else { t * 1000 };
+                let ms = if t > 100_000_000_000 {
+                    t
+                } else {
+                    t.saturating_mul(1000)
+                };
+                if ms >= waymark_engine::time::MAX_RFC3339 {
+                    return Err(format!("{} is not a Unix time in seconds or ms", shown()));
+                }
                 let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
                 Cell::Text(humantime::format_rfc3339_millis(at).to_string())
             }

@@ -240,27 +240,66 @@ impl HttpDestination {
         }
         let path = fill(&self.endpoints.lookup, "key", key);
         match self.call(Method::GET, &path, None, None).await? {
-            Answer::Ok(body) => Ok(self.id_in(&body)),
+            Answer::Ok(body) => self.found(key, &body),
             Answer::NotFound => Ok(None),
             Answer::Refused(why) => Err(destination::Error(format!("lookup of {key}: {why}"))),
         }
     }
 
-    /// The id in an answer: an object, or the first element of an array.
+    /// The id in a create answer (an object, or an array's first element).
     fn id_in(&self, body: &[u8]) -> Option<String> {
         let value: Value = serde_json::from_slice(body).ok()?;
         let first = match &value {
             Value::Array(items) => items.first()?,
             other => other,
         };
-        match lookup(first, &self.endpoints.id_path)? {
+        self.id_of(first)
+    }
+
+    fn id_of(&self, record: &Value) -> Option<String> {
+        match lookup(record, &self.endpoints.id_path)? {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         }
     }
 
-    fn idempotency_key(&self, key: &str, version: Option<&str>, action: &str) -> String {
+    /// The id of the lookup answer's record whose `external_id_field` is `key` (an API that
+    /// ignored the filter must not make every record update one stranger); two is an error.
+    fn found(&self, key: &str, body: &[u8]) -> Result<Option<String>, destination::Error> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            destination::Error(format!("lookup of {key}: the answer is not JSON ({e})"))
+        })?;
+        let items = match value {
+            Value::Array(items) => items,
+            Value::Null => Vec::new(),
+            other => vec![other],
+        };
+        let field = &self.endpoints.external_id_field;
+        let matching: Vec<&Value> = items
+            .iter()
+            .filter(|r| lookup(r, field).and_then(crate::record::scalar).as_deref() == Some(key))
+            .collect();
+        match matching.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(self.id_of(one)),
+            many => Err(destination::Error(format!(
+                "lookup of {key}: {} records have {field} = {key}; resolve the duplicates in the \
+                 destination first",
+                many.len()
+            ))),
+        }
+    }
+
+    /// The same request (retried, or replayed after a crash) gets the same key; a
+    /// different one (another version, another body, another target id) a new key.
+    fn idempotency_key(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        action: &str,
+        request: &str,
+    ) -> String {
         let mut h = Sha256::new();
         for part in [
             self.binding.sync.as_str(),
@@ -268,6 +307,7 @@ impl HttpDestination {
             key,
             version.unwrap_or(""),
             action,
+            request,
         ] {
             h.update(part.as_bytes());
             h.update([0]);
@@ -370,7 +410,7 @@ impl HttpDestination {
         let id = match self.find(key).await? {
             Some(id) => {
                 let path = fill(&self.endpoints.update, "id", &id);
-                let idem = self.idempotency_key(key, version, "update");
+                let idem = self.idempotency_key(key, version, "update", &format!("{path}\0{body}"));
                 match self
                     .call(Method::PATCH, &path, Some(&body), Some(&idem))
                     .await?
@@ -407,7 +447,7 @@ impl HttpDestination {
         version: Option<&str>,
         body: &Value,
     ) -> Result<Result<String, String>, destination::Error> {
-        let idem = self.idempotency_key(key, version, "create");
+        let idem = self.idempotency_key(key, version, "create", &body.to_string());
         let path = self.endpoints.create.clone();
         match self
             .call(Method::POST, &path, Some(body), Some(&idem))
@@ -418,7 +458,7 @@ impl HttpDestination {
                 None => Err(destination::Error(format!(
                     "created {key}, but the answer has no `{}`: {}",
                     self.endpoints.id_path,
-                    crate::http::excerpt(&answer)
+                    self.api.secrets().excerpt(&answer)
                 ))),
             },
             Answer::NotFound => Ok(Err("HTTP 404 on create".into())),
@@ -438,16 +478,9 @@ impl HttpDestination {
             ));
         };
         if let Some(id) = self.find(key).await? {
-            let idem = self.idempotency_key(key, version, "delete");
-            match self
-                .call(
-                    Method::DELETE,
-                    &fill(&template, "id", &id),
-                    None,
-                    Some(&idem),
-                )
-                .await?
-            {
+            let path = fill(&template, "id", &id);
+            let idem = self.idempotency_key(key, version, "delete", &path);
+            match self.call(Method::DELETE, &path, None, Some(&idem)).await? {
                 Answer::Ok(_) | Answer::NotFound => {}
                 Answer::Refused(why) => return Ok(Err(why)),
             }

@@ -1,6 +1,7 @@
 //! The JSONL destination: one directory per table, one file per written page.
 //!
-//! A page becomes `<dir>/<table>/<run>-<page>.jsonl`: a header line (the stream's scope, its
+//! A page becomes `<dir>/<table>/<seq>-<run>-<page>.jsonl` (`seq` orders the files by
+//! commit, whatever stream or run wrote them): a header line (the stream's scope, its
 //! checkpoint and the write acknowledgement) then one line per change
 //! (`{"key","version","deleted_at","record"}`), written to a temporary file, synced and
 //! renamed. The rename is the commit: batch and checkpoint land together, a replay of the
@@ -44,6 +45,17 @@ pub struct JsonlDestination {
     binding: Binding,
     /// The newest state of every key.
     index: HashMap<String, Stored>,
+    /// The sequence number of the next page file.
+    next: u64,
+}
+
+/// The sequence number at the start of a page file's name.
+fn seq(path: &Path) -> u64 {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
@@ -54,8 +66,8 @@ fn corrupt(path: &Path, e: impl std::fmt::Display) -> destination::Error {
     destination::Error(format!("{}: unreadable line: {e}", path.display()))
 }
 
-/// The page files of a table directory, oldest first (run ids sort by time), and the
-/// compacted file if there is one.
+/// The page files of a table directory in commit order (their names start with a
+/// sequence number), and the compacted file if there is one.
 fn files(dir: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>), destination::Error> {
     let mut pages: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
@@ -121,22 +133,34 @@ impl JsonlDestination {
         for page in &pages {
             read(page, true, &mut add)?;
         }
+        let next = pages.last().map_or(1, |p| seq(p) + 1);
         Ok(JsonlDestination {
             dir,
             binding,
             index,
+            next,
         })
     }
 
-    fn page_file(&self, batch: &Batch<'_>) -> PathBuf {
-        self.dir
-            .join(format!("{}-{:010}.jsonl", batch.run_id, batch.page))
+    /// The file of `batch`: the one already committed (a replay), or a new one.
+    fn page_file(&self, batch: &Batch<'_>) -> Result<(PathBuf, bool), destination::Error> {
+        let suffix = format!("-{}-{:010}.jsonl", batch.run_id, batch.page);
+        let (_, pages) = files(&self.dir)?;
+        Ok(
+            match pages
+                .into_iter()
+                .find(|p| p.to_string_lossy().ends_with(&suffix))
+            {
+                Some(done) => (done, true),
+                None => (self.dir.join(format!("{:020}{suffix}", self.next)), false),
+            },
+        )
     }
 
     fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
         let b = &self.binding;
-        let file = self.page_file(&batch);
-        if file.is_file() {
+        let (file, committed) = self.page_file(&batch)?;
+        if committed {
             // Committed before a crash: the file holds the acknowledgement.
             let header = read(&file, true, |_| {})?.ok_or_else(|| corrupt(&file, "no header"))?;
             return Ok(WriteAck {
@@ -205,9 +229,8 @@ impl JsonlDestination {
         f.write_all(out.as_bytes()).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &file).map_err(io(&file))?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            d.sync_all().map_err(io(&self.dir))?;
-        }
+        sync_dir(&self.dir)?;
+        self.next += 1;
         // Durable: the index follows.
         let mut lines = out.lines();
         lines.next();
@@ -255,6 +278,12 @@ impl Destination for JsonlDestination {
     }
 }
 
+fn sync_dir(dir: &Path) -> Result<(), destination::Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
 /// What [`compact`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Compacted {
@@ -276,7 +305,8 @@ pub fn compact(table_dir: &Path) -> Result<Compacted, destination::Error> {
     let saved = table_dir.join("compacted.checkpoints.json");
     let mut checkpoints: BTreeMap<String, Checkpoint> = match std::fs::read(&saved) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| corrupt(&saved, e))?,
-        Err(_) => BTreeMap::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(io(&saved)(e)),
     };
     let mut lines = 0;
     let mut keep = |line: Line<'_>| {
@@ -303,12 +333,17 @@ pub fn compact(table_dir: &Path) -> Result<Compacted, destination::Error> {
     let tmp_cp = table_dir.join("compacted.checkpoints.tmp");
     let cp = serde_json::to_vec(&checkpoints)
         .map_err(|e| destination::Error(format!("encoding: {e}")))?;
-    std::fs::write(&tmp_cp, cp).map_err(io(&tmp_cp))?;
+    let mut f = std::fs::File::create(&tmp_cp).map_err(io(&tmp_cp))?;
+    f.write_all(&cp).map_err(io(&tmp_cp))?;
+    f.sync_all().map_err(io(&tmp_cp))?;
     std::fs::rename(&tmp_cp, &saved).map_err(io(&saved))?;
     std::fs::rename(&tmp, &out).map_err(io(&out))?;
+    // Both renames reach the disk before any page file goes.
+    sync_dir(table_dir)?;
     for page in &pages {
         std::fs::remove_file(page).map_err(io(page))?;
     }
+    sync_dir(table_dir)?;
     Ok(Compacted {
         files: pages.len(),
         lines,

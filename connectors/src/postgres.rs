@@ -111,7 +111,7 @@ impl PostgresDestination {
                      WHEN incoming IS NULL OR stored IS NULL THEN true
                      WHEN incoming ~ '^\\s*[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*$'
                       AND stored ~ '^\\s*[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*$'
-                       THEN incoming::float8 >= stored::float8
+                       THEN incoming::numeric >= stored::numeric
                      ELSE incoming COLLATE \"C\" >= stored COLLATE \"C\"
                    END $$;",
                 schema_q = ident(schema),

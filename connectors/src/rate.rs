@@ -39,6 +39,10 @@ fn one() -> u32 {
 /// over the time left until the quota resets.
 const LOW_QUOTA: u64 = 10;
 
+/// The longest any reset or `Retry-After` is believed (a broken header must not stop a
+/// source for good): 24 hours, in ms.
+const LONGEST: u64 = 24 * 3_600_000;
+
 /// What the gate knows; kept in `rate/<origin>.json` in the state directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Budget {
@@ -150,7 +154,8 @@ impl Gate {
             let mut budget = self.lock();
             budget.remaining = Some(quota.remaining);
             budget.limit = quota.limit.or(budget.limit);
-            budget.reset_at = quota.reset_at.map(|t| t.0);
+            let now = self.clock.now().0;
+            budget.reset_at = quota.reset_at.map(|t| t.0.min(now.saturating_add(LONGEST)));
             budget.clone()
         };
         self.save(&snapshot);
@@ -160,7 +165,8 @@ impl Gate {
     pub fn block(&self, until: Timestamp) {
         let snapshot = {
             let mut budget = self.lock();
-            budget.blocked_until = Some(budget.blocked_until.unwrap_or(0).max(until.0));
+            let until = until.0.min(self.clock.now().0.saturating_add(LONGEST));
+            budget.blocked_until = Some(budget.blocked_until.unwrap_or(0).max(until));
             budget.clone()
         };
         self.save(&snapshot);
@@ -210,8 +216,8 @@ impl Budget {
                 }
                 let low = self
                     .limit
-                    .map_or(remaining <= 1, |l| remaining * LOW_QUOTA <= l);
-                let pace = (reset - now.0) / (remaining + 1);
+                    .map_or(remaining <= 1, |l| remaining.saturating_mul(LOW_QUOTA) <= l);
+                let pace = (reset - now.0) / remaining.saturating_add(1);
                 let next = self.last_ms.saturating_add(pace);
                 if low && next > now.0 {
                     let why = format!(
@@ -257,7 +263,7 @@ struct Quota {
 impl Quota {
     /// Reads `RateLimit-Remaining`/`-Reset`/`-Limit`, their `X-RateLimit-*` forms, or the
     /// combined `RateLimit: limit=…, remaining=…, reset=…` header. A reset is a number of
-    /// seconds, or (above 10⁹) a Unix time in seconds.
+    /// seconds, or a Unix time in seconds (above 10⁹) or milliseconds (above 10¹²).
     fn read(headers: &HeaderMap, now: Timestamp) -> Option<Quota> {
         let get = |names: &[&str]| {
             names.iter().find_map(|n| {
@@ -291,7 +297,9 @@ impl Quota {
         let limit = get(&["ratelimit-limit", "x-ratelimit-limit"]).or(combined.1);
         let reset = get(&["ratelimit-reset", "x-ratelimit-reset"]).or(combined.2);
         let reset_at = reset.map(|r| {
-            if r > 1_000_000_000 {
+            if r > 1_000_000_000_000 {
+                Timestamp(r)
+            } else if r > 1_000_000_000 {
                 Timestamp(r.saturating_mul(1000))
             } else {
                 Timestamp(now.0.saturating_add(r.saturating_mul(1000)))

@@ -42,8 +42,14 @@ pub fn key_of(value: &Value, paths: &[String]) -> Option<String> {
 /// Orders two versions: numerically when both are numbers, else as text (RFC 3339
 /// timestamps in one format order correctly as text).
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
+    // Integers exactly (sequence numbers and nanosecond times exceed f64's 2^53).
+    if let (Ok(x), Ok(y)) = (a.trim().parse::<i128>(), b.trim().parse::<i128>()) {
+        return x.cmp(&y);
+    }
     match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+        (Ok(x), Ok(y)) if x.is_finite() && y.is_finite() => {
+            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
+        }
         _ => a.cmp(b),
     }
 }

@@ -173,6 +173,9 @@ fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, Stri
             ),
         )
     })?;
+    if key.contains('\0') {
+        return Err((None, "the primary key contains a NUL character".into()));
+    }
     let version = match &b.version_field {
         None => None,
         Some(field) => Some(lookup(&value, field).and_then(scalar).ok_or_else(|| {

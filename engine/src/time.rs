@@ -47,9 +47,16 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // RFC 3339 stops at the year 9999; later instants show as milliseconds.
+        if self.0 >= MAX_RFC3339 {
+            return write!(f, "{}ms", self.0);
+        }
         write!(f, "{}", humantime::format_rfc3339_millis(self.to_system()))
     }
 }
+
+/// 10000-01-01T00:00:00Z in milliseconds.
+pub const MAX_RFC3339: u64 = 253_402_300_800_000;
 
 /// Where the driver reads "now" from and how it waits; tests inject a clock whose sleeps
 /// only move its time forward, so backoff and rate-limit tests take no real time.

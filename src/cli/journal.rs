@@ -37,7 +37,7 @@ pub fn run(state_dir: &Path, args: JournalArgs) -> anyhow::Result<ExitStatus> {
         (Some(Action::Reset), _) => {
             match StateDir::reset_journal(state_dir, "waymark journal reset")? {
                 Some(moved) => out!(
-                    "journal moved to {}; the next `waymark run` continues each stream from the checkpoint stored in its destination",
+                    "journal moved to {}; each stream's next run asks where to continue: `waymark checkpoint adopt <workflow> --stream S --reason …` takes the checkpoint its destination stores",
                     moved.display()
                 ),
                 None => out!("no journal in {}", state_dir.display()),
