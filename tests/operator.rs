@@ -324,3 +324,90 @@ fn checkpoints_are_set_reset_and_restored_with_a_reason_and_a_history() -> Resul
     );
     Ok(())
 }
+
+#[test]
+fn a_live_run_is_followed_and_logs_every_step_as_json() -> Result {
+    let sandbox = Sandbox::start(&["--records", "1000", "--latency", "60ms"])?;
+    let dir = TempDir::new("follow");
+    let file = workflow(dir.path(), 100, 3)?;
+    let state = dir.path().join("state");
+    let child = waymark(&state, &sandbox.url)
+        .env_remove("WAYMARK_LOG")
+        .args(["run", "--json", "--log-format", "json"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // The live run's feed appears; following it prints steps until the run completes.
+    let live = state.join("live");
+    let mut id = String::new();
+    let appeared = wait_for(
+        || {
+            let name = std::fs::read_dir(&live)
+                .ok()
+                .and_then(|mut d| d.next())
+                .and_then(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned());
+            if let Some(name) = name {
+                id = name.trim_end_matches(".jsonl").to_string();
+            }
+            !id.is_empty()
+        },
+        std::time::Duration::from_secs(20),
+    );
+    assert!(appeared, "no live feed");
+    let followed = run(waymark(&state, "").args(["journal", &id[..8], "--follow", "--json"]))?;
+    assert_eq!(
+        followed.status.code(),
+        Some(0),
+        "{}",
+        text(&followed.stderr)
+    );
+    let steps: Vec<serde_json::Value> = text(&followed.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(names.first(), Some(&"run_started"), "{names:?}");
+    assert_eq!(names.last(), Some(&"run_completed"), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| **n == "cursor_committed").count(),
+        10
+    );
+    let seqs: Vec<u64> = steps.iter().filter_map(|s| s["seq"].as_u64()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    let out = child.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The summary is one JSON object on stdout.
+    let summary: serde_json::Value = serde_json::from_str(text(&out.stdout).trim())?;
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["records"], 1000);
+    assert_eq!(summary["run"], id.as_str());
+    assert!(summary["duration_ms"].as_u64().is_some_and(|d| d >= 600));
+    // Every journaled step is a JSON log line with the run, stream, cursors and timing.
+    let logs: Vec<serde_json::Value> = text(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let commits: Vec<&serde_json::Value> = logs
+        .iter()
+        .filter(|l| l["target"] == "waymark_step" && l["step"] == "cursor_committed")
+        .collect();
+    assert_eq!(commits.len(), 10, "{logs:?}");
+    assert!(commits.iter().all(|l| l["run"] == id.as_str()
+        && l["stream"] == "orders"
+        && l["duration_ms"].is_u64()
+        && l["records_committed"].is_u64()));
+    assert_eq!(commits[9]["records_committed"], 1000);
+    let fetched = logs
+        .iter()
+        .find(|l| l["step"] == "page_fetched")
+        .ok_or("no page_fetched step")?;
+    assert_eq!(fetched["records"], 100);
+    assert!(
+        !state.join("live").join(format!("{id}.jsonl")).exists(),
+        "feed left behind"
+    );
+    Ok(())
+}

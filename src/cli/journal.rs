@@ -1,10 +1,10 @@
 //! `waymark journal`: a run's steps, and verifying or resetting the journal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use waymark_engine::{Event, RunState, StartFrom, StateDir};
+use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir};
 
 use super::run::{find_run, open_state};
 use super::{ExitStatus, UsageError};
@@ -20,6 +20,9 @@ pub struct JournalArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Keep printing the steps of a live run as they are journaled, until it ends.
+    #[arg(long, short)]
+    follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,7 +47,7 @@ pub fn run(state_dir: &Path, args: JournalArgs) -> anyhow::Result<ExitStatus> {
             }
             Ok(ExitStatus::Success)
         }
-        (None, Some(run)) => show(state_dir, &run, args.json),
+        (None, Some(run)) => show(state_dir, &run, args.json, args.follow),
         (None, None) => Err(UsageError(
             "give a run id (see `waymark runs`), or `verify` or `reset`".into(),
         )
@@ -184,34 +187,46 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
     }
 }
 
-fn show(state_dir: &Path, run: &str, as_json: bool) -> anyhow::Result<ExitStatus> {
-    let dir = open_state(state_dir)?;
-    let run = find_run(&dir, run)?;
-    let mut state: Option<RunState> = None;
-    let mut any = false;
-    if !as_json {
-        out!(
-            "{:>5}  {:<24}  {:<16}  {:<24}  {:<40}  outcome",
-            "seq",
-            "time",
-            "step",
-            "cursor",
-            "counts"
-        );
+/// Prints a run's events as a table or JSON lines, folding them to describe each.
+struct Printer {
+    run: RunId,
+    json: bool,
+    state: Option<RunState>,
+}
+
+impl Printer {
+    fn new(run: RunId, json: bool) -> Self {
+        if !json {
+            out!(
+                "{:>5}  {:<24}  {:<16}  {:<24}  {:<40}  outcome",
+                "seq",
+                "time",
+                "step",
+                "cursor",
+                "counts"
+            );
+        }
+        Printer {
+            run,
+            json,
+            state: None,
+        }
     }
-    for item in dir.journal().events(run) {
-        let (seq, event) = item?;
-        any = true;
-        let (cursor, counts, outcome) = describe(&event, state.as_ref());
-        if as_json {
-            let line = json!({
-                "run": run.to_string(),
-                "seq": seq,
-                "time": event.at().to_string(),
-                "step": event.name(),
-                "event": event,
-            });
-            out!("{line}");
+
+    fn print(&mut self, seq: u64, event: &Event) -> anyhow::Result<()> {
+        let run = self.run;
+        let (cursor, counts, outcome) = describe(event, self.state.as_ref());
+        if self.json {
+            out!(
+                "{}",
+                json!({
+                    "run": run.to_string(),
+                    "seq": seq,
+                    "time": event.at().to_string(),
+                    "step": event.name(),
+                    "event": event,
+                })
+            );
         } else {
             out!(
                 "{seq:>5}  {:<24}  {:<16}  {cursor:<24}  {counts:<40}  {outcome}",
@@ -219,17 +234,120 @@ fn show(state_dir: &Path, run: &str, as_json: bool) -> anyhow::Result<ExitStatus
                 event.name()
             );
         }
-        state =
-            match (state, &event) {
+        self.state =
+            match (self.state.take(), event) {
                 (None, Event::RunStarted(s)) => Some(RunState::start(s)),
                 (Some(s), e) => Some(waymark_engine::apply(s, e).map_err(|source| {
                     waymark_engine::journal::Error::Inconsistent { run, source }
                 })?),
                 (None, _) => None,
             };
+        Ok(())
+    }
+}
+
+fn show(state_dir: &Path, run: &str, as_json: bool, follow: bool) -> anyhow::Result<ExitStatus> {
+    let dir = match open_state(state_dir) {
+        Ok(dir) => dir,
+        // A live run holds the state directory: follow its feed instead.
+        Err(e) if follow && is_busy(&e) => return tail(state_dir, run, as_json),
+        Err(e) => return Err(e),
+    };
+    let run = find_run(&dir, run)?;
+    let mut printer = Printer::new(run, as_json);
+    let mut any = false;
+    for item in dir.journal().events(run) {
+        let (seq, event) = item?;
+        any = true;
+        printer.print(seq, &event)?;
     }
     if !any {
         return Err(waymark_engine::journal::Error::UnknownRun(run).into());
     }
+    if follow
+        && printer
+            .state
+            .as_ref()
+            .is_some_and(|s| !s.status.is_finished())
+    {
+        eprintln!("run {run} is not running now; `waymark run` resumes it");
+    }
     Ok(ExitStatus::Success)
+}
+
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<waymark_engine::state_dir::Error>(),
+            Some(waymark_engine::state_dir::Error::Busy { .. })
+        )
+    })
+}
+
+/// Follows a live run through the feed its process writes (`live/<run>.jsonl`), until it
+/// completes, pauses, fails or the process goes away.
+fn tail(state_dir: &Path, text: &str, as_json: bool) -> anyhow::Result<ExitStatus> {
+    use std::io::{BufRead, Seek};
+    let live = state_dir.join("live");
+    let found: Vec<PathBuf> = std::fs::read_dir(&live)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .is_some_and(|s| s.starts_with(text) || s.ends_with(text))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let [path] = found.as_slice() else {
+        return Err(UsageError(format!(
+            "the state directory is in use, and no live run's id starts or ends with `{text}` \
+             (see the running process's log for its run id)"
+        ))
+        .into());
+    };
+    let run: RunId = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| UsageError(format!("{}: not a run's feed", path.display())))?;
+    eprintln!("following live run {run}");
+    let mut printer = Printer::new(run, as_json);
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut line = String::new();
+    let mut offset = 0u64;
+    let mut idle = 0u32;
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            // Nothing complete yet: wait, unless the run's process is gone (killed: its
+            // feed stays, but the state directory is free).
+            idle += 1;
+            let gone = !path.exists() || (idle % 20 == 0 && open_state(state_dir).is_ok());
+            if gone {
+                eprintln!("run {run}'s process stopped; `waymark journal {run}` has the rest");
+                return Ok(ExitStatus::Success);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            reader.seek(std::io::SeekFrom::Start(offset))?;
+            continue;
+        }
+        idle = 0;
+        offset += n as u64;
+        let entry: serde_json::Value = serde_json::from_str(&line)?;
+        let event: Event = serde_json::from_value(entry["event"].clone())?;
+        printer.print(entry["seq"].as_u64().unwrap_or(0), &event)?;
+        if matches!(
+            event,
+            Event::RunCompleted { .. }
+                | Event::RunFailed { .. }
+                | Event::RunPaused { .. }
+                | Event::RunAbandoned { .. }
+        ) {
+            return Ok(ExitStatus::Success);
+        }
+    }
 }

@@ -40,6 +40,14 @@ pub struct Cli {
     /// Only warnings and errors on stderr (`WAYMARK_LOG` overrides, e.g. `debug`).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Log level or filter (`info`, `debug`, `waymark_step=info`…); `WAYMARK_LOG` and
+    /// `RUST_LOG` are read too.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// `text` (default) or `json`: one JSON object per line, and one per journaled step
+    /// (run, sync, stream, step, cursor before/after, counts, duration_ms, outcome).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +83,15 @@ enum Command {
     Compact(compact::CompactArgs),
     /// Print the JSON Schema of workflow files (for editors).
     Schema,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Documented exit codes.

@@ -15,9 +15,12 @@ use waymark_engine::{
 
 use super::{ExitStatus, UsageError};
 
-/// Limits of one invocation, shared by `run` and `resume`.
+/// Limits and output of one invocation, shared by `run`, `resume` and `backfill`.
 #[derive(Debug, Args, Clone)]
 pub struct Budget {
+    /// Print each run's summary as one JSON object on stdout instead of a line.
+    #[arg(long)]
+    json: bool,
     /// Fetch at most N pages per stream, then pause (the next `waymark run` continues).
     #[arg(long, value_name = "N")]
     max_pages: Option<u64>,
@@ -144,17 +147,40 @@ pub(super) async fn destination(
 }
 
 /// Drives one opened run to its end (or pause/failure) and prints its summary line.
-#[allow(clippy::too_many_arguments)]
+/// What every run of one invocation shares.
+struct Invocation<'a> {
+    api: Arc<Api>,
+    settings: Settings,
+    stop: &'a AtomicBool,
+    /// Summaries as JSON.
+    json: bool,
+}
+
+impl<'a> Invocation<'a> {
+    fn new(
+        dir: &StateDir,
+        workflow: &Workflow,
+        budget: &Budget,
+        stop: &'a AtomicBool,
+    ) -> anyhow::Result<Self> {
+        Ok(Invocation {
+            api: api(dir, workflow)?,
+            settings: settings(workflow, budget),
+            stop,
+            json: budget.json,
+        })
+    }
+}
+
 async fn drive(
     dir: &mut StateDir,
-    api: &Arc<Api>,
+    run: &Invocation<'_>,
     workflow: &Workflow,
     stream: &StreamSection,
     destination: &mut AnyDestination,
     state: RunState,
-    settings: &Settings,
-    stop: &AtomicBool,
 ) -> anyhow::Result<RunState> {
+    let (api, settings, stop, json) = (&run.api, &run.settings, run.stop, run.json);
     let mut source = HttpSource::new(workflow, stream, api.clone())?;
     let run = state.run_id();
     let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
@@ -173,6 +199,7 @@ async fn drive(
     );
     let began = Instant::now();
     let mut progress = Progress::new(&stream.name, state.counts.records_committed);
+    progress.feed = Feed::open(dir.root(), &state);
     let mut observe = |state: &RunState, event: &Event| progress.observe(state, event);
     let (journal, staging) = dir.parts();
     let outcome = driver::drive(
@@ -190,7 +217,7 @@ async fn drive(
     drop(progress);
     let state =
         outcome.with_context(|| format!("run {run} of {}/{}", workflow.name(), stream.name))?;
-    print_summary(workflow.name(), &state, began.elapsed());
+    print_summary(&state, began.elapsed(), json);
     Ok(state)
 }
 
@@ -202,6 +229,70 @@ struct Progress {
     began: Instant,
     records_before: u64,
     last_log: Instant,
+    last_step: Instant,
+    feed: Option<Feed>,
+}
+
+/// A live run's feed for `waymark journal --follow` (the journal is locked by this
+/// process): each journaled event as a JSON line in `live/<run>.jsonl`, removed when the
+/// run stops driving. Best effort: a feed that cannot be written is dropped with a warning.
+struct Feed {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Feed {
+    fn open(root: &Path, state: &RunState) -> Option<Feed> {
+        let dir = root.join("live");
+        let path = dir.join(format!("{}.jsonl", state.run_id()));
+        let opened = std::fs::create_dir_all(&dir).and_then(|()| std::fs::File::create(&path));
+        let mut feed = match opened {
+            Ok(file) => Feed {
+                path,
+                out: std::io::BufWriter::new(file),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    "no live feed for `journal --follow`: {}: {e}",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        // How the run got here: its start, or the resume that picked it up.
+        let first = match state.last_seq {
+            1 => Event::RunStarted(state.started.clone()),
+            _ => Event::RunResumed {
+                pid: std::process::id(),
+                at: state.updated_at,
+            },
+        };
+        feed.write(state.last_seq, state.run_id(), &first);
+        Some(feed)
+    }
+
+    fn write(&mut self, seq: u64, run: RunId, event: &Event) {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "run": run.to_string(),
+            "seq": seq,
+            "time": event.at().to_string(),
+            "step": event.name(),
+            "event": event,
+        });
+        if writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .is_err()
+        {
+            tracing::warn!("the live feed {} stopped", self.path.display());
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl Progress {
@@ -221,10 +312,16 @@ impl Progress {
             began: Instant::now(),
             records_before,
             last_log: Instant::now(),
+            last_step: Instant::now(),
+            feed: None,
         }
     }
 
     fn observe(&mut self, state: &RunState, event: &Event) {
+        if let Some(feed) = &mut self.feed {
+            feed.write(state.last_seq, state.run_id(), event);
+        }
+        self.step(state, event);
         let c = &state.counts;
         let line = match event {
             Event::RequestRetried {
@@ -281,6 +378,85 @@ impl Progress {
     }
 }
 
+impl Progress {
+    /// One structured event per journaled step (target `waymark_step`: shown by
+    /// `--log-format json`, or in text with `--log-level waymark_step=info`).
+    fn step(&mut self, state: &RunState, event: &Event) {
+        let took = self.last_step.elapsed();
+        self.last_step = Instant::now();
+        let (page, before, after, records, outcome) = match event {
+            Event::PageFetched(p) => (
+                Some(p.page),
+                p.request_cursor.clone(),
+                p.next_cursor.clone(),
+                Some(p.records),
+                "fetched".to_string(),
+            ),
+            Event::BatchWritten { page, ack, .. } => (
+                Some(*page),
+                None,
+                None,
+                Some(ack.total()),
+                format!(
+                    "inserted {} updated {} unchanged {} stale {} deleted {} dead-lettered {}{}",
+                    ack.inserted,
+                    ack.updated,
+                    ack.unchanged,
+                    ack.skipped_stale,
+                    ack.deleted,
+                    ack.dead_lettered,
+                    if ack.replayed { " (replayed)" } else { "" }
+                ),
+            ),
+            Event::CursorCommitted { page, .. } => (
+                Some(*page),
+                None,
+                state.committed_cursor.clone(),
+                None,
+                "committed".into(),
+            ),
+            Event::RequestRetried {
+                page,
+                error,
+                wait_ms,
+                ..
+            } => (
+                Some(*page),
+                None,
+                None,
+                None,
+                format!("retry in {wait_ms} ms: {error}"),
+            ),
+            Event::PageIgnored { page, reason, .. } => {
+                (Some(*page), None, None, None, format!("ignored: {reason}"))
+            }
+            Event::RunPaused { reason, .. } => {
+                (None, None, None, None, format!("paused: {reason}"))
+            }
+            Event::RunFailed { error, .. } => (None, None, None, None, format!("failed: {error}")),
+            other => (None, None, None, None, other.name().to_string()),
+        };
+        let c = &state.counts;
+        tracing::info!(
+            target: "waymark_step",
+            run = %state.run_id(),
+            sync = %state.started.sync,
+            stream = %state.started.stream,
+            step = event.name(),
+            page = page.unwrap_or(0),
+            cursor_before = before.as_deref().unwrap_or(""),
+            cursor_after = after.as_deref().unwrap_or(""),
+            records = records.unwrap_or(0),
+            records_committed = c.records_committed,
+            pages_committed = c.pages_committed,
+            retries = c.retries,
+            duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            outcome = %outcome,
+            "step"
+        );
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(bar) = &self.bar {
@@ -289,9 +465,41 @@ impl Drop for Progress {
     }
 }
 
-fn print_summary(sync: &str, state: &RunState, took: Duration) {
+/// The run's summary: one line, or one JSON object.
+fn print_summary(state: &RunState, took: Duration, json: bool) {
     let c = &state.counts;
     let w = &c.written;
+    let sync = &state.started.sync;
+    if json {
+        let reason = match &state.status {
+            Status::Failed(e) => Some(e.clone()),
+            Status::Paused(reason) => Some(reason.to_string()),
+            _ => None,
+        };
+        out!(
+            "{}",
+            serde_json::json!({
+                "run": state.run_id().to_string(),
+                "sync": sync,
+                "stream": state.started.stream,
+                "status": state.status.name(),
+                "reason": reason,
+                "records": c.records_committed,
+                "pages": c.pages_committed,
+                "written": w,
+                "dead_lettered": w.dead_lettered,
+                "retries": c.retries,
+                "ignored_pages": c.ignored,
+                "resumes": c.resumes,
+                "cursor_start": state.started.start_cursor,
+                "cursor_end": state.committed_cursor,
+                "window_start": state.window().start.map(|t| t.to_string()),
+                "watermark": state.window().end.to_string(),
+                "duration_ms": took.as_millis() as u64,
+            })
+        );
+        return;
+    }
     let outcome = match &state.status {
         Status::Failed(e) => format!("failed: {e}"),
         Status::Paused(reason) => format!("paused ({reason})"),
@@ -373,15 +581,14 @@ pub async fn run_streams(
             pruned.events
         );
     }
-    let settings = settings(workflow, budget);
-    let api = api(dir, workflow)?;
+    let invocation = Invocation::new(dir, workflow, budget, stop)?;
     let mut finished = Vec::new();
     for stream in streams {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         let plan = workflow.plan(stream, fresh);
-        finished.extend(run_scope(dir, &api, workflow, stream, &plan, &settings, stop).await?);
+        finished.extend(run_scope(dir, &invocation, workflow, stream, &plan).await?);
     }
     Ok(status_of(&finished))
 }
@@ -390,12 +597,10 @@ pub async fn run_streams(
 /// a slice cut short by `window.step`, the next slice.
 async fn run_scope(
     dir: &mut StateDir,
-    api: &Arc<Api>,
+    invocation: &Invocation<'_>,
     workflow: &Workflow,
     stream: &StreamSection,
     plan: &Plan,
-    settings: &Settings,
-    stop: &AtomicBool,
 ) -> anyhow::Result<Vec<RunState>> {
     let mut destination = destination(dir, workflow, stream, &plan.stream).await?;
     let mut states = Vec::new();
@@ -403,20 +608,10 @@ async fn run_scope(
         let (journal, staging) = dir.parts();
         let state =
             driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
-        let state = drive(
-            dir,
-            api,
-            workflow,
-            stream,
-            &mut destination,
-            state,
-            settings,
-            stop,
-        )
-        .await?;
+        let state = drive(dir, invocation, workflow, stream, &mut destination, state).await?;
         let next_slice = state.status == Status::Completed
             && driver::sliced(&state.window(), plan)
-            && !stop.load(Ordering::SeqCst);
+            && !invocation.stop.load(Ordering::SeqCst);
         states.push(state);
         if !next_slice {
             return Ok(states);
@@ -455,9 +650,8 @@ pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<Ex
             return Ok(ExitStatus::Success);
         }
     }
-    let settings = settings(&workflow, &args.budget);
-    let api = api(&dir, &workflow)?;
-    let states = run_scope(&mut dir, &api, &workflow, &stream, &plan, &settings, &stop).await?;
+    let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
+    let states = run_scope(&mut dir, &invocation, &workflow, &stream, &plan).await?;
     Ok(status_of(&states))
 }
 
@@ -505,17 +699,14 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     };
     let mut destination = destination(&dir, &workflow, &stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
-    let settings = settings(&workflow, &args.budget);
-    let api = api(&dir, &workflow)?;
+    let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
     let state = drive(
         &mut dir,
-        &api,
+        &invocation,
         &workflow,
         &stream,
         &mut destination,
         state,
-        &settings,
-        &stop,
     )
     .await?;
     Ok(status_of(&[state]))
