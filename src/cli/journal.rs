@@ -326,7 +326,7 @@ fn tail(state_dir: &Path, text: &str, as_json: bool) -> anyhow::Result<ExitStatu
             // Nothing complete yet: wait, unless the run's process is gone (killed: its
             // feed stays, but the state directory is free).
             idle += 1;
-            let gone = !path.exists() || (idle % 20 == 0 && open_state(state_dir).is_ok());
+            let gone = !path.exists() || (idle.is_multiple_of(20) && open_state(state_dir).is_ok());
             if gone {
                 eprintln!("run {run}'s process stopped; `waymark journal {run}` has the rest");
                 return Ok(ExitStatus::Success);
