@@ -411,3 +411,63 @@ fn a_live_run_is_followed_and_logs_every_step_as_json() -> Result {
     );
     Ok(())
 }
+
+#[test]
+fn replay_dry_run_rechecks_every_step_and_previews_what_a_resume_would_write() -> Result {
+    let sandbox = Sandbox::start(&["--records", "300"])?;
+    let dir = TempDir::new("replay");
+    let file = workflow(dir.path(), 100, 3)?;
+    let state = dir.path().join("state");
+    // One page written, then the database refuses writes: page 2 stays staged.
+    let first = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "1"])
+        .arg(&file))?;
+    assert_eq!(first.status.code(), Some(3), "{}", text(&first.stderr));
+    let db = rusqlite::Connection::open(dir.path().join("shop.db"))?;
+    db.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON orders BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )?;
+    let failed = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed.stderr));
+    let id = runs(&state)?[0]["run"].as_str().ok_or("run")?.to_string();
+
+    let replay = |args: &[&str]| run(waymark(&state, "").args(["replay", &id]).args(args));
+    let out = replay(&["--dry-run"])?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let shown = text(&out.stdout);
+    assert!(!shown.contains("NOT WHAT THE ENGINE DECIDES"), "{shown}");
+    assert!(
+        shown.contains("page_fetched        fetch page 2 with cursor"),
+        "{shown}"
+    );
+    assert!(shown.contains("a resume would:"), "{shown}");
+    let puts = shown
+        .lines()
+        .filter(|l| l.starts_with("  page 2: put "))
+        .count();
+    assert_eq!(puts, 100, "{shown}");
+    assert!(shown.contains("then fetch page 3 with cursor"), "{shown}");
+    // Nothing was touched: the destination still has the first page only.
+    assert_eq!(rows(&dir.path().join("shop.db"))?.len(), 100);
+
+    let json = replay(&["--dry-run", "--json"])?;
+    let consistent = text(&json.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["consistent"] == true)
+        .count();
+    assert!(consistent >= 6, "{}", text(&json.stdout));
+    let without = replay(&[])?;
+    assert_eq!(without.status.code(), Some(2));
+    assert!(text(&without.stderr).contains("--dry-run"));
+    let unknown = run(waymark(&state, "").args(["replay", "nope", "--dry-run"]))?;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("no run id starts or ends with `nope`"));
+    Ok(())
+}

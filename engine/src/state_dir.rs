@@ -144,6 +144,11 @@ impl StateDir {
         &self.root
     }
 
+    /// The staged pages.
+    pub fn staging(&self) -> &Staging {
+        &self.staging
+    }
+
     /// The journal.
     pub fn journal(&self) -> &Journal<SledBackend> {
         &self.journal

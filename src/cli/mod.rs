@@ -12,6 +12,7 @@ mod compact;
 mod demo;
 mod dlq;
 mod journal;
+mod replay;
 mod run;
 mod runs;
 mod sandbox;
@@ -77,6 +78,9 @@ enum Command {
     /// A stream's checkpoint: show its history; set, reset, adopt the destination's, or
     /// restore an earlier value (each with a reason).
     Checkpoint(checkpoint::CheckpointArgs),
+    /// Re-execute a run from its journal alone (--dry-run): checks each step against the
+    /// engine's decision and shows what a resume would do.
+    Replay(replay::ReplayArgs),
     /// Dead letters by stream: list, show, retry through the destination, drop.
     Dlq(dlq::DlqArgs),
     /// Merge a JSONL destination's page files into one file per table (newest line per key).
@@ -207,6 +211,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Compact(args) => compact::run(&state_dir, args),
         Command::Dlq(args) => dlq::run(&state_dir, args).await,
         Command::Status(args) => status::run(&state_dir, args),
+        Command::Replay(args) => replay::run(&state_dir, args),
         Command::Checkpoint(args) => checkpoint::run(&state_dir, args).await,
         Command::Schema => validate::schema(),
     }
