@@ -471,3 +471,58 @@ fn replay_dry_run_rechecks_every_step_and_previews_what_a_resume_would_write() -
     assert!(text(&unknown.stderr).contains("no run id starts or ends with `nope`"));
     Ok(())
 }
+
+#[test]
+fn trace_tells_every_run_and_page_that_saw_a_record_and_what_became_of_it() -> Result {
+    let sandbox = Sandbox::start(&["--records", "300", "--seed", "5"])?;
+    let dir = TempDir::new("trace");
+    let file = workflow(dir.path(), 100, 3)?;
+    let state = dir.path().join("state");
+    let sync = || -> Result {
+        let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        Ok(())
+    };
+    sync()?;
+    let before = sandbox.truth()?;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    sandbox.apply_mutations(60)?;
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    sync()?;
+    let after = sandbox.truth()?;
+    // A record the source changed between the two runs.
+    let (key, record) = after
+        .iter()
+        .find(|(k, r)| before.get(*k).is_some_and(|b| b != *r))
+        .ok_or("no record was updated")?;
+    let trace = run(waymark(&state, "").args(["trace", "orders", key, "--json"]))?;
+    assert_eq!(trace.status.code(), Some(0), "{}", text(&trace.stderr));
+    let seen: Vec<serde_json::Value> = text(&trace.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let outcomes: Vec<&str> = seen.iter().filter_map(|s| s["outcome"].as_str()).collect();
+    assert_eq!(outcomes, ["inserted", "updated"], "{seen:?}");
+    assert_eq!(seen[1]["version"], record["updated_at"]);
+    assert_eq!(seen[0]["version"], before[key.as_str()]["updated_at"]);
+    assert_ne!(seen[0]["run_id"], seen[1]["run_id"]);
+    let table = run(waymark(&state, "").args(["trace", "orders", key]))?;
+    assert!(
+        text(&table.stdout).contains("updated"),
+        "{}",
+        text(&table.stdout)
+    );
+    // A key no run saw, and a stream the index does not know.
+    let never = run(waymark(&state, "").args(["trace", "orders", "999999"]))?;
+    assert!(
+        text(&never.stdout).contains("has seen key 999999"),
+        "{}",
+        text(&never.stdout)
+    );
+    let unknown = run(waymark(&state, "").args(["trace", "nope", "1"]))?;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("no stream `nope` in the audit index; streams: shop/orders")
+    );
+    Ok(())
+}

@@ -380,10 +380,25 @@ impl HttpDestination {
                 ack.dead_lettered += 1;
             }
         }
+        for seen in plan.seen.iter_mut() {
+            if refused
+                .iter()
+                .any(|d| d.key.as_deref() == Some(seen.key.as_str()))
+            {
+                seen.outcome = crate::audit::Outcome::DeadLettered;
+            }
+        }
         plan.dead.extend(refused);
-        self.binding
-            .dead_letters
-            .put(&run, batch.page, &plan.dead)?;
+        let b = &self.binding;
+        b.dead_letters.put(&run, batch.page, &plan.dead)?;
+        b.audit.record(
+            &b.sync,
+            &b.stream,
+            &run,
+            batch.page,
+            batch.checkpoint.at,
+            &plan.seen,
+        )?;
         self.mapping.checkpoints.insert(
             self.binding.stream.clone(),
             (run, batch.page, batch.checkpoint.clone(), plan.ack),

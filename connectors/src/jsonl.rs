@@ -174,6 +174,14 @@ impl JsonlDestination {
             Ok::<_, destination::Error>(index.get(key).cloned())
         })?;
         b.dead_letters.put(&run, batch.page, &plan.dead)?;
+        b.audit.record(
+            &b.sync,
+            &b.stream,
+            &run,
+            batch.page,
+            batch.checkpoint.at,
+            &plan.seen,
+        )?;
         let header = Header {
             stream: b.stream.clone(),
             checkpoint: batch.checkpoint.clone(),

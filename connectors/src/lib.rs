@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod columns;
 pub mod dead_letters;

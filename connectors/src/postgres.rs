@@ -208,6 +208,14 @@ impl PostgresDestination {
             Ok::<_, destination::Error>(stored.get(key).cloned())
         })?;
         b.dead_letters.put(&run, batch.page, &plan.dead)?;
+        b.audit.record(
+            &b.sync,
+            &b.stream,
+            &run,
+            batch.page,
+            batch.checkpoint.at,
+            &plan.seen,
+        )?;
         let ops = plan.last_per_key();
         if !ops.is_empty() {
             let cells: String = (0..b.columns.iter().len())

@@ -161,6 +161,14 @@ impl SqliteDestination {
         // Dead letters reach the state directory before the batch commits (a replay of the
         // page rewrites the same file).
         b.dead_letters.put(&run, batch.page, &plan.dead)?;
+        b.audit.record(
+            &b.sync,
+            &b.stream,
+            &run,
+            batch.page,
+            batch.checkpoint.at,
+            &plan.seen,
+        )?;
         {
             let names: String = b
                 .columns
@@ -413,6 +421,9 @@ mod tests {
                 &std::env::temp_dir(),
                 "shop",
                 stream,
+            ),
+            audit: crate::audit::Audit::new(
+                &std::env::temp_dir().join(format!("waymark-sqlite-audit-{}", std::process::id())),
             ),
             busy_timeout: std::time::Duration::from_millis(100),
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use waymark_engine::WriteAck;
 
+use crate::audit::{Audit, Outcome, Seen};
 use crate::columns::{Cell, Columns};
 use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::record::{compare_versions, key_of, lookup, scalar};
@@ -40,6 +41,8 @@ pub struct Binding {
     pub columns: Columns,
     /// Where refused records go.
     pub dead_letters: DeadLetters,
+    /// Where each record's fate is noted (for `waymark trace`).
+    pub audit: Audit,
     /// How long to wait for a database locked by another process.
     pub busy_timeout: Duration,
 }
@@ -68,6 +71,7 @@ impl Binding {
             hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
             columns,
             dead_letters: DeadLetters::new(state_dir, workflow.name(), &stream.name),
+            audit: Audit::new(state_dir),
             busy_timeout: workflow.file().destination.busy_timeout.0,
         }
     }
@@ -137,6 +141,8 @@ pub struct Plan<'a> {
     pub dead: Vec<DeadLetter>,
     /// The counts.
     pub ack: WriteAck,
+    /// What became of each record that has a key, in record order.
+    pub seen: Vec<Seen>,
 }
 
 impl<'a> Plan<'a> {
@@ -242,6 +248,13 @@ pub fn plan<'a, E>(
         let id = match identify(record, b) {
             Ok(id) => id,
             Err((key, reason)) => {
+                if let Some(key) = &key {
+                    out.seen.push(Seen {
+                        key: key.clone(),
+                        version: None,
+                        outcome: Outcome::DeadLettered,
+                    });
+                }
                 out.dead.push(DeadLetter {
                     stream: b.stream.clone(),
                     run_id: run.to_string(),
@@ -266,18 +279,28 @@ pub fn plan<'a, E>(
             _ => Ordering::Equal,
         };
         let ack = &mut out.ack;
+        let mut note = |outcome| {
+            out.seen.push(Seen {
+                key: id.key.clone(),
+                version: id.version.clone(),
+                outcome,
+            })
+        };
         let (op, after) = if id.deletion {
             match &before {
                 Some(s) if s.deleted && order != Ordering::Greater => {
                     ack.unchanged += 1;
+                    note(Outcome::Unchanged);
                     continue;
                 }
                 Some(_) if order == Ordering::Less => {
                     ack.skipped_stale += 1;
+                    note(Outcome::Stale);
                     continue;
                 }
                 _ => {
                     ack.deleted += 1;
+                    note(Outcome::Deleted);
                     let kept = match b.hard_delete {
                         true => None,
                         false => before
@@ -308,10 +331,12 @@ pub fn plan<'a, E>(
             let revived = match &before {
                 None => {
                     ack.inserted += 1;
+                    note(Outcome::Inserted);
                     false
                 }
                 Some(_) if order == Ordering::Less => {
                     ack.skipped_stale += 1;
+                    note(Outcome::Stale);
                     continue;
                 }
                 Some(s)
@@ -320,15 +345,18 @@ pub fn plan<'a, E>(
                         && s.record.as_deref() == Some(record.as_str()) =>
                 {
                     ack.unchanged += 1;
+                    note(Outcome::Unchanged);
                     continue;
                 }
                 // Back after a hard delete (an id reused, or undeleted).
                 Some(s) if s.deleted && s.record.is_none() => {
                     ack.inserted += 1;
+                    note(Outcome::Inserted);
                     true
                 }
                 Some(_) => {
                     ack.updated += 1;
+                    note(Outcome::Updated);
                     false
                 }
             };
@@ -371,6 +399,7 @@ mod tests {
             hard_delete: hard,
             columns: Columns::default(),
             dead_letters: DeadLetters::new(Path::new("/nonexistent"), "s", "t"),
+            audit: Audit::new(Path::new("/nonexistent")),
             busy_timeout: Duration::ZERO,
         }
     }

@@ -17,6 +17,7 @@ mod run;
 mod runs;
 mod sandbox;
 mod status;
+mod trace;
 mod validate;
 
 use std::path::PathBuf;
@@ -81,6 +82,8 @@ enum Command {
     /// Re-execute a run from its journal alone (--dry-run): checks each step against the
     /// engine's decision and shows what a resume would do.
     Replay(replay::ReplayArgs),
+    /// Every run and page that saw a record, its version and what became of it.
+    Trace(trace::TraceArgs),
     /// Dead letters by stream: list, show, retry through the destination, drop.
     Dlq(dlq::DlqArgs),
     /// Merge a JSONL destination's page files into one file per table (newest line per key).
@@ -212,6 +215,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Dlq(args) => dlq::run(&state_dir, args).await,
         Command::Status(args) => status::run(&state_dir, args),
         Command::Replay(args) => replay::run(&state_dir, args),
+        Command::Trace(args) => trace::run(&state_dir, args),
         Command::Checkpoint(args) => checkpoint::run(&state_dir, args).await,
         Command::Schema => validate::schema(),
     }

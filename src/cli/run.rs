@@ -581,6 +581,13 @@ pub async fn run_streams(
             pruned.events
         );
     }
+    let cutoff = SystemClock.now().saturating_sub(workflow.keep());
+    let forgotten = waymark_connectors::audit::Audit::new(dir.root()).prune(cutoff)?;
+    if forgotten > 0 {
+        tracing::info!(
+            "pruned {forgotten} record sightings older than `keep` from the audit index"
+        );
+    }
     let invocation = Invocation::new(dir, workflow, budget, stop)?;
     let mut finished = Vec::new();
     for stream in streams {

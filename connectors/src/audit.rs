@@ -1,0 +1,218 @@
+//! The per-record audit index behind `waymark trace`: for every record a page brought,
+//! which run and page saw it, the version seen, and what became of it (inserted, updated,
+//! unchanged, skipped as stale, deleted, dead-lettered). Kept in `audit.db` (SQLite) in the
+//! state directory, written before the page commits (a replayed page writes the same
+//! rows), and pruned to the sync's `keep`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rusqlite::{params, Connection};
+use waymark_engine::{destination, Timestamp};
+
+/// What became of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// New in the destination.
+    Inserted,
+    /// Replaced an older version.
+    Updated,
+    /// Identical to what was stored.
+    Unchanged,
+    /// Older than what was stored: left alone.
+    Stale,
+    /// Marked deleted or removed.
+    Deleted,
+    /// Sent to the dead-letter store.
+    DeadLettered,
+}
+
+impl Outcome {
+    /// Its name in the index.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Inserted => "inserted",
+            Outcome::Updated => "updated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Stale => "skipped as stale",
+            Outcome::Deleted => "deleted",
+            Outcome::DeadLettered => "dead-lettered",
+        }
+    }
+}
+
+/// One record seen: key, version and outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The record's key.
+    pub key: String,
+    /// The version it had.
+    pub version: Option<String>,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// One row of a trace.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Sighting {
+    /// When the page was written.
+    pub at: String,
+    /// The run.
+    pub run_id: String,
+    /// The page.
+    pub page: u64,
+    /// The version seen.
+    pub version: Option<String>,
+    /// What became of the record.
+    pub outcome: String,
+}
+
+/// The audit index of a state directory.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    path: PathBuf,
+    conn: Arc<Mutex<Option<ConnectionCell>>>,
+}
+
+/// A connection, made `Debug` for the binding.
+struct ConnectionCell(Connection);
+
+impl std::fmt::Debug for ConnectionCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("audit connection")
+    }
+}
+
+fn fail(e: rusqlite::Error) -> destination::Error {
+    destination::Error(format!("audit index: {e}"))
+}
+
+impl Audit {
+    /// The index under the state directory `root` (opened when first used).
+    pub fn new(root: &Path) -> Self {
+        Audit {
+            path: root.join("audit.db"),
+            conn: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, destination::Error> {
+        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| destination::Error(format!("{}: {e}", dir.display())))?;
+            }
+            let conn = Connection::open(&self.path).map_err(fail)?;
+            // Advisory data, rewritten by any replay: speed over durability.
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(fail)?;
+            conn.pragma_update(None, "synchronous", "OFF")
+                .map_err(fail)?;
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS seen (
+                     sync TEXT NOT NULL, stream TEXT NOT NULL, key TEXT NOT NULL,
+                     run_id TEXT NOT NULL, page INTEGER NOT NULL, version TEXT,
+                     outcome TEXT NOT NULL, at INTEGER NOT NULL,
+                     PRIMARY KEY (sync, stream, key, run_id, page)
+                 ) WITHOUT ROWID;
+                 CREATE INDEX IF NOT EXISTS seen_at ON seen (at);",
+            )
+            .map_err(fail)?;
+            *slot = Some(ConnectionCell(conn));
+        }
+        match slot.as_mut() {
+            Some(cell) => f(&mut cell.0).map_err(fail),
+            None => Err(destination::Error("audit index unavailable".into())),
+        }
+    }
+
+    /// Records what page `page` of `run` did to each of its records.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        sync: &str,
+        stream: &str,
+        run: &str,
+        page: u64,
+        at: Timestamp,
+        seen: &[Seen],
+    ) -> Result<(), destination::Error> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO seen (sync, stream, key, run_id, page, version, outcome, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for s in seen {
+                    insert.execute(params![
+                        sync,
+                        stream,
+                        s.key,
+                        run,
+                        page,
+                        s.version,
+                        s.outcome.name(),
+                        i64::try_from(at.0).unwrap_or(i64::MAX)
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Every sighting of `key` in `stream` (and its backfills), oldest first.
+    pub fn trace(
+        &self,
+        sync: &str,
+        stream: &str,
+        key: &str,
+    ) -> Result<Vec<Sighting>, destination::Error> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT at, run_id, page, version, outcome FROM seen
+                 WHERE sync = ?1 AND (stream = ?2 OR stream LIKE ?2 || '@%') AND key = ?3
+                 ORDER BY at, run_id, page",
+            )?;
+            let rows = stmt.query_map(params![sync, stream, key], |r| {
+                Ok(Sighting {
+                    at: Timestamp(r.get::<_, i64>(0)?.max(0) as u64).to_string(),
+                    run_id: r.get(1)?,
+                    page: r.get::<_, i64>(2)?.max(0) as u64,
+                    version: r.get(3)?,
+                    outcome: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The `(sync, stream)` pairs in the index.
+    pub fn streams(&self) -> Result<Vec<(String, String)>, destination::Error> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        self.with(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT DISTINCT sync, stream FROM seen ORDER BY sync, stream")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Forgets sightings older than `cutoff`; how many.
+    pub fn prune(&self, cutoff: Timestamp) -> Result<usize, destination::Error> {
+        if !self.path.exists() {
+            return Ok(0);
+        }
+        let cutoff = i64::try_from(cutoff.0).unwrap_or(i64::MAX);
+        self.with(|conn| conn.execute("DELETE FROM seen WHERE at < ?1", params![cutoff]))
+    }
+}

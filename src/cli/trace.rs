@@ -1,0 +1,116 @@
+//! `waymark trace <stream> <key>`: every run and page that saw a record, the version it had
+//! and what became of it — the answer to "why is record X missing (or old)?".
+
+use std::path::Path;
+
+use clap::Args;
+use serde_json::json;
+use waymark_connectors::audit::Audit;
+use waymark_connectors::dead_letters::DeadLetters;
+
+use super::run::open_state;
+use super::{ExitStatus, UsageError};
+
+/// Arguments of `waymark trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The stream.
+    stream: String,
+    /// The record's key (a composite key as its JSON array, e.g. `["eu","42"]`).
+    key: String,
+    /// The sync (needed when two syncs have a stream of that name).
+    #[arg(long)]
+    sync: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `waymark trace`.
+pub fn run(state_dir: &Path, args: TraceArgs) -> anyhow::Result<ExitStatus> {
+    let dir = open_state(state_dir)?;
+    let audit = Audit::new(dir.root());
+    let known = audit.streams()?;
+    let base = |s: &str| s.split('@').next().unwrap_or(s).to_string();
+    let mut syncs: Vec<String> = known
+        .iter()
+        .filter(|(sync, stream)| {
+            base(stream) == args.stream && args.sync.as_ref().is_none_or(|w| w == sync)
+        })
+        .map(|(sync, _)| sync.clone())
+        .collect();
+    syncs.dedup();
+    let sync = match syncs.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            let mut names: Vec<String> = known
+                .iter()
+                .map(|(s, t)| format!("{s}/{}", base(t)))
+                .collect();
+            names.dedup();
+            return Err(UsageError(format!(
+                "no stream `{}` in the audit index{}",
+                args.stream,
+                match names.is_empty() {
+                    true => " (no run has written anything yet)".to_string(),
+                    false => format!("; streams: {}", names.join(", ")),
+                }
+            ))
+            .into());
+        }
+        many => {
+            return Err(UsageError(format!(
+                "{} syncs have a stream `{}`; choose one with --sync ({})",
+                many.len(),
+                args.stream,
+                many.join(", ")
+            ))
+            .into())
+        }
+    };
+    let sightings = audit.trace(&sync, &args.stream, &args.key)?;
+    let letters: Vec<_> = DeadLetters::new(dir.root(), &sync, &args.stream)
+        .list()?
+        .into_iter()
+        .filter(|l| l.key.as_deref() == Some(args.key.as_str()))
+        .collect();
+    if args.json {
+        for s in &sightings {
+            out!("{}", serde_json::to_string(s)?);
+        }
+        for l in &letters {
+            out!("{}", json!({"dead_letter": l}));
+        }
+        return Ok(ExitStatus::Success);
+    }
+    if sightings.is_empty() {
+        out!(
+            "no run of {sync}/{} has seen key {} (within the audit's retention, the sync's \
+             `keep`): the API never returned it in a window synced so far — check the \
+             stream's filters and window, or reconcile",
+            args.stream,
+            args.key
+        );
+        return Ok(ExitStatus::Success);
+    }
+    out!("{sync}/{} key {}:", args.stream, args.key);
+    for s in &sightings {
+        out!(
+            "  {}  run {} page {:>5}  version {:<28}  {}",
+            s.at,
+            s.run_id,
+            s.page,
+            s.version.as_deref().unwrap_or("-"),
+            s.outcome
+        );
+    }
+    for l in &letters {
+        out!(
+            "  dead letter (run {} page {}): {}",
+            l.run_id,
+            l.page,
+            l.reason
+        );
+    }
+    Ok(ExitStatus::Success)
+}
