@@ -526,3 +526,33 @@ fn trace_tells_every_run_and_page_that_saw_a_record_and_what_became_of_it() -> R
     );
     Ok(())
 }
+
+#[test]
+fn the_audit_index_forgets_what_is_older_than_its_retention() -> Result {
+    let sandbox = Sandbox::start(&["--records", "200"])?;
+    let dir = TempDir::new("audit-keep");
+    let file = workflow(dir.path(), 100, 3)?;
+    let text_of = std::fs::read_to_string(&file)?;
+    std::fs::write(
+        &file,
+        text_of.replace("name = \"shop\"", "name = \"shop\"\naudit_keep = \"1s\""),
+    )?;
+    let state = dir.path().join("state");
+    let sync = || {
+        run(waymark(&state, &sandbox.url)
+            .args(["run", "--fresh"])
+            .arg(&file))
+    };
+    sync()?;
+    let trace = || -> Result<usize> {
+        let out = run(waymark(&state, "").args(["trace", "orders", "7", "--json"]))?;
+        Ok(text(&out.stdout).lines().count())
+    };
+    assert_eq!(trace()?, 1);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // The next run prunes sightings older than a second before noting its own (none: the
+    // window holds nothing new).
+    sync()?;
+    assert_eq!(trace()?, 0);
+    Ok(())
+}

@@ -1,8 +1,9 @@
 //! The per-record audit index behind `waymark trace`: for every record a page brought,
 //! which run and page saw it, the version seen, and what became of it (inserted, updated,
 //! unchanged, skipped as stale, deleted, dead-lettered). Kept in `audit.db` (SQLite) in the
-//! state directory, written before the page commits (a replayed page writes the same
-//! rows), and pruned to the sync's `keep`.
+//! state directory — streams and runs are numbered once, so a sighting is ~60 bytes —
+//! written before the page commits (a replayed page writes the same rows), and pruned to
+//! the sync's `audit_keep` (zero: nothing is noted).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,7 +29,24 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Its name in the index.
+    const ALL: [Outcome; 6] = [
+        Outcome::Inserted,
+        Outcome::Updated,
+        Outcome::Unchanged,
+        Outcome::Stale,
+        Outcome::Deleted,
+        Outcome::DeadLettered,
+    ];
+
+    /// The outcome stored as `code` (its position).
+    fn from_code(code: i64) -> Outcome {
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| Outcome::ALL.get(i).copied())
+            .unwrap_or(Outcome::Unchanged)
+    }
+
+    /// Its name.
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Inserted => "inserted",
@@ -72,6 +90,8 @@ pub struct Sighting {
 pub struct Audit {
     path: PathBuf,
     conn: Arc<Mutex<Option<ConnectionCell>>>,
+    /// Whether sightings are noted at all.
+    enabled: bool,
 }
 
 /// A connection, made `Debug` for the binding.
@@ -93,6 +113,15 @@ impl Audit {
         Audit {
             path: root.join("audit.db"),
             conn: Arc::new(Mutex::new(None)),
+            enabled: true,
+        }
+    }
+
+    /// The same index, noting nothing (`audit_keep = "0s"`); reading still works.
+    pub fn disabled(root: &Path) -> Self {
+        Audit {
+            enabled: false,
+            ..Audit::new(root)
         }
     }
 
@@ -113,11 +142,18 @@ impl Audit {
             conn.pragma_update(None, "synchronous", "OFF")
                 .map_err(fail)?;
             conn.execute_batch(
-                "CREATE TABLE IF NOT EXISTS seen (
-                     sync TEXT NOT NULL, stream TEXT NOT NULL, key TEXT NOT NULL,
-                     run_id TEXT NOT NULL, page INTEGER NOT NULL, version TEXT,
-                     outcome TEXT NOT NULL, at INTEGER NOT NULL,
-                     PRIMARY KEY (sync, stream, key, run_id, page)
+                "CREATE TABLE IF NOT EXISTS streams (
+                     id INTEGER PRIMARY KEY, sync TEXT NOT NULL, stream TEXT NOT NULL,
+                     UNIQUE (sync, stream)
+                 );
+                 CREATE TABLE IF NOT EXISTS runs (
+                     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE
+                 );
+                 CREATE TABLE IF NOT EXISTS seen (
+                     stream INTEGER NOT NULL, key TEXT NOT NULL, run INTEGER NOT NULL,
+                     page INTEGER NOT NULL, version TEXT, outcome INTEGER NOT NULL,
+                     at INTEGER NOT NULL,
+                     PRIMARY KEY (stream, key, run, page)
                  ) WITHOUT ROWID;
                  CREATE INDEX IF NOT EXISTS seen_at ON seen (at);",
             )
@@ -141,26 +177,43 @@ impl Audit {
         at: Timestamp,
         seen: &[Seen],
     ) -> Result<(), destination::Error> {
-        if seen.is_empty() {
+        if seen.is_empty() || !self.enabled {
             return Ok(());
         }
         self.with(|conn| {
             let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO streams (sync, stream) VALUES (?1, ?2)",
+                params![sync, stream],
+            )?;
+            let stream_id: i64 = tx.query_row(
+                "SELECT id FROM streams WHERE sync = ?1 AND stream = ?2",
+                params![sync, stream],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO runs (run_id) VALUES (?1)",
+                params![run],
+            )?;
+            let run_id: i64 =
+                tx.query_row("SELECT id FROM runs WHERE run_id = ?1", params![run], |r| {
+                    r.get(0)
+                })?;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO seen (sync, stream, key, run_id, page, version, outcome, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    "INSERT OR REPLACE INTO seen (stream, key, run, page, version, outcome, at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?;
+                let at = i64::try_from(at.0).unwrap_or(i64::MAX);
                 for s in seen {
                     insert.execute(params![
-                        sync,
-                        stream,
+                        stream_id,
                         s.key,
-                        run,
+                        run_id,
                         page,
                         s.version,
-                        s.outcome.name(),
-                        i64::try_from(at.0).unwrap_or(i64::MAX)
+                        s.outcome as i64,
+                        at
                     ])?;
                 }
             }
@@ -177,9 +230,12 @@ impl Audit {
     ) -> Result<Vec<Sighting>, destination::Error> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT at, run_id, page, version, outcome FROM seen
-                 WHERE sync = ?1 AND (stream = ?2 OR stream LIKE ?2 || '@%') AND key = ?3
-                 ORDER BY at, run_id, page",
+                "SELECT seen.at, runs.run_id, seen.page, seen.version, seen.outcome
+                 FROM seen JOIN streams ON streams.id = seen.stream
+                 JOIN runs ON runs.id = seen.run
+                 WHERE streams.sync = ?1 AND (streams.stream = ?2 OR streams.stream LIKE ?2 || '@%')
+                   AND seen.key = ?3
+                 ORDER BY seen.at, runs.run_id, seen.page",
             )?;
             let rows = stmt.query_map(params![sync, stream, key], |r| {
                 Ok(Sighting {
@@ -187,7 +243,7 @@ impl Audit {
                     run_id: r.get(1)?,
                     page: r.get::<_, i64>(2)?.max(0) as u64,
                     version: r.get(3)?,
-                    outcome: r.get(4)?,
+                    outcome: Outcome::from_code(r.get(4)?).name().to_string(),
                 })
             })?;
             rows.collect()
@@ -201,7 +257,7 @@ impl Audit {
         }
         self.with(|conn| {
             let mut stmt =
-                conn.prepare("SELECT DISTINCT sync, stream FROM seen ORDER BY sync, stream")?;
+                conn.prepare("SELECT sync, stream FROM streams ORDER BY sync, stream")?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
@@ -213,6 +269,13 @@ impl Audit {
             return Ok(0);
         }
         let cutoff = i64::try_from(cutoff.0).unwrap_or(i64::MAX);
-        self.with(|conn| conn.execute("DELETE FROM seen WHERE at < ?1", params![cutoff]))
+        self.with(|conn| {
+            let gone = conn.execute("DELETE FROM seen WHERE at < ?1", params![cutoff])?;
+            conn.execute(
+                "DELETE FROM runs WHERE id NOT IN (SELECT DISTINCT run FROM seen)",
+                [],
+            )?;
+            Ok(gone)
+        })
     }
 }

@@ -71,7 +71,10 @@ impl Binding {
             hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
             columns,
             dead_letters: DeadLetters::new(state_dir, workflow.name(), &stream.name),
-            audit: Audit::new(state_dir),
+            audit: match workflow.audit_keep().is_zero() {
+                true => Audit::disabled(state_dir),
+                false => Audit::new(state_dir),
+            },
             busy_timeout: workflow.file().destination.busy_timeout.0,
         }
     }

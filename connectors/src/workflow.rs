@@ -113,6 +113,15 @@ pub struct SyncSection {
     /// How long journals of finished runs are kept (default 30 days).
     #[serde(default = "default_keep")]
     pub keep: Span,
+    /// How long `waymark trace` can look back: each record a page brought is noted in the
+    /// state directory's audit index (~60 bytes a record) for this long (default 7 days;
+    /// `"0s"` turns the index off).
+    #[serde(default = "default_audit_keep")]
+    pub audit_keep: Span,
+}
+
+fn default_audit_keep() -> Span {
+    Span(Duration::from_secs(7 * 24 * 3600))
 }
 
 fn default_keep() -> Span {
@@ -1127,6 +1136,11 @@ impl Workflow {
     /// Retention of finished runs' journals.
     pub fn keep(&self) -> Duration {
         self.file.sync.keep.0
+    }
+
+    /// How long the audit index keeps what it noted (zero: no index).
+    pub fn audit_keep(&self) -> Duration {
+        self.file.sync.audit_keep.0
     }
 
     /// The engine's retry policy from `[source]`.

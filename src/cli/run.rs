@@ -581,7 +581,7 @@ pub async fn run_streams(
             pruned.events
         );
     }
-    let cutoff = SystemClock.now().saturating_sub(workflow.keep());
+    let cutoff = SystemClock.now().saturating_sub(workflow.audit_keep());
     let forgotten = waymark_connectors::audit::Audit::new(dir.root()).prune(cutoff)?;
     if forgotten > 0 {
         tracing::info!(
