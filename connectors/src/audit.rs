@@ -1,7 +1,7 @@
 //! The per-record audit index behind `waymark trace`: for every record a page brought,
 //! which run and page saw it, the version seen, and what became of it (inserted, updated,
 //! unchanged, skipped as stale, deleted, dead-lettered). Kept in `audit.db` (SQLite) in the
-//! state directory — streams and runs are numbered once, so a sighting is ~60 bytes —
+//! state directory — streams and runs are numbered once, so a sighting is ~50 bytes —
 //! written before the page commits (a replayed page writes the same rows), and pruned to
 //! the sync's `audit_keep` (zero: nothing is noted).
 
@@ -73,7 +73,7 @@ pub struct Seen {
 /// One row of a trace.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Sighting {
-    /// When the page was written.
+    /// When the run wrote its first page.
     pub at: String,
     /// The run.
     pub run_id: String,
@@ -147,15 +147,13 @@ impl Audit {
                      UNIQUE (sync, stream)
                  );
                  CREATE TABLE IF NOT EXISTS runs (
-                     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE
+                     id INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, at INTEGER NOT NULL
                  );
                  CREATE TABLE IF NOT EXISTS seen (
                      stream INTEGER NOT NULL, key TEXT NOT NULL, run INTEGER NOT NULL,
                      page INTEGER NOT NULL, version TEXT, outcome INTEGER NOT NULL,
-                     at INTEGER NOT NULL,
                      PRIMARY KEY (stream, key, run, page)
-                 ) WITHOUT ROWID;
-                 CREATE INDEX IF NOT EXISTS seen_at ON seen (at);",
+                 ) WITHOUT ROWID;",
             )
             .map_err(fail)?;
             *slot = Some(ConnectionCell(conn));
@@ -191,9 +189,11 @@ impl Audit {
                 params![sync, stream],
                 |r| r.get(0),
             )?;
+            let at = i64::try_from(at.0).unwrap_or(i64::MAX);
+            // A run's time is its first page's; pruning goes run by run.
             tx.execute(
-                "INSERT OR IGNORE INTO runs (run_id) VALUES (?1)",
-                params![run],
+                "INSERT OR IGNORE INTO runs (run_id, at) VALUES (?1, ?2)",
+                params![run, at],
             )?;
             let run_id: i64 =
                 tx.query_row("SELECT id FROM runs WHERE run_id = ?1", params![run], |r| {
@@ -201,10 +201,9 @@ impl Audit {
                 })?;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO seen (stream, key, run, page, version, outcome, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR REPLACE INTO seen (stream, key, run, page, version, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                let at = i64::try_from(at.0).unwrap_or(i64::MAX);
                 for s in seen {
                     insert.execute(params![
                         stream_id,
@@ -212,8 +211,7 @@ impl Audit {
                         run_id,
                         page,
                         s.version,
-                        s.outcome as i64,
-                        at
+                        s.outcome as i64
                     ])?;
                 }
             }
@@ -230,12 +228,12 @@ impl Audit {
     ) -> Result<Vec<Sighting>, destination::Error> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT seen.at, runs.run_id, seen.page, seen.version, seen.outcome
+                "SELECT runs.at, runs.run_id, seen.page, seen.version, seen.outcome
                  FROM seen JOIN streams ON streams.id = seen.stream
                  JOIN runs ON runs.id = seen.run
                  WHERE streams.sync = ?1 AND (streams.stream = ?2 OR streams.stream LIKE ?2 || '@%')
                    AND seen.key = ?3
-                 ORDER BY seen.at, runs.run_id, seen.page",
+                 ORDER BY runs.at, runs.run_id, seen.page",
             )?;
             let rows = stmt.query_map(params![sync, stream, key], |r| {
                 Ok(Sighting {
@@ -270,11 +268,13 @@ impl Audit {
         }
         let cutoff = i64::try_from(cutoff.0).unwrap_or(i64::MAX);
         self.with(|conn| {
-            let gone = conn.execute("DELETE FROM seen WHERE at < ?1", params![cutoff])?;
-            conn.execute(
-                "DELETE FROM runs WHERE id NOT IN (SELECT DISTINCT run FROM seen)",
-                [],
+            let tx = conn.transaction()?;
+            let gone = tx.execute(
+                "DELETE FROM seen WHERE run IN (SELECT id FROM runs WHERE at < ?1)",
+                params![cutoff],
             )?;
+            tx.execute("DELETE FROM runs WHERE at < ?1", params![cutoff])?;
+            tx.commit()?;
             Ok(gone)
         })
     }

@@ -114,7 +114,7 @@ pub struct SyncSection {
     #[serde(default = "default_keep")]
     pub keep: Span,
     /// How long `waymark trace` can look back: each record a page brought is noted in the
-    /// state directory's audit index (~60 bytes a record) for this long (default 7 days;
+    /// state directory's audit index (~50 bytes a record) for this long (default 7 days;
     /// `"0s"` turns the index off).
     #[serde(default = "default_audit_keep")]
     pub audit_keep: Span,
