@@ -390,15 +390,7 @@ impl HttpDestination {
         }
         plan.dead.extend(refused);
         let b = &self.binding;
-        b.dead_letters.put(&run, batch.page, &plan.dead)?;
-        b.audit.record(
-            &b.sync,
-            &b.stream,
-            &run,
-            batch.page,
-            batch.checkpoint.at,
-            &plan.seen,
-        )?;
+        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
         self.mapping.checkpoints.insert(
             self.binding.stream.clone(),
             (run, batch.page, batch.checkpoint.clone(), plan.ack),

@@ -173,15 +173,7 @@ impl JsonlDestination {
         let plan = plan(b, &run, batch.page, batch.records, |key| {
             Ok::<_, destination::Error>(index.get(key).cloned())
         })?;
-        b.dead_letters.put(&run, batch.page, &plan.dead)?;
-        b.audit.record(
-            &b.sync,
-            &b.stream,
-            &run,
-            batch.page,
-            batch.checkpoint.at,
-            &plan.seen,
-        )?;
+        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
         let header = Header {
             stream: b.stream.clone(),
             checkpoint: batch.checkpoint.clone(),

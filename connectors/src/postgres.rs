@@ -207,15 +207,7 @@ impl PostgresDestination {
         let plan = plan(b, &run, batch.page, batch.records, |key| {
             Ok::<_, destination::Error>(stored.get(key).cloned())
         })?;
-        b.dead_letters.put(&run, batch.page, &plan.dead)?;
-        b.audit.record(
-            &b.sync,
-            &b.stream,
-            &run,
-            batch.page,
-            batch.checkpoint.at,
-            &plan.seen,
-        )?;
+        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
         let ops = plan.last_per_key();
         if !ops.is_empty() {
             let cells: String = (0..b.columns.iter().len())

@@ -158,17 +158,7 @@ impl SqliteDestination {
                 }
             })?
         };
-        // Dead letters reach the state directory before the batch commits (a replay of the
-        // page rewrites the same file).
-        b.dead_letters.put(&run, batch.page, &plan.dead)?;
-        b.audit.record(
-            &b.sync,
-            &b.stream,
-            &run,
-            batch.page,
-            batch.checkpoint.at,
-            &plan.seen,
-        )?;
+        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
         {
             let names: String = b
                 .columns

@@ -80,6 +80,22 @@ impl Binding {
     }
 }
 
+impl Binding {
+    /// Notes a page's dead letters and what became of each record in the state directory,
+    /// before the page commits (a replay of the page writes the same again).
+    pub fn note(
+        &self,
+        run: &str,
+        page: u64,
+        at: waymark_engine::Timestamp,
+        plan: &Plan<'_>,
+    ) -> Result<(), waymark_engine::destination::Error> {
+        self.dead_letters.put(run, page, &plan.dead)?;
+        self.audit
+            .record(&self.sync, &self.stream, run, page, at, &plan.seen)
+    }
+}
+
 /// What a destination holds for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
