@@ -70,33 +70,8 @@ fn start() -> Result<Option<Postgres>> {
     let dir = TempDir::new("pg");
     let data = dir.path().join("data");
     // The server offers TLS with a certificate for 127.0.0.1 (trusted via `ca_file`).
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("the PostgreSQL tests need the `openssl` command: {e}"))?;
-    if !made.success() {
-        return Err("openssl could not make the server certificate".into());
-    }
-    let mut perms = std::fs::metadata(&key)?.permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-    std::fs::set_permissions(&key, perms)?;
+    let (cert, key) =
+        crate::util::self_signed(dir.path(), "127.0.0.1", "IP:127.0.0.1,DNS:localhost")?;
     // initdb and postgres refuse to run as root: run them as the `postgres` user.
     let root = Command::new("id")
         .arg("-u")
@@ -211,6 +186,6 @@ impl Postgres {
 
     /// The server certificate, to trust it (`ca_file`).
     pub fn ca_file(&self) -> PathBuf {
-        self._dir.path().join("server.crt")
+        self._dir.path().join("cert.pem")
     }
 }

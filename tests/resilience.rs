@@ -779,7 +779,7 @@ async fn oauth2_refresh_tokens_are_used_and_rotated() -> Result {
 async fn a_custom_ca_file_makes_a_private_tls_server_trusted() -> Result {
     use rustls::pki_types::pem::PemObject;
     let dir = TempDir::new("tls");
-    let (cert, key) = self_signed(dir.path())?;
+    let (cert, key) = crate::util::self_signed(dir.path(), "localhost", "DNS:localhost")?;
     let certs = rustls::pki_types::CertificateDer::pem_file_iter(&cert)?
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key)?;
@@ -826,33 +826,4 @@ async fn a_custom_ca_file_makes_a_private_tls_server_trusted() -> Result {
         "{err:?}"
     );
     Ok(())
-}
-
-/// A self-signed certificate for `localhost` (made by the `openssl` command).
-fn self_signed(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .map_err(|e| format!("the TLS test needs the `openssl` command: {e}"))?;
-    if !status.success() {
-        return Err("openssl could not make a certificate".into());
-    }
-    Ok((cert, key))
 }

@@ -423,3 +423,31 @@ pub fn wait_for_lock(state: &Path, pid: u32) -> bool {
         Duration::from_secs(10),
     )
 }
+
+/// A self-signed certificate (and its key) for `cn` with the subject alternative names
+/// `san` (e.g. `DNS:localhost`), made by the `openssl` command in `dir`; the key is
+/// readable by its owner only.
+pub fn self_signed(dir: &Path, cn: &str, san: &str) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", &format!("/CN={cn}")])
+        .args(["-addext", &format!("subjectAltName={san}")])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("TLS tests need the `openssl` command: {e}"))?;
+    if !status.success() {
+        return Err("openssl could not make a certificate".into());
+    }
+    let mut perms = std::fs::metadata(&key)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&key, perms)?;
+    Ok((cert, key))
+}
