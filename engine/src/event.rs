@@ -82,6 +82,22 @@ impl WriteAck {
     }
 }
 
+impl fmt::Display for WriteAck {
+    /// `inserted 3, updated 1, unchanged 0, stale 0, deleted 0, dead-lettered 0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "inserted {}, updated {}, unchanged {}, stale {}, deleted {}, dead-lettered {}",
+            self.inserted,
+            self.updated,
+            self.unchanged,
+            self.skipped_stale,
+            self.deleted,
+            self.dead_lettered
+        )
+    }
+}
+
 /// Where a new run's starting point came from; journaled so the choice is never silent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StartFrom {

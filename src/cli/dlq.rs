@@ -171,14 +171,8 @@ pub async fn run(state_dir: &Path, args: DlqArgs) -> anyhow::Result<ExitStatus> 
                 .await?;
             store.remove(&files)?;
             let summary = format!(
-                "retried {} dead letters as run {run_id}: inserted {}, updated {}, unchanged {}, stale {}, deleted {}, dead-lettered again {}",
-                records.len(),
-                ack.inserted,
-                ack.updated,
-                ack.unchanged,
-                ack.skipped_stale,
-                ack.deleted,
-                ack.dead_lettered
+                "retried {} dead letters as run {run_id}: {ack}",
+                records.len()
             );
             store.audit(&format!("{now} {} {summary}", user()))?;
             out!("{}/{stream}: {summary}", workflow.name());

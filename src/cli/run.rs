@@ -397,16 +397,7 @@ impl Progress {
                 None,
                 None,
                 Some(ack.total()),
-                format!(
-                    "inserted {} updated {} unchanged {} stale {} deleted {} dead-lettered {}{}",
-                    ack.inserted,
-                    ack.updated,
-                    ack.unchanged,
-                    ack.skipped_stale,
-                    ack.deleted,
-                    ack.dead_lettered,
-                    if ack.replayed { " (replayed)" } else { "" }
-                ),
+                format!("{ack}{}", if ack.replayed { " (replayed)" } else { "" }),
             ),
             Event::CursorCommitted { page, .. } => (
                 Some(*page),
@@ -506,17 +497,11 @@ fn print_summary(state: &RunState, took: Duration, json: bool) {
         other => other.name().to_string(),
     };
     out!(
-        "{sync}/{}: run {} {outcome} — {} records in {} pages this run (inserted {}, updated {}, unchanged {}, stale {}, deleted {}, dead-lettered {}), {} retries, {} resumes, window {}, {:.1}s",
+        "{sync}/{}: run {} {outcome} — {} records in {} pages this run ({w}), {} retries, {} resumes, window {}, {:.1}s",
         state.started.stream,
         state.run_id(),
         c.records_committed,
         c.pages_committed,
-        w.inserted,
-        w.updated,
-        w.unchanged,
-        w.skipped_stale,
-        w.deleted,
-        w.dead_lettered,
         c.retries,
         c.resumes,
         state.window(),
