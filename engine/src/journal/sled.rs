@@ -28,7 +28,8 @@ impl SledBackend {
         }
         match try_open(dir) {
             Ok(db) => Ok(SledBackend { db }),
-            Err(first) => {
+            Err(held @ Opened::LockHeld(_)) => Err(held.into()),
+            Err(Opened::Failed(first)) => {
                 // A complete-looking but damaged snapshot: sled rebuilds its index from the
                 // log without it.
                 let moved = quarantine_snapshots(dir, |name| name.starts_with("snap."))?;
@@ -40,7 +41,8 @@ impl SledBackend {
                     .map(|db| SledBackend { db })
                     .map_err(|second| {
                         BackendError(format!(
-                            "{second} (and before moving snapshots aside: {first})"
+                            "{} (and before moving snapshots aside: {first})",
+                            BackendError::from(second)
                         ))
                     })
             }
@@ -53,7 +55,40 @@ impl SledBackend {
     }
 }
 
-fn try_open(dir: &Path) -> Result<sled::Db, BackendError> {
+/// How long [`try_open`] waits for sled's own file lock. The caller holds the state
+/// directory's lock, so only this process can hold sled's: a `Db` dropped a moment ago whose
+/// background threads have not let go of the file yet.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn try_open(dir: &Path) -> Result<sled::Db, Opened> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_once(dir) {
+            Err(Opened::LockHeld(e)) if started.elapsed() < SLED_LOCK_WAIT => {
+                tracing::debug!(error = %e, "sled's file lock is still held; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Why one attempt to open sled failed: its file lock is held, or anything else.
+enum Opened {
+    LockHeld(sled::Error),
+    Failed(BackendError),
+}
+
+impl From<Opened> for BackendError {
+    fn from(opened: Opened) -> Self {
+        match opened {
+            Opened::LockHeld(e) => err(e),
+            Opened::Failed(e) => e,
+        }
+    }
+}
+
+fn open_once(dir: &Path) -> Result<sled::Db, Opened> {
     let config = sled::Config::new()
         .path(dir)
         .cache_capacity(64 * 1024 * 1024)
@@ -62,14 +97,17 @@ fn try_open(dir: &Path) -> Result<sled::Db, BackendError> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
     match outcome {
         Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(err(e)),
+        Ok(Err(e)) if e.to_string().contains("could not acquire lock") => Err(Opened::LockHeld(e)),
+        Ok(Err(e)) => Err(Opened::Failed(err(e))),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(BackendError(format!("sled panicked while opening: {what}")))
+            Err(Opened::Failed(BackendError(format!(
+                "sled panicked while opening: {what}"
+            ))))
         }
     }
 }
@@ -132,5 +170,26 @@ impl Backend for SledBackend {
 
     fn flush(&self) -> Result<(), BackendError> {
         self.db.flush().map(|_| ()).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_held_by_a_handle_about_to_go_is_waited_for() -> Result<(), BackendError> {
+        let dir = std::env::temp_dir().join(format!("waymark-sled-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = SledBackend::open(&dir)?;
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = SledBackend::open(&dir);
+        let _ = releaser.join();
+        drop(second?);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }
