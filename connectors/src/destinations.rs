@@ -11,7 +11,7 @@ use crate::jsonl::JsonlDestination;
 use crate::pg_tls::Rustls;
 use crate::postgres::PostgresDestination;
 use crate::sqlite::SqliteDestination;
-use crate::upsert::Binding;
+use crate::upsert::{Binding, Stored};
 use crate::workflow::{DestinationKind, StreamSection, Workflow};
 
 /// Any of the destinations.
@@ -76,6 +76,26 @@ impl AnyDestination {
                 d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default(),
                 d.schema.as_deref().unwrap_or("public")
             ),
+        }
+    }
+}
+
+impl AnyDestination {
+    /// Every row of the stream's table (key and stored state), for a reconciliation. An
+    /// HTTP destination cannot list what it holds.
+    pub async fn scan(
+        &mut self,
+        each: &mut (dyn FnMut(String, Stored) -> Result<(), destination::Error> + Send),
+    ) -> Result<(), destination::Error> {
+        match self {
+            AnyDestination::Sqlite(d) => d.scan(each),
+            AnyDestination::Postgres(d) => d.scan(each).await,
+            AnyDestination::Jsonl(d) => d.scan(each),
+            AnyDestination::Http(_) => Err(destination::Error(
+                "an http destination cannot list the records it holds, so it cannot be \
+                 reconciled; reconcile the API's own copy instead"
+                    .into(),
+            )),
         }
     }
 }

@@ -142,6 +142,17 @@ impl JsonlDestination {
         })
     }
 
+    /// Every key of the table and its newest state.
+    pub fn scan(
+        &self,
+        each: &mut dyn FnMut(String, Stored) -> Result<(), destination::Error>,
+    ) -> Result<(), destination::Error> {
+        for (key, stored) in &self.index {
+            each(key.clone(), stored.clone())?;
+        }
+        Ok(())
+    }
+
     /// The file of `batch`: the one already committed (a replay), or a new one.
     fn page_file(&self, batch: &Batch<'_>) -> Result<(PathBuf, bool), destination::Error> {
         let suffix = format!("-{}-{:010}.jsonl", batch.run_id, batch.page);

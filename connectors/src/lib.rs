@@ -20,6 +20,7 @@
 //! - [`auth`]: credentials from environment variables, OAuth2 tokens, secret masking.
 //! - [`rate`]: the request budget (GCRA, quota headers, `Retry-After`), persisted.
 //! - [`rules`]: what a response means (`on_response` rules, then the defaults).
+//! - [`reconcile`]: comparing a stream's source and destination, and the repair set.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -34,6 +35,7 @@ pub mod jsonl;
 pub mod pg_tls;
 pub mod postgres;
 pub mod rate;
+pub mod reconcile;
 pub mod record;
 pub mod rules;
 pub mod sqlite;

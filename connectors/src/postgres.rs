@@ -137,6 +137,38 @@ impl PostgresDestination {
         })
     }
 
+    /// Every row of the stream's table, as `each(key, stored)`, streamed from the server.
+    pub async fn scan(
+        &self,
+        each: &mut (dyn FnMut(String, Stored) -> Result<(), destination::Error> + Send),
+    ) -> Result<(), destination::Error> {
+        use futures_util::StreamExt;
+        let rows = self
+            .client
+            .query_raw(
+                &format!(
+                    "SELECT key, version, record::text, deleted_at IS NOT NULL FROM {}",
+                    self.table
+                ),
+                std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
+            )
+            .await
+            .map_err(fail("scanning the table"))?;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(fail("scanning the table"))?;
+            each(
+                row.get(0),
+                Stored {
+                    version: row.get(1),
+                    record: Some(row.get(2)),
+                    deleted: row.get(3),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     async fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
         let b = &self.binding;
         let (table, s) = (&self.table, &self.schema);

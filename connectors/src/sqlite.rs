@@ -268,6 +268,38 @@ impl SqliteDestination {
     }
 }
 
+impl SqliteDestination {
+    /// Every row of the stream's table, as `each(key, stored)`, streamed.
+    pub fn scan(
+        &self,
+        each: &mut dyn FnMut(String, Stored) -> Result<(), destination::Error>,
+    ) -> Result<(), destination::Error> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"",
+                self.binding.table
+            ))
+            .map_err(fail("scanning the table"))?;
+        let mut rows = stmt.query([]).map_err(fail("scanning the table"))?;
+        while let Some(row) = rows.next().map_err(fail("scanning the table"))? {
+            let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Stored)> {
+                Ok((
+                    row.get(0)?,
+                    Stored {
+                        version: row.get(1)?,
+                        record: Some(row.get(2)?),
+                        deleted: row.get(3)?,
+                    },
+                ))
+            };
+            let (key, stored) = read(row).map_err(fail("scanning the table"))?;
+            each(key, stored)?;
+        }
+        Ok(())
+    }
+}
+
 /// The records of a parent stream, read from its table in key order, for a child stream.
 /// Only the current parent's key is kept, however many parents there are.
 pub struct ParentRecords {
@@ -416,6 +448,7 @@ mod tests {
                 &std::env::temp_dir().join(format!("waymark-sqlite-audit-{}", std::process::id())),
             ),
             busy_timeout: std::time::Duration::from_millis(100),
+            repair: false,
         }
     }
 

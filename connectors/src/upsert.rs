@@ -45,6 +45,9 @@ pub struct Binding {
     pub audit: Audit,
     /// How long to wait for a database locked by another process.
     pub busy_timeout: Duration,
+    /// A reconciliation's repair: records carrying `"_waymark_deleted": true` are deletions
+    /// of records gone from the source.
+    pub repair: bool,
 }
 
 impl Binding {
@@ -76,9 +79,25 @@ impl Binding {
                 false => Audit::new(state_dir),
             },
             busy_timeout: workflow.file().destination.busy_timeout.0,
+            repair: false,
         }
     }
+
+    /// Whether the record is a deletion: the stream is a deletions feed, the record matches
+    /// `deleted_when`, or (in a repair) it is a reconciliation's deletion.
+    pub fn is_deletion(&self, value: &serde_json::Value) -> bool {
+        self.deletes
+            || self.deleted_when.as_ref().is_some_and(|f| {
+                lookup(value, &f.path)
+                    .and_then(scalar)
+                    .is_some_and(|v| f.one_of.contains(&v))
+            })
+            || (self.repair && value.get(REPAIR_DELETION) == Some(&serde_json::Value::Bool(true)))
+    }
 }
+
+/// The field marking a repair's deletion record.
+pub const REPAIR_DELETION: &str = "_waymark_deleted";
 
 impl Binding {
     /// Notes a page's dead letters and what became of each record in the state directory,
@@ -210,12 +229,7 @@ fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, Stri
             )
         })?),
     };
-    let deletion = b.deletes
-        || b.deleted_when.as_ref().is_some_and(|f| {
-            lookup(&value, &f.path)
-                .and_then(scalar)
-                .is_some_and(|v| f.one_of.contains(&v))
-        });
+    let deletion = b.is_deletion(&value);
     let cells = match deletion {
         true => Vec::new(),
         false => b
@@ -399,11 +413,18 @@ pub fn plan<'a, E>(
     Ok(out)
 }
 
+/// A binding for unit tests: stream `t` of sync `s`, key `id`, version `v`, rows with
+/// `gone = true` deleted.
+#[cfg(test)]
+pub(crate) fn tests_binding() -> Binding {
+    tests::binding(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn binding(hard: bool) -> Binding {
+    pub(super) fn binding(hard: bool) -> Binding {
         Binding {
             sync: "s".into(),
             stream: "t".into(),
@@ -420,6 +441,7 @@ mod tests {
             dead_letters: DeadLetters::new(Path::new("/nonexistent"), "s", "t"),
             audit: Audit::new(Path::new("/nonexistent")),
             busy_timeout: Duration::ZERO,
+            repair: false,
         }
     }
 

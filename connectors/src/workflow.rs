@@ -533,6 +533,47 @@ pub struct StreamSection {
     /// `primary_key`, and its `cursor_field` as the deletion time) marks that stream's
     /// record deleted, unless the stored record is newer than the deletion.
     pub deletes: Option<String>,
+    /// Compares this stream's source and destination when due (`waymark run` performs it
+    /// after the stream's run): `{ every = "7d", mode = "report" }`.
+    pub reconcile: Option<ReconcileSection>,
+}
+
+/// A stream's regular reconciliation (`waymark reconcile` does the same on demand).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSection {
+    /// How often: a reconciliation is due when the last one is older than this.
+    pub every: Span,
+    /// `report` (default: record and show the gaps) or `repair` (and fix them through a
+    /// journaled repair run).
+    #[serde(default)]
+    pub mode: ReconcileMode,
+    /// Compare only the records of this last span of source time (default: all of them);
+    /// the stream needs window parameters.
+    pub window: Option<Span>,
+    /// Also compare the field values of this many records (chosen by key hash).
+    pub sample: Option<u64>,
+    /// The fields compared (dotted paths; default: the whole record).
+    pub fields: Option<Vec<String>>,
+    /// `waymark status` flags the stream when the last gap rate exceeds this (default 0.01).
+    #[serde(default = "default_max_gap_rate")]
+    pub max_gap_rate: f64,
+}
+
+fn default_max_gap_rate() -> f64 {
+    0.01
+}
+
+/// What a reconciliation does with the gaps it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconcileMode {
+    /// Change nothing.
+    #[default]
+    Report,
+    /// Re-write missing and stale records, apply deletions by the destination's
+    /// `delete_mode`.
+    Repair,
 }
 
 fn default_page_size() -> u32 {
@@ -987,6 +1028,32 @@ impl Workflow {
                     ));
                 }
             }
+            if let Some(r) = &s.reconcile {
+                if r.every.0.is_zero() {
+                    return Err(self.invalid(key("reconcile.every"), "must be longer than 0s"));
+                }
+                if !(0.0..=1.0).contains(&r.max_gap_rate) {
+                    return Err(self.invalid(
+                        key("reconcile.max_gap_rate"),
+                        "a fraction between 0 and 1, e.g. 0.01 for 1%",
+                    ));
+                }
+                if s.deletes.is_some() {
+                    return Err(self.invalid(
+                        key("reconcile"),
+                        "a deletions feed is reconciled with the stream it deletes from",
+                    ));
+                }
+                if r.window.is_some()
+                    && (s.window.start_param.is_none() && s.window.end_param.is_none())
+                {
+                    return Err(self.invalid(
+                        key("reconcile.window"),
+                        "the stream has no window parameters, so only a full reconciliation \
+                         is possible: remove `window`",
+                    ));
+                }
+            }
             if let Some(initial) = &s.window.initial {
                 initial_start(initial, Timestamp(0))
                     .map_err(|e| self.invalid(key("window.initial"), e))?;
@@ -1226,6 +1293,7 @@ impl Workflow {
         if let Some(stream) = value.get_mut("stream").and_then(|s| s.as_object_mut()) {
             stream.remove("on_response");
             stream.remove("columns");
+            stream.remove("reconcile");
         }
         let mut out = Vec::new();
         flatten("", &value, &mut out);
@@ -1247,6 +1315,20 @@ impl Workflow {
             until: Some(to),
             overlap: Duration::ZERO,
             ..self.plan(stream, fresh)
+        }
+    }
+
+    /// The plan of a reconciliation's repair of `stream`: its own scope, a window that is
+    /// only a label (the repair set is the source), never sliced.
+    pub fn repair_plan(&self, stream: &StreamSection) -> Plan {
+        Plan {
+            stream: repair_scope(&stream.name),
+            lag: Duration::ZERO,
+            overlap: Duration::ZERO,
+            start: None,
+            until: None,
+            step: None,
+            ..self.plan(stream, false)
         }
     }
 
@@ -1321,10 +1403,23 @@ pub fn backfill_scope(stream: &str, from: Timestamp, to: Timestamp) -> String {
     format!("{stream}@backfill:{from}..{to}")
 }
 
-/// The stream of a checkpoint scope, and the range if it is a backfill's.
+/// The checkpoint scope of a reconciliation's repair runs of `stream`.
+pub fn repair_scope(stream: &str) -> String {
+    format!("{stream}{REPAIR}")
+}
+
+const REPAIR: &str = "@repair";
+
+/// Whether a checkpoint scope is a reconciliation's repair.
+pub fn is_repair_scope(scope: &str) -> bool {
+    scope.ends_with(REPAIR)
+}
+
+/// The stream of a checkpoint scope (a stream, a backfill, a repair or a dead-letter
+/// retry of it), and the range if it is a backfill's.
 pub fn parse_scope(scope: &str) -> (&str, Option<(Timestamp, Timestamp)>) {
     let Some((stream, range)) = scope.split_once("@backfill:") else {
-        return (scope, None);
+        return (scope.split_once('@').map_or(scope, |(stream, _)| stream), None);
     };
     let parse = |t: &str| {
         humantime::parse_rfc3339_weak(t)
@@ -1501,6 +1596,9 @@ path = "shop.db"
             ("orders", Some((Timestamp(1_000), Timestamp(2_000))))
         );
         assert_eq!(parse_scope("orders"), ("orders", None));
+        assert_eq!(parse_scope(&repair_scope("orders")), ("orders", None));
+        assert!(is_repair_scope(&repair_scope("orders")));
+        assert_eq!(parse_scope("orders@dlq-retry"), ("orders", None));
     }
 
     #[test]

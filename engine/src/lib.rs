@@ -9,6 +9,7 @@
 //! - [`driver`]: the only I/O: perform the action, journal the event, fold, repeat.
 //! - [`source`], [`destination`]: the traits connectors implement.
 //! - [`state_dir`]: the locked state directory that holds journal and staging.
+//! - [`reconciliation`]: the figures of one source-to-destination comparison.
 //! - [`checkpoint`], [`window`], [`time`]: the values the rest is made of.
 //!
 //! The engine knows nothing of HTTP, SQL or command lines.
@@ -20,6 +21,7 @@ pub mod destination;
 pub mod driver;
 pub mod event;
 pub mod journal;
+pub mod reconciliation;
 pub mod source;
 pub mod staging;
 pub mod state;
@@ -33,6 +35,7 @@ pub use destination::{Batch, Destination};
 pub use driver::{drive, open, Plan, Settings};
 pub use event::{Event, PageFetched, PauseReason, RunId, RunStarted, StartFrom, WriteAck};
 pub use journal::Journal;
+pub use reconciliation::Reconciliation;
 pub use source::{Page, PageRequest, Source};
 pub use staging::Staging;
 pub use state::{apply, fold, RunState, Status};

@@ -333,6 +333,7 @@ fn add_ack(sum: &mut WriteAck, ack: &WriteAck) {
     sum.unchanged += ack.unchanged;
     sum.skipped_stale += ack.skipped_stale;
     sum.dead_lettered += ack.dead_lettered;
+    sum.deleted += ack.deleted;
 }
 
 /// Folds a whole journal: the first event must be `RunStarted`.

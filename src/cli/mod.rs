@@ -12,6 +12,7 @@ mod compact;
 mod demo;
 mod dlq;
 mod journal;
+mod reconcile;
 mod replay;
 mod run;
 mod runs;
@@ -82,6 +83,9 @@ enum Command {
     /// Re-execute a run from its journal alone (--dry-run): checks each step against the
     /// engine's decision and shows what a resume would do.
     Replay(replay::ReplayArgs),
+    /// Compare a stream's source and destination (counts per time bucket, keys, versions,
+    /// optionally field values); report the gaps (exit 6) or --repair them in a journaled run.
+    Reconcile(reconcile::ReconcileArgs),
     /// Every run and page that saw a record, its version and what became of it.
     Trace(trace::TraceArgs),
     /// Dead letters by stream: list, show, retry through the destination, drop.
@@ -116,6 +120,8 @@ pub enum ExitStatus {
     Busy,
     /// 5: the journal or a staged page is damaged.
     Corrupt,
+    /// 6: a reconciliation found gaps between source and destination (and did not repair).
+    Drift,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -127,6 +133,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Paused => 3,
             ExitStatus::Busy => 4,
             ExitStatus::Corrupt => 5,
+            ExitStatus::Drift => 6,
         })
     }
 }
@@ -215,6 +222,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Dlq(args) => dlq::run(&state_dir, args).await,
         Command::Status(args) => status::run(&state_dir, args),
         Command::Replay(args) => replay::run(&state_dir, args),
+        Command::Reconcile(args) => reconcile::run(&state_dir, args).await,
         Command::Trace(args) => trace::run(&state_dir, args),
         Command::Checkpoint(args) => checkpoint::run(&state_dir, args).await,
         Command::Schema => validate::schema(),

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use waymark_connectors::workflow::{parse_scope, StreamSection};
+use waymark_connectors::workflow::{is_repair_scope, parse_scope, StreamSection};
 use waymark_connectors::{destinations, AnyDestination, Api, HttpSource, Workflow};
 use waymark_engine::{
-    driver, Clock, Event, Plan, RunId, RunState, Settings, StateDir, Status, SystemClock, Timestamp,
+    driver, Clock, Event, Plan, RunId, RunState, Settings, Source, StateDir, Status, SystemClock,
+    Timestamp,
 };
 
 use super::{ExitStatus, UsageError};
@@ -20,7 +21,7 @@ use super::{ExitStatus, UsageError};
 pub struct Budget {
     /// Print each run's summary as one JSON object on stdout instead of a line.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Fetch at most N pages per stream, then pause (the next `waymark run` continues).
     #[arg(long, value_name = "N")]
     max_pages: Option<u64>,
@@ -146,18 +147,17 @@ pub(super) async fn destination(
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
 }
 
-/// Drives one opened run to its end (or pause/failure) and prints its summary line.
 /// What every run of one invocation shares.
-struct Invocation<'a> {
-    api: Arc<Api>,
-    settings: Settings,
+pub(super) struct Invocation<'a> {
+    pub(super) api: Arc<Api>,
+    pub(super) settings: Settings,
     stop: &'a AtomicBool,
     /// Summaries as JSON.
     json: bool,
 }
 
 impl<'a> Invocation<'a> {
-    fn new(
+    pub(super) fn new(
         dir: &StateDir,
         workflow: &Workflow,
         budget: &Budget,
@@ -172,16 +172,17 @@ impl<'a> Invocation<'a> {
     }
 }
 
-async fn drive(
+/// Drives one opened run to its end (or pause/failure) with `source` (the stream's API, or
+/// a repair set) and prints its summary line.
+pub(super) async fn drive(
     dir: &mut StateDir,
     run: &Invocation<'_>,
-    workflow: &Workflow,
-    stream: &StreamSection,
+    source: &mut impl Source,
     destination: &mut AnyDestination,
     state: RunState,
 ) -> anyhow::Result<RunState> {
-    let (api, settings, stop, json) = (&run.api, &run.settings, run.stop, run.json);
-    let mut source = HttpSource::new(workflow, stream, api.clone())?;
+    let (settings, stop, json) = (&run.settings, run.stop, run.json);
+    let (sync, stream) = (state.started.sync.clone(), state.started.stream.clone());
     let run = state.run_id();
     let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
         "resumed"
@@ -189,23 +190,21 @@ async fn drive(
         "started"
     };
     tracing::info!(
-        "{}/{}: run {run} {verb}, window {}, start {}",
-        workflow.name(),
-        stream.name,
+        "{sync}/{stream}: run {run} {verb}, window {}, start {}",
         state.window(),
         state
             .fetch_cursor()
             .map_or("at the first page", |c| c.as_str())
     );
     let began = Instant::now();
-    let mut progress = Progress::new(&stream.name, state.counts.records_committed);
+    let mut progress = Progress::new(&stream, state.counts.records_committed);
     progress.feed = Feed::open(dir.root(), &state);
     let mut observe = |state: &RunState, event: &Event| progress.observe(state, event);
     let (journal, staging) = dir.parts();
     let outcome = driver::drive(
         journal,
         staging,
-        &mut source,
+        source,
         destination,
         &SystemClock,
         settings,
@@ -215,8 +214,7 @@ async fn drive(
     )
     .await;
     drop(progress);
-    let state =
-        outcome.with_context(|| format!("run {run} of {}/{}", workflow.name(), stream.name))?;
+    let state = outcome.with_context(|| format!("run {run} of {sync}/{stream}"))?;
     print_summary(&state, began.elapsed(), json);
     Ok(state)
 }
@@ -509,7 +507,7 @@ fn print_summary(state: &RunState, took: Duration, json: bool) {
     );
 }
 
-fn status_of(states: &[RunState]) -> ExitStatus {
+pub(super) fn status_of(states: &[RunState]) -> ExitStatus {
     if states.iter().any(|s| matches!(s.status, Status::Failed(_))) {
         ExitStatus::Failed
     } else if states
@@ -580,9 +578,47 @@ pub async fn run_streams(
             break;
         }
         let plan = workflow.plan(stream, fresh);
-        finished.extend(run_scope(dir, &invocation, workflow, stream, &plan).await?);
+        let states = run_scope(dir, &invocation, workflow, stream, &plan).await?;
+        let completed = states.last().is_some_and(|s| s.status == Status::Completed);
+        finished.extend(states);
+        if completed && super::reconcile::due(dir, workflow, stream)? {
+            finished.extend(due_reconciliation(dir, &invocation, workflow, stream).await?);
+        }
     }
     Ok(status_of(&finished))
+}
+
+/// The stream's declared reconciliation, run because it is due; its repair run, if any,
+/// counts like any other run. Gaps found in report mode are logged (and shown by
+/// `waymark status`), not an error of the sync.
+async fn due_reconciliation(
+    dir: &mut StateDir,
+    invocation: &Invocation<'_>,
+    workflow: &Workflow,
+    stream: &StreamSection,
+) -> anyhow::Result<Option<RunState>> {
+    let Some(request) = super::reconcile::Request::declared(stream) else {
+        return Ok(None);
+    };
+    let (report, repair) =
+        super::reconcile::reconcile(dir, invocation, workflow, stream, &request).await?;
+    let f = &report.figures;
+    let line = format!(
+        "{}/{}: reconciliation due: {} gaps ({:.2}%): {} missing, {} deleted, {} stale, {} differing",
+        workflow.name(),
+        stream.name,
+        f.gaps(),
+        f.gap_rate() * 100.0,
+        f.missing,
+        f.deleted,
+        f.stale,
+        f.differing
+    );
+    match f.gaps() {
+        0 => tracing::info!("{line}"),
+        _ => tracing::warn!("{line}"),
+    }
+    Ok(repair)
 }
 
 /// Starts or resumes the run of one checkpoint scope, then, while each completed run was
@@ -600,7 +636,8 @@ async fn run_scope(
         let (journal, staging) = dir.parts();
         let state =
             driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
-        let state = drive(dir, invocation, workflow, stream, &mut destination, state).await?;
+        let mut source = HttpSource::new(workflow, stream, invocation.api.clone())?;
+        let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
         let next_slice = state.status == Status::Completed
             && driver::sliced(&state.window(), plan)
             && !invocation.stop.load(Ordering::SeqCst);
@@ -685,6 +722,13 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
         Workflow::load(&path).with_context(|| format!("loading the workflow of run {run}"))?;
     let (name, backfill) = parse_scope(&state.started.stream);
     let stream = workflow.stream(name)?.clone();
+    if is_repair_scope(&state.started.stream) {
+        let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
+        let state =
+            super::reconcile::resume_repair(&mut dir, &invocation, &workflow, &stream, state)
+                .await?;
+        return Ok(status_of(&[state]));
+    }
     let plan = match backfill {
         Some((from, to)) => workflow.backfill_plan(&stream, from, to, false),
         None => workflow.plan(&stream, false),
@@ -692,14 +736,7 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let mut destination = destination(&dir, &workflow, &stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
-    let state = drive(
-        &mut dir,
-        &invocation,
-        &workflow,
-        &stream,
-        &mut destination,
-        state,
-    )
-    .await?;
+    let mut source = HttpSource::new(&workflow, &stream, invocation.api.clone())?;
+    let state = drive(&mut dir, &invocation, &mut source, &mut destination, state).await?;
     Ok(status_of(&[state]))
 }

@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use waymark_connectors::dead_letters::DeadLetters;
 use waymark_connectors::workflow::parse_scope;
-use waymark_engine::{Checkpoint, Clock, RunState, Status, SystemClock, Timestamp};
+use waymark_engine::{Checkpoint, Clock, Reconciliation, RunState, Status, SystemClock, Timestamp};
 
 use super::run::open_state;
 use super::ExitStatus;
@@ -32,6 +32,7 @@ pub struct StatusArgs {
 struct Stream {
     checkpoint: Option<Checkpoint>,
     runs: Vec<RunState>,
+    reconciled: Option<Reconciliation>,
 }
 
 /// Runs `waymark status`.
@@ -48,15 +49,23 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
         let key = (s.started.sync.clone(), s.started.stream.clone());
         streams.entry(key).or_default().runs.push(s);
     }
+    for ((sync, scope), s) in streams.iter_mut() {
+        s.reconciled = dir
+            .journal()
+            .reconciliations(sync, scope)?
+            .pop()
+            .map(|(_, r)| r);
+    }
     if !args.json {
         out!(
-            "{:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {:>5}  reason",
+            "{:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {:>5}  {:>7}  reason",
             "health",
             "sync/stream",
             "watermark",
             "lag",
             "last run",
-            "dlq"
+            "dlq",
+            "gaps"
         );
     }
     let mut unhealthy = false;
@@ -93,11 +102,14 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
                     "last_records": last.map(|r| r.counts.records_committed),
                     "failures_of_last_5": failures,
                     "dead_letters": letters,
+                    "reconciled_at": s.reconciled.as_ref().map(|r| r.at.to_string()),
+                    "gap_rate": s.reconciled.as_ref().map(Reconciliation::gap_rate),
+                    "gaps": s.reconciled.as_ref().map(Reconciliation::gaps),
                 })
             );
         } else {
             out!(
-                "{health:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {letters:>5}  {reason}",
+                "{health:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {letters:>5}  {:>7}  {reason}",
                 format!("{sync}/{scope}"),
                 watermark.map_or("-".into(), |w| w.to_string()),
                 lag.map_or("-".into(), |l| humantime::format_duration(
@@ -105,6 +117,9 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 )
                 .to_string()),
                 last.map_or("-", |r| r.status.name()),
+                s.reconciled
+                    .as_ref()
+                    .map_or("-".into(), |r| format!("{:.2}%", r.gap_rate() * 100.0)),
             );
         }
     }
@@ -121,6 +136,24 @@ fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'st
         if let Status::Failed(e) = &last.status {
             return ("failing", format!("the last run failed: {e}"));
         }
+    }
+    if let Some(r) = s.reconciled.as_ref().filter(|r| r.gap_rate() > r.max_gap_rate) {
+        return (
+            "drifting",
+            format!(
+                "the last reconciliation ({}) found {} gaps ({:.2}% > {:.2}%): {} missing, {} \
+                 deleted, {} stale, {} differing; the incremental sync misses changes — \
+                 investigate before repairing",
+                r.at,
+                r.gaps(),
+                r.gap_rate() * 100.0,
+                r.max_gap_rate * 100.0,
+                r.missing,
+                r.deleted,
+                r.stale,
+                r.differing
+            ),
+        );
     }
     // Usual interval: the median gap between the starts of the recent runs.
     let starts: Vec<u64> = s

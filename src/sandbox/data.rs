@@ -164,6 +164,26 @@ impl Resource {
         Mutation::Updated(id)
     }
 
+    /// Gives a live record a new revision *without* a new `updated_at` (an API that does
+    /// not bump its timestamps): an incremental sync cannot see the change.
+    pub fn touch(&mut self, id: u64) -> Mutation {
+        match self.key_of(id).and_then(|key| self.live.get_mut(&key)) {
+            Some(rev) => {
+                *rev += 1;
+                Mutation::Updated(id)
+            }
+            None => Mutation::Nothing,
+        }
+    }
+
+    /// Deletes the live record `id` at `ms`.
+    pub fn delete_id(&mut self, id: u64, ms: u64) -> Mutation {
+        match self.by_id.get(&id) {
+            Some(&(_, index)) => self.delete(index as u64, ms),
+            None => Mutation::Nothing,
+        }
+    }
+
     /// Deletes the live record picked by `pick` at `ms`.
     pub fn delete(&mut self, pick: u64, ms: u64) -> Mutation {
         let index = (pick % self.ids.len().max(1) as u64) as usize;

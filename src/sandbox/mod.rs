@@ -190,6 +190,22 @@ impl Sandbox {
         }
     }
 
+    /// Touches (new revision, same `updated_at`) and deletes records of one resource;
+    /// returns how many of each existed.
+    fn edit(&self, kind: Kind, touch: &[u64], delete: &[u64]) -> (usize, usize) {
+        let mut data = write(&self.data);
+        let resource = data.resource_mut(kind);
+        let touched = touch
+            .iter()
+            .filter(|&&id| resource.touch(id) != Mutation::Nothing)
+            .count();
+        let deleted = delete
+            .iter()
+            .filter(|&&id| resource.delete_id(id, now_ms()) != Mutation::Nothing)
+            .count();
+        (touched, deleted)
+    }
+
     /// Applies `count` random mutations now.
     fn apply_mutations(&self, count: u64) {
         for _ in 0..count {

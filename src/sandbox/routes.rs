@@ -605,6 +605,35 @@ async fn set_mutator(State(s): Shared, Json(c): Json<MutatorControl>) -> Respons
     Json(serde_json::json!({ "rate": *read(&s.mutate_rate) })).into_response()
 }
 
+/// `PUT /_control/edit`: `{"resource": "orders", "touch": [ids], "delete": [ids]}` gives
+/// records a new revision without bumping `updated_at`, or deletes them — the changes an
+/// incremental sync misses and a reconciliation finds. Answers what it did.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Edit {
+    resource: String,
+    #[serde(default)]
+    touch: Vec<u64>,
+    #[serde(default)]
+    delete: Vec<u64>,
+}
+
+async fn edit(State(s): Shared, Json(edit): Json<Edit>) -> Response {
+    let kind = match edit.resource.as_str() {
+        "orders" => Kind::Orders,
+        "customers" => Kind::Customers,
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unknown resource `{other}` (orders, customers)"),
+            )
+                .into_response()
+        }
+    };
+    let (touched, deleted) = s.edit(kind, &edit.touch, &edit.delete);
+    Json(serde_json::json!({ "touched": touched, "deleted": deleted })).into_response()
+}
+
 /// The sandbox's routes.
 pub fn router(sandbox: Arc<Sandbox>) -> Router {
     let mut router = Router::new();
@@ -657,6 +686,7 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
         .route("/_stats", get(stats))
         .route("/_control/faults", put(set_faults))
         .route("/_control/mutator", put(set_mutator))
+        .route("/_control/edit", put(edit))
         .with_state(sandbox)
 }
 

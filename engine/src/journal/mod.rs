@@ -9,6 +9,8 @@
 //! | `a` sync `\0` stream         | [`RunId`] of the stream's unfinished run |
 //! | `c` sync `\0` stream         | the stream's committed [`Checkpoint`]  |
 //! | `w` digest                   | the workflow's canonical key/values    |
+//! | `k` sync `\0` stream `\0` seq | a [`CheckpointChange`] (the last 200)   |
+//! | `r` sync `\0` stream `\0` seq | a [`Reconciliation`] (the last 200)     |
 //!
 //! Every value is framed by [`codec`] (format version + CRC-32). Appending an event writes
 //! the event, the new head and, for a commit, the checkpoint in one batch, so resume reads
@@ -26,6 +28,7 @@ pub use self::sled::SledBackend;
 
 use crate::checkpoint::Checkpoint;
 use crate::event::{Event, RunId, RunStarted};
+use crate::reconciliation::Reconciliation;
 use crate::state::{apply, Invalid, RunState};
 use crate::time::Timestamp;
 
@@ -84,14 +87,15 @@ fn stream_key(tag: u8, sync: &str, stream: &str) -> Vec<u8> {
     key
 }
 
-/// `k` sync `\0` stream `\0`: the prefix of a stream's checkpoint history.
-fn history_prefix(sync: &str, stream: &str) -> Vec<u8> {
-    let mut key = stream_key(b'k', sync, stream);
+/// `tag` sync `\0` stream `\0`: the prefix of one of a stream's histories (`k`: checkpoint
+/// changes, `r`: reconciliations).
+fn history_prefix(tag: u8, sync: &str, stream: &str) -> Vec<u8> {
+    let mut key = stream_key(tag, sync, stream);
     key.push(0);
     key
 }
 
-/// History entries kept per stream (the oldest go first).
+/// Entries kept per stream and history (the oldest go first).
 const HISTORY: usize = 200;
 
 /// One change of a stream's checkpoint: set by an operator (`waymark checkpoint`), or the
@@ -237,7 +241,7 @@ impl<B: Backend> Journal<B> {
                 },
                 new: self.checkpoint(sync, stream)?,
             };
-            ops.extend(self.history_ops(sync, stream, &change)?);
+            ops.extend(self.history_ops(b'k', sync, stream, &change)?);
         }
         self.backend.commit(ops)?;
         if event.needs_flush() {
@@ -340,7 +344,7 @@ impl<B: Backend> Journal<B> {
             Some(c) => vec![Op::Put(key, codec::encode(c))],
             None => vec![Op::Delete(key)],
         };
-        ops.extend(self.history_ops(sync, stream, change)?);
+        ops.extend(self.history_ops(b'k', sync, stream, change)?);
         self.backend.commit(ops)?;
         self.backend.flush()?;
         Ok(())
@@ -352,7 +356,40 @@ impl<B: Backend> Journal<B> {
         sync: &str,
         stream: &str,
     ) -> Result<Vec<(u64, CheckpointChange)>, Error> {
-        let prefix = history_prefix(sync, stream);
+        self.history(b'k', sync, stream, "checkpoint history")
+    }
+
+    /// Records a reconciliation of the stream (flushed before it returns).
+    pub fn record_reconciliation(
+        &mut self,
+        sync: &str,
+        stream: &str,
+        reconciliation: &Reconciliation,
+    ) -> Result<(), Error> {
+        let ops = self.history_ops(b'r', sync, stream, reconciliation)?;
+        self.backend.commit(ops)?;
+        self.backend.flush()?;
+        Ok(())
+    }
+
+    /// The stream's reconciliations, oldest first, numbered.
+    pub fn reconciliations(
+        &self,
+        sync: &str,
+        stream: &str,
+    ) -> Result<Vec<(u64, Reconciliation)>, Error> {
+        self.history(b'r', sync, stream, "reconciliations")
+    }
+
+    /// The entries of one of a stream's histories, oldest first, numbered.
+    fn history<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: u8,
+        sync: &str,
+        stream: &str,
+        what: &str,
+    ) -> Result<Vec<(u64, T)>, Error> {
+        let prefix = history_prefix(tag, sync, stream);
         self.backend
             .scan(&prefix)
             .map(|item| {
@@ -361,23 +398,24 @@ impl<B: Backend> Journal<B> {
                 if let Some(tail) = key.get(prefix.len()..prefix.len() + 8) {
                     seq.copy_from_slice(tail);
                 }
-                let change = codec::decode(&value).map_err(|source| Error::Corrupt {
-                    entry: format!("checkpoint history of {sync}/{stream}"),
+                let entry = codec::decode(&value).map_err(|source| Error::Corrupt {
+                    entry: format!("{what} of {sync}/{stream}"),
                     source,
                 })?;
-                Ok((u64::from_be_bytes(seq), change))
+                Ok((u64::from_be_bytes(seq), entry))
             })
             .collect()
     }
 
-    /// The writes that append `change` to the history (dropping the oldest beyond the bound).
-    fn history_ops(
+    /// The writes that append `entry` to a history (dropping the oldest beyond the bound).
+    fn history_ops<T: serde::Serialize>(
         &self,
+        tag: u8,
         sync: &str,
         stream: &str,
-        change: &CheckpointChange,
+        entry: &T,
     ) -> Result<Vec<Op>, Error> {
-        let prefix = history_prefix(sync, stream);
+        let prefix = history_prefix(tag, sync, stream);
         let keys: Vec<Vec<u8>> = self
             .backend
             .scan(&prefix)
@@ -393,7 +431,7 @@ impl<B: Backend> Journal<B> {
             });
         let mut key = prefix;
         key.extend_from_slice(&(last + 1).to_be_bytes());
-        let mut ops = vec![Op::Put(key, codec::encode(change))];
+        let mut ops = vec![Op::Put(key, codec::encode(entry))];
         let excess = (keys.len() + 1).saturating_sub(HISTORY);
         ops.extend(keys.into_iter().take(excess).map(Op::Delete));
         Ok(ops)
