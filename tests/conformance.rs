@@ -899,3 +899,55 @@ async fn a_destination_wide_failure_moves_no_checkpoint_and_a_retry_completes() 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_list_what_they_hold_and_apply_a_repairs_deletions() -> Result {
+    for t in targets("scan").await? {
+        let wf = t.workflow("", "")?;
+        let mut d = t.open(&wf).await?;
+        let records = [
+            r#"{"id":1,"v":1,"n":"a"}"#,
+            r#"{"id":2,"v":2,"n":"b"}"#,
+            r#"{"id":3,"v":3,"n":"c"}"#,
+        ];
+        write(&mut d, RunId::new(), 1, &records).await?;
+        let mut listed = BTreeMap::new();
+        let scanned = d
+            .scan(&mut |key, stored| {
+                listed.insert(key, stored);
+                Ok(())
+            })
+            .await;
+        if t.kind == Kind::Http {
+            let e = scanned.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains("cannot be reconciled"), "{e}");
+            continue;
+        }
+        scanned?;
+        assert_eq!(listed.len(), 3, "{:?}", t.kind);
+        assert_eq!(listed["2"].version.as_deref(), Some("2"), "{:?}", t.kind);
+        assert!(!listed["2"].deleted, "{:?}", t.kind);
+        // A repair's deletion record, at the stored version: the row is marked deleted,
+        // and a record without the marker is an ordinary upsert.
+        let state = t.state();
+        let mut binding = destinations::binding(&wf, &wf.streams()[0], "items@repair", &state);
+        binding.repair = true;
+        let mut repair = AnyDestination::open(&wf, binding, &state).await?;
+        let ack = write(
+            &mut repair,
+            RunId::new(),
+            1,
+            &[
+                r#"{"id":"2","v":"2","_waymark_deleted":true}"#,
+                r#"{"id":3,"v":3,"n":"fixed"}"#,
+            ],
+        )
+        .await?;
+        assert_eq!(counts(&ack), [0, 1, 0, 0, 1, 0], "{:?}", t.kind);
+        drop(repair);
+        let rows = t.rows().await?;
+        assert_eq!(rows["2"], row("2", true, records[1])?, "{:?}", t.kind);
+        assert_eq!(rows["3"].2["n"], "fixed", "{:?}", t.kind);
+    }
+    Ok(())
+}

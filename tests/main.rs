@@ -12,6 +12,7 @@ mod input;
 mod journal;
 mod operator;
 mod pagination;
+mod reconcile;
 mod resilience;
 mod sandbox;
 mod secrets;

@@ -124,6 +124,22 @@ impl Sandbox {
         http("PUT", &self.url, "/_control/mutator", Some(&body)).map(drop)
     }
 
+    /// Edits orders by id: `touch` (new revision, same `updated_at`), `update` (new
+    /// revision now), `delete`.
+    pub fn edit(&self, touch: &[u64], update: &[u64], delete: &[u64]) -> Result {
+        let body = serde_json::json!({
+            "resource": "orders", "touch": touch, "update": update, "delete": delete
+        });
+        let reply: serde_json::Value =
+            serde_json::from_slice(&http("PUT", &self.url, "/_control/edit", Some(&body.to_string()))?)?;
+        let done = [&reply["touched"], &reply["updated"], &reply["deleted"]];
+        let asked = [touch.len(), update.len(), delete.len()];
+        if done.iter().zip(asked).any(|(d, a)| d.as_u64() != Some(a as u64)) {
+            return Err(format!("edit did {reply}, asked {asked:?}").into());
+        }
+        Ok(())
+    }
+
     /// Sets the mutator's rate (0 stops it).
     pub fn set_mutation_rate(&self, per_second: f64) -> Result {
         let body = format!(r#"{{"rate":{per_second}}}"#);

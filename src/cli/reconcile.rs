@@ -106,7 +106,9 @@ pub async fn run(state_dir: &Path, args: ReconcileArgs) -> anyhow::Result<ExitSt
         }
     }
     let mut dir = open_state(state_dir)?;
-    let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
+    let mut invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
+    // The report carries the repair run's outcome: one JSON object per stream.
+    invocation.summaries = !args.budget.json;
     let mut status = ExitStatus::Success;
     for stream in streams {
         let declared = Request::declared(stream).unwrap_or_default();
@@ -115,8 +117,11 @@ pub async fn run(state_dir: &Path, args: ReconcileArgs) -> anyhow::Result<ExitSt
                 true => None,
                 false => args.window.or(declared.window),
             },
-            sample: args.sample,
-            fields: (!args.fields.is_empty()).then(|| args.fields.clone()),
+            sample: args.sample.or(declared.sample),
+            fields: match args.fields.is_empty() {
+                true => declared.fields,
+                false => Some(args.fields.clone()),
+            },
             repair: args.repair,
             show: args.show,
         };
@@ -404,6 +409,7 @@ fn print(
                 "repaired": report.to_repair,
                 "repair_run": repair.map(|r| r.run_id().to_string()),
                 "repair_status": repair.map(|r| r.status.name()),
+                "repair_written": repair.map(|r| r.counts.written),
             })
         );
         return;

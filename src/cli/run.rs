@@ -154,6 +154,8 @@ pub(super) struct Invocation<'a> {
     stop: &'a AtomicBool,
     /// Summaries as JSON.
     json: bool,
+    /// Print each run's summary (a command that reports on the run itself turns it off).
+    pub(super) summaries: bool,
 }
 
 impl<'a> Invocation<'a> {
@@ -168,6 +170,7 @@ impl<'a> Invocation<'a> {
             settings: settings(workflow, budget),
             stop,
             json: budget.json,
+            summaries: true,
         })
     }
 }
@@ -182,6 +185,7 @@ pub(super) async fn drive(
     state: RunState,
 ) -> anyhow::Result<RunState> {
     let (settings, stop, json) = (&run.settings, run.stop, run.json);
+    let summary = run.summaries;
     let (sync, stream) = (state.started.sync.clone(), state.started.stream.clone());
     let run = state.run_id();
     let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
@@ -215,7 +219,9 @@ pub(super) async fn drive(
     .await;
     drop(progress);
     let state = outcome.with_context(|| format!("run {run} of {sync}/{stream}"))?;
-    print_summary(&state, began.elapsed(), json);
+    if summary {
+        print_summary(&state, began.elapsed(), json);
+    }
     Ok(state)
 }
 

@@ -176,6 +176,14 @@ impl Resource {
         }
     }
 
+    /// Gives the live record `id` a new revision at `ms`.
+    pub fn update_id(&mut self, id: u64, ms: u64) -> Mutation {
+        match self.by_id.get(&id) {
+            Some(&(_, index)) => self.update(index as u64, ms),
+            None => Mutation::Nothing,
+        }
+    }
+
     /// Deletes the live record `id` at `ms`.
     pub fn delete_id(&mut self, id: u64, ms: u64) -> Mutation {
         match self.by_id.get(&id) {

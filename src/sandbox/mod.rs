@@ -190,20 +190,23 @@ impl Sandbox {
         }
     }
 
-    /// Touches (new revision, same `updated_at`) and deletes records of one resource;
-    /// returns how many of each existed.
-    fn edit(&self, kind: Kind, touch: &[u64], delete: &[u64]) -> (usize, usize) {
+    /// Touches (new revision, same `updated_at`), updates (new revision now) and deletes
+    /// records of one resource by id; returns how many of each existed.
+    fn edit(&self, kind: Kind, [touch, update, delete]: [&[u64]; 3]) -> [usize; 3] {
         let mut data = write(&self.data);
         let resource = data.resource_mut(kind);
-        let touched = touch
-            .iter()
-            .filter(|&&id| resource.touch(id) != Mutation::Nothing)
-            .count();
-        let deleted = delete
-            .iter()
-            .filter(|&&id| resource.delete_id(id, now_ms()) != Mutation::Nothing)
-            .count();
-        (touched, deleted)
+        let mut done = [0; 3];
+        for (i, ids) in [touch, update, delete].into_iter().enumerate() {
+            for &id in ids {
+                let m = match i {
+                    0 => resource.touch(id),
+                    1 => resource.update_id(id, now_ms()),
+                    _ => resource.delete_id(id, now_ms()),
+                };
+                done[i] += usize::from(m != Mutation::Nothing);
+            }
+        }
+        done
     }
 
     /// Applies `count` random mutations now.

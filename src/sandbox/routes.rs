@@ -605,15 +605,18 @@ async fn set_mutator(State(s): Shared, Json(c): Json<MutatorControl>) -> Respons
     Json(serde_json::json!({ "rate": *read(&s.mutate_rate) })).into_response()
 }
 
-/// `PUT /_control/edit`: `{"resource": "orders", "touch": [ids], "delete": [ids]}` gives
-/// records a new revision without bumping `updated_at`, or deletes them — the changes an
-/// incremental sync misses and a reconciliation finds. Answers what it did.
+/// `PUT /_control/edit`: `{"resource": "orders", "touch": [ids], "update": [ids],
+/// "delete": [ids]}` gives records a new revision without bumping `updated_at` (what an
+/// incremental sync misses and a reconciliation finds), a new revision at the current time,
+/// or deletes them. Answers how many of each it did.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Edit {
     resource: String,
     #[serde(default)]
     touch: Vec<u64>,
+    #[serde(default)]
+    update: Vec<u64>,
     #[serde(default)]
     delete: Vec<u64>,
 }
@@ -630,8 +633,9 @@ async fn edit(State(s): Shared, Json(edit): Json<Edit>) -> Response {
                 .into_response()
         }
     };
-    let (touched, deleted) = s.edit(kind, &edit.touch, &edit.delete);
-    Json(serde_json::json!({ "touched": touched, "deleted": deleted })).into_response()
+    let [touched, updated, deleted] = s.edit(kind, [&edit.touch, &edit.update, &edit.delete]);
+    Json(serde_json::json!({ "touched": touched, "updated": updated, "deleted": deleted }))
+        .into_response()
 }
 
 /// The sandbox's routes.
