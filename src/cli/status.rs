@@ -1,6 +1,6 @@
-//! `waymark status`: per stream, how far it is synced, how it went lately, and a verdict —
-//! ok, stalled or failing — with the reason. Exits 1 when anything is unhealthy, so cron
-//! jobs and monitors can use it.
+//! `waymark status`: per stream, how far it is synced, how it went lately, what the last
+//! reconciliation found, and a verdict — ok, stalled, failing or drifting — with the reason.
+//! Exits 1 when anything is unhealthy, so cron jobs and monitors can use it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -130,7 +130,7 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-/// `ok`, `stalled` or `failing`, and why.
+/// `ok`, `stalled`, `failing` or `drifting`, and why.
 fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'static str, String) {
     if let Some(last) = s.runs.last() {
         if let Status::Failed(e) = &last.status {
