@@ -60,13 +60,24 @@ fn reconcile(
 fn keys(report: &Value, gap: &str) -> Vec<String> {
     report["keys"][gap]
         .as_array()
-        .map(|keys| keys.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+        .map(|keys| {
+            keys.iter()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn figures(report: &Value) -> [u64; 6] {
-    ["source", "missing", "deleted", "stale", "differing", "newer"]
-        .map(|k| report[k].as_u64().unwrap_or(u64::MAX))
+    [
+        "source",
+        "missing",
+        "deleted",
+        "stale",
+        "differing",
+        "newer",
+    ]
+    .map(|k| report[k].as_u64().unwrap_or(u64::MAX))
 }
 
 fn status(state: &Path) -> Result<(Option<i32>, Vec<Value>)> {
@@ -95,7 +106,10 @@ fn silent_changes_are_found_reported_and_repaired_and_a_clean_sync_has_no_gaps()
     let (code, clean) = reconcile(&sandbox, &state, &workflow, &["--sample", "1000"])?;
     assert_eq!(code, Some(0), "{clean}");
     assert_eq!(figures(&clean), [300, 0, 0, 0, 0, 0], "{clean}");
-    assert_eq!((clean["destination"].as_u64(), clean["compared"].as_u64()), (Some(300), Some(300)));
+    assert_eq!(
+        (clean["destination"].as_u64(), clean["compared"].as_u64()),
+        (Some(300), Some(300))
+    );
     // What an incremental sync misses: new revisions without a new `updated_at`, deletions
     // without a feed; and someone editing the destination.
     sandbox.edit(&[5, 6, 7], &[], &[10, 11])?;
@@ -108,7 +122,11 @@ fn silent_changes_are_found_reported_and_repaired_and_a_clean_sync_has_no_gaps()
     let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let before = table(&db, "orders")?;
-    assert_ne!(before.0, sandbox.truth()?, "the incremental sync cannot have seen these");
+    assert_ne!(
+        before.0,
+        sandbox.truth()?,
+        "the incremental sync cannot have seen these"
+    );
     // Report: every gap with its key, nothing changed, exit 6.
     let (code, report) = reconcile(&sandbox, &state, &workflow, &["--sample", "1000"])?;
     assert_eq!(code, Some(6), "{report}");
@@ -124,9 +142,19 @@ fn silent_changes_are_found_reported_and_repaired_and_a_clean_sync_has_no_gaps()
     assert_eq!(code, Some(1));
     let line = orders_status(&lines)?;
     assert_eq!(line["health"], "drifting", "{line}");
-    assert!(line["reason"].as_str().is_some_and(|r| r.contains("7 gaps")), "{line}");
+    assert!(
+        line["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("7 gaps")),
+        "{line}"
+    );
     // Repair: a journaled run of its own, after which the table is the source's truth.
-    let (code, repaired) = reconcile(&sandbox, &state, &workflow, &["--repair", "--sample", "1000"])?;
+    let (code, repaired) = reconcile(
+        &sandbox,
+        &state,
+        &workflow,
+        &["--repair", "--sample", "1000"],
+    )?;
     assert_eq!(code, Some(0), "{repaired}");
     assert_eq!(repaired["repaired"], 7);
     assert_eq!(repaired["repair_status"], "completed");
@@ -139,7 +167,10 @@ fn silent_changes_are_found_reported_and_repaired_and_a_clean_sync_has_no_gaps()
         .iter()
         .find(|r| r["run"] == run_id)
         .ok_or("the repair run is not in `runs`")?;
-    assert_eq!((repair["stream"].as_str(), repair["status"].as_str()), (Some("orders@repair"), Some("completed")));
+    assert_eq!(
+        (repair["stream"].as_str(), repair["status"].as_str()),
+        (Some("orders@repair"), Some("completed"))
+    );
     let written: Vec<String> = journal(&state, run_id)?
         .iter()
         .filter(|e| e["step"] == "batch_written")
@@ -200,7 +231,11 @@ fn a_declared_reconciliation_runs_when_due_and_a_repair_resumes_after_a_pause() 
     // The first run reconciled (never done before): recorded, zero gaps.
     let (_, lines) = status(&state)?;
     let line = orders_status(&lines)?;
-    assert_eq!((line["gaps"].as_u64(), line["health"].as_str()), (Some(0), Some("ok")), "{line}");
+    assert_eq!(
+        (line["gaps"].as_u64(), line["health"].as_str()),
+        (Some(0), Some("ok")),
+        "{line}"
+    );
     let first = line["reconciled_at"].clone();
     assert!(first.is_string(), "{line}");
     sandbox.edit(&[7, 8, 9], &[], &[1, 2])?;
@@ -226,10 +261,20 @@ fn a_declared_reconciliation_runs_when_due_and_a_repair_resumes_after_a_pause() 
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let (live, deleted) = table(&dir.path().join("shop.db"), "orders")?;
     assert_eq!(live, sandbox.truth()?);
-    assert!(deleted.is_empty(), "hard deletes remove the rows: {deleted:?}");
-    assert!(!state.join("reconcile/shop/orders.repair").exists(), "the repair set is gone");
+    assert!(
+        deleted.is_empty(),
+        "hard deletes remove the rows: {deleted:?}"
+    );
+    assert!(
+        !state.join("reconcile/shop/orders.repair").exists(),
+        "the repair set is gone"
+    );
     let (code, after) = reconcile(&sandbox, &state, &workflow, &[])?;
-    assert_eq!((code, after["gaps"].as_u64()), (Some(0), Some(0)), "{after}");
+    assert_eq!(
+        (code, after["gaps"].as_u64()),
+        (Some(0), Some(0)),
+        "{after}"
+    );
     Ok(())
 }
 
@@ -248,7 +293,11 @@ fn bad_reconcile_requests_are_refused_clearly() -> Result {
         .args(["reconcile", "--window", "7d"])
         .arg(&path))?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no window parameters"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no window parameters"),
+        "{}",
+        text(&out.stderr)
+    );
     let file = dir.path().join("declared.toml");
     std::fs::write(
         &file,

@@ -130,11 +130,19 @@ impl Sandbox {
         let body = serde_json::json!({
             "resource": "orders", "touch": touch, "update": update, "delete": delete
         });
-        let reply: serde_json::Value =
-            serde_json::from_slice(&http("PUT", &self.url, "/_control/edit", Some(&body.to_string()))?)?;
+        let reply: serde_json::Value = serde_json::from_slice(&http(
+            "PUT",
+            &self.url,
+            "/_control/edit",
+            Some(&body.to_string()),
+        )?)?;
         let done = [&reply["touched"], &reply["updated"], &reply["deleted"]];
         let asked = [touch.len(), update.len(), delete.len()];
-        if done.iter().zip(asked).any(|(d, a)| d.as_u64() != Some(a as u64)) {
+        if done
+            .iter()
+            .zip(asked)
+            .any(|(d, a)| d.as_u64() != Some(a as u64))
+        {
             return Err(format!("edit did {reply}, asked {asked:?}").into());
         }
         Ok(())

@@ -50,6 +50,9 @@ pub enum Error {
     /// The destination could not be read.
     #[error("reading the destination: {0}")]
     Destination(#[from] waymark_engine::destination::Error),
+    /// A stop was requested (nothing was changed).
+    #[error("interrupted; nothing was changed")]
+    Interrupted,
 }
 
 /// The classes of gap, in report order.
@@ -247,10 +250,7 @@ impl Comparison {
 
     fn count(&mut self, t: Option<Timestamp>, side: usize) {
         if let Some(t) = t.filter(|_| self.scope.contains(t)) {
-            let slot = self
-                .buckets
-                .entry(t.0 - t.0 % self.bucket_ms)
-                .or_default();
+            let slot = self.buckets.entry(t.0 - t.0 % self.bucket_ms).or_default();
             match side {
                 0 => slot.0 += 1,
                 _ => slot.1 += 1,
@@ -361,7 +361,7 @@ impl Comparison {
     }
 
     /// Compares the two sides. With `repair`, the repair set (see [`RepairSet`]) is
-    /// written with what a repair must write. The scratch file is removed.
+    /// written with what a repair must write.
     pub fn finish(self, repair: Option<&RepairSet>) -> Result<Report, Error> {
         let fail = scratch(&self.path);
         let scope = &self.scope;
@@ -479,8 +479,8 @@ impl Comparison {
                 }
             }
         }
-        report.figures.destination = self.buckets.values().map(|c| c.1).sum::<u64>()
-            + self.unplaced_destination()?;
+        report.figures.destination =
+            self.buckets.values().map(|c| c.1).sum::<u64>() + self.unplaced_destination()?;
         report.figures.start = scope.start;
         report.figures.end = scope.end;
         report.buckets = self
@@ -492,8 +492,6 @@ impl Comparison {
         if let Some(w) = fixes {
             report.to_repair = w.finish()?;
         }
-        drop(self.conn);
-        let _ = std::fs::remove_file(&self.path);
         Ok(report)
     }
 
@@ -510,6 +508,13 @@ impl Comparison {
             )
             .map(|n| n as u64)
             .map_err(scratch(&self.path))
+    }
+}
+
+impl Drop for Comparison {
+    /// The scratch file goes with the comparison, finished or not.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -534,7 +539,10 @@ pub fn classify(
         (true, _) => None,
         (false, None) | (false, Some((_, _, true))) => Some(Gap::Missing),
         (false, Some((stored_version, stored_digest, false))) => {
-            match version.zip(stored_version).map(|(a, b)| compare_versions(a, b)) {
+            match version
+                .zip(stored_version)
+                .map(|(a, b)| compare_versions(a, b))
+            {
                 Some(std::cmp::Ordering::Greater) => Some(Gap::Stale),
                 Some(std::cmp::Ordering::Less) => Some(Gap::Newer),
                 _ if all_values && digest.is_some() && digest != stored_digest => {
@@ -617,9 +625,12 @@ pub async fn read_source<S: Source>(
                     .base
                     .saturating_mul(1 << attempts.min(20))
                     .min(policy.cap);
-                let jitter = (hash_of(&(page, attempts, clock.now().0)) as u64 % 1000) as f64
-                    / 1000.0;
-                let wait = e.retry_after.unwrap_or_default().max(ceiling.mul_f64(jitter));
+                let jitter =
+                    (hash_of(&(page, attempts, clock.now().0)) as u64 % 1000) as f64 / 1000.0;
+                let wait = e
+                    .retry_after
+                    .unwrap_or_default()
+                    .max(ceiling.mul_f64(jitter));
                 if attempts >= policy.max_attempts || wait > policy.max_wait {
                     e.message = format!("page {page} after {attempts} attempts: {}", e.message);
                     return Err(e.into());
@@ -686,11 +697,9 @@ impl RepairSet {
 
     /// A source serving the set as pages of `page_size`.
     pub fn source(&self, page_size: u32) -> Result<RepairSource, Error> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .map_err(scratch(&self.path))?;
+        let conn =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(scratch(&self.path))?;
         Ok(RepairSource {
             conn: std::sync::Mutex::new(conn),
             page_size: page_size.max(1),
@@ -744,7 +753,9 @@ impl Source for RepairSource {
             .prepare_cached("SELECT seq, record FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             .map_err(read)?;
         let rows: Vec<(i64, String)> = stmt
-            .query_map(params![after, self.page_size], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map(params![after, self.page_size], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .and_then(|rows| rows.collect())
             .map_err(read)?;
         let last = rows.last().map(|(seq, _)| *seq);
@@ -785,18 +796,45 @@ mod tests {
     #[test]
     fn each_pair_of_sides_falls_in_one_class() {
         let live = |v: &'static str, d: i64| Some((Some(v), Some(d), false));
-        assert_eq!(classify(Some("2"), Some(1), false, None, true), Some(Gap::Missing));
         assert_eq!(
-            classify(Some("2"), Some(1), false, Some((Some("2"), Some(1), true)), true),
+            classify(Some("2"), Some(1), false, None, true),
             Some(Gap::Missing)
         );
-        assert_eq!(classify(Some("3"), Some(1), false, live("2", 1), true), Some(Gap::Stale));
-        assert_eq!(classify(Some("1"), Some(1), false, live("2", 1), true), Some(Gap::Newer));
-        assert_eq!(classify(Some("2"), Some(1), false, live("2", 9), true), Some(Gap::Differing));
-        assert_eq!(classify(Some("2"), Some(1), false, live("2", 9), false), None);
+        assert_eq!(
+            classify(
+                Some("2"),
+                Some(1),
+                false,
+                Some((Some("2"), Some(1), true)),
+                true
+            ),
+            Some(Gap::Missing)
+        );
+        assert_eq!(
+            classify(Some("3"), Some(1), false, live("2", 1), true),
+            Some(Gap::Stale)
+        );
+        assert_eq!(
+            classify(Some("1"), Some(1), false, live("2", 1), true),
+            Some(Gap::Newer)
+        );
+        assert_eq!(
+            classify(Some("2"), Some(1), false, live("2", 9), true),
+            Some(Gap::Differing)
+        );
+        assert_eq!(
+            classify(Some("2"), Some(1), false, live("2", 9), false),
+            None
+        );
         assert_eq!(classify(Some("2"), None, false, live("2", 9), true), None);
-        assert_eq!(classify(Some("2"), Some(1), false, live("2", 1), true), None);
-        assert_eq!(classify(Some("2"), None, true, live("2", 1), true), Some(Gap::Deleted));
+        assert_eq!(
+            classify(Some("2"), Some(1), false, live("2", 1), true),
+            None
+        );
+        assert_eq!(
+            classify(Some("2"), None, true, live("2", 1), true),
+            Some(Gap::Deleted)
+        );
         assert_eq!(classify(Some("2"), None, true, None, true), None);
     }
 
@@ -810,7 +848,10 @@ mod tests {
         };
         let record = deletion_record(&b, r#"["s1","7"]"#, Some("5"));
         let value: Value = serde_json::from_str(&record).map_err(|e| e.to_string())?;
-        assert_eq!(key_of(&value, &b.primary_key).as_deref(), Some(r#"["s1","7"]"#));
+        assert_eq!(
+            key_of(&value, &b.primary_key).as_deref(),
+            Some(r#"["s1","7"]"#)
+        );
         assert_eq!(lookup(&value, "meta.v"), Some(&Value::String("5".into())));
         assert!(b.is_deletion(&value));
         b.repair = false;

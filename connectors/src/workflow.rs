@@ -1419,7 +1419,10 @@ pub fn is_repair_scope(scope: &str) -> bool {
 /// retry of it), and the range if it is a backfill's.
 pub fn parse_scope(scope: &str) -> (&str, Option<(Timestamp, Timestamp)>) {
     let Some((stream, range)) = scope.split_once("@backfill:") else {
-        return (scope.split_once('@').map_or(scope, |(stream, _)| stream), None);
+        return (
+            scope.split_once('@').map_or(scope, |(stream, _)| stream),
+            None,
+        );
     };
     let parse = |t: &str| {
         humantime::parse_rfc3339_weak(t)

@@ -3,6 +3,7 @@
 //! them through a journaled run of their own (`<stream>@repair`).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -125,19 +126,21 @@ pub async fn run(state_dir: &Path, args: ReconcileArgs) -> anyhow::Result<ExitSt
             repair: args.repair,
             show: args.show,
         };
-        let (report, repair) = reconcile(&mut dir, &invocation, &workflow, stream, &request).await?;
-        print(
-            &args.workflow,
+        let (report, repair) =
+            reconcile(&mut dir, &invocation, &workflow, stream, &request).await?;
+        let names = (
+            args.workflow.as_path(),
             workflow.name(),
-            &stream.name,
-            &report,
-            repair.as_ref(),
-            args.budget.json,
+            stream.name.as_str(),
         );
-        let this = match &repair {
-            Some(state) => super::run::status_of(std::slice::from_ref(state)),
-            None if report.figures.gaps() > 0 && !request.repair => ExitStatus::Drift,
-            None => ExitStatus::Success,
+        match &report {
+            Some(report) => print(names, report, repair.as_ref(), args.budget.json),
+            None => print_unfinished(names.1, names.2, repair.as_ref(), args.budget.json),
+        }
+        let this = match (&repair, &report) {
+            (Some(state), _) => super::run::status_of(std::slice::from_ref(state)),
+            (None, Some(r)) if r.figures.gaps() > 0 && !request.repair => ExitStatus::Drift,
+            (None, _) => ExitStatus::Success,
         };
         if this != ExitStatus::Success && status == ExitStatus::Success {
             status = this;
@@ -148,18 +151,23 @@ pub async fn run(state_dir: &Path, args: ReconcileArgs) -> anyhow::Result<ExitSt
 
 /// The repair set of a stream in the state directory.
 fn repair_set(root: &Path, sync: &str, stream: &str) -> RepairSet {
-    RepairSet::new(root.join("reconcile").join(sync).join(format!("{stream}.repair")))
+    RepairSet::new(
+        root.join("reconcile")
+            .join(sync)
+            .join(format!("{stream}.repair")),
+    )
 }
 
 /// Compares one stream's source and destination, records the figures in the journal and,
 /// when asked, repairs: first any unfinished repair run of the stream, then the new gaps.
+/// No report when an unfinished repair run did not complete this time either.
 pub async fn reconcile(
     dir: &mut StateDir,
     invocation: &Invocation<'_>,
     workflow: &Workflow,
     stream: &StreamSection,
     request: &Request,
-) -> anyhow::Result<(Report, Option<RunState>)> {
+) -> anyhow::Result<(Option<Report>, Option<RunState>)> {
     if request.window.is_some()
         && stream.window.start_param.is_none()
         && stream.window.end_param.is_none()
@@ -175,7 +183,7 @@ pub async fn reconcile(
     if request.repair {
         if let Some(state) = unfinished_repair(dir, invocation, workflow, stream, &set).await? {
             if state.status != Status::Completed {
-                return Ok((Report::default(), Some(state)));
+                return Ok((None, Some(state)));
             }
         }
     }
@@ -207,7 +215,10 @@ pub async fn reconcile(
         window,
         &invocation.settings.retry,
         &SystemClock,
-        |records| comparison.add_source(records),
+        |records| match invocation.stop.load(Ordering::SeqCst) {
+            true => Err(reconcile::Error::Interrupted),
+            false => comparison.add_source(records),
+        },
     )
     .await
     .with_context(|| format!("reconciling {}/{}", workflow.name(), stream.name))?;
@@ -264,7 +275,7 @@ pub async fn reconcile(
     }
     dir.journal_mut()
         .record_reconciliation(workflow.name(), &stream.name, &report.figures)?;
-    Ok((report, repair))
+    Ok((Some(report), repair))
 }
 
 /// The gap rate `waymark status` tolerates when the stream declares none.
@@ -295,8 +306,14 @@ async fn unfinished_repair(
         staging.remove_run(run)?;
         return Ok(None);
     }
-    tracing::info!("{}/{}: finishing the unfinished repair first", plan.sync, plan.stream);
-    repair_run(dir, invocation, workflow, stream, set).await.map(Some)
+    tracing::info!(
+        "{}/{}: finishing the unfinished repair first",
+        plan.sync,
+        plan.stream
+    );
+    repair_run(dir, invocation, workflow, stream, set)
+        .await
+        .map(Some)
 }
 
 /// Starts (or resumes) the stream's repair run over its repair set and drives it; the set
@@ -366,10 +383,31 @@ pub fn due(dir: &StateDir, workflow: &Workflow, stream: &StreamSection) -> anyho
     Ok(last.is_none_or(|at| SystemClock.now().since(at) >= section.every.0))
 }
 
+/// An unfinished repair run that was resumed and did not complete (no new comparison).
+fn print_unfinished(sync: &str, stream: &str, repair: Option<&RunState>, as_json: bool) {
+    let Some(state) = repair else { return };
+    match as_json {
+        true => out!(
+            "{}",
+            json!({
+                "sync": sync,
+                "stream": stream,
+                "repair_run": state.run_id().to_string(),
+                "repair_status": state.status.name(),
+                "repair_written": state.counts.written,
+            })
+        ),
+        false => out!(
+            "{sync}/{stream}: the unfinished repair run {} is {}; no new comparison until it \
+             completes",
+            state.run_id(),
+            state.status.name()
+        ),
+    }
+}
+
 fn print(
-    workflow: &Path,
-    sync: &str,
-    stream: &str,
+    (workflow, sync, stream): (&Path, &str, &str),
     report: &Report,
     repair: Option<&RunState>,
     as_json: bool,
@@ -429,7 +467,11 @@ fn print(
             Gap::Differing => f.differing,
             Gap::Newer => f.newer,
         };
-        let keys = report.keys.get(&gap).map(|k| k.join(", ")).unwrap_or_default();
+        let keys = report
+            .keys
+            .get(&gap)
+            .map(|k| k.join(", "))
+            .unwrap_or_default();
         let more = match count > report.keys.get(&gap).map_or(0, |k| k.len() as u64) {
             true => ", …",
             false => "",

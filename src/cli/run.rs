@@ -151,7 +151,7 @@ pub(super) async fn destination(
 pub(super) struct Invocation<'a> {
     pub(super) api: Arc<Api>,
     pub(super) settings: Settings,
-    stop: &'a AtomicBool,
+    pub(super) stop: &'a AtomicBool,
     /// Summaries as JSON.
     json: bool,
     /// Print each run's summary (a command that reports on the run itself turns it off).
@@ -579,6 +579,7 @@ pub async fn run_streams(
     }
     let invocation = Invocation::new(dir, workflow, budget, stop)?;
     let mut finished = Vec::new();
+    let mut reconciliation_failed = false;
     for stream in streams {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -588,10 +589,24 @@ pub async fn run_streams(
         let completed = states.last().is_some_and(|s| s.status == Status::Completed);
         finished.extend(states);
         if completed && super::reconcile::due(dir, workflow, stream)? {
-            finished.extend(due_reconciliation(dir, &invocation, workflow, stream).await?);
+            // A reconciliation that cannot be made is reported, not a reason to stop syncing.
+            match due_reconciliation(dir, &invocation, workflow, stream).await {
+                Ok(repair) => finished.extend(repair),
+                Err(e) => {
+                    tracing::error!(
+                        "{}/{}: the due reconciliation failed: {e:#}",
+                        workflow.name(),
+                        stream.name
+                    );
+                    reconciliation_failed = true;
+                }
+            }
         }
     }
-    Ok(status_of(&finished))
+    Ok(match status_of(&finished) {
+        ExitStatus::Success if reconciliation_failed => ExitStatus::Failed,
+        status => status,
+    })
 }
 
 /// The stream's declared reconciliation, run because it is due; its repair run, if any,
@@ -608,6 +623,9 @@ async fn due_reconciliation(
     };
     let (report, repair) =
         super::reconcile::reconcile(dir, invocation, workflow, stream, &request).await?;
+    let Some(report) = report else {
+        return Ok(repair);
+    };
     let f = &report.figures;
     let line = format!(
         "{}/{}: reconciliation due: {} gaps ({:.2}%): {} missing, {} deleted, {} stale, {} differing",

@@ -137,7 +137,11 @@ fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'st
             return ("failing", format!("the last run failed: {e}"));
         }
     }
-    if let Some(r) = s.reconciled.as_ref().filter(|r| r.gap_rate() > r.max_gap_rate) {
+    if let Some(r) = s
+        .reconciled
+        .as_ref()
+        .filter(|r| r.gap_rate() > r.max_gap_rate)
+    {
         return (
             "drifting",
             format!(
