@@ -121,6 +121,20 @@ impl StateDir {
         })
     }
 
+    /// Locks `root` like [`open`](Self::open) but journals nothing and stages pages without
+    /// fsync: the bench-only switch that measures what the journal costs. A run here
+    /// cannot be resumed; never use it for real syncs.
+    pub fn open_unjournaled(root: &Path, command: &str) -> Result<Self, Error> {
+        let lock = lock(root, command)?;
+        let staging = Staging::open(&root.join("staging"))?.without_fsync();
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            journal: Journal::new(SledBackend::discarding()),
+            staging,
+            _lock: lock,
+        })
+    }
+
     /// Moves an unreadable journal aside (to `journal.broken-<millis>`) under the lock, and
     /// returns where it went. Stream checkpoints are then recovered from the destinations.
     pub fn reset_journal(root: &Path, command: &str) -> Result<Option<PathBuf>, Error> {

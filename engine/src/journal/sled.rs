@@ -12,7 +12,8 @@ use super::backend::{Backend, BackendError, Entries, Entry, Op};
 
 /// sled's default tree as a journal backend.
 pub struct SledBackend {
-    db: sled::Db,
+    /// `None`: the bench-only discarding mode (nothing is kept).
+    db: Option<sled::Db>,
 }
 
 fn err(e: sled::Error) -> BackendError {
@@ -27,7 +28,7 @@ impl SledBackend {
             tracing::warn!(files = ?quarantined, "moved incomplete sled snapshot files aside");
         }
         match try_open(dir) {
-            Ok(db) => Ok(SledBackend { db }),
+            Ok(db) => Ok(SledBackend { db: Some(db) }),
             Err(held @ Opened::LockHeld(_)) => Err(held.into()),
             Err(Opened::Failed(first)) => {
                 // A complete-looking but damaged snapshot: sled rebuilds its index from the
@@ -38,7 +39,7 @@ impl SledBackend {
                 }
                 tracing::warn!(files = ?moved, error = %first, "sled snapshot unreadable; retrying without it");
                 try_open(dir)
-                    .map(|db| SledBackend { db })
+                    .map(|db| SledBackend { db: Some(db) })
                     .map_err(|second| {
                         BackendError(format!(
                             "{} (and before moving snapshots aside: {first})",
@@ -49,9 +50,19 @@ impl SledBackend {
         }
     }
 
+    /// A backend that keeps nothing: every write is dropped, every read finds nothing.
+    /// Only for measuring what the journal costs (`WAYMARK_BENCH_UNJOURNALED`); a run on it
+    /// cannot be resumed.
+    pub fn discarding() -> Self {
+        SledBackend { db: None }
+    }
+
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db
+            .as_ref()
+            .and_then(|db| db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -139,25 +150,30 @@ fn quarantine_snapshots(
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.db.get(key).map_err(err)?.map(|v| v.to_vec()))
+        let Some(db) = &self.db else { return Ok(None) };
+        Ok(db.get(key).map_err(err)?.map(|v| v.to_vec()))
     }
 
     fn scan<'a>(&'a self, prefix: &[u8]) -> Entries<'a> {
+        let Some(db) = &self.db else {
+            return Box::new(std::iter::empty());
+        };
         Box::new(
-            self.db
-                .scan_prefix(prefix)
+            db.scan_prefix(prefix)
                 .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err)),
         )
     }
 
     fn last(&self, prefix: &[u8]) -> Result<Option<Entry>, BackendError> {
-        match self.db.scan_prefix(prefix).next_back() {
+        let Some(db) = &self.db else { return Ok(None) };
+        match db.scan_prefix(prefix).next_back() {
             Some(r) => r.map(|(k, v)| Some((k.to_vec(), v.to_vec()))).map_err(err),
             None => Ok(None),
         }
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<(), BackendError> {
+        let Some(db) = &self.db else { return Ok(()) };
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
@@ -165,11 +181,12 @@ impl Backend for SledBackend {
                 Op::Delete(k) => batch.remove(k),
             }
         }
-        self.db.apply_batch(batch).map_err(err)
+        db.apply_batch(batch).map_err(err)
     }
 
     fn flush(&self) -> Result<(), BackendError> {
-        self.db.flush().map(|_| ()).map_err(err)
+        let Some(db) = &self.db else { return Ok(()) };
+        db.flush().map(|_| ()).map_err(err)
     }
 }
 

@@ -1,0 +1,440 @@
+//! End-to-end throughput of the real `waymark` binary against a local page server, side by
+//! side with a plain sequential Rust loop and with the journal switched off; and the
+//! achieved request rate against a rate-limited server.
+//!
+//! `cargo bench --bench e2e` — sizes with `WAYMARK_BENCH_SIZES=200000,2000000` (default),
+//! rate-limited run with `WAYMARK_BENCH_RATE=20` requests/s over `WAYMARK_BENCH_SECONDS=30`.
+//! Needs `/usr/bin/time` (GNU time) for peak RSS. See BENCHMARKS.md.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const PAGE: u64 = 500;
+
+/// Record `id` as JSON, about 400 bytes.
+fn record(id: u64, out: &mut String) {
+    use std::fmt::Write;
+    let r = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let _ = write!(
+        out,
+        r#"{{"id":{id},"updated_at":"2026-01-{:02}T{:02}:{:02}:{:02}.000Z","status":"{}","customer":{{"id":{},"name":"Customer {}","email":"c{}@example.com"}},"currency":"EUR","total_cents":{},"items":[{{"sku":"SKU-{:05}","quantity":{},"unit_price_cents":{}}},{{"sku":"SKU-{:05}","quantity":1,"unit_price_cents":{}}}],"shipping":{{"city":"Lyon","country":"FR","method":"standard"}},"note":"order {id} of the benchmark"}}"#,
+        1 + id / 86_400 % 28,
+        id / 3600 % 24,
+        id / 60 % 60,
+        id % 60,
+        ["pending", "paid", "shipped", "delivered"][(r % 4) as usize],
+        r % 100_000,
+        r % 100_000,
+        r % 100_000,
+        r % 500_000,
+        r % 99_999,
+        1 + r % 4,
+        100 + r % 9_000,
+        (r >> 20) % 99_999,
+        100 + (r >> 30) % 9_000,
+    );
+}
+
+/// Page `k` (from 0) of `n` records: `{"data": [...], "next": "k+1"}`.
+fn page(k: u64, n: u64) -> String {
+    let first = k * PAGE + 1;
+    let last = (first + PAGE - 1).min(n);
+    let mut out = String::with_capacity(PAGE as usize * 420 + 64);
+    out.push_str(r#"{"data":["#);
+    for id in first..=last {
+        if id > first {
+            out.push(',');
+        }
+        record(id, &mut out);
+    }
+    out.push(']');
+    if last < n {
+        out.push_str(&format!(r#","next":"{}""#, k + 1));
+    }
+    out.push('}');
+    out
+}
+
+/// What the page server counts.
+#[derive(Default)]
+struct Counters {
+    served: AtomicU64,
+    refused: AtomicU64,
+    first_request: Mutex<Option<Instant>>,
+}
+
+#[derive(Clone)]
+struct Served {
+    pages: Arc<Vec<bytes::Bytes>>,
+    counters: Arc<Counters>,
+    /// GCRA at `rate` requests a second with a burst of 2: the theoretical arrival time.
+    limit: Option<Arc<Mutex<Instant>>>,
+    rate: u64,
+    /// Records in the dataset (pages are rendered on demand beyond the pre-rendered ones).
+    n: u64,
+}
+
+async fn serve_page(
+    State(s): State<Served>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    {
+        let mut first = s
+            .counters
+            .first_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert_with(Instant::now);
+    }
+    let mut headers = HeaderMap::new();
+    if let Some(limit) = &s.limit {
+        let mut tat = limit.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let interval = Duration::from_secs(1) / s.rate.max(1) as u32;
+        let allowed_at = tat.checked_sub(interval).unwrap_or(now);
+        if now < allowed_at {
+            s.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let wait = (allowed_at - now).as_secs_f64().ceil().max(1.0) as u64;
+            headers.insert("retry-after", HeaderValue::from(wait));
+            return (StatusCode::TOO_MANY_REQUESTS, headers, "slow down").into_response();
+        }
+        *tat = (*tat).max(now) + interval;
+    }
+    let k: u64 = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+    s.counters.served.fetch_add(1, Ordering::Relaxed);
+    let body = match s.pages.get(k as usize) {
+        Some(b) => b.clone(),
+        None => bytes::Bytes::from(page(k, s.n)),
+    };
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    (headers, body).into_response()
+}
+
+/// Serves `n` records as pages of 500 on loopback; pre-renders up to `prerender` pages.
+fn start_server(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    prerender: u64,
+    rate: u64,
+) -> Result<(SocketAddr, Arc<Counters>)> {
+    let pages: Vec<bytes::Bytes> = (0..prerender.min(n.div_ceil(PAGE)))
+        .map(|k| bytes::Bytes::from(page(k, n)))
+        .collect();
+    let counters = Arc::new(Counters::default());
+    let state = Served {
+        pages: Arc::new(pages),
+        counters: counters.clone(),
+        limit: (rate > 0).then(|| Arc::new(Mutex::new(Instant::now()))),
+        rate,
+        n,
+    };
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/items", get(serve_page))
+        .with_state(state);
+    rt.spawn(async move { axum::serve(listener, app).await });
+    Ok((addr, counters))
+}
+
+/// Peak RSS (KiB) and wall time of a command run under `/usr/bin/time -v`.
+fn timed(cmd: Command) -> Result<(Duration, u64)> {
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let mut time = Command::new("/usr/bin/time");
+    time.arg("-v").arg(program).args(args);
+    for (k, v) in envs {
+        match v {
+            Some(v) => time.env(k, v),
+            None => time.env_remove(k),
+        };
+    }
+    let began = Instant::now();
+    let out = time.stdin(Stdio::null()).output()?;
+    let took = began.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("{:?} failed: {stderr}", cmd.get_program()).into());
+    }
+    let rss = stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no RSS in /usr/bin/time output")?;
+    Ok((took, rss))
+}
+
+fn workflow(dir: &Path, addr: SocketAddr, extra_source: &str, page_size: u64) -> Result<PathBuf> {
+    let text = format!(
+        r#"[sync]
+name = "bench"
+audit_keep = "0s"
+
+[source]
+kind = "http"
+base_url = "http://{addr}"
+{extra_source}
+
+[[stream]]
+name = "items"
+path = "/items"
+records = "data"
+primary_key = "id"
+cursor_field = "updated_at"
+page_size = {page_size}
+pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor", limit_param = "limit" }}
+
+[destination]
+kind = "sqlite"
+path = "out.db"
+"#
+    );
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn waymark(dir: &Path, wf: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_waymark"));
+    cmd.arg("run")
+        .arg(wf)
+        .arg("-q")
+        .env("WAYMARK_STATE_DIR", dir.join("state"))
+        .env_remove("WAYMARK_BENCH_UNJOURNALED");
+    cmd
+}
+
+fn rows(db: &Path) -> Result<u64> {
+    let conn = rusqlite::Connection::open(db)?;
+    Ok(conn.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+/// The baseline: fetch a page, upsert it and its checkpoint in one SQLite transaction
+/// (WAL, synchronous=FULL, as Waymark's destination), next page. Runs in a child process
+/// (`e2e baseline <url> <db>`), so its RSS is its own.
+fn baseline(url: &str, db: &Path) -> Result {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::new();
+    let conn = rusqlite::Connection::open(db)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, version TEXT, record TEXT);
+         CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, cursor TEXT);",
+    )?;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client
+            .get(format!("{url}/items"))
+            .query(&[("limit", "500")]);
+        if let Some(c) = &cursor {
+            request = request.query(&[("cursor", c)]);
+        }
+        let body =
+            rt.block_on(async { request.send().await?.error_for_status()?.bytes().await })?;
+        let page: serde_json::Value = serde_json::from_slice(&body)?;
+        let records = page["data"].as_array().ok_or("no data")?;
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO items (key, version, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET version = excluded.version, record = excluded.record
+                 WHERE excluded.version >= items.version",
+            )?;
+            for r in records {
+                upsert.execute((r["id"].to_string(), r["updated_at"].as_str(), r.to_string()))?;
+            }
+        }
+        cursor = page["next"].as_str().map(String::from);
+        tx.execute(
+            "INSERT OR REPLACE INTO checkpoint (id, cursor) VALUES (1, ?1)",
+            [&cursor],
+        )?;
+        tx.commit()?;
+        if cursor.is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// The server's own limit: fetch every page (body read, not parsed), one at a time.
+fn fetch_only(rt: &tokio::runtime::Runtime, url: &str) -> Result<Duration> {
+    let client = reqwest::Client::new();
+    let began = Instant::now();
+    rt.block_on(async {
+        let mut k = 0u64;
+        loop {
+            let body = client
+                .get(format!("{url}/items?limit=500&cursor={k}"))
+                .send()
+                .await?
+                .bytes()
+                .await?;
+            if !body.ends_with(b"]}") {
+                k += 1;
+                continue;
+            }
+            return Ok::<_, Box<dyn std::error::Error + Send + Sync>>(());
+        }
+    })?;
+    Ok(began.elapsed())
+}
+
+struct Row {
+    name: &'static str,
+    took: Duration,
+    rss_kib: u64,
+}
+
+fn throughput(rt: &tokio::runtime::Runtime, n: u64) -> Result<Vec<Row>> {
+    let (addr, _) = start_server(rt, n, 4_000, 0)?;
+    let url = format!("http://{addr}");
+    let mut rows_out = Vec::new();
+    let server = fetch_only(rt, &url)?;
+    rows_out.push(Row {
+        name: "server limit (fetch only)",
+        took: server,
+        rss_kib: 0,
+    });
+    let scratch = std::env::temp_dir().join(format!("waymark-bench-e2e-{}", std::process::id()));
+    for (name, unjournaled) in [
+        ("plain Rust loop", None),
+        ("waymark", Some(false)),
+        ("waymark, journal off", Some(true)),
+    ] {
+        let dir = scratch.join(name.replace([' ', ',', '(', ')'], "_"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let db = dir.join("out.db");
+        let (took, rss) = match unjournaled {
+            None => {
+                let mut cmd = Command::new(std::env::current_exe()?);
+                cmd.arg("baseline").arg(&url).arg(&db);
+                timed(cmd)?
+            }
+            Some(off) => {
+                let wf = workflow(&dir, addr, "", PAGE)?;
+                let mut cmd = waymark(&dir, &wf);
+                if off {
+                    cmd.env("WAYMARK_BENCH_UNJOURNALED", "1");
+                }
+                timed(cmd)?
+            }
+        };
+        let got = rows(&db)?;
+        if got != n {
+            return Err(format!("{name}: {got} rows, expected {n}").into());
+        }
+        rows_out.push(Row {
+            name,
+            took,
+            rss_kib: rss,
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(rows_out)
+}
+
+/// Against a server allowing `rate` requests a second (429 + Retry-After beyond, quota
+/// headers on every answer), a run of `seconds`: achieved page rate over `rate`.
+fn rate_limited(rt: &tokio::runtime::Runtime, rate: u64, seconds: u64) -> Result<(f64, u64, u64)> {
+    let n = rate * seconds * 4 * 20;
+    let (addr, counters) = start_server(rt, n, 0, rate)?;
+    let dir = std::env::temp_dir().join(format!("waymark-bench-rate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let budget = format!("rate_limit = {{ requests = {rate}, per = \"1s\" }}");
+    let wf = workflow(&dir, addr, &budget, 20)?;
+    let mut cmd = waymark(&dir, &wf);
+    cmd.arg("--max-duration").arg(format!("{seconds}s"));
+    let out = cmd.output()?;
+    let first = counters
+        .first_request
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or("no request")?;
+    let span = first.elapsed().as_secs_f64().min(seconds as f64 + 1.0);
+    let served = counters.served.load(Ordering::Relaxed);
+    let refused = counters.refused.load(Ordering::Relaxed);
+    if !matches!(out.status.code(), Some(0 | 3)) {
+        return Err(format!("rate-limited run: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((served as f64 / span / rate as f64, served, refused))
+}
+
+fn main() -> Result {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("baseline") {
+        let (url, db) = (args.get(2).ok_or("url")?, args.get(3).ok_or("db")?);
+        return baseline(url, Path::new(db));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let sizes: Vec<u64> = std::env::var("WAYMARK_BENCH_SIZES")
+        .unwrap_or_else(|_| "200000,2000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!("| records | run | time | records/s | vs plain loop | peak RSS |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for n in sizes {
+        let rows = throughput(&rt, n)?;
+        let base = rows
+            .iter()
+            .find(|r| r.name == "plain Rust loop")
+            .map_or(Duration::from_secs(1), |r| r.took);
+        for r in &rows {
+            println!(
+                "| {n} | {} | {:.1} s | {:.0} | {:.2}× | {} |",
+                r.name,
+                r.took.as_secs_f64(),
+                n as f64 / r.took.as_secs_f64(),
+                base.as_secs_f64() / r.took.as_secs_f64(),
+                match r.rss_kib {
+                    0 => "-".to_string(),
+                    k => format!("{:.1} MiB", k as f64 / 1024.0),
+                }
+            );
+        }
+    }
+    let rate = std::env::var("WAYMARK_BENCH_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seconds = std::env::var("WAYMARK_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    if rate > 0 {
+        let (fraction, served, refused) = rate_limited(&rt, rate, seconds)?;
+        println!(
+            "\nrate-limited: {served} pages in {seconds} s at {rate} req/s allowed: {:.1}% of the allowed rate, {refused} requests refused (429)",
+            fraction * 100.0
+        );
+    }
+    Ok(())
+}
