@@ -18,10 +18,21 @@ use waymark_engine::{Checkpoint, WriteAck};
 use crate::columns::Cell;
 use crate::upsert::{plan, replayed, Binding, Op, Stored};
 
-/// One stream's table in a SQLite database.
+/// One stream's table in a SQLite database. Writes run on a blocking thread, so the
+/// driver fetches the next page meanwhile.
 pub struct SqliteDestination {
+    /// `None` only while a write holds it on its thread (or after that thread died).
+    table: Option<Table>,
+}
+
+/// The connection and the rules of one stream's table.
+struct Table {
     conn: Connection,
     binding: Binding,
+}
+
+fn lost() -> destination::Error {
+    destination::Error("the SQLite connection was lost with a failed write".into())
 }
 
 fn fail(context: &str) -> impl Fn(rusqlite::Error) -> destination::Error + '_ {
@@ -97,9 +108,30 @@ impl SqliteDestination {
                 tracing::info!("{table}: added column {name} ({kind})");
             }
         }
-        Ok(SqliteDestination { conn, binding })
+        Ok(SqliteDestination {
+            table: Some(Table { conn, binding }),
+        })
     }
 
+    fn table(&self) -> Result<&Table, destination::Error> {
+        self.table.as_ref().ok_or_else(lost)
+    }
+
+    /// Writes a batch on the calling thread.
+    pub fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+        self.table.as_mut().ok_or_else(lost)?.write_batch(batch)
+    }
+
+    /// Every row of the stream's table, as `each(key, stored)`, streamed.
+    pub fn scan(
+        &self,
+        each: &mut dyn FnMut(String, Stored) -> Result<(), destination::Error>,
+    ) -> Result<(), destination::Error> {
+        self.table()?.scan(each)
+    }
+}
+
+impl Table {
     fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
         let b = &self.binding;
         let tx = self
@@ -268,9 +300,8 @@ impl SqliteDestination {
     }
 }
 
-impl SqliteDestination {
-    /// Every row of the stream's table, as `each(key, stored)`, streamed.
-    pub fn scan(
+impl Table {
+    fn scan(
         &self,
         each: &mut dyn FnMut(String, Stored) -> Result<(), destination::Error>,
     ) -> Result<(), destination::Error> {
@@ -391,15 +422,37 @@ fn sql_value(cell: &Cell) -> SqlValue {
 
 impl Destination for SqliteDestination {
     async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
-        self.write_batch(batch)
+        let mut table = self.table.take().ok_or_else(lost)?;
+        // On a blocking thread, with the batch copied there (a page's records, once).
+        let (run_id, page) = (batch.run_id, batch.page);
+        let records = batch.records.to_vec();
+        let checkpoint = batch.checkpoint.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let ack = table.write_batch(Batch {
+                run_id,
+                page,
+                records: &records,
+                checkpoint: &checkpoint,
+            });
+            (table, ack)
+        })
+        .await;
+        match done {
+            Ok((table, ack)) => {
+                self.table = Some(table);
+                ack
+            }
+            Err(e) => Err(destination::Error(format!("the SQLite write failed: {e}"))),
+        }
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
-        let stored: Option<String> = self
+        let t = self.table()?;
+        let stored: Option<String> = t
             .conn
             .query_row(
                 "SELECT checkpoint FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
-                params![self.binding.sync, self.binding.stream],
+                params![t.binding.sync, t.binding.stream],
                 |row| row.get(0),
             )
             .optional()
@@ -503,8 +556,10 @@ mod tests {
         }
 
         fn rows(&self) -> Vec<(String, String, Option<String>)> {
-            let mut stmt = match self
-                .orders
+            let Ok(table) = self.orders.table() else {
+                return Vec::new();
+            };
+            let mut stmt = match table
                 .conn
                 .prepare("SELECT key, version, deleted_at FROM orders ORDER BY key")
             {

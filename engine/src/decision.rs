@@ -85,6 +85,25 @@ pub fn decide(state: &RunState, budget: &Budget) -> Action {
     }
 }
 
+/// The fetch that may run *ahead*, while the one pending page is written and committed:
+/// the driver's pipelining. At most one page ahead, never past the last page, only when
+/// the budget would allow that fetch next anyway. Its `PageFetched` is journaled after the
+/// pending page's `BatchWritten` and made durable with that page's commit, so the page is
+/// still written only once its fetch is durable, and pages are written and committed in
+/// order. Pure.
+pub fn lookahead(state: &RunState, budget: &Budget) -> Option<Action> {
+    let ahead_ok = state.status == Status::Running
+        && state.pending.len() == 1
+        && !state.exhausted()
+        && !budget.interrupted
+        && !budget.out_of_time
+        && budget.pages_left != Some(0);
+    ahead_ok.then(|| Action::Fetch {
+        page: state.next_page(),
+        cursor: state.fetch_cursor().cloned(),
+    })
+}
+
 /// How failed requests are retried: exponential backoff with full jitter, bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -224,6 +243,57 @@ mod tests {
         out_of_time: false,
         interrupted: false,
     };
+
+    #[test]
+    fn looks_one_page_ahead_only_while_one_page_is_pending_and_the_budget_allows() {
+        let next = Some(Action::Fetch {
+            page: 2,
+            cursor: Some("c1".into()),
+        });
+        assert_eq!(lookahead(&state(&[]), &NONE), None, "nothing pending");
+        let one = state(&[fetched(1, Some("c1"))]);
+        assert_eq!(lookahead(&one, &NONE), next);
+        let written = Event::BatchWritten {
+            page: 1,
+            ack: WriteAck::default(),
+            at: Timestamp(3),
+        };
+        let one_written = state(&[fetched(1, Some("c1")), written.clone()]);
+        assert_eq!(lookahead(&one_written, &NONE), next);
+        let two = state(&[fetched(1, Some("c1")), written, fetched(2, Some("c2"))]);
+        assert_eq!(lookahead(&two, &NONE), None, "one page ahead at most");
+        assert_eq!(
+            lookahead(&state(&[fetched(1, None)]), &NONE),
+            None,
+            "the last page"
+        );
+        for budget in [
+            Budget {
+                pages_left: Some(0),
+                ..NONE
+            },
+            Budget {
+                out_of_time: true,
+                ..NONE
+            },
+            Budget {
+                interrupted: true,
+                ..NONE
+            },
+        ] {
+            assert_eq!(lookahead(&one, &budget), None, "{budget:?}");
+        }
+        assert_eq!(
+            lookahead(
+                &one,
+                &Budget {
+                    pages_left: Some(1),
+                    ..NONE
+                }
+            ),
+            next
+        );
+    }
 
     #[test]
     fn chooses_fetch_write_commit_complete_in_order() {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::checkpoint::Checkpoint;
-use crate::decision::{decide, on_fetch_failure, Action, Budget, RetryPolicy};
+use crate::decision::{decide, lookahead, on_fetch_failure, Action, Budget, RetryPolicy};
 use crate::destination::{self, Batch, Destination};
 use crate::event::{Event, PageFetched, RunId, RunStarted, StartFrom};
 use crate::journal::{self, Backend, Journal};
@@ -366,6 +366,9 @@ where
     let mut fetched = 0u64;
     let mut jitter = Jitter(settings.jitter_seed);
     let run = state.run_id();
+    // The page fetched ahead (pipelining), and its failure if it failed.
+    let mut ahead_page = 0;
+    let mut failed_ahead: Option<(u64, crate::source::Error)> = None;
     loop {
         let time_left = settings
             .max_duration
@@ -376,7 +379,11 @@ where
             interrupted: stop.load(Ordering::SeqCst),
         };
         let action = decide(&state, &budget);
-        let event = match &action {
+        // The events this step journals; a fetched-ahead page's are appended unflushed
+        // (`defer`), made durable by the commit that follows.
+        let mut events: Vec<Event> = Vec::with_capacity(3);
+        let mut defer = 0..0;
+        match &action {
             Action::Stop => return Ok(state),
             Action::Fetch { page, cursor } => {
                 let request = PageRequest {
@@ -386,37 +393,23 @@ where
                 };
                 // A fetch has no effect until its page is journaled, so a stop request
                 // abandons it (a hung request never delays a pause); `decide` then pauses.
-                let fetched_page = tokio::select! {
-                    biased;
-                    () = stop_requested(stop) => continue,
-                    result = source.fetch(request) => result,
+                // A fetch ahead that failed counts as this fetch's attempt (journaled now,
+                // in order, with its wait), never as a silent extra request.
+                let failed = failed_ahead.take().filter(|(p, _)| p == page);
+                let fetched_page = match failed {
+                    Some((_, e)) => Err(e),
+                    None => tokio::select! {
+                        biased;
+                        () = stop_requested(stop) => continue,
+                        result = fetch_and_stage(source, staging, run, request, clock) => result?,
+                    },
                 };
                 match fetched_page {
-                    Ok(fetched_page) => {
-                        if let Some(ignored) = fetched_page.ignored {
-                            let note = Event::PageIgnored {
-                                page: *page,
-                                status: ignored.status,
-                                rule: ignored.rule,
-                                reason: ignored.reason,
-                                at: clock.now(),
-                            };
-                            state = journal.append(state, &note)?;
-                            observe(&state, &note);
-                        }
-                        let staged = staging.stage(run, *page, &fetched_page.records)?;
+                    Ok(recorded) => {
                         fetched += 1;
-                        Event::PageFetched(PageFetched {
-                            page: *page,
-                            request_cursor: cursor.clone(),
-                            next_cursor: fetched_page.next_cursor,
-                            records: fetched_page.records.len() as u64,
-                            bytes: staged.bytes,
-                            checksum: staged.checksum,
-                            at: clock.now(),
-                        })
+                        events.extend(recorded);
                     }
-                    Err(e) => on_fetch_failure(
+                    Err(e) => events.push(on_fetch_failure(
                         &state,
                         *page,
                         &e,
@@ -424,7 +417,7 @@ where
                         jitter.next(),
                         time_left,
                         clock.now(),
-                    ),
+                    )),
                 }
             }
             Action::Write { page } => {
@@ -451,44 +444,126 @@ where
                     records: &records,
                     checkpoint: &checkpoint,
                 };
-                match destination.write(batch).await {
-                    Ok(ack) => Event::BatchWritten {
-                        page: *page,
-                        ack,
-                        at: clock.now(),
-                    },
-                    Err(e) => Event::RunFailed {
+                // Pipelining: the next page is fetched and staged while this one is written.
+                let (written, ahead) = match lookahead(&state, &budget) {
+                    Some(Action::Fetch { page: next, cursor }) => {
+                        ahead_page = next;
+                        let request = PageRequest {
+                            page: next,
+                            cursor: cursor.as_deref(),
+                            window: state.window(),
+                        };
+                        // A stop request drops the fetch ahead (a hung request never delays
+                        // the pause); the write always finishes.
+                        let ahead = async {
+                            tokio::select! {
+                                biased;
+                                () = stop_requested(stop) => None,
+                                result = fetch_and_stage(source, staging, run, request, clock) => {
+                                    Some(result)
+                                }
+                            }
+                        };
+                        let (written, ahead) = tokio::join!(destination.write(batch), ahead);
+                        (written, Some(ahead))
+                    }
+                    _ => (destination.write(batch).await, None),
+                };
+                match written {
+                    Ok(ack) => {
+                        events.push(Event::BatchWritten {
+                            page: *page,
+                            ack,
+                            at: clock.now(),
+                        });
+                        match ahead {
+                            Some(Some(Ok(Ok(recorded)))) => {
+                                fetched += 1;
+                                defer = events.len()..events.len() + recorded.len();
+                                events.extend(recorded);
+                            }
+                            Some(Some(Ok(Err(e)))) => failed_ahead = Some((ahead_page, e)),
+                            // Staging ahead failed (the disk): the page is fetched again in
+                            // turn, where a second failure stops the run.
+                            Some(Some(Err(e))) => {
+                                tracing::warn!(run = %run, "staging a page ahead failed: {e}");
+                            }
+                            Some(None) | None => {}
+                        }
+                    }
+                    Err(e) => events.push(Event::RunFailed {
                         error: format!("destination refused page {page}: {e}"),
                         at: clock.now(),
-                    },
+                    }),
                 }
             }
-            Action::Commit { page } => Event::CursorCommitted {
+            Action::Commit { page } => events.push(Event::CursorCommitted {
                 page: *page,
                 at: clock.now(),
-            },
-            Action::Complete => Event::RunCompleted { at: clock.now() },
-            Action::Pause(reason) => Event::RunPaused {
+            }),
+            Action::Complete => events.push(Event::RunCompleted { at: clock.now() }),
+            Action::Pause(reason) => events.push(Event::RunPaused {
                 reason: reason.clone(),
                 at: clock.now(),
-            },
+            }),
         };
-        state = journal.append(state, &event)?;
-        tracing::debug!(run = %run, seq = state.last_seq, step = event.name(), "journaled");
-        observe(&state, &event);
-        match &event {
-            Event::CursorCommitted { page, .. } => staging.remove(run, *page)?,
-            Event::RequestRetried { wait_ms, .. } => {
-                // A stop request cuts the wait short; `decide` then pauses.
-                tokio::select! {
-                    () = clock.sleep(Duration::from_millis(*wait_ms)) => {}
-                    () = stop_requested(stop) => {}
+        for (i, event) in events.iter().enumerate() {
+            state = match defer.contains(&i) {
+                true => journal.append_unflushed(state, event)?,
+                false => journal.append(state, event)?,
+            };
+            tracing::debug!(run = %run, seq = state.last_seq, step = event.name(), "journaled");
+            observe(&state, event);
+            match event {
+                Event::CursorCommitted { page, .. } => staging.remove(run, *page)?,
+                Event::RequestRetried { wait_ms, .. } => {
+                    // A stop request cuts the wait short; `decide` then pauses.
+                    tokio::select! {
+                        () = clock.sleep(Duration::from_millis(*wait_ms)) => {}
+                        () = stop_requested(stop) => {}
+                    }
                 }
+                _ if state.status == Status::Completed => staging.remove_run(run)?,
+                _ => {}
             }
-            _ if state.status == Status::Completed => staging.remove_run(run)?,
-            _ => {}
         }
     }
+}
+
+/// Fetches a page and stages its records: the events that record it (an ignored
+/// response's note, then `PageFetched`), or the fetch's failure. Nothing is journaled here.
+async fn fetch_and_stage<S: Source>(
+    source: &mut S,
+    staging: &Staging,
+    run: RunId,
+    request: PageRequest<'_>,
+    clock: &dyn Clock,
+) -> Result<Result<Vec<Event>, crate::source::Error>, Error> {
+    let fetched = match source.fetch(request).await {
+        Ok(fetched) => fetched,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut events = Vec::with_capacity(2);
+    if let Some(ignored) = fetched.ignored {
+        events.push(Event::PageIgnored {
+            page: request.page,
+            status: ignored.status,
+            rule: ignored.rule,
+            reason: ignored.reason,
+            at: clock.now(),
+        });
+    }
+    let staged = staging.stage(run, request.page, &fetched.records)?;
+    events.push(Event::PageFetched(PageFetched {
+        page: request.page,
+        request_cursor: request.cursor.map(str::to_string),
+        next_cursor: fetched.next_cursor,
+        records: fetched.records.len() as u64,
+        bytes: staged.bytes,
+        checksum: staged.checksum,
+        at: clock.now(),
+    }));
+    Ok(Ok(events))
 }
 
 /// Resolves once a stop is requested.

@@ -11,6 +11,7 @@ use serde_json::json;
 use waymark_connectors::upsert::{plan, Binding, Op};
 use waymark_connectors::workflow::parse_scope;
 use waymark_connectors::Workflow;
+use waymark_engine::decision::lookahead;
 use waymark_engine::{decide, Action, Budget, Event, RunState};
 
 use super::run::{find_run, open_state};
@@ -89,9 +90,22 @@ pub fn run(state_dir: &Path, args: ReplayArgs) -> anyhow::Result<ExitStatus> {
             };
             decide(&running, &Budget::default())
         });
+        // A page fetched ahead while the pending one was written (pipelining) is journaled
+        // right after that page's `BatchWritten`.
+        let ahead = state.as_ref().and_then(|s| {
+            let running = RunState {
+                status: waymark_engine::Status::Running,
+                ..s.clone()
+            };
+            lookahead(&running, &Budget::default())
+        });
         let ok = match (&decided, &event) {
             (None, _) | (_, Event::RunStarted(_)) => true,
-            (Some(action), e) => fits(action, e),
+            (Some(action), e) => {
+                fits(action, e)
+                    || matches!(e, Event::PageFetched(_) | Event::PageIgnored { .. })
+                        && ahead.as_ref().is_some_and(|a| fits(a, e))
+            }
         };
         if !ok {
             mismatches += 1;

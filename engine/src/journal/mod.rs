@@ -207,6 +207,17 @@ impl<B: Backend> Journal<B> {
     /// event, the new head and (for a commit) the stream checkpoint are written atomically,
     /// and flushed when [`Event::needs_flush`] says so.
     pub fn append(&mut self, state: RunState, event: &Event) -> Result<RunState, Error> {
+        let next = self.append_unflushed(state, event)?;
+        if event.needs_flush() {
+            self.backend.flush()?;
+        }
+        Ok(next)
+    }
+
+    /// Like [`append`](Self::append) but never flushes: the caller makes the entry durable
+    /// with its next flushing append before acting on it (the driver journals a fetched-ahead
+    /// page this way, made durable by the commit of the page before it).
+    pub fn append_unflushed(&mut self, state: RunState, event: &Event) -> Result<RunState, Error> {
         let run = state.run_id();
         let checkpoint = match event {
             Event::CursorCommitted { page, at } => state.checkpoint_after(*page, *at),
@@ -244,9 +255,6 @@ impl<B: Backend> Journal<B> {
             ops.extend(self.history_ops(b'k', sync, stream, &change)?);
         }
         self.backend.commit(ops)?;
-        if event.needs_flush() {
-            self.backend.flush()?;
-        }
         Ok(next)
     }
 
