@@ -73,6 +73,7 @@ struct Counters {
     served: AtomicU64,
     refused: AtomicU64,
     first_request: Mutex<Option<Instant>>,
+    last_served: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone)]
@@ -114,6 +115,10 @@ async fn serve_page(
     }
     let k: u64 = q.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
     s.counters.served.fetch_add(1, Ordering::Relaxed);
+    *s.counters
+        .last_served
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     let body = match s.pages.get(k as usize) {
         Some(b) => b.clone(),
         None => bytes::Bytes::from(page(k, s.n)),
@@ -359,7 +364,7 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64) -> Result<Vec<Row>> {
 /// Against a server allowing `rate` requests a second (429 + Retry-After beyond, quota
 /// headers on every answer), a run of `seconds`: achieved page rate over `rate`.
 fn rate_limited(rt: &tokio::runtime::Runtime, rate: u64, seconds: u64) -> Result<(f64, u64, u64)> {
-    let n = rate * seconds * 4 * 20;
+    let n = rate * seconds * 2 * PAGE;
     let (addr, counters) = start_server(rt, n, 0, rate)?;
     let dir = std::env::temp_dir().join(format!("waymark-bench-rate-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -374,14 +379,202 @@ fn rate_limited(rt: &tokio::runtime::Runtime, rate: u64, seconds: u64) -> Result
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .ok_or("no request")?;
-    let span = first.elapsed().as_secs_f64().min(seconds as f64 + 1.0);
+    let last = counters
+        .last_served
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .ok_or("nothing served")?;
     let served = counters.served.load(Ordering::Relaxed);
+    // Requests after the first, over the time from the first to the last.
+    let span = last.duration_since(first).as_secs_f64().max(1e-3);
     let refused = counters.refused.load(Ordering::Relaxed);
     if !matches!(out.status.code(), Some(0 | 3)) {
         return Err(format!("rate-limited run: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok((served as f64 / span / rate as f64, served, refused))
+    Ok((
+        served.saturating_sub(1) as f64 / span / rate as f64,
+        served,
+        refused,
+    ))
+}
+
+/// A state directory with an unfinished run of `steps` journaled steps of the bench
+/// workflow (pages, and retries between them), resumable against the page server.
+fn long_run(dir: &Path, wf: &Path, steps: u64) -> Result<()> {
+    use waymark_engine::{Event, PageFetched, RunId, RunStarted, StartFrom, Timestamp, Window};
+    let workflow = waymark_connectors::Workflow::load(wf)?;
+    let plan = workflow.plan(&workflow.streams()[0], false);
+    let at = Timestamp(1_800_000_000_000);
+    let mut state_dir = waymark_engine::StateDir::open(&dir.join("state"), "bench")?;
+    let journal = state_dir.journal_mut();
+    let mut s = journal.start(
+        RunStarted {
+            run_id: RunId::new(),
+            sync: plan.sync.clone(),
+            stream: plan.stream.clone(),
+            workflow_digest: plan.workflow_digest.clone(),
+            workflow_path: plan.workflow_path.clone(),
+            window: Window {
+                start: None,
+                end: at,
+            },
+            start_cursor: None,
+            start_from: StartFrom::Beginning,
+            at,
+        },
+        &plan.fingerprint,
+    )?;
+    let mut page = 0u64;
+    while s.last_seq < steps {
+        if s.last_seq % 100 == 1 {
+            page += 1;
+            for event in [
+                Event::PageFetched(PageFetched {
+                    page,
+                    request_cursor: (page > 1).then(|| (page - 1).to_string()),
+                    next_cursor: Some(page.to_string()),
+                    records: 0,
+                    bytes: 0,
+                    checksum: 0,
+                    at,
+                }),
+                Event::BatchWritten {
+                    page,
+                    ack: Default::default(),
+                    at,
+                },
+                Event::CursorCommitted { page, at },
+            ] {
+                s = journal.append_unflushed(s, &event)?;
+            }
+        } else {
+            let retry = Event::RequestRetried {
+                page: page + 1,
+                attempt: 1,
+                error: "HTTP 503".into(),
+                status: Some(503),
+                rule: None,
+                wait_ms: 1,
+                at,
+            };
+            s = journal.append_unflushed(s, &retry)?;
+            s.attempts = 0;
+        }
+    }
+    journal.flush()?;
+    Ok(())
+}
+
+/// Adds `runs` finished runs (of another stream) to a state directory.
+fn history(dir: &Path, runs: u64) -> Result<()> {
+    use waymark_engine::{Event, RunId, RunStarted, StartFrom, Timestamp, Window};
+    let at = Timestamp(1_800_000_000_000);
+    let mut state_dir = waymark_engine::StateDir::open(&dir.join("state"), "bench")?;
+    let journal = state_dir.journal_mut();
+    for _ in 0..runs {
+        let s = journal.start(
+            RunStarted {
+                run_id: RunId::new(),
+                sync: "bench".into(),
+                stream: "finished".into(),
+                workflow_digest: "d".into(),
+                workflow_path: "w".into(),
+                window: Window {
+                    start: None,
+                    end: at,
+                },
+                start_cursor: None,
+                start_from: StartFrom::Beginning,
+                at,
+            },
+            &[],
+        )?;
+        let mut s = s;
+        for event in [
+            Event::PageFetched(waymark_engine::PageFetched {
+                page: 1,
+                request_cursor: None,
+                next_cursor: None,
+                records: 0,
+                bytes: 0,
+                checksum: 0,
+                at,
+            }),
+            Event::BatchWritten {
+                page: 1,
+                ack: Default::default(),
+                at,
+            },
+            Event::CursorCommitted { page: 1, at },
+            Event::RunCompleted { at },
+        ] {
+            s = journal.append_unflushed(s, &event)?;
+        }
+    }
+    journal.flush()?;
+    Ok(())
+}
+
+/// Time from process start to the first request of a resumed run, after a SIGKILL.
+fn resume_latency(rt: &tokio::runtime::Runtime, steps: u64) -> Result<Vec<(u64, Duration)>> {
+    let (addr, counters) = start_server(rt, u64::MAX / 2, 0, 0)?;
+    let base = std::env::temp_dir().join(format!("waymark-bench-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let template = base.join("template");
+    std::fs::create_dir_all(&template)?;
+    let wf = workflow(&template, addr, "", PAGE)?;
+    let built = Instant::now();
+    long_run(&template, &wf, steps)?;
+    eprintln!(
+        "resume: a run of {steps} steps journaled in {:.1}s",
+        built.elapsed().as_secs_f64()
+    );
+    let mut out = Vec::new();
+    for runs in [1, 1_000, 10_000] {
+        let dir = base.join(format!("h{runs}"));
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg(&template)
+            .arg(&dir)
+            .status()?;
+        if !copied.success() {
+            return Err("cp -r failed".into());
+        }
+        history(&dir, runs)?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            *counters
+                .first_request
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+            let began = Instant::now();
+            let mut child = waymark(&dir, &dir.join("bench.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            let first = loop {
+                if let Some(t) = *counters
+                    .first_request
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                {
+                    break t;
+                }
+                if began.elapsed() > Duration::from_secs(60) {
+                    return Err("no request within 60 s of a resume".into());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            child.kill()?;
+            child.wait()?;
+            times.push(first.duration_since(began));
+        }
+        times.sort();
+        out.push((runs, times[times.len() / 2]));
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(out)
 }
 
 fn main() -> Result {
@@ -418,6 +611,20 @@ fn main() -> Result {
                     0 => "-".to_string(),
                     k => format!("{:.1} MiB", k as f64 / 1024.0),
                 }
+            );
+        }
+    }
+    let steps = std::env::var("WAYMARK_BENCH_RESUME_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    if steps > 0 {
+        println!("\n| finished runs in the state dir | current run | process start → first fetch (median of 5) |");
+        println!("|---:|---:|---:|");
+        for (runs, took) in resume_latency(&rt, steps)? {
+            println!(
+                "| {runs} | {steps} steps | {:.0} ms |",
+                took.as_secs_f64() * 1e3
             );
         }
     }

@@ -122,10 +122,15 @@ impl Gate {
                 let mut budget = self.lock();
                 match budget.wait(now, self.limit) {
                     None => {
+                        let before = budget.clone();
                         budget.take(now, self.limit);
-                        let snapshot = budget.clone();
+                        // Saved only when it changed (not on every request of an API
+                        // without a budget).
+                        let changed = (*budget != before).then(|| budget.clone());
                         drop(budget);
-                        self.save(&snapshot);
+                        if let Some(snapshot) = changed {
+                            self.save(&snapshot);
+                        }
                         return Ok(());
                     }
                     Some(wait) => wait,
