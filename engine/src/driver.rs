@@ -369,6 +369,7 @@ where
     // The page fetched ahead (pipelining), and its failure if it failed.
     let mut ahead_page = 0;
     let mut failed_ahead: Option<(u64, crate::source::Error)> = None;
+    let mut kept: Option<Kept> = None;
     loop {
         let time_left = settings
             .max_duration
@@ -405,9 +406,10 @@ where
                     },
                 };
                 match fetched_page {
-                    Ok(recorded) => {
+                    Ok(page) => {
                         fetched += 1;
-                        events.extend(recorded);
+                        events.extend(page.events);
+                        kept = Some(page.kept);
                     }
                     Err(e) => events.push(on_fetch_failure(
                         &state,
@@ -437,7 +439,13 @@ where
                         },
                     }));
                 };
-                let records = staging.read(run, *page, pending.fetched.checksum)?;
+                // The records as staged by this process, else (a resume) read back.
+                let records = match kept.take() {
+                    Some(k) if k.page == *page && k.checksum == pending.fetched.checksum => {
+                        k.records
+                    }
+                    _ => staging.read(run, *page, pending.fetched.checksum)?,
+                };
                 let batch = Batch {
                     run_id: run,
                     page: *page,
@@ -477,10 +485,11 @@ where
                             at: clock.now(),
                         });
                         match ahead {
-                            Some(Some(Ok(Ok(recorded)))) => {
+                            Some(Some(Ok(Ok(ahead)))) => {
                                 fetched += 1;
-                                defer = events.len()..events.len() + recorded.len();
-                                events.extend(recorded);
+                                defer = events.len()..events.len() + ahead.events.len();
+                                events.extend(ahead.events);
+                                kept = Some(ahead.kept);
                             }
                             Some(Some(Ok(Err(e)))) => failed_ahead = Some((ahead_page, e)),
                             // Staging ahead failed (the disk): the page is fetched again in
@@ -538,7 +547,7 @@ async fn fetch_and_stage<S: Source>(
     run: RunId,
     request: PageRequest<'_>,
     clock: &dyn Clock,
-) -> Result<Result<Vec<Event>, crate::source::Error>, Error> {
+) -> Result<Result<Fetched, crate::source::Error>, Error> {
     let fetched = match source.fetch(request).await {
         Ok(fetched) => fetched,
         Err(e) => return Ok(Err(e)),
@@ -563,7 +572,28 @@ async fn fetch_and_stage<S: Source>(
         checksum: staged.checksum,
         at: clock.now(),
     }));
-    Ok(Ok(events))
+    Ok(Ok(Fetched {
+        events,
+        kept: Kept {
+            page: request.page,
+            checksum: staged.checksum,
+            records: fetched.records,
+        },
+    }))
+}
+
+/// A fetched and staged page: the events that record it, and its records.
+struct Fetched {
+    events: Vec<Event>,
+    kept: Kept,
+}
+
+/// The records of the page this process staged last, so writing it does not read the
+/// staged file back (a resumed run does).
+struct Kept {
+    page: u64,
+    checksum: u32,
+    records: Vec<String>,
 }
 
 /// Resolves once a stop is requested.
