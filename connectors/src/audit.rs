@@ -136,6 +136,9 @@ impl Audit {
                     .map_err(|e| destination::Error(format!("{}: {e}", dir.display())))?;
             }
             let conn = Connection::open(&self.path).map_err(fail)?;
+            // Another handle of this process (a repair's binding, a test) may be writing.
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(fail)?;
             // Advisory data, rewritten by any replay: speed over durability.
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(fail)?;

@@ -27,14 +27,44 @@ pub fn scalar(value: &Value) -> Option<String> {
 /// A record's key from one path (its scalar) or several (a JSON array of their scalars);
 /// `None` when a part is missing or not a scalar.
 pub fn key_of(value: &Value, paths: &[String]) -> Option<String> {
+    key_by(paths, |p| lookup(value, p).and_then(scalar))
+}
+
+/// [`key_of`] over any way of reading a path's scalar.
+pub fn key_by(paths: &[String], scalar_at: impl Fn(&str) -> Option<String>) -> Option<String> {
     match paths {
-        [one] => lookup(value, one).and_then(scalar),
+        [one] => scalar_at(one),
         many => {
-            let parts: Option<Vec<String>> = many
-                .iter()
-                .map(|p| lookup(value, p).and_then(scalar))
-                .collect();
+            let parts: Option<Vec<String>> = many.iter().map(|p| scalar_at(p)).collect();
             serde_json::to_string(&parts?).ok()
+        }
+    }
+}
+
+/// A record read only as far as it is asked: its top-level fields as raw JSON, each parsed
+/// when a path reaches it. Reading a key and a version this way allocates no tree for the
+/// rest of the record (the write path's hot spot).
+pub struct Fields<'a> {
+    top: std::collections::HashMap<&'a str, &'a serde_json::value::RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    /// The record's top-level fields; `None` when it is not a JSON object, or has a key
+    /// with escapes (read it as a [`Value`] then).
+    pub fn parse(record: &'a str) -> Option<Self> {
+        serde_json::from_str(record).ok().map(|top| Fields { top })
+    }
+
+    /// The value at a dotted path.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        let (head, rest) = match path.split_once('.') {
+            Some((head, rest)) => (head, Some(rest)),
+            None => (path, None),
+        };
+        let value: Value = serde_json::from_str(self.top.get(head)?.get()).ok()?;
+        match rest {
+            None => Some(value),
+            Some(rest) => lookup(&value, rest).cloned(),
         }
     }
 }
@@ -57,6 +87,35 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_read_paths_like_a_value() {
+        let text = r#"{"id":7,"c":{"k":"x"},"l":[1,{"z":true}],"s":"a\"b"}"#;
+        let v: Value = serde_json::from_str(text).unwrap_or_default();
+        let f = Fields::parse(text);
+        assert!(f.is_some());
+        if let Some(f) = f {
+            for path in [
+                "id",
+                "c.k",
+                "l.1.z",
+                "s",
+                "c",
+                "missing",
+                "c.missing",
+                "id.x",
+            ] {
+                assert_eq!(f.get(path), lookup(&v, path).cloned(), "{path}");
+            }
+            let paths = ["c.k".to_string(), "id".to_string()];
+            assert_eq!(
+                key_by(&paths, |p| f.get(p).as_ref().and_then(scalar)),
+                key_of(&v, &paths)
+            );
+        }
+        assert!(Fields::parse("[1]").is_none());
+        assert!(Fields::parse("{\"a\\u0062\":1}").is_none(), "escaped keys");
+    }
 
     #[test]
     fn looks_up_paths_and_compares_versions() {

@@ -497,9 +497,10 @@ mod tests {
                 "shop",
                 stream,
             ),
-            audit: crate::audit::Audit::new(
-                &std::env::temp_dir().join(format!("waymark-sqlite-audit-{}", std::process::id())),
-            ),
+            audit: crate::audit::Audit::new(&std::env::temp_dir().join(format!(
+                "waymark-sqlite-audit-{}-{stream}-{hard}",
+                std::process::id()
+            ))),
             busy_timeout: std::time::Duration::from_millis(100),
             repair: false,
         }
@@ -623,6 +624,7 @@ mod tests {
         assert_eq!(db.rows(), vec![("3".into(), "30".into(), None)]);
         let remembered: Vec<(String, String)> = db
             .orders
+            .table()?
             .conn
             .prepare("SELECT key, version FROM _waymark_tombstones ORDER BY key")
             .and_then(|mut s| {

@@ -15,7 +15,7 @@ use waymark_engine::WriteAck;
 use crate::audit::{Audit, Outcome, Seen};
 use crate::columns::{Cell, Columns};
 use crate::dead_letters::{DeadLetter, DeadLetters};
-use crate::record::{compare_versions, key_of, lookup, scalar};
+use crate::record::{compare_versions, key_by, key_of, lookup, scalar, Fields};
 use crate::workflow::{DeleteMode, RecordFilter, StreamSection, Workflow};
 
 /// Where one stream's records go and by which rules.
@@ -86,13 +86,18 @@ impl Binding {
     /// Whether the record is a deletion: the stream is a deletions feed, the record matches
     /// `deleted_when`, or (in a repair) it is a reconciliation's deletion.
     pub fn is_deletion(&self, value: &serde_json::Value) -> bool {
+        self.is_deletion_by(|path| lookup(value, path).cloned())
+    }
+
+    fn is_deletion_by(&self, get: impl Fn(&str) -> Option<serde_json::Value>) -> bool {
         self.deletes
             || self.deleted_when.as_ref().is_some_and(|f| {
-                lookup(value, &f.path)
+                get(&f.path)
+                    .as_ref()
                     .and_then(scalar)
                     .is_some_and(|v| f.one_of.contains(&v))
             })
-            || (self.repair && value.get(REPAIR_DELETION) == Some(&serde_json::Value::Bool(true)))
+            || (self.repair && get(REPAIR_DELETION) == Some(serde_json::Value::Bool(true)))
     }
 }
 
@@ -204,11 +209,31 @@ struct Identity {
     cells: Vec<Cell>,
 }
 
-/// The record's identity, or its key (if any) and why it is refused.
+/// The record's identity, or its key (if any) and why it is refused. Without declared
+/// columns only the paths it needs are parsed ([`Fields`]); else the whole record.
 fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, String)> {
+    if b.columns.is_empty() {
+        if let Some(fields) = Fields::parse(record) {
+            return identity(b, |path| fields.get(path), || Ok(Vec::new()));
+        }
+    }
     let value: serde_json::Value =
         serde_json::from_str(record).map_err(|e| (None, format!("not JSON: {e}")))?;
-    let key = key_of(&value, &b.primary_key).ok_or_else(|| {
+    identity(
+        b,
+        |path| lookup(&value, path).cloned(),
+        || b.columns.cells(&value),
+    )
+}
+
+/// A record's identity from a way of reading its paths, and its declared columns.
+fn identity(
+    b: &Binding,
+    get: impl Fn(&str) -> Option<serde_json::Value>,
+    cells: impl FnOnce() -> Result<Vec<Cell>, String>,
+) -> Result<Identity, (Option<String>, String)> {
+    let scalar_at = |path: &str| get(path).as_ref().and_then(scalar);
+    let key = key_by(&b.primary_key, scalar_at).ok_or_else(|| {
         (
             None,
             format!(
@@ -222,20 +247,17 @@ fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, Stri
     }
     let version = match &b.version_field {
         None => None,
-        Some(field) => Some(lookup(&value, field).and_then(scalar).ok_or_else(|| {
+        Some(field) => Some(scalar_at(field).ok_or_else(|| {
             (
                 Some(key.clone()),
                 format!("version field `{field}` is missing or not a scalar"),
             )
         })?),
     };
-    let deletion = b.is_deletion(&value);
+    let deletion = b.is_deletion_by(&get);
     let cells = match deletion {
         true => Vec::new(),
-        false => b
-            .columns
-            .cells(&value)
-            .map_err(|why| (Some(key.clone()), why))?,
+        false => cells().map_err(|why| (Some(key.clone()), why))?,
     };
     Ok(Identity {
         key,
