@@ -30,11 +30,13 @@ async fn an_uninterrupted_run_journals_each_step_in_order() -> Result<(), Box<dy
     let state = h.run(&plan()).await?;
     assert_eq!(state.status, Status::Completed);
     assert_eq!(h.destination.state().rows.len(), 12);
-    let mut expected = vec!["run_started"];
-    for _ in 0..3 {
-        expected.extend(["page_fetched", "batch_written", "cursor_committed"]);
+    // Pipelined: page k+1 is fetched while page k is written, journaled after page k's
+    // write and made durable with page k's commit.
+    let mut expected = vec!["run_started", "page_fetched"];
+    for _ in 0..2 {
+        expected.extend(["batch_written", "page_fetched", "cursor_committed"]);
     }
-    expected.push("run_completed");
+    expected.extend(["batch_written", "cursor_committed", "run_completed"]);
     assert_eq!(names(&h.journal, state.run_id()), expected);
     let checkpoint = h
         .journal
@@ -71,16 +73,18 @@ async fn every_step_is_durable_before_the_next_one_starts() -> Result<(), Box<dy
     let backend = h.backend.clone();
     let checks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
 
-    // Before each fetch: a process starting now finds the previous page's cursor committed
-    // and nothing pending.
+    // Before each fetch: a process starting now finds every earlier page durable — committed,
+    // or (a fetch ahead, while it is written) the one page before staged and unwritten.
     let (b, log) = (backend.clone(), checks.clone());
     source.state().before_fetch = Some(Box::new(move |page| {
         let durable = Journal::new(b.durable_copy());
         let run = durable.active_run("shop", "orders").ok().flatten();
         let state = run.and_then(|r| durable.load(r).ok());
-        let ok = state
-            .as_ref()
-            .is_some_and(|s| s.committed_page == page - 1 && s.pending.is_empty());
+        let ok = state.as_ref().is_some_and(|s| {
+            s.committed_page + s.pending.len() as u64 == page - 1
+                && s.pending.len() <= 1
+                && s.pending.iter().all(|p| p.written.is_none())
+        });
         let checkpoint = durable
             .checkpoint("shop", "orders")
             .ok()
@@ -110,7 +114,10 @@ async fn every_step_is_durable_before_the_next_one_starts() -> Result<(), Box<dy
     let log = checks.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut expected = Vec::new();
     for page in 1..=5u64 {
-        expected.push(format!("fetch {page} durable=true checkpoint={}", page - 1));
+        // Page 1 is fetched alone; each later page while the one before is written, so the
+        // checkpoint is two pages behind it.
+        let checkpoint = page.saturating_sub(2);
+        expected.push(format!("fetch {page} durable=true checkpoint={checkpoint}"));
         expected.push(format!("write {page} staged=true"));
     }
     assert_eq!(log, expected);
@@ -126,7 +133,7 @@ async fn a_page_fetched_before_a_crash_is_replayed_from_the_journal(
     // Second write fails; the journal then dies before it can record the failure: the
     // process crashed between staging page 2 and writing it.
     h.destination.state().failing_writes = vec![1];
-    h.backend.fail_after(5); // run_started, fetched 1, written 1, committed 1, fetched 2
+    h.backend.fail_after(5); // run_started, fetched 1, written 1, fetched 2 (ahead), committed 1
     assert!(h.run(&plan()).await.is_err());
     h.crash();
     let state = h.run(&plan()).await?;
@@ -148,8 +155,8 @@ async fn a_page_fetched_before_a_crash_is_replayed_from_the_journal(
             "run_started",
             "page_fetched",
             "batch_written",
-            "cursor_committed",
             "page_fetched",
+            "cursor_committed",
             "run_resumed"
         ]
     );
