@@ -1,10 +1,13 @@
 //! Staged pages: a fetched page's records, on disk, before they are written.
 //!
 //! sled 0.34 keeps values above a few KB as blob files that it never deletes (spacejam/sled
-//! #786), so page bytes stay out of the journal. Each page is one file of ours,
-//! `<staging>/<run-id>/<page>.page`, written once, fsynced, checked by CRC-32 when read, and
-//! deleted once the page's cursor is committed. The journal's `PageFetched` event carries
-//! the checksum, so a replayed write sees exactly the bytes the crashed run saw.
+//! #786), so page bytes stay out of the journal. A run stages into two slot files of ours,
+//! `<staging>/<run-id>/slot-<page % 2>.page`, created once and rewritten in place (one
+//! fdatasync a page, no create, rename or unlink): at most two pages are ever pending (one
+//! fetched ahead), and a slot is reused only once its previous page is durably committed.
+//! Each read is checked by CRC-32 against the journal's `PageFetched`, so a replayed write
+//! sees exactly the bytes the crashed run saw, and a reused slot is never taken for an older
+//! page. (`<page>.page` files of older versions are still read and removed.)
 //!
 //! ```text
 //! [b"WMPG"][version: u8][records: u64 LE][crc32 of body: u32 LE][body]
@@ -97,6 +100,11 @@ impl Staging {
     }
 
     fn path(&self, run: RunId, page: u64) -> PathBuf {
+        self.run_dir(run).join(format!("slot-{}.page", page % 2))
+    }
+
+    /// Where an older version staged a page (one file per page).
+    fn legacy_path(&self, run: RunId, page: u64) -> PathBuf {
         self.run_dir(run).join(format!("{page}.page"))
     }
 
@@ -121,19 +129,28 @@ impl Staging {
             let path = path.to_path_buf();
             move |source| Error::Io { path, source }
         };
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = self.path(run, page);
-        let tmp = path.with_extension("tmp");
-        let mut file = File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(&buf).map_err(io(&tmp))?;
-        if self.durable {
-            file.sync_all().map_err(io(&tmp))?;
+        let created = !path.exists();
+        if created {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        // Rewritten in place: a torn write fails its checksum, and the page it replaces is
+        // committed already.
+        file.write_all(&buf).map_err(io(&path))?;
+        file.set_len(buf.len() as u64).map_err(io(&path))?;
         if self.durable {
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&dir))?;
+            file.sync_data().map_err(io(&path))?;
+            if created {
+                File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io(&dir))?;
+            }
         }
         Ok(Staged {
             bytes: buf.len() as u64,
@@ -143,7 +160,26 @@ impl Staging {
 
     /// Reads a staged page back, checking it against the checksum its journal entry holds.
     pub fn read(&self, run: RunId, page: u64, checksum: u32) -> Result<Vec<String>, Error> {
-        let path = self.path(run, page);
+        match self.read_file(&self.path(run, page), run, page, checksum) {
+            Err(e @ Error::Corrupt { .. }) => {
+                let legacy = self.legacy_path(run, page);
+                match legacy.exists() {
+                    true => self.read_file(&legacy, run, page, checksum),
+                    false => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn read_file(
+        &self,
+        path: &Path,
+        run: RunId,
+        page: u64,
+        checksum: u32,
+    ) -> Result<Vec<String>, Error> {
+        let path = path.to_path_buf();
         let corrupt = |detail: String| Error::Corrupt { run, page, detail };
         let mut buf = Vec::new();
         File::open(&path)
@@ -191,9 +227,10 @@ impl Staging {
         Ok(records)
     }
 
-    /// Deletes a committed page (missing is fine: a crash may have come after the delete).
+    /// Forgets a committed page: its slot is reused by the page after next; a file of an
+    /// older version is deleted (missing is fine: a crash may have come after the delete).
     pub fn remove(&self, run: RunId, page: u64) -> Result<(), Error> {
-        let path = self.path(run, page);
+        let path = self.legacy_path(run, page);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::Io { path, source: e })
@@ -251,12 +288,22 @@ mod tests {
             Err(Error::Corrupt { .. })
         ));
 
+        // Page 4 has the other slot; page 5 reuses page 3's, whose checksum then fails.
+        let four = staging.stage(run, 4, &records[..1])?;
+        staging.stage(run, 3, &records)?;
         staging.remove(run, 3)?;
-        staging.remove(run, 3)?;
+        staging.stage(run, 5, &records[1..])?;
+        assert_eq!(staging.read(run, 4, four.checksum)?, records[..1]);
         assert!(matches!(
             staging.read(run, 3, staged.checksum),
             Err(Error::Corrupt { .. })
         ));
+        // A page file of an older version is still read (page 8's slot holds page 4).
+        fs::write(staging.legacy_path(run, 8), fs::read(staging.path(run, 5))?)?;
+        let legacy = crc32fast::hash(&fs::read(staging.legacy_path(run, 8))?[HEADER..]);
+        assert_eq!(staging.read(run, 8, legacy)?, records[1..]);
+        staging.remove(run, 8)?;
+        assert!(!staging.legacy_path(run, 8).exists());
         fs::remove_dir_all(&dir)?;
         Ok(())
     }
