@@ -3,7 +3,9 @@
 //! achieved request rate against a rate-limited server.
 //!
 //! `cargo bench --bench e2e` — sizes with `WAYMARK_BENCH_SIZES=200000,2000000` (default),
-//! rate-limited run with `WAYMARK_BENCH_RATE=20` requests/s over `WAYMARK_BENCH_SECONDS=30`.
+//! each run `WAYMARK_BENCH_ROUNDS=3` times interleaved (median), resume latency over a run of
+//! `WAYMARK_BENCH_RESUME_STEPS=1000000` steps, rate-limited run with `WAYMARK_BENCH_RATE=20`
+//! requests/s over `WAYMARK_BENCH_SECONDS=30`.
 //! Needs `/usr/bin/time` (GNU time) for peak RSS. See BENCHMARKS.md.
 
 use std::net::SocketAddr;
@@ -312,51 +314,59 @@ struct Row {
     rss_kib: u64,
 }
 
-fn throughput(rt: &tokio::runtime::Runtime, n: u64) -> Result<Vec<Row>> {
+/// The three runs of `n` records, `rounds` times interleaved (the machines are noisy):
+/// median time and largest peak RSS of each.
+fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec<Row>> {
     let (addr, _) = start_server(rt, n, 4_000, 0)?;
     let url = format!("http://{addr}");
-    let mut rows_out = Vec::new();
-    let server = fetch_only(rt, &url)?;
-    rows_out.push(Row {
+    let mut rows_out = vec![Row {
         name: "server limit (fetch only)",
-        took: server,
+        took: fetch_only(rt, &url)?,
         rss_kib: 0,
-    });
+    }];
     let scratch = std::env::temp_dir().join(format!("waymark-bench-e2e-{}", std::process::id()));
-    for (name, unjournaled) in [
+    let runs = [
         ("plain Rust loop", None),
         ("waymark", Some(false)),
         ("waymark, journal off", Some(true)),
-    ] {
-        let dir = scratch.join(name.replace([' ', ',', '(', ')'], "_"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let db = dir.join("out.db");
-        let (took, rss) = match unjournaled {
-            None => {
-                let mut cmd = Command::new(std::env::current_exe()?);
-                cmd.arg("baseline").arg(&url).arg(&db);
-                timed(cmd)?
-            }
-            Some(off) => {
-                let wf = workflow(&dir, addr, "", PAGE)?;
-                let mut cmd = waymark(&dir, &wf);
-                if off {
-                    cmd.env("WAYMARK_BENCH_UNJOURNALED", "1");
+    ];
+    let mut samples: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); runs.len()];
+    for _ in 0..rounds.max(1) {
+        for (i, (name, unjournaled)) in runs.iter().enumerate() {
+            let dir = scratch.join(name.replace([' ', ',', '(', ')'], "_"));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let db = dir.join("out.db");
+            let sample = match unjournaled {
+                None => {
+                    let mut cmd = Command::new(std::env::current_exe()?);
+                    cmd.arg("baseline").arg(&url).arg(&db);
+                    timed(cmd)?
                 }
-                timed(cmd)?
+                Some(off) => {
+                    let wf = workflow(&dir, addr, "", PAGE)?;
+                    let mut cmd = waymark(&dir, &wf);
+                    if *off {
+                        cmd.env("WAYMARK_BENCH_UNJOURNALED", "1");
+                    }
+                    timed(cmd)?
+                }
+            };
+            let got = rows(&db)?;
+            if got != n {
+                return Err(format!("{name}: {got} rows, expected {n}").into());
             }
-        };
-        let got = rows(&db)?;
-        if got != n {
-            return Err(format!("{name}: {got} rows, expected {n}").into());
+            samples[i].push(sample);
+            let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+    for ((name, _), mut taken) in runs.into_iter().zip(samples) {
+        taken.sort();
         rows_out.push(Row {
             name,
-            took,
-            rss_kib: rss,
+            took: taken[taken.len() / 2].0,
+            rss_kib: taken.iter().map(|t| t.1).max().unwrap_or(0),
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(rows_out)
 }
@@ -594,8 +604,12 @@ fn main() -> Result {
         .collect();
     println!("| records | run | time | records/s | vs plain loop | peak RSS |");
     println!("|---:|---|---:|---:|---:|---:|");
+    let rounds = std::env::var("WAYMARK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     for n in sizes {
-        let rows = throughput(&rt, n)?;
+        let rows = throughput(&rt, n, rounds)?;
         let base = rows
             .iter()
             .find(|r| r.name == "plain Rust loop")
