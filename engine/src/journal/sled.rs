@@ -102,7 +102,7 @@ impl From<Opened> for BackendError {
 fn open_once(dir: &Path) -> Result<sled::Db, Opened> {
     let config = sled::Config::new()
         .path(dir)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(8 * 1024 * 1024)
         .flush_every_ms(None)
         .mode(sled::Mode::LowSpace);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
