@@ -409,64 +409,72 @@ fn rate_limited(rt: &tokio::runtime::Runtime, rate: u64, seconds: u64) -> Result
     ))
 }
 
+const AT: waymark_engine::Timestamp = waymark_engine::Timestamp(1_800_000_000_000);
+
+/// A run's start for a state directory built by hand.
+fn started(plan: &waymark_engine::Plan) -> waymark_engine::RunStarted {
+    waymark_engine::RunStarted {
+        run_id: waymark_engine::RunId::new(),
+        sync: plan.sync.clone(),
+        stream: plan.stream.clone(),
+        workflow_digest: plan.workflow_digest.clone(),
+        workflow_path: plan.workflow_path.clone(),
+        window: waymark_engine::Window {
+            start: None,
+            end: AT,
+        },
+        start_cursor: None,
+        start_from: waymark_engine::StartFrom::Beginning,
+        at: AT,
+    }
+}
+
+/// Page `page`'s three steps; the cursors are page numbers (what the page server takes).
+fn page_steps(page: u64, last: bool) -> [waymark_engine::Event; 3] {
+    use waymark_engine::{Event, PageFetched};
+    [
+        Event::PageFetched(PageFetched {
+            page,
+            request_cursor: (page > 1).then(|| (page - 1).to_string()),
+            next_cursor: (!last).then(|| page.to_string()),
+            records: 0,
+            bytes: 0,
+            checksum: 0,
+            at: AT,
+        }),
+        Event::BatchWritten {
+            page,
+            ack: Default::default(),
+            at: AT,
+        },
+        Event::CursorCommitted { page, at: AT },
+    ]
+}
+
 /// A state directory with an unfinished run of `steps` journaled steps of the bench
 /// workflow (pages, and retries between them), resumable against the page server.
 fn long_run(dir: &Path, wf: &Path, steps: u64) -> Result<()> {
-    use waymark_engine::{Event, PageFetched, RunId, RunStarted, StartFrom, Timestamp, Window};
     let workflow = waymark_connectors::Workflow::load(wf)?;
     let plan = workflow.plan(&workflow.streams()[0], false);
-    let at = Timestamp(1_800_000_000_000);
     let mut state_dir = waymark_engine::StateDir::open(&dir.join("state"), "bench")?;
     let journal = state_dir.journal_mut();
-    let mut s = journal.start(
-        RunStarted {
-            run_id: RunId::new(),
-            sync: plan.sync.clone(),
-            stream: plan.stream.clone(),
-            workflow_digest: plan.workflow_digest.clone(),
-            workflow_path: plan.workflow_path.clone(),
-            window: Window {
-                start: None,
-                end: at,
-            },
-            start_cursor: None,
-            start_from: StartFrom::Beginning,
-            at,
-        },
-        &plan.fingerprint,
-    )?;
+    let mut s = journal.start(started(&plan), &plan.fingerprint)?;
     let mut page = 0u64;
     while s.last_seq < steps {
         if s.last_seq % 100 == 1 {
             page += 1;
-            for event in [
-                Event::PageFetched(PageFetched {
-                    page,
-                    request_cursor: (page > 1).then(|| (page - 1).to_string()),
-                    next_cursor: Some(page.to_string()),
-                    records: 0,
-                    bytes: 0,
-                    checksum: 0,
-                    at,
-                }),
-                Event::BatchWritten {
-                    page,
-                    ack: Default::default(),
-                    at,
-                },
-                Event::CursorCommitted { page, at },
-            ] {
+            for event in page_steps(page, false) {
                 s = journal.append_unflushed(s, &event)?;
             }
         } else {
-            let retry = Event::RequestRetried {
+            let retry = waymark_engine::Event::RequestRetried {
                 page: page + 1,
                 attempt: 1,
                 error: "HTTP 503".into(),
                 status: Some(503),
                 rule: None,
                 wait_ms: 1,
-                at,
+                at: AT,
             };
             s = journal.append_unflushed(s, &retry)?;
             s.attempts = 0;
@@ -476,51 +484,21 @@ fn long_run(dir: &Path, wf: &Path, steps: u64) -> Result<()> {
     Ok(())
 }
 
-/// Adds `runs` finished runs (of another stream) to a state directory.
+/// Adds `runs` finished one-page runs (of another stream) to a state directory.
 fn history(dir: &Path, runs: u64) -> Result<()> {
-    use waymark_engine::{Event, RunId, RunStarted, StartFrom, Timestamp, Window};
-    let at = Timestamp(1_800_000_000_000);
     let mut state_dir = waymark_engine::StateDir::open(&dir.join("state"), "bench")?;
     let journal = state_dir.journal_mut();
+    let plan = waymark_engine::Plan {
+        sync: "bench".into(),
+        stream: "finished".into(),
+        ..Default::default()
+    };
     for _ in 0..runs {
-        let s = journal.start(
-            RunStarted {
-                run_id: RunId::new(),
-                sync: "bench".into(),
-                stream: "finished".into(),
-                workflow_digest: "d".into(),
-                workflow_path: "w".into(),
-                window: Window {
-                    start: None,
-                    end: at,
-                },
-                start_cursor: None,
-                start_from: StartFrom::Beginning,
-                at,
-            },
-            &[],
-        )?;
-        let mut s = s;
-        for event in [
-            Event::PageFetched(waymark_engine::PageFetched {
-                page: 1,
-                request_cursor: None,
-                next_cursor: None,
-                records: 0,
-                bytes: 0,
-                checksum: 0,
-                at,
-            }),
-            Event::BatchWritten {
-                page: 1,
-                ack: Default::default(),
-                at,
-            },
-            Event::CursorCommitted { page: 1, at },
-            Event::RunCompleted { at },
-        ] {
+        let mut s = journal.start(started(&plan), &[])?;
+        for event in page_steps(1, true) {
             s = journal.append_unflushed(s, &event)?;
         }
+        journal.append_unflushed(s, &waymark_engine::Event::RunCompleted { at: AT })?;
     }
     journal.flush()?;
     Ok(())
