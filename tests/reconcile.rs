@@ -18,19 +18,11 @@ fn synced(
     extra: &str,
     destination: &str,
 ) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let path = write_workflow(
+    let path = orders_workflow(
         dir.path(),
+        page_size,
         "timeout = \"5s\"",
-        &stream_table(
-            "orders",
-            "/orders",
-            "updated_at",
-            page_size,
-            CURSOR,
-            &format!(
-                "window = {{ lag = \"0s\", start_param = \"updated_since\", end_param = \"updated_before\" }}\n{extra}"
-            ),
-        ),
+        extra,
         destination,
     )?;
     let state = dir.path().join("state");

@@ -304,18 +304,32 @@ path = "shop.db"
 
 /// A workflow syncing the sandbox's orders into `dir/shop.db`.
 pub fn workflow(dir: &Path, page_size: u32, max_attempts: u32) -> Result<PathBuf> {
+    let source = format!("timeout = \"5s\"\nmax_attempts = {max_attempts}");
+    orders_workflow(dir, page_size, &source, "", "")
+}
+
+/// The same with `source`, stream (`extra`) and `destination` lines added.
+pub fn orders_workflow(
+    dir: &Path,
+    page_size: u32,
+    source: &str,
+    extra: &str,
+    destination: &str,
+) -> Result<PathBuf> {
+    let window =
+        r#"window = { lag = "0s", start_param = "updated_since", end_param = "updated_before" }"#;
     write_workflow(
         dir,
-        &format!("timeout = \"5s\"\nmax_attempts = {max_attempts}"),
+        source,
         &stream_table(
             "orders",
             "/orders",
             "updated_at",
             page_size,
             CURSOR,
-            r#"window = { lag = "0s", start_param = "updated_since", end_param = "updated_before" }"#,
+            &format!("{window}\n{extra}"),
         ),
-        "",
+        destination,
     )
 }
 

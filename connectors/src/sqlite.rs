@@ -117,8 +117,9 @@ impl SqliteDestination {
         self.table.as_ref().ok_or_else(lost)
     }
 
-    /// Writes a batch on the calling thread.
-    pub fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    /// Writes a batch on the calling thread (the unit tests).
+    #[cfg(test)]
+    fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
         self.table.as_mut().ok_or_else(lost)?.write_batch(batch)
     }
 

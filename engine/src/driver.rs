@@ -366,8 +366,7 @@ where
     let mut fetched = 0u64;
     let mut jitter = Jitter(settings.jitter_seed);
     let run = state.run_id();
-    // The page fetched ahead (pipelining), and its failure if it failed.
-    let mut ahead_page = 0;
+    // A fetch ahead (pipelining) that failed: its page and error.
     let mut failed_ahead: Option<(u64, crate::source::Error)> = None;
     let mut kept: Option<Kept> = None;
     loop {
@@ -455,7 +454,6 @@ where
                 // Pipelining: the next page is fetched and staged while this one is written.
                 let (written, ahead) = match lookahead(&state, &budget) {
                     Some(Action::Fetch { page: next, cursor }) => {
-                        ahead_page = next;
                         let request = PageRequest {
                             page: next,
                             cursor: cursor.as_deref(),
@@ -473,7 +471,7 @@ where
                             }
                         };
                         let (written, ahead) = tokio::join!(destination.write(batch), ahead);
-                        (written, Some(ahead))
+                        (written, Some((next, ahead)))
                     }
                     _ => (destination.write(batch).await, None),
                 };
@@ -485,19 +483,19 @@ where
                             at: clock.now(),
                         });
                         match ahead {
-                            Some(Some(Ok(Ok(ahead)))) => {
+                            Some((_, Some(Ok(Ok(ahead))))) => {
                                 fetched += 1;
                                 defer = events.len()..events.len() + ahead.events.len();
                                 events.extend(ahead.events);
                                 kept = Some(ahead.kept);
                             }
-                            Some(Some(Ok(Err(e)))) => failed_ahead = Some((ahead_page, e)),
+                            Some((next, Some(Ok(Err(e))))) => failed_ahead = Some((next, e)),
                             // Staging ahead failed (the disk): the page is fetched again in
                             // turn, where a second failure stops the run.
-                            Some(Some(Err(e))) => {
+                            Some((_, Some(Err(e)))) => {
                                 tracing::warn!(run = %run, "staging a page ahead failed: {e}");
                             }
-                            Some(None) | None => {}
+                            Some((_, None)) | None => {}
                         }
                     }
                     Err(e) => events.push(Event::RunFailed {
