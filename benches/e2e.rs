@@ -6,6 +6,9 @@
 //! each run `WAYMARK_BENCH_ROUNDS=3` times interleaved (median), resume latency over a run of
 //! `WAYMARK_BENCH_RESUME_STEPS=1000000` steps, rate-limited run with `WAYMARK_BENCH_RATE=20`
 //! requests/s over `WAYMARK_BENCH_SECONDS=30`.
+//!
+//! `cargo bench --bench e2e -- serve <records> <dir>` only serves the pages and writes a
+//! workflow for them into `<dir>` (printed), to profile `waymark run` by hand.
 //! Needs `/usr/bin/time` (GNU time) for peak RSS. See BENCHMARKS.md.
 
 use std::net::SocketAddr;
@@ -575,6 +578,18 @@ fn main() -> Result {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    if args.get(1).map(String::as_str) == Some("serve") {
+        // For profiling by hand: serve N records, write a workflow into DIR, wait.
+        let n = args
+            .get(2)
+            .and_then(|n| n.parse().ok())
+            .ok_or("serve <records> <dir>")?;
+        let dir = Path::new(args.get(3).ok_or("serve <records> <dir>")?);
+        std::fs::create_dir_all(dir)?;
+        let (addr, _) = start_server(&rt, n, 4_000, 0)?;
+        println!("{}", workflow(dir, addr, "", PAGE)?.display());
+        rt.block_on(std::future::pending::<()>());
+    }
     let sizes: Vec<u64> = std::env::var("WAYMARK_BENCH_SIZES")
         .unwrap_or_else(|_| "200000,2000000".into())
         .split(',')

@@ -122,10 +122,14 @@ impl Gate {
                 let mut budget = self.lock();
                 match budget.wait(now, self.limit) {
                     None => {
-                        let before = budget.clone();
+                        let mut before = budget.clone();
                         budget.take(now, self.limit);
                         // Saved only when it changed (not on every request of an API
-                        // without a budget).
+                        // without a budget: the last request's time matters only to pace
+                        // a quota).
+                        if budget.reset_at.is_none() {
+                            before.last_ms = budget.last_ms;
+                        }
                         let changed = (*budget != before).then(|| budget.clone());
                         drop(budget);
                         if let Some(snapshot) = changed {

@@ -2,6 +2,7 @@
 
 use std::cmp::Ordering;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The value at a dotted path (`customer.id`) of a JSON value.
@@ -43,16 +44,17 @@ pub fn key_by(paths: &[String], scalar_at: impl Fn(&str) -> Option<String>) -> O
 
 /// A record read only as far as it is asked: its top-level fields as raw JSON, each parsed
 /// when a path reaches it. Reading a key and a version this way allocates no tree for the
-/// rest of the record (the write path's hot spot).
+/// rest of the record (the write path's hot spot), and hashes nothing: a record has a
+/// few dozen fields at most, so a scan beats a map.
 pub struct Fields<'a> {
-    top: std::collections::HashMap<&'a str, &'a serde_json::value::RawValue>,
+    top: Vec<(&'a str, &'a RawValue)>,
 }
 
 impl<'a> Fields<'a> {
     /// The record's top-level fields; `None` when it is not a JSON object, or has a key
     /// with escapes (read it as a [`Value`] then).
     pub fn parse(record: &'a str) -> Option<Self> {
-        serde_json::from_str(record).ok().map(|top| Fields { top })
+        serde_json::from_str(record).ok()
     }
 
     /// The value at a dotted path.
@@ -61,11 +63,36 @@ impl<'a> Fields<'a> {
             Some((head, rest)) => (head, Some(rest)),
             None => (path, None),
         };
-        let value: Value = serde_json::from_str(self.top.get(head)?.get()).ok()?;
+        // The last of duplicate keys wins, as in a parsed `Value`.
+        let (_, raw) = self.top.iter().rev().find(|(k, _)| *k == head)?;
+        let value: Value = serde_json::from_str(raw.get()).ok()?;
         match rest {
             None => Some(value),
             Some(rest) => lookup(&value, rest).cloned(),
         }
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Top;
+        impl<'de> serde::de::Visitor<'de> for Top {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut top = Vec::with_capacity(16);
+                while let Some(field) = map.next_entry::<&'de str, &'de RawValue>()? {
+                    top.push(field);
+                }
+                Ok(Fields { top })
+            }
+        }
+        d.deserialize_map(Top)
     }
 }
 
@@ -113,6 +140,15 @@ mod tests {
                 key_of(&v, &paths)
             );
         }
+        let twice = r#"{"id":1,"v":"a","id":2}"#;
+        let v: Value = serde_json::from_str(twice).unwrap_or_default();
+        let f = Fields::parse(twice).map(|f| f.get("id"));
+        assert_eq!(
+            f,
+            Some(lookup(&v, "id").cloned()),
+            "the last duplicate wins"
+        );
+        assert_eq!(f, Some(Some(Value::from(2))));
         assert!(Fields::parse("[1]").is_none());
         assert!(Fields::parse("{\"a\\u0062\":1}").is_none(), "escaped keys");
     }

@@ -5,6 +5,7 @@
 //! record; a deleted record is not brought back by an older copy); and turned into
 //! operations and the counts of the write acknowledgement.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::Path;
@@ -201,6 +202,24 @@ impl<'a> Plan<'a> {
     }
 }
 
+/// [`Stored`] as a batch's plan sees it: a record of the batch is borrowed, not copied.
+#[derive(Clone)]
+struct Known<'a> {
+    version: Option<String>,
+    deleted: bool,
+    record: Option<Cow<'a, str>>,
+}
+
+impl From<Stored> for Known<'_> {
+    fn from(s: Stored) -> Self {
+        Known {
+            version: s.version,
+            deleted: s.deleted,
+            record: s.record.map(Cow::Owned),
+        }
+    }
+}
+
 /// A record's identity and columns.
 struct Identity {
     key: String,
@@ -298,7 +317,8 @@ pub fn plan<'a, E>(
     mut stored: impl FnMut(&str) -> Result<Option<Stored>, E>,
 ) -> Result<Plan<'a>, E> {
     let mut out = Plan::default();
-    let mut seen: HashMap<String, Option<Stored>> = HashMap::new();
+    // What each key holds as the batch goes (records borrowed from the batch).
+    let mut seen: HashMap<String, Option<Known<'a>>> = HashMap::new();
     for record in records {
         let id = match identify(record, b) {
             Ok(id) => id,
@@ -324,7 +344,7 @@ pub fn plan<'a, E>(
         };
         let before = match seen.get(&id.key) {
             Some(s) => s.clone(),
-            None => stored(&id.key)?,
+            None => stored(&id.key)?.map(Known::from),
         };
         let order = match (
             before.as_ref().and_then(|s| s.version.as_ref()),
@@ -361,9 +381,9 @@ pub fn plan<'a, E>(
                         false => before
                             .as_ref()
                             .and_then(|s| s.record.clone())
-                            .or_else(|| Some(record.clone())),
+                            .or(Some(Cow::Borrowed(record.as_str()))),
                     };
-                    let after = Stored {
+                    let after = Known {
                         version: id.version.clone(),
                         deleted: true,
                         record: kept,
@@ -415,10 +435,10 @@ pub fn plan<'a, E>(
                     false
                 }
             };
-            let after = Stored {
+            let after = Known {
                 version: id.version.clone(),
                 deleted: false,
-                record: Some(record.clone()),
+                record: Some(Cow::Borrowed(record.as_str())),
             };
             let op = Op::Put {
                 key: id.key.clone(),
