@@ -466,9 +466,8 @@ fn long_run(dir: &Path, wf: &Path, steps: u64) -> Result<()> {
     while s.last_seq < steps {
         if s.last_seq % 100 == 1 {
             page += 1;
-            for event in page_steps(page, false) {
-                s = journal.append_unflushed(s, &event)?;
-            }
+            let steps = journal.append_steps(&s, &page_steps(page, false))?;
+            s = steps.into_iter().last().ok_or("nothing appended")?;
         } else {
             let retry = waymark_engine::Event::RequestRetried {
                 page: page + 1,
@@ -479,7 +478,7 @@ fn long_run(dir: &Path, wf: &Path, steps: u64) -> Result<()> {
                 wait_ms: 1,
                 at: AT,
             };
-            s = journal.append_unflushed(s, &retry)?;
+            s = journal.append(s, &retry)?;
             s.attempts = 0;
         }
     }
@@ -497,11 +496,10 @@ fn history(dir: &Path, runs: u64) -> Result<()> {
         ..Default::default()
     };
     for _ in 0..runs {
-        let mut s = journal.start(started(&plan), &[])?;
-        for event in page_steps(1, true) {
-            s = journal.append_unflushed(s, &event)?;
-        }
-        journal.append_unflushed(s, &waymark_engine::Event::RunCompleted { at: AT })?;
+        let s = journal.start(started(&plan), &[])?;
+        let mut steps = page_steps(1, true).to_vec();
+        steps.push(waymark_engine::Event::RunCompleted { at: AT });
+        journal.append_steps(&s, &steps)?;
     }
     journal.flush()?;
     Ok(())

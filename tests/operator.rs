@@ -559,42 +559,67 @@ fn the_audit_index_forgets_what_is_older_than_its_retention() -> Result {
 
 #[test]
 fn a_pipelined_run_fetches_the_next_page_while_writing_and_replays_consistently() -> Result {
-    let sandbox = Sandbox::start(&["--records", "300"])?;
+    // Every request takes 150 ms, so a fetch made after a write shows in the times.
+    let sandbox = Sandbox::start(&["--records", "300", "--latency", "150ms"])?;
     let dir = TempDir::new("pipelined");
     let file = workflow(dir.path(), 100, 3)?;
     let state = dir.path().join("state");
     let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let id = runs(&state)?[0]["run"].as_str().ok_or("run")?.to_string();
-    let steps: Vec<String> = journal(&state, &id)?
+    let events = journal(&state, &id)?;
+    let field = |e: &serde_json::Value, name: &str| {
+        e["event"]
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v[name].as_u64())
+    };
+    let steps: Vec<String> = events
         .iter()
         .map(|e| {
-            let page = e["event"]
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(|v| v["page"].as_u64())
-                .map_or(String::new(), |p| format!(" {p}"));
+            let page = field(e, "page").map_or(String::new(), |p| format!(" {p}"));
             format!("{}{page}", e["step"].as_str().unwrap_or("?"))
         })
         .collect();
-    // Page k+1 is fetched while page k is written, journaled after page k's write and
-    // made durable with page k's commit; pages are still written and committed in order.
+    // Pages are written and committed in order; page k+1's fetch is journaled with page
+    // k's write and commit (one batch, one flush).
     assert_eq!(
         steps,
         [
             "run_started",
             "page_fetched 1",
             "batch_written 1",
-            "page_fetched 2",
             "cursor_committed 1",
+            "page_fetched 2",
             "batch_written 2",
-            "page_fetched 3",
             "cursor_committed 2",
+            "page_fetched 3",
             "batch_written 3",
             "cursor_committed 3",
             "run_completed",
         ]
     );
+    // ...but it was fetched while page k was written: done no later than that write (a
+    // fetch after it would end at least 150 ms later).
+    let at = |step: &str| {
+        events
+            .iter()
+            .zip(&steps)
+            .find(|(_, s)| s.as_str() == step)
+            .and_then(|(e, _)| field(e, "at"))
+            .ok_or(format!("no {step}"))
+    };
+    for k in 1..=2 {
+        let (fetched, written) = (
+            at(&format!("page_fetched {}", k + 1))?,
+            at(&format!("batch_written {k}"))?,
+        );
+        assert!(
+            fetched <= written,
+            "page {} fetched at {fetched}, page {k} written at {written}",
+            k + 1
+        );
+    }
     assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
     let replay = run(waymark(&state, "").args(["replay", &id, "--dry-run"]))?;
     assert_eq!(replay.status.code(), Some(0), "{}", text(&replay.stdout));

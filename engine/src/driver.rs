@@ -2,8 +2,8 @@
 //!
 //! [`open`] starts a stream's run or picks up its unfinished one; [`drive`] loops: decide
 //! the next action from the state (pure), perform it through the [`Source`], [`Staging`]
-//! or [`Destination`], append the resulting event to the journal (flushed where
-//! [`Event::needs_flush`] says), fold it, repeat.
+//! or [`Destination`], append the resulting events to the journal as one batch (flushed
+//! once where [`Event::needs_flush`] says), fold them, repeat.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -379,10 +379,8 @@ where
             interrupted: stop.load(Ordering::SeqCst),
         };
         let action = decide(&state, &budget);
-        // The events this step journals; a fetched-ahead page's are appended unflushed
-        // (`defer`), made durable by the commit that follows.
-        let mut events: Vec<Event> = Vec::with_capacity(3);
-        let mut defer = 0..0;
+        // The events this step journals, as one batch with at most one flush.
+        let mut events: Vec<Event> = Vec::with_capacity(4);
         match &action {
             Action::Stop => return Ok(state),
             Action::Fetch { page, cursor } => {
@@ -477,15 +475,21 @@ where
                 };
                 match written {
                     Ok(ack) => {
+                        // The destination committed the page with its checkpoint: the
+                        // commit is the only step that can follow (`decide`), so it joins
+                        // the batch, and the page fetched ahead comes after it.
                         events.push(Event::BatchWritten {
                             page: *page,
                             ack,
                             at: clock.now(),
                         });
+                        events.push(Event::CursorCommitted {
+                            page: *page,
+                            at: clock.now(),
+                        });
                         match ahead {
                             Some((_, Some(Ok(Ok(ahead))))) => {
                                 fetched += 1;
-                                defer = events.len()..events.len() + ahead.events.len();
                                 events.extend(ahead.events);
                                 kept = Some(ahead.kept);
                             }
@@ -514,11 +518,9 @@ where
                 at: clock.now(),
             }),
         };
-        for (i, event) in events.iter().enumerate() {
-            state = match defer.contains(&i) {
-                true => journal.append_unflushed(state, event)?,
-                false => journal.append(state, event)?,
-            };
+        let states = journal.append_steps(&state, &events)?;
+        for (event, next) in events.iter().zip(states) {
+            state = next;
             tracing::debug!(run = %run, seq = state.last_seq, step = event.name(), "journaled");
             observe(&state, event);
             match event {

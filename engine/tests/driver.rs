@@ -30,11 +30,11 @@ async fn an_uninterrupted_run_journals_each_step_in_order() -> Result<(), Box<dy
     let state = h.run(&plan()).await?;
     assert_eq!(state.status, Status::Completed);
     assert_eq!(h.destination.state().rows.len(), 12);
-    // Pipelined: page k+1 is fetched while page k is written, journaled after page k's
-    // write and made durable with page k's commit.
+    // Pipelined: page k+1 is fetched while page k is written, and journaled after page k's
+    // write and commit, in the same batch and flush.
     let mut expected = vec!["run_started", "page_fetched"];
     for _ in 0..2 {
-        expected.extend(["batch_written", "page_fetched", "cursor_committed"]);
+        expected.extend(["batch_written", "cursor_committed", "page_fetched"]);
     }
     expected.extend(["batch_written", "cursor_committed", "run_completed"]);
     assert_eq!(names(&h.journal, state.run_id()), expected);
@@ -133,7 +133,7 @@ async fn a_page_fetched_before_a_crash_is_replayed_from_the_journal(
     // Second write fails; the journal then dies before it can record the failure: the
     // process crashed between staging page 2 and writing it.
     h.destination.state().failing_writes = vec![1];
-    h.backend.fail_after(5); // run_started, fetched 1, written 1, fetched 2 (ahead), committed 1
+    h.backend.fail_after(3); // run_started, fetched 1, then written 1 + committed 1 + fetched 2
     assert!(h.run(&plan()).await.is_err());
     h.crash();
     let state = h.run(&plan()).await?;
@@ -155,8 +155,8 @@ async fn a_page_fetched_before_a_crash_is_replayed_from_the_journal(
             "run_started",
             "page_fetched",
             "batch_written",
-            "page_fetched",
             "cursor_committed",
+            "page_fetched",
             "run_resumed"
         ]
     );

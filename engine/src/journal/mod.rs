@@ -207,55 +207,79 @@ impl<B: Backend> Journal<B> {
     /// event, the new head and (for a commit) the stream checkpoint are written atomically,
     /// and flushed when [`Event::needs_flush`] says so.
     pub fn append(&mut self, state: RunState, event: &Event) -> Result<RunState, Error> {
-        let next = self.append_unflushed(state, event)?;
-        if event.needs_flush() {
-            self.backend.flush()?;
-        }
-        Ok(next)
+        let mut states = self.append_steps(&state, std::slice::from_ref(event))?;
+        states.pop().ok_or(Error::Inconsistent {
+            run: state.run_id(),
+            source: Invalid {
+                event: event.name(),
+                status: state.status.name(),
+                seq: state.last_seq,
+                why: "nothing was appended".into(),
+            },
+        })
     }
 
-    /// Like [`append`](Self::append) but never flushes: the caller makes the entry durable
-    /// with its next flushing append before acting on it (the driver journals a fetched-ahead
-    /// page this way, made durable by the commit of the page before it).
-    pub fn append_unflushed(&mut self, state: RunState, event: &Event) -> Result<RunState, Error> {
+    /// Appends `events` in order as one atomic batch — each event, the head after the last
+    /// and (for a commit) the stream checkpoint — flushed once if any of them needs it
+    /// ([`Event::needs_flush`]). Returns the state after each event. One batch per step of
+    /// the driver: a page's write, its commit and the next page's fetch cost one sled batch
+    /// and one flush, not three and one.
+    pub fn append_steps(
+        &mut self,
+        state: &RunState,
+        events: &[Event],
+    ) -> Result<Vec<RunState>, Error> {
         let run = state.run_id();
-        let checkpoint = match event {
-            Event::CursorCommitted { page, at } => state.checkpoint_after(*page, *at),
-            _ => None,
+        let mut states: Vec<RunState> = Vec::with_capacity(events.len());
+        let mut ops = Vec::with_capacity(events.len() + 3);
+        let mut checkpoint = None;
+        for event in events {
+            let before = states.last().unwrap_or(state);
+            if let Event::CursorCommitted { page, at } = event {
+                checkpoint = before.checkpoint_after(*page, *at).or(checkpoint);
+            }
+            let next = apply(before.clone(), event)
+                .map_err(|source| Error::Inconsistent { run, source })?;
+            ops.push(Op::Put(event_key(run, next.last_seq), codec::encode(event)));
+            if let Event::RunCompleted { at } = event {
+                let (sync, stream) = (&next.started.sync, &next.started.stream);
+                let change = CheckpointChange {
+                    at: *at,
+                    who: format!("run {run}"),
+                    why: "completed".into(),
+                    previous: match &next.started.start_from {
+                        crate::event::StartFrom::Beginning => None,
+                        crate::event::StartFrom::Journal(c)
+                        | crate::event::StartFrom::Destination(c) => Some(c.clone()),
+                    },
+                    new: match &checkpoint {
+                        Some(c) => Some(c.clone()),
+                        None => self.checkpoint(sync, stream)?,
+                    },
+                };
+                ops.extend(self.history_ops(b'k', sync, stream, &change)?);
+            }
+            states.push(next);
+        }
+        let Some(last) = states.last() else {
+            return Ok(states);
         };
-        let next = apply(state, event).map_err(|source| Error::Inconsistent { run, source })?;
-        let mut ops = vec![
-            Op::Put(event_key(run, next.last_seq), codec::encode(event)),
-            Op::Put(run_key(b'h', run), codec::encode(&next)),
-        ];
+        ops.push(Op::Put(run_key(b'h', run), codec::encode(last)));
+        let (sync, stream) = (&last.started.sync, &last.started.stream);
         if let Some(checkpoint) = checkpoint {
-            let key = stream_key(b'c', &next.started.sync, &next.started.stream);
-            ops.push(Op::Put(key, codec::encode(&checkpoint)));
+            ops.push(Op::Put(
+                stream_key(b'c', sync, stream),
+                codec::encode(&checkpoint),
+            ));
         }
-        if next.status.is_finished() {
-            ops.push(Op::Delete(stream_key(
-                b'a',
-                &next.started.sync,
-                &next.started.stream,
-            )));
-        }
-        if let Event::RunCompleted { at } = event {
-            let (sync, stream) = (&next.started.sync, &next.started.stream);
-            let change = CheckpointChange {
-                at: *at,
-                who: format!("run {run}"),
-                why: "completed".into(),
-                previous: match &next.started.start_from {
-                    crate::event::StartFrom::Beginning => None,
-                    crate::event::StartFrom::Journal(c)
-                    | crate::event::StartFrom::Destination(c) => Some(c.clone()),
-                },
-                new: self.checkpoint(sync, stream)?,
-            };
-            ops.extend(self.history_ops(b'k', sync, stream, &change)?);
+        if last.status.is_finished() {
+            ops.push(Op::Delete(stream_key(b'a', sync, stream)));
         }
         self.backend.commit(ops)?;
-        Ok(next)
+        if events.iter().any(Event::needs_flush) {
+            self.backend.flush()?;
+        }
+        Ok(states)
     }
 
     /// The run's state, from its head snapshot plus any events after it.
