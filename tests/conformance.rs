@@ -271,6 +271,7 @@ async fn write(
         complete: false,
         at: Timestamp(1_000),
     };
+    let records = d.preparer()(records);
     let batch = Batch {
         run_id: run,
         page,

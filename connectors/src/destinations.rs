@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, SystemClock, WriteAck};
 
 use crate::http_destination::HttpDestination;
@@ -11,7 +11,7 @@ use crate::jsonl::JsonlDestination;
 use crate::pg_tls::Rustls;
 use crate::postgres::PostgresDestination;
 use crate::sqlite::SqliteDestination;
-use crate::upsert::{Binding, Stored};
+use crate::upsert::{Binding, Identified, Stored};
 use crate::workflow::{DestinationKind, StreamSection, Workflow};
 
 /// Any of the destinations.
@@ -101,7 +101,21 @@ impl AnyDestination {
 }
 
 impl Destination for AnyDestination {
-    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    type Page = Arc<Identified>;
+
+    fn preparer(&self) -> Preparer<Arc<Identified>> {
+        match self {
+            AnyDestination::Sqlite(d) => d.preparer(),
+            AnyDestination::Postgres(d) => d.preparer(),
+            AnyDestination::Jsonl(d) => d.preparer(),
+            AnyDestination::Http(d) => d.preparer(),
+        }
+    }
+
+    async fn write(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         match self {
             AnyDestination::Sqlite(d) => d.write(batch).await,
             AnyDestination::Postgres(d) => d.write(batch).await,

@@ -19,7 +19,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::source::ErrorKind;
 use waymark_engine::{Checkpoint, Clock, RetryPolicy, WriteAck};
 
@@ -27,7 +27,7 @@ use crate::api::Api;
 use crate::dead_letters::DeadLetter;
 use crate::record::lookup;
 use crate::rules::Rules;
-use crate::upsert::{plan, Binding, Op, Stored};
+use crate::upsert::{plan, Binding, Identified, Op, Stored};
 use crate::workflow::Workflow;
 
 /// What the destination knows of one source record.
@@ -319,7 +319,10 @@ impl HttpDestination {
             .collect()
     }
 
-    async fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    async fn write_batch(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         let run = batch.run_id.to_string();
         if let Some((r, p, _, ack)) = self.mapping.checkpoints.get(&self.binding.stream) {
             if *r == run && *p >= batch.page {
@@ -520,7 +523,16 @@ impl HttpDestination {
 }
 
 impl Destination for HttpDestination {
-    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    type Page = Arc<Identified>;
+
+    fn preparer(&self) -> Preparer<Arc<Identified>> {
+        self.binding.preparer()
+    }
+
+    async fn write(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         self.write_batch(batch).await
     }
 

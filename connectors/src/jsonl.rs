@@ -13,13 +13,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::upsert::{plan, Binding, Op, Stored};
+use crate::upsert::{plan, Binding, Identified, Op, Stored};
 
 /// A page file's first line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -154,7 +155,10 @@ impl JsonlDestination {
     }
 
     /// The file of `batch`: the one already committed (a replay), or a new one.
-    fn page_file(&self, batch: &Batch<'_>) -> Result<(PathBuf, bool), destination::Error> {
+    fn page_file(
+        &self,
+        batch: &Batch<'_, Arc<Identified>>,
+    ) -> Result<(PathBuf, bool), destination::Error> {
         let suffix = format!("-{}-{:010}.jsonl", batch.run_id, batch.page);
         let (_, pages) = files(&self.dir)?;
         Ok(
@@ -168,7 +172,10 @@ impl JsonlDestination {
         )
     }
 
-    fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    fn write_batch(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         let b = &self.binding;
         let (file, committed) = self.page_file(&batch)?;
         if committed {
@@ -280,7 +287,16 @@ impl JsonlDestination {
 }
 
 impl Destination for JsonlDestination {
-    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    type Page = Arc<Identified>;
+
+    fn preparer(&self) -> Preparer<Arc<Identified>> {
+        self.binding.preparer()
+    }
+
+    async fn write(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         self.write_batch(batch)
     }
 

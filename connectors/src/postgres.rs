@@ -6,15 +6,16 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use futures_util::SinkExt;
 use tokio_postgres::Client;
-use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::columns::Cell;
 use crate::pg_tls::Rustls;
-use crate::upsert::{plan, replayed, Binding, Op, Stored};
+use crate::upsert::{plan, replayed, Binding, Identified, Op, Stored};
 
 /// One stream's table in a PostgreSQL database.
 pub struct PostgresDestination {
@@ -169,7 +170,10 @@ impl PostgresDestination {
         Ok(())
     }
 
-    async fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    async fn write_batch(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         let b = &self.binding;
         let (table, s) = (&self.table, &self.schema);
         let run = batch.run_id.to_string();
@@ -193,7 +197,7 @@ impl PostgresDestination {
             }
         }
         // What is stored for the batch's keys, in one round trip.
-        let keys = crate::upsert::keys(b, batch.records);
+        let keys = batch.records.keys();
         let mut stored: HashMap<String, Stored> = HashMap::new();
         for row in tx
             .query(
@@ -412,7 +416,16 @@ fn copy_field(out: &mut String, value: Option<&str>) {
 }
 
 impl Destination for PostgresDestination {
-    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    type Page = Arc<Identified>;
+
+    fn preparer(&self) -> Preparer<Arc<Identified>> {
+        self.binding.preparer()
+    }
+
+    async fn write(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         self.write_batch(batch).await
     }
 

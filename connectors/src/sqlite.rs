@@ -9,20 +9,22 @@
 //! the state directory.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
-use waymark_engine::destination::{self, Batch, Destination};
+use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::columns::Cell;
-use crate::upsert::{plan, replayed, Binding, Op, Stored};
+use crate::upsert::{plan, replayed, Binding, Identified, Op, Stored};
 
 /// One stream's table in a SQLite database. Writes run on a blocking thread, so the
 /// driver fetches the next page meanwhile.
 pub struct SqliteDestination {
     /// `None` only while a write holds it on its thread (or after that thread died).
     table: Option<Table>,
+    prepare: Preparer<Arc<Identified>>,
 }
 
 /// The connection and the rules of one stream's table.
@@ -109,6 +111,7 @@ impl SqliteDestination {
             }
         }
         Ok(SqliteDestination {
+            prepare: binding.preparer(),
             table: Some(Table { conn, binding }),
         })
     }
@@ -119,7 +122,10 @@ impl SqliteDestination {
 
     /// Writes a batch on the calling thread (the unit tests).
     #[cfg(test)]
-    fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    fn write_batch(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         self.table.as_mut().ok_or_else(lost)?.write_batch(batch)
     }
 
@@ -133,7 +139,10 @@ impl SqliteDestination {
 }
 
 impl Table {
-    fn write_batch(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    fn write_batch(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         let b = &self.binding;
         let tx = self
             .conn
@@ -422,11 +431,20 @@ fn sql_value(cell: &Cell) -> SqlValue {
 }
 
 impl Destination for SqliteDestination {
-    async fn write(&mut self, batch: Batch<'_>) -> Result<WriteAck, destination::Error> {
+    type Page = Arc<Identified>;
+
+    fn preparer(&self) -> Preparer<Arc<Identified>> {
+        self.prepare.clone()
+    }
+
+    async fn write(
+        &mut self,
+        batch: Batch<'_, Arc<Identified>>,
+    ) -> Result<WriteAck, destination::Error> {
         let mut table = self.table.take().ok_or_else(lost)?;
-        // On a blocking thread, with the batch copied there (a page's records, once).
+        // On a blocking thread, which shares the page's records.
         let (run_id, page) = (batch.run_id, batch.page);
-        let records = batch.records.to_vec();
+        let records = batch.records.clone();
         let checkpoint = batch.checkpoint.clone();
         let done = tokio::task::spawn_blocking(move || {
             let ack = table.write_batch(Batch {
@@ -544,17 +562,17 @@ mod tests {
                 complete: false,
                 at: Timestamp(0),
             };
-            let batch = Batch {
+            let d = match deletes {
+                true => &mut self.deletions,
+                false => &mut self.orders,
+            };
+            let records = d.preparer()(records);
+            d.write_batch(Batch {
                 run_id: self.run,
                 page: self.page,
                 records: &records,
                 checkpoint: &checkpoint,
-            };
-            if deletes {
-                self.deletions.write_batch(batch)
-            } else {
-                self.orders.write_batch(batch)
-            }
+            })
         }
 
         fn rows(&self) -> Vec<(String, String, Option<String>)> {

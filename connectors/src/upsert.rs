@@ -9,14 +9,15 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use waymark_engine::WriteAck;
+use waymark_engine::{Preparer, WriteAck};
 
 use crate::audit::{Audit, Outcome, Seen};
 use crate::columns::{Cell, Columns};
 use crate::dead_letters::{DeadLetter, DeadLetters};
-use crate::record::{compare_versions, key_by, key_of, lookup, scalar, Fields};
+use crate::record::{compare_versions, key_by, lookup, scalar, Fields};
 use crate::workflow::{DeleteMode, RecordFilter, StreamSection, Workflow};
 
 /// Where one stream's records go and by which rules.
@@ -298,13 +299,43 @@ pub fn replayed(stored: &str) -> Result<WriteAck, waymark_engine::destination::E
     })
 }
 
-/// The keys of the records that have one (to look up what is stored in one query).
-pub fn keys(b: &Binding, records: &[String]) -> Vec<String> {
-    records
-        .iter()
-        .filter_map(|r| serde_json::from_str::<serde_json::Value>(r).ok())
-        .filter_map(|v| key_of(&v, &b.primary_key))
-        .collect()
+/// A page's records, each read for its identity (or why it has none): what [`plan`] works
+/// on. Made by [`Binding::preparer`] while the page before is written, off the write path.
+pub struct Identified {
+    records: Vec<String>,
+    ids: Vec<Result<Identity, (Option<String>, String)>>,
+}
+
+impl Identified {
+    /// Reads each of `records` by the binding's rules.
+    pub fn new(b: &Binding, records: Vec<String>) -> Self {
+        let ids = records.iter().map(|r| identify(r, b)).collect();
+        Identified { records, ids }
+    }
+
+    /// The records as received.
+    pub fn records(&self) -> &[String] {
+        &self.records
+    }
+
+    /// The key of each record that has one.
+    pub fn keys(&self) -> Vec<&str> {
+        self.ids
+            .iter()
+            .filter_map(|id| match id {
+                Ok(id) => Some(id.key.as_str()),
+                Err((key, _)) => key.as_deref(),
+            })
+            .collect()
+    }
+}
+
+impl Binding {
+    /// What makes a page ready for a destination writing by this binding.
+    pub fn preparer(&self) -> Preparer<Arc<Identified>> {
+        let b = self.clone();
+        Arc::new(move |records| Arc::new(Identified::new(&b, records)))
+    }
 }
 
 /// Decides what `records` (page `page` of run `run`) do, given what is stored for a key
@@ -313,16 +344,17 @@ pub fn plan<'a, E>(
     b: &Binding,
     run: &str,
     page: u64,
-    records: &'a [String],
+    records: &'a Identified,
     mut stored: impl FnMut(&str) -> Result<Option<Stored>, E>,
 ) -> Result<Plan<'a>, E> {
     let mut out = Plan::default();
     // What each key holds as the batch goes (records borrowed from the batch).
     let mut seen: HashMap<String, Option<Known<'a>>> = HashMap::new();
-    for record in records {
-        let id = match identify(record, b) {
+    for (record, id) in records.records.iter().zip(&records.ids) {
+        let id = match id {
             Ok(id) => id,
             Err((key, reason)) => {
+                let (key, reason) = (key.clone(), reason.clone());
                 if let Some(key) = &key {
                     out.seen.push(Seen {
                         key: key.clone(),
@@ -391,11 +423,11 @@ pub fn plan<'a, E>(
                     let op = match b.hard_delete {
                         true => Op::Remove {
                             key: id.key.clone(),
-                            version: id.version,
+                            version: id.version.clone(),
                         },
                         false => Op::Tombstone {
                             key: id.key.clone(),
-                            version: id.version,
+                            version: id.version.clone(),
                             record,
                         },
                     };
@@ -442,14 +474,14 @@ pub fn plan<'a, E>(
             };
             let op = Op::Put {
                 key: id.key.clone(),
-                version: id.version,
+                version: id.version.clone(),
                 record,
-                cells: id.cells,
+                cells: id.cells.clone(),
                 revived,
             };
             (op, after)
         };
-        seen.insert(id.key, Some(after));
+        seen.insert(id.key.clone(), Some(after));
         out.ops.push(op);
     }
     Ok(out)
@@ -509,6 +541,7 @@ mod tests {
                 record: Some("{}".into()),
             }))
         };
+        let batch = Identified::new(&b, batch);
         let plan = plan(&b, "r", 1, &batch, stored)?;
         let ack = plan.ack;
         assert_eq!(

@@ -88,9 +88,9 @@ pub fn decide(state: &RunState, budget: &Budget) -> Action {
 /// The fetch that may run *ahead*, while the one pending page is written and committed:
 /// the driver's pipelining. At most one page ahead, never past the last page, only when
 /// the budget would allow that fetch next anyway. Its `PageFetched` is journaled after the
-/// pending page's `BatchWritten` and made durable with that page's commit, so the page is
-/// still written only once its fetch is durable, and pages are written and committed in
-/// order. Pure.
+/// pending page's `BatchWritten` and `CursorCommitted`, in the same batch and flush, so the
+/// page is still written only once its fetch is durable, and pages are written and
+/// committed in order. Pure.
 pub fn lookahead(state: &RunState, budget: &Budget) -> Option<Action> {
     let ahead_ok = state.status == Status::Running
         && state.pending.len() == 1

@@ -1,19 +1,20 @@
 //! What the driver needs from a destination: idempotent batches with their checkpoint.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::event::{RunId, WriteAck};
 
 /// One page's records and the checkpoint that committing them produces.
-#[derive(Clone, Copy, Debug)]
-pub struct Batch<'a> {
+#[derive(Debug)]
+pub struct Batch<'a, P> {
     /// The run writing.
     pub run_id: RunId,
     /// The page number within the run.
     pub page: u64,
-    /// The records, one JSON object each.
-    pub records: &'a [String],
+    /// The records, as the destination's [`Preparer`] made them ready.
+    pub records: &'a P,
     /// The stream's checkpoint once this batch is stored.
     pub checkpoint: &'a Checkpoint,
 }
@@ -24,13 +25,36 @@ pub struct Batch<'a> {
 #[error("{0}")]
 pub struct Error(pub String);
 
+impl<P> Clone for Batch<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for Batch<'_, P> {}
+
+/// Makes a page's records (one JSON object each) ready for a destination's `write` —
+/// parsing each for its key and version, say. Pure work without I/O, shared with the
+/// driver, which runs it while the page before is written (pipelining), off the write's
+/// critical path.
+pub type Preparer<P> = Arc<dyn Fn(Vec<String>) -> P + Send + Sync>;
+
 /// Where one stream's records go. Implemented by connectors; called only by the driver.
 pub trait Destination: Send {
+    /// A page's records as [`Destination::preparer`] makes them ready.
+    type Page: Send + Sync + 'static;
+
+    /// What makes a page's records ready for [`Destination::write`].
+    fn preparer(&self) -> Preparer<Self::Page>;
+
     /// Stores the batch and its checkpoint in one transaction, upserting by key with a
     /// version check. If the destination already committed this run's `page` (a crash came
     /// between its commit and our journal entry), it must write nothing and return the
     /// acknowledgement stored with that commit, with `replayed` set.
-    fn write(&mut self, batch: Batch<'_>) -> impl Future<Output = Result<WriteAck, Error>> + Send;
+    fn write(
+        &mut self,
+        batch: Batch<'_, Self::Page>,
+    ) -> impl Future<Output = Result<WriteAck, Error>> + Send;
 
     /// The checkpoint stored with the last committed batch, if any.
     fn checkpoint(&mut self) -> impl Future<Output = Result<Option<Checkpoint>, Error>> + Send;

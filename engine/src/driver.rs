@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::checkpoint::Checkpoint;
 use crate::decision::{decide, lookahead, on_fetch_failure, Action, Budget, RetryPolicy};
-use crate::destination::{self, Batch, Destination};
+use crate::destination::{self, Batch, Destination, Preparer};
 use crate::event::{Event, PageFetched, RunId, RunStarted, StartFrom};
 use crate::journal::{self, Backend, Journal};
 use crate::source::{PageRequest, Source};
@@ -368,7 +368,8 @@ where
     let run = state.run_id();
     // A fetch ahead (pipelining) that failed: its page and error.
     let mut failed_ahead: Option<(u64, crate::source::Error)> = None;
-    let mut kept: Option<Kept> = None;
+    let mut kept: Option<Kept<D::Page>> = None;
+    let prepare = destination.preparer();
     loop {
         let time_left = settings
             .max_duration
@@ -399,7 +400,7 @@ where
                     None => tokio::select! {
                         biased;
                         () = stop_requested(stop) => continue,
-                        result = fetch_and_stage(source, staging, run, request, clock) => result?,
+                        result = fetch_and_stage(source, staging, &prepare, run, request, clock) => result?,
                     },
                 };
                 match fetched_page {
@@ -436,12 +437,13 @@ where
                         },
                     }));
                 };
-                // The records as staged by this process, else (a resume) read back.
+                // The records as staged and prepared by this process, else (a resume)
+                // read back and prepared now.
                 let records = match kept.take() {
                     Some(k) if k.page == *page && k.checksum == pending.fetched.checksum => {
                         k.records
                     }
-                    _ => staging.read(run, *page, pending.fetched.checksum)?,
+                    _ => prepare(staging.read(run, *page, pending.fetched.checksum)?),
                 };
                 let batch = Batch {
                     run_id: run,
@@ -463,7 +465,7 @@ where
                             tokio::select! {
                                 biased;
                                 () = stop_requested(stop) => None,
-                                result = fetch_and_stage(source, staging, run, request, clock) => {
+                                result = fetch_and_stage(source, staging, &prepare, run, request, clock) => {
                                     Some(result)
                                 }
                             }
@@ -539,15 +541,17 @@ where
     }
 }
 
-/// Fetches a page and stages its records: the events that record it (an ignored
-/// response's note, then `PageFetched`), or the fetch's failure. Nothing is journaled here.
-async fn fetch_and_stage<S: Source>(
+/// Fetches a page, stages its records and prepares them for the destination: the events
+/// that record it (an ignored response's note, then `PageFetched`), or the fetch's failure.
+/// Nothing is journaled here.
+async fn fetch_and_stage<S: Source, P>(
     source: &mut S,
     staging: &Staging,
+    prepare: &Preparer<P>,
     run: RunId,
     request: PageRequest<'_>,
     clock: &dyn Clock,
-) -> Result<Result<Fetched, crate::source::Error>, Error> {
+) -> Result<Result<Fetched<P>, crate::source::Error>, Error> {
     let fetched = match source.fetch(request).await {
         Ok(fetched) => fetched,
         Err(e) => return Ok(Err(e)),
@@ -577,23 +581,23 @@ async fn fetch_and_stage<S: Source>(
         kept: Kept {
             page: request.page,
             checksum: staged.checksum,
-            records: fetched.records,
+            records: prepare(fetched.records),
         },
     }))
 }
 
 /// A fetched and staged page: the events that record it, and its records.
-struct Fetched {
+struct Fetched<P> {
     events: Vec<Event>,
-    kept: Kept,
+    kept: Kept<P>,
 }
 
 /// The records of the page this process staged last, so writing it does not read the
 /// staged file back (a resumed run does).
-struct Kept {
+struct Kept<P> {
     page: u64,
     checksum: u32,
-    records: Vec<String>,
+    records: P,
 }
 
 /// Resolves once a stop is requested.

@@ -31,7 +31,7 @@ pub mod window;
 
 pub use checkpoint::Checkpoint;
 pub use decision::{decide, Action, Budget, RetryPolicy};
-pub use destination::{Batch, Destination};
+pub use destination::{Batch, Destination, Preparer};
 pub use driver::{drive, open, Plan, Settings};
 pub use event::{Event, PageFetched, PauseReason, RunId, RunStarted, StartFrom, WriteAck};
 pub use journal::Journal;

@@ -161,19 +161,18 @@ pub async fn run(state_dir: &Path, args: DlqArgs) -> anyhow::Result<ExitStatus> 
                 complete: true,
                 at: now,
             };
+            let count = records.len();
+            let prepared = target.preparer()(records);
             let ack = target
                 .write(Batch {
                     run_id,
                     page: 1,
-                    records: &records,
+                    records: &prepared,
                     checkpoint: &checkpoint,
                 })
                 .await?;
             store.remove(&files)?;
-            let summary = format!(
-                "retried {} dead letters as run {run_id}: {ack}",
-                records.len()
-            );
+            let summary = format!("retried {count} dead letters as run {run_id}: {ack}");
             store.audit(&format!("{now} {} {summary}", user()))?;
             out!("{}/{stream}: {summary}", workflow.name());
             Ok(if ack.dead_lettered > 0 {

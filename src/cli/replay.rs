@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::json;
-use waymark_connectors::upsert::{plan, Binding, Op};
+use waymark_connectors::upsert::{plan, Binding, Identified, Op};
 use waymark_connectors::workflow::parse_scope;
 use waymark_connectors::Workflow;
 use waymark_engine::decision::lookahead;
@@ -169,9 +169,11 @@ fn resume_preview(
             continue;
         }
         let records = dir.staging().read(run, page, pending.fetched.checksum)?;
-        let planned = binding
+        let staged = records.len();
+        let planned = binding.as_ref().map(|b| (b, Identified::new(b, records)));
+        let planned = planned
             .as_ref()
-            .map(|b| plan(b, &run.to_string(), page, &records, |_| Ok::<_, ()>(None)));
+            .map(|(b, records)| plan(b, &run.to_string(), page, records, |_| Ok::<_, ()>(None)));
         match planned {
             Some(Ok(p)) => {
                 for op in &p.ops {
@@ -194,7 +196,7 @@ fn resume_preview(
                     out!("  page {page}: dead letter ({})", d.reason);
                 }
             }
-            _ => out!("  write page {page}: {} staged records", records.len()),
+            _ => out!("  write page {page}: {staged} staged records"),
         }
     }
     // The pending pages written and committed (in the fold only), then the next decision.
