@@ -107,7 +107,29 @@ fn journal(c: &mut Criterion) {
         });
         state = Some(s);
     });
-    // One page: fetched (flushed), written, committed (flushed with the checkpoint).
+    // One page as the driver journals it: the page's write, its commit and the next page's
+    // fetch in one batch, one flush.
+    group.bench_function("append one page (1 batch, 1 flush)", |b| {
+        let mut s = fresh(journal);
+        s = match journal.append(s.clone(), &fetched(1)) {
+            Ok(next) => next,
+            Err(e) => panic!("append: {e}"),
+        };
+        let mut page = 0;
+        b.iter(|| {
+            page += 1;
+            let steps = [
+                written(page),
+                Event::CursorCommitted { page, at: AT },
+                fetched(page + 1),
+            ];
+            s = match journal.append_steps(&s, &steps) {
+                Ok(mut states) => states.pop().unwrap_or_else(|| panic!("no state")),
+                Err(e) => panic!("append: {e}"),
+            };
+        });
+    });
+    // The same, an append per event (as before steps were batched): 3 batches, 2 flushes.
     group.bench_function("append one page (3 events, 2 flushes)", |b| {
         let mut s = fresh(journal);
         let mut page = 0;
