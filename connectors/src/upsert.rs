@@ -313,11 +313,6 @@ impl Identified {
         Identified { records, ids }
     }
 
-    /// The records as received.
-    pub fn records(&self) -> &[String] {
-        &self.records
-    }
-
     /// The key of each record that has one.
     pub fn keys(&self) -> Vec<&str> {
         self.ids

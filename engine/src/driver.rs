@@ -592,8 +592,8 @@ struct Fetched<P> {
     kept: Kept<P>,
 }
 
-/// The records of the page this process staged last, so writing it does not read the
-/// staged file back (a resumed run does).
+/// The records of the page this process staged last, prepared for the destination, so
+/// writing it does not read the staged file back (a resumed run does).
 struct Kept<P> {
     page: u64,
     checksum: u32,

@@ -207,16 +207,8 @@ impl<B: Backend> Journal<B> {
     /// event, the new head and (for a commit) the stream checkpoint are written atomically,
     /// and flushed when [`Event::needs_flush`] says so.
     pub fn append(&mut self, state: RunState, event: &Event) -> Result<RunState, Error> {
-        let mut states = self.append_steps(&state, std::slice::from_ref(event))?;
-        states.pop().ok_or(Error::Inconsistent {
-            run: state.run_id(),
-            source: Invalid {
-                event: event.name(),
-                status: state.status.name(),
-                seq: state.last_seq,
-                why: "nothing was appended".into(),
-            },
-        })
+        let states = self.append_steps(&state, std::slice::from_ref(event))?;
+        Ok(states.into_iter().next_back().unwrap_or(state))
     }
 
     /// Appends `events` in order as one atomic batch — each event, the head after the last
