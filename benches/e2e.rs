@@ -9,6 +9,7 @@
 //!
 //! `cargo bench --bench e2e -- serve <records> <dir>` only serves the pages and writes a
 //! workflow for them into `<dir>` (printed), to profile `waymark run` by hand.
+//!
 //! Needs `/usr/bin/time` (GNU time) for peak RSS. See BENCHMARKS.md.
 
 use std::net::SocketAddr;
@@ -466,8 +467,8 @@ fn long_run(dir: &Path, wf: &Path, steps: u64) -> Result<()> {
     while s.last_seq < steps {
         if s.last_seq % 100 == 1 {
             page += 1;
-            let steps = journal.append_steps(&s, &page_steps(page, false))?;
-            s = steps.into_iter().last().ok_or("nothing appended")?;
+            let states = journal.append_steps(&s, &page_steps(page, false))?;
+            s = states.into_iter().last().ok_or("nothing appended")?;
         } else {
             let retry = waymark_engine::Event::RequestRetried {
                 page: page + 1,
