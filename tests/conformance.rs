@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use waymark_connectors::dead_letters::DeadLetters;
-use waymark_connectors::{destinations, AnyDestination, Workflow};
+use waymark_connectors::state::dead_letters::DeadLetters;
+use waymark_connectors::{sink, AnyDestination, Workflow};
 use waymark_engine::destination::Destination;
 use waymark_engine::{Batch, Checkpoint, RunId, Timestamp, Window, WriteAck};
 
@@ -109,7 +109,7 @@ pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }
 
     async fn open(&self, workflow: &Workflow) -> Result<AnyDestination> {
         let stream = &workflow.streams()[0];
-        let binding = destinations::binding(workflow, stream, "items", &self.state());
+        let binding = sink::binding(workflow, stream, "items", &self.state());
         Ok(AnyDestination::open(workflow, binding, &self.state()).await?)
     }
 
@@ -632,7 +632,7 @@ async fn jsonl_compaction_keeps_the_newest_line_per_key_and_the_checkpoint() -> 
     write(&mut d, run, 3, &[r#"{"id":3,"v":2,"gone":true}"#]).await?;
     let before = t.rows().await?;
     let table = t.dir.path().join("out").join("items");
-    let done = waymark_connectors::jsonl::compact(&table)?;
+    let done = waymark_connectors::sink::jsonl::compact(&table)?;
     assert_eq!((done.files, done.lines, done.keys), (3, 5, 3));
     let names: Vec<String> = std::fs::read_dir(&table)?
         .filter_map(|e| e.ok())
@@ -658,7 +658,7 @@ async fn jsonl_compaction_keeps_the_newest_line_per_key_and_the_checkpoint() -> 
     .await?;
     assert_eq!(counts(&stale), [0, 0, 0, 2, 0, 0]);
     // Compacting again changes nothing.
-    let again = waymark_connectors::jsonl::compact(&table)?;
+    let again = waymark_connectors::sink::jsonl::compact(&table)?;
     assert_eq!(again.keys, 3);
     assert_eq!(t.rows().await?, before);
     Ok(())
@@ -931,7 +931,7 @@ async fn destinations_list_what_they_hold_and_apply_a_repairs_deletions() -> Res
         // A repair's deletion record, at the stored version: the row is marked deleted,
         // and a record without the marker is an ordinary upsert.
         let state = t.state();
-        let mut binding = destinations::binding(&wf, &wf.streams()[0], "items@repair", &state);
+        let mut binding = sink::binding(&wf, &wf.streams()[0], "items@repair", &state);
         binding.repair = true;
         let mut repair = AnyDestination::open(&wf, binding, &state).await?;
         let ack = write(

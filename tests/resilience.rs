@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use waymark_connectors::workflow::StreamSection;
+use waymark_connectors::config::StreamSection;
 use waymark_connectors::{Api, Binding, HttpSource, SqliteDestination, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, Settings, StateDir, Status, Timestamp};
 

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use waymark_connectors::workflow::DestinationKind;
-use waymark_connectors::{jsonl, Workflow};
+use waymark_connectors::config::DestinationKind;
+use waymark_connectors::{sink::jsonl, Workflow};
 
 use super::run::open_state;
 use super::{ExitStatus, UsageError};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use waymark_connectors::dead_letters::{DeadLetter, DeadLetters};
+use waymark_connectors::state::dead_letters::{DeadLetter, DeadLetters};
 use waymark_connectors::Workflow;
 use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, SystemClock, Window};
 

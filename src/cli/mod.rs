@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use waymark_connectors::{api, workflow};
+use waymark_connectors::{config, http::api};
 use waymark_engine::{driver, journal as engine_journal, staging, state_dir};
 
 /// Durable, checkpointed API syncs: every step journaled, every run resumable.
@@ -176,7 +176,7 @@ impl ExitStatus {
                     driver::Error::Destination(_) => return ExitStatus::Failed,
                 }
             }
-            if cause.downcast_ref::<workflow::Error>().is_some()
+            if cause.downcast_ref::<config::Error>().is_some()
                 || cause.downcast_ref::<api::Error>().is_some()
                 || cause.downcast_ref::<UsageError>().is_some()
             {

@@ -10,8 +10,8 @@ use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use waymark_connectors::reconcile::{self, Comparison, Gap, RepairSet, Report, Scope};
-use waymark_connectors::workflow::{ReconcileMode, StreamSection};
-use waymark_connectors::{destinations, AnyDestination, HttpSource, Workflow};
+use waymark_connectors::config::{ReconcileMode, StreamSection};
+use waymark_connectors::{sink, AnyDestination, HttpSource, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, StateDir, Status, SystemClock, Window};
 
 use super::run::{drive, open_state, stop_on_signal, Budget, Invocation};
@@ -196,7 +196,7 @@ pub async fn reconcile(
         fields: request.fields.clone(),
         show: request.show,
     };
-    let binding = destinations::binding(workflow, stream, &stream.name, dir.root());
+    let binding = sink::binding(workflow, stream, &stream.name, dir.root());
     let scratch = dir
         .root()
         .join("reconcile")
@@ -326,7 +326,7 @@ pub async fn repair_run(
     set: &RepairSet,
 ) -> anyhow::Result<RunState> {
     let plan = workflow.repair_plan(stream);
-    let mut binding = destinations::binding(workflow, stream, &plan.stream, dir.root());
+    let mut binding = sink::binding(workflow, stream, &plan.stream, dir.root());
     binding.repair = true;
     let mut destination = AnyDestination::open(workflow, binding, dir.root())
         .await
@@ -363,7 +363,7 @@ pub async fn resume_repair(
 ) -> anyhow::Result<RunState> {
     let plan = workflow.repair_plan(stream);
     let set = repair_set(dir.root(), workflow.name(), &stream.name);
-    let mut binding = destinations::binding(workflow, stream, &plan.stream, dir.root());
+    let mut binding = sink::binding(workflow, stream, &plan.stream, dir.root());
     binding.repair = true;
     let mut destination = AnyDestination::open(workflow, binding, dir.root()).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;

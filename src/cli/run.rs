@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use waymark_connectors::workflow::{is_repair_scope, parse_scope, StreamSection};
-use waymark_connectors::{destinations, AnyDestination, Api, HttpSource, Workflow};
+use waymark_connectors::config::{is_repair_scope, parse_scope, StreamSection};
+use waymark_connectors::{sink, AnyDestination, Api, HttpSource, Workflow};
 use waymark_engine::{
     driver, Clock, Event, Plan, RunId, RunState, Settings, Source, StateDir, Status, SystemClock,
     Timestamp,
@@ -147,7 +147,7 @@ pub(super) async fn destination(
     stream: &StreamSection,
     scope: &str,
 ) -> anyhow::Result<AnyDestination> {
-    let binding = destinations::binding(workflow, stream, scope, dir.root());
+    let binding = sink::binding(workflow, stream, scope, dir.root());
     AnyDestination::open(workflow, binding, dir.root())
         .await
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
@@ -577,7 +577,7 @@ pub async fn run_streams(
         );
     }
     let cutoff = SystemClock.now().saturating_sub(workflow.audit_keep());
-    let forgotten = waymark_connectors::audit::Audit::new(dir.root()).prune(cutoff)?;
+    let forgotten = waymark_connectors::state::audit::Audit::new(dir.root()).prune(cutoff)?;
     if forgotten > 0 {
         tracing::info!(
             "pruned {forgotten} record sightings older than `keep` from the audit index"

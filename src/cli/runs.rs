@@ -5,7 +5,7 @@ use std::path::Path;
 use clap::Args;
 use serde_json::json;
 
-use waymark_connectors::workflow::parse_scope;
+use waymark_connectors::config::parse_scope;
 use waymark_engine::Status;
 
 use super::run::open_state;

@@ -85,7 +85,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
     let base_ms = match &args.base {
         Some(text) => {
             let now = waymark_engine::Timestamp::from_system(std::time::SystemTime::now());
-            waymark_connectors::workflow::initial_start(text, now)
+            waymark_connectors::config::initial_start(text, now)
                 .map_err(|e| super::UsageError(format!("--base: {e}")))?
                 .0
         }

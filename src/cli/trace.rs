@@ -5,8 +5,8 @@ use std::path::Path;
 
 use clap::Args;
 use serde_json::json;
-use waymark_connectors::audit::Audit;
-use waymark_connectors::dead_letters::DeadLetters;
+use waymark_connectors::state::audit::Audit;
+use waymark_connectors::state::dead_letters::DeadLetters;
 
 use super::run::open_state;
 use super::{ExitStatus, UsageError};

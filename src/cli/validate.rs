@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use waymark_connectors::workflow::{self, PaginationKind};
+use waymark_connectors::config::{self, PaginationKind};
 use waymark_connectors::Workflow;
 
 use super::ExitStatus;
@@ -74,6 +74,6 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
 
 /// Prints the JSON Schema of workflow files.
 pub fn schema() -> anyhow::Result<ExitStatus> {
-    out!("{}", serde_json::to_string_pretty(&workflow::schema())?);
+    out!("{}", serde_json::to_string_pretty(&config::schema())?);
     Ok(ExitStatus::Success)
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use waymark_engine::Window;
 
 use crate::record::{lookup, scalar};
-use crate::workflow::TimeFormat;
+use crate::config::TimeFormat;
 
 /// What a template can refer to.
 pub struct Context<'a> {

@@ -23,7 +23,7 @@ use waymark_engine::source::{self, Page, PageRequest, Source};
 use waymark_engine::{Clock, Reconciliation, RetryPolicy, Timestamp, Window};
 
 use crate::record::{compare_versions, key_of, lookup, scalar};
-use crate::upsert::{Binding, Stored, REPAIR_DELETION};
+use crate::sink::plan::{Binding, Stored, REPAIR_DELETION};
 
 /// Why a reconciliation could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -844,7 +844,7 @@ mod tests {
             primary_key: vec!["shop.id".into(), "n".into()],
             version_field: Some("meta.v".into()),
             repair: true,
-            ..crate::upsert::tests_binding()
+            ..crate::sink::plan::tests_binding()
         };
         let record = deletion_record(&b, r#"["s1","7"]"#, Some("5"));
         let value: Value = serde_json::from_str(&record).map_err(|e| e.to_string())?;

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use waymark_engine::{Clock, Timestamp};
 
-use crate::workflow::Span;
+use crate::config::Span;
 
 /// `rate_limit = { requests = 10, per = "1s" }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

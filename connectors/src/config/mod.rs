@@ -155,12 +155,12 @@ pub struct SourceSection {
     #[serde(default = "default_max_wait")]
     pub max_wait: Span,
     /// A request budget shared by every stream of this source.
-    pub rate_limit: Option<crate::rate::RateLimit>,
+    pub rate_limit: Option<crate::http::rate::RateLimit>,
     /// How requests authenticate; secrets come from environment variables.
-    pub auth: Option<crate::auth::AuthSection>,
+    pub auth: Option<crate::http::auth::AuthSection>,
     /// Rules deciding what a response means, before the defaults.
     #[serde(default)]
-    pub on_response: Vec<crate::rules::ResponseRule>,
+    pub on_response: Vec<crate::http::rules::ResponseRule>,
 }
 
 /// `backoff = { base = "250ms", cap = "30s" }`: the n-th retry waits a uniformly random
@@ -524,11 +524,11 @@ pub struct StreamSection {
     pub window: WindowSection,
     /// Rules deciding what a response means, checked before the source's.
     #[serde(default)]
-    pub on_response: Vec<crate::rules::ResponseRule>,
+    pub on_response: Vec<crate::http::rules::ResponseRule>,
     /// Typed destination columns filled from record paths, beside the raw record; a new
     /// one is added to an existing table.
     #[serde(default)]
-    pub columns: std::collections::BTreeMap<String, crate::columns::ColumnSpec>,
+    pub columns: std::collections::BTreeMap<String, crate::sink::columns::ColumnSpec>,
     /// Makes this stream a deletions feed of the named stream: each record (its
     /// `primary_key`, and its `cursor_field` as the deletion time) marks that stream's
     /// record deleted, unless the stored record is newer than the deletion.
@@ -591,7 +591,7 @@ pub struct DestinationSection {
     pub path: Option<String>,
     /// PostgreSQL: the connection string (it may hold a password), from the environment:
     /// `url = { env = "WAYMARK_PG_URL" }`.
-    pub url: Option<crate::auth::FromEnv>,
+    pub url: Option<crate::http::auth::FromEnv>,
     /// PostgreSQL: the schema of the tables (default `public`).
     pub schema: Option<String>,
     /// PostgreSQL: a PEM file of extra trusted CA certificates for TLS (relative to the
@@ -600,9 +600,9 @@ pub struct DestinationSection {
     /// HTTP: the API's base URL (`${VAR}` allowed).
     pub base_url: Option<String>,
     /// HTTP: how requests authenticate (as in `[source.auth]`).
-    pub auth: Option<crate::auth::AuthSection>,
+    pub auth: Option<crate::http::auth::AuthSection>,
     /// HTTP: a request budget for the destination API.
-    pub rate_limit: Option<crate::rate::RateLimit>,
+    pub rate_limit: Option<crate::http::rate::RateLimit>,
     /// HTTP: the search for a record by its source key, e.g.
     /// `"/contacts?external_id={key}"`; the answer (an object, or an array whose first
     /// element is used) holds the destination's id at `id_path`.
@@ -933,7 +933,7 @@ impl Workflow {
                 ));
             }
         }
-        if let Some(crate::auth::AuthSection::Oauth2 { token_url, .. }) = &source.auth {
+        if let Some(crate::http::auth::AuthSection::Oauth2 { token_url, .. }) = &source.auth {
             if let Err(e) = reqwest::Url::parse(token_url) {
                 return Err(self.invalid(
                     "source.auth.token_url".into(),
@@ -994,7 +994,7 @@ impl Workflow {
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                     return Err(self.invalid(key, "a column name uses letters, digits and `_`"));
                 }
-                if crate::columns::RESERVED.contains(&name.as_str()) {
+                if crate::sink::columns::RESERVED.contains(&name.as_str()) {
                     return Err(self.invalid(
                         key,
                         format!("`{name}` is a column of every table; choose another name"),
@@ -1077,7 +1077,7 @@ impl Workflow {
                         .map(|v| ("body".to_string(), v)),
                 );
             for (k, template) in templates {
-                crate::template::check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
+                crate::source::template::check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
             }
             if let Some(parent) = &s.parent {
                 if d.kind != DestinationKind::Sqlite {

@@ -5,7 +5,7 @@
 //! page that wrote it, `deleted_at` once a deletions feed removed it, then the declared
 //! columns), `_waymark_checkpoints` (one row per sync and stream: checkpoint and the
 //! acknowledgement of the batch that committed it) and `_waymark_tombstones` (hard
-//! deletions). What a batch does is decided by [`crate::upsert::plan`]; dead letters go to
+//! deletions). What a batch does is decided by [`crate::sink::plan::plan`]; dead letters go to
 //! the state directory.
 
 use std::path::Path;
@@ -16,8 +16,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transact
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::columns::Cell;
-use crate::upsert::{plan, replayed, Binding, Identified, Op, Stored};
+use crate::sink::columns::Cell;
+use crate::sink::plan::{plan, replayed, Binding, Identified, Op, Stored};
 
 /// One stream's table in a SQLite database. Writes run on a blocking thread, so the
 /// driver fetches the next page meanwhile.
@@ -486,7 +486,7 @@ impl Destination for SqliteDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::RecordFilter;
+    use crate::config::RecordFilter;
     use waymark_engine::{RunId, Timestamp, Window};
 
     struct Db {
@@ -510,13 +510,13 @@ mod tests {
             primary_key: vec!["id".into()],
             version_field: Some(if deletes { "deleted_at" } else { "v" }.into()),
             deletes,
-            columns: crate::columns::Columns::default(),
-            dead_letters: crate::dead_letters::DeadLetters::new(
+            columns: crate::sink::columns::Columns::default(),
+            dead_letters: crate::state::dead_letters::DeadLetters::new(
                 &std::env::temp_dir(),
                 "shop",
                 stream,
             ),
-            audit: crate::audit::Audit::new(&std::env::temp_dir().join(format!(
+            audit: crate::state::audit::Audit::new(&std::env::temp_dir().join(format!(
                 "waymark-sqlite-audit-{}-{stream}-{hard}",
                 std::process::id()
             ))),

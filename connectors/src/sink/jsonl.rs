@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::upsert::{plan, Binding, Identified, Op, Stored};
+use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
 
 /// A page file's first line.
 #[derive(Debug, Serialize, Deserialize)]

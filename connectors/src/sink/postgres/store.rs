@@ -1,5 +1,5 @@
 //! The PostgreSQL destination: the same promises as SQLite — versioned upserts decided by
-//! [`crate::upsert::plan`], the stream's checkpoint in the same transaction as its batch,
+//! [`crate::sink::plan::plan`], the stream's checkpoint in the same transaction as its batch,
 //! an already-committed batch recognised on replay — written set-wise: the batch's rows
 //! are `COPY`ed into a temporary table, then merged with `INSERT … ON CONFLICT … DO UPDATE
 //! … WHERE` the incoming version is not older (checked again in SQL, by the same rule).
@@ -13,9 +13,9 @@ use tokio_postgres::Client;
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::columns::Cell;
-use crate::pg_tls::Rustls;
-use crate::upsert::{plan, replayed, Binding, Identified, Op, Stored};
+use crate::sink::columns::Cell;
+use crate::sink::postgres::tls::Rustls;
+use crate::sink::plan::{plan, replayed, Binding, Identified, Op, Stored};
 
 /// One stream's table in a PostgreSQL database.
 pub struct PostgresDestination {

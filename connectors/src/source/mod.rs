@@ -5,6 +5,8 @@
 //! token (`cursor`), the next page's URL (`next_url`, `link_header`), a page number, an
 //! offset, or the last `(cursor_field, primary_key)` seen as a JSON pair (`keyset`).
 
+pub mod template;
+
 use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -13,13 +15,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 
-use crate::api::Api;
+use crate::http::Api;
 
 use crate::record::{compare_versions, lookup, scalar};
-use crate::rules::Rules;
-use crate::sqlite::ParentRecords;
-use crate::template::{render, render_json, Context};
-use crate::workflow::{
+use crate::http::rules::Rules;
+use crate::sink::sqlite::ParentRecords;
+use crate::source::template::{render, render_json, Context};
+use crate::config::{
     expand_env, CursorIn, Method, Pagination, PaginationKind, StreamSection, Workflow,
 };
 

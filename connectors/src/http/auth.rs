@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use waymark_engine::source::{self, ErrorKind};
 use waymark_engine::{Clock, Timestamp};
 
-use crate::workflow::Span;
+use crate::config::Span;
 
 /// A secret read from an environment variable: `{ env = "SHOP_TOKEN" }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -173,7 +173,7 @@ impl Secrets {
     /// part of a secret survives at the cut.
     pub fn excerpt(&self, body: &[u8]) -> String {
         let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-        crate::http::excerpt(self.redact(&head).as_bytes())
+        crate::source::excerpt(self.redact(&head).as_bytes())
     }
 
     /// Whether `text` holds a registered secret.

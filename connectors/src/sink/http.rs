@@ -23,12 +23,12 @@ use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::source::ErrorKind;
 use waymark_engine::{Checkpoint, Clock, RetryPolicy, WriteAck};
 
-use crate::api::Api;
-use crate::dead_letters::DeadLetter;
+use crate::http::Api;
+use crate::state::dead_letters::DeadLetter;
 use crate::record::lookup;
-use crate::rules::Rules;
-use crate::upsert::{plan, Binding, Identified, Op, Stored};
-use crate::workflow::Workflow;
+use crate::http::rules::Rules;
+use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
+use crate::config::Workflow;
 
 /// What the destination knows of one source record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -388,7 +388,7 @@ impl HttpDestination {
                 .iter()
                 .any(|d| d.key.as_deref() == Some(seen.key.as_str()))
             {
-                seen.outcome = crate::audit::Outcome::DeadLettered;
+                seen.outcome = crate::state::audit::Outcome::DeadLettered;
             }
         }
         plan.dead.extend(refused);

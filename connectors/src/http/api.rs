@@ -10,10 +10,10 @@ use reqwest::header::HeaderMap;
 use waymark_engine::source::{self, ErrorKind, Ignored};
 use waymark_engine::{Clock, Timestamp};
 
-use crate::auth::{self, Credentials, Secrets};
-use crate::rate::Gate;
-use crate::rules::{Action, Rules};
-use crate::workflow::{expand_env, Workflow};
+use crate::http::auth::{self, Credentials, Secrets};
+use crate::http::rate::Gate;
+use crate::http::rules::{Action, Rules};
+use crate::config::{expand_env, Workflow};
 
 /// Why the source's connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +53,8 @@ struct Endpoint<'a> {
     /// `source` or `destination`, for messages.
     table: &'static str,
     base_url: &'a str,
-    auth: Option<&'a crate::auth::AuthSection>,
-    rate_limit: Option<&'a crate::rate::RateLimit>,
+    auth: Option<&'a crate::http::auth::AuthSection>,
+    rate_limit: Option<&'a crate::http::rate::RateLimit>,
 }
 
 /// The connection to one API (a source's, or an HTTP destination's).
