@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
-use waymark_connectors::reconcile::{self, Comparison, Gap, RepairSet, Report, Scope};
 use waymark_connectors::config::{ReconcileMode, StreamSection};
+use waymark_connectors::reconcile::{self, Comparison, Gap, RepairSet, Report, Scope};
 use waymark_connectors::{sink, AnyDestination, HttpSource, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, StateDir, Status, SystemClock, Window};
 

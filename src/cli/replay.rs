@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::json;
-use waymark_connectors::sink::plan::{plan, Binding, Identified, Op};
 use waymark_connectors::config::parse_scope;
+use waymark_connectors::sink::plan::{plan, Binding, Identified, Op};
 use waymark_connectors::Workflow;
 use waymark_engine::decision::lookahead;
 use waymark_engine::{decide, Action, Budget, Event, RunState};

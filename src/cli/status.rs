@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use waymark_connectors::state::dead_letters::DeadLetters;
 use waymark_connectors::config::parse_scope;
+use waymark_connectors::state::dead_letters::DeadLetters;
 use waymark_engine::{Checkpoint, Clock, Reconciliation, RunState, Status, SystemClock, Timestamp};
 
 use super::run::open_state;

@@ -10,10 +10,11 @@ use reqwest::header::HeaderMap;
 use waymark_engine::source::{self, ErrorKind, Ignored};
 use waymark_engine::{Clock, Timestamp};
 
+use crate::config::Action;
+use crate::config::{expand_env, Workflow};
 use crate::http::auth::{self, Credentials, Secrets};
 use crate::http::rate::Gate;
-use crate::http::rules::{Action, Rules};
-use crate::config::{expand_env, Workflow};
+use crate::http::rules::Rules;
 
 /// Why the source's connection could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +54,8 @@ struct Endpoint<'a> {
     /// `source` or `destination`, for messages.
     table: &'static str,
     base_url: &'a str,
-    auth: Option<&'a crate::http::auth::AuthSection>,
-    rate_limit: Option<&'a crate::http::rate::RateLimit>,
+    auth: Option<&'a crate::config::AuthSection>,
+    rate_limit: Option<&'a crate::config::RateLimit>,
 }
 
 /// The connection to one API (a source's, or an HTTP destination's).

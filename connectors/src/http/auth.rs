@@ -8,104 +8,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use waymark_engine::source::{self, ErrorKind};
 use waymark_engine::{Clock, Timestamp};
 
-use crate::config::Span;
-
-/// A secret read from an environment variable: `{ env = "SHOP_TOKEN" }`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FromEnv {
-    /// The environment variable's name.
-    pub env: String,
-}
-
-/// A value written in the file (`"alice"`) or read from the environment (`{ env = "X" }`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum Setting {
-    /// Written in the file.
-    Literal(String),
-    /// Read from an environment variable.
-    Env(FromEnv),
-}
-
-/// Where an API key goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyIn {
-    /// A request header (default).
-    #[default]
-    Header,
-    /// A query parameter.
-    Query,
-}
-
-/// How OAuth2 client credentials reach the token endpoint.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    /// HTTP basic authentication (RFC 6749 §2.3.1; default).
-    #[default]
-    Basic,
-    /// `client_id` and `client_secret` form fields.
-    Body,
-}
-
-/// `[source.auth]`: how requests authenticate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum AuthSection {
-    /// `Authorization: Bearer <token>`.
-    Bearer {
-        /// The token.
-        token: FromEnv,
-    },
-    /// `Authorization: Basic …`.
-    Basic {
-        /// The user name.
-        username: Setting,
-        /// The password.
-        password: FromEnv,
-    },
-    /// An API key in a header or a query parameter.
-    ApiKey {
-        /// Header or parameter name, e.g. `X-Api-Key`.
-        name: String,
-        /// `header` (default) or `query`.
-        #[serde(rename = "in", default)]
-        location: KeyIn,
-        /// The key.
-        key: FromEnv,
-    },
-    /// OAuth2: client credentials, or a refresh token when one is given. The access token
-    /// is kept in memory only, refreshed `refresh_before` its expiry and once on a 401.
-    Oauth2 {
-        /// The token endpoint.
-        token_url: String,
-        /// The client id.
-        client_id: Setting,
-        /// The client secret.
-        client_secret: FromEnv,
-        /// A refresh token: use the `refresh_token` grant instead of `client_credentials`.
-        refresh_token: Option<FromEnv>,
-        /// Requested scope.
-        scope: Option<String>,
-        /// `basic` (default) or `body`.
-        #[serde(default)]
-        client_auth: ClientAuth,
-        /// Refresh this long before the token expires (default 60s).
-        #[serde(default = "default_refresh_before")]
-        refresh_before: Span,
-    },
-}
-
-fn default_refresh_before() -> Span {
-    Span(Duration::from_secs(60))
-}
+use crate::config::{AuthSection, ClientAuth, FromEnv, KeyIn, Setting};
 
 /// Why credentials could not be resolved.
 #[derive(Debug, thiserror::Error)]

@@ -12,28 +12,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use waymark_engine::{Clock, Timestamp};
 
-use crate::config::Span;
-
-/// `rate_limit = { requests = 10, per = "1s" }`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    /// Requests allowed…
-    pub requests: u32,
-    /// …per this period.
-    pub per: Span,
-    /// Requests that may go back to back after a quiet spell (default 1: evenly spaced).
-    #[serde(default = "one")]
-    pub burst: u32,
-}
-
-fn one() -> u32 {
-    1
-}
+use crate::config::RateLimit;
 
 /// When the quota is at or below this fraction of its limit, requests are spread evenly
 /// over the time left until the quota resets.

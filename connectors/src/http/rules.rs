@@ -6,85 +6,10 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
-use crate::config::Span;
-
-/// What to do with a response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Use the response (the default for 2xx).
-    Accept,
-    /// Retry after a backoff (or the `Retry-After` the response carries).
-    Retry,
-    /// Fail the run with the status and an excerpt of the body.
-    Fail,
-    /// Skip: journaled, and the page counts as an empty last page (a child stream moves on
-    /// to its next parent).
-    Ignore,
-    /// A throttle: retry after `Retry-After` (or `wait`, or a backoff); every stream of
-    /// the source holds back until then.
-    RateLimited,
-    /// Fetch a new OAuth2 token and send the request again, once.
-    RefreshAuth,
-}
-
-/// A status code or a list of them: `status = 400` or `status = [400, 409]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum Statuses {
-    /// One code.
-    One(u16),
-    /// Several.
-    Many(Vec<u16>),
-}
-
-impl Statuses {
-    fn contains(&self, status: u16) -> bool {
-        match self {
-            Statuses::One(s) => *s == status,
-            Statuses::Many(all) => all.contains(&status),
-        }
-    }
-}
-
-/// `header = { name = "X-Error", contains = "quota" }`: the header is present (and holds
-/// the text, when `contains` is given).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    /// Header name (any case).
-    pub name: String,
-    /// Text the value must contain.
-    pub contains: Option<String>,
-}
-
-/// One `[[source.on_response]]` (or `[[stream.on_response]]`) rule: every condition given
-/// must hold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ResponseRule {
-    /// The status is one of these.
-    pub status: Option<Statuses>,
-    /// A header is present (and contains a text).
-    pub header: Option<HeaderMatch>,
-    /// The body contains this text.
-    pub body_contains: Option<String>,
-    /// What to do.
-    pub action: Action,
-    /// For `retry` and `rate_limited` when the response has no `Retry-After`: wait this
-    /// long (default: the backoff).
-    pub wait: Option<Span>,
-}
+use crate::config::{Action, ResponseRule};
 
 impl ResponseRule {
-    /// Whether the rule has a condition at all (a rule without one is a mistake).
-    pub fn has_condition(&self) -> bool {
-        self.status.is_some() || self.header.is_some() || self.body_contains.is_some()
-    }
-
     fn matches(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> bool {
         self.status.as_ref().is_none_or(|s| s.contains(status))
             && self.header.as_ref().is_none_or(|h| {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, SystemClock, WriteAck};
 
+use crate::config::{DestinationKind, StreamSection, Workflow};
 use crate::sink::http::HttpDestination;
 use crate::sink::jsonl::JsonlDestination;
+use crate::sink::plan::{Binding, Identified, Stored};
 use crate::sink::postgres::tls::Rustls;
 use crate::sink::postgres::PostgresDestination;
 use crate::sink::sqlite::SqliteDestination;
-use crate::sink::plan::{Binding, Identified, Stored};
-use crate::config::{DestinationKind, StreamSection, Workflow};
 
 /// Any of the destinations.
 pub enum AnyDestination {

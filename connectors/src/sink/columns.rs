@@ -4,72 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::{ColumnSpec, ColumnType};
 use crate::record::lookup;
-
-/// A column's type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ColumnType {
-    /// Text (numbers and booleans as written; objects and arrays as JSON).
-    Text,
-    /// A 64-bit integer (also from a string of digits).
-    Integer,
-    /// A floating-point number (also from a numeric string).
-    Real,
-    /// `true`/`false` (also `"true"`, `"false"`, `0`, `1`).
-    Boolean,
-    /// An instant: RFC 3339 text, or Unix seconds/milliseconds; stored in UTC.
-    Timestamp,
-    /// Any JSON value.
-    Json,
-}
-
-impl ColumnType {
-    /// The SQL type in PostgreSQL.
-    pub fn postgres(self) -> &'static str {
-        match self {
-            ColumnType::Text => "text",
-            ColumnType::Integer => "bigint",
-            ColumnType::Real => "double precision",
-            ColumnType::Boolean => "boolean",
-            ColumnType::Timestamp => "timestamptz",
-            ColumnType::Json => "jsonb",
-        }
-    }
-
-    /// The SQL type in SQLite.
-    pub fn sqlite(self) -> &'static str {
-        match self {
-            ColumnType::Text | ColumnType::Timestamp | ColumnType::Json => "TEXT",
-            ColumnType::Integer => "INTEGER",
-            ColumnType::Real => "REAL",
-            ColumnType::Boolean => "INTEGER",
-        }
-    }
-}
-
-/// `columns = { status = "text", total = { path = "amount.total", type = "real" } }`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum ColumnSpec {
-    /// The column's type; its path is its name.
-    Type(ColumnType),
-    /// A path and a type.
-    Full {
-        /// Dotted path of the value in a record.
-        path: String,
-        /// The column's type.
-        #[serde(rename = "type")]
-        kind: ColumnType,
-    },
-}
-
-/// Names every table has; declared columns cannot take them.
-pub const RESERVED: [&str; 6] = ["key", "version", "record", "run_id", "page", "deleted_at"];
 
 /// A stream's declared columns, in name order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -23,12 +23,12 @@ use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::source::ErrorKind;
 use waymark_engine::{Checkpoint, Clock, RetryPolicy, WriteAck};
 
-use crate::http::Api;
-use crate::state::dead_letters::DeadLetter;
-use crate::record::lookup;
-use crate::http::rules::Rules;
-use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
 use crate::config::Workflow;
+use crate::http::rules::Rules;
+use crate::http::Api;
+use crate::record::lookup;
+use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
+use crate::state::dead_letters::DeadLetter;
 
 /// What the destination knows of one source record.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use waymark_engine::{Preparer, WriteAck};
 
-use crate::state::audit::{Audit, Outcome, Seen};
-use crate::sink::columns::{Cell, Columns};
-use crate::state::dead_letters::{DeadLetter, DeadLetters};
-use crate::record::{compare_versions, key_by, lookup, scalar, Fields};
 use crate::config::{DeleteMode, RecordFilter, StreamSection, Workflow};
+use crate::record::{compare_versions, key_by, lookup, scalar, Fields};
+use crate::sink::columns::{Cell, Columns};
+use crate::state::audit::{Audit, Outcome, Seen};
+use crate::state::dead_letters::{DeadLetter, DeadLetters};
 
 /// Where one stream's records go and by which rules.
 #[derive(Clone, Debug)]

@@ -17,13 +17,13 @@ use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 
 use crate::http::Api;
 
-use crate::record::{compare_versions, lookup, scalar};
-use crate::http::rules::Rules;
-use crate::sink::sqlite::ParentRecords;
-use crate::source::template::{render, render_json, Context};
 use crate::config::{
     expand_env, CursorIn, Method, Pagination, PaginationKind, StreamSection, Workflow,
 };
+use crate::http::rules::Rules;
+use crate::record::{compare_versions, lookup, scalar};
+use crate::sink::sqlite::ParentRecords;
+use crate::source::template::{render, render_json, Context};
 
 /// Why the source could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -5,8 +5,9 @@
 use serde_json::Value;
 use waymark_engine::Window;
 
-use crate::record::{lookup, scalar};
+use crate::config::template::{format_of, placeholders, Placeholder};
 use crate::config::TimeFormat;
+use crate::record::{lookup, scalar};
 
 /// What a template can refer to.
 pub struct Context<'a> {
@@ -18,71 +19,6 @@ pub struct Context<'a> {
     pub cursor: Option<&'a str>,
     /// The parent record of a child stream.
     pub parent: Option<&'a Value>,
-}
-
-fn format_of(name: &str) -> Result<TimeFormat, String> {
-    serde_json::from_value(Value::String(name.to_string()))
-        .map_err(|_| format!("unknown format `{name}` (use rfc3339, unix, unix_ms or date)"))
-}
-
-/// A placeholder: its byte range in the template, name and format.
-struct Placeholder<'a> {
-    range: std::ops::Range<usize>,
-    name: &'a str,
-    format: Option<&'a str>,
-}
-
-/// The placeholders of a template; `${VAR}` (environment variables, expanded later) is
-/// left alone.
-fn placeholders(template: &str) -> Result<Vec<Placeholder<'_>>, String> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some(open) = template[from..].find('{').map(|i| i + from) {
-        let close = template[open..]
-            .find('}')
-            .map(|i| i + open)
-            .ok_or_else(|| format!("unclosed `{{` in `{template}`"))?;
-        if !template[..open].ends_with('$') {
-            let inner = &template[open + 1..close];
-            let (name, format) = match inner.split_once('|') {
-                Some((n, f)) => (n.trim(), Some(f.trim())),
-                None => (inner.trim(), None),
-            };
-            out.push(Placeholder {
-                range: open..close + 1,
-                name,
-                format,
-            });
-        }
-        from = close + 1;
-    }
-    Ok(out)
-}
-
-/// Checks a template's placeholders; `parent` says whether `{parent.…}` is available.
-pub fn check(template: &str, parent: bool) -> Result<(), String> {
-    for Placeholder { name, format, .. } in placeholders(template)? {
-        match name {
-            "window.start" | "window.end" => {}
-            "cursor" if format.is_none() => {}
-            _ if name.starts_with("parent.") && parent && format.is_none() => {}
-            _ if name.starts_with("parent.") => {
-                return Err(format!(
-                    "`{{{name}}}` needs a `parent` stream (and takes no format)"
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "unknown placeholder `{{{name}}}` (use window.start, window.end, cursor or \
-                     parent.<path>)"
-                ))
-            }
-        }
-        if let Some(f) = format {
-            format_of(f)?;
-        }
-    }
-    Ok(())
 }
 
 /// Renders a template; an absent value (no window start yet, no cursor) is empty.
@@ -179,15 +115,5 @@ mod tests {
         assert_eq!(render("a{window.start}b{cursor}c", &first)?, "abc");
         assert_eq!(render("Bearer ${TOKEN}", &first)?, "Bearer ${TOKEN}");
         Ok(())
-    }
-
-    #[test]
-    fn checks_names_and_formats() {
-        assert!(check("/c/{parent.id}", true).is_ok());
-        assert!(check("/c/{parent.id}", false).is_err());
-        assert!(check("{window.start|epoch}", false)
-            .is_err_and(|e| e.contains("unknown format `epoch`")));
-        assert!(check("{now}", false).is_err_and(|e| e.contains("unknown placeholder `{now}`")));
-        assert!(check("{window.end", false).is_err());
     }
 }

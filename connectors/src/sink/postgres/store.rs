@@ -14,8 +14,8 @@ use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::sink::columns::Cell;
-use crate::sink::postgres::tls::Rustls;
 use crate::sink::plan::{plan, replayed, Binding, Identified, Op, Stored};
+use crate::sink::postgres::tls::Rustls;
 
 /// One stream's table in a PostgreSQL database.
 pub struct PostgresDestination {

@@ -1,0 +1,54 @@
+//! The whole file (`[sync]`, `[source]`, `[[stream]]`, `[destination]`) and its JSON Schema.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::destination::DestinationSection;
+use super::source::SourceSection;
+use super::span::Span;
+use super::stream::StreamSection;
+
+/// The JSON Schema of workflow files (for editors).
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(File)).unwrap_or_default()
+}
+
+/// The `[sync]` table.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// Name of the sync; with the stream name it identifies checkpoints.
+    pub name: String,
+    /// How long journals of finished runs are kept (default 30 days).
+    #[serde(default = "default_keep")]
+    pub keep: Span,
+    /// How long `waymark trace` can look back: each record a page brought is noted in the
+    /// state directory's audit index (~50 bytes a record) for this long (default 7 days;
+    /// `"0s"` turns the index off).
+    #[serde(default = "default_audit_keep")]
+    pub audit_keep: Span,
+}
+
+fn default_audit_keep() -> Span {
+    Span(Duration::from_secs(7 * 24 * 3600))
+}
+
+fn default_keep() -> Span {
+    Span(Duration::from_secs(30 * 24 * 3600))
+}
+
+/// The parsed file.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// `[sync]`
+    pub sync: SyncSection,
+    /// `[source]`
+    pub source: SourceSection,
+    /// `[[stream]]`
+    pub stream: Vec<StreamSection>,
+    /// `[destination]`
+    pub destination: DestinationSection,
+}

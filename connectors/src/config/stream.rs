@@ -1,0 +1,298 @@
+//! A `[[stream]]` table: one endpoint's records, their key and version, its window,
+//! declared columns and reconciliation.
+
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use waymark_engine::Timestamp;
+
+use super::http::ResponseRule;
+use super::source::{Method, Pagination};
+use super::span::Span;
+
+/// `filter = { path = "status", one_of = ["paid", "shipped"] }`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordFilter {
+    /// Dotted path of the value tested.
+    pub path: String,
+    /// Accepted values (compared as text: `"7"` matches `7`).
+    pub one_of: Vec<String>,
+}
+
+/// A primary key: one dotted path, or several (a composite key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PrimaryKey {
+    /// `primary_key = "id"`
+    One(String),
+    /// `primary_key = ["org_id", "id"]`
+    Composite(Vec<String>),
+}
+
+impl PrimaryKey {
+    /// The key's paths.
+    pub fn paths(&self) -> Vec<String> {
+        match self {
+            PrimaryKey::One(path) => vec![path.clone()],
+            PrimaryKey::Composite(paths) => paths.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for PrimaryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.paths().join(", "))
+    }
+}
+
+/// A stream's incremental window.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSection {
+    /// The watermark is `now − lag` (default 2m: records the API commits late still fall
+    /// inside the next window).
+    #[serde(default = "default_lag")]
+    pub lag: Span,
+    /// A new window re-reads this much before the last watermark (default 0s).
+    #[serde(default)]
+    pub overlap: Span,
+    /// Start of the first window: an RFC 3339 time, or an age such as `30d` (default: from
+    /// the beginning).
+    #[serde(alias = "start")]
+    pub initial: Option<String>,
+    /// Query parameter that receives the window start, if the API filters.
+    pub start_param: Option<String>,
+    /// Query parameter that receives the watermark, if the API filters.
+    pub end_param: Option<String>,
+    /// Longest window of one run (e.g. `1d`): a long catch-up runs as consecutive
+    /// slices, each checkpointed. Must be longer than `overlap`.
+    pub step: Option<Span>,
+    /// How window bounds are written: `rfc3339` (default, with milliseconds), `unix`
+    /// (seconds), `unix_ms` or `date` (`YYYY-MM-DD`).
+    #[serde(default)]
+    pub format: TimeFormat,
+}
+
+fn default_lag() -> Span {
+    Span(Duration::from_secs(120))
+}
+
+impl Default for WindowSection {
+    fn default() -> Self {
+        WindowSection {
+            lag: default_lag(),
+            overlap: Span::default(),
+            initial: None,
+            start_param: None,
+            end_param: None,
+            step: None,
+            format: TimeFormat::default(),
+        }
+    }
+}
+
+/// How a time is written in a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// `2026-01-01T00:00:00.000Z`
+    #[default]
+    Rfc3339,
+    /// Unix seconds.
+    Unix,
+    /// Unix milliseconds.
+    UnixMs,
+    /// `2026-01-01` (the day containing the instant, UTC).
+    Date,
+}
+
+impl TimeFormat {
+    /// `t` written in this format.
+    pub fn format(self, t: Timestamp) -> String {
+        match self {
+            TimeFormat::Rfc3339 => t.to_string(),
+            TimeFormat::Unix => (t.0 / 1000).to_string(),
+            TimeFormat::UnixMs => t.0.to_string(),
+            TimeFormat::Date => t.to_string().chars().take(10).collect(),
+        }
+    }
+}
+
+/// One `[[stream]]`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// Name; also the destination table (letters, digits, `_`).
+    pub name: String,
+    /// Path appended to the base URL.
+    pub path: String,
+    /// HTTP method: `get` (default) or `post`.
+    #[serde(default)]
+    pub method: Method,
+    /// JSON body of a `post` (a TOML table); string values may hold templates.
+    pub body: Option<serde_json::Value>,
+    /// Extra query parameters; values may hold templates (`{window.start|unix}`).
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Extra request headers; values may hold templates and `${VAR}` (read at run time,
+    /// never journaled or logged).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Keeps only the records whose value at a path is one of the listed values (the page
+    /// size still counts every record received).
+    pub filter: Option<RecordFilter>,
+    /// Keeps only these fields (dotted paths) of each record.
+    pub fields: Option<Vec<String>>,
+    /// Records whose value at a path is one of the listed values are deletions (a
+    /// soft-delete flag in the source), applied like a deletions feed's.
+    pub deleted_when: Option<RecordFilter>,
+    /// Makes this a child stream: it is read once per record of the named stream (an
+    /// earlier stream of this file, read from its destination table in key order), whose
+    /// fields `{parent.<path>}` fill the path, parameters, headers and body.
+    pub parent: Option<String>,
+    /// Dotted path of the records array in the response body (empty: the body is the array).
+    #[serde(default)]
+    pub records: String,
+    /// Dotted path of the primary key in a record.
+    pub primary_key: PrimaryKey,
+    /// Dotted path of the version (e.g. `updated_at`): an older version never overwrites a
+    /// newer one.
+    pub cursor_field: Option<String>,
+    /// Records per page requested (default 100).
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// How pages follow each other.
+    pub pagination: Pagination,
+    /// The incremental window.
+    #[serde(default)]
+    pub window: WindowSection,
+    /// Rules deciding what a response means, checked before the source's.
+    #[serde(default)]
+    pub on_response: Vec<ResponseRule>,
+    /// Typed destination columns filled from record paths, beside the raw record; a new
+    /// one is added to an existing table.
+    #[serde(default)]
+    pub columns: std::collections::BTreeMap<String, ColumnSpec>,
+    /// Makes this stream a deletions feed of the named stream: each record (its
+    /// `primary_key`, and its `cursor_field` as the deletion time) marks that stream's
+    /// record deleted, unless the stored record is newer than the deletion.
+    pub deletes: Option<String>,
+    /// Compares this stream's source and destination when due (`waymark run` performs it
+    /// after the stream's run): `{ every = "7d", mode = "report" }`.
+    pub reconcile: Option<ReconcileSection>,
+}
+
+/// A stream's regular reconciliation (`waymark reconcile` does the same on demand).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSection {
+    /// How often: a reconciliation is due when the last one is older than this.
+    pub every: Span,
+    /// `report` (default: record and show the gaps) or `repair` (and fix them through a
+    /// journaled repair run).
+    #[serde(default)]
+    pub mode: ReconcileMode,
+    /// Compare only the records of this last span of source time (default: all of them);
+    /// the stream needs window parameters.
+    pub window: Option<Span>,
+    /// Also compare the field values of this many records (chosen by key hash).
+    pub sample: Option<u64>,
+    /// The fields compared (dotted paths; default: the whole record).
+    pub fields: Option<Vec<String>>,
+    /// `waymark status` flags the stream when the last gap rate exceeds this (default 0.01).
+    #[serde(default = "default_max_gap_rate")]
+    pub max_gap_rate: f64,
+}
+
+fn default_max_gap_rate() -> f64 {
+    0.01
+}
+
+/// What a reconciliation does with the gaps it finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconcileMode {
+    /// Change nothing.
+    #[default]
+    Report,
+    /// Re-write missing and stale records, apply deletions by the destination's
+    /// `delete_mode`.
+    Repair,
+}
+
+fn default_page_size() -> u32 {
+    100
+}
+
+/// The start of a first window: an RFC 3339 time, or an age (`30d`) before `now`.
+pub fn initial_start(text: &str, now: Timestamp) -> Result<Timestamp, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(Timestamp::from_system(t));
+    }
+    humantime::parse_duration(text)
+        .map(|age| now.saturating_sub(age))
+        .map_err(|_| format!("`{text}` is neither an RFC 3339 time nor an age such as \"30d\""))
+}
+
+/// A column's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// Text (numbers and booleans as written; objects and arrays as JSON).
+    Text,
+    /// A 64-bit integer (also from a string of digits).
+    Integer,
+    /// A floating-point number (also from a numeric string).
+    Real,
+    /// `true`/`false` (also `"true"`, `"false"`, `0`, `1`).
+    Boolean,
+    /// An instant: RFC 3339 text, or Unix seconds/milliseconds; stored in UTC.
+    Timestamp,
+    /// Any JSON value.
+    Json,
+}
+
+impl ColumnType {
+    /// The SQL type in PostgreSQL.
+    pub fn postgres(self) -> &'static str {
+        match self {
+            ColumnType::Text => "text",
+            ColumnType::Integer => "bigint",
+            ColumnType::Real => "double precision",
+            ColumnType::Boolean => "boolean",
+            ColumnType::Timestamp => "timestamptz",
+            ColumnType::Json => "jsonb",
+        }
+    }
+
+    /// The SQL type in SQLite.
+    pub fn sqlite(self) -> &'static str {
+        match self {
+            ColumnType::Text | ColumnType::Timestamp | ColumnType::Json => "TEXT",
+            ColumnType::Integer => "INTEGER",
+            ColumnType::Real => "REAL",
+            ColumnType::Boolean => "INTEGER",
+        }
+    }
+}
+
+/// `columns = { status = "text", total = { path = "amount.total", type = "real" } }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ColumnSpec {
+    /// The column's type; its path is its name.
+    Type(ColumnType),
+    /// A path and a type.
+    Full {
+        /// Dotted path of the value in a record.
+        path: String,
+        /// The column's type.
+        #[serde(rename = "type")]
+        kind: ColumnType,
+    },
+}
+
+/// Names every table has; declared columns cannot take them.
+pub const RESERVED: [&str; 6] = ["key", "version", "record", "run_id", "page", "deleted_at"];

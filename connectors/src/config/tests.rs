@@ -1,0 +1,252 @@
+//! Tests of workflow files: parsing, validation messages, digests, scopes.
+
+use std::path::Path;
+
+use waymark_engine::Timestamp;
+
+use super::*;
+
+const GOOD: &str = r#"
+[sync]
+name = "shop"
+
+[source]
+kind = "http"
+base_url = "http://127.0.0.1:1"
+
+[[stream]]
+name = "orders"
+path = "/orders"
+records = "data"
+primary_key = "id"
+cursor_field = "updated_at"
+pagination = { kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor" }
+
+[destination]
+kind = "sqlite"
+path = "shop.db"
+"#;
+
+#[test]
+fn unknown_key_is_reported_with_line_and_column() {
+    let text = GOOD.replace("records = \"data\"", "recrods = \"data\"");
+    let err = Workflow::parse(Path::new("w.toml"), &text)
+        .map(|_| ())
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("w.toml:12:1: stream[0].recrods: unknown field `recrods`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn wrong_type_and_bad_duration_are_reported() {
+    let text = GOOD.replace("kind = \"http\"", "kind = \"http\"\ntimeout = \"soon\"");
+    let msg = Workflow::parse(Path::new("w.toml"), &text)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("w.toml:7:11: source.timeout: ")
+            && msg.contains("`soon` is not a duration"),
+        "{msg}"
+    );
+    let text = GOOD.replace("path = \"/orders\"", "path = 3");
+    let msg = Workflow::parse(Path::new("w.toml"), &text)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("w.toml:11:8: stream[0].path: ") && msg.contains("expected a string"),
+        "{msg}"
+    );
+}
+
+fn error(text: &str) -> String {
+    Workflow::parse(Path::new("w.toml"), text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+        .err()
+        .unwrap_or_default()
+}
+
+#[test]
+fn keys_inside_inline_tables_and_later_tables_are_named() {
+    let text = GOOD.replace("cursor_param = \"cursor\"", "cursor_parm = \"cursor\"");
+    let msg = error(&text);
+    assert!(
+        msg.starts_with("w.toml:15:62: stream[0].pagination.cursor_parm: unknown field"),
+        "{msg}"
+    );
+    let two = format!("{GOOD}\n[[stream]]\nname = \"b\"\npath = 7\n");
+    let msg = error(&two.replace("[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n", ""));
+    assert!(msg.contains("stream[1].path: "), "{msg}");
+}
+
+#[test]
+fn each_pagination_style_checks_its_own_keys() {
+    let keyset = GOOD.replace(
+        "{ kind = \"cursor\", cursor_path = \"next_cursor\", cursor_param = \"cursor\" }",
+        "{ kind = \"keyset\", id_param = \"since_id\" }",
+    );
+    assert_eq!(
+        error(&keyset),
+        "w.toml:15:1: stream.orders.pagination.since_param: required with kind = \"keyset\""
+    );
+    let stray = GOOD.replace(
+        "cursor_param = \"cursor\"",
+        "cursor_param = \"c\", page_param = \"p\"",
+    );
+    assert_eq!(
+        error(&stray),
+        "w.toml:15:82: stream.orders.pagination.page_param: does not apply to kind = \"cursor\""
+    );
+    let no_field = keyset
+        .replace("id_param", "since_param")
+        .replace("cursor_field = \"updated_at\"\n", "");
+    assert!(error(&no_field).contains("stream.orders.cursor_field: keyset pagination needs"));
+}
+
+#[test]
+fn warns_about_offset_pages_on_an_incremental_stream() -> Result<(), Error> {
+    let text = GOOD.replace(
+        "{ kind = \"cursor\", cursor_path = \"next_cursor\", cursor_param = \"cursor\" }",
+        "{ kind = \"offset\", offset_param = \"offset\" }\nwindow = { start_param = \"since\" }",
+    );
+    let w = Workflow::parse(Path::new("w.toml"), &text)?;
+    let warnings = w.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].0, "stream.orders.pagination.kind");
+    assert!(warnings[0].1.contains("skip or repeat records"));
+    Ok(())
+}
+
+#[test]
+fn backfill_scopes_round_trip() {
+    let scope = backfill_scope("orders", Timestamp(1_000), Timestamp(2_000));
+    assert_eq!(
+        scope,
+        "orders@backfill:1970-01-01T00:00:01.000Z..1970-01-01T00:00:02.000Z"
+    );
+    assert_eq!(
+        parse_scope(&scope),
+        ("orders", Some((Timestamp(1_000), Timestamp(2_000))))
+    );
+    assert_eq!(parse_scope("orders"), ("orders", None));
+    assert_eq!(parse_scope(&repair_scope("orders")), ("orders", None));
+    assert!(is_repair_scope(&repair_scope("orders")));
+    assert_eq!(parse_scope("orders@dlq-retry"), ("orders", None));
+}
+
+#[test]
+fn initial_is_a_time_or_an_age() {
+    let now = Timestamp(1_000_000_000_000);
+    assert_eq!(initial_start("30s", now), Ok(Timestamp(999_999_970_000)));
+    assert_eq!(
+        initial_start("2001-09-09T01:46:40Z", now),
+        Ok(Timestamp(1_000_000_000_000))
+    );
+    assert!(initial_start("last tuesday", now).is_err());
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let text = GOOD.replace("primary_key = \"id\"", "primary_key = \"\"");
+    let msg = Workflow::parse(Path::new("w.toml"), &text)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "w.toml:13:1: stream.orders.primary_key: every stream needs a primary key"
+    );
+}
+
+#[test]
+fn digest_ignores_formatting_and_names_changes() -> Result<(), Error> {
+    let a = Workflow::parse(Path::new("w.toml"), GOOD)?;
+    let b = Workflow::parse(Path::new("w.toml"), &format!("# comment\n{GOOD}"))?;
+    let c = Workflow::parse(Path::new("w.toml"), &GOOD.replace("\"id\"", "\"order_id\""))?;
+    let plan = |w: &Workflow| w.plan(&w.streams()[0], false);
+    assert_eq!(plan(&a).workflow_digest, plan(&b).workflow_digest);
+    assert_ne!(plan(&a).workflow_digest, plan(&c).workflow_digest);
+    assert!(plan(&a)
+        .fingerprint
+        .contains(&("stream.primary_key".into(), "\"id\"".into())));
+    Ok(())
+}
+
+#[test]
+fn operational_knobs_do_not_change_the_digest() -> Result<(), Error> {
+    let a = Workflow::parse(Path::new("w.toml"), GOOD)?;
+    let tuned = GOOD.replace(
+        "kind = \"http\"",
+        "kind = \"http\"\ntimeout = \"5s\"\nmax_attempts = 9\nrate_limit = { requests = 2, per = \"1s\" }\n\
+         auth = { kind = \"bearer\", token = { env = \"T\" } }\n\
+         on_response = [{ status = 400, action = \"retry\" }]",
+    );
+    let tuned = tuned.replace(
+        "cursor_field = \"updated_at\"",
+        "cursor_field = \"updated_at\"\non_response = [{ status = 404, action = \"ignore\" }]",
+    );
+    let b = Workflow::parse(
+        Path::new("w.toml"),
+        &tuned.replace("name = \"shop\"", "name = \"shop\"\nkeep = \"1d\""),
+    )?;
+    assert_eq!(
+        a.plan(&a.streams()[0], false).workflow_digest,
+        b.plan(&b.streams()[0], false).workflow_digest
+    );
+    Ok(())
+}
+
+#[test]
+fn resilience_settings_are_checked() {
+    let with = |source: &str| {
+        let text = GOOD.replace("kind = \"http\"", &format!("kind = \"http\"\n{source}"));
+        Workflow::parse(Path::new("w.toml"), &text)
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        with("on_response = [{ action = \"retry\" }]").as_deref(),
+        Some(
+            "w.toml:7:1: source.on_response[0]: give at least one condition: `status`, \
+             `header` or `body_contains`"
+        )
+    );
+    assert!(with("backoff = { base = \"5s\", cap = \"1s\" }")
+        .is_some_and(|e| e.contains("source.backoff: needs 0 < base <= cap")));
+    assert!(with("max_wait = \"1s\"")
+        .is_some_and(|e| e.contains("source.max_wait: must be at least backoff.cap")));
+    assert!(with("rate_limit = { requests = 0, per = \"1s\" }")
+        .is_some_and(|e| e.contains("source.rate_limit: needs requests >= 1")));
+    assert!(
+        with("auth = { kind = \"bearer\", token = { env = \"T\" }, extra = 1 }")
+            .is_some_and(|e| e.contains("unknown field `extra`")),
+        "{:?}",
+        with("auth = { kind = \"bearer\", token = { env = \"T\" }, extra = 1 }")
+    );
+    assert!(with("auth = { kind = \"magic\" }").is_some_and(|e| e.contains("magic")));
+    assert!(with(
+        "auth = { kind = \"oauth2\", token_url = \"nope\", client_id = \"a\", \
+         client_secret = { env = \"S\" } }"
+    )
+    .is_some_and(|e| e.contains("source.auth.token_url: `nope` is not a URL")));
+    assert_eq!(
+        with("auth = { kind = \"bearer\", token = { env = \"T\" } }\nrate_limit = { requests = 3, per = \"1s\", burst = 2 }"),
+        None
+    );
+}
+
+#[test]
+fn expands_environment_variables() {
+    std::env::set_var("WAYMARK_TEST_HOST", "example.test");
+    assert_eq!(
+        expand_env("http://${WAYMARK_TEST_HOST}/x").as_deref(),
+        Ok("http://example.test/x")
+    );
+    assert!(expand_env("${WAYMARK_TEST_MISSING_VAR}").is_err());
+}

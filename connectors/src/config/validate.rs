@@ -1,0 +1,338 @@
+//! The semantic checks run after parsing (one key path per message), and warnings.
+
+use waymark_engine::Timestamp;
+
+use super::destination::DestinationKind;
+use super::digest::json_strings;
+use super::error::Error;
+use super::http::AuthSection;
+use super::source::{CursorIn, Method, PaginationKind};
+use super::stream::{initial_start, PrimaryKey, RESERVED};
+use super::template::check;
+use super::workflow::Workflow;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Workflow {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if !valid_name(&self.file.sync.name) {
+            return Err(self.invalid("sync.name".into(), "use letters, digits, `_` or `-`"));
+        }
+        if self.file.stream.is_empty() {
+            return Err(self.invalid("stream".into(), "declare at least one [[stream]]"));
+        }
+        let d = &self.file.destination;
+        match d.kind {
+            DestinationKind::Sqlite | DestinationKind::Jsonl if d.path.is_none() => {
+                return Err(self.invalid(
+                    "destination".into(),
+                    "sqlite and jsonl destinations need `path` (the database file, or the \
+                     directory)",
+                ))
+            }
+            DestinationKind::Postgres if d.url.is_none() => {
+                return Err(self.invalid(
+                    "destination".into(),
+                    "a postgres destination needs `url = { env = \"…\" }` (the connection \
+                     string, read from the environment)",
+                ))
+            }
+            DestinationKind::Http => {
+                for (k, v) in [
+                    ("base_url", &d.base_url),
+                    ("lookup", &d.lookup),
+                    ("create", &d.create),
+                    ("update", &d.update),
+                ] {
+                    if v.is_none() {
+                        return Err(self.invalid(
+                            "destination".into(),
+                            format!("an http destination needs `{k}`"),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        let source = &self.file.source;
+        if source.max_attempts == 0 {
+            return Err(self.invalid("source.max_attempts".into(), "must be at least 1"));
+        }
+        if source.backoff.base.0.is_zero() || source.backoff.base.0 > source.backoff.cap.0 {
+            return Err(self.invalid(
+                "source.backoff".into(),
+                "needs 0 < base <= cap, e.g. { base = \"250ms\", cap = \"30s\" }",
+            ));
+        }
+        if source.backoff.cap.0 > source.max_wait.0 {
+            return Err(self.invalid(
+                "source.max_wait".into(),
+                "must be at least backoff.cap (a backoff would otherwise pause the run)",
+            ));
+        }
+        if let Some(limit) = &source.rate_limit {
+            if limit.requests == 0 || limit.per.0.is_zero() || limit.burst == 0 {
+                return Err(self.invalid(
+                    "source.rate_limit".into(),
+                    "needs requests >= 1, a non-zero `per` and burst >= 1, e.g. \
+                     { requests = 10, per = \"1s\" }",
+                ));
+            }
+        }
+        if let Some(AuthSection::Oauth2 { token_url, .. }) = &source.auth {
+            if let Err(e) = reqwest::Url::parse(token_url) {
+                return Err(self.invalid(
+                    "source.auth.token_url".into(),
+                    format!("`{token_url}` is not a URL: {e}"),
+                ));
+            }
+        }
+        let rules = source
+            .on_response
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("source.on_response[{i}]"), r))
+            .chain(self.file.stream.iter().flat_map(|s| {
+                s.on_response
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, r)| (format!("stream.{}.on_response[{i}]", s.name), r))
+            }));
+        for (key, rule) in rules {
+            if !rule.has_condition() {
+                return Err(self.invalid(
+                    key,
+                    "give at least one condition: `status`, `header` or `body_contains`",
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.file.stream {
+            let key = |k: &str| format!("stream.{}.{k}", s.name);
+            if !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || s.name.is_empty()
+            {
+                return Err(self.invalid(
+                    key("name"),
+                    "use letters, digits and `_` (it names a table)",
+                ));
+            }
+            if s.name.starts_with("_waymark") {
+                return Err(
+                    self.invalid(key("name"), "names starting with `_waymark` are reserved")
+                );
+            }
+            if !seen.insert(&s.name) {
+                return Err(self.invalid(key("name"), "two streams have this name"));
+            }
+            if s.records.starts_with('$') {
+                serde_json_path::JsonPath::parse(&s.records)
+                    .map_err(|e| self.invalid(key("records"), format!("not a JSONPath: {e}")))?;
+            }
+            if s.primary_key.paths().iter().any(|p| p.trim().is_empty()) {
+                return Err(self.invalid(key("primary_key"), "every stream needs a primary key"));
+            }
+            for name in s.columns.keys() {
+                let key = key(&format!("columns.{name}"));
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(self.invalid(key, "a column name uses letters, digits and `_`"));
+                }
+                if RESERVED.contains(&name.as_str()) {
+                    return Err(self.invalid(
+                        key,
+                        format!("`{name}` is a column of every table; choose another name"),
+                    ));
+                }
+            }
+            if s.page_size == 0 {
+                return Err(self.invalid(key("page_size"), "must be at least 1"));
+            }
+            if let Some(target) = &s.deletes {
+                let Some(t) = self.file.stream.iter().find(|t| &t.name == target) else {
+                    return Err(self.invalid(
+                        key("deletes"),
+                        format!("no stream named `{target}` in this file"),
+                    ));
+                };
+                if t.name == s.name || t.deletes.is_some() {
+                    return Err(self.invalid(
+                        key("deletes"),
+                        format!("`{target}` is itself a deletions feed"),
+                    ));
+                }
+                if s.cursor_field.is_none() || t.cursor_field.is_none() {
+                    return Err(self.invalid(
+                        key("deletes"),
+                        format!(
+                            "a deletions feed and `{target}` both need a `cursor_field` (the \
+                             deletion time and the record version), so a delete never removes \
+                             a newer record"
+                        ),
+                    ));
+                }
+            }
+            if let Some(r) = &s.reconcile {
+                if r.every.0.is_zero() {
+                    return Err(self.invalid(key("reconcile.every"), "must be longer than 0s"));
+                }
+                if !(0.0..=1.0).contains(&r.max_gap_rate) {
+                    return Err(self.invalid(
+                        key("reconcile.max_gap_rate"),
+                        "a fraction between 0 and 1, e.g. 0.01 for 1%",
+                    ));
+                }
+                if s.deletes.is_some() {
+                    return Err(self.invalid(
+                        key("reconcile"),
+                        "a deletions feed is reconciled with the stream it deletes from",
+                    ));
+                }
+                if r.window.is_some()
+                    && (s.window.start_param.is_none() && s.window.end_param.is_none())
+                {
+                    return Err(self.invalid(
+                        key("reconcile.window"),
+                        "the stream has no window parameters, so only a full reconciliation \
+                         is possible: remove `window`",
+                    ));
+                }
+            }
+            if let Some(initial) = &s.window.initial {
+                initial_start(initial, Timestamp(0))
+                    .map_err(|e| self.invalid(key("window.initial"), e))?;
+            }
+            let child = s.parent.is_some();
+            let templates = std::iter::once(("path".to_string(), s.path.clone()))
+                .chain(
+                    s.params
+                        .iter()
+                        .map(|(k, v)| (format!("params.{k}"), v.clone())),
+                )
+                .chain(
+                    s.headers
+                        .iter()
+                        .map(|(k, v)| (format!("headers.{k}"), v.clone())),
+                )
+                .chain(
+                    s.body
+                        .iter()
+                        .flat_map(json_strings)
+                        .map(|v| ("body".to_string(), v)),
+                );
+            for (k, template) in templates {
+                check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
+            }
+            if let Some(parent) = &s.parent {
+                if d.kind != DestinationKind::Sqlite {
+                    return Err(self.invalid(
+                        key("parent"),
+                        "child streams read their parents from a sqlite destination",
+                    ));
+                }
+                let position = self.file.stream.iter().position(|t| &t.name == parent);
+                let me = self.file.stream.iter().position(|t| t.name == s.name);
+                match (position, me) {
+                    (Some(p), Some(m)) if p < m => {
+                        if self.file.stream[p].deletes.is_some() {
+                            return Err(self.invalid(
+                                key("parent"),
+                                format!("`{parent}` is a deletions feed"),
+                            ));
+                        }
+                    }
+                    (Some(_), _) => {
+                        return Err(self.invalid(
+                            key("parent"),
+                            format!("`{parent}` must come before this stream in the file"),
+                        ))
+                    }
+                    (None, _) => {
+                        return Err(self.invalid(
+                            key("parent"),
+                            format!("no stream named `{parent}` in this file"),
+                        ))
+                    }
+                }
+            }
+            if s.deleted_when.is_some() && s.cursor_field.is_none() {
+                return Err(self.invalid(
+                    key("deleted_when"),
+                    "needs a `cursor_field` (the version compared with later copies)",
+                ));
+            }
+            if let Some(step) = s.window.step {
+                if step.0 <= s.window.overlap.0 {
+                    return Err(self.invalid(
+                        key("window.step"),
+                        "must be longer than window.overlap (each slice must move forward)",
+                    ));
+                }
+            }
+            s.pagination
+                .check()
+                .map_err(|(k, message)| self.invalid(key(&k), message))?;
+            if s.pagination.kind == PaginationKind::Keyset
+                && matches!(s.primary_key, PrimaryKey::Composite(_))
+            {
+                return Err(self.invalid(
+                    key("pagination.kind"),
+                    "keyset pagination needs a single-path primary_key (its tie-breaker)",
+                ));
+            }
+            if s.pagination.kind == PaginationKind::Keyset && s.cursor_field.is_none() {
+                return Err(self.invalid(
+                    key("cursor_field"),
+                    "keyset pagination needs a `cursor_field` (with `primary_key`, the position \
+                     sent back)",
+                ));
+            }
+            if s.pagination.cursor_in == Some(CursorIn::Body) && s.method != Method::Post {
+                return Err(self.invalid(
+                    key("pagination.cursor_in"),
+                    "a cursor in the body needs `method = \"post\"`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Things that work but probably not as meant: `(key, message)`.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for s in &self.file.stream {
+            let incremental = s.window.start_param.is_some() || s.window.end_param.is_some();
+            if incremental
+                && matches!(
+                    s.pagination.kind,
+                    PaginationKind::PageNumber | PaginationKind::Offset
+                )
+            {
+                out.push((
+                    format!("stream.{}.pagination.kind", s.name),
+                    "page-number and offset pagination skip or repeat records while the data \
+                     changes during a run (a record updated out of the window shifts every later \
+                     page); prefer cursor, next_url, link_header or keyset pagination for an \
+                     incremental stream"
+                        .to_string(),
+                ));
+            }
+            if s.cursor_field.is_some() && !incremental && s.deletes.is_none() {
+                out.push((
+                    format!("stream.{}.window", s.name),
+                    "the stream has a cursor_field but no window parameters: every run reads \
+                     everything (a full refresh)"
+                        .to_string(),
+                ));
+            }
+        }
+        out
+    }
+}

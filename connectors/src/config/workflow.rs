@@ -1,0 +1,230 @@
+//! A loaded, validated workflow file and what the rest of Waymark asks of it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use waymark_engine::{Plan, RetryPolicy, Timestamp};
+
+use super::error::Error;
+use super::file::File;
+use super::location::{key_path, line_col, locate};
+use super::scope::{backfill_scope, repair_scope};
+use super::stream::{initial_start, StreamSection};
+
+/// A loaded, validated workflow.
+#[derive(Clone, Debug)]
+pub struct Workflow {
+    pub(super) path: PathBuf,
+    pub(super) file: File,
+    /// The text, to place errors found after parsing.
+    pub(super) text: String,
+}
+
+impl Workflow {
+    /// Reads and validates a workflow file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates workflow text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let file: File = toml::from_str(text).map_err(|e| {
+            let start = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_col(text, start);
+            let message = e.message().trim().to_string();
+            Error::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: match key_path(text, start) {
+                    Some(key) => format!("{key}: {message}"),
+                    None => message,
+                },
+            }
+        })?;
+        let workflow = Workflow {
+            path: path.to_path_buf(),
+            file,
+            text: text.to_string(),
+        };
+        workflow.validate()?;
+        Ok(workflow)
+    }
+
+    /// Line and column of a key path (`stream.orders.pagination.kind`) in the file.
+    pub fn position(&self, key: &str) -> (usize, usize) {
+        line_col(&self.text, locate(&self.text, key))
+    }
+
+    pub(super) fn invalid(&self, key: String, message: impl Into<String>) -> Error {
+        let (line, column) = self.position(&key);
+        Error::Invalid {
+            path: self.path.clone(),
+            line,
+            column,
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The sync's name.
+    pub fn name(&self) -> &str {
+        &self.file.sync.name
+    }
+
+    /// Retention of finished runs' journals.
+    pub fn keep(&self) -> Duration {
+        self.file.sync.keep.0
+    }
+
+    /// How long the audit index keeps what it noted (zero: no index).
+    pub fn audit_keep(&self) -> Duration {
+        self.file.sync.audit_keep.0
+    }
+
+    /// The engine's retry policy from `[source]`.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let source = &self.file.source;
+        RetryPolicy {
+            max_attempts: source.max_attempts,
+            base: source.backoff.base.0,
+            cap: source.backoff.cap.0,
+            max_wait: source.max_wait.0,
+        }
+    }
+
+    /// `source.ca_file`, relative to the workflow file.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.file.source.ca_file.as_deref().map(|f| self.beside(f))
+    }
+
+    /// `destination.ca_file`, relative to the workflow file.
+    pub fn destination_ca_file(&self) -> Option<PathBuf> {
+        self.file
+            .destination
+            .ca_file
+            .as_deref()
+            .map(|f| self.beside(f))
+    }
+
+    /// `file` relative to the workflow file's directory (unless absolute).
+    fn beside(&self, file: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_path_buf(),
+        }
+    }
+
+    /// The streams, in file order.
+    pub fn streams(&self) -> &[StreamSection] {
+        &self.file.stream
+    }
+
+    /// The stream called `name`.
+    pub fn stream(&self, name: &str) -> Result<&StreamSection, Error> {
+        self.file
+            .stream
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::UnknownStream {
+                path: self.path.clone(),
+                name: name.to_string(),
+                known: self
+                    .file
+                    .stream
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The destination database path, resolved against the workflow file's directory.
+    pub fn destination_path(&self) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        base.join(self.file.destination.path.as_deref().unwrap_or_default())
+    }
+
+    /// The plan of a backfill of `stream` over `[from, to)`, under its own scope.
+    pub fn backfill_plan(
+        &self,
+        stream: &StreamSection,
+        from: Timestamp,
+        to: Timestamp,
+        fresh: bool,
+    ) -> Plan {
+        Plan {
+            stream: backfill_scope(&stream.name, from, to),
+            start: Some(from),
+            until: Some(to),
+            overlap: Duration::ZERO,
+            ..self.plan(stream, fresh)
+        }
+    }
+
+    /// The plan of a reconciliation's repair of `stream`: its own scope, a window that is
+    /// only a label (the repair set is the source), never sliced.
+    pub fn repair_plan(&self, stream: &StreamSection) -> Plan {
+        Plan {
+            stream: repair_scope(&stream.name),
+            lag: Duration::ZERO,
+            overlap: Duration::ZERO,
+            start: None,
+            until: None,
+            step: None,
+            ..self.plan(stream, false)
+        }
+    }
+
+    /// The engine's plan for one stream's run.
+    pub fn plan(&self, stream: &StreamSection, fresh: bool) -> Plan {
+        let fingerprint = self.fingerprint(stream);
+        let mut hasher = Sha256::new();
+        for (k, v) in &fingerprint {
+            hasher.update(k.as_bytes());
+            hasher.update([0]);
+            hasher.update(v.as_bytes());
+            hasher.update([0]);
+        }
+        let digest: String = hasher
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let start = stream.window.initial.as_deref().and_then(|s| {
+            initial_start(s, Timestamp::from_system(std::time::SystemTime::now())).ok()
+        });
+        Plan {
+            sync: self.file.sync.name.clone(),
+            stream: stream.name.clone(),
+            workflow_digest: digest,
+            workflow_path: std::fs::canonicalize(&self.path)
+                .unwrap_or_else(|_| self.path.clone())
+                .display()
+                .to_string(),
+            fingerprint,
+            lag: stream.window.lag.0,
+            overlap: stream.window.overlap.0,
+            start,
+            until: None,
+            step: stream.window.step.map(|s| s.0),
+            fresh,
+        }
+    }
+}
