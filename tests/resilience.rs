@@ -173,7 +173,7 @@ async fn run_stream(
     let plan = workflow.plan(stream, false);
     let binding = Binding::new(workflow, stream, dir.root());
     let mut destination = SqliteDestination::open(&workflow.destination_path(), binding)?;
-    let mut source = HttpSource::new(workflow, stream, api.clone())?;
+    let mut source = HttpSource::new(workflow, stream, api.clone(), None)?;
     let (journal, staging) = dir.parts();
     let state = driver::open(journal, staging, &mut destination, &plan, clock.now()).await?;
     let run = state.run_id();

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::RunId;
+use crate::run_id::RunId;
 use crate::time::Timestamp;
 use crate::window::Window;
 

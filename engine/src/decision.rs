@@ -197,7 +197,8 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{PageFetched, RunId, RunStarted, StartFrom, WriteAck};
+    use crate::event::{PageFetched, RunStarted, StartFrom, WriteAck};
+    use crate::run_id::RunId;
     use crate::state::apply;
     use crate::window::Window;
 

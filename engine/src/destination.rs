@@ -4,7 +4,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
-use crate::event::{RunId, WriteAck};
+use crate::event::WriteAck;
+use crate::run_id::RunId;
 
 /// One page's records and the checkpoint that committing them produces.
 #[derive(Debug)]

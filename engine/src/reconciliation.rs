@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::RunId;
+use crate::run_id::RunId;
 use crate::time::Timestamp;
 
 /// One comparison of a stream's source and destination.

@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::event::RunId;
+use crate::run_id::RunId;
 
 const MAGIC: &[u8; 4] = b"WMPG";
 const VERSION: u8 = 1;

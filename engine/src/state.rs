@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
-use crate::event::{Event, PageFetched, PauseReason, RunId, RunStarted, WriteAck};
+use crate::event::{Event, PageFetched, PauseReason, RunStarted, WriteAck};
+use crate::run_id::RunId;
 use crate::time::Timestamp;
 use crate::window::Window;
 

@@ -205,7 +205,12 @@ pub async fn reconcile(
     let mut comparison = Comparison::create(&scratch, binding.clone(), scope.clone())?;
     // The source up to now: a record updated since the watermark is still found (and not
     // taken for a deletion); only those at or before the watermark must be synced.
-    let mut source = HttpSource::new(workflow, stream, invocation.api.clone())?;
+    let mut source = HttpSource::new(
+        workflow,
+        stream,
+        invocation.api.clone(),
+        sink::parents(workflow, stream).await?,
+    )?;
     let window = Window {
         start: scope.start,
         end: now,

@@ -666,7 +666,12 @@ async fn run_scope(
         let (journal, staging) = dir.parts();
         let state =
             driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
-        let mut source = HttpSource::new(workflow, stream, invocation.api.clone())?;
+        let mut source = HttpSource::new(
+            workflow,
+            stream,
+            invocation.api.clone(),
+            sink::parents(workflow, stream).await?,
+        )?;
         let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
         let next_slice = state.status == Status::Completed
             && driver::sliced(&state.window(), plan)
@@ -766,7 +771,12 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let mut destination = destination(&dir, &workflow, &stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
-    let mut source = HttpSource::new(&workflow, &stream, invocation.api.clone())?;
+    let mut source = HttpSource::new(
+        &workflow,
+        &stream,
+        invocation.api.clone(),
+        sink::parents(&workflow, &stream).await?,
+    )?;
     let state = drive(&mut dir, &invocation, &mut source, &mut destination, state).await?;
     Ok(status_of(&[state]))
 }

@@ -231,10 +231,10 @@ impl Workflow {
                 check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
             }
             if let Some(parent) = &s.parent {
-                if d.kind != DestinationKind::Sqlite {
+                if !matches!(d.kind, DestinationKind::Sqlite | DestinationKind::Postgres) {
                     return Err(self.invalid(
                         key("parent"),
-                        "child streams read their parents from a sqlite destination",
+                        "child streams read their parents from a sqlite or postgres destination",
                     ));
                 }
                 let position = self.file.stream.iter().position(|t| &t.name == parent);

@@ -80,7 +80,7 @@ impl Secrets {
     /// part of a secret survives at the cut.
     pub fn excerpt(&self, body: &[u8]) -> String {
         let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-        crate::source::excerpt(self.redact(&head).as_bytes())
+        crate::http::excerpt::excerpt(self.redact(&head).as_bytes())
     }
 
     /// Whether `text` holds a registered secret.

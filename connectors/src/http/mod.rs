@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod excerpt;
 pub mod rate;
 pub mod rules;
 

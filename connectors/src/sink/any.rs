@@ -12,7 +12,9 @@ use crate::sink::jsonl::JsonlDestination;
 use crate::sink::plan::{Binding, Identified, Stored};
 use crate::sink::postgres::tls::Rustls;
 use crate::sink::postgres::PostgresDestination;
-use crate::sink::sqlite::SqliteDestination;
+use crate::sink::postgres::PostgresParents;
+use crate::sink::sqlite::{ParentRecords, SqliteDestination};
+use crate::source::Parents;
 
 /// Any of the destinations.
 pub enum AnyDestination {
@@ -41,15 +43,7 @@ impl AnyDestination {
                 SqliteDestination::open(&path, binding).map(AnyDestination::Sqlite)
             }
             DestinationKind::Postgres => {
-                let var = d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default();
-                let url = std::env::var(var).map_err(|_| {
-                    destination::Error(format!(
-                        "destination.url: environment variable {var} is not set"
-                    ))
-                })?;
-                let schema = d.schema.as_deref().unwrap_or("public");
-                let tls = Rustls::new(workflow.destination_ca_file().as_deref())
-                    .map_err(destination::Error)?;
+                let (url, schema, tls) = postgres_settings(workflow)?;
                 PostgresDestination::open(&url, tls, schema, binding)
                     .await
                     .map(AnyDestination::Postgres)
@@ -78,6 +72,51 @@ impl AnyDestination {
             ),
         }
     }
+}
+
+/// The reader of a child stream's parent records, from the destination that holds the
+/// parent stream (`None` for a stream without a parent). The source asks it for parent
+/// keys; it never opens a destination itself.
+pub async fn parents(
+    workflow: &Workflow,
+    stream: &StreamSection,
+) -> Result<Option<Box<dyn Parents>>, destination::Error> {
+    let Some(parent) = &stream.parent else {
+        return Ok(None);
+    };
+    let d = &workflow.file().destination;
+    let parents: Box<dyn Parents> = match d.kind {
+        DestinationKind::Sqlite => {
+            Box::new(ParentRecords::open(&workflow.destination_path(), parent)?)
+        }
+        DestinationKind::Postgres => {
+            let (url, schema, tls) = postgres_settings(workflow)?;
+            Box::new(PostgresParents::open(&url, tls, schema, parent).await?)
+        }
+        DestinationKind::Jsonl | DestinationKind::Http => {
+            return Err(destination::Error(format!(
+                "stream `{}`: child streams read their parents from a sqlite or postgres \
+                 destination",
+                stream.name
+            )))
+        }
+    };
+    Ok(Some(parents))
+}
+
+/// The PostgreSQL destination's connection string (from its environment variable), schema
+/// and TLS settings.
+fn postgres_settings(workflow: &Workflow) -> Result<(String, &str, Rustls), destination::Error> {
+    let d = &workflow.file().destination;
+    let var = d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default();
+    let url = std::env::var(var).map_err(|_| {
+        destination::Error(format!(
+            "destination.url: environment variable {var} is not set"
+        ))
+    })?;
+    let schema = d.schema.as_deref().unwrap_or("public");
+    let tls = Rustls::new(workflow.destination_ca_file().as_deref()).map_err(destination::Error)?;
+    Ok((url, schema, tls))
 }
 
 impl AnyDestination {

@@ -14,4 +14,4 @@ pub mod plan;
 pub mod postgres;
 pub mod sqlite;
 
-pub use any::{binding, AnyDestination};
+pub use any::{binding, parents, AnyDestination};

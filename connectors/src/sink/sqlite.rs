@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
@@ -18,6 +19,7 @@ use waymark_engine::{Checkpoint, WriteAck};
 
 use crate::sink::columns::Cell;
 use crate::sink::plan::{plan, replayed, Binding, Identified, Op, Stored};
+use crate::source::Parents;
 
 /// One stream's table in a SQLite database. Writes run on a blocking thread, so the
 /// driver fetches the next page meanwhile.
@@ -378,8 +380,7 @@ impl ParentRecords {
         })
     }
 
-    /// The first live parent after `key` (from the first one when `None`), in key order.
-    pub fn after(
+    fn read_after(
         &self,
         key: Option<&str>,
     ) -> Result<Option<(String, serde_json::Value)>, destination::Error> {
@@ -403,8 +404,7 @@ impl ParentRecords {
         .transpose()
     }
 
-    /// The live parent with `key`, if it is still there.
-    pub fn get(&self, key: &str) -> Result<Option<serde_json::Value>, destination::Error> {
+    fn read(&self, key: &str) -> Result<Option<serde_json::Value>, destination::Error> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let record: Option<String> = conn
             .prepare_cached(&format!(
@@ -417,6 +417,23 @@ impl ParentRecords {
             .map(|r| serde_json::from_str(&r))
             .transpose()
             .map_err(|e| destination::Error(format!("parent record unreadable: {e}")))
+    }
+}
+
+impl Parents for ParentRecords {
+    fn after<'a>(
+        &'a self,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<(String, serde_json::Value)>, String>> {
+        Box::pin(std::future::ready(
+            self.read_after(key).map_err(|e| e.to_string()),
+        ))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<serde_json::Value>, String>> {
+        Box::pin(std::future::ready(
+            self.read(key).map_err(|e| e.to_string()),
+        ))
     }
 }
 

@@ -27,8 +27,9 @@ pub use self::codec::{Error as CodecError, FORMAT_VERSION};
 pub use self::sled::SledBackend;
 
 use crate::checkpoint::Checkpoint;
-use crate::event::{Event, RunId, RunStarted};
+use crate::event::{Event, RunStarted};
 use crate::reconciliation::Reconciliation;
+use crate::run_id::RunId;
 use crate::state::{apply, Invalid, RunState};
 use crate::time::Timestamp;
 

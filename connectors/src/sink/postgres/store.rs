@@ -13,9 +13,10 @@ use tokio_postgres::Client;
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, WriteAck};
 
+use super::client::{connect, fail, ident};
+use super::tls::Rustls;
 use crate::sink::columns::Cell;
 use crate::sink::plan::{plan, replayed, Binding, Identified, Op, Stored};
-use crate::sink::postgres::tls::Rustls;
 
 /// One stream's table in a PostgreSQL database.
 pub struct PostgresDestination {
@@ -25,31 +26,6 @@ pub struct PostgresDestination {
     table: String,
     /// `"schema".`, for the bookkeeping tables.
     schema: String,
-}
-
-fn fail(context: &'static str) -> impl Fn(tokio_postgres::Error) -> destination::Error {
-    move |e| {
-        // The database's own message (`db_error`) says what went wrong; the outer text is
-        // often just "db error".
-        let detail = match e.as_db_error() {
-            Some(d) => d.message().to_string(),
-            None => {
-                let mut text = e.to_string();
-                let mut cause = std::error::Error::source(&e);
-                while let Some(c) = cause {
-                    text.push_str(&format!(": {c}"));
-                    cause = c.source();
-                }
-                text
-            }
-        };
-        destination::Error(format!("PostgreSQL {context}: {detail}"))
-    }
-}
-
-/// `name` quoted as an SQL identifier.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 impl PostgresDestination {
@@ -62,14 +38,7 @@ impl PostgresDestination {
         schema: &str,
         binding: Binding,
     ) -> Result<Self, destination::Error> {
-        let (client, connection) = tokio_postgres::connect(url, tls)
-            .await
-            .map_err(fail("connecting"))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!("PostgreSQL connection closed: {e}");
-            }
-        });
+        let client = connect(url, tls).await?;
         let s = format!("{}.", ident(schema));
         let table = format!("{s}{}", ident(&binding.table));
         let columns: String = binding

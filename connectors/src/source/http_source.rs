@@ -1,0 +1,401 @@
+//! [`HttpSource`]: one request per page through the shared [`Api`], the page read and
+//! shaped, the next cursor made journalable.
+
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use waymark_engine::source::{self, Page, PageRequest, Source};
+
+use super::children::{ChildCursor, Parents};
+use super::error::Error;
+use super::page::{document, fatal, fingerprint, records_at, shape};
+use super::pagination::{keyset, StopRules, Style};
+use super::template::{render, render_json, Context};
+use crate::config::{expand_env, CursorIn, Method, StreamSection, Workflow};
+use crate::http::rules::Rules;
+use crate::http::Api;
+use crate::record::scalar;
+
+/// A paginated JSON API for one stream.
+pub struct HttpSource {
+    pub(super) api: Arc<Api>,
+    pub(super) rules: Rules,
+    pub(super) stream: StreamSection,
+    pub(super) style: Style,
+    pub(super) stop: StopRules,
+    /// The parent of the previous page and a hash of its records, to notice the same page
+    /// served twice.
+    pub(super) previous: Option<(Option<String>, (usize, usize, u32))>,
+    /// A child stream's parent records.
+    pub(super) parents: Option<Box<dyn Parents>>,
+    /// `records` when it is a JSONPath (`$.data[*]`).
+    pub(super) records_path: Option<serde_json_path::JsonPath>,
+}
+
+impl HttpSource {
+    /// The source of `stream` in `workflow`, sending its requests through `api`; a child
+    /// stream reads its parent records through `parents`.
+    pub fn new(
+        workflow: &Workflow,
+        stream: &StreamSection,
+        api: Arc<Api>,
+        parents: Option<Box<dyn Parents>>,
+    ) -> Result<Self, Error> {
+        if stream.parent.is_some() != parents.is_some() {
+            return Err(Error::Parent(format!(
+                "stream `{}`: a child stream is built with its parents' reader, and only a \
+                 child stream",
+                stream.name
+            )));
+        }
+        let p = &stream.pagination;
+        let rules = Rules::new(
+            &stream.name,
+            &stream.on_response,
+            &workflow.file().source.on_response,
+        );
+        Ok(HttpSource {
+            api,
+            rules,
+            style: Style::new(stream)?,
+            stop: StopRules {
+                has_more_path: p.has_more_path.clone(),
+                total_path: p.total_path.clone(),
+                total_header: p.total_header.clone(),
+            },
+            records_path: match stream.records.starts_with('$') {
+                true => Some(
+                    serde_json_path::JsonPath::parse(&stream.records)
+                        .map_err(|e| Error::Records(e.to_string()))?,
+                ),
+                false => None,
+            },
+            stream: stream.clone(),
+            previous: None,
+            parents,
+        })
+    }
+
+    /// The URL of `path` under the base URL.
+    pub(super) fn join(&self, path: &str) -> Result<reqwest::Url, source::Error> {
+        let joined = format!(
+            "{}/{}",
+            self.api.base_url().as_str().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
+        reqwest::Url::parse(&joined).map_err(|e| fatal(format!("`{joined}` is not a URL: {e}")))
+    }
+
+    /// The request for one page (of `parent`'s children, for a child stream).
+    pub(super) fn request(
+        &self,
+        request: &PageRequest<'_>,
+        parent: Option<&Value>,
+    ) -> Result<reqwest::Request, source::Error> {
+        let ctx = Context {
+            window: request.window,
+            format: self.stream.window.format,
+            cursor: request.cursor,
+            parent,
+        };
+        let render = |t: &str| render(t, &ctx).map_err(fatal);
+        let mut body = self
+            .stream
+            .body
+            .as_ref()
+            .map(|b| render_json(b, &ctx).map_err(fatal))
+            .transpose()?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.stream.headers {
+            let value = expand_env(&render(value)?).map_err(fatal)?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| fatal(format!("header `{name}`: {e}")))?;
+            // The value may hold a secret: the error never shows it.
+            let value = HeaderValue::from_str(&value)
+                .map_err(|_| fatal(format!("header `{name}`: the value is not a valid header")))?;
+            headers.insert(name, value);
+        }
+        let url = match (&self.style, request.cursor) {
+            (Style::NextUrl { .. } | Style::LinkHeader, Some(next)) => self.same_origin(next)?,
+            _ => {
+                let mut params: Vec<(String, String)> = Vec::new();
+                for (k, v) in &self.stream.params {
+                    let v = render(v)?;
+                    if !v.is_empty() {
+                        params.push((k.clone(), v));
+                    }
+                }
+                let mut set = |k: &str, v: String| {
+                    params.retain(|(name, _)| name != k);
+                    params.push((k.to_string(), v));
+                };
+                let p = &self.stream.pagination;
+                if let Some(limit) = &p.limit_param {
+                    set(limit, self.stream.page_size.to_string());
+                }
+                let w = &self.stream.window;
+                if let (Some(param), Some(start)) = (&w.start_param, request.window.start) {
+                    set(param, w.format.format(start));
+                }
+                if let Some(param) = &w.end_param {
+                    set(param, w.format.format(request.window.end));
+                }
+                match (&self.style, request.cursor) {
+                    (Style::Cursor { param, carrier, .. }, Some(cursor)) => match carrier {
+                        CursorIn::Query => set(param, cursor.to_string()),
+                        CursorIn::Header => {
+                            let name = HeaderName::from_bytes(param.as_bytes())
+                                .map_err(|e| fatal(format!("cursor header `{param}`: {e}")))?;
+                            let value = HeaderValue::from_str(cursor)
+                                .map_err(|e| fatal(format!("cursor is not a header value: {e}")))?;
+                            headers.insert(name, value);
+                        }
+                        CursorIn::Body => {
+                            let mut object = match body.take() {
+                                Some(Value::Object(map)) => map,
+                                _ => serde_json::Map::new(),
+                            };
+                            object.insert(param.clone(), Value::String(cursor.to_string()));
+                            body = Some(Value::Object(object));
+                        }
+                    },
+                    (Style::PageNumber { param, first }, cursor) => {
+                        set(param, cursor.map_or(first.to_string(), str::to_string));
+                    }
+                    (Style::Offset { param }, cursor) => {
+                        set(param, cursor.unwrap_or("0").to_string());
+                    }
+                    (Style::Keyset { since, id, .. }, Some(cursor)) => {
+                        let (value, key) = keyset(cursor)?;
+                        set(since, value);
+                        if let Some(id) = id {
+                            set(id, scalar(&key).unwrap_or_default());
+                        }
+                    }
+                    _ => {}
+                }
+                let mut url = self.join(&render(&self.stream.path)?)?;
+                if !params.is_empty() {
+                    url.query_pairs_mut().extend_pairs(params);
+                }
+                url
+            }
+        };
+        let client = self.api.client();
+        let builder = match self.stream.method {
+            Method::Get => client.get(url),
+            Method::Post => client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(
+                    body.unwrap_or(Value::Object(serde_json::Map::new()))
+                        .to_string(),
+                ),
+        };
+        builder
+            .headers(headers)
+            .build()
+            .map_err(|e| fatal(format!("building the request: {}", e.without_url())))
+    }
+
+    /// A next-page URL, resolved against the stream's URL; another origin is refused so
+    /// credentials never leave for a host the workflow did not name.
+    pub(super) fn same_origin(&self, next: &str) -> Result<reqwest::Url, source::Error> {
+        let base = self.api.base_url();
+        let url = base
+            .join(next)
+            .map_err(|e| fatal(format!("next URL `{next}` is not a URL: {e}")))?;
+        if url.origin() != base.origin() {
+            return Err(fatal(format!(
+                "the API sent a next URL on another host ({}); refusing to follow it",
+                url.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
+    }
+}
+
+impl HttpSource {
+    /// One page of the stream (for a child stream: of `parent`'s children).
+    pub(super) async fn fetch_page(
+        &mut self,
+        request: PageRequest<'_>,
+        parent: Option<(&str, &Value)>,
+    ) -> Result<Page, source::Error> {
+        let reply = self
+            .api
+            .send(&self.rules, || {
+                self.request(&request, parent.map(|(_, record)| record))
+            })
+            .await?;
+        let (what, headers, body) = match reply {
+            Ok(accepted) => (accepted.what, accepted.headers, accepted.body),
+            Err(ignored) => {
+                self.previous = None;
+                return Ok(Page {
+                    ignored: Some(ignored),
+                    ..Page::default()
+                });
+            }
+        };
+        let doc = document(&body)?;
+        let mut records: Vec<String> = match &self.records_path {
+            Some(path) => {
+                let value: Value =
+                    serde_json::from_str(doc.get()).map_err(|e| fatal(format!("{what}: {e}")))?;
+                path.query(&value)
+                    .all()
+                    .into_iter()
+                    .map(Value::to_string)
+                    .collect()
+            }
+            None => records_at(doc, &self.stream.records)?
+                .into_iter()
+                .map(|r| r.get().to_string())
+                .collect(),
+        };
+        let print = (
+            parent.map(|(key, _)| key.to_string()),
+            fingerprint(&records),
+        );
+        let repeated = !records.is_empty() && self.previous.as_ref() == Some(&print);
+        self.previous = Some(print);
+        let next_cursor = self.style.next_cursor(
+            &self.stop,
+            &self.stream,
+            &request,
+            doc,
+            &headers,
+            &mut records,
+        )?;
+        if next_cursor.is_some() && next_cursor.as_deref() == request.cursor {
+            return Err(fatal(format!(
+                "{what}: the API returned the cursor it was sent (`{}`); stopping instead of \
+                 looping{}",
+                request.cursor.unwrap_or_default(),
+                match self.style {
+                    Style::Keyset { id: None, .. } => {
+                        " (more records share one cursor_field value than fit on a page: set \
+                         pagination.id_param, the API's tie-breaker filter, or a larger page_size)"
+                    }
+                    _ => "",
+                }
+            )));
+        }
+        if repeated {
+            return Err(fatal(format!(
+                "{what}: the API served the same records as the previous page; stopping \
+                 instead of looping (check the pagination settings)"
+            )));
+        }
+        if self.stream.filter.is_some() || self.stream.fields.is_some() {
+            records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
+        }
+        let next_cursor = next_cursor.map(|c| self.journalable(c)).transpose()?;
+        Ok(Page {
+            records,
+            next_cursor,
+            ignored: None,
+        })
+    }
+
+    /// A cursor fit for the journal: an API key in the query is taken out of a next-page
+    /// URL (it is added to every request anyway); any other secret in it is an error.
+    pub(super) fn journalable(&self, cursor: String) -> Result<String, source::Error> {
+        let cursor = match (self.api.key_param(), &self.style) {
+            (Some(key), Style::NextUrl { .. } | Style::LinkHeader) => {
+                match self.api.base_url().join(&cursor) {
+                    Ok(mut url) => {
+                        let kept: Vec<(String, String)> = url
+                            .query_pairs()
+                            .filter(|(k, _)| k != key)
+                            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                            .collect();
+                        url.set_query(None);
+                        if !kept.is_empty() {
+                            url.query_pairs_mut().extend_pairs(kept);
+                        }
+                        url.to_string()
+                    }
+                    Err(_) => cursor,
+                }
+            }
+            _ => cursor,
+        };
+        if self.api.secrets().reveals(&cursor) {
+            return Err(fatal(
+                "the API put a credential into the next-page cursor; refusing to journal it \
+                 (with an API key, use `in = \"header\"` if the API allows it)"
+                    .into(),
+            ));
+        }
+        Ok(cursor)
+    }
+
+    /// One page of a child stream: the current parent's next page, then the next parent.
+    async fn fetch_child(
+        &mut self,
+        parents: &dyn Parents,
+        request: PageRequest<'_>,
+    ) -> Result<Page, source::Error> {
+        let parent_error = |e: String| fatal(format!("parent stream: {e}"));
+        let position = match request.cursor {
+            Some(c) => serde_json::from_str::<ChildCursor>(c)
+                .map_err(|e| fatal(format!("journaled child cursor `{c}` unreadable: {e}")))?,
+            None => match parents.after(None).await.map_err(parent_error)? {
+                Some((parent, _)) => ChildCursor {
+                    parent,
+                    cursor: None,
+                },
+                None => return Ok(Page::default()),
+            },
+        };
+        let mut page = match parents.get(&position.parent).await.map_err(parent_error)? {
+            Some(record) => {
+                let inner = PageRequest {
+                    cursor: position.cursor.as_deref(),
+                    ..request
+                };
+                self.fetch_page(inner, Some((&position.parent, &record)))
+                    .await?
+            }
+            // Deleted since the run started: nothing to read under it.
+            None => Page::default(),
+        };
+        let next = match page.next_cursor.take() {
+            Some(inner) => Some(ChildCursor {
+                parent: position.parent,
+                cursor: Some(inner),
+            }),
+            None => parents
+                .after(Some(&position.parent))
+                .await
+                .map_err(parent_error)?
+                .map(|(parent, _)| ChildCursor {
+                    parent,
+                    cursor: None,
+                }),
+        };
+        page.next_cursor = next
+            .map(|c| serde_json::to_string(&c))
+            .transpose()
+            .map_err(|e| fatal(e.to_string()))?;
+        Ok(page)
+    }
+}
+
+impl Source for HttpSource {
+    async fn fetch(&mut self, request: PageRequest<'_>) -> Result<Page, source::Error> {
+        let parents = self.parents.take();
+        let page = match &parents {
+            Some(p) => self.fetch_child(p.as_ref(), request).await,
+            None => self.fetch_page(request, None).await,
+        };
+        self.parents = parents;
+        page.map_err(|mut e| {
+            e.message = self.api.secrets().redact(&e.message);
+            e
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! Tests of page reading, shaping and pagination.
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use waymark_engine::source::{self, ErrorKind};
+
+use super::page::{document, records_at, shape, value_at};
+use super::pagination::{link_next, token};
+use crate::config::StreamSection;
+
+#[test]
+fn reads_records_without_reserialising() -> Result<(), source::Error> {
+    let body = br#"{"data":[{"id":1, "a":"x"},{"id":2}],"meta":{"next":"c2"}}"#;
+    let doc = document(body)?;
+    let records: Vec<&str> = records_at(doc, "data")?.iter().map(|r| r.get()).collect();
+    assert_eq!(records, [r#"{"id":1, "a":"x"}"#, r#"{"id":2}"#]);
+    assert_eq!(
+        value_at(doc, "meta.next").and_then(token).as_deref(),
+        Some("c2")
+    );
+    let bare = document(br#"[{"id":1}]"#)?;
+    assert_eq!(records_at(bare, "")?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn classifies_bad_pages_and_names_the_page() {
+    let not_json = document(b"<html>oops").unwrap_err();
+    assert!(
+        not_json.kind == ErrorKind::Retry && not_json.message.contains("the page is not JSON"),
+        "{not_json:?}"
+    );
+    let doc = document(br#"{"items":[]}"#).unwrap_or_else(|_| unreachable!());
+    let missing = records_at(doc, "data").unwrap_err();
+    assert!(
+        missing.kind == ErrorKind::Fatal
+            && missing
+                .message
+                .contains("records path `data` is not in the page"),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn filters_and_projects_records() -> Result<(), String> {
+    let stream: StreamSection = toml::from_str(
+        r#"
+name = "s"
+path = "/s"
+primary_key = "id"
+pagination = { kind = "link_header" }
+filter = { path = "status", one_of = ["paid", "7"] }
+fields = ["id", "customer.id", "missing"]
+"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let records = vec![
+        r#"{"id":1,"status":"paid","customer":{"id":5,"name":"x"},"big":[1,2]}"#.into(),
+        r#"{"id":2,"status":"open"}"#.into(),
+        r#"{"id":3,"status":7}"#.into(),
+    ];
+    assert_eq!(
+        shape(records, &stream)?,
+        [r#"{"customer":{"id":5},"id":1}"#, r#"{"id":3}"#]
+    );
+    Ok(())
+}
+
+#[test]
+fn finds_the_next_link_among_several() {
+    let mut h = HeaderMap::new();
+    h.append(
+        reqwest::header::LINK,
+        HeaderValue::from_static(
+            r#"<https://a.test/x?page=1>; rel="first", <https://a.test/x?page=3&q=a,b>; rel="prev next""#,
+        ),
+    );
+    assert_eq!(
+        link_next(&h).as_deref(),
+        Some("https://a.test/x?page=3&q=a,b")
+    );
+    let mut none = HeaderMap::new();
+    none.append(
+        reqwest::header::LINK,
+        HeaderValue::from_static(r#"<https://a.test/x?page=1>; rel="prev""#),
+    );
+    assert_eq!(link_next(&none), None);
+}
