@@ -109,7 +109,7 @@ pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }
 
     async fn open(&self, workflow: &Workflow) -> Result<AnyDestination> {
         let stream = &workflow.streams()[0];
-        let binding = sink::binding(workflow, stream, "items", &self.state());
+        let binding = sink::binding(workflow, stream, "items");
         Ok(AnyDestination::open(workflow, binding, &self.state()).await?)
     }
 
@@ -931,7 +931,7 @@ async fn destinations_list_what_they_hold_and_apply_a_repairs_deletions() -> Res
         // A repair's deletion record, at the stored version: the row is marked deleted,
         // and a record without the marker is an ordinary upsert.
         let state = t.state();
-        let mut binding = sink::binding(&wf, &wf.streams()[0], "items@repair", &state);
+        let mut binding = sink::binding(&wf, &wf.streams()[0], "items@repair");
         binding.repair = true;
         let mut repair = AnyDestination::open(&wf, binding, &state).await?;
         let ack = write(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use waymark_connectors::config::StreamSection;
-use waymark_connectors::{Api, Binding, HttpSource, SqliteDestination, Workflow};
+use waymark_connectors::{AnyDestination, Api, Binding, HttpSource, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, Settings, StateDir, Status, Timestamp};
 
 use crate::scripted::{records, Reply, Request, Server};
@@ -171,8 +171,8 @@ async fn run_stream(
     clock: &Arc<ManualClock>,
 ) -> Result<Outcome> {
     let plan = workflow.plan(stream, false);
-    let binding = Binding::new(workflow, stream, dir.root());
-    let mut destination = SqliteDestination::open(&workflow.destination_path(), binding)?;
+    let binding = Binding::new(workflow, stream);
+    let mut destination = AnyDestination::open(workflow, binding, dir.root()).await?;
     let mut source = HttpSource::new(workflow, stream, api.clone(), None)?;
     let (journal, staging) = dir.parts();
     let state = driver::open(journal, staging, &mut destination, &plan, clock.now()).await?;

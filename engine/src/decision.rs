@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use crate::destination;
 use crate::event::{Event, PauseReason};
 use crate::source::{self, ErrorKind};
 use crate::state::{RunState, Status};
-use crate::time::Timestamp;
+use crate::time::{millis, Timestamp};
 
 /// The next thing the driver must do for a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,10 +152,8 @@ pub fn on_fetch_failure(
             at,
         };
     }
-    let exp = policy.base.saturating_mul(1u32 << state.attempts.min(20));
-    let ceiling = exp.min(policy.cap);
-    // Full jitter: uniform in [0, ceiling]; a server's Retry-After is a floor, never skipped.
-    let jittered = ceiling.mul_f64(jitter.clamp(0.0, 1.0));
+    // A server's Retry-After is a floor, never skipped.
+    let jittered = backoff(policy, state.attempts, jitter);
     let wait = match failure.retry_after {
         Some(after) if !after.is_zero() => after.max(jittered),
         _ => jittered.max(MIN_WAIT),
@@ -163,7 +162,7 @@ pub fn on_fetch_failure(
     if wait > policy.max_wait || time_left.is_some_and(|left| wait > left) {
         let reason = if asked {
             PauseReason::RateLimited {
-                until: Timestamp(at.0.saturating_add(millis(wait))),
+                until: at.saturating_add(wait),
             }
         } else {
             PauseReason::TimeBudget
@@ -190,8 +189,86 @@ pub fn on_fetch_failure(
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// The event a transient destination failure of `page`'s write leads to: a retry after a
+/// jittered wait (the same backoff and `max_attempts` as a fetch), a pause (the wait is
+/// longer than `max_wait` or the budget left), or the run failing; a permanent failure
+/// fails the run at once. Pure.
+pub fn on_write_failure(
+    state: &RunState,
+    page: u64,
+    failure: &destination::Error,
+    policy: &RetryPolicy,
+    jitter: f64,
+    time_left: Option<Duration>,
+    at: Timestamp,
+) -> Event {
+    let attempt = state.attempts + 1;
+    if !failure.retryable() {
+        return Event::RunFailed {
+            error: format!("destination refused page {page}: {}", failure.message),
+            at,
+        };
+    }
+    let wait = backoff(policy, state.attempts, jitter).max(MIN_WAIT);
+    if wait > policy.max_wait || time_left.is_some_and(|left| wait > left) {
+        return Event::RunPaused {
+            reason: PauseReason::TimeBudget,
+            at,
+        };
+    }
+    if attempt >= policy.max_attempts {
+        return Event::RunFailed {
+            error: format!(
+                "destination refused page {page} after {attempt} attempts: {}",
+                failure.message
+            ),
+            at,
+        };
+    }
+    Event::WriteRetried {
+        page,
+        attempt,
+        error: failure.message.clone(),
+        wait_ms: millis(wait),
+        at,
+    }
+}
+
+/// The wait before the next attempt after `failed` failed attempts: exponential from
+/// `base`, capped at `cap`, with full jitter (uniform in `[0, ceiling]`; `jitter` is a
+/// sample in `[0, 1)`). The one backoff of Waymark: fetches, destination writes, the HTTP
+/// destination's requests and reconciliation reads all wait by it.
+pub fn backoff(policy: &RetryPolicy, failed: u32, jitter: f64) -> Duration {
+    let ceiling = policy
+        .base
+        .saturating_mul(1u32 << failed.min(20))
+        .min(policy.cap);
+    ceiling.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// A seeded source of jitter samples in `[0, 1)` (splitmix64): the same seed, the same
+/// waits, so a test can replay a run's backoff exactly.
+#[derive(Clone, Debug)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    /// Samples from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Jitter(seed)
+    }
+
+    /// The next sample.
+    pub fn next_sample(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits, exactly representable in an f64 mantissa.
+        let top = u32::try_from(z >> 32).unwrap_or(u32::MAX);
+        let low = u32::try_from((z >> 11) & 0x1F_FFFF).unwrap_or(0);
+        (f64::from(top) * f64::from(1u32 << 21) + f64::from(low)) / 2f64.powi(53)
+    }
 }
 
 #[cfg(test)]

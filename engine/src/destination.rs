@@ -20,11 +20,49 @@ pub struct Batch<'a, P> {
     pub checkpoint: &'a Checkpoint,
 }
 
-/// A destination-wide failure (connection lost, disk full, permission denied): the step
-/// fails without advancing the checkpoint.
+/// What a failed write calls for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Worth retrying after a backoff: the database is locked or busy, the connection was
+    /// reset, the server is restarting. Nothing of the batch was committed.
+    Transient,
+    /// Retrying cannot help (permission denied, disk full, a schema the destination
+    /// refuses, unreadable bookkeeping): the run fails.
+    Permanent,
+}
+
+/// A failed write or checkpoint read: the step fails without advancing the checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Error(pub String);
+#[error("{message}")]
+pub struct Error {
+    /// What it calls for.
+    pub kind: ErrorKind,
+    /// What happened, free of secrets.
+    pub message: String,
+}
+
+impl Error {
+    /// A failure retrying cannot help.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// A failure worth retrying after a backoff.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Error {
+            kind: ErrorKind::Transient,
+            message: message.into(),
+        }
+    }
+
+    /// Whether a retry can help.
+    pub fn retryable(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
 
 impl<P> Clone for Batch<'_, P> {
     fn clone(&self) -> Self {

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::checkpoint::Checkpoint;
-use crate::decision::{decide, lookahead, on_fetch_failure, Action, Budget, RetryPolicy};
+use crate::decision::{
+    decide, lookahead, on_fetch_failure, on_write_failure, Action, Budget, Jitter, RetryPolicy,
+};
 use crate::destination::{self, Batch, Destination, Preparer};
 use crate::event::{Event, PageFetched, RunStarted, StartFrom};
 use crate::journal::{self, Backend, Journal};
@@ -17,7 +19,7 @@ use crate::run_id::RunId;
 use crate::source::{PageRequest, Source};
 use crate::staging::{self, Staging};
 use crate::state::{RunState, Status};
-use crate::time::{Clock, Timestamp};
+use crate::time::{millis, Clock, Timestamp};
 use crate::window::Window;
 
 /// A failure that stops the driver. Source and destination failures are not here: they
@@ -247,7 +249,7 @@ pub fn window_after(
         ),
     };
     let end = end.unwrap_or(match (start, plan.step) {
-        (Some(s), Some(step)) => limit.min(Timestamp(s.0.saturating_add(millis(step)))),
+        (Some(s), Some(step)) => limit.min(s.saturating_add(step)),
         _ => limit,
     });
     (
@@ -265,10 +267,6 @@ pub fn sliced(window: &Window, plan: &Plan) -> bool {
         (Some(start), Some(step)) => window.end.0 == start.0.saturating_add(millis(step)),
         _ => false,
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Resumes a run that is not finished: refuses if the workflow changed, else journals
@@ -330,20 +328,6 @@ fn diff(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> 
     changes
 }
 
-struct Jitter(u64);
-
-impl Jitter {
-    /// splitmix64, mapped to [0, 1).
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Drives a run until it completes, pauses, fails, or a stop is requested. Returns the
 /// final state; `observe` sees every event after it is journaled.
 #[allow(clippy::too_many_arguments)]
@@ -365,7 +349,7 @@ where
 {
     let began = clock.now();
     let mut fetched = 0u64;
-    let mut jitter = Jitter(settings.jitter_seed);
+    let mut jitter = Jitter::new(settings.jitter_seed);
     let run = state.run_id();
     // A fetch ahead (pipelining) that failed: its page and error.
     let mut failed_ahead: Option<(u64, crate::source::Error)> = None;
@@ -415,7 +399,7 @@ where
                         *page,
                         &e,
                         &settings.retry,
-                        jitter.next(),
+                        jitter.next_sample(),
                         time_left,
                         clock.now(),
                     )),
@@ -505,10 +489,32 @@ where
                             Some((_, None)) | None => {}
                         }
                     }
-                    Err(e) => events.push(Event::RunFailed {
-                        error: format!("destination refused page {page}: {e}"),
-                        at: clock.now(),
-                    }),
+                    // Nothing of the page was committed: a transient failure is retried
+                    // after a backoff (a page fetched ahead meanwhile is journaled as
+                    // usual, then written in turn), anything else fails the run.
+                    Err(e) => {
+                        events.push(on_write_failure(
+                            &state,
+                            *page,
+                            &e,
+                            &settings.retry,
+                            jitter.next_sample(),
+                            time_left,
+                            clock.now(),
+                        ));
+                        if e.retryable() {
+                            if let Some((next, Some(Ok(result)))) = ahead {
+                                match result {
+                                    Ok(ahead) => {
+                                        fetched += 1;
+                                        events.extend(ahead.events);
+                                        kept = Some(ahead.kept);
+                                    }
+                                    Err(e) => failed_ahead = Some((next, e)),
+                                }
+                            }
+                        }
+                    }
                 }
             }
             Action::Commit { page } => events.push(Event::CursorCommitted {
@@ -528,7 +534,7 @@ where
             observe(&state, event);
             match event {
                 Event::CursorCommitted { page, .. } => staging.remove(run, *page)?,
-                Event::RequestRetried { wait_ms, .. } => {
+                Event::RequestRetried { wait_ms, .. } | Event::WriteRetried { wait_ms, .. } => {
                     // A stop request cuts the wait short; `decide` then pauses.
                     tokio::select! {
                         () = clock.sleep(Duration::from_millis(*wait_ms)) => {}

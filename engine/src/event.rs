@@ -230,6 +230,21 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+    // New variants go last: the journal encodes a variant by its position.
+    /// A write failed transiently (database busy, connection reset) and will be retried
+    /// after `wait_ms`; nothing of the page was committed.
+    WriteRetried {
+        /// The page being written.
+        page: u64,
+        /// Attempt that failed, from 1.
+        attempt: u32,
+        /// What went wrong (never contains secrets).
+        error: String,
+        /// How long the driver waits before the next attempt.
+        wait_ms: u64,
+        /// When.
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -240,6 +255,7 @@ impl Event {
             Event::RunResumed { .. } => "run_resumed",
             Event::PageFetched(_) => "page_fetched",
             Event::RequestRetried { .. } => "request_retried",
+            Event::WriteRetried { .. } => "write_retried",
             Event::PageIgnored { .. } => "page_ignored",
             Event::BatchWritten { .. } => "batch_written",
             Event::CursorCommitted { .. } => "cursor_committed",
@@ -257,6 +273,7 @@ impl Event {
             Event::PageFetched(e) => e.at,
             Event::RunResumed { at, .. }
             | Event::RequestRetried { at, .. }
+            | Event::WriteRetried { at, .. }
             | Event::PageIgnored { at, .. }
             | Event::BatchWritten { at, .. }
             | Event::CursorCommitted { at, .. }
@@ -271,8 +288,8 @@ impl Event {
     ///
     /// Staged pages are flushed before they are written, cursor commits before the next
     /// fetch, and every change of run status at once. A lost `BatchWritten` or
-    /// `RequestRetried` is harmless: the destination recognises a batch it already
-    /// committed, and a retry is only a retry.
+    /// `RequestRetried` or `WriteRetried` is harmless: the destination recognises a batch it
+    /// already committed, and a retry is only a retry.
     pub fn needs_flush(&self) -> bool {
         match self {
             Event::RunStarted(_)
@@ -284,6 +301,7 @@ impl Event {
             | Event::RunAbandoned { .. } => true,
             Event::RunResumed { .. }
             | Event::RequestRetried { .. }
+            | Event::WriteRetried { .. }
             | Event::PageIgnored { .. }
             | Event::BatchWritten { .. } => false,
         }

@@ -92,7 +92,7 @@ pub struct RunState {
     pub committed_cursor: Option<String>,
     /// Last committed page number (0 before the first).
     pub committed_page: u64,
-    /// Consecutive failed attempts at the next fetch.
+    /// Consecutive failed attempts at the current step: the next fetch, or the next write.
     pub attempts: u32,
     /// Running totals.
     pub counts: Counts,
@@ -254,6 +254,17 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
             state.attempts += 1;
             state.counts.retries += 1;
         }
+        Event::WriteRetried { page, .. } => {
+            if !running {
+                return Err(state.invalid(event, "only a running run retries"));
+            }
+            let first = state.pending.iter().find(|p| p.written.is_none());
+            if first.map(|p| p.fetched.page) != Some(*page) {
+                return Err(state.invalid(event, format!("page {page} is not the next to write")));
+            }
+            state.attempts += 1;
+            state.counts.retries += 1;
+        }
         Event::PageIgnored { .. } => {
             if !running {
                 return Err(state.invalid(event, "only a running run fetches"));
@@ -276,6 +287,7 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
                 return Err(state.invalid(event, why));
             }
             slot.written = Some(*ack);
+            state.attempts = 0;
         }
         Event::CursorCommitted { page, .. } => {
             if !running {

@@ -19,11 +19,9 @@ pub struct Timestamp(pub u64);
 impl Timestamp {
     /// The instant `system` time stands for (instants before 1970 clamp to the epoch).
     pub fn from_system(system: SystemTime) -> Self {
-        let millis = system
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+        Timestamp(millis(
+            system.duration_since(UNIX_EPOCH).unwrap_or_default(),
+        ))
     }
 
     /// This instant as a [`SystemTime`].
@@ -33,10 +31,12 @@ impl Timestamp {
 
     /// This instant moved back by `d`, clamped at the epoch.
     pub fn saturating_sub(self, d: Duration) -> Self {
-        Timestamp(
-            self.0
-                .saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
+        Timestamp(self.0.saturating_sub(millis(d)))
+    }
+
+    /// This instant moved forward by `d`, clamped at the end of time.
+    pub fn saturating_add(self, d: Duration) -> Self {
+        Timestamp(self.0.saturating_add(millis(d)))
     }
 
     /// Time from `earlier` to `self`, zero if `earlier` is later.
@@ -57,6 +57,12 @@ impl fmt::Display for Timestamp {
 
 /// 10000-01-01T00:00:00Z in milliseconds.
 pub const MAX_RFC3339: u64 = 253_402_300_800_000;
+
+/// A duration in whole milliseconds, saturating (journal events and timestamps count
+/// milliseconds).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Where the driver reads "now" from and how it waits; tests inject a clock whose sleeps
 /// only move its time forward, so backoff and rate-limit tests take no real time.

@@ -135,6 +135,17 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
                     .map_or(String::new(), |r| format!(", rule {r}")),
             ),
         ),
+        Event::WriteRetried {
+            page,
+            attempt,
+            error,
+            wait_ms,
+            ..
+        } => (
+            String::new(),
+            format!("page {page}"),
+            format!("write attempt {attempt} failed, wait {wait_ms} ms: {error}"),
+        ),
         Event::PageIgnored {
             page,
             status,

@@ -196,7 +196,7 @@ pub async fn reconcile(
         fields: request.fields.clone(),
         show: request.show,
     };
-    let binding = sink::binding(workflow, stream, &stream.name, dir.root());
+    let binding = sink::binding(workflow, stream, &stream.name);
     let scratch = dir
         .root()
         .join("reconcile")
@@ -243,7 +243,7 @@ pub async fn reconcile(
                     if let Err(e) = comparison.add_destination(&chunk) {
                         let message = e.to_string();
                         spill = Some(e);
-                        return Err(waymark_engine::destination::Error(message));
+                        return Err(waymark_engine::destination::Error::permanent(message));
                     }
                     chunk.clear();
                 }
@@ -331,7 +331,7 @@ pub async fn repair_run(
     set: &RepairSet,
 ) -> anyhow::Result<RunState> {
     let plan = workflow.repair_plan(stream);
-    let mut binding = sink::binding(workflow, stream, &plan.stream, dir.root());
+    let mut binding = sink::binding(workflow, stream, &plan.stream);
     binding.repair = true;
     let mut destination = AnyDestination::open(workflow, binding, dir.root())
         .await
@@ -368,7 +368,7 @@ pub async fn resume_repair(
 ) -> anyhow::Result<RunState> {
     let plan = workflow.repair_plan(stream);
     let set = repair_set(dir.root(), workflow.name(), &stream.name);
-    let mut binding = sink::binding(workflow, stream, &plan.stream, dir.root());
+    let mut binding = sink::binding(workflow, stream, &plan.stream);
     binding.repair = true;
     let mut destination = AnyDestination::open(workflow, binding, dir.root()).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;

@@ -37,7 +37,8 @@ fn fits(action: &Action, event: &Event) -> bool {
         (Action::Fetch { page, .. }, Event::RequestRetried { page: p, .. })
         | (Action::Fetch { page, .. }, Event::PageIgnored { page: p, .. }) => p == page,
         (Action::Fetch { .. }, Event::RunPaused { .. } | Event::RunFailed { .. }) => true,
-        (Action::Write { page }, Event::BatchWritten { page: p, .. }) => p == page,
+        (Action::Write { page }, Event::BatchWritten { page: p, .. })
+        | (Action::Write { page }, Event::WriteRetried { page: p, .. }) => p == page,
         (Action::Write { .. }, Event::RunFailed { .. }) => true,
         (Action::Commit { page }, Event::CursorCommitted { page: p, .. }) => p == page,
         (Action::Complete, Event::RunCompleted { .. }) => true,
@@ -157,7 +158,7 @@ fn resume_preview(
     let stream = parse_scope(&state.started.stream).0;
     let binding = workflow.as_ref().and_then(|w| {
         let section = w.stream(stream).ok()?;
-        Some(Binding::new(w, section, dir.root()))
+        Some(Binding::new(w, section))
     });
     if !json {
         out!("a resume would:");

@@ -147,7 +147,7 @@ pub(super) async fn destination(
     stream: &StreamSection,
     scope: &str,
 ) -> anyhow::Result<AnyDestination> {
-    let binding = sink::binding(workflow, stream, scope, dir.root());
+    let binding = sink::binding(workflow, stream, scope);
     AnyDestination::open(workflow, binding, dir.root())
         .await
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
@@ -345,6 +345,17 @@ impl Progress {
                 self.stream,
                 rule.as_ref().map_or(String::new(), |r| format!(" ({r})"))
             )),
+            Event::WriteRetried {
+                page,
+                attempt,
+                wait_ms,
+                error,
+                ..
+            } => Some(format!(
+                "{}: writing page {page} failed (attempt {attempt}), retrying in {wait_ms} ms: \
+                 {error}",
+                self.stream
+            )),
             Event::PageIgnored { page, reason, .. } => Some(format!(
                 "{}: page {page} ignored by a response rule: {reason}",
                 self.stream
@@ -417,6 +428,12 @@ impl Progress {
                 "committed".into(),
             ),
             Event::RequestRetried {
+                page,
+                error,
+                wait_ms,
+                ..
+            }
+            | Event::WriteRetried {
                 page,
                 error,
                 wait_ms,

@@ -302,8 +302,7 @@ impl Api {
                         .or(verdict.wait);
                     if let Some(wait) = wait.filter(|w| !w.is_zero()) {
                         let now = self.clock.now();
-                        self.gate
-                            .block(Timestamp(now.0.saturating_add(millis(wait))));
+                        self.gate.block(now.saturating_add(wait));
                     }
                     let kind = match verdict.action {
                         Action::RateLimited => ErrorKind::RateLimited,
@@ -397,10 +396,6 @@ fn http_date(value: &str) -> Option<Timestamp> {
     humantime::parse_rfc3339(&text)
         .ok()
         .map(Timestamp::from_system)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -125,7 +125,7 @@ impl Gate {
             let (duration, why) = wait;
             if duration > self.max_wait {
                 return Err(Blocked {
-                    until: Timestamp(now.0.saturating_add(millis(duration))),
+                    until: now.saturating_add(duration),
                     why,
                 });
             }
@@ -302,10 +302,6 @@ impl Quota {
             reset_at,
         })
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
+use waymark_engine::decision::{backoff, Jitter};
 use waymark_engine::source::{self, Page, PageRequest, Source};
 use waymark_engine::{Clock, Reconciliation, RetryPolicy, Timestamp, Window};
 
@@ -602,6 +603,7 @@ pub async fn read_source<S: Source>(
     let mut cursor: Option<String> = None;
     let mut page = 1;
     let mut attempts = 0u32;
+    let mut jitter = Jitter::new(clock.now().0);
     loop {
         let request = PageRequest {
             page,
@@ -621,16 +623,11 @@ pub async fn read_source<S: Source>(
             Err(e) if !e.retryable() => return Err(e.into()),
             Err(mut e) => {
                 attempts += 1;
-                let ceiling = policy
-                    .base
-                    .saturating_mul(1 << attempts.min(20))
-                    .min(policy.cap);
-                let jitter =
-                    (hash_of(&(page, attempts, clock.now().0)) as u64 % 1000) as f64 / 1000.0;
-                let wait = e
-                    .retry_after
-                    .unwrap_or_default()
-                    .max(ceiling.mul_f64(jitter));
+                let wait = e.retry_after.unwrap_or_default().max(backoff(
+                    policy,
+                    attempts - 1,
+                    jitter.next_sample(),
+                ));
                 if attempts >= policy.max_attempts || wait > policy.max_wait {
                     e.message = format!("page {page} after {attempts} attempts: {}", e.message);
                     return Err(e.into());

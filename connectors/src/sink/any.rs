@@ -8,12 +8,12 @@ use waymark_engine::{Checkpoint, SystemClock, WriteAck};
 
 use crate::config::{DestinationKind, StreamSection, Workflow};
 use crate::sink::http::HttpDestination;
-use crate::sink::jsonl::JsonlDestination;
+use crate::sink::jsonl::{JsonlDestination, JsonlStore};
 use crate::sink::plan::{Binding, Identified, Stored};
 use crate::sink::postgres::tls::Rustls;
-use crate::sink::postgres::PostgresDestination;
-use crate::sink::postgres::PostgresParents;
-use crate::sink::sqlite::{ParentRecords, SqliteDestination};
+use crate::sink::postgres::{PostgresDestination, PostgresParents, PostgresStore};
+use crate::sink::sqlite::{ParentRecords, SqliteDestination, SqliteStore};
+use crate::sink::upserting::{Notes, Upserting};
 use crate::source::Parents;
 
 /// Any of the destinations.
@@ -37,24 +37,30 @@ impl AnyDestination {
         state_dir: &Path,
     ) -> Result<Self, destination::Error> {
         let d = &workflow.file().destination;
-        match d.kind {
+        let notes = Notes::new(state_dir, workflow, &binding);
+        Ok(match d.kind {
             DestinationKind::Sqlite => {
                 let path = workflow.destination_path();
-                SqliteDestination::open(&path, binding).map(AnyDestination::Sqlite)
+                let store = SqliteStore::open(&path, &binding, d.busy_timeout.0)?;
+                AnyDestination::Sqlite(Upserting::new(store, binding, notes))
             }
             DestinationKind::Postgres => {
                 let (url, schema, tls) = postgres_settings(workflow)?;
-                PostgresDestination::open(&url, tls, schema, binding)
-                    .await
-                    .map(AnyDestination::Postgres)
+                let store = PostgresStore::open(&url, tls, schema, &binding).await?;
+                AnyDestination::Postgres(Upserting::new(store, binding, notes))
             }
-            DestinationKind::Jsonl => JsonlDestination::open(&workflow.destination_path(), binding)
-                .map(AnyDestination::Jsonl),
-            DestinationKind::Http => {
-                HttpDestination::open(workflow, binding, state_dir, Arc::new(SystemClock))
-                    .map(|d| AnyDestination::Http(Box::new(d)))
+            DestinationKind::Jsonl => {
+                let store = JsonlStore::open(&workflow.destination_path(), &binding)?;
+                AnyDestination::Jsonl(Upserting::new(store, binding, notes))
             }
-        }
+            DestinationKind::Http => AnyDestination::Http(Box::new(HttpDestination::open(
+                workflow,
+                binding,
+                notes,
+                state_dir,
+                Arc::new(SystemClock),
+            )?)),
+        })
     }
 
     /// Where it is, for messages (never a connection string).
@@ -94,7 +100,7 @@ pub async fn parents(
             Box::new(PostgresParents::open(&url, tls, schema, parent).await?)
         }
         DestinationKind::Jsonl | DestinationKind::Http => {
-            return Err(destination::Error(format!(
+            return Err(destination::Error::permanent(format!(
                 "stream `{}`: child streams read their parents from a sqlite or postgres \
                  destination",
                 stream.name
@@ -110,12 +116,13 @@ fn postgres_settings(workflow: &Workflow) -> Result<(String, &str, Rustls), dest
     let d = &workflow.file().destination;
     let var = d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default();
     let url = std::env::var(var).map_err(|_| {
-        destination::Error(format!(
+        destination::Error::permanent(format!(
             "destination.url: environment variable {var} is not set"
         ))
     })?;
     let schema = d.schema.as_deref().unwrap_or("public");
-    let tls = Rustls::new(workflow.destination_ca_file().as_deref()).map_err(destination::Error)?;
+    let tls = Rustls::new(workflow.destination_ca_file().as_deref())
+        .map_err(destination::Error::permanent)?;
     Ok((url, schema, tls))
 }
 
@@ -127,13 +134,12 @@ impl AnyDestination {
         each: &mut (dyn FnMut(String, Stored) -> Result<(), destination::Error> + Send),
     ) -> Result<(), destination::Error> {
         match self {
-            AnyDestination::Sqlite(d) => d.scan(each),
-            AnyDestination::Postgres(d) => d.scan(each).await,
-            AnyDestination::Jsonl(d) => d.scan(each),
-            AnyDestination::Http(_) => Err(destination::Error(
+            AnyDestination::Sqlite(d) => d.store()?.scan(each),
+            AnyDestination::Postgres(d) => d.store()?.scan(each).await,
+            AnyDestination::Jsonl(d) => d.store()?.scan(each),
+            AnyDestination::Http(_) => Err(destination::Error::permanent(
                 "an http destination cannot list the records it holds, so it cannot be \
-                 reconciled; reconcile the API's own copy instead"
-                    .into(),
+                 reconciled; reconcile the API's own copy instead",
             )),
         }
     }
@@ -173,16 +179,11 @@ impl Destination for AnyDestination {
     }
 }
 
-/// The binding of `stream` under the checkpoint scope `scope` (the stream, or a backfill of
-/// it), its dead letters in the state directory `state_dir`.
-pub fn binding(
-    workflow: &Workflow,
-    stream: &StreamSection,
-    scope: &str,
-    state_dir: &Path,
-) -> Binding {
+/// The binding of `stream` under the checkpoint scope `scope` (the stream, or a backfill,
+/// repair or dead-letter retry of it).
+pub fn binding(workflow: &Workflow, stream: &StreamSection, scope: &str) -> Binding {
     Binding {
         stream: scope.to_string(),
-        ..Binding::new(workflow, stream, state_dir)
+        ..Binding::new(workflow, stream)
     }
 }

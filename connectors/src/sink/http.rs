@@ -19,6 +19,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use waymark_engine::decision::{backoff, Jitter};
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::source::ErrorKind;
 use waymark_engine::{Checkpoint, Clock, RetryPolicy, WriteAck};
@@ -28,6 +29,7 @@ use crate::http::rules::Rules;
 use crate::http::Api;
 use crate::record::lookup;
 use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
+use crate::sink::upserting::Notes;
 use crate::state::dead_letters::DeadLetter;
 
 /// What the destination knows of one source record.
@@ -69,7 +71,8 @@ pub struct HttpDestination {
     clock: Arc<dyn Clock>,
     file: PathBuf,
     mapping: Mapping,
-    jitter: u64,
+    jitter: Jitter,
+    notes: Notes,
 }
 
 /// How a request ended.
@@ -81,7 +84,7 @@ enum Answer {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
-    move |e| destination::Error(format!("{}: {e}", path.display()))
+    move |e| destination::Error::permanent(format!("{}: {e}", path.display()))
 }
 
 /// `{name}` in `template` replaced by `value`, percent-encoded.
@@ -99,16 +102,18 @@ fn fill(template: &str, name: &str, value: &str) -> String {
 }
 
 impl HttpDestination {
-    /// The destination of `binding` in `workflow`; its map is in `state_dir`.
+    /// The destination of `binding` in `workflow`, noting side records in `notes`; its map
+    /// is in `state_dir`.
     pub fn open(
         workflow: &Workflow,
         binding: Binding,
+        notes: Notes,
         state_dir: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, destination::Error> {
         let d = &workflow.file().destination;
         let api = Api::for_destination(workflow, Some(state_dir), clock.clone())
-            .map_err(|e| destination::Error(e.to_string()))?;
+            .map_err(|e| destination::Error::permanent(e.to_string()))?;
         let endpoints = Endpoints {
             lookup: d.lookup.clone().unwrap_or_default(),
             create: d.create.clone().unwrap_or_default(),
@@ -126,7 +131,7 @@ impl HttpDestination {
             .join(format!("{}.json", binding.table));
         let mapping = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                destination::Error(format!("{}: unreadable id map: {e}", file.display()))
+                destination::Error::permanent(format!("{}: unreadable id map: {e}", file.display()))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Mapping::default(),
             Err(e) => return Err(io(&file)(e)),
@@ -137,20 +142,12 @@ impl HttpDestination {
             binding,
             endpoints,
             retry: workflow.retry_policy(),
-            jitter: clock.now().0,
+            jitter: Jitter::new(clock.now().0),
+            notes,
             clock,
             file,
             mapping,
         })
-    }
-
-    fn next_jitter(&mut self) -> f64 {
-        // splitmix64 → [0, 1)
-        self.jitter = self.jitter.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.jitter;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Sends one request, retrying 429/5xx with backoff.
@@ -166,8 +163,9 @@ impl HttpDestination {
             self.api.base_url().as_str().trim_end_matches('/'),
             path.trim_start_matches('/')
         );
-        let url = reqwest::Url::parse(&url)
-            .map_err(|e| destination::Error(format!("`{path}` is not a URL path: {e}")))?;
+        let url = reqwest::Url::parse(&url).map_err(|e| {
+            destination::Error::permanent(format!("`{path}` is not a URL path: {e}"))
+        })?;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -198,27 +196,22 @@ impl HttpDestination {
                 (ErrorKind::Fatal, Some(s)) if (400..500).contains(&s) && s != 401 && s != 403 => {
                     return Ok(Answer::Refused(error.message))
                 }
-                (ErrorKind::Fatal, _) => return Err(destination::Error(error.message)),
+                (ErrorKind::Fatal, _) => return Err(destination::Error::permanent(error.message)),
                 _ if attempt >= self.retry.max_attempts => {
-                    return Err(destination::Error(format!(
+                    return Err(destination::Error::permanent(format!(
                         "{} after {attempt} attempts",
                         error.message
                     )))
                 }
                 _ => {}
             }
-            let ceiling = self
-                .retry
-                .base
-                .saturating_mul(1u32 << (attempt - 1).min(20))
-                .min(self.retry.cap);
-            let jittered = ceiling.mul_f64(self.next_jitter());
+            let jittered = backoff(&self.retry, attempt - 1, self.jitter.next_sample());
             let wait = match error.retry_after {
                 Some(after) if !after.is_zero() => after.max(jittered),
                 _ => jittered.max(Duration::from_millis(10)),
             };
             if wait > self.retry.max_wait {
-                return Err(destination::Error(format!(
+                return Err(destination::Error::permanent(format!(
                     "{}; the API asks to wait {} (more than max_wait)",
                     error.message,
                     humantime::format_duration(wait)
@@ -242,7 +235,9 @@ impl HttpDestination {
         match self.call(Method::GET, &path, None, None).await? {
             Answer::Ok(body) => self.found(key, &body),
             Answer::NotFound => Ok(None),
-            Answer::Refused(why) => Err(destination::Error(format!("lookup of {key}: {why}"))),
+            Answer::Refused(why) => Err(destination::Error::permanent(format!(
+                "lookup of {key}: {why}"
+            ))),
         }
     }
 
@@ -268,7 +263,7 @@ impl HttpDestination {
     /// ignored the filter must not make every record update one stranger); two is an error.
     fn found(&self, key: &str, body: &[u8]) -> Result<Option<String>, destination::Error> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
-            destination::Error(format!("lookup of {key}: the answer is not JSON ({e})"))
+            destination::Error::permanent(format!("lookup of {key}: the answer is not JSON ({e})"))
         })?;
         let items = match value {
             Value::Array(items) => items,
@@ -283,7 +278,7 @@ impl HttpDestination {
         match matching.as_slice() {
             [] => Ok(None),
             [one] => Ok(self.id_of(one)),
-            many => Err(destination::Error(format!(
+            many => Err(destination::Error::permanent(format!(
                 "lookup of {key}: {} records have {field} = {key}; resolve the duplicates in the \
                  destination first",
                 many.len()
@@ -392,8 +387,8 @@ impl HttpDestination {
             }
         }
         plan.dead.extend(refused);
-        let b = &self.binding;
-        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
+        self.notes
+            .note(&self.binding, &run, batch.page, batch.checkpoint.at, &plan)?;
         self.mapping.checkpoints.insert(
             self.binding.stream.clone(),
             (run, batch.page, batch.checkpoint.clone(), plan.ack),
@@ -410,7 +405,7 @@ impl HttpDestination {
         record: &str,
     ) -> Result<Result<(), String>, destination::Error> {
         let mut body: Value = serde_json::from_str(record)
-            .map_err(|e| destination::Error(format!("record {key}: {e}")))?;
+            .map_err(|e| destination::Error::permanent(format!("record {key}: {e}")))?;
         if let Value::Object(map) = &mut body {
             map.insert(
                 self.endpoints.external_id_field.clone(),
@@ -465,7 +460,7 @@ impl HttpDestination {
         {
             Answer::Ok(answer) => match self.id_in(&answer) {
                 Some(id) => Ok(Ok(id)),
-                None => Err(destination::Error(format!(
+                None => Err(destination::Error::permanent(format!(
                     "created {key}, but the answer has no `{}`: {}",
                     self.endpoints.id_path,
                     self.api.secrets().excerpt(&answer)
@@ -514,7 +509,7 @@ impl HttpDestination {
         }
         let tmp = self.file.with_extension("tmp");
         let bytes = serde_json::to_vec(&self.mapping)
-            .map_err(|e| destination::Error(format!("id map encoding: {e}")))?;
+            .map_err(|e| destination::Error::permanent(format!("id map encoding: {e}")))?;
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         std::io::Write::write_all(&mut f, &bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;

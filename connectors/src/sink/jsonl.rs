@@ -13,14 +13,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use waymark_engine::destination::{self, Batch, Destination, Preparer};
+use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
+use super::plan::{Binding, Op, Plan, Stored};
+use super::store::{Commit, Store};
+use super::upserting::Upserting;
 
 /// A page file's first line.
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,15 +41,31 @@ struct Line<'a> {
     record: Option<&'a RawValue>,
 }
 
-/// One table of a JSONL directory.
-pub struct JsonlDestination {
+/// One table of a JSONL directory, for one checkpoint scope.
+pub struct JsonlStore {
     dir: PathBuf,
-    binding: Binding,
+    /// The checkpoint scope (a page file's header names it).
+    scope: String,
     /// The newest state of every key.
     index: HashMap<String, Stored>,
     /// The sequence number of the next page file.
     next: u64,
+    /// The scope's newest page file: its run, page and acknowledgement.
+    last: Option<Commit>,
+    /// The page file being written: its text, header first (the transaction).
+    pending: Option<Pending>,
 }
+
+/// A page file before its rename.
+struct Pending {
+    lines: String,
+    header: Option<Header>,
+    run: String,
+    page: u64,
+}
+
+/// The JSONL destination.
+pub type JsonlDestination = Upserting<JsonlStore>;
 
 /// The sequence number at the start of a page file's name.
 fn seq(path: &Path) -> u64 {
@@ -60,11 +77,11 @@ fn seq(path: &Path) -> u64 {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
-    move |e| destination::Error(format!("{}: {e}", path.display()))
+    move |e| destination::Error::permanent(format!("{}: {e}", path.display()))
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> destination::Error {
-    destination::Error(format!("{}: unreadable line: {e}", path.display()))
+    destination::Error::permanent(format!("{}: unreadable line: {e}", path.display()))
 }
 
 /// The page files of a table directory in commit order (their names start with a
@@ -118,9 +135,9 @@ fn stored(line: &Line<'_>) -> Stored {
     }
 }
 
-impl JsonlDestination {
+impl JsonlStore {
     /// Opens (creating) `root/<table>/` and indexes what it holds.
-    pub fn open(root: &Path, binding: Binding) -> Result<Self, destination::Error> {
+    pub fn open(root: &Path, binding: &Binding) -> Result<Self, destination::Error> {
         let dir = root.join(&binding.table);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut index = HashMap::new();
@@ -131,15 +148,26 @@ impl JsonlDestination {
         if let Some(c) = compacted {
             read(&c, false, &mut add)?;
         }
+        let mut last = None;
         for page in &pages {
-            read(page, true, &mut add)?;
+            if let Some(header) = read(page, true, &mut add)? {
+                if header.stream == binding.stream {
+                    last = Some(Commit {
+                        run: header.checkpoint.run_id.to_string(),
+                        page: header.checkpoint.page,
+                        ack: header.ack,
+                    });
+                }
+            }
         }
         let next = pages.last().map_or(1, |p| seq(p) + 1);
-        Ok(JsonlDestination {
+        Ok(JsonlStore {
             dir,
-            binding,
+            scope: binding.stream.clone(),
             index,
             next,
+            last,
+            pending: None,
         })
     }
 
@@ -154,111 +182,6 @@ impl JsonlDestination {
         Ok(())
     }
 
-    /// The file of `batch`: the one already committed (a replay), or a new one.
-    fn page_file(
-        &self,
-        batch: &Batch<'_, Arc<Identified>>,
-    ) -> Result<(PathBuf, bool), destination::Error> {
-        let suffix = format!("-{}-{:010}.jsonl", batch.run_id, batch.page);
-        let (_, pages) = files(&self.dir)?;
-        Ok(
-            match pages
-                .into_iter()
-                .find(|p| p.to_string_lossy().ends_with(&suffix))
-            {
-                Some(done) => (done, true),
-                None => (self.dir.join(format!("{:020}{suffix}", self.next)), false),
-            },
-        )
-    }
-
-    fn write_batch(
-        &mut self,
-        batch: Batch<'_, Arc<Identified>>,
-    ) -> Result<WriteAck, destination::Error> {
-        let b = &self.binding;
-        let (file, committed) = self.page_file(&batch)?;
-        if committed {
-            // Committed before a crash: the file holds the acknowledgement.
-            let header = read(&file, true, |_| {})?.ok_or_else(|| corrupt(&file, "no header"))?;
-            return Ok(WriteAck {
-                replayed: true,
-                ..header.ack
-            });
-        }
-        let run = batch.run_id.to_string();
-        let index = &self.index;
-        let plan = plan(b, &run, batch.page, batch.records, |key| {
-            Ok::<_, destination::Error>(index.get(key).cloned())
-        })?;
-        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
-        let header = Header {
-            stream: b.stream.clone(),
-            checkpoint: batch.checkpoint.clone(),
-            ack: plan.ack,
-        };
-        let encode = |e: serde_json::Error| destination::Error(format!("encoding: {e}"));
-        let mut out = serde_json::to_string(&header).map_err(encode)?;
-        out.push('\n');
-        for op in &plan.ops {
-            // A soft deletion keeps the last record (for audit), as the SQL destinations do.
-            let kept;
-            let line = match op {
-                Op::Put {
-                    key,
-                    version,
-                    record,
-                    ..
-                } => Line {
-                    key: key.clone(),
-                    version: version.clone(),
-                    deleted_at: None,
-                    record: Some(serde_json::from_str(record).map_err(encode)?),
-                },
-                Op::Tombstone {
-                    key,
-                    version,
-                    record,
-                } => {
-                    kept = self
-                        .index
-                        .get(key)
-                        .and_then(|s| s.record.clone())
-                        .unwrap_or_else(|| record.to_string());
-                    Line {
-                        key: key.clone(),
-                        version: version.clone(),
-                        deleted_at: version.clone(),
-                        record: Some(serde_json::from_str(&kept).map_err(encode)?),
-                    }
-                }
-                Op::Remove { key, version } => Line {
-                    key: key.clone(),
-                    version: version.clone(),
-                    deleted_at: version.clone(),
-                    record: None,
-                },
-            };
-            out.push_str(&serde_json::to_string(&line).map_err(encode)?);
-            out.push('\n');
-        }
-        let tmp = file.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(out.as_bytes()).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &file).map_err(io(&file))?;
-        sync_dir(&self.dir)?;
-        self.next += 1;
-        // Durable: the index follows.
-        let mut lines = out.lines();
-        lines.next();
-        for line in lines {
-            let line: Line<'_> = serde_json::from_str(line).map_err(encode)?;
-            self.index.insert(line.key.clone(), stored(&line));
-        }
-        Ok(plan.ack)
-    }
-
     /// The checkpoint of the newest page file of this stream's scope.
     fn stored_checkpoint(&self) -> Result<Option<Checkpoint>, destination::Error> {
         let (_, pages) = files(&self.dir)?;
@@ -269,7 +192,7 @@ impl JsonlDestination {
                 .read_line(&mut first)
                 .map_err(io(page))?;
             let header: Header = serde_json::from_str(&first).map_err(|e| corrupt(page, e))?;
-            if header.stream == self.binding.stream {
+            if header.stream == self.scope {
                 return Ok(Some(header.checkpoint));
             }
         }
@@ -278,7 +201,7 @@ impl JsonlDestination {
             Ok(bytes) => {
                 let all: BTreeMap<String, Checkpoint> =
                     serde_json::from_slice(&bytes).map_err(|e| corrupt(&saved, e))?;
-                Ok(all.get(&self.binding.stream).cloned())
+                Ok(all.get(&self.scope).cloned())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&saved)(e)),
@@ -286,18 +209,156 @@ impl JsonlDestination {
     }
 }
 
-impl Destination for JsonlDestination {
-    type Page = Arc<Identified>;
+impl JsonlStore {
+    /// One change as a line of a page file. A soft deletion keeps the last record (for
+    /// audit), as the SQL destinations do.
+    fn line(&self, op: &Op<'_>) -> Result<String, destination::Error> {
+        let kept;
+        let line = match op {
+            Op::Put {
+                key,
+                version,
+                record,
+                ..
+            } => Line {
+                key: key.clone(),
+                version: version.clone(),
+                deleted_at: None,
+                record: Some(serde_json::from_str(record).map_err(encoding)?),
+            },
+            Op::Tombstone {
+                key,
+                version,
+                record,
+            } => {
+                kept = self
+                    .index
+                    .get(key)
+                    .and_then(|s| s.record.clone())
+                    .unwrap_or_else(|| record.to_string());
+                Line {
+                    key: key.clone(),
+                    version: version.clone(),
+                    deleted_at: version.clone(),
+                    record: Some(serde_json::from_str(&kept).map_err(encoding)?),
+                }
+            }
+            Op::Remove { key, version } => Line {
+                key: key.clone(),
+                version: version.clone(),
+                deleted_at: version.clone(),
+                record: None,
+            },
+        };
+        serde_json::to_string(&line).map_err(encoding)
+    }
+}
 
-    fn preparer(&self) -> Preparer<Arc<Identified>> {
-        self.binding.preparer()
+fn encoding(e: serde_json::Error) -> destination::Error {
+    destination::Error::permanent(format!("encoding: {e}"))
+}
+
+impl Store for JsonlStore {
+    const BLOCKING: bool = true;
+
+    async fn begin(&mut self) -> Result<(), destination::Error> {
+        self.pending = None;
+        Ok(())
     }
 
-    async fn write(
+    async fn last_commit(&mut self) -> Result<Option<Commit>, destination::Error> {
+        Ok(self.last.clone())
+    }
+
+    async fn stored(
         &mut self,
-        batch: Batch<'_, Arc<Identified>>,
-    ) -> Result<WriteAck, destination::Error> {
-        self.write_batch(batch)
+        keys: &[&str],
+    ) -> Result<HashMap<String, Stored>, destination::Error> {
+        Ok(keys
+            .iter()
+            .filter_map(|k| Some(((*k).to_string(), self.index.get(*k)?.clone())))
+            .collect())
+    }
+
+    async fn apply(
+        &mut self,
+        run: &str,
+        page: u64,
+        plan: &Plan<'_>,
+    ) -> Result<(), destination::Error> {
+        let mut lines = String::new();
+        for op in &plan.ops {
+            lines.push_str(&self.line(op)?);
+            lines.push('\n');
+        }
+        self.pending = Some(Pending {
+            lines,
+            header: None,
+            run: run.to_string(),
+            page,
+        });
+        Ok(())
+    }
+
+    async fn put_checkpoint(
+        &mut self,
+        _run: &str,
+        _page: u64,
+        checkpoint: &Checkpoint,
+        ack: &WriteAck,
+    ) -> Result<(), destination::Error> {
+        let pending = self
+            .pending
+            .as_mut()
+            .ok_or_else(|| destination::Error::permanent("JSONL: a checkpoint without a batch"))?;
+        pending.header = Some(Header {
+            stream: self.scope.clone(),
+            checkpoint: checkpoint.clone(),
+            ack: *ack,
+        });
+        Ok(())
+    }
+
+    /// Writes the page file aside, syncs it and renames it into place: the rename is the
+    /// commit.
+    async fn commit(&mut self) -> Result<(), destination::Error> {
+        let Some(Pending {
+            lines,
+            header: Some(header),
+            run,
+            page,
+        }) = self.pending.take()
+        else {
+            return Err(destination::Error::permanent("JSONL: nothing to commit"));
+        };
+        let file = self
+            .dir
+            .join(format!("{:020}-{run}-{page:010}.jsonl", self.next));
+        let mut out = serde_json::to_string(&header).map_err(encoding)?;
+        out.push('\n');
+        out.push_str(&lines);
+        let tmp = file.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(out.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &file).map_err(io(&file))?;
+        sync_dir(&self.dir)?;
+        self.next += 1;
+        // Durable: the index follows.
+        for line in lines.lines() {
+            let line: Line<'_> = serde_json::from_str(line).map_err(encoding)?;
+            self.index.insert(line.key.clone(), stored(&line));
+        }
+        self.last = Some(Commit {
+            run,
+            page,
+            ack: header.ack,
+        });
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        self.pending = None;
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
@@ -359,7 +420,7 @@ pub fn compact(table_dir: &Path) -> Result<Compacted, destination::Error> {
     f.sync_all().map_err(io(&tmp))?;
     let tmp_cp = table_dir.join("compacted.checkpoints.tmp");
     let cp = serde_json::to_vec(&checkpoints)
-        .map_err(|e| destination::Error(format!("encoding: {e}")))?;
+        .map_err(|e| destination::Error::permanent(format!("encoding: {e}")))?;
     let mut f = std::fs::File::create(&tmp_cp).map_err(io(&tmp_cp))?;
     f.write_all(&cp).map_err(io(&tmp_cp))?;
     f.sync_all().map_err(io(&tmp_cp))?;

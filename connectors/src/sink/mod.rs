@@ -3,7 +3,10 @@
 //! - [`plan`]: what a batch does to any destination (keys, versions, deletions, dead
 //!   letters), decided without I/O.
 //! - [`columns`]: declared typed columns.
-//! - [`sqlite`], [`postgres`], [`jsonl`]: the stores; [`http`]: another API.
+//! - [`store`]: the [`Store`] trait; [`upserting`]: [`Upserting`], the one write protocol
+//!   over any store (replay check → plan → notes → apply → checkpoint → commit).
+//! - [`sqlite`], [`postgres`], [`jsonl`]: the stores; [`http`]: another API, with its own
+//!   protocol (per-record requests) over the same plan.
 //! - [`any`]: [`AnyDestination`], the one a workflow names.
 
 pub mod any;
@@ -13,5 +16,9 @@ pub mod jsonl;
 pub mod plan;
 pub mod postgres;
 pub mod sqlite;
+pub mod store;
+pub mod upserting;
 
 pub use any::{binding, parents, AnyDestination};
+pub use store::{Commit, Store};
+pub use upserting::{Notes, Upserting};

@@ -1,4 +1,5 @@
-//! What one batch does to a destination, decided without I/O and shared by every
+//! What one batch does to a destination, decided without I/O (the rules carry no handle
+//! to any store) and shared by every
 //! destination, so they all keep the same promises: each record is identified (key,
 //! version, deletion flag, declared columns) or dead-lettered; compared with what is stored
 //! (an older version never overwrites a newer one; a deletion never removes a newer
@@ -8,17 +9,15 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use waymark_engine::{Preparer, WriteAck};
 
 use crate::config::{DeleteMode, RecordFilter, StreamSection, Workflow};
 use crate::record::{compare_versions, key_by, lookup, scalar, Fields};
 use crate::sink::columns::{Cell, Columns};
-use crate::state::audit::{Audit, Outcome, Seen};
-use crate::state::dead_letters::{DeadLetter, DeadLetters};
+use crate::state::audit::{Outcome, Seen};
+use crate::state::dead_letters::DeadLetter;
 
 /// Where one stream's records go and by which rules.
 #[derive(Clone, Debug)]
@@ -41,21 +40,14 @@ pub struct Binding {
     pub hard_delete: bool,
     /// Typed columns beside the raw record.
     pub columns: Columns,
-    /// Where refused records go.
-    pub dead_letters: DeadLetters,
-    /// Where each record's fate is noted (for `waymark trace`).
-    pub audit: Audit,
-    /// How long to wait for a database locked by another process.
-    pub busy_timeout: Duration,
     /// A reconciliation's repair: records carrying `"_waymark_deleted": true` are deletions
     /// of records gone from the source.
     pub repair: bool,
 }
 
 impl Binding {
-    /// The binding of `stream` in `workflow`, its dead letters under the state directory
-    /// `state_dir`.
-    pub fn new(workflow: &Workflow, stream: &StreamSection, state_dir: &Path) -> Self {
+    /// The binding of `stream` in `workflow`.
+    pub fn new(workflow: &Workflow, stream: &StreamSection) -> Self {
         let table = stream
             .deletes
             .clone()
@@ -75,12 +67,6 @@ impl Binding {
             deleted_when: stream.deleted_when.clone(),
             hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
             columns,
-            dead_letters: DeadLetters::new(state_dir, workflow.name(), &stream.name),
-            audit: match workflow.audit_keep().is_zero() {
-                true => Audit::disabled(state_dir),
-                false => Audit::new(state_dir),
-            },
-            busy_timeout: workflow.file().destination.busy_timeout.0,
             repair: false,
         }
     }
@@ -105,22 +91,6 @@ impl Binding {
 
 /// The field marking a repair's deletion record.
 pub const REPAIR_DELETION: &str = "_waymark_deleted";
-
-impl Binding {
-    /// Notes a page's dead letters and what became of each record in the state directory,
-    /// before the page commits (a replay of the page writes the same again).
-    pub fn note(
-        &self,
-        run: &str,
-        page: u64,
-        at: waymark_engine::Timestamp,
-        plan: &Plan<'_>,
-    ) -> Result<(), waymark_engine::destination::Error> {
-        self.dead_letters.put(run, page, &plan.dead)?;
-        self.audit
-            .record(&self.sync, &self.stream, run, page, at, &plan.seen)
-    }
-}
 
 /// What a destination holds for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -284,18 +254,6 @@ fn identity(
         version,
         deletion,
         cells,
-    })
-}
-
-/// The acknowledgement stored with an already-committed batch (a SQL destination's
-/// checkpoint row), marked as replayed.
-pub fn replayed(stored: &str) -> Result<WriteAck, waymark_engine::destination::Error> {
-    let ack: WriteAck = serde_json::from_str(stored).map_err(|e| {
-        waymark_engine::destination::Error(format!("stored acknowledgement unreadable: {e}"))
-    })?;
-    Ok(WriteAck {
-        replayed: true,
-        ..ack
     })
 }
 
@@ -507,9 +465,6 @@ mod tests {
             }),
             hard_delete: hard,
             columns: Columns::default(),
-            dead_letters: DeadLetters::new(Path::new("/nonexistent"), "s", "t"),
-            audit: Audit::new(Path::new("/nonexistent")),
-            busy_timeout: Duration::ZERO,
             repair: false,
         }
     }

@@ -8,51 +8,74 @@
 //! deletions). What a batch does is decided by [`crate::sink::plan::plan`]; dead letters go to
 //! the state directory.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
-use waymark_engine::destination::{self, Batch, Destination, Preparer};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
-use crate::sink::columns::Cell;
-use crate::sink::plan::{plan, replayed, Binding, Identified, Op, Stored};
+use super::columns::{Cell, Columns};
+use super::plan::{Binding, Op, Plan, Stored};
+use super::store::{commit, decode_checkpoint, encode, Commit, Store};
+use super::upserting::Upserting;
 use crate::source::Parents;
 
-/// One stream's table in a SQLite database. Writes run on a blocking thread, so the
-/// driver fetches the next page meanwhile.
-pub struct SqliteDestination {
-    /// `None` only while a write holds it on its thread (or after that thread died).
-    table: Option<Table>,
-    prepare: Preparer<Arc<Identified>>,
-}
-
-/// The connection and the rules of one stream's table.
-struct Table {
+/// One stream's table in a SQLite database (and the scope's row of
+/// `_waymark_checkpoints`), written through [`Upserting`] on a blocking thread.
+pub struct SqliteStore {
     conn: Connection,
-    binding: Binding,
+    sync: String,
+    scope: String,
+    table: String,
+    columns: Columns,
+    hard_delete: bool,
 }
 
-fn lost() -> destination::Error {
-    destination::Error("the SQLite connection was lost with a failed write".into())
-}
+/// The SQLite destination.
+pub type SqliteDestination = Upserting<SqliteStore>;
 
+/// A failure of `context`: transient when the database was busy or locked by another
+/// connection past the busy timeout (nothing was written; a retry can succeed).
 fn fail(context: &str) -> impl Fn(rusqlite::Error) -> destination::Error + '_ {
-    move |e| destination::Error(format!("SQLite {context}: {e}"))
+    move |e| {
+        let busy = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        let message = format!("SQLite {context}: {e}");
+        match busy {
+            true => destination::Error::transient(message),
+            false => destination::Error::permanent(message),
+        }
+    }
 }
 
-impl SqliteDestination {
-    /// Opens (creating) the database at `path` and the stream's table.
-    pub fn open(path: &Path, binding: Binding) -> Result<Self, destination::Error> {
+/// A page number as SQL stores it.
+fn sql_page(page: u64) -> Result<i64, destination::Error> {
+    i64::try_from(page)
+        .map_err(|_| destination::Error::permanent(format!("page {page} is out of range")))
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database at `path` and the table of `binding`, waiting up to
+    /// `busy_timeout` for a database locked by another process.
+    pub fn open(
+        path: &Path,
+        binding: &Binding,
+        busy_timeout: Duration,
+    ) -> Result<Self, destination::Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| destination::Error(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| destination::Error::permanent(format!("{}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path)
-            .map_err(|e| destination::Error(format!("SQLite {}: {e}", path.display())))?;
-        conn.busy_timeout(binding.busy_timeout)
+        let conn = Connection::open(path).map_err(|e| {
+            destination::Error::permanent(format!("SQLite {}: {e}", path.display()))
+        })?;
+        conn.busy_timeout(busy_timeout)
             .map_err(fail("busy timeout"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(fail("WAL mode"))?;
@@ -112,23 +135,14 @@ impl SqliteDestination {
                 tracing::info!("{table}: added column {name} ({kind})");
             }
         }
-        Ok(SqliteDestination {
-            prepare: binding.preparer(),
-            table: Some(Table { conn, binding }),
+        Ok(SqliteStore {
+            conn,
+            sync: binding.sync.clone(),
+            scope: binding.stream.clone(),
+            table: binding.table.clone(),
+            columns: binding.columns.clone(),
+            hard_delete: binding.hard_delete,
         })
-    }
-
-    fn table(&self) -> Result<&Table, destination::Error> {
-        self.table.as_ref().ok_or_else(lost)
-    }
-
-    /// Writes a batch on the calling thread (the unit tests).
-    #[cfg(test)]
-    fn write_batch(
-        &mut self,
-        batch: Batch<'_, Arc<Identified>>,
-    ) -> Result<WriteAck, destination::Error> {
-        self.table.as_mut().ok_or_else(lost)?.write_batch(batch)
     }
 
     /// Every row of the stream's table, as `each(key, stored)`, streamed.
@@ -136,60 +150,40 @@ impl SqliteDestination {
         &self,
         each: &mut dyn FnMut(String, Stored) -> Result<(), destination::Error>,
     ) -> Result<(), destination::Error> {
-        self.table()?.scan(each)
-    }
-}
-
-impl Table {
-    fn write_batch(
-        &mut self,
-        batch: Batch<'_, Arc<Identified>>,
-    ) -> Result<WriteAck, destination::Error> {
-        let b = &self.binding;
-        let tx = self
+        let mut stmt = self
             .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(fail("begin"))?;
-        let run = batch.run_id.to_string();
-        let prior = tx
-            .query_row(
-                "SELECT run_id, page, ack FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
-                params![b.sync, b.stream],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?, row.get::<_, String>(2)?)),
-            )
-            .optional()
-            .map_err(fail("reading the checkpoint"))?;
-        if let Some((prior_run, prior_page, ack)) = prior {
-            if prior_run == run && prior_page >= batch.page {
-                return replayed(&ack);
-            }
+            .prepare(&format!(
+                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"",
+                self.table
+            ))
+            .map_err(fail("scanning the table"))?;
+        let mut rows = stmt.query([]).map_err(fail("scanning the table"))?;
+        while let Some(row) = rows.next().map_err(fail("scanning the table"))? {
+            let (key, stored) = read_row(row).map_err(fail("scanning the table"))?;
+            each(key, stored)?;
         }
-        let table = &b.table;
-        let plan = {
-            let mut select = tx
-                .prepare_cached(&format!(
-                    "SELECT version, record, deleted_at FROM \"{table}\" WHERE key = ?1"
-                ))
-                .map_err(fail("prepare"))?;
-            let mut remembered = tx
+        Ok(())
+    }
+
+    /// What the table holds for `key` (after a hard delete: the remembered deletion).
+    fn lookup(&self, key: &str) -> Result<Option<Stored>, destination::Error> {
+        let row = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\" WHERE key = ?1",
+                self.table
+            ))
+            .and_then(|mut select| select.query_row(params![key], read_row).optional())
+            .map_err(fail("lookup"))?;
+        match row {
+            None if self.hard_delete => self
+                .conn
                 .prepare_cached(
                     "SELECT version FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2",
                 )
-                .map_err(fail("prepare"))?;
-            plan(b, &run, batch.page, batch.records, |key| {
-                let row = select
-                    .query_row(params![key], |row| {
-                        Ok(Stored {
-                            version: row.get(0)?,
-                            record: Some(row.get(1)?),
-                            deleted: row.get::<_, Option<String>>(2)?.is_some(),
-                        })
-                    })
-                    .optional()
-                    .map_err(fail("lookup"))?;
-                match row {
-                    None if b.hard_delete => remembered
-                        .query_row(params![table, key], |row| {
+                .and_then(|mut remembered| {
+                    remembered
+                        .query_row(params![self.table, key], |row| {
                             Ok(Stored {
                                 version: row.get(0)?,
                                 deleted: true,
@@ -197,149 +191,220 @@ impl Table {
                             })
                         })
                         .optional()
-                        .map_err(fail("lookup")),
-                    row => Ok(row),
-                }
-            })?
-        };
-        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
-        {
-            let names: String = b
-                .columns
-                .iter()
-                .map(|c| format!(", \"{}\"", c.name))
-                .collect();
-            let values: String = (0..b.columns.iter().len())
-                .map(|i| format!(", ?{}", i + 6))
-                .collect();
-            let updates: String = b
-                .columns
-                .iter()
-                .map(|c| format!(", \"{0}\" = excluded.\"{0}\"", c.name))
-                .collect();
-            let mut upsert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at{names})
-                     VALUES (?1, ?2, ?3, ?4, ?5, NULL{values})
-                     ON CONFLICT(key) DO UPDATE SET version = excluded.version,
-                       record = excluded.record, run_id = excluded.run_id, page = excluded.page,
-                       deleted_at = NULL{updates}"
-                ))
-                .map_err(fail("prepare"))?;
-            // A deletion keeps the last record it saw (for audit) and stores the deletion
-            // time as the version, so an older copy read later is stale, not a resurrection.
-            let mut tombstone = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?2)
-                     ON CONFLICT(key) DO UPDATE SET version = excluded.version,
-                       run_id = excluded.run_id, page = excluded.page,
-                       deleted_at = excluded.deleted_at"
-                ))
-                .map_err(fail("prepare"))?;
-            let mut remember = tx
-                .prepare_cached(
-                    "INSERT INTO _waymark_tombstones (tbl, key, version, run_id) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(tbl, key) DO UPDATE SET version = excluded.version,
-                       run_id = excluded.run_id",
-                )
-                .map_err(fail("prepare"))?;
-            let mut forget = tx
-                .prepare_cached("DELETE FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2")
-                .map_err(fail("prepare"))?;
-            let mut remove = tx
-                .prepare_cached(&format!("DELETE FROM \"{table}\" WHERE key = ?1"))
-                .map_err(fail("prepare"))?;
-            for op in &plan.ops {
-                match op {
-                    Op::Put {
-                        key,
-                        version,
-                        record,
-                        cells,
-                        revived,
-                    } => {
-                        if *revived {
-                            forget
-                                .execute(params![table, key])
-                                .map_err(fail("upsert"))?;
-                        }
-                        let fixed = [
-                            SqlValue::Text(key.clone()),
-                            version.clone().map_or(SqlValue::Null, SqlValue::Text),
-                            SqlValue::Text(record.to_string()),
-                            SqlValue::Text(run.clone()),
-                            SqlValue::Integer(batch.page as i64),
-                        ];
-                        let all = fixed.into_iter().chain(cells.iter().map(sql_value));
-                        upsert
-                            .execute(params_from_iter(all))
+                })
+                .map_err(fail("lookup")),
+            row => Ok(row.map(|(_, stored)| stored)),
+        }
+    }
+
+    /// Applies the plan's changes row by row, in record order, with prepared statements.
+    fn apply_ops(&self, run: &str, page: u64, plan: &Plan<'_>) -> Result<(), destination::Error> {
+        let table = &self.table;
+        let page = sql_page(page)?;
+        let names: String = self
+            .columns
+            .iter()
+            .map(|c| format!(", \"{}\"", c.name))
+            .collect();
+        let values: String = (0..self.columns.iter().len())
+            .map(|i| format!(", ?{}", i + 6))
+            .collect();
+        let updates: String = self
+            .columns
+            .iter()
+            .map(|c| format!(", \"{0}\" = excluded.\"{0}\"", c.name))
+            .collect();
+        let conn = &self.conn;
+        let mut upsert = conn
+            .prepare_cached(&format!(
+                "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at{names})
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL{values})
+                 ON CONFLICT(key) DO UPDATE SET version = excluded.version,
+                   record = excluded.record, run_id = excluded.run_id, page = excluded.page,
+                   deleted_at = NULL{updates}"
+            ))
+            .map_err(fail("prepare"))?;
+        // A deletion keeps the last record it saw (for audit) and stores the deletion time
+        // as the version, so an older copy read later is stale, not a resurrection.
+        let mut tombstone = conn
+            .prepare_cached(&format!(
+                "INSERT INTO \"{table}\" (key, version, record, run_id, page, deleted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?2)
+                 ON CONFLICT(key) DO UPDATE SET version = excluded.version,
+                   run_id = excluded.run_id, page = excluded.page,
+                   deleted_at = excluded.deleted_at"
+            ))
+            .map_err(fail("prepare"))?;
+        let mut remember = conn
+            .prepare_cached(
+                "INSERT INTO _waymark_tombstones (tbl, key, version, run_id) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(tbl, key) DO UPDATE SET version = excluded.version,
+                   run_id = excluded.run_id",
+            )
+            .map_err(fail("prepare"))?;
+        let mut forget = conn
+            .prepare_cached("DELETE FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2")
+            .map_err(fail("prepare"))?;
+        let mut remove = conn
+            .prepare_cached(&format!("DELETE FROM \"{table}\" WHERE key = ?1"))
+            .map_err(fail("prepare"))?;
+        for op in &plan.ops {
+            match op {
+                Op::Put {
+                    key,
+                    version,
+                    record,
+                    cells,
+                    revived,
+                } => {
+                    if *revived {
+                        forget
+                            .execute(params![table, key])
                             .map_err(fail("upsert"))?;
                     }
-                    Op::Tombstone {
-                        key,
-                        version,
-                        record,
-                    } => {
-                        tombstone
-                            .execute(params![key, version, record, run, batch.page])
-                            .map_err(fail("delete"))?;
-                    }
-                    Op::Remove { key, version } => {
-                        remove.execute(params![key]).map_err(fail("delete"))?;
-                        remember
-                            .execute(params![table, key, version, run])
-                            .map_err(fail("delete"))?;
-                    }
+                    let fixed = [
+                        SqlValue::Text(key.clone()),
+                        version.clone().map_or(SqlValue::Null, SqlValue::Text),
+                        SqlValue::Text(record.to_string()),
+                        SqlValue::Text(run.to_string()),
+                        SqlValue::Integer(page),
+                    ];
+                    let all = fixed.into_iter().chain(cells.iter().map(sql_value));
+                    upsert
+                        .execute(params_from_iter(all))
+                        .map_err(fail("upsert"))?;
+                }
+                Op::Tombstone {
+                    key,
+                    version,
+                    record,
+                } => {
+                    tombstone
+                        .execute(params![key, version, record, run, page])
+                        .map_err(fail("delete"))?;
+                }
+                Op::Remove { key, version } => {
+                    remove.execute(params![key]).map_err(fail("delete"))?;
+                    remember
+                        .execute(params![table, key, version, run])
+                        .map_err(fail("delete"))?;
                 }
             }
         }
-        let ack = plan.ack;
-        let checkpoint = serde_json::to_string(batch.checkpoint)
-            .map_err(|e| destination::Error(format!("checkpoint encoding: {e}")))?;
-        let stored = serde_json::to_string(&ack)
-            .map_err(|e| destination::Error(format!("acknowledgement encoding: {e}")))?;
-        tx.execute(
-            "INSERT INTO _waymark_checkpoints (sync, stream, run_id, page, checkpoint, ack)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(sync, stream) DO UPDATE SET run_id = excluded.run_id, page = excluded.page,
-               checkpoint = excluded.checkpoint, ack = excluded.ack",
-            params![b.sync, b.stream, run, batch.page, checkpoint, stored],
-        )
-        .map_err(fail("storing the checkpoint"))?;
-        tx.commit().map_err(fail("commit"))?;
-        Ok(ack)
+        Ok(())
     }
 }
 
-impl Table {
-    fn scan(
-        &self,
-        each: &mut dyn FnMut(String, Stored) -> Result<(), destination::Error>,
-    ) -> Result<(), destination::Error> {
-        let mut stmt = self
+/// A row of a stream's table: `key, version, record, deleted`.
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Stored)> {
+    Ok((
+        row.get(0)?,
+        Stored {
+            version: row.get(1)?,
+            record: Some(row.get(2)?),
+            deleted: row.get(3)?,
+        },
+    ))
+}
+
+impl Store for SqliteStore {
+    const BLOCKING: bool = true;
+
+    async fn begin(&mut self) -> Result<(), destination::Error> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(fail("begin"))
+    }
+
+    async fn last_commit(&mut self) -> Result<Option<Commit>, destination::Error> {
+        let row = self
             .conn
-            .prepare(&format!(
-                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"",
-                self.binding.table
-            ))
-            .map_err(fail("scanning the table"))?;
-        let mut rows = stmt.query([]).map_err(fail("scanning the table"))?;
-        while let Some(row) = rows.next().map_err(fail("scanning the table"))? {
-            let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Stored)> {
-                Ok((
-                    row.get(0)?,
-                    Stored {
-                        version: row.get(1)?,
-                        record: Some(row.get(2)?),
-                        deleted: row.get(3)?,
-                    },
-                ))
-            };
-            let (key, stored) = read(row).map_err(fail("scanning the table"))?;
-            each(key, stored)?;
+            .prepare_cached(
+                "SELECT run_id, page, ack FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
+            )
+            .and_then(|mut select| {
+                select
+                    .query_row(params![self.sync, self.scope], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?))
+                    })
+                    .optional()
+            })
+            .map_err(fail("reading the checkpoint"))?;
+        row.map(|(run, page, ack)| commit(run, page, &ack))
+            .transpose()
+    }
+
+    async fn stored(
+        &mut self,
+        keys: &[&str],
+    ) -> Result<HashMap<String, Stored>, destination::Error> {
+        let mut out = HashMap::new();
+        for key in keys {
+            if out.contains_key(*key) {
+                continue;
+            }
+            if let Some(stored) = self.lookup(key)? {
+                out.insert((*key).to_string(), stored);
+            }
         }
+        Ok(out)
+    }
+
+    async fn apply(
+        &mut self,
+        run: &str,
+        page: u64,
+        plan: &Plan<'_>,
+    ) -> Result<(), destination::Error> {
+        self.apply_ops(run, page, plan)
+    }
+
+    async fn put_checkpoint(
+        &mut self,
+        run: &str,
+        page: u64,
+        checkpoint: &Checkpoint,
+        ack: &WriteAck,
+    ) -> Result<(), destination::Error> {
+        let (checkpoint, ack) = encode(checkpoint, ack)?;
+        let page = sql_page(page)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _waymark_checkpoints (sync, stream, run_id, page, checkpoint, ack)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(sync, stream) DO UPDATE SET run_id = excluded.run_id,
+                   page = excluded.page, checkpoint = excluded.checkpoint, ack = excluded.ack",
+            )
+            .and_then(|mut put| {
+                put.execute(params![self.sync, self.scope, run, page, checkpoint, ack])
+            })
+            .map_err(fail("storing the checkpoint"))?;
         Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), destination::Error> {
+        self.conn.execute_batch("COMMIT").map_err(fail("commit"))
+    }
+
+    async fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!("SQLite rollback: {e}");
+            }
+        }
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
+        let stored: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT checkpoint FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
+                params![self.sync, self.scope],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(fail("reading the checkpoint"))?;
+        stored.map(|c| decode_checkpoint(&c)).transpose()
     }
 }
 
@@ -356,7 +421,7 @@ impl ParentRecords {
     pub fn open(path: &Path, table: &str) -> Result<Self, destination::Error> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| {
-                destination::Error(format!(
+                destination::Error::permanent(format!(
                     "parent stream `{table}`: {} cannot be read ({e}); run the parent stream first",
                     path.display()
                 ))
@@ -369,7 +434,7 @@ impl ParentRecords {
             )
             .map_err(fail("reading the schema"))?;
         if !exists {
-            return Err(destination::Error(format!(
+            return Err(destination::Error::permanent(format!(
                 "parent stream `{table}` has no table in {} yet; run the parent stream first",
                 path.display()
             )));
@@ -399,7 +464,9 @@ impl ParentRecords {
         row.map(|(key, record)| {
             serde_json::from_str(&record)
                 .map(|value| (key, value))
-                .map_err(|e| destination::Error(format!("parent record unreadable: {e}")))
+                .map_err(|e| {
+                    destination::Error::permanent(format!("parent record unreadable: {e}"))
+                })
         })
         .transpose()
     }
@@ -416,7 +483,7 @@ impl ParentRecords {
         record
             .map(|r| serde_json::from_str(&r))
             .transpose()
-            .map_err(|e| destination::Error(format!("parent record unreadable: {e}")))
+            .map_err(|e| destination::Error::permanent(format!("parent record unreadable: {e}")))
     }
 }
 
@@ -447,64 +514,14 @@ fn sql_value(cell: &Cell) -> SqlValue {
     }
 }
 
-impl Destination for SqliteDestination {
-    type Page = Arc<Identified>;
-
-    fn preparer(&self) -> Preparer<Arc<Identified>> {
-        self.prepare.clone()
-    }
-
-    async fn write(
-        &mut self,
-        batch: Batch<'_, Arc<Identified>>,
-    ) -> Result<WriteAck, destination::Error> {
-        let mut table = self.table.take().ok_or_else(lost)?;
-        // On a blocking thread, which shares the page's records.
-        let (run_id, page) = (batch.run_id, batch.page);
-        let records = batch.records.clone();
-        let checkpoint = batch.checkpoint.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let ack = table.write_batch(Batch {
-                run_id,
-                page,
-                records: &records,
-                checkpoint: &checkpoint,
-            });
-            (table, ack)
-        })
-        .await;
-        match done {
-            Ok((table, ack)) => {
-                self.table = Some(table);
-                ack
-            }
-            Err(e) => Err(destination::Error(format!("the SQLite write failed: {e}"))),
-        }
-    }
-
-    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
-        let t = self.table()?;
-        let stored: Option<String> = t
-            .conn
-            .query_row(
-                "SELECT checkpoint FROM _waymark_checkpoints WHERE sync = ?1 AND stream = ?2",
-                params![t.binding.sync, t.binding.stream],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(fail("reading the checkpoint"))?;
-        stored
-            .map(|c| serde_json::from_str(&c))
-            .transpose()
-            .map_err(|e| destination::Error(format!("stored checkpoint unreadable: {e}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::RecordFilter;
+    use waymark_engine::destination::{Batch, Destination};
     use waymark_engine::{RunId, Timestamp, Window};
+
+    use crate::sink::upserting::Notes;
 
     struct Db {
         _dir: std::path::PathBuf,
@@ -528,16 +545,6 @@ mod tests {
             version_field: Some(if deletes { "deleted_at" } else { "v" }.into()),
             deletes,
             columns: crate::sink::columns::Columns::default(),
-            dead_letters: crate::state::dead_letters::DeadLetters::new(
-                &std::env::temp_dir(),
-                "shop",
-                stream,
-            ),
-            audit: crate::state::audit::Audit::new(&std::env::temp_dir().join(format!(
-                "waymark-sqlite-audit-{}-{stream}-{hard}",
-                std::process::id()
-            ))),
-            busy_timeout: std::time::Duration::from_millis(100),
             repair: false,
         }
     }
@@ -551,16 +558,21 @@ mod tests {
             ));
             let _ = std::fs::remove_dir_all(&dir);
             let path = dir.join("t.db");
+            let open = |b: Binding| -> Result<SqliteDestination, destination::Error> {
+                let store = SqliteStore::open(&path, &b, Duration::from_millis(100))?;
+                let notes = Notes::in_dir(&dir.join("state"), &b);
+                Ok(Upserting::new(store, b, notes))
+            };
             Ok(Db {
-                orders: SqliteDestination::open(&path, binding("orders", false, hard))?,
-                deletions: SqliteDestination::open(&path, binding("orders_deleted", true, hard))?,
+                orders: open(binding("orders", false, hard))?,
+                deletions: open(binding("orders_deleted", true, hard))?,
                 _dir: dir,
                 run: RunId::new(),
                 page: 0,
             })
         }
 
-        fn write(
+        async fn write(
             &mut self,
             deletes: bool,
             records: &[&str],
@@ -584,16 +596,17 @@ mod tests {
                 false => &mut self.orders,
             };
             let records = d.preparer()(records);
-            d.write_batch(Batch {
+            d.write(Batch {
                 run_id: self.run,
                 page: self.page,
                 records: &records,
                 checkpoint: &checkpoint,
             })
+            .await
         }
 
-        fn rows(&self) -> Vec<(String, String, Option<String>)> {
-            let Ok(table) = self.orders.table() else {
+        fn rows(&mut self) -> Vec<(String, String, Option<String>)> {
+            let Ok(table) = self.orders.store() else {
                 return Vec::new();
             };
             let mut stmt = match table
@@ -610,39 +623,45 @@ mod tests {
     }
 
     /// The same story in both modes; `rows` differ only in what a deletion leaves.
-    fn deletion_story(hard: bool) -> Result<Db, destination::Error> {
+    async fn deletion_story(hard: bool) -> Result<Db, destination::Error> {
         let mut db = Db::new(hard)?;
-        let ack = db.write(false, &[r#"{"id":1,"v":"10"}"#, r#"{"id":2,"v":"10"}"#])?;
+        let ack = db
+            .write(false, &[r#"{"id":1,"v":"10"}"#, r#"{"id":2,"v":"10"}"#])
+            .await?;
         assert_eq!((ack.inserted, ack.deleted), (2, 0));
         // 1 deleted at 20; 2's deletion at 5 is older than the stored version 10: stale.
         // 3 was never seen: its deletion is remembered.
-        let ack = db.write(
-            true,
-            &[
-                r#"{"id":1,"deleted_at":"20"}"#,
-                r#"{"id":2,"deleted_at":"5"}"#,
-                r#"{"id":3,"deleted_at":"20"}"#,
-            ],
-        )?;
+        let ack = db
+            .write(
+                true,
+                &[
+                    r#"{"id":1,"deleted_at":"20"}"#,
+                    r#"{"id":2,"deleted_at":"5"}"#,
+                    r#"{"id":3,"deleted_at":"20"}"#,
+                ],
+            )
+            .await?;
         assert_eq!((ack.deleted, ack.skipped_stale), (2, 1));
         // The same deletion again changes nothing.
-        let ack = db.write(true, &[r#"{"id":1,"deleted_at":"20"}"#])?;
+        let ack = db.write(true, &[r#"{"id":1,"deleted_at":"20"}"#]).await?;
         assert_eq!((ack.deleted, ack.unchanged), (0, 1));
         // An older copy of 1 read late (overlap window) does not bring it back...
-        let ack = db.write(false, &[r#"{"id":1,"v":"15"}"#])?;
+        let ack = db.write(false, &[r#"{"id":1,"v":"15"}"#]).await?;
         assert_eq!(ack.skipped_stale, 1);
         // ...a newer version (the id was reused) does.
-        let ack = db.write(false, &[r#"{"id":3,"v":"30"}"#])?;
+        let ack = db.write(false, &[r#"{"id":3,"v":"30"}"#]).await?;
         assert_eq!(ack.inserted + ack.updated, 1);
         // A record flagged deleted in the stream itself (`deleted_when`) is a deletion.
-        let ack = db.write(false, &[r#"{"id":2,"v":"40","status":"gone"}"#])?;
+        let ack = db
+            .write(false, &[r#"{"id":2,"v":"40","status":"gone"}"#])
+            .await?;
         assert_eq!(ack.deleted, 1);
         Ok(db)
     }
 
-    #[test]
-    fn soft_deletions_respect_versions_both_ways() -> Result<(), destination::Error> {
-        let db = deletion_story(false)?;
+    #[tokio::test]
+    async fn soft_deletions_respect_versions_both_ways() -> Result<(), destination::Error> {
+        let mut db = deletion_story(false).await?;
         assert_eq!(
             db.rows(),
             vec![
@@ -654,13 +673,13 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn hard_deletions_remove_rows_and_remember_versions() -> Result<(), destination::Error> {
-        let db = deletion_story(true)?;
+    #[tokio::test]
+    async fn hard_deletions_remove_rows_and_remember_versions() -> Result<(), destination::Error> {
+        let mut db = deletion_story(true).await?;
         assert_eq!(db.rows(), vec![("3".into(), "30".into(), None)]);
         let remembered: Vec<(String, String)> = db
             .orders
-            .table()?
+            .store()?
             .conn
             .prepare("SELECT key, version FROM _waymark_tombstones ORDER BY key")
             .and_then(|mut s| {

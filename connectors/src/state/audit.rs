@@ -104,7 +104,7 @@ impl std::fmt::Debug for ConnectionCell {
 }
 
 fn fail(e: rusqlite::Error) -> destination::Error {
-    destination::Error(format!("audit index: {e}"))
+    destination::Error::permanent(format!("audit index: {e}"))
 }
 
 impl Audit {
@@ -132,8 +132,9 @@ impl Audit {
         let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| destination::Error(format!("{}: {e}", dir.display())))?;
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    destination::Error::permanent(format!("{}: {e}", dir.display()))
+                })?;
             }
             let conn = Connection::open(&self.path).map_err(fail)?;
             // Another handle of this process (a repair's binding, a test) may be writing.
@@ -163,7 +164,7 @@ impl Audit {
         }
         match slot.as_mut() {
             Some(cell) => f(&mut cell.0).map_err(fail),
-            None => Err(destination::Error("audit index unavailable".into())),
+            None => Err(destination::Error::permanent("audit index unavailable")),
         }
     }
 

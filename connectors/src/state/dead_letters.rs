@@ -36,7 +36,7 @@ pub struct DeadLetters {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
-    move |e| destination::Error(format!("dead-letter store {}: {e}", path.display()))
+    move |e| destination::Error::permanent(format!("dead-letter store {}: {e}", path.display()))
 }
 
 impl DeadLetters {
@@ -63,15 +63,15 @@ impl DeadLetters {
         let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         for letter in letters {
             let line = serde_json::to_string(letter)
-                .map_err(|e| destination::Error(format!("dead letter encoding: {e}")))?;
+                .map_err(|e| destination::Error::permanent(format!("dead letter encoding: {e}")))?;
             writeln!(out, "{line}").map_err(io(&tmp))?;
         }
         out.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &file).map_err(io(&file))?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        // The rename is durable only once the directory is: the page commits after this.
+        std::fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(&self.dir))
     }
 
     /// The files of the store, oldest run first.
@@ -146,7 +146,10 @@ impl DeadLetters {
             let text = std::fs::read_to_string(file).map_err(io(file))?;
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 all.push(serde_json::from_str(line).map_err(|e| {
-                    destination::Error(format!("{}: unreadable dead letter: {e}", file.display()))
+                    destination::Error::permanent(format!(
+                        "{}: unreadable dead letter: {e}",
+                        file.display()
+                    ))
                 })?);
             }
         }

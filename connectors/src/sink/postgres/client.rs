@@ -37,7 +37,7 @@ pub(super) fn fail(context: &'static str) -> impl Fn(tokio_postgres::Error) -> d
                 text
             }
         };
-        destination::Error(format!("PostgreSQL {context}: {detail}"))
+        destination::Error::permanent(format!("PostgreSQL {context}: {detail}"))
     }
 }
 

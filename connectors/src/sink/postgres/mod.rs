@@ -7,4 +7,4 @@ pub mod store;
 pub mod tls;
 
 pub use parents::PostgresParents;
-pub use store::PostgresDestination;
+pub use store::{PostgresDestination, PostgresStore};

@@ -36,7 +36,7 @@ impl PostgresParents {
             .map_err(fail("reading the schema"))?
             .is_some();
         if !exists {
-            return Err(destination::Error(format!(
+            return Err(destination::Error::permanent(format!(
                 "parent stream `{table}` has no table in schema {schema} yet; run the parent \
                  stream first"
             )));

@@ -6,29 +6,49 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 
 use futures_util::SinkExt;
 use tokio_postgres::Client;
-use waymark_engine::destination::{self, Batch, Destination, Preparer};
+use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
 use super::client::{connect, fail, ident};
 use super::tls::Rustls;
-use crate::sink::columns::Cell;
-use crate::sink::plan::{plan, replayed, Binding, Identified, Op, Stored};
+use crate::sink::columns::{Cell, Columns};
+use crate::sink::plan::{Binding, Op, Plan, Stored};
+use crate::sink::store::{commit, decode_checkpoint, encode, Commit, Store};
+use crate::sink::upserting::Upserting;
 
-/// One stream's table in a PostgreSQL database.
-pub struct PostgresDestination {
+/// One stream's table in a PostgreSQL database (and the scope's row of
+/// `_waymark_checkpoints`).
+pub struct PostgresStore {
     client: Client,
-    binding: Binding,
+    /// To connect again after the connection was lost (a server restart): it may hold a
+    /// password and is never shown.
+    url: String,
+    tls: Rustls,
+    sync: String,
+    scope: String,
+    /// The table's own name (for `_waymark_tombstones`).
+    name: String,
     /// `"schema"."table"`.
     table: String,
     /// `"schema".`, for the bookkeeping tables.
     schema: String,
+    columns: Columns,
+    hard_delete: bool,
 }
 
-impl PostgresDestination {
+/// The PostgreSQL destination.
+pub type PostgresDestination = Upserting<PostgresStore>;
+
+/// A page number as PostgreSQL stores it (`bigint`).
+fn sql_page(page: u64) -> Result<i64, destination::Error> {
+    i64::try_from(page)
+        .map_err(|_| destination::Error::permanent(format!("page {page} is out of range")))
+}
+
+impl PostgresStore {
     /// Connects with `url` (a libpq connection string or URI; it may hold a password and is
     /// never shown; its `sslmode` decides on TLS, verified by `tls`) and creates or evolves
     /// the stream's table in `schema`.
@@ -36,9 +56,9 @@ impl PostgresDestination {
         url: &str,
         tls: Rustls,
         schema: &str,
-        binding: Binding,
+        binding: &Binding,
     ) -> Result<Self, destination::Error> {
-        let client = connect(url, tls).await?;
+        let client = connect(url, tls.clone()).await?;
         let s = format!("{}.", ident(schema));
         let table = format!("{s}{}", ident(&binding.table));
         let columns: String = binding
@@ -99,11 +119,17 @@ impl PostgresDestination {
                 .await
                 .map_err(fail("adding a column"))?;
         }
-        Ok(PostgresDestination {
+        Ok(PostgresStore {
             client,
-            binding,
+            url: url.to_string(),
+            tls,
+            sync: binding.sync.clone(),
+            scope: binding.stream.clone(),
+            name: binding.table.clone(),
             table,
             schema: s,
+            columns: binding.columns.clone(),
+            hard_delete: binding.hard_delete,
         })
     }
 
@@ -138,233 +164,6 @@ impl PostgresDestination {
         }
         Ok(())
     }
-
-    async fn write_batch(
-        &mut self,
-        batch: Batch<'_, Arc<Identified>>,
-    ) -> Result<WriteAck, destination::Error> {
-        let b = &self.binding;
-        let (table, s) = (&self.table, &self.schema);
-        let run = batch.run_id.to_string();
-        let tx = self.client.transaction().await.map_err(fail("begin"))?;
-        // Serialises writers of this stream's checkpoint row for the transaction.
-        let prior = tx
-            .query_opt(
-                &format!(
-                    "SELECT run_id, page, ack FROM {s}_waymark_checkpoints
-                     WHERE sync = $1 AND stream = $2 FOR UPDATE"
-                ),
-                &[&b.sync, &b.stream],
-            )
-            .await
-            .map_err(fail("reading the checkpoint"))?;
-        if let Some(row) = prior {
-            let (prior_run, prior_page, ack): (String, i64, String) =
-                (row.get(0), row.get(1), row.get(2));
-            if prior_run == run && prior_page >= batch.page as i64 {
-                return replayed(&ack);
-            }
-        }
-        // What is stored for the batch's keys, in one round trip.
-        let keys = batch.records.keys();
-        let mut stored: HashMap<String, Stored> = HashMap::new();
-        for row in tx
-            .query(
-                &format!(
-                    "SELECT key, version, record::text, deleted_at IS NOT NULL FROM {table}
-                     WHERE key = ANY($1) FOR UPDATE"
-                ),
-                &[&keys],
-            )
-            .await
-            .map_err(fail("lookup"))?
-        {
-            let key: String = row.get(0);
-            stored.insert(
-                key,
-                Stored {
-                    version: row.get(1),
-                    record: Some(row.get(2)),
-                    deleted: row.get(3),
-                },
-            );
-        }
-        if b.hard_delete {
-            for row in tx
-                .query(
-                    &format!(
-                        "SELECT key, version FROM {s}_waymark_tombstones
-                         WHERE tbl = $1 AND key = ANY($2)"
-                    ),
-                    &[&b.table, &keys],
-                )
-                .await
-                .map_err(fail("lookup"))?
-            {
-                let key: String = row.get(0);
-                stored.entry(key).or_insert(Stored {
-                    version: row.get(1),
-                    deleted: true,
-                    record: None,
-                });
-            }
-        }
-        let plan = plan(b, &run, batch.page, batch.records, |key| {
-            Ok::<_, destination::Error>(stored.get(key).cloned())
-        })?;
-        b.note(&run, batch.page, batch.checkpoint.at, &plan)?;
-        let ops = plan.last_per_key();
-        if !ops.is_empty() {
-            let cells: String = (0..b.columns.iter().len())
-                .map(|i| format!(", c{i} text"))
-                .collect();
-            tx.batch_execute(&format!(
-                "CREATE TEMP TABLE _waymark_incoming (
-                     op smallint, key text, version text, record text, revived boolean{cells}
-                 ) ON COMMIT DROP"
-            ))
-            .await
-            .map_err(fail("staging the batch"))?;
-            let mut rows = String::new();
-            for op in &ops {
-                let (code, key, version, record, revived, cells) = match op {
-                    Op::Put {
-                        key,
-                        version,
-                        record,
-                        cells,
-                        revived,
-                    } => (0, key, version, Some(*record), *revived, cells.as_slice()),
-                    Op::Tombstone {
-                        key,
-                        version,
-                        record,
-                    } => (1, key, version, Some(*record), false, &[][..]),
-                    Op::Remove { key, version } => (2, key, version, None, false, &[][..]),
-                };
-                let _ = write!(rows, "{code}\t");
-                copy_field(&mut rows, Some(key));
-                rows.push('\t');
-                copy_field(&mut rows, version.as_deref());
-                rows.push('\t');
-                copy_field(&mut rows, record);
-                let _ = write!(rows, "\t{revived}");
-                for i in 0..b.columns.iter().len() {
-                    rows.push('\t');
-                    copy_field(&mut rows, cells.get(i).and_then(Cell::text).as_deref());
-                }
-                rows.push('\n');
-            }
-            let sink = tx
-                .copy_in::<_, bytes::Bytes>("COPY _waymark_incoming FROM STDIN")
-                .await
-                .map_err(fail("COPY"))?;
-            futures_util::pin_mut!(sink);
-            sink.send(bytes::Bytes::from(rows))
-                .await
-                .map_err(fail("COPY"))?;
-            sink.finish().await.map_err(fail("COPY"))?;
-            let names: String = b
-                .columns
-                .iter()
-                .map(|c| format!(", {}", ident(&c.name)))
-                .collect();
-            let casts: String = b
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!(", c{i}::{}", c.kind.postgres()))
-                .collect();
-            let updates: String = b
-                .columns
-                .iter()
-                .map(|c| format!(", {0} = excluded.{0}", ident(&c.name)))
-                .collect();
-            let page = batch.page as i64;
-            tx.execute(
-                &format!(
-                    "DELETE FROM {s}_waymark_tombstones WHERE tbl = $1
-                     AND key IN (SELECT key FROM _waymark_incoming WHERE revived)"
-                ),
-                &[&b.table],
-            )
-            .await
-            .map_err(fail("upsert"))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO {table} AS t (key, version, record, run_id, page, deleted_at{names})
-                     SELECT key, version, record::json, $1, $2, NULL{casts}
-                     FROM _waymark_incoming WHERE op = 0
-                     ON CONFLICT (key) DO UPDATE SET version = excluded.version,
-                       record = excluded.record, run_id = excluded.run_id,
-                       page = excluded.page, deleted_at = NULL{updates}
-                     WHERE {s}_waymark_not_older(excluded.version, t.version)"
-                ),
-                &[&run, &page],
-            )
-            .await
-            .map_err(fail("upsert"))?;
-            // A deletion keeps the last record (for audit); its time becomes the version.
-            tx.execute(
-                &format!(
-                    "INSERT INTO {table} AS t (key, version, record, run_id, page, deleted_at)
-                     SELECT key, version, record::json, $1, $2, version
-                     FROM _waymark_incoming WHERE op = 1
-                     ON CONFLICT (key) DO UPDATE SET version = excluded.version,
-                       run_id = excluded.run_id, page = excluded.page,
-                       deleted_at = excluded.deleted_at
-                     WHERE {s}_waymark_not_older(excluded.version, t.version)"
-                ),
-                &[&run, &page],
-            )
-            .await
-            .map_err(fail("delete"))?;
-            tx.execute(
-                &format!(
-                    "DELETE FROM {table} t USING _waymark_incoming i
-                     WHERE i.op = 2 AND t.key = i.key"
-                ),
-                &[],
-            )
-            .await
-            .map_err(fail("delete"))?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}_waymark_tombstones (tbl, key, version, run_id)
-                     SELECT $1, key, version, $2 FROM _waymark_incoming WHERE op = 2
-                     ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version,
-                       run_id = excluded.run_id"
-                ),
-                &[&b.table, &run],
-            )
-            .await
-            .map_err(fail("delete"))?;
-        }
-        let checkpoint = serde_json::to_string(batch.checkpoint)
-            .map_err(|e| destination::Error(format!("checkpoint encoding: {e}")))?;
-        let ack = serde_json::to_string(&plan.ack)
-            .map_err(|e| destination::Error(format!("acknowledgement encoding: {e}")))?;
-        tx.execute(
-            &format!(
-                "INSERT INTO {s}_waymark_checkpoints (sync, stream, run_id, page, checkpoint, ack)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (sync, stream) DO UPDATE SET run_id = excluded.run_id,
-                   page = excluded.page, checkpoint = excluded.checkpoint, ack = excluded.ack"
-            ),
-            &[
-                &b.sync,
-                &b.stream,
-                &run,
-                &(batch.page as i64),
-                &checkpoint,
-                &ack,
-            ],
-        )
-        .await
-        .map_err(fail("storing the checkpoint"))?;
-        tx.commit().await.map_err(fail("commit"))?;
-        Ok(plan.ack)
-    }
 }
 
 /// Appends a field in COPY's text format (`\N` is NULL).
@@ -384,18 +183,274 @@ fn copy_field(out: &mut String, value: Option<&str>) {
     }
 }
 
-impl Destination for PostgresDestination {
-    type Page = Arc<Identified>;
+/// Whether a PostgreSQL failure is worth retrying: the connection was lost or reset, the
+/// server is shutting down or starting, or the transaction lost a serialization race.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                ]
+                .contains(code)
+        }
+        // No answer from the server at all: the socket failed.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
 
-    fn preparer(&self) -> Preparer<Arc<Identified>> {
-        self.binding.preparer()
+/// [`fail`], transient where [`transient`] says so.
+fn failed(context: &'static str) -> impl Fn(tokio_postgres::Error) -> destination::Error {
+    move |e| {
+        let retry = transient(&e);
+        let error = fail(context)(e);
+        match retry {
+            true => destination::Error::transient(error.message),
+            false => error,
+        }
+    }
+}
+
+impl Store for PostgresStore {
+    const BLOCKING: bool = false;
+
+    async fn begin(&mut self) -> Result<(), destination::Error> {
+        if self.client.is_closed() {
+            tracing::info!("PostgreSQL connection lost; connecting again");
+            self.client = connect(&self.url, self.tls.clone())
+                .await
+                .map_err(|e| destination::Error::transient(e.message))?;
+        }
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(failed("begin"))
     }
 
-    async fn write(
+    async fn last_commit(&mut self) -> Result<Option<Commit>, destination::Error> {
+        // Serialises writers of this scope's checkpoint row for the transaction.
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT run_id, page, ack FROM {}_waymark_checkpoints
+                     WHERE sync = $1 AND stream = $2 FOR UPDATE",
+                    self.schema
+                ),
+                &[&self.sync, &self.scope],
+            )
+            .await
+            .map_err(failed("reading the checkpoint"))?;
+        row.map(|row| commit(row.get(0), row.get(1), row.get::<_, &str>(2)))
+            .transpose()
+    }
+
+    async fn stored(
         &mut self,
-        batch: Batch<'_, Arc<Identified>>,
-    ) -> Result<WriteAck, destination::Error> {
-        self.write_batch(batch).await
+        keys: &[&str],
+    ) -> Result<HashMap<String, Stored>, destination::Error> {
+        // In one round trip.
+        let mut stored: HashMap<String, Stored> = HashMap::new();
+        for row in self
+            .client
+            .query(
+                &format!(
+                    "SELECT key, version, record::text, deleted_at IS NOT NULL FROM {}
+                     WHERE key = ANY($1) FOR UPDATE",
+                    self.table
+                ),
+                &[&keys],
+            )
+            .await
+            .map_err(failed("lookup"))?
+        {
+            stored.insert(
+                row.get(0),
+                Stored {
+                    version: row.get(1),
+                    record: Some(row.get(2)),
+                    deleted: row.get(3),
+                },
+            );
+        }
+        if self.hard_delete {
+            for row in self
+                .client
+                .query(
+                    &format!(
+                        "SELECT key, version FROM {}_waymark_tombstones
+                         WHERE tbl = $1 AND key = ANY($2)",
+                        self.schema
+                    ),
+                    &[&self.name, &keys],
+                )
+                .await
+                .map_err(failed("lookup"))?
+            {
+                stored.entry(row.get(0)).or_insert(Stored {
+                    version: row.get(1),
+                    deleted: true,
+                    record: None,
+                });
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn apply(
+        &mut self,
+        run: &str,
+        page: u64,
+        plan: &Plan<'_>,
+    ) -> Result<(), destination::Error> {
+        let ops = plan.last_per_key();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let page = sql_page(page)?;
+        let (table, s, tx) = (&self.table, &self.schema, &self.client);
+        let width = self.columns.iter().len();
+        let cells: String = (0..width).map(|i| format!(", c{i} text")).collect();
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE _waymark_incoming (
+                 op smallint, key text, version text, record text, revived boolean{cells}
+             ) ON COMMIT DROP"
+        ))
+        .await
+        .map_err(failed("staging the batch"))?;
+        let sink = tx
+            .copy_in::<_, bytes::Bytes>("COPY _waymark_incoming FROM STDIN")
+            .await
+            .map_err(failed("COPY"))?;
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(copy_rows(&ops, width)))
+            .await
+            .map_err(failed("COPY"))?;
+        sink.finish().await.map_err(failed("COPY"))?;
+        let names: String = self
+            .columns
+            .iter()
+            .map(|c| format!(", {}", ident(&c.name)))
+            .collect();
+        let casts: String = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(", c{i}::{}", c.kind.postgres()))
+            .collect();
+        let updates: String = self
+            .columns
+            .iter()
+            .map(|c| format!(", {0} = excluded.{0}", ident(&c.name)))
+            .collect();
+        tx.execute(
+            &format!(
+                "DELETE FROM {s}_waymark_tombstones WHERE tbl = $1
+                 AND key IN (SELECT key FROM _waymark_incoming WHERE revived)"
+            ),
+            &[&self.name],
+        )
+        .await
+        .map_err(failed("upsert"))?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {table} AS t (key, version, record, run_id, page, deleted_at{names})
+                 SELECT key, version, record::json, $1, $2, NULL{casts}
+                 FROM _waymark_incoming WHERE op = 0
+                 ON CONFLICT (key) DO UPDATE SET version = excluded.version,
+                   record = excluded.record, run_id = excluded.run_id,
+                   page = excluded.page, deleted_at = NULL{updates}
+                 WHERE {s}_waymark_not_older(excluded.version, t.version)"
+            ),
+            &[&run, &page],
+        )
+        .await
+        .map_err(failed("upsert"))?;
+        // A deletion keeps the last record (for audit); its time becomes the version.
+        tx.execute(
+            &format!(
+                "INSERT INTO {table} AS t (key, version, record, run_id, page, deleted_at)
+                 SELECT key, version, record::json, $1, $2, version
+                 FROM _waymark_incoming WHERE op = 1
+                 ON CONFLICT (key) DO UPDATE SET version = excluded.version,
+                   run_id = excluded.run_id, page = excluded.page,
+                   deleted_at = excluded.deleted_at
+                 WHERE {s}_waymark_not_older(excluded.version, t.version)"
+            ),
+            &[&run, &page],
+        )
+        .await
+        .map_err(failed("delete"))?;
+        tx.execute(
+            &format!(
+                "DELETE FROM {table} t USING _waymark_incoming i
+                 WHERE i.op = 2 AND t.key = i.key"
+            ),
+            &[],
+        )
+        .await
+        .map_err(failed("delete"))?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}_waymark_tombstones (tbl, key, version, run_id)
+                 SELECT $1, key, version, $2 FROM _waymark_incoming WHERE op = 2
+                 ON CONFLICT (tbl, key) DO UPDATE SET version = excluded.version,
+                   run_id = excluded.run_id"
+            ),
+            &[&self.name, &run],
+        )
+        .await
+        .map_err(failed("delete"))?;
+        Ok(())
+    }
+
+    async fn put_checkpoint(
+        &mut self,
+        run: &str,
+        page: u64,
+        checkpoint: &Checkpoint,
+        ack: &WriteAck,
+    ) -> Result<(), destination::Error> {
+        let (checkpoint, ack) = encode(checkpoint, ack)?;
+        self.client
+            .execute(
+                &format!(
+                    "INSERT INTO {}_waymark_checkpoints (sync, stream, run_id, page, checkpoint, ack)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (sync, stream) DO UPDATE SET run_id = excluded.run_id,
+                       page = excluded.page, checkpoint = excluded.checkpoint, ack = excluded.ack",
+                    self.schema
+                ),
+                &[&self.sync, &self.scope, &run, &sql_page(page)?, &checkpoint, &ack],
+            )
+            .await
+            .map_err(failed("storing the checkpoint"))?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), destination::Error> {
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(failed("commit"))
+    }
+
+    async fn rollback(&mut self) {
+        if self.client.is_closed() {
+            return;
+        }
+        if let Err(e) = self.client.batch_execute("ROLLBACK").await {
+            tracing::warn!("{}", fail("rollback")(e));
+        }
     }
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
@@ -406,14 +461,48 @@ impl Destination for PostgresDestination {
                     "SELECT checkpoint FROM {}_waymark_checkpoints WHERE sync = $1 AND stream = $2",
                     self.schema
                 ),
-                &[&self.binding.sync, &self.binding.stream],
+                &[&self.sync, &self.scope],
             )
             .await
-            .map_err(fail("reading the checkpoint"))?;
-        row.map(|r| serde_json::from_str(r.get::<_, &str>(0)))
+            .map_err(failed("reading the checkpoint"))?;
+        row.map(|r| decode_checkpoint(r.get::<_, &str>(0)))
             .transpose()
-            .map_err(|e| destination::Error(format!("stored checkpoint unreadable: {e}")))
     }
+}
+
+/// The batch's changes as rows of COPY's text format for `_waymark_incoming`.
+fn copy_rows(ops: &[&Op<'_>], width: usize) -> String {
+    let mut rows = String::new();
+    for op in ops {
+        let (code, key, version, record, revived, cells) = match op {
+            Op::Put {
+                key,
+                version,
+                record,
+                cells,
+                revived,
+            } => (0, key, version, Some(*record), *revived, cells.as_slice()),
+            Op::Tombstone {
+                key,
+                version,
+                record,
+            } => (1, key, version, Some(*record), false, &[][..]),
+            Op::Remove { key, version } => (2, key, version, None, false, &[][..]),
+        };
+        let _ = write!(rows, "{code}\t");
+        copy_field(&mut rows, Some(key));
+        rows.push('\t');
+        copy_field(&mut rows, version.as_deref());
+        rows.push('\t');
+        copy_field(&mut rows, record);
+        let _ = write!(rows, "\t{revived}");
+        for i in 0..width {
+            rows.push('\t');
+            copy_field(&mut rows, cells.get(i).and_then(Cell::text).as_deref());
+        }
+        rows.push('\n');
+    }
+    rows
 }
 
 #[cfg(test)]
