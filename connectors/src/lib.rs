@@ -16,6 +16,12 @@
 //! - [`reconcile`]: comparing a stream's source and destination, and the repair set.
 //! - [`record`]: reading a record's key and version.
 #![deny(missing_docs)]
+// No silent numeric casts: `try_from` with an error where a value can be out of range.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 pub mod config;
 pub mod http;

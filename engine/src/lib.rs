@@ -14,6 +14,12 @@
 //!
 //! The engine knows nothing of HTTP, SQL or command lines.
 #![deny(missing_docs)]
+// No silent numeric casts: `try_from` with an error where a value can be out of range.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 pub mod checkpoint;
 pub mod decision;

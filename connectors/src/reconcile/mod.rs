@@ -179,7 +179,8 @@ pub fn version_time(version: &str) -> Option<Timestamp> {
 fn hash_of(value: &impl Hash) -> i64 {
     let mut h = std::hash::DefaultHasher::new();
     value.hash(&mut h);
-    h.finish() as i64
+    // The hash's bits as SQLite's integer type.
+    i64::from_ne_bytes(h.finish().to_ne_bytes())
 }
 
 /// The comparison under way: the scratch file and the running bucket counts.
@@ -297,7 +298,7 @@ impl Comparison {
                     .execute(params![
                         key,
                         version,
-                        t.map(|t| t.0 as i64),
+                        t.map(|t| t.0),
                         digest,
                         hash_of(key),
                         deletion,
@@ -344,7 +345,7 @@ impl Comparison {
                     .execute(params![
                         key,
                         stored.version,
-                        t.map(|t| t.0 as i64),
+                        t.map(|t| t.0),
                         digest,
                         stored.deleted
                     ])
@@ -385,7 +386,7 @@ impl Comparison {
             while let Some(row) = rows.next().map_err(&fail)? {
                 let key: String = row.get(0).map_err(&fail)?;
                 let version: Option<String> = row.get(1).map_err(&fail)?;
-                let t: Option<i64> = row.get(2).map_err(&fail)?;
+                let t: Option<u64> = row.get(2).map_err(&fail)?;
                 let digest: Option<i64> = row.get(3).map_err(&fail)?;
                 let deletion: bool = row.get(4).map_err(&fail)?;
                 let stored: Option<(Option<String>, Option<i64>, bool)> =
@@ -397,7 +398,7 @@ impl Comparison {
                             deleted,
                         )),
                     };
-                let t = t.map(|t| Timestamp(t as u64));
+                let t = t.map(Timestamp);
                 if !scope.contains(t) {
                     continue;
                 }
@@ -436,8 +437,8 @@ impl Comparison {
                 if report.figures.compared >= n {
                     break;
                 }
-                let t: Option<i64> = row.get(1).map_err(&fail)?;
-                if !scope.contains(t.map(|t| Timestamp(t as u64))) {
+                let t: Option<u64> = row.get(1).map_err(&fail)?;
+                if !scope.contains(t.map(Timestamp)) {
                     continue;
                 }
                 report.figures.compared += 1;
@@ -463,8 +464,8 @@ impl Comparison {
                 .map_err(&fail)?;
             let mut rows = stmt.query([]).map_err(&fail)?;
             while let Some(row) = rows.next().map_err(&fail)? {
-                let t: Option<i64> = row.get(2).map_err(&fail)?;
-                let t = t.map(|t| Timestamp(t as u64));
+                let t: Option<u64> = row.get(2).map_err(&fail)?;
+                let t = t.map(Timestamp);
                 if scope.start.is_some() && t.is_none() {
                     // A windowed comparison cannot place a record without a time.
                     continue;
@@ -505,9 +506,8 @@ impl Comparison {
             .query_row(
                 "SELECT count(*) FROM dst WHERE deleted = 0 AND t IS NULL",
                 [],
-                |r| r.get::<_, i64>(0),
+                |r| r.get::<_, u64>(0),
             )
-            .map(|n| n as u64)
             .map_err(scratch(&self.path))
     }
 }

@@ -241,9 +241,9 @@ impl Audit {
             )?;
             let rows = stmt.query_map(params![sync, stream, key], |r| {
                 Ok(Sighting {
-                    at: Timestamp(r.get::<_, i64>(0)?.max(0) as u64).to_string(),
+                    at: Timestamp(r.get(0)?).to_string(),
                     run_id: r.get(1)?,
-                    page: r.get::<_, i64>(2)?.max(0) as u64,
+                    page: r.get(2)?,
                     version: r.get(3)?,
                     outcome: Outcome::from_code(r.get(4)?).name().to_string(),
                 })
