@@ -2,12 +2,14 @@
 //! side with a plain sequential Rust loop and with the journal switched off; and the
 //! achieved request rate against a rate-limited server.
 //!
-//! `cargo bench --bench e2e` — sizes with `WAYMARK_BENCH_SIZES=200000,2000000` (default),
+//! `cargo bench --features bench-unjournaled --bench e2e` (the feature builds the
+//! bench-only journal-off switch into the measured binary) — sizes with `WAYMARK_BENCH_SIZES=200000,2000000` (default),
 //! each run `WAYMARK_BENCH_ROUNDS=3` times interleaved (median), resume latency over a run of
 //! `WAYMARK_BENCH_RESUME_STEPS=1000000` steps, rate-limited run with `WAYMARK_BENCH_RATE=20`
-//! requests/s over `WAYMARK_BENCH_SECONDS=30`.
+//! requests/s over `WAYMARK_BENCH_SECONDS=30`. `WAYMARK_BENCH_BASELINE=<path>` adds another
+//! build of waymark (an earlier commit's) to the throughput rounds, side by side.
 //!
-//! `cargo bench --bench e2e -- serve <records> <dir>` only serves the pages and writes a
+//! `cargo bench --features bench-unjournaled --bench e2e -- serve <records> <dir>` only serves the pages and writes a
 //! workflow for them into `<dir>` (printed), to profile `waymark run` by hand.
 //!
 //! Needs `/usr/bin/time` (GNU time) for peak RSS. See BENCHMARKS.md.
@@ -224,8 +226,13 @@ path = "out.db"
     Ok(path)
 }
 
-fn waymark(dir: &Path, wf: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_waymark"));
+/// The binary under measurement.
+fn this_waymark() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_waymark"))
+}
+
+fn waymark(bin: &Path, dir: &Path, wf: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.arg("run")
         .arg(wf)
         .arg("-q")
@@ -329,28 +336,33 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
         rss_kib: 0,
     }];
     let scratch = std::env::temp_dir().join(format!("waymark-bench-e2e-{}", std::process::id()));
-    let runs = [
-        ("plain Rust loop", None),
-        ("waymark", Some(false)),
-        ("waymark, journal off", Some(true)),
+    // (name, binary, journal off); no binary: the plain loop. `WAYMARK_BENCH_BASELINE`
+    // names another build of waymark (an earlier commit's, say) measured in the same rounds.
+    let mut runs: Vec<(&'static str, Option<PathBuf>, bool)> = vec![
+        ("plain Rust loop", None, false),
+        ("waymark", Some(this_waymark()), false),
+        ("waymark, journal off", Some(this_waymark()), true),
     ];
+    if let Some(baseline) = std::env::var_os("WAYMARK_BENCH_BASELINE") {
+        runs.push(("waymark, baseline binary", Some(PathBuf::from(baseline)), false));
+    }
     let mut samples: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); runs.len()];
     for _ in 0..rounds.max(1) {
-        for (i, (name, unjournaled)) in runs.iter().enumerate() {
+        for (i, (name, bin, unjournaled)) in runs.iter().enumerate() {
             let dir = scratch.join(name.replace([' ', ',', '(', ')'], "_"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
             let db = dir.join("out.db");
-            let sample = match unjournaled {
+            let sample = match bin {
                 None => {
                     let mut cmd = Command::new(std::env::current_exe()?);
                     cmd.arg("baseline").arg(&url).arg(&db);
                     timed(cmd)?
                 }
-                Some(off) => {
+                Some(bin) => {
                     let wf = workflow(&dir, addr, "", PAGE)?;
-                    let mut cmd = waymark(&dir, &wf);
-                    if *off {
+                    let mut cmd = waymark(bin, &dir, &wf);
+                    if *unjournaled {
                         cmd.env("WAYMARK_BENCH_UNJOURNALED", "1");
                     }
                     timed(cmd)?
@@ -364,7 +376,7 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    for ((name, _), mut taken) in runs.into_iter().zip(samples) {
+    for ((name, _, _), mut taken) in runs.into_iter().zip(samples) {
         taken.sort();
         rows_out.push(Row {
             name,
@@ -385,7 +397,7 @@ fn rate_limited(rt: &tokio::runtime::Runtime, rate: u64, seconds: u64) -> Result
     std::fs::create_dir_all(&dir)?;
     let budget = format!("rate_limit = {{ requests = {rate}, per = \"1s\" }}");
     let wf = workflow(&dir, addr, &budget, 20)?;
-    let mut cmd = waymark(&dir, &wf);
+    let mut cmd = waymark(&this_waymark(), &dir, &wf);
     cmd.arg("--max-duration").arg(format!("{seconds}s"));
     let out = cmd.output()?;
     let first = counters
@@ -539,7 +551,7 @@ fn resume_latency(rt: &tokio::runtime::Runtime, steps: u64) -> Result<Vec<(u64, 
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = None;
             let began = Instant::now();
-            let mut child = waymark(&dir, &dir.join("bench.toml"))
+            let mut child = waymark(&this_waymark(), &dir, &dir.join("bench.toml"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()?;

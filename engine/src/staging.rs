@@ -88,6 +88,7 @@ impl Staging {
     }
 
     /// The same staging without fsyncs: for measuring what durability costs, never for use.
+    #[cfg(feature = "bench-unjournaled")]
     pub fn without_fsync(self) -> Self {
         Staging {
             durable: false,

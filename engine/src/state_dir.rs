@@ -124,6 +124,7 @@ impl StateDir {
     /// Locks `root` like [`open`](Self::open) but journals nothing and stages pages without
     /// fsync: the bench-only switch that measures what the journal costs. A run here
     /// cannot be resumed; never use it for real syncs.
+    #[cfg(feature = "bench-unjournaled")]
     pub fn open_unjournaled(root: &Path, command: &str) -> Result<Self, Error> {
         let lock = lock(root, command)?;
         let staging = Staging::open(&root.join("staging"))?.without_fsync();

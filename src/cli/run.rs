@@ -122,10 +122,11 @@ fn command_line() -> String {
     std::env::args().collect::<Vec<_>>().join(" ")
 }
 
-/// Opens the state directory, with the command recorded in its lock.
-/// `WAYMARK_BENCH_UNJOURNALED=1` (for `benches/e2e.rs` only) journals nothing, to measure
-/// what the journal costs.
+/// Opens the state directory, with the command recorded in its lock. In a build with the
+/// `bench-unjournaled` feature (for `benches/e2e.rs` only), `WAYMARK_BENCH_UNJOURNALED=1`
+/// journals nothing, to measure what the journal costs.
 pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
+    #[cfg(feature = "bench-unjournaled")]
     if std::env::var("WAYMARK_BENCH_UNJOURNALED").as_deref() == Ok("1") {
         tracing::warn!("WAYMARK_BENCH_UNJOURNALED=1: nothing is journaled (benchmarks only)");
         return Ok(StateDir::open_unjournaled(dir, &command_line())?);

@@ -53,6 +53,7 @@ impl SledBackend {
     /// A backend that keeps nothing: every write is dropped, every read finds nothing.
     /// Only for measuring what the journal costs (`WAYMARK_BENCH_UNJOURNALED`); a run on it
     /// cannot be resumed.
+    #[cfg(feature = "bench-unjournaled")]
     pub fn discarding() -> Self {
         SledBackend { db: None }
     }
