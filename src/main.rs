@@ -2,6 +2,7 @@
 
 mod cli;
 mod sandbox;
+mod sync;
 
 use std::process::ExitCode;
 

@@ -12,8 +12,7 @@ use waymark_engine::{
     Checkpoint, Clock, Destination, Event, RunId, StateDir, SystemClock, Timestamp, Window,
 };
 
-use super::dlq::user;
-use super::run::{destination, open_state};
+use super::context::{destination, open_state, user};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark checkpoint`.
@@ -54,7 +53,7 @@ enum Action {
         #[command(flatten)]
         target: Target,
         /// RFC 3339, e.g. 2026-01-01T00:00:00Z.
-        #[arg(long, value_parser = super::run::rfc3339)]
+        #[arg(long, value_parser = super::context::rfc3339)]
         to: Timestamp,
     },
     /// Start the stream again from the beginning.

@@ -6,7 +6,7 @@ use clap::Args;
 use waymark_connectors::config::DestinationKind;
 use waymark_connectors::{sink::jsonl, Workflow};
 
-use super::run::open_state;
+use super::context::open_state;
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark compact`.

@@ -6,9 +6,10 @@ use anyhow::Context;
 use clap::Args;
 use waymark_connectors::Workflow;
 
-use super::run::{open_state, run_streams, stop_on_signal, Budget};
+use super::context::{open_state, stop_on_signal, Budget};
 use super::ExitStatus;
 use crate::sandbox::{self, Config};
+use crate::sync::run_streams;
 
 /// Arguments of `waymark demo`.
 #[derive(Debug, Args)]

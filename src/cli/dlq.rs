@@ -9,7 +9,7 @@ use waymark_connectors::state::dead_letters::{DeadLetter, DeadLetters};
 use waymark_connectors::Workflow;
 use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, SystemClock, Window};
 
-use super::run::{destination, open_state};
+use super::context::{destination, open_state, user};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark dlq`.
@@ -243,11 +243,4 @@ fn excerpt(record: &str) -> String {
         true => format!("{}…", record.chars().take(160).collect::<String>()),
         false => record.to_string(),
     }
-}
-
-/// Who runs the command (for audit lines).
-pub fn user() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
 }

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir};
 
-use super::run::{find_run, open_state};
+use super::context::{find_run, open_state};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark journal`.

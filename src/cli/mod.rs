@@ -9,9 +9,11 @@ macro_rules! out {
 
 mod checkpoint;
 mod compact;
+pub mod context;
 mod demo;
 mod dlq;
 mod journal;
+pub mod progress;
 mod reconcile;
 mod replay;
 mod run;

@@ -14,7 +14,7 @@ use waymark_connectors::Workflow;
 use waymark_engine::decision::lookahead;
 use waymark_engine::{decide, Action, Budget, Event, RunState};
 
-use super::run::{find_run, open_state};
+use super::context::{find_run, open_state};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark replay`.

@@ -8,7 +8,7 @@ use serde_json::json;
 use waymark_connectors::config::parse_scope;
 use waymark_engine::Status;
 
-use super::run::open_state;
+use super::context::open_state;
 use super::ExitStatus;
 
 /// Arguments of `waymark runs`.

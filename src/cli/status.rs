@@ -12,7 +12,7 @@ use waymark_connectors::config::parse_scope;
 use waymark_connectors::state::dead_letters::DeadLetters;
 use waymark_engine::{Checkpoint, Clock, Reconciliation, RunState, Status, SystemClock, Timestamp};
 
-use super::run::open_state;
+use super::context::open_state;
 use super::ExitStatus;
 
 /// Arguments of `waymark status`.

@@ -8,7 +8,7 @@ use serde_json::json;
 use waymark_connectors::state::audit::Audit;
 use waymark_connectors::state::dead_letters::DeadLetters;
 
-use super::run::open_state;
+use super::context::open_state;
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark trace`.

@@ -1,0 +1,140 @@
+//! What the subcommands share: the state directory (opened with the command in its lock),
+//! stop signals, budgets, a stream's destination, run ids typed in full or in part, and
+//! the exit status of a set of runs.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use waymark_connectors::config::StreamSection;
+use waymark_connectors::{sink, AnyDestination, Workflow};
+use waymark_engine::{RunId, RunState, StateDir, Status, Timestamp};
+
+use super::{ExitStatus, UsageError};
+
+/// Limits and output of one invocation, shared by `run`, `resume` and `backfill`.
+#[derive(Debug, Args, Clone)]
+pub struct Budget {
+    /// Print each run's summary as one JSON object on stdout instead of a line.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Fetch at most N pages per stream, then pause (the next `waymark run` continues).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_pages: Option<u64>,
+    /// Run each stream at most this long (e.g. `10m`), then pause at a step boundary.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) max_duration: Option<Duration>,
+}
+
+pub(crate) fn rfc3339(text: &str) -> Result<Timestamp, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map(Timestamp::from_system)
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time ({e}), e.g. 2026-01-01T00:00:00Z"))
+}
+
+/// Stop flag set by SIGINT/SIGTERM: the driver pauses at the next step boundary; a second
+/// signal exits at once (safe: that is a crash, which the journal recovers from). The
+/// handlers are registered before this returns, so no signal after it kills a step midway.
+pub fn stop_on_signal() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if flag.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    "second stop request: exiting now; the next run resumes from the journal"
+                );
+                std::process::exit(130);
+            }
+            tracing::warn!("stop requested: pausing at the next step boundary (again to exit now)");
+        }
+    });
+    Ok(stop)
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// Opens the state directory, with the command recorded in its lock. In a build with the
+/// `bench-unjournaled` feature (for `benches/e2e.rs` only), `WAYMARK_BENCH_UNJOURNALED=1`
+/// journals nothing, to measure what the journal costs.
+pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
+    #[cfg(feature = "bench-unjournaled")]
+    if std::env::var("WAYMARK_BENCH_UNJOURNALED").as_deref() == Ok("1") {
+        tracing::warn!("WAYMARK_BENCH_UNJOURNALED=1: nothing is journaled (benchmarks only)");
+        return Ok(StateDir::open_unjournaled(dir, &command_line())?);
+    }
+    Ok(StateDir::open(dir, &command_line())?)
+}
+
+/// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a
+/// backfill of it).
+pub(crate) async fn destination(
+    dir: &StateDir,
+    workflow: &Workflow,
+    stream: &StreamSection,
+    scope: &str,
+) -> anyhow::Result<AnyDestination> {
+    let binding = sink::binding(workflow, stream, scope);
+    AnyDestination::open(workflow, binding, dir.root())
+        .await
+        .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
+}
+
+pub(crate) fn status_of(states: &[RunState]) -> ExitStatus {
+    if states.iter().any(|s| matches!(s.status, Status::Failed(_))) {
+        ExitStatus::Failed
+    } else if states
+        .iter()
+        .any(|s| matches!(s.status, Status::Paused(_) | Status::Running))
+    {
+        ExitStatus::Paused
+    } else {
+        ExitStatus::Success
+    }
+}
+
+/// Finds a run by id, or by a unique prefix or suffix of it.
+pub fn find_run(dir: &StateDir, text: &str) -> anyhow::Result<RunId> {
+    if let Ok(id) = text.parse::<RunId>() {
+        return Ok(id);
+    }
+    let mut found = Vec::new();
+    for head in dir.journal().runs() {
+        let id = head?.run_id();
+        let full = id.to_string();
+        if full.starts_with(text) || full.ends_with(text) {
+            found.push(id);
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(UsageError(format!(
+            "no run id starts or ends with `{text}` (see `waymark runs`)"
+        ))
+        .into()),
+        many => Err(UsageError(format!(
+            "`{text}` matches {} runs; give more of the id",
+            many.len()
+        ))
+        .into()),
+    }
+}
+
+/// Who runs the command (for audit lines).
+pub(crate) fn user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}

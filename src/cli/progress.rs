@@ -1,0 +1,312 @@
+//! What a running sync shows: a progress bar or step lines on stderr, the live feed that
+//! `journal --follow` tails, and the summary of a run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use waymark_engine::{Event, RunId, RunState, Status};
+
+/// What a run shows while it goes: a live line on a terminal (pages, records, records/s,
+/// retries, cursor), a log line every few seconds otherwise. Retries are always logged.
+pub(crate) struct Progress {
+    pub(crate) stream: String,
+    bar: Option<indicatif::ProgressBar>,
+    began: Instant,
+    records_before: u64,
+    last_log: Instant,
+    last_step: Instant,
+    pub(crate) feed: Option<Feed>,
+}
+
+/// A live run's feed for `waymark journal --follow` (the journal is locked by this
+/// process): each journaled event as a JSON line in `live/<run>.jsonl`, removed when the
+/// run stops driving. Best effort: a feed that cannot be written is dropped with a warning.
+pub(crate) struct Feed {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Feed {
+    pub(crate) fn open(root: &Path, state: &RunState) -> Option<Feed> {
+        let dir = root.join("live");
+        let path = dir.join(format!("{}.jsonl", state.run_id()));
+        let opened = std::fs::create_dir_all(&dir).and_then(|()| std::fs::File::create(&path));
+        let mut feed = match opened {
+            Ok(file) => Feed {
+                path,
+                out: std::io::BufWriter::new(file),
+            },
+            Err(e) => {
+                tracing::warn!(
+                    "no live feed for `journal --follow`: {}: {e}",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        // How the run got here: its start, or the resume that picked it up.
+        let first = match state.last_seq {
+            1 => Event::RunStarted(state.started.clone()),
+            _ => Event::RunResumed {
+                pid: std::process::id(),
+                at: state.updated_at,
+            },
+        };
+        feed.write(state.last_seq, state.run_id(), &first);
+        Some(feed)
+    }
+
+    fn write(&mut self, seq: u64, run: RunId, event: &Event) {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "run": run.to_string(),
+            "seq": seq,
+            "time": event.at().to_string(),
+            "step": event.name(),
+            "event": event,
+        });
+        if writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .is_err()
+        {
+            tracing::warn!("the live feed {} stopped", self.path.display());
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Progress {
+    pub(crate) fn new(stream: &str, records_before: u64) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {wide_msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            stream: stream.to_string(),
+            bar,
+            began: Instant::now(),
+            records_before,
+            last_log: Instant::now(),
+            last_step: Instant::now(),
+            feed: None,
+        }
+    }
+
+    pub(crate) fn observe(&mut self, state: &RunState, event: &Event) {
+        if let Some(feed) = &mut self.feed {
+            feed.write(state.last_seq, state.run_id(), event);
+        }
+        self.step(state, event);
+        let c = &state.counts;
+        let line = match event {
+            Event::RequestRetried {
+                attempt,
+                wait_ms,
+                error,
+                rule,
+                ..
+            } => Some(format!(
+                "{}: attempt {attempt} failed, retrying in {wait_ms} ms{}: {error}",
+                self.stream,
+                rule.as_ref().map_or(String::new(), |r| format!(" ({r})"))
+            )),
+            Event::WriteRetried {
+                page,
+                attempt,
+                wait_ms,
+                error,
+                ..
+            } => Some(format!(
+                "{}: writing page {page} failed (attempt {attempt}), retrying in {wait_ms} ms: \
+                 {error}",
+                self.stream
+            )),
+            Event::PageIgnored { page, reason, .. } => Some(format!(
+                "{}: page {page} ignored by a response rule: {reason}",
+                self.stream
+            )),
+            _ => None,
+        };
+        if let Some(line) = line {
+            match &self.bar {
+                Some(bar) => bar.suspend(|| tracing::warn!("{line}")),
+                None => tracing::warn!("{line}"),
+            }
+        }
+        if !matches!(event, Event::CursorCommitted { .. }) {
+            return;
+        }
+        let secs = self.began.elapsed().as_secs_f64().max(0.001);
+        let rate = (c.records_committed - self.records_before) as f64 / secs;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!(
+                    "{}: {} pages, {} records, {rate:.0}/s, {} retries, cursor {}",
+                    self.stream,
+                    c.pages_committed,
+                    c.records_committed,
+                    c.retries,
+                    state.fetch_cursor().map_or("-", |s| s.as_str()),
+                ));
+            }
+            None if self.last_log.elapsed() >= Duration::from_secs(2) => {
+                self.last_log = Instant::now();
+                tracing::info!(
+                    "{}: {} pages, {} records committed ({rate:.0} records/s), {} retries",
+                    self.stream,
+                    c.pages_committed,
+                    c.records_committed,
+                    c.retries
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+impl Progress {
+    /// One structured event per journaled step (target `waymark_step`: shown by
+    /// `--log-format json`, or in text with `--log-level waymark_step=info`).
+    pub(crate) fn step(&mut self, state: &RunState, event: &Event) {
+        let took = self.last_step.elapsed();
+        self.last_step = Instant::now();
+        let (page, before, after, records, outcome) = match event {
+            Event::PageFetched(p) => (
+                Some(p.page),
+                p.request_cursor.clone(),
+                p.next_cursor.clone(),
+                Some(p.records),
+                "fetched".to_string(),
+            ),
+            Event::BatchWritten { page, ack, .. } => (
+                Some(*page),
+                None,
+                None,
+                Some(ack.total()),
+                format!("{ack}{}", if ack.replayed { " (replayed)" } else { "" }),
+            ),
+            Event::CursorCommitted { page, .. } => (
+                Some(*page),
+                None,
+                state.committed_cursor.clone(),
+                None,
+                "committed".into(),
+            ),
+            Event::RequestRetried {
+                page,
+                error,
+                wait_ms,
+                ..
+            }
+            | Event::WriteRetried {
+                page,
+                error,
+                wait_ms,
+                ..
+            } => (
+                Some(*page),
+                None,
+                None,
+                None,
+                format!("retry in {wait_ms} ms: {error}"),
+            ),
+            Event::PageIgnored { page, reason, .. } => {
+                (Some(*page), None, None, None, format!("ignored: {reason}"))
+            }
+            Event::RunPaused { reason, .. } => {
+                (None, None, None, None, format!("paused: {reason}"))
+            }
+            Event::RunFailed { error, .. } => (None, None, None, None, format!("failed: {error}")),
+            other => (None, None, None, None, other.name().to_string()),
+        };
+        let c = &state.counts;
+        tracing::info!(
+            target: "waymark_step",
+            run = %state.run_id(),
+            sync = %state.started.sync,
+            stream = %state.started.stream,
+            step = event.name(),
+            page = page.unwrap_or(0),
+            cursor_before = before.as_deref().unwrap_or(""),
+            cursor_after = after.as_deref().unwrap_or(""),
+            records = records.unwrap_or(0),
+            records_committed = c.records_committed,
+            pages_committed = c.pages_committed,
+            retries = c.retries,
+            duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            outcome = %outcome,
+            "step"
+        );
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The run's summary: one line, or one JSON object.
+pub(crate) fn print_summary(state: &RunState, took: Duration, json: bool) {
+    let c = &state.counts;
+    let w = &c.written;
+    let sync = &state.started.sync;
+    if json {
+        let reason = match &state.status {
+            Status::Failed(e) => Some(e.clone()),
+            Status::Paused(reason) => Some(reason.to_string()),
+            _ => None,
+        };
+        out!(
+            "{}",
+            serde_json::json!({
+                "run": state.run_id().to_string(),
+                "sync": sync,
+                "stream": state.started.stream,
+                "status": state.status.name(),
+                "reason": reason,
+                "records": c.records_committed,
+                "pages": c.pages_committed,
+                "written": w,
+                "dead_lettered": w.dead_lettered,
+                "retries": c.retries,
+                "ignored_pages": c.ignored,
+                "resumes": c.resumes,
+                "cursor_start": state.started.start_cursor,
+                "cursor_end": state.committed_cursor,
+                "window_start": state.window().start.map(|t| t.to_string()),
+                "watermark": state.window().end.to_string(),
+                "duration_ms": took.as_millis() as u64,
+            })
+        );
+        return;
+    }
+    let outcome = match &state.status {
+        Status::Failed(e) => format!("failed: {e}"),
+        Status::Paused(reason) => format!("paused ({reason})"),
+        other => other.name().to_string(),
+    };
+    out!(
+        "{sync}/{}: run {} {outcome} — {} records in {} pages this run ({w}), {} retries, {} resumes, window {}, {:.1}s",
+        state.started.stream,
+        state.run_id(),
+        c.records_committed,
+        c.pages_committed,
+        c.retries,
+        c.resumes,
+        state.window(),
+        took.as_secs_f64()
+    );
+}

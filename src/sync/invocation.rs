@@ -1,0 +1,106 @@
+//! One invocation's shared parts (the API connection, settings, stop flag, progress) and
+//! driving one run with them.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use waymark_connectors::{AnyDestination, Api, Workflow};
+use waymark_engine::{driver, Clock, Event, RunState, Settings, Source, StateDir, SystemClock};
+
+use crate::cli::context::Budget;
+use crate::cli::progress::{print_summary, Feed, Progress};
+
+fn settings(workflow: &Workflow, budget: &Budget) -> Settings {
+    Settings {
+        retry: workflow.retry_policy(),
+        max_pages: budget.max_pages,
+        max_duration: budget.max_duration,
+        jitter_seed: SystemClock.now().0 ^ u64::from(std::process::id()),
+    }
+}
+
+/// The connection to the workflow's API, shared by its streams (credentials are read
+/// here: a missing variable stops the command before any request).
+fn api(dir: &StateDir, workflow: &Workflow) -> anyhow::Result<Arc<Api>> {
+    Ok(Api::new(workflow, Some(dir.root()), Arc::new(SystemClock))?)
+}
+
+/// What every run of one invocation shares.
+pub(crate) struct Invocation<'a> {
+    pub(crate) api: Arc<Api>,
+    pub(crate) settings: Settings,
+    pub(crate) stop: &'a AtomicBool,
+    /// Summaries as JSON.
+    json: bool,
+    /// Print each run's summary (a command that reports on the run itself turns it off).
+    pub(crate) summaries: bool,
+}
+
+impl<'a> Invocation<'a> {
+    pub(crate) fn new(
+        dir: &StateDir,
+        workflow: &Workflow,
+        budget: &Budget,
+        stop: &'a AtomicBool,
+    ) -> anyhow::Result<Self> {
+        Ok(Invocation {
+            api: api(dir, workflow)?,
+            settings: settings(workflow, budget),
+            stop,
+            json: budget.json,
+            summaries: true,
+        })
+    }
+}
+
+/// Drives one opened run to its end (or pause/failure) with `source` (the stream's API, or
+/// a repair set) and prints its summary line.
+pub(crate) async fn drive(
+    dir: &mut StateDir,
+    run: &Invocation<'_>,
+    source: &mut impl Source,
+    destination: &mut AnyDestination,
+    state: RunState,
+) -> anyhow::Result<RunState> {
+    let (settings, stop, json) = (&run.settings, run.stop, run.json);
+    let summary = run.summaries;
+    let (sync, stream) = (state.started.sync.clone(), state.started.stream.clone());
+    let run = state.run_id();
+    let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
+        "resumed"
+    } else {
+        "started"
+    };
+    tracing::info!(
+        "{sync}/{stream}: run {run} {verb}, window {}, start {}",
+        state.window(),
+        state
+            .fetch_cursor()
+            .map_or("at the first page", |c| c.as_str())
+    );
+    let began = Instant::now();
+    let mut progress = Progress::new(&stream, state.counts.records_committed);
+    progress.feed = Feed::open(dir.root(), &state);
+    let mut observe = |state: &RunState, event: &Event| progress.observe(state, event);
+    let (journal, staging) = dir.parts();
+    let outcome = driver::drive(
+        journal,
+        staging,
+        source,
+        destination,
+        &SystemClock,
+        settings,
+        stop,
+        state,
+        &mut observe,
+    )
+    .await;
+    drop(progress);
+    let state = outcome.with_context(|| format!("run {run} of {sync}/{stream}"))?;
+    if summary {
+        print_summary(&state, began.elapsed(), json);
+    }
+    Ok(state)
+}

@@ -1,0 +1,14 @@
+//! Running syncs: what `run`, `resume`, `backfill`, `reconcile` and `demo` have in common,
+//! below the command line.
+//!
+//! - [`invocation`]: the parts one invocation shares, and driving one run.
+//! - [`streams`]: a workflow's streams, slice after slice, with their due reconciliations.
+//! - [`reconciliation`]: compare, record, repair.
+
+mod invocation;
+mod reconciliation;
+mod streams;
+
+pub(crate) use invocation::{drive, Invocation};
+pub(crate) use reconciliation::{reconcile, resume_repair, Request};
+pub(crate) use streams::{run_scope, run_streams};

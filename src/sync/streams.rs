@@ -1,0 +1,139 @@
+//! Syncing a workflow's streams: each stream's checkpoint scope run (slice after slice
+//! when `window.step` cuts the window), then its reconciliation when one is due.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use waymark_connectors::config::StreamSection;
+use waymark_connectors::{sink, HttpSource, Workflow};
+use waymark_engine::{driver, Clock, Plan, RunState, StateDir, Status, SystemClock};
+
+use super::invocation::{drive, Invocation};
+use super::reconciliation::{due, reconcile, Request};
+use crate::cli::context::{destination, status_of, Budget};
+use crate::cli::ExitStatus;
+
+/// Runs streams of an already-loaded workflow in an open state directory (also used by
+/// `waymark demo`).
+pub async fn run_streams(
+    dir: &mut StateDir,
+    workflow: &Workflow,
+    streams: &[&StreamSection],
+    fresh: bool,
+    budget: &Budget,
+    stop: &AtomicBool,
+) -> anyhow::Result<ExitStatus> {
+    let pruned = dir
+        .journal_mut()
+        .prune(SystemClock.now(), workflow.keep())?;
+    if pruned.runs > 0 {
+        tracing::info!(
+            "pruned the journals of {} finished runs ({} events)",
+            pruned.runs,
+            pruned.events
+        );
+    }
+    let cutoff = SystemClock.now().saturating_sub(workflow.audit_keep());
+    let forgotten = waymark_connectors::state::audit::Audit::new(dir.root()).prune(cutoff)?;
+    if forgotten > 0 {
+        tracing::info!(
+            "pruned {forgotten} record sightings older than `keep` from the audit index"
+        );
+    }
+    let invocation = Invocation::new(dir, workflow, budget, stop)?;
+    let mut finished = Vec::new();
+    let mut reconciliation_failed = false;
+    for stream in streams {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let plan = workflow.plan(stream, fresh);
+        let states = run_scope(dir, &invocation, workflow, stream, &plan).await?;
+        let completed = states.last().is_some_and(|s| s.status == Status::Completed);
+        finished.extend(states);
+        if completed && due(dir, workflow, stream)? {
+            // A reconciliation that cannot be made is reported, not a reason to stop syncing.
+            match due_reconciliation(dir, &invocation, workflow, stream).await {
+                Ok(repair) => finished.extend(repair),
+                Err(e) => {
+                    tracing::error!(
+                        "{}/{}: the due reconciliation failed: {e:#}",
+                        workflow.name(),
+                        stream.name
+                    );
+                    reconciliation_failed = true;
+                }
+            }
+        }
+    }
+    Ok(match status_of(&finished) {
+        ExitStatus::Success if reconciliation_failed => ExitStatus::Failed,
+        status => status,
+    })
+}
+
+/// The stream's declared reconciliation, run because it is due; its repair run, if any,
+/// counts like any other run. Gaps found in report mode are logged (and shown by
+/// `waymark status`), not an error of the sync.
+async fn due_reconciliation(
+    dir: &mut StateDir,
+    invocation: &Invocation<'_>,
+    workflow: &Workflow,
+    stream: &StreamSection,
+) -> anyhow::Result<Option<RunState>> {
+    let Some(request) = Request::declared(stream) else {
+        return Ok(None);
+    };
+    let (report, repair) = reconcile(dir, invocation, workflow, stream, &request).await?;
+    let Some(report) = report else {
+        return Ok(repair);
+    };
+    let f = &report.figures;
+    let line = format!(
+        "{}/{}: reconciliation due: {} gaps ({:.2}%): {} missing, {} deleted, {} stale, {} differing",
+        workflow.name(),
+        stream.name,
+        f.gaps(),
+        f.gap_rate() * 100.0,
+        f.missing,
+        f.deleted,
+        f.stale,
+        f.differing
+    );
+    match f.gaps() {
+        0 => tracing::info!("{line}"),
+        _ => tracing::warn!("{line}"),
+    }
+    Ok(repair)
+}
+
+/// Starts or resumes the run of one checkpoint scope, then, while each completed run was
+/// a slice cut short by `window.step`, the next slice.
+pub(crate) async fn run_scope(
+    dir: &mut StateDir,
+    invocation: &Invocation<'_>,
+    workflow: &Workflow,
+    stream: &StreamSection,
+    plan: &Plan,
+) -> anyhow::Result<Vec<RunState>> {
+    let mut destination = destination(dir, workflow, stream, &plan.stream).await?;
+    let mut states = Vec::new();
+    loop {
+        let (journal, staging) = dir.parts();
+        let state =
+            driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
+        let mut source = HttpSource::new(
+            workflow,
+            stream,
+            invocation.api.clone(),
+            sink::parents(workflow, stream).await?,
+        )?;
+        let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
+        let next_slice = state.status == Status::Completed
+            && driver::sliced(&state.window(), plan)
+            && !invocation.stop.load(Ordering::SeqCst);
+        states.push(state);
+        if !next_slice {
+            return Ok(states);
+        }
+    }
+}
