@@ -344,7 +344,11 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
         ("waymark, journal off", Some(this_waymark()), true),
     ];
     if let Some(baseline) = std::env::var_os("WAYMARK_BENCH_BASELINE") {
-        runs.push(("waymark, baseline binary", Some(PathBuf::from(baseline)), false));
+        runs.push((
+            "waymark, baseline binary",
+            Some(PathBuf::from(baseline)),
+            false,
+        ));
     }
     let mut samples: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); runs.len()];
     for _ in 0..rounds.max(1) {
