@@ -581,4 +581,84 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn write_failures_retry_transient_ones_with_the_same_backoff_and_bound() {
+        let busy = destination::Error::transient("database is locked");
+        let fail = |s: &RunState, e: &destination::Error, jitter: f64, left: Option<u64>| {
+            let left = left.map(Duration::from_millis);
+            on_write_failure(s, 1, e, &POLICY, jitter, left, Timestamp(9))
+        };
+        let s = state(&[fetched(1, Some("c1"))]);
+        assert_eq!(
+            fail(&s, &busy, 0.5, None),
+            Event::WriteRetried {
+                page: 1,
+                attempt: 1,
+                error: "database is locked".into(),
+                wait_ms: 50,
+                at: Timestamp(9),
+            }
+        );
+        // Never an instant retry, whatever the jitter drew.
+        assert!(matches!(
+            fail(&s, &busy, 0.0, None),
+            Event::WriteRetried { wait_ms: 10, .. }
+        ));
+        // The write's attempts count, and the last one fails the run.
+        let retried = |attempt| Event::WriteRetried {
+            page: 1,
+            attempt,
+            error: "busy".into(),
+            wait_ms: 50,
+            at: Timestamp(9),
+        };
+        let s2 = state(&[fetched(1, Some("c1")), retried(1), retried(2)]);
+        assert_eq!(s2.attempts, 2);
+        assert!(
+            matches!(fail(&s2, &busy, 0.5, None), Event::RunFailed { error, .. } if error == "destination refused page 1 after 3 attempts: database is locked")
+        );
+        // A permanent failure fails at once; a wait beyond the time left pauses.
+        let full = destination::Error::permanent("disk full");
+        assert!(
+            matches!(fail(&s, &full, 0.5, None), Event::RunFailed { error, .. } if error == "destination refused page 1: disk full")
+        );
+        assert_eq!(
+            fail(&s, &busy, 1.0, Some(20)),
+            Event::RunPaused {
+                reason: PauseReason::TimeBudget,
+                at: Timestamp(9)
+            }
+        );
+    }
+
+    #[test]
+    fn a_write_retry_names_the_next_page_to_write() {
+        let s = state(&[fetched(1, Some("c1"))]);
+        let wrong = Event::WriteRetried {
+            page: 2,
+            attempt: 1,
+            error: "busy".into(),
+            wait_ms: 10,
+            at: Timestamp(9),
+        };
+        assert!(apply(s, &wrong).is_err());
+    }
+
+    #[test]
+    fn jitter_is_seeded_uniform_and_backoff_capped() {
+        let mut a = Jitter::new(7);
+        let mut b = Jitter::new(7);
+        let draws: Vec<f64> = (0..1000).map(|_| a.next_sample()).collect();
+        assert!(draws.iter().all(|x| (0.0..1.0).contains(x)));
+        assert_eq!(
+            draws[..5],
+            (0..5).map(|_| b.next_sample()).collect::<Vec<_>>()[..]
+        );
+        let mean = draws.iter().sum::<f64>() / 1000.0;
+        assert!((0.45..0.55).contains(&mean), "{mean}");
+        assert_eq!(backoff(&POLICY, 0, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff(&POLICY, 5, 1.0), Duration::from_millis(150));
+        assert_eq!(backoff(&POLICY, 40, 0.5), Duration::from_millis(75));
+    }
 }

@@ -241,7 +241,11 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
             }
             state.counts.pages_fetched += 1;
             state.counts.records_fetched += page.records;
-            state.attempts = 0;
+            // The fetch succeeded; but a page fetched ahead while an earlier page's write
+            // is being retried leaves that write's attempts counting.
+            if state.pending.iter().all(|p| p.written.is_some()) {
+                state.attempts = 0;
+            }
             state.pending.push_back(PendingPage {
                 fetched: page.clone(),
                 written: None,

@@ -364,6 +364,59 @@ async fn a_destination_failure_stops_without_advancing_the_checkpoint(
 }
 
 #[tokio::test]
+async fn a_transient_destination_failure_is_retried_journaled_and_bounded(
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Write calls 1 and 2 (page 2, twice) find the database busy; the third try commits.
+    let mut h = Harness::new("dest-busy", MemorySource::new(records(9), 3));
+    h.destination.state().transient_writes = vec![1, 2];
+    let state = h.run(&plan()).await?;
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(state.counts.retries, 2);
+    let retried: Vec<(u64, u32)> = h
+        .journal
+        .events(state.run_id())
+        .filter_map(|e| match e {
+            Ok((_, Event::WriteRetried { page, attempt, .. })) => Some((page, attempt)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retried, vec![(2, 1), (2, 2)]);
+    // Every page written once when it committed: exactly the source's records.
+    let pages: Vec<(u64, bool)> = h
+        .destination
+        .state()
+        .writes
+        .iter()
+        .map(|(_, page, replayed)| (*page, *replayed))
+        .collect();
+    assert_eq!(
+        pages,
+        vec![(1, false), (2, false), (2, false), (2, false), (3, false)]
+    );
+    assert_eq!(h.destination.state().rows.len(), 9);
+
+    // A database that stays busy fails the run after max_attempts, the checkpoint where
+    // the last commit left it; a later run resumes and completes.
+    let mut h = Harness::new("dest-busy-fail", MemorySource::new(records(9), 3));
+    h.destination.state().transient_writes = (1..=3).collect();
+    h.settings.retry.max_attempts = 3;
+    let failed = h.run(&plan()).await?;
+    assert!(
+        matches!(&failed.status, Status::Failed(e) if e.contains("page 2 after 3 attempts: database is locked")),
+        "{:?}",
+        failed.status
+    );
+    assert_eq!(
+        h.journal.checkpoint("shop", "orders")?.map(|c| c.page),
+        Some(1)
+    );
+    let done = h.run(&plan()).await?;
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(h.destination.state().rows.len(), 9);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_lost_journal_refuses_to_guess_and_the_destination_checkpoint_can_be_adopted(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let source = MemorySource::new(records(10), 2);
