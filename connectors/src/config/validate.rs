@@ -7,6 +7,7 @@ use super::digest::json_strings;
 use super::error::Error;
 use super::http::AuthSection;
 use super::source::{CursorIn, Method, PaginationKind};
+use super::stream::StreamSection;
 use super::stream::{initial_start, PrimaryKey, RESERVED};
 use super::template::check;
 use super::workflow::Workflow;
@@ -19,13 +20,42 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Workflow {
+    /// Every check, section by section, in file order: the first problem is reported.
     pub(super) fn validate(&self) -> Result<(), Error> {
+        self.check_sync()?;
+        self.check_destination()?;
+        self.check_source()?;
+        self.check_response_rules()?;
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.file.stream {
+            self.check_stream_name(s)?;
+            if !seen.insert(&s.name) {
+                let key = format!("stream.{}.name", s.name);
+                return Err(self.invalid(key, "two streams have this name"));
+            }
+            self.check_records(s)?;
+            self.check_deletes(s)?;
+            self.check_reconcile(s)?;
+            self.check_requests(s)?;
+            self.check_parent(s)?;
+            self.check_paging(s)?;
+        }
+        Ok(())
+    }
+
+    /// `[sync]`.
+    fn check_sync(&self) -> Result<(), Error> {
         if !valid_name(&self.file.sync.name) {
             return Err(self.invalid("sync.name".into(), "use letters, digits, `_` or `-`"));
         }
         if self.file.stream.is_empty() {
             return Err(self.invalid("stream".into(), "declare at least one [[stream]]"));
         }
+        Ok(())
+    }
+
+    /// `[destination]`: what its kind needs.
+    fn check_destination(&self) -> Result<(), Error> {
         let d = &self.file.destination;
         match d.kind {
             DestinationKind::Sqlite | DestinationKind::Jsonl if d.path.is_none() => {
@@ -59,6 +89,11 @@ impl Workflow {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// `[source]`: retries, rate limit, credentials.
+    fn check_source(&self) -> Result<(), Error> {
         let source = &self.file.source;
         if source.max_attempts == 0 {
             return Err(self.invalid("source.max_attempts".into(), "must be at least 1"));
@@ -92,7 +127,14 @@ impl Workflow {
                 ));
             }
         }
-        let rules = source
+        Ok(())
+    }
+
+    /// Every `on_response` rule, the source's and the streams'.
+    fn check_response_rules(&self) -> Result<(), Error> {
+        let rules = self
+            .file
+            .source
             .on_response
             .iter()
             .enumerate()
@@ -111,199 +153,234 @@ impl Workflow {
                 ));
             }
         }
-        let mut seen = std::collections::HashSet::new();
-        for s in &self.file.stream {
-            let key = |k: &str| format!("stream.{}.{k}", s.name);
-            if !s
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                || s.name.is_empty()
-            {
+        Ok(())
+    }
+
+    /// A stream's name (it names a table).
+    fn check_stream_name(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = |k: &str| format!("stream.{}.{k}", s.name);
+        if !s
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || s.name.is_empty()
+        {
+            return Err(self.invalid(
+                key("name"),
+                "use letters, digits and `_` (it names a table)",
+            ));
+        }
+        if s.name.starts_with("_waymark") {
+            return Err(self.invalid(key("name"), "names starting with `_waymark` are reserved"));
+        }
+        Ok(())
+    }
+
+    /// What a stream reads: records path, key, columns, page size.
+    fn check_records(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = |k: &str| format!("stream.{}.{k}", s.name);
+        if s.records.starts_with('$') {
+            serde_json_path::JsonPath::parse(&s.records)
+                .map_err(|e| self.invalid(key("records"), format!("not a JSONPath: {e}")))?;
+        }
+        if s.primary_key.paths().iter().any(|p| p.trim().is_empty()) {
+            return Err(self.invalid(key("primary_key"), "every stream needs a primary key"));
+        }
+        for name in s.columns.keys() {
+            let key = key(&format!("columns.{name}"));
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(self.invalid(key, "a column name uses letters, digits and `_`"));
+            }
+            if RESERVED.contains(&name.as_str()) {
                 return Err(self.invalid(
-                    key("name"),
-                    "use letters, digits and `_` (it names a table)",
+                    key,
+                    format!("`{name}` is a column of every table; choose another name"),
                 ));
             }
-            if s.name.starts_with("_waymark") {
-                return Err(
-                    self.invalid(key("name"), "names starting with `_waymark` are reserved")
-                );
-            }
-            if !seen.insert(&s.name) {
-                return Err(self.invalid(key("name"), "two streams have this name"));
-            }
-            if s.records.starts_with('$') {
-                serde_json_path::JsonPath::parse(&s.records)
-                    .map_err(|e| self.invalid(key("records"), format!("not a JSONPath: {e}")))?;
-            }
-            if s.primary_key.paths().iter().any(|p| p.trim().is_empty()) {
-                return Err(self.invalid(key("primary_key"), "every stream needs a primary key"));
-            }
-            for name in s.columns.keys() {
-                let key = key(&format!("columns.{name}"));
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(self.invalid(key, "a column name uses letters, digits and `_`"));
-                }
-                if RESERVED.contains(&name.as_str()) {
-                    return Err(self.invalid(
-                        key,
-                        format!("`{name}` is a column of every table; choose another name"),
-                    ));
-                }
-            }
-            if s.page_size == 0 {
-                return Err(self.invalid(key("page_size"), "must be at least 1"));
-            }
-            if let Some(target) = &s.deletes {
-                let Some(t) = self.file.stream.iter().find(|t| &t.name == target) else {
-                    return Err(self.invalid(
-                        key("deletes"),
-                        format!("no stream named `{target}` in this file"),
-                    ));
-                };
-                if t.name == s.name || t.deletes.is_some() {
-                    return Err(self.invalid(
-                        key("deletes"),
-                        format!("`{target}` is itself a deletions feed"),
-                    ));
-                }
-                if s.cursor_field.is_none() || t.cursor_field.is_none() {
-                    return Err(self.invalid(
-                        key("deletes"),
-                        format!(
-                            "a deletions feed and `{target}` both need a `cursor_field` (the \
-                             deletion time and the record version), so a delete never removes \
-                             a newer record"
-                        ),
-                    ));
-                }
-            }
-            if let Some(r) = &s.reconcile {
-                if r.every.0.is_zero() {
-                    return Err(self.invalid(key("reconcile.every"), "must be longer than 0s"));
-                }
-                if !(0.0..=1.0).contains(&r.max_gap_rate) {
-                    return Err(self.invalid(
-                        key("reconcile.max_gap_rate"),
-                        "a fraction between 0 and 1, e.g. 0.01 for 1%",
-                    ));
-                }
-                if s.deletes.is_some() {
-                    return Err(self.invalid(
-                        key("reconcile"),
-                        "a deletions feed is reconciled with the stream it deletes from",
-                    ));
-                }
-                if r.window.is_some()
-                    && (s.window.start_param.is_none() && s.window.end_param.is_none())
-                {
-                    return Err(self.invalid(
-                        key("reconcile.window"),
-                        "the stream has no window parameters, so only a full reconciliation \
-                         is possible: remove `window`",
-                    ));
-                }
-            }
-            if let Some(initial) = &s.window.initial {
-                initial_start(initial, Timestamp(0))
-                    .map_err(|e| self.invalid(key("window.initial"), e))?;
-            }
-            let child = s.parent.is_some();
-            let templates = std::iter::once(("path".to_string(), s.path.clone()))
-                .chain(
-                    s.params
-                        .iter()
-                        .map(|(k, v)| (format!("params.{k}"), v.clone())),
-                )
-                .chain(
-                    s.headers
-                        .iter()
-                        .map(|(k, v)| (format!("headers.{k}"), v.clone())),
-                )
-                .chain(
-                    s.body
-                        .iter()
-                        .flat_map(json_strings)
-                        .map(|v| ("body".to_string(), v)),
-                );
-            for (k, template) in templates {
-                check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
-            }
-            if let Some(parent) = &s.parent {
-                if !matches!(d.kind, DestinationKind::Sqlite | DestinationKind::Postgres) {
-                    return Err(self.invalid(
-                        key("parent"),
-                        "child streams read their parents from a sqlite or postgres destination",
-                    ));
-                }
-                let position = self.file.stream.iter().position(|t| &t.name == parent);
-                let me = self.file.stream.iter().position(|t| t.name == s.name);
-                match (position, me) {
-                    (Some(p), Some(m)) if p < m => {
-                        if self.file.stream[p].deletes.is_some() {
-                            return Err(self.invalid(
-                                key("parent"),
-                                format!("`{parent}` is a deletions feed"),
-                            ));
-                        }
-                    }
-                    (Some(_), _) => {
-                        return Err(self.invalid(
-                            key("parent"),
-                            format!("`{parent}` must come before this stream in the file"),
-                        ))
-                    }
-                    (None, _) => {
-                        return Err(self.invalid(
-                            key("parent"),
-                            format!("no stream named `{parent}` in this file"),
-                        ))
-                    }
-                }
-            }
-            if s.deleted_when.is_some() && s.cursor_field.is_none() {
+        }
+        if s.page_size == 0 {
+            return Err(self.invalid(key("page_size"), "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// A deletions feed (`deletes`) and its target.
+    fn check_deletes(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = |k: &str| format!("stream.{}.{k}", s.name);
+        if let Some(target) = &s.deletes {
+            let Some(t) = self.file.stream.iter().find(|t| &t.name == target) else {
                 return Err(self.invalid(
-                    key("deleted_when"),
-                    "needs a `cursor_field` (the version compared with later copies)",
+                    key("deletes"),
+                    format!("no stream named `{target}` in this file"),
+                ));
+            };
+            if t.name == s.name || t.deletes.is_some() {
+                return Err(self.invalid(
+                    key("deletes"),
+                    format!("`{target}` is itself a deletions feed"),
                 ));
             }
-            if let Some(step) = s.window.step {
-                if step.0 <= s.window.overlap.0 {
-                    return Err(self.invalid(
-                        key("window.step"),
-                        "must be longer than window.overlap (each slice must move forward)",
-                    ));
-                }
-            }
-            s.pagination
-                .check()
-                .map_err(|(k, message)| self.invalid(key(&k), message))?;
-            if s.pagination.kind == PaginationKind::Keyset
-                && matches!(s.primary_key, PrimaryKey::Composite(_))
-            {
+            if s.cursor_field.is_none() || t.cursor_field.is_none() {
                 return Err(self.invalid(
-                    key("pagination.kind"),
-                    "keyset pagination needs a single-path primary_key (its tie-breaker)",
-                ));
-            }
-            if s.pagination.kind == PaginationKind::Keyset && s.cursor_field.is_none() {
-                return Err(self.invalid(
-                    key("cursor_field"),
-                    "keyset pagination needs a `cursor_field` (with `primary_key`, the position \
-                     sent back)",
-                ));
-            }
-            if s.pagination.cursor_in == Some(CursorIn::Body) && s.method != Method::Post {
-                return Err(self.invalid(
-                    key("pagination.cursor_in"),
-                    "a cursor in the body needs `method = \"post\"`",
+                    key("deletes"),
+                    format!(
+                        "a deletions feed and `{target}` both need a `cursor_field` (the \
+                         deletion time and the record version), so a delete never removes \
+                         a newer record"
+                    ),
                 ));
             }
         }
         Ok(())
     }
 
+    /// A stream's declared reconciliation.
+    fn check_reconcile(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = |k: &str| format!("stream.{}.{k}", s.name);
+        if let Some(r) = &s.reconcile {
+            if r.every.0.is_zero() {
+                return Err(self.invalid(key("reconcile.every"), "must be longer than 0s"));
+            }
+            if !(0.0..=1.0).contains(&r.max_gap_rate) {
+                return Err(self.invalid(
+                    key("reconcile.max_gap_rate"),
+                    "a fraction between 0 and 1, e.g. 0.01 for 1%",
+                ));
+            }
+            if s.deletes.is_some() {
+                return Err(self.invalid(
+                    key("reconcile"),
+                    "a deletions feed is reconciled with the stream it deletes from",
+                ));
+            }
+            if r.window.is_some()
+                && (s.window.start_param.is_none() && s.window.end_param.is_none())
+            {
+                return Err(self.invalid(
+                    key("reconcile.window"),
+                    "the stream has no window parameters, so only a full reconciliation \
+                     is possible: remove `window`",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A stream's window start and request templates.
+    fn check_requests(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = |k: &str| format!("stream.{}.{k}", s.name);
+        if let Some(initial) = &s.window.initial {
+            initial_start(initial, Timestamp(0))
+                .map_err(|e| self.invalid(key("window.initial"), e))?;
+        }
+        let child = s.parent.is_some();
+        let templates = std::iter::once(("path".to_string(), s.path.clone()))
+            .chain(
+                s.params
+                    .iter()
+                    .map(|(k, v)| (format!("params.{k}"), v.clone())),
+            )
+            .chain(
+                s.headers
+                    .iter()
+                    .map(|(k, v)| (format!("headers.{k}"), v.clone())),
+            )
+            .chain(
+                s.body
+                    .iter()
+                    .flat_map(json_strings)
+                    .map(|v| ("body".to_string(), v)),
+            );
+        for (k, template) in templates {
+            check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
+        }
+        Ok(())
+    }
+
+    /// A child stream's parent.
+    fn check_parent(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = |k: &str| format!("stream.{}.{k}", s.name);
+        if let Some(parent) = &s.parent {
+            let kind = self.file.destination.kind;
+            if !matches!(kind, DestinationKind::Sqlite | DestinationKind::Postgres) {
+                return Err(self.invalid(
+                    key("parent"),
+                    "child streams read their parents from a sqlite or postgres destination",
+                ));
+            }
+            let position = self.file.stream.iter().position(|t| &t.name == parent);
+            let me = self.file.stream.iter().position(|t| t.name == s.name);
+            match (position, me) {
+                (Some(p), Some(m)) if p < m => {
+                    if self.file.stream[p].deletes.is_some() {
+                        return Err(
+                            self.invalid(key("parent"), format!("`{parent}` is a deletions feed"))
+                        );
+                    }
+                }
+                (Some(_), _) => {
+                    return Err(self.invalid(
+                        key("parent"),
+                        format!("`{parent}` must come before this stream in the file"),
+                    ))
+                }
+                (None, _) => {
+                    return Err(self.invalid(
+                        key("parent"),
+                        format!("no stream named `{parent}` in this file"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletion flags, window slices and pagination.
+    fn check_paging(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = |k: &str| format!("stream.{}.{k}", s.name);
+        if s.deleted_when.is_some() && s.cursor_field.is_none() {
+            return Err(self.invalid(
+                key("deleted_when"),
+                "needs a `cursor_field` (the version compared with later copies)",
+            ));
+        }
+        if let Some(step) = s.window.step {
+            if step.0 <= s.window.overlap.0 {
+                return Err(self.invalid(
+                    key("window.step"),
+                    "must be longer than window.overlap (each slice must move forward)",
+                ));
+            }
+        }
+        s.pagination
+            .check()
+            .map_err(|(k, message)| self.invalid(key(&k), message))?;
+        if s.pagination.kind == PaginationKind::Keyset
+            && matches!(s.primary_key, PrimaryKey::Composite(_))
+        {
+            return Err(self.invalid(
+                key("pagination.kind"),
+                "keyset pagination needs a single-path primary_key (its tie-breaker)",
+            ));
+        }
+        if s.pagination.kind == PaginationKind::Keyset && s.cursor_field.is_none() {
+            return Err(self.invalid(
+                key("cursor_field"),
+                "keyset pagination needs a `cursor_field` (with `primary_key`, the position \
+                 sent back)",
+            ));
+        }
+        if s.pagination.cursor_in == Some(CursorIn::Body) && s.method != Method::Post {
+            return Err(self.invalid(
+                key("pagination.cursor_in"),
+                "a cursor in the body needs `method = \"post\"`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Workflow {
     /// Things that work but probably not as meant: `(key, message)`.
     pub fn warnings(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
