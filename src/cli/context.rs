@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+
 use waymark_connectors::config::StreamSection;
 use waymark_connectors::{sink, AnyDestination, Workflow};
 use waymark_engine::{RunId, RunState, StateDir, Status, Timestamp};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+
 use waymark_connectors::{AnyDestination, Api, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, Settings, Source, StateDir, SystemClock};
 

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+
 use waymark_connectors::config::{ReconcileMode, StreamSection};
 use waymark_connectors::reconcile::{self, Comparison, RepairSet, Report, Scope};
 use waymark_connectors::{sink, AnyDestination, HttpSource, Workflow};

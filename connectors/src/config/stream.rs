@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
 use waymark_engine::Timestamp;
 
 use super::http::ResponseRule;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
 use waymark_engine::{Plan, RetryPolicy, Timestamp};
 
 use super::error::Error;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
+
 use waymark_engine::source::{self, ErrorKind, Ignored};
 use waymark_engine::{Clock, Timestamp};
 

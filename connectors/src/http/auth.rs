@@ -9,6 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION};
 use serde::Deserialize;
+
 use waymark_engine::source::{self, ErrorKind};
 use waymark_engine::{Clock, Timestamp};
 

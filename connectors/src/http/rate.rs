@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
+
 use waymark_engine::{Clock, Timestamp};
 
 use crate::config::RateLimit;

@@ -19,6 +19,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
 use waymark_engine::decision::{backoff, Jitter};
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::source::ErrorKind;

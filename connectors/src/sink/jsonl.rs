@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 

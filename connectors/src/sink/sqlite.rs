@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 

@@ -3,7 +3,6 @@
 //! the source never imports a destination. The cursor is `{parent key, inner cursor}`.
 
 use futures_util::future::BoxFuture;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
+
 use waymark_engine::source::{self, Page, PageRequest, Source};
 
 use super::children::{ChildCursor, Parents};

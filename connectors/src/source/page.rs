@@ -4,6 +4,7 @@
 
 use serde_json::value::RawValue;
 use serde_json::Value;
+
 use waymark_engine::source::{self, ErrorKind};
 
 use crate::config::StreamSection;

@@ -6,6 +6,7 @@
 use reqwest::header::HeaderMap;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
 use waymark_engine::source::{self, PageRequest};
 
 use super::error::Error;

@@ -3,6 +3,7 @@
 //! `{window.start|unix}`. Formats: `rfc3339`, `unix`, `unix_ms`, `date`.
 
 use serde_json::Value;
+
 use waymark_engine::Window;
 
 use crate::config::template::{format_of, placeholders, Placeholder};

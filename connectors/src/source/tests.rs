@@ -1,6 +1,7 @@
 //! Tests of page reading, shaping and pagination.
 
 use reqwest::header::{HeaderMap, HeaderValue};
+
 use waymark_engine::source::{self, ErrorKind};
 
 use super::page::{document, records_at, shape, value_at};

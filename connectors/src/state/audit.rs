@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{params, Connection};
+
 use waymark_engine::{destination, Timestamp};
 
 /// What became of a record.

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
 use waymark_engine::destination;
 
 /// One dead-lettered record.

@@ -2,6 +2,7 @@
 //! server's own message, quoted identifiers.
 
 use tokio_postgres::Client;
+
 use waymark_engine::destination;
 
 use super::tls::Rustls;

@@ -3,6 +3,7 @@
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio_postgres::Client;
+
 use waymark_engine::destination;
 
 use super::client::{connect, fail, ident};

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 
 use futures_util::SinkExt;
 use tokio_postgres::Client;
+
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
