@@ -145,7 +145,6 @@ pub fn on_fetch_failure(
     time_left: Option<Duration>,
     at: Timestamp,
 ) -> Event {
-    let attempt = state.attempts + 1;
     if failure.kind == ErrorKind::Fatal {
         return Event::RunFailed {
             error: format!("page {page}: {}", failure.message),
@@ -159,34 +158,53 @@ pub fn on_fetch_failure(
         _ => jittered.max(MIN_WAIT),
     };
     let asked = failure.kind == ErrorKind::RateLimited || failure.retry_after.is_some();
-    if wait > policy.max_wait || time_left.is_some_and(|left| wait > left) {
-        let reason = if asked {
-            PauseReason::RateLimited {
-                until: at.saturating_add(wait),
-            }
-        } else {
-            PauseReason::TimeBudget
-        };
-        return Event::RunPaused { reason, at };
-    }
-    if attempt >= policy.max_attempts {
-        return Event::RunFailed {
-            error: format!(
-                "page {page} failed after {attempt} attempts: {}",
-                failure.message
-            ),
-            at,
-        };
+    let pause = match asked {
+        true => PauseReason::RateLimited {
+            until: at.saturating_add(wait),
+        },
+        false => PauseReason::TimeBudget,
+    };
+    let failed = |attempt| {
+        format!(
+            "page {page} failed after {attempt} attempts: {}",
+            failure.message
+        )
+    };
+    if let Some(stop) = give_up(state, policy, wait, time_left, pause, failed, at) {
+        return stop;
     }
     Event::RequestRetried {
         page,
-        attempt,
         error: failure.message.clone(),
         status: failure.status,
         rule: failure.rule.clone(),
+        attempt: state.attempts + 1,
         wait_ms: millis(wait),
         at,
     }
+}
+
+/// What stops a retry after a wait of `wait`: a pause (`pause`) when the wait is longer
+/// than `max_wait` or the `time_left`, else the run failing (`failed(attempt)`) once the
+/// attempts are used up; `None`: retry. A pause comes first: even on the last attempt, a
+/// rate limit is not a failure.
+fn give_up(
+    state: &RunState,
+    policy: &RetryPolicy,
+    wait: Duration,
+    time_left: Option<Duration>,
+    pause: PauseReason,
+    failed: impl FnOnce(u32) -> String,
+    at: Timestamp,
+) -> Option<Event> {
+    let attempt = state.attempts + 1;
+    if wait > policy.max_wait || time_left.is_some_and(|left| wait > left) {
+        return Some(Event::RunPaused { reason: pause, at });
+    }
+    (attempt >= policy.max_attempts).then(|| Event::RunFailed {
+        error: failed(attempt),
+        at,
+    })
 }
 
 /// The event a transient destination failure of `page`'s write leads to: a retry after a
@@ -202,7 +220,6 @@ pub fn on_write_failure(
     time_left: Option<Duration>,
     at: Timestamp,
 ) -> Event {
-    let attempt = state.attempts + 1;
     if !failure.retryable() {
         return Event::RunFailed {
             error: format!("destination refused page {page}: {}", failure.message),
@@ -210,24 +227,19 @@ pub fn on_write_failure(
         };
     }
     let wait = backoff(policy, state.attempts, jitter).max(MIN_WAIT);
-    if wait > policy.max_wait || time_left.is_some_and(|left| wait > left) {
-        return Event::RunPaused {
-            reason: PauseReason::TimeBudget,
-            at,
-        };
-    }
-    if attempt >= policy.max_attempts {
-        return Event::RunFailed {
-            error: format!(
-                "destination refused page {page} after {attempt} attempts: {}",
-                failure.message
-            ),
-            at,
-        };
+    let failed = |attempt| {
+        format!(
+            "destination refused page {page} after {attempt} attempts: {}",
+            failure.message
+        )
+    };
+    let pause = PauseReason::TimeBudget;
+    if let Some(stop) = give_up(state, policy, wait, time_left, pause, failed, at) {
+        return stop;
     }
     Event::WriteRetried {
         page,
-        attempt,
+        attempt: state.attempts + 1,
         error: failure.message.clone(),
         wait_ms: millis(wait),
         at,
