@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use waymark_connectors::config::{is_repair_scope, parse_scope, StreamSection};
-use waymark_connectors::{sink, HttpSource, Workflow};
+use waymark_connectors::Workflow;
 use waymark_engine::{driver, Clock, SystemClock, Timestamp};
 
 use super::context::{
@@ -143,12 +143,7 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let mut destination = destination(&dir, &workflow, &stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
-    let mut source = HttpSource::new(
-        &workflow,
-        &stream,
-        invocation.api.clone(),
-        sink::parents(&workflow, &stream).await?,
-    )?;
+    let mut source = invocation.source(&workflow, &stream).await?;
     let state = drive(&mut dir, &invocation, &mut source, &mut destination, state).await?;
     Ok(status_of(&[state]))
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use waymark_connectors::{AnyDestination, Api, Workflow};
+use waymark_connectors::config::StreamSection;
+use waymark_connectors::{sink, AnyDestination, Api, HttpSource, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, Settings, Source, StateDir, SystemClock};
 
 use crate::cli::context::Budget;
@@ -53,6 +54,22 @@ impl<'a> Invocation<'a> {
             json: budget.json,
             summaries: true,
         })
+    }
+
+    /// The source of `stream`, through this invocation's API connection; a child stream
+    /// reads its parents from the workflow's destination.
+    pub(crate) async fn source(
+        &self,
+        workflow: &Workflow,
+        stream: &StreamSection,
+    ) -> anyhow::Result<HttpSource> {
+        let parents = sink::parents(workflow, stream).await?;
+        Ok(HttpSource::new(
+            workflow,
+            stream,
+            self.api.clone(),
+            parents,
+        )?)
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use waymark_connectors::config::{ReconcileMode, StreamSection};
 use waymark_connectors::reconcile::{self, Comparison, RepairSet, Report, Scope};
-use waymark_connectors::{sink, AnyDestination, HttpSource, Workflow};
+use waymark_connectors::{sink, AnyDestination, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, StateDir, Status, SystemClock, Window};
 
 use super::invocation::{drive, Invocation};
@@ -99,12 +99,7 @@ pub async fn reconcile(
     let mut comparison = Comparison::create(&scratch, binding.clone(), scope.clone())?;
     // The source up to now: a record updated since the watermark is still found (and not
     // taken for a deletion); only those at or before the watermark must be synced.
-    let mut source = HttpSource::new(
-        workflow,
-        stream,
-        invocation.api.clone(),
-        sink::parents(workflow, stream).await?,
-    )?;
+    let mut source = invocation.source(workflow, stream).await?;
     let window = Window {
         start: scope.start,
         end: now,

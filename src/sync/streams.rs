@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use waymark_connectors::config::StreamSection;
-use waymark_connectors::{sink, HttpSource, Workflow};
+use waymark_connectors::Workflow;
 use waymark_engine::{driver, Clock, Plan, RunState, StateDir, Status, SystemClock};
 
 use super::invocation::{drive, Invocation};
@@ -121,12 +121,7 @@ pub(crate) async fn run_scope(
         let (journal, staging) = dir.parts();
         let state =
             driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
-        let mut source = HttpSource::new(
-            workflow,
-            stream,
-            invocation.api.clone(),
-            sink::parents(workflow, stream).await?,
-        )?;
+        let mut source = invocation.source(workflow, stream).await?;
         let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
         let next_slice = state.status == Status::Completed
             && driver::sliced(&state.window(), plan)
