@@ -307,23 +307,7 @@ pub fn plan<'a, E>(
         let id = match id {
             Ok(id) => id,
             Err((key, reason)) => {
-                let (key, reason) = (key.clone(), reason.clone());
-                if let Some(key) = &key {
-                    out.seen.push(Seen {
-                        key: key.clone(),
-                        version: None,
-                        outcome: Outcome::DeadLettered,
-                    });
-                }
-                out.dead.push(DeadLetter {
-                    stream: b.stream.clone(),
-                    run_id: run.to_string(),
-                    page,
-                    key,
-                    reason,
-                    record: record.clone(),
-                });
-                out.ack.dead_lettered += 1;
+                out.refuse(b, run, page, key.clone(), reason.clone(), record);
                 continue;
             }
         };
@@ -338,106 +322,142 @@ pub fn plan<'a, E>(
             (Some(old), Some(new)) => compare_versions(new, old),
             _ => Ordering::Equal,
         };
-        let ack = &mut out.ack;
-        let mut note = |outcome| {
-            out.seen.push(Seen {
-                key: id.key.clone(),
-                version: id.version.clone(),
-                outcome,
-            })
+        let (outcome, revived) = match id.deletion {
+            true => (deletion_outcome(before.as_ref(), order), false),
+            false => record_outcome(before.as_ref(), order, record),
         };
-        let (op, after) = if id.deletion {
-            match &before {
-                Some(s) if s.deleted && order != Ordering::Greater => {
-                    ack.unchanged += 1;
-                    note(Outcome::Unchanged);
-                    continue;
-                }
-                Some(_) if order == Ordering::Less => {
-                    ack.skipped_stale += 1;
-                    note(Outcome::Stale);
-                    continue;
-                }
-                _ => {
-                    ack.deleted += 1;
-                    note(Outcome::Deleted);
-                    let kept = match b.hard_delete {
-                        true => None,
-                        false => before
-                            .as_ref()
-                            .and_then(|s| s.record.clone())
-                            .or(Some(Cow::Borrowed(record.as_str()))),
-                    };
-                    let after = Known {
-                        version: id.version.clone(),
-                        deleted: true,
-                        record: kept,
-                    };
-                    let op = match b.hard_delete {
-                        true => Op::Remove {
-                            key: id.key.clone(),
-                            version: id.version.clone(),
-                        },
-                        false => Op::Tombstone {
-                            key: id.key.clone(),
-                            version: id.version.clone(),
-                            record,
-                        },
-                    };
-                    (op, after)
-                }
-            }
-        } else {
-            let revived = match &before {
-                None => {
-                    ack.inserted += 1;
-                    note(Outcome::Inserted);
-                    false
-                }
-                Some(_) if order == Ordering::Less => {
-                    ack.skipped_stale += 1;
-                    note(Outcome::Stale);
-                    continue;
-                }
-                Some(s)
-                    if order == Ordering::Equal
-                        && !s.deleted
-                        && s.record.as_deref() == Some(record.as_str()) =>
-                {
-                    ack.unchanged += 1;
-                    note(Outcome::Unchanged);
-                    continue;
-                }
-                // Back after a hard delete (an id reused, or undeleted).
-                Some(s) if s.deleted && s.record.is_none() => {
-                    ack.inserted += 1;
-                    note(Outcome::Inserted);
-                    true
-                }
-                Some(_) => {
-                    ack.updated += 1;
-                    note(Outcome::Updated);
-                    false
-                }
-            };
-            let after = Known {
-                version: id.version.clone(),
-                deleted: false,
-                record: Some(Cow::Borrowed(record.as_str())),
-            };
-            let op = Op::Put {
-                key: id.key.clone(),
-                version: id.version.clone(),
-                record,
-                cells: id.cells.clone(),
-                revived,
-            };
-            (op, after)
+        out.note(id, outcome);
+        let (op, after) = match outcome {
+            Outcome::Unchanged | Outcome::Stale | Outcome::DeadLettered => continue,
+            _ if id.deletion => deletion(b, id, record, before),
+            _ => put(id, record, revived),
         };
         seen.insert(id.key.clone(), Some(after));
         out.ops.push(op);
     }
     Ok(out)
+}
+
+impl Plan<'_> {
+    /// A record refused before it was compared: to the dead letters.
+    fn refuse(
+        &mut self,
+        b: &Binding,
+        run: &str,
+        page: u64,
+        key: Option<String>,
+        reason: String,
+        record: &str,
+    ) {
+        if let Some(key) = &key {
+            self.seen.push(Seen {
+                key: key.clone(),
+                version: None,
+                outcome: Outcome::DeadLettered,
+            });
+        }
+        self.dead.push(DeadLetter {
+            stream: b.stream.clone(),
+            run_id: run.to_string(),
+            page,
+            key,
+            reason,
+            record: record.to_string(),
+        });
+        self.ack.dead_lettered += 1;
+    }
+
+    /// What became of an identified record: the audit trail and the counts.
+    fn note(&mut self, id: &Identity, outcome: Outcome) {
+        self.seen.push(Seen {
+            key: id.key.clone(),
+            version: id.version.clone(),
+            outcome,
+        });
+        let count = match outcome {
+            Outcome::Inserted => &mut self.ack.inserted,
+            Outcome::Updated => &mut self.ack.updated,
+            Outcome::Unchanged => &mut self.ack.unchanged,
+            Outcome::Stale => &mut self.ack.skipped_stale,
+            Outcome::Deleted => &mut self.ack.deleted,
+            Outcome::DeadLettered => &mut self.ack.dead_lettered,
+        };
+        *count += 1;
+    }
+}
+
+/// What a deletion (version `order` against the stored one) does to a key holding `before`:
+/// a deleted record stays deleted unless the deletion is newer; an older deletion never
+/// removes a newer record.
+fn deletion_outcome(before: Option<&Known<'_>>, order: Ordering) -> Outcome {
+    match before {
+        Some(s) if s.deleted && order != Ordering::Greater => Outcome::Unchanged,
+        Some(_) if order == Ordering::Less => Outcome::Stale,
+        _ => Outcome::Deleted,
+    }
+}
+
+/// What a record (version `order` against the stored one) does to a key holding `before`,
+/// and whether it comes back after a hard delete (an id reused, or undeleted).
+fn record_outcome(before: Option<&Known<'_>>, order: Ordering, record: &str) -> (Outcome, bool) {
+    match before {
+        None => (Outcome::Inserted, false),
+        Some(_) if order == Ordering::Less => (Outcome::Stale, false),
+        Some(s)
+            if order == Ordering::Equal && !s.deleted && s.record.as_deref() == Some(record) =>
+        {
+            (Outcome::Unchanged, false)
+        }
+        Some(s) if s.deleted && s.record.is_none() => (Outcome::Inserted, true),
+        Some(_) => (Outcome::Updated, false),
+    }
+}
+
+/// A deletion's change, and what the key holds after it: soft, the row stays with its last
+/// record (for audit); hard, it goes and only its deletion version is remembered.
+fn deletion<'a>(
+    b: &Binding,
+    id: &Identity,
+    record: &'a str,
+    before: Option<Known<'a>>,
+) -> (Op<'a>, Known<'a>) {
+    let (key, version) = (id.key.clone(), id.version.clone());
+    let after = Known {
+        version: id.version.clone(),
+        deleted: true,
+        record: match b.hard_delete {
+            true => None,
+            false => before
+                .and_then(|s| s.record)
+                .or(Some(Cow::Borrowed(record))),
+        },
+    };
+    let op = match b.hard_delete {
+        true => Op::Remove { key, version },
+        false => Op::Tombstone {
+            key,
+            version,
+            record,
+        },
+    };
+    (op, after)
+}
+
+/// A record's change, and what the key holds after it.
+fn put<'a>(id: &Identity, record: &'a str, revived: bool) -> (Op<'a>, Known<'a>) {
+    let after = Known {
+        version: id.version.clone(),
+        deleted: false,
+        record: Some(Cow::Borrowed(record)),
+    };
+    let op = Op::Put {
+        key: id.key.clone(),
+        version: id.version.clone(),
+        record,
+        cells: id.cells.clone(),
+        revived,
+    };
+    (op, after)
 }
 
 /// A binding for unit tests: stream `t` of sync `s`, key `id`, version `v`, rows with
