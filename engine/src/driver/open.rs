@@ -1,0 +1,214 @@
+//! Starting or resuming a stream's run: the window (overlap, slices, a backfill's end),
+//! where it starts from, the workflow digest check.
+
+use super::error::Error;
+use super::plan::Plan;
+use crate::checkpoint::Checkpoint;
+use crate::destination::Destination;
+use crate::event::{Event, RunStarted, StartFrom};
+use crate::journal::{self, Backend, Journal};
+use crate::run_id::RunId;
+use crate::staging::Staging;
+use crate::state::RunState;
+use crate::time::{millis, Timestamp};
+use crate::window::Window;
+
+/// Starts a new run of the plan's stream, or resumes its unfinished run.
+pub async fn open<B: Backend, D: Destination>(
+    journal: &mut Journal<B>,
+    staging: &Staging,
+    destination: &mut D,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<RunState, Error> {
+    let active = match journal.active_run(&plan.sync, &plan.stream) {
+        Ok(active) => active,
+        Err(e @ journal::Error::Corrupt { .. }) if !plan.fresh => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!("--fresh: forgetting the damaged unfinished-run pointer: {e}");
+            journal.clear_active_run(&plan.sync, &plan.stream)?;
+            None
+        }
+    };
+    if let Some(run) = active {
+        match journal.load(run) {
+            Ok(state) if state.status.is_finished() => {
+                // Cannot happen through `append` (the pointer goes in the same batch as the
+                // finishing event); a stale pointer is simply dropped.
+                journal.clear_active_run(&plan.sync, &plan.stream)?;
+            }
+            Ok(state) if !plan.fresh => return resume(journal, state, plan, now),
+            Ok(state) => {
+                let reason = "abandoned by --fresh".to_string();
+                journal.append(state, &Event::RunAbandoned { reason, at: now })?;
+                staging.remove_run(run)?;
+            }
+            Err(e) if !plan.fresh => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("--fresh: abandoning damaged run {run}: {e}");
+                journal.clear_active_run(&plan.sync, &plan.stream)?;
+                staging.remove_run(run)?;
+            }
+        }
+    }
+    // The journal's checkpoint. If it is missing (a lost or reset journal) or damaged while
+    // the destination holds one, or it was damaged, the operator chooses how to continue;
+    // only a stream with no checkpoint anywhere, or one reset on purpose, starts afresh.
+    let (ours, damaged) = match journal.checkpoint(&plan.sync, &plan.stream) {
+        Ok(ours) => (ours, None),
+        Err(e @ journal::Error::Corrupt { .. }) => (None, Some(e)),
+        Err(e) => return Err(e.into()),
+    };
+    let start_from = match ours {
+        Some(checkpoint) => StartFrom::Journal(checkpoint),
+        None => {
+            let reset = journal
+                .checkpoint_history(&plan.sync, &plan.stream)
+                .ok()
+                .and_then(|h| h.last().map(|(_, c)| c.new.is_none()))
+                .unwrap_or(false);
+            let theirs = destination.checkpoint().await?;
+            match (theirs, damaged) {
+                (_, None) if reset => StartFrom::Beginning,
+                (None, None) => StartFrom::Beginning,
+                (theirs, damaged) => {
+                    let why = match (&damaged, &theirs) {
+                        (Some(e), _) => format!("the journal's checkpoint is damaged ({e})"),
+                        (None, _) => "the journal has no checkpoint for this stream, but its \
+                                      destination holds one (the journal was lost or reset?)"
+                            .to_string(),
+                    };
+                    return Err(Error::CheckpointLost {
+                        sync: plan.sync.clone(),
+                        stream: plan.stream.clone(),
+                        why,
+                        destination: theirs.map(Box::new),
+                    });
+                }
+            }
+        }
+    };
+    let (window, start_cursor) = window_after(start_from_checkpoint(&start_from), plan, now);
+    let started = RunStarted {
+        run_id: RunId::new(),
+        sync: plan.sync.clone(),
+        stream: plan.stream.clone(),
+        workflow_digest: plan.workflow_digest.clone(),
+        workflow_path: plan.workflow_path.clone(),
+        window,
+        start_cursor,
+        start_from,
+        at: now,
+    };
+    Ok(journal.start(started, &plan.fingerprint)?)
+}
+
+fn start_from_checkpoint(start: &StartFrom) -> Option<&Checkpoint> {
+    match start {
+        StartFrom::Beginning => None,
+        StartFrom::Journal(c) | StartFrom::Destination(c) => Some(c),
+    }
+}
+
+/// The window and start cursor of a new run after `previous`. Pure.
+///
+/// After a completed window the new one starts `overlap` before the old watermark, from
+/// the source's first page. After an unfinished one (abandoned, or a lost journal) it keeps
+/// the old start and continues from the committed cursor, up to a new watermark.
+pub fn window_after(
+    previous: Option<&Checkpoint>,
+    plan: &Plan,
+    now: Timestamp,
+) -> (Window, Option<String>) {
+    let limit = now.saturating_sub(plan.lag);
+    let limit = plan.until.map_or(limit, |until| until.min(limit));
+    let (start, cursor, end) = match previous {
+        None => (plan.start, None, None),
+        Some(c) if c.complete => (Some(c.window.end.saturating_sub(plan.overlap)), None, None),
+        // An unfinished window keeps its bounds when it was a slice (its cursor belongs
+        // to that range); otherwise it extends to the new watermark.
+        Some(c) => (
+            c.window.start,
+            c.cursor.clone(),
+            plan.step.map(|_| c.window.end),
+        ),
+    };
+    let end = end.unwrap_or(match (start, plan.step) {
+        (Some(s), Some(step)) => limit.min(s.saturating_add(step)),
+        _ => limit,
+    });
+    (
+        Window {
+            start: start.map(|s| s.min(end)),
+            end,
+        },
+        cursor,
+    )
+}
+
+/// Whether a completed run's window was cut short by `plan.step`, so another slice follows.
+pub fn sliced(window: &Window, plan: &Plan) -> bool {
+    match (window.start, plan.step) {
+        (Some(start), Some(step)) => window.end.0 == start.0.saturating_add(millis(step)),
+        _ => false,
+    }
+}
+
+/// Resumes a run that is not finished: refuses if the workflow changed, else journals
+/// `RunResumed` and returns the folded state.
+pub fn resume<B: Backend>(
+    journal: &mut Journal<B>,
+    state: RunState,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<RunState, Error> {
+    let run = state.run_id();
+    if state.status.is_finished() {
+        return Err(Error::Finished {
+            run,
+            status: state.status.name(),
+        });
+    }
+    if state.started.workflow_digest != plan.workflow_digest {
+        let before = journal
+            .fingerprint(&state.started.workflow_digest)?
+            .unwrap_or_default();
+        return Err(Error::WorkflowChanged {
+            run,
+            stream: state.started.stream.clone(),
+            path: plan.workflow_path.clone(),
+            changes: diff(&before, &plan.fingerprint),
+        });
+    }
+    Ok(journal.append(
+        state,
+        &Event::RunResumed {
+            pid: std::process::id(),
+            at: now,
+        },
+    )?)
+}
+
+/// Names the keys that differ between two canonical workflows.
+fn diff(before: &[(String, String)], after: &[(String, String)]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let old: BTreeMap<_, _> = before.iter().map(|(k, v)| (k, v)).collect();
+    let new: BTreeMap<_, _> = after.iter().map(|(k, v)| (k, v)).collect();
+    let mut changes = Vec::new();
+    for (key, value) in &old {
+        match new.get(key) {
+            None => changes.push(format!("{key} removed (was {value})")),
+            Some(now) if now != value => changes.push(format!("{key}: {value} -> {now}")),
+            Some(_) => {}
+        }
+    }
+    for (key, value) in &new {
+        if !old.contains_key(key) {
+            changes.push(format!("{key} added ({value})"));
+        }
+    }
+    if changes.is_empty() {
+        changes.push("the workflow's digest (its earlier form is not in the journal)".into());
+    }
+    changes
+}
