@@ -12,18 +12,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
-use super::columns::{Cell, Columns};
-use super::plan::{Binding, Op, Plan, Stored};
-use super::store::{commit, decode_checkpoint, encode, Commit, Store};
-use super::upserting::Upserting;
-use crate::source::Parents;
+use crate::sink::columns::{Cell, Columns};
+use crate::sink::plan::{Binding, Op, Plan, Stored};
+use crate::sink::store::{commit, decode_checkpoint, encode, Commit, Store};
+use crate::sink::upserting::Upserting;
 
 /// One stream's table in a SQLite database (and the scope's row of
 /// `_waymark_checkpoints`), written through [`Upserting`] on a blocking thread.
@@ -41,7 +39,7 @@ pub type SqliteDestination = Upserting<SqliteStore>;
 
 /// A failure of `context`: transient when the database was busy or locked by another
 /// connection past the busy timeout (nothing was written; a retry can succeed).
-fn fail(context: &str) -> impl Fn(rusqlite::Error) -> destination::Error + '_ {
+pub(super) fn fail(context: &str) -> impl Fn(rusqlite::Error) -> destination::Error + '_ {
     move |e| {
         let busy = matches!(
             e.sqlite_error_code(),
@@ -406,102 +404,6 @@ impl Store for SqliteStore {
             .optional()
             .map_err(fail("reading the checkpoint"))?;
         stored.map(|c| decode_checkpoint(&c)).transpose()
-    }
-}
-
-/// The records of a parent stream, read from its table in key order, for a child stream.
-/// Only the current parent's key is kept, however many parents there are.
-pub struct ParentRecords {
-    /// Behind a mutex so a child stream's source stays `Sync` across awaits.
-    conn: std::sync::Mutex<Connection>,
-    table: String,
-}
-
-impl ParentRecords {
-    /// Opens the parent stream's table read-only.
-    pub fn open(path: &Path, table: &str) -> Result<Self, destination::Error> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| {
-                destination::Error::permanent(format!(
-                    "parent stream `{table}`: {} cannot be read ({e}); run the parent stream first",
-                    path.display()
-                ))
-            })?;
-        let exists: bool = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                params![table],
-                |row| row.get(0),
-            )
-            .map_err(fail("reading the schema"))?;
-        if !exists {
-            return Err(destination::Error::permanent(format!(
-                "parent stream `{table}` has no table in {} yet; run the parent stream first",
-                path.display()
-            )));
-        }
-        Ok(ParentRecords {
-            conn: std::sync::Mutex::new(conn),
-            table: table.to_string(),
-        })
-    }
-
-    fn read_after(
-        &self,
-        key: Option<&str>,
-    ) -> Result<Option<(String, serde_json::Value)>, destination::Error> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let row: Option<(String, String)> = conn
-            .prepare_cached(&format!(
-                "SELECT key, record FROM \"{}\" WHERE deleted_at IS NULL AND (?1 IS NULL OR key > ?1)
-                 ORDER BY key LIMIT 1",
-                self.table
-            ))
-            .and_then(|mut stmt| {
-                stmt.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
-            .map_err(fail("reading parent records"))?;
-        row.map(|(key, record)| {
-            serde_json::from_str(&record)
-                .map(|value| (key, value))
-                .map_err(|e| {
-                    destination::Error::permanent(format!("parent record unreadable: {e}"))
-                })
-        })
-        .transpose()
-    }
-
-    fn read(&self, key: &str) -> Result<Option<serde_json::Value>, destination::Error> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let record: Option<String> = conn
-            .prepare_cached(&format!(
-                "SELECT record FROM \"{}\" WHERE key = ?1 AND deleted_at IS NULL",
-                self.table
-            ))
-            .and_then(|mut stmt| stmt.query_row(params![key], |r| r.get(0)).optional())
-            .map_err(fail("reading a parent record"))?;
-        record
-            .map(|r| serde_json::from_str(&r))
-            .transpose()
-            .map_err(|e| destination::Error::permanent(format!("parent record unreadable: {e}")))
-    }
-}
-
-impl Parents for ParentRecords {
-    fn after<'a>(
-        &'a self,
-        key: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Option<(String, serde_json::Value)>, String>> {
-        Box::pin(std::future::ready(
-            self.read_after(key).map_err(|e| e.to_string()),
-        ))
-    }
-
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<serde_json::Value>, String>> {
-        Box::pin(std::future::ready(
-            self.read(key).map_err(|e| e.to_string()),
-        ))
     }
 }
 
