@@ -271,16 +271,30 @@ impl Jitter {
 
     /// The next sample.
     pub fn next_sample(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        // The top 53 bits, exactly representable in an f64 mantissa.
-        let top = u32::try_from(z >> 32).unwrap_or(u32::MAX);
-        let low = u32::try_from((z >> 11) & 0x1F_FFFF).unwrap_or(0);
-        (f64::from(top) * f64::from(1u32 << 21) + f64::from(low)) / 2f64.powi(53)
+        let z = splitmix64(self.0);
+        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
+        unit(z)
     }
+}
+
+/// splitmix64's increment.
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// One step of splitmix64 from state `z`: a well-mixed 64-bit value. Waymark's one source
+/// of pseudo-randomness (jitter here, the sandbox's data and faults), so everything is
+/// reproducible from a seed.
+pub fn splitmix64(z: u64) -> u64 {
+    let mut z = z.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A uniform number in `[0, 1)` from the top 53 bits of `bits` (exactly representable).
+pub fn unit(bits: u64) -> f64 {
+    let top = u32::try_from(bits >> 32).unwrap_or(u32::MAX);
+    let low = u32::try_from((bits >> 11) & 0x1F_FFFF).unwrap_or(0);
+    (f64::from(top) * f64::from(1u32 << 21) + f64::from(low)) / 2f64.powi(53)
 }
 
 #[cfg(test)]

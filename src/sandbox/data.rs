@@ -18,19 +18,8 @@ pub enum Kind {
     Customers,
 }
 
-/// A SplitMix64 step: the sandbox's only source of randomness, so everything is
-/// reproducible from the seed.
-pub fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A uniform number in `[0, 1)` from a hash.
-pub fn unit(hash: u64) -> f64 {
-    (hash >> 11) as f64 / (1u64 << 53) as f64
-}
+/// The sandbox's only source of randomness (so everything is reproducible from the seed).
+pub use waymark_engine::decision::{splitmix64 as mix, unit};
 
 /// RFC 3339 with milliseconds, always the same width, so timestamps sort as text.
 pub fn format_ms(ms: u64) -> String {
