@@ -328,7 +328,11 @@ pub fn plan<'a, E>(
         };
         out.note(id, outcome);
         let (op, after) = match outcome {
-            Outcome::Unchanged | Outcome::Stale | Outcome::DeadLettered => continue,
+            Outcome::Unchanged | Outcome::Stale | Outcome::DeadLettered => {
+                // The key's later records compare with the same (`stored` is asked once).
+                seen.insert(id.key.clone(), before);
+                continue;
+            }
             _ if id.deletion => deletion(b, id, record, before),
             _ => put(id, record, revived),
         };
