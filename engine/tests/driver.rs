@@ -413,6 +413,21 @@ async fn a_transient_destination_failure_is_retried_journaled_and_bounded(
     let done = h.run(&plan()).await?;
     assert_eq!(done.status, Status::Completed);
     assert_eq!(h.destination.state().rows.len(), 9);
+
+    // The last attempt fails while the next page was fetched ahead: the failure is the
+    // journal's last word (the page fetched ahead is not journaled after it).
+    let mut h = Harness::new("dest-busy-last", MemorySource::new(records(9), 3));
+    h.destination.state().transient_writes = vec![1];
+    h.settings.retry.max_attempts = 1;
+    let failed = h.run(&plan()).await?;
+    assert!(
+        matches!(&failed.status, Status::Failed(e) if e.contains("page 2 after 1 attempts: database is locked")),
+        "{:?}",
+        failed.status
+    );
+    let steps = names(&h.journal, failed.run_id());
+    assert_eq!(steps.last(), Some(&"run_failed"), "{steps:?}");
+    assert_eq!(failed.counts.pages_fetched, 2);
     Ok(())
 }
 

@@ -244,9 +244,9 @@ impl<S: Source, D: Destination> Steps<'_, S, D> {
             }
             // Nothing of the page was committed: a transient failure is retried after a
             // backoff (a page fetched ahead meanwhile is journaled as usual, then written
-            // in turn), anything else fails the run.
+            // in turn); a permanent one, or the last attempt, fails the run.
             Err(e) => {
-                events.push(on_write_failure(
+                let failed = on_write_failure(
                     state,
                     page,
                     &e,
@@ -254,8 +254,12 @@ impl<S: Source, D: Destination> Steps<'_, S, D> {
                     self.jitter.next_sample(),
                     time_left,
                     self.clock.now(),
-                ));
-                if e.retryable() {
+                );
+                // Only a retry keeps the run going: after a pause or a failure, nothing
+                // follows in the journal (the page fetched ahead is fetched again later).
+                let retried = matches!(failed, Event::WriteRetried { .. });
+                events.push(failed);
+                if retried {
                     self.ahead(ahead, &mut events);
                 }
             }
