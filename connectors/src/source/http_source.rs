@@ -6,7 +6,8 @@ use std::sync::Arc;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use waymark_engine::source::{self, Page, PageRequest, Source};
+use waymark_engine::destination;
+use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 
 use super::children::{ChildCursor, Parents};
 use super::error::Error;
@@ -340,7 +341,13 @@ impl HttpSource {
         parents: &dyn Parents,
         request: PageRequest<'_>,
     ) -> Result<Page, source::Error> {
-        let parent_error = |e: String| fatal(format!("parent stream: {e}"));
+        let parent_error = |e: destination::Error| {
+            let kind = match e.retryable() {
+                true => ErrorKind::Retry,
+                false => ErrorKind::Fatal,
+            };
+            source::Error::new(kind, format!("parent stream: {}", e.message))
+        };
         let position = match request.cursor {
             Some(c) => serde_json::from_str::<ChildCursor>(c)
                 .map_err(|e| fatal(format!("journaled child cursor `{c}` unreadable: {e}")))?,

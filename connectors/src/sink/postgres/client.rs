@@ -13,7 +13,7 @@ use super::tls::Rustls;
 pub(super) async fn connect(url: &str, tls: Rustls) -> Result<Client, destination::Error> {
     let (client, connection) = tokio_postgres::connect(url, tls)
         .await
-        .map_err(fail("connecting"))?;
+        .map_err(failed("connecting"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("PostgreSQL connection closed: {e}");
@@ -22,7 +22,7 @@ pub(super) async fn connect(url: &str, tls: Rustls) -> Result<Client, destinatio
     Ok(client)
 }
 
-pub(super) fn fail(context: &'static str) -> impl Fn(tokio_postgres::Error) -> destination::Error {
+fn fail(context: &'static str) -> impl Fn(tokio_postgres::Error) -> destination::Error {
     move |e| {
         // The database's own message (`db_error`) says what went wrong; the outer text is
         // often just "db error".
@@ -45,4 +45,43 @@ pub(super) fn fail(context: &'static str) -> impl Fn(tokio_postgres::Error) -> d
 /// `name` quoted as an SQL identifier.
 pub(super) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether a PostgreSQL failure is worth retrying: the connection was lost or reset, the
+/// server is shutting down or starting, or the transaction lost a serialization race.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || [
+                    SqlState::T_R_SERIALIZATION_FAILURE,
+                    SqlState::T_R_DEADLOCK_DETECTED,
+                    SqlState::ADMIN_SHUTDOWN,
+                    SqlState::CRASH_SHUTDOWN,
+                    SqlState::CANNOT_CONNECT_NOW,
+                    SqlState::TOO_MANY_CONNECTIONS,
+                ]
+                .contains(code)
+        }
+        // No answer from the server at all: the socket failed.
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}
+
+/// [`fail`], transient where [`transient`] says so.
+pub(super) fn failed(
+    context: &'static str,
+) -> impl Fn(tokio_postgres::Error) -> destination::Error {
+    move |e| {
+        let retry = transient(&e);
+        let error = fail(context)(e);
+        match retry {
+            true => destination::Error::transient(error.message),
+            false => error,
+        }
+    }
 }

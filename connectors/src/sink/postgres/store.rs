@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
-use super::client::{connect, fail, ident};
+use super::client::{connect, failed, ident};
 use super::tls::Rustls;
 use crate::sink::columns::{Cell, Columns};
 use crate::sink::plan::{Binding, Op, Plan, Stored};
@@ -108,7 +108,7 @@ impl PostgresStore {
                 schema_q = ident(schema),
             ))
             .await
-            .map_err(fail("creating tables"))?;
+            .map_err(failed("creating tables"))?;
         // Schema evolution: declared columns new since the table was made are added.
         for c in binding.columns.iter() {
             client
@@ -118,7 +118,7 @@ impl PostgresStore {
                     c.kind.postgres()
                 ))
                 .await
-                .map_err(fail("adding a column"))?;
+                .map_err(failed("adding a column"))?;
         }
         Ok(PostgresStore {
             client,
@@ -150,10 +150,10 @@ impl PostgresStore {
                 std::iter::empty::<&(dyn tokio_postgres::types::ToSql + Sync)>(),
             )
             .await
-            .map_err(fail("scanning the table"))?;
+            .map_err(failed("scanning the table"))?;
         let mut rows = std::pin::pin!(rows);
         while let Some(row) = rows.next().await {
-            let row = row.map_err(fail("scanning the table"))?;
+            let row = row.map_err(failed("scanning the table"))?;
             each(
                 row.get(0),
                 Stored {
@@ -180,43 +180,6 @@ fn copy_field(out: &mut String, value: Option<&str>) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             c => out.push(c),
-        }
-    }
-}
-
-/// Whether a PostgreSQL failure is worth retrying: the connection was lost or reset, the
-/// server is shutting down or starting, or the transaction lost a serialization race.
-fn transient(e: &tokio_postgres::Error) -> bool {
-    use tokio_postgres::error::SqlState;
-    if e.is_closed() {
-        return true;
-    }
-    match e.code() {
-        Some(code) => {
-            code.code().starts_with("08")
-                || [
-                    SqlState::T_R_SERIALIZATION_FAILURE,
-                    SqlState::T_R_DEADLOCK_DETECTED,
-                    SqlState::ADMIN_SHUTDOWN,
-                    SqlState::CRASH_SHUTDOWN,
-                    SqlState::CANNOT_CONNECT_NOW,
-                    SqlState::TOO_MANY_CONNECTIONS,
-                ]
-                .contains(code)
-        }
-        // No answer from the server at all: the socket failed.
-        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
-    }
-}
-
-/// [`fail`], transient where [`transient`] says so.
-fn failed(context: &'static str) -> impl Fn(tokio_postgres::Error) -> destination::Error {
-    move |e| {
-        let retry = transient(&e);
-        let error = fail(context)(e);
-        match retry {
-            true => destination::Error::transient(error.message),
-            false => error,
         }
     }
 }
@@ -450,7 +413,7 @@ impl Store for PostgresStore {
             return;
         }
         if let Err(e) = self.client.batch_execute("ROLLBACK").await {
-            tracing::warn!("{}", fail("rollback")(e));
+            tracing::warn!("{}", failed("rollback")(e));
         }
     }
 

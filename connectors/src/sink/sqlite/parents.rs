@@ -93,15 +93,14 @@ impl Parents for ParentRecords {
     fn after<'a>(
         &'a self,
         key: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Option<(String, serde_json::Value)>, String>> {
-        Box::pin(std::future::ready(
-            self.read_after(key).map_err(|e| e.to_string()),
-        ))
+    ) -> BoxFuture<'a, Result<Option<(String, serde_json::Value)>, destination::Error>> {
+        Box::pin(std::future::ready(self.read_after(key)))
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<serde_json::Value>, String>> {
-        Box::pin(std::future::ready(
-            self.read(key).map_err(|e| e.to_string()),
-        ))
+    fn get<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<serde_json::Value>, destination::Error>> {
+        Box::pin(std::future::ready(self.read(key)))
     }
 }
