@@ -1,11 +1,13 @@
 //! Child streams (one request sequence per parent record) and request templates.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::util::*;
 
-fn customers_and_invoices(dir: &Path, invoice_page: u32) -> Result<PathBuf> {
+/// Customers, then their invoices (a child stream, `invoice_page` invoices a page), into
+/// `dir/shop.db`.
+pub(crate) fn customers_and_invoices(dir: &Path, invoice_page: u32) -> Result<PathBuf> {
     let mut streams = stream_table("customers", "/customers", "updated_at", 100, CURSOR, "");
     streams += &stream_table(
         "invoices",
@@ -19,18 +21,23 @@ fn customers_and_invoices(dir: &Path, invoice_page: u32) -> Result<PathBuf> {
 }
 
 /// Every invoice the sandbox serves, by id, asked customer by customer.
-fn invoice_truth(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
-    let mut ids = BTreeSet::new();
+pub(crate) fn invoices(sandbox: &Sandbox) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut all = BTreeMap::new();
     for id in sandbox.truth_of("customers")?.0.keys() {
         let page: serde_json::Value = serde_json::from_slice(&get(
             &sandbox.url,
             &format!("/customers/{id}/invoices?limit=100"),
         )?)?;
         for invoice in page["data"].as_array().ok_or("no data")? {
-            ids.insert(invoice["id"].to_string());
+            all.insert(invoice["id"].to_string(), invoice.clone());
         }
     }
-    Ok(ids)
+    Ok(all)
+}
+
+/// The ids of [`invoices`].
+fn invoice_truth(sandbox: &Sandbox) -> Result<BTreeSet<String>> {
+    Ok(invoices(sandbox)?.into_keys().collect())
 }
 
 #[test]

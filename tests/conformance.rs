@@ -332,6 +332,39 @@ async fn rewrites_are_idempotent_and_older_versions_never_win() -> Result {
     Ok(())
 }
 
+/// A key repeated within a batch: each of its records is compared with what the key holds
+/// (stored, or as the batch's earlier records left it), also after an earlier one of them
+/// was skipped — older copies and older deletions never win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_repeated_in_a_batch_never_lets_an_older_version_win() -> Result {
+    for t in targets("repeated").await? {
+        let wf = t.workflow(
+            "deleted_when = { path = \"gone\", one_of = [\"true\"] }",
+            "",
+        )?;
+        let mut d = t.open(&wf).await?;
+        let run = RunId::new();
+        let first = [r#"{"id":1,"v":5,"n":"a"}"#, r#"{"id":2,"v":5,"n":"b"}"#];
+        write(&mut d, run, 1, &first).await?;
+        // Two older copies of 1, two older deletions of 2 (a deletions feed lists each
+        // deletion of a reused id).
+        let older = [
+            r#"{"id":1,"v":3,"n":"old"}"#,
+            r#"{"id":1,"v":4,"n":"old"}"#,
+            r#"{"id":2,"v":3,"gone":true}"#,
+            r#"{"id":2,"v":4,"gone":true}"#,
+        ];
+        let ack = write(&mut d, run, 2, &older).await?;
+        assert_eq!(counts(&ack), [0, 0, 0, 4, 0, 0], "{:?}", t.kind);
+        let expected = BTreeMap::from([
+            ("1".to_string(), row("5", false, first[0])?),
+            ("2".to_string(), row("5", false, first[1])?),
+        ]);
+        assert_eq!(t.rows().await?, expected, "{:?}", t.kind);
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_committed_before_a_crash_is_recognised_not_written_again() -> Result {
     for t in targets("replay").await? {
@@ -609,6 +642,70 @@ fn the_binary_syncs_into_postgres_exactly_through_faults_and_a_kill() -> Result 
     assert!(rows == truth, "PostgreSQL differs from the source");
     // A connection string is never shown: the URL is not in any output.
     assert!(!text(&out.stdout).contains("host=127.0.0.1"));
+    Ok(())
+}
+
+/// Child streams on PostgreSQL: the binary syncs customers, then each customer's invoices
+/// (a child stream reading its parents from the customers table in PostgreSQL), paused
+/// mid-parent and resumed; both tables equal the source, each invoice written once.
+#[test]
+fn the_binary_syncs_a_child_stream_into_postgres_once_per_parent_and_resumes() -> Result {
+    use crate::util::{run, runs, text, waymark, Sandbox};
+    let Some(pg) = crate::pg::shared() else {
+        return Ok(());
+    };
+    let url = pg.database()?;
+    let sandbox = Sandbox::start(&["--records", "10", "--customers", "300"])?;
+    let invoices = crate::children::invoices(&sandbox)?;
+    assert_eq!(invoices.len(), 450, "0–3 invoices per customer");
+    let dir = TempDir::new("pg-children");
+    // Pages of 2 invoices: customers with 3 have two pages.
+    let file = crate::children::customers_and_invoices(dir.path(), 2)?;
+    let workflow = std::fs::read_to_string(&file)?.replace(
+        "kind = \"sqlite\"\npath = \"shop.db\"",
+        "kind = \"postgres\"\nurl = { env = \"WAYMARK_CHILDREN_PG\" }\nschema = \"shop\"",
+    );
+    assert!(workflow.contains("kind = \"postgres\""), "{workflow}");
+    std::fs::write(&file, workflow)?;
+    let state = dir.path().join("state");
+    let command = |extra: &[&str]| {
+        let mut cmd = waymark(&state, &sandbox.url);
+        cmd.env("WAYMARK_CHILDREN_PG", &url)
+            .arg("run")
+            .args(extra)
+            .arg(&file);
+        cmd
+    };
+
+    // Paused mid-invoices (3 pages of customers, then pages of invoices), then finished.
+    let out = run(&mut command(&["--max-pages", "120"]))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    let out = run(&mut command(&[]))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    let (customers, deleted) = crate::pg::table(&url, "shop.customers")?;
+    assert_eq!(deleted, 0);
+    assert!(
+        customers == sandbox.truth_of("customers")?.0,
+        "customers differ from the source"
+    );
+    let (got, deleted) = crate::pg::table(&url, "shop.invoices")?;
+    assert_eq!(deleted, 0);
+    let missing: Vec<&String> = invoices.keys().filter(|k| !got.contains_key(*k)).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !invoices.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "invoices missing: {missing:?}, not at the source: {extra:?}"
+    );
+    assert!(got == invoices, "invoices differ from the source");
+
+    let all = runs(&state)?;
+    let child = all
+        .iter()
+        .find(|r| r["stream"] == "invoices")
+        .ok_or("no invoices run")?;
+    assert_eq!(child["records"], 450, "each invoice written once: {child}");
+    assert_eq!(child["resumes"], 1, "{child}");
     Ok(())
 }
 

@@ -17,5 +17,6 @@ mod resilience;
 mod sandbox;
 mod secrets;
 mod state_dir;
+mod transient;
 mod windows;
 mod workflows;
