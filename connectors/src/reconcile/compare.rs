@@ -12,7 +12,7 @@ use waymark_engine::Timestamp;
 
 use super::classify::{classify, Gap, Report, Scope};
 use super::error::{scratch, Error};
-use super::repair::{deletion_record, RepairSet};
+use super::repair::{deletion_record, RepairSet, RepairWriter};
 use crate::record::{key_of, lookup, scalar};
 use crate::sink::plan::{Binding, Stored};
 
@@ -220,63 +220,92 @@ impl Comparison {
     /// Compares the two sides. With `repair`, the repair set (see [`RepairSet`]) is
     /// written with what a repair must write.
     pub fn finish(self, repair: Option<&RepairSet>) -> Result<Report, Error> {
-        let fail = scratch(&self.path);
         let scope = &self.scope;
         let mut report = Report {
             bucket: Duration::from_millis(self.bucket_ms),
             ..Report::default()
         };
         let mut fixes = repair.map(RepairSet::writer).transpose()?;
-        // Source side: every source record against its destination row.
-        {
-            let mut stmt = self
-                .conn
-                .prepare(
-                    "SELECT s.key, s.version, s.t, s.digest, s.deletion, s.record,
-                            d.version, d.digest, d.deleted
-                     FROM src s LEFT JOIN dst d ON d.key = s.key",
-                )
-                .map_err(&fail)?;
-            let mut rows = stmt.query([]).map_err(&fail)?;
-            while let Some(row) = rows.next().map_err(&fail)? {
-                let key: String = row.get(0).map_err(&fail)?;
-                let version: Option<String> = row.get(1).map_err(&fail)?;
-                let t: Option<u64> = row.get(2).map_err(&fail)?;
-                let digest: Option<i64> = row.get(3).map_err(&fail)?;
-                let deletion: bool = row.get(4).map_err(&fail)?;
-                let stored: Option<(Option<String>, Option<i64>, bool)> =
-                    match row.get::<_, Option<bool>>(8).map_err(&fail)? {
-                        None => None,
-                        Some(deleted) => Some((
-                            row.get(6).map_err(&fail)?,
-                            row.get(7).map_err(&fail)?,
-                            deleted,
-                        )),
-                    };
-                let t = t.map(Timestamp);
-                if !scope.contains(t) {
-                    continue;
-                }
-                if !deletion {
-                    report.figures.source += 1;
-                }
-                let gap = classify(
-                    version.as_deref(),
-                    digest,
-                    deletion,
-                    stored.as_ref().map(|(v, d, del)| (v.as_deref(), *d, *del)),
-                    scope.sample.is_none(),
-                );
-                if let Some(gap) = gap {
-                    report.note(gap, &key, scope.show);
-                    if let (Some(w), true) = (&mut fixes, gap.repaired()) {
-                        let record: String = row.get(5).map_err(&fail)?;
-                        w.push(&record)?;
-                    }
+        self.source_side(&mut report, &mut fixes)?;
+        self.sampled(&mut report, &mut fixes)?;
+        self.destination_side(&mut report, &mut fixes)?;
+        report.figures.destination =
+            self.buckets.values().map(|c| c.1).sum::<u64>() + self.unplaced_destination()?;
+        report.figures.start = scope.start;
+        report.figures.end = scope.end;
+        report.buckets = self
+            .buckets
+            .iter()
+            .filter(|(_, (s, d))| s != d)
+            .map(|(&b, &(s, d))| (Timestamp(b), s, d))
+            .collect();
+        if let Some(w) = fixes {
+            report.to_repair = w.finish()?;
+        }
+        Ok(report)
+    }
+
+    /// Source side: every source record against its destination row.
+    fn source_side(
+        &self,
+        report: &mut Report,
+        fixes: &mut Option<RepairWriter>,
+    ) -> Result<(), Error> {
+        let fail = scratch(&self.path);
+        let scope = &self.scope;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT s.key, s.version, s.t, s.digest, s.deletion, s.record,
+                        d.version, d.digest, d.deleted
+                 FROM src s LEFT JOIN dst d ON d.key = s.key",
+            )
+            .map_err(&fail)?;
+        let mut rows = stmt.query([]).map_err(&fail)?;
+        while let Some(row) = rows.next().map_err(&fail)? {
+            let key: String = row.get(0).map_err(&fail)?;
+            let version: Option<String> = row.get(1).map_err(&fail)?;
+            let t: Option<u64> = row.get(2).map_err(&fail)?;
+            let digest: Option<i64> = row.get(3).map_err(&fail)?;
+            let deletion: bool = row.get(4).map_err(&fail)?;
+            let stored: Option<(Option<String>, Option<i64>, bool)> =
+                match row.get::<_, Option<bool>>(8).map_err(&fail)? {
+                    None => None,
+                    Some(deleted) => Some((
+                        row.get(6).map_err(&fail)?,
+                        row.get(7).map_err(&fail)?,
+                        deleted,
+                    )),
+                };
+            let t = t.map(Timestamp);
+            if !scope.contains(t) {
+                continue;
+            }
+            if !deletion {
+                report.figures.source += 1;
+            }
+            let gap = classify(
+                version.as_deref(),
+                digest,
+                deletion,
+                stored.as_ref().map(|(v, d, del)| (v.as_deref(), *d, *del)),
+                scope.sample.is_none(),
+            );
+            if let Some(gap) = gap {
+                report.note(gap, &key, scope.show);
+                if let (Some(w), true) = (fixes.as_mut(), gap.repaired()) {
+                    let record: String = row.get(5).map_err(&fail)?;
+                    w.push(&record)?;
                 }
             }
         }
-        // A sample of records compared field by field.
+        Ok(())
+    }
+
+    /// A sample of records compared field by field.
+    fn sampled(&self, report: &mut Report, fixes: &mut Option<RepairWriter>) -> Result<(), Error> {
+        let fail = scratch(&self.path);
+        let scope = &self.scope;
         if let Some(n) = scope.sample {
             let mut stmt = self
                 .conn
@@ -300,7 +329,7 @@ impl Comparison {
                 if row.get::<_, bool>(2).map_err(&fail)? {
                     let key: String = row.get(0).map_err(&fail)?;
                     report.note(Gap::Differing, &key, scope.show);
-                    if let Some(w) = &mut fixes {
+                    if let Some(w) = fixes.as_mut() {
                         w.push(&row.get::<_, String>(3).map_err(&fail)?)?;
                     }
                 }
@@ -308,48 +337,43 @@ impl Comparison {
         } else if scope.fields.is_some() {
             report.figures.compared = report.figures.source;
         }
-        // Destination side: live rows inside the range that the source no longer has.
-        {
-            let mut stmt = self
-                .conn
-                .prepare(
-                    "SELECT d.key, d.version, d.t FROM dst d
-                     WHERE d.deleted = 0 AND NOT EXISTS (SELECT 1 FROM src s WHERE s.key = d.key)",
-                )
-                .map_err(&fail)?;
-            let mut rows = stmt.query([]).map_err(&fail)?;
-            while let Some(row) = rows.next().map_err(&fail)? {
-                let t: Option<u64> = row.get(2).map_err(&fail)?;
-                let t = t.map(Timestamp);
-                if scope.start.is_some() && t.is_none() {
-                    // A windowed comparison cannot place a record without a time.
-                    continue;
-                }
-                if !scope.contains(t) {
-                    continue;
-                }
-                let key: String = row.get(0).map_err(&fail)?;
-                report.note(Gap::Deleted, &key, scope.show);
-                if let Some(w) = &mut fixes {
-                    let version: Option<String> = row.get(1).map_err(&fail)?;
-                    w.push(&deletion_record(&self.binding, &key, version.as_deref()))?;
-                }
+        Ok(())
+    }
+
+    /// Destination side: live rows inside the range that the source no longer has.
+    fn destination_side(
+        &self,
+        report: &mut Report,
+        fixes: &mut Option<RepairWriter>,
+    ) -> Result<(), Error> {
+        let fail = scratch(&self.path);
+        let scope = &self.scope;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT d.key, d.version, d.t FROM dst d
+                 WHERE d.deleted = 0 AND NOT EXISTS (SELECT 1 FROM src s WHERE s.key = d.key)",
+            )
+            .map_err(&fail)?;
+        let mut rows = stmt.query([]).map_err(&fail)?;
+        while let Some(row) = rows.next().map_err(&fail)? {
+            let t: Option<u64> = row.get(2).map_err(&fail)?;
+            let t = t.map(Timestamp);
+            if scope.start.is_some() && t.is_none() {
+                // A windowed comparison cannot place a record without a time.
+                continue;
+            }
+            if !scope.contains(t) {
+                continue;
+            }
+            let key: String = row.get(0).map_err(&fail)?;
+            report.note(Gap::Deleted, &key, scope.show);
+            if let Some(w) = fixes.as_mut() {
+                let version: Option<String> = row.get(1).map_err(&fail)?;
+                w.push(&deletion_record(&self.binding, &key, version.as_deref()))?;
             }
         }
-        report.figures.destination =
-            self.buckets.values().map(|c| c.1).sum::<u64>() + self.unplaced_destination()?;
-        report.figures.start = scope.start;
-        report.figures.end = scope.end;
-        report.buckets = self
-            .buckets
-            .iter()
-            .filter(|(_, (s, d))| s != d)
-            .map(|(&b, &(s, d))| (Timestamp(b), s, d))
-            .collect();
-        if let Some(w) = fixes {
-            report.to_repair = w.finish()?;
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Live destination rows without a time (counted only in a full comparison).
