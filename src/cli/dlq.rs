@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use waymark_connectors::state::dead_letters::{DeadLetter, DeadLetters};
 use waymark_connectors::Workflow;
-use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, SystemClock, Window};
+use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, StateDir, SystemClock, Window};
 
 use super::context::{destination, open_state, user};
 use super::{ExitStatus, UsageError};
@@ -68,142 +68,159 @@ enum Action {
 /// Runs `waymark dlq`.
 pub async fn run(state_dir: &Path, args: DlqArgs) -> anyhow::Result<ExitStatus> {
     let dir = open_state(state_dir)?;
-    let root = dir.root();
     match args.action {
-        Action::List { json } => {
-            let streams = DeadLetters::streams(root);
-            if !json {
-                out!("{:<32}  {:>8}  newest reason", "sync/stream", "letters");
-            }
-            for (sync, stream) in streams {
-                let letters = DeadLetters::new(root, &sync, &stream).list()?;
-                let newest = letters.last().map_or("", |l| l.reason.as_str());
-                if json {
-                    out!(
-                        "{}",
-                        json!({"sync": sync, "stream": stream, "letters": letters.len(), "newest_reason": newest})
-                    );
-                } else {
-                    out!(
-                        "{:<32}  {:>8}  {newest}",
-                        format!("{sync}/{stream}"),
-                        letters.len()
-                    );
-                }
-            }
-            Ok(ExitStatus::Success)
-        }
+        Action::List { json } => list(dir.root(), json),
         Action::Show {
             stream,
             sync,
             limit,
             json,
-        } => {
-            let store = store(root, sync.as_deref(), &stream)?;
-            let letters = store.list()?;
-            let shown = &letters[letters.len().saturating_sub(limit)..];
-            if !json {
-                out!(
-                    "{} dead letters of {stream}{}",
-                    letters.len(),
-                    if shown.len() < letters.len() {
-                        format!(", the newest {}", shown.len())
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            for l in shown {
-                if json {
-                    out!("{}", serde_json::to_string(l)?);
-                } else {
-                    out!(
-                        "run {} page {} key {}: {}\n    {}",
-                        l.run_id,
-                        l.page,
-                        l.key.as_deref().unwrap_or("-"),
-                        l.reason,
-                        excerpt(&l.record)
-                    );
-                }
-            }
-            Ok(ExitStatus::Success)
-        }
-        Action::Retry { workflow, stream } => {
-            let workflow = Workflow::load(&workflow)?;
-            let section = workflow.stream(&stream)?.clone();
-            let store = DeadLetters::new(root, workflow.name(), &section.name);
-            let files = store.files()?;
-            let letters: Vec<DeadLetter> = store.read(&files)?;
-            let records: Vec<String> = letters
-                .iter()
-                .filter(|l| !l.record.is_empty())
-                .map(|l| l.record.clone())
-                .collect();
-            if records.is_empty() {
-                out!("{}/{stream}: no dead letters to retry", workflow.name());
-                return Ok(ExitStatus::Success);
-            }
-            // Its own checkpoint scope: the stream's checkpoint never moves.
-            let scope = format!("{stream}@dlq-retry");
-            let mut target = destination(&dir, &workflow, &section, &scope).await?;
-            let run_id = RunId::new();
-            let now = SystemClock.now();
-            let checkpoint = Checkpoint {
-                run_id,
-                window: Window {
-                    start: None,
-                    end: now,
-                },
-                cursor: None,
-                page: 1,
-                records: records.len() as u64,
-                complete: true,
-                at: now,
-            };
-            let count = records.len();
-            let prepared = target.preparer()(records);
-            let ack = target
-                .write(Batch {
-                    run_id,
-                    page: 1,
-                    records: &prepared,
-                    checkpoint: &checkpoint,
-                })
-                .await?;
-            store.remove(&files)?;
-            let summary = format!("retried {count} dead letters as run {run_id}: {ack}");
-            store.audit(&format!("{now} {} {summary}", user()))?;
-            out!("{}/{stream}: {summary}", workflow.name());
-            Ok(if ack.dead_lettered > 0 {
-                ExitStatus::Failed
-            } else {
-                ExitStatus::Success
-            })
-        }
+        } => show(dir.root(), sync.as_deref(), &stream, limit, json),
+        Action::Retry { workflow, stream } => retry(&dir, &workflow, &stream).await,
         Action::Drop {
             stream,
             sync,
             reason,
-        } => {
-            if reason.trim().is_empty() {
-                return Err(
-                    UsageError("--reason must say why the letters are dropped".into()).into(),
-                );
-            }
-            let store = store(root, sync.as_deref(), &stream)?;
-            let files = store.files()?;
-            let count = store.read(&files)?.len();
-            store.audit(&format!(
-                "{} {} dropped {count} dead letters: {reason}",
-                SystemClock.now(),
-                user()
-            ))?;
-            store.remove(&files)?;
-            out!("{stream}: dropped {count} dead letters ({reason})");
-            Ok(ExitStatus::Success)
+        } => drop(dir.root(), sync.as_deref(), &stream, &reason),
+    }
+}
+
+/// `dlq list`: dead letters per stream.
+fn list(root: &Path, json: bool) -> anyhow::Result<ExitStatus> {
+    let streams = DeadLetters::streams(root);
+    if !json {
+        out!("{:<32}  {:>8}  newest reason", "sync/stream", "letters");
+    }
+    for (sync, stream) in streams {
+        let letters = DeadLetters::new(root, &sync, &stream).list()?;
+        let newest = letters.last().map_or("", |l| l.reason.as_str());
+        if json {
+            out!(
+                "{}",
+                json!({"sync": sync, "stream": stream, "letters": letters.len(), "newest_reason": newest})
+            );
+        } else {
+            out!(
+                "{:<32}  {:>8}  {newest}",
+                format!("{sync}/{stream}"),
+                letters.len()
+            );
         }
     }
+    Ok(ExitStatus::Success)
+}
+
+/// `dlq show`: a stream's dead letters, the newest `limit`.
+fn show(
+    root: &Path,
+    sync: Option<&str>,
+    stream: &str,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitStatus> {
+    let store = store(root, sync, stream)?;
+    let letters = store.list()?;
+    let shown = &letters[letters.len().saturating_sub(limit)..];
+    if !json {
+        out!(
+            "{} dead letters of {stream}{}",
+            letters.len(),
+            if shown.len() < letters.len() {
+                format!(", the newest {}", shown.len())
+            } else {
+                String::new()
+            }
+        );
+    }
+    for l in shown {
+        if json {
+            out!("{}", serde_json::to_string(l)?);
+        } else {
+            out!(
+                "run {} page {} key {}: {}\n    {}",
+                l.run_id,
+                l.page,
+                l.key.as_deref().unwrap_or("-"),
+                l.reason,
+                excerpt(&l.record)
+            );
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// `dlq retry`: a stream's dead letters written again, as one page of a run of the
+/// `@dlq-retry` scope.
+async fn retry(dir: &StateDir, workflow: &Path, stream: &str) -> anyhow::Result<ExitStatus> {
+    let root = dir.root();
+    let workflow = Workflow::load(workflow)?;
+    let section = workflow.stream(stream)?.clone();
+    let store = DeadLetters::new(root, workflow.name(), &section.name);
+    let files = store.files()?;
+    let letters: Vec<DeadLetter> = store.read(&files)?;
+    let records: Vec<String> = letters
+        .iter()
+        .filter(|l| !l.record.is_empty())
+        .map(|l| l.record.clone())
+        .collect();
+    if records.is_empty() {
+        out!("{}/{stream}: no dead letters to retry", workflow.name());
+        return Ok(ExitStatus::Success);
+    }
+    // Its own checkpoint scope: the stream's checkpoint never moves.
+    let scope = format!("{stream}@dlq-retry");
+    let mut target = destination(dir, &workflow, &section, &scope).await?;
+    let run_id = RunId::new();
+    let now = SystemClock.now();
+    let checkpoint = Checkpoint {
+        run_id,
+        window: Window {
+            start: None,
+            end: now,
+        },
+        cursor: None,
+        page: 1,
+        records: records.len() as u64,
+        complete: true,
+        at: now,
+    };
+    let count = records.len();
+    let prepared = target.preparer()(records);
+    let ack = target
+        .write(Batch {
+            run_id,
+            page: 1,
+            records: &prepared,
+            checkpoint: &checkpoint,
+        })
+        .await?;
+    store.remove(&files)?;
+    let summary = format!("retried {count} dead letters as run {run_id}: {ack}");
+    store.audit(&format!("{now} {} {summary}", user()))?;
+    out!("{}/{stream}: {summary}", workflow.name());
+    Ok(if ack.dead_lettered > 0 {
+        ExitStatus::Failed
+    } else {
+        ExitStatus::Success
+    })
+}
+
+/// `dlq drop`: a stream's dead letters removed, the reason in the store's audit log.
+fn drop(root: &Path, sync: Option<&str>, stream: &str, reason: &str) -> anyhow::Result<ExitStatus> {
+    if reason.trim().is_empty() {
+        return Err(UsageError("--reason must say why the letters are dropped".into()).into());
+    }
+    let store = store(root, sync, stream)?;
+    let files = store.files()?;
+    let count = store.read(&files)?.len();
+    store.audit(&format!(
+        "{} {} dropped {count} dead letters: {reason}",
+        SystemClock.now(),
+        user()
+    ))?;
+    store.remove(&files)?;
+    out!("{stream}: dropped {count} dead letters ({reason})");
+    Ok(ExitStatus::Success)
 }
 
 /// The store of `stream`, whose sync is `sync` or the only one with such a stream.
