@@ -211,7 +211,8 @@ impl RunState {
     }
 }
 
-/// Folds one event into the state. Pure: no I/O, no clock.
+/// Folds one event into the state. Pure: no I/O, no clock. (One arm per event, matched
+/// exhaustively, so the fold's rules read in one place and a new event cannot be missed.)
 pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
     let running = state.status == Status::Running;
     match event {

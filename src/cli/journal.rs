@@ -78,7 +78,8 @@ fn or_dash(value: Option<&String>) -> String {
     value.cloned().unwrap_or_else(|| "-".into())
 }
 
-/// Step-specific detail for one event, given the state before it.
+/// Step-specific detail for one event, given the state before it (one arm per event,
+/// exhaustive).
 fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String) {
     match event {
         Event::RunStarted(s) => {

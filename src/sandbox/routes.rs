@@ -413,6 +413,8 @@ enum Feed {
     Invoices(u64),
 }
 
+/// One page of any list endpoint in any pagination style, with the quirks asked for. (Long:
+/// the sandbox serves every style from one place, so they stay comparable.)
 async fn list(
     s: Arc<Sandbox>,
     mut q: ListQuery,

@@ -209,7 +209,8 @@ impl Api {
 
     /// Sends the request `build` makes: waits at the gate, signs it, sends it, reads the
     /// quota headers and judges the response by `rules`. A 401 answered by refreshing an
-    /// OAuth2 token is sent once more. Every message is free of secrets.
+    /// OAuth2 token is sent once more. Every message is free of secrets. (Long, and kept
+    /// whole: it is the request's lifecycle, read top to bottom in the order it happens.)
     pub async fn send(
         &self,
         rules: &Rules,

@@ -89,7 +89,8 @@ impl HttpSource {
         reqwest::Url::parse(&joined).map_err(|e| fatal(format!("`{joined}` is not a URL: {e}")))
     }
 
-    /// The request for one page (of `parent`'s children, for a child stream).
+    /// The request for one page (of `parent`'s children, for a child stream). (Long: URL,
+    /// cursor placement per style, window parameters, headers and body, in request order.)
     pub(super) fn request(
         &self,
         request: &PageRequest<'_>,

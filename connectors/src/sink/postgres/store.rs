@@ -270,6 +270,9 @@ impl Store for PostgresStore {
         Ok(stored)
     }
 
+    /// Set-wise: the changes `COPY`ed into a temporary table, then five statements in the
+    /// order the plan needs (forget revived tombstones, upsert, soft-delete, remove,
+    /// remember hard deletions), each checking versions again in SQL.
     async fn apply(
         &mut self,
         run: &str,
