@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use waymark_connectors::config::{ReconcileMode, StreamSection};
 use waymark_connectors::reconcile::{self, Comparison, RepairSet, Report, Scope};
-use waymark_connectors::{sink, AnyDestination, Workflow};
+use waymark_connectors::{sink, AnyDestination, Binding, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, StateDir, Status, SystemClock, Window};
 
 use super::invocation::{drive, Invocation};
@@ -117,34 +117,7 @@ pub async fn reconcile(
     .await
     .with_context(|| format!("reconciling {}/{}", workflow.name(), stream.name))?;
     drop(source);
-    {
-        let mut destination = AnyDestination::open(workflow, binding, dir.root())
-            .await
-            .with_context(|| {
-                format!("opening destination {}", AnyDestination::describe(workflow))
-            })?;
-        let mut chunk = Vec::with_capacity(CHUNK);
-        let mut spill = None;
-        let scanned = destination
-            .scan(&mut |key, stored| {
-                chunk.push((key, stored));
-                if chunk.len() == CHUNK {
-                    if let Err(e) = comparison.add_destination(&chunk) {
-                        let message = e.to_string();
-                        spill = Some(e);
-                        return Err(waymark_engine::destination::Error::permanent(message));
-                    }
-                    chunk.clear();
-                }
-                Ok(())
-            })
-            .await;
-        if let Some(e) = spill {
-            return Err(e.into());
-        }
-        scanned?;
-        comparison.add_destination(&chunk)?;
-    }
+    scan_destination(dir, workflow, binding, &mut comparison).await?;
     tracing::info!(
         "{}/{}: read {pages} source pages; comparing",
         workflow.name(),
@@ -170,6 +143,40 @@ pub async fn reconcile(
     dir.journal_mut()
         .record_reconciliation(workflow.name(), &stream.name, &report.figures)?;
     Ok((Some(report), repair))
+}
+
+/// Adds the destination's rows to the comparison, `CHUNK` at a time.
+async fn scan_destination(
+    dir: &StateDir,
+    workflow: &Workflow,
+    binding: Binding,
+    comparison: &mut Comparison,
+) -> anyhow::Result<()> {
+    let mut destination = AnyDestination::open(workflow, binding, dir.root())
+        .await
+        .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))?;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut spill = None;
+    let scanned = destination
+        .scan(&mut |key, stored| {
+            chunk.push((key, stored));
+            if chunk.len() == CHUNK {
+                if let Err(e) = comparison.add_destination(&chunk) {
+                    let message = e.to_string();
+                    spill = Some(e);
+                    return Err(waymark_engine::destination::Error::permanent(message));
+                }
+                chunk.clear();
+            }
+            Ok(())
+        })
+        .await;
+    if let Some(e) = spill {
+        return Err(e.into());
+    }
+    scanned?;
+    comparison.add_destination(&chunk)?;
+    Ok(())
 }
 
 /// The gap rate `waymark status` tolerates when the stream declares none.
