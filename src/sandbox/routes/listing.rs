@@ -25,197 +25,31 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
 
-use super::data::{self, format_ms, Key, Kind};
-use super::faults::{Fault, Faults};
-use super::{read, write, Quirk, Sandbox};
-
-type Shared = State<Arc<Sandbox>>;
-
-/// The query parameters of list endpoints.
-#[derive(Debug, Default, Deserialize)]
-pub struct ListQuery {
-    limit: Option<usize>,
-    per_page: Option<usize>,
-    cursor: Option<String>,
-    page: Option<u64>,
-    offset: Option<u64>,
-    since_id: Option<u64>,
-    updated_since: Option<String>,
-    updated_after: Option<String>,
-    updated_before: Option<String>,
-}
-
-impl ListQuery {
-    /// These parameters, completed by `other`'s (a search body over its query string).
-    fn or(self, other: ListQuery) -> ListQuery {
-        ListQuery {
-            limit: self.limit.or(other.limit),
-            per_page: self.per_page.or(other.per_page),
-            cursor: self.cursor.or(other.cursor),
-            page: self.page.or(other.page),
-            offset: self.offset.or(other.offset),
-            since_id: self.since_id.or(other.since_id),
-            updated_since: self.updated_since.or(other.updated_since),
-            updated_after: self.updated_after.or(other.updated_after),
-            updated_before: self.updated_before.or(other.updated_before),
-        }
-    }
-}
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
-
-/// A request the sandbox refuses with 400 and this message.
-struct BadRequest(String);
-
-impl IntoResponse for BadRequest {
-    fn into_response(self) -> Response {
-        error(StatusCode::BAD_REQUEST, self.0)
-    }
-}
-
-/// One end of a time filter.
-enum Edge {
-    /// Compare instants.
-    Ms(u64),
-    /// Compare the stored text with this text (quirk `string-compare`).
-    Text(String),
-}
-
-impl Edge {
-    fn compare(&self, ms: u64) -> std::cmp::Ordering {
-        match self {
-            Edge::Ms(t) => ms.cmp(t),
-            Edge::Text(t) => format_ms(ms).as_str().cmp(t.as_str()),
-        }
-    }
-}
-
-/// Parses a filter value: RFC 3339, unix seconds, or unix milliseconds.
-fn instant(name: &str, text: &str) -> Result<u64, BadRequest> {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        let n: u64 = text
-            .parse()
-            .map_err(|_| BadRequest(format!("{name}: out of range")))?;
-        // Up to 11 digits are seconds (until year 5138), more are milliseconds.
-        return Ok(if text.len() <= 11 { n * 1000 } else { n });
-    }
-    humantime::parse_rfc3339_weak(text)
-        .map(|t| waymark_engine::Timestamp::from_system(t).0)
-        .map_err(|e| {
-            BadRequest(format!(
-                "{name}: `{text}` is not RFC 3339, unix seconds or milliseconds ({e})"
-            ))
-        })
-}
-
-/// The time filters of a request.
-struct Filter {
-    /// Lower edge and whether it is inclusive.
-    lower: Option<(Edge, bool)>,
-    /// Approximate lower instant, where the scan starts.
-    scan_from: u64,
-    since_id: Option<u64>,
-    upper: Option<(Edge, bool)>,
-}
-
-impl Filter {
-    fn parse(s: &Sandbox, q: &ListQuery) -> Result<Filter, BadRequest> {
-        let text = s.quirk(Quirk::StringCompare);
-        let inclusive_only = s.quirk(Quirk::InclusiveFilters);
-        let edge = |name: &str, value: &str| -> Result<(Edge, u64), BadRequest> {
-            let ms = instant(name, value)?;
-            Ok(if text {
-                (Edge::Text(value.to_string()), ms.saturating_sub(1000))
-            } else {
-                (Edge::Ms(ms), ms)
-            })
-        };
-        if inclusive_only && q.updated_after.is_some() {
-            return Err(BadRequest(
-                "unknown parameter `updated_after`; use `updated_since` (inclusive)".into(),
-            ));
-        }
-        let (lower, scan_from) = match (&q.updated_since, &q.updated_after) {
-            (Some(_), Some(_)) => {
-                return Err(BadRequest(
-                    "give `updated_since` or `updated_after`, not both".into(),
-                ))
-            }
-            (Some(v), None) => {
-                let (e, ms) = edge("updated_since", v)?;
-                (Some((e, true)), ms)
-            }
-            (None, Some(v)) => {
-                let (e, ms) = edge("updated_after", v)?;
-                (Some((e, false)), ms)
-            }
-            (None, None) => (None, 0),
-        };
-        if q.since_id.is_some() && q.updated_since.is_none() {
-            return Err(BadRequest(
-                "`since_id` needs `updated_since` (keyset pagination)".into(),
-            ));
-        }
-        let upper = match &q.updated_before {
-            Some(v) => Some((edge("updated_before", v)?.0, inclusive_only)),
-            None => None,
-        };
-        Ok(Filter {
-            lower,
-            scan_from,
-            since_id: q.since_id,
-            upper,
-        })
-    }
-
-    fn above_lower(&self, (ms, id): Key) -> bool {
-        use std::cmp::Ordering::*;
-        match &self.lower {
-            None => true,
-            Some((edge, inclusive)) => match edge.compare(ms) {
-                Greater => true,
-                Less => false,
-                Equal => self.since_id.map_or(*inclusive, |since| id > since),
-            },
-        }
-    }
-
-    fn below_upper(&self, (ms, _): Key) -> bool {
-        use std::cmp::Ordering::*;
-        match &self.upper {
-            None => true,
-            Some((edge, inclusive)) => match edge.compare(ms) {
-                Less => true,
-                Equal => *inclusive,
-                Greater => false,
-            },
-        }
-    }
-}
+use super::filter::Filter;
+use super::query::ListQuery;
+use super::{error, BadRequest};
+use crate::sandbox::data::{self, format_ms, Key, Kind};
+use crate::sandbox::faults::Fault;
+use crate::sandbox::{read, Quirk, Sandbox};
 
 /// The pagination style a request asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Style {
+pub(super) enum Style {
     Cursor(Option<Key>),
     Page(u64),
     Offset(u64),
     Keyset,
 }
 
-fn encode_cursor((ms, id): Key) -> String {
+pub(super) fn encode_cursor((ms, id): Key) -> String {
     format!("c{ms:x}_{id:x}")
 }
 
-fn decode_cursor(text: &str) -> Option<Key> {
+pub(super) fn decode_cursor(text: &str) -> Option<Key> {
     let (ms, id) = text.strip_prefix('c')?.split_once('_')?;
     Some((
         u64::from_str_radix(ms, 16).ok()?,
@@ -224,7 +58,7 @@ fn decode_cursor(text: &str) -> Option<Key> {
 }
 
 impl Style {
-    fn parse(q: &ListQuery) -> Result<Style, BadRequest> {
+    pub(super) fn parse(q: &ListQuery) -> Result<Style, BadRequest> {
         let given = [
             q.cursor.is_some(),
             q.page.is_some(),
@@ -252,13 +86,13 @@ impl Style {
 }
 
 /// The records of one page, selected from a sorted set.
-struct Selected<V> {
-    items: Vec<(Key, V)>,
-    has_more: bool,
-    total: Option<usize>,
+pub(super) struct Selected<V> {
+    pub(super) items: Vec<(Key, V)>,
+    pub(super) has_more: bool,
+    pub(super) total: Option<usize>,
 }
 
-fn select<V: Copy>(
+pub(super) fn select<V: Copy>(
     set: &BTreeMap<Key, V>,
     filter: &Filter,
     style: Style,
@@ -301,7 +135,12 @@ fn select<V: Copy>(
 }
 
 /// The request's URL with `set` parameters replaced (and `drop` ones removed).
-fn next_url(headers: &HeaderMap, uri: &Uri, set: &[(&str, String)], drop: &[&str]) -> String {
+pub(super) fn next_url(
+    headers: &HeaderMap,
+    uri: &Uri,
+    set: &[(&str, String)],
+    drop: &[&str],
+) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -323,7 +162,7 @@ fn next_url(headers: &HeaderMap, uri: &Uri, set: &[(&str, String)], drop: &[&str
 
 /// Counts the request, checks the token, adds latency, and draws a fault: `Err` is the
 /// response to send instead; `Ok(Some(..))` is a fault to apply to the body.
-async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fault>, Response> {
+pub(super) async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fault>, Response> {
     let n = s.requests.fetch_add(1, AtomicOrdering::Relaxed);
     if let Some(token) = &s.config.token {
         let expected = format!("Bearer {token}");
@@ -373,7 +212,7 @@ async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fault>, Respon
 }
 
 /// A JSON body, damaged by `fault` if it is one that damages bodies.
-fn respond(fault: Option<Fault>, extra: HeaderMap, body: String) -> Response {
+pub(super) fn respond(fault: Option<Fault>, extra: HeaderMap, body: String) -> Response {
     let half = body.len() / 2;
     let half = (0..=half)
         .rev()
@@ -407,7 +246,7 @@ fn respond(fault: Option<Fault>, extra: HeaderMap, body: String) -> Response {
 
 /// Which set a list endpoint pages through.
 #[derive(Clone, Copy)]
-enum Feed {
+pub(super) enum Feed {
     Live(Kind),
     Deleted(Kind),
     Invoices(u64),
@@ -415,7 +254,7 @@ enum Feed {
 
 /// One page of any list endpoint in any pagination style, with the quirks asked for. (Long:
 /// the sandbox serves every style from one place, so they stay comparable.)
-async fn list(
+pub(super) async fn list(
     s: Arc<Sandbox>,
     mut q: ListQuery,
     uri: Uri,
@@ -542,180 +381,4 @@ async fn list(
         }
     }
     respond(fault, extra, body)
-}
-
-async fn truth(s: Arc<Sandbox>, kind: Kind) -> Response {
-    let data = read(&s.data);
-    let resource = data.resource(kind);
-    let ids = resource.sorted_ids();
-    let mut body = String::with_capacity(ids.len() * 450 + 64);
-    body.push_str(&format!("{{\"count\":{},\"data\":[", ids.len()));
-    for (i, id) in ids.iter().enumerate() {
-        if let Some(key) = resource.key_of(*id) {
-            if i > 0 {
-                body.push(',');
-            }
-            resource.render(
-                key,
-                resource.live.get(&key).copied().unwrap_or(0),
-                &mut body,
-            );
-        }
-    }
-    let gone: Vec<String> = resource.gone_ids().iter().map(u64::to_string).collect();
-    body.push_str(&format!("],\"deleted\":[{}]}}", gone.join(",")));
-    respond(None, HeaderMap::new(), body)
-}
-
-async fn stats(State(s): Shared) -> Response {
-    let data = read(&s.data);
-    let [inserted, updated, deleted] = &s.mutations;
-    Json(serde_json::json!({
-        "requests": s.requests.load(AtomicOrdering::Relaxed),
-        "faults": s.injected.to_json(),
-        "mutations": {
-            "inserted": inserted.load(AtomicOrdering::Relaxed),
-            "updated": updated.load(AtomicOrdering::Relaxed),
-            "deleted": deleted.load(AtomicOrdering::Relaxed),
-        },
-        "mutate_rate": *read(&s.mutate_rate),
-        "orders": data.orders.len(),
-        "customers": data.customers.len(),
-    }))
-    .into_response()
-}
-
-async fn set_faults(State(s): Shared, Json(faults): Json<Faults>) -> Response {
-    *write(&s.faults) = faults.clone();
-    Json(faults).into_response()
-}
-
-/// `PUT /_control/mutator`: `{"rate": per_second}` changes the background rate, and
-/// `{"apply": n}` applies `n` mutations before answering (deterministic tests).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MutatorControl {
-    rate: Option<f64>,
-    apply: Option<u64>,
-}
-
-async fn set_mutator(State(s): Shared, Json(c): Json<MutatorControl>) -> Response {
-    if let Some(rate) = c.rate {
-        *write(&s.mutate_rate) = rate.max(0.0);
-    }
-    s.apply_mutations(c.apply.unwrap_or(0));
-    Json(serde_json::json!({ "rate": *read(&s.mutate_rate) })).into_response()
-}
-
-/// `PUT /_control/edit`: `{"resource": "orders", "touch": [ids], "update": [ids],
-/// "delete": [ids]}` gives records a new revision without bumping `updated_at` (what an
-/// incremental sync misses and a reconciliation finds), a new revision at the current time,
-/// or deletes them. Answers how many of each it did.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Edit {
-    resource: String,
-    #[serde(default)]
-    touch: Vec<u64>,
-    #[serde(default)]
-    update: Vec<u64>,
-    #[serde(default)]
-    delete: Vec<u64>,
-}
-
-async fn edit(State(s): Shared, Json(edit): Json<Edit>) -> Response {
-    let kind = match edit.resource.as_str() {
-        "orders" => Kind::Orders,
-        "customers" => Kind::Customers,
-        other => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("unknown resource `{other}` (orders, customers)"),
-            )
-                .into_response()
-        }
-    };
-    let [touched, updated, deleted] = s.edit(kind, [&edit.touch, &edit.update, &edit.delete]);
-    Json(serde_json::json!({ "touched": touched, "updated": updated, "deleted": deleted }))
-        .into_response()
-}
-
-/// The sandbox's routes.
-pub fn router(sandbox: Arc<Sandbox>) -> Router {
-    let mut router = Router::new();
-    for (name, kind) in [("orders", Kind::Orders), ("customers", Kind::Customers)] {
-        router = router
-            .route(
-                &format!("/{name}"),
-                get(
-                    move |State(s): Shared, Query(q): Query<ListQuery>, uri: Uri, h: HeaderMap| {
-                        list(s, q, uri, h, Feed::Live(kind))
-                    },
-                ),
-            )
-            .route(
-                &format!("/{name}/deleted"),
-                get(
-                    move |State(s): Shared, Query(q): Query<ListQuery>, uri: Uri, h: HeaderMap| {
-                        list(s, q, uri, h, Feed::Deleted(kind))
-                    },
-                ),
-            )
-            .route(
-                &format!("/{name}/search"),
-                post(
-                    move |State(s): Shared,
-                          Query(q): Query<ListQuery>,
-                          uri: Uri,
-                          h: HeaderMap,
-                          Json(body): Json<ListQuery>| {
-                        list(s, body.or(q), uri, h, Feed::Live(kind))
-                    },
-                ),
-            )
-            .route(
-                &format!("/_truth/{name}"),
-                get(move |State(s): Shared| truth(s, kind)),
-            );
-    }
-    router
-        .route(
-            "/customers/{id}/invoices",
-            get(
-                |State(s): Shared,
-                 Path(id): Path<u64>,
-                 Query(q): Query<ListQuery>,
-                 uri: Uri,
-                 h: HeaderMap| list(s, q, uri, h, Feed::Invoices(id)),
-            ),
-        )
-        .route("/_stats", get(stats))
-        .route("/_control/faults", put(set_faults))
-        .route("/_control/mutator", put(set_mutator))
-        .route("/_control/edit", put(edit))
-        .with_state(sandbox)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_reject_junk() {
-        let key = (1_767_225_600_123, 42);
-        assert_eq!(decode_cursor(&encode_cursor(key)), Some(key));
-        assert_eq!(decode_cursor("p12"), None);
-        assert_eq!(decode_cursor("c12"), None);
-    }
-
-    #[test]
-    fn parses_instants_in_three_forms() {
-        assert_eq!(instant("t", "1767225600").ok(), Some(1_767_225_600_000));
-        assert_eq!(instant("t", "1767225600123").ok(), Some(1_767_225_600_123));
-        assert_eq!(
-            instant("t", "2026-01-01T00:00:00.123Z").ok(),
-            Some(1_767_225_600_123)
-        );
-        assert!(instant("t", "yesterday").is_err());
-    }
 }
