@@ -4,6 +4,7 @@ mod cli;
 mod sandbox;
 mod sync;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -31,8 +32,10 @@ fn main() -> ExitCode {
         .or_else(|| EnvFilter::try_from_env("WAYMARK_LOG").ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(default));
+    // Colour only on a terminal: never escape codes in a file or a pipe.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match json {
         true => logs.json().flatten_event(true).init(),
@@ -52,7 +55,7 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::dispatch(args)) {
         Ok(status) => status.into(),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::describe(&e));
             cli::ExitStatus::of_error(&e).into()
         }
     }

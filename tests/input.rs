@@ -95,12 +95,52 @@ fn validate_reports_errors_with_the_key_and_warnings_and_schema_is_json() -> Res
         "{}",
         text(&out.stderr)
     );
-    assert_eq!(validate(&["--strict"])?.status.code(), Some(2));
+    let strict = validate(&["--strict"])?;
+    assert_eq!(strict.status.code(), Some(2));
+    // It says why it fails, and never "valid".
+    assert_eq!(
+        text(&strict.stdout).trim(),
+        format!(
+            "{}: not valid with --strict: 1 warning (above)",
+            path.display()
+        )
+    );
 
     let schema = run(waymark(&state, "").arg("schema"))?;
     let schema: serde_json::Value = serde_json::from_slice(&schema.stdout)?;
     assert_eq!(schema["additionalProperties"], false);
     assert!(schema["definitions"]["Pagination"]["properties"]["since_param"].is_object());
+    Ok(())
+}
+
+#[test]
+fn errors_say_each_cause_once_and_output_to_a_pipe_has_no_colour_codes() -> Result {
+    let dir = TempDir::new("plain-output");
+    let state = dir.path().join("state");
+    let missing = dir.path().join("missing.toml");
+    let out = run(waymark(&state, "").arg("run").arg(&missing))?;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: {}: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+    // Logs at info level, written to a pipe: no escape codes.
+    let path = workflow(dir.path(), 100, 2)?;
+    let sandbox = Sandbox::start(&["--records", "250"])?;
+    let out = run(waymark(&state, &sandbox.url)
+        .env("WAYMARK_LOG", "info")
+        .arg("run")
+        .arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("INFO"), "{}", text(&out.stderr));
+    assert!(
+        !out.stderr.contains(&0x1b) && !out.stdout.contains(&0x1b),
+        "{}",
+        text(&out.stderr)
+    );
     Ok(())
 }
 

@@ -189,6 +189,21 @@ impl ExitStatus {
     }
 }
 
+/// An error and its causes on one line, `a: b: c`. A cause is left out when the text
+/// before it already ends with it (an error that shows its source in its own message), so
+/// nothing is said twice.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Writes one line to stdout (see `out!`).
 pub fn emit(args: std::fmt::Arguments<'_>) {
     use std::io::Write;

@@ -40,7 +40,15 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
             );
         }
         if args.strict && !warnings.is_empty() {
+            // Not valid under --strict: say so, and why, instead of "valid".
+            out!(
+                "{}: not valid with --strict: {} warning{} (above)",
+                path.display(),
+                warnings.len(),
+                if warnings.len() == 1 { "" } else { "s" }
+            );
             status = ExitStatus::BadInput;
+            continue;
         }
         let streams: Vec<String> = workflow
             .streams()

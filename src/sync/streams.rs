@@ -56,9 +56,10 @@ pub async fn run_streams(
                 Ok(repair) => finished.extend(repair),
                 Err(e) => {
                     tracing::error!(
-                        "{}/{}: the due reconciliation failed: {e:#}",
+                        "{}/{}: the due reconciliation failed: {}",
                         workflow.name(),
-                        stream.name
+                        stream.name,
+                        crate::cli::describe(&e)
                     );
                     reconciliation_failed = true;
                 }
