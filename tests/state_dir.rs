@@ -5,6 +5,37 @@ use std::time::Duration;
 use crate::util::*;
 
 #[test]
+fn read_commands_never_create_a_state_directory() -> Result {
+    let dir = TempDir::new("typo");
+    let typo = dir.path().join("sate");
+    for args in [
+        &["runs"][..],
+        &["status", "--json"],
+        &["journal", "verify"],
+        &["trace", "orders", "1"],
+        &["dlq", "list"],
+    ] {
+        let out = run(waymark(&typo, "").args(args))?;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).starts_with(&format!(
+                "error: no state directory at {}: no run has used it",
+                typo.display()
+            )),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    Ok(())
+}
+
+#[test]
 fn a_second_process_is_told_who_holds_the_state_directory() -> Result {
     let sandbox = Sandbox::start(&["--records", "2000", "--latency", "100ms"])?;
     let dir = TempDir::new("busy");

@@ -12,7 +12,7 @@ use waymark_engine::{
     Checkpoint, Clock, Destination, Event, RunId, StateDir, SystemClock, Timestamp, Window,
 };
 
-use super::context::{destination, open_state, user};
+use super::context::{destination, open_existing_state, user};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark checkpoint`.
@@ -79,7 +79,7 @@ enum Action {
 
 /// Runs `waymark checkpoint`.
 pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::Result<ExitStatus> {
-    let mut dir = open_state(state_dir)?;
+    let mut dir = open_existing_state(state_dir)?;
     let now = SystemClock.now();
     let (target, new) = match args.action {
         Action::Show {

@@ -79,6 +79,20 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
     Ok(StateDir::open(dir, &command_line())?)
 }
 
+/// Opens the state directory for a command that reads what runs left there: a path no
+/// run ever used (a typo) is an error, never a new empty directory reported as healthy.
+pub fn open_existing_state(dir: &Path) -> anyhow::Result<StateDir> {
+    if !dir.join("LOCK").is_file() {
+        return Err(UsageError(format!(
+            "no state directory at {}: no run has used it (give the one your runs used with \
+             --state-dir or WAYMARK_STATE_DIR)",
+            dir.display()
+        ))
+        .into());
+    }
+    open_state(dir)
+}
+
 /// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a
 /// backfill of it).
 pub(crate) async fn destination(

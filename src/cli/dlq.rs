@@ -9,7 +9,7 @@ use waymark_connectors::state::dead_letters::{DeadLetter, DeadLetters};
 use waymark_connectors::Workflow;
 use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, StateDir, SystemClock, Window};
 
-use super::context::{destination, open_state, user};
+use super::context::{destination, open_existing_state, user};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark dlq`.
@@ -67,7 +67,7 @@ enum Action {
 
 /// Runs `waymark dlq`.
 pub async fn run(state_dir: &Path, args: DlqArgs) -> anyhow::Result<ExitStatus> {
-    let dir = open_state(state_dir)?;
+    let dir = open_existing_state(state_dir)?;
     match args.action {
         Action::List { json } => list(dir.root(), json),
         Action::Show {

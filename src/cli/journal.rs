@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir};
 
-use super::context::{find_run, open_state};
+use super::context::{find_run, open_existing_state, open_state};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark journal`.
@@ -56,7 +56,7 @@ pub fn run(state_dir: &Path, args: JournalArgs) -> anyhow::Result<ExitStatus> {
 }
 
 fn verify(state_dir: &Path) -> anyhow::Result<ExitStatus> {
-    let dir = open_state(state_dir)?;
+    let dir = open_existing_state(state_dir)?;
     let report = dir.journal().verify()?;
     for damage in &report.damage {
         out!("damaged: {}: {}", damage.entry, damage.problem);
@@ -259,7 +259,7 @@ impl Printer {
 }
 
 fn show(state_dir: &Path, run: &str, as_json: bool, follow: bool) -> anyhow::Result<ExitStatus> {
-    let dir = match open_state(state_dir) {
+    let dir = match open_existing_state(state_dir) {
         Ok(dir) => dir,
         // A live run holds the state directory: follow its feed instead.
         Err(e) if follow && is_busy(&e) => return tail(state_dir, run, as_json),

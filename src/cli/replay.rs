@@ -14,7 +14,7 @@ use waymark_connectors::Workflow;
 use waymark_engine::decision::lookahead;
 use waymark_engine::{decide, Action, Budget, Event, RunState};
 
-use super::context::{find_run, open_state};
+use super::context::{find_run, open_existing_state};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark replay`.
@@ -72,7 +72,7 @@ pub fn run(state_dir: &Path, args: ReplayArgs) -> anyhow::Result<ExitStatus> {
         )
         .into());
     }
-    let dir = open_state(state_dir)?;
+    let dir = open_existing_state(state_dir)?;
     let run = find_run(&dir, &args.run_id)?;
     let mut state: Option<RunState> = None;
     let mut mismatches = 0;

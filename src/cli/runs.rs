@@ -8,7 +8,7 @@ use serde_json::json;
 use waymark_connectors::config::parse_scope;
 use waymark_engine::Status;
 
-use super::context::open_state;
+use super::context::open_existing_state;
 use super::ExitStatus;
 
 /// Arguments of `waymark runs`.
@@ -30,7 +30,7 @@ pub struct RunsArgs {
 
 /// Runs `waymark runs`: oldest first, the newest `--limit` of those that match.
 pub fn run(state_dir: &Path, args: RunsArgs) -> anyhow::Result<ExitStatus> {
-    let dir = open_state(state_dir)?;
+    let dir = open_existing_state(state_dir)?;
     let mut runs = Vec::new();
     for head in dir.journal().runs() {
         let s = head?;

@@ -12,7 +12,7 @@ use waymark_connectors::config::parse_scope;
 use waymark_connectors::state::dead_letters::DeadLetters;
 use waymark_engine::{Checkpoint, Clock, Reconciliation, RunState, Status, SystemClock, Timestamp};
 
-use super::context::open_state;
+use super::context::open_existing_state;
 use super::ExitStatus;
 
 /// Arguments of `waymark status`.
@@ -37,7 +37,7 @@ struct Stream {
 
 /// Runs `waymark status`.
 pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
-    let dir = open_state(state_dir)?;
+    let dir = open_existing_state(state_dir)?;
     let now = SystemClock.now();
     let mut streams: BTreeMap<(String, String), Stream> = BTreeMap::new();
     for item in dir.journal().checkpoints() {

@@ -8,7 +8,7 @@ use serde_json::json;
 use waymark_connectors::state::audit::Audit;
 use waymark_connectors::state::dead_letters::DeadLetters;
 
-use super::context::open_state;
+use super::context::open_existing_state;
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark trace`.
@@ -28,7 +28,7 @@ pub struct TraceArgs {
 
 /// Runs `waymark trace`.
 pub fn run(state_dir: &Path, args: TraceArgs) -> anyhow::Result<ExitStatus> {
-    let dir = open_state(state_dir)?;
+    let dir = open_existing_state(state_dir)?;
     let audit = Audit::new(dir.root());
     let known = audit.streams()?;
     let base = |s: &str| s.split('@').next().unwrap_or(s).to_string();
