@@ -889,7 +889,7 @@ fn the_binary_syncs_into_an_api_exactly_once_through_faults_and_a_kill() -> Resu
     let out = run(waymark(&state, &sandbox.url).arg("run").arg(&file))?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains(" 1 resumes"),
+        text(&out.stdout).contains(" 1 resume,"),
         "{}",
         text(&out.stdout)
     );

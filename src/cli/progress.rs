@@ -151,22 +151,22 @@ impl Progress {
         match &self.bar {
             Some(bar) => {
                 bar.set_message(format!(
-                    "{}: {} pages, {} records, {rate:.0}/s, {} retries, cursor {}",
+                    "{}: {}, {}, {rate:.0}/s, {}, cursor {}",
                     self.stream,
-                    c.pages_committed,
-                    c.records_committed,
-                    c.retries,
+                    counted(c.pages_committed, "page"),
+                    counted(c.records_committed, "record"),
+                    counted(c.retries, "retry"),
                     state.fetch_cursor().map_or("-", |s| s.as_str()),
                 ));
             }
             None if self.last_log.elapsed() >= Duration::from_secs(2) => {
                 self.last_log = Instant::now();
                 tracing::info!(
-                    "{}: {} pages, {} records committed ({rate:.0} records/s), {} retries",
+                    "{}: {}, {} committed ({rate:.0} records/s), {}",
                     self.stream,
-                    c.pages_committed,
-                    c.records_committed,
-                    c.retries
+                    counted(c.pages_committed, "page"),
+                    counted(c.records_committed, "record"),
+                    counted(c.retries, "retry")
                 );
             }
             None => {}
@@ -299,14 +299,37 @@ pub(crate) fn print_summary(state: &RunState, took: Duration, json: bool) {
         other => other.name().to_string(),
     };
     out!(
-        "{sync}/{}: run {} {outcome} — {} records in {} pages this run ({w}), {} retries, {} resumes, window {}, {:.1}s",
+        "{sync}/{}: run {} {outcome} — {} in {} this run ({w}), {}, {}, window {}, {:.1}s",
         state.started.stream,
         state.run_id(),
-        c.records_committed,
-        c.pages_committed,
-        c.retries,
-        c.resumes,
+        counted(c.records_committed, "record"),
+        counted(c.pages_committed, "page"),
+        counted(c.retries, "retry"),
+        counted(c.resumes, "resume"),
         state.window(),
         took.as_secs_f64()
     );
+}
+
+/// `n` and the noun, singular for one: "1 page", "2 pages", "0 retries".
+pub(crate) fn counted(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(counted(1, "page"), "1 page");
+        assert_eq!(counted(0, "page"), "0 pages");
+        assert_eq!(counted(1, "retry"), "1 retry");
+        assert_eq!(counted(3, "retry"), "3 retries");
+        assert_eq!(counted(2, "resume"), "2 resumes");
+    }
 }
