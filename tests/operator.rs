@@ -626,3 +626,34 @@ fn a_pipelined_run_fetches_the_next_page_while_writing_and_replays_consistently(
     assert!(!text(&replay.stdout).contains("NOT WHAT THE ENGINE DECIDES"));
     Ok(())
 }
+
+#[test]
+fn the_demo_keeps_its_state_where_it_is_told_and_says_how_to_go_on() -> Result {
+    let dir = TempDir::new("demo");
+    let files = dir.path().join("files");
+    let state = dir.path().join("elsewhere");
+    // A budget of one page pauses the run: the demo says the next one resumes.
+    let out = run(waymark(&state, "")
+        .args(["demo", "--records", "2000", "--max-pages", "1", "--dir"])
+        .arg(&files))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("it resumes where it stopped"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Start over: remove {}", files.display())),
+        "{stdout}"
+    );
+    assert!(state.join("LOCK").is_file() && !files.join("state").exists());
+    // The next demo resumes in the same state directory and completes.
+    let out = run(waymark(&state, "")
+        .args(["demo", "--records", "2000", "--dir"])
+        .arg(&files))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("writes nothing new"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(table(&files.join("shop.db"), "orders")?.0.len(), 2000);
+    Ok(())
+}

@@ -24,8 +24,9 @@ pub struct DemoArgs {
     budget: Budget,
 }
 
-/// Runs `waymark demo`.
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
+/// Runs `waymark demo`, its state in `state_dir` (`--state-dir`, `WAYMARK_STATE_DIR`), by
+/// default `<dir>/state`.
+pub async fn run(args: DemoArgs, state_dir: Option<PathBuf>) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let addr = listener.local_addr()?;
@@ -47,7 +48,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     // The workflow reads the sandbox address from this variable.
     std::env::set_var("WAYMARK_SANDBOX_URL", format!("http://{addr}"));
     let workflow = Workflow::load(&workflow_path)?;
-    let state_dir = args.dir.join("state");
+    let state_dir = state_dir.unwrap_or_else(|| args.dir.join("state"));
     let mut dir = open_state(&state_dir)?;
     let streams: Vec<_> = workflow.streams().iter().collect();
     out!(
@@ -66,6 +67,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
         "  sqlite3 {} 'SELECT count(*) FROM orders'",
         workflow.destination_path().display()
     );
-    out!("Run the demo again: the sandbox's data is unchanged, so the next run re-reads the overlap and writes nothing new.");
+    match status {
+        ExitStatus::Paused => {
+            out!("The run paused: run the demo again (same --dir) and it resumes where it stopped.")
+        }
+        _ => out!(
+            "Run the demo again: the sandbox's data is unchanged, so the next run re-reads the \
+             overlap and writes nothing new."
+        ),
+    }
+    out!(
+        "Start over: remove {} (workflow, database and state).",
+        args.dir.display()
+    );
     Ok(status)
 }

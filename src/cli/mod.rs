@@ -34,14 +34,10 @@ use waymark_engine::{driver, journal as engine_journal, staging, state_dir};
 #[derive(Debug, Parser)]
 #[command(name = "waymark", version, about)]
 pub struct Cli {
-    /// State directory (journal, staged pages, lock).
-    #[arg(
-        long,
-        global = true,
-        env = "WAYMARK_STATE_DIR",
-        default_value = ".waymark"
-    )]
-    pub state_dir: PathBuf,
+    /// State directory (journal, staged pages, lock) [default: .waymark; for `demo`, its
+    /// `--dir`/state].
+    #[arg(long, global = true, env = "WAYMARK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Only warnings and errors on stderr (`WAYMARK_LOG` overrides, e.g. `debug`).
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -225,7 +221,11 @@ pub struct UsageError(pub String);
 
 /// Runs the chosen subcommand.
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
-    let state_dir = cli.state_dir;
+    // The demo keeps its state beside its files unless told otherwise.
+    let explicit = cli.state_dir;
+    let state_dir = explicit
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".waymark"));
     match cli.command {
         Command::Run(args) => run::run(&state_dir, args).await,
         Command::Resume(args) => run::resume(&state_dir, args).await,
@@ -233,7 +233,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Journal(args) => journal::run(&state_dir, args),
         Command::Runs(args) => runs::run(&state_dir, args),
         Command::Sandbox(args) => sandbox::run(args).await,
-        Command::Demo(args) => demo::run(args).await,
+        Command::Demo(args) => demo::run(args, explicit).await,
         Command::Validate(args) => validate::validate(args),
         Command::Compact(args) => compact::run(&state_dir, args),
         Command::Dlq(args) => dlq::run(&state_dir, args).await,
