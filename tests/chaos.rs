@@ -2,7 +2,8 @@
 //! killed with SIGKILL at random moments, stopped with SIGTERM, and refused by its
 //! destination — and the destination still matches the source exactly.
 //!
-//! Every run prints its seed; `WAYMARK_CHAOS_SEED=<seed>` replays one. `WAYMARK_SOAK=1`
+//! Every run prints its seed (and writes it to `target/tmp/chaos-seed`); a failure names it;
+//! `WAYMARK_CHAOS_SEED=<seed>` replays one. `WAYMARK_SOAK=1`
 //! runs the long version (hundreds of kills over 100k orders).
 
 use std::collections::BTreeMap;
@@ -35,7 +36,31 @@ fn seed() -> u64 {
         })
         | 1;
     eprintln!("chaos seed: WAYMARK_CHAOS_SEED={seed}");
+    // Also in a file, so a run's seed is known whether or not it failed.
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chaos-seed");
+    if let Err(e) = std::fs::write(&file, format!("WAYMARK_CHAOS_SEED={seed}\n")) {
+        eprintln!("{}: {e}", file.display());
+    }
     seed
+}
+
+/// Runs a chaos scenario with a seed; a failure (an error or a failed assertion) names the
+/// seed that replays it.
+fn with_seed(scenario: fn(u64) -> Result) -> Result {
+    let seed = seed();
+    let replay = format!("replay with WAYMARK_CHAOS_SEED={seed}");
+    match std::panic::catch_unwind(|| scenario(seed)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("{e} ({replay})").into()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("{what} ({replay})").into())
+        }
+    }
 }
 
 /// Orders and customers, each with its deletions feed, incremental with a 1 s lag.
@@ -157,7 +182,10 @@ fn catch_up(state: &Path, sandbox: &Sandbox, workflow: &Path) -> Result {
 
 #[test]
 fn sigkill_at_random_moments_under_mutations_and_faults_loses_nothing() -> Result {
-    let seed = seed();
+    with_seed(sigkill_scenario)
+}
+
+fn sigkill_scenario(seed: u64) -> Result {
     let mut rng = Rng(seed);
     let soak = std::env::var_os("WAYMARK_SOAK").is_some();
     let (orders, kills_wanted) = if soak { ("100000", 300) } else { ("20000", 32) };
