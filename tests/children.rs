@@ -87,6 +87,50 @@ fn a_child_stream_reads_each_parents_children_once_and_resumes_mid_parent() -> R
 }
 
 #[test]
+fn responses_ignored_by_a_rule_are_counted_in_the_summary_not_warned_one_by_one() -> Result {
+    let sandbox = Sandbox::start(&["--records", "10", "--customers", "300"])?;
+    let dir = TempDir::new("children-ignored");
+    let mut streams = stream_table("customers", "/customers", "updated_at", 100, CURSOR, "");
+    // A customer without invoices answers an empty page: ignored by a rule.
+    streams += &stream_table(
+        "invoices",
+        "/customers/{parent.id}/invoices",
+        "updated_at",
+        10,
+        CURSOR,
+        "parent = \"customers\"\non_response = [{ status = 200, body_contains = '\"data\":[]', action = \"ignore\" }]",
+    );
+    let workflow = write_workflow(dir.path(), "timeout = \"5s\"", &streams, "")?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .env("WAYMARK_LOG", "info")
+        .arg("run")
+        .arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("ignored by a response rule"),
+        "{}",
+        text(&out.stderr)
+    );
+    let child = runs(&state)?
+        .into_iter()
+        .find(|r| r["stream"] == "invoices")
+        .ok_or("no invoices run")?;
+    let run_id = child["run"].as_str().ok_or("id")?;
+    let ignored = journal(&state, run_id)?
+        .iter()
+        .filter(|e| e["event"].get("PageIgnored").is_some())
+        .count();
+    assert!(ignored > 0, "{child}");
+    let summary = text(&out.stdout);
+    assert!(
+        summary.contains(&format!("{ignored} responses ignored by response rules")),
+        "{summary}"
+    );
+    Ok(())
+}
+
+#[test]
 fn templates_fill_parameters_and_headers_and_secrets_stay_out_of_the_journal() -> Result {
     let sandbox = Sandbox::start(&["--records", "500", "--token", "s3cret-token"])?;
     let dir = TempDir::new("templates");

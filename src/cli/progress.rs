@@ -131,10 +131,14 @@ impl Progress {
                  {error}",
                 self.stream
             )),
-            Event::PageIgnored { page, reason, .. } => Some(format!(
-                "{}: page {page} ignored by a response rule: {reason}",
-                self.stream
-            )),
+            // A rule asked for it: counted in the summary, detailed only at debug level.
+            Event::PageIgnored { page, reason, .. } => {
+                tracing::debug!(
+                    "{}: page {page} ignored by a response rule: {reason}",
+                    self.stream
+                );
+                None
+            }
             _ => None,
         };
         if let Some(line) = line {
@@ -298,8 +302,12 @@ pub(crate) fn print_summary(state: &RunState, took: Duration, json: bool) {
         Status::Paused(reason) => format!("paused ({reason})"),
         other => other.name().to_string(),
     };
+    let ignored = match c.ignored {
+        0 => String::new(),
+        n => format!(", {} ignored by response rules", counted(n, "response")),
+    };
     out!(
-        "{sync}/{}: run {} {outcome} — {} in {} this run ({w}), {}, {}, window {}, {:.1}s",
+        "{sync}/{}: run {} {outcome} — {} in {} this run ({w}), {}, {}{ignored}, window {}, {:.1}s",
         state.started.stream,
         state.run_id(),
         counted(c.records_committed, "record"),
