@@ -260,3 +260,38 @@ fn a_changed_workflow_is_refused_until_restored_or_fresh() -> Result {
     assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
     Ok(())
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_parser_and_global_options_are_grouped() -> Result {
+    let dir = TempDir::new("shell");
+    let state = dir.path().join("state");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(waymark(&state, "").args(["completions", shell]))?;
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(
+            script.contains("waymark")
+                && script.contains("reconcile")
+                && script.contains("state-dir"),
+            "{shell}: {script}"
+        );
+    }
+    let man = run(waymark(&state, "").arg("man"))?;
+    assert_eq!(man.status.code(), Some(0));
+    let page = text(&man.stdout);
+    assert!(
+        page.contains(".TH waymark 1") && page.contains("reconcile"),
+        "{page}"
+    );
+    // Global options under their own heading, after the command's own.
+    let help = text(&run(waymark(&state, "").args(["runs", "--help"]))?.stdout);
+    let own = help.find("Options:").ok_or("no Options")?;
+    let global = help.find("Global options:").ok_or("no Global options")?;
+    assert!(
+        own < global && help[global..].contains("--state-dir"),
+        "{help}"
+    );
+    assert!(!help[..global].contains("--state-dir"), "{help}");
+    assert!(!state.exists());
+    Ok(())
+}

@@ -19,6 +19,7 @@ mod replay;
 mod run;
 mod runs;
 mod sandbox;
+mod shell;
 mod status;
 mod trace;
 mod validate;
@@ -36,18 +37,28 @@ use waymark_engine::{driver, journal as engine_journal, staging, state_dir};
 pub struct Cli {
     /// State directory (journal, staged pages, lock) [default: .waymark; for `demo`, its
     /// `--dir`/state].
-    #[arg(long, global = true, env = "WAYMARK_STATE_DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "WAYMARK_STATE_DIR",
+        help_heading = "Global options"
+    )]
     pub state_dir: Option<PathBuf>,
     /// Only warnings and errors on stderr (`WAYMARK_LOG` overrides, e.g. `debug`).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     pub quiet: bool,
     /// Log level or filter (`info`, `debug`, `waymark_step=info`…); `WAYMARK_LOG` and
     /// `RUST_LOG` are read too.
-    #[arg(long, global = true, value_name = "FILTER")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILTER",
+        help_heading = "Global options"
+    )]
     pub log_level: Option<String>,
     /// `text` (default) or `json`: one JSON object per line, and one per journaled step
     /// (run, sync, stream, step, cursor before/after, counts, duration_ms, outcome).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, help_heading = "Global options")]
     pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -92,6 +103,10 @@ enum Command {
     Compact(compact::CompactArgs),
     /// Print the JSON Schema of workflow files (for editors).
     Schema,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell::CompletionsArgs),
+    /// Print the man page (roff).
+    Man,
 }
 
 /// How log lines look.
@@ -243,5 +258,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Trace(args) => trace::run(&state_dir, args),
         Command::Checkpoint(args) => checkpoint::run(&state_dir, args).await,
         Command::Schema => validate::schema(),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man => shell::man(),
     }
 }
