@@ -22,6 +22,22 @@ pub(super) async fn connect(url: &str, tls: Rustls) -> Result<Client, destinatio
     Ok(client)
 }
 
+/// Connects `client` again if its connection was lost (a server restart); failing to is
+/// transient: the server may still be starting.
+pub(super) async fn reconnect_if_lost(
+    client: &mut Client,
+    url: &str,
+    tls: &Rustls,
+) -> Result<(), destination::Error> {
+    if client.is_closed() {
+        tracing::info!("PostgreSQL connection lost; connecting again");
+        *client = connect(url, tls.clone())
+            .await
+            .map_err(|e| destination::Error::transient(e.message))?;
+    }
+    Ok(())
+}
+
 fn fail(context: &'static str) -> impl Fn(tokio_postgres::Error) -> destination::Error {
     move |e| {
         // The database's own message (`db_error`) says what went wrong; the outer text is

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use waymark_engine::destination;
 
-use super::client::{connect, failed, ident};
+use super::client::{connect, failed, ident, reconnect_if_lost};
 use super::tls::Rustls;
 use crate::source::Parents;
 
@@ -63,12 +63,7 @@ impl PostgresParents {
         context: &'static str,
     ) -> Result<Option<tokio_postgres::Row>, destination::Error> {
         let mut client = self.client.lock().await;
-        if client.is_closed() {
-            tracing::info!("PostgreSQL connection lost; connecting again");
-            *client = connect(&self.url, self.tls.clone())
-                .await
-                .map_err(|e| destination::Error::transient(e.message))?;
-        }
+        reconnect_if_lost(&mut client, &self.url, &self.tls).await?;
         client
             .query_opt(sql, &[&key])
             .await

@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
-use super::client::{connect, failed, ident};
+use super::client::{connect, failed, ident, reconnect_if_lost};
 use super::tls::Rustls;
 use crate::sink::columns::{Cell, Columns};
 use crate::sink::plan::{Binding, Op, Plan, Stored};
@@ -188,12 +188,7 @@ impl Store for PostgresStore {
     const BLOCKING: bool = false;
 
     async fn begin(&mut self) -> Result<(), destination::Error> {
-        if self.client.is_closed() {
-            tracing::info!("PostgreSQL connection lost; connecting again");
-            self.client = connect(&self.url, self.tls.clone())
-                .await
-                .map_err(|e| destination::Error::transient(e.message))?;
-        }
+        reconnect_if_lost(&mut self.client, &self.url, &self.tls).await?;
         self.client
             .batch_execute("BEGIN")
             .await
