@@ -11,6 +11,7 @@ mod conformance;
 mod input;
 mod journal;
 mod operator;
+mod output;
 mod pagination;
 mod reconcile;
 mod resilience;

@@ -4,6 +4,7 @@
 //! clock, so folding a run's journal always reproduces the state the crashed process had.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +101,14 @@ pub struct RunState {
     pub last_seq: u64,
     /// When the last event happened.
     pub updated_at: Timestamp,
+    /// Milliseconds the run was being driven: from its start, and from each resume, to the
+    /// latest event after it. Time paused, failed, or between a crash and the resume that
+    /// picked the run up does not count (see [`RunState::active`]).
+    pub active_ms: u64,
+    /// The latest event time since the run started or was last resumed. A page fetched
+    /// ahead is journaled after the write it overlapped, with an earlier time, so the active
+    /// time grows only past this mark (never twice for the overlap).
+    pub active_until: Timestamp,
 }
 
 /// An event that cannot follow the state it was applied to: the journal is inconsistent.
@@ -129,7 +138,15 @@ impl RunState {
             counts: Counts::default(),
             last_seq: 1,
             updated_at: started.at,
+            active_ms: 0,
+            active_until: started.at,
         }
+    }
+
+    /// How long the run took: the time it was being driven, across all its processes, not
+    /// counting the time it stood paused or failed, or crashed until it was resumed.
+    pub fn active(&self) -> Duration {
+        Duration::from_millis(self.active_ms)
     }
 
     /// The run id.
@@ -217,13 +234,16 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
     let running = state.status == Status::Running;
     match event {
         Event::RunStarted(_) => return Err(state.invalid(event, "the run already started")),
-        Event::RunResumed { .. } => {
+        Event::RunResumed { at, .. } => {
             if state.status.is_finished() {
                 return Err(state.invalid(event, "a finished run cannot be resumed"));
             }
             state.status = Status::Running;
             state.attempts = 0;
             state.counts.resumes += 1;
+            // A new active stretch: the time since the last event (paused, failed, or a
+            // process that died) is not active time.
+            state.active_until = *at;
         }
         Event::PageFetched(page) => {
             if !running {
@@ -339,6 +359,11 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
             }
             state.status = Status::Abandoned(reason.clone());
         }
+    }
+    // Every event of a running run (and the one that stops it) extends the active time.
+    if running && event.at() > state.active_until {
+        state.active_ms += event.at().0 - state.active_until.0;
+        state.active_until = event.at();
     }
     state.last_seq += 1;
     state.updated_at = event.at();
@@ -548,6 +573,99 @@ mod tests {
             }
         )
         .is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn active_time_leaves_out_pauses_crashes_and_the_overlap_of_a_page_fetched_ahead(
+    ) -> Result<(), Invalid> {
+        const HOUR: u64 = 3_600_000;
+        let at = |ms| Timestamp(1 + ms);
+        let page = |n: u64, next: &str, ms| {
+            Event::PageFetched(PageFetched {
+                page: n,
+                request_cursor: None,
+                next_cursor: Some(next.into()),
+                records: 1,
+                bytes: 1,
+                checksum: 1,
+                at: at(ms),
+            })
+        };
+        let ack = WriteAck::default();
+        let s = run(&[
+            page(1, "a", 100),
+            Event::BatchWritten {
+                page: 1,
+                ack,
+                at: at(300),
+            },
+            Event::CursorCommitted {
+                page: 1,
+                at: at(300),
+            },
+            // Fetched ahead while page 1 was written: journaled after, with an earlier time.
+            page(2, "b", 250),
+            Event::RunPaused {
+                reason: PauseReason::PageBudget(2),
+                at: at(400),
+            },
+        ])?;
+        assert_eq!(s.active(), Duration::from_millis(400));
+        // Resumed an hour later: the hour does not count.
+        let s = apply(
+            s,
+            &Event::RunResumed {
+                pid: 2,
+                at: at(HOUR),
+            },
+        )?;
+        let s = apply(
+            s,
+            &Event::BatchWritten {
+                page: 2,
+                ack,
+                at: at(HOUR + 50),
+            },
+        )?;
+        assert_eq!(s.active(), Duration::from_millis(450));
+        // The process dies (the run stays `running`); a resume a day later: the gap does
+        // not count either.
+        let s = apply(
+            s,
+            &Event::RunResumed {
+                pid: 3,
+                at: at(24 * HOUR),
+            },
+        )?;
+        let s = apply(
+            s,
+            &Event::CursorCommitted {
+                page: 2,
+                at: at(24 * HOUR + 20),
+            },
+        )?;
+        let s = apply(
+            s,
+            &Event::RunFailed {
+                error: "x".into(),
+                at: at(24 * HOUR + 30),
+            },
+        )?;
+        assert_eq!(s.active(), Duration::from_millis(480));
+        // Nothing after a failure counts until a resume.
+        let s = apply(
+            s,
+            &Event::RunAbandoned {
+                reason: "fresh".into(),
+                at: at(25 * HOUR),
+            },
+        )?;
+        assert_eq!(s.active_ms, 480);
+        assert_eq!(
+            s.updated_at.since(s.started.at),
+            Duration::from_millis(25 * HOUR)
+        );
         Ok(())
     }
 

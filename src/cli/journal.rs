@@ -1,17 +1,27 @@
 //! `waymark journal`: a run's steps, and verifying or resetting the journal.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir};
+use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir, Timestamp};
 
 use super::context::{find_run, open_existing_state, open_state};
+use super::progress::millis;
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark journal`.
 #[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "A run's steps are shown in journal order (seq), the order they took effect. \
+SINCE START is when each step happened, counted from the run's start. While a page is \
+written the next page is already fetched (pipelining); it is journaled after that write, \
+so it can show an earlier time than the line above: such a line says `fetched ahead`. \
+The table cuts long cursors with `…`; --json has every value in full, with `time` (when \
+the step happened), `offset_ms` and `ahead`."
+)]
 pub struct JournalArgs {
     #[command(subcommand)]
     action: Option<Action>,
@@ -112,8 +122,8 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
         Event::PageFetched(p) => (
             format!(
                 "{} -> {}",
-                or_dash(p.request_cursor.as_ref()),
-                or_dash(p.next_cursor.as_ref())
+                cut(&or_dash(p.request_cursor.as_ref()), HALF),
+                cut(&or_dash(p.next_cursor.as_ref()), HALF)
             ),
             format!("page {} records {}", p.page, p.records),
             format!("staged {} bytes crc {:08x}", p.bytes, p.checksum),
@@ -200,19 +210,52 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
 }
 
 /// Prints a run's events as a table or JSON lines, folding them to describe each.
+///
+/// The lines are in journal order (seq): the order the steps took effect, and the only
+/// order a resume relies on. The time shown is each event's own time — the journal keeps
+/// no other (not when the event was appended) — as an offset from the run's start.
+/// While page k is written, page k+1 is fetched ahead (pipelining, see
+/// `decision::lookahead`); its `page_fetched` is journaled only with page k's commit, after
+/// it, and carries the time the page arrived, which can be earlier than the commit's.
+/// Rather than reorder the lines by time (which would show page k+1 fetched before page k
+/// was committed, an order the run never journaled) such a line is marked `fetched ahead`.
 struct Printer {
     run: RunId,
     json: bool,
     state: Option<RunState>,
+    /// The run's start: times are shown as offsets from it.
+    origin: Option<Timestamp>,
+    /// The latest event time shown so far.
+    latest: Option<Timestamp>,
+}
+
+/// Width of the cursor column; longer cursors are cut (`--json` has them in full).
+const CURSOR: usize = 36;
+/// Width of each cursor of a `before -> after` pair.
+const HALF: usize = (CURSOR - 4) / 2;
+/// Width of the counts column (a write's counts fit).
+const COUNTS: usize = 48;
+
+/// `cursor` cut to `width` characters in its middle: a cursor's beginning and its end
+/// both tell it apart.
+fn cut(cursor: &str, width: usize) -> String {
+    let n = cursor.chars().count();
+    if n <= width {
+        return cursor.to_string();
+    }
+    let tail = (width - 1) / 2;
+    let head: String = cursor.chars().take(width - 1 - tail).collect();
+    let end: String = cursor.chars().skip(n - tail).collect();
+    format!("{head}…{end}")
 }
 
 impl Printer {
     fn new(run: RunId, json: bool) -> Self {
         if !json {
             out!(
-                "{:>5}  {:<24}  {:<16}  {:<24}  {:<40}  outcome",
+                "{:>5}  {:<12}  {:<16}  {:<CURSOR$}  {:<COUNTS$}  outcome",
                 "seq",
-                "time",
+                "since start",
                 "step",
                 "cursor",
                 "counts"
@@ -222,30 +265,59 @@ impl Printer {
             run,
             json,
             state: None,
+            origin: None,
+            latest: None,
         }
     }
 
     fn print(&mut self, seq: u64, event: &Event) -> anyhow::Result<()> {
+        let line = self.line(seq, event)?;
+        out!("{line}");
+        Ok(())
+    }
+
+    /// The line of one event (a table row or a JSON object); folds the event in.
+    fn line(&mut self, seq: u64, event: &Event) -> anyhow::Result<String> {
         let run = self.run;
-        let (cursor, counts, outcome) = describe(event, self.state.as_ref());
-        if self.json {
-            out!(
-                "{}",
-                json!({
-                    "run": run.to_string(),
-                    "seq": seq,
-                    "time": event.at().to_string(),
-                    "step": event.name(),
-                    "event": event,
-                })
-            );
-        } else {
-            out!(
-                "{seq:>5}  {:<24}  {:<16}  {cursor:<24}  {counts:<40}  {outcome}",
-                event.at().to_string(),
-                event.name()
-            );
+        let at = event.at();
+        let origin = *self.origin.get_or_insert(match event {
+            Event::RunStarted(s) => s.at,
+            _ => self.state.as_ref().map_or(at, |s| s.started.at),
+        });
+        let offset = at.since(origin);
+        // A page that arrived before the line above: fetched while the page before it was
+        // written, journaled after that write.
+        let fetched = match event {
+            Event::PageFetched(p) => Some(p.page),
+            Event::PageIgnored { page, .. } => Some(*page),
+            _ => None,
+        };
+        let ahead = fetched.filter(|_| self.latest.is_some_and(|latest| at < latest));
+        self.latest = self.latest.max(Some(at));
+        let (cursor, counts, mut outcome) = describe(event, self.state.as_ref());
+        if let Some(page) = ahead {
+            let before = page.saturating_sub(1);
+            outcome = format!("fetched ahead, while page {before} was written; {outcome}");
         }
+        let line = if self.json {
+            json!({
+                "run": run.to_string(),
+                "seq": seq,
+                "time": at.to_string(),
+                "offset_ms": millis(offset),
+                "ahead": ahead.is_some(),
+                "step": event.name(),
+                "event": event,
+            })
+            .to_string()
+        } else {
+            format!(
+                "{seq:>5}  {:<12}  {:<16}  {:<CURSOR$}  {counts:<COUNTS$}  {outcome}",
+                since_start(offset),
+                event.name(),
+                cut(&cursor, CURSOR),
+            )
+        };
         self.state =
             match (self.state.take(), event) {
                 (None, Event::RunStarted(s)) => Some(RunState::start(s)),
@@ -254,8 +326,20 @@ impl Printer {
                 })?),
                 (None, _) => None,
             };
-        Ok(())
+        Ok(line)
     }
+}
+
+/// An offset from the run's start: `+0:00:01.234` (hours, minutes, seconds, milliseconds).
+fn since_start(offset: Duration) -> String {
+    let ms = offset.as_millis();
+    format!(
+        "+{}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1_000 % 60,
+        ms % 1_000
+    )
 }
 
 fn show(state_dir: &Path, run: &str, as_json: bool, follow: bool) -> anyhow::Result<ExitStatus> {
@@ -351,6 +435,10 @@ fn tail(state_dir: &Path, text: &str, as_json: bool) -> anyhow::Result<ExitStatu
         offset += n as u64;
         let entry: serde_json::Value = serde_json::from_str(&line)?;
         let event: Event = serde_json::from_value(entry["event"].clone())?;
+        // A resumed run's feed begins with the resume; the run's start comes beside it.
+        if let Some(ms) = entry["started_ms"].as_u64() {
+            printer.origin.get_or_insert(Timestamp(ms));
+        }
         printer.print(entry["seq"].as_u64().unwrap_or(0), &event)?;
         if matches!(
             event,
@@ -361,5 +449,100 @@ fn tail(state_dir: &Path, text: &str, as_json: bool) -> anyhow::Result<ExitStatu
         ) {
             return Ok(ExitStatus::Success);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use waymark_engine::{PageFetched, RunStarted, Window, WriteAck};
+
+    use super::*;
+
+    fn page(page: u64, at: u64) -> Event {
+        Event::PageFetched(PageFetched {
+            page,
+            request_cursor: Some(format!("{}{page}", "x".repeat(100))),
+            next_cursor: Some(format!("c{page}")),
+            records: 1,
+            bytes: 1,
+            checksum: 1,
+            at: Timestamp(at),
+        })
+    }
+
+    #[test]
+    fn times_count_from_the_start_and_a_page_fetched_ahead_says_so() -> anyhow::Result<()> {
+        let run = RunId::new();
+        let started = RunStarted {
+            run_id: run,
+            sync: "s".into(),
+            stream: "t".into(),
+            workflow_digest: "d".into(),
+            workflow_path: "w.toml".into(),
+            window: Window {
+                start: None,
+                end: Timestamp(1),
+            },
+            start_cursor: None,
+            start_from: StartFrom::Beginning,
+            at: Timestamp(1_000),
+        };
+        let ack = WriteAck::default();
+        let events = [
+            Event::RunStarted(started),
+            page(1, 1_100),
+            Event::BatchWritten {
+                page: 1,
+                ack,
+                at: Timestamp(1_300),
+            },
+            Event::CursorCommitted {
+                page: 1,
+                at: Timestamp(1_300),
+            },
+            page(2, 1_250),
+            Event::RunPaused {
+                reason: waymark_engine::PauseReason::Interrupted,
+                at: Timestamp(3_661_000 + 1_000),
+            },
+        ];
+        let mut table = Printer::new(run, false);
+        let mut json = Printer::new(run, true);
+        let mut lines = Vec::new();
+        for (seq, event) in (1..).zip(&events) {
+            lines.push((table.line(seq, event)?, json.line(seq, event)?));
+        }
+        let times: Vec<&str> = lines
+            .iter()
+            .filter_map(|(l, _)| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                "+0:00:00.000",
+                "+0:00:00.100",
+                "+0:00:00.300",
+                "+0:00:00.300",
+                "+0:00:00.250",
+                "+1:01:01.000"
+            ]
+        );
+        for (i, (line, json)) in lines.iter().enumerate() {
+            let json: serde_json::Value = serde_json::from_str(json)?;
+            assert_eq!(json["seq"], i + 1);
+            assert_eq!(json["ahead"], i == 4, "{json}");
+            assert_eq!(line.contains("fetched ahead"), i == 4, "{line}");
+        }
+        assert!(lines[4]
+            .0
+            .contains("fetched ahead, while page 1 was written"));
+        assert!(lines[4].1.contains("\"offset_ms\":250"));
+        // A long cursor is cut, so the columns after it stay in line.
+        let counts = lines[1].0.find("page 1 records 1");
+        assert_eq!(counts, lines[4].0.find("page 2 records 1"));
+        assert!(lines[4].0.contains('…'));
+        assert_eq!(cut("abcdefghij", 5), "ab…ij");
+        assert_eq!(cut("abcde", 5), "abcde");
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use waymark_engine::{Event, RunId, RunState, Status};
+use waymark_engine::{Event, RunId, RunState, Status, Timestamp};
 
 /// What a run shows while it goes: a live line on a terminal (pages, records, records/s,
 /// retries, cursor), a log line every few seconds otherwise. Retries are always logged.
@@ -24,6 +24,8 @@ pub(crate) struct Progress {
 pub(crate) struct Feed {
     path: PathBuf,
     out: std::io::BufWriter<std::fs::File>,
+    /// The run's start, on every line: `journal --follow` shows times from it.
+    started: Timestamp,
 }
 
 impl Feed {
@@ -35,6 +37,7 @@ impl Feed {
             Ok(file) => Feed {
                 path,
                 out: std::io::BufWriter::new(file),
+                started: state.started.at,
             },
             Err(e) => {
                 tracing::warn!(
@@ -64,6 +67,7 @@ impl Feed {
             "time": event.at().to_string(),
             "step": event.name(),
             "event": event,
+            "started_ms": self.started.0,
         });
         if writeln!(self.out, "{line}")
             .and_then(|()| self.out.flush())
@@ -262,11 +266,15 @@ impl Drop for Progress {
     }
 }
 
-/// The run's summary: one line, or one JSON object.
-pub(crate) fn print_summary(state: &RunState, took: Duration, json: bool) {
+/// The run's summary: one line, or one JSON object. `took` is the run's active time across
+/// all its processes ([`RunState::active`], as `waymark runs` shows it): a run paused and
+/// resumed an hour later took its active time, not the hour. `invocation` is this
+/// process's share, shown beside it when the run was resumed.
+pub(crate) fn print_summary(state: &RunState, invocation: Duration, json: bool) {
     let c = &state.counts;
     let w = &c.written;
     let sync = &state.started.sync;
+    let took = state.active();
     if json {
         let reason = match &state.status {
             Status::Failed(e) => Some(e.clone()),
@@ -292,7 +300,8 @@ pub(crate) fn print_summary(state: &RunState, took: Duration, json: bool) {
                 "cursor_end": state.committed_cursor,
                 "window_start": state.window().start.map(|t| t.to_string()),
                 "watermark": state.window().end.to_string(),
-                "duration_ms": took.as_millis() as u64,
+                "duration_ms": millis(took),
+                "invocation_ms": millis(invocation),
             })
         );
         return;
@@ -306,8 +315,13 @@ pub(crate) fn print_summary(state: &RunState, took: Duration, json: bool) {
         0 => String::new(),
         n => format!(", {} ignored by response rules", counted(n, "response")),
     };
+    let share = match c.resumes {
+        0 => String::new(),
+        _ => format!(" ({} in this process)", duration(invocation)),
+    };
     out!(
-        "{sync}/{}: run {} {outcome} — {} in {} this run ({w}), {}, {}{ignored}, window {}, {:.1}s",
+        "{sync}/{}: run {} {outcome} — {} in {} this run ({w}), {}, {}{ignored}, window {}, \
+         took {}{share}",
         state.started.stream,
         state.run_id(),
         counted(c.records_committed, "record"),
@@ -315,8 +329,35 @@ pub(crate) fn print_summary(state: &RunState, took: Duration, json: bool) {
         counted(c.retries, "retry"),
         counted(c.resumes, "resume"),
         state.window(),
-        took.as_secs_f64()
+        duration(took),
     );
+}
+
+/// Whole milliseconds, for JSON.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A duration as people read it, short enough for a table column: `0.4s`, `12.3s`,
+/// `4m05s`, `3h02m`, `2d04h`.
+pub(crate) fn duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..60 => format!("{secs}.{}s", d.subsec_millis() / 100),
+        60..3_600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3_600..86_400 => format!("{}h{:02}m", secs / 3_600, secs % 3_600 / 60),
+        _ => format!("{}d{:02}h", secs / 86_400, secs % 86_400 / 3_600),
+    }
+}
+
+/// `text` cut to `width` characters, its end replaced by `…` when cut: a long value (a
+/// cursor, a backfill's scope) never pushes the columns after it out of line.
+pub(crate) fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    format!("{kept}…")
 }
 
 /// `n` and the noun, singular for one: "1 page", "2 pages", "0 retries".
@@ -330,7 +371,26 @@ pub(crate) fn counted(n: u64, noun: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::counted;
+    use super::{counted, duration, fit};
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_short() {
+        let ms = Duration::from_millis;
+        assert_eq!(duration(ms(0)), "0.0s");
+        assert_eq!(duration(ms(449)), "0.4s");
+        assert_eq!(duration(ms(59_999)), "59.9s");
+        assert_eq!(duration(ms(245_000)), "4m05s");
+        assert_eq!(duration(ms(3_600_000 + 120_000)), "1h02m");
+        assert_eq!(duration(ms(2 * 86_400_000 + 4 * 3_600_000)), "2d04h");
+    }
+
+    #[test]
+    fn long_values_are_cut_with_an_ellipsis() {
+        assert_eq!(fit("shop/orders", 11), "shop/orders");
+        assert_eq!(fit("shop/orders", 8), "shop/or…");
+        assert_eq!(fit("ééééé", 3).chars().count(), 3);
+    }
 
     #[test]
     fn counts_read_as_english() {

@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The format version this build writes and reads (2: write acknowledgements count
-/// deletions; 3: retries carry their status and rule, ignored pages, rate-limit pauses).
-pub const FORMAT_VERSION: u8 = 3;
+/// deletions; 3: retries carry their status and rule, ignored pages, rate-limit pauses;
+/// 4: a run's head keeps its active time).
+pub const FORMAT_VERSION: u8 = 4;
 const MAGIC: u8 = b'W';
 const HEADER: usize = 6;
 
