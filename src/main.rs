@@ -7,10 +7,8 @@ mod sync;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = cli::Cli::from_command_line();
     let json = args.log_format == cli::LogFormat::Json;
     // Per-step events (target `waymark_step`) are for JSON logs; text shows them on request.
     let default = match (args.quiet, json) {

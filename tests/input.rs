@@ -20,7 +20,8 @@ fn a_malformed_workflow_names_file_line_and_column() -> Result {
         "{stderr}"
     );
     assert!(
-        stderr.contains("invalid type: string \"many\", expected u32"),
+        stderr
+            .contains("stream.orders.page_size: expected a whole number, got the string \"many\""),
         "{stderr}"
     );
 
@@ -28,7 +29,7 @@ fn a_malformed_workflow_names_file_line_and_column() -> Result {
     let out = run(waymark(&dir.path().join("state"), "").arg("run").arg(&path))?;
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("unknown field `destinaton`"),
+        text(&out.stderr).contains("destinaton: unknown table; did you mean `destination`?"),
         "{}",
         text(&out.stderr)
     );
@@ -64,7 +65,9 @@ fn validate_reports_errors_with_the_key_and_warnings_and_schema_is_json() -> Res
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}:17:33: stream[0].pagination.cursor_pth: unknown field `cursor_pth`",
+            "{}:17:33: stream.orders.pagination.cursor_pth: unknown key; did you mean \
+             `cursor_path`? (kind = \"cursor\" takes cursor_path, cursor_param, cursor_in and \
+             limit_param)",
             path.display()
         )),
         "{stderr}"
@@ -292,6 +295,24 @@ fn completions_and_the_man_page_come_from_the_parser_and_global_options_are_grou
         "{help}"
     );
     assert!(!help[..global].contains("--state-dir"), "{help}");
+    // Not where they mean nothing: the sandbox keeps no state, `schema` logs nothing.
+    let help = |args: &[&str]| -> Result<String> {
+        Ok(text(&run(waymark(&state, "").args(args))?.stdout))
+    };
+    let sandbox = help(&["sandbox", "--help"])?;
+    assert!(
+        sandbox.contains("--port") && sandbox.contains("--log-level"),
+        "{sandbox}"
+    );
+    assert!(!sandbox.contains("--state-dir"), "{sandbox}");
+    let schema = help(&["schema", "--help"])?;
+    assert!(
+        !schema.contains("--log-format") && !schema.contains("Global options"),
+        "{schema}"
+    );
+    // Hidden, still accepted where a script put it.
+    let out = run(waymark(&state, "").args(["schema", "--log-format", "json"]))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!state.exists());
     Ok(())
 }

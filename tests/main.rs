@@ -6,6 +6,7 @@ mod scripted;
 mod util;
 
 mod chaos;
+mod attach;
 mod children;
 mod conformance;
 mod input;

@@ -36,6 +36,56 @@ fn read_commands_never_create_a_state_directory() -> Result {
 }
 
 #[test]
+fn the_nearest_state_directory_above_is_found_and_a_lost_checkpoint_names_the_one_used() -> Result {
+    let sandbox = Sandbox::start(&["--records", "300"])?;
+    let dir = TempDir::new("nearest");
+    let sub = dir.path().join("workflows");
+    std::fs::create_dir(&sub)?;
+    let path = workflow(&sub, 100, 3)?;
+    let here = |cwd: &std::path::Path| {
+        let mut cmd = waymark(cwd, &sandbox.url);
+        cmd.env_remove("WAYMARK_STATE_DIR").current_dir(cwd);
+        cmd
+    };
+    let first = run(here(dir.path()).args(["run", "workflows/shop.toml"]))?;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert!(dir.path().join(".waymark/LOCK").is_file());
+    // From inside `workflows/`, the run finds `../.waymark`: the same journal, no new
+    // directory beside the file.
+    let again = run(here(&sub).args(["run", "shop.toml"]))?;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stdout).contains("inserted 0, updated 0"),
+        "{}",
+        text(&again.stdout)
+    );
+    assert!(!sub.join(".waymark").exists(), "a stray state directory");
+    let runs = run(here(&sub).args(["runs", "--json"]))?;
+    assert_eq!(
+        text(&runs.stdout).lines().count(),
+        2,
+        "{}",
+        text(&runs.stdout)
+    );
+
+    // Another state directory has no journal of the stream: the error names it.
+    let other = dir.path().join("other");
+    let out = run(waymark(&other, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: state directory {}: shop/orders: the journal has no checkpoint for this \
+             stream, but its destination holds one: was the journal lost or reset, or did the \
+             stream's runs use another state directory?",
+            other.display()
+        )),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_second_process_is_told_who_holds_the_state_directory() -> Result {
     let sandbox = Sandbox::start(&["--records", "2000", "--latency", "100ms"])?;
     let dir = TempDir::new("busy");
@@ -62,8 +112,14 @@ fn a_second_process_is_told_who_holds_the_state_directory() -> Result {
         stderr.contains("waymark") && stderr.contains(" run "),
         "names the holder's command: {stderr}"
     );
-    let out = run(waymark(&state, "").arg("runs"))?;
-    assert_eq!(out.status.code(), Some(4));
+    // A read command is answered by the holder.
+    let out = run(waymark(&state, "").args(["runs", "--json"]))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(r#""status":"running""#),
+        "{}",
+        text(&out.stdout)
+    );
     first.kill()?;
     first.wait()?;
     // Once the holder is gone (even by SIGKILL), the directory is free again.

@@ -9,6 +9,7 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
     let locked = Sandbox::start(&["--records", "3000", "--token", "example-token"])?;
     let examples = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"))?;
     let mut ran = 0;
+    let mut databases = std::collections::BTreeSet::new();
     for entry in examples {
         let path = entry?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
@@ -20,6 +21,20 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
         };
         let truth = sandbox.truth()?;
         assert_eq!(truth.len(), 3000);
+        // Each example writes its own file: trying a second one after the first reports
+        // what it synced, not "inserted 0" into a shared table.
+        let text_of = std::fs::read_to_string(&path)?;
+        let db = text_of
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("path = \""))
+            .filter_map(|l| l.strip_suffix('"'))
+            .find(|p| p.ends_with(".db"))
+            .ok_or("no SQLite destination path")?
+            .to_string();
+        assert!(
+            databases.insert(db.clone()),
+            "{db} is shared by two examples"
+        );
         let dir = TempDir::new("example");
         let workflow = dir.path().join("workflow.toml");
         std::fs::copy(&path, &workflow)?;
@@ -42,12 +57,7 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
         );
         let stdout = text(&out.stdout);
         assert!(stdout.contains("completed — 3000 records"), "{stdout}");
-        assert_eq!(
-            rows(&dir.path().join("shop.db"))?,
-            truth,
-            "{}",
-            path.display()
-        );
+        assert_eq!(rows(&dir.path().join(&db))?, truth, "{}", path.display());
 
         // The next run re-reads only the overlap window and changes nothing.
         let again = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
@@ -57,7 +67,7 @@ fn every_example_workflow_syncs_the_sandbox_exactly() -> Result {
             "{}",
             text(&again.stdout)
         );
-        assert_eq!(rows(&dir.path().join("shop.db"))?, truth);
+        assert_eq!(rows(&dir.path().join(&db))?, truth);
         ran += 1;
     }
     assert!(ran >= 1, "no example workflows found");

@@ -51,7 +51,7 @@ pub struct StateDir {
     root: PathBuf,
     journal: Journal<SledBackend>,
     staging: Staging,
-    _lock: File,
+    lock: File,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -117,7 +117,7 @@ impl StateDir {
             root: root.to_path_buf(),
             journal: Journal::new(backend),
             staging,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -132,7 +132,7 @@ impl StateDir {
             root: root.to_path_buf(),
             journal: Journal::new(SledBackend::discarding()),
             staging,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -153,7 +153,19 @@ impl StateDir {
         Ok(Some(target))
     }
 
-    /// The journal.
+    /// Another handle on this open directory, for reading it on another thread while this
+    /// one runs: the holder answers other processes' read commands with it. The lock stays
+    /// held until every handle is dropped.
+    pub fn share(&self) -> Result<StateDir, Error> {
+        let lock = self.lock.try_clone().map_err(io(&self.root))?;
+        Ok(StateDir {
+            root: self.root.clone(),
+            journal: self.journal.clone(),
+            staging: self.staging.clone(),
+            lock,
+        })
+    }
+
     /// The directory.
     pub fn root(&self) -> &Path {
         &self.root

@@ -77,6 +77,25 @@ enum Action {
     },
 }
 
+impl CheckpointArgs {
+    /// `show` only reads.
+    pub(crate) fn reads_only(&self) -> bool {
+        matches!(self.action, Action::Show { .. })
+    }
+
+    /// The workflow path made absolute against `cwd`.
+    pub(crate) fn rebase(&mut self, cwd: &std::path::Path) {
+        let workflow = match &mut self.action {
+            Action::Show { workflow, .. } => workflow,
+            Action::Set { target, .. }
+            | Action::Reset { target }
+            | Action::Adopt { target }
+            | Action::Restore { target, .. } => &mut target.workflow,
+        };
+        *workflow = cwd.join(&*workflow);
+    }
+}
+
 /// Runs `waymark checkpoint`.
 pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::Result<ExitStatus> {
     let mut dir = open_existing_state(state_dir)?;

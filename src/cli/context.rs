@@ -12,8 +12,9 @@ use clap::Args;
 
 use waymark_connectors::config::StreamSection;
 use waymark_connectors::{sink, AnyDestination, Workflow};
-use waymark_engine::{RunId, RunState, StateDir, Status, Timestamp};
+use waymark_engine::{state_dir, RunId, RunState, StateDir, Status, Timestamp};
 
+use super::attach::Answering;
 use super::{ExitStatus, UsageError};
 
 /// Limits and output of one invocation, shared by `run`, `resume` and `backfill`.
@@ -79,9 +80,21 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
     Ok(StateDir::open(dir, &command_line())?)
 }
 
+/// Opens the state directory for a command that holds it for a while (a run): while it
+/// does, the returned [`Answering`] answers other processes' read commands.
+pub fn hold_state(dir: &Path) -> anyhow::Result<(StateDir, Option<Answering>)> {
+    let state = open_state(dir)?;
+    let answering = super::attach::answer(&state);
+    Ok((state, answering))
+}
+
 /// Opens the state directory for a command that reads what runs left there: a path no
 /// run ever used (a typo) is an error, never a new empty directory reported as healthy.
+/// Answering another process's read command (see `attach`), it is the held directory.
 pub fn open_existing_state(dir: &Path) -> anyhow::Result<StateDir> {
+    if let Some(lent) = super::attach::lent_state() {
+        return lent;
+    }
     if !dir.join("LOCK").is_file() {
         return Err(UsageError(format!(
             "no state directory at {}: no run has used it (give the one your runs used with \
@@ -91,6 +104,16 @@ pub fn open_existing_state(dir: &Path) -> anyhow::Result<StateDir> {
         .into());
     }
     open_state(dir)
+}
+
+/// Whether the error is a state directory held by another process.
+pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<state_dir::Error>(),
+            Some(state_dir::Error::Busy { .. })
+        )
+    })
 }
 
 /// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use waymark_connectors::Workflow;
 
-use super::context::{open_state, stop_on_signal, Budget};
+use super::context::{hold_state, stop_on_signal, Budget};
 use super::ExitStatus;
 use crate::sandbox::{self, Config};
 use crate::sync::run_streams;
@@ -49,7 +49,7 @@ pub async fn run(args: DemoArgs, state_dir: Option<PathBuf>) -> anyhow::Result<E
     std::env::set_var("WAYMARK_SANDBOX_URL", format!("http://{addr}"));
     let workflow = Workflow::load(&workflow_path)?;
     let state_dir = state_dir.unwrap_or_else(|| args.dir.join("state"));
-    let mut dir = open_state(&state_dir)?;
+    let (mut dir, _answering) = hold_state(&state_dir)?;
     let streams: Vec<_> = workflow.streams().iter().collect();
     out!(
         "sandbox serving {} orders on http://{addr}; syncing into {}",

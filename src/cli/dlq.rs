@@ -65,6 +65,13 @@ enum Action {
     },
 }
 
+impl DlqArgs {
+    /// `list` and `show` only read.
+    pub(crate) fn reads_only(&self) -> bool {
+        matches!(self.action, Action::List { .. } | Action::Show { .. })
+    }
+}
+
 /// Runs `waymark dlq`.
 pub async fn run(state_dir: &Path, args: DlqArgs) -> anyhow::Result<ExitStatus> {
     let dir = open_existing_state(state_dir)?;

@@ -1,13 +1,14 @@
 //! `waymark journal`: a run's steps, and verifying or resetting the journal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir, Timestamp};
+use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir, Status, Timestamp};
 
-use super::context::{find_run, open_existing_state, open_state};
+use super::attach;
+use super::context::{find_run, open_existing_state};
 use super::progress::millis;
 use super::{ExitStatus, UsageError};
 
@@ -30,7 +31,8 @@ pub struct JournalArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
-    /// Keep printing the steps of a live run as they are journaled, until it ends.
+    /// Keep printing the steps of the run as its process journals them, until it ends,
+    /// pauses or fails (without a run id: the run in progress).
     #[arg(long, short)]
     follow: bool,
 }
@@ -41,6 +43,13 @@ enum Action {
     Verify,
     /// Move an unreadable journal aside; the next run recovers checkpoints from the destination.
     Reset,
+}
+
+impl JournalArgs {
+    /// Showing (following) a run and `verify` only read.
+    pub(crate) fn reads_only(&self) -> bool {
+        !matches!(self.action, Some(Action::Reset))
+    }
 }
 
 /// Runs `waymark journal`.
@@ -57,11 +66,13 @@ pub fn run(state_dir: &Path, args: JournalArgs) -> anyhow::Result<ExitStatus> {
             }
             Ok(ExitStatus::Success)
         }
-        (None, Some(run)) => show(state_dir, &run, args.json, args.follow),
-        (None, None) => Err(UsageError(
-            "give a run id (see `waymark runs`), or `verify` or `reset`".into(),
+        (None, None) if !args.follow => Err(UsageError(
+            "give a run id (see `waymark runs`), --follow for the run in progress, or `verify` \
+             or `reset`"
+                .into(),
         )
         .into()),
+        (None, run) => show(state_dir, run.as_deref(), args.json, args.follow),
     }
 }
 
@@ -342,207 +353,71 @@ fn since_start(offset: Duration) -> String {
     )
 }
 
-fn show(state_dir: &Path, run: &str, as_json: bool, follow: bool) -> anyhow::Result<ExitStatus> {
-    let dir = match open_existing_state(state_dir) {
-        Ok(dir) => dir,
-        // A live run holds the state directory: follow its feed instead.
-        Err(e) if follow && is_busy(&e) => return tail(state_dir, run, as_json),
-        Err(e) => return Err(e),
+/// Prints a run's steps. With `follow`, while the process holding the state directory
+/// (answering this command, see `attach`) drives the run, keeps printing its steps as they
+/// are journaled until it ends, pauses or fails. No run id: the run in progress (the newest
+/// unfinished one).
+fn show(
+    state_dir: &Path,
+    run: Option<&str>,
+    as_json: bool,
+    follow: bool,
+) -> anyhow::Result<ExitStatus> {
+    let dir = open_existing_state(state_dir)?;
+    let run = match run {
+        Some(text) => find_run(&dir, text)?,
+        None => current_run(&dir)?,
     };
-    let run = find_run(&dir, run)?;
+    let live = follow && attach::attached();
     let mut printer = Printer::new(run, as_json);
-    let mut any = false;
-    for item in dir.journal().events(run) {
-        let (seq, event) = item?;
-        any = true;
-        printer.print(seq, &event)?;
-    }
-    if !any {
-        return Err(waymark_engine::journal::Error::UnknownRun(run).into());
-    }
-    if follow
-        && printer
+    let mut printed = 0;
+    loop {
+        for item in dir.journal().events(run).skip(printed) {
+            let (seq, event) = item?;
+            printed += 1;
+            printer.print(seq, &event)?;
+        }
+        if printed == 0 {
+            return Err(waymark_engine::journal::Error::UnknownRun(run).into());
+        }
+        let unfinished = printer
             .state
             .as_ref()
-            .is_some_and(|s| !s.status.is_finished())
-    {
-        eprintln!("run {run} is not running now; `waymark run` resumes it");
-    }
-    Ok(ExitStatus::Success)
-}
-
-fn is_busy(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<waymark_engine::state_dir::Error>(),
-            Some(waymark_engine::state_dir::Error::Busy { .. })
-        )
-    })
-}
-
-/// Follows a live run through the feed its process writes (`live/<run>.jsonl`), until it
-/// completes, pauses, fails or the process goes away.
-fn tail(state_dir: &Path, text: &str, as_json: bool) -> anyhow::Result<ExitStatus> {
-    use std::io::{BufRead, Seek};
-    let live = state_dir.join("live");
-    let found: Vec<PathBuf> = std::fs::read_dir(&live)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .is_some_and(|s| s.starts_with(text) || s.ends_with(text))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let [path] = found.as_slice() else {
-        return Err(UsageError(format!(
-            "the state directory is in use, and no live run's id starts or ends with `{text}` \
-             (see the running process's log for its run id)"
-        ))
-        .into());
-    };
-    let run: RunId = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| UsageError(format!("{}: not a run's feed", path.display())))?;
-    eprintln!("following live run {run}");
-    let mut printer = Printer::new(run, as_json);
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut line = String::new();
-    let mut offset = 0u64;
-    let mut idle = 0u32;
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
-            // Nothing complete yet: wait, unless the run's process is gone (killed: its
-            // feed stays, but the state directory is free).
-            idle += 1;
-            let gone = !path.exists() || (idle.is_multiple_of(20) && open_state(state_dir).is_ok());
-            if gone {
-                eprintln!("run {run}'s process stopped; `waymark journal {run}` has the rest");
-                return Ok(ExitStatus::Success);
+            .is_some_and(|s| !s.status.is_finished());
+        let running = printer
+            .state
+            .as_ref()
+            .is_some_and(|s| matches!(s.status, Status::Running));
+        let stopped = live && running && attach::stop_following();
+        if !follow || !running || !live || stopped {
+            if follow && unfinished && (!live || stopped) {
+                attach::note(&format!(
+                    "run {run} is not running now; `waymark run` resumes it"
+                ));
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            reader.seek(std::io::SeekFrom::Start(offset))?;
-            continue;
-        }
-        idle = 0;
-        offset += n as u64;
-        let entry: serde_json::Value = serde_json::from_str(&line)?;
-        let event: Event = serde_json::from_value(entry["event"].clone())?;
-        // A resumed run's feed begins with the resume; the run's start comes beside it.
-        if let Some(ms) = entry["started_ms"].as_u64() {
-            printer.origin.get_or_insert(Timestamp(ms));
-        }
-        printer.print(entry["seq"].as_u64().unwrap_or(0), &event)?;
-        if matches!(
-            event,
-            Event::RunCompleted { .. }
-                | Event::RunFailed { .. }
-                | Event::RunPaused { .. }
-                | Event::RunAbandoned { .. }
-        ) {
             return Ok(ExitStatus::Success);
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use waymark_engine::{PageFetched, RunStarted, Window, WriteAck};
-
-    use super::*;
-
-    fn page(page: u64, at: u64) -> Event {
-        Event::PageFetched(PageFetched {
-            page,
-            request_cursor: Some(format!("{}{page}", "x".repeat(100))),
-            next_cursor: Some(format!("c{page}")),
-            records: 1,
-            bytes: 1,
-            checksum: 1,
-            at: Timestamp(at),
-        })
-    }
-
-    #[test]
-    fn times_count_from_the_start_and_a_page_fetched_ahead_says_so() -> anyhow::Result<()> {
-        let run = RunId::new();
-        let started = RunStarted {
-            run_id: run,
-            sync: "s".into(),
-            stream: "t".into(),
-            workflow_digest: "d".into(),
-            workflow_path: "w.toml".into(),
-            window: Window {
-                start: None,
-                end: Timestamp(1),
-            },
-            start_cursor: None,
-            start_from: StartFrom::Beginning,
-            at: Timestamp(1_000),
-        };
-        let ack = WriteAck::default();
-        let events = [
-            Event::RunStarted(started),
-            page(1, 1_100),
-            Event::BatchWritten {
-                page: 1,
-                ack,
-                at: Timestamp(1_300),
-            },
-            Event::CursorCommitted {
-                page: 1,
-                at: Timestamp(1_300),
-            },
-            page(2, 1_250),
-            Event::RunPaused {
-                reason: waymark_engine::PauseReason::Interrupted,
-                at: Timestamp(3_661_000 + 1_000),
-            },
-        ];
-        let mut table = Printer::new(run, false);
-        let mut json = Printer::new(run, true);
-        let mut lines = Vec::new();
-        for (seq, event) in (1..).zip(&events) {
-            lines.push((table.line(seq, event)?, json.line(seq, event)?));
+/// The run in progress: the newest of those still running, else the newest run.
+fn current_run(dir: &StateDir) -> anyhow::Result<RunId> {
+    let mut newest: Option<RunState> = None;
+    let mut running: Option<RunState> = None;
+    for head in dir.journal().runs() {
+        let s = head?;
+        let newer =
+            |than: &Option<RunState>| than.as_ref().is_none_or(|t| s.started.at >= t.started.at);
+        if matches!(s.status, Status::Running) && newer(&running) {
+            running = Some(s.clone());
         }
-        let times: Vec<&str> = lines
-            .iter()
-            .filter_map(|(l, _)| l.split_whitespace().nth(1))
-            .collect();
-        assert_eq!(
-            times,
-            [
-                "+0:00:00.000",
-                "+0:00:00.100",
-                "+0:00:00.300",
-                "+0:00:00.300",
-                "+0:00:00.250",
-                "+1:01:01.000"
-            ]
-        );
-        for (i, (line, json)) in lines.iter().enumerate() {
-            let json: serde_json::Value = serde_json::from_str(json)?;
-            assert_eq!(json["seq"], i + 1);
-            assert_eq!(json["ahead"], i == 4, "{json}");
-            assert_eq!(line.contains("fetched ahead"), i == 4, "{line}");
+        if newer(&newest) {
+            newest = Some(s);
         }
-        assert!(lines[4]
-            .0
-            .contains("fetched ahead, while page 1 was written"));
-        assert!(lines[4].1.contains("\"offset_ms\":250"));
-        // A long cursor is cut, so the columns after it stay in line.
-        let counts = lines[1].0.find("page 1 records 1");
-        assert_eq!(counts, lines[4].0.find("page 2 records 1"));
-        assert!(lines[4].0.contains('…'));
-        assert_eq!(cut("abcdefghij", 5), "ab…ij");
-        assert_eq!(cut("abcde", 5), "abcde");
-        Ok(())
     }
+    running
+        .or(newest)
+        .map(|s| s.run_id())
+        .ok_or_else(|| UsageError("the journal has no runs yet".into()).into())
 }

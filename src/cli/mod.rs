@@ -7,6 +7,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*)) };
 }
 
+mod attach;
 mod checkpoint;
 mod compact;
 pub mod context;
@@ -24,7 +25,7 @@ mod status;
 mod trace;
 mod validate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -35,8 +36,9 @@ use waymark_engine::{driver, journal as engine_journal, staging, state_dir};
 #[derive(Debug, Parser)]
 #[command(name = "waymark", version, about)]
 pub struct Cli {
-    /// State directory (journal, staged pages, lock) [default: .waymark; for `demo`, its
-    /// `--dir`/state].
+    /// State directory (journal, staged pages, lock). Default: the nearest `.waymark` that a
+    /// run used, in the working directory or one above it (as git finds `.git`), else
+    /// `.waymark` here; for `demo`, its `--dir`/state.
     #[arg(
         long,
         global = true,
@@ -109,6 +111,38 @@ enum Command {
     Man,
 }
 
+impl Cli {
+    /// The command line's definition, each global option hidden from the help of the
+    /// subcommands it means nothing to (the sandbox keeps no state; `schema` logs nothing).
+    pub fn definition() -> clap::Command {
+        const STATE: &[&str] = &["state_dir"];
+        const ALL: &[&str] = &["state_dir", "quiet", "log_level", "log_format"];
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        for (name, hidden) in [
+            ("sandbox", STATE),
+            ("validate", STATE),
+            ("schema", ALL),
+            ("completions", ALL),
+            ("man", ALL),
+        ] {
+            // A subcommand's own copy of a global option is not replaced by the global one.
+            let copies: Vec<clap::Arg> = cmd
+                .get_arguments()
+                .filter(|arg| hidden.contains(&arg.get_id().as_str()))
+                .map(|arg| arg.clone().hide(true))
+                .collect();
+            cmd = cmd.mut_subcommand(name, |sub| sub.args(copies));
+        }
+        cmd
+    }
+
+    /// Parses the process's command line (exits with usage on bad input, as clap does).
+    pub fn from_command_line() -> Self {
+        use clap::FromArgMatches;
+        Self::from_arg_matches(&Self::definition().get_matches()).unwrap_or_else(|e| e.exit())
+    }
+}
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -139,7 +173,24 @@ pub enum ExitStatus {
 
 impl From<ExitStatus> for ExitCode {
     fn from(status: ExitStatus) -> Self {
-        ExitCode::from(match status {
+        ExitCode::from(status.code())
+    }
+}
+
+impl ExitStatus {
+    const ALL: [ExitStatus; 7] = [
+        ExitStatus::Success,
+        ExitStatus::Failed,
+        ExitStatus::BadInput,
+        ExitStatus::Paused,
+        ExitStatus::Busy,
+        ExitStatus::Corrupt,
+        ExitStatus::Drift,
+    ];
+
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
             ExitStatus::Success => 0,
             ExitStatus::Failed => 1,
             ExitStatus::BadInput => 2,
@@ -147,11 +198,17 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Busy => 4,
             ExitStatus::Corrupt => 5,
             ExitStatus::Drift => 6,
-        })
+        }
     }
-}
 
-impl ExitStatus {
+    /// The status of an exit code (an unknown one is a failure).
+    pub fn from_code(code: u8) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.code() == code)
+            .unwrap_or(ExitStatus::Failed)
+    }
+
     /// The exit status an error chain stands for.
     pub fn of_error(error: &anyhow::Error) -> Self {
         for cause in error.chain() {
@@ -218,6 +275,9 @@ pub fn describe(error: &anyhow::Error) -> String {
 /// Writes one line to stdout (see `out!`).
 pub fn emit(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    if attach::out(args) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     let written = stdout
         .write_fmt(args)
@@ -234,31 +294,78 @@ pub fn emit(args: std::fmt::Arguments<'_>) {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Runs the chosen subcommand.
+/// Runs the chosen subcommand. A read command that finds the state directory held by a
+/// running process asks that process instead (see `attach`).
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
-    // The demo keeps its state beside its files unless told otherwise.
-    let explicit = cli.state_dir;
-    let state_dir = explicit
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(".waymark"));
+    let state_dir = cli.state_dir.clone().unwrap_or_else(nearest_state_dir);
+    let reads = cli.command.reads_only();
+    let done = match execute(&state_dir, cli).await {
+        Err(e) if reads && context::is_busy(&e) => attach::ask(&state_dir, e).await,
+        done => done,
+    };
+    attach::finish().await;
+    done
+}
+
+/// The nearest `.waymark` a run used (it has a `LOCK`), from the working directory up;
+/// none: `.waymark` in the working directory.
+fn nearest_state_dir() -> PathBuf {
+    let here = PathBuf::from(".waymark");
+    let Ok(cwd) = std::env::current_dir() else {
+        return here;
+    };
+    cwd.ancestors()
+        .map(|dir| dir.join(".waymark"))
+        .find(|dir| dir.join("LOCK").is_file())
+        .map_or(here, |found| {
+            // Said relative when it is here, so messages stay short.
+            found
+                .strip_prefix(&cwd)
+                .map_or(found.clone(), Path::to_path_buf)
+        })
+}
+
+async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
-        Command::Run(args) => run::run(&state_dir, args).await,
-        Command::Resume(args) => run::resume(&state_dir, args).await,
-        Command::Backfill(args) => run::backfill(&state_dir, args).await,
-        Command::Journal(args) => journal::run(&state_dir, args),
-        Command::Runs(args) => runs::run(&state_dir, args),
+        Command::Run(args) => run::run(state_dir, args).await,
+        Command::Resume(args) => run::resume(state_dir, args).await,
+        Command::Backfill(args) => run::backfill(state_dir, args).await,
+        Command::Journal(args) => journal::run(state_dir, args),
+        Command::Runs(args) => runs::run(state_dir, args),
         Command::Sandbox(args) => sandbox::run(args).await,
-        Command::Demo(args) => demo::run(args, explicit).await,
+        // The demo keeps its state beside its files unless told otherwise.
+        Command::Demo(args) => demo::run(args, cli.state_dir).await,
         Command::Validate(args) => validate::validate(args),
-        Command::Compact(args) => compact::run(&state_dir, args),
-        Command::Dlq(args) => dlq::run(&state_dir, args).await,
-        Command::Status(args) => status::run(&state_dir, args),
-        Command::Replay(args) => replay::run(&state_dir, args),
-        Command::Reconcile(args) => reconcile::run(&state_dir, args).await,
-        Command::Trace(args) => trace::run(&state_dir, args),
-        Command::Checkpoint(args) => checkpoint::run(&state_dir, args).await,
+        Command::Compact(args) => compact::run(state_dir, args),
+        Command::Dlq(args) => dlq::run(state_dir, args).await,
+        Command::Status(args) => status::run(state_dir, args),
+        Command::Replay(args) => replay::run(state_dir, args),
+        Command::Reconcile(args) => reconcile::run(state_dir, args).await,
+        Command::Trace(args) => trace::run(state_dir, args),
+        Command::Checkpoint(args) => checkpoint::run(state_dir, args).await,
         Command::Schema => validate::schema(),
         Command::Completions(args) => shell::completions(args),
         Command::Man => shell::man(),
+    }
+}
+
+impl Command {
+    /// Whether the command only reads the state directory, so that the process holding it
+    /// can answer it.
+    fn reads_only(&self) -> bool {
+        match self {
+            Command::Runs(_) | Command::Status(_) | Command::Trace(_) => true,
+            Command::Journal(args) => args.reads_only(),
+            Command::Dlq(args) => args.reads_only(),
+            Command::Checkpoint(args) => args.reads_only(),
+            _ => false,
+        }
+    }
+
+    /// Relative paths in the arguments made absolute against `cwd` (a caller's directory).
+    fn rebase(&mut self, cwd: &Path) {
+        if let Command::Checkpoint(args) = self {
+            args.rebase(cwd);
+        }
     }
 }

@@ -1,10 +1,9 @@
-//! What a running sync shows: a progress bar or step lines on stderr, the live feed that
-//! `journal --follow` tails, and the summary of a run.
+//! What a running sync shows: a progress bar or step lines on stderr, and the summary of
+//! a run.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use waymark_engine::{Event, RunId, RunState, Status, Timestamp};
+use waymark_engine::{Event, RunState, Status};
 
 /// What a run shows while it goes: a live line on a terminal (pages, records, records/s,
 /// retries, cursor), a log line every few seconds otherwise. Retries are always logged.
@@ -15,73 +14,6 @@ pub(crate) struct Progress {
     records_before: u64,
     last_log: Instant,
     last_step: Instant,
-    pub(crate) feed: Option<Feed>,
-}
-
-/// A live run's feed for `waymark journal --follow` (the journal is locked by this
-/// process): each journaled event as a JSON line in `live/<run>.jsonl`, removed when the
-/// run stops driving. Best effort: a feed that cannot be written is dropped with a warning.
-pub(crate) struct Feed {
-    path: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
-    /// The run's start, on every line: `journal --follow` shows times from it.
-    started: Timestamp,
-}
-
-impl Feed {
-    pub(crate) fn open(root: &Path, state: &RunState) -> Option<Feed> {
-        let dir = root.join("live");
-        let path = dir.join(format!("{}.jsonl", state.run_id()));
-        let opened = std::fs::create_dir_all(&dir).and_then(|()| std::fs::File::create(&path));
-        let mut feed = match opened {
-            Ok(file) => Feed {
-                path,
-                out: std::io::BufWriter::new(file),
-                started: state.started.at,
-            },
-            Err(e) => {
-                tracing::warn!(
-                    "no live feed for `journal --follow`: {}: {e}",
-                    path.display()
-                );
-                return None;
-            }
-        };
-        // How the run got here: its start, or the resume that picked it up.
-        let first = match state.last_seq {
-            1 => Event::RunStarted(state.started.clone()),
-            _ => Event::RunResumed {
-                pid: std::process::id(),
-                at: state.updated_at,
-            },
-        };
-        feed.write(state.last_seq, state.run_id(), &first);
-        Some(feed)
-    }
-
-    fn write(&mut self, seq: u64, run: RunId, event: &Event) {
-        use std::io::Write;
-        let line = serde_json::json!({
-            "run": run.to_string(),
-            "seq": seq,
-            "time": event.at().to_string(),
-            "step": event.name(),
-            "event": event,
-            "started_ms": self.started.0,
-        });
-        if writeln!(self.out, "{line}")
-            .and_then(|()| self.out.flush())
-            .is_err()
-        {
-            tracing::warn!("the live feed {} stopped", self.path.display());
-        }
-    }
-}
-
-impl Drop for Feed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 impl Progress {
@@ -102,14 +34,10 @@ impl Progress {
             records_before,
             last_log: Instant::now(),
             last_step: Instant::now(),
-            feed: None,
         }
     }
 
     pub(crate) fn observe(&mut self, state: &RunState, event: &Event) {
-        if let Some(feed) = &mut self.feed {
-            feed.write(state.last_seq, state.run_id(), event);
-        }
         self.step(state, event);
         let c = &state.counts;
         let line = match event {

@@ -12,7 +12,7 @@ use waymark_connectors::reconcile::{Gap, Report};
 use waymark_connectors::Workflow;
 use waymark_engine::{RunState, Window};
 
-use super::context::{open_state, status_of, stop_on_signal, Budget};
+use super::context::{hold_state, status_of, stop_on_signal, Budget};
 use super::{ExitStatus, UsageError};
 use crate::sync::{reconcile, Invocation, Request};
 
@@ -77,7 +77,7 @@ pub async fn run(state_dir: &Path, args: ReconcileArgs) -> anyhow::Result<ExitSt
             .into());
         }
     }
-    let mut dir = open_state(state_dir)?;
+    let (mut dir, _answering) = hold_state(state_dir)?;
     let mut invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
     // The report carries the repair run's outcome: one JSON object per stream.
     invocation.summaries = !args.budget.json;

@@ -9,7 +9,7 @@ use waymark_connectors::Workflow;
 use waymark_engine::{driver, Clock, SystemClock, Timestamp};
 
 use super::context::{
-    destination, find_run, open_state, rfc3339, status_of, stop_on_signal, Budget,
+    destination, find_run, hold_state, rfc3339, status_of, stop_on_signal, Budget,
 };
 use super::{ExitStatus, UsageError};
 use crate::sync::{drive, resume_repair, run_scope, run_streams, Invocation};
@@ -72,7 +72,7 @@ pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> 
             .map(|name| workflow.stream(name))
             .collect::<Result<_, _>>()?
     };
-    let mut dir = open_state(state_dir)?;
+    let (mut dir, _answering) = hold_state(state_dir)?;
     run_streams(
         &mut dir,
         &workflow,
@@ -102,7 +102,7 @@ pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<Ex
         ))
         .into());
     }
-    let mut dir = open_state(state_dir)?;
+    let (mut dir, _answering) = hold_state(state_dir)?;
     let plan = workflow.backfill_plan(&stream, from, to, args.fresh);
     if let Some(done) = dir.journal().checkpoint(&plan.sync, &plan.stream)? {
         if done.complete && done.window.end >= to {
@@ -123,7 +123,7 @@ pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<Ex
 /// `waymark resume <run-id>`.
 pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;
-    let mut dir = open_state(state_dir)?;
+    let (mut dir, _answering) = hold_state(state_dir)?;
     let run = find_run(&dir, &args.run_id)?;
     let state = dir.journal().load(run)?;
     let path = PathBuf::from(&state.started.workflow_path);

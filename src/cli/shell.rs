@@ -1,7 +1,7 @@
 //! `waymark completions <shell>` and `waymark man`: shell completions and the man page,
 //! generated from the same clap definitions as the parser, so they never drift from it.
 
-use clap::{Args, CommandFactory};
+use clap::Args;
 use clap_complete::Shell;
 
 use super::{Cli, ExitStatus};
@@ -18,14 +18,14 @@ pub struct CompletionsArgs {
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitStatus> {
     // Into memory first: the generator panics on a failed write (a closed pipe).
     let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut Cli::command(), "waymark", &mut script);
+    clap_complete::generate(args.shell, &mut Cli::definition(), "waymark", &mut script);
     print(&script)
 }
 
 /// Prints the man page in roff (e.g. `waymark man > waymark.1; man ./waymark.1`).
 pub fn man() -> anyhow::Result<ExitStatus> {
     let mut page = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    clap_mangen::Man::new(Cli::definition()).render(&mut page)?;
     print(&page)
 }
 

@@ -12,7 +12,7 @@ use waymark_connectors::{sink, AnyDestination, Api, HttpSource, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, Settings, Source, StateDir, SystemClock};
 
 use crate::cli::context::Budget;
-use crate::cli::progress::{print_summary, Feed, Progress};
+use crate::cli::progress::{print_summary, Progress};
 
 fn settings(workflow: &Workflow, budget: &Budget) -> Settings {
     Settings {
@@ -100,7 +100,6 @@ pub(crate) async fn drive(
     );
     let began = Instant::now();
     let mut progress = Progress::new(&stream, state.counts.records_committed);
-    progress.feed = Feed::open(dir.root(), &state);
     let mut observe = |state: &RunState, event: &Event| progress.observe(state, event);
     let (journal, staging) = dir.parts();
     let outcome = driver::drive(

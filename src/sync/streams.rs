@@ -119,9 +119,17 @@ pub(crate) async fn run_scope(
     let mut destination = destination(dir, workflow, stream, &plan.stream).await?;
     let mut states = Vec::new();
     loop {
+        let root = dir.root().display().to_string();
         let (journal, staging) = dir.parts();
-        let state =
-            driver::open(journal, staging, &mut destination, plan, SystemClock.now()).await?;
+        let state = driver::open(journal, staging, &mut destination, plan, SystemClock.now())
+            .await
+            .map_err(|e| match e {
+                // The usual cause: this is not the state directory the stream's runs used.
+                driver::Error::CheckpointLost { .. } => {
+                    anyhow::Error::new(e).context(format!("state directory {root}"))
+                }
+                e => e.into(),
+            })?;
         let mut source = invocation.source(workflow, stream).await?;
         let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
         let next_slice = state.status == Status::Completed

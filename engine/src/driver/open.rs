@@ -75,7 +75,8 @@ pub async fn open<B: Backend, D: Destination>(
                     let why = match (&damaged, &theirs) {
                         (Some(e), _) => format!("the journal's checkpoint is damaged ({e})"),
                         (None, _) => "the journal has no checkpoint for this stream, but its \
-                                      destination holds one (the journal was lost or reset?)"
+                                      destination holds one: was the journal lost or reset, or \
+                                      did the stream's runs use another state directory?"
                             .to_string(),
                     };
                     return Err(Error::CheckpointLost {

@@ -151,6 +151,7 @@ pub struct Verified {
 }
 
 /// The journal over a storage backend.
+#[derive(Clone)]
 pub struct Journal<B> {
     backend: B,
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use super::backend::{Backend, BackendError, Entries, Entry, Op};
 
-/// sled's default tree as a journal backend.
+/// sled's default tree as a journal backend; a clone is another handle on the same open
+/// database.
+#[derive(Clone)]
 pub struct SledBackend {
     /// `None`: the bench-only discarding mode (nothing is kept).
     db: Option<sled::Db>,

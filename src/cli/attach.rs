@@ -1,0 +1,285 @@
+//! Read commands while another process holds the state directory. The holder (a `run`,
+//! `resume` or `backfill`) listens on `<state-dir>/attach.sock`; a read command (`runs`,
+//! `status`, `journal`, `trace`, `dlq list|show`, `checkpoint show`) that finds the
+//! directory in use sends its command line there, and the holder runs it against its own
+//! open journal and streams back what it prints and its exit status. The answer is the
+//! one the command gives once the directory is free, because it is the same code reading
+//! the same journal.
+//!
+//! Protocol: one JSON line `{"args": [...], "cwd": "..."}` from the caller, then JSON lines
+//! of [`Reply`] until `Exit`. The socket is the caller's own user's (mode 0600).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+use waymark_engine::StateDir;
+
+use super::{describe, Cli, ExitStatus};
+
+/// The socket's file name in the state directory.
+pub const SOCKET: &str = "attach.sock";
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    /// The command line after the program name.
+    args: Vec<String>,
+    /// The caller's working directory, against which relative paths resolve.
+    cwd: PathBuf,
+}
+
+/// One line of an answer.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Reply {
+    /// A line of stdout.
+    Out(String),
+    /// A line of stderr.
+    Note(String),
+    /// The command failed: the message, and the exit code.
+    Error(String, u8),
+    /// The command ended with this exit code.
+    Exit(u8),
+}
+
+/// What a command run for another process uses instead of opening the directory and
+/// writing to its own stdout.
+struct Attached {
+    state: StateDir,
+    replies: UnboundedSender<Reply>,
+}
+
+tokio::task_local! {
+    static ATTACHED: Attached;
+}
+
+/// The held state directory, when this command runs for another process.
+pub(crate) fn lent_state() -> Option<anyhow::Result<StateDir>> {
+    ATTACHED
+        .try_with(|a| a.state.share().map_err(Into::into))
+        .ok()
+}
+
+/// Sends a line of stdout to the caller; false when not answering a caller.
+pub(crate) fn out(line: std::fmt::Arguments<'_>) -> bool {
+    ATTACHED
+        .try_with(|a| {
+            let _ = a.replies.send(Reply::Out(line.to_string()));
+        })
+        .is_ok()
+}
+
+/// A message for the user on stderr — the caller's, when answering one.
+pub(crate) fn note(text: &str) {
+    if ATTACHED
+        .try_with(|a| {
+            let _ = a.replies.send(Reply::Note(text.to_string()));
+        })
+        .is_err()
+    {
+        eprintln!("{text}");
+    }
+}
+
+/// Whether a `journal --follow` answering a caller should stop: the caller went away, or
+/// this process no longer holds the directory (it is about to exit).
+pub(crate) fn stop_following() -> bool {
+    ATTACHED
+        .try_with(|a| a.replies.is_closed())
+        .unwrap_or(false)
+        || !HOLDING.load(Ordering::SeqCst)
+}
+
+/// Whether this command runs for another process (its state directory is held, live).
+pub(crate) fn attached() -> bool {
+    ATTACHED.try_with(|_| ()).is_ok()
+}
+
+/// Answers read commands for as long as it lives; when dropped, removes the socket and
+/// takes no more callers (those being answered finish, see [`finish`]).
+pub struct Answering {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        HOLDING.store(false, Ordering::SeqCst);
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Whether this process answers read commands now.
+static HOLDING: AtomicBool = AtomicBool::new(false);
+
+/// The callers being answered.
+static CALLERS: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Lets the answers in progress end (a `journal --follow` prints the run's last steps)
+/// before the process exits; at most a few seconds.
+pub async fn finish() {
+    let callers = std::mem::take(&mut *CALLERS.lock().unwrap_or_else(PoisonError::into_inner));
+    let all = futures_util::future::join_all(callers);
+    let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+}
+
+/// Starts answering read commands on the socket in `dir`. Without a socket (a path longer
+/// than the OS allows, a filesystem that has none) the run goes on, and says that read
+/// commands must wait for it.
+pub fn answer(dir: &StateDir) -> Option<Answering> {
+    let path = dir.root().join(SOCKET);
+    // A socket a killed holder left behind.
+    let _ = std::fs::remove_file(&path);
+    let listener = match bind(&path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(
+                socket = %path.display(),
+                "read commands cannot reach this run until it ends: {e}"
+            );
+            return None;
+        }
+    };
+    let state = match dir.share() {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::warn!("read commands cannot reach this run until it ends: {e}");
+            return None;
+        }
+    };
+    let root = dir.root().to_path_buf();
+    HOLDING.store(true, Ordering::SeqCst);
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            match state.share() {
+                Ok(state) => {
+                    let caller = tokio::spawn(serve(stream, state, root.clone()));
+                    let mut callers = CALLERS.lock().unwrap_or_else(PoisonError::into_inner);
+                    callers.retain(|c| !c.is_finished());
+                    callers.push(caller);
+                }
+                Err(e) => tracing::warn!("cannot answer a read command: {e}"),
+            }
+        }
+    });
+    Some(Answering { path, task })
+}
+
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers one caller.
+async fn serve(stream: UnixStream, state: StateDir, root: PathBuf) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let request = match lines.next_line().await {
+        Ok(Some(line)) => serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()),
+        _ => return,
+    };
+    let (tx, mut rx) = unbounded_channel();
+    match request.and_then(|r| command(r).map_err(|e| describe(&e))) {
+        Ok(cli) => {
+            let attached = Attached {
+                state,
+                replies: tx.clone(),
+            };
+            let handle = tokio::runtime::Handle::current();
+            // The commands are mostly synchronous (and `journal --follow` sleeps): they get
+            // a thread of their own, not one of the runtime's.
+            tokio::task::spawn_blocking(move || {
+                let done = handle.block_on(ATTACHED.scope(attached, super::execute(&root, cli)));
+                let _ = tx.send(match done {
+                    Ok(status) => Reply::Exit(status.code()),
+                    Err(e) => Reply::Error(describe(&e), ExitStatus::of_error(&e).code()),
+                });
+            });
+        }
+        Err(message) => {
+            let _ = tx.send(Reply::Error(message, ExitStatus::BadInput.code()));
+        }
+    }
+    loop {
+        tokio::select! {
+            reply = rx.recv() => {
+                let Some(reply) = reply else { return };
+                let last = matches!(reply, Reply::Exit(_) | Reply::Error(..));
+                let Ok(mut line) = serde_json::to_string(&reply) else { return };
+                line.push('\n');
+                if write.write_all(line.as_bytes()).await.is_err() || last {
+                    return;
+                }
+            }
+            // The caller hung up (Ctrl-C on `journal --follow`): dropping the receiver
+            // tells the command.
+            _ = lines.next_line() => return,
+        }
+    }
+}
+
+/// The read command a request asks for, its relative paths made the caller's.
+fn command(request: Request) -> anyhow::Result<Cli> {
+    let args = std::iter::once("waymark".to_string()).chain(request.args);
+    let mut cli = Cli::try_parse_from(args).map_err(|e| super::UsageError(e.to_string()))?;
+    if !cli.command.reads_only() {
+        return Err(super::UsageError(
+            "only read commands can be answered while a run holds the state directory".into(),
+        )
+        .into());
+    }
+    cli.command.rebase(&request.cwd);
+    Ok(cli)
+}
+
+/// Asks the process that holds `state_dir` to run this process's command line; prints its
+/// answer and returns its exit status. `busy` (the directory is in use) is returned when no
+/// process answers on the socket.
+pub async fn ask(state_dir: &Path, busy: anyhow::Error) -> anyhow::Result<ExitStatus> {
+    let Ok(stream) = UnixStream::connect(state_dir.join(SOCKET)).await else {
+        return Err(busy);
+    };
+    let Some(args) = std::env::args_os()
+        .skip(1)
+        .map(std::ffi::OsString::into_string)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+    else {
+        return Err(busy);
+    };
+    let request = Request {
+        args,
+        cwd: std::env::current_dir().context("the working directory")?,
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(&request)?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str::<Reply>(&line)? {
+            Reply::Out(text) => out!("{text}"),
+            Reply::Note(text) => eprintln!("{text}"),
+            Reply::Error(message, code) => {
+                eprintln!("error: {message}");
+                return Ok(ExitStatus::from_code(code));
+            }
+            Reply::Exit(code) => return Ok(ExitStatus::from_code(code)),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "the process holding {} stopped before answering; try again",
+        state_dir.display()
+    ))
+}
