@@ -13,7 +13,7 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Not valid TOML, an unknown key, or a wrong type.
+    /// Not valid TOML.
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
         /// The file.
@@ -25,7 +25,7 @@ pub enum Error {
         /// What is wrong and what was expected.
         message: String,
     },
-    /// Parsed, but does not make sense.
+    /// A key that is unknown, missing, of the wrong type, or does not make sense.
     #[error("{path}:{line}:{column}: {key}: {message}")]
     Invalid {
         /// The file.

@@ -1,131 +1,224 @@
-//! Where a key is in the file's text: line and column of a byte offset, the offset of a
-//! semantic key path, and the key path at an offset (for TOML's own errors).
+//! Where a key is in the file's text, read off the parsed TOML document (which keeps the
+//! byte span of every key, value and `[header]`): the key path of each value, the offset
+//! of a key path, the key path at an offset, and line and column of an offset.
+//!
+//! Key paths are dotted (`source.backoff.base`); an element of a list is `[i]` (0-based:
+//! `source.on_response[1]` is the second rule), except a table with a `name`, which is
+//! named by it (`stream.orders.window.lag`). A key that is not a bare TOML key is quoted
+//! (`stream.orders.headers."X Trace"`).
 
+use std::ops::Range;
+
+use toml_edit::{
+    Array, ArrayOfTables, ImDocument, InlineTable, Item, Key, Table, TableLike, Value,
+};
+
+/// 1-based line and column (in characters) of a byte offset.
 pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
 }
 
-/// The byte offset of a semantic key path (`stream.orders.pagination.since_param`) in the
-/// text: the key itself, else the nearest enclosing key or table that is there.
-pub(super) fn locate(text: &str, key: &str) -> usize {
-    let mut parts = key.split('.');
-    let Some(table) = parts.next() else {
-        return 0;
-    };
-    let mut rest: Vec<&str> = parts.collect();
-    // Stream keys name their stream: `stream.<name>.…`.
-    let name = (table == "stream" && !rest.is_empty()).then(|| rest.remove(0));
-    let mut blocks = Vec::new();
-    let (mut offset, mut open) = (0, None);
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            if let Some(start) = open.take() {
-                blocks.push((start, offset));
-            }
-            let header = t.trim_start_matches('[').split(']').next().unwrap_or("");
-            if header.trim() == table {
-                open = Some(offset);
-            }
-        }
-        offset += line.len();
-    }
-    if let Some(start) = open {
-        blocks.push((start, text.len()));
-    }
-    let named = |body: &str, name: &str| {
-        body.lines()
-            .any(|l| l.replace(' ', "") == format!("name=\"{name}\""))
-    };
-    let Some((start, end)) = blocks
-        .into_iter()
-        .find(|(s, e)| name.is_none_or(|n| named(&text[*s..*e], n)))
-    else {
-        return 0;
-    };
-    let body = &text[start..end];
-    let (mut found, mut from) = (0, 0);
-    for part in rest {
-        // `on_response[2]` is found by its key.
-        let part = part.split('[').next().unwrap_or(part);
-        let is_key = |i: usize| {
-            let before = body[..i].chars().last();
-            !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && body[i + part.len()..].trim_start().starts_with('=')
-        };
-        match body[from..]
-            .match_indices(part)
-            .map(|(i, _)| i + from)
-            .find(|&i| is_key(i))
-        {
-            Some(i) => (found, from) = (i, i + part.len()),
-            None => break,
-        }
-    }
-    start + found
+/// One value of the document, as far as its shape goes.
+#[derive(Clone, Copy)]
+pub(super) enum Node<'d> {
+    /// A string, number, boolean or date-time.
+    Scalar(&'d Value),
+    /// `[…]`
+    Array(&'d Array),
+    /// `[[name]]` tables.
+    Tables(&'d ArrayOfTables),
+    /// A `[name]` table, or one made by dotted keys (`window.lag = …`) or implied by a
+    /// deeper header.
+    Table(&'d Table),
+    /// `{…}`
+    Inline(&'d InlineTable),
 }
 
-/// The key path (`stream[1].pagination.kind`) of the key or value at `offset` of a TOML
-/// text, for error messages: the enclosing table header, the key of the line, and the key
-/// inside an inline table.
-pub(super) fn key_path(text: &str, offset: usize) -> Option<String> {
-    let before = text.get(..offset)?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    // The table: the last header above this line, with the index of an array of tables.
-    let mut table = String::new();
-    for line in text[..line_start].lines() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.split("]]").next()) {
-            let name = name.trim();
-            let index = text[..line_start]
-                .lines()
-                .filter(|l| {
-                    l.trim()
-                        .strip_prefix("[[")
-                        .and_then(|l| l.split("]]").next())
-                        .map(str::trim)
-                        == Some(name)
-                })
-                .count();
-            table = format!("{name}[{}]", index.saturating_sub(1));
-        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
-            table = name.trim().to_string();
+impl<'d> Node<'d> {
+    /// The node of an item (`None` for an empty one).
+    pub(super) fn of(item: &'d Item) -> Option<Self> {
+        match item {
+            Item::None => None,
+            Item::Value(v) => Some(Self::value(v)),
+            Item::Table(t) => Some(Node::Table(t)),
+            Item::ArrayOfTables(a) => Some(Node::Tables(a)),
         }
     }
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line
-        .split('=')
-        .next()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.chars().all(ident));
-    // Inside an inline table: the key just before the offset's `=` (or at the offset).
-    let column = offset - line_start;
-    let inner = line.find('{').filter(|open| *open < column).and_then(|_| {
-        let head = &line[..column.min(line.len())];
-        let word_at: String = line[column.min(line.len())..]
-            .chars()
-            .take_while(|c| ident(*c))
-            .collect();
-        if !word_at.is_empty() && !head.ends_with(|c: char| ident(c)) {
-            return Some(word_at);
+
+    fn value(value: &'d Value) -> Self {
+        match value {
+            Value::Array(a) => Node::Array(a),
+            Value::InlineTable(t) => Node::Inline(t),
+            _ => Node::Scalar(value),
         }
-        let eq = head.rfind('=')?;
-        let name: String = head[..eq]
-            .trim_end()
+    }
+
+    /// Where it is written (a header table: from its header on).
+    pub(super) fn span(&self) -> Option<Range<usize>> {
+        match self {
+            Node::Scalar(v) => v.span(),
+            Node::Array(a) => a.span(),
+            Node::Tables(a) => a.span(),
+            Node::Table(t) => t.span(),
+            Node::Inline(t) => t.span(),
+        }
+    }
+
+    /// A table with its own `[header]` (or `[[header]]`).
+    pub(super) fn is_header(&self) -> bool {
+        match self {
+            Node::Table(t) => !t.is_implicit() && !t.is_dotted() && t.span().is_some(),
+            Node::Tables(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Its keys, if it is a table.
+    pub(super) fn table(&self) -> Option<&'d dyn TableLike> {
+        match self {
+            Node::Table(t) => Some(*t),
+            Node::Inline(t) => Some(*t),
+            _ => None,
+        }
+    }
+
+    /// Its elements, if it is a list.
+    pub(super) fn elements(&self) -> Vec<Node<'d>> {
+        match self {
+            Node::Array(a) => a.iter().map(Node::value).collect(),
+            Node::Tables(a) => a.iter().map(Node::Table).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A node below another: its key path, where to point at it, and the node.
+pub(super) struct Child<'d> {
+    /// Its key path.
+    pub(super) key: String,
+    /// Its key as written (`None` for an element of a list).
+    pub(super) name: Option<&'d str>,
+    /// Where an error about it points: its header, its key, or (an element) itself.
+    pub(super) at: Option<usize>,
+    /// The node.
+    pub(super) node: Node<'d>,
+}
+
+/// The keys of a table, or the elements of a list, in file order.
+pub(super) fn children<'d>(node: Node<'d>, key: &str) -> Vec<Child<'d>> {
+    match node.table() {
+        Some(table) => table
+            .iter()
+            .filter_map(|(name, item)| {
+                let node = Node::of(item)?;
+                let key_at = table.key(name).and_then(Key::span).map(|s| s.start);
+                let at = match node.is_header() {
+                    true => node.span().map(|s| s.start).or(key_at),
+                    false => key_at,
+                };
+                Some(Child {
+                    key: child_key(key, name),
+                    name: Some(name),
+                    at,
+                    node,
+                })
+            })
+            .collect(),
+        None => node
+            .elements()
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| Child {
+                key: element_key(key, i, node),
+                name: None,
+                at: node.span().map(|s| s.start),
+                node,
+            })
+            .collect(),
+    }
+}
+
+/// `parent.key`, the key quoted unless it is bare.
+pub(super) fn child_key(parent: &str, key: &str) -> String {
+    let key = match bare(key) {
+        true => key.to_string(),
+        false => format!("{key:?}"),
+    };
+    match parent.is_empty() {
+        true => key,
+        false => format!("{parent}.{key}"),
+    }
+}
+
+/// `list.<name>` for a table with a usable `name`, else `list[i]`.
+fn element_key(list: &str, i: usize, node: Node<'_>) -> String {
+    let name = node
+        .table()
+        .and_then(|t| t.get("name"))
+        .and_then(Item::as_str)
+        .filter(|n| bare(n));
+    match name {
+        Some(name) => format!("{list}.{name}"),
+        None => format!("{list}[{i}]"),
+    }
+}
+
+fn bare(key: &str) -> bool {
+    !key.is_empty()
+        && key
             .chars()
-            .rev()
-            .take_while(|c| ident(*c))
-            .collect();
-        Some(name.chars().rev().collect::<String>()).filter(|n| !n.is_empty())
-    });
-    let parts: Vec<&str> = [Some(table.as_str()), key, inner.as_deref()]
-        .into_iter()
-        .flatten()
-        .filter(|p| !p.is_empty())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join("."))
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The byte offset of a key path (`stream.orders.pagination.since_param`) in the text: the
+/// key itself, else the nearest enclosing key, element or table that is there (0 when
+/// nothing is).
+pub(super) fn locate(text: &str, key: &str) -> usize {
+    let Ok(doc) = ImDocument::parse(text) else {
+        return 0;
+    };
+    let (mut node, mut at, mut path) = (Node::Table(doc.as_table()), 0, String::new());
+    loop {
+        let next = children(node, &path).into_iter().find(|c| {
+            key.strip_prefix(c.key.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        });
+        let Some(child) = next else {
+            return at;
+        };
+        at = child
+            .at
+            .or(child.node.span().map(|s| s.start))
+            .unwrap_or(at);
+        (node, path) = (child.node, child.key);
+    }
+}
+
+/// The key path of the innermost key or value whose text holds `offset`.
+pub(super) fn key_at(text: &str, offset: usize) -> Option<String> {
+    let doc = ImDocument::parse(text).ok()?;
+    innermost(Node::Table(doc.as_table()), "", offset)
+}
+
+fn innermost(node: Node<'_>, key: &str, offset: usize) -> Option<String> {
+    let holds = |span: Option<Range<usize>>| {
+        span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+    };
+    for child in children(node, key) {
+        if let Some(found) = innermost(child.node, &child.key, offset) {
+            return Some(found);
+        }
+        let key_span = child.at.map(|at| at..at + child.name.map_or(0, str::len));
+        if holds(key_span) || holds(child.node.span()) {
+            return Some(child.key);
+        }
+    }
+    None
 }

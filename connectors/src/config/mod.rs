@@ -10,7 +10,10 @@
 //! - [`file`], [`source`], [`stream`], [`destination`], [`http`]: the sections, as serde
 //!   reads them ([`File`] is the whole file); [`span`]: durations.
 //! - [`workflow`]: [`Workflow`], loaded and validated, and the engine plans of its streams.
-//! - [`validate`]: the checks after parsing; [`location`]: key paths ⇄ line and column.
+//! - [`shape`]: the file's shape checked against the schema before serde reads it (unknown
+//!   and missing keys, types, ranges, durations, enums), in the file's own words, which
+//!   [`expect`] finds; [`validate`]: the checks after parsing; [`location`]: key paths ⇄
+//!   line and column.
 //! - [`digest`]: what a stream's digest is made of; [`scope`]: checkpoint scopes.
 //! - [`template`]: the placeholder syntax of request templates; [`env`]: `${VAR}`.
 //!
@@ -20,10 +23,14 @@ mod destination;
 mod digest;
 mod env;
 mod error;
+mod expect;
 mod file;
 mod http;
 mod location;
+#[cfg(test)]
+mod messages_tests;
 mod scope;
+mod shape;
 mod source;
 mod span;
 mod stream;

@@ -198,6 +198,16 @@ impl Pagination {
         }
     }
 
+    /// Every key this style takes besides `kind`: the required ones, the optional ones,
+    /// then `limit_param`.
+    pub(super) fn takes(kind: PaginationKind) -> Vec<&'static str> {
+        let (required, optional) = Self::keys(kind);
+        let mut keys = required.to_vec();
+        keys.extend_from_slice(optional);
+        keys.push("limit_param");
+        keys
+    }
+
     /// The style-specific keys that are set.
     fn set_keys(&self) -> Vec<&'static str> {
         [

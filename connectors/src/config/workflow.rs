@@ -9,8 +9,9 @@ use waymark_engine::{Plan, RetryPolicy, Timestamp};
 
 use super::error::Error;
 use super::file::File;
-use super::location::{key_path, line_col, locate};
+use super::location::{key_at, line_col, locate};
 use super::scope::{backfill_scope, repair_scope};
+use super::shape;
 use super::stream::{initial_start, StreamSection};
 
 /// A loaded, validated workflow.
@@ -34,17 +35,25 @@ impl Workflow {
 
     /// Parses and validates workflow text; `path` names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        shape::check(path, text)?;
+        // The shape is right: what serde still refuses is named by the key at its span.
         let file: File = toml::from_str(text).map_err(|e| {
             let start = e.span().map_or(0, |s| s.start);
             let (line, column) = line_col(text, start);
             let message = e.message().trim().to_string();
-            Error::Syntax {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: match key_path(text, start) {
-                    Some(key) => format!("{key}: {message}"),
-                    None => message,
+            match key_at(text, start) {
+                Some(key) => Error::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    key,
+                    message,
+                },
+                None => Error::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message,
                 },
             }
         })?;

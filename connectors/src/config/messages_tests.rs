@@ -1,0 +1,397 @@
+//! Every message a broken workflow file gets, exactly: each case is a small edit of one
+//! valid file (or a whole small file) and the `file:line:col: key: message` it must give.
+
+use std::path::Path;
+
+use super::*;
+
+/// Valid; every case below breaks one thing of it.
+const BASE: &str = r#"[sync]
+name = "shop"
+keep = "30d"
+
+[source]
+kind = "http"
+base_url = "http://127.0.0.1:1"
+timeout = "30s"
+backoff = { base = "250ms", cap = "30s" }
+auth = { kind = "bearer", token = { env = "SHOP_TOKEN" } }
+rate_limit = { requests = 10, per = "1s" }
+
+[[source.on_response]]
+status = [429, 503]
+action = "retry"
+wait = "5s"
+
+[[stream]]
+name = "orders"
+path = "/orders"
+records = "data"
+primary_key = "id"
+cursor_field = "updated_at"
+page_size = 100
+pagination = { kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor" }
+window = { lag = "2m", overlap = "1m", start_param = "since" }
+columns = { total = { path = "amount.total", type = "real" } }
+
+[[stream]]
+name = "customers"
+path = "/customers"
+primary_key = ["org_id", "id"]
+pagination = { kind = "page_number", page_param = "page" }
+window.lag = "5m"
+reconcile = { every = "7d", mode = "report" }
+
+[[stream.on_response]]
+status = 404
+action = "ignore"
+
+[destination]
+kind = "sqlite"
+path = "shop.db"
+"#;
+
+/// `BASE` with its first `from` replaced by `to` (which must be there).
+fn edit(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "not in BASE: {from}");
+    BASE.replacen(from, to, 1)
+}
+
+fn message(text: &str) -> String {
+    match Workflow::parse(Path::new("w.toml"), text) {
+        Ok(_) => "valid".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_base_file_is_valid() {
+    assert_eq!(message(BASE), "valid");
+}
+
+#[test]
+fn each_broken_file_gets_its_exact_message() {
+    let small = |stream_header: &str, sync_header: &str| {
+        format!(
+            "{sync_header}\nname = \"s\"\n[source]\nkind = \"http\"\nbase_url = \"http://x\"\n\
+             {stream_header}\nname = \"a\"\npath = \"/a\"\nprimary_key = \"id\"\n\
+             pagination = {{ kind = \"link_header\" }}\n[destination]\nkind = \"jsonl\"\npath = \"out\"\n"
+        )
+    };
+    let cases: Vec<(String, &str)> = vec![
+        // The issue's examples.
+        (
+            edit("path = \"/orders\"\n", ""),
+            r#"w.toml:18:1: stream.orders.path: required key missing: path appended to the base URL"#,
+        ),
+        (
+            edit("path = \"/customers\"\n", ""),
+            r#"w.toml:29:1: stream.customers.path: required key missing: path appended to the base URL"#,
+        ),
+        (
+            edit("name = \"shop\"\n", ""),
+            r#"w.toml:1:1: sync.name: required key missing: name of the sync; with the stream name it identifies checkpoints"#,
+        ),
+        (
+            edit("lag = \"2m\"", "lag = 120"),
+            r#"w.toml:26:18: stream.orders.window.lag: expected a duration such as "30s", "5m" or "1h 30m", got the number 120; add a unit, e.g. "120s""#,
+        ),
+        (
+            edit("page_size = 100", "page_size = \"500\""),
+            r#"w.toml:24:13: stream.orders.page_size: expected a whole number, got the string "500""#,
+        ),
+        (
+            edit("primary_key = \"id\"", "primary_key = 5"),
+            r#"w.toml:22:15: stream.orders.primary_key: expected a string or a list of strings, got the number 5"#,
+        ),
+        (
+            edit("timeout = \"30s\"", "timeout = \"5 mintues\""),
+            r#"w.toml:8:11: source.timeout: expected a duration such as "30s", "5m" or "1h 30m", got "5 mintues""#,
+        ),
+        // Typos, section by section.
+        (
+            edit("keep = ", "kep = "),
+            r#"w.toml:3:1: sync.kep: unknown key; did you mean `keep`?"#,
+        ),
+        (
+            edit("timeout = ", "timout = "),
+            r#"w.toml:8:1: source.timout: unknown key; did you mean `timeout`?"#,
+        ),
+        (
+            edit("records = ", "recrods = "),
+            r#"w.toml:21:1: stream.orders.recrods: unknown key; did you mean `records`?"#,
+        ),
+        (
+            edit("shop.db", "shop.db\"\npth = \"x"),
+            r#"w.toml:44:1: destination.pth: unknown key; did you mean `path`?"#,
+        ),
+        (
+            edit("[destination]", "[destinaton]"),
+            r#"w.toml:41:1: destinaton: unknown table; did you mean `destination`?"#,
+        ),
+        (
+            edit("page_size = 100", "page_size = 100\nlag = \"2m\""),
+            r#"w.toml:25:1: stream.orders.lag: unknown key here; did you mean `window.lag`?"#,
+        ),
+        (
+            edit("window.lag", "window.lga"),
+            r#"w.toml:34:8: stream.customers.window.lga: unknown key; did you mean `lag`?"#,
+        ),
+        (
+            edit("base = \"250ms\", cap", "base = \"250ms\", capp"),
+            r#"w.toml:9:29: source.backoff.capp: unknown key; did you mean `cap`?"#,
+        ),
+        (
+            edit("action = \"retry\"", "acton = \"retry\""),
+            r#"w.toml:15:1: source.on_response[0].acton: unknown key; did you mean `action`?"#,
+        ),
+        // Pagination: keys of its kind only.
+        (
+            edit("cursor_path = ", "cursor_pth = "),
+            r#"w.toml:25:33: stream.orders.pagination.cursor_pth: unknown key; did you mean `cursor_path`? (kind = "cursor" takes cursor_path, cursor_param, cursor_in and limit_param)"#,
+        ),
+        (
+            edit(
+                "cursor_param = \"cursor\"",
+                "cursor_param = \"cursor\", page_param = \"p\"",
+            ),
+            r#"w.toml:25:87: stream.orders.pagination.page_param: applies to kind = "page_number", not "cursor"; kind = "cursor" takes cursor_path, cursor_param, cursor_in and limit_param"#,
+        ),
+        (
+            edit(
+                "page_param = \"page\"",
+                "page_param = \"page\", cursor_param = \"c\"",
+            ),
+            r#"w.toml:33:59: stream.customers.pagination.cursor_param: applies to kind = "cursor", not "page_number"; kind = "page_number" takes page_param, first_page, has_more_path, total_path, total_header and limit_param"#,
+        ),
+        (
+            edit("kind = \"cursor\"", "kind = \"cursr\""),
+            r#"w.toml:25:23: stream.orders.pagination.kind: expected one of "cursor", "next_url", "link_header", "page_number", "offset" or "keyset", got "cursr"; did you mean "cursor"?"#,
+        ),
+        (
+            edit("{ kind = \"page_number\", ", "{ "),
+            r#"w.toml:33:1: stream.customers.pagination.kind: required key missing: one of "cursor", "next_url", "link_header", "page_number", "offset" or "keyset""#,
+        ),
+        (
+            edit(
+                "kind = \"page_number\", page_param = \"page\"",
+                "kind = \"link_header\", limit = \"n\"",
+            ),
+            r#"w.toml:33:38: stream.customers.pagination.limit: unknown key; did you mean `limit_param`? (kind = "link_header" takes only limit_param)"#,
+        ),
+        // Enums.
+        (
+            edit("kind = \"http\"", "kind = \"https\""),
+            r#"w.toml:6:8: source.kind: expected one of "http", got "https"; did you mean "http"?"#,
+        ),
+        (
+            edit("kind = \"sqlite\"", "kind = \"SQLite\""),
+            r#"w.toml:42:8: destination.kind: expected one of "sqlite", "postgres", "jsonl" or "http", got "SQLite"; did you mean "sqlite"?"#,
+        ),
+        (
+            edit("mode = \"report\"", "mode = \"fix\""),
+            r#"w.toml:35:36: stream.customers.reconcile.mode: expected one of "report" or "repair", got "fix""#,
+        ),
+        (
+            edit("action = \"ignore\"", "action = \"ignored\""),
+            r#"w.toml:39:10: stream.customers.on_response[0].action: expected one of "accept", "retry", "fail", "ignore", "rate_limited" or "refresh_auth", got "ignored"; did you mean "ignore"?"#,
+        ),
+        (
+            edit("type = \"real\"", "type = \"reel\""),
+            r#"w.toml:27:53: stream.orders.columns.total.type: expected one of "text", "integer", "real", "boolean", "timestamp" or "json", got "reel"; did you mean "real"?"#,
+        ),
+        // Wrong types and ranges.
+        (
+            edit("records = \"data\"", "records = true"),
+            r#"w.toml:21:11: stream.orders.records: expected a string, got true"#,
+        ),
+        (
+            edit(
+                "cursor_field = \"updated_at\"",
+                "cursor_field = 2026-01-01T00:00:00Z",
+            ),
+            r#"w.toml:23:16: stream.orders.cursor_field: expected a string, got the date-time 2026-01-01T00:00:00Z; write it in quotes"#,
+        ),
+        (
+            edit("requests = 10", "requests = 1.5"),
+            r#"w.toml:11:27: source.rate_limit.requests: expected a whole number, got the number 1.5"#,
+        ),
+        (
+            edit("requests = 10", "requests = -1"),
+            r#"w.toml:11:27: source.rate_limit.requests: expected a whole number of at least 0, got -1"#,
+        ),
+        (
+            edit("status = [429, 503]", "status = [429, 70000]"),
+            r#"w.toml:14:16: source.on_response[0].status[1]: expected a whole number of at most 65535, got 70000"#,
+        ),
+        (
+            edit("status = 404", "status = \"404\""),
+            r#"w.toml:38:10: stream.customers.on_response[0].status: expected a whole number or a list of whole numbers, got the string "404""#,
+        ),
+        (
+            edit(
+                "records = \"data\"",
+                "records = \"data\"\nfields = [\"id\", 7]",
+            ),
+            r#"w.toml:22:17: stream.orders.fields[1]: expected a string, got the number 7"#,
+        ),
+        (
+            edit(
+                "records = \"data\"",
+                "records = \"data\"\nheaders = { \"X Trace\" = 5 }",
+            ),
+            r#"w.toml:22:25: stream.orders.headers."X Trace": expected a string, got the number 5"#,
+        ),
+        (
+            edit("every = \"7d\"", "every = \"weekly\""),
+            r#"w.toml:35:23: stream.customers.reconcile.every: expected a duration such as "30s", "5m" or "1h 30m", got "weekly""#,
+        ),
+        (
+            edit("base = \"250ms\"", "base = \"250\""),
+            r#"w.toml:9:20: source.backoff.base: expected a duration such as "30s", "5m" or "1h 30m", got "250"; add a unit, e.g. "250s""#,
+        ),
+        // Inline tables: auth.
+        (
+            edit("kind = \"bearer\"", "kind = \"bearr\""),
+            r#"w.toml:10:17: source.auth.kind: expected one of "bearer", "basic", "api_key" or "oauth2", got "bearr"; did you mean "bearer"?"#,
+        ),
+        (
+            edit(
+                "kind = \"bearer\", token = { env = \"SHOP_TOKEN\" }",
+                "kind = \"bearer\"",
+            ),
+            r#"w.toml:10:1: source.auth.token: required key missing: the token"#,
+        ),
+        (
+            edit("token = { env = \"SHOP_TOKEN\" }", "token = \"secret\""),
+            r#"w.toml:10:35: source.auth.token: expected a table with `env`, got the string "secret""#,
+        ),
+        (
+            edit("auth = { kind = \"bearer\", ", "auth = { "),
+            r#"w.toml:10:1: source.auth.kind: required key missing: one of "bearer", "basic", "api_key" or "oauth2""#,
+        ),
+        (
+            edit(
+                "token = { env = \"SHOP_TOKEN\" }",
+                "token = { env = \"SHÖP_TÖKEN\" }, extra = 1",
+            ),
+            r#"w.toml:10:59: source.auth.extra: unknown key; the known ones are kind and token"#,
+        ),
+        // Missing keys and tables.
+        (
+            edit("action = \"ignore\"\n", ""),
+            r#"w.toml:37:1: stream.customers.on_response[0].action: required key missing: one of "accept", "retry", "fail", "ignore", "rate_limited" or "refresh_auth""#,
+        ),
+        (
+            edit("name = \"customers\"\n", ""),
+            r#"w.toml:29:1: stream[1].name: required key missing: name; also the destination table (letters, digits, `_`)"#,
+        ),
+        (
+            edit("name = \"orders\"", "name = 5"),
+            r#"w.toml:19:8: stream[0].name: expected a string, got the number 5"#,
+        ),
+        (
+            edit("[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n", ""),
+            r#"w.toml:1:1: destination: missing table [destination]"#,
+        ),
+        (
+            small("[stream]", "[sync]"),
+            r#"w.toml:6:1: stream: expected a list of tables, got a table; write its header [[stream]]"#,
+        ),
+        (
+            small("[[stream]]", "[[sync]]"),
+            r#"w.toml:1:1: sync: expected a table with `name`, got a list of tables; write its header [sync]"#,
+        ),
+        // Not TOML.
+        (
+            edit("name = \"shop\"", "name = \"shop"),
+            r#"w.toml:2:13: invalid basic string"#,
+        ),
+        (
+            edit("keep = \"30d\"", "keep = \"30d\"\nname = \"again\""),
+            r#"w.toml:4:1: duplicate key `name` in table `sync`"#,
+        ),
+        // Semantic checks, placed by the same key paths.
+        (
+            edit("status = 404\n", ""),
+            "w.toml:37:1: stream.customers.on_response[0]: give at least one condition: `status`, \
+             `header` or `body_contains`",
+        ),
+        (
+            edit(
+                "window.lag = \"5m\"",
+                "window.lag = \"5m\"\nwindow.step = \"0s\"",
+            ),
+            "w.toml:35:8: stream.customers.window.step: must be longer than window.overlap (each \
+             slice must move forward)",
+        ),
+        // Passes the shape, refused by serde: the key is still named.
+        (
+            edit(
+                "lag = \"2m\"",
+                "lag = \"2m\", start = \"30d\", initial = \"30d\"",
+            ),
+            r#"w.toml:26:10: stream.orders.window: duplicate field `initial`"#,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let got = message(text);
+        if got != *expected {
+            wrong.push(format!(
+                "case {i}:\n  expected: {expected}\n       got: {got}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn an_alias_serde_knows_is_accepted() {
+    let text = edit("lag = \"2m\"", "lag = \"2m\", start = \"30d\"");
+    assert_eq!(message(&text), "valid");
+}
+
+#[test]
+fn every_example_workflow_has_the_right_shape() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Workflow::load(&path)?;
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+    Ok(())
+}
+
+/// Cut anywhere, or with a stray character anywhere (non-ASCII too), the file gets a
+/// message, never a panic, and never one in serde's words.
+#[test]
+fn no_edit_panics_or_speaks_rust() {
+    let serde_words = [
+        "invalid type",
+        "untagged enum",
+        "expected u",
+        "missing field",
+    ];
+    let texts = [
+        BASE.to_string(),
+        BASE.replace("shop", "шоп")
+            .replace("/orders", "/zamówienia"),
+    ];
+    for text in &texts {
+        for (i, _) in text.char_indices() {
+            let cut = message(&text[..i]);
+            assert!(!serde_words.iter().any(|w| cut.contains(w)), "{cut}");
+            for stray in ["é", "[", "{", "\"", "=\n", " 7\n"] {
+                let mut edited = text.clone();
+                edited.insert_str(i, stray);
+                let got = message(&edited);
+                assert!(!serde_words.iter().any(|w| got.contains(w)), "{got}");
+            }
+        }
+    }
+}
