@@ -5,8 +5,8 @@ mod pg;
 mod scripted;
 mod util;
 
-mod chaos;
 mod attach;
+mod chaos;
 mod children;
 mod conformance;
 mod input;

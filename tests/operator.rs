@@ -338,25 +338,13 @@ fn a_live_run_is_followed_and_logs_every_step_as_json() -> Result {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    // The live run's feed appears; following it prints steps until the run completes.
-    let live = state.join("live");
-    let mut id = String::new();
-    let appeared = wait_for(
-        || {
-            let name = std::fs::read_dir(&live)
-                .ok()
-                .and_then(|mut d| d.next())
-                .and_then(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned());
-            if let Some(name) = name {
-                id = name.trim_end_matches(".jsonl").to_string();
-            }
-            !id.is_empty()
-        },
-        std::time::Duration::from_secs(20),
+    // Once it holds the state directory, `journal --follow` (no run id) prints its steps
+    // until the run completes.
+    assert!(
+        wait_for_lock(&state, child.id()),
+        "the run never took the lock"
     );
-    assert!(appeared, "no live feed");
-    let followed = run(waymark(&state, "").args(["journal", &id[..8], "--follow", "--json"]))?;
+    let followed = run(waymark(&state, "").args(["journal", "--follow", "--json"]))?;
     assert_eq!(
         followed.status.code(),
         Some(0),
@@ -376,6 +364,7 @@ fn a_live_run_is_followed_and_logs_every_step_as_json() -> Result {
     );
     let seqs: Vec<u64> = steps.iter().filter_map(|s| s["seq"].as_u64()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let id = steps[0]["run"].as_str().ok_or("no run id")?.to_string();
 
     let out = child.wait_with_output()?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -364,11 +364,11 @@ fn show(
     follow: bool,
 ) -> anyhow::Result<ExitStatus> {
     let dir = open_existing_state(state_dir)?;
+    let live = follow && attach::attached();
     let run = match run {
         Some(text) => find_run(&dir, text)?,
-        None => current_run(&dir)?,
+        None => current_run(&dir, live)?,
     };
-    let live = follow && attach::attached();
     let mut printer = Printer::new(run, as_json);
     let mut printed = 0;
     loop {
@@ -401,23 +401,31 @@ fn show(
     }
 }
 
-/// The run in progress: the newest of those still running, else the newest run.
-fn current_run(dir: &StateDir) -> anyhow::Result<RunId> {
-    let mut newest: Option<RunState> = None;
-    let mut running: Option<RunState> = None;
-    for head in dir.journal().runs() {
-        let s = head?;
-        let newer =
-            |than: &Option<RunState>| than.as_ref().is_none_or(|t| s.started.at >= t.started.at);
-        if matches!(s.status, Status::Running) && newer(&running) {
-            running = Some(s.clone());
+/// The run in progress: the newest of those still running, else the newest run. `live`
+/// (the process holding the directory answers): one that has not started its run yet is
+/// waited for.
+fn current_run(dir: &StateDir, live: bool) -> anyhow::Result<RunId> {
+    loop {
+        let mut newest: Option<RunState> = None;
+        let mut running: Option<RunState> = None;
+        for head in dir.journal().runs() {
+            let s = head?;
+            let newer = |than: &Option<RunState>| {
+                than.as_ref().is_none_or(|t| s.started.at >= t.started.at)
+            };
+            if matches!(s.status, Status::Running) && newer(&running) {
+                running = Some(s.clone());
+            }
+            if newer(&newest) {
+                newest = Some(s);
+            }
         }
-        if newer(&newest) {
-            newest = Some(s);
+        if let Some(s) = running.or(if live { None } else { newest }) {
+            return Ok(s.run_id());
         }
+        if !live || attach::stop_following() {
+            return Err(UsageError("no run is in progress".into()).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    running
-        .or(newest)
-        .map(|s| s.run_id())
-        .ok_or_else(|| UsageError("the journal has no runs yet".into()).into())
 }

@@ -258,13 +258,13 @@ impl ExitStatus {
 }
 
 /// An error and its causes on one line, `a: b: c`. A cause is left out when the text
-/// before it already ends with it (an error that shows its source in its own message), so
+/// before it already says it (an error that shows its source in its own message), so
 /// nothing is said twice.
 pub fn describe(error: &anyhow::Error) -> String {
     let mut text = error.to_string();
     for cause in error.chain().skip(1) {
         let cause = cause.to_string();
-        if !text.ends_with(&cause) {
+        if !text.contains(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }

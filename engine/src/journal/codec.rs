@@ -11,6 +11,9 @@ use serde::Serialize;
 /// deletions; 3: retries carry their status and rule, ignored pages, rate-limit pauses;
 /// 4: a run's head keeps its active time).
 pub const FORMAT_VERSION: u8 = 4;
+/// The oldest format version this build reads. Version 3 differs only in a run's head,
+/// which the journal rebuilds from the run's events (see `Journal::head`).
+pub const OLDEST_READABLE: u8 = 3;
 const MAGIC: u8 = b'W';
 const HEADER: usize = 6;
 
@@ -27,7 +30,7 @@ pub enum Error {
     #[error("written by a newer format version {0} (this build reads version {FORMAT_VERSION})")]
     FutureVersion(u8),
     /// Written by an older Waymark, in a format this build no longer reads.
-    #[error("written by format version {0}, which this build no longer reads (it reads version {FORMAT_VERSION})")]
+    #[error("written by format version {0}, which this build no longer reads (it reads versions {OLDEST_READABLE} to {FORMAT_VERSION})")]
     OldVersion(u8),
     /// The payload does not match its checksum.
     #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
@@ -57,6 +60,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// The format version a stored value was written in, if it has a header.
+pub fn version(bytes: &[u8]) -> Option<u8> {
+    (bytes.len() >= HEADER && bytes[0] == MAGIC).then(|| bytes[1])
+}
+
 /// Decodes a value, checking header and checksum.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.len() < HEADER {
@@ -68,7 +76,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes[1] > FORMAT_VERSION {
         return Err(Error::FutureVersion(bytes[1]));
     }
-    if bytes[1] < FORMAT_VERSION {
+    if bytes[1] < OLDEST_READABLE {
         return Err(Error::OldVersion(bytes[1]));
     }
     let stored = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
@@ -124,10 +132,10 @@ mod tests {
             Err(Error::FutureVersion(FORMAT_VERSION + 1))
         );
         let mut old = bytes.clone();
-        old[1] = FORMAT_VERSION - 1;
+        old[1] = OLDEST_READABLE - 1;
         assert_eq!(
             decode::<(u64, String, Option<u32>)>(&old),
-            Err(Error::OldVersion(FORMAT_VERSION - 1))
+            Err(Error::OldVersion(OLDEST_READABLE - 1))
         );
 
         let mut magic = bytes;

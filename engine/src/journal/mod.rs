@@ -150,6 +150,9 @@ pub struct Verified {
     pub damage: Vec<Damage>,
 }
 
+/// The format version since which a run's head is stored as this build reads it.
+const HEAD_VERSION: u8 = 4;
+
 /// The journal over a storage backend.
 #[derive(Clone)]
 pub struct Journal<B> {
@@ -276,11 +279,49 @@ impl<B: Backend> Journal<B> {
         Ok(states)
     }
 
+    /// A run's head as stored: a head older than [`HEAD_VERSION`] (before the run's active
+    /// time was kept) is rebuilt by folding the run's events, which it shares the format of.
+    fn head(&self, run: RunId, value: &[u8]) -> Result<RunState, Error> {
+        if codec::version(value).is_some_and(|v| v < HEAD_VERSION) {
+            return self.fold(run);
+        }
+        codec::decode(value).map_err(|source| Error::Corrupt {
+            entry: format!("head of run {run}"),
+            source,
+        })
+    }
+
+    /// The run's state folded from all its events.
+    fn fold(&self, run: RunId) -> Result<RunState, Error> {
+        let mut state: Option<RunState> = None;
+        for item in self.events(run) {
+            let (seq, event) = item?;
+            state = Some(match (state, &event) {
+                (None, Event::RunStarted(s)) => RunState::start(s),
+                (None, e) => {
+                    return Err(Error::Corrupt {
+                        entry: format!("run {run} seq {seq}"),
+                        source: codec::Error::Decode(format!(
+                            "first event is {}, not run_started",
+                            e.name()
+                        )),
+                    })
+                }
+                (Some(s), e) => {
+                    apply(s, e).map_err(|source| Error::Inconsistent { run, source })?
+                }
+            });
+        }
+        state.ok_or(Error::UnknownRun(run))
+    }
+
     /// The run's state, from its head snapshot plus any events after it.
     pub fn load(&self, run: RunId) -> Result<RunState, Error> {
-        let head: RunState = self
-            .read(&run_key(b'h', run), || format!("head of run {run}"))?
+        let value = self
+            .backend
+            .get(&run_key(b'h', run))?
             .ok_or(Error::UnknownRun(run))?;
+        let head = self.head(run, &value)?;
         let last = self.last_seq(run)?;
         if last <= head.last_seq {
             return Ok(head);
@@ -472,10 +513,13 @@ impl<B: Backend> Journal<B> {
     pub fn runs(&self) -> impl Iterator<Item = Result<RunState, Error>> + '_ {
         self.backend.scan(b"h").map(|item| {
             let (key, value) = item?;
-            codec::decode(&value).map_err(|source| Error::Corrupt {
-                entry: format!("head {}", hex(&key[1..])),
-                source,
-            })
+            match run_of(&key[1..]) {
+                Some(run) => self.head(run, &value),
+                None => codec::decode(&value).map_err(|source| Error::Corrupt {
+                    entry: format!("head {}", hex(&key[1..])),
+                    source,
+                }),
+            }
         })
     }
 
@@ -515,7 +559,15 @@ impl<B: Backend> Journal<B> {
         for item in self.backend.scan(b"h") {
             let (key, value) = item?;
             let run = run_of(&key[1..]);
-            match codec::decode::<RunState>(&value) {
+            let head = match run {
+                // An older head is rebuilt from the events, which are checked below.
+                Some(run) if codec::version(&value).is_some_and(|v| v < HEAD_VERSION) => {
+                    heads.push((Some(run), None));
+                    continue;
+                }
+                _ => codec::decode::<RunState>(&value),
+            };
+            match head {
                 Ok(head) => heads.push((run, Some(head))),
                 Err(e) => {
                     report.damage.push(Damage {
