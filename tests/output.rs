@@ -6,33 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::resilience::workflow_text;
-use crate::scripted::{records, Reply, Request, Server};
+use crate::scripted::{records, Background, Reply, Request};
 use crate::util::*;
-
-/// A scripted server on a runtime of its own (the binary is a child process).
-struct Background {
-    server: Server,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Background {
-    fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let wall = || {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-        };
-        let server = runtime.block_on(Server::start(wall, handler))?;
-        Ok(Background {
-            server,
-            _runtime: runtime,
-        })
-    }
-}
 
 /// Three pages of three records; the cursors are `next(1)`, `next(2)`, then none.
 fn pages(next: fn(u64) -> String) -> impl Fn(&Request) -> Reply {
@@ -78,7 +53,7 @@ const STREAM: &str = "items_under_a_name_long_enough_to_be_cut";
 fn runs_fit_80_columns_and_runs_id_shows_a_run_in_full() -> Result {
     let dir = TempDir::new("runs-table");
     let server = Background::start(pages(long_cursor))?;
-    let file = workflow(dir.path(), &server.server.url, STREAM)?;
+    let file = workflow(dir.path(), server.url(), STREAM)?;
     let state = dir.path().join("state");
     // The page budget pauses a run with a 400-character cursor committed; `--fresh`
     // abandons it and starts another from there, paused in turn.
@@ -185,7 +160,7 @@ fn parse_time(value: &serde_json::Value) -> Result<SystemTime> {
 fn took_leaves_out_the_time_a_run_stood_paused() -> Result {
     let dir = TempDir::new("took");
     let server = Background::start(pages(|n| format!("c{n}")))?;
-    let file = workflow(dir.path(), &server.server.url, "items")?;
+    let file = workflow(dir.path(), server.url(), "items")?;
     let state = dir.path().join("state");
     // Paused after a page, resumed later for a page, then to the end: each summary in
     // English, with the run's active time.

@@ -300,3 +300,39 @@ pub fn records(from: u64, n: u64) -> String {
         .collect();
     format!("[{}]", items.join(","))
 }
+
+/// A scripted server on a runtime of its own, for tests that run the binary (the server
+/// is dropped before its runtime); its clock is the wall clock.
+pub struct Background {
+    pub server: Server,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Background {
+    pub fn start(
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let wall = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+        };
+        let server = runtime.block_on(Server::start(wall, handler))?;
+        Ok(Background {
+            server,
+            _runtime: runtime,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    pub fn received(&self) -> Vec<Request> {
+        self.server.received()
+    }
+}

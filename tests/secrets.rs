@@ -8,42 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::resilience::workflow_text;
-use crate::scripted::{records, Reply, Request, Server};
+use crate::scripted::{records, Background, Reply, Request};
 use crate::util::{assert_no_panic, bin, journal, text, Result, TempDir};
-
-/// A scripted server on a runtime of its own, for tests that run the binary (the server
-/// is dropped before its runtime).
-struct Background {
-    server: Server,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Background {
-    fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
-        let wall = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64)
-        };
-        let server = runtime.block_on(Server::start(wall, handler))?;
-        Ok(Background {
-            server,
-            _runtime: runtime,
-        })
-    }
-
-    fn url(&self) -> &str {
-        &self.server.url
-    }
-
-    fn received(&self) -> Vec<Request> {
-        self.server.received()
-    }
-}
 
 const TOKEN: &str = "sekrit-Token-4711";
 const CLIENT_SECRET: &str = "client-Secret-0815";
