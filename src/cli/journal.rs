@@ -429,3 +429,98 @@ fn current_run(dir: &StateDir, live: bool) -> anyhow::Result<RunId> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use waymark_engine::{PageFetched, RunStarted, Window, WriteAck};
+
+    use super::*;
+
+    fn page(page: u64, at: u64) -> Event {
+        Event::PageFetched(PageFetched {
+            page,
+            request_cursor: Some(format!("{}{page}", "x".repeat(100))),
+            next_cursor: Some(format!("c{page}")),
+            records: 1,
+            bytes: 1,
+            checksum: 1,
+            at: Timestamp(at),
+        })
+    }
+
+    #[test]
+    fn times_count_from_the_start_and_a_page_fetched_ahead_says_so() -> anyhow::Result<()> {
+        let run = RunId::new();
+        let started = RunStarted {
+            run_id: run,
+            sync: "s".into(),
+            stream: "t".into(),
+            workflow_digest: "d".into(),
+            workflow_path: "w.toml".into(),
+            window: Window {
+                start: None,
+                end: Timestamp(1),
+            },
+            start_cursor: None,
+            start_from: StartFrom::Beginning,
+            at: Timestamp(1_000),
+        };
+        let ack = WriteAck::default();
+        let events = [
+            Event::RunStarted(started),
+            page(1, 1_100),
+            Event::BatchWritten {
+                page: 1,
+                ack,
+                at: Timestamp(1_300),
+            },
+            Event::CursorCommitted {
+                page: 1,
+                at: Timestamp(1_300),
+            },
+            page(2, 1_250),
+            Event::RunPaused {
+                reason: waymark_engine::PauseReason::Interrupted,
+                at: Timestamp(3_661_000 + 1_000),
+            },
+        ];
+        let mut table = Printer::new(run, false);
+        let mut json = Printer::new(run, true);
+        let mut lines = Vec::new();
+        for (seq, event) in (1..).zip(&events) {
+            lines.push((table.line(seq, event)?, json.line(seq, event)?));
+        }
+        let times: Vec<&str> = lines
+            .iter()
+            .filter_map(|(l, _)| l.split_whitespace().nth(1))
+            .collect();
+        assert_eq!(
+            times,
+            [
+                "+0:00:00.000",
+                "+0:00:00.100",
+                "+0:00:00.300",
+                "+0:00:00.300",
+                "+0:00:00.250",
+                "+1:01:01.000"
+            ]
+        );
+        for (i, (line, json)) in lines.iter().enumerate() {
+            let json: serde_json::Value = serde_json::from_str(json)?;
+            assert_eq!(json["seq"], i + 1);
+            assert_eq!(json["ahead"], i == 4, "{json}");
+            assert_eq!(line.contains("fetched ahead"), i == 4, "{line}");
+        }
+        assert!(lines[4]
+            .0
+            .contains("fetched ahead, while page 1 was written"));
+        assert!(lines[4].1.contains("\"offset_ms\":250"));
+        // A long cursor is cut, so the columns after it stay in line.
+        let counts = lines[1].0.find("page 1 records 1");
+        assert_eq!(counts, lines[4].0.find("page 2 records 1"));
+        assert!(lines[4].0.contains('…'));
+        assert_eq!(cut("abcdefghij", 5), "ab…ij");
+        assert_eq!(cut("abcde", 5), "abcde");
+        Ok(())
+    }
+}
