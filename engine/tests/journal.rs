@@ -185,7 +185,7 @@ async fn a_journal_written_by_the_previous_format_is_read_and_resumed(
     h.backend.commit(ops)?;
     assert_eq!(h.journal.load(run)?, paused);
     let heads: Vec<_> = h.journal.runs().collect::<Result<_, _>>()?;
-    assert_eq!(heads, [paused.clone()]);
+    assert_eq!(heads, std::slice::from_ref(&paused));
     assert!(h.journal.verify()?.damage.is_empty());
     h.settings.max_pages = None;
     let done = h.run(&plan()).await?;
