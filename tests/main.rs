@@ -9,6 +9,7 @@ mod attach;
 mod chaos;
 mod children;
 mod conformance;
+mod hostile;
 mod input;
 mod journal;
 mod operator;

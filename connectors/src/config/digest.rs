@@ -6,8 +6,8 @@ use super::workflow::Workflow;
 impl Workflow {
     /// The canonical key/values of everything that decides which records `stream`'s runs
     /// read and where they go, sorted by key. Operational knobs (retention, timeouts,
-    /// retries, rate limits, auth, response rules, declared columns) are left out: changing
-    /// them never blocks a resume.
+    /// retries, rate limits, auth, response rules, declared columns, the oversized-page
+    /// rule) are left out: changing them never blocks a resume.
     pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
         let source = &self.file.source;
         let mut value = serde_json::json!({
@@ -25,6 +25,7 @@ impl Workflow {
             stream.remove("on_response");
             stream.remove("columns");
             stream.remove("reconcile");
+            stream.remove("oversized_pages");
         }
         let mut out = Vec::new();
         flatten("", &value, &mut out);

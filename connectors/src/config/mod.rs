@@ -54,7 +54,7 @@ pub use source::{
 };
 pub use span::Span;
 pub use stream::{
-    initial_start, ColumnSpec, ColumnType, PrimaryKey, ReconcileMode, ReconcileSection,
-    RecordFilter, StreamSection, TimeFormat, WindowSection, RESERVED,
+    initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
+    ReconcileSection, RecordFilter, StreamSection, TimeFormat, WindowSection, RESERVED,
 };
 pub use workflow::Workflow;

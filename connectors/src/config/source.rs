@@ -42,6 +42,29 @@ pub struct SourceSection {
     /// Rules deciding what a response means, before the defaults.
     #[serde(default)]
     pub on_response: Vec<ResponseRule>,
+    /// The largest response body read, in bytes (default 64 MiB): a larger declared
+    /// `Content-Length` is refused before reading, a body that grows past it is cut off;
+    /// either fails the run (retrying would fetch the same page).
+    #[serde(default = "default_max_page_bytes")]
+    #[schemars(range(min = 1024))]
+    pub max_page_bytes: u64,
+    /// The longest next-page cursor (token, URL) a run journals, in bytes (default 4096): a
+    /// longer one fails the run instead of growing the journal with every page.
+    #[serde(default = "default_max_cursor_bytes")]
+    #[schemars(range(min = 64, max = 65536))]
+    pub max_cursor_bytes: u32,
+}
+
+/// 64 MiB: far above a JSON page of a few thousand records, far below what exhausts a host.
+fn default_max_page_bytes() -> u64 {
+    64 << 20
+}
+
+/// 4 KiB: above real page tokens and next-page URLs (tens to hundreds of bytes; a URL has to
+/// fit the 8 KiB request line servers accept), while the few copies of it each page journals
+/// stay small values in the journal.
+fn default_max_cursor_bytes() -> u32 {
+    4096
 }
 
 /// `backoff = { base = "250ms", cap = "30s" }`: the n-th retry waits a uniformly random

@@ -164,6 +164,11 @@ pub struct StreamSection {
     /// Records per page requested (default 100).
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// What a page of more than twice `page_size` records does, when
+    /// `pagination.limit_param` asked for `page_size`: `warn` (default, once a run) or
+    /// `fail` the run.
+    #[serde(default)]
+    pub oversized_pages: OversizedPages,
     /// How pages follow each other.
     pub pagination: Pagination,
     /// The incremental window.
@@ -225,6 +230,18 @@ pub enum ReconcileMode {
 
 fn default_page_size() -> u32 {
     100
+}
+
+/// What a page far larger than the `page_size` asked for does (an API ignoring the limit
+/// parameter, or a misnamed one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OversizedPages {
+    /// Log a warning, once a run, and keep the page.
+    #[default]
+    Warn,
+    /// Fail the run, naming the page.
+    Fail,
 }
 
 /// The start of a first window: an RFC 3339 time, or an age (`30d`) before `now`.

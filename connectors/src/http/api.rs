@@ -67,6 +67,8 @@ pub struct Api {
     gate: Gate,
     secrets: Secrets,
     clock: Arc<dyn Clock>,
+    /// `source.max_page_bytes`: the largest body read.
+    max_body: u64,
 }
 
 impl Api {
@@ -183,6 +185,7 @@ impl Api {
             gate,
             secrets,
             clock,
+            max_body: source.max_page_bytes,
         }))
     }
 
@@ -253,15 +256,7 @@ impl Api {
             let status = response.status();
             let headers = response.headers().clone();
             self.gate.observe(&headers);
-            let body = response.bytes().await.map_err(|e| {
-                self.masked(source::Error::new(
-                    ErrorKind::Retry,
-                    format!(
-                        "{what}: reading the body failed: {}",
-                        causes(&e.without_url())
-                    ),
-                ))
-            })?;
+            let body = self.read_body(response, &what).await?;
             let verdict = rules.judge(status, &headers, &body);
             let code = Some(status.as_u16());
             let said = || format!("{what}: HTTP {status}: {}", self.secrets.excerpt(&body));
@@ -289,7 +284,7 @@ impl Api {
                 Action::Accept => Ok(Ok(Accepted {
                     what,
                     headers,
-                    body: body.to_vec(),
+                    body,
                 })),
                 Action::Ignore => Ok(Err(Ignored {
                     status: code,
@@ -328,6 +323,62 @@ impl Api {
         }
     }
 
+    /// The body of `response`, read chunk by chunk and never beyond `max_page_bytes`: a
+    /// declared `Content-Length` above it is refused before reading, a body (chunked, or
+    /// delimited by the connection's end) that grows past it is cut off there. Either is
+    /// fatal: the same request would bring the same body again.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        what: &str,
+    ) -> Result<Vec<u8>, source::Error> {
+        let limit = self.max_body;
+        let status = response.status().as_u16();
+        let too_large = |size: String| {
+            self.masked(source::Error {
+                status: Some(status),
+                ..source::Error::new(
+                    ErrorKind::Fatal,
+                    format!(
+                        "{what}: the response body {size}, more than source.max_page_bytes = \
+                         {limit} ({}); refusing it (raise max_page_bytes if the API's pages \
+                         really are this large, or ask for smaller pages)",
+                        size_in_words(limit)
+                    ),
+                )
+            })
+        };
+        let declared = response.content_length();
+        if let Some(length) = declared.filter(|&length| length > limit) {
+            return Err(too_large(format!(
+                "declares {length} bytes ({})",
+                size_in_words(length)
+            )));
+        }
+        let capacity = declared.and_then(|length| usize::try_from(length).ok());
+        let mut body = Vec::with_capacity(capacity.unwrap_or(0));
+        loop {
+            let chunk = response.chunk().await.map_err(|e| {
+                self.masked(source::Error::new(
+                    ErrorKind::Retry,
+                    format!(
+                        "{what}: reading the body failed: {}",
+                        causes(&e.without_url())
+                    ),
+                ))
+            })?;
+            let Some(chunk) = chunk else {
+                return Ok(body);
+            };
+            let read = u64::try_from(body.len() + chunk.len()).unwrap_or(u64::MAX);
+            if read > limit {
+                // Dropping the response closes the connection: nothing more is read.
+                return Err(too_large(format!("goes on past {limit} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+    }
+
     fn masked(&self, mut e: source::Error) -> source::Error {
         e.message = self.secrets.redact(&e.message);
         e
@@ -348,6 +399,19 @@ fn causes(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// A byte count in binary units, for messages: `64 MiB`, `1.5 GiB`, `900 bytes`.
+fn size_in_words(bytes: u64) -> String {
+    let units = [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    match units.iter().find(|(_, size)| bytes >= *size) {
+        Some((unit, size)) if bytes.is_multiple_of(*size) => format!("{} {unit}", bytes / size),
+        Some((unit, size)) => {
+            let tenths = bytes.saturating_mul(10) / size;
+            format!("{}.{} {unit}", tenths / 10, tenths % 10)
+        }
+        None => format!("{bytes} bytes"),
+    }
 }
 
 /// The `${VAR}` names in a text.
@@ -421,6 +485,14 @@ mod tests {
             retry_after(&h, Timestamp(900_000_000_000)),
             Some(Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn says_sizes_in_binary_units() {
+        assert_eq!(size_in_words(64 << 20), "64 MiB");
+        assert_eq!(size_in_words(1_610_612_736), "1.5 GiB");
+        assert_eq!(size_in_words(4096), "4 KiB");
+        assert_eq!(size_in_words(900), "900 bytes");
     }
 
     #[test]

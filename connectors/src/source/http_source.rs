@@ -10,8 +10,9 @@ use waymark_engine::destination;
 use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 
 use super::children::{ChildCursor, Parents};
+use super::cycles::Cycles;
 use super::error::Error;
-use super::page::{document, fatal, fingerprint, records_at, shape};
+use super::page::{document, fatal, fingerprint, records_at, shape, Fingerprint};
 use super::pagination::{keyset, StopRules, Style};
 use super::template::{render, render_json, Context};
 use crate::config::{expand_env, CursorIn, Method, StreamSection, Workflow};
@@ -26,9 +27,18 @@ pub struct HttpSource {
     pub(super) stream: StreamSection,
     pub(super) style: Style,
     pub(super) stop: StopRules,
-    /// The parent of the previous page and a hash of its records, to notice the same page
-    /// served twice.
-    pub(super) previous: Option<(Option<String>, (usize, usize, u32))>,
+    /// The previous page: its number, its parent and a hash of its records, to notice the
+    /// same page served twice.
+    pub(super) previous: Option<(u64, Option<String>, Fingerprint)>,
+    /// The cursors this run sent (of the current parent, for a child stream), to notice
+    /// pages that cycle.
+    pub(super) cycles: Cycles,
+    /// The parent whose pages `cycles` holds.
+    pub(super) cycles_parent: Option<String>,
+    /// `source.max_cursor_bytes`.
+    pub(super) max_cursor: usize,
+    /// Whether this run warned of an oversized page already (once a run is enough).
+    pub(super) warned_oversized: bool,
     /// A child stream's parent records.
     pub(super) parents: Option<Box<dyn Parents>>,
     /// `records` when it is a JSONPath (`$.data[*]`).
@@ -75,6 +85,11 @@ impl HttpSource {
             },
             stream: stream.clone(),
             previous: None,
+            cycles: Cycles::default(),
+            cycles_parent: None,
+            max_cursor: usize::try_from(workflow.file().source.max_cursor_bytes)
+                .unwrap_or(usize::MAX),
+            warned_oversized: false,
             parents,
         })
     }
@@ -258,44 +273,40 @@ impl HttpSource {
                 .map(|r| r.get().to_string())
                 .collect(),
         };
-        let print = (
-            parent.map(|(key, _)| key.to_string()),
-            fingerprint(&records),
-        );
-        let repeated = !records.is_empty() && self.previous.as_ref() == Some(&print);
+        self.oversized(&what, request.page, records.len())?;
+        let parent_key = parent.map(|(key, _)| key.to_string());
+        let print = (request.page, parent_key.clone(), fingerprint(&records));
+        // Only the page just before counts (a page fetched again is not a repeat of itself).
+        let repeated = !records.is_empty()
+            && self.previous.as_ref().is_some_and(|(page, parent, hash)| {
+                page + 1 == request.page && (parent, hash) == (&print.1, &print.2)
+            });
         self.previous = Some(print);
-        let next_cursor = self.style.next_cursor(
-            &self.stop,
-            &self.stream,
+        let next_cursor = self
+            .style
+            .next_cursor(
+                &self.stop,
+                &self.stream,
+                &request,
+                doc,
+                &headers,
+                &mut records,
+            )
+            .map_err(|mut e| {
+                e.message = format!("{what}: {}", e.message);
+                e
+            })?;
+        let next_cursor = next_cursor.map(|c| self.journalable(c)).transpose()?;
+        self.loop_checks(
+            &what,
             &request,
-            doc,
-            &headers,
-            &mut records,
+            parent_key,
+            next_cursor.as_deref(),
+            repeated,
         )?;
-        if next_cursor.is_some() && next_cursor.as_deref() == request.cursor {
-            return Err(fatal(format!(
-                "{what}: the API returned the cursor it was sent (`{}`); stopping instead of \
-                 looping{}",
-                request.cursor.unwrap_or_default(),
-                match self.style {
-                    Style::Keyset { id: None, .. } => {
-                        " (more records share one cursor_field value than fit on a page: set \
-                         pagination.id_param, the API's tie-breaker filter, or a larger page_size)"
-                    }
-                    _ => "",
-                }
-            )));
-        }
-        if repeated {
-            return Err(fatal(format!(
-                "{what}: the API served the same records as the previous page; stopping \
-                 instead of looping (check the pagination settings)"
-            )));
-        }
         if self.stream.filter.is_some() || self.stream.fields.is_some() {
             records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }
-        let next_cursor = next_cursor.map(|c| self.journalable(c)).transpose()?;
         Ok(Page {
             records,
             next_cursor,
@@ -390,6 +401,11 @@ impl HttpSource {
             .map(|c| serde_json::to_string(&c))
             .transpose()
             .map_err(|e| fatal(e.to_string()))?;
+        if let Some(next) = &page.next_cursor {
+            // The parent's key joined the inner cursor checked already.
+            self.fits(next)
+                .map_err(|why| fatal(format!("child stream: {why}")))?;
+        }
         Ok(page)
     }
 }

@@ -8,13 +8,17 @@
 //! # Layout
 //! - [`http_source`]: [`HttpSource`], what the engine calls.
 //! - [`pagination`]: the styles and their cursors; [`page`]: reading a page's body.
+//! - [`guards`]: what a run refuses (oversized pages, overlong cursors, loops);
+//!   [`cycles`]: noticing cursors that cycle, in bounded memory.
 //! - [`children`]: child streams, through the [`Parents`] trait.
 //! - [`template`]: rendering request templates.
 //!
 //! Invariant: nothing here imports a destination (`crate::sink`).
 
 mod children;
+mod cycles;
 mod error;
+mod guards;
 mod http_source;
 mod page;
 mod pagination;

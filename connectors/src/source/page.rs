@@ -110,10 +110,13 @@ pub(super) fn shape(records: Vec<String>, stream: &StreamSection) -> Result<Vec<
     Ok(out)
 }
 
+/// A page's records in brief: their number, their total length, their CRC-32.
+pub(super) type Fingerprint = (usize, usize, u32);
+
 /// A cheap fingerprint of a page's records, to notice the same page served twice: their
 /// number, their length and a CRC-32 of them (hardware-accelerated; a byte-wise hash of
 /// every page was a visible share of a sync's CPU).
-pub(super) fn fingerprint(records: &[String]) -> (usize, usize, u32) {
+pub(super) fn fingerprint(records: &[String]) -> Fingerprint {
     let mut crc = crc32fast::Hasher::new();
     let mut len = 0;
     for r in records {

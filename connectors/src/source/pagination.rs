@@ -93,12 +93,33 @@ pub(super) fn keyset(cursor: &str) -> Result<Keyset, source::Error> {
         .map_err(|e| fatal(format!("journaled keyset cursor unreadable: {e}")))
 }
 
-/// A token: a non-empty string, or a number.
-pub(super) fn token(value: Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// The token at `path`: a non-empty string, or a number; nothing there, `null` or `""`:
+/// this was the last page. Any other type is an error: taking an object for "no more
+/// pages" would end a run early and report it complete.
+pub(super) fn token(value: Option<Value>, path: &str) -> Result<Option<String>, source::Error> {
+    let kind = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => return Ok(Some(s).filter(|s| !s.is_empty())),
+        Some(Value::Number(n)) => return Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => format!("the boolean {b}"),
+        Some(Value::Array(items)) => format!("an array ({} items)", items.len()),
+        Some(Value::Object(map)) => format!("an object (keys: {})", keys(&map)),
+    };
+    Err(fatal(format!(
+        "the next-page cursor at `{path}` is {kind}, not a string or a number; stopping \
+         rather than take it for the last page (check the pagination path)"
+    )))
+}
+
+/// An object's first keys, for messages (never its values: they may be anything).
+fn keys(map: &serde_json::Map<String, Value>) -> String {
+    let mut shown: Vec<String> = map.keys().take(5).map(|k| format!("`{k}`")).collect();
+    if map.len() > 5 {
+        shown.push("…".into());
+    }
+    match shown.is_empty() {
+        true => "none".into(),
+        false => shown.join(", "),
     }
 }
 
@@ -200,8 +221,9 @@ impl Style {
             |what: &str, c: &str| fatal(format!("journaled {what} cursor `{c}` unreadable"));
         Ok(match self {
             _ if last => None,
-            Style::Cursor { path, .. } => value_at(doc, path).and_then(token),
-            Style::NextUrl { path } => value_at(doc, path).and_then(token),
+            Style::Cursor { path, .. } | Style::NextUrl { path } => {
+                token(value_at(doc, path), path)?
+            }
             Style::LinkHeader => link_next(headers),
             Style::PageNumber { first, .. } => {
                 let current = match request.cursor {

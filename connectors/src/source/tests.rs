@@ -15,11 +15,36 @@ fn reads_records_without_reserialising() -> Result<(), source::Error> {
     let records: Vec<&str> = records_at(doc, "data")?.iter().map(|r| r.get()).collect();
     assert_eq!(records, [r#"{"id":1, "a":"x"}"#, r#"{"id":2}"#]);
     assert_eq!(
-        value_at(doc, "meta.next").and_then(token).as_deref(),
+        token(value_at(doc, "meta.next"), "meta.next")?.as_deref(),
         Some("c2")
     );
     let bare = document(br#"[{"id":1}]"#)?;
     assert_eq!(records_at(bare, "")?.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_cursor_of_the_wrong_type_is_an_error_not_the_end() -> Result<(), source::Error> {
+    let doc = document(
+        br#"{"s":"c","n":7,"e":"","z":null,"o":{"after":"x","secret":"y"},"a":[1,2],"b":false}"#,
+    )?;
+    let at = |path: &str| token(value_at(doc, path), path);
+    assert_eq!(at("s")?.as_deref(), Some("c"));
+    assert_eq!(at("n")?.as_deref(), Some("7"));
+    assert_eq!((at("e")?, at("z")?, at("missing")?), (None, None, None));
+    for (path, kind) in [
+        ("o", "an object (keys: `after`, `secret`)"),
+        ("a", "an array (2 items)"),
+        ("b", "the boolean false"),
+    ] {
+        let e = at(path).unwrap_err();
+        assert!(
+            e.kind == ErrorKind::Fatal
+                && e.message
+                    .contains(&format!("cursor at `{path}` is {kind}, not a string")),
+            "{e:?}"
+        );
+    }
     Ok(())
 }
 
