@@ -9,6 +9,7 @@ mod attach;
 mod chaos;
 mod children;
 mod conformance;
+mod escapes;
 mod hostile;
 mod input;
 mod journal;

@@ -133,6 +133,12 @@ impl Default for RetryPolicy {
 /// Shortest wait before a retry: a missing or zero `Retry-After` never means "at once".
 const MIN_WAIT: Duration = Duration::from_millis(10);
 
+/// The longest wait an API is believed (a `Retry-After`, a quota's reset): 24 hours. A
+/// broken or hostile header (`Retry-After: 18446744073709551615`, a date in the year 9999)
+/// must neither stop a source for good nor journal a time past the calendar's end; the
+/// request gate holds requests back by the same bound, so the run waits what it journals.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 /// The event a failed fetch of `page` leads to: a retry after a jittered wait, a pause
 /// (the wait is longer than `max_wait` or than the `time_left` of the run's budget), or
 /// the run failing. `jitter` is a uniform sample in `[0, 1)` drawn by the driver. Pure.
@@ -151,10 +157,10 @@ pub fn on_fetch_failure(
             at,
         };
     }
-    // A server's Retry-After is a floor, never skipped.
+    // A server's Retry-After is a floor, never skipped (up to the longest wait believed).
     let jittered = backoff(policy, state.attempts, jitter);
     let wait = match failure.retry_after {
-        Some(after) if !after.is_zero() => after.max(jittered),
+        Some(after) if !after.is_zero() => after.min(LONGEST_WAIT).max(jittered),
         _ => jittered.max(MIN_WAIT),
     };
     let asked = failure.kind == ErrorKind::RateLimited || failure.retry_after.is_some();
@@ -598,6 +604,27 @@ mod tests {
                 ..
             }
         ));
+        // Beyond the longest wait believed: paused for 24 hours, not until the end of time.
+        for absurd in [
+            Duration::from_secs(1_000_000_000_000),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            assert_eq!(
+                decide_failure(
+                    &s,
+                    &failure(ErrorKind::RateLimited, Some(absurd)),
+                    0.5,
+                    None
+                ),
+                Event::RunPaused {
+                    reason: PauseReason::RateLimited {
+                        until: Timestamp(9 + 86_400_000)
+                    },
+                    at: Timestamp(9)
+                }
+            );
+        }
         let transient = failure(ErrorKind::Retry, None);
         assert_eq!(
             decide_failure(&s, &transient, 1.0, Some(20)),

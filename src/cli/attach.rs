@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use waymark_connectors::http::excerpt::printable_lines;
 use waymark_engine::StateDir;
 
 use super::{describe, Cli, ExitStatus};
@@ -69,7 +70,7 @@ pub(crate) fn lent_state() -> Option<anyhow::Result<StateDir>> {
 }
 
 /// Sends a line of stdout to the caller; false when not answering a caller.
-pub(crate) fn out(line: std::fmt::Arguments<'_>) -> bool {
+pub(crate) fn out(line: &str) -> bool {
     ATTACHED
         .try_with(|a| {
             let _ = a.replies.send(Reply::Out(line.to_string()));
@@ -85,7 +86,7 @@ pub(crate) fn note(text: &str) {
         })
         .is_err()
     {
-        eprintln!("{text}");
+        eprintln!("{}", printable_lines(text));
     }
 }
 
@@ -270,9 +271,9 @@ pub async fn ask(state_dir: &Path, busy: anyhow::Error) -> anyhow::Result<ExitSt
     while let Some(line) = lines.next_line().await? {
         match serde_json::from_str::<Reply>(&line)? {
             Reply::Out(text) => out!("{text}"),
-            Reply::Note(text) => eprintln!("{text}"),
+            Reply::Note(text) => eprintln!("{}", printable_lines(&text)),
             Reply::Error(message, code) => {
-                eprintln!("error: {message}");
+                eprintln!("error: {}", printable_lines(&message));
                 return Ok(ExitStatus::from_code(code));
             }
             Reply::Exit(code) => return Ok(ExitStatus::from_code(code)),

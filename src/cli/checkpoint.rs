@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::Workflow;
 use waymark_engine::journal::CheckpointChange;
 use waymark_engine::{
@@ -195,7 +196,7 @@ fn describe(c: Option<&Checkpoint>) -> String {
         Some(c) => format!(
             "watermark {}, cursor {} (run {} page {})",
             c.window.end,
-            c.cursor.as_deref().unwrap_or("-"),
+            printable(c.cursor.as_deref().unwrap_or("-")),
             c.run_id,
             c.page
         ),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::dead_letters::{DeadLetter, DeadLetters};
 use waymark_connectors::Workflow;
 use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, StateDir, SystemClock, Window};
@@ -108,9 +109,10 @@ fn list(root: &Path, json: bool) -> anyhow::Result<ExitStatus> {
             );
         } else {
             out!(
-                "{:<32}  {:>8}  {newest}",
+                "{:<32}  {:>8}  {}",
                 format!("{sync}/{stream}"),
-                letters.len()
+                letters.len(),
+                printable(newest)
             );
         }
     }
@@ -143,13 +145,14 @@ fn show(
         if json {
             out!("{}", serde_json::to_string(l)?);
         } else {
+            // Keys, reasons and records are the API's text.
             out!(
                 "run {} page {} key {}: {}\n    {}",
                 l.run_id,
                 l.page,
-                l.key.as_deref().unwrap_or("-"),
-                l.reason,
-                excerpt(&l.record)
+                printable(l.key.as_deref().unwrap_or("-")),
+                printable(&l.reason),
+                printable(&excerpt(&l.record))
             );
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use waymark_connectors::http::excerpt::printable;
 use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir, Status, Timestamp};
 
 use super::attach;
@@ -322,11 +323,13 @@ impl Printer {
             })
             .to_string()
         } else {
+            // Cursors and outcomes are the API's text.
             format!(
-                "{seq:>5}  {:<12}  {:<16}  {:<CURSOR$}  {counts:<COUNTS$}  {outcome}",
+                "{seq:>5}  {:<12}  {:<16}  {:<CURSOR$}  {counts:<COUNTS$}  {}",
                 since_start(offset),
                 event.name(),
-                cut(&cursor, CURSOR),
+                cut(&printable(&cursor), CURSOR),
+                printable(&outcome),
             )
         };
         self.state =

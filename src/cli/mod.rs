@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use waymark_connectors::http::excerpt::printable_lines;
 use waymark_connectors::{config, http::api};
 use waymark_engine::{driver, journal as engine_journal, staging, state_dir};
 
@@ -272,15 +273,19 @@ pub fn describe(error: &anyhow::Error) -> String {
     text
 }
 
-/// Writes one line to stdout (see `out!`).
+/// Writes one line to stdout (see `out!`), its control characters escaped (line breaks and
+/// tabs aside): text from an API never drives the terminal. A JSON line reads as the same
+/// JSON (see `printable`).
 pub fn emit(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    if attach::out(args) {
+    let text = args.to_string();
+    let line = printable_lines(&text);
+    if attach::out(&line) {
         return;
     }
     let mut stdout = std::io::stdout().lock();
     let written = stdout
-        .write_fmt(args)
+        .write_all(line.as_bytes())
         .and_then(|()| stdout.write_all(b"\n"));
     if let Err(e) = written {
         if e.kind() == std::io::ErrorKind::BrokenPipe {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use waymark_connectors::http::excerpt::printable;
 use waymark_engine::{Event, RunState, Status};
 
 /// What a run shows while it goes: a live line on a terminal (pages, records, records/s,
@@ -92,7 +93,7 @@ impl Progress {
                     counted(c.pages_committed, "page"),
                     counted(c.records_committed, "record"),
                     counted(c.retries, "retry"),
-                    state.fetch_cursor().map_or("-", |s| s.as_str()),
+                    printable(state.fetch_cursor().map_or("-", |s| s.as_str())),
                 ));
             }
             None if self.last_log.elapsed() >= Duration::from_secs(2) => {
@@ -235,8 +236,8 @@ pub(crate) fn print_summary(state: &RunState, invocation: Duration, json: bool) 
         return;
     }
     let outcome = match &state.status {
-        Status::Failed(e) => format!("failed: {e}"),
-        Status::Paused(reason) => format!("paused ({reason})"),
+        Status::Failed(e) => format!("failed: {}", printable(e)),
+        Status::Paused(reason) => format!("paused ({})", printable(&reason.to_string())),
         other => other.name().to_string(),
     };
     let ignored = match c.ignored {

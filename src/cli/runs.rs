@@ -8,6 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use waymark_connectors::config::parse_scope;
+use waymark_connectors::http::excerpt::printable;
 use waymark_engine::{RunId, RunState, Status};
 
 use super::context::{find_run, open_existing_state};
@@ -227,7 +228,8 @@ fn show(s: &RunState) {
         ),
     ];
     for (key, value) in lines {
-        out!("{:<13} {value}", format!("{key}:"));
+        // Cursors and outcomes are the API's text.
+        out!("{:<13} {}", format!("{key}:"), printable(&value));
     }
 }
 

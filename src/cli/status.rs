@@ -1,6 +1,6 @@
 //! `waymark status`: per stream, how far it is synced, how it went lately, what the last
-//! reconciliation found, and a verdict — ok, stalled, failing or drifting — with the reason.
-//! Exits 1 when anything is unhealthy, so cron jobs and monitors can use it.
+//! reconciliation found, and a verdict — ok, waiting, stalled, failing or drifting — with
+//! the reason. Exits 1 when anything is unhealthy, so cron jobs and monitors can use it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,8 +9,11 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 use waymark_connectors::config::parse_scope;
+use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::dead_letters::DeadLetters;
-use waymark_engine::{Checkpoint, Clock, Reconciliation, RunState, Status, SystemClock, Timestamp};
+use waymark_engine::{
+    Checkpoint, Clock, PauseReason, Reconciliation, RunState, Status, SystemClock, Timestamp,
+};
 
 use super::context::open_existing_state;
 use super::ExitStatus;
@@ -26,6 +29,10 @@ pub struct StatusArgs {
     #[arg(long)]
     json: bool,
 }
+
+/// A rate-limit pause ending within this time is routine (`waiting`, healthy); one ending
+/// later means the API has stopped the stream for longer than any retry (unhealthy).
+const LONG_PAUSE: Duration = Duration::from_secs(3600);
 
 /// What is known of one checkpoint scope.
 #[derive(Default)]
@@ -73,8 +80,8 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
         let letters = DeadLetters::new(dir.root(), sync, parse_scope(scope).0)
             .list()
             .map_or(0, |l| l.len());
-        let (health, reason) = verdict(s, now, args.stalled_after);
-        unhealthy |= health != "ok";
+        let (health, bad, reason) = verdict(s, now, args.stalled_after);
+        unhealthy |= bad;
         let watermark = s.checkpoint.as_ref().map(|c| c.window.end);
         let lag = watermark.map(|w| now.since(w));
         let last = s.runs.last();
@@ -92,6 +99,7 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
                     "sync": sync,
                     "stream": scope,
                     "health": health,
+                    "unhealthy": bad,
                     "reason": reason,
                     "watermark": watermark.map(|w| w.to_string()),
                     "lag_s": lag.map(|l| l.as_secs()),
@@ -109,7 +117,7 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
             );
         } else {
             out!(
-                "{health:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {letters:>5}  {:>7}  {reason}",
+                "{health:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {letters:>5}  {:>7}  {}",
                 format!("{sync}/{scope}"),
                 watermark.map_or("-".into(), |w| w.to_string()),
                 lag.map_or("-".into(), |l| humantime::format_duration(
@@ -120,6 +128,7 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
                 s.reconciled
                     .as_ref()
                     .map_or("-".into(), |r| format!("{:.2}%", r.gap_rate() * 100.0)),
+                printable(&reason),
             );
         }
     }
@@ -130,13 +139,35 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-/// `ok`, `stalled`, `failing` or `drifting`, and why.
-fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'static str, String) {
+/// `ok`, `waiting`, `stalled`, `failing` or `drifting`, whether that is unhealthy, and why.
+/// `waiting`: the latest run is paused by a rate limit (`Retry-After`, a used-up quota)
+/// that has not ended; unhealthy when it ends more than [`LONG_PAUSE`] from now.
+fn verdict(
+    s: &Stream,
+    now: Timestamp,
+    stalled_after: Option<Duration>,
+) -> (&'static str, bool, String) {
     if let Some(last) = s.runs.last() {
         if let Status::Failed(e) = &last.status {
-            return ("failing", format!("the last run failed: {e}"));
+            return ("failing", true, format!("the last run failed: {e}"));
         }
     }
+    let rate_limited = s.runs.last().and_then(|r| match &r.status {
+        Status::Paused(PauseReason::RateLimited { until }) if *until > now => Some(*until),
+        _ => None,
+    });
+    let waiting = |until: Timestamp, long: bool| {
+        let left = humantime::format_duration(Duration::from_secs(until.since(now).as_secs()));
+        let said = match long {
+            true => "the API asked for a wait of more than an hour (believed up to 24 hours)",
+            false => "a run after that resumes it",
+        };
+        (
+            "waiting",
+            long,
+            format!("rate limited until {until} (in {left}); {said}"),
+        )
+    };
     if let Some(r) = s
         .reconciled
         .as_ref()
@@ -144,6 +175,7 @@ fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'st
     {
         return (
             "drifting",
+            true,
             format!(
                 "the last reconciliation ({}) found {} gaps ({:.2}% > {:.2}%): {} missing, {} \
                  deleted, {} stale, {} differing; the incremental sync misses changes — \
@@ -158,6 +190,9 @@ fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'st
                 r.differing
             ),
         );
+    }
+    if let Some(until) = rate_limited.filter(|u| u.since(now) > LONG_PAUSE) {
+        return waiting(until, true);
     }
     // Usual interval: the median gap between the starts of the recent runs.
     let starts: Vec<u64> = s
@@ -183,17 +218,83 @@ fn verdict(s: &Stream, now: Timestamp, stalled_after: Option<Duration>) -> (&'st
     match (limit, advanced) {
         (Some(limit), Some(at)) if now.since(at) > limit => (
             "stalled",
+            true,
             format!(
                 "no checkpoint advance for {} (limit {})",
                 humantime::format_duration(Duration::from_secs(now.since(at).as_secs())),
                 humantime::format_duration(limit)
             ),
         ),
-        (Some(_), None) if s.runs.len() >= 3 => ("stalled", "no checkpoint yet".into()),
-        _ => match s.runs.last().map(|r| &r.status) {
-            Some(Status::Paused(reason)) => ("ok", format!("paused: {reason}")),
-            Some(Status::Running) => ("ok", "a run is unfinished (resumes next time)".into()),
-            _ => ("ok", String::new()),
+        (Some(_), None) if s.runs.len() >= 3 => ("stalled", true, "no checkpoint yet".into()),
+        _ => match (rate_limited, s.runs.last().map(|r| &r.status)) {
+            (Some(until), _) => waiting(until, false),
+            (None, Some(Status::Paused(reason))) => ("ok", false, format!("paused: {reason}")),
+            (None, Some(Status::Running)) => (
+                "ok",
+                false,
+                "a run is unfinished (resumes next time)".into(),
+            ),
+            _ => ("ok", false, String::new()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use waymark_engine::{Event, RunId, RunStarted, StartFrom, Window};
+
+    use super::*;
+
+    /// A stream whose one run started at `at` and paused for a rate limit until `until`.
+    fn paused_until(at: u64, until: u64) -> anyhow::Result<Stream> {
+        let started = RunStarted {
+            run_id: RunId::new(),
+            sync: "s".into(),
+            stream: "t".into(),
+            workflow_digest: "d".into(),
+            workflow_path: "w.toml".into(),
+            window: Window {
+                start: None,
+                end: Timestamp(at),
+            },
+            start_cursor: None,
+            start_from: StartFrom::Beginning,
+            at: Timestamp(at),
+        };
+        let paused = Event::RunPaused {
+            reason: PauseReason::RateLimited {
+                until: Timestamp(until),
+            },
+            at: Timestamp(at),
+        };
+        let run = waymark_engine::apply(RunState::start(&started), &paused)?;
+        Ok(Stream {
+            runs: vec![run],
+            ..Stream::default()
+        })
+    }
+
+    #[test]
+    fn a_rate_limit_pause_is_waiting_and_unhealthy_beyond_an_hour() -> anyhow::Result<()> {
+        let now = Timestamp(1_700_000_000_000);
+        let minute = 60_000;
+        let (health, bad, reason) = verdict(&paused_until(now.0, now.0 + 10 * minute)?, now, None);
+        assert_eq!((health, bad), ("waiting", false), "{reason}");
+        assert!(
+            reason.starts_with("rate limited until 2023-11-14T22:23:20.000Z (in 10m);"),
+            "{reason}"
+        );
+        let (health, bad, reason) =
+            verdict(&paused_until(now.0, now.0 + 1440 * minute)?, now, None);
+        assert_eq!((health, bad), ("waiting", true), "{reason}");
+        assert!(reason.contains("(in 1day)"), "{reason}");
+        // Once the time has passed, the pause is ordinary: the next run resumes.
+        let (health, bad, reason) = verdict(&paused_until(now.0, now.0 - minute)?, now, None);
+        assert_eq!((health, bad), ("ok", false), "{reason}");
+        assert!(
+            reason.starts_with("paused: rate limited until "),
+            "{reason}"
+        );
+        Ok(())
     }
 }

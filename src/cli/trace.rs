@@ -5,6 +5,7 @@ use std::path::Path;
 
 use clap::Args;
 use serde_json::json;
+use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::audit::Audit;
 use waymark_connectors::state::dead_letters::DeadLetters;
 
@@ -89,19 +90,20 @@ pub fn run(state_dir: &Path, args: TraceArgs) -> anyhow::Result<ExitStatus> {
              `keep`): the API never returned it in a window synced so far — check the \
              stream's filters and window, or reconcile",
             args.stream,
-            args.key
+            printable(&args.key)
         );
         return Ok(ExitStatus::Success);
     }
-    out!("{sync}/{} key {}:", args.stream, args.key);
+    // Keys, versions and reasons are the API's text.
+    out!("{sync}/{} key {}:", args.stream, printable(&args.key));
     for s in &sightings {
         out!(
             "  {}  run {} page {:>5}  version {:<28}  {}",
             s.at,
             s.run_id,
             s.page,
-            s.version.as_deref().unwrap_or("-"),
-            s.outcome
+            printable(s.version.as_deref().unwrap_or("-")),
+            printable(&s.outcome)
         );
     }
     for l in &letters {
@@ -109,7 +111,7 @@ pub fn run(state_dir: &Path, args: TraceArgs) -> anyhow::Result<ExitStatus> {
             "  dead letter (run {} page {}): {}",
             l.run_id,
             l.page,
-            l.reason
+            printable(&l.reason)
         );
     }
     Ok(ExitStatus::Success)

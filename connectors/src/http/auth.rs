@@ -1,9 +1,9 @@
 //! Credentials: how a request proves who sends it. Secrets are read from environment
 //! variables when the source is built (a missing one is an error before any request), and
-//! every value that could reveal one is registered with [`Secrets`], which masks it in
-//! every message the source produces.
+//! every value that could reveal one is registered with [`Secrets`], which masks it (in
+//! every form an API may echo it in) in every message the source produces.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -14,6 +14,7 @@ use waymark_engine::source::{self, ErrorKind};
 use waymark_engine::{Clock, Timestamp};
 
 use crate::config::{AuthSection, ClientAuth, FromEnv, KeyIn, Setting};
+pub use crate::http::secrets::Secrets;
 
 /// Why credentials could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -38,57 +39,6 @@ pub enum Error {
         /// What is wrong (never the secret itself).
         why: String,
     },
-}
-
-/// Values that must never be shown, and the masking of them in messages.
-#[derive(Clone, Debug, Default)]
-pub struct Secrets(Arc<Mutex<Vec<String>>>);
-
-impl Secrets {
-    /// Registers a secret value (and its URL-encoded form).
-    pub fn add(&self, value: &str) {
-        // Very short values would mask ordinary words; no real credential is this short.
-        if value.len() < 4 {
-            return;
-        }
-        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let encoded: String = reqwest::Url::parse_with_params("x:", [("v", value)])
-            .ok()
-            .and_then(|u| u.query().map(|q| q.trim_start_matches("v=").to_string()))
-            .unwrap_or_default();
-        for v in [value.to_string(), encoded] {
-            if !v.is_empty() && !all.contains(&v) {
-                all.push(v);
-            }
-        }
-        // Longest first, so a secret containing another is masked whole.
-        all.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    }
-
-    /// `text` with every registered secret replaced by `***`.
-    pub fn redact(&self, text: &str) -> String {
-        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out = text.to_string();
-        for secret in all.iter() {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), "***");
-            }
-        }
-        out
-    }
-
-    /// The start of a body, on one line, for messages: masked before it is cut, so no
-    /// part of a secret survives at the cut.
-    pub fn excerpt(&self, body: &[u8]) -> String {
-        let head = String::from_utf8_lossy(&body[..body.len().min(4096)]);
-        crate::http::excerpt::excerpt(self.redact(&head).as_bytes())
-    }
-
-    /// Whether `text` holds a registered secret.
-    pub fn reveals(&self, text: &str) -> bool {
-        let all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        all.iter().any(|s| text.contains(s.as_str()))
-    }
 }
 
 /// Reads `var`, registering its value as a secret.
@@ -405,19 +355,6 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masks_secrets_and_their_encodings() {
-        let secrets = Secrets::default();
-        secrets.add("s3cr3t/token+x");
-        secrets.add("ab");
-        assert_eq!(
-            secrets.redact("a s3cr3t/token+x b s3cr3t%2Ftoken%2Bx ab"),
-            "a *** b *** ab"
-        );
-        assert!(secrets.reveals("..s3cr3t/token+x.."));
-        assert!(!secrets.reveals("nothing here"));
-    }
 
     #[test]
     fn a_missing_variable_is_named_before_any_request() {

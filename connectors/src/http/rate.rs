@@ -14,6 +14,8 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+use waymark_engine::decision::LONGEST_WAIT;
+use waymark_engine::time::millis;
 use waymark_engine::{Clock, Timestamp};
 
 use crate::config::RateLimit;
@@ -21,10 +23,6 @@ use crate::config::RateLimit;
 /// When the quota is at or below this fraction of its limit, requests are spread evenly
 /// over the time left until the quota resets.
 const LOW_QUOTA: u64 = 10;
-
-/// The longest any reset or `Retry-After` is believed (a broken header must not stop a
-/// source for good): 24 hours, in ms.
-const LONGEST: u64 = 24 * 3_600_000;
 
 /// What the gate knows; kept in `rate/<origin>.json` in the state directory.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +145,8 @@ impl Gate {
             budget.remaining = Some(quota.remaining);
             budget.limit = quota.limit.or(budget.limit);
             let now = self.clock.now().0;
-            budget.reset_at = quota.reset_at.map(|t| t.0.min(now.saturating_add(LONGEST)));
+            let longest = now.saturating_add(millis(LONGEST_WAIT));
+            budget.reset_at = quota.reset_at.map(|t| t.0.min(longest));
             budget.clone()
         };
         self.save(&snapshot);
@@ -157,7 +156,8 @@ impl Gate {
     pub fn block(&self, until: Timestamp) {
         let snapshot = {
             let mut budget = self.lock();
-            let until = until.0.min(self.clock.now().0.saturating_add(LONGEST));
+            // Believed up to the longest wait (the engine journals the same bound).
+            let until = until.min(self.clock.now().saturating_add(LONGEST_WAIT)).0;
             budget.blocked_until = Some(budget.blocked_until.unwrap_or(0).max(until));
             budget.clone()
         };
@@ -351,6 +351,27 @@ mod tests {
             })
         );
         assert_eq!(q(&[("x-other", "1")]), None);
+    }
+
+    struct Stopped(Timestamp);
+
+    impl Clock for Stopped {
+        fn now(&self) -> Timestamp {
+            self.0
+        }
+    }
+
+    #[test]
+    fn a_wait_beyond_a_day_is_believed_for_a_day() {
+        let now = Timestamp(1_700_000_000_000);
+        let gate = Gate::new(None, None, Arc::new(Stopped(now)), Duration::from_secs(600));
+        gate.block(Timestamp(u64::MAX));
+        let blocked = futures_util::FutureExt::now_or_never(gate.admit());
+        let day = now.saturating_add(LONGEST_WAIT);
+        assert!(
+            matches!(&blocked, Some(Err(Blocked { until, why })) if *until == day && why.contains("2023-11-15T22:13:20.000Z")),
+            "{blocked:?}"
+        );
     }
 
     #[test]
