@@ -129,6 +129,32 @@ fn journal(c: &mut Criterion) {
             };
         });
     });
+    // The same page on a journal without its witness: what the witness's write costs.
+    group.bench_function("append one page (1 batch, 1 flush), no witness", |b| {
+        let bare = dir.join("bare");
+        let mut journal = match waymark_engine::journal::SledBackend::open(&bare) {
+            Ok(backend) => waymark_engine::Journal::new(backend),
+            Err(e) => panic!("sled: {e}"),
+        };
+        let mut s = fresh(&mut journal);
+        s = match journal.append(s.clone(), &fetched(1)) {
+            Ok(next) => next,
+            Err(e) => panic!("append: {e}"),
+        };
+        let mut page = 0;
+        b.iter(|| {
+            page += 1;
+            let steps = [
+                written(page),
+                Event::CursorCommitted { page, at: AT },
+                fetched(page + 1),
+            ];
+            s = match journal.append_steps(&s, &steps) {
+                Ok(mut states) => states.pop().unwrap_or_else(|| panic!("no state")),
+                Err(e) => panic!("append: {e}"),
+            };
+        });
+    });
     // The same, an append per event (as before steps were batched): 3 batches, 2 flushes.
     group.bench_function("append one page (3 events, 2 flushes)", |b| {
         let mut s = fresh(journal);

@@ -208,3 +208,185 @@ fn incomplete_or_damaged_sled_snapshots_are_moved_aside() -> Result {
     assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
     Ok(())
 }
+
+/// Every file under `dir` and its bytes.
+fn files(dir: &std::path::Path) -> Result<std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>> {
+    let mut all = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            all.extend(files(&path)?);
+        } else {
+            all.insert(path.clone(), std::fs::read(&path)?);
+        }
+    }
+    Ok(all)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result {
+    for (path, bytes) in files(from)? {
+        let target = to.join(path.strip_prefix(from)?);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(target, bytes)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_journal_that_lost_steps_is_detected_by_every_open_and_verify_changes_nothing() -> Result {
+    let sandbox = Sandbox::start(&["--records", "500"])?;
+    let dir = TempDir::new("rollback");
+    let (path, state, run_id) = paused_run(&sandbox, &dir)?;
+    let journal_dir = state.join("journal");
+    let older = dir.path().join("older");
+    copy_dir(&journal_dir, &older)?;
+    let done = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(done.status.code(), Some(0), "{}", text(&done.stderr));
+
+    // What a damaged sled database that recovered to an older state looks like: the
+    // journal as it was two pages in, although the run went on to complete.
+    std::fs::remove_dir_all(&journal_dir)?;
+    copy_dir(&older, &journal_dir)?;
+    let before = files(&state)?;
+    let verify = run(waymark(&state, "").args(["journal", "verify"]))?;
+    assert_eq!(verify.status.code(), Some(5), "{}", text(&verify.stderr));
+    let report = text(&verify.stdout);
+    assert!(
+        report.contains(&format!(
+            "damaged: run {run_id} (shop/orders): the witness saw "
+        )) && report.contains("waymark journal reset"),
+        "{report}"
+    );
+    // LOCK says who last took the directory: the rest is the state, unchanged.
+    let after = files(&state)?;
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(path, bytes)| before.get(*path) != Some(*bytes) && !path.ends_with("LOCK"))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(changed.is_empty(), "verify changed {changed:?}");
+    assert_eq!(after.len(), before.len(), "verify added or removed files");
+
+    let refused = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused.stderr));
+    let said = text(&refused.stderr);
+    assert!(
+        said.contains("lost steps it had made durable")
+            && said.contains(&format!("shop/orders: run {run_id} had journaled"))
+            && said.contains("waymark journal reset"),
+        "{said}"
+    );
+    // Read commands still answer, and say it first.
+    let listed = run(waymark(&state, "").args(["runs", "--json"]))?;
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed.stderr));
+    assert!(
+        text(&listed.stderr).starts_with("warning: the journal in"),
+        "{}",
+        text(&listed.stderr)
+    );
+
+    // A deleted database is the same loss.
+    std::fs::remove_dir_all(&journal_dir)?;
+    let verify = run(waymark(&state, "").args(["journal", "verify"]))?;
+    assert_eq!(verify.status.code(), Some(5), "{}", text(&verify.stdout));
+    assert!(
+        text(&verify.stdout).contains("the journal has no such run"),
+        "{}",
+        text(&verify.stdout)
+    );
+
+    // The way out the message names: reset, adopt the destination's checkpoint, run.
+    let reset = run(waymark(&state, "").args(["journal", "reset"]))?;
+    assert_eq!(reset.status.code(), Some(0), "{}", text(&reset.stderr));
+    let adopt = run(waymark(&state, "")
+        .args(["checkpoint", "adopt"])
+        .arg(&path)
+        .args(["--stream", "orders", "--reason", "journal rolled back"]))?;
+    assert_eq!(adopt.status.code(), Some(0), "{}", text(&adopt.stderr));
+    let again = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}
+
+#[test]
+fn a_journal_held_by_a_process_whose_lock_file_was_removed_is_busy_not_damaged() -> Result {
+    // Long enough to outlast both checks (each waits 5 s for sled's own lock); killed after.
+    let sandbox = Sandbox::start(&["--records", "50000", "--latency", "100ms"])?;
+    let dir = TempDir::new("unlocked");
+    let path = workflow(dir.path(), 50, 3)?;
+    let state = dir.path().join("state");
+    let mut first = waymark(&state, &sandbox.url)
+        .arg("run")
+        .arg(&path)
+        .spawn()?;
+    assert!(
+        wait_for_lock(&state, first.id()),
+        "the run never took the lock"
+    );
+    // Its journal is open once it answers read commands.
+    let socket = state.join("attach.sock");
+    assert!(
+        wait_for(|| socket.exists(), std::time::Duration::from_secs(20)),
+        "the run never opened its journal"
+    );
+    std::fs::remove_file(state.join("LOCK"))?;
+    for args in [
+        &["journal", "reset"][..],
+        &["run", path.to_str().ok_or("path")?],
+    ] {
+        let out = run(waymark(&state, &sandbox.url).args(args))?;
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?}: {} {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("was LOCK removed while it ran?"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        state.join("journal").is_dir(),
+        "the journal was moved aside"
+    );
+    first.kill()?;
+    first.wait()?;
+    Ok(())
+}
+
+#[test]
+fn a_damaged_audit_index_is_reported_with_what_to_do() -> Result {
+    let sandbox = Sandbox::start(&["--records", "300"])?;
+    let dir = TempDir::new("audit");
+    let (path, state, _) = paused_run(&sandbox, &dir)?;
+    std::fs::write(
+        state.join("audit.db"),
+        b"not a database at all, but long enough to look like one",
+    )?;
+    let verify = run(waymark(&state, "").args(["journal", "verify"]))?;
+    assert_eq!(verify.status.code(), Some(5), "{}", text(&verify.stdout));
+    assert!(
+        text(&verify.stdout).contains("damaged: audit.db:")
+            && text(&verify.stdout).contains("only affects `waymark trace`: delete it"),
+        "{}",
+        text(&verify.stdout)
+    );
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("audit.db in the state directory is damaged")
+            && text(&out.stderr).contains("delete it and run again"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_file(state.join("audit.db"))?;
+    let out = run(waymark(&state, &sandbox.url).arg("run").arg(&path))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    Ok(())
+}

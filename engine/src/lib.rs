@@ -35,6 +35,7 @@ pub mod state;
 pub mod state_dir;
 pub mod time;
 pub mod window;
+pub mod witness;
 
 pub use checkpoint::Checkpoint;
 pub use decision::{decide, Action, Budget, RetryPolicy};

@@ -87,6 +87,14 @@ impl Staging {
         })
     }
 
+    /// Staging under `dir`, to read only (nothing is created).
+    pub fn at(dir: &Path) -> Self {
+        Staging {
+            dir: dir.to_path_buf(),
+            durable: true,
+        }
+    }
+
     /// The same staging without fsyncs: for measuring what durability costs, never for use.
     #[cfg(feature = "bench-unjournaled")]
     pub fn without_fsync(self) -> Self {

@@ -82,8 +82,10 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
 
 /// Opens the state directory for a command that holds it for a while (a run): while it
 /// does, the returned [`Answering`] answers other processes' read commands.
+/// A journal that lost steps its witness saw made durable is refused.
 pub fn hold_state(dir: &Path) -> anyhow::Result<(StateDir, Option<Answering>)> {
     let state = open_state(dir)?;
+    state.check_witness()?;
     let answering = super::attach::answer(&state);
     Ok((state, answering))
 }
@@ -95,6 +97,26 @@ pub fn open_existing_state(dir: &Path) -> anyhow::Result<StateDir> {
     if let Some(lent) = super::attach::lent_state() {
         return lent;
     }
+    must_exist(dir)?;
+    let state = open_state(dir)?;
+    // What it shows may be missing steps: said first, the command still answers.
+    if let Err(lost) = state.check_witness() {
+        super::attach::note(&format!("warning: {lost}"));
+    }
+    Ok(state)
+}
+
+/// Opens the state directory to check it, changing nothing: the journal is read from a
+/// copy (see `StateDir::inspect`), or from the holder's handle when a run holds it.
+pub fn inspect_existing_state(dir: &Path) -> anyhow::Result<StateDir> {
+    if let Some(lent) = super::attach::lent_state() {
+        return lent;
+    }
+    must_exist(dir)?;
+    Ok(StateDir::inspect(dir, &command_line())?)
+}
+
+fn must_exist(dir: &Path) -> anyhow::Result<()> {
     if !dir.join("LOCK").is_file() {
         return Err(UsageError(format!(
             "no state directory at {}: no run has used it (give the one your runs used with \
@@ -103,7 +125,7 @@ pub fn open_existing_state(dir: &Path) -> anyhow::Result<StateDir> {
         ))
         .into());
     }
-    open_state(dir)
+    Ok(())
 }
 
 /// Whether the error is a state directory held by another process.

@@ -9,9 +9,11 @@ use waymark_connectors::http::excerpt::printable;
 use waymark_engine::{Event, RunId, RunState, StartFrom, StateDir, Status, Timestamp};
 
 use super::attach;
-use super::context::{find_run, open_existing_state};
+use super::context::{find_run, inspect_existing_state, open_existing_state};
 use super::progress::millis;
 use super::{ExitStatus, UsageError};
+use waymark_connectors::state::audit::Audit;
+use waymark_engine::journal::Damage;
 
 /// Arguments of `waymark journal`.
 #[derive(Debug, Args)]
@@ -77,9 +79,17 @@ pub fn run(state_dir: &Path, args: JournalArgs) -> anyhow::Result<ExitStatus> {
     }
 }
 
+/// `journal verify`: the journal (with its witness), the staged pages unfinished runs
+/// need, and the audit index; what to do about each kind of damage. Changes nothing.
 fn verify(state_dir: &Path) -> anyhow::Result<ExitStatus> {
-    let dir = open_existing_state(state_dir)?;
-    let report = dir.journal().verify()?;
+    let dir = inspect_existing_state(state_dir)?;
+    let mut report = dir.verify()?;
+    if let Some(problem) = Audit::new(dir.root()).check() {
+        report.damage.push(Damage {
+            entry: "audit.db".into(),
+            problem,
+        });
+    }
     for damage in &report.damage {
         out!("damaged: {}: {}", damage.entry, damage.problem);
     }
@@ -89,6 +99,27 @@ fn verify(state_dir: &Path) -> anyhow::Result<ExitStatus> {
         report.events,
         report.damage.len()
     );
+    let any = |prefix: &str| report.damage.iter().any(|d| d.entry.starts_with(prefix));
+    if any("staged page") {
+        out!(
+            "a damaged staged page: `waymark run <workflow> --fresh` abandons its run and \
+             continues from the stream's committed checkpoint"
+        );
+    }
+    if any("audit.db") {
+        out!("a damaged audit.db only affects `waymark trace`: delete it; the next run starts a new one");
+    }
+    if report
+        .damage
+        .iter()
+        .any(|d| !d.entry.starts_with("staged page") && !d.entry.starts_with("audit.db"))
+    {
+        out!(
+            "a damaged journal: `waymark journal reset` moves it aside; each stream then \
+             continues from its destination's checkpoint (`waymark checkpoint adopt <workflow> \
+             --stream S --reason …`)"
+        );
+    }
     Ok(if report.damage.is_empty() {
         ExitStatus::Success
     } else {

@@ -216,7 +216,8 @@ impl ExitStatus {
             if let Some(e) = cause.downcast_ref::<state_dir::Error>() {
                 return match e {
                     state_dir::Error::Busy { .. } => ExitStatus::Busy,
-                    state_dir::Error::JournalUnreadable { .. } => ExitStatus::Corrupt,
+                    state_dir::Error::JournalUnreadable { .. }
+                    | state_dir::Error::JournalLost { .. } => ExitStatus::Corrupt,
                     state_dir::Error::Io { .. } => ExitStatus::Failed,
                     state_dir::Error::Staging(_) => ExitStatus::Failed,
                 };

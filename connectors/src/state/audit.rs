@@ -105,7 +105,14 @@ impl std::fmt::Debug for ConnectionCell {
 }
 
 fn fail(e: rusqlite::Error) -> destination::Error {
-    destination::Error::permanent(format!("audit index: {e}"))
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => destination::Error::permanent(format!(
+            "the audit index audit.db in the state directory is damaged ({e}); it only serves \
+             `waymark trace`: delete it and run again (a new one is started)"
+        )),
+        _ => destination::Error::permanent(format!("audit index: {e}")),
+    }
 }
 
 impl Audit {
@@ -123,6 +130,26 @@ impl Audit {
         Audit {
             enabled: false,
             ..Audit::new(root)
+        }
+    }
+
+    /// Checks the index's file without changing it: `None` when it is sound or absent, else
+    /// what is wrong.
+    pub fn check(&self) -> Option<String> {
+        use rusqlite::OpenFlags;
+        if !self.path.exists() {
+            return None;
+        }
+        // Immutable: no lock, no -shm or -wal file created beside it.
+        let uri = format!("file:{}?immutable=1", self.path.display());
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+        let checked = Connection::open_with_flags(uri, flags).and_then(|conn| {
+            conn.query_row("PRAGMA quick_check", [], |row| row.get::<_, String>(0))
+        });
+        match checked {
+            Ok(verdict) if verdict == "ok" => None,
+            Ok(verdict) => Some(verdict),
+            Err(e) => Some(e.to_string()),
         }
     }
 

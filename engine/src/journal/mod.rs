@@ -18,7 +18,7 @@
 
 mod backend;
 mod codec;
-mod sled;
+pub mod sled;
 
 use std::time::Duration;
 
@@ -30,8 +30,9 @@ use crate::checkpoint::Checkpoint;
 use crate::event::{Event, RunStarted};
 use crate::reconciliation::Reconciliation;
 use crate::run_id::RunId;
-use crate::state::{apply, Invalid, RunState};
+use crate::state::{apply, fold, Invalid, RunState};
 use crate::time::Timestamp;
+use crate::witness::{Seen, Unreadable, Witness};
 
 /// A journal failure. All of these are fail-stop: the run cannot continue safely.
 #[derive(Debug, thiserror::Error)]
@@ -157,12 +158,84 @@ const HEAD_VERSION: u8 = 4;
 #[derive(Clone)]
 pub struct Journal<B> {
     backend: B,
+    witness: Option<Witness>,
+}
+
+/// A scope whose journal lost steps that the witness saw it make durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// What the witness saw.
+    pub seen: Seen,
+    /// The run's last sequence number in the journal (`None`: the run is gone, or its head
+    /// cannot be read — `problem` says which).
+    pub journal_seq: Option<u64>,
+    /// What the journal has instead.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}: run {} had journaled {} steps; {}",
+            self.seen.sync, self.seen.stream, self.seen.run, self.seen.seq, self.problem
+        )
+    }
 }
 
 impl<B: Backend> Journal<B> {
     /// A journal stored in `backend`.
     pub fn new(backend: B) -> Self {
-        Journal { backend }
+        Journal {
+            backend,
+            witness: None,
+        }
+    }
+
+    /// The same, with a witness of what it makes durable (see [`crate::witness`]).
+    pub fn with_witness(mut self, witness: Witness) -> Self {
+        self.witness = Some(witness);
+        self
+    }
+
+    fn note(&self, state: &RunState) {
+        if let Some(witness) = &self.witness {
+            witness.note(
+                &state.started.sync,
+                &state.started.stream,
+                state.run_id(),
+                state.last_seq,
+            );
+        }
+    }
+
+    /// The scopes whose steps the witness saw made durable but the journal no longer has
+    /// (a damaged database that recovered to an older state, a truncated or replaced
+    /// one), and the witness files that cannot be read.
+    pub fn lost(&self) -> Result<(Vec<Lost>, Vec<Unreadable>), Error> {
+        let Some(witness) = &self.witness else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let (seen, unreadable) = witness.seen();
+        let mut lost = Vec::new();
+        for seen in seen {
+            let (journal_seq, problem) = match self.load(seen.run) {
+                Ok(state) if state.last_seq >= seen.seq => continue,
+                Ok(state) => (
+                    Some(state.last_seq),
+                    format!("the journal has {}", state.last_seq),
+                ),
+                Err(Error::UnknownRun(_)) => (None, "the journal has no such run".into()),
+                Err(Error::Storage(e)) => return Err(Error::Storage(e)),
+                Err(e) => (None, format!("its journal cannot be read ({e})")),
+            };
+            lost.push(Lost {
+                seen,
+                journal_seq,
+                problem,
+            });
+        }
+        Ok((lost, unreadable))
     }
 
     fn read<T: serde::de::DeserializeOwned>(
@@ -205,6 +278,7 @@ impl<B: Backend> Journal<B> {
         ];
         self.backend.commit(ops)?;
         self.backend.flush()?;
+        self.note(&state);
         Ok(state)
     }
 
@@ -275,6 +349,9 @@ impl<B: Backend> Journal<B> {
         self.backend.commit(ops)?;
         if events.iter().any(Event::needs_flush) {
             self.backend.flush()?;
+            // Only what is durable: an unflushed batch can be lost by a kill, and the
+            // witness must never be ahead of the journal for that.
+            self.note(last);
         }
         Ok(states)
     }
@@ -293,26 +370,13 @@ impl<B: Backend> Journal<B> {
 
     /// The run's state folded from all its events.
     fn fold(&self, run: RunId) -> Result<RunState, Error> {
-        let mut state: Option<RunState> = None;
-        for item in self.events(run) {
-            let (seq, event) = item?;
-            state = Some(match (state, &event) {
-                (None, Event::RunStarted(s)) => RunState::start(s),
-                (None, e) => {
-                    return Err(Error::Corrupt {
-                        entry: format!("run {run} seq {seq}"),
-                        source: codec::Error::Decode(format!(
-                            "first event is {}, not run_started",
-                            e.name()
-                        )),
-                    })
-                }
-                (Some(s), e) => {
-                    apply(s, e).map_err(|source| Error::Inconsistent { run, source })?
-                }
-            });
-        }
-        state.ok_or(Error::UnknownRun(run))
+        let events: Vec<Event> = self
+            .events(run)
+            .map(|item| item.map(|(_, event)| event))
+            .collect::<Result<_, _>>()?;
+        fold(&events)
+            .map_err(|source| Error::Inconsistent { run, source })?
+            .ok_or(Error::UnknownRun(run))
     }
 
     /// The run's state, from its head snapshot plus any events after it.
@@ -531,11 +595,15 @@ impl<B: Backend> Journal<B> {
         for head in self.runs() {
             let head = head?;
             if head.status.is_finished() && head.updated_at <= cutoff {
-                doomed.push(head.run_id());
+                doomed.push(head);
             }
         }
         let mut pruned = Pruned::default();
-        for run in doomed {
+        for head in doomed {
+            let run = head.run_id();
+            if let Some(witness) = &self.witness {
+                witness.forget(&head.started.sync, &head.started.stream, run);
+            }
             let mut ops: Vec<Op> = Vec::new();
             for item in self.backend.scan(&run_key(b'e', run)) {
                 ops.push(Op::Delete(item?.0));
@@ -555,6 +623,22 @@ impl<B: Backend> Journal<B> {
     /// its head. Reports damage instead of stopping at the first problem.
     pub fn verify(&self) -> Result<Verified, Error> {
         let mut report = Verified::default();
+        let (lost, unreadable) = self.lost()?;
+        for l in lost {
+            report.damage.push(Damage {
+                entry: format!("run {} ({}/{})", l.seen.run, l.seen.sync, l.seen.stream),
+                problem: format!(
+                    "the witness saw {} steps made durable; {}",
+                    l.seen.seq, l.problem
+                ),
+            });
+        }
+        for u in unreadable {
+            report.damage.push(Damage {
+                entry: format!("witness {}", u.path.display()),
+                problem: u.problem,
+            });
+        }
         let mut heads = Vec::new();
         for item in self.backend.scan(b"h") {
             let (key, value) = item?;

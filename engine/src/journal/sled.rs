@@ -22,9 +22,45 @@ fn err(e: sled::Error) -> BackendError {
     BackendError(format!("sled: {e}"))
 }
 
+/// Why the journal's database did not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds sled's own lock on it.
+    #[error("another process holds the journal: {0}")]
+    Held(String),
+    /// The filesystem refused (no space, no permission, read-only): not damage.
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// The database cannot be opened.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<std::io::Error> for OpenError {
+    fn from(e: std::io::Error) -> Self {
+        OpenError::Io(e)
+    }
+}
+
+impl From<BackendError> for OpenError {
+    fn from(e: BackendError) -> Self {
+        OpenError::Unreadable(e.0)
+    }
+}
+
+impl From<Opened> for OpenError {
+    fn from(opened: Opened) -> Self {
+        match opened {
+            Opened::LockHeld(e) => OpenError::Held(e.to_string()),
+            Opened::Failed(Failure::Io(e)) => OpenError::Io(e),
+            Opened::Failed(Failure::Other(e)) => OpenError::Unreadable(e.0),
+        }
+    }
+}
+
 impl SledBackend {
     /// Opens (creating if needed) the sled database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, BackendError> {
+    pub fn open(dir: &Path) -> Result<Self, OpenError> {
         let quarantined = quarantine_snapshots(dir, |name| name.ends_with(".generating"))?;
         if !quarantined.is_empty() {
             tracing::warn!(files = ?quarantined, "moved incomplete sled snapshot files aside");
@@ -32,21 +68,22 @@ impl SledBackend {
         match try_open(dir) {
             Ok(db) => Ok(SledBackend { db: Some(db) }),
             Err(held @ Opened::LockHeld(_)) => Err(held.into()),
-            Err(Opened::Failed(first)) => {
+            Err(io @ Opened::Failed(Failure::Io(_))) => Err(io.into()),
+            Err(Opened::Failed(Failure::Other(first))) => {
                 // A complete-looking but damaged snapshot: sled rebuilds its index from the
                 // log without it.
                 let moved = quarantine_snapshots(dir, |name| name.starts_with("snap."))?;
                 if moved.is_empty() {
-                    return Err(first);
+                    return Err(first.into());
                 }
                 tracing::warn!(files = ?moved, error = %first, "sled snapshot unreadable; retrying without it");
                 try_open(dir)
                     .map(|db| SledBackend { db: Some(db) })
-                    .map_err(|second| {
-                        BackendError(format!(
-                            "{} (and before moving snapshots aside: {first})",
-                            BackendError::from(second)
-                        ))
+                    .map_err(|second| match second {
+                        Opened::Failed(Failure::Other(second)) => OpenError::Unreadable(format!(
+                            "{second} (and before moving snapshots aside: {first})"
+                        )),
+                        other => other.into(),
                     })
             }
         }
@@ -87,19 +124,16 @@ fn try_open(dir: &Path) -> Result<sled::Db, Opened> {
     }
 }
 
-/// Why one attempt to open sled failed: its file lock is held, or anything else.
+/// Why one attempt to open sled failed: its file lock is held, the filesystem refused,
+/// or anything else.
 enum Opened {
     LockHeld(sled::Error),
-    Failed(BackendError),
+    Failed(Failure),
 }
 
-impl From<Opened> for BackendError {
-    fn from(opened: Opened) -> Self {
-        match opened {
-            Opened::LockHeld(e) => err(e),
-            Opened::Failed(e) => e,
-        }
-    }
+enum Failure {
+    Io(std::io::Error),
+    Other(BackendError),
 }
 
 fn open_once(dir: &Path) -> Result<sled::Db, Opened> {
@@ -112,16 +146,28 @@ fn open_once(dir: &Path) -> Result<sled::Db, Opened> {
     match outcome {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) if e.to_string().contains("could not acquire lock") => Err(Opened::LockHeld(e)),
-        Ok(Err(e)) => Err(Opened::Failed(err(e))),
+        // Refusals of the filesystem, not damage: no space, no permission, read-only.
+        Ok(Err(sled::Error::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::QuotaExceeded
+            ) =>
+        {
+            Err(Opened::Failed(Failure::Io(e)))
+        }
+        Ok(Err(e)) => Err(Opened::Failed(Failure::Other(err(e)))),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(Opened::Failed(BackendError(format!(
+            Err(Opened::Failed(Failure::Other(BackendError(format!(
                 "sled panicked while opening: {what}"
-            ))))
+            )))))
         }
     }
 }
@@ -130,8 +176,8 @@ fn open_once(dir: &Path) -> Result<sled::Db, Opened> {
 fn quarantine_snapshots(
     dir: &Path,
     select: impl Fn(&str) -> bool,
-) -> Result<Vec<PathBuf>, BackendError> {
-    let io = |e: std::io::Error| BackendError(format!("{}: {e}", dir.display()));
+) -> Result<Vec<PathBuf>, std::io::Error> {
+    let io = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(Vec::new());
     };
@@ -198,7 +244,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lock_held_by_a_handle_about_to_go_is_waited_for() -> Result<(), BackendError> {
+    fn a_lock_held_by_a_handle_about_to_go_is_waited_for() -> Result<(), OpenError> {
         let dir = std::env::temp_dir().join(format!("waymark-sled-lock-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let first = SledBackend::open(&dir)?;
