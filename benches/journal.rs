@@ -129,32 +129,40 @@ fn journal(c: &mut Criterion) {
             };
         });
     });
-    // The same page on a journal without its witness: what the witness's write costs.
-    group.bench_function("append one page (1 batch, 1 flush), no witness", |b| {
-        let bare = dir.join("bare");
-        let mut journal = match waymark_engine::journal::SledBackend::open(&bare) {
+    // The same page on two fresh journals side by side, with and without the witness
+    // (engine/src/witness.rs): what its write after each flush costs.
+    for (name, witnessed) in [
+        ("append one page, fresh journal, witness", true),
+        ("append one page, fresh journal, no witness", false),
+    ] {
+        let root = dir.join(name.replace([' ', ','], "-"));
+        let mut journal = match waymark_engine::journal::SledBackend::open(&root.join("journal")) {
+            Ok(backend) if witnessed => waymark_engine::Journal::new(backend)
+                .with_witness(waymark_engine::witness::Witness::new(&root.join("witness"))),
             Ok(backend) => waymark_engine::Journal::new(backend),
             Err(e) => panic!("sled: {e}"),
         };
-        let mut s = fresh(&mut journal);
-        s = match journal.append(s.clone(), &fetched(1)) {
-            Ok(next) => next,
-            Err(e) => panic!("append: {e}"),
-        };
-        let mut page = 0;
-        b.iter(|| {
-            page += 1;
-            let steps = [
-                written(page),
-                Event::CursorCommitted { page, at: AT },
-                fetched(page + 1),
-            ];
-            s = match journal.append_steps(&s, &steps) {
-                Ok(mut states) => states.pop().unwrap_or_else(|| panic!("no state")),
+        group.bench_function(name, |b| {
+            let mut s = fresh(&mut journal);
+            s = match journal.append(s.clone(), &fetched(1)) {
+                Ok(next) => next,
                 Err(e) => panic!("append: {e}"),
             };
+            let mut page = 0;
+            b.iter(|| {
+                page += 1;
+                let steps = [
+                    written(page),
+                    Event::CursorCommitted { page, at: AT },
+                    fetched(page + 1),
+                ];
+                s = match journal.append_steps(&s, &steps) {
+                    Ok(mut states) => states.pop().unwrap_or_else(|| panic!("no state")),
+                    Err(e) => panic!("append: {e}"),
+                };
+            });
         });
-    });
+    }
     // The same, an append per event (as before steps were batched): 3 batches, 2 flushes.
     group.bench_function("append one page (3 events, 2 flushes)", |b| {
         let mut s = fresh(journal);
