@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::resilience::workflow_text;
+use crate::scripted::{Background, Reply, Request};
 use crate::util::*;
 
 /// The sandbox's orders synced into `dir/shop.db` (pages of `page_size`), with `extra`
@@ -302,5 +304,125 @@ fn bad_reconcile_requests_are_refused_clearly() -> Result {
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("stream.orders.reconcile.every"), "{stderr}");
+    Ok(())
+}
+
+/// Records the sync stores although a JSON tree parser cannot read them — nested deeper than
+/// 128 levels, a lone surrogate (`"\ud800"`) — are read by a reconciliation the way the sync
+/// reads them (one reader): never taken for deletions, so `--repair` leaves them live. When
+/// their values are compared and their text differs from the destination's, they are
+/// *unreadable*, not differing; so is a record the sync refuses itself (no version).
+#[test]
+fn records_a_tree_parser_cannot_read_are_never_taken_for_deletions() -> Result {
+    let deep = format!(
+        r#"{{"id":2,"updated_at":"2026-01-01T00:00:02Z","deep":{}1{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let lone = r#"{"id":3,"updated_at":"2026-01-01T00:00:03Z","name":"\ud800"}"#;
+    for text in [&deep[..], lone] {
+        assert!(serde_json::from_str::<Value>(text).is_err(), "{text:.60}");
+    }
+    let body = format!(
+        r#"{{"data":[{{"id":1,"updated_at":"2026-01-01T00:00:01Z","name":"plain"}},{deep},{lone},{{"id":4,"name":"no version"}}],"next":null}}"#
+    );
+    let server = Background::start(move |_: &Request| Reply::json(200, body.clone()))?;
+    let dir = TempDir::new("reconcile-unparsable");
+    let workflow = dir.path().join("workflow.toml");
+    std::fs::write(
+        &workflow,
+        workflow_text(
+            server.url(),
+            "max_attempts = 2",
+            "cursor_field = \"updated_at\"",
+        ),
+    )?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, "").arg("run").arg(&workflow))?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let db = dir.path().join("out.db");
+    let stored = |key: &str| -> Result<String> {
+        let conn = rusqlite::Connection::open(&db)?;
+        Ok(conn.query_row(
+            "SELECT record FROM items WHERE key = ?1 AND deleted_at IS NULL",
+            [key],
+            |r| r.get(0),
+        )?)
+    };
+    assert_eq!(
+        stored("2")?,
+        deep,
+        "the sync stores the deep record as sent"
+    );
+    assert_eq!(stored("3")?, lone, "and the one with a lone surrogate");
+    let reconcile = |args: &[&str]| -> Result<(Option<i32>, Value)> {
+        let out = run(waymark(&state, "")
+            .arg("reconcile")
+            .arg(&workflow)
+            .arg("--json")
+            .args(args))?;
+        assert_no_panic(&out);
+        let report = serde_json::from_str(text(&out.stdout).trim())
+            .map_err(|e| format!("{e}: {} / {}", text(&out.stdout), text(&out.stderr)))?;
+        Ok((out.status.code(), report))
+    };
+    // Keys and versions: all three found, nothing deleted; `--repair` has nothing to do.
+    // The refused record is unreadable (the sync dead-lettered it), not missing.
+    let (code, report) = reconcile(&["--repair", "--sample", "1000"])?;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        (
+            report["source"].as_u64(),
+            report["deleted"].as_u64(),
+            report["missing"].as_u64(),
+            report["differing"].as_u64(),
+            report["compared"].as_u64(),
+            report["repaired"].as_u64(),
+        ),
+        (Some(4), Some(0), Some(0), Some(0), Some(3), Some(0)),
+        "{report}"
+    );
+    assert_eq!(report["keys"]["unreadable"], serde_json::json!(["4"]));
+    // The destination's copies now differ from the source's in text: their values cannot
+    // be compared, and that is what the report says; nothing is rewritten or deleted.
+    let conn = rusqlite::Connection::open(&db)?;
+    conn.execute(
+        "UPDATE items SET record = replace(record, '1]', '2]') WHERE key = '2'",
+        [],
+    )?;
+    conn.execute(
+        "UPDATE items SET record = replace(record, 'd800', 'd801') WHERE key = '3'",
+        [],
+    )?;
+    drop(conn);
+    let edited = (stored("2")?, stored("3")?);
+    let (code, report) = reconcile(&["--repair", "--sample", "1000"])?;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        (
+            report["deleted"].as_u64(),
+            report["differing"].as_u64(),
+            report["unreadable"].as_u64(),
+            report["repaired"].as_u64(),
+        ),
+        (Some(0), Some(0), Some(3), Some(0)),
+        "{report}"
+    );
+    assert_eq!(
+        report["keys"]["unreadable"],
+        serde_json::json!(["4", "2", "3"])
+    );
+    let conn = rusqlite::Connection::open(&db)?;
+    let mut stmt = conn.prepare("SELECT key, deleted_at IS NOT NULL FROM items ORDER BY key")?;
+    let rows: Vec<(String, bool)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<std::result::Result<_, _>>()?;
+    let live = |key: &str| (key.to_string(), false);
+    assert_eq!(rows, [live("1"), live("2"), live("3")], "none soft-deleted");
+    assert_eq!(
+        (stored("2")?, stored("3")?),
+        edited,
+        "nothing was rewritten"
+    );
     Ok(())
 }

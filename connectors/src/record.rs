@@ -1,5 +1,20 @@
-//! Reading a record's primary key and version by a dotted path.
+//! Reading a record's primary key and version by a dotted path, exactly as the API wrote
+//! them.
+//!
+//! A key or version is read from the record's JSON text, never through a parsed number: a
+//! number is its text as sent (`12345678901234567890123`, `1e2` and `-0` stay what they
+//! are; through an `f64` the first would meet its neighbour), a string is its characters,
+//! a boolean `true` or `false`. A key is that text, so `7` and `"7"` are one key, and `1e2`
+//! and `100` two (`primary_key` in docs/workflow-reference.md says why). Only the fields a
+//! path goes through are parsed, level by level as raw JSON ([`Fields`], [`raw_at`]), so a
+//! record nested deeper than a tree parser allows, or holding a lone surrogate in another
+//! field, is read like any other. The sync's write path and a reconciliation both read
+//! records this way (`sink::plan::identify`).
+//!
+//! Versions compare by [`compare_versions`]: numbers by their exact decimal value, anything
+//! else as text.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use serde_json::value::RawValue;
@@ -14,8 +29,9 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     })
 }
 
-/// A scalar as key or version text: strings as they are, numbers and booleans printed;
-/// `None` for null, objects and arrays.
+/// A parsed scalar as text: strings as they are, numbers and booleans printed; `None` for
+/// null, objects and arrays. A number parsed into a [`Value`] has been through an `f64`
+/// when it is not a 64-bit integer: read keys and versions with [`scalar_text`].
 pub fn scalar(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -25,13 +41,49 @@ pub fn scalar(value: &Value) -> Option<String> {
     }
 }
 
-/// A record's key from one path (its scalar) or several (a JSON array of their scalars);
-/// `None` when a part is missing or not a scalar.
-pub fn key_of(value: &Value, paths: &[String]) -> Option<String> {
-    key_by(paths, |p| lookup(value, p).and_then(scalar))
+/// A scalar's text, exactly: a string's characters, a number's text as the API wrote it,
+/// `true` or `false`; `None` for null, objects, arrays, and a string that is not Unicode
+/// (a lone surrogate escape such as `"\ud800"`).
+pub fn scalar_text(raw: &RawValue) -> Option<String> {
+    let text = raw.get().trim_matches(is_json_space);
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str(text).ok(),
+        b'-' | b'0'..=b'9' => Some(text.to_string()),
+        b't' | b'f' => Some(text.to_string()),
+        _ => None,
+    }
 }
 
-/// [`key_of`] over any way of reading a path's scalar.
+fn is_json_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// The raw JSON at a dotted path of a raw JSON value: object fields by name (the last of
+/// duplicate names, as in a parsed [`Value`]), array items by index, as [`lookup`] does.
+pub fn raw_at<'a>(raw: &'a RawValue, path: &str) -> Option<&'a RawValue> {
+    path.split('.').try_fold(raw, raw_child)
+}
+
+/// One step into a raw JSON value: an object's field `part` (the last of duplicates), or an
+/// array's item at index `part`.
+pub fn raw_child<'a>(at: &'a RawValue, part: &str) -> Option<&'a RawValue> {
+    let first = at
+        .get()
+        .trim_start_matches(is_json_space)
+        .as_bytes()
+        .first();
+    match first? {
+        b'{' => Fields::parse(at.get()).ok()?.field(part),
+        b'[' => {
+            let items: Vec<&'a RawValue> = serde_json::from_str(at.get()).ok()?;
+            items.get(part.parse::<usize>().ok()?).copied()
+        }
+        _ => None,
+    }
+}
+
+/// A record's key from one path (its scalar) or several (a JSON array of their scalars);
+/// `None` when a part is missing or not a scalar.
 pub fn key_by(paths: &[String], scalar_at: impl Fn(&str) -> Option<String>) -> Option<String> {
     match paths {
         [one] => scalar_at(one),
@@ -42,34 +94,67 @@ pub fn key_by(paths: &[String], scalar_at: impl Fn(&str) -> Option<String>) -> O
     }
 }
 
-/// A record read only as far as it is asked: its top-level fields as raw JSON, each parsed
+/// A record read only as far as it is asked: its top-level fields as raw JSON, each read
 /// when a path reaches it. Reading a key and a version this way allocates no tree for the
-/// rest of the record (the write path's hot spot), and hashes nothing: a record has a
-/// few dozen fields at most, so a scan beats a map.
+/// rest of the record (the write path's hot spot), has no depth limit, and hashes nothing:
+/// a record has a few dozen fields at most, so a scan beats a map.
+#[derive(Default)]
 pub struct Fields<'a> {
-    top: Vec<(&'a str, &'a RawValue)>,
+    top: Vec<(Cow<'a, str>, &'a RawValue)>,
 }
 
 impl<'a> Fields<'a> {
-    /// The record's top-level fields; `None` when it is not a JSON object, or has a key
-    /// with escapes (read it as a [`Value`] then).
-    pub fn parse(record: &'a str) -> Option<Self> {
-        serde_json::from_str(record).ok()
+    /// The top-level fields of a JSON object. An error when `record` is not JSON, or is
+    /// JSON but not an object (`is_data()`).
+    pub fn parse(record: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(record)
     }
 
-    /// The value at a dotted path.
-    pub fn get(&self, path: &str) -> Option<Value> {
-        let (head, rest) = match path.split_once('.') {
-            Some((head, rest)) => (head, Some(rest)),
-            None => (path, None),
-        };
-        // The last of duplicate keys wins, as in a parsed `Value`.
-        let (_, raw) = self.top.iter().rev().find(|(k, _)| *k == head)?;
-        let value: Value = serde_json::from_str(raw.get()).ok()?;
-        match rest {
-            None => Some(value),
-            Some(rest) => lookup(&value, rest).cloned(),
+    /// A top-level field (the last of duplicates).
+    fn field(&self, name: &str) -> Option<&'a RawValue> {
+        self.top
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_ref() == name)
+            .map(|(_, raw)| *raw)
+    }
+
+    /// The raw JSON at a dotted path.
+    pub fn raw(&self, path: &str) -> Option<&'a RawValue> {
+        match path.split_once('.') {
+            None => self.field(path),
+            Some((head, rest)) => raw_at(self.field(head)?, rest),
         }
+    }
+
+    /// The scalar's text at a dotted path ([`scalar_text`]).
+    pub fn scalar(&self, path: &str) -> Option<String> {
+        self.raw(path).and_then(scalar_text)
+    }
+}
+
+/// A field name, borrowed from the record unless it has escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> serde::de::Visitor<'de> for Text {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -86,8 +171,8 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
                 mut map: M,
             ) -> Result<Self::Value, M::Error> {
                 let mut top = Vec::with_capacity(16);
-                while let Some(field) = map.next_entry::<&'de str, &'de RawValue>()? {
-                    top.push(field);
+                while let Some((Name(name), raw)) = map.next_entry::<Name<'de>, &'de RawValue>()? {
+                    top.push((name, raw));
                 }
                 Ok(Fields { top })
             }
@@ -96,18 +181,124 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
     }
 }
 
-/// Orders two versions: numerically when both are numbers, else as text (RFC 3339
-/// timestamps in one format order correctly as text).
+/// Orders two versions: by their exact decimal value when both are numbers (the grammar of
+/// [`Decimal`]: integers of any length, fractions, exponents; `1e2` equals `100`), else as
+/// text, byte by byte (RFC 3339 timestamps in one format order correctly as text). The
+/// PostgreSQL store's `_waymark_not_older` applies the same order in SQL.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
-    // Integers exactly (sequence numbers and nanosecond times exceed f64's 2^53).
-    if let (Ok(x), Ok(y)) = (a.trim().parse::<i128>(), b.trim().parse::<i128>()) {
-        return x.cmp(&y);
-    }
-    match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) if x.is_finite() && y.is_finite() => {
-            x.partial_cmp(&y).unwrap_or(Ordering::Equal)
-        }
+    match (Decimal::parse(a), Decimal::parse(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
         _ => a.cmp(b),
+    }
+}
+
+/// A decimal number as text — `[-+]?(d+.?d*|.d+)([eE][-+]?d+)?` with white space around,
+/// the pattern the PostgreSQL store casts to `numeric` — compared by value without
+/// converting it: any length, no rounding.
+struct Decimal<'a> {
+    negative: bool,
+    /// The digits before and after the point.
+    int: &'a str,
+    frac: &'a str,
+    /// The written exponent (saturated: beyond ±9.2e18 every number compares alike).
+    exp: i64,
+}
+
+impl<'a> Decimal<'a> {
+    fn parse(text: &'a str) -> Option<Self> {
+        // PostgreSQL's `\s`: space, tab, newline, carriage return, form feed, vertical tab.
+        let s = text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
+        let (negative, s) = match s.as_bytes().first()? {
+            b'-' => (true, &s[1..]),
+            b'+' => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let digits = |s: &'a str| {
+            let n = s.bytes().take_while(u8::is_ascii_digit).count();
+            (&s[..n], &s[n..])
+        };
+        let (int, s) = digits(s);
+        let (frac, s) = match s.strip_prefix('.') {
+            Some(rest) => digits(rest),
+            None => ("", s),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let exp = match s.as_bytes().first() {
+            None => 0,
+            Some(b'e' | b'E') => {
+                let s = &s[1..];
+                let (sign, s) = match s.as_bytes().first()? {
+                    b'-' => (-1, &s[1..]),
+                    b'+' => (1, &s[1..]),
+                    _ => (1, s),
+                };
+                let (e, rest) = digits(s);
+                if e.is_empty() || !rest.is_empty() {
+                    return None;
+                }
+                e.bytes().fold(0i64, |n, d| {
+                    n.saturating_mul(10)
+                        .saturating_add(sign * i64::from(d - b'0'))
+                })
+            }
+            Some(_) => return None,
+        };
+        Some(Decimal {
+            negative,
+            int,
+            frac,
+            exp,
+        })
+    }
+
+    /// The significant digits (no leading or trailing zeros) and the power of ten of the
+    /// first: the number is `0.d₁d₂… × 10^power`. No digits: zero.
+    fn significand(&self) -> (impl Iterator<Item = u8> + 'a, i64) {
+        let all = || self.int.bytes().chain(self.frac.bytes());
+        let total = self.int.len() + self.frac.len();
+        let leading = all().take_while(|&d| d == b'0').count();
+        let trailing = match leading == total {
+            true => 0,
+            false => all().rev().take_while(|&d| d == b'0').count(),
+        };
+        let shift = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let power = self
+            .exp
+            .saturating_add(shift(self.int.len()))
+            .saturating_sub(shift(leading));
+        let (int, frac) = (self.int, self.frac);
+        let digits = int
+            .bytes()
+            .chain(frac.bytes())
+            .skip(leading)
+            .take(total - leading - trailing);
+        (digits, power)
+    }
+
+    fn cmp(&self, other: &Decimal<'_>) -> Ordering {
+        let (mut a, pa) = self.significand();
+        let (mut b, pb) = other.significand();
+        let (first_a, first_b) = (a.next(), b.next());
+        // -1, 0 or 1: zero has no sign (`-0` equals `0`).
+        let sign = |d: &Decimal<'_>, first: Option<u8>| match (first, d.negative) {
+            (None, _) => 0,
+            (Some(_), true) => -1,
+            (Some(_), false) => 1,
+        };
+        let (sa, sb) = (sign(self, first_a), sign(other, first_b));
+        if sa != sb || sa == 0 {
+            return sa.cmp(&sb);
+        }
+        let magnitude = pa
+            .cmp(&pb)
+            .then_with(|| first_a.cmp(&first_b))
+            .then_with(|| a.cmp(b));
+        match sa {
+            -1 => magnitude.reverse(),
+            _ => magnitude,
+        }
     }
 }
 
@@ -115,64 +306,139 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fields_read_paths_like_a_value() {
-        let text = r#"{"id":7,"c":{"k":"x"},"l":[1,{"z":true}],"s":"a\"b"}"#;
-        let v: Value = serde_json::from_str(text).unwrap_or_default();
-        let f = Fields::parse(text);
-        assert!(f.is_some());
-        if let Some(f) = f {
-            for path in [
-                "id",
-                "c.k",
-                "l.1.z",
-                "s",
-                "c",
-                "missing",
-                "c.missing",
-                "id.x",
-            ] {
-                assert_eq!(f.get(path), lookup(&v, path).cloned(), "{path}");
-            }
-            let paths = ["c.k".to_string(), "id".to_string()];
-            assert_eq!(
-                key_by(&paths, |p| f.get(p).as_ref().and_then(scalar)),
-                key_of(&v, &paths)
-            );
-        }
-        let twice = r#"{"id":1,"v":"a","id":2}"#;
-        let v: Value = serde_json::from_str(twice).unwrap_or_default();
-        let f = Fields::parse(twice).map(|f| f.get("id"));
-        assert_eq!(
-            f,
-            Some(lookup(&v, "id").cloned()),
-            "the last duplicate wins"
-        );
-        assert_eq!(f, Some(Some(Value::from(2))));
-        assert!(Fields::parse("[1]").is_none());
-        assert!(Fields::parse("{\"a\\u0062\":1}").is_none(), "escaped keys");
+    fn raw(text: &str) -> Option<&RawValue> {
+        serde_json::from_str(text).ok()
     }
 
     #[test]
-    fn looks_up_paths_and_compares_versions() {
-        let v: Value = serde_json::json!({"id": 7, "c": {"k": "x"}, "l": [1, {"z": true}]});
-        assert_eq!(lookup(&v, "id").and_then(scalar).as_deref(), Some("7"));
-        assert_eq!(lookup(&v, "c.k").and_then(scalar).as_deref(), Some("x"));
+    fn fields_read_paths_like_a_value() {
+        let text = r#"{"id":7,"c":{"k":"x"},"l":[1,{"z":true}],"s":"a\"b","e\u0073c":"d"}"#;
+        let v: Value = serde_json::from_str(text).unwrap_or_default();
+        let f = Fields::parse(text);
+        assert!(f.is_ok());
+        let Ok(f) = f else { return };
+        for path in [
+            "id",
+            "c.k",
+            "l.1.z",
+            "s",
+            "c",
+            "esc",
+            "missing",
+            "c.missing",
+            "id.x",
+            "l.9",
+        ] {
+            let parsed = f.raw(path).and_then(|r| serde_json::from_str(r.get()).ok());
+            assert_eq!(parsed.as_ref(), lookup(&v, path), "{path}");
+        }
+        let paths = ["c.k".to_string(), "id".to_string()];
         assert_eq!(
-            lookup(&v, "l.1.z").and_then(scalar).as_deref(),
-            Some("true")
-        );
-        assert_eq!(lookup(&v, "c.missing"), None);
-        assert_eq!(key_of(&v, &["id".into()]).as_deref(), Some("7"));
-        assert_eq!(
-            key_of(&v, &["c.k".into(), "id".into()]).as_deref(),
+            key_by(&paths, |p| f.scalar(p)).as_deref(),
             Some(r#"["x","7"]"#)
         );
-        assert_eq!(key_of(&v, &["id".into(), "nope".into()]), None);
-        assert_eq!(compare_versions("9", "10"), Ordering::Less);
+        let twice = r#"{"id":1,"v":"a","id":2}"#;
+        let f = Fields::parse(twice).map(|f| f.scalar("id"));
         assert_eq!(
-            compare_versions("2024-01-02T00:00:00Z", "2024-01-10T00:00:00Z"),
-            Ordering::Less
+            f.ok().flatten().as_deref(),
+            Some("2"),
+            "the last duplicate wins"
         );
+        assert!(Fields::parse("[1]").is_err_and(|e| e.is_data()));
+        assert!(Fields::parse("{\"a\":").is_err_and(|e| !e.is_data()));
+    }
+
+    #[test]
+    fn scalars_are_read_exactly_as_written() {
+        let cases = [
+            ("12345678901234567890123", Some("12345678901234567890123")),
+            ("1e2", Some("1e2")),
+            ("-0", Some("-0")),
+            ("100.0", Some("100.0")),
+            (r#""7""#, Some("7")),
+            (r#""a\"b\u00e9""#, Some("a\"bé")),
+            ("true", Some("true")),
+            ("null", None),
+            ("[1]", None),
+            ("{}", None),
+            (r#""\ud800""#, None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                raw(text).and_then(scalar_text).as_deref(),
+                expected,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn deep_records_and_lone_surrogates_elsewhere_are_read() {
+        let deep = format!(
+            r#"{{"id":5,"v":{{"at":9}},"d":{}1{}}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert!(
+            serde_json::from_str::<Value>(&deep).is_err(),
+            "too deep for a tree"
+        );
+        let f = Fields::parse(&deep);
+        assert_eq!(
+            f.as_ref().ok().and_then(|f| f.scalar("id")).as_deref(),
+            Some("5")
+        );
+        assert_eq!(f.ok().and_then(|f| f.scalar("v.at")).as_deref(), Some("9"));
+        let lone = r#"{"id":"k","n":"\ud800"}"#;
+        assert!(serde_json::from_str::<Value>(lone).is_err());
+        assert_eq!(
+            Fields::parse(lone)
+                .ok()
+                .and_then(|f| f.scalar("id"))
+                .as_deref(),
+            Some("k")
+        );
+    }
+
+    #[test]
+    fn versions_compare_by_exact_value_else_as_text() {
+        use Ordering::*;
+        let big = "123456789012345678901234567890123456789012345";
+        let cases = [
+            ("9", "10", Less),
+            ("12345678901234567890123", "12345678901234567890124", Less),
+            (
+                big,
+                "123456789012345678901234567890123456789012344",
+                Greater,
+            ),
+            (
+                big,
+                "1.23456789012345678901234567890123456789012345e44",
+                Equal,
+            ),
+            ("1e2", "100", Equal),
+            ("100.0", "1E+2", Equal),
+            ("-0", "0", Equal),
+            ("0.000", "-0e5", Equal),
+            ("-5", "-4", Less),
+            ("-5", "4", Less),
+            ("0.1", "0.10001", Less),
+            ("1e-3", "0.01", Less),
+            (".5", "0.5", Equal),
+            ("5.", "5", Equal),
+            (" 7 ", "7", Equal),
+            ("+7", "7", Equal),
+            ("007", "7", Equal),
+            ("1e99999999999999999999999", "5", Greater),
+            ("2024-01-02T00:00:00Z", "2024-01-10T00:00:00Z", Less),
+            ("abc", "9", Greater),
+            ("1e", "1", Greater),
+            (".", "1", Less),
+        ];
+        for (a, b, order) in cases {
+            assert_eq!(compare_versions(a, b), order, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), order.reverse(), "{b} vs {a}");
+        }
     }
 }

@@ -175,6 +175,7 @@ fn print(
                 "differing": f.differing,
                 "newer": f.newer,
                 "compared": f.compared,
+                "unreadable": report.unreadable,
                 "gaps": f.gaps(),
                 "gap_rate": f.gap_rate(),
                 "keys": keys,
@@ -203,6 +204,9 @@ fn print(
             Gap::Stale => f.stale,
             Gap::Differing => f.differing,
             Gap::Newer => f.newer,
+            // Not a gap: shown only when there are some.
+            Gap::Unreadable if report.unreadable == 0 => continue,
+            Gap::Unreadable => report.unreadable,
         };
         let keys = report
             .keys

@@ -21,16 +21,23 @@ pub enum Gap {
     Differing,
     /// The destination holds a newer version (reported, not repaired).
     Newer,
+    /// Not a gap: the record cannot be judged (reported, not repaired, not counted in the
+    /// gap rate). The sync refuses it too (a dead letter: no version, a column that does
+    /// not fit), or its field values cannot be compared (a record nested deeper than a
+    /// JSON tree allows, or holding a lone surrogate, whose text differs from the
+    /// destination's).
+    Unreadable,
 }
 
 impl Gap {
     /// All classes.
-    pub const ALL: [Gap; 5] = [
+    pub const ALL: [Gap; 6] = [
         Gap::Missing,
         Gap::Deleted,
         Gap::Stale,
         Gap::Differing,
         Gap::Newer,
+        Gap::Unreadable,
     ];
 
     /// Its name in reports.
@@ -41,12 +48,13 @@ impl Gap {
             Gap::Stale => "stale",
             Gap::Differing => "differing",
             Gap::Newer => "newer",
+            Gap::Unreadable => "unreadable",
         }
     }
 
     /// Whether a repair rewrites it.
     pub(super) fn repaired(self) -> bool {
-        self != Gap::Newer
+        !matches!(self, Gap::Newer | Gap::Unreadable)
     }
 }
 
@@ -94,6 +102,9 @@ pub struct Report {
     pub bucket: Duration,
     /// Records in the repair set.
     pub to_repair: u64,
+    /// Records that could not be judged ([`Gap::Unreadable`]; not in the journaled
+    /// figures, which count gaps).
+    pub unreadable: u64,
 }
 
 impl Report {
@@ -105,6 +116,7 @@ impl Report {
             Gap::Stale => &mut f.stale,
             Gap::Differing => &mut f.differing,
             Gap::Newer => &mut f.newer,
+            Gap::Unreadable => &mut self.unreadable,
         } += 1;
         let keys = self.keys.entry(gap).or_default();
         if keys.len() < show {
@@ -113,30 +125,67 @@ impl Report {
     }
 }
 
-/// The gap of one source record against its destination row `stored` (version, digest,
-/// deleted), if any. Digests are compared when `all_values` (else only a sample is). Pure.
+/// How a record's field values compare with its destination row's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Values {
+    /// The same.
+    Same,
+    /// Different.
+    Different,
+    /// They cannot be compared (see [`Gap::Unreadable`]).
+    Unreadable,
+}
+
+/// A record's digest for a comparison of values: of its compared fields, parsed as a tree;
+/// or, when it cannot be parsed as one, of its whole text (`raw`), which only the same
+/// text matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    /// The hash.
+    pub hash: i64,
+    /// Of the text, not of the parsed fields.
+    pub raw: bool,
+}
+
+/// How the values of a source record (digest `source`; `None`: values are not compared)
+/// compare with its destination row's. Pure.
+pub fn compare_values(source: Option<Digest>, stored: Option<Digest>) -> Option<Values> {
+    let s = source?;
+    Some(match stored {
+        None => Values::Different,
+        Some(d) if s.raw || d.raw => match s.raw && d.raw && s.hash == d.hash {
+            true => Values::Same,
+            false => Values::Unreadable,
+        },
+        Some(d) if d.hash == s.hash => Values::Same,
+        Some(_) => Values::Different,
+    })
+}
+
+/// The gap of one source record against its destination row `stored` (version, deleted),
+/// if any; `values` when its field values were compared. Pure.
 pub fn classify(
     version: Option<&str>,
-    digest: Option<i64>,
     deletion: bool,
-    stored: Option<(Option<&str>, Option<i64>, bool)>,
-    all_values: bool,
+    stored: Option<(Option<&str>, bool)>,
+    values: Option<Values>,
 ) -> Option<Gap> {
     match (deletion, stored) {
-        (true, Some((_, _, false))) => Some(Gap::Deleted),
+        (true, Some((_, false))) => Some(Gap::Deleted),
         (true, _) => None,
-        (false, None) | (false, Some((_, _, true))) => Some(Gap::Missing),
-        (false, Some((stored_version, stored_digest, false))) => {
+        (false, None) | (false, Some((_, true))) => Some(Gap::Missing),
+        (false, Some((stored_version, false))) => {
             match version
                 .zip(stored_version)
                 .map(|(a, b)| compare_versions(a, b))
             {
                 Some(std::cmp::Ordering::Greater) => Some(Gap::Stale),
                 Some(std::cmp::Ordering::Less) => Some(Gap::Newer),
-                _ if all_values && digest.is_some() && digest != stored_digest => {
-                    Some(Gap::Differing)
-                }
-                _ => None,
+                _ => match values {
+                    Some(Values::Different) => Some(Gap::Differing),
+                    Some(Values::Unreadable) => Some(Gap::Unreadable),
+                    Some(Values::Same) | None => None,
+                },
             }
         }
     }

@@ -10,11 +10,11 @@ use serde_json::Value;
 
 use waymark_engine::Timestamp;
 
-use super::classify::{classify, Gap, Report, Scope};
+use super::classify::{classify, compare_values, Digest, Gap, Report, Scope, Values};
 use super::error::{scratch, Error};
 use super::repair::{deletion_record, RepairSet, RepairWriter};
-use crate::record::{key_of, lookup, scalar};
-use crate::sink::plan::{Binding, Stored};
+use crate::record::lookup;
+use crate::sink::plan::{identify, Binding, Stored};
 
 /// A version read as a time: RFC 3339, or Unix seconds / milliseconds / microseconds /
 /// nanoseconds by magnitude. `None` when it is neither.
@@ -36,6 +36,28 @@ pub(super) fn hash_of(value: &impl Hash) -> i64 {
     value.hash(&mut h);
     // The hash's bits as SQLite's integer type.
     i64::from_ne_bytes(h.finish().to_ne_bytes())
+}
+
+/// The digest in columns `at` (hash) and `at + 1` (of the text) of a scratch row.
+fn digest_at(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Option<Digest>> {
+    let hash: Option<i64> = row.get(at)?;
+    let raw: Option<bool> = row.get(at + 1)?;
+    Ok(hash.map(|hash| Digest {
+        hash,
+        raw: raw.unwrap_or(false),
+    }))
+}
+
+/// A source record as the scratch file keeps it.
+struct SourceRow<'r> {
+    key: String,
+    version: Option<String>,
+    t: Option<Timestamp>,
+    digest: Option<Digest>,
+    deletion: bool,
+    /// The sync refuses it (a dead letter with a key).
+    refused: bool,
+    record: &'r str,
 }
 
 /// The comparison under way: the scratch file and the running bucket counts.
@@ -67,9 +89,10 @@ impl Comparison {
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -16384;
              PRAGMA temp_store = FILE;
              CREATE TABLE src (key TEXT PRIMARY KEY, version TEXT, t INTEGER, digest INTEGER,
-                               pick INTEGER, deletion INTEGER, record TEXT);
+                               raw INTEGER, pick INTEGER, deletion INTEGER, refused INTEGER,
+                               record TEXT);
              CREATE TABLE dst (key TEXT PRIMARY KEY, version TEXT, t INTEGER, digest INTEGER,
-                               deleted INTEGER);",
+                               raw INTEGER, deleted INTEGER);",
         )
         .map_err(&fail)?;
         let span = scope
@@ -89,20 +112,28 @@ impl Comparison {
         })
     }
 
-    /// The digest of the compared fields (`None`: values are not compared).
-    fn digest(&self, value: &Value) -> Option<i64> {
+    /// The digest of the compared fields (`None`: values are not compared), or of the
+    /// record's text when it cannot be parsed as a tree ([`Digest`]).
+    fn digest(&self, record: &str) -> Option<Digest> {
         if !self.scope.compares_values() {
             return None;
         }
-        Some(match &self.scope.fields {
+        let Ok(value) = serde_json::from_str::<Value>(record) else {
+            return Some(Digest {
+                hash: hash_of(&record),
+                raw: true,
+            });
+        };
+        let hash = match &self.scope.fields {
             None => hash_of(&value.to_string()),
             Some(fields) => hash_of(
                 &fields
                     .iter()
-                    .map(|f| lookup(value, f).map(Value::to_string))
+                    .map(|f| lookup(&value, f).map(Value::to_string))
                     .collect::<Vec<_>>(),
             ),
-        })
+        };
+        Some(Digest { hash, raw: false })
     }
 
     fn count(&mut self, t: Option<Timestamp>, side: usize) {
@@ -115,57 +146,71 @@ impl Comparison {
         }
     }
 
-    /// Adds a page of source records (JSON objects as text); records without a key are
-    /// skipped (a sync dead-letters them). A key seen twice keeps its last copy.
+    /// Adds a page of source records (JSON objects as text), each read as the sync reads
+    /// it (`sink::plan::identify`: the same key, version and deletion). A record the sync
+    /// refuses is kept by its key as refused (never taken for a deletion); one without a
+    /// key is skipped (the sync dead-letters it, so no row can be its). A key seen twice
+    /// keeps its last copy.
     pub fn add_source(&mut self, records: &[String]) -> Result<(), Error> {
         let path = self.path.clone();
         let fail = scratch(&path);
         let mut rows = Vec::with_capacity(records.len());
         for record in records {
-            let Ok(value) = serde_json::from_str::<Value>(record) else {
-                continue;
+            let row = match identify(record, &self.binding) {
+                Ok(id) => SourceRow {
+                    t: id.version.as_deref().and_then(version_time),
+                    digest: self.digest(record),
+                    key: id.key,
+                    version: id.version,
+                    deletion: id.deletion,
+                    refused: false,
+                    record,
+                },
+                Err((Some(key), _)) => SourceRow {
+                    key,
+                    version: None,
+                    t: None,
+                    digest: None,
+                    deletion: false,
+                    refused: true,
+                    record,
+                },
+                Err((None, _)) => continue,
             };
-            let Some(key) = key_of(&value, &self.binding.primary_key) else {
-                continue;
-            };
-            let version = self
-                .binding
-                .version_field
-                .as_ref()
-                .and_then(|f| lookup(&value, f).and_then(scalar));
-            let t = version.as_deref().and_then(version_time);
-            let deletion = self.binding.is_deletion(&value);
-            rows.push((key, version, t, self.digest(&value), deletion, record));
+            rows.push(row);
         }
         let tx = self.conn.transaction().map_err(&fail)?;
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO src (key, version, t, digest, pick, deletion, record)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO src (key, version, t, digest, raw, pick, deletion, refused, record)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (key) DO UPDATE SET version = excluded.version, t = excluded.t,
-                       digest = excluded.digest, deletion = excluded.deletion,
+                       digest = excluded.digest, raw = excluded.raw,
+                       deletion = excluded.deletion, refused = excluded.refused,
                        record = excluded.record",
                 )
                 .map_err(&fail)?;
-            for (key, version, t, digest, deletion, record) in &rows {
+            for r in &rows {
                 insert
                     .execute(params![
-                        key,
-                        version,
-                        t.map(|t| t.0),
-                        digest,
-                        hash_of(key),
-                        deletion,
-                        record
+                        r.key,
+                        r.version,
+                        r.t.map(|t| t.0),
+                        r.digest.map(|d| d.hash),
+                        r.digest.map(|d| d.raw),
+                        hash_of(&r.key),
+                        r.deletion,
+                        r.refused,
+                        r.record
                     ])
                     .map_err(&fail)?;
             }
         }
         tx.commit().map_err(&fail)?;
-        for (_, _, t, _, deletion, _) in rows {
-            if !deletion {
-                self.count(t, 0);
+        for r in rows {
+            if !r.deletion {
+                self.count(r.t, 0);
             }
         }
         Ok(())
@@ -175,23 +220,17 @@ impl Comparison {
     pub fn add_destination(&mut self, rows: &[(String, Stored)]) -> Result<(), Error> {
         let path = self.path.clone();
         let fail = scratch(&path);
-        let digests: Vec<Option<i64>> = rows
+        let digests: Vec<Option<Digest>> = rows
             .iter()
-            .map(|(_, stored)| {
-                stored
-                    .record
-                    .as_deref()
-                    .and_then(|r| serde_json::from_str::<Value>(r).ok())
-                    .and_then(|v| self.digest(&v))
-            })
+            .map(|(_, stored)| stored.record.as_deref().and_then(|r| self.digest(r)))
             .collect();
         let tx = self.conn.transaction().map_err(&fail)?;
         let mut times = Vec::with_capacity(rows.len());
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO dst (key, version, t, digest, deleted)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO dst (key, version, t, digest, raw, deleted)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(&fail)?;
             for ((key, stored), digest) in rows.iter().zip(digests) {
@@ -201,7 +240,8 @@ impl Comparison {
                         key,
                         stored.version,
                         t.map(|t| t.0),
-                        digest,
+                        digest.map(|d| d.hash),
+                        digest.map(|d| d.raw),
                         stored.deleted
                     ])
                     .map_err(&fail)?;
@@ -256,8 +296,8 @@ impl Comparison {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT s.key, s.version, s.t, s.digest, s.deletion, s.record,
-                        d.version, d.digest, d.deleted
+                "SELECT s.key, s.version, s.t, s.digest, s.raw, s.deletion, s.refused, s.record,
+                        d.version, d.digest, d.raw, d.deleted
                  FROM src s LEFT JOIN dst d ON d.key = s.key",
             )
             .map_err(&fail)?;
@@ -266,14 +306,15 @@ impl Comparison {
             let key: String = row.get(0).map_err(&fail)?;
             let version: Option<String> = row.get(1).map_err(&fail)?;
             let t: Option<u64> = row.get(2).map_err(&fail)?;
-            let digest: Option<i64> = row.get(3).map_err(&fail)?;
-            let deletion: bool = row.get(4).map_err(&fail)?;
-            let stored: Option<(Option<String>, Option<i64>, bool)> =
-                match row.get::<_, Option<bool>>(8).map_err(&fail)? {
+            let digest = digest_at(row, 3).map_err(&fail)?;
+            let deletion: bool = row.get(5).map_err(&fail)?;
+            let refused: bool = row.get(6).map_err(&fail)?;
+            let stored: Option<(Option<String>, Option<Digest>, bool)> =
+                match row.get::<_, Option<bool>>(11).map_err(&fail)? {
                     None => None,
                     Some(deleted) => Some((
-                        row.get(6).map_err(&fail)?,
-                        row.get(7).map_err(&fail)?,
+                        row.get(8).map_err(&fail)?,
+                        digest_at(row, 9).map_err(&fail)?,
                         deleted,
                     )),
                 };
@@ -284,17 +325,23 @@ impl Comparison {
             if !deletion {
                 report.figures.source += 1;
             }
-            let gap = classify(
-                version.as_deref(),
-                digest,
-                deletion,
-                stored.as_ref().map(|(v, d, del)| (v.as_deref(), *d, *del)),
-                scope.sample.is_none(),
-            );
+            let gap = match refused {
+                // The sync refuses it too: whatever the destination holds stays.
+                true => Some(Gap::Unreadable),
+                false => classify(
+                    version.as_deref(),
+                    deletion,
+                    stored.as_ref().map(|(v, _, del)| (v.as_deref(), *del)),
+                    match scope.sample {
+                        None => compare_values(digest, stored.as_ref().and_then(|s| s.1)),
+                        Some(_) => None,
+                    },
+                ),
+            };
             if let Some(gap) = gap {
                 report.note(gap, &key, scope.show);
                 if let (Some(w), true) = (fixes.as_mut(), gap.repaired()) {
-                    let record: String = row.get(5).map_err(&fail)?;
+                    let record: String = row.get(7).map_err(&fail)?;
                     w.push(&record)?;
                 }
             }
@@ -310,9 +357,10 @@ impl Comparison {
             let mut stmt = self
                 .conn
                 .prepare(
-                    "SELECT s.key, s.t, s.digest IS NOT d.digest, s.record
+                    "SELECT s.key, s.t, s.digest, s.raw, d.digest, d.raw, s.record
                      FROM src s JOIN dst d ON d.key = s.key
-                     WHERE d.deleted = 0 AND s.deletion = 0 AND s.version IS d.version
+                     WHERE d.deleted = 0 AND s.deletion = 0 AND s.refused = 0
+                       AND s.version IS d.version
                      ORDER BY s.pick",
                 )
                 .map_err(&fail)?;
@@ -325,17 +373,28 @@ impl Comparison {
                 if !scope.contains(t.map(Timestamp)) {
                     continue;
                 }
-                report.figures.compared += 1;
-                if row.get::<_, bool>(2).map_err(&fail)? {
+                let values = compare_values(
+                    digest_at(row, 2).map_err(&fail)?,
+                    digest_at(row, 4).map_err(&fail)?,
+                );
+                let gap = match values {
+                    Some(Values::Same) | None => None,
+                    Some(Values::Different) => Some(Gap::Differing),
+                    Some(Values::Unreadable) => Some(Gap::Unreadable),
+                };
+                if gap != Some(Gap::Unreadable) {
+                    report.figures.compared += 1;
+                }
+                if let Some(gap) = gap {
                     let key: String = row.get(0).map_err(&fail)?;
-                    report.note(Gap::Differing, &key, scope.show);
-                    if let Some(w) = fixes.as_mut() {
-                        w.push(&row.get::<_, String>(3).map_err(&fail)?)?;
+                    report.note(gap, &key, scope.show);
+                    if let (Some(w), true) = (fixes.as_mut(), gap.repaired()) {
+                        w.push(&row.get::<_, String>(6).map_err(&fail)?)?;
                     }
                 }
             }
         } else if scope.fields.is_some() {
-            report.figures.compared = report.figures.source;
+            report.figures.compared = report.figures.source.saturating_sub(report.unreadable);
         }
         Ok(())
     }

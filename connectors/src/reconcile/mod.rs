@@ -26,7 +26,7 @@ mod repair;
 #[cfg(test)]
 mod tests;
 
-pub use classify::{classify, Gap, Report, Scope};
+pub use classify::{classify, compare_values, Digest, Gap, Report, Scope, Values};
 pub use compare::Comparison;
 pub use error::Error;
 pub use read::read_source;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use waymark_engine::{Preparer, WriteAck};
 
 use crate::config::{DeleteMode, RecordFilter, StreamSection, Workflow};
-use crate::record::{compare_versions, key_by, lookup, scalar, Fields};
+use crate::record::{compare_versions, key_by, Fields};
 use crate::sink::columns::{Cell, Columns};
 use crate::state::audit::{Outcome, Seen};
 use crate::state::dead_letters::DeadLetter;
@@ -73,19 +73,17 @@ impl Binding {
 
     /// Whether the record is a deletion: the stream is a deletions feed, the record matches
     /// `deleted_when`, or (in a repair) it is a reconciliation's deletion.
-    pub fn is_deletion(&self, value: &serde_json::Value) -> bool {
-        self.is_deletion_by(|path| lookup(value, path).cloned())
-    }
-
-    fn is_deletion_by(&self, get: impl Fn(&str) -> Option<serde_json::Value>) -> bool {
+    pub fn is_deletion(&self, record: &Fields<'_>) -> bool {
         self.deletes
             || self.deleted_when.as_ref().is_some_and(|f| {
-                get(&f.path)
-                    .as_ref()
-                    .and_then(scalar)
+                record
+                    .scalar(&f.path)
                     .is_some_and(|v| f.one_of.contains(&v))
             })
-            || (self.repair && get(REPAIR_DELETION) == Some(serde_json::Value::Bool(true)))
+            || (self.repair
+                && record
+                    .raw(REPAIR_DELETION)
+                    .is_some_and(|r| r.get() == "true"))
     }
 }
 
@@ -192,38 +190,31 @@ impl From<Stored> for Known<'_> {
 }
 
 /// A record's identity and columns.
-struct Identity {
-    key: String,
-    version: Option<String>,
-    deletion: bool,
+pub(crate) struct Identity {
+    /// Its key ([`crate::record`]: the exact text of its primary key).
+    pub(crate) key: String,
+    /// Its version, exactly as written.
+    pub(crate) version: Option<String>,
+    /// It is a deletion.
+    pub(crate) deletion: bool,
     cells: Vec<Cell>,
 }
 
-/// The record's identity, or its key (if any) and why it is refused. Without declared
-/// columns only the paths it needs are parsed ([`Fields`]); else the whole record.
-fn identify(record: &str, b: &Binding) -> Result<Identity, (Option<String>, String)> {
-    if b.columns.is_empty() {
-        if let Some(fields) = Fields::parse(record) {
-            return identity(b, |path| fields.get(path), || Ok(Vec::new()));
-        }
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(record).map_err(|e| (None, format!("not JSON: {e}")))?;
-    identity(
-        b,
-        |path| lookup(&value, path).cloned(),
-        || b.columns.cells(&value),
-    )
-}
+/// A record the sync refuses: its key (if it has one) and why.
+pub(crate) type Refused = (Option<String>, String);
 
-/// A record's identity from a way of reading its paths, and its declared columns.
-fn identity(
-    b: &Binding,
-    get: impl Fn(&str) -> Option<serde_json::Value>,
-    cells: impl FnOnce() -> Result<Vec<Cell>, String>,
-) -> Result<Identity, (Option<String>, String)> {
-    let scalar_at = |path: &str| get(path).as_ref().and_then(scalar);
-    let key = key_by(&b.primary_key, scalar_at).ok_or_else(|| {
+/// The record's identity, or its key (if any) and why it is refused: how the sync reads
+/// every record, and a reconciliation every source record. The key, version and deletion
+/// flag are read from the record's text ([`Fields`]: exact, only the paths needed); the
+/// whole record is parsed only for declared columns.
+pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
+    let fields = match Fields::parse(record) {
+        Ok(fields) => fields,
+        // JSON, but not an object: it has no key.
+        Err(e) if e.is_data() => Fields::default(),
+        Err(e) => return Err((None, format!("not JSON: {e}"))),
+    };
+    let key = key_by(&b.primary_key, |path| fields.scalar(path)).ok_or_else(|| {
         (
             None,
             format!(
@@ -237,17 +228,20 @@ fn identity(
     }
     let version = match &b.version_field {
         None => None,
-        Some(field) => Some(scalar_at(field).ok_or_else(|| {
+        Some(field) => Some(fields.scalar(field).ok_or_else(|| {
             (
                 Some(key.clone()),
                 format!("version field `{field}` is missing or not a scalar"),
             )
         })?),
     };
-    let deletion = b.is_deletion_by(&get);
-    let cells = match deletion {
+    let deletion = b.is_deletion(&fields);
+    let cells = match deletion || b.columns.is_empty() {
         true => Vec::new(),
-        false => cells().map_err(|why| (Some(key.clone()), why))?,
+        false => serde_json::from_str(record)
+            .map_err(|e| format!("the record cannot be read for its columns: {e}"))
+            .and_then(|value| b.columns.cells(&value))
+            .map_err(|why| (Some(key.clone()), why))?,
     };
     Ok(Identity {
         key,
@@ -261,7 +255,7 @@ fn identity(
 /// on. Made by [`Binding::preparer`] while the page before is written, off the write path.
 pub struct Identified {
     records: Vec<String>,
-    ids: Vec<Result<Identity, (Option<String>, String)>>,
+    ids: Vec<Result<Identity, Refused>>,
 }
 
 impl Identified {

@@ -12,7 +12,7 @@ use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 use super::children::{ChildCursor, Parents};
 use super::cycles::Cycles;
 use super::error::Error;
-use super::page::{document, fatal, fingerprint, records_at, shape, Fingerprint};
+use super::page::{document, fatal, fingerprint, records_at, records_by_query, shape, Fingerprint};
 use super::pagination::{keyset, StopRules, Style};
 use super::template::{render, render_json, Context};
 use crate::config::{expand_env, CursorIn, Method, StreamSection, Workflow};
@@ -259,15 +259,11 @@ impl HttpSource {
         };
         let doc = document(&body)?;
         let mut records: Vec<String> = match &self.records_path {
-            Some(path) => {
-                let value: Value =
-                    serde_json::from_str(doc.get()).map_err(|e| fatal(format!("{what}: {e}")))?;
-                path.query(&value)
-                    .all()
-                    .into_iter()
-                    .map(Value::to_string)
-                    .collect()
-            }
+            Some(path) => records_by_query(doc, path)
+                .map_err(|e| fatal(format!("{what}: {e}")))?
+                .into_iter()
+                .map(|r| r.get().to_string())
+                .collect(),
             None => records_at(doc, &self.stream.records)?
                 .into_iter()
                 .map(|r| r.get().to_string())

@@ -2,14 +2,17 @@
 //! re-serialising records, values at paths, record shaping (filter, projection), and the
 //! fingerprint that notices the same page served twice.
 
+use std::collections::BTreeMap;
+
 use serde_json::value::RawValue;
 use serde_json::Value;
+use serde_json_path::{JsonPath, PathElement};
 
 use waymark_engine::source::{self, ErrorKind};
 
 use crate::config::StreamSection;
 use crate::http::excerpt::excerpt;
-use crate::record::{lookup, scalar};
+use crate::record::{raw_child, Fields};
 
 pub(super) fn fatal(message: String) -> source::Error {
     source::Error::new(ErrorKind::Fatal, message)
@@ -72,42 +75,94 @@ pub(super) fn value_at(doc: &RawValue, path: &str) -> Option<Value> {
         .and_then(|raw| serde_json::from_str(raw.get()).ok())
 }
 
-/// Applies the stream's record filter and field projection.
+/// The records a JSONPath expression selects in a page, each record's text as the API sent
+/// it: the query runs on the parsed page, then each match is taken from the page's text by
+/// its location (re-serialising a parsed record would put its numbers through an `f64`).
+pub(super) fn records_by_query<'a>(
+    doc: &'a RawValue,
+    path: &JsonPath,
+) -> Result<Vec<&'a RawValue>, String> {
+    let value: Value = serde_json::from_str(doc.get()).map_err(|e| e.to_string())?;
+    path.query_located(&value)
+        .iter()
+        .map(|node| {
+            node.location()
+                .iter()
+                .try_fold(doc, |at, step| match step {
+                    PathElement::Name(name) => raw_child(at, name),
+                    PathElement::Index(i) => raw_child(at, &i.to_string()),
+                })
+                .ok_or_else(|| format!("{} is not in the page's text", node.location()))
+        })
+        .collect()
+}
+
+/// A projected record: the kept values as the API wrote them, under the objects of their
+/// paths.
+enum Kept<'a> {
+    Raw(&'a RawValue),
+    Object(BTreeMap<String, Kept<'a>>),
+}
+
+impl serde::Serialize for Kept<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Kept::Raw(raw) => raw.serialize(s),
+            Kept::Object(map) => map.serialize(s),
+        }
+    }
+}
+
+/// Applies the stream's record filter and field projection, reading only the paths they
+/// name, as raw JSON ([`Fields`]): numbers keep their text, and a record nested deeper than
+/// a JSON tree allows is shaped like any other.
 pub(super) fn shape(records: Vec<String>, stream: &StreamSection) -> Result<Vec<String>, String> {
     let mut out = Vec::with_capacity(records.len());
     for text in records {
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| format!("a record is not JSON: {e}"))?;
-        if let Some(filter) = &stream.filter {
-            let found = lookup(&value, &filter.path).and_then(scalar);
-            if !found.is_some_and(|v| filter.one_of.contains(&v)) {
-                continue;
-            }
-        }
-        let Some(fields) = &stream.fields else {
-            out.push(text);
-            continue;
-        };
-        let mut kept = Value::Object(serde_json::Map::new());
-        for path in fields {
-            if let Some(v) = lookup(&value, path) {
-                let mut slot = &mut kept;
-                let parts: Vec<&str> = path.split('.').collect();
-                for (i, part) in parts.iter().enumerate() {
-                    let Value::Object(map) = slot else { break };
-                    slot = if i + 1 == parts.len() {
-                        map.insert((*part).to_string(), v.clone());
-                        break;
-                    } else {
-                        map.entry((*part).to_string())
-                            .or_insert_with(|| Value::Object(serde_json::Map::new()))
-                    };
+        let shaped = {
+            let fields = match Fields::parse(&text) {
+                Ok(fields) => fields,
+                // JSON, but not an object: no path is in it.
+                Err(e) if e.is_data() => Fields::default(),
+                Err(e) => return Err(format!("a record is not JSON: {e}")),
+            };
+            if let Some(filter) = &stream.filter {
+                let found = fields.scalar(&filter.path);
+                if !found.is_some_and(|v| filter.one_of.contains(&v)) {
+                    continue;
                 }
             }
-        }
-        out.push(kept.to_string());
+            match &stream.fields {
+                None => None,
+                Some(paths) => Some(project(&fields, paths)?),
+            }
+        };
+        out.push(shaped.unwrap_or(text));
     }
     Ok(out)
+}
+
+/// The record with only the values at `paths`, each under the objects of its path.
+fn project(fields: &Fields<'_>, paths: &[String]) -> Result<String, String> {
+    let mut kept = Kept::Object(BTreeMap::new());
+    for path in paths {
+        let Some(raw) = fields.raw(path) else {
+            continue;
+        };
+        let mut slot = &mut kept;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Kept::Object(map) = slot else { break };
+            slot = if i + 1 == parts.len() {
+                map.insert((*part).to_string(), Kept::Raw(raw));
+                break;
+            } else {
+                map.entry((*part).to_string())
+                    .or_insert_with(|| Kept::Object(BTreeMap::new()))
+            };
+        }
+    }
+    serde_json::to_string(&kept).map_err(|e| format!("projecting a record: {e}"))
 }
 
 /// A page's records in brief: their number, their total length, their CRC-32.

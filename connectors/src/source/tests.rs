@@ -4,7 +4,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 
 use waymark_engine::source::{self, ErrorKind};
 
-use super::page::{document, records_at, shape, value_at};
+use super::page::{document, records_at, records_by_query, shape, value_at};
 use super::pagination::{link_next, token};
 use crate::config::StreamSection;
 
@@ -87,6 +87,54 @@ fields = ["id", "customer.id", "missing"]
     assert_eq!(
         shape(records, &stream)?,
         [r#"{"customer":{"id":5},"id":1}"#, r#"{"id":3}"#]
+    );
+    Ok(())
+}
+
+#[test]
+fn shaping_and_queries_keep_numbers_as_sent_and_read_deep_records() -> Result<(), String> {
+    let stream: StreamSection = toml::from_str(
+        r#"
+name = "s"
+path = "/s"
+primary_key = "id"
+pagination = { kind = "link_header" }
+filter = { path = "id", one_of = ["12345678901234567890123", "1e2"] }
+fields = ["id", "c.x"]
+"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let deep = format!(
+        r#"{{"id":1e2,"d":{}0{}}}"#,
+        "[".repeat(300),
+        "]".repeat(300)
+    );
+    let records = vec![
+        r#"{"id":12345678901234567890123,"c":{"x":-0, "y":1}}"#.into(),
+        r#"{"id":12345678901234567890124}"#.into(),
+        deep,
+    ];
+    assert_eq!(
+        shape(records, &stream)?,
+        [
+            r#"{"c":{"x":-0},"id":12345678901234567890123}"#,
+            r#"{"id":1e2}"#
+        ]
+    );
+    let body = br#"{"a":{"items":[{"id":12345678901234567890123, "v":1.50}]},"b":[{"id":1e2}]}"#;
+    let doc = document(body).map_err(|e| e.message)?;
+    let query = serde_json_path::JsonPath::parse("$..[?@.id]").map_err(|e| e.to_string())?;
+    let mut found: Vec<&str> = records_by_query(doc, &query)?
+        .iter()
+        .map(|r| r.get())
+        .collect();
+    found.sort_unstable();
+    assert_eq!(
+        found,
+        [
+            r#"{"id":12345678901234567890123, "v":1.50}"#,
+            r#"{"id":1e2}"#
+        ]
     );
     Ok(())
 }
