@@ -857,7 +857,10 @@ fn the_binary_syncs_into_jsonl_and_compacts_exactly() -> Result {
     let other = dir.path().join("other.toml");
     std::fs::write(
         &other,
-        std::fs::read_to_string(&file)?.replace("kind = \"jsonl\"", "kind = \"sqlite\""),
+        std::fs::read_to_string(&file)?.replace(
+            "kind = \"jsonl\"\npath = \"out\"",
+            "kind = \"sqlite\"\npath = \"out.db\"",
+        ),
     )?;
     let refused = run(waymark(&state, "").arg("compact").arg(&other))?;
     assert_eq!(refused.status.code(), Some(2));

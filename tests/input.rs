@@ -1,5 +1,7 @@
 //! Bad input gets a clear error and a documented exit code, never a panic.
 
+use std::path::Path;
+
 use crate::util::*;
 
 #[test]
@@ -315,4 +317,176 @@ fn completions_and_the_man_page_come_from_the_parser_and_global_options_are_grou
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!state.exists());
     Ok(())
+}
+
+/// A state directory the user has to change is bad input (exit 2), said once with the path
+/// and what to do: a file in its place, a file above it, a directory this user cannot
+/// write to. (A read-only file system takes the same path as the unwritable directory; it
+/// needs a mount to set up, so it is not done here.)
+#[test]
+fn an_unusable_state_directory_is_bad_input_said_once() -> Result {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = TempDir::new("unusable-state");
+    let path = workflow(dir.path(), 100, 2)?;
+    let file = dir.path().join("state-file");
+    std::fs::write(&file, "not a directory")?;
+    let elsewhere = "or give another with --state-dir or WAYMARK_STATE_DIR";
+    for (state, expected) in [
+        (
+            file.clone(),
+            format!(
+                "error: state directory {0} is a regular file, not a directory: move the file \
+                 away, {elsewhere}\n",
+                file.display()
+            ),
+        ),
+        (
+            file.join("sub"),
+            format!(
+                "error: state directory {0}/sub cannot be made: {0} is a regular file, not a \
+                 directory: move the file away, {elsewhere}\n",
+                file.display()
+            ),
+        ),
+    ] {
+        let out = run(waymark(&state, "http://127.0.0.1:1").arg("run").arg(&path))?;
+        assert_no_panic(&out);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), expected);
+    }
+    assert_eq!(std::fs::read_to_string(&file)?, "not a directory");
+
+    // A directory without write permission: root writes anyway, so there is nothing to see.
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, "")?;
+    if std::fs::metadata(&probe)?.uid() == 0 {
+        println!(
+            "skipped the unwritable state directory: running as root, which may write anywhere"
+        );
+        return Ok(());
+    }
+    for fresh in [true, false] {
+        let state = dir.path().join(format!("locked-{fresh}"));
+        if !fresh {
+            // One a run used: its LOCK and journal still open, but a run writes beside them
+            // (rate/, dead_letters/, attach.sock), so it is refused before any request too.
+            let out = run(waymark(&state, "http://127.0.0.1:1").arg("run").arg(&path))?;
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        }
+        std::fs::create_dir_all(&state)?;
+        let before = names(&state)?;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o500))?;
+        let out = run(waymark(&state, "http://127.0.0.1:1").arg("run").arg(&path));
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))?;
+        let out = out?;
+        assert_no_panic(&out);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "error: state directory {} is not writable: ",
+                state.display()
+            )) && stderr.ends_with(&format!(
+                "Permission denied (os error 13); make it writable for this user, {elsewhere}\n"
+            )),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_eq!(
+            names(&state)?,
+            before,
+            "nothing created in {}",
+            state.display()
+        );
+    }
+    Ok(())
+}
+
+/// A SQLite destination path that is not a regular file is refused before SQLite opens it
+/// (exit 2): nothing is created beside it (`/dev/null-journal`, `db-wal`), by `validate`
+/// and `run` alike.
+#[test]
+fn a_sqlite_destination_that_is_not_a_regular_file_is_refused() -> Result {
+    let dir = TempDir::new("sqlite-not-a-file");
+    let path = workflow(dir.path(), 100, 2)?;
+    let original = std::fs::read_to_string(&path)?;
+    let folder = dir.path().join("db");
+    std::fs::create_dir(&folder)?;
+    let state = dir.path().join("state");
+    let dev_before = names(Path::new("/dev"))?;
+    let line = 1 + original
+        .lines()
+        .position(|l| l == "path = \"shop.db\"")
+        .ok_or("no destination path")?;
+    for (target, kind) in [
+        ("/dev/null".to_string(), "a character device"),
+        (folder.display().to_string(), "a directory"),
+    ] {
+        std::fs::write(
+            &path,
+            original.replace("path = \"shop.db\"", &format!("path = \"{target}\"")),
+        )?;
+        let expected = format!(
+            "{}:{line}:1: destination.path: {target} is {kind}, not a regular file: give the \
+             path of a SQLite database file (created if missing)",
+            path.display()
+        );
+        for command in ["validate", "run"] {
+            let out = run(waymark(&state, "http://127.0.0.1:1")
+                .arg(command)
+                .arg(&path))?;
+            assert_no_panic(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command}: {}",
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stderr).contains(&expected),
+                "{command}: {}",
+                text(&out.stderr)
+            );
+        }
+    }
+    let beside_null: Vec<_> = names(Path::new("/dev"))?
+        .into_iter()
+        .filter(|f| f.starts_with("null-") && !dev_before.contains(f))
+        .collect();
+    assert!(beside_null.is_empty(), "created in /dev: {beside_null:?}");
+    assert!(names(&folder)?.is_empty());
+    let beside: Vec<_> = names(dir.path())?
+        .into_iter()
+        .filter(|f| f.starts_with("db-") || f.starts_with("shop.db"))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
+    Ok(())
+}
+
+/// A base URL from the environment that is not http(s) is refused once expanded, naming
+/// the key and the variable (exit 2), before any state is written.
+#[test]
+fn a_base_url_from_the_environment_must_be_http() -> Result {
+    let dir = TempDir::new("file-url");
+    let path = workflow(dir.path(), 100, 2)?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, "file:///etc").arg("run").arg(&path))?;
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "error: source.base_url: `file:///etc` is not an http:// or https:// URL (its scheme \
+         is `file`); it is `${WAYMARK_SANDBOX_URL}` expanded\n"
+    );
+    Ok(())
+}
+
+/// The names in a directory, sorted.
+fn names(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    Ok(names)
 }

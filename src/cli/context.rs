@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use waymark_connectors::config::StreamSection;
+use waymark_connectors::config::{FileKind, StreamSection};
 use waymark_connectors::{sink, AnyDestination, Workflow};
 use waymark_engine::{state_dir, RunId, RunState, StateDir, Status, Timestamp};
 
@@ -77,17 +77,100 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
         tracing::warn!("WAYMARK_BENCH_UNJOURNALED=1: nothing is journaled (benchmarks only)");
         return Ok(StateDir::open_unjournaled(dir, &command_line())?);
     }
-    Ok(StateDir::open(dir, &command_line())?)
+    StateDir::open(dir, &command_line()).map_err(|e| match unusable(dir, &e) {
+        Some(usage) => usage.into(),
+        None => e.into(),
+    })
 }
 
 /// Opens the state directory for a command that holds it for a while (a run): while it
-/// does, the returned [`Answering`] answers other processes' read commands.
-/// A journal that lost steps its witness saw made durable is refused.
+/// does, the returned [`Answering`] answers other processes' read commands. A run writes
+/// beside the journal (`rate/`, `dead_letters/`, `attach.sock`), so a directory it cannot
+/// write to is refused now, before any request. A journal that lost steps its witness saw
+/// made durable is refused.
 pub fn hold_state(dir: &Path) -> anyhow::Result<(StateDir, Option<Answering>)> {
     let state = open_state(dir)?;
+    if let Some(refused) = probe(dir).err().and_then(|e| refusal(dir, dir, &e)) {
+        return Err(refused.into());
+    }
     state.check_witness()?;
     let answering = super::attach::answer(&state);
     Ok((state, answering))
+}
+
+/// A state directory the user has to change (a file in its place, no permission to write,
+/// a read-only file system) said once, with the OS error once, the path and what to do;
+/// `None` for other failures (a damaged journal, a full disk), which keep their own error.
+fn unusable(dir: &Path, error: &state_dir::Error) -> Option<UsageError> {
+    match error {
+        state_dir::Error::Io { path, source } => refusal(dir, path, source),
+        // sled and staging say why in words of their own: when the directory cannot be
+        // written to, that is the cause to report (not a damaged journal).
+        state_dir::Error::JournalUnreadable { .. } | state_dir::Error::Staging(_) => {
+            ["journal", "staging"].iter().find_map(|sub| {
+                let path = dir.join(sub);
+                probe(&path).err().and_then(|e| refusal(dir, &path, &e))
+            })
+        }
+        // Another holder, a lost or damaged journal: not the directory's permissions.
+        _ => None,
+    }
+}
+
+/// Writes and removes a file in `dir` (when it is a directory): whether this process can
+/// create files there, whatever the permission bits say (root can, a read-only file system
+/// refuses everyone).
+fn probe(dir: &Path) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let path = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::File::create_new(&path)?;
+    std::fs::remove_file(&path)
+}
+
+/// The message for state directory `dir`, whose `path` failed with `error`, when the user
+/// has to act.
+fn refusal(dir: &Path, path: &Path, error: &std::io::Error) -> Option<UsageError> {
+    use std::io::ErrorKind;
+    let elsewhere = "or give another with --state-dir or WAYMARK_STATE_DIR";
+    let shown = dir.display();
+    // The path that failed, when it is not the directory itself.
+    let at = match path == dir {
+        true => String::new(),
+        false => format!("{}: ", path.display()),
+    };
+    let message = match error.kind() {
+        ErrorKind::AlreadyExists | ErrorKind::NotADirectory => {
+            // What is in the way: the directory itself, or a file above it.
+            let (blocker, kind) = dir
+                .ancestors()
+                .filter(|p| !p.as_os_str().is_empty())
+                .find_map(|p| FileKind::at(p).map(|kind| (p, kind)))
+                .filter(|(_, kind)| *kind != FileKind::Directory)?;
+            let what = match blocker == dir {
+                true => format!("state directory {shown} is {kind}, not a directory"),
+                false => format!(
+                    "state directory {shown} cannot be made: {} is {kind}, not a directory",
+                    blocker.display()
+                ),
+            };
+            match kind {
+                FileKind::Regular => format!("{what}: move the file away, {elsewhere}"),
+                _ => format!("{what}: give another with --state-dir or WAYMARK_STATE_DIR"),
+            }
+        }
+        ErrorKind::PermissionDenied => format!(
+            "state directory {shown} is not writable: {at}{error}; make it writable for this \
+             user, {elsewhere}"
+        ),
+        ErrorKind::ReadOnlyFilesystem => format!(
+            "state directory {shown} is on a read-only file system: {at}{error}; give one on a \
+             writable file system with --state-dir or WAYMARK_STATE_DIR"
+        ),
+        _ => return None,
+    };
+    Some(UsageError(message))
 }
 
 /// Opens the state directory for a command that reads what runs left there: a path no

@@ -1,6 +1,7 @@
 //! The `[destination]` table.
 
-use std::path::PathBuf;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -85,4 +86,56 @@ pub enum DestinationKind {
     Jsonl,
     /// Another API (e.g. a CRM): look up by external id, then update or create.
     Http,
+}
+
+/// What is at a path, for a destination that needs a regular file (SQLite: it writes its
+/// `-journal` and `-wal` files beside the database) or a directory (JSONL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A character device (`/dev/null`, `/dev/full`).
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+}
+
+impl FileKind {
+    /// What is at `path` (following symbolic links); `None` when nothing is, or it cannot
+    /// be looked at (opening it then says why).
+    pub fn at(path: &Path) -> Option<Self> {
+        let kind = std::fs::metadata(path).ok()?.file_type();
+        Some(if kind.is_dir() {
+            FileKind::Directory
+        } else if kind.is_char_device() {
+            FileKind::CharDevice
+        } else if kind.is_block_device() {
+            FileKind::BlockDevice
+        } else if kind.is_fifo() {
+            FileKind::Fifo
+        } else if kind.is_socket() {
+            FileKind::Socket
+        } else {
+            FileKind::Regular
+        })
+    }
+}
+
+impl std::fmt::Display for FileKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileKind::Regular => "a regular file",
+            FileKind::Directory => "a directory",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Fifo => "a FIFO",
+            FileKind::Socket => "a socket",
+        })
+    }
 }

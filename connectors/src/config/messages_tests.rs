@@ -325,6 +325,100 @@ fn each_broken_file_gets_its_exact_message() {
             "w.toml:35:8: stream.customers.window.step: must be longer than window.overlap (each \
              slice must move forward)",
         ),
+        // Values of the right type that cannot work (issue 17, item 9).
+        (
+            edit("timeout = \"30s\"", "timeout = \"0s\""),
+            "w.toml:8:1: source.timeout: must be at least 100ms, or requests time out before the \
+             API can answer (for a slow API give a long one, e.g. \"5m\")",
+        ),
+        (
+            edit(
+                "timeout = \"30s\"",
+                "timeout = \"30s\"\nconnect_timeout = \"10ms\"",
+            ),
+            "w.toml:9:1: source.connect_timeout: must be at least 100ms, or requests time out \
+             before the API can answer (for a slow API give a long one, e.g. \"5m\")",
+        ),
+        (
+            edit("http://127.0.0.1:1", "file:///srv/api"),
+            "w.toml:7:1: source.base_url: `file:///srv/api` is not an http:// or https:// URL \
+             (its scheme is `file`)",
+        ),
+        (
+            edit("http://127.0.0.1:1", "127.0.0.1:8080"),
+            "w.toml:7:1: source.base_url: `127.0.0.1:8080` is not an http:// or https:// URL; \
+             write the scheme, e.g. \"https://127.0.0.1:8080\"",
+        ),
+        (
+            edit("http://127.0.0.1:1", "ftp://${API_HOST}/v1"),
+            "w.toml:7:1: source.base_url: `ftp://${API_HOST}/v1` is not an http:// or https:// \
+             URL (its scheme is `ftp`)",
+        ),
+        (
+            edit(
+                "auth = { kind = \"bearer\", token = { env = \"SHOP_TOKEN\" } }",
+                "auth = { kind = \"oauth2\", token_url = \"file:///token\", client_id = \"a\", \
+                 client_secret = { env = \"S\" } }",
+            ),
+            "w.toml:10:27: source.auth.token_url: `file:///token` is not an http:// or https:// \
+             URL (its scheme is `file`)",
+        ),
+        (
+            edit("timeout = \"30s\"", "timeout = \"30s\"\nmax_attempts = 0"),
+            "w.toml:9:1: source.max_attempts: must be at least 1",
+        ),
+        (
+            edit("requests = 10", "requests = 0"),
+            "w.toml:11:1: source.rate_limit: needs requests >= 1, a non-zero `per` and burst >= \
+             1, e.g. { requests = 10, per = \"1s\" }",
+        ),
+        (
+            edit("per = \"1s\"", "per = \"1s\", burst = 0"),
+            "w.toml:11:1: source.rate_limit: needs requests >= 1, a non-zero `per` and burst >= \
+             1, e.g. { requests = 10, per = \"1s\" }",
+        ),
+        (
+            edit("page_size = 100", "page_size = 0"),
+            "w.toml:24:1: stream.orders.page_size: must be at least 1",
+        ),
+        (
+            edit("status = [429, 503]", "status = [429, 53]"),
+            "w.toml:14:16: source.on_response[0].status[1]: 53 is not an HTTP status (100 to \
+             599): the rule would never match",
+        ),
+        (
+            edit("status = 404", "status = 4040"),
+            "w.toml:38:1: stream.customers.on_response[0].status: 4040 is not an HTTP status \
+             (100 to 599): the rule would never match",
+        ),
+        (
+            edit("mode = \"report\"", "mode = \"report\", window = \"0s\""),
+            "w.toml:35:46: stream.customers.reconcile.window: must be longer than 0s (leave it \
+             out to compare every record)",
+        ),
+        (
+            edit("mode = \"report\"", "mode = \"report\", sample = 0"),
+            "w.toml:35:46: stream.customers.reconcile.sample: must be at least 1: a sample of 0 \
+             records compares no values (leave it out instead)",
+        ),
+        (
+            edit("path = \"shop.db\"", "path = \"/dev/null\""),
+            "w.toml:43:1: destination.path: /dev/null is a character device, not a regular \
+             file: give the path of a SQLite database file (created if missing)",
+        ),
+        (
+            edit("path = \"shop.db\"", "path = \"/\""),
+            "w.toml:43:1: destination.path: / is a directory, not a regular file: give the path \
+             of a SQLite database file (created if missing)",
+        ),
+        (
+            edit(
+                "kind = \"sqlite\"\npath = \"shop.db\"",
+                "kind = \"jsonl\"\npath = \"/dev/null\"",
+            ),
+            "w.toml:43:1: destination.path: /dev/null is a character device, not a directory: \
+             give the directory of the JSONL files (created if missing)",
+        ),
         // Passes the shape, refused by serde: the key is still named.
         (
             edit(
@@ -344,6 +438,20 @@ fn each_broken_file_gets_its_exact_message() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A URL that starts with `${VAR}` is the address itself, checked once expanded at run time;
+/// a variable inside the URL stands for a plain value.
+#[test]
+fn urls_with_variables_are_checked_as_far_as_they_are_written() {
+    for url in [
+        "${API_URL}",
+        "https://${API_HOST}/v1",
+        "http://127.0.0.1:1/${TOKEN}/x",
+    ] {
+        let text = edit("http://127.0.0.1:1\"", &format!("{url}\""));
+        assert_eq!(message(&text), "valid", "{url}");
+    }
 }
 
 #[test]

@@ -15,7 +15,8 @@
 //!   [`expect`] finds; [`validate`]: the checks after parsing; [`location`]: key paths ⇄
 //!   line and column.
 //! - [`digest`]: what a stream's digest is made of; [`scope`]: checkpoint scopes.
-//! - [`template`]: the placeholder syntax of request templates; [`env`]: `${VAR}`.
+//! - [`template`]: the placeholder syntax of request templates; [`env`]: `${VAR}`;
+//!   [`url`]: http(s) URLs only.
 //!
 //! Invariant: this folder imports nothing else of the crate; the rest imports it.
 
@@ -37,10 +38,11 @@ mod stream;
 pub mod template;
 #[cfg(test)]
 mod tests;
+mod url;
 mod validate;
 mod workflow;
 
-pub use destination::{DeleteMode, DestinationKind, DestinationSection};
+pub use destination::{DeleteMode, DestinationKind, DestinationSection, FileKind};
 pub use env::expand_env;
 pub use error::Error;
 pub use file::{schema, File, SyncSection};
@@ -57,4 +59,5 @@ pub use stream::{
     initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
     ReconcileSection, RecordFilter, StreamSection, TimeFormat, WindowSection, RESERVED,
 };
+pub use url::http_url;
 pub use workflow::Workflow;

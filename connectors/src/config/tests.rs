@@ -242,7 +242,9 @@ fn resilience_settings_are_checked() {
         "auth = { kind = \"oauth2\", token_url = \"nope\", client_id = \"a\", \
          client_secret = { env = \"S\" } }"
     )
-    .is_some_and(|e| e.contains("source.auth.token_url: `nope` is not a URL")));
+    .is_some_and(|e| e.contains(
+        "source.auth.token_url: `nope` is not an http:// or https:// URL; write the scheme"
+    )));
     assert_eq!(
         with("auth = { kind = \"bearer\", token = { env = \"T\" } }\nrate_limit = { requests = 3, per = \"1s\", burst = 2 }"),
         None

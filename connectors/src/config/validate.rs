@@ -1,16 +1,23 @@
 //! The semantic checks run after parsing (one key path per message), and warnings.
 
+use std::time::Duration;
+
 use waymark_engine::Timestamp;
 
-use super::destination::DestinationKind;
+use super::destination::{DestinationKind, FileKind};
 use super::digest::json_strings;
 use super::error::Error;
-use super::http::AuthSection;
+use super::http::{AuthSection, RateLimit, ResponseRule, Statuses};
 use super::source::{CursorIn, Method, PaginationKind};
 use super::stream::StreamSection;
 use super::stream::{initial_start, PrimaryKey, RESERVED};
 use super::template::check;
+use super::url::check_written;
 use super::workflow::Workflow;
+
+/// The shortest request or connect timeout: a shorter one fails requests before an API can
+/// answer (and `"0s"` does not mean "no timeout").
+const SHORTEST_TIMEOUT: Duration = Duration::from_millis(100);
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -89,12 +96,55 @@ impl Workflow {
             }
             _ => {}
         }
-        Ok(())
+        self.check_destination_path()?;
+        if let Some(url) = &d.base_url {
+            check_written(url).map_err(|e| self.invalid("destination.base_url".into(), e))?;
+        }
+        self.check_auth("destination.auth", d.auth.as_ref())?;
+        self.check_rate_limit("destination.rate_limit", d.rate_limit.as_ref())
     }
 
-    /// `[source]`: retries, rate limit, credentials.
+    /// What is already at a SQLite or JSONL destination's path: SQLite writes its
+    /// `-journal` and `-wal` files beside the database, so a device (`/dev/null`), a
+    /// directory or a FIFO is refused before anything is created next to it.
+    fn check_destination_path(&self) -> Result<(), Error> {
+        let path = self.destination_path();
+        let (wanted, instead) = match self.file.destination.kind {
+            DestinationKind::Sqlite => (FileKind::Regular, "the path of a SQLite database file"),
+            DestinationKind::Jsonl => (FileKind::Directory, "the directory of the JSONL files"),
+            DestinationKind::Postgres | DestinationKind::Http => return Ok(()),
+        };
+        match FileKind::at(&path) {
+            Some(kind) if kind != wanted => Err(self.invalid(
+                "destination.path".into(),
+                format!(
+                    "{} is {kind}, not {wanted}: give {instead} (created if missing)",
+                    path.display()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `[source]`: URL, timeouts, retries, rate limit, credentials.
     fn check_source(&self) -> Result<(), Error> {
         let source = &self.file.source;
+        check_written(&source.base_url).map_err(|e| self.invalid("source.base_url".into(), e))?;
+        for (key, timeout) in [
+            ("source.timeout", source.timeout),
+            ("source.connect_timeout", source.connect_timeout),
+        ] {
+            if timeout.0 < SHORTEST_TIMEOUT {
+                return Err(self.invalid(
+                    key.into(),
+                    format!(
+                        "must be at least {}, or requests time out before the API can answer \
+                         (for a slow API give a long one, e.g. \"5m\")",
+                        humantime::format_duration(SHORTEST_TIMEOUT)
+                    ),
+                ));
+            }
+        }
         if source.max_attempts == 0 {
             return Err(self.invalid("source.max_attempts".into(), "must be at least 1"));
         }
@@ -110,22 +160,31 @@ impl Workflow {
                 "must be at least backoff.cap (a backoff would otherwise pause the run)",
             ));
         }
-        if let Some(limit) = &source.rate_limit {
-            if limit.requests == 0 || limit.per.0.is_zero() || limit.burst == 0 {
-                return Err(self.invalid(
-                    "source.rate_limit".into(),
+        self.check_rate_limit("source.rate_limit", source.rate_limit.as_ref())?;
+        self.check_auth("source.auth", source.auth.as_ref())
+    }
+
+    /// A `rate_limit` (the source's or an HTTP destination's): a budget that allows no
+    /// request would stall every run.
+    fn check_rate_limit(&self, key: &str, limit: Option<&RateLimit>) -> Result<(), Error> {
+        match limit {
+            Some(limit) if limit.requests == 0 || limit.per.0.is_zero() || limit.burst == 0 => {
+                Err(self.invalid(
+                    key.into(),
                     "needs requests >= 1, a non-zero `per` and burst >= 1, e.g. \
                      { requests = 10, per = \"1s\" }",
-                ));
+                ))
             }
+            _ => Ok(()),
         }
-        if let Some(AuthSection::Oauth2 { token_url, .. }) = &source.auth {
-            if let Err(e) = reqwest::Url::parse(token_url) {
-                return Err(self.invalid(
-                    "source.auth.token_url".into(),
-                    format!("`{token_url}` is not a URL: {e}"),
-                ));
-            }
+    }
+
+    /// An `auth` table (the source's or an HTTP destination's): an OAuth2 token endpoint
+    /// is an http(s) URL.
+    fn check_auth(&self, key: &str, auth: Option<&AuthSection>) -> Result<(), Error> {
+        if let Some(AuthSection::Oauth2 { token_url, .. }) = auth {
+            super::url::http_url(token_url)
+                .map_err(|e| self.invalid(format!("{key}.token_url"), e))?;
         }
         Ok(())
     }
@@ -150,6 +209,31 @@ impl Workflow {
                 return Err(self.invalid(
                     key,
                     "give at least one condition: `status`, `header` or `body_contains`",
+                ));
+            }
+            self.check_statuses(&key, rule)?;
+        }
+        Ok(())
+    }
+
+    /// A rule's status codes: one outside 100–599 never matches a response.
+    fn check_statuses(&self, key: &str, rule: &ResponseRule) -> Result<(), Error> {
+        let (codes, listed): (&[u16], bool) = match &rule.status {
+            None => return Ok(()),
+            Some(Statuses::One(code)) => (std::slice::from_ref(code), false),
+            Some(Statuses::Many(codes)) => (codes, true),
+        };
+        for (i, code) in codes.iter().enumerate() {
+            if !(100..=599).contains(code) {
+                let key = match listed {
+                    true => format!("{key}.status[{i}]"),
+                    false => format!("{key}.status"),
+                };
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "{code} is not an HTTP status (100 to 599): the rule would never match"
+                    ),
                 ));
             }
         }
@@ -240,6 +324,18 @@ impl Workflow {
         if let Some(r) = &s.reconcile {
             if r.every.0.is_zero() {
                 return Err(self.invalid(key("reconcile.every"), "must be longer than 0s"));
+            }
+            if r.window.is_some_and(|w| w.0.is_zero()) {
+                return Err(self.invalid(
+                    key("reconcile.window"),
+                    "must be longer than 0s (leave it out to compare every record)",
+                ));
+            }
+            if r.sample == Some(0) {
+                return Err(self.invalid(
+                    key("reconcile.sample"),
+                    "must be at least 1: a sample of 0 records compares no values (leave it out instead)",
+                ));
             }
             if !(0.0..=1.0).contains(&r.max_gap_rate) {
                 return Err(self.invalid(

@@ -12,7 +12,7 @@ use waymark_engine::source::{self, ErrorKind, Ignored};
 use waymark_engine::{Clock, Timestamp};
 
 use crate::config::Action;
-use crate::config::{expand_env, Workflow};
+use crate::config::{expand_env, http_url, Workflow};
 use crate::http::auth::{self, Credentials, Secrets};
 use crate::http::rate::Gate;
 use crate::http::rules::Rules;
@@ -20,9 +20,14 @@ use crate::http::rules::Rules;
 /// Why the source's connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The base URL is unusable.
-    #[error("source.base_url: {0}")]
-    Url(String),
+    /// The base URL is unusable (after `${VAR}` expansion): not an http(s) URL.
+    #[error("{key}: {why}")]
+    Url {
+        /// `source.base_url` or `destination.base_url`.
+        key: &'static str,
+        /// What is wrong.
+        why: String,
+    },
     /// A credential is missing or unusable.
     #[error(transparent)]
     Auth(#[from] auth::Error),
@@ -54,6 +59,8 @@ pub struct Accepted {
 struct Endpoint<'a> {
     /// `source` or `destination`, for messages.
     table: &'static str,
+    /// The key of `base_url`, for messages.
+    url_key: &'static str,
     base_url: &'a str,
     auth: Option<&'a crate::config::AuthSection>,
     rate_limit: Option<&'a crate::config::RateLimit>,
@@ -93,6 +100,7 @@ impl Api {
         }
         let endpoint = Endpoint {
             table: "source.auth",
+            url_key: "source.base_url",
             base_url: &source.base_url,
             auth: source.auth.as_ref(),
             rate_limit: source.rate_limit.as_ref(),
@@ -110,6 +118,7 @@ impl Api {
         let d = &workflow.file().destination;
         let endpoint = Endpoint {
             table: "destination.auth",
+            url_key: "destination.base_url",
             base_url: d.base_url.as_deref().unwrap_or_default(),
             auth: d.auth.as_ref(),
             rate_limit: d.rate_limit.as_ref(),
@@ -134,9 +143,17 @@ impl Api {
                 secrets.add(&value);
             }
         }
-        let base = expand_env(endpoint.base_url).map_err(Error::Url)?;
-        let base_url = reqwest::Url::parse(base.trim_end_matches('/'))
-            .map_err(|e| Error::Url(format!("`{base}`: {e}")))?;
+        let url = |why| Error::Url {
+            key: endpoint.url_key,
+            why,
+        };
+        let base = expand_env(endpoint.base_url).map_err(url)?;
+        let base_url = http_url(base.trim_end_matches('/')).map_err(|why| {
+            match base == endpoint.base_url {
+                true => url(why),
+                false => url(format!("{why}; it is `{}` expanded", endpoint.base_url)),
+            }
+        })?;
         // Redirects are followed only within the origin: credentials (headers, query keys)
         // never travel to a host the workflow did not name.
         let redirects = reqwest::redirect::Policy::custom(|attempt| {

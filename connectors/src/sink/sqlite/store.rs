@@ -18,6 +18,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
+use crate::config::FileKind;
 use crate::sink::columns::{Cell, Columns};
 use crate::sink::plan::{Binding, Op, Plan, Stored};
 use crate::sink::store::{commit, decode_checkpoint, encode, Commit, Store};
@@ -67,6 +68,15 @@ impl SqliteStore {
         binding: &Binding,
         busy_timeout: Duration,
     ) -> Result<Self, destination::Error> {
+        // SQLite writes `-journal` and `-wal` files beside the database: a device
+        // (`/dev/null`), a directory or a FIFO is refused before anything is created there.
+        // (Loading the workflow refuses it too; this is for a path that changed since.)
+        if let Some(kind) = FileKind::at(path).filter(|k| *k != FileKind::Regular) {
+            return Err(destination::Error::permanent(format!(
+                "{} is {kind}, not a regular file: give the path of a SQLite database file",
+                path.display()
+            )));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| destination::Error::permanent(format!("{}: {e}", dir.display())))?;
