@@ -79,6 +79,32 @@ fn run_events(pages: u64) -> Vec<Event> {
     events
 }
 
+/// Journals page after page of the run `s` as the driver does: the page's write, its commit
+/// and the next page's fetch in one batch, one flush.
+fn pages(
+    b: &mut criterion::Bencher<'_>,
+    journal: &mut waymark_engine::Journal<waymark_engine::journal::SledBackend>,
+    s: RunState,
+) {
+    let mut s = match journal.append(s, &fetched(1)) {
+        Ok(next) => next,
+        Err(e) => panic!("append: {e}"),
+    };
+    let mut page = 0;
+    b.iter(|| {
+        page += 1;
+        let steps = [
+            written(page),
+            Event::CursorCommitted { page, at: AT },
+            fetched(page + 1),
+        ];
+        s = match journal.append_steps(&s, &steps) {
+            Ok(mut states) => states.pop().unwrap_or_else(|| panic!("no state")),
+            Err(e) => panic!("append: {e}"),
+        };
+    });
+}
+
 fn journal(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("waymark-bench-journal-{}", RunId::new()));
     let mut state_dir = match StateDir::open(&dir, "bench") {
@@ -110,24 +136,8 @@ fn journal(c: &mut Criterion) {
     // One page as the driver journals it: the page's write, its commit and the next page's
     // fetch in one batch, one flush.
     group.bench_function("append one page (1 batch, 1 flush)", |b| {
-        let mut s = fresh(journal);
-        s = match journal.append(s.clone(), &fetched(1)) {
-            Ok(next) => next,
-            Err(e) => panic!("append: {e}"),
-        };
-        let mut page = 0;
-        b.iter(|| {
-            page += 1;
-            let steps = [
-                written(page),
-                Event::CursorCommitted { page, at: AT },
-                fetched(page + 1),
-            ];
-            s = match journal.append_steps(&s, &steps) {
-                Ok(mut states) => states.pop().unwrap_or_else(|| panic!("no state")),
-                Err(e) => panic!("append: {e}"),
-            };
-        });
+        let s = fresh(journal);
+        pages(b, journal, s);
     });
     // The same page on two fresh journals side by side, with and without the witness
     // (engine/src/witness.rs): what its write after each flush costs.
@@ -143,24 +153,8 @@ fn journal(c: &mut Criterion) {
             Err(e) => panic!("sled: {e}"),
         };
         group.bench_function(name, |b| {
-            let mut s = fresh(&mut journal);
-            s = match journal.append(s.clone(), &fetched(1)) {
-                Ok(next) => next,
-                Err(e) => panic!("append: {e}"),
-            };
-            let mut page = 0;
-            b.iter(|| {
-                page += 1;
-                let steps = [
-                    written(page),
-                    Event::CursorCommitted { page, at: AT },
-                    fetched(page + 1),
-                ];
-                s = match journal.append_steps(&s, &steps) {
-                    Ok(mut states) => states.pop().unwrap_or_else(|| panic!("no state")),
-                    Err(e) => panic!("append: {e}"),
-                };
-            });
+            let s = fresh(&mut journal);
+            pages(b, &mut journal, s);
         });
     }
     // The same, an append per event (as before steps were batched): 3 batches, 2 flushes.
