@@ -282,7 +282,7 @@ fn sigkill_scenario(seed: u64) -> Result {
 }
 
 #[test]
-fn a_sigterm_during_a_hung_request_pauses_within_a_second() -> Result {
+fn a_sigterm_during_a_hung_request_pauses_without_waiting_for_it() -> Result {
     let sandbox = Sandbox::start(&["--records", "3000", "--hang", "60s"])?;
     let dir = TempDir::new("sigterm-hang");
     let path = workflow(dir.path(), 100, 3)?;
@@ -314,7 +314,6 @@ fn a_sigterm_during_a_hung_request_pauses_within_a_second() -> Result {
         ),
         "the run never sent its request"
     );
-    std::thread::sleep(Duration::from_millis(200));
     let sent = Instant::now();
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -323,8 +322,10 @@ fn a_sigterm_during_a_hung_request_pauses_within_a_second() -> Result {
     let out = child.wait_with_output()?;
     let took = sent.elapsed();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    // The request hangs 60 s under a 120 s timeout: anything near that means the stop
+    // waited for it. The bound leaves a loaded machine room (no timing claim below it).
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(20),
         "stopping took {took:?} during a hung request"
     );
     assert!(
