@@ -157,6 +157,16 @@ fn journal(c: &mut Criterion) {
             pages(b, &mut journal, s);
         });
     }
+    // The witness's own write, alone (once per flush in the cases above).
+    group.bench_function("witness note", |b| {
+        let witness = waymark_engine::witness::Witness::new(&dir.join("witness-alone"));
+        let run = RunId::new();
+        let mut seq = 0;
+        b.iter(|| {
+            seq += 1;
+            witness.note("shop", "orders", run, seq);
+        });
+    });
     // The same, an append per event (as before steps were batched): 3 batches, 2 flushes.
     group.bench_function("append one page (3 events, 2 flushes)", |b| {
         let mut s = fresh(journal);
