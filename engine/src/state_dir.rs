@@ -210,22 +210,21 @@ impl StateDir {
     pub fn reset_journal(root: &Path, command: &str) -> Result<Option<PathBuf>, Error> {
         let _lock = lock(root, command)?;
         let journal = root.join("journal");
-        let witness = root.join("witness");
-        if !journal.exists() {
-            // Nothing to move; what witnessed the lost journal goes.
-            if witness.exists() {
-                fs::remove_dir_all(&witness).map_err(io(&witness))?;
+        let exists = journal.exists();
+        // Healthy or not, an existing journal is this command's to move aside, unless
+        // another process holds it.
+        if exists {
+            if let Err(busy @ Error::Busy { .. }) = open_journal(root) {
+                return Err(busy);
             }
-            return Ok(None);
         }
-        match open_journal(root) {
-            Err(busy @ Error::Busy { .. }) => return Err(busy),
-            // Healthy or not, it is this command's to move aside.
-            Ok(opened) => drop(opened),
-            Err(_) => {}
-        }
+        // What witnessed the journal goes with it: the next one starts empty.
+        let witness = root.join("witness");
         if witness.exists() {
             fs::remove_dir_all(&witness).map_err(io(&witness))?;
+        }
+        if !exists {
+            return Ok(None);
         }
         let target = root.join(format!("journal.broken-{}", SystemClock.now().0));
         fs::rename(&journal, &target).map_err(io(&journal))?;
