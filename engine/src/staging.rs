@@ -119,19 +119,7 @@ impl Staging {
 
     /// Writes a page's records durably and returns its size and checksum.
     pub fn stage(&self, run: RunId, page: u64, records: &[String]) -> Result<Staged, Error> {
-        let body_len: usize = records.iter().map(|r| 4 + r.len()).sum();
-        let mut buf = Vec::with_capacity(HEADER + body_len);
-        buf.extend_from_slice(MAGIC);
-        buf.push(VERSION);
-        buf.extend_from_slice(&(records.len() as u64).to_le_bytes());
-        buf.extend_from_slice(&[0; 4]);
-        for record in records {
-            let len = u32::try_from(record.len()).map_err(|_| Error::RecordTooLarge { page })?;
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(record.as_bytes());
-        }
-        let checksum = crc32fast::hash(&buf[HEADER..]);
-        buf[13..HEADER].copy_from_slice(&checksum.to_le_bytes());
+        let (buf, checksum) = encode(records).ok_or(Error::RecordTooLarge { page })?;
 
         let dir = self.run_dir(run);
         let io = |path: &Path| {
@@ -200,40 +188,7 @@ impl Staging {
                     source,
                 },
             })?;
-        if buf.len() < HEADER || &buf[..4] != MAGIC {
-            return Err(corrupt("not a staged page (bad header)".into()));
-        }
-        if buf[4] != VERSION {
-            return Err(corrupt(format!("unknown staging version {}", buf[4])));
-        }
-        let stored = u32::from_le_bytes([buf[13], buf[14], buf[15], buf[16]]);
-        let computed = crc32fast::hash(&buf[HEADER..]);
-        if stored != checksum || computed != checksum {
-            return Err(corrupt(format!(
-                "checksum {computed:#010x}, header {stored:#010x}, journal {checksum:#010x}"
-            )));
-        }
-        let mut count = [0u8; 8];
-        count.copy_from_slice(&buf[5..13]);
-        let count = u64::from_le_bytes(count);
-        let mut records = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
-        let mut body = &buf[HEADER..];
-        while body.len() >= 4 {
-            let len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
-            let Some(bytes) = body.get(4..4 + len) else {
-                return Err(corrupt("a record runs past the end".into()));
-            };
-            let record = std::str::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?;
-            records.push(record.to_owned());
-            body = &body[4 + len..];
-        }
-        if !body.is_empty() || records.len() as u64 != count {
-            return Err(corrupt(format!(
-                "{} records found, {count} expected",
-                records.len()
-            )));
-        }
-        Ok(records)
+        decode(&buf, checksum).map_err(corrupt)
     }
 
     /// Forgets a committed page: its slot is reused by the page after next; a file of an
@@ -258,6 +213,61 @@ impl Staging {
             _ => Ok(()),
         }
     }
+}
+
+/// A page's records in the staged format, and the checksum of its body (`None`: a record
+/// is over 4 GiB).
+pub fn encode(records: &[String]) -> Option<(Vec<u8>, u32)> {
+    let body_len: usize = records.iter().map(|r| 4 + r.len()).sum();
+    let mut buf = Vec::with_capacity(HEADER + body_len);
+    buf.extend_from_slice(MAGIC);
+    buf.push(VERSION);
+    buf.extend_from_slice(&(records.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    for record in records {
+        let len = u32::try_from(record.len()).ok()?;
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(record.as_bytes());
+    }
+    let checksum = crc32fast::hash(&buf[HEADER..]);
+    buf[13..HEADER].copy_from_slice(&checksum.to_le_bytes());
+    Some((buf, checksum))
+}
+
+/// The records of a staged page's bytes, if they match `checksum` (the journal's); else
+/// what is wrong. Only the bytes [`encode`] makes are read: `encode(decode(b)) == b`.
+pub fn decode(buf: &[u8], checksum: u32) -> Result<Vec<String>, String> {
+    if buf.len() < HEADER || &buf[..4] != MAGIC {
+        return Err("not a staged page (bad header)".into());
+    }
+    if buf[4] != VERSION {
+        return Err(format!("unknown staging version {}", buf[4]));
+    }
+    let stored = u32::from_le_bytes([buf[13], buf[14], buf[15], buf[16]]);
+    let computed = crc32fast::hash(&buf[HEADER..]);
+    if stored != checksum || computed != checksum {
+        return Err(format!(
+            "checksum {computed:#010x}, header {stored:#010x}, journal {checksum:#010x}"
+        ));
+    }
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&buf[5..13]);
+    let count = u64::from_le_bytes(count);
+    let mut records = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(1 << 20));
+    let mut body = &buf[HEADER..];
+    while body.len() >= 4 {
+        let len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        let Some(bytes) = body.get(4..4 + len) else {
+            return Err("a record runs past the end".into());
+        };
+        let record = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+        records.push(record.to_owned());
+        body = &body[4 + len..];
+    }
+    if !body.is_empty() || records.len() as u64 != count {
+        return Err(format!("{} records found, {count} expected", records.len()));
+    }
+    Ok(records)
 }
 
 #[cfg(test)]

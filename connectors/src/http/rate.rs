@@ -246,17 +246,20 @@ impl Budget {
 
 /// A quota as the API's headers state it.
 #[derive(Debug, PartialEq, Eq)]
-struct Quota {
-    remaining: u64,
-    limit: Option<u64>,
-    reset_at: Option<Timestamp>,
+pub struct Quota {
+    /// Requests left.
+    pub remaining: u64,
+    /// Requests a period allows.
+    pub limit: Option<u64>,
+    /// When the period ends.
+    pub reset_at: Option<Timestamp>,
 }
 
 impl Quota {
     /// Reads `RateLimit-Remaining`/`-Reset`/`-Limit`, their `X-RateLimit-*` forms, or the
     /// combined `RateLimit: limit=…, remaining=…, reset=…` header. A reset is a number of
     /// seconds, or a Unix time in seconds (above 10⁹) or milliseconds (above 10¹²).
-    fn read(headers: &HeaderMap, now: Timestamp) -> Option<Quota> {
+    pub fn read(headers: &HeaderMap, now: Timestamp) -> Option<Quota> {
         let get = |names: &[&str]| {
             names.iter().find_map(|n| {
                 let text = headers.get(*n)?.to_str().ok()?;

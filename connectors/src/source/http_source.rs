@@ -16,6 +16,7 @@ use super::page::{document, fatal, fingerprint, records_at, records_by_query, sh
 use super::pagination::{keyset, StopRules, Style};
 use super::template::{render, render_json, Context};
 use crate::config::{expand_env, CursorIn, Method, StreamSection, Workflow};
+use crate::http::api::Accepted;
 use crate::http::rules::Rules;
 use crate::http::Api;
 use crate::record::scalar;
@@ -247,17 +248,36 @@ impl HttpSource {
                 self.request(&request, parent.map(|(_, record)| record))
             })
             .await?;
-        let (what, headers, body) = match reply {
-            Ok(accepted) => (accepted.what, accepted.headers, accepted.body),
+        match reply {
+            Ok(accepted) => {
+                let parent_key = parent.map(|(key, _)| key);
+                self.read_page(&request, parent_key, &accepted)
+            }
             Err(ignored) => {
                 self.previous = None;
-                return Ok(Page {
+                Ok(Page {
                     ignored: Some(ignored),
                     ..Page::default()
-                });
+                })
             }
-        };
-        let doc = document(&body)?;
+        }
+    }
+
+    /// What an accepted response to `request` (of `parent`'s children, for a child stream)
+    /// is: its records, read and shaped, and the next page's cursor, checked for repeats,
+    /// cycles and size. No I/O: [`Source::fetch`] is the exchange and this.
+    pub fn read_page(
+        &mut self,
+        request: &PageRequest<'_>,
+        parent: Option<&str>,
+        response: &Accepted,
+    ) -> Result<Page, source::Error> {
+        let Accepted {
+            what,
+            headers,
+            body,
+        } = response;
+        let doc = document(body)?;
         let mut records: Vec<String> = match &self.records_path {
             Some(path) => records_by_query(doc, path)
                 .map_err(|e| fatal(format!("{what}: {e}")))?
@@ -269,8 +289,8 @@ impl HttpSource {
                 .map(|r| r.get().to_string())
                 .collect(),
         };
-        self.oversized(&what, request.page, records.len())?;
-        let parent_key = parent.map(|(key, _)| key.to_string());
+        self.oversized(what, request.page, records.len())?;
+        let parent_key = parent.map(str::to_string);
         let print = (request.page, parent_key.clone(), fingerprint(&records));
         // Only the page just before counts (a page fetched again is not a repeat of itself).
         let repeated = !records.is_empty()
@@ -283,9 +303,9 @@ impl HttpSource {
             .next_cursor(
                 &self.stop,
                 &self.stream,
-                &request,
+                request,
                 doc,
-                &headers,
+                headers,
                 &mut records,
             )
             .map_err(|mut e| {
@@ -293,13 +313,7 @@ impl HttpSource {
                 e
             })?;
         let next_cursor = next_cursor.map(|c| self.journalable(c)).transpose()?;
-        self.loop_checks(
-            &what,
-            &request,
-            parent_key,
-            next_cursor.as_deref(),
-            repeated,
-        )?;
+        self.loop_checks(what, request, parent_key, next_cursor.as_deref(), repeated)?;
         if self.stream.filter.is_some() || self.stream.fields.is_some() {
             records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }

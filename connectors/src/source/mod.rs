@@ -29,3 +29,4 @@ mod tests;
 pub use children::Parents;
 pub use error::Error;
 pub use http_source::HttpSource;
+pub use pagination::link_next;
