@@ -2,6 +2,7 @@
 
 mod cli;
 mod sandbox;
+mod serve;
 mod sync;
 
 use std::fmt::Write as _;

@@ -20,6 +20,7 @@ mod reconcile;
 mod resilience;
 mod sandbox;
 mod secrets;
+mod serve;
 mod state_dir;
 mod transient;
 mod windows;

@@ -18,7 +18,7 @@ use super::attach::Answering;
 use super::{ExitStatus, UsageError};
 
 /// Limits and output of one invocation, shared by `run`, `resume` and `backfill`.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Default)]
 pub struct Budget {
     /// Print each run's summary as one JSON object on stdout instead of a line.
     #[arg(long)]

@@ -20,6 +20,7 @@ mod replay;
 mod run;
 mod runs;
 mod sandbox;
+mod serve;
 mod shell;
 mod status;
 mod trace;
@@ -71,6 +72,9 @@ pub struct Cli {
 enum Command {
     /// Run every stream of a workflow: start a run, or resume the stream's unfinished one.
     Run(run::RunArgs),
+    /// Run workflows on their schedules, several streams at once, until SIGTERM/SIGINT
+    /// (then every run pauses at a step boundary and it exits 0).
+    Serve(serve::ServeArgs),
     /// Resume one unfinished run by id.
     Resume(run::ResumeArgs),
     /// Re-read a time range of one stream under its own checkpoint.
@@ -335,6 +339,7 @@ async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Run(args) => run::run(state_dir, args).await,
         Command::Resume(args) => run::resume(state_dir, args).await,
+        Command::Serve(args) => serve::run(state_dir, args).await,
         Command::Backfill(args) => run::backfill(state_dir, args).await,
         Command::Journal(args) => journal::run(state_dir, args),
         Command::Runs(args) => runs::run(state_dir, args),

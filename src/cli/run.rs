@@ -4,15 +4,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use waymark_connectors::config::{is_repair_scope, parse_scope, StreamSection};
+use waymark_connectors::config::StreamSection;
 use waymark_connectors::Workflow;
-use waymark_engine::{driver, Clock, SystemClock, Timestamp};
+use waymark_engine::Timestamp;
 
-use super::context::{
-    destination, find_run, hold_state, rfc3339, status_of, stop_on_signal, Budget,
-};
+use super::context::{find_run, hold_state, rfc3339, status_of, stop_on_signal, Budget};
 use super::{ExitStatus, UsageError};
-use crate::sync::{drive, resume_repair, run_scope, run_streams, Invocation};
+use crate::sync::{resume_run, run_scope, run_streams, Invocation};
 
 /// Arguments of `waymark run`.
 #[derive(Debug, Args)]
@@ -129,21 +127,7 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let path = PathBuf::from(&state.started.workflow_path);
     let workflow =
         Workflow::load(&path).with_context(|| format!("loading the workflow of run {run}"))?;
-    let (name, backfill) = parse_scope(&state.started.stream);
-    let stream = workflow.stream(name)?.clone();
-    if is_repair_scope(&state.started.stream) {
-        let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
-        let state = resume_repair(&mut dir, &invocation, &workflow, &stream, state).await?;
-        return Ok(status_of(&[state]));
-    }
-    let plan = match backfill {
-        Some((from, to)) => workflow.backfill_plan(&stream, from, to, false),
-        None => workflow.plan(&stream, false),
-    };
-    let mut destination = destination(&dir, &workflow, &stream, &plan.stream).await?;
-    let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
-    let mut source = invocation.source(&workflow, &stream).await?;
-    let state = drive(&mut dir, &invocation, &mut source, &mut destination, state).await?;
+    let state = resume_run(&mut dir, &invocation, &workflow, state).await?;
     Ok(status_of(&[state]))
 }

@@ -25,7 +25,7 @@ fn settings(workflow: &Workflow, budget: &Budget) -> Settings {
 
 /// The connection to the workflow's API, shared by its streams (credentials are read
 /// here: a missing variable stops the command before any request).
-fn api(dir: &StateDir, workflow: &Workflow) -> anyhow::Result<Arc<Api>> {
+pub(crate) fn api(dir: &StateDir, workflow: &Workflow) -> anyhow::Result<Arc<Api>> {
     Ok(Api::new(workflow, Some(dir.root()), Arc::new(SystemClock))?)
 }
 
@@ -47,13 +47,24 @@ impl<'a> Invocation<'a> {
         budget: &Budget,
         stop: &'a AtomicBool,
     ) -> anyhow::Result<Self> {
-        Ok(Invocation {
-            api: api(dir, workflow)?,
+        Ok(Self::with_api(api(dir, workflow)?, workflow, budget, stop))
+    }
+
+    /// An invocation over an existing connection: `serve`'s runs of one source share its
+    /// connection, so its rate budget.
+    pub(crate) fn with_api(
+        api: Arc<Api>,
+        workflow: &Workflow,
+        budget: &Budget,
+        stop: &'a AtomicBool,
+    ) -> Self {
+        Invocation {
+            api,
             settings: settings(workflow, budget),
             stop,
             json: budget.json,
             summaries: true,
-        })
+        }
     }
 
     /// The source of `stream`, through this invocation's API connection; a child stream

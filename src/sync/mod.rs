@@ -9,6 +9,6 @@ mod invocation;
 mod reconciliation;
 mod streams;
 
-pub(crate) use invocation::{drive, Invocation};
-pub(crate) use reconciliation::{reconcile, resume_repair, Request};
-pub(crate) use streams::{run_scope, run_streams};
+pub(crate) use invocation::{api, Invocation};
+pub(crate) use reconciliation::{reconcile, Request};
+pub(crate) use streams::{prune, resume_run, run_scope, run_stream, run_streams};

@@ -3,12 +3,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use waymark_connectors::config::StreamSection;
+use waymark_connectors::config::{is_repair_scope, parse_scope, StreamSection};
 use waymark_connectors::Workflow;
 use waymark_engine::{driver, Clock, Plan, RunState, StateDir, Status, SystemClock};
 
 use super::invocation::{drive, Invocation};
-use super::reconciliation::{due, reconcile, Request};
+use super::reconciliation::{due, reconcile, resume_repair, Request};
 use crate::cli::context::{destination, status_of, Budget};
 use crate::cli::ExitStatus;
 
@@ -22,6 +22,27 @@ pub async fn run_streams(
     budget: &Budget,
     stop: &AtomicBool,
 ) -> anyhow::Result<ExitStatus> {
+    prune(dir, workflow)?;
+    let invocation = Invocation::new(dir, workflow, budget, stop)?;
+    let mut finished = Vec::new();
+    let mut reconciliation_failed = false;
+    for stream in streams {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let ran = run_stream(dir, &invocation, workflow, stream, fresh).await?;
+        finished.extend(ran.states);
+        reconciliation_failed |= ran.reconciliation_failed;
+    }
+    Ok(match status_of(&finished) {
+        ExitStatus::Success if reconciliation_failed => ExitStatus::Failed,
+        status => status,
+    })
+}
+
+/// Forgets what the workflow keeps no longer: journals of finished runs older than `keep`,
+/// record sightings older than `audit_keep`.
+pub(crate) fn prune(dir: &mut StateDir, workflow: &Workflow) -> anyhow::Result<()> {
     let pruned = dir
         .journal_mut()
         .prune(SystemClock.now(), workflow.keep())?;
@@ -39,36 +60,48 @@ pub async fn run_streams(
             "pruned {forgotten} record sightings older than `keep` from the audit index"
         );
     }
-    let invocation = Invocation::new(dir, workflow, budget, stop)?;
-    let mut finished = Vec::new();
+    Ok(())
+}
+
+/// What running one stream did.
+pub(crate) struct Ran {
+    /// Its runs (slices, then a repair), in order.
+    pub(crate) states: Vec<RunState>,
+    /// Its due reconciliation could not be made (logged).
+    pub(crate) reconciliation_failed: bool,
+}
+
+/// One stream: its checkpoint scope's run (slice after slice), then its reconciliation if
+/// one is due.
+pub(crate) async fn run_stream(
+    dir: &mut StateDir,
+    invocation: &Invocation<'_>,
+    workflow: &Workflow,
+    stream: &StreamSection,
+    fresh: bool,
+) -> anyhow::Result<Ran> {
+    let plan = workflow.plan(stream, fresh);
+    let mut states = run_scope(dir, invocation, workflow, stream, &plan).await?;
+    let completed = states.last().is_some_and(|s| s.status == Status::Completed);
     let mut reconciliation_failed = false;
-    for stream in streams {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let plan = workflow.plan(stream, fresh);
-        let states = run_scope(dir, &invocation, workflow, stream, &plan).await?;
-        let completed = states.last().is_some_and(|s| s.status == Status::Completed);
-        finished.extend(states);
-        if completed && due(dir, workflow, stream)? {
-            // A reconciliation that cannot be made is reported, not a reason to stop syncing.
-            match due_reconciliation(dir, &invocation, workflow, stream).await {
-                Ok(repair) => finished.extend(repair),
-                Err(e) => {
-                    tracing::error!(
-                        "{}/{}: the due reconciliation failed: {}",
-                        workflow.name(),
-                        stream.name,
-                        crate::cli::describe(&e)
-                    );
-                    reconciliation_failed = true;
-                }
+    if completed && due(dir, workflow, stream)? {
+        // A reconciliation that cannot be made is reported, not a reason to stop syncing.
+        match due_reconciliation(dir, invocation, workflow, stream).await {
+            Ok(repair) => states.extend(repair),
+            Err(e) => {
+                tracing::error!(
+                    "{}/{}: the due reconciliation failed: {}",
+                    workflow.name(),
+                    stream.name,
+                    crate::cli::describe(&e)
+                );
+                reconciliation_failed = true;
             }
         }
     }
-    Ok(match status_of(&finished) {
-        ExitStatus::Success if reconciliation_failed => ExitStatus::Failed,
-        status => status,
+    Ok(Ran {
+        states,
+        reconciliation_failed,
     })
 }
 
@@ -140,4 +173,27 @@ pub(crate) async fn run_scope(
             return Ok(states);
         }
     }
+}
+
+/// Resumes `state`, an unfinished run of `workflow` in any checkpoint scope (a stream's
+/// own, a backfill's, a repair's).
+pub(crate) async fn resume_run(
+    dir: &mut StateDir,
+    invocation: &Invocation<'_>,
+    workflow: &Workflow,
+    state: RunState,
+) -> anyhow::Result<RunState> {
+    let (name, backfill) = parse_scope(&state.started.stream);
+    let stream = workflow.stream(name)?.clone();
+    if is_repair_scope(&state.started.stream) {
+        return resume_repair(dir, invocation, workflow, &stream, state).await;
+    }
+    let plan = match backfill {
+        Some((from, to)) => workflow.backfill_plan(&stream, from, to, false),
+        None => workflow.plan(&stream, false),
+    };
+    let mut destination = destination(dir, workflow, &stream, &plan.stream).await?;
+    let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
+    let mut source = invocation.source(workflow, &stream).await?;
+    drive(dir, invocation, &mut source, &mut destination, state).await
 }

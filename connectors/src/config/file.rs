@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::destination::DestinationSection;
+use super::schedule::ScheduleSection;
 use super::source::SourceSection;
 use super::span::Span;
 use super::stream::StreamSection;
@@ -29,6 +30,8 @@ pub struct SyncSection {
     /// `"0s"` turns the index off).
     #[serde(default = "default_audit_keep")]
     pub audit_keep: Span,
+    /// When `waymark serve` runs the streams without a schedule of their own.
+    pub schedule: Option<ScheduleSection>,
 }
 
 fn default_audit_keep() -> Span {

@@ -503,3 +503,56 @@ fn no_edit_panics_or_speaks_rust() {
         }
     }
 }
+
+#[test]
+fn schedule_mistakes_get_exact_messages() {
+    let after_page_size =
+        |schedule: &str| edit("page_size = 100", &format!("page_size = 100\n{schedule}"));
+    let cases = [
+        (
+            edit("keep = \"30d\"", "keep = \"30d\"\nschedule = { every = \"15m\", cron = \"0 2 * * *\" }"),
+            "w.toml:4:1: sync.schedule: give exactly one of `every` and `cron`",
+        ),
+        (
+            edit("keep = \"30d\"", "keep = \"30d\"\nschedule = { every = \"1m\", timezone = \"UTC\" }"),
+            "w.toml:4:28: sync.schedule.timezone: applies to `cron` only",
+        ),
+        (
+            after_page_size("schedule = { cron = \"0 25 * * *\" }"),
+            "w.toml:25:14: stream.orders.schedule.cron: `0 25 * * *` is not a cron expression \
+             (Component error: Number out of bounds.); write five fields: minute hour \
+             day-of-month month day-of-week, e.g. \"0 2 * * *\"",
+        ),
+        (
+            edit(
+                "window.lag = \"5m\"",
+                "window.lag = \"5m\"\nschedule = { cron = \"0 2 * * *\", timezone = \"Europe/Berln\" }",
+            ),
+            "w.toml:35:34: stream.customers.schedule.timezone: `Europe/Berln` is not an IANA \
+             time zone (e.g. \"Europe/Berlin\")",
+        ),
+        (
+            after_page_size("schedule = { every = \"1m\", jitter = \"2m\" }"),
+            "w.toml:25:28: stream.orders.schedule.jitter: must be shorter than `every`",
+        ),
+        (
+            after_page_size("schedule = { every = \"soon\" }"),
+            "w.toml:25:22: stream.orders.schedule.every: expected a duration such as \"30s\", \
+             \"5m\" or \"1h 30m\", got \"soon\"",
+        ),
+        (
+            after_page_size("schedule = { evry = \"1m\" }"),
+            "w.toml:25:14: stream.orders.schedule.evry: unknown key; did you mean `every`?",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(message(&text), want);
+    }
+    // A stream's own schedule or `[sync]`'s: both valid.
+    assert_eq!(
+        message(&after_page_size(
+            "schedule = { cron = \"*/5 * * * *\", timezone = \"Asia/Tokyo\", jitter = \"30s\" }"
+        )),
+        "valid"
+    );
+}

@@ -30,6 +30,7 @@ mod http;
 mod location;
 #[cfg(test)]
 mod messages_tests;
+mod schedule;
 mod scope;
 mod shape;
 mod source;
@@ -50,6 +51,7 @@ pub use http::{
     Action, AuthSection, ClientAuth, FromEnv, HeaderMatch, KeyIn, RateLimit, ResponseRule, Setting,
     Statuses,
 };
+pub use schedule::{Cadence, ScheduleSection};
 pub use scope::{backfill_scope, is_repair_scope, parse_scope, repair_scope};
 pub use source::{
     Backoff, CursorIn, Method, Pagination, PaginationKind, SourceKind, SourceSection,

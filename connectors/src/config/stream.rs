@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use waymark_engine::Timestamp;
 
 use super::http::ResponseRule;
+use super::schedule::ScheduleSection;
 use super::source::{Method, Pagination};
 use super::span::Span;
 
@@ -188,6 +189,10 @@ pub struct StreamSection {
     /// Compares this stream's source and destination when due (`waymark run` performs it
     /// after the stream's run): `{ every = "7d", mode = "report" }`.
     pub reconcile: Option<ReconcileSection>,
+    /// When `waymark serve` runs this stream (default: `[sync]`'s schedule; with neither,
+    /// serve does not run it): `{ every = "15m", jitter = "1m" }` or
+    /// `{ cron = "0 2 * * *", timezone = "Europe/Berlin" }`.
+    pub schedule: Option<ScheduleSection>,
 }
 
 /// A stream's regular reconciliation (`waymark reconcile` does the same on demand).

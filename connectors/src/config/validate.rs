@@ -8,6 +8,7 @@ use super::destination::{DestinationKind, FileKind};
 use super::digest::json_strings;
 use super::error::Error;
 use super::http::{AuthSection, RateLimit, ResponseRule, Statuses};
+use super::schedule::Cadence;
 use super::source::{CursorIn, Method, PaginationKind};
 use super::stream::StreamSection;
 use super::stream::{initial_start, PrimaryKey, RESERVED};
@@ -43,6 +44,7 @@ impl Workflow {
             self.check_records(s)?;
             self.check_deletes(s)?;
             self.check_reconcile(s)?;
+            self.check_schedule(s)?;
             self.check_requests(s)?;
             self.check_parent(s)?;
             self.check_paging(s)?;
@@ -316,6 +318,20 @@ impl Workflow {
             }
         }
         Ok(())
+    }
+
+    /// The schedule `waymark serve` follows: the stream's own, else `[sync]`'s.
+    fn check_schedule(&self, s: &StreamSection) -> Result<(), Error> {
+        let (section, at) = match (&s.schedule, &self.file.sync.schedule) {
+            (Some(own), _) => (own, format!("stream.{}.schedule", s.name)),
+            (None, Some(shared)) => (shared, "sync.schedule".to_string()),
+            (None, None) => return Ok(()),
+        };
+        match Cadence::new(section, &format!("{}/{}", self.file.sync.name, s.name)) {
+            Ok(_) => Ok(()),
+            Err(("", why)) => Err(self.invalid(at, why)),
+            Err((key, why)) => Err(self.invalid(format!("{at}.{key}"), why)),
+        }
     }
 
     /// A stream's declared reconciliation.

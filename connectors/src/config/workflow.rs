@@ -10,6 +10,7 @@ use waymark_engine::{Plan, RetryPolicy, Timestamp};
 use super::error::Error;
 use super::file::File;
 use super::location::{key_at, line_col, locate};
+use super::schedule::Cadence;
 use super::scope::{backfill_scope, repair_scope};
 use super::shape;
 use super::stream::{initial_start, StreamSection};
@@ -100,6 +101,16 @@ impl Workflow {
     /// Retention of finished runs' journals.
     pub fn keep(&self) -> Duration {
         self.file.sync.keep.0
+    }
+
+    /// When `waymark serve` runs `stream` (its own schedule, else `[sync]`'s; `None`: it
+    /// is not scheduled). Checked when the file was loaded.
+    pub fn cadence(&self, stream: &StreamSection) -> Option<Cadence> {
+        let section = stream
+            .schedule
+            .as_ref()
+            .or(self.file.sync.schedule.as_ref())?;
+        Cadence::new(section, &format!("{}/{}", self.file.sync.name, stream.name)).ok()
     }
 
     /// How long the audit index keeps what it noted (zero: no index).

@@ -1,0 +1,32 @@
+//! `waymark serve`: run workflows on their schedules until stopped.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::context::{hold_state, stop_on_signal};
+use super::ExitStatus;
+use crate::serve::{serve, Options};
+
+/// Arguments of `waymark serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Workflow files, or directories of them (their `*.toml` files).
+    #[arg(required = true, value_name = "WORKFLOW")]
+    paths: Vec<PathBuf>,
+    /// At most this many runs at once (runs mostly wait on the network, so a few per core).
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_runs: u16,
+}
+
+/// `waymark serve <workflows…>`.
+pub async fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<ExitStatus> {
+    let stop = stop_on_signal()?;
+    let (dir, _answering) = hold_state(state_dir)?;
+    let options = Options {
+        paths: args.paths,
+        max_concurrent_runs: usize::from(args.max_concurrent_runs),
+    };
+    serve(dir, options, stop).await
+}

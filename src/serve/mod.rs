@@ -1,0 +1,272 @@
+//! `waymark serve`: the long-running orchestrator. It loads workflow files, resumes every
+//! unfinished run, then starts each scheduled stream when it is due, several at once,
+//! until SIGTERM or SIGINT (then every run pauses at its next step boundary, and it exits
+//! 0). A SIGKILL loses nothing: the next `serve` resumes what was running.
+//!
+//! - [`scheduler`]: which streams to start, a pure function of schedules, runs and time.
+//! - [`catalog`]: the loaded workflow files, one shared API connection per source; files
+//!   that change (or SIGHUP) are reloaded, and a file that fails validation keeps its
+//!   previous version running.
+//!
+//! The loop is the only place that reads the clock; each run is a task with its own handle
+//! on the state directory (one sled database, one lock).
+
+pub mod catalog;
+pub mod scheduler;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use waymark_connectors::config::{parse_scope, StreamSection};
+use waymark_engine::{Clock, RunState, StateDir, SystemClock, Timestamp};
+
+use crate::cli::context::{status_of, Budget};
+use crate::cli::{describe, ExitStatus};
+use crate::sync::{prune, resume_run, run_stream, Invocation};
+use catalog::{Catalog, Loaded};
+use scheduler::{Decision, Scheduler};
+
+/// A checkpoint scope: the sync and the stream (or a backfill or repair scope of it).
+pub type Key = (String, String);
+
+/// What `serve` is asked to do.
+pub struct Options {
+    /// Workflow files and directories of them.
+    pub paths: Vec<PathBuf>,
+    /// At most this many runs at once.
+    pub max_concurrent_runs: usize,
+}
+
+/// How often the loop looks at the stop flag while nothing else happens.
+const STOP_POLL: Duration = Duration::from_millis(200);
+
+/// How often the workflow files are looked at for changes (SIGHUP reloads at once).
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// Serves until stopped; `Success` once every run it started has paused or ended.
+pub async fn serve(
+    dir: StateDir,
+    options: Options,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<ExitStatus> {
+    // Runs hold SQLite connections across their awaits, so they are tasks of this thread
+    // (their work is mostly waiting on the network; blocking writes go to tokio's pool).
+    tokio::task::LocalSet::new()
+        .run_until(serve_here(dir, options, stop))
+        .await
+}
+
+async fn serve_here(
+    mut dir: StateDir,
+    options: Options,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<ExitStatus> {
+    let files = catalog::files(&options.paths)?;
+    let mut catalog = Catalog::load(&dir, &files)?;
+    for loaded in catalog.syncs.values() {
+        prune(&mut dir, &loaded.workflow)?;
+    }
+    let now = SystemClock.now();
+    let mut scheduler = Scheduler::new(options.max_concurrent_runs);
+    let mut resumes = register(&dir, &catalog, &mut scheduler, now)?;
+    tracing::info!(
+        "serving {} workflow files, at most {} runs at once",
+        files.len(),
+        options.max_concurrent_runs
+    );
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Key, anyhow::Result<ExitStatus>)>();
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut seen = catalog::look(&options.paths);
+    let mut looked = Instant::now();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let now = SystemClock.now();
+        for decision in scheduler.tick(now) {
+            match decision {
+                Decision::Skipped((sync, stream)) => tracing::warn!(
+                    "{sync}/{stream}: due while its run is still going; skipped ({} so far)",
+                    scheduler.skipped(&(sync.clone(), stream.clone()))
+                ),
+                Decision::Start(key) => {
+                    let resume = resumes.remove(&key);
+                    match start(&dir, &catalog, &key, resume, &stop) {
+                        Ok(task) => {
+                            let done = done_tx.clone();
+                            tokio::task::spawn_local(async move {
+                                let outcome = task.await;
+                                let _ = done.send((key, outcome));
+                            });
+                        }
+                        Err(e) => {
+                            tracing::error!("{}/{}: cannot start: {}", key.0, key.1, describe(&e));
+                            scheduler.finished(&key);
+                        }
+                    }
+                }
+            }
+        }
+        let wait = scheduler
+            .next_wake(now)
+            .map_or(STOP_POLL, |t| {
+                Duration::from_millis(t.0.saturating_sub(now.0))
+            })
+            .min(STOP_POLL);
+        let mut reload = false;
+        tokio::select! {
+            Some((key, outcome)) = done_rx.recv() => {
+                scheduler.finished(&key);
+                report(&key, outcome);
+            }
+            _ = tokio::time::sleep(wait) => {}
+            _ = hangup.recv() => reload = true,
+        }
+        if looked.elapsed() >= LOOK_EVERY {
+            looked = Instant::now();
+            let now_seen = catalog::look(&options.paths);
+            reload |= now_seen != seen;
+            seen = now_seen;
+        }
+        if reload {
+            let files = catalog::files(&options.paths).unwrap_or_default();
+            let (next, failed) = catalog.reload(&dir, &files);
+            for (path, why) in &failed {
+                tracing::error!(
+                    "{}: not reloaded, the previous version keeps running: {why}",
+                    path.display()
+                );
+            }
+            catalog = next;
+            resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now())?);
+            tracing::info!(
+                "reloaded {} workflow files ({} failed)",
+                files.len(),
+                failed.len()
+            );
+        }
+    }
+    // Stopping: every run pauses at its next step boundary (they share the stop flag).
+    let running = scheduler.running();
+    if running > 0 {
+        tracing::info!("stopping: waiting for {running} runs to pause at a step boundary");
+    }
+    while scheduler.running() > 0 {
+        match done_rx.recv().await {
+            Some((key, outcome)) => {
+                scheduler.finished(&key);
+                report(&key, outcome);
+            }
+            None => break,
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The latest run of each checkpoint scope in the journal.
+fn latest_runs(dir: &StateDir) -> anyhow::Result<BTreeMap<Key, RunState>> {
+    let mut latest: BTreeMap<Key, RunState> = BTreeMap::new();
+    for head in dir.journal().runs() {
+        let state = head?;
+        let key = (state.started.sync.clone(), state.started.stream.clone());
+        if latest
+            .get(&key)
+            .is_none_or(|l| l.started.at <= state.started.at)
+        {
+            latest.insert(key, state);
+        }
+    }
+    Ok(latest)
+}
+
+/// Puts every scheduled stream of `catalog` in the scheduler (a stream already there
+/// takes its new schedule), with when its latest run started, and every unfinished run
+/// first; takes out the streams that are gone or no longer scheduled. Returns the
+/// unfinished runs of scopes other than a stream's own (backfills, repairs), which resume
+/// by id.
+fn register(
+    dir: &StateDir,
+    catalog: &Catalog,
+    scheduler: &mut Scheduler<Key>,
+    now: Timestamp,
+) -> anyhow::Result<BTreeMap<Key, RunState>> {
+    let mut latest = latest_runs(dir)?;
+    let mut kept = std::collections::BTreeSet::new();
+    for (sync, loaded) in &catalog.syncs {
+        for stream in loaded.workflow.streams() {
+            let key = (sync.clone(), stream.name.clone());
+            let last = latest.remove(&key);
+            let unfinished = last.as_ref().is_some_and(|s| !s.status.is_finished());
+            let cadence = loaded.workflow.cadence(stream);
+            if cadence.is_none() && !unfinished {
+                continue;
+            }
+            let last_start = last.map(|s| s.started.at);
+            scheduler.set(key.clone(), cadence, last_start, unfinished, now);
+            kept.insert(key);
+        }
+    }
+    let mut resumes = BTreeMap::new();
+    for (key, state) in latest {
+        if state.status.is_finished() || catalog.get(&key.0).is_none() {
+            continue;
+        }
+        scheduler.set(key.clone(), None, Some(state.started.at), true, now);
+        kept.insert(key.clone());
+        resumes.insert(key, state);
+    }
+    for key in scheduler.keys() {
+        if !kept.contains(&key) {
+            scheduler.remove(&key);
+        }
+    }
+    Ok(resumes)
+}
+
+/// The task of one run: the stream's run (slice after slice, then a due reconciliation),
+/// or the resumption of an unfinished run of another scope.
+fn start(
+    dir: &StateDir,
+    catalog: &Catalog,
+    key: &Key,
+    resume: Option<RunState>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<ExitStatus>> + 'static> {
+    let loaded: Arc<Loaded> = catalog
+        .get(&key.0)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("sync {} is no longer loaded", key.0))?;
+    let (name, _) = parse_scope(&key.1);
+    let stream: StreamSection = loaded.workflow.stream(name)?.clone();
+    let mut dir = dir.share()?;
+    let stop = stop.clone();
+    Ok(async move {
+        let budget = Budget::default();
+        let invocation = Invocation::with_api(loaded.api.clone(), &loaded.workflow, &budget, &stop);
+        let states = match resume {
+            Some(state) => vec![resume_run(&mut dir, &invocation, &loaded.workflow, state).await?],
+            None => {
+                let ran =
+                    run_stream(&mut dir, &invocation, &loaded.workflow, &stream, false).await?;
+                ran.states
+            }
+        };
+        Ok(status_of(&states))
+    })
+}
+
+/// Logs how a run task ended (its summary line is printed by the run itself).
+fn report(key: &Key, outcome: anyhow::Result<ExitStatus>) {
+    match outcome {
+        Ok(ExitStatus::Success) => {}
+        Ok(ExitStatus::Paused) => tracing::info!("{}/{}: paused", key.0, key.1),
+        Ok(status) => tracing::warn!("{}/{}: the run ended {status:?}", key.0, key.1),
+        Err(e) => tracing::error!("{}/{}: {}", key.0, key.1, describe(&e)),
+    }
+}

@@ -1,0 +1,278 @@
+//! `waymark serve`, a real process against the sandbox: streams of several workflow files
+//! run at their cadence, a few at once and never two of one stream at once; read commands
+//! are answered while it serves; SIGTERM pauses every run at a step boundary and exits 0; a
+//! SIGKILL loses nothing (the next serve resumes the run first); edited files are picked
+//! up, broken ones keep the previous version.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{rows, runs, wait_for, wait_for_lock, waymark, Result, Sandbox, TempDir};
+
+/// A workflow file for sync `sync` with `streams` (sandbox resources) scheduled `every`.
+fn flow(dir: &Path, sync: &str, every: &str, streams: &[(&str, &str)]) -> Result<PathBuf> {
+    let mut text = format!(
+        "[sync]\nname = \"{sync}\"\nschedule = {{ every = \"{every}\" }}\n\n[source]\n\
+         kind = \"http\"\nbase_url = \"${{WAYMARK_SANDBOX_URL}}\"\ntimeout = \"5s\"\n\
+         max_attempts = 8\n"
+    );
+    for (name, path) in streams {
+        text.push_str(&format!(
+            "\n[[stream]]\nname = \"{name}\"\npath = \"{path}\"\nrecords = \"data\"\n\
+             primary_key = \"id\"\ncursor_field = \"updated_at\"\npage_size = 100\n\
+             pagination = {{ kind = \"cursor\", cursor_path = \"next_cursor\", \
+             cursor_param = \"cursor\", limit_param = \"limit\" }}\n\
+             window = {{ lag = \"0s\", start_param = \"updated_since\", \
+             end_param = \"updated_before\" }}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "\n[destination]\nkind = \"sqlite\"\npath = \"{sync}.db\"\n"
+    ));
+    let path = dir.join(format!("{sync}.toml"));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// `waymark serve <args>` in `dir`, its log (warnings and errors) in `dir/serve.log`.
+fn serve(state: &Path, url: &str, dir: &Path, args: &[&str]) -> Result<Child> {
+    let log = std::fs::File::create(dir.join("serve.log"))?;
+    Ok(waymark(state, url)
+        .current_dir(dir)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+/// Sends SIGTERM and waits for the exit: its code, how long it took, and its log.
+fn terminate(mut child: Child, dir: &Path) -> Result<(Option<i32>, Duration, String)> {
+    let asked = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let code = loop {
+        if let Some(status) = child.try_wait()? {
+            break status.code();
+        }
+        if asked.elapsed() > Duration::from_secs(30) {
+            child.kill()?;
+            return Err("serve did not exit within 30 s of SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = asked.elapsed();
+    Ok((code, took, std::fs::read_to_string(dir.join("serve.log"))?))
+}
+
+/// The runs of each `sync/stream`, oldest first.
+fn by_stream(state: &Path) -> Result<BTreeMap<String, Vec<serde_json::Value>>> {
+    let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for run in runs(state)? {
+        let key = format!(
+            "{}/{}",
+            run["sync"].as_str().unwrap_or(""),
+            run["stream"].as_str().unwrap_or("")
+        );
+        out.entry(key).or_default().push(run);
+    }
+    for list in out.values_mut() {
+        list.sort_by(|a, b| a["started"].as_str().cmp(&b["started"].as_str()));
+    }
+    Ok(out)
+}
+
+fn completed(runs: &[serde_json::Value]) -> usize {
+    runs.iter().filter(|r| r["status"] == "completed").count()
+}
+
+#[test]
+fn streams_of_several_files_run_at_their_cadence_and_sigterm_pauses_them_all() -> Result {
+    let sandbox = Sandbox::start(&[
+        "--records",
+        "1500",
+        "--customers",
+        "300",
+        "--rate-429",
+        "0.05",
+        "--rate-503",
+        "0.05",
+        "--retry-after",
+        "0",
+        "--latency",
+        "2ms",
+    ])?;
+    let dir = TempDir::new("serve-cadence");
+    let flows = dir.path().join("flows");
+    std::fs::create_dir_all(&flows)?;
+    flow(
+        &flows,
+        "shop",
+        "1s",
+        &[("orders", "/orders"), ("orders_b", "/orders")],
+    )?;
+    flow(&flows, "crm", "2s", &[("customers", "/customers")])?;
+    let state = dir.path().join("state");
+    let child = serve(
+        &state,
+        &sandbox.url,
+        dir.path(),
+        &["flows", "--max-concurrent-runs", "2"],
+    )?;
+    assert!(
+        wait_for_lock(&state, child.id()),
+        "serve holds the state directory"
+    );
+
+    // `runs` is answered by serve itself while it holds the directory.
+    let streams = ["shop/orders", "shop/orders_b", "crm/customers"];
+    let enough = wait_for(
+        || {
+            by_stream(&state).is_ok_and(|by| {
+                streams
+                    .iter()
+                    .all(|s| by.get(*s).is_some_and(|r| completed(r) >= 3))
+            })
+        },
+        Duration::from_secs(90),
+    );
+    let (code, took, stderr) = terminate(child, dir.path())?;
+    assert!(
+        enough,
+        "three completed runs of each stream: {:?}\n{stderr}",
+        by_stream(&state)?
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let by = by_stream(&state)?;
+    for stream in streams {
+        let list = &by[stream];
+        // Never two runs of one stream at once.
+        for pair in list.windows(2) {
+            assert!(
+                pair[1]["started"].as_str() >= pair[0]["updated"].as_str(),
+                "{stream}: overlapping runs {} and {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        for run in list {
+            let status = run["status"].as_str().unwrap_or("");
+            assert!(
+                status == "completed" || status == "paused",
+                "{stream}: a run left {status} after SIGTERM: {run}"
+            );
+        }
+    }
+    // Each stream's first run read everything; the destination is the source.
+    let truth = sandbox.truth()?;
+    assert_eq!(rows(&flows.join("shop.db"))?, truth);
+    let customers = crate::util::table(&flows.join("crm.db"), "customers")?.0;
+    assert_eq!(customers, sandbox.truth_of("customers")?.0);
+    Ok(())
+}
+
+#[test]
+fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result {
+    // 4,000 orders in pages of 100, 40 ms each: a run takes well over a second.
+    let sandbox = Sandbox::start(&["--records", "4000", "--latency", "40ms"])?;
+    let dir = TempDir::new("serve-kill");
+    flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    let state = dir.path().join("state");
+    let mut child = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    assert!(wait_for_lock(&state, child.id()));
+    let mid_run = wait_for(
+        || {
+            runs(&state).is_ok_and(|r| {
+                r.iter()
+                    .any(|r| r["status"] == "running" && r["pages"].as_u64() >= Some(3))
+            })
+        },
+        Duration::from_secs(30),
+    );
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    assert!(mid_run, "a run in progress before the kill");
+    let killed = runs(&state)?;
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    assert_eq!(killed[0]["status"], "running");
+    let run_id = killed[0]["run"].as_str().ok_or("run id")?.to_string();
+
+    let child = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    assert!(wait_for_lock(&state, child.id()));
+    let resumed = wait_for(
+        || {
+            runs(&state).is_ok_and(|r| {
+                r.iter()
+                    .any(|r| r["run"] == run_id.as_str() && r["status"] == "completed")
+            })
+        },
+        Duration::from_secs(60),
+    );
+    let (code, _, stderr) = terminate(child, dir.path())?;
+    assert!(
+        resumed,
+        "the killed run completed: {:?}\n{stderr}",
+        runs(&state)?
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // The same run went on (resumed once); no second run was started for the stream,
+    // since the next one is due an hour after it started.
+    let after = runs(&state)?;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0]["resumes"], 1);
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}
+
+#[test]
+fn an_edited_file_is_picked_up_and_a_broken_one_keeps_the_previous_version() -> Result {
+    let sandbox = Sandbox::start(&["--records", "200"])?;
+    let dir = TempDir::new("serve-reload");
+    let path = flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    let state = dir.path().join("state");
+    let child = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    assert!(wait_for_lock(&state, child.id()));
+    let count = || runs(&state).map(|r| r.len()).unwrap_or(0);
+    assert!(
+        wait_for(|| count() == 1, Duration::from_secs(30)),
+        "the first run"
+    );
+
+    // Every second now: picked up without a signal.
+    flow(dir.path(), "shop", "1s", &[("orders", "/orders")])?;
+    let reloaded = wait_for(|| count() >= 3, Duration::from_secs(30));
+
+    // A broken file: the previous version keeps running.
+    std::fs::write(
+        &path,
+        "[sync]\nname = \"shop\"\nschedule = { every = \"soon\" }\n",
+    )?;
+    let before = count();
+    let kept = wait_for(|| count() >= before + 2, Duration::from_secs(30));
+    let (code, _, stderr) = terminate(child, dir.path())?;
+    assert!(reloaded, "the edited schedule: {} runs\n{stderr}", count());
+    assert!(
+        kept,
+        "the previous version kept running: {} runs\n{stderr}",
+        count()
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let refused = stderr
+        .lines()
+        .find(|l| l.contains("not reloaded"))
+        .ok_or_else(|| format!("no reload failure in the log:\n{stderr}"))?;
+    assert!(refused.contains("shop.toml"), "{refused}");
+    assert!(refused.contains("sync.schedule.every"), "{refused}");
+    assert!(
+        refused.contains("previous version keeps running"),
+        "{refused}"
+    );
+    Ok(())
+}
