@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::util::{rows, runs, wait_for, wait_for_lock, waymark, Result, Sandbox, TempDir};
+use crate::util::{
+    request, request_with, rows, runs, wait_for, wait_for_lock, waymark, Result, Sandbox, TempDir,
+};
 
 /// A workflow file for sync `sync` with `streams` (sandbox resources) scheduled `every`.
 fn flow(dir: &Path, sync: &str, every: &str, streams: &[(&str, &str)]) -> Result<PathBuf> {
@@ -36,16 +38,41 @@ fn flow(dir: &Path, sync: &str, every: &str, streams: &[(&str, &str)]) -> Result
     Ok(path)
 }
 
-/// `waymark serve <args>` in `dir`, its log (warnings and errors) in `dir/serve.log`.
-fn serve(state: &Path, url: &str, dir: &Path, args: &[&str]) -> Result<Child> {
+/// `waymark serve <args>` in `dir` with its API on a free loopback port: the process and
+/// the API's base URL. Its log (warnings and errors) goes to `dir/serve.log`.
+fn serve(state: &Path, url: &str, dir: &Path, args: &[&str]) -> Result<(Child, String)> {
     let log = std::fs::File::create(dir.join("serve.log"))?;
-    Ok(waymark(state, url)
+    let out = dir.join("serve.out");
+    let child = waymark(state, url)
         .current_dir(dir)
         .arg("serve")
         .args(args)
-        .stdout(Stdio::null())
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(std::fs::File::create(&out)?)
         .stderr(log)
-        .spawn()?)
+        .spawn()?;
+    let mut api = String::new();
+    wait_for(
+        || {
+            let first = std::fs::read_to_string(&out).unwrap_or_default();
+            match first.lines().next().and_then(|l| l.rsplit(' ').next()) {
+                Some(url) if url.starts_with("http://") => {
+                    api = url.to_string();
+                    true
+                }
+                _ => false,
+            }
+        },
+        Duration::from_secs(30),
+    );
+    if api.is_empty() {
+        return Err(format!(
+            "serve did not say where its API is: {}",
+            std::fs::read_to_string(dir.join("serve.log"))?
+        )
+        .into());
+    }
+    Ok((child, api))
 }
 
 /// Sends SIGTERM and waits for the exit: its code, how long it took, and its log.
@@ -117,7 +144,7 @@ fn streams_of_several_files_run_at_their_cadence_and_sigterm_pauses_them_all() -
     )?;
     flow(&flows, "crm", "2s", &[("customers", "/customers")])?;
     let state = dir.path().join("state");
-    let child = serve(
+    let (child, api) = serve(
         &state,
         &sandbox.url,
         dir.path(),
@@ -140,7 +167,111 @@ fn streams_of_several_files_run_at_their_cadence_and_sigterm_pauses_them_all() -
         },
         Duration::from_secs(90),
     );
+    // While serve runs: its API answers what the CLI prints, and /metrics counts what
+    // the journal says (compared when no run is going between two reads).
+    let mut agreed = None;
+    let consistent = wait_for(
+        || match snapshot(&api, &state) {
+            Ok(Some(found)) => {
+                agreed = Some(found);
+                true
+            }
+            _ => false,
+        },
+        Duration::from_secs(60),
+    );
+    // A run's journal as Server-Sent Events: its steps, then the end.
+    let first = runs(&state)?
+        .into_iter()
+        .find(|r| r["status"] == "completed")
+        .ok_or("a completed run")?;
+    let id = first["run"].as_str().ok_or("run id")?;
+    let sse = request(
+        "GET",
+        &api,
+        &format!("/api/runs/{id}/journal?follow=1"),
+        None,
+    )?;
+    let sse_text = String::from_utf8(sse.body)?;
+    let steps: Vec<serde_json::Value> = sse_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| !d.is_empty())
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(steps, crate::util::journal(&state, id)?, "{sse_text}");
+    assert!(sse_text.contains("event: end"), "{sse_text}");
+    let now = request("POST", &api, "/api/streams/crm/customers/run", None)?;
+    let unknown = request("POST", &api, "/api/streams/crm/nope/run", None)?;
     let (code, took, stderr) = terminate(child, dir.path())?;
+    assert!(
+        consistent,
+        "a quiet moment to compare /metrics with runs\n{stderr}"
+    );
+    let (api_runs, cli_runs, metrics) = agreed.ok_or("a snapshot")?;
+    assert_eq!(api_runs, cli_runs, "GET /api/runs is `runs --json`");
+    for stream in streams {
+        let (sync, name) = stream.split_once('/').ok_or("sync/stream")?;
+        let mine: Vec<&serde_json::Value> = cli_runs
+            .iter()
+            .filter(|r| r["sync"] == sync && r["stream"] == name)
+            .collect();
+        let sum = |f: &dyn Fn(&serde_json::Value) -> u64| mine.iter().map(|r| f(r)).sum::<u64>();
+        let metric = |name: &str, extra: &[(&str, &str)]| {
+            value(
+                &metrics,
+                name,
+                &[&[("sync", sync), ("stream", name_of(stream))], extra].concat(),
+            )
+        };
+        for (fate, field) in [
+            ("inserted", "inserted"),
+            ("updated", "updated"),
+            ("unchanged", "unchanged"),
+            ("stale", "skipped_stale"),
+            ("deleted", "deleted"),
+            ("dead_lettered", "dead_lettered"),
+        ] {
+            let want = sum(&|r| r["written"][field].as_u64().unwrap_or(0));
+            assert_eq!(
+                metric("waymark_records_total", &[("fate", fate)]),
+                want as f64,
+                "{stream} {fate}"
+            );
+        }
+        let pages = sum(&|r| r["pages_fetched"].as_u64().unwrap_or(0));
+        assert_eq!(
+            metric("waymark_pages_total", &[]),
+            pages as f64,
+            "{stream} pages"
+        );
+        let retries = sum(&|r| r["retries"].as_u64().unwrap_or(0));
+        assert_eq!(
+            metric("waymark_retries_total", &[]),
+            retries as f64,
+            "{stream} retries"
+        );
+        let done = mine.iter().filter(|r| r["status"] == "completed").count();
+        assert_eq!(
+            metric("waymark_runs_total", &[("outcome", "completed")]),
+            done as f64,
+            "{stream} completed runs"
+        );
+        assert!(done >= 3, "{stream}: {done} completed runs");
+    }
+    assert!(
+        metrics
+            .iter()
+            .any(|m| m.metric == "waymark_requests_total" && m.labels.get("class") == Some("5xx")),
+        "the sandbox's 503s are counted"
+    );
+    assert!(
+        now.status == 202 || now.status == 409,
+        "run now: {} {}",
+        now.status,
+        String::from_utf8_lossy(&now.body)
+    );
+    assert_eq!(unknown.status, 404);
     assert!(
         enough,
         "three completed runs of each stream: {:?}\n{stderr}",
@@ -185,7 +316,7 @@ fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result
     let dir = TempDir::new("serve-kill");
     flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
     let state = dir.path().join("state");
-    let mut child = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    let (mut child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
     let mid_run = wait_for(
         || {
@@ -204,7 +335,7 @@ fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result
     assert_eq!(killed[0]["status"], "running");
     let run_id = killed[0]["run"].as_str().ok_or("run id")?.to_string();
 
-    let child = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
     let resumed = wait_for(
         || {
@@ -237,7 +368,7 @@ fn an_edited_file_is_picked_up_and_a_broken_one_keeps_the_previous_version() -> 
     let dir = TempDir::new("serve-reload");
     let path = flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
     let state = dir.path().join("state");
-    let child = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
     let count = || runs(&state).map(|r| r.len()).unwrap_or(0);
     assert!(
@@ -274,5 +405,122 @@ fn an_edited_file_is_picked_up_and_a_broken_one_keeps_the_previous_version() -> 
         refused.contains("previous version keeps running"),
         "{refused}"
     );
+    Ok(())
+}
+
+/// `GET /api/runs`, `runs --json` and the parsed `/metrics`, when no run went on between
+/// the two reads of the runs (`None`: try again).
+#[allow(clippy::type_complexity)]
+fn snapshot(
+    api: &str,
+    state: &Path,
+) -> Result<
+    Option<(
+        Vec<serde_json::Value>,
+        Vec<serde_json::Value>,
+        Vec<prometheus_parse::Sample>,
+    )>,
+> {
+    let before = runs(state)?;
+    if before.iter().any(|r| r["status"] == "running") {
+        return Ok(None);
+    }
+    let reply = request("GET", api, "/metrics", None)?;
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(reply.body)?;
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines)?;
+    let listed = request("GET", api, "/api/runs", None)?.json()?;
+    let after = runs(state)?;
+    if after != before {
+        return Ok(None);
+    }
+    let listed = listed.as_array().ok_or("an array")?.clone();
+    Ok(Some((listed, after, scrape.samples)))
+}
+
+fn name_of(stream: &str) -> &str {
+    stream.split_once('/').map_or(stream, |(_, name)| name)
+}
+
+/// The value of the sample `name` with exactly these labels (0 when absent: a counter not
+/// yet incremented).
+fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .map_or(0.0, |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn beyond_loopback_the_api_needs_a_token() -> Result {
+    let sandbox = Sandbox::start(&["--records", "10"])?;
+    let dir = TempDir::new("serve-token");
+    flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    let state = dir.path().join("state");
+    let refused = waymark(&state, &sandbox.url)
+        .current_dir(dir.path())
+        .args(["serve", "shop.toml", "--listen", "0.0.0.0:0"])
+        .env_remove("WAYMARK_API_TOKEN")
+        .output()?;
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("WAYMARK_API_TOKEN"), "{said}");
+
+    // With a token (here on loopback, where it is optional): required on every request
+    // but the health checks.
+    let token = "s3cret-token";
+    let log = std::fs::File::create(dir.path().join("serve.log"))?;
+    let out = dir.path().join("serve.out");
+    let child = waymark(&state, &sandbox.url)
+        .current_dir(dir.path())
+        .args(["serve", "shop.toml", "--listen", "127.0.0.1:0"])
+        .env("WAYMARK_API_TOKEN", token)
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(log)
+        .spawn()?;
+    let mut api = String::new();
+    let listening = wait_for(
+        || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            text.lines()
+                .next()
+                .and_then(|l| l.rsplit(' ').next())
+                .filter(|u| u.starts_with("http://"))
+                .map(|u| api = u.to_string())
+                .is_some()
+        },
+        Duration::from_secs(30),
+    );
+    let result = (|| -> Result {
+        assert!(listening, "serve said where its API is");
+        assert_eq!(request("GET", &api, "/healthz", None)?.status, 200);
+        assert_eq!(request("GET", &api, "/readyz", None)?.status, 200);
+        assert_eq!(request("GET", &api, "/api/runs", None)?.status, 401);
+        assert_eq!(request("GET", &api, "/metrics", None)?.status, 401);
+        let wrong = [("Authorization", "Bearer s3cret-tokeN")];
+        assert_eq!(
+            request_with("GET", &api, "/api/runs", None, &wrong)?.status,
+            401
+        );
+        let right = [("Authorization", "Bearer s3cret-token")];
+        let ok = request_with("GET", &api, "/api/runs", None, &right)?;
+        assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+        assert!(ok.json()?.is_array());
+        Ok(())
+    })();
+    let (code, _, log) = terminate(child, dir.path())?;
+    result?;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains(token), "the token never reaches the log");
     Ok(())
 }

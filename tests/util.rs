@@ -199,13 +199,28 @@ impl Reply {
 
 /// A plain HTTP/1.1 request with an optional JSON body, any status.
 pub fn request(method: &str, base: &str, path: &str, body: Option<&str>) -> Result<Reply> {
+    request_with(method, base, path, body, &[])
+}
+
+/// The same with extra request headers.
+pub fn request_with(
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Reply> {
     use std::io::{Read, Write};
     let host = base.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(host)?;
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;

@@ -19,7 +19,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use waymark_connectors::http::excerpt::printable_lines;
 use waymark_engine::StateDir;
@@ -40,7 +40,7 @@ struct Request {
 /// One line of an answer.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Reply {
+pub enum Reply {
     /// A line of stdout.
     Out(String),
     /// A line of stderr.
@@ -190,8 +190,31 @@ async fn serve(stream: UnixStream, state: StateDir, root: PathBuf) {
         Ok(Some(line)) => serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()),
         _ => return,
     };
-    let (tx, mut rx) = unbounded_channel();
-    match request.and_then(|r| command(r).map_err(|e| describe(&e))) {
+    let cli = request.and_then(|r| command(r).map_err(|e| describe(&e)));
+    let mut rx = start(state, root, cli);
+    loop {
+        tokio::select! {
+            reply = rx.recv() => {
+                let Some(reply) = reply else { return };
+                let last = matches!(reply, Reply::Exit(_) | Reply::Error(..));
+                let Ok(mut line) = serde_json::to_string(&reply) else { return };
+                line.push('\n');
+                if write.write_all(line.as_bytes()).await.is_err() || last {
+                    return;
+                }
+            }
+            // The caller hung up (Ctrl-C on `journal --follow`): dropping the receiver
+            // tells the command.
+            _ = lines.next_line() => return,
+        }
+    }
+}
+
+/// Runs `cli` against `state` on a thread of its own, as for a caller; its answer line by
+/// line, ending with `Exit` or `Error`.
+fn start(state: StateDir, root: PathBuf, cli: Result<Cli, String>) -> UnboundedReceiver<Reply> {
+    let (tx, rx) = unbounded_channel();
+    match cli {
         Ok(cli) => {
             let attached = Attached {
                 state,
@@ -212,22 +235,20 @@ async fn serve(stream: UnixStream, state: StateDir, root: PathBuf) {
             let _ = tx.send(Reply::Error(message, ExitStatus::BadInput.code()));
         }
     }
-    loop {
-        tokio::select! {
-            reply = rx.recv() => {
-                let Some(reply) = reply else { return };
-                let last = matches!(reply, Reply::Exit(_) | Reply::Error(..));
-                let Ok(mut line) = serde_json::to_string(&reply) else { return };
-                line.push('\n');
-                if write.write_all(line.as_bytes()).await.is_err() || last {
-                    return;
-                }
-            }
-            // The caller hung up (Ctrl-C on `journal --follow`): dropping the receiver
-            // tells the command.
-            _ = lines.next_line() => return,
-        }
-    }
+    rx
+}
+
+/// Runs the read command `args` (after the program name) in this process against the
+/// held directory `state`, as for a caller on the socket (`serve`'s local API answers
+/// with it): its answer line by line. Dropping the receiver stops a `journal --follow`.
+pub fn local(state: &StateDir, args: &[&str]) -> anyhow::Result<UnboundedReceiver<Reply>> {
+    let root = state.root().to_path_buf();
+    let request = Request {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        cwd: root.clone(),
+    };
+    let cli = command(request).map_err(|e| describe(&e));
+    Ok(start(state.share()?, root, cli))
 }
 
 /// The read command a request asks for, its relative paths made the caller's.

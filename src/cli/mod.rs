@@ -7,7 +7,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*)) };
 }
 
-mod attach;
+pub mod attach;
 mod checkpoint;
 mod compact;
 pub mod context;

@@ -18,6 +18,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..))]
     max_concurrent_runs: u16,
+    /// The local API's address (`/api/…`, `/metrics`, `/healthz`, `/readyz`); beyond
+    /// loopback it needs `WAYMARK_API_TOKEN` (the bearer token every request must carry).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7300")]
+    listen: std::net::SocketAddr,
 }
 
 /// `waymark serve <workflows…>`.
@@ -27,6 +31,7 @@ pub async fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<ExitStatus
     let options = Options {
         paths: args.paths,
         max_concurrent_runs: usize::from(args.max_concurrent_runs),
+        listen: args.listen,
     };
     serve(dir, options, stop).await
 }

@@ -11,10 +11,13 @@
 //! The loop is the only place that reads the clock; each run is a task with its own handle
 //! on the state directory (one sled database, one lock).
 
+pub mod api;
 pub mod catalog;
+pub mod metrics;
 pub mod scheduler;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,12 +26,14 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use waymark_connectors::config::{parse_scope, StreamSection};
-use waymark_engine::{Clock, RunState, StateDir, SystemClock, Timestamp};
+use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
 
 use crate::cli::context::{status_of, Budget};
-use crate::cli::{describe, ExitStatus};
+use crate::cli::{describe, ExitStatus, UsageError};
 use crate::sync::{prune, resume_run, run_stream, Invocation};
+use api::{Ask, RunNow};
 use catalog::{Catalog, Loaded};
+use metrics::Metrics;
 use scheduler::{Decision, Scheduler};
 
 /// A checkpoint scope: the sync and the stream (or a backfill or repair scope of it).
@@ -40,6 +45,8 @@ pub struct Options {
     pub paths: Vec<PathBuf>,
     /// At most this many runs at once.
     pub max_concurrent_runs: usize,
+    /// The local API's address.
+    pub listen: SocketAddr,
 }
 
 /// How often the loop looks at the stop flag while nothing else happens.
@@ -74,6 +81,25 @@ async fn serve_here(
     let now = SystemClock.now();
     let mut scheduler = Scheduler::new(options.max_concurrent_runs);
     let mut resumes = register(&dir, &catalog, &mut scheduler, now)?;
+    let metrics = Metrics::new();
+    metrics.serving(scheduler.keys());
+
+    let token = api::token(&options.listen)?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| UsageError(format!("cannot listen on {}: {e}", options.listen)))?;
+    let address = listener.local_addr()?;
+    let (ask_tx, mut asks) = mpsc::unbounded_channel();
+    tokio::spawn(api::serve(
+        listener,
+        dir.share()?,
+        metrics.clone(),
+        ask_tx,
+        token,
+    ));
+    crate::cli::emit(format_args!(
+        "waymark serve: the local API is on http://{address}"
+    ));
     tracing::info!(
         "serving {} workflow files, at most {} runs at once",
         files.len(),
@@ -91,13 +117,18 @@ async fn serve_here(
         let now = SystemClock.now();
         for decision in scheduler.tick(now) {
             match decision {
-                Decision::Skipped((sync, stream)) => tracing::warn!(
-                    "{sync}/{stream}: due while its run is still going; skipped ({} so far)",
-                    scheduler.skipped(&(sync.clone(), stream.clone()))
-                ),
+                Decision::Skipped(key) => {
+                    metrics.skipped(&key);
+                    tracing::warn!(
+                        "{}/{}: due while its run is still going; skipped ({} so far)",
+                        key.0,
+                        key.1,
+                        scheduler.skipped(&key)
+                    );
+                }
                 Decision::Start(key) => {
                     let resume = resumes.remove(&key);
-                    match start(&dir, &catalog, &key, resume, &stop) {
+                    match start(&dir, &catalog, &key, resume, &stop, &metrics) {
                         Ok(task) => {
                             let done = done_tx.clone();
                             tokio::task::spawn_local(async move {
@@ -113,6 +144,7 @@ async fn serve_here(
                 }
             }
         }
+        metrics.running(scheduler.running());
         let wait = scheduler
             .next_wake(now)
             .map_or(STOP_POLL, |t| {
@@ -127,6 +159,11 @@ async fn serve_here(
             }
             _ = tokio::time::sleep(wait) => {}
             _ = hangup.recv() => reload = true,
+            Some(ask) = asks.recv() => match ask {
+                Ask::RunNow(key, answer) => {
+                    let _ = answer.send(run_now(&catalog, &mut scheduler, key));
+                }
+            },
         }
         if looked.elapsed() >= LOOK_EVERY {
             looked = Instant::now();
@@ -138,6 +175,7 @@ async fn serve_here(
             let files = catalog::files(&options.paths).unwrap_or_default();
             let (next, failed) = catalog.reload(&dir, &files);
             for (path, why) in &failed {
+                metrics.reload_failed();
                 tracing::error!(
                     "{}: not reloaded, the previous version keeps running: {why}",
                     path.display()
@@ -145,6 +183,7 @@ async fn serve_here(
             }
             catalog = next;
             resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now())?);
+            metrics.serving(scheduler.keys());
             tracing::info!(
                 "reloaded {} workflow files ({} failed)",
                 files.len(),
@@ -237,6 +276,7 @@ fn start(
     key: &Key,
     resume: Option<RunState>,
     stop: &Arc<AtomicBool>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<ExitStatus>> + 'static> {
     let loaded: Arc<Loaded> = catalog
         .get(&key.0)
@@ -246,9 +286,14 @@ fn start(
     let stream: StreamSection = loaded.workflow.stream(name)?.clone();
     let mut dir = dir.share()?;
     let stop = stop.clone();
+    let metrics = metrics.clone();
     Ok(async move {
         let budget = Budget::default();
-        let invocation = Invocation::with_api(loaded.api.clone(), &loaded.workflow, &budget, &stop);
+        let mut invocation =
+            Invocation::with_api(loaded.api.clone(), &loaded.workflow, &budget, &stop);
+        invocation.observer = Some(Arc::new(move |state: &RunState, event: &Event| {
+            metrics.observe(state, event);
+        }));
         let states = match resume {
             Some(state) => vec![resume_run(&mut dir, &invocation, &loaded.workflow, state).await?],
             None => {
@@ -268,5 +313,25 @@ fn report(key: &Key, outcome: anyhow::Result<ExitStatus>) {
         Ok(ExitStatus::Paused) => tracing::info!("{}/{}: paused", key.0, key.1),
         Ok(status) => tracing::warn!("{}/{}: the run ended {status:?}", key.0, key.1),
         Err(e) => tracing::error!("{}/{}: {}", key.0, key.1, describe(&e)),
+    }
+}
+
+/// A run of `key` now, if serve has that stream (one without a schedule is run once).
+fn run_now(catalog: &Catalog, scheduler: &mut Scheduler<Key>, key: Key) -> RunNow {
+    let now = SystemClock.now();
+    if !scheduler.knows(&key) {
+        let Some(loaded) = catalog.get(&key.0) else {
+            return RunNow::Unknown;
+        };
+        let Ok(stream) = loaded.workflow.stream(&key.1) else {
+            return RunNow::Unknown;
+        };
+        let cadence = loaded.workflow.cadence(stream);
+        scheduler.set(key.clone(), cadence, None, false, now);
+    }
+    match scheduler.run_now(&key, now) {
+        Some(true) => RunNow::Accepted,
+        Some(false) => RunNow::Running,
+        None => RunNow::Unknown,
     }
 }

@@ -89,6 +89,22 @@ impl<K: Ord + Clone> Scheduler<K> {
         self.entries.remove(key);
     }
 
+    /// Asks for a run of `key` now: `Some(true)` it is due now (started when a slot is
+    /// free), `Some(false)` its run is going, `None` the scheduler does not know it.
+    pub fn run_now(&mut self, key: &K, now: Timestamp) -> Option<bool> {
+        let entry = self.entries.get_mut(key)?;
+        if entry.running {
+            return Some(false);
+        }
+        entry.due = Some(entry.due.map_or(now, |d| d.min(now)));
+        Some(true)
+    }
+
+    /// Whether it schedules `key`.
+    pub fn knows(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// What to do at `now`: the streams to start, longest-due first, while slots are free,
     /// and the due times skipped because their run is still going.
     pub fn tick(&mut self, now: Timestamp) -> Vec<Decision<K>> {
@@ -241,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unscheduled_stream_runs_only_to_resume_its_unfinished_run() {
+    fn an_unscheduled_stream_runs_when_asked_or_to_resume_its_unfinished_run() {
         let mut s = Scheduler::new(2);
         s.set("manual", None, Some(at(0)), false, at(1));
         assert!(
@@ -249,6 +265,17 @@ mod tests {
             "no schedule: never due by itself"
         );
         assert_eq!(s.next_wake(at(100)), None);
+        assert_eq!(s.run_now(&"manual", at(100)), Some(true));
+        assert_eq!(s.tick(at(100)), vec![Decision::Start("manual")]);
+        assert_eq!(
+            s.run_now(&"manual", at(101)),
+            Some(false),
+            "its run is going"
+        );
+        assert_eq!(s.run_now(&"unknown", at(101)), None);
+        assert!(!s.knows(&"unknown"));
+        s.finished(&"manual");
+        assert!(s.tick(at(102)).is_empty(), "run now is once");
         s.set("cut-short", None, Some(at(0)), true, at(1));
         assert_eq!(s.tick(at(1)), vec![Decision::Start("cut-short")]);
         s.finished(&"cut-short");

@@ -38,7 +38,12 @@ pub(crate) struct Invocation<'a> {
     json: bool,
     /// Print each run's summary (a command that reports on the run itself turns it off).
     pub(crate) summaries: bool,
+    /// Told of every journaled step (`serve` counts them for its metrics).
+    pub(crate) observer: Option<Observer>,
 }
+
+/// Sees each journaled step of a run: the state after it, and the step.
+pub(crate) type Observer = Arc<dyn Fn(&RunState, &Event) + Send + Sync>;
 
 impl<'a> Invocation<'a> {
     pub(crate) fn new(
@@ -64,6 +69,7 @@ impl<'a> Invocation<'a> {
             stop,
             json: budget.json,
             summaries: true,
+            observer: None,
         }
     }
 
@@ -95,6 +101,7 @@ pub(crate) async fn drive(
 ) -> anyhow::Result<RunState> {
     let (settings, stop, json) = (&run.settings, run.stop, run.json);
     let summary = run.summaries;
+    let observer = run.observer.clone();
     let (sync, stream) = (state.started.sync.clone(), state.started.stream.clone());
     let run = state.run_id();
     let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
@@ -111,7 +118,12 @@ pub(crate) async fn drive(
     );
     let began = Instant::now();
     let mut progress = Progress::new(&stream, state.counts.records_committed);
-    let mut observe = |state: &RunState, event: &Event| progress.observe(state, event);
+    let mut observe = |state: &RunState, event: &Event| {
+        progress.observe(state, event);
+        if let Some(observer) = &observer {
+            observer(state, event);
+        }
+    };
     let (journal, staging) = dir.parts();
     let outcome = driver::drive(
         journal,
