@@ -524,3 +524,100 @@ fn beyond_loopback_the_api_needs_a_token() -> Result {
     assert!(!log.contains(token), "the token never reaches the log");
     Ok(())
 }
+
+#[test]
+fn a_stream_that_starts_failing_alerts_once_and_once_more_when_it_recovers() -> Result {
+    let receiver = crate::scripted::Background::start(|_| crate::scripted::Reply::json(200, "{}"))?;
+    let receiver = &receiver.server;
+    let sandbox = Sandbox::start(&["--records", "50"])?;
+    let dir = TempDir::new("serve-alerts");
+    let path = flow(dir.path(), "shop", "1s", &[("orders", "/orders")])?;
+    let mut text = std::fs::read_to_string(&path)?.replace("max_attempts = 8", "max_attempts = 2");
+    text.push_str(&format!(
+        "\n[alerts]\nwebhook = \"{}/hook\"\n",
+        receiver.url
+    ));
+    std::fs::write(&path, text)?;
+    let state = dir.path().join("state");
+    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    let hooks = || {
+        receiver
+            .requests
+            .lock()
+            .map(|r| r.iter().map(|q| q.body.clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let ended = |status: &str| {
+        runs(&state)
+            .map(|r| r.iter().filter(|r| r["status"] == status).count())
+            .unwrap_or(0)
+    };
+    let result = (|| -> Result {
+        assert!(wait_for(
+            || ended("completed") >= 2,
+            Duration::from_secs(30)
+        ));
+        assert!(hooks().is_empty(), "healthy: no alert");
+        sandbox.set_faults(r#"{"rate_500": 1.0}"#)?;
+        assert!(
+            wait_for(|| hooks().len() == 1, Duration::from_secs(30)),
+            "an alert"
+        );
+        // It keeps failing, run after run: no second alert.
+        let failed = |n| {
+            runs(&state).is_ok_and(|r| {
+                r.iter()
+                    .map(|r| r["retries"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+                    >= n
+            })
+        };
+        let retries_now: u64 = runs(&state)?
+            .iter()
+            .map(|r| r["retries"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(wait_for(
+            || failed(retries_now + 3),
+            Duration::from_secs(30)
+        ));
+        assert_eq!(hooks().len(), 1, "one alert per transition: {:?}", hooks());
+        sandbox.set_faults(r#"{"rate_500": 0.0}"#)?;
+        assert!(
+            wait_for(|| hooks().len() == 2, Duration::from_secs(30)),
+            "a resolution"
+        );
+        let completed = ended("completed");
+        assert!(wait_for(
+            || ended("completed") >= completed + 2,
+            Duration::from_secs(30)
+        ));
+        assert_eq!(hooks().len(), 2, "{:?}", hooks());
+        Ok(())
+    })();
+    let (code, _, log) = terminate(child, dir.path())?;
+    result.map_err(|e| format!("{e}\n{log}"))?;
+    assert_eq!(code, Some(0), "{log}");
+    let sent: Vec<serde_json::Value> = hooks()
+        .iter()
+        .map(|b| serde_json::from_str(b))
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(sent[0]["health"], "failing", "{}", sent[0]);
+    assert_eq!(sent[0]["previous"], "ok");
+    assert_eq!(
+        (sent[0]["sync"].as_str(), sent[0]["stream"].as_str()),
+        (Some("shop"), Some("orders"))
+    );
+    let text = sent[0]["text"].as_str().unwrap_or("");
+    assert!(
+        text.starts_with("waymark: shop/orders is failing: "),
+        "{text}"
+    );
+    assert_eq!(sent[1]["health"], "ok", "{}", sent[1]);
+    assert_eq!(sent[1]["previous"], "failing");
+    let text = sent[1]["text"].as_str().unwrap_or("");
+    assert!(
+        text.starts_with("waymark: shop/orders recovered (was failing"),
+        "{text}"
+    );
+    Ok(())
+}

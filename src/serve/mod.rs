@@ -11,6 +11,7 @@
 //! The loop is the only place that reads the clock; each run is a task with its own handle
 //! on the state directory (one sled database, one lock).
 
+pub mod alerts;
 pub mod api;
 pub mod catalog;
 pub mod metrics;
@@ -19,13 +20,14 @@ pub mod scheduler;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
-use waymark_connectors::config::{parse_scope, StreamSection};
+use tokio::sync::{mpsc, watch, Notify};
+use waymark_connectors::config::{parse_scope, AlertsSection, StreamSection};
 use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
 
 use crate::cli::context::{status_of, Budget};
@@ -90,6 +92,9 @@ async fn serve_here(
         .map_err(|e| UsageError(format!("cannot listen on {}: {e}", options.listen)))?;
     let address = listener.local_addr()?;
     let (ask_tx, mut asks) = mpsc::unbounded_channel();
+    let (alert_targets, targets_now) = watch::channel(alert_targets_of(&catalog));
+    let alert_wake = Rc::new(Notify::new());
+    tokio::task::spawn_local(alerts::watch(dir.share()?, targets_now, alert_wake.clone()));
     tokio::spawn(api::serve(
         listener,
         dir.share()?,
@@ -156,6 +161,7 @@ async fn serve_here(
             Some((key, outcome)) = done_rx.recv() => {
                 scheduler.finished(&key);
                 report(&key, outcome);
+                alert_wake.notify_one();
             }
             _ = tokio::time::sleep(wait) => {}
             _ = hangup.recv() => reload = true,
@@ -184,6 +190,7 @@ async fn serve_here(
             catalog = next;
             resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now())?);
             metrics.serving(scheduler.keys());
+            alert_targets.send_replace(alert_targets_of(&catalog));
             tracing::info!(
                 "reloaded {} workflow files ({} failed)",
                 files.len(),
@@ -334,4 +341,13 @@ fn run_now(catalog: &Catalog, scheduler: &mut Scheduler<Key>, key: Key) -> RunNo
         Some(false) => RunNow::Running,
         None => RunNow::Unknown,
     }
+}
+
+/// Each loaded sync's `[alerts]`.
+fn alert_targets_of(catalog: &Catalog) -> BTreeMap<String, AlertsSection> {
+    catalog
+        .syncs
+        .iter()
+        .filter_map(|(sync, loaded)| Some((sync.clone(), loaded.workflow.alerts()?.clone())))
+        .collect()
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::alerts::AlertsSection;
 use super::destination::DestinationSection;
 use super::schedule::ScheduleSection;
 use super::source::SourceSection;
@@ -54,4 +55,6 @@ pub struct File {
     pub stream: Vec<StreamSection>,
     /// `[destination]`
     pub destination: DestinationSection,
+    /// `[alerts]`
+    pub alerts: Option<AlertsSection>,
 }

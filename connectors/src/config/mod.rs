@@ -20,6 +20,7 @@
 //!
 //! Invariant: this folder imports nothing else of the crate; the rest imports it.
 
+mod alerts;
 mod destination;
 mod digest;
 mod env;
@@ -43,6 +44,7 @@ mod url;
 mod validate;
 mod workflow;
 
+pub use alerts::AlertsSection;
 pub use destination::{DeleteMode, DestinationKind, DestinationSection, FileKind};
 pub use env::expand_env;
 pub use error::Error;

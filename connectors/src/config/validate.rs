@@ -31,6 +31,7 @@ impl Workflow {
     /// Every check, section by section, in file order: the first problem is reported.
     pub(super) fn validate(&self) -> Result<(), Error> {
         self.check_sync()?;
+        self.check_alerts()?;
         self.check_destination()?;
         self.check_source()?;
         self.check_response_rules()?;
@@ -59,6 +60,29 @@ impl Workflow {
         }
         if self.file.stream.is_empty() {
             return Err(self.invalid("stream".into(), "declare at least one [[stream]]"));
+        }
+        Ok(())
+    }
+
+    /// `[alerts]`: somewhere to send them.
+    fn check_alerts(&self) -> Result<(), Error> {
+        let Some(alerts) = &self.file.alerts else {
+            return Ok(());
+        };
+        if alerts.webhook.is_none() && alerts.command.is_none() {
+            return Err(self.invalid(
+                "alerts".into(),
+                "give `webhook` (a URL to POST to), `command`, or both",
+            ));
+        }
+        if let Some(url) = &alerts.webhook {
+            check_written(url).map_err(|e| self.invalid("alerts.webhook".into(), e))?;
+        }
+        if alerts.command.as_ref().is_some_and(|c| c.is_empty()) {
+            return Err(self.invalid(
+                "alerts.command".into(),
+                "give the program to run (and its arguments), e.g. [\"/usr/local/bin/page\"]",
+            ));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 
 use waymark_engine::{Plan, RetryPolicy, Timestamp};
 
+use super::alerts::AlertsSection;
 use super::error::Error;
 use super::file::File;
 use super::location::{key_at, line_col, locate};
@@ -101,6 +102,11 @@ impl Workflow {
     /// Retention of finished runs' journals.
     pub fn keep(&self) -> Duration {
         self.file.sync.keep.0
+    }
+
+    /// Where `waymark serve` sends this file's alerts.
+    pub fn alerts(&self) -> Option<&AlertsSection> {
+        self.file.alerts.as_ref()
     }
 
     /// When `waymark serve` runs `stream` (its own schedule, else `[sync]`'s; `None`: it

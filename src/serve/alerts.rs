@@ -1,0 +1,362 @@
+//! Alerts: when a stream's health changes, `serve` says so once — to a webhook, a command,
+//! or both (`[alerts]` of its workflow file) — and once more when it recovers. The health
+//! is `waymark status`'s verdict (the same code, run in-process), plus the dead-letter
+//! limit; the last state sent per stream is kept in `<state>/alerts.json`, so a restart
+//! does not send it again. Sending is retried with backoff in the background and never
+//! holds up a run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use waymark_connectors::config::{expand_env, AlertsSection};
+use waymark_engine::{Clock, StateDir, SystemClock};
+
+use super::Key;
+use crate::cli::attach::{self, Reply};
+
+/// How often health is checked when no run ends (a stall shows without a run).
+const EVERY: Duration = Duration::from_secs(30);
+/// Attempts to deliver one alert, waiting 1 s, 2 s, 4 s, 8 s between them.
+const ATTEMPTS: u32 = 5;
+
+/// A stream's health as alerts see it: `ok`, or what is wrong and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub health: String,
+    pub reason: String,
+}
+
+impl Health {
+    fn ok() -> Self {
+        Health {
+            health: "ok".into(),
+            reason: String::new(),
+        }
+    }
+
+    fn is_ok(&self) -> bool {
+        self.health == "ok"
+    }
+}
+
+/// A change of one stream's health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub key: Key,
+    pub from: Health,
+    pub to: Health,
+}
+
+impl Transition {
+    /// The one-line message (Slack's `text`).
+    pub fn text(&self) -> String {
+        let (sync, stream) = &self.key;
+        match self.to.is_ok() {
+            true => format!(
+                "waymark: {sync}/{stream} recovered (was {}: {})",
+                self.from.health, self.from.reason
+            ),
+            false => format!(
+                "waymark: {sync}/{stream} is {}: {}",
+                self.to.health, self.to.reason
+            ),
+        }
+    }
+}
+
+/// The health of each stream from `status --json` lines: unhealthy verdicts as they are,
+/// and too many dead letters (above `limit` of the stream's sync) as `dead-letters`.
+pub fn healths(
+    lines: &[serde_json::Value],
+    limit: impl Fn(&str) -> Option<u64>,
+) -> BTreeMap<Key, Health> {
+    let mut out = BTreeMap::new();
+    for line in lines {
+        let (Some(sync), Some(stream)) = (line["sync"].as_str(), line["stream"].as_str()) else {
+            continue;
+        };
+        let Some(limit) = limit(sync) else { continue };
+        let letters = line["dead_letters"].as_u64().unwrap_or(0);
+        let health = if line["unhealthy"].as_bool() == Some(true) {
+            Health {
+                health: line["health"].as_str().unwrap_or("unhealthy").to_string(),
+                reason: line["reason"].as_str().unwrap_or("").to_string(),
+            }
+        } else if letters > limit {
+            Health {
+                health: "dead-letters".into(),
+                reason: format!("{letters} dead letters (limit {limit})"),
+            }
+        } else {
+            Health::ok()
+        };
+        out.insert((sync.to_string(), stream.to_string()), health);
+    }
+    out
+}
+
+/// What changed from `before` to `now`: a stream whose health (not only its reason)
+/// changed; one never seen counts as having been ok.
+pub fn transitions(before: &BTreeMap<Key, Health>, now: &BTreeMap<Key, Health>) -> Vec<Transition> {
+    now.iter()
+        .filter_map(|(key, to)| {
+            let from = before.get(key).cloned().unwrap_or_else(Health::ok);
+            (from.health != to.health).then(|| Transition {
+                key: key.clone(),
+                from,
+                to: to.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Checks health after each run (`wake`) and every 30 s, and sends each transition to the
+/// `[alerts]` of its sync (`targets`, kept current by reloads).
+pub async fn watch(
+    dir: StateDir,
+    targets: watch::Receiver<BTreeMap<String, AlertsSection>>,
+    wake: std::rc::Rc<Notify>,
+) {
+    let file = dir.root().join("alerts.json");
+    let mut sent: BTreeMap<String, Health> = std::fs::read(&file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    loop {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        let targets = targets.borrow().clone();
+        if targets.is_empty() {
+            continue;
+        }
+        let Some(lines) = status(&dir).await else {
+            continue;
+        };
+        let now = healths(&lines, |sync| {
+            targets.get(sync).map(|t| t.dead_letters_above)
+        });
+        let before: BTreeMap<Key, Health> = sent
+            .iter()
+            .filter_map(|(k, h)| Some((split(k)?, h.clone())))
+            .collect();
+        let changes = transitions(&before, &now);
+        if changes.is_empty() {
+            continue;
+        }
+        for change in changes {
+            sent.insert(
+                format!("{}/{}", change.key.0, change.key.1),
+                change.to.clone(),
+            );
+            if let Some(target) = targets.get(&change.key.0) {
+                tracing::warn!("alert: {}", change.text());
+                tokio::task::spawn_local(deliver(client.clone(), target.clone(), change));
+            }
+        }
+        if let Ok(bytes) = serde_json::to_vec(&sent) {
+            if let Err(e) = std::fs::write(&file, bytes) {
+                tracing::warn!("cannot keep the alerts sent in {}: {e}", file.display());
+            }
+        }
+    }
+}
+
+fn split(key: &str) -> Option<Key> {
+    let (sync, stream) = key.split_once('/')?;
+    Some((sync.to_string(), stream.to_string()))
+}
+
+/// `status --json`, run in this process.
+async fn status(dir: &StateDir) -> Option<Vec<serde_json::Value>> {
+    let mut replies = attach::local(dir, &["status", "--json"]).ok()?;
+    let mut lines = Vec::new();
+    while let Some(reply) = replies.recv().await {
+        match reply {
+            Reply::Out(line) => lines.extend(serde_json::from_str(&line).ok()),
+            Reply::Note(_) => {}
+            Reply::Exit(_) => return Some(lines),
+            Reply::Error(message, _) => {
+                tracing::warn!("alerts: cannot read the streams' health: {message}");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Sends one alert to the webhook and the command, retrying each.
+async fn deliver(client: reqwest::Client, target: AlertsSection, change: Transition) {
+    let at = SystemClock.now().to_string();
+    let text = change.text();
+    if let Some(url) = &target.webhook {
+        let body = serde_json::json!({
+            "text": text,
+            "sync": change.key.0,
+            "stream": change.key.1,
+            "health": change.to.health,
+            "previous": change.from.health,
+            "reason": if change.to.is_ok() { &change.from.reason } else { &change.to.reason },
+            "at": at,
+        });
+        post(&client, url, &body).await;
+    }
+    if let Some(command) = target.command.clone() {
+        let env = [
+            ("WAYMARK_ALERT_SYNC", change.key.0.clone()),
+            ("WAYMARK_ALERT_STREAM", change.key.1.clone()),
+            ("WAYMARK_ALERT_HEALTH", change.to.health.clone()),
+            ("WAYMARK_ALERT_PREVIOUS", change.from.health.clone()),
+            ("WAYMARK_ALERT_REASON", change.to.reason.clone()),
+            ("WAYMARK_ALERT_TEXT", text.clone()),
+            ("WAYMARK_ALERT_AT", at.clone()),
+        ];
+        run(command, env).await;
+    }
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &serde_json::Value) {
+    // The URL (it may hold a secret) is never logged.
+    let url = match expand_env(url) {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::error!("alert not sent: alerts.webhook: {e}");
+            return;
+        }
+    };
+    for attempt in 0..ATTEMPTS {
+        let request = client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        match request.send().await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => tracing::warn!(
+                "alert webhook answered {} (attempt {})",
+                r.status(),
+                attempt + 1
+            ),
+            Err(e) => tracing::warn!(
+                "alert webhook unreachable (attempt {}): {}",
+                attempt + 1,
+                e.without_url()
+            ),
+        }
+        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+    }
+    tracing::error!("alert not sent: the webhook failed {ATTEMPTS} times");
+}
+
+async fn run(command: Vec<String>, env: [(&'static str, String); 7]) {
+    for attempt in 0..ATTEMPTS {
+        let (program, args) = match command.split_first() {
+            Some(split) => split,
+            None => return,
+        };
+        let (program, args) = (PathBuf::from(program), args.to_vec());
+        let env = env.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&program)
+                .args(&args)
+                .envs(env)
+                .stdin(std::process::Stdio::null())
+                .status()
+        })
+        .await;
+        match status {
+            Ok(Ok(status)) if status.success() => return,
+            Ok(Ok(status)) => tracing::warn!("alert command {status} (attempt {})", attempt + 1),
+            Ok(Err(e)) => tracing::warn!(
+                "alert command failed to start: {e} (attempt {})",
+                attempt + 1
+            ),
+            Err(e) => tracing::warn!("alert command: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+    }
+    tracing::error!("alert not delivered: the command failed {ATTEMPTS} times");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(stream: &str, health: &str, unhealthy: bool, letters: u64) -> serde_json::Value {
+        serde_json::json!({
+            "sync": "s", "stream": stream, "health": health, "unhealthy": unhealthy,
+            "reason": format!("{health} reason"), "dead_letters": letters,
+        })
+    }
+
+    fn key(stream: &str) -> Key {
+        ("s".into(), stream.into())
+    }
+
+    #[test]
+    fn one_message_per_transition_and_one_when_it_recovers() {
+        let limit = |_: &str| Some(100);
+        let ok = healths(
+            &[line("a", "ok", false, 0), line("b", "ok", false, 0)],
+            limit,
+        );
+        assert!(
+            transitions(&BTreeMap::new(), &ok).is_empty(),
+            "ok from the start: quiet"
+        );
+
+        let failing = healths(
+            &[line("a", "failing", true, 0), line("b", "ok", false, 0)],
+            limit,
+        );
+        let sent = transitions(&ok, &failing);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].key, key("a"));
+        assert_eq!(sent[0].text(), "waymark: s/a is failing: failing reason");
+        // Still failing (another reason): no repeat.
+        let mut again = failing.clone();
+        if let Some(h) = again.get_mut(&key("a")) {
+            h.reason = "another reason".into();
+        }
+        assert!(transitions(&failing, &again).is_empty());
+        // Failing to stalled is a transition; back to ok, a resolution.
+        let stalled = healths(
+            &[line("a", "stalled", true, 0), line("b", "ok", false, 0)],
+            limit,
+        );
+        assert_eq!(transitions(&failing, &stalled).len(), 1);
+        let back = transitions(&stalled, &ok);
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            back[0].text(),
+            "waymark: s/a recovered (was stalled: stalled reason)"
+        );
+    }
+
+    #[test]
+    fn dead_letters_over_the_limit_are_unhealthy_and_only_streams_with_alerts_count() {
+        let limit = |sync: &str| (sync == "s").then_some(100);
+        let mut other = line("c", "failing", true, 0);
+        other["sync"] = "t".into();
+        let now = healths(
+            &[
+                line("a", "ok", false, 101),
+                line("b", "ok", false, 100),
+                other,
+            ],
+            limit,
+        );
+        assert_eq!(now[&key("a")].health, "dead-letters");
+        assert_eq!(now[&key("a")].reason, "101 dead letters (limit 100)");
+        assert!(now[&key("b")].is_ok());
+        assert_eq!(now.len(), 2, "sync t has no [alerts]");
+    }
+}
