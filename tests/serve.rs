@@ -41,6 +41,17 @@ fn flow(dir: &Path, sync: &str, every: &str, streams: &[(&str, &str)]) -> Result
 /// `waymark serve <args>` in `dir` with its API on a free loopback port: the process and
 /// the API's base URL. Its log (warnings and errors) goes to `dir/serve.log`.
 fn serve(state: &Path, url: &str, dir: &Path, args: &[&str]) -> Result<(Child, String)> {
+    serve_with(state, url, dir, args, &[])
+}
+
+/// The same with `env` set.
+fn serve_with(
+    state: &Path,
+    url: &str,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(Child, String)> {
     let log = std::fs::File::create(dir.join("serve.log"))?;
     let out = dir.join("serve.out");
     let child = waymark(state, url)
@@ -48,6 +59,7 @@ fn serve(state: &Path, url: &str, dir: &Path, args: &[&str]) -> Result<(Child, S
         .arg("serve")
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&out)?)
         .stderr(log)
         .spawn()?;
@@ -368,7 +380,7 @@ fn an_edited_file_is_picked_up_and_a_broken_one_keeps_the_previous_version() -> 
     let dir = TempDir::new("serve-reload");
     let path = flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
     let state = dir.path().join("state");
-    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    let (child, api) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
     let count = || runs(&state).map(|r| r.len()).unwrap_or(0);
     assert!(
@@ -387,7 +399,38 @@ fn an_edited_file_is_picked_up_and_a_broken_one_keeps_the_previous_version() -> 
     )?;
     let before = count();
     let kept = wait_for(|| count() >= before + 2, Duration::from_secs(30));
+    // `status` (answered by serve) and /metrics say so too.
+    let status = waymark(&state, &sandbox.url)
+        .args(["status", "--json"])
+        .output()?;
+    let scrape = request("GET", &api, "/metrics", None)?;
     let (code, _, stderr) = terminate(child, dir.path())?;
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "unhealthy while a file is refused"
+    );
+    let refusal = String::from_utf8(status.stdout)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["health"] == "reload-failed")
+        .ok_or("no reload failure in status")?;
+    assert!(
+        refusal["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("shop.toml")),
+        "{refusal}"
+    );
+    let why = refusal["reason"].as_str().unwrap_or("");
+    assert!(why.contains("sync.schedule.every"), "{refusal}");
+    let text = String::from_utf8(scrape.body)?;
+    let samples = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    let failures = value(
+        &samples.samples,
+        "waymark_workflow_reload_failures_total",
+        &[],
+    );
+    assert!(failures >= 1.0, "{text}");
     assert!(reloaded, "the edited schedule: {} runs\n{stderr}", count());
     assert!(
         kept,
@@ -479,30 +522,14 @@ fn beyond_loopback_the_api_needs_a_token() -> Result {
     // With a token (here on loopback, where it is optional): required on every request
     // but the health checks.
     let token = "s3cret-token";
-    let log = std::fs::File::create(dir.path().join("serve.log"))?;
-    let out = dir.path().join("serve.out");
-    let child = waymark(&state, &sandbox.url)
-        .current_dir(dir.path())
-        .args(["serve", "shop.toml", "--listen", "127.0.0.1:0"])
-        .env("WAYMARK_API_TOKEN", token)
-        .stdout(std::fs::File::create(&out)?)
-        .stderr(log)
-        .spawn()?;
-    let mut api = String::new();
-    let listening = wait_for(
-        || {
-            let text = std::fs::read_to_string(&out).unwrap_or_default();
-            text.lines()
-                .next()
-                .and_then(|l| l.rsplit(' ').next())
-                .filter(|u| u.starts_with("http://"))
-                .map(|u| api = u.to_string())
-                .is_some()
-        },
-        Duration::from_secs(30),
-    );
+    let (child, api) = serve_with(
+        &state,
+        &sandbox.url,
+        dir.path(),
+        &["shop.toml"],
+        &[("WAYMARK_API_TOKEN", token)],
+    )?;
     let result = (|| -> Result {
-        assert!(listening, "serve said where its API is");
         assert_eq!(request("GET", &api, "/healthz", None)?.status, 200);
         assert_eq!(request("GET", &api, "/readyz", None)?.status, 200);
         assert_eq!(request("GET", &api, "/api/runs", None)?.status, 401);

@@ -281,3 +281,22 @@ pub(crate) fn user() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// Workflow files this process (a `serve`) failed to reload, with why: `status`, run in
+/// this process, reports them (the previous version of each keeps running).
+static RELOAD_FAILURES: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The files the last reload failed on (replacing the previous list).
+pub(crate) fn set_reload_failures(failures: Vec<(String, String)>) {
+    *RELOAD_FAILURES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = failures;
+}
+
+/// The files the last reload of this process failed on.
+pub(crate) fn reload_failures() -> Vec<(String, String)> {
+    RELOAD_FAILURES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}

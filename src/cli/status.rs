@@ -15,7 +15,7 @@ use waymark_engine::{
     Checkpoint, Clock, PauseReason, Reconciliation, RunState, Status, SystemClock, Timestamp,
 };
 
-use super::context::open_existing_state;
+use super::context::{open_existing_state, reload_failures};
 use super::ExitStatus;
 
 /// Arguments of `waymark status`.
@@ -130,6 +130,19 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
                     .map_or("-".into(), |r| format!("{:.2}%", r.gap_rate() * 100.0)),
                 printable(&reason),
             );
+        }
+    }
+    // Inside `serve`: workflow files whose edit it refused.
+    for (file, why) in reload_failures() {
+        unhealthy = true;
+        let reason = format!("not reloaded, the previous version keeps running: {why}");
+        if args.json {
+            out!(
+                "{}",
+                json!({ "file": file, "health": "reload-failed", "unhealthy": true, "reason": reason })
+            );
+        } else {
+            out!("{:<8}  {file}: {}", "reload", printable(&reason));
         }
     }
     Ok(if unhealthy {

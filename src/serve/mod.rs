@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use waymark_connectors::config::{parse_scope, AlertsSection, StreamSection};
 use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
 
-use crate::cli::context::{status_of, Budget};
+use crate::cli::context::{set_reload_failures, status_of, Budget};
 use crate::cli::{describe, ExitStatus, UsageError};
 use crate::sync::{prune, resume_run, run_stream, Invocation};
 use api::{Ask, RunNow};
@@ -187,6 +187,12 @@ async fn serve_here(
                     path.display()
                 );
             }
+            set_reload_failures(
+                failed
+                    .iter()
+                    .map(|(path, why)| (path.display().to_string(), why.clone()))
+                    .collect(),
+            );
             catalog = next;
             resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now())?);
             metrics.serving(scheduler.keys());
