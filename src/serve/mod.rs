@@ -178,30 +178,14 @@ async fn serve_here(
             seen = now_seen;
         }
         if reload {
-            let files = catalog::files(&options.paths).unwrap_or_default();
-            let (next, failed) = catalog.reload(&dir, &files);
-            for (path, why) in &failed {
-                metrics.reload_failed();
-                tracing::error!(
-                    "{}: not reloaded, the previous version keeps running: {why}",
-                    path.display()
-                );
-            }
-            set_reload_failures(
-                failed
-                    .iter()
-                    .map(|(path, why)| (path.display().to_string(), why.clone()))
-                    .collect(),
-            );
-            catalog = next;
-            resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now())?);
-            metrics.serving(scheduler.keys());
-            alert_targets.send_replace(alert_targets_of(&catalog));
-            tracing::info!(
-                "reloaded {} workflow files ({} failed)",
-                files.len(),
-                failed.len()
-            );
+            resumes.extend(reload_files(
+                &dir,
+                &options.paths,
+                &mut catalog,
+                &mut scheduler,
+                &metrics,
+                &alert_targets,
+            )?);
         }
     }
     // Stopping: every run pauses at its next step boundary (they share the stop flag).
@@ -219,6 +203,44 @@ async fn serve_here(
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// Loads the files again (a file that fails keeps its previous version: logged, counted,
+/// reported by `status`) and schedules what they now say; the unfinished runs of other
+/// scopes found, to resume by id.
+fn reload_files(
+    dir: &StateDir,
+    paths: &[PathBuf],
+    catalog: &mut Catalog,
+    scheduler: &mut Scheduler<Key>,
+    metrics: &Metrics,
+    alert_targets: &watch::Sender<BTreeMap<String, AlertsSection>>,
+) -> anyhow::Result<BTreeMap<Key, RunState>> {
+    let files = catalog::files(paths).unwrap_or_default();
+    let (next, failed) = catalog.reload(dir, &files);
+    for (path, why) in &failed {
+        metrics.reload_failed();
+        tracing::error!(
+            "{}: not reloaded, the previous version keeps running: {why}",
+            path.display()
+        );
+    }
+    set_reload_failures(
+        failed
+            .iter()
+            .map(|(path, why)| (path.display().to_string(), why.clone()))
+            .collect(),
+    );
+    *catalog = next;
+    let resumes = register(dir, catalog, scheduler, SystemClock.now())?;
+    metrics.serving(scheduler.keys());
+    alert_targets.send_replace(alert_targets_of(catalog));
+    tracing::info!(
+        "reloaded {} workflow files ({} failed)",
+        files.len(),
+        failed.len()
+    );
+    Ok(resumes)
 }
 
 /// The latest run of each checkpoint scope in the journal.
