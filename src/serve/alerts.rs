@@ -69,7 +69,8 @@ impl Transition {
 }
 
 /// The health of each stream from `status --json` lines: unhealthy verdicts as they are,
-/// and too many dead letters (above `limit` of the stream's sync) as `dead-letters`.
+/// and too many dead letters (above `limit` of the stream's sync) as `dead-letters`;
+/// streams whose run is going are left out (judged when it ends).
 pub fn healths(
     lines: &[serde_json::Value],
     limit: impl Fn(&str) -> Option<u64>,
@@ -80,6 +81,11 @@ pub fn healths(
             continue;
         };
         let Some(limit) = limit(sync) else { continue };
+        // A run in progress (often a failed run resuming) says nothing yet: the stream
+        // keeps the health it had, so a retry does not flap "failing" → "ok" → "failing".
+        if line["last_status"] == "running" {
+            continue;
+        }
         let letters = line["dead_letters"].as_u64().unwrap_or(0);
         let health = if line["unhealthy"].as_bool() == Some(true) {
             Health {
@@ -358,5 +364,11 @@ mod tests {
         assert_eq!(now[&key("a")].reason, "101 dead letters (limit 100)");
         assert!(now[&key("b")].is_ok());
         assert_eq!(now.len(), 2, "sync t has no [alerts]");
+        let mut resuming = line("a", "ok", false, 0);
+        resuming["last_status"] = "running".into();
+        assert!(
+            healths(&[resuming], limit).is_empty(),
+            "judged when its run ends"
+        );
     }
 }
