@@ -55,13 +55,20 @@ pub struct Unreadable {
 }
 
 fn file_name(sync: &str, stream: &str) -> String {
-    // FNV-1a: a stable, dependency-free name; the file holds the scope itself.
+    // A stable, dependency-free name; the file holds the scope itself.
+    let hash = stable_hash(sync.bytes().chain([0]).chain(stream.bytes()));
+    format!("{hash:016x}")
+}
+
+/// FNV-1a of `bytes`: the same on every machine and in every version (unlike `std`'s
+/// hasher), for names and offsets that must not move.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in sync.bytes().chain([0]).chain(stream.bytes()) {
+    for byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{hash:016x}")
+    hash
 }
 
 impl Witness {

@@ -155,7 +155,7 @@ impl Metrics {
     /// Counts one journaled step of a run.
     pub fn observe(&self, state: &RunState, event: &Event) {
         let (sync, stream) = (&state.started.sync, &state.started.stream);
-        let at = || Stream {
+        let at = Stream {
             sync: sync.clone(),
             stream: stream.clone(),
         };
@@ -166,13 +166,13 @@ impl Metrics {
         };
         match event {
             Event::PageFetched(_) => {
-                self.pages.get_or_create(&at()).inc();
+                self.pages.get_or_create(&at).inc();
                 self.requests.get_or_create(&class("2xx")).inc();
             }
             Event::RequestRetried {
                 status, wait_ms, ..
             } => {
-                self.retries.get_or_create(&at()).inc();
+                self.retries.get_or_create(&at).inc();
                 let name = match status.map(|s| s / 100) {
                     Some(1) => "1xx",
                     Some(2) => "2xx",
@@ -184,7 +184,7 @@ impl Metrics {
                 self.requests.get_or_create(&class(name)).inc();
                 if *status == Some(429) {
                     self.rate_limit_wait
-                        .get_or_create(&at())
+                        .get_or_create(&at)
                         .inc_by(*wait_ms as f64 / 1000.0);
                 }
             }
@@ -208,7 +208,7 @@ impl Metrics {
             Event::RunCompleted { at: when } => {
                 self.ended(state, "completed");
                 self.last_success
-                    .get_or_create(&at())
+                    .get_or_create(&at)
                     .set(when.0 as f64 / 1000.0);
             }
             Event::RunPaused { .. } => self.ended(state, "paused"),

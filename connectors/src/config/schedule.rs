@@ -14,6 +14,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use waymark_engine::witness::stable_hash;
 use waymark_engine::Timestamp;
 
 use super::span::Span;
@@ -98,7 +99,7 @@ impl Cadence {
         }
         let offset = match millis(jitter) {
             0 => Duration::ZERO,
-            ms => Duration::from_millis(fnv(scope) % ms),
+            ms => Duration::from_millis(stable_hash(scope.bytes()) % ms),
         };
         Ok(Cadence { rule, offset })
     }
@@ -136,16 +137,6 @@ impl Cadence {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// FNV-1a: stable across versions and machines, unlike `std`'s hasher.
-fn fnv(text: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 #[cfg(test)]
