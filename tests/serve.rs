@@ -2,7 +2,8 @@
 //! run at their cadence, a few at once and never two of one stream at once; read commands
 //! are answered while it serves; SIGTERM pauses every run at a step boundary and exits 0; a
 //! SIGKILL loses nothing (the next serve resumes the run first); edited files are picked
-//! up, broken ones keep the previous version.
+//! up, broken ones keep the previous version; changing commands sent to it are carried out
+//! between steps.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -371,6 +372,122 @@ fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(after[0]["resumes"], 1);
     assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}
+
+#[test]
+fn changing_commands_sent_to_serve_are_carried_out_between_steps() -> Result {
+    // 4,000 orders in pages of 100, 40 ms each: a run takes well over a second.
+    let sandbox = Sandbox::start(&["--records", "4000", "--latency", "40ms"])?;
+    let dir = TempDir::new("serve-changes");
+    flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    let state = dir.path().join("state");
+    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    assert!(wait_for_lock(&state, child.id()));
+    let mid_run = wait_for(
+        || {
+            runs(&state).is_ok_and(|r| {
+                r.iter()
+                    .any(|r| r["status"] == "running" && r["pages"].as_u64() >= Some(3))
+            })
+        },
+        Duration::from_secs(30),
+    );
+    assert!(mid_run, "a run in progress");
+    let first = runs(&state)?.remove(0);
+    let first_id = first["run"].as_str().ok_or("run id")?.to_string();
+    let watermark = first["watermark"].as_str().ok_or("watermark")?.to_string();
+
+    // `checkpoint set` while the stream's run is going: serve pauses the run at its next
+    // step boundary, the command abandons it (as it does without serve), and the stream
+    // continues from the new checkpoint.
+    let set = waymark(&state, &sandbox.url)
+        .current_dir(dir.path())
+        .args(["checkpoint", "set", "shop.toml", "--stream", "orders"])
+        .args(["--to", &watermark, "--reason", "skip ahead"])
+        .output()?;
+    let said = crate::util::text(&set.stdout);
+    assert!(
+        set.status.success(),
+        "{said}{}",
+        crate::util::text(&set.stderr)
+    );
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines.len(), 2, "{said}");
+    assert_eq!(
+        lines[0],
+        format!("shop/orders: abandoned unfinished run {first_id}")
+    );
+    // From the page the run had committed when it paused, to the new one.
+    assert!(
+        lines[1].starts_with(&format!(
+            "shop/orders: checkpoint watermark {watermark}, cursor "
+        )) && lines[1].contains(&format!("(run {first_id} page "))
+            && lines[1].ends_with(&format!(
+                " -> watermark {watermark} (window complete) (skip ahead)"
+            )),
+        "{said}"
+    );
+    let steps: Vec<String> = crate::util::journal(&state, &first_id)?
+        .iter()
+        .map(|e| e["step"].as_str().unwrap_or("").to_string())
+        .collect();
+    let last: Vec<&str> = steps
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        last,
+        ["cursor_committed", "run_paused", "run_abandoned"],
+        "paused at a step boundary, then abandoned: {steps:?}"
+    );
+    let continued = wait_for(
+        || {
+            runs(&state).is_ok_and(|r| {
+                r.iter()
+                    .any(|r| r["run"] != first_id.as_str() && r["status"] == "completed")
+            })
+        },
+        Duration::from_secs(30),
+    );
+    assert!(continued, "the stream continued: {:?}", runs(&state)?);
+    let second = runs(&state)?
+        .into_iter()
+        .find(|r| r["run"] != first_id.as_str())
+        .ok_or("a second run")?;
+    assert_eq!(
+        second["window_start"].as_str(),
+        Some(watermark.as_str()),
+        "from the new checkpoint: {second}"
+    );
+    assert_eq!(second["records"], 0, "nothing changed since: {second}");
+
+    // `run` asks serve to run the stream now and prints its summary when it ends.
+    let ran = waymark(&state, &sandbox.url)
+        .current_dir(dir.path())
+        .args(["run", "shop.toml", "--stream", "orders", "--json"])
+        .output()?;
+    assert!(ran.status.success(), "{}", crate::util::text(&ran.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&ran.stdout)?;
+    assert_eq!(summary["status"], "completed", "{summary}");
+    assert_eq!(runs(&state)?.len(), 3);
+    // What serve cannot honour is refused, exit 2, and nothing runs.
+    let fresh = waymark(&state, &sandbox.url)
+        .current_dir(dir.path())
+        .args(["run", "shop.toml", "--fresh"])
+        .output()?;
+    assert_eq!(fresh.status.code(), Some(2));
+    assert!(
+        crate::util::text(&fresh.stderr).contains("--fresh"),
+        "{}",
+        crate::util::text(&fresh.stderr)
+    );
+    let (code, _, stderr) = terminate(child, dir.path())?;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(runs(&state)?.len(), 3);
     Ok(())
 }
 

@@ -1,10 +1,17 @@
-//! Read commands while another process holds the state directory. The holder (a `run`,
-//! `resume` or `backfill`) listens on `<state-dir>/attach.sock`; a read command (`runs`,
-//! `status`, `journal`, `trace`, `dlq list|show`, `checkpoint show`) that finds the
-//! directory in use sends its command line there, and the holder runs it against its own
-//! open journal and streams back what it prints and its exit status. The answer is the
+//! Commands while another process holds the state directory. The holder (a `run`,
+//! `resume`, `backfill` or `serve`) listens on `<state-dir>/attach.sock`; a read command
+//! (`runs`, `status`, `journal`, `trace`, `dlq list|show`, `checkpoint show`) that finds
+//! the directory in use sends its command line there, and the holder runs it against its
+//! own open journal and streams back what it prints and its exit status. The answer is the
 //! one the command gives once the directory is free, because it is the same code reading
 //! the same journal.
+//!
+//! `serve` also carries out the changing commands a user needs while it runs: `checkpoint
+//! set|reset|adopt|restore` and `dlq retry|drop` run here while serve's loop holds their
+//! stream (a run of it going pauses at its next step boundary first, and continues after),
+//! and `run` asks the loop to run the streams now and prints their summaries when they end
+//! (see [`Change`]). Any other holder answers them [`Reply::Busy`], and the caller reports
+//! the directory in use, as it would without asking.
 //!
 //! Protocol: one JSON line `{"args": [...], "cwd": "..."}` from the caller, then JSON lines
 //! of [`Reply`] until `Exit`. The socket is the caller's own user's (mode 0600).
@@ -20,11 +27,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 use waymark_connectors::http::excerpt::printable_lines;
-use waymark_engine::StateDir;
+use waymark_engine::{RunState, StateDir};
 
-use super::{describe, Cli, ExitStatus};
+use super::context::status_of;
+use super::progress::print_summary;
+use super::{describe, Cli, Command, ExitStatus};
 
 /// The socket's file name in the state directory.
 pub const SOCKET: &str = "attach.sock";
@@ -49,7 +59,25 @@ pub enum Reply {
     Error(String, u8),
     /// The command ended with this exit code.
     Exit(u8),
+    /// This holder does not carry out changing commands: the directory is in use.
+    Busy,
 }
+
+/// A checkpoint scope: the sync and the stream.
+pub type Scope = (String, String);
+
+/// What a changing command sent to `serve` asks of its loop.
+pub enum Change {
+    /// Hold the stream for the command: once no run of it is going (a going one is paused
+    /// at its next step boundary), the loop answers with a [`Release`]; no run of the
+    /// stream starts until the command drops it.
+    Hold(Scope, oneshot::Sender<Release>),
+    /// Run the stream now; answered with its runs once they end, or why none could.
+    Run(Scope, oneshot::Sender<Result<Vec<RunState>, String>>),
+}
+
+/// Held by a changing command while it runs; dropping it lets the stream's runs start.
+pub type Release = oneshot::Sender<()>;
 
 /// What a command run for another process uses instead of opening the directory and
 /// writing to its own stdout.
@@ -133,10 +161,11 @@ pub async fn finish() {
     let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
 }
 
-/// Starts answering read commands on the socket in `dir`. Without a socket (a path longer
-/// than the OS allows, a filesystem that has none) the run goes on, and says that read
-/// commands must wait for it.
-pub fn answer(dir: &StateDir) -> Option<Answering> {
+/// Starts answering read commands on the socket in `dir` — and the changing commands sent
+/// through `changes`, when given (by `serve`). Without a socket (a path longer than the OS
+/// allows, a filesystem that has none) the run goes on, and says that read commands must
+/// wait for it.
+pub fn answer(dir: &StateDir, changes: Option<UnboundedSender<Change>>) -> Option<Answering> {
     let path = dir.root().join(SOCKET);
     // A socket a killed holder left behind.
     let _ = std::fs::remove_file(&path);
@@ -163,7 +192,7 @@ pub fn answer(dir: &StateDir) -> Option<Answering> {
         while let Ok((stream, _)) = listener.accept().await {
             match state.share() {
                 Ok(state) => {
-                    let caller = tokio::spawn(serve(stream, state, root.clone()));
+                    let caller = tokio::spawn(serve(stream, state, root.clone(), changes.clone()));
                     let mut callers = CALLERS.lock().unwrap_or_else(PoisonError::into_inner);
                     callers.retain(|c| !c.is_finished());
                     callers.push(caller);
@@ -183,20 +212,26 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Answers one caller.
-async fn serve(stream: UnixStream, state: StateDir, root: PathBuf) {
+async fn serve(
+    stream: UnixStream,
+    state: StateDir,
+    root: PathBuf,
+    changes: Option<UnboundedSender<Change>>,
+) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     let request = match lines.next_line().await {
-        Ok(Some(line)) => serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()),
+        Ok(Some(line)) => serde_json::from_str::<Request>(&line)
+            .map_err(|e| Reply::Error(e.to_string(), ExitStatus::BadInput.code())),
         _ => return,
     };
-    let cli = request.and_then(|r| command(r).map_err(|e| describe(&e)));
-    let mut rx = start(state, root, cli);
+    let cli = request.and_then(|r| command(r, changes.is_some()));
+    let mut rx = start(state, root, cli, changes);
     loop {
         tokio::select! {
             reply = rx.recv() => {
                 let Some(reply) = reply else { return };
-                let last = matches!(reply, Reply::Exit(_) | Reply::Error(..));
+                let last = matches!(reply, Reply::Exit(_) | Reply::Error(..) | Reply::Busy);
                 let Ok(mut line) = serde_json::to_string(&reply) else { return };
                 line.push('\n');
                 if write.write_all(line.as_bytes()).await.is_err() || last {
@@ -210,9 +245,14 @@ async fn serve(stream: UnixStream, state: StateDir, root: PathBuf) {
     }
 }
 
-/// Runs `cli` against `state` on a thread of its own, as for a caller; its answer line by
-/// line, ending with `Exit` or `Error`.
-fn start(state: StateDir, root: PathBuf, cli: Result<Cli, String>) -> UnboundedReceiver<Reply> {
+/// Runs `cli` against `state` on a thread of its own, as for a caller (a changing one
+/// through `changes`); its answer line by line, ending with `Exit`, `Error` or `Busy`.
+fn start(
+    state: StateDir,
+    root: PathBuf,
+    cli: Result<Cli, Reply>,
+    changes: Option<UnboundedSender<Change>>,
+) -> UnboundedReceiver<Reply> {
     let (tx, rx) = unbounded_channel();
     match cli {
         Ok(cli) => {
@@ -224,18 +264,75 @@ fn start(state: StateDir, root: PathBuf, cli: Result<Cli, String>) -> UnboundedR
             // The commands are mostly synchronous (and `journal --follow` sleeps): they get
             // a thread of their own, not one of the runtime's.
             tokio::task::spawn_blocking(move || {
-                let done = handle.block_on(ATTACHED.scope(attached, super::execute(&root, cli)));
+                let work = async {
+                    match changes.filter(|_| !cli.command.reads_only()) {
+                        Some(changes) => carry_out(&root, cli, &changes).await,
+                        None => super::execute(&root, cli).await,
+                    }
+                };
+                let done = handle.block_on(ATTACHED.scope(attached, work));
                 let _ = tx.send(match done {
                     Ok(status) => Reply::Exit(status.code()),
                     Err(e) => Reply::Error(describe(&e), ExitStatus::of_error(&e).code()),
                 });
             });
         }
-        Err(message) => {
-            let _ = tx.send(Reply::Error(message, ExitStatus::BadInput.code()));
+        Err(reply) => {
+            let _ = tx.send(reply);
         }
     }
     rx
+}
+
+/// A changing command for `serve`: `run` asks the loop to run the streams now and prints
+/// their summaries as they end; the others run here while the loop holds their stream.
+async fn carry_out(
+    root: &Path,
+    cli: Cli,
+    changes: &UnboundedSender<Change>,
+) -> anyhow::Result<ExitStatus> {
+    let stopping = || anyhow::anyhow!("serve is stopping; run the command again once it has");
+    if let Command::Run(args) = &cli.command {
+        let (scopes, json) = args.for_serve()?;
+        let mut answers = Vec::new();
+        for scope in scopes {
+            let (tx, rx) = oneshot::channel();
+            changes
+                .send(Change::Run(scope.clone(), tx))
+                .map_err(|_| stopping())?;
+            answers.push((scope, rx));
+        }
+        let (mut states, mut refused) = (Vec::new(), false);
+        for ((sync, stream), answer) in answers {
+            match answer.await.map_err(|_| stopping())? {
+                Ok(ran) => {
+                    for state in &ran {
+                        print_summary(state, state.active(), json);
+                    }
+                    states.extend(ran);
+                }
+                Err(why) => {
+                    note(&format!("error: {sync}/{stream}: {why}"));
+                    refused = true;
+                }
+            }
+        }
+        return Ok(match status_of(&states) {
+            ExitStatus::Success if refused => ExitStatus::Failed,
+            status => status,
+        });
+    }
+    let Some(scope) = cli.command.scope(root)? else {
+        return super::execute(root, cli).await;
+    };
+    let (tx, rx) = oneshot::channel();
+    changes
+        .send(Change::Hold(scope, tx))
+        .map_err(|_| stopping())?;
+    let release = rx.await.map_err(|_| stopping())?;
+    let done = super::execute(root, cli).await;
+    drop(release);
+    done
 }
 
 /// Runs the read command `args` (after the program name) in this process against the
@@ -247,19 +344,19 @@ pub fn local(state: &StateDir, args: &[&str]) -> anyhow::Result<UnboundedReceive
         args: args.iter().map(|a| a.to_string()).collect(),
         cwd: root.clone(),
     };
-    let cli = command(request).map_err(|e| describe(&e));
-    Ok(start(state.share()?, root, cli))
+    let cli = command(request, false);
+    Ok(start(state.share()?, root, cli, None))
 }
 
-/// The read command a request asks for, its relative paths made the caller's.
-fn command(request: Request) -> anyhow::Result<Cli> {
+/// The command a request asks for, its relative paths made the caller's: a read, or a
+/// change this holder carries out (`changes`: it is `serve`).
+fn command(request: Request, changes: bool) -> Result<Cli, Reply> {
     let args = std::iter::once("waymark".to_string()).chain(request.args);
-    let mut cli = Cli::try_parse_from(args).map_err(|e| super::UsageError(e.to_string()))?;
-    if !cli.command.reads_only() {
-        return Err(super::UsageError(
-            "only read commands can be answered while a run holds the state directory".into(),
-        )
-        .into());
+    let mut cli = Cli::try_parse_from(args)
+        .map_err(|e| Reply::Error(e.to_string(), ExitStatus::BadInput.code()))?;
+    let carried = changes && cli.command.carried_by_serve();
+    if !(cli.command.reads_only() || carried) {
+        return Err(Reply::Busy);
     }
     cli.command.rebase(&request.cwd);
     Ok(cli)
@@ -298,6 +395,7 @@ pub async fn ask(state_dir: &Path, busy: anyhow::Error) -> anyhow::Result<ExitSt
                 return Ok(ExitStatus::from_code(code));
             }
             Reply::Exit(code) => return Ok(ExitStatus::from_code(code)),
+            Reply::Busy => return Err(busy),
         }
     }
     Err(anyhow::anyhow!(

@@ -84,6 +84,20 @@ impl CheckpointArgs {
         matches!(self.action, Action::Show { .. })
     }
 
+    /// The sync and stream a change is to (`None` for `show`).
+    pub(crate) fn scope(&self) -> anyhow::Result<Option<(String, String)>> {
+        let target = match &self.action {
+            Action::Show { .. } => return Ok(None),
+            Action::Set { target, .. }
+            | Action::Reset { target }
+            | Action::Adopt { target }
+            | Action::Restore { target, .. } => target,
+        };
+        let workflow = Workflow::load(&target.workflow)?;
+        let stream = workflow.stream(&target.stream)?.name.clone();
+        Ok(Some((workflow.name().to_string(), stream)))
+    }
+
     /// The workflow path made absolute against `cwd`.
     pub(crate) fn rebase(&mut self, cwd: &std::path::Path) {
         let workflow = match &mut self.action {

@@ -14,7 +14,9 @@ use waymark_connectors::config::{FileKind, StreamSection};
 use waymark_connectors::{sink, AnyDestination, Workflow};
 use waymark_engine::{state_dir, RunId, RunState, StateDir, Status, Timestamp};
 
-use super::attach::Answering;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::attach::{Answering, Change};
 use super::{ExitStatus, UsageError};
 
 /// Limits and output of one invocation, shared by `run`, `resume` and `backfill`.
@@ -89,12 +91,21 @@ pub fn open_state(dir: &Path) -> anyhow::Result<StateDir> {
 /// write to is refused now, before any request. A journal that lost steps its witness saw
 /// made durable is refused.
 pub fn hold_state(dir: &Path) -> anyhow::Result<(StateDir, Option<Answering>)> {
+    hold_state_for(dir, None)
+}
+
+/// [`hold_state`], carrying out the changing commands other processes send through
+/// `changes` too (`serve`, see `attach`).
+pub fn hold_state_for(
+    dir: &Path,
+    changes: Option<UnboundedSender<Change>>,
+) -> anyhow::Result<(StateDir, Option<Answering>)> {
     let state = open_state(dir)?;
     if let Some(refused) = probe(dir).err().and_then(|e| refusal(dir, dir, &e)) {
         return Err(refused.into());
     }
     state.check_witness()?;
-    let answering = super::attach::answer(&state);
+    let answering = super::attach::answer(&state, changes);
     Ok((state, answering))
 }
 

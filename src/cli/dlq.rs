@@ -71,6 +71,26 @@ impl DlqArgs {
     pub(crate) fn reads_only(&self) -> bool {
         matches!(self.action, Action::List { .. } | Action::Show { .. })
     }
+
+    /// The sync and stream `retry` or `drop` changes (`None` for a read).
+    pub(crate) fn scope(&self, root: &Path) -> anyhow::Result<Option<(String, String)>> {
+        Ok(Some(match &self.action {
+            Action::List { .. } | Action::Show { .. } => return Ok(None),
+            Action::Retry { workflow, stream } => {
+                let workflow = Workflow::load(workflow)?;
+                let stream = workflow.stream(stream)?.name.clone();
+                (workflow.name().to_string(), stream)
+            }
+            Action::Drop { stream, sync, .. } => owner(root, sync.as_deref(), stream)?,
+        }))
+    }
+
+    /// The workflow path made absolute against `cwd`.
+    pub(crate) fn rebase(&mut self, cwd: &Path) {
+        if let Action::Retry { workflow, .. } = &mut self.action {
+            *workflow = cwd.join(&*workflow);
+        }
+    }
 }
 
 /// Runs `waymark dlq`.
@@ -235,13 +255,20 @@ fn drop(root: &Path, sync: Option<&str>, stream: &str, reason: &str) -> anyhow::
 
 /// The store of `stream`, whose sync is `sync` or the only one with such a stream.
 fn store(root: &Path, sync: Option<&str>, stream: &str) -> anyhow::Result<DeadLetters> {
+    let (sync, stream) = owner(root, sync, stream)?;
+    Ok(DeadLetters::new(root, &sync, &stream))
+}
+
+/// The sync and stream whose dead letters `stream` (of `sync`, or the only sync with such
+/// a stream) names.
+fn owner(root: &Path, sync: Option<&str>, stream: &str) -> anyhow::Result<(String, String)> {
     let all = DeadLetters::streams(root);
     let matching: Vec<&(String, String)> = all
         .iter()
         .filter(|(s, t)| t == stream && sync.is_none_or(|wanted| wanted == s))
         .collect();
     match matching.as_slice() {
-        [(sync, stream)] => Ok(DeadLetters::new(root, sync, stream)),
+        [owner] => Ok((*owner).clone()),
         [] => {
             let known: Vec<String> = all.iter().map(|(s, t)| format!("{s}/{t}")).collect();
             Err(UsageError(format!(

@@ -305,12 +305,13 @@ pub fn emit(args: std::fmt::Arguments<'_>) {
 pub struct UsageError(pub String);
 
 /// Runs the chosen subcommand. A read command that finds the state directory held by a
-/// running process asks that process instead (see `attach`).
+/// running process asks that process instead, and so does a changing command that `serve`
+/// carries out (see `attach`).
 pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     let state_dir = cli.state_dir.clone().unwrap_or_else(nearest_state_dir);
-    let reads = cli.command.reads_only();
+    let asks = cli.command.reads_only() || cli.command.carried_by_serve();
     let done = match execute(&state_dir, cli).await {
-        Err(e) if reads && context::is_busy(&e) => attach::ask(&state_dir, e).await,
+        Err(e) if asks && context::is_busy(&e) => attach::ask(&state_dir, e).await,
         done => done,
     };
     attach::finish().await;
@@ -373,10 +374,31 @@ impl Command {
         }
     }
 
+    /// Whether the process holding the state directory carries it out when it is `serve`
+    /// (see `attach`): the changing commands a user needs while serve runs.
+    fn carried_by_serve(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_) | Command::Checkpoint(_) | Command::Dlq(_)
+        )
+    }
+
+    /// The sync and stream a changing command changes (`None`: it only reads).
+    fn scope(&self, root: &Path) -> anyhow::Result<Option<(String, String)>> {
+        match self {
+            Command::Checkpoint(args) => args.scope(),
+            Command::Dlq(args) => args.scope(root),
+            _ => Ok(None),
+        }
+    }
+
     /// Relative paths in the arguments made absolute against `cwd` (a caller's directory).
     fn rebase(&mut self, cwd: &Path) {
-        if let Command::Checkpoint(args) = self {
-            args.rebase(cwd);
+        match self {
+            Command::Checkpoint(args) => args.rebase(cwd),
+            Command::Dlq(args) => args.rebase(cwd),
+            Command::Run(args) => args.rebase(cwd),
+            _ => {}
         }
     }
 }

@@ -58,6 +58,44 @@ pub struct BackfillArgs {
     budget: Budget,
 }
 
+impl RunArgs {
+    /// The workflow path made absolute against `cwd`.
+    pub(crate) fn rebase(&mut self, cwd: &Path) {
+        self.workflow = cwd.join(&self.workflow);
+    }
+
+    /// What `serve` runs for this command: the sync and each stream, in file order; and
+    /// whether the summaries are JSON. Limits and `--fresh` are refused: serve runs its
+    /// streams as scheduled.
+    pub(crate) fn for_serve(&self) -> anyhow::Result<(Vec<(String, String)>, bool)> {
+        let budget = &self.budget;
+        if self.fresh || budget.max_pages.is_some() || budget.max_duration.is_some() {
+            return Err(UsageError(
+                "`waymark serve` holds this state directory and runs its streams as \
+                 scheduled: --fresh, --max-pages and --max-duration need the directory \
+                 (stop serve first), or ask for a plain run"
+                    .into(),
+            )
+            .into());
+        }
+        let workflow = Workflow::load(&self.workflow)?;
+        let names: Vec<String> = match self.streams.is_empty() {
+            true => workflow.streams().iter().map(|s| s.name.clone()).collect(),
+            false => self.streams.clone(),
+        };
+        let scopes = names
+            .iter()
+            .map(|name| {
+                Ok((
+                    workflow.name().to_string(),
+                    workflow.stream(name)?.name.clone(),
+                ))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok((scopes, budget.json))
+    }
+}
+
 /// `waymark run <workflow>`.
 pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::context::{hold_state, stop_on_signal};
+use super::context::{hold_state_for, stop_on_signal};
 use super::ExitStatus;
 use crate::serve::{serve, Options};
 
@@ -27,11 +27,12 @@ pub struct ServeArgs {
 /// `waymark serve <workflows…>`.
 pub async fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;
-    let (dir, _answering) = hold_state(state_dir)?;
+    let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (dir, _answering) = hold_state_for(state_dir, Some(changes))?;
     let options = Options {
         paths: args.paths,
         max_concurrent_runs: usize::from(args.max_concurrent_runs),
         listen: args.listen,
     };
-    serve(dir, options, stop).await
+    serve(dir, options, changes_rx, stop).await
 }

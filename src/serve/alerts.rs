@@ -191,6 +191,7 @@ async fn status(dir: &StateDir) -> Option<Vec<serde_json::Value>> {
             Reply::Out(line) => lines.extend(serde_json::from_str(&line).ok()),
             Reply::Note(_) => {}
             Reply::Exit(_) => return Some(lines),
+            Reply::Busy => return None,
             Reply::Error(message, _) => {
                 tracing::warn!("alerts: cannot read the streams' health: {message}");
                 return None;

@@ -152,6 +152,7 @@ async fn answer(shared: &Shared, args: &[&str]) -> Result<Vec<serde_json::Value>
             Reply::Note(_) => {}
             Reply::Error(message, code) => return Err(refused(message, code)),
             Reply::Exit(_) => return Ok(out),
+            Reply::Busy => return Err(refused("not a read command".into(), 2)),
         }
     }
     Err(refused("the command ended without an answer".into(), 1))
@@ -234,7 +235,9 @@ fn steps(replies: mpsc::UnboundedReceiver<Reply>) -> impl Stream<Item = Result<E
                 Reply::Error(message, _) => {
                     return Some((Ok(Event::default().event("error").data(message)), None))
                 }
-                Reply::Exit(_) => return Some((Ok(Event::default().event("end").data("")), None)),
+                Reply::Exit(_) | Reply::Busy => {
+                    return Some((Ok(Event::default().event("end").data("")), None))
+                }
             };
             return Some((Ok(event), Some(replies)));
         }

@@ -7,6 +7,8 @@
 //! - [`catalog`]: the loaded workflow files, one shared API connection per source; files
 //!   that change (or SIGHUP) are reloaded, and a file that fails validation keeps its
 //!   previous version running.
+//! - [`holds`]: the changing commands other processes send (`checkpoint set`, `dlq retry`,
+//!   `run`…): the stream is held while one runs, its run paused at a step boundary first.
 //!
 //! The loop is the only place that reads the clock; each run is a task with its own handle
 //! on the state directory (one sled database, one lock).
@@ -14,6 +16,7 @@
 pub mod alerts;
 pub mod api;
 pub mod catalog;
+pub mod holds;
 pub mod metrics;
 pub mod scheduler;
 
@@ -30,11 +33,13 @@ use tokio::sync::{mpsc, watch, Notify};
 use waymark_connectors::config::{parse_scope, AlertsSection, StreamSection};
 use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
 
+use crate::cli::attach::Change;
 use crate::cli::context::{set_reload_failures, status_of, Budget};
 use crate::cli::{describe, ExitStatus, UsageError};
-use crate::sync::{prune, resume_run, run_stream, Invocation};
+use crate::sync::{prune, resume_run, run_stream, Invocation, Ran};
 use api::{Ask, RunNow};
 use catalog::{Catalog, Loaded};
+use holds::{Ended, Holds};
 use metrics::Metrics;
 use scheduler::{Decision, Scheduler};
 
@@ -58,21 +63,24 @@ const STOP_POLL: Duration = Duration::from_millis(200);
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Serves until stopped; `Success` once every run it started has paused or ended.
+/// `changes`: the changing commands other processes send (see `attach`).
 pub async fn serve(
     dir: StateDir,
     options: Options,
+    changes: mpsc::UnboundedReceiver<Change>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ExitStatus> {
     // Runs hold SQLite connections across their awaits, so they are tasks of this thread
     // (their work is mostly waiting on the network; blocking writes go to tokio's pool).
     tokio::task::LocalSet::new()
-        .run_until(serve_here(dir, options, stop))
+        .run_until(serve_here(dir, options, changes, stop))
         .await
 }
 
 async fn serve_here(
     mut dir: StateDir,
     options: Options,
+    mut changes: mpsc::UnboundedReceiver<Change>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ExitStatus> {
     let files = catalog::files(&options.paths)?;
@@ -111,7 +119,11 @@ async fn serve_here(
         options.max_concurrent_runs
     );
 
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Key, anyhow::Result<ExitStatus>)>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Key, anyhow::Result<Ran>)>();
+    let (released_tx, mut released) = mpsc::unbounded_channel();
+    let mut holds = Holds::new(released_tx);
+    // Each run's own stop flag: set on stop, or to pause it for a changing command.
+    let mut pauses: BTreeMap<Key, Arc<AtomicBool>> = BTreeMap::new();
     let mut hangup = signal(SignalKind::hangup())?;
     let mut seen = catalog::look(&options.paths);
     let mut looked = Instant::now();
@@ -133,8 +145,10 @@ async fn serve_here(
                 }
                 Decision::Start(key) => {
                     let resume = resumes.remove(&key);
-                    match start(&dir, &catalog, &key, resume, &stop, &metrics) {
+                    let pause = Arc::new(AtomicBool::new(false));
+                    match start(&dir, &catalog, &key, resume, &pause, &metrics) {
                         Ok(task) => {
+                            pauses.insert(key.clone(), pause);
                             let done = done_tx.clone();
                             tokio::task::spawn_local(async move {
                                 let outcome = task.await;
@@ -142,8 +156,10 @@ async fn serve_here(
                             });
                         }
                         Err(e) => {
-                            tracing::error!("{}/{}: cannot start: {}", key.0, key.1, describe(&e));
+                            let why = describe(&e);
+                            tracing::error!("{}/{}: cannot start: {why}", key.0, key.1);
                             scheduler.finished(&key);
+                            holds.ended(&key, &Err(why), &mut scheduler);
                         }
                     }
                 }
@@ -159,8 +175,9 @@ async fn serve_here(
         let mut reload = false;
         tokio::select! {
             Some((key, outcome)) = done_rx.recv() => {
+                pauses.remove(&key);
                 scheduler.finished(&key);
-                report(&key, outcome);
+                holds.ended(&key, &report(&key, outcome), &mut scheduler);
                 alert_wake.notify_one();
             }
             _ = tokio::time::sleep(wait) => {}
@@ -170,6 +187,25 @@ async fn serve_here(
                     let _ = answer.send(run_now(&catalog, &mut scheduler, key));
                 }
             },
+            Some(change) = changes.recv() => match change {
+                Change::Hold(key, reply) => {
+                    let run = pauses.get(&key);
+                    if holds.claim(key.clone(), reply, &mut scheduler, run.is_some()) {
+                        tracing::info!("{}/{}: pausing its run for a command", key.0, key.1);
+                        run.into_iter().for_each(|p| p.store(true, Ordering::SeqCst));
+                    }
+                }
+                Change::Run(key, reply) => match run_now(&catalog, &mut scheduler, key.clone()) {
+                    RunNow::Unknown => {
+                        let _ = reply.send(Err(format!(
+                            "serve has no stream {}/{} (is its workflow file one serve loads?)",
+                            key.0, key.1
+                        )));
+                    }
+                    RunNow::Accepted | RunNow::Running => holds.wait(key, reply),
+                },
+            },
+            Some(key) = released.recv() => holds.release(&key, &mut scheduler, SystemClock.now()),
         }
         if looked.elapsed() >= LOOK_EVERY {
             looked = Instant::now();
@@ -188,7 +224,10 @@ async fn serve_here(
             )?);
         }
     }
-    // Stopping: every run pauses at its next step boundary (they share the stop flag).
+    // Stopping: every run pauses at its next step boundary.
+    pauses
+        .values()
+        .for_each(|p| p.store(true, Ordering::SeqCst));
     let running = scheduler.running();
     if running > 0 {
         tracing::info!("stopping: waiting for {running} runs to pause at a step boundary");
@@ -197,7 +236,7 @@ async fn serve_here(
         match done_rx.recv().await {
             Some((key, outcome)) => {
                 scheduler.finished(&key);
-                report(&key, outcome);
+                holds.ended(&key, &report(&key, outcome), &mut scheduler);
             }
             None => break,
         }
@@ -304,15 +343,16 @@ fn register(
 }
 
 /// The task of one run: the stream's run (slice after slice, then a due reconciliation),
-/// or the resumption of an unfinished run of another scope.
+/// or the resumption of an unfinished run of another scope. It pauses at the next step
+/// boundary once `pause` is set.
 fn start(
     dir: &StateDir,
     catalog: &Catalog,
     key: &Key,
     resume: Option<RunState>,
-    stop: &Arc<AtomicBool>,
+    pause: &Arc<AtomicBool>,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<ExitStatus>> + 'static> {
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<Ran>> + 'static> {
     let loaded: Arc<Loaded> = catalog
         .get(&key.0)
         .cloned()
@@ -320,35 +360,48 @@ fn start(
     let (name, _) = parse_scope(&key.1);
     let stream: StreamSection = loaded.workflow.stream(name)?.clone();
     let mut dir = dir.share()?;
-    let stop = stop.clone();
+    let pause = pause.clone();
     let metrics = metrics.clone();
     Ok(async move {
         let budget = Budget::default();
         let mut invocation =
-            Invocation::with_api(loaded.api.clone(), &loaded.workflow, &budget, &stop);
+            Invocation::with_api(loaded.api.clone(), &loaded.workflow, &budget, &pause);
         invocation.observer = Some(Arc::new(move |state: &RunState, event: &Event| {
             metrics.observe(state, event);
         }));
-        let states = match resume {
-            Some(state) => vec![resume_run(&mut dir, &invocation, &loaded.workflow, state).await?],
-            None => {
-                let ran =
-                    run_stream(&mut dir, &invocation, &loaded.workflow, &stream, false).await?;
-                ran.states
+        match resume {
+            Some(state) => {
+                let state = resume_run(&mut dir, &invocation, &loaded.workflow, state).await?;
+                Ok(Ran {
+                    states: vec![state],
+                    reconciliation_failed: false,
+                })
             }
-        };
-        Ok(status_of(&states))
+            None => run_stream(&mut dir, &invocation, &loaded.workflow, &stream, false).await,
+        }
     })
 }
 
-/// Logs how a run task ended (its summary line is printed by the run itself).
-fn report(key: &Key, outcome: anyhow::Result<ExitStatus>) {
-    match outcome {
-        Ok(ExitStatus::Success) => {}
-        Ok(ExitStatus::Paused) => tracing::info!("{}/{}: paused", key.0, key.1),
-        Ok(status) => tracing::warn!("{}/{}: the run ended {status:?}", key.0, key.1),
-        Err(e) => tracing::error!("{}/{}: {}", key.0, key.1, describe(&e)),
+/// Logs how a run task ended (its summary line is printed by the run itself); its runs,
+/// or why it failed.
+fn report(key: &Key, outcome: anyhow::Result<Ran>) -> Ended {
+    let ran = match outcome {
+        Ok(ran) => ran,
+        Err(e) => {
+            let why = describe(&e);
+            tracing::error!("{}/{}: {why}", key.0, key.1);
+            return Err(why);
+        }
+    };
+    match status_of(&ran.states) {
+        ExitStatus::Success if ran.reconciliation_failed => {
+            tracing::warn!("{}/{}: its reconciliation failed", key.0, key.1)
+        }
+        ExitStatus::Success => {}
+        ExitStatus::Paused => tracing::info!("{}/{}: paused", key.0, key.1),
+        status => tracing::warn!("{}/{}: the run ended {status:?}", key.0, key.1),
     }
+    Ok(ran.states)
 }
 
 /// A run of `key` now, if serve has that stream (one without a schedule is run once).

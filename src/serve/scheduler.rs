@@ -5,7 +5,9 @@
 //! The rules: a stream is started when due, never twice at once; due while its run is
 //! still going, that due time is skipped (counted), not queued; after downtime a stream
 //! that missed due times runs once; at most `limit` runs at a time, the longest-due first;
-//! unfinished runs (found on start) before anything else.
+//! unfinished runs (found on start) before anything else; a stream held for a changing
+//! command (`checkpoint set`, `dlq retry`… sent to `serve`) starts no run until released,
+//! and a due time that falls meanwhile waits for the release (it is not skipped).
 
 use std::collections::BTreeMap;
 
@@ -28,6 +30,8 @@ struct Entry {
     /// When it is next due (`None`: not due until asked).
     due: Option<Timestamp>,
     running: bool,
+    /// Held for a changing command: no run starts until it is released.
+    held: bool,
     skipped: u64,
 }
 
@@ -77,6 +81,7 @@ impl<K: Ord + Clone> Scheduler<K> {
                     cadence,
                     due,
                     running: false,
+                    held: false,
                     skipped: 0,
                 };
                 self.entries.insert(key, entry);
@@ -100,6 +105,31 @@ impl<K: Ord + Clone> Scheduler<K> {
         Some(true)
     }
 
+    /// Holds `key` for a changing command, if no run of it is going (true); a stream it
+    /// does not schedule yet is added, without a schedule.
+    pub fn hold(&mut self, key: &K) -> bool {
+        let entry = self.entries.entry(key.clone()).or_insert(Entry {
+            cadence: None,
+            due: None,
+            running: false,
+            held: false,
+            skipped: 0,
+        });
+        if entry.running || entry.held {
+            return false;
+        }
+        entry.held = true;
+        true
+    }
+
+    /// The changing command holding `key` is done: its runs start again (one due meanwhile
+    /// starts at the next tick).
+    pub fn release(&mut self, key: &K) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.held = false;
+        }
+    }
+
     /// Whether it schedules `key`.
     pub fn knows(&self, key: &K) -> bool {
         self.entries.contains_key(key)
@@ -119,7 +149,7 @@ impl<K: Ord + Clone> Scheduler<K> {
         let mut waiting: Vec<(Timestamp, K)> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.running)
+            .filter(|(_, e)| !e.running && !e.held)
             .filter_map(|(k, e)| e.due.filter(|d| *d <= now).map(|d| (d, k.clone())))
             .collect();
         waiting.sort();
@@ -280,6 +310,31 @@ mod tests {
         assert_eq!(s.tick(at(1)), vec![Decision::Start("cut-short")]);
         s.finished(&"cut-short");
         assert!(s.tick(at(100)).is_empty(), "resumed once");
+    }
+
+    #[test]
+    fn a_held_stream_starts_no_run_and_its_due_run_waits_for_the_release() {
+        let mut s = Scheduler::new(2);
+        s.set("a", every(5), Some(at(0)), false, at(1));
+        assert!(s.hold(&"a"));
+        assert!(!s.hold(&"a"), "one changing command at a time");
+        assert!(s.tick(at(5)).is_empty(), "held: not started");
+        assert_eq!(s.skipped(&"a"), 0, "nor skipped");
+        assert_eq!(s.run_now(&"a", at(6)), Some(true));
+        assert!(s.tick(at(6)).is_empty());
+        s.release(&"a");
+        assert_eq!(s.tick(at(7)), vec![Decision::Start("a")]);
+        assert!(!s.hold(&"a"), "its run is going");
+        s.finished(&"a");
+        assert!(s.hold(&"a"));
+        // A stream without a schedule is held all the same (and never starts by itself).
+        assert!(s.hold(&"manual"));
+        s.release(&"manual");
+        assert!(s.knows(&"manual"));
+        assert!(s
+            .tick(at(100))
+            .iter()
+            .all(|d| d != &Decision::Start("manual")));
     }
 
     #[test]

@@ -11,4 +11,4 @@ mod streams;
 
 pub(crate) use invocation::{api, Invocation};
 pub(crate) use reconciliation::{reconcile, Request};
-pub(crate) use streams::{prune, resume_run, run_scope, run_stream, run_streams};
+pub(crate) use streams::{prune, resume_run, run_scope, run_stream, run_streams, Ran};
