@@ -278,6 +278,25 @@ fn streams_of_several_files_run_at_their_cadence_and_sigterm_pauses_them_all() -
             .any(|m| m.metric == "waymark_requests_total" && m.labels.get("class") == Some("5xx")),
         "the sandbox's 503s are counted"
     );
+    // Every request is timed: the latency histogram of a source counts what the status
+    // classes of its streams do.
+    for sync in ["shop", "crm"] {
+        let requests: f64 = metrics
+            .iter()
+            .filter(|m| m.metric == "waymark_requests_total" && m.labels.get("sync") == Some(sync))
+            .map(|m| match m.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .sum();
+        let timed = value(
+            &metrics,
+            "waymark_request_duration_seconds_count",
+            &[("sync", sync)],
+        );
+        assert!(requests > 0.0, "{sync}");
+        assert_eq!(timed, requests, "{sync}: requests timed");
+    }
     assert!(
         now.status == 202 || now.status == 409,
         "run now: {} {}",

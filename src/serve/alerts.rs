@@ -1,8 +1,9 @@
 //! Alerts: when a stream's health changes, `serve` says so once — to a webhook, a command,
 //! or both (`[alerts]` of its workflow file) — and once more when it recovers. The health
-//! is `waymark status`'s verdict (the same code, run in-process), plus the dead-letter
-//! limit; the last state sent per stream is kept in `<state>/alerts.json`, so a restart
-//! does not send it again. Sending is retried with backoff in the background and never
+//! is `waymark status`'s verdict (the same code, run in-process), then the answers its
+//! requests got ([`Traffic`]: 429s per run, the 5xx share), then the dead-letter limit;
+//! the last state sent per stream is kept in `<state>/alerts.json`, so a restart does not
+//! send it again. Sending is retried with backoff in the background and never
 //! holds up a run.
 
 use std::collections::BTreeMap;
@@ -15,6 +16,7 @@ use tokio::sync::{watch, Notify};
 use waymark_connectors::config::{expand_env, AlertsSection};
 use waymark_engine::{Clock, StateDir, SystemClock};
 
+use super::traffic::Traffic;
 use super::Key;
 use crate::cli::attach::{self, Reply};
 
@@ -69,10 +71,12 @@ impl Transition {
 }
 
 /// The health of each stream from `status --json` lines: unhealthy verdicts as they are,
-/// and too many dead letters (above `limit` of the stream's sync) as `dead-letters`;
-/// streams whose run is going are left out (judged when it ends).
+/// then what `answers` found wrong with its requests, then too many dead letters (above
+/// `limit` of the stream's sync) as `dead-letters`; streams whose run is going are left
+/// out (judged when it ends).
 pub fn healths(
     lines: &[serde_json::Value],
+    answers: &BTreeMap<Key, Health>,
     limit: impl Fn(&str) -> Option<u64>,
 ) -> BTreeMap<Key, Health> {
     let mut out = BTreeMap::new();
@@ -86,12 +90,15 @@ pub fn healths(
         if line["last_status"] == "running" {
             continue;
         }
+        let key = (sync.to_string(), stream.to_string());
         let letters = line["dead_letters"].as_u64().unwrap_or(0);
         let health = if line["unhealthy"].as_bool() == Some(true) {
             Health {
                 health: line["health"].as_str().unwrap_or("unhealthy").to_string(),
                 reason: line["reason"].as_str().unwrap_or("").to_string(),
             }
+        } else if let Some(answered) = answers.get(&key) {
+            answered.clone()
         } else if letters > limit {
             Health {
                 health: "dead-letters".into(),
@@ -100,7 +107,7 @@ pub fn healths(
         } else {
             Health::ok()
         };
-        out.insert((sync.to_string(), stream.to_string()), health);
+        out.insert(key, health);
     }
     out
 }
@@ -125,6 +132,7 @@ pub fn transitions(before: &BTreeMap<Key, Health>, now: &BTreeMap<Key, Health>) 
 pub async fn watch(
     dir: StateDir,
     targets: watch::Receiver<BTreeMap<String, AlertsSection>>,
+    traffic: std::sync::Arc<Traffic>,
     wake: std::rc::Rc<Notify>,
 ) {
     let file = dir.root().join("alerts.json");
@@ -148,7 +156,11 @@ pub async fn watch(
         let Some(lines) = status(&dir).await else {
             continue;
         };
-        let now = healths(&lines, |sync| {
+        let answers = traffic.healths(SystemClock.now(), |sync| {
+            let t = targets.get(sync)?;
+            Some((t.too_many_requests_above, t.server_errors_above))
+        });
+        let now = healths(&lines, &answers, |sync| {
             targets.get(sync).map(|t| t.dead_letters_above)
         });
         let before: BTreeMap<Key, Health> = sent
@@ -311,8 +323,10 @@ mod tests {
     #[test]
     fn one_message_per_transition_and_one_when_it_recovers() {
         let limit = |_: &str| Some(100);
+        let none = BTreeMap::new();
         let ok = healths(
             &[line("a", "ok", false, 0), line("b", "ok", false, 0)],
+            &none,
             limit,
         );
         assert!(
@@ -322,6 +336,7 @@ mod tests {
 
         let failing = healths(
             &[line("a", "failing", true, 0), line("b", "ok", false, 0)],
+            &none,
             limit,
         );
         let sent = transitions(&ok, &failing);
@@ -337,6 +352,7 @@ mod tests {
         // Failing to stalled is a transition; back to ok, a resolution.
         let stalled = healths(
             &[line("a", "stalled", true, 0), line("b", "ok", false, 0)],
+            &none,
             limit,
         );
         assert_eq!(transitions(&failing, &stalled).len(), 1);
@@ -351,6 +367,7 @@ mod tests {
     #[test]
     fn dead_letters_over_the_limit_are_unhealthy_and_only_streams_with_alerts_count() {
         let limit = |sync: &str| (sync == "s").then_some(100);
+        let none = BTreeMap::new();
         let mut other = line("c", "failing", true, 0);
         other["sync"] = "t".into();
         let now = healths(
@@ -359,6 +376,7 @@ mod tests {
                 line("b", "ok", false, 100),
                 other,
             ],
+            &none,
             limit,
         );
         assert_eq!(now[&key("a")].health, "dead-letters");
@@ -368,8 +386,28 @@ mod tests {
         let mut resuming = line("a", "ok", false, 0);
         resuming["last_status"] = "running".into();
         assert!(
-            healths(&[resuming], limit).is_empty(),
+            healths(&[resuming], &none, limit).is_empty(),
             "judged when its run ends"
         );
+    }
+
+    #[test]
+    fn what_the_requests_were_answered_counts_after_the_status_verdict_before_dead_letters() {
+        let limit = |_: &str| Some(100);
+        let rate_limited = Health {
+            health: "rate-limited".into(),
+            reason: "its last run was answered 429 3 times (limit 1)".into(),
+        };
+        let answers: BTreeMap<Key, Health> = [(key("a"), rate_limited.clone())]
+            .into_iter()
+            .chain([(key("b"), rate_limited.clone())])
+            .collect();
+        let now = healths(
+            &[line("a", "ok", false, 500), line("b", "failing", true, 0)],
+            &answers,
+            limit,
+        );
+        assert_eq!(now[&key("a")], rate_limited);
+        assert_eq!(now[&key("b")].health, "failing");
     }
 }

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use waymark_connectors::state::dead_letters::DeadLetters;
 use waymark_engine::{Event, RunState, StateDir, Timestamp};
 
+use super::catalog::Catalog;
 use super::Key;
 
 /// A stream (its checkpoint scope).
@@ -56,6 +57,12 @@ struct Ended {
     outcome: &'static str,
 }
 
+/// A source: the sync whose streams share it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Source {
+    sync: String,
+}
+
 type Floats = Gauge<f64, AtomicU64>;
 
 /// Every metric, registered once.
@@ -68,6 +75,7 @@ pub struct Metrics {
     rate_limit_wait: Family<Stream, Counter<f64, AtomicU64>>,
     runs: Family<Ended, Counter>,
     run_duration: Family<Stream, Histogram>,
+    request_duration: Family<Source, Histogram>,
     last_success: Family<Stream, Floats>,
     lag: Family<Stream, Floats>,
     dead_letters: Family<Stream, Gauge>,
@@ -90,6 +98,9 @@ impl Metrics {
             runs: Family::default(),
             run_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.05, 2.0, 16))
+            }),
+            request_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
             }),
             last_success: Family::default(),
             lag: Family::default(),
@@ -122,6 +133,12 @@ impl Metrics {
             "run_duration_seconds",
             "Active time of each run that ended (paused time not counted)",
             m.run_duration.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from sending an API request to its response's headers (or its failure), by \
+             source (the sync whose streams share it)",
+            m.request_duration.clone(),
         );
         registry.register(
             "last_success_timestamp_seconds",
@@ -233,6 +250,17 @@ impl Metrics {
         self.run_duration
             .get_or_create(&at)
             .observe(state.active_ms as f64 / 1000.0);
+    }
+
+    /// Times the requests of each loaded source (a source already timed keeps its timer).
+    pub fn time_requests(&self, catalog: &Catalog) {
+        for (sync, loaded) in &catalog.syncs {
+            let labels = Source { sync: sync.clone() };
+            let histogram = self.request_duration.get_or_create(&labels).clone();
+            loaded.api.time_requests(Arc::new(move |took, _| {
+                histogram.observe(took.as_secs_f64())
+            }));
+        }
     }
 
     /// A due time of `key` skipped.

@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod holds;
 pub mod metrics;
 pub mod scheduler;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use catalog::{Catalog, Loaded};
 use holds::{Ended, Holds};
 use metrics::Metrics;
 use scheduler::{Decision, Scheduler};
+use traffic::Traffic;
 
 /// A checkpoint scope: the sync and the stream (or a backfill or repair scope of it).
 pub type Key = (String, String);
@@ -93,6 +95,8 @@ async fn serve_here(
     let mut resumes = register(&dir, &catalog, &mut scheduler, now)?;
     let metrics = Metrics::new();
     metrics.serving(scheduler.keys());
+    metrics.time_requests(&catalog);
+    let traffic = Arc::new(Traffic::default());
 
     let token = api::token(&options.listen)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -102,7 +106,12 @@ async fn serve_here(
     let (ask_tx, mut asks) = mpsc::unbounded_channel();
     let (alert_targets, targets_now) = watch::channel(alert_targets_of(&catalog));
     let alert_wake = Rc::new(Notify::new());
-    tokio::task::spawn_local(alerts::watch(dir.share()?, targets_now, alert_wake.clone()));
+    tokio::task::spawn_local(alerts::watch(
+        dir.share()?,
+        targets_now,
+        traffic.clone(),
+        alert_wake.clone(),
+    ));
     tokio::spawn(api::serve(
         listener,
         dir.share()?,
@@ -146,7 +155,8 @@ async fn serve_here(
                 Decision::Start(key) => {
                     let resume = resumes.remove(&key);
                     let pause = Arc::new(AtomicBool::new(false));
-                    match start(&dir, &catalog, &key, resume, &pause, &metrics) {
+                    let watchers = (metrics.clone(), traffic.clone());
+                    match start(&dir, &catalog, &key, resume, &pause, watchers) {
                         Ok(task) => {
                             pauses.insert(key.clone(), pause);
                             let done = done_tx.clone();
@@ -273,6 +283,7 @@ fn reload_files(
     *catalog = next;
     let resumes = register(dir, catalog, scheduler, SystemClock.now())?;
     metrics.serving(scheduler.keys());
+    metrics.time_requests(catalog);
     alert_targets.send_replace(alert_targets_of(catalog));
     tracing::info!(
         "reloaded {} workflow files ({} failed)",
@@ -351,7 +362,7 @@ fn start(
     key: &Key,
     resume: Option<RunState>,
     pause: &Arc<AtomicBool>,
-    metrics: &Arc<Metrics>,
+    (metrics, traffic): (Arc<Metrics>, Arc<Traffic>),
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<Ran>> + 'static> {
     let loaded: Arc<Loaded> = catalog
         .get(&key.0)
@@ -361,13 +372,13 @@ fn start(
     let stream: StreamSection = loaded.workflow.stream(name)?.clone();
     let mut dir = dir.share()?;
     let pause = pause.clone();
-    let metrics = metrics.clone();
     Ok(async move {
         let budget = Budget::default();
         let mut invocation =
             Invocation::with_api(loaded.api.clone(), &loaded.workflow, &budget, &pause);
         invocation.observer = Some(Arc::new(move |state: &RunState, event: &Event| {
             metrics.observe(state, event);
+            traffic.observe(state, event);
         }));
         match resume {
             Some(state) => {

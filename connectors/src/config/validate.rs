@@ -78,6 +78,12 @@ impl Workflow {
         if let Some(url) = &alerts.webhook {
             check_written(url).map_err(|e| self.invalid("alerts.webhook".into(), e))?;
         }
+        if !(0.0..=1.0).contains(&alerts.server_errors_above) {
+            return Err(self.invalid(
+                "alerts.server_errors_above".into(),
+                "must be a fraction from 0 to 1 (0.005 is 0.5%)",
+            ));
+        }
         if alerts.command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(self.invalid(
                 "alerts.command".into(),

@@ -3,8 +3,8 @@
 //! is the one way a request leaves Waymark.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 
@@ -76,7 +76,13 @@ pub struct Api {
     clock: Arc<dyn Clock>,
     /// `source.max_page_bytes`: the largest body read.
     max_body: u64,
+    /// Told how long each request took, see [`Api::time_requests`].
+    timing: OnceLock<Timing>,
 }
+
+/// Told, per request, the time to the response's headers (or to the failure) and the HTTP
+/// status (`None`: no response).
+pub type Timing = Arc<dyn Fn(Duration, Option<u16>) + Send + Sync>;
 
 impl Api {
     /// The connection for `workflow`'s source. Reads every secret now (a missing variable
@@ -203,6 +209,7 @@ impl Api {
             secrets,
             clock,
             max_body: source.max_page_bytes,
+            timing: OnceLock::new(),
         }))
     }
 
@@ -225,6 +232,12 @@ impl Api {
     /// from next-page URLs before they are journaled, and added to every request).
     pub fn key_param(&self) -> Option<&str> {
         self.credentials.query_param()
+    }
+
+    /// From now on, `timing` is told how long each request takes (`serve`'s latency
+    /// histogram); only the first one given is kept.
+    pub fn time_requests(&self, timing: Timing) {
+        let _ = self.timing.set(timing);
     }
 
     /// Sends the request `build` makes: waits at the gate, signs it, sends it, reads the
@@ -251,7 +264,13 @@ impl Api {
                 .sign(&self.client, self.clock.as_ref(), &mut request)
                 .await
                 .map_err(|e| self.masked(e))?;
-            let response = self.client.execute(request).await.map_err(|e| {
+            let began = Instant::now();
+            let response = self.client.execute(request).await;
+            if let Some(timing) = self.timing.get() {
+                let status = response.as_ref().ok().map(|r| r.status().as_u16());
+                timing(began.elapsed(), status);
+            }
+            let response = response.map_err(|e| {
                 let e = e.without_url();
                 let why = causes(&e);
                 let (kind, verb, hint) = if why.contains("certificate") {
