@@ -784,3 +784,128 @@ fn a_stream_that_starts_failing_alerts_once_and_once_more_when_it_recovers() -> 
     );
     Ok(())
 }
+
+#[test]
+fn a_stream_answered_429_more_than_once_a_run_alerts_rate_limited_once() -> Result {
+    let receiver = crate::scripted::Background::start(|_| crate::scripted::Reply::json(200, "{}"))?;
+    let receiver = &receiver.server;
+    // 100 orders in pages of 10, all read by every run (no time window), against an API
+    // that admits 3 requests a second: every run is answered 429 (Retry-After: 1) at
+    // least three times.
+    let sandbox = Sandbox::start(&["--records", "100", "--quota", "3"])?;
+    let dir = TempDir::new("serve-429");
+    let path = flow(dir.path(), "shop", "1s", &[("orders", "/orders")])?;
+    let mut text = std::fs::read_to_string(&path)?
+        .replace("page_size = 100", "page_size = 10")
+        .replace(
+            ", start_param = \"updated_since\", end_param = \"updated_before\"",
+            "",
+        );
+    text.push_str(&format!(
+        "\n[alerts]\nwebhook = \"{}/hook\"\n",
+        receiver.url
+    ));
+    std::fs::write(&path, text)?;
+    let state = dir.path().join("state");
+    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    let hooks = || {
+        receiver
+            .requests
+            .lock()
+            .map(|r| r.iter().map(|q| q.body.clone()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let completed = || {
+        runs(&state)
+            .map(|r| r.iter().filter(|r| r["status"] == "completed").count())
+            .unwrap_or(0)
+    };
+    let result = (|| -> Result {
+        assert!(
+            wait_for(|| hooks().len() == 1, Duration::from_secs(30)),
+            "an alert"
+        );
+        // Rate limited run after run: no second alert.
+        let now = completed();
+        assert!(wait_for(|| completed() >= now + 2, Duration::from_secs(30)));
+        assert_eq!(hooks().len(), 1, "{:?}", hooks());
+        // The API lifts its limit: the next run is answered 2xx only, a resolution.
+        sandbox.set_faults("{}")?;
+        assert!(
+            wait_for(|| hooks().len() == 2, Duration::from_secs(30)),
+            "a resolution"
+        );
+        Ok(())
+    })();
+    let (code, _, log) = terminate(child, dir.path())?;
+    result.map_err(|e| format!("{e}\n{log}"))?;
+    assert_eq!(code, Some(0), "{log}");
+    let sent: Vec<serde_json::Value> = hooks()
+        .iter()
+        .map(|b| serde_json::from_str(b))
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(sent[0]["health"], "rate-limited", "{}", sent[0]);
+    let reason = sent[0]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.starts_with("its last run was answered 429 ") && reason.ends_with(" (limit 1)"),
+        "{reason}"
+    );
+    assert_eq!(sent[1]["health"], "ok", "{}", sent[1]);
+    assert_eq!(sent[1]["previous"], "rate-limited");
+    Ok(())
+}
+
+#[test]
+fn the_streams_of_one_source_share_its_rate_budget_across_concurrent_runs() -> Result {
+    // An API that admits 10 requests a second; three streams of one source, 15 pages each,
+    // run at once under `rate_limit = 8 per second`. Each run alone would stay under the
+    // API's limit; only a budget shared by the three keeps them all under it.
+    let sandbox = Sandbox::start(&["--records", "300", "--customers", "300", "--quota", "10"])?;
+    let dir = TempDir::new("serve-budget");
+    let path = flow(
+        dir.path(),
+        "shop",
+        "1h",
+        &[
+            ("orders", "/orders"),
+            ("orders_b", "/orders"),
+            ("customers", "/customers"),
+        ],
+    )?;
+    let text = std::fs::read_to_string(&path)?
+        .replace("page_size = 100", "page_size = 20")
+        .replace(
+            "max_attempts = 8\n",
+            "max_attempts = 8\nrate_limit = { requests = 8, per = \"1s\" }\n",
+        );
+    std::fs::write(&path, text)?;
+    let state = dir.path().join("state");
+    let (child, _) = serve(
+        &state,
+        &sandbox.url,
+        dir.path(),
+        &["shop.toml", "--max-concurrent-runs", "3"],
+    )?;
+    let done = wait_for(
+        || runs(&state).is_ok_and(|r| r.iter().filter(|r| r["status"] == "completed").count() == 3),
+        Duration::from_secs(60),
+    );
+    let (code, _, log) = terminate(child, dir.path())?;
+    assert!(done, "three completed runs: {:?}\n{log}", runs(&state)?);
+    assert_eq!(code, Some(0), "{log}");
+    let all = runs(&state)?;
+    // They did run at once: each started before another ended.
+    let latest_start = all.iter().filter_map(|r| r["started"].as_str()).max();
+    let earliest_end = all.iter().filter_map(|r| r["updated"].as_str()).min();
+    assert!(latest_start < earliest_end, "concurrent runs: {all:?}");
+    let stats = sandbox.stats()?;
+    assert_eq!(
+        stats["faults"]["429"], 0,
+        "no request over the API's limit: {stats}"
+    );
+    assert_eq!(stats["requests"], 45, "15 pages per stream: {stats}");
+    let retries: u64 = all.iter().map(|r| r["retries"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(retries, 0, "{all:?}");
+    assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
+    Ok(())
+}

@@ -66,6 +66,9 @@ pub struct SandboxArgs {
     /// Fraction answered 200 with a body that is not valid JSON.
     #[arg(long, default_value_t = 0.0)]
     rate_malformed: f64,
+    /// A rate limit: more data requests than N in any second are answered 429.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    quota: u64,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -110,6 +113,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
             hang_ms: ms(args.hang),
             rate_reset: args.rate_reset,
             rate_malformed: args.rate_malformed,
+            quota_per_second: args.quota,
         },
     };
     sandbox::serve(listener, config).await?;

@@ -29,6 +29,9 @@ pub struct Faults {
     pub rate_reset: f64,
     /// HTTP 200 with a body that is not valid JSON.
     pub rate_malformed: f64,
+    /// The API's rate limit: more data requests than this in any second are answered 429
+    /// (`Retry-After` until one falls out of the second); 0: no limit.
+    pub quota_per_second: u64,
 }
 
 /// The fault chosen for one request.

@@ -13,9 +13,10 @@ mod data;
 mod faults;
 mod routes;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use faults::Faults;
 
@@ -108,6 +109,11 @@ pub struct Sandbox {
     faults: RwLock<Faults>,
     mutate_rate: RwLock<f64>,
     requests: AtomicU64,
+    /// When the first and the latest data request arrived, ms since the epoch.
+    first_request_ms: AtomicU64,
+    last_request_ms: AtomicU64,
+    /// When the data requests of the last second were admitted (for the quota).
+    admitted: Mutex<VecDeque<Instant>>,
     injected: Injected,
     /// Inserted, updated, deleted.
     mutations: [AtomicU64; 3],
@@ -152,10 +158,36 @@ impl Sandbox {
             config,
             data: RwLock::new(data),
             requests: AtomicU64::new(0),
+            first_request_ms: AtomicU64::new(0),
+            last_request_ms: AtomicU64::new(0),
+            admitted: Mutex::new(VecDeque::new()),
             injected: Injected::default(),
             mutations: Default::default(),
             drawn: AtomicU64::new(0),
         })
+    }
+
+    /// Admits a data request under a quota of `per_second` (0: none), or says how long
+    /// until one is admitted again.
+    fn within_quota(&self, per_second: u64) -> Result<(), Duration> {
+        if per_second == 0 {
+            return Ok(());
+        }
+        const SECOND: Duration = Duration::from_secs(1);
+        let now = Instant::now();
+        let mut admitted = self.admitted.lock().unwrap_or_else(PoisonError::into_inner);
+        while admitted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= SECOND)
+        {
+            admitted.pop_front();
+        }
+        if admitted.len() as u64 >= per_second {
+            let oldest = admitted.front().copied().unwrap_or(now);
+            return Err(SECOND.saturating_sub(now.duration_since(oldest)));
+        }
+        admitted.push_back(now);
+        Ok(())
     }
 
     fn quirk(&self, quirk: Quirk) -> bool {

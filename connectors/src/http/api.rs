@@ -251,13 +251,16 @@ impl Api {
     ) -> Result<Result<Accepted, Ignored>, source::Error> {
         let mut refreshed = false;
         loop {
-            if let Err(blocked) = self.gate.admit().await {
-                let wait = blocked.until.since(self.clock.now());
-                return Err(source::Error {
-                    retry_after: Some(wait),
-                    ..source::Error::new(ErrorKind::RateLimited, blocked.why)
-                });
-            }
+            let admitted = match self.gate.admit().await {
+                Ok(admitted) => admitted,
+                Err(blocked) => {
+                    let wait = blocked.until.since(self.clock.now());
+                    return Err(source::Error {
+                        retry_after: Some(wait),
+                        ..source::Error::new(ErrorKind::RateLimited, blocked.why)
+                    });
+                }
+            };
             let mut request = build()?;
             let what = format!("{} {}", request.method(), request.url().path());
             self.credentials
@@ -266,6 +269,7 @@ impl Api {
                 .map_err(|e| self.masked(e))?;
             let began = Instant::now();
             let response = self.client.execute(request).await;
+            self.gate.answered(admitted, self.clock.now());
             if let Some(timing) = self.timing.get() {
                 let status = response.as_ref().ok().map(|r| r.status().as_u16());
                 timing(began.elapsed(), status);

@@ -1,5 +1,6 @@
-//! The request budget of one source: a proactive limit (GCRA), the API's own quota headers,
-//! and the wait an API asked for (`Retry-After`). Every stream of the source passes the
+//! The request budget of one source: a proactive limit (GCRA, guarded by a sliding window
+//! of the last requests, see [`Pace`]), the API's own quota headers, and the wait an API
+//! asked for (`Retry-After`). Every stream of the source passes the
 //! same [`Gate`] before each request, and its state is kept in the state directory, so the
 //! next run does not begin by hitting 429.
 //!
@@ -7,6 +8,7 @@
 //! [`Clock`] (tests advance it without real time) and persist its state between processes,
 //! and GCRA itself is a few lines.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +21,9 @@ use waymark_engine::time::millis;
 use waymark_engine::{Clock, Timestamp};
 
 use crate::config::RateLimit;
+
+/// The least margin added to a `rate_limit` period (see [`Pace`]).
+const MARGIN_MS: u64 = 5;
 
 /// When the quota is at or below this fraction of its limit, requests are spread evenly
 /// over the time left until the quota resets.
@@ -39,6 +44,46 @@ struct Budget {
     blocked_until: Option<u64>,
     /// When the last request was let through, ms since the epoch.
     last_ms: u64,
+    /// When the latest requests were let through, ms since the epoch, oldest first: at most
+    /// the rate limit's count (see [`Pace`]).
+    #[serde(default)]
+    recent: VecDeque<u64>,
+}
+
+/// The workflow's `rate_limit` as the gate applies it: GCRA spaces requests `interval`
+/// apart (`tolerance` more for a burst), and a request that is late by a little (the
+/// timer's granularity) keeps the schedule instead of moving it back, so lateness does not
+/// add up into a lower rate. What keeps the API's own count safe is the window: never more
+/// than `count` requests in any `per` plus a margin, counted from when each request was
+/// answered (it reached the API by then, however long a new connection took) or, while it
+/// is in flight, let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pace {
+    interval_us: u64,
+    tolerance_us: u64,
+    count: usize,
+    /// `per` plus the margin, in ms.
+    window_ms: u64,
+}
+
+impl Pace {
+    fn new(limit: &RateLimit) -> Self {
+        let per_us = u64::try_from(limit.per.0.as_micros()).unwrap_or(u64::MAX);
+        let interval_us = per_us.div_ceil(u64::from(limit.requests.max(1)));
+        let per_ms = per_us / 1000;
+        Pace {
+            interval_us,
+            tolerance_us: interval_us * u64::from(limit.burst.max(1) - 1),
+            count: usize::try_from(limit.requests.max(1)).unwrap_or(usize::MAX),
+            // 1% of the period, at least a few ms: clocks read to the millisecond.
+            window_ms: per_ms + (per_ms / 100).max(MARGIN_MS),
+        }
+    }
+
+    /// Lateness absorbed by the schedule: a quarter of the interval.
+    fn slack_us(&self) -> u64 {
+        self.interval_us / 4
+    }
 }
 
 /// A wait longer than the run may sleep: the run pauses until `until`.
@@ -53,8 +98,8 @@ pub struct Blocked {
 /// The shared request budget of one source.
 pub struct Gate {
     budget: Mutex<Budget>,
-    /// GCRA emission interval and burst tolerance, µs.
-    limit: Option<(u64, u64)>,
+    /// The workflow's `rate_limit`.
+    limit: Option<Pace>,
     file: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     max_wait: Duration,
@@ -79,11 +124,7 @@ impl Gate {
                 }
             })
             .unwrap_or_default();
-        let limit = limit.map(|l| {
-            let per_us = u64::try_from(l.per.0.as_micros()).unwrap_or(u64::MAX);
-            let interval = per_us.div_ceil(u64::from(l.requests.max(1)));
-            (interval, interval * u64::from(l.burst.max(1) - 1))
-        });
+        let limit = limit.map(Pace::new);
         Gate {
             budget: Mutex::new(budget),
             limit,
@@ -93,10 +134,10 @@ impl Gate {
         }
     }
 
-    /// Waits until a request may be sent and counts it; or, when the wait is longer than
-    /// `max_wait`, returns when requests may go again. Every wait of a second or more is
-    /// logged with its reason.
-    pub async fn admit(&self) -> Result<(), Blocked> {
+    /// Waits until a request may be sent and counts it (returns when: tell
+    /// [`Gate::answered`] with it); or, when the wait is longer than `max_wait`, returns when
+    /// requests may go again. Every wait of a second or more is logged with its reason.
+    pub async fn admit(&self) -> Result<Timestamp, Blocked> {
         loop {
             let now = self.clock.now();
             let wait = {
@@ -116,7 +157,7 @@ impl Gate {
                         if let Some(snapshot) = changed {
                             self.save(&snapshot);
                         }
-                        return Ok(());
+                        return Ok(now);
                     }
                     Some(wait) => wait,
                 }
@@ -132,6 +173,22 @@ impl Gate {
                 tracing::info!("waiting {}: {why}", humantime::format_duration(duration));
             }
             self.clock.sleep(duration).await;
+        }
+    }
+
+    /// The request let through at `admitted` was answered (or failed) at `at`: the window
+    /// counts it from then.
+    pub fn answered(&self, admitted: Timestamp, at: Timestamp) {
+        if self.limit.is_none() {
+            return;
+        }
+        let mut budget = self.lock();
+        let recent = &mut budget.recent;
+        if let Some(i) = recent.iter().rposition(|t| *t == admitted.0) {
+            recent.remove(i);
+            let at = at.0.max(admitted.0);
+            let place = recent.partition_point(|t| *t <= at);
+            recent.insert(place, at);
         }
     }
 
@@ -191,7 +248,7 @@ impl Gate {
 
 impl Budget {
     /// How long the next request must wait, and why (`None`: it may go now).
-    fn wait(&self, now: Timestamp, limit: Option<(u64, u64)>) -> Option<(Duration, String)> {
+    fn wait(&self, now: Timestamp, limit: Option<Pace>) -> Option<(Duration, String)> {
         let ms = |until: u64| Duration::from_millis(until.saturating_sub(now.0));
         if let Some(until) = self.blocked_until.filter(|u| *u > now.0) {
             let why = format!(
@@ -220,9 +277,15 @@ impl Budget {
                 }
             }
         }
-        if let Some((_, tolerance)) = limit {
+        if let Some(pace) = limit {
             let now_us = now.0.saturating_mul(1000);
-            let allowed = self.tat_us.saturating_sub(tolerance);
+            let allowed = self.tat_us.saturating_sub(pace.tolerance_us);
+            // The request `count` back (a changed limit may have left more).
+            let back = self.recent.len().checked_sub(pace.count);
+            let window = back
+                .and_then(|i| self.recent.get(i))
+                .map_or(0, |t| (t + pace.window_ms) * 1000);
+            let allowed = allowed.max(window);
             if allowed > now_us {
                 let wait = Duration::from_micros(allowed - now_us);
                 return Some((wait, "the workflow's rate_limit".into()));
@@ -232,9 +295,19 @@ impl Budget {
     }
 
     /// Counts a request let through at `now`.
-    fn take(&mut self, now: Timestamp, limit: Option<(u64, u64)>) {
-        if let Some((interval, _)) = limit {
-            self.tat_us = self.tat_us.max(now.0.saturating_mul(1000)) + interval;
+    fn take(&mut self, now: Timestamp, limit: Option<Pace>) {
+        if let Some(pace) = limit {
+            let now_us = now.0.saturating_mul(1000);
+            // Late by a little: on schedule still; after an idle spell: from now.
+            let base = match now_us <= self.tat_us.saturating_add(pace.slack_us()) {
+                true => self.tat_us,
+                false => now_us,
+            };
+            self.tat_us = base + pace.interval_us;
+            self.recent.push_back(now.0);
+            while self.recent.len() > pace.count {
+                self.recent.pop_front();
+            }
         }
         if self.reset_at.is_some_and(|r| r > now.0) {
             self.remaining = self.remaining.map(|r| r.saturating_sub(1));
@@ -377,9 +450,17 @@ mod tests {
         );
     }
 
+    fn pace(requests: u32, burst: u32) -> Option<Pace> {
+        Some(Pace::new(&RateLimit {
+            requests,
+            per: crate::config::Span(Duration::from_secs(1)),
+            burst,
+        }))
+    }
+
     #[test]
     fn gcra_spaces_requests_and_allows_the_burst() {
-        let limit = Some((100_000, 200_000)); // 10/s, burst 3
+        let limit = pace(10, 3);
         let mut b = Budget::default();
         let t = Timestamp(10_000);
         for _ in 0..3 {
@@ -389,6 +470,38 @@ mod tests {
         let (wait, _) = b.wait(t, limit).unwrap_or_default();
         assert_eq!(wait, Duration::from_millis(100));
         assert_eq!(b.wait(Timestamp(10_100), limit), None);
+    }
+
+    #[test]
+    fn a_little_lateness_keeps_the_schedule_and_no_period_holds_more_than_the_limit() {
+        let limit = pace(10, 1);
+        let mut b = Budget::default();
+        // Each request is let through 3 ms after its time (a timer's lateness): the
+        // schedule stays 100 ms apart instead of drifting to 103 ms.
+        let mut t = 10_000;
+        for _ in 0..5 {
+            assert_eq!(b.wait(Timestamp(t), limit), None);
+            b.take(Timestamp(t), limit);
+            let (wait, _) = b.wait(Timestamp(t), limit).unwrap_or_default();
+            t += millis(wait) + 3;
+        }
+        assert_eq!(t, 10_000 + 5 * 100 + 3, "on schedule, 3 ms late");
+        // Over any second, at most 10 requests: the 11th waits for the window (1 s and a
+        // 10 ms margin after the first) even though the schedule would let it go.
+        for _ in 0..5 {
+            b.take(Timestamp(t), limit);
+            let (wait, _) = b.wait(Timestamp(t), limit).unwrap_or_default();
+            t += millis(wait);
+        }
+        assert_eq!(b.recent.len(), 10);
+        let (wait, _) = b.wait(Timestamp(t), limit).unwrap_or_default();
+        assert_eq!(Timestamp(t + millis(wait)), Timestamp(10_000 + 1_010));
+        // Much later (an idle spell): the schedule starts again from now.
+        let later = Timestamp(60_000);
+        assert_eq!(b.wait(later, limit), None);
+        b.take(later, limit);
+        let (wait, _) = b.wait(later, limit).unwrap_or_default();
+        assert_eq!(wait, Duration::from_millis(100));
     }
 
     #[test]

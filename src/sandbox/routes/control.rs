@@ -43,6 +43,8 @@ pub(super) async fn stats(State(s): Shared) -> Response {
     let [inserted, updated, deleted] = &s.mutations;
     Json(serde_json::json!({
         "requests": s.requests.load(AtomicOrdering::Relaxed),
+        "first_request_ms": s.first_request_ms.load(AtomicOrdering::Relaxed),
+        "last_request_ms": s.last_request_ms.load(AtomicOrdering::Relaxed),
         "faults": s.injected.to_json(),
         "mutations": {
             "inserted": inserted.load(AtomicOrdering::Relaxed),

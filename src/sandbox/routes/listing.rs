@@ -34,7 +34,7 @@ use super::query::ListQuery;
 use super::{error, BadRequest};
 use crate::sandbox::data::{self, format_ms, Key, Kind};
 use crate::sandbox::faults::Fault;
-use crate::sandbox::{read, Quirk, Sandbox};
+use crate::sandbox::{now_ms, read, Quirk, Sandbox};
 
 /// The pagination style a request asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +164,12 @@ pub(super) fn next_url(
 /// response to send instead; `Ok(Some(..))` is a fault to apply to the body.
 pub(super) async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fault>, Response> {
     let n = s.requests.fetch_add(1, AtomicOrdering::Relaxed);
+    let arrived = now_ms();
+    if n == 0 {
+        s.first_request_ms.store(arrived, AtomicOrdering::Relaxed);
+    }
+    s.last_request_ms
+        .fetch_max(arrived, AtomicOrdering::Relaxed);
     if let Some(token) = &s.config.token {
         let expected = format!("Bearer {token}");
         if headers
@@ -178,6 +184,17 @@ pub(super) async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fau
         }
     }
     let faults = read(&s.faults).clone();
+    if let Err(wait) = s.within_quota(faults.quota_per_second) {
+        s.injected.count(Fault::TooManyRequests);
+        // Whole seconds, rounded up (at least 1), as Retry-After is written.
+        let seconds = wait.as_millis().div_ceil(1000).max(1);
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            Json(serde_json::json!({"error": "rate limit exceeded"})),
+        )
+            .into_response());
+    }
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
