@@ -9,47 +9,13 @@
 //! sets the source's budget apart from the API's limit. Prints the aggregate request rate
 //! as a share of R, and the 429s the API sent.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_waymark"))
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Kills the child when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sandbox(records: u64, quota: u64) -> Result<(Killed, String)> {
-    let mut child = Command::new(bin())
-        .args(["sandbox", "--port", "0", "--quiet"])
-        .args(["--records", &records.to_string()])
-        .args(["--quota", &quota.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut line)?;
-    let url = line.trim().rsplit(' ').next().ok_or("address")?.to_string();
-    Ok((Killed(child), url))
-}
+use support::{bin, env, runs, sandbox, Killed, Result};
 
 /// One workflow file: `streams` streams reading all of `/orders` in pages of 10, due once
 /// (every hour), under a budget of `budget` requests per second.
@@ -70,17 +36,6 @@ fn write_flow(dir: &Path, streams: u64, budget: u64) -> Result {
     text.push_str("\n[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n");
     std::fs::write(dir.join("shop.toml"), text)?;
     Ok(())
-}
-
-fn runs(state: &Path) -> Result<Vec<serde_json::Value>> {
-    let out = Command::new(bin())
-        .args(["runs", "--json", "--limit", "1000000"])
-        .env("WAYMARK_STATE_DIR", state)
-        .output()?;
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
 }
 
 fn ms(run: &serde_json::Value, field: &str) -> Option<u64> {
@@ -112,7 +67,8 @@ fn main() -> Result {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     // `pages` full pages and the short last one that ends the stream.
-    let (_sandbox, url) = sandbox(pages * 10 - 5, rate)?;
+    let records = (pages * 10 - 5).to_string();
+    let (_sandbox, url) = sandbox(&["--records", &records, "--quota", &rate.to_string()])?;
     write_flow(&dir, streams, budget)?;
     let state = dir.join("state");
     let began = Instant::now();

@@ -6,45 +6,13 @@
 //! `WAYMARK_BENCH_WAVES` and `WAYMARK_BENCH_CONCURRENT` change them. It takes about
 //! `waves + 1` minutes: due times are minute boundaries.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_waymark"))
-}
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Kills the child when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sandbox() -> Result<(Killed, String)> {
-    let mut child = Command::new(bin())
-        .args(["sandbox", "--port", "0", "--quiet", "--records", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut line)?;
-    let url = line.trim().rsplit(' ').next().ok_or("address")?.to_string();
-    Ok((Killed(child), url))
-}
+use support::{bin, env, runs, sandbox, Killed, Result};
 
 fn write_flows(dir: &Path, streams: u64) -> Result {
     let per_file = 10;
@@ -100,17 +68,6 @@ fn sleep_until(at: u64) {
     }
 }
 
-fn runs(state: &Path) -> Result<Vec<serde_json::Value>> {
-    let out = Command::new(bin())
-        .args(["runs", "--json", "--limit", "1000000"])
-        .env("WAYMARK_STATE_DIR", state)
-        .output()?;
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
 fn started_ms(run: &serde_json::Value) -> Option<u64> {
     let text = run["started"].as_str()?;
     let t = humantime::parse_rfc3339(text).ok()?;
@@ -133,7 +90,7 @@ fn main() -> Result {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     write_flows(&dir, streams)?;
-    let (_sandbox, url) = sandbox()?;
+    let (_sandbox, url) = sandbox(&["--records", "20"])?;
     let state = dir.join("state");
     let began = Instant::now();
     let child = Command::new(bin())

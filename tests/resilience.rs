@@ -511,10 +511,19 @@ async fn the_request_budget_spaces_requests_is_shared_and_persists() -> Result {
         runs.iter().all(|r| r.retries().is_empty()),
         "a request went over the budget"
     );
-    // 20 requests, evenly spaced by 200 ms across both streams: the budget is shared.
+    // 20 requests, evenly spaced by 200 ms across both streams: the budget is shared. The
+    // 6th, 11th and 16th also wait for the window: 1 s and a 5 ms margin after the request
+    // five back.
     let times = times.lock().unwrap_or_else(PoisonError::into_inner).clone();
     assert_eq!(times.len(), 20);
-    assert_eq!(times[19] - times[0], 19 * 200);
+    let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let expected: Vec<u64> = (1..20)
+        .map(|i| match i % 5 {
+            0 => 205,
+            _ => 200,
+        })
+        .collect();
+    assert_eq!(gaps, expected);
     // A new process (a new Api over the same state directory) keeps the spacing.
     let before = clock.ms();
     let again = sync(dir.path(), &text, &clock).await?;

@@ -1,5 +1,6 @@
 //! How each stream's requests were answered, for alerts: the 429s of its last run and the
-//! 5xx share of its requests over the last hour. Fed the journaled steps of the runs serve
+//! 5xx share of its requests over the last hour (while its last run still met some: once a
+//! run goes through without one, the stream has recovered). Fed the journaled steps of the runs serve
 //! drives (a fetched page is a request answered 2xx, a retried request carries its
 //! status), and timed by them, so it is a pure function of the steps.
 
@@ -25,12 +26,19 @@ struct Minute {
     server_errors: u64,
 }
 
+/// The 429 and 5xx answers of one run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Answers {
+    too_many_requests: u64,
+    server_errors: u64,
+}
+
 #[derive(Debug, Default)]
 struct Seen {
-    /// The run going and its 429s so far.
-    run: Option<(RunId, u64)>,
-    /// The 429s of the last run that ended (or paused).
-    last_run: Option<u64>,
+    /// The run going and its answers so far.
+    run: Option<(RunId, Answers)>,
+    /// The answers of the last run that ended (or paused).
+    last_run: Option<Answers>,
     /// The last hour, a minute at a time, oldest first.
     minutes: VecDeque<Minute>,
 }
@@ -53,13 +61,13 @@ impl Traffic {
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let seen = streams.entry(key).or_default();
         let run = state.run_id();
-        let count = match &mut seen.run {
-            Some((id, count)) if *id == run => count,
-            other => &mut other.insert((run, 0)).1,
+        let answers = match &mut seen.run {
+            Some((id, answers)) if *id == run => answers,
+            other => &mut other.insert((run, Answers::default())).1,
         };
-        if status == Some(429) {
-            *count += 1;
-        }
+        let server_error = status.is_some_and(|s| (500..600).contains(&s));
+        answers.too_many_requests += u64::from(status == Some(429));
+        answers.server_errors += u64::from(server_error);
         if matches!(
             event,
             Event::RunCompleted { .. }
@@ -67,9 +75,11 @@ impl Traffic {
                 | Event::RunFailed { .. }
                 | Event::RunAbandoned { .. }
         ) {
-            seen.last_run = Some(*count);
+            seen.last_run = Some(*answers);
         }
-        let Some(status) = status else { return };
+        if status.is_none() {
+            return;
+        }
         let minute = event.at().0 / MINUTE;
         if seen.minutes.back().is_none_or(|m| m.at != minute) {
             seen.minutes.push_back(Minute {
@@ -79,7 +89,7 @@ impl Traffic {
         }
         if let Some(m) = seen.minutes.back_mut() {
             m.requests += 1;
-            m.server_errors += u64::from((500..600).contains(&status));
+            m.server_errors += u64::from(server_error);
         }
         while seen.minutes.front().is_some_and(|m| m.at + HOUR <= minute) {
             seen.minutes.pop_front();
@@ -87,7 +97,8 @@ impl Traffic {
     }
 
     /// The streams whose answers pass a limit at `now`: `rate-limited` (more 429s in the
-    /// last run than its sync's limit), `erroring` (a larger 5xx share over the last hour).
+    /// last run than its sync's limit), `erroring` (a larger 5xx share over the last hour,
+    /// and the last run was answered 5xx too).
     /// `limits`: a sync's `(too_many_requests_above, server_errors_above)`, `None` for a
     /// sync without alerts.
     pub fn healths(
@@ -101,7 +112,9 @@ impl Traffic {
             let Some((max_429s, max_share)) = limits(&key.0) else {
                 continue;
             };
-            if let Some(n) = seen.last_run.filter(|n| *n > max_429s) {
+            let last = seen.last_run.unwrap_or_default();
+            if last.too_many_requests > max_429s {
+                let n = last.too_many_requests;
                 let health = Health {
                     health: "rate-limited".into(),
                     reason: format!("its last run was answered 429 {n} times (limit {max_429s})"),
@@ -113,7 +126,7 @@ impl Traffic {
             let (requests, errors) =
                 recent.fold((0, 0), |(r, e), m| (r + m.requests, e + m.server_errors));
             let share = errors as f64 / requests.max(1) as f64;
-            if errors >= SUSTAINED && share > max_share {
+            if errors >= SUSTAINED && share > max_share && last.server_errors > 0 {
                 let health = Health {
                     health: "erroring".into(),
                     reason: format!(
@@ -230,6 +243,7 @@ mod tests {
     fn a_5xx_share_above_the_limit_over_the_last_hour_is_erroring() {
         let traffic = Traffic::default();
         let state = run(T);
+        let end = |at: u64| Event::RunCompleted { at: Timestamp(at) };
         // 1,000 requests, 4 answered 503 (0.4%): not above 0.5%.
         for i in 0..996 {
             traffic.observe(&state, &page(T + i * 1000));
@@ -237,17 +251,26 @@ mod tests {
         for i in 0..4 {
             traffic.observe(&state, &answered(503, T + i));
         }
+        traffic.observe(&state, &end(T + 996_000));
         assert_eq!(health(&traffic, T + 996_000), None);
         // Two more (0.6%): erroring.
-        traffic.observe(&state, &answered(503, T + 996_000));
-        traffic.observe(&state, &answered(500, T + 996_001));
+        let next = run(T + 996_000);
+        traffic.observe(&next, &answered(503, T + 996_000));
+        traffic.observe(&next, &answered(500, T + 996_001));
+        traffic.observe(&next, &end(T + 996_002));
         assert_eq!(health(&traffic, T + 996_002).as_deref(), Some("erroring"));
         // An hour later those are forgotten.
         assert_eq!(health(&traffic, T + 996_002 + 61 * MINUTE), None);
+        // Recovered sooner: a run answered without a 5xx ends it, whatever the hour's share.
+        let clean = run(T + 997_000);
+        traffic.observe(&clean, &page(T + 997_000));
+        traffic.observe(&clean, &end(T + 997_001));
+        assert_eq!(health(&traffic, T + 997_002), None);
         // Two 5xx of two requests is 100%, but not sustained.
         let quiet = Traffic::default();
         quiet.observe(&state, &answered(503, T));
         quiet.observe(&state, &answered(503, T + 1));
+        quiet.observe(&state, &end(T + 2));
         assert_eq!(health(&quiet, T + 2), None);
     }
 }

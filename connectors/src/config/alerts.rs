@@ -24,7 +24,7 @@ pub struct AlertsSection {
     pub too_many_requests_above: u64,
     /// A stream whose requests of the last hour were answered 5xx more often than this
     /// fraction is `erroring` (default 0.005, i.e. 0.5%; at least 3 such answers, so one
-    /// stray 503 is not an alert).
+    /// stray 503 is not an alert; and its last run met one too, so a clean run recovers).
     #[serde(default = "default_5xx")]
     pub server_errors_above: f64,
 }

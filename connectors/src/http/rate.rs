@@ -22,7 +22,8 @@ use waymark_engine::{Clock, Timestamp};
 
 use crate::config::RateLimit;
 
-/// The least margin added to a `rate_limit` period (see [`Pace`]).
+/// The margin added to a `rate_limit` period (see [`Pace`]): clocks, ours and the API's,
+/// are read to the millisecond.
 const MARGIN_MS: u64 = 5;
 
 /// When the quota is at or below this fraction of its limit, requests are spread evenly
@@ -75,8 +76,7 @@ impl Pace {
             interval_us,
             tolerance_us: interval_us * u64::from(limit.burst.max(1) - 1),
             count: usize::try_from(limit.requests.max(1)).unwrap_or(usize::MAX),
-            // 1% of the period, at least a few ms: clocks read to the millisecond.
-            window_ms: per_ms + (per_ms / 100).max(MARGIN_MS),
+            window_ms: per_ms + MARGIN_MS,
         }
     }
 
@@ -487,7 +487,7 @@ mod tests {
         }
         assert_eq!(t, 10_000 + 5 * 100 + 3, "on schedule, 3 ms late");
         // Over any second, at most 10 requests: the 11th waits for the window (1 s and a
-        // 10 ms margin after the first) even though the schedule would let it go.
+        // 5 ms margin after the first) even though the schedule would let it go.
         for _ in 0..5 {
             b.take(Timestamp(t), limit);
             let (wait, _) = b.wait(Timestamp(t), limit).unwrap_or_default();
@@ -495,7 +495,7 @@ mod tests {
         }
         assert_eq!(b.recent.len(), 10);
         let (wait, _) = b.wait(Timestamp(t), limit).unwrap_or_default();
-        assert_eq!(Timestamp(t + millis(wait)), Timestamp(10_000 + 1_010));
+        assert_eq!(Timestamp(t + millis(wait)), Timestamp(10_000 + 1_005));
         // Much later (an idle spell): the schedule starts again from now.
         let later = Timestamp(60_000);
         assert_eq!(b.wait(later, limit), None);
