@@ -396,12 +396,13 @@ fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result
 
 #[test]
 fn changing_commands_sent_to_serve_are_carried_out_between_steps() -> Result {
-    // 4,000 orders in pages of 100, 40 ms each: a run takes well over a second.
-    let sandbox = Sandbox::start(&["--records", "4000", "--latency", "40ms"])?;
+    // 4,000 orders in pages of 100, 100 ms each: a run takes 4 s, time enough for the
+    // commands below to find it going.
+    let sandbox = Sandbox::start(&["--records", "4000", "--latency", "100ms"])?;
     let dir = TempDir::new("serve-changes");
     flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
     let state = dir.path().join("state");
-    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    let (child, api) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
     let mid_run = wait_for(
         || {
@@ -416,6 +417,36 @@ fn changing_commands_sent_to_serve_are_carried_out_between_steps() -> Result {
     let first = runs(&state)?.remove(0);
     let first_id = first["run"].as_str().ok_or("run id")?.to_string();
     let watermark = first["watermark"].as_str().ok_or("watermark")?.to_string();
+
+    // The read commands while serve runs: `journal --follow` until the run ends, `status`
+    // and `trace` as the API answers them.
+    let followed = dir.path().join("follow.out");
+    let mut follow = waymark(&state, &sandbox.url)
+        .args(["journal", &first_id, "--follow", "--json"])
+        .stdout(std::fs::File::create(&followed)?)
+        .spawn()?;
+    let status = waymark(&state, &sandbox.url)
+        .args(["status", "--json"])
+        .output()?;
+    let line: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(
+        (line["sync"].as_str(), line["last_status"].as_str()),
+        (Some("shop"), Some("running")),
+        "{line}"
+    );
+    let trace = waymark(&state, &sandbox.url)
+        .args(["trace", "orders", "1", "--json"])
+        .output()?;
+    assert!(
+        trace.status.success(),
+        "{}",
+        crate::util::text(&trace.stderr)
+    );
+    let traced: serde_json::Value = serde_json::from_slice(&trace.stdout)?;
+    assert_eq!(
+        request("GET", &api, "/api/trace/orders/1", None)?.json()?,
+        serde_json::json!([traced])
+    );
 
     // `checkpoint set` while the stream's run is going: serve pauses the run at its next
     // step boundary, the command abandons it (as it does without serve), and the stream
@@ -463,6 +494,17 @@ fn changing_commands_sent_to_serve_are_carried_out_between_steps() -> Result {
         ["cursor_committed", "run_paused", "run_abandoned"],
         "paused at a step boundary, then abandoned: {steps:?}"
     );
+    // `journal --follow` printed every step, and ended with the run.
+    let ended = wait_for(
+        || matches!(follow.try_wait(), Ok(Some(_))),
+        Duration::from_secs(30),
+    );
+    assert!(ended, "journal --follow ended with the run");
+    let printed: Vec<serde_json::Value> = std::fs::read_to_string(&followed)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(printed, crate::util::journal(&state, &first_id)?);
     let continued = wait_for(
         || {
             runs(&state).is_ok_and(|r| {
