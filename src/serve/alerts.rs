@@ -1,7 +1,8 @@
 //! Alerts: when a stream's health changes, `serve` says so once — to a webhook, a command,
 //! or both (`[alerts]` of its workflow file) — and once more when it recovers. The health
 //! is `waymark status`'s verdict (the same code, run in-process), then the answers its
-//! requests got ([`Traffic`]: 429s per run, the 5xx share), then the dead-letter limit;
+//! requests got ([`Traffic`]: 429s per run, the 5xx share) and dead letters growing day
+//! over day ([`Depths`]), then the dead-letter limit;
 //! the last state sent per stream is kept in `<state>/alerts.json`, so a restart does not
 //! send it again. Sending is retried with backoff in the background and never
 //! holds up a run.
@@ -16,6 +17,7 @@ use tokio::sync::{watch, Notify};
 use waymark_connectors::config::{expand_env, AlertsSection};
 use waymark_engine::{Clock, StateDir, SystemClock};
 
+use super::growth::Depths;
 use super::traffic::Traffic;
 use super::Key;
 use crate::cli::attach::{self, Reply};
@@ -140,6 +142,11 @@ pub async fn watch(
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
+    let depths_file = dir.root().join("dead_letter_depths.json");
+    let mut depths: Depths = std::fs::read(&depths_file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -156,10 +163,30 @@ pub async fn watch(
         let Some(lines) = status(&dir).await else {
             continue;
         };
-        let answers = traffic.healths(SystemClock.now(), |sync| {
+        let at = SystemClock.now();
+        let mut answers = traffic.healths(at, |sync| {
             let t = targets.get(sync)?;
             Some((t.too_many_requests_above, t.server_errors_above))
         });
+        for line in &lines {
+            let (Some(sync), Some(stream)) = (line["sync"].as_str(), line["stream"].as_str())
+            else {
+                continue;
+            };
+            let key = (sync.to_string(), stream.to_string());
+            if !targets.contains_key(sync) {
+                continue;
+            }
+            depths.record(&key, at, line["dead_letters"].as_u64().unwrap_or(0));
+            if let Some(reason) = depths.growing(&key, at) {
+                let health = Health {
+                    health: "dead-letters".into(),
+                    reason,
+                };
+                answers.entry(key).or_insert(health);
+            }
+        }
+        keep(&depths_file, &depths, "the dead-letter depths");
         let now = healths(&lines, &answers, |sync| {
             targets.get(sync).map(|t| t.dead_letters_above)
         });
@@ -181,11 +208,17 @@ pub async fn watch(
                 tokio::task::spawn_local(deliver(client.clone(), target.clone(), change));
             }
         }
-        if let Ok(bytes) = serde_json::to_vec(&sent) {
-            if let Err(e) = std::fs::write(&file, bytes) {
-                tracing::warn!("cannot keep the alerts sent in {}: {e}", file.display());
-            }
-        }
+        keep(&file, &sent, "the alerts sent");
+    }
+}
+
+/// Writes `value` to `file` as JSON; a failure is logged (what it loses: `what`).
+fn keep(file: &std::path::Path, value: &impl Serialize, what: &str) {
+    let written = serde_json::to_vec(value)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(file, bytes));
+    if let Err(e) = written {
+        tracing::warn!("cannot keep {what} in {}: {e}", file.display());
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod alerts;
 pub mod api;
 pub mod catalog;
+pub mod growth;
 pub mod holds;
 pub mod metrics;
 pub mod scheduler;
