@@ -294,11 +294,19 @@ fn reload_files(
     Ok(resumes)
 }
 
-/// The latest run of each checkpoint scope in the journal.
-fn latest_runs(dir: &StateDir) -> anyhow::Result<BTreeMap<Key, RunState>> {
+/// The latest run of each checkpoint scope in the journal. A run whose head cannot be
+/// read is left out (logged): the other streams go on; that stream's next run says why it
+/// cannot continue.
+fn latest_runs(dir: &StateDir) -> BTreeMap<Key, RunState> {
     let mut latest: BTreeMap<Key, RunState> = BTreeMap::new();
     for head in dir.journal().runs() {
-        let state = head?;
+        let state = match head {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!("a run's journal cannot be read, left out: {e}");
+                continue;
+            }
+        };
         let key = (state.started.sync.clone(), state.started.stream.clone());
         if latest
             .get(&key)
@@ -307,7 +315,7 @@ fn latest_runs(dir: &StateDir) -> anyhow::Result<BTreeMap<Key, RunState>> {
             latest.insert(key, state);
         }
     }
-    Ok(latest)
+    latest
 }
 
 /// Puts every scheduled stream of `catalog` in the scheduler (a stream already there
@@ -321,7 +329,7 @@ fn register(
     scheduler: &mut Scheduler<Key>,
     now: Timestamp,
 ) -> anyhow::Result<BTreeMap<Key, RunState>> {
-    let mut latest = latest_runs(dir)?;
+    let mut latest = latest_runs(dir);
     let mut kept = std::collections::BTreeSet::new();
     for (sync, loaded) in &catalog.syncs {
         for stream in loaded.workflow.streams() {
