@@ -30,6 +30,7 @@ pub mod record;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod webhook;
 
 pub use config::Workflow;
 pub use http::Api;
