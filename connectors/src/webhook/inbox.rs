@@ -3,25 +3,24 @@
 //!
 //! - `e` + seq → an accepted event waiting to be applied (its body inline, or, above
 //!   [`INLINE`], in `bodies/<seq>`, written and synced before the entry);
-//! - `i` + sync, stream, event id → when it was accepted and its seq: a second delivery of
-//!   the id is a duplicate, answered as accepted (once the first is durable) and stored
-//!   nowhere;
+//! - `i` + sync, stream, event id → when it was accepted: a second delivery of the id is a
+//!   duplicate, answered as accepted (once the first is durable) and stored nowhere;
 //! - `t` + accepted-at + the `i` key: the ids in time order, so the ones older than the
 //!   dedupe window are forgotten by a range scan.
 //!
-//! The id and the event go in one transaction; a crash keeps both or neither (then the
-//! sender, never answered, delivers again). Durability is a group commit: each accepted
-//! event waits until a flush that began after it was written has ended; one committer
-//! flushes for every event written meanwhile, so concurrent senders share the fsyncs.
+//! Durability is a group commit: one committer takes every event waiting, writes the new
+//! ones in one atomic batch (the ids with their events: a crash keeps both or neither, and
+//! a sender never answered delivers again), flushes once and answers them all — so
+//! concurrent senders share the fsync and the writing. Being the only writer, it checks
+//! ids without a transaction.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot};
 use waymark_engine::Timestamp;
 
 /// Bodies larger than this are kept in files, not in sled values (sled rewrites large
@@ -95,48 +94,63 @@ struct Stored {
     body: Option<Vec<u8>>,
 }
 
+/// An event on its way to the committer, and where its answer goes.
+struct Pending {
+    event: Event,
+    /// Its body's file, when it is too large to be inline (already written and synced).
+    file: Option<PathBuf>,
+    answer: oneshot::Sender<Result<Accepted, Error>>,
+}
+
 /// The inbox of a state directory.
 pub struct Inbox {
     db: sled::Db,
     dir: PathBuf,
-    /// The highest sequence number written (not yet necessarily durable).
-    written: AtomicU64,
-    /// The highest sequence number known durable; `None` once a flush failed (nothing
-    /// after it is acknowledged).
-    durable: watch::Sender<Option<u64>>,
-    /// Wakes the committer.
-    wake: Notify,
+    /// Events for the committer.
+    queue: mpsc::UnboundedSender<Pending>,
+    /// Taken by the committer when it starts.
+    queued: Mutex<Option<mpsc::UnboundedReceiver<Pending>>>,
+    /// Numbers the next event.
+    next: AtomicU64,
     /// Flushes done, for measurement.
     flushes: AtomicU64,
 }
 
+/// The most events one commit takes.
+const BATCH: usize = 4096;
+
+/// The key of the next sequence number.
+const NEXT: &[u8] = b"n";
+
 impl Inbox {
     /// Opens (or creates) the inbox in `dir`. Run [`Inbox::commit`] beside it.
     pub fn open(dir: &Path) -> Result<Arc<Inbox>, Error> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
+        let bodies = dir.join("bodies");
+        std::fs::create_dir_all(&bodies).map_err(|source| Error::Io {
+            path: bodies,
+            source,
+        })?;
+        let sled = |source| Error::Sled {
+            path: dir.to_path_buf(),
+            source,
         };
-        std::fs::create_dir_all(dir.join("bodies")).map_err(io(&dir.join("bodies")))?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             .open()
-            .map_err(|source| Error::Sled {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        // What a previous process wrote is on disk (sled recovered it): durable. Every
-        // sequence number from now on is above this one.
-        let before = db.generate_id().map_err(|source| Error::Sled {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+            .map_err(sled)?;
+        // Numbers go on from the last batch's (kept with it: applied events are gone).
+        let next = db
+            .get(NEXT)
+            .map_err(sled)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(1, u64::from_be_bytes);
+        let (queue, queued) = mpsc::unbounded_channel();
         Ok(Arc::new(Inbox {
             db,
             dir: dir.to_path_buf(),
-            written: AtomicU64::new(0),
-            durable: watch::Sender::new(Some(before + 1)),
-            wake: Notify::new(),
+            queue,
+            queued: Mutex::new(Some(queued)),
+            next: AtomicU64::new(next),
             flushes: AtomicU64::new(0),
         }))
     }
@@ -152,103 +166,144 @@ impl Inbox {
         self.dir.join("bodies").join(seq.to_string())
     }
 
-    /// Stores `event` unless its id was accepted before; returns once it is durable.
+    /// Stores `event` unless its id was accepted before; returns once it is durable (a
+    /// duplicate, once the first delivery is).
     pub async fn accept(&self, event: Event) -> Result<Accepted, Error> {
-        // Sequence numbers from 1; sled's ids survive restarts.
-        let seq = self.db.generate_id().map_err(|e| self.sled(e))? + 1;
-        let inline = event.body.len() <= INLINE;
-        if !inline {
-            let path = self.body_file(seq);
-            write_synced(&path, &event.body).map_err(|source| Error::Io { path, source })?;
-        }
-        let stored = Stored {
-            sync: event.sync.clone(),
-            stream: event.stream.clone(),
-            id: event.id.clone(),
-            at: event.at.0,
-            body: inline.then_some(event.body),
+        // A large body goes to its own file first, here, so senders write theirs in
+        // parallel; the committer only links it.
+        let file = match event.body.len() > INLINE {
+            true => {
+                let path = self
+                    .dir
+                    .join("bodies")
+                    .join(format!("in-{}", uuid::Uuid::now_v7()));
+                write_synced(&path, &event.body).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(path)
+            }
+            false => None,
         };
-        let value =
-            bincode::serde::encode_to_vec(&stored, bincode::config::standard()).map_err(|e| {
-                Error::Damaged {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                event,
+                file,
+                answer,
+            })
+            .map_err(|_| Error::Stopping)?;
+        answered.await.map_err(|_| Error::Stopping)?
+    }
+
+    /// The group commit: takes every event waiting (up to 4,096), stores the new ones in
+    /// one atomic batch (an id already accepted, or twice in the batch, is a duplicate),
+    /// flushes once, then answers them all. Runs until the inbox is dropped, or a flush
+    /// fails: then the events of that batch are not acknowledged (their senders deliver
+    /// again) and the committer stops.
+    pub async fn commit(self: Arc<Self>) -> Result<(), Error> {
+        let taken = self
+            .queued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut queued) = taken else {
+            return Ok(());
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        while queued.recv_many(&mut batch, BATCH).await > 0 {
+            let answers = self.store(&mut batch);
+            let flushed = match answers {
+                Ok(_) => self.db.flush_async().await.map(|_| ()),
+                Err(_) => Ok(()),
+            };
+            if answers.is_ok() && flushed.is_ok() {
+                self.flushes.fetch_add(1, Ordering::Relaxed);
+            }
+            match (answers, flushed) {
+                (Ok(answers), Ok(())) => {
+                    for (pending, accepted) in batch.drain(..).zip(answers) {
+                        let _ = pending.answer.send(Ok(accepted));
+                    }
+                }
+                (Err(e), _) => {
+                    let why = e.to_string();
+                    for pending in batch.drain(..) {
+                        let _ = pending.answer.send(Err(Error::Stopping));
+                    }
+                    tracing::error!("webhook inbox: {why}");
+                }
+                (Ok(_), Err(e)) => {
+                    batch.clear();
+                    return Err(self.sled(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the new events of `batch` in one atomic sled batch; what each became.
+    fn store(&self, batch: &mut [Pending]) -> Result<Vec<Accepted>, Error> {
+        let mut writes = sled::Batch::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut renamed = false;
+        for pending in batch.iter_mut() {
+            let event = &pending.event;
+            let id_key = event
+                .id
+                .as_deref()
+                .map(|id| id_key(&event.sync, &event.stream, id));
+            if let Some(key) = &id_key {
+                let known = self.db.contains_key(key).map_err(|e| self.sled(e))?;
+                if known || !seen.insert(key.clone()) {
+                    if let Some(file) = pending.file.take() {
+                        let _ = std::fs::remove_file(file);
+                    }
+                    out.push(Accepted::Duplicate);
+                    continue;
+                }
+            }
+            let seq = self.next.fetch_add(1, Ordering::SeqCst);
+            if let Some(file) = pending.file.take() {
+                let path = self.body_file(seq);
+                std::fs::rename(&file, &path).map_err(|source| Error::Io { path, source })?;
+                renamed = true;
+            }
+            let stored = Stored {
+                sync: event.sync.clone(),
+                stream: event.stream.clone(),
+                id: event.id.clone(),
+                at: event.at.0,
+                body: (event.body.len() <= INLINE).then(|| event.body.clone()),
+            };
+            let value = bincode::serde::encode_to_vec(&stored, bincode::config::standard())
+                .map_err(|e| Error::Damaged {
                     seq,
                     why: e.to_string(),
-                }
-            })?;
-        let id_key = event
-            .id
-            .as_deref()
-            .map(|id| id_key(&event.sync, &event.stream, id));
-        let at = event.at.0.to_be_bytes();
-        let accepted = [at, seq.to_be_bytes()].concat();
-        let outcome = self.db.transaction(|tx| {
-            if let Some(key) = &id_key {
-                if let Some(first) = tx.get(key)? {
-                    let first = first
-                        .get(8..16)
-                        .and_then(|b| b.try_into().ok())
-                        .map_or(0, u64::from_be_bytes);
-                    return Err(ConflictableTransactionError::Abort(first));
-                }
-                tx.insert(key.as_slice(), accepted.as_slice())?;
-                tx.insert([b"t".as_slice(), &at, key].concat(), &[])?;
+                })?;
+            let at = event.at.0.to_be_bytes();
+            if let Some(key) = id_key {
+                writes.insert([b"t".as_slice(), &at, &key].concat(), &[]);
+                writes.insert(key, &at);
             }
-            tx.insert(
-                [b"e".as_slice(), &seq.to_be_bytes()].concat(),
-                value.as_slice(),
-            )?;
-            Ok(())
-        });
-        match outcome {
-            Ok(()) => {
-                self.written.fetch_max(seq, Ordering::SeqCst);
-                self.wake.notify_one();
-                self.durable_upto(seq).await?;
-                Ok(Accepted::New(seq))
-            }
-            Err(TransactionError::Abort(first)) => {
-                if !inline {
-                    let _ = std::fs::remove_file(self.body_file(seq));
-                }
-                // The first delivery may still be on its way to the disk: the sender hears
-                // 2xx for its duplicate only once it is there.
-                self.durable_upto(first).await?;
-                Ok(Accepted::Duplicate)
-            }
-            Err(TransactionError::Storage(e)) => Err(self.sled(e)),
+            writes.insert([b"e".as_slice(), &seq.to_be_bytes()].concat(), value);
+            out.push(Accepted::New(seq));
         }
-    }
-
-    /// Waits until the events up to `seq` are durable.
-    async fn durable_upto(&self, seq: u64) -> Result<(), Error> {
-        let mut durable = self.durable.subscribe();
-        let done = durable
-            .wait_for(|d| d.is_none_or(|d| d >= seq))
-            .await
-            .map_err(|_| Error::Stopping)?;
-        match *done {
-            Some(_) => Ok(()),
-            None => Err(Error::Stopping),
+        if renamed {
+            // The bodies' new names are durable before the entries naming them.
+            let bodies = self.dir.join("bodies");
+            std::fs::File::open(&bodies)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| Error::Io {
+                    path: bodies,
+                    source,
+                })?;
         }
-    }
-
-    /// The group commit: flushes whatever was written since the last flush, then tells the
-    /// events it covered. Runs until it is dropped, or a flush fails: then no event waiting
-    /// or to come is acknowledged (their senders deliver again).
-    pub async fn commit(self: Arc<Self>) -> Result<(), Error> {
-        loop {
-            self.wake.notified().await;
-            let upto = self.written.load(Ordering::SeqCst);
-            if self.durable.borrow().is_some_and(|d| upto <= d) {
-                continue;
-            }
-            if let Err(e) = self.db.flush_async().await {
-                self.durable.send_replace(None);
-                return Err(self.sled(e));
-            }
-            self.flushes.fetch_add(1, Ordering::Relaxed);
-            self.durable.send_replace(Some(upto));
-        }
+        let next = self.next.load(Ordering::SeqCst);
+        writes.insert(NEXT, &next.to_be_bytes());
+        self.db.apply_batch(writes).map_err(|e| self.sled(e))?;
+        Ok(out)
     }
 
     /// Flushes done so far (each covers every event written before it began).
