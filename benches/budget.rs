@@ -12,10 +12,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use support::{bin, env, runs, sandbox, Killed, Result};
+use support::{env, runs, sandbox, serve, Result};
 
 /// One workflow file: `streams` streams reading all of `/orders` in pages of 10, due once
 /// (every hour), under a budget of `budget` requests per second.
@@ -72,17 +71,7 @@ fn main() -> Result {
     write_flow(&dir, streams, budget)?;
     let state = dir.join("state");
     let began = Instant::now();
-    let child = Command::new(bin())
-        .args(["serve", "shop.toml", "--listen", "127.0.0.1:0"])
-        .args(["--max-concurrent-runs", &streams.to_string()])
-        .current_dir(&dir)
-        .env("WAYMARK_STATE_DIR", &state)
-        .env("WAYMARK_SANDBOX_URL", &url)
-        .env("WAYMARK_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let serve = Killed(child);
+    let serving = serve(&dir, "shop.toml", streams, &state, &url)?;
     let all = loop {
         std::thread::sleep(Duration::from_millis(500));
         let all = runs(&state)?;
@@ -94,7 +83,7 @@ fn main() -> Result {
             return Err(format!("not done after 10 minutes: {done} of {streams} runs").into());
         }
     };
-    drop(serve);
+    drop(serving);
     let first = all
         .iter()
         .filter_map(|r| ms(r, "started"))

@@ -9,10 +9,9 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{bin, env, runs, sandbox, Killed, Result};
+use support::{env, runs, sandbox, serve, Result};
 
 fn write_flows(dir: &Path, streams: u64) -> Result {
     let per_file = 10;
@@ -93,18 +92,8 @@ fn main() -> Result {
     let (_sandbox, url) = sandbox(&["--records", "20"])?;
     let state = dir.join("state");
     let began = Instant::now();
-    let child = Command::new(bin())
-        .args(["serve", ".", "--listen", "127.0.0.1:0"])
-        .args(["--max-concurrent-runs", &concurrent.to_string()])
-        .current_dir(&dir)
-        .env("WAYMARK_STATE_DIR", &state)
-        .env("WAYMARK_SANDBOX_URL", &url)
-        .env("WAYMARK_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let serve = Killed(child);
+    let serving = serve(&dir, ".", concurrent, &state, &url)?;
+    let pid = serving.0.id();
 
     // The first wave (every stream never ran: due at once), then `waves` minute waves;
     // the idle CPU is measured from 40 s to 58 s past each minute.
@@ -121,7 +110,7 @@ fn main() -> Result {
     }
     let peak = memory_kib(pid, "VmHWM:")?;
     let rss = memory_kib(pid, "VmRSS:")?;
-    drop(serve);
+    drop(serving);
 
     let all = runs(&state)?;
     let mut delays: Vec<u64> = Vec::new();

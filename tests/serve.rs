@@ -341,6 +341,19 @@ fn streams_of_several_files_run_at_their_cadence_and_sigterm_pauses_them_all() -
     Ok(())
 }
 
+/// Waits (up to 30 s) for a run in `state` to be going with 3 pages committed.
+fn mid_run(state: &Path) -> bool {
+    wait_for(
+        || {
+            runs(state).is_ok_and(|r| {
+                r.iter()
+                    .any(|r| r["status"] == "running" && r["pages"].as_u64() >= Some(3))
+            })
+        },
+        Duration::from_secs(30),
+    )
+}
+
 #[test]
 fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result {
     // 4,000 orders in pages of 100, 40 ms each: a run takes well over a second.
@@ -350,15 +363,7 @@ fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result
     let state = dir.path().join("state");
     let (mut child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
-    let mid_run = wait_for(
-        || {
-            runs(&state).is_ok_and(|r| {
-                r.iter()
-                    .any(|r| r["status"] == "running" && r["pages"].as_u64() >= Some(3))
-            })
-        },
-        Duration::from_secs(30),
-    );
+    let mid_run = mid_run(&state);
     child.kill()?; // SIGKILL
     child.wait()?;
     assert!(mid_run, "a run in progress before the kill");
@@ -404,15 +409,7 @@ fn changing_commands_sent_to_serve_are_carried_out_between_steps() -> Result {
     let state = dir.path().join("state");
     let (child, api) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
-    let mid_run = wait_for(
-        || {
-            runs(&state).is_ok_and(|r| {
-                r.iter()
-                    .any(|r| r["status"] == "running" && r["pages"].as_u64() >= Some(3))
-            })
-        },
-        Duration::from_secs(30),
-    );
+    let mid_run = mid_run(&state);
     assert!(mid_run, "a run in progress");
     let first = runs(&state)?.remove(0);
     let first_id = first["run"].as_str().ok_or("run id")?.to_string();
@@ -757,6 +754,23 @@ fn hooks(receiver: &crate::scripted::Server) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Stops serve (exit 0) after `result`, the test's part while it ran; the alerts
+/// `receiver` got, as JSON.
+fn alerts_sent(
+    child: Child,
+    dir: &Path,
+    result: Result,
+    receiver: &crate::scripted::Server,
+) -> Result<Vec<serde_json::Value>> {
+    let (code, _, log) = terminate(child, dir)?;
+    result.map_err(|e| format!("{e}\n{log}"))?;
+    assert_eq!(code, Some(0), "{log}");
+    Ok(hooks(receiver)
+        .iter()
+        .map(|b| serde_json::from_str(b))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 /// How many runs in `state` are `status`.
 fn ended(state: &Path, status: &str) -> usize {
     runs(state)
@@ -824,13 +838,7 @@ fn a_stream_that_starts_failing_alerts_once_and_once_more_when_it_recovers() -> 
         assert_eq!(hooks().len(), 2, "{:?}", hooks());
         Ok(())
     })();
-    let (code, _, log) = terminate(child, dir.path())?;
-    result.map_err(|e| format!("{e}\n{log}"))?;
-    assert_eq!(code, Some(0), "{log}");
-    let sent: Vec<serde_json::Value> = hooks()
-        .iter()
-        .map(|b| serde_json::from_str(b))
-        .collect::<std::result::Result<_, _>>()?;
+    let sent = alerts_sent(child, dir.path(), result, receiver)?;
     assert_eq!(sent[0]["health"], "failing", "{}", sent[0]);
     assert_eq!(sent[0]["previous"], "ok");
     assert_eq!(
@@ -893,13 +901,7 @@ fn a_stream_answered_429_more_than_once_a_run_alerts_rate_limited_once() -> Resu
         );
         Ok(())
     })();
-    let (code, _, log) = terminate(child, dir.path())?;
-    result.map_err(|e| format!("{e}\n{log}"))?;
-    assert_eq!(code, Some(0), "{log}");
-    let sent: Vec<serde_json::Value> = hooks()
-        .iter()
-        .map(|b| serde_json::from_str(b))
-        .collect::<std::result::Result<_, _>>()?;
+    let sent = alerts_sent(child, dir.path(), result, receiver)?;
     assert_eq!(sent[0]["health"], "rate-limited", "{}", sent[0]);
     let reason = sent[0]["reason"].as_str().unwrap_or("");
     assert!(

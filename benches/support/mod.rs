@@ -44,6 +44,22 @@ pub fn sandbox(args: &[&str]) -> Result<(Killed, String)> {
     Ok((Killed(child), url))
 }
 
+/// `waymark serve <target> --max-concurrent-runs <runs>` in `dir` against the sandbox at
+/// `url`, its state in `state`, quiet.
+pub fn serve(dir: &Path, target: &str, runs: u64, state: &Path, url: &str) -> Result<Killed> {
+    let child = Command::new(bin())
+        .args(["serve", target, "--listen", "127.0.0.1:0"])
+        .args(["--max-concurrent-runs", &runs.to_string()])
+        .current_dir(dir)
+        .env("WAYMARK_STATE_DIR", state)
+        .env("WAYMARK_SANDBOX_URL", url)
+        .env("WAYMARK_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(Killed(child))
+}
+
 /// Every run in `state`, as `runs --json` prints them.
 pub fn runs(state: &Path) -> Result<Vec<serde_json::Value>> {
     let out = Command::new(bin())

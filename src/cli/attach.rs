@@ -32,7 +32,6 @@ use tokio::sync::oneshot;
 use waymark_connectors::http::excerpt::printable_lines;
 use waymark_engine::{RunState, StateDir};
 
-use super::context::status_of;
 use super::progress::print_summary;
 use super::{describe, Cli, Command, ExitStatus};
 
@@ -317,7 +316,7 @@ async fn carry_out(
                 }
             }
         }
-        return Ok(match status_of(&states) {
+        return Ok(match ExitStatus::of_runs(&states) {
             ExitStatus::Success if refused => ExitStatus::Failed,
             status => status,
         });

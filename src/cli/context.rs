@@ -1,6 +1,5 @@
 //! What the subcommands share: the state directory (opened with the command in its lock),
-//! stop signals, budgets, a stream's destination, run ids typed in full or in part, and
-//! the exit status of a set of runs.
+//! stop signals, budgets, a stream's destination, and run ids typed in full or in part.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,12 +11,12 @@ use clap::Args;
 
 use waymark_connectors::config::{FileKind, StreamSection};
 use waymark_connectors::{sink, AnyDestination, Workflow};
-use waymark_engine::{state_dir, RunId, RunState, StateDir, Status, Timestamp};
+use waymark_engine::{state_dir, RunId, StateDir, Timestamp};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::attach::{Answering, Change};
-use super::{ExitStatus, UsageError};
+use super::UsageError;
 
 /// Limits and output of one invocation, shared by `run`, `resume` and `backfill`.
 #[derive(Debug, Args, Clone, Default)]
@@ -244,19 +243,6 @@ pub(crate) async fn destination(
     AnyDestination::open(workflow, binding, dir.root())
         .await
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
-}
-
-pub(crate) fn status_of(states: &[RunState]) -> ExitStatus {
-    if states.iter().any(|s| matches!(s.status, Status::Failed(_))) {
-        ExitStatus::Failed
-    } else if states
-        .iter()
-        .any(|s| matches!(s.status, Status::Paused(_) | Status::Running))
-    {
-        ExitStatus::Paused
-    } else {
-        ExitStatus::Success
-    }
 }
 
 /// Finds a run by id, or by a unique prefix or suffix of it.

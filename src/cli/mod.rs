@@ -183,6 +183,21 @@ impl From<ExitStatus> for ExitCode {
 }
 
 impl ExitStatus {
+    /// The status of a set of runs: failed if any failed, else paused if any is not done.
+    pub(crate) fn of_runs(states: &[waymark_engine::RunState]) -> ExitStatus {
+        use waymark_engine::Status;
+        if states.iter().any(|s| matches!(s.status, Status::Failed(_))) {
+            ExitStatus::Failed
+        } else if states
+            .iter()
+            .any(|s| matches!(s.status, Status::Paused(_) | Status::Running))
+        {
+            ExitStatus::Paused
+        } else {
+            ExitStatus::Success
+        }
+    }
+
     const ALL: [ExitStatus; 7] = [
         ExitStatus::Success,
         ExitStatus::Failed,

@@ -12,7 +12,7 @@ use waymark_connectors::reconcile::{Gap, Report};
 use waymark_connectors::Workflow;
 use waymark_engine::{RunState, Window};
 
-use super::context::{hold_state, status_of, stop_on_signal, Budget};
+use super::context::{hold_state, stop_on_signal, Budget};
 use super::{ExitStatus, UsageError};
 use crate::sync::{reconcile, Invocation, Request};
 
@@ -109,7 +109,7 @@ pub async fn run(state_dir: &Path, args: ReconcileArgs) -> anyhow::Result<ExitSt
             None => print_unfinished(names.1, names.2, repair.as_ref(), args.budget.json),
         }
         let this = match (&repair, &report) {
-            (Some(state), _) => status_of(std::slice::from_ref(state)),
+            (Some(state), _) => ExitStatus::of_runs(std::slice::from_ref(state)),
             (None, Some(r)) if r.figures.gaps() > 0 && !request.repair => ExitStatus::Drift,
             (None, _) => ExitStatus::Success,
         };

@@ -8,7 +8,7 @@ use waymark_connectors::config::StreamSection;
 use waymark_connectors::Workflow;
 use waymark_engine::Timestamp;
 
-use super::context::{find_run, hold_state, rfc3339, status_of, stop_on_signal, Budget};
+use super::context::{find_run, hold_state, rfc3339, stop_on_signal, Budget};
 use super::{ExitStatus, UsageError};
 use crate::sync::{resume_run, run_scope, run_streams, Invocation};
 
@@ -153,7 +153,7 @@ pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<Ex
     }
     let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
     let states = run_scope(&mut dir, &invocation, &workflow, &stream, &plan).await?;
-    Ok(status_of(&states))
+    Ok(ExitStatus::of_runs(&states))
 }
 
 /// `waymark resume <run-id>`.
@@ -167,5 +167,5 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
         Workflow::load(&path).with_context(|| format!("loading the workflow of run {run}"))?;
     let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
     let state = resume_run(&mut dir, &invocation, &workflow, state).await?;
-    Ok(status_of(&[state]))
+    Ok(ExitStatus::of_runs(&[state]))
 }

@@ -164,10 +164,17 @@ pub async fn watch(
             continue;
         };
         let at = SystemClock.now();
-        let mut answers = traffic.healths(at, |sync| {
-            let t = targets.get(sync)?;
-            Some((t.too_many_requests_above, t.server_errors_above))
-        });
+        let mut answers: BTreeMap<Key, Health> = traffic
+            .healths(at, |sync| {
+                let t = targets.get(sync)?;
+                Some((t.too_many_requests_above, t.server_errors_above))
+            })
+            .into_iter()
+            .map(|(key, (health, reason))| {
+                let health = health.to_string();
+                (key, Health { health, reason })
+            })
+            .collect();
         for line in &lines {
             let (Some(sync), Some(stream)) = (line["sync"].as_str(), line["stream"].as_str())
             else {

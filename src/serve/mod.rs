@@ -36,7 +36,7 @@ use waymark_connectors::config::{parse_scope, AlertsSection, StreamSection};
 use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
 
 use crate::cli::attach::Change;
-use crate::cli::context::{set_reload_failures, status_of, Budget};
+use crate::cli::context::{set_reload_failures, Budget};
 use crate::cli::{describe, ExitStatus, UsageError};
 use crate::sync::{prune, resume_run, run_stream, Invocation, Ran};
 use api::{Ask, RunNow};
@@ -413,7 +413,7 @@ fn report(key: &Key, outcome: anyhow::Result<Ran>) -> Ended {
             return Err(why);
         }
     };
-    match status_of(&ran.states) {
+    match ExitStatus::of_runs(&ran.states) {
         ExitStatus::Success if ran.reconciliation_failed => {
             tracing::warn!("{}/{}: its reconciliation failed", key.0, key.1)
         }

@@ -9,7 +9,6 @@ use std::sync::{Mutex, PoisonError};
 
 use waymark_engine::{Event, RunId, RunState, Timestamp};
 
-use super::alerts::Health;
 use super::Key;
 
 const MINUTE: u64 = 60_000;
@@ -100,12 +99,12 @@ impl Traffic {
     /// last run than its sync's limit), `erroring` (a larger 5xx share over the last hour,
     /// and the last run was answered 5xx too).
     /// `limits`: a sync's `(too_many_requests_above, server_errors_above)`, `None` for a
-    /// sync without alerts.
+    /// sync without alerts. Each verdict is the health's name and the reason.
     pub fn healths(
         &self,
         now: Timestamp,
         limits: impl Fn(&str) -> Option<(u64, f64)>,
-    ) -> BTreeMap<Key, Health> {
+    ) -> BTreeMap<Key, (&'static str, String)> {
         let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = BTreeMap::new();
         for (key, seen) in streams.iter() {
@@ -115,11 +114,8 @@ impl Traffic {
             let last = seen.last_run.unwrap_or_default();
             if last.too_many_requests > max_429s {
                 let n = last.too_many_requests;
-                let health = Health {
-                    health: "rate-limited".into(),
-                    reason: format!("its last run was answered 429 {n} times (limit {max_429s})"),
-                };
-                out.insert(key.clone(), health);
+                let reason = format!("its last run was answered 429 {n} times (limit {max_429s})");
+                out.insert(key.clone(), ("rate-limited", reason));
                 continue;
             }
             let recent = seen.minutes.iter().filter(|m| m.at + HOUR > now.0 / MINUTE);
@@ -127,16 +123,13 @@ impl Traffic {
                 recent.fold((0, 0), |(r, e), m| (r + m.requests, e + m.server_errors));
             let share = errors as f64 / requests.max(1) as f64;
             if errors >= SUSTAINED && share > max_share && last.server_errors > 0 {
-                let health = Health {
-                    health: "erroring".into(),
-                    reason: format!(
-                        "{errors} of its {requests} requests in the last hour were answered \
+                let reason = format!(
+                    "{errors} of its {requests} requests in the last hour were answered \
                          5xx ({:.1}% > {:.1}%)",
-                        share * 100.0,
-                        max_share * 100.0
-                    ),
-                };
-                out.insert(key.clone(), health);
+                    share * 100.0,
+                    max_share * 100.0
+                );
+                out.insert(key.clone(), ("erroring", reason));
             }
         }
         out
@@ -196,7 +189,7 @@ mod tests {
 
     fn health(traffic: &Traffic, now: u64) -> Option<String> {
         let found = traffic.healths(Timestamp(now), |_| LIMITS);
-        found.values().next().map(|h| h.health.clone())
+        found.values().next().map(|(health, _)| health.to_string())
     }
 
     #[test]

@@ -9,7 +9,7 @@ use waymark_engine::{driver, Clock, Plan, RunState, StateDir, Status, SystemCloc
 
 use super::invocation::{drive, Invocation};
 use super::reconciliation::{due, reconcile, resume_repair, Request};
-use crate::cli::context::{destination, status_of, Budget};
+use crate::cli::context::{destination, Budget};
 use crate::cli::ExitStatus;
 
 /// Runs streams of an already-loaded workflow in an open state directory (also used by
@@ -34,7 +34,7 @@ pub async fn run_streams(
         finished.extend(ran.states);
         reconciliation_failed |= ran.reconciliation_failed;
     }
-    Ok(match status_of(&finished) {
+    Ok(match ExitStatus::of_runs(&finished) {
         ExitStatus::Success if reconciliation_failed => ExitStatus::Failed,
         status => status,
     })
