@@ -347,6 +347,29 @@ pub fn local(state: &StateDir, args: &[&str]) -> anyhow::Result<UnboundedReceive
     Ok(start(state.share()?, root, cli, None))
 }
 
+/// [`local`] for a command printing JSON lines (`--json`): the values it printed, or its
+/// message and exit code when it failed.
+pub async fn local_json(
+    state: &StateDir,
+    args: &[&str],
+) -> Result<Vec<serde_json::Value>, (String, u8)> {
+    let mut replies = local(state, args).map_err(|e| (describe(&e), 1))?;
+    let mut out = Vec::new();
+    while let Some(reply) = replies.recv().await {
+        match reply {
+            Reply::Out(line) => match serde_json::from_str(&line) {
+                Ok(value) => out.push(value),
+                Err(e) => return Err((format!("not JSON ({e}): {line}"), 1)),
+            },
+            Reply::Note(_) => {}
+            Reply::Error(message, code) => return Err((message, code)),
+            Reply::Exit(_) => return Ok(out),
+            Reply::Busy => return Err(("not a read command".into(), 2)),
+        }
+    }
+    Err(("the command ended without an answer".into(), 1))
+}
+
 /// The command a request asks for, its relative paths made the caller's: a read, or a
 /// change this holder carries out (`changes`: it is `serve`).
 fn command(request: Request, changes: bool) -> Result<Cli, Reply> {

@@ -20,7 +20,7 @@ use waymark_engine::{Clock, StateDir, SystemClock};
 use super::growth::Depths;
 use super::traffic::Traffic;
 use super::Key;
-use crate::cli::attach::{self, Reply};
+use crate::cli::attach;
 
 /// How often health is checked when no run ends (a stall shows without a run).
 const EVERY: Duration = Duration::from_secs(30);
@@ -138,15 +138,9 @@ pub async fn watch(
     wake: std::rc::Rc<Notify>,
 ) {
     let file = dir.root().join("alerts.json");
-    let mut sent: BTreeMap<String, Health> = std::fs::read(&file)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let mut sent: BTreeMap<String, Health> = kept(&file);
     let depths_file = dir.root().join("dead_letter_depths.json");
-    let mut depths: Depths = std::fs::read(&depths_file)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let mut depths: Depths = kept(&depths_file);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -175,6 +169,7 @@ pub async fn watch(
                 (key, Health { health, reason })
             })
             .collect();
+        let mut sampled = false;
         for line in &lines {
             let (Some(sync), Some(stream)) = (line["sync"].as_str(), line["stream"].as_str())
             else {
@@ -184,7 +179,7 @@ pub async fn watch(
             if !targets.contains_key(sync) {
                 continue;
             }
-            depths.record(&key, at, line["dead_letters"].as_u64().unwrap_or(0));
+            sampled |= depths.record(&key, at, line["dead_letters"].as_u64().unwrap_or(0));
             if let Some(reason) = depths.growing(&key, at) {
                 let health = Health {
                     health: "dead-letters".into(),
@@ -193,7 +188,9 @@ pub async fn watch(
                 answers.entry(key).or_insert(health);
             }
         }
-        keep(&depths_file, &depths, "the dead-letter depths");
+        if sampled {
+            keep(&depths_file, &depths, "the dead-letter depths");
+        }
         let now = healths(&lines, &answers, |sync| {
             targets.get(sync).map(|t| t.dead_letters_above)
         });
@@ -219,6 +216,14 @@ pub async fn watch(
     }
 }
 
+/// What [`keep`] wrote to `file`; the default when there is none (or it is unreadable).
+fn kept<T: serde::de::DeserializeOwned + Default>(file: &std::path::Path) -> T {
+    std::fs::read(file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
 /// Writes `value` to `file` as JSON; a failure is logged (what it loses: `what`).
 fn keep(file: &std::path::Path, value: &impl Serialize, what: &str) {
     let written = serde_json::to_vec(value)
@@ -236,21 +241,13 @@ fn split(key: &str) -> Option<Key> {
 
 /// `status --json`, run in this process.
 async fn status(dir: &StateDir) -> Option<Vec<serde_json::Value>> {
-    let mut replies = attach::local(dir, &["status", "--json"]).ok()?;
-    let mut lines = Vec::new();
-    while let Some(reply) = replies.recv().await {
-        match reply {
-            Reply::Out(line) => lines.extend(serde_json::from_str(&line).ok()),
-            Reply::Note(_) => {}
-            Reply::Exit(_) => return Some(lines),
-            Reply::Busy => return None,
-            Reply::Error(message, _) => {
-                tracing::warn!("alerts: cannot read the streams' health: {message}");
-                return None;
-            }
+    match attach::local_json(dir, &["status", "--json"]).await {
+        Ok(lines) => Some(lines),
+        Err((message, _)) => {
+            tracing::warn!("alerts: cannot read the streams' health: {message}");
+            None
         }
     }
-    None
 }
 
 /// Sends one alert to the webhook and the command, retrying each.

@@ -140,22 +140,9 @@ fn refused(message: String, code: u8) -> Response {
 
 /// Runs a read command and collects its JSON lines.
 async fn answer(shared: &Shared, args: &[&str]) -> Result<Vec<serde_json::Value>, Response> {
-    let mut replies =
-        attach::local(&shared.dir, args).map_err(|e| refused(crate::cli::describe(&e), 1))?;
-    let mut out = Vec::new();
-    while let Some(reply) = replies.recv().await {
-        match reply {
-            Reply::Out(line) => match serde_json::from_str(&line) {
-                Ok(value) => out.push(value),
-                Err(e) => return Err(refused(format!("not JSON ({e}): {line}"), 1)),
-            },
-            Reply::Note(_) => {}
-            Reply::Error(message, code) => return Err(refused(message, code)),
-            Reply::Exit(_) => return Ok(out),
-            Reply::Busy => return Err(refused("not a read command".into(), 2)),
-        }
-    }
-    Err(refused("the command ended without an answer".into(), 1))
+    attach::local_json(&shared.dir, args)
+        .await
+        .map_err(|(message, code)| refused(message, code))
 }
 
 async fn list(shared: Shared, args: &[&str]) -> Response {

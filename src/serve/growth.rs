@@ -22,17 +22,22 @@ const GAP: u64 = 2;
 pub struct Depths(BTreeMap<String, VecDeque<(u64, u64)>>);
 
 impl Depths {
-    /// `key` holds `depth` dead letters at `now` (the hour's sample is the latest).
-    pub fn record(&mut self, key: &Key, now: Timestamp, depth: u64) {
+    /// `key` holds `depth` dead letters at `now` (the hour's sample is the latest); whether
+    /// that changed what is kept.
+    pub fn record(&mut self, key: &Key, now: Timestamp, depth: u64) -> bool {
         let hour = now.0 / HOUR;
         let samples = self.0.entry(format!("{}/{}", key.0, key.1)).or_default();
-        match samples.back_mut() {
-            Some((h, d)) if *h == hour => *d = depth,
-            _ => samples.push_back((hour, depth)),
-        }
+        let changed = match samples.back_mut() {
+            Some((h, d)) if *h == hour => std::mem::replace(d, depth) != depth,
+            _ => {
+                samples.push_back((hour, depth));
+                true
+            }
+        };
         while samples.front().is_some_and(|(h, _)| h + KEPT <= hour) {
             samples.pop_front();
         }
+        changed
     }
 
     /// Why `key`'s dead letters grow day over day at `now`, if they do.

@@ -134,9 +134,10 @@ impl Gate {
         }
     }
 
-    /// Waits until a request may be sent and counts it (returns when: tell
-    /// [`Gate::answered`] with it); or, when the wait is longer than `max_wait`, returns when
-    /// requests may go again. Every wait of a second or more is logged with its reason.
+    /// Waits until a request may be sent, counts it and returns the time it was let through
+    /// (give it to [`Gate::answered`] with the answer); or, when the wait is longer than
+    /// `max_wait`, returns when requests may go again. Every wait of a second or more is
+    /// logged with its reason.
     pub async fn admit(&self) -> Result<Timestamp, Blocked> {
         loop {
             let now = self.clock.now();

@@ -188,12 +188,7 @@ pub(super) async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fau
         s.injected.count(Fault::TooManyRequests);
         // Whole seconds, rounded up (at least 1), as Retry-After is written.
         let seconds = wait.as_millis().div_ceil(1000).max(1);
-        return Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, seconds.to_string())],
-            Json(serde_json::json!({"error": "rate limit exceeded"})),
-        )
-            .into_response());
+        return Err(come_back(StatusCode::TOO_MANY_REQUESTS, seconds));
     }
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
@@ -202,30 +197,34 @@ pub(super) async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fau
         return Ok(None);
     };
     s.injected.count(fault);
-    let retry_after = [(header::RETRY_AFTER, faults.retry_after_s.to_string())];
+    let retry_after = u128::from(faults.retry_after_s);
     match fault {
-        Fault::TooManyRequests => Err((
-            StatusCode::TOO_MANY_REQUESTS,
-            retry_after,
-            Json(serde_json::json!({"error": "rate limit exceeded"})),
-        )
-            .into_response()),
+        Fault::TooManyRequests => Err(come_back(StatusCode::TOO_MANY_REQUESTS, retry_after)),
         Fault::ServerError => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "injected server error",
         )),
-        Fault::Unavailable => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            retry_after,
-            Json(serde_json::json!({"error": "service unavailable"})),
-        )
-            .into_response()),
+        Fault::Unavailable => Err(come_back(StatusCode::SERVICE_UNAVAILABLE, retry_after)),
         Fault::Hang => {
             tokio::time::sleep(Duration::from_millis(faults.hang_ms)).await;
             Ok(None)
         }
         Fault::Reset | Fault::Malformed => Ok(Some(fault)),
     }
+}
+
+/// A 429 or 503 with `Retry-After: seconds`.
+fn come_back(status: StatusCode, seconds: u128) -> Response {
+    let message = match status {
+        StatusCode::TOO_MANY_REQUESTS => "rate limit exceeded",
+        _ => "service unavailable",
+    };
+    (
+        status,
+        [(header::RETRY_AFTER, seconds.to_string())],
+        Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
 }
 
 /// A JSON body, damaged by `fault` if it is one that damages bodies.
