@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use waymark_connectors::webhook::inbox::{Accepted, Event, Inbox};
-use waymark_engine::Timestamp;
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -45,7 +44,6 @@ async fn row(senders: u64, events: u64) -> Result {
                     sync: "shop".into(),
                     stream: "orders".into(),
                     id: Some(format!("evt_{sender}_{i}")),
-                    at: Timestamp(1_800_000_000_000 + i),
                     body: body.into_bytes(),
                 };
                 let asked = Instant::now();

@@ -95,7 +95,7 @@ fn chaos_workflow(dir: &Path, page_size: u32) -> Result<PathBuf> {
 
 /// The destination holds exactly the source's live records (same versions, same content),
 /// and every record the source deleted is absent or marked deleted.
-fn assert_matches_source(sandbox: &Sandbox, db: &Path, resource: &str) -> Result {
+pub(crate) fn assert_matches_source(sandbox: &Sandbox, db: &Path, resource: &str) -> Result {
     let (truth, gone) = sandbox.truth_of(resource)?;
     let (live, deleted) = table(db, resource)?;
     let missing: Vec<&String> = truth.keys().filter(|k| !live.contains_key(*k)).collect();

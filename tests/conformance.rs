@@ -1087,7 +1087,7 @@ async fn destinations_list_what_they_hold_and_apply_a_repairs_deletions() -> Res
         // and a record without the marker is an ordinary upsert.
         let state = t.state();
         let mut binding = sink::binding(&wf, &wf.streams()[0], "items@repair");
-        binding.repair = true;
+        binding.marked_deletions = true;
         let mut repair = AnyDestination::open(&wf, binding, &state).await?;
         let ack = write(
             &mut repair,

@@ -23,5 +23,6 @@ mod secrets;
 mod serve;
 mod state_dir;
 mod transient;
+mod webhooks;
 mod windows;
 mod workflows;

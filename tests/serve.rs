@@ -46,7 +46,7 @@ fn serve(state: &Path, url: &str, dir: &Path, args: &[&str]) -> Result<(Child, S
 }
 
 /// The same with `env` set.
-fn serve_with(
+pub(crate) fn serve_with(
     state: &Path,
     url: &str,
     dir: &Path,
@@ -89,7 +89,7 @@ fn serve_with(
 }
 
 /// Sends SIGTERM and waits for the exit: its code, how long it took, and its log.
-fn terminate(mut child: Child, dir: &Path) -> Result<(Option<i32>, Duration, String)> {
+pub(crate) fn terminate(mut child: Child, dir: &Path) -> Result<(Option<i32>, Duration, String)> {
     let asked = Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

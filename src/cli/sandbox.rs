@@ -1,10 +1,14 @@
-//! `waymark sandbox`: serve the fake API until stopped.
+//! `waymark sandbox`: serve the fake API until stopped, optionally pushing a signed webhook
+//! for every mutation.
 
 use std::time::Duration;
 
 use clap::Args;
 
-use super::ExitStatus;
+use waymark_connectors::webhook::signature;
+
+use super::{ExitStatus, UsageError};
+use crate::sandbox::webhooks::{self, Preset};
 use crate::sandbox::{self, Config, Faults, Quirk};
 
 /// Arguments of `waymark sandbox`.
@@ -69,6 +73,134 @@ pub struct SandboxArgs {
     /// A rate limit: more data requests than N in any second are answered 429.
     #[arg(long, value_name = "N", default_value_t = 0)]
     quota: u64,
+    /// Send a signed webhook event for every mutation (the mutator's and
+    /// `/_control/edit`'s) to this URL, retried until answered 2xx; `{resource}` in it
+    /// becomes `orders` or `customers`, e.g. `http://127.0.0.1:8080/hooks/shop/{resource}`.
+    #[arg(
+        long,
+        value_name = "URL",
+        requires = "webhook_secret",
+        help_heading = "Webhooks"
+    )]
+    webhooks_to: Option<String>,
+    /// How the webhooks are signed.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "SCHEME",
+        default_value_t = Preset::Standard,
+        requires = "webhooks_to",
+        help_heading = "Webhooks"
+    )]
+    webhook_scheme: Preset,
+    /// The webhooks' signing secret (for `standard`, `whsec_<base64>`).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        env = "WAYMARK_SANDBOX_WEBHOOK_SECRET",
+        hide_env_values = true,
+        help_heading = "Webhooks"
+    )]
+    webhook_secret: Option<String>,
+    /// Probability (0–1) that an event is delivered a second time a while later, with the
+    /// same id and body.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        value_parser = probability,
+        requires = "webhooks_to",
+        help_heading = "Webhooks"
+    )]
+    webhook_duplicates: f64,
+    /// Probability (0–1) that an event is held back and sent after the next one to three.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        value_parser = probability,
+        requires = "webhooks_to",
+        help_heading = "Webhooks"
+    )]
+    webhook_reorder: f64,
+    /// Probability (0–1) that an event is never sent (only polling finds its change).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        value_parser = probability,
+        requires = "webhooks_to",
+        help_heading = "Webhooks"
+    )]
+    webhook_drop: f64,
+    /// Each event waits a random 0 to N ms before its first attempt.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "webhooks_to",
+        help_heading = "Webhooks"
+    )]
+    webhook_delay_ms: u64,
+    /// Events are held and released N at a time (a partial burst after 1 s; 0 or 1: off).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        requires = "webhooks_to",
+        help_heading = "Webhooks"
+    )]
+    webhook_burst: u64,
+}
+
+/// A probability: a number from 0 to 1.
+fn probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{text}` is not a probability from 0 to 1")),
+    }
+}
+
+/// The webhooks of `args`, checked: a URL per resource, a secret the scheme can use.
+fn webhooks(args: &SandboxArgs) -> Result<Option<webhooks::Config>, UsageError> {
+    let Some(url) = &args.webhooks_to else {
+        return Ok(None);
+    };
+    for filled in webhooks::urls(url) {
+        match reqwest::Url::parse(&filled) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(_) => {
+                return Err(UsageError(format!(
+                    "--webhooks-to: `{filled}` is not http(s)"
+                )))
+            }
+            Err(e) => return Err(UsageError(format!("--webhooks-to: `{filled}`: {e}"))),
+        }
+    }
+    let scheme = args.webhook_scheme.scheme();
+    let secret = args.webhook_secret.as_deref().unwrap_or_default();
+    let key = signature::key(&scheme, secret)
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| {
+            UsageError(match scheme {
+                signature::Scheme::Standard => {
+                    "--webhook-secret: a `standard` secret is `whsec_<base64>`".into()
+                }
+                _ => "--webhook-secret: empty".into(),
+            })
+        })?;
+    Ok(Some(webhooks::Config {
+        url: url.clone(),
+        scheme,
+        key,
+        faults: webhooks::Faults {
+            duplicates: args.webhook_duplicates,
+            reorder: args.webhook_reorder,
+            drop: args.webhook_drop,
+            delay_ms: args.webhook_delay_ms,
+            burst: args.webhook_burst,
+        },
+    }))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -77,14 +209,18 @@ fn ms(d: Duration) -> u64 {
 
 /// Runs `waymark sandbox`.
 pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
+    let webhooks = webhooks(&args)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
     let addr = listener.local_addr()?;
     out!("sandbox listening on http://{addr}");
     tracing::info!(
         "endpoints: /orders /customers /customers/{{id}}/invoices /orders/deleted \
          /customers/deleted /_truth/orders /_truth/customers /_stats, PUT /_control/faults \
-         /_control/mutator"
+         /_control/mutator /_control/edit"
     );
+    if let Some(hooks) = &webhooks {
+        tracing::info!("webhooks to {} signed {:?}", hooks.url, hooks.scheme);
+    }
     let base_ms = match &args.base {
         Some(text) => {
             let now = waymark_engine::Timestamp::from_system(std::time::SystemTime::now());
@@ -103,6 +239,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
         mutate_rate: args.mutate.max(0.0),
         quirks: args.quirks,
         token: args.token,
+        webhooks,
         faults: Faults {
             latency_ms: ms(args.latency),
             rate_429: args.rate_429,

@@ -22,6 +22,11 @@ pub struct ServeArgs {
     /// loopback it needs `WAYMARK_API_TOKEN` (the bearer token every request must carry).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7300")]
     listen: std::net::SocketAddr,
+    /// Receive webhooks (`POST /hooks/{sync}/{stream}`) on this address instead of the
+    /// local API's: the one facing the senders (the internet, through a proxy), while the
+    /// API stays on loopback. Webhooks need no token: each is checked by its signature.
+    #[arg(long, value_name = "ADDR")]
+    webhook_listen: Option<std::net::SocketAddr>,
 }
 
 /// `waymark serve <workflows…>`.
@@ -33,6 +38,7 @@ pub async fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<ExitStatus
         paths: args.paths,
         max_concurrent_runs: usize::from(args.max_concurrent_runs),
         listen: args.listen,
+        webhook_listen: args.webhook_listen,
     };
     serve(dir, options, changes_rx, stop).await
 }

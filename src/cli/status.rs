@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use waymark_connectors::config::parse_scope;
+use waymark_connectors::config::{is_webhook_scope, parse_scope};
 use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::dead_letters::DeadLetters;
+use waymark_connectors::webhook::inbox::Inbox;
 use waymark_engine::{
     Checkpoint, Clock, PauseReason, Reconciliation, RunState, Status, SystemClock, Timestamp,
 };
 
 use super::context::{open_existing_state, reload_failures};
 use super::ExitStatus;
+use crate::sync::existing_inbox;
 
 /// Arguments of `waymark status`.
 #[derive(Debug, Args)]
@@ -40,6 +42,50 @@ struct Stream {
     checkpoint: Option<Checkpoint>,
     runs: Vec<RunState>,
     reconciled: Option<Reconciliation>,
+    /// A webhook scope's events.
+    webhook: Option<Webhook>,
+}
+
+/// A webhook scope's events: waiting, and applied lately.
+#[derive(Default)]
+struct Webhook {
+    /// Accepted, not applied yet.
+    waiting: u64,
+    /// When the oldest of them was accepted.
+    oldest: Option<Timestamp>,
+    /// Records its runs of the last day wrote.
+    applied: u64,
+    /// Of those, the ones the destination already had (the polling, or an earlier event,
+    /// came first): unchanged or stale.
+    known: u64,
+}
+
+/// A webhook scope whose oldest waiting event is older than this is stalled (unless
+/// `--stalled-after` says otherwise).
+const WEBHOOK_STALLED: Duration = Duration::from_secs(600);
+
+impl Webhook {
+    fn of(inbox: &Inbox, key: (&str, &str), s: &Stream, now: Timestamp) -> anyhow::Result<Self> {
+        // Events up to the last completed window were applied (a crash may have left them).
+        let applied_up_to = s.checkpoint.as_ref().map(|c| match c.complete {
+            true => c.window.end,
+            false => c.window.start.unwrap_or(Timestamp(0)),
+        });
+        let (waiting, oldest) = inbox.backlog((key.0, parse_scope(key.1).0), applied_up_to)?;
+        let day_ago = now.saturating_sub(Duration::from_secs(24 * 3600));
+        let (mut applied, mut known) = (0, 0);
+        for run in s.runs.iter().filter(|r| r.started.at >= day_ago) {
+            let w = &run.counts.written;
+            applied += run.counts.records_committed;
+            known += w.unchanged + w.skipped_stale;
+        }
+        Ok(Webhook {
+            waiting,
+            oldest,
+            applied,
+            known,
+        })
+    }
 }
 
 /// Runs `waymark status`.
@@ -56,12 +102,16 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
         let key = (s.started.sync.clone(), s.started.stream.clone());
         streams.entry(key).or_default().runs.push(s);
     }
+    let inbox = existing_inbox(&dir)?;
     for ((sync, scope), s) in streams.iter_mut() {
         s.reconciled = dir
             .journal()
             .reconciliations(sync, scope)?
             .pop()
             .map(|(_, r)| r);
+        if let Some(inbox) = inbox.as_ref().filter(|_| is_webhook_scope(scope)) {
+            s.webhook = Some(Webhook::of(inbox, (sync, scope), s, now)?);
+        }
     }
     if !args.json {
         out!(
@@ -113,6 +163,12 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
                     "reconciled_at": s.reconciled.as_ref().map(|r| r.at.to_string()),
                     "gap_rate": s.reconciled.as_ref().map(Reconciliation::gap_rate),
                     "gaps": s.reconciled.as_ref().map(Reconciliation::gaps),
+                    "webhook": s.webhook.as_ref().map(|w| json!({
+                        "waiting": w.waiting,
+                        "oldest_waiting_s": w.oldest.map(|o| now.since(o).as_secs()),
+                        "applied_last_day": w.applied,
+                        "polled_first_last_day": w.known,
+                    })),
                 })
             );
         } else {
@@ -206,6 +262,35 @@ fn verdict(
     }
     if let Some(until) = rate_limited.filter(|u| u.since(now) > LONG_PAUSE) {
         return waiting(until, true);
+    }
+    // A webhook scope runs when events come: it is behind when they wait, not when none came.
+    if let Some(w) = &s.webhook {
+        let limit = stalled_after.unwrap_or(WEBHOOK_STALLED);
+        let first_part = match w.oldest.filter(|o| now.since(*o) > limit) {
+            Some(oldest) => {
+                return (
+                    "stalled",
+                    true,
+                    format!(
+                        "{} webhook events wait, the oldest accepted {} ago (limit {})",
+                        w.waiting,
+                        humantime::format_duration(Duration::from_secs(
+                            now.since(oldest).as_secs()
+                        )),
+                        humantime::format_duration(limit)
+                    ),
+                )
+            }
+            None => format!("{} webhook events waiting", w.waiting),
+        };
+        let share = match w.applied {
+            0 => String::new(),
+            n => format!(
+                "; last day: {n} applied, {:.1}% already written by the polling or an earlier event",
+                w.known as f64 * 100.0 / n as f64
+            ),
+        };
+        return ("ok", false, format!("{first_part}{share}"));
     }
     // Usual interval: the median gap between the starts of the recent runs.
     let starts: Vec<u64> = s

@@ -8,10 +8,17 @@
 //! runs; faults are injected at configurable rates; switchable quirks reproduce API shapes
 //! seen in the wild. `/_truth/{resource}` is the current true state, `/_control/*` changes
 //! the mutator and faults at run time, `/_stats` counts what was served and injected.
+//!
+//! With [`webhooks`] configured, every mutation (the mutator's and `/_control/edit`'s) is
+//! also pushed as a signed event to a receiver — `{"id":"evt_<n>","type":"orders.updated",
+//! "resource":"orders","created":<unix s>,"data":<the record as listed>}` — with
+//! duplicates, reordering, drops, delays and bursts drawn from the seed, retried until
+//! answered 2xx; `/_stats` counts them under `webhooks`.
 
 mod data;
 mod faults;
 mod routes;
+pub mod webhooks;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +69,8 @@ pub struct Config {
     pub quirks: Vec<Quirk>,
     /// When set, data endpoints require `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// When set, every mutation is also sent as a webhook.
+    pub webhooks: Option<webhooks::Config>,
 }
 
 impl Default for Config {
@@ -76,6 +85,7 @@ impl Default for Config {
             faults: Faults::default(),
             quirks: Vec::new(),
             token: None,
+            webhooks: None,
         }
     }
 }
@@ -119,6 +129,8 @@ pub struct Sandbox {
     mutations: [AtomicU64; 3],
     /// Random draws made by the mutator.
     drawn: AtomicU64,
+    /// Where mutations are announced as webhooks, when configured.
+    outbox: Option<webhooks::Outbox>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -134,8 +146,8 @@ fn now_ms() -> u64 {
 }
 
 impl Sandbox {
-    /// Generates the dataset.
-    pub fn new(config: Config) -> Arc<Self> {
+    /// Generates the dataset; mutations are announced to `outbox`, if any.
+    pub fn new(config: Config, outbox: Option<webhooks::Outbox>) -> Arc<Self> {
         let data = Dataset {
             orders: Resource::generate(
                 Kind::Orders,
@@ -164,6 +176,7 @@ impl Sandbox {
             injected: Injected::default(),
             mutations: Default::default(),
             drawn: AtomicU64::new(0),
+            outbox,
         })
     }
 
@@ -206,7 +219,7 @@ impl Sandbox {
         let now = now_ms();
         let mut data = write(&self.data);
         let resource = data.resource_mut(kind);
-        if op < 0.30 {
+        let mutation = if op < 0.30 {
             let ms = if self.quirk(Quirk::BackdatedInserts) {
                 // Anywhere in the generated data's time span.
                 let span = self.config.orders.max(self.config.customers) / self.config.tie.max(1);
@@ -219,6 +232,16 @@ impl Sandbox {
             resource.update(mix(r ^ 2), now)
         } else {
             resource.delete(mix(r ^ 3), now)
+        };
+        self.announce(kind, resource, mutation, now);
+        mutation
+    }
+
+    /// Sends `mutation`, just made to `resource` at `at_ms`, as a webhook when they are
+    /// configured (called with the dataset still locked, so events follow mutation order).
+    fn announce(&self, kind: Kind, resource: &Resource, mutation: Mutation, at_ms: u64) {
+        if let Some(outbox) = &self.outbox {
+            outbox.announce(kind, resource, mutation, at_ms);
         }
     }
 
@@ -230,11 +253,13 @@ impl Sandbox {
         let mut done = [0; 3];
         for (i, ids) in [touch, update, delete].into_iter().enumerate() {
             for &id in ids {
+                let now = now_ms();
                 let m = match i {
                     0 => resource.touch(id),
-                    1 => resource.update_id(id, now_ms()),
-                    _ => resource.delete_id(id, now_ms()),
+                    1 => resource.update_id(id, now),
+                    _ => resource.delete_id(id, now),
                 };
+                self.announce(kind, resource, m, now);
                 done[i] += usize::from(m != Mutation::Nothing);
             }
         }
@@ -271,9 +296,21 @@ impl Sandbox {
     }
 }
 
-/// Serves the sandbox on `listener` (with its mutator) until the process ends.
+/// Serves the sandbox on `listener` (with its mutator, and its webhook sender when
+/// configured) until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
-    let sandbox = Sandbox::new(config);
+    let (outbox, courier) = match &config.webhooks {
+        Some(hooks) => {
+            let (outbox, courier) =
+                webhooks::channel(hooks, config.seed).map_err(std::io::Error::other)?;
+            (Some(outbox), Some(courier))
+        }
+        None => (None, None),
+    };
+    let sandbox = Sandbox::new(config, outbox);
     tokio::spawn(sandbox.clone().run_mutator());
+    if let Some(courier) = courier {
+        tokio::spawn(courier.run());
+    }
     axum::serve(listener, routes::router(sandbox)).await
 }

@@ -68,13 +68,15 @@ pub fn token(listen: &SocketAddr) -> anyhow::Result<Option<String>> {
     Ok(token)
 }
 
-/// Serves the API on `listener` until the process ends.
+/// Serves the API on `listener` until the process ends, with the webhook receiver's
+/// `hooks` when it has no listener of its own.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     dir: StateDir,
     metrics: Arc<Metrics>,
     asks: mpsc::UnboundedSender<Ask>,
     token: Option<String>,
+    hooks: Option<Router>,
 ) {
     let shared = Shared {
         dir: Arc::new(dir),
@@ -97,7 +99,9 @@ pub async fn serve(
         // Listening at all means the state directory is open and the schedules loaded.
         .route("/readyz", get(|| async { "ready\n" }))
         .merge(api)
-        .with_state(shared);
+        .with_state(shared)
+        // Webhooks carry signatures, not the token.
+        .merge(hooks.unwrap_or_default());
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("the local API stopped: {e}");
     }

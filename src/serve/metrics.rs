@@ -57,6 +57,14 @@ struct Ended {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Delivery {
+    sync: String,
+    stream: String,
+    /// accepted, duplicate; or why it was refused.
+    outcome: &'static str,
+}
+
 /// A source: the sync whose streams share it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Source {
@@ -82,6 +90,7 @@ pub struct Metrics {
     skips: Family<Stream, Counter>,
     running: Gauge,
     reload_failures: Counter,
+    webhooks: Family<Delivery, Counter>,
     /// The streams the scrape reads gauges for.
     scheduled: Mutex<Vec<Key>>,
 }
@@ -108,6 +117,7 @@ impl Metrics {
             skips: Family::default(),
             running: Gauge::default(),
             reload_failures: Counter::default(),
+            webhooks: Family::default(),
             scheduled: Mutex::new(Vec::new()),
             registry: Registry::default(),
         };
@@ -165,6 +175,13 @@ impl Metrics {
             "workflow_reload_failures",
             "Workflow files that failed validation when reloaded (the previous version kept running)",
             m.reload_failures.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome: accepted, duplicate (answered 200, nothing stored), \
+             or the reason of a refusal (bad_signature, too_old, in_the_future, missing_header, \
+             malformed_header, too_large, content_type, no_event_id, not_configured, unavailable)",
+            m.webhooks.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }
@@ -261,6 +278,16 @@ impl Metrics {
                 histogram.observe(took.as_secs_f64())
             }));
         }
+    }
+
+    /// A webhook delivery to `key` and what became of it.
+    pub fn delivered(&self, key: &Key, outcome: &'static str) {
+        let labels = Delivery {
+            sync: key.0.clone(),
+            stream: key.1.clone(),
+            outcome,
+        };
+        self.webhooks.get_or_create(&labels).inc();
     }
 
     /// A due time of `key` skipped.

@@ -9,6 +9,9 @@
 //!   previous version running.
 //! - [`holds`]: the changing commands other processes send (`checkpoint set`, `dlq retry`,
 //!   `run`…): the stream is held while one runs, its run paused at a step boundary first.
+//! - [`hooks`]: the webhook receiver. Accepted events wait in the inbox; a stream with new
+//!   ones gets a run of its webhook scope (`<stream>@webhook`) as soon as a slot is free,
+//!   and another once that one ends if more came meanwhile.
 //!
 //! The loop is the only place that reads the clock; each run is a task with its own handle
 //! on the state directory (one sled database, one lock).
@@ -18,6 +21,7 @@ pub mod api;
 pub mod catalog;
 pub mod growth;
 pub mod holds;
+pub mod hooks;
 pub mod metrics;
 pub mod scheduler;
 pub mod traffic;
@@ -32,13 +36,16 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Notify};
-use waymark_connectors::config::{parse_scope, AlertsSection, StreamSection};
+use waymark_connectors::config::{
+    is_webhook_scope, parse_scope, webhook_scope, AlertsSection, StreamSection,
+};
+use waymark_connectors::webhook::inbox::Inbox;
 use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
 
 use crate::cli::attach::Change;
 use crate::cli::context::{set_reload_failures, Budget};
 use crate::cli::{describe, ExitStatus, UsageError};
-use crate::sync::{prune, resume_run, run_stream, Invocation, Ran};
+use crate::sync::{apply_events, open_inbox, prune, resume_run, run_stream, Invocation, Ran};
 use api::{Ask, RunNow};
 use catalog::{Catalog, Loaded};
 use holds::{Ended, Holds};
@@ -57,6 +64,8 @@ pub struct Options {
     pub max_concurrent_runs: usize,
     /// The local API's address.
     pub listen: SocketAddr,
+    /// The webhook receiver's own address (else it is on the API's).
+    pub webhook_listen: Option<SocketAddr>,
 }
 
 /// How often the loop looks at the stop flag while nothing else happens.
@@ -98,6 +107,17 @@ async fn serve_here(
     metrics.serving(scheduler.keys());
     metrics.time_requests(&catalog);
     let traffic = Arc::new(Traffic::default());
+    let inbox = open_inbox(&dir)?;
+    let committer = tokio::spawn(inbox.clone().commit());
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
+    let receiver = hooks::Receiver {
+        hooks: Arc::new(std::sync::RwLock::new(Arc::new(hooks::table(&catalog)))),
+        inbox: inbox.clone(),
+        metrics: metrics.clone(),
+        arrived: arrived_tx,
+    };
+    // Streams with events waiting (accepted before a restart, or since their last run).
+    let mut pending = waiting_events(&catalog, &inbox);
 
     let token = api::token(&options.listen)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -113,16 +133,33 @@ async fn serve_here(
         traffic.clone(),
         alert_wake.clone(),
     ));
+    let (hooks_on_api, hooks_at) = match options.webhook_listen {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| UsageError(format!("cannot listen on {at}: {e}")))?;
+            let at = listener.local_addr()?;
+            tokio::spawn(hooks::serve(listener, receiver.clone()));
+            (None, at)
+        }
+        None => (Some(hooks::router(receiver.clone())), address),
+    };
     tokio::spawn(api::serve(
         listener,
         dir.share()?,
         metrics.clone(),
         ask_tx,
         token,
+        hooks_on_api,
     ));
     crate::cli::emit(format_args!(
         "waymark serve: the local API is on http://{address}"
     ));
+    if !receiver.hooks_empty() {
+        crate::cli::emit(format_args!(
+            "waymark serve: webhooks are received on http://{hooks_at}/hooks/{{sync}}/{{stream}}"
+        ));
+    }
     tracing::info!(
         "serving {} workflow files, at most {} runs at once",
         files.len(),
@@ -157,7 +194,7 @@ async fn serve_here(
                     let resume = resumes.remove(&key);
                     let pause = Arc::new(AtomicBool::new(false));
                     let watchers = (metrics.clone(), traffic.clone());
-                    match start(&dir, &catalog, &key, resume, &pause, watchers) {
+                    match start(&dir, &catalog, &key, resume, &pause, watchers, &inbox) {
                         Ok(task) => {
                             pauses.insert(key.clone(), pause);
                             let done = done_tx.clone();
@@ -217,7 +254,16 @@ async fn serve_here(
                 },
             },
             Some(key) = released.recv() => holds.release(&key, &mut scheduler, SystemClock.now()),
+            Some(key) = arrived.recv() => {
+                pending.insert((key.0, webhook_scope(&key.1)));
+                while let Ok(key) = arrived.try_recv() {
+                    pending.insert((key.0, webhook_scope(&key.1)));
+                }
+            }
         }
+        // A webhook scope with new events runs now, or once its run going now ended.
+        let now = SystemClock.now();
+        pending.retain(|key| scheduler.run_now(key, now) == Some(false));
         if looked.elapsed() >= LOOK_EVERY {
             looked = Instant::now();
             let now_seen = catalog::look(&options.paths);
@@ -233,6 +279,7 @@ async fn serve_here(
                 &metrics,
                 &alert_targets,
             )?);
+            receiver.reload(hooks::table(&catalog));
         }
     }
     // Stopping: every run pauses at its next step boundary.
@@ -252,6 +299,7 @@ async fn serve_here(
             None => break,
         }
     }
+    committer.abort();
     Ok(ExitStatus::Success)
 }
 
@@ -337,6 +385,20 @@ fn register(
             let last = latest.remove(&key);
             let unfinished = last.as_ref().is_some_and(|s| !s.status.is_finished());
             let cadence = loaded.workflow.cadence(stream);
+            if stream.webhook.is_some() {
+                // Run when events arrive (an unfinished run first).
+                let key = (sync.clone(), webhook_scope(&stream.name));
+                let last = latest.remove(&key);
+                let unfinished = last.as_ref().is_some_and(|s| !s.status.is_finished());
+                scheduler.set(
+                    key.clone(),
+                    None,
+                    last.map(|s| s.started.at),
+                    unfinished,
+                    now,
+                );
+                kept.insert(key);
+            }
             if cadence.is_none() && !unfinished {
                 continue;
             }
@@ -372,6 +434,7 @@ fn start(
     resume: Option<RunState>,
     pause: &Arc<AtomicBool>,
     (metrics, traffic): (Arc<Metrics>, Arc<Traffic>),
+    inbox: &Arc<Inbox>,
 ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<Ran>> + 'static> {
     let loaded: Arc<Loaded> = catalog
         .get(&key.0)
@@ -381,6 +444,8 @@ fn start(
     let stream: StreamSection = loaded.workflow.stream(name)?.clone();
     let mut dir = dir.share()?;
     let pause = pause.clone();
+    let inbox = inbox.clone();
+    let webhook = is_webhook_scope(&key.1);
     Ok(async move {
         let budget = Budget::default();
         let mut invocation =
@@ -389,9 +454,18 @@ fn start(
             metrics.observe(state, event);
             traffic.observe(state, event);
         }));
+        invocation.inbox = Some(inbox.clone());
         match resume {
             Some(state) => {
                 let state = resume_run(&mut dir, &invocation, &loaded.workflow, state).await?;
+                Ok(Ran {
+                    states: vec![state],
+                    reconciliation_failed: false,
+                })
+            }
+            None if webhook => {
+                let state =
+                    apply_events(&mut dir, &invocation, &loaded.workflow, &stream, &inbox).await?;
                 Ok(Ran {
                     states: vec![state],
                     reconciliation_failed: false,
@@ -442,6 +516,28 @@ fn run_now(catalog: &Catalog, scheduler: &mut Scheduler<Key>, key: Key) -> RunNo
         Some(false) => RunNow::Running,
         None => RunNow::Unknown,
     }
+}
+
+/// The webhook scopes of `catalog` with events in the inbox.
+fn waiting_events(catalog: &Catalog, inbox: &Inbox) -> std::collections::BTreeSet<Key> {
+    let mut waiting = std::collections::BTreeSet::new();
+    for (sync, loaded) in &catalog.syncs {
+        for stream in loaded.workflow.streams() {
+            if stream.webhook.is_none() {
+                continue;
+            }
+            match inbox.oldest((sync, &stream.name), None) {
+                Ok(Some(_)) => {
+                    waiting.insert((sync.clone(), webhook_scope(&stream.name)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!("{sync}/{}: reading its webhook events: {e}", stream.name)
+                }
+            }
+        }
+    }
+    waiting
 }
 
 /// Each loaded sync's `[alerts]`.

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use waymark_connectors::config::StreamSection;
+use waymark_connectors::webhook::inbox::Inbox;
 use waymark_connectors::{sink, AnyDestination, Api, HttpSource, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, Settings, Source, StateDir, SystemClock};
 
@@ -40,6 +41,8 @@ pub(crate) struct Invocation<'a> {
     pub(crate) summaries: bool,
     /// Told of every journaled step (`serve` counts them for its metrics).
     pub(crate) observer: Option<Observer>,
+    /// The webhook inbox, when this process holds it open (`serve`).
+    pub(crate) inbox: Option<Arc<Inbox>>,
 }
 
 /// Sees each journaled step of a run: the state after it, and the step.
@@ -70,6 +73,7 @@ impl<'a> Invocation<'a> {
             json: budget.json,
             summaries: true,
             observer: None,
+            inbox: None,
         }
     }
 

@@ -242,7 +242,7 @@ async fn repair_destination(
     scope: &str,
 ) -> anyhow::Result<AnyDestination> {
     let mut binding = sink::binding(workflow, stream, scope);
-    binding.repair = true;
+    binding.marked_deletions = true;
     AnyDestination::open(workflow, binding, dir.root())
         .await
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))

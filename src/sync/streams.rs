@@ -3,12 +3,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use waymark_connectors::config::{is_repair_scope, parse_scope, StreamSection};
+use waymark_connectors::config::{is_repair_scope, is_webhook_scope, parse_scope, StreamSection};
 use waymark_connectors::Workflow;
 use waymark_engine::{driver, Clock, Plan, RunState, StateDir, Status, SystemClock};
 
 use super::invocation::{drive, Invocation};
 use super::reconciliation::{due, reconcile, resume_repair, Request};
+use super::webhooks::resume_events;
 use crate::cli::context::{destination, Budget};
 use crate::cli::ExitStatus;
 
@@ -176,7 +177,7 @@ pub(crate) async fn run_scope(
 }
 
 /// Resumes `state`, an unfinished run of `workflow` in any checkpoint scope (a stream's
-/// own, a backfill's, a repair's).
+/// own, a backfill's, a repair's, a webhook's).
 pub(crate) async fn resume_run(
     dir: &mut StateDir,
     invocation: &Invocation<'_>,
@@ -187,6 +188,9 @@ pub(crate) async fn resume_run(
     let stream = workflow.stream(name)?.clone();
     if is_repair_scope(&state.started.stream) {
         return resume_repair(dir, invocation, workflow, &stream, state).await;
+    }
+    if is_webhook_scope(&state.started.stream) {
+        return resume_events(dir, invocation, workflow, &stream, state).await;
     }
     let plan = match backfill {
         Some((from, to)) => workflow.backfill_plan(&stream, from, to, false),

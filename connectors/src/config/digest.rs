@@ -7,7 +7,7 @@ impl Workflow {
     /// The canonical key/values of everything that decides which records `stream`'s runs
     /// read and where they go, sorted by key. Operational knobs (retention, timeouts,
     /// retries, rate limits, auth, response rules, declared columns, the oversized-page
-    /// rule, the schedule) are left out: changing them never blocks a resume.
+    /// rule, the schedule, the webhook) are left out: changing them never blocks a resume.
     pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
         let source = &self.file.source;
         let mut value = serde_json::json!({
@@ -27,6 +27,7 @@ impl Workflow {
             stream.remove("reconcile");
             stream.remove("oversized_pages");
             stream.remove("schedule");
+            stream.remove("webhook");
         }
         let mut out = Vec::new();
         flatten("", &value, &mut out);

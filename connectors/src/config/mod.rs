@@ -14,7 +14,8 @@
 //!   and missing keys, types, ranges, durations, enums), in the file's own words, which
 //!   [`expect`] finds; [`validate`]: the checks after parsing; [`location`]: key paths ⇄
 //!   line and column.
-//! - [`digest`]: what a stream's digest is made of; [`scope`]: checkpoint scopes.
+//! - [`digest`]: what a stream's digest is made of; [`scope`]: checkpoint scopes;
+//!   [`webhook`]: a stream's webhook section.
 //! - [`template`]: the placeholder syntax of request templates; [`env`]: `${VAR}`;
 //!   [`url`]: http(s) URLs only.
 //!
@@ -42,6 +43,7 @@ pub mod template;
 mod tests;
 mod url;
 mod validate;
+mod webhook;
 mod workflow;
 
 pub use alerts::AlertsSection;
@@ -54,7 +56,9 @@ pub use http::{
     Statuses,
 };
 pub use schedule::{Cadence, ScheduleSection};
-pub use scope::{backfill_scope, is_repair_scope, parse_scope, repair_scope};
+pub use scope::{
+    backfill_scope, is_repair_scope, is_webhook_scope, parse_scope, repair_scope, webhook_scope,
+};
 pub use source::{
     Backoff, CursorIn, Method, Pagination, PaginationKind, SourceKind, SourceSection,
 };
@@ -64,4 +68,5 @@ pub use stream::{
     ReconcileSection, RecordFilter, StreamSection, TimeFormat, WindowSection, RESERVED,
 };
 pub use url::http_url;
+pub use webhook::{ApplyMode, HmacEncoding, HmacSection, SchemeName, WebhookSection};
 pub use workflow::Workflow;

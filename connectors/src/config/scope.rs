@@ -1,4 +1,5 @@
-//! Checkpoint scopes: a stream, a backfill of it, a repair of it, a dead-letter retry.
+//! Checkpoint scopes: a stream, a backfill of it, a repair of it, a dead-letter retry, the
+//! application of its webhook events.
 
 use waymark_engine::Timestamp;
 
@@ -14,6 +15,18 @@ pub fn repair_scope(stream: &str) -> String {
 }
 
 const REPAIR: &str = "@repair";
+
+/// The checkpoint scope of the runs applying `stream`'s webhook events.
+pub fn webhook_scope(stream: &str) -> String {
+    format!("{stream}{WEBHOOK}")
+}
+
+const WEBHOOK: &str = "@webhook";
+
+/// Whether a checkpoint scope is a webhook's.
+pub fn is_webhook_scope(scope: &str) -> bool {
+    scope.ends_with(WEBHOOK)
+}
 
 /// Whether a checkpoint scope is a reconciliation's repair.
 pub fn is_repair_scope(scope: &str) -> bool {

@@ -12,6 +12,7 @@ use super::http::ResponseRule;
 use super::schedule::ScheduleSection;
 use super::source::{Method, Pagination};
 use super::span::Span;
+use super::webhook::WebhookSection;
 
 /// `filter = { path = "status", one_of = ["paid", "shipped"] }`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -193,6 +194,9 @@ pub struct StreamSection {
     /// serve does not run it): `{ every = "15m", jitter = "1m" }` or
     /// `{ cron = "0 2 * * *", timezone = "Europe/Berlin" }`.
     pub schedule: Option<ScheduleSection>,
+    /// Change events the API pushes to `waymark serve`, applied beside the polling:
+    /// `{ scheme = "standard", secrets = [{ env = "SHOP_WEBHOOK_SECRET" }] }`.
+    pub webhook: Option<WebhookSection>,
 }
 
 /// A stream's regular reconciliation (`waymark reconcile` does the same on demand).

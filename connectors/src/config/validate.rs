@@ -46,6 +46,7 @@ impl Workflow {
             self.check_deletes(s)?;
             self.check_reconcile(s)?;
             self.check_schedule(s)?;
+            self.check_webhook(s)?;
             self.check_requests(s)?;
             self.check_parent(s)?;
             self.check_paging(s)?;
@@ -360,6 +361,25 @@ impl Workflow {
         match Cadence::new(section, &format!("{}/{}", self.file.sync.name, s.name)) {
             Ok(_) => Ok(()),
             Err(("", why)) => Err(self.invalid(at, why)),
+            Err((key, why)) => Err(self.invalid(format!("{at}.{key}"), why)),
+        }
+    }
+
+    /// A stream's webhook.
+    fn check_webhook(&self, s: &StreamSection) -> Result<(), Error> {
+        let Some(w) = &s.webhook else {
+            return Ok(());
+        };
+        let at = format!("stream.{}.webhook", s.name);
+        if s.parent.is_some() || s.deletes.is_some() {
+            return Err(self.invalid(
+                at,
+                "a child stream or a deletions feed cannot take webhooks: put the webhook on \
+                 the stream its events change",
+            ));
+        }
+        match w.check() {
+            Ok(()) => Ok(()),
             Err((key, why)) => Err(self.invalid(format!("{at}.{key}"), why)),
         }
     }

@@ -12,7 +12,7 @@ use super::error::Error;
 use super::file::File;
 use super::location::{key_at, line_col, locate};
 use super::schedule::Cadence;
-use super::scope::{backfill_scope, repair_scope};
+use super::scope::{backfill_scope, repair_scope, webhook_scope};
 use super::shape;
 use super::stream::{initial_start, StreamSection};
 
@@ -215,6 +215,16 @@ impl Workflow {
             until: None,
             step: None,
             ..self.plan(stream, false)
+        }
+    }
+
+    /// The plan of the runs applying `stream`'s webhook events: its own scope; a window is
+    /// the span of acceptance times its run applies (from the last one's end, no lag, no
+    /// overlap: each event once).
+    pub fn webhook_plan(&self, stream: &StreamSection) -> Plan {
+        Plan {
+            stream: webhook_scope(&stream.name),
+            ..self.repair_plan(stream)
         }
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use waymark_engine::source::{self, Page, PageRequest, Source};
 
 use super::error::{scratch, Error};
-use crate::sink::plan::{Binding, REPAIR_DELETION};
+use crate::sink::plan::{Binding, DELETION_MARK};
 
 /// A deletion record of `key` (at the stored `version`, so it is never stale) that a
 /// repair binding applies by the destination's delete mode.
@@ -18,7 +18,7 @@ pub(super) fn deletion_record(binding: &Binding, key: &str, version: Option<&str
         1 => vec![key.to_string()],
         _ => serde_json::from_str(key).unwrap_or_else(|_| vec![key.to_string()]),
     };
-    let mut value = serde_json::json!({ REPAIR_DELETION: true });
+    let mut value = serde_json::json!({ DELETION_MARK: true });
     for (path, part) in binding.primary_key.iter().zip(parts) {
         set_path(&mut value, path, Value::String(part));
     }

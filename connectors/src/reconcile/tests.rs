@@ -89,7 +89,7 @@ fn deletion_records_carry_key_and_version_at_their_paths() -> Result<(), String>
     let mut b = Binding {
         primary_key: vec!["shop.id".into(), "n".into()],
         version_field: Some("meta.v".into()),
-        repair: true,
+        marked_deletions: true,
         ..crate::sink::plan::tests_binding()
     };
     let record = deletion_record(&b, r#"["s1","7"]"#, Some("5"));
@@ -101,7 +101,7 @@ fn deletion_records_carry_key_and_version_at_their_paths() -> Result<(), String>
     );
     assert_eq!(lookup(&value, "meta.v"), Some(&Value::String("5".into())));
     assert!(b.is_deletion(&fields));
-    b.repair = false;
+    b.marked_deletions = false;
     assert!(!b.is_deletion(&fields));
     Ok(())
 }
@@ -109,7 +109,7 @@ fn deletion_records_carry_key_and_version_at_their_paths() -> Result<(), String>
 #[test]
 fn a_repairs_deletion_record_has_the_key_it_deletes() -> Result<(), String> {
     let b = Binding {
-        repair: true,
+        marked_deletions: true,
         ..crate::sink::plan::tests_binding()
     };
     // Written as a string, read back as the same text: the same key (7 and "7" are one).

@@ -40,9 +40,9 @@ pub struct Binding {
     pub hard_delete: bool,
     /// Typed columns beside the raw record.
     pub columns: Columns,
-    /// A reconciliation's repair: records carrying `"_waymark_deleted": true` are deletions
-    /// of records gone from the source.
-    pub repair: bool,
+    /// Records carrying `"_waymark_deleted": true` are deletions: a reconciliation's repair
+    /// (of records gone from the source) or a webhook's deletion events.
+    pub marked_deletions: bool,
 }
 
 impl Binding {
@@ -67,12 +67,13 @@ impl Binding {
             deleted_when: stream.deleted_when.clone(),
             hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
             columns,
-            repair: false,
+            marked_deletions: false,
         }
     }
 
     /// Whether the record is a deletion: the stream is a deletions feed, the record matches
-    /// `deleted_when`, or (in a repair) it is a reconciliation's deletion.
+    /// `deleted_when`, or it carries the
+    /// deletion mark of a repair or a webhook.
     pub fn is_deletion(&self, record: &Fields<'_>) -> bool {
         self.deletes
             || self.deleted_when.as_ref().is_some_and(|f| {
@@ -80,15 +81,13 @@ impl Binding {
                     .scalar(&f.path)
                     .is_some_and(|v| f.one_of.contains(&v))
             })
-            || (self.repair
-                && record
-                    .raw(REPAIR_DELETION)
-                    .is_some_and(|r| r.get() == "true"))
+            || (self.marked_deletions
+                && record.raw(DELETION_MARK).is_some_and(|r| r.get() == "true"))
     }
 }
 
-/// The field marking a repair's deletion record.
-pub const REPAIR_DELETION: &str = "_waymark_deleted";
+/// The field marking a deletion record of a repair or a webhook.
+pub const DELETION_MARK: &str = "_waymark_deleted";
 
 /// What a destination holds for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -483,7 +482,7 @@ mod tests {
             }),
             hard_delete: hard,
             columns: Columns::default(),
-            repair: false,
+            marked_deletions: false,
         }
     }
 

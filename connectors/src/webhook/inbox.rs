@@ -1,12 +1,17 @@
 //! The webhook inbox: accepted events, durable before the sender hears 2xx, each event id
 //! once. One sled database in `<state>/webhooks/`:
 //!
-//! - `e` + seq → an accepted event waiting to be applied (its body inline, or, above
-//!   [`INLINE`], in `bodies/<seq>`, written and synced before the entry);
+//! - `e` + sync, stream + seq → an accepted event waiting to be applied (its body inline,
+//!   or, above [`INLINE`], in `bodies/<seq>`, written and synced before the entry);
 //! - `i` + sync, stream, event id → when it was accepted: a second delivery of the id is a
 //!   duplicate, answered as accepted (once the first is durable) and stored nowhere;
 //! - `t` + accepted-at + the `i` key: the ids in time order, so the ones older than the
 //!   dedupe window are forgotten by a range scan.
+//!
+//! Each event is stamped with its acceptance time by the committer, so stamps grow with
+//! sequence numbers; [`Inbox::horizon`] is a time no later event will be stamped at or
+//! before, at which every event stamped earlier is readable: the end of a window of events
+//! that is complete once chosen (a webhook run's watermark).
 //!
 //! Durability is a group commit: one committer takes every event waiting, writes the new
 //! ones in one atomic batch (the ids with their events: a crash keeps both or neither, and
@@ -69,8 +74,6 @@ pub struct Event {
     pub stream: String,
     /// Its id (from the signature scheme or the body), when it has one.
     pub id: Option<String>,
-    /// When it was accepted.
-    pub at: Timestamp,
     /// The raw body, as signed.
     pub body: Vec<u8>,
 }
@@ -102,6 +105,26 @@ struct Pending {
     answer: oneshot::Sender<Result<Accepted, Error>>,
 }
 
+/// An event read back: its sequence number and acceptance time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was accepted.
+    pub at: Timestamp,
+    /// Its id, when it has one.
+    pub id: Option<String>,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+/// Acceptance times: the one the committer is writing, and the lowest the next may take.
+#[derive(Default)]
+struct Stamps {
+    busy: Option<u64>,
+    floor: u64,
+}
+
 /// The inbox of a state directory.
 pub struct Inbox {
     db: sled::Db,
@@ -114,6 +137,7 @@ pub struct Inbox {
     next: AtomicU64,
     /// Flushes done, for measurement.
     flushes: AtomicU64,
+    stamps: Mutex<Stamps>,
 }
 
 /// The most events one commit takes.
@@ -121,6 +145,19 @@ const BATCH: usize = 4096;
 
 /// The key of the next sequence number.
 const NEXT: &[u8] = b"n";
+
+/// The key of the last acceptance time stamped.
+const STAMP: &[u8] = b"s";
+
+fn now_ms() -> u64 {
+    Timestamp::from_system(std::time::SystemTime::now()).0
+}
+
+fn read_u64(value: Option<sled::IVec>) -> Option<u64> {
+    value
+        .and_then(|v| v.as_ref().try_into().ok())
+        .map(u64::from_be_bytes)
+}
 
 impl Inbox {
     /// Opens (or creates) the inbox in `dir`. Run [`Inbox::commit`] beside it.
@@ -139,11 +176,9 @@ impl Inbox {
             .open()
             .map_err(sled)?;
         // Numbers go on from the last batch's (kept with it: applied events are gone).
-        let next = db
-            .get(NEXT)
-            .map_err(sled)?
-            .and_then(|v| v.as_ref().try_into().ok())
-            .map_or(1, u64::from_be_bytes);
+        let next = read_u64(db.get(NEXT).map_err(sled)?).unwrap_or(1);
+        // Stamps go on after the last one, even if the clock went back.
+        let floor = read_u64(db.get(STAMP).map_err(sled)?).map_or(0, |s| s + 1);
         let (queue, queued) = mpsc::unbounded_channel();
         Ok(Arc::new(Inbox {
             db,
@@ -152,6 +187,7 @@ impl Inbox {
             queued: Mutex::new(Some(queued)),
             next: AtomicU64::new(next),
             flushes: AtomicU64::new(0),
+            stamps: Mutex::new(Stamps { busy: None, floor }),
         }))
     }
 
@@ -160,6 +196,29 @@ impl Inbox {
             path: self.dir.clone(),
             source,
         }
+    }
+
+    fn stamps(&self) -> std::sync::MutexGuard<'_, Stamps> {
+        self.stamps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A time at which every event stamped at or before it is readable, and after which
+    /// every later event is stamped: a window ending here is complete. Never earlier than
+    /// one it returned before.
+    pub fn horizon(&self) -> Timestamp {
+        let mut stamps = self.stamps();
+        let horizon = match stamps.busy {
+            Some(writing) => writing.saturating_sub(1),
+            None => now_ms().max(stamps.floor),
+        };
+        stamps.floor = stamps.floor.max(horizon + 1);
+        Timestamp(horizon)
+    }
+
+    /// Stamps after `t` only (a window already applied ended there).
+    pub fn stamp_after(&self, t: Timestamp) {
+        let mut stamps = self.stamps();
+        stamps.floor = stamps.floor.max(t.0 + 1);
     }
 
     fn body_file(&self, seq: u64) -> PathBuf {
@@ -212,11 +271,19 @@ impl Inbox {
         };
         let mut batch = Vec::with_capacity(BATCH);
         while queued.recv_many(&mut batch, BATCH).await > 0 {
-            let answers = self.store(&mut batch);
+            let stamp = {
+                let mut stamps = self.stamps();
+                let stamp = now_ms().max(stamps.floor);
+                stamps.busy = Some(stamp);
+                stamps.floor = stamp;
+                stamp
+            };
+            let answers = self.store(&mut batch, stamp);
             let flushed = match answers {
                 Ok(_) => self.db.flush_async().await.map(|_| ()),
                 Err(_) => Ok(()),
             };
+            self.stamps().busy = None;
             if answers.is_ok() && flushed.is_ok() {
                 self.flushes.fetch_add(1, Ordering::Relaxed);
             }
@@ -243,7 +310,7 @@ impl Inbox {
     }
 
     /// Writes the new events of `batch` in one atomic sled batch; what each became.
-    fn store(&self, batch: &mut [Pending]) -> Result<Vec<Accepted>, Error> {
+    fn store(&self, batch: &mut [Pending], stamp: u64) -> Result<Vec<Accepted>, Error> {
         let mut writes = sled::Batch::default();
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(batch.len());
@@ -274,7 +341,7 @@ impl Inbox {
                 sync: event.sync.clone(),
                 stream: event.stream.clone(),
                 id: event.id.clone(),
-                at: event.at.0,
+                at: stamp,
                 body: (event.body.len() <= INLINE).then(|| event.body.clone()),
             };
             let value = bincode::serde::encode_to_vec(&stored, bincode::config::standard())
@@ -282,12 +349,12 @@ impl Inbox {
                     seq,
                     why: e.to_string(),
                 })?;
-            let at = event.at.0.to_be_bytes();
+            let at = stamp.to_be_bytes();
             if let Some(key) = id_key {
                 writes.insert([b"t".as_slice(), &at, &key].concat(), &[]);
                 writes.insert(key, &at);
             }
-            writes.insert([b"e".as_slice(), &seq.to_be_bytes()].concat(), value);
+            writes.insert(event_key(&event.sync, &event.stream, seq), value);
             out.push(Accepted::New(seq));
         }
         if renamed {
@@ -302,6 +369,7 @@ impl Inbox {
         }
         let next = self.next.load(Ordering::SeqCst);
         writes.insert(NEXT, &next.to_be_bytes());
+        writes.insert(STAMP, &stamp.to_be_bytes());
         self.db.apply_batch(writes).map_err(|e| self.sled(e))?;
         Ok(out)
     }
@@ -311,52 +379,124 @@ impl Inbox {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Up to `limit` events waiting to be applied, oldest first, with their sequence
-    /// numbers.
-    pub fn waiting(&self, limit: usize) -> Result<Vec<(u64, Event)>, Error> {
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(b"e").take(limit) {
-            let (key, value) = item.map_err(|e| self.sled(e))?;
-            let seq = key
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_be_bytes);
-            let damaged = |why: String| Error::Damaged { seq, why };
-            let (stored, _): (Stored, usize) =
-                bincode::serde::decode_from_slice(&value, bincode::config::standard())
-                    .map_err(|e| damaged(e.to_string()))?;
-            let body = match stored.body {
-                Some(body) => body,
-                None => {
-                    let path = self.body_file(seq);
-                    std::fs::read(&path).map_err(|source| Error::Io { path, source })?
-                }
-            };
-            let event = Event {
-                sync: stored.sync,
-                stream: stored.stream,
-                id: stored.id,
-                at: Timestamp(stored.at),
-                body,
-            };
-            out.push((seq, event));
-        }
-        Ok(out)
+    /// Reads the event stored under `key` (an `e` key).
+    fn read(&self, key: &[u8], value: &[u8]) -> Result<Waiting, Error> {
+        let seq = seq_of(key);
+        let damaged = |why: String| Error::Damaged { seq, why };
+        let (stored, _): (Stored, usize) =
+            bincode::serde::decode_from_slice(value, bincode::config::standard())
+                .map_err(|e| damaged(e.to_string()))?;
+        let body = match stored.body {
+            Some(body) => body,
+            None => {
+                let path = self.body_file(seq);
+                std::fs::read(&path).map_err(|source| Error::Io { path, source })?
+            }
+        };
+        Ok(Waiting {
+            seq,
+            at: Timestamp(stored.at),
+            id: stored.id,
+            body,
+        })
     }
 
-    /// The events `seqs` were applied (their writes are durable at the destination): they
-    /// leave the inbox; their ids stay for the dedupe window.
-    pub fn applied(&self, seqs: &[u64]) -> Result<(), Error> {
+    /// The events of one stream accepted in `(start, end]` after sequence number `after`,
+    /// in order, at most `limit`; and whether more follow within `end`.
+    pub fn page(
+        &self,
+        (sync, stream): (&str, &str),
+        after: Option<u64>,
+        (start, end): (Option<Timestamp>, Timestamp),
+        limit: usize,
+    ) -> Result<(Vec<Waiting>, bool), Error> {
+        let from = event_key(sync, stream, after.map_or(0, |a| a.saturating_add(1)));
+        let to = event_key(sync, stream, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.db.range(from..=to) {
+            let (key, value) = item.map_err(|e| self.sled(e))?;
+            let event = self.read(&key, &value)?;
+            if start.is_some_and(|s| event.at <= s) {
+                continue;
+            }
+            if event.at > end {
+                break;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(event);
+        }
+        Ok((out, false))
+    }
+
+    /// How many events of one stream accepted after `after` wait, and when the oldest
+    /// was accepted.
+    pub fn backlog(
+        &self,
+        (sync, stream): (&str, &str),
+        after: Option<Timestamp>,
+    ) -> Result<(u64, Option<Timestamp>), Error> {
+        let (mut n, mut oldest) = (0, None);
+        for item in self.db.scan_prefix(stream_prefix(sync, stream)) {
+            let (key, value) = item.map_err(|e| self.sled(e))?;
+            let (stored, _): (Stored, usize) =
+                bincode::serde::decode_from_slice(&value, bincode::config::standard()).map_err(
+                    |e| Error::Damaged {
+                        seq: seq_of(&key),
+                        why: e.to_string(),
+                    },
+                )?;
+            if after.is_some_and(|a| stored.at <= a.0) {
+                continue;
+            }
+            oldest = oldest.or(Some(Timestamp(stored.at)));
+            n += 1;
+        }
+        Ok((n, oldest))
+    }
+
+    /// The first event of one stream accepted after `after` (all of them: `None`).
+    pub fn oldest(
+        &self,
+        (sync, stream): (&str, &str),
+        after: Option<Timestamp>,
+    ) -> Result<Option<Waiting>, Error> {
+        let (mut events, _) = self.page((sync, stream), None, (after, Timestamp(u64::MAX)), 1)?;
+        Ok(events.pop())
+    }
+
+    /// The events of one stream accepted up to `end` were applied (their writes are
+    /// durable at the destination): they leave the inbox; their ids stay for the dedupe
+    /// window. How many left.
+    pub fn applied(&self, (sync, stream): (&str, &str), end: Timestamp) -> Result<usize, Error> {
         let mut batch = sled::Batch::default();
-        for seq in seqs {
-            batch.remove([b"e".as_slice(), &seq.to_be_bytes()].concat());
+        let mut files = Vec::new();
+        let mut n = 0;
+        for item in self.db.scan_prefix(stream_prefix(sync, stream)) {
+            let (key, value) = item.map_err(|e| self.sled(e))?;
+            let seq = seq_of(&key);
+            let (stored, _): (Stored, usize) =
+                bincode::serde::decode_from_slice(&value, bincode::config::standard()).map_err(
+                    |e| Error::Damaged {
+                        seq,
+                        why: e.to_string(),
+                    },
+                )?;
+            if stored.at > end.0 {
+                break;
+            }
+            if stored.body.is_none() {
+                files.push(self.body_file(seq));
+            }
+            batch.remove(key);
+            n += 1;
         }
         self.db.apply_batch(batch).map_err(|e| self.sled(e))?;
-        for seq in seqs {
-            // Most bodies were inline: no file.
-            let _ = std::fs::remove_file(self.body_file(*seq));
+        for file in files {
+            let _ = std::fs::remove_file(file);
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Forgets the ids accepted more than `keep` before `now` (a later delivery of one is
@@ -379,6 +519,32 @@ impl Inbox {
         self.db.apply_batch(batch).map_err(|e| self.sled(e))?;
         Ok(n)
     }
+}
+
+/// The key of an event: `e`, the sync and stream each ended by a NUL, the sequence number.
+fn event_key(sync: &str, stream: &str, seq: u64) -> Vec<u8> {
+    let mut key = stream_prefix(sync, stream);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The sequence number at the end of an event key.
+fn seq_of(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|i| key.get(i..))
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// The prefix of a stream's event keys.
+fn stream_prefix(sync: &str, stream: &str) -> Vec<u8> {
+    let mut key = vec![b'e'];
+    for part in [sync, stream] {
+        key.extend_from_slice(part.as_bytes());
+        key.push(0);
+    }
+    key
 }
 
 /// The dedupe key of an id: `i`, then the sync, stream and id, each ended by a NUL.
@@ -407,12 +573,13 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn event(id: Option<&str>, at: u64, body: &[u8]) -> Event {
+    const ORDERS: (&str, &str) = ("shop", "orders");
+
+    fn event(id: Option<&str>, body: &[u8]) -> Event {
         Event {
-            sync: "shop".into(),
-            stream: "orders".into(),
+            sync: ORDERS.0.into(),
+            stream: ORDERS.1.into(),
             id: id.map(str::to_string),
-            at: Timestamp(at),
             body: body.to_vec(),
         }
     }
@@ -423,6 +590,8 @@ mod tests {
         dir
     }
 
+    const ALL: (Option<Timestamp>, Timestamp) = (None, Timestamp(u64::MAX));
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn accepted_events_survive_a_reopen_and_an_id_is_accepted_once() -> Result<(), Error> {
         let dir = temp("once");
@@ -431,19 +600,19 @@ mod tests {
             let inbox = Inbox::open(&dir)?;
             let committer = tokio::spawn(inbox.clone().commit());
             assert!(matches!(
-                inbox.accept(event(Some("a"), 1, b"{}")).await?,
+                inbox.accept(event(Some("a"), b"{}")).await?,
                 Accepted::New(_)
             ));
             assert_eq!(
-                inbox.accept(event(Some("a"), 2, b"{\"again\":1}")).await?,
+                inbox.accept(event(Some("a"), b"{\"again\":1}")).await?,
                 Accepted::Duplicate
             );
             assert!(matches!(
-                inbox.accept(event(None, 3, b"[]")).await?,
+                inbox.accept(event(None, b"[]")).await?,
                 Accepted::New(_)
             ));
             assert!(matches!(
-                inbox.accept(event(Some("b"), 4, &large)).await?,
+                inbox.accept(event(Some("b"), &large)).await?,
                 Accepted::New(_)
             ));
             // Its handle on the database goes with it.
@@ -452,10 +621,11 @@ mod tests {
         }
         // As a new process finds it.
         let inbox = Inbox::open(&dir)?;
-        let waiting = inbox.waiting(10)?;
+        let (waiting, more) = inbox.page(ORDERS, None, ALL, 10)?;
+        assert!(!more);
         let seen: Vec<(Option<String>, usize)> = waiting
             .iter()
-            .map(|(_, e)| (e.id.clone(), e.body.len()))
+            .map(|e| (e.id.clone(), e.body.len()))
             .collect();
         assert_eq!(
             seen,
@@ -465,28 +635,77 @@ mod tests {
                 (Some("b".into()), INLINE + 1)
             ]
         );
-        assert_eq!(waiting[0].1, event(Some("a"), 1, b"{}"));
-        let seqs: Vec<u64> = waiting.iter().map(|(s, _)| *s).collect();
-        inbox.applied(&seqs)?;
-        assert!(inbox.waiting(10)?.is_empty());
+        assert_eq!(waiting[0].body, b"{}");
+        assert!(waiting
+            .windows(2)
+            .all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at));
+        // Paging: after the first, two; one at a time says more follow.
+        let (rest, _) = inbox.page(ORDERS, Some(waiting[0].seq), ALL, 10)?;
+        assert_eq!(rest, waiting[1..]);
+        assert!(inbox.page(ORDERS, None, ALL, 1)?.1);
+        assert!(inbox
+            .page(("shop", "customers"), None, ALL, 10)?
+            .0
+            .is_empty());
+        // Stamps go on after the last one.
+        assert!(inbox.horizon() >= waiting[2].at);
+        let last = waiting[2].at;
+        assert_eq!(inbox.applied(ORDERS, last)?, 3);
+        assert!(inbox.page(ORDERS, None, ALL, 10)?.0.is_empty());
         let files = std::fs::read_dir(dir.join("bodies")).map_or(0, |d| d.count());
         assert_eq!(files, 0, "the large body's file is gone with it");
         // Applied, but still within the dedupe window: a redelivery is a duplicate.
         let committer = tokio::spawn(inbox.clone().commit());
         assert_eq!(
-            inbox.accept(event(Some("a"), 5, b"{}")).await?,
+            inbox.accept(event(Some("a"), b"{}")).await?,
             Accepted::Duplicate
         );
         // Past the window it is new again.
-        assert_eq!(
-            inbox.forget(Timestamp(10 + 3), Duration::from_millis(10))?,
-            1
-        );
-        assert_eq!(inbox.forget(Timestamp(100), Duration::from_millis(10))?, 1);
+        let keep = Duration::from_millis(10);
+        assert_eq!(inbox.forget(Timestamp(last.0 + 11), keep)?, 2);
         assert!(matches!(
-            inbox.accept(event(Some("a"), 200, b"{}")).await?,
+            inbox.accept(event(Some("a"), b"{}")).await?,
             Accepted::New(_)
         ));
+        committer.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_window_ending_at_the_horizon_is_complete_once_chosen() -> Result<(), Error> {
+        let dir = temp("horizon");
+        let inbox = Inbox::open(&dir)?;
+        let committer = tokio::spawn(inbox.clone().commit());
+        // Senders keep accepting while windows are cut: every event falls in exactly one
+        // window, and a window's events are all readable when its end is chosen.
+        let sender = {
+            let inbox = inbox.clone();
+            tokio::spawn(async move {
+                for i in 0..2000 {
+                    inbox.accept(event(Some(&i.to_string()), b"{}")).await?;
+                }
+                Ok::<(), Error>(())
+            })
+        };
+        let mut start = None;
+        let mut seen = Vec::new();
+        loop {
+            let done = sender.is_finished();
+            let end = inbox.horizon();
+            assert!(start.is_none_or(|s| end >= s));
+            let (events, more) = inbox.page(ORDERS, None, (start, end), usize::MAX)?;
+            assert!(!more);
+            seen.extend(events.iter().map(|e| e.id.clone().unwrap_or_default()));
+            start = Some(end);
+            if done {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        sender.await.map_err(|_| Error::Stopping)??;
+        let expected: Vec<String> = (0..2000).map(|i: u32| i.to_string()).collect();
+        assert_eq!(seen, expected, "each event in one window, in order");
         committer.abort();
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
@@ -507,7 +726,7 @@ mod tests {
                     let id = format!("{}", (sender * 20 + i) % 640);
                     let body = format!("{{\"n\":{i}}}");
                     if let Accepted::New(_) =
-                        inbox.accept(event(Some(&id), i, body.as_bytes())).await?
+                        inbox.accept(event(Some(&id), body.as_bytes())).await?
                     {
                         new += 1;
                     }
@@ -520,7 +739,7 @@ mod tests {
             new += sender.await.map_err(|_| Error::Stopping)??;
         }
         assert_eq!(new, 640, "each of the 640 ids once");
-        assert_eq!(inbox.waiting(10_000)?.len(), 640);
+        assert_eq!(inbox.page(ORDERS, None, ALL, 10_000)?.0.len(), 640);
         println!("1280 events, {} flushes", inbox.flushes());
         committer.abort();
         let _ = std::fs::remove_dir_all(&dir);

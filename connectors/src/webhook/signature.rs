@@ -2,7 +2,8 @@
 //! over the exact raw body (and, for some, a timestamp and an id) before anything parses
 //! it, compared in constant time, against each of several secrets (a rotation keeps the
 //! old one beside the new one for a while). A timestamp outside the tolerance is refused,
-//! so a captured request cannot be replayed later.
+//! so a captured request cannot be replayed later. [`sign`] writes the same headers the way
+//! a sender does (the sandbox's webhooks, and tests).
 //!
 //! | scheme | signature | signed | id | timestamp |
 //! |---|---|---|---|---|
@@ -15,7 +16,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use ring::hmac;
 use waymark_engine::Timestamp;
 
@@ -251,6 +252,84 @@ pub fn verify(
     })
 }
 
+/// The headers a sender of `scheme` puts on a request carrying event `id` with the raw
+/// `body`, signed with `key` (see [`key`]) at `at` (whole seconds; the table at the top
+/// says which header holds what). A Stripe event's id travels in its body, so no header
+/// carries it. `None` only for a generic scheme whose `signed` template names a header
+/// other than its timestamp and id headers: the sender cannot know that header's value.
+pub fn sign<'a>(
+    scheme: &'a Scheme,
+    key: &[u8],
+    id: &str,
+    at: Timestamp,
+    body: &[u8],
+) -> Option<Vec<(&'a str, String)>> {
+    let seconds = (at.0 / 1000).to_string();
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mac = |signed: &[u8]| hmac::sign(&key, signed);
+    let base64 = |tag: hmac::Tag| base64::engine::general_purpose::STANDARD.encode(tag);
+    let headers = match scheme {
+        Scheme::Standard => {
+            let signed = [id.as_bytes(), b".", seconds.as_bytes(), b".", body].concat();
+            let signature = format!("v1,{}", base64(mac(&signed)));
+            vec![
+                ("webhook-id", id.to_string()),
+                ("webhook-timestamp", seconds),
+                ("webhook-signature", signature),
+            ]
+        }
+        Scheme::Stripe => {
+            let signed = [seconds.as_bytes(), b".", body].concat();
+            let signature = format!("t={seconds},v1={}", to_hex(mac(&signed).as_ref()));
+            vec![("Stripe-Signature", signature)]
+        }
+        Scheme::Github => vec![
+            (
+                "X-Hub-Signature-256",
+                format!("sha256={}", to_hex(mac(body).as_ref())),
+            ),
+            ("X-GitHub-Delivery", id.to_string()),
+        ],
+        Scheme::Shopify => vec![
+            ("X-Shopify-Hmac-Sha256", base64(mac(body))),
+            ("X-Shopify-Webhook-Id", id.to_string()),
+        ],
+        Scheme::Hmac(generic) => {
+            let mut headers: Vec<(&str, String)> = Vec::with_capacity(3);
+            if let Some(name) = &generic.timestamp_header {
+                headers.push((name.as_str(), seconds));
+            }
+            if let Some(name) = &generic.id_header {
+                headers.push((name.as_str(), id.to_string()));
+            }
+            let signed = match &generic.signed {
+                Some(template) => {
+                    let known: HeaderMap = headers
+                        .iter()
+                        .filter_map(|(name, value)| {
+                            Some((
+                                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                                HeaderValue::from_str(value).ok()?,
+                            ))
+                        })
+                        .collect();
+                    fill(template, &known, body).ok()?
+                }
+                None => body.to_vec(),
+            };
+            let tag = mac(&signed);
+            let written = match generic.encoding {
+                Encoding::Hex => to_hex(tag.as_ref()),
+                Encoding::Base64 => base64(tag),
+            };
+            let prefix = generic.prefix.as_deref().unwrap_or("");
+            headers.push((generic.header.as_str(), format!("{prefix}{written}")));
+            headers
+        }
+    };
+    Some(headers)
+}
+
 /// A header's value as text, or why not.
 fn text(headers: &HeaderMap, name: &str) -> Result<String, Refusal> {
     let value = headers
@@ -288,6 +367,11 @@ fn fill(template: &str, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Ref
     }
     out.extend_from_slice(rest.as_bytes());
     Ok(out)
+}
+
+/// Bytes as lower-case hex digits.
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hex digits as bytes.

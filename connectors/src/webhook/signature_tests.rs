@@ -269,3 +269,112 @@ fn templates_fill_headers_and_body_and_keep_other_braces() {
     assert_eq!(hex("0a0"), None);
     assert_eq!(hex("zz"), None);
 }
+
+/// The headers `sign` writes, as a request would carry them.
+fn signed(scheme: &Scheme, key: &[u8], id: &str, at: Timestamp, body: &[u8]) -> HeaderMap {
+    let pairs = sign(scheme, key, id, at, body).expect("a preset always signs");
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let map = headers(&pairs);
+    assert_eq!(
+        map.len(),
+        pairs.len(),
+        "every header is a valid name and value"
+    );
+    map
+}
+
+#[test]
+fn what_sign_writes_verify_accepts_and_a_changed_byte_is_refused() {
+    let body = br#"{"id":"evt_7","type":"orders.updated","data":{"id":7}}"#;
+    let now = at(1_700_000_000);
+    for (scheme, secret) in [
+        (Scheme::Standard, STANDARD_SECRET),
+        (Scheme::Stripe, "whsec_stripe_test"),
+        (Scheme::Github, "It's a Secret to Everybody"),
+        (Scheme::Shopify, "shpss_secret"),
+    ] {
+        let k = keys(&scheme, &[secret]);
+        let h = signed(&scheme, &k[0], "evt_7", now, body);
+        let verified = verify(&scheme, &k, &h, body, now, 5 * MIN);
+        let expected_id = (scheme != Scheme::Stripe).then(|| "evt_7".to_string());
+        assert_eq!(
+            verified.as_ref().map(|v| &v.event_id),
+            Ok(&expected_id),
+            "{scheme:?}"
+        );
+        let mut changed = body.to_vec();
+        changed[10] ^= 1;
+        assert_eq!(
+            verify(&scheme, &k, &h, &changed, now, 5 * MIN),
+            Err(Refusal::Mismatch),
+            "{scheme:?}"
+        );
+    }
+}
+
+#[test]
+fn sign_matches_the_documented_examples() {
+    // Standard Webhooks' published example, signed rather than verified.
+    let s = Scheme::Standard;
+    let k = keys(&s, &[STANDARD_SECRET]);
+    let pairs = sign(
+        &s,
+        &k[0],
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        at(1_614_265_330),
+        STANDARD_BODY,
+    );
+    assert_eq!(
+        pairs,
+        Some(vec![
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek".to_string()),
+            ("webhook-timestamp", "1614265330".to_string()),
+            ("webhook-signature", STANDARD_SIGNATURE.to_string()),
+        ])
+    );
+    // The Stripe vector above: the time and a lower-case hex signature.
+    let s = Scheme::Stripe;
+    let pairs = sign(
+        &s,
+        b"whsec_stripe_test",
+        "evt_1",
+        at(1_700_000_000),
+        STRIPE_BODY,
+    );
+    assert_eq!(
+        pairs,
+        Some(vec![(
+            "Stripe-Signature",
+            format!("t=1700000000,v1={STRIPE_V1}")
+        )])
+    );
+}
+
+#[test]
+fn a_generic_scheme_signs_from_its_own_headers_only() {
+    let mut generic = Generic {
+        header: "X-Signature".into(),
+        signed: Some("{header:X-Timestamp}:{body}".into()),
+        encoding: Encoding::Hex,
+        prefix: Some("v0=".into()),
+        timestamp_header: Some("X-Timestamp".into()),
+        id_header: Some("X-Event-Id".into()),
+    };
+    let s = Scheme::Hmac(generic.clone());
+    let pairs = sign(&s, b"generic-secret", "e-1", at(1_700_000_000), STRIPE_BODY);
+    assert_eq!(
+        pairs,
+        Some(vec![
+            ("X-Timestamp", "1700000000".to_string()),
+            ("X-Event-Id", "e-1".to_string()),
+            (
+                "X-Signature",
+                "v0=f2fead6bc5bbe4441eb4de5f548e9428f8b8dc9b11cb73f15d3384d4972b1db6".to_string()
+            ),
+        ])
+    );
+    // A template naming a header the sender does not write cannot be signed.
+    generic.signed = Some("{header:X-Other}.{body}".into());
+    let s = Scheme::Hmac(generic);
+    assert_eq!(sign(&s, b"k", "e-1", at(1), b"{}"), None);
+}

@@ -1,4 +1,5 @@
-//! The sandbox's own endpoints: the truth, request stats, faults, the mutator, edits.
+//! The sandbox's own endpoints: the truth, request and webhook stats, faults, the mutator,
+//! edits.
 
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub(super) async fn stats(State(s): Shared) -> Response {
         "mutate_rate": *read(&s.mutate_rate),
         "orders": data.orders.len(),
         "customers": data.customers.len(),
+        "webhooks": s.outbox.as_ref().map(|outbox| outbox.stats().to_json()),
     }))
     .into_response()
 }

@@ -458,7 +458,7 @@ mod tests {
             version_field: Some(if deletes { "deleted_at" } else { "v" }.into()),
             deletes,
             columns: crate::sink::columns::Columns::default(),
-            repair: false,
+            marked_deletions: false,
         }
     }
 
