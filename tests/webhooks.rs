@@ -374,3 +374,135 @@ fn refused_deliveries_say_nothing_and_are_counted_by_reason() -> Result {
     assert_eq!(live["1"]["rev"], 9, "{:?}", live.get("1"));
     Ok(())
 }
+
+/// `apply = "fetch"`: each event only names its record, which is read from an API that
+/// admits 10 requests a second and answers 429 now and then. The source's budget keeps
+/// every request within the quota, each 429's `Retry-After` is waited out, and every change
+/// arrives: after a first polled load, the webhooks alone bring the destination to the
+/// source's state.
+#[test]
+fn fetched_events_respect_the_budget_through_429s_and_lose_nothing() -> Result {
+    let port = free_port()?;
+    let hooks = format!("127.0.0.1:{port}");
+    let sandbox = Sandbox::start(&[
+        "--records",
+        "300",
+        "--customers",
+        "20",
+        "--quota",
+        "10",
+        "--rate-429",
+        "0.15",
+        "--retry-after",
+        "1s",
+        "--webhooks-to",
+        &format!("http://{hooks}/hooks/shop/{{resource}}"),
+        "--webhook-secret",
+        SECRET,
+        "--webhook-reorder",
+        "0.2",
+    ])?;
+    let dir = TempDir::new("webhooks-fetch");
+    let mut streams = String::new();
+    for resource in ["orders", "customers"] {
+        let hook = format!(
+            r#"webhook = {{ scheme = "standard", secrets = [{{ env = "SHOP_WEBHOOK_SECRET" }}], apply = "fetch", fetch = "/{resource}/{{event.data.id}}", record_path = "data", deleted_when = {{ path = "type", one_of = ["{resource}.deleted"] }} }}"#
+        );
+        streams += &stream_table(
+            resource,
+            &format!("/{resource}"),
+            "updated_at",
+            200,
+            CURSOR,
+            &hook,
+        );
+    }
+    write_workflow(
+        dir.path(),
+        "timeout = \"5s\"\nmax_attempts = 30\nrate_limit = { requests = 10, per = \"1s\" }",
+        &streams,
+        "",
+    )?;
+    let state = dir.path().join("state");
+    // The first load, polled.
+    let out = waymark(&state, &sandbox.url)
+        .current_dir(dir.path())
+        .args(["run", "shop.toml"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = start_serve(&state, &sandbox, dir.path(), &hooks)?;
+    sandbox.set_mutation_rate(20.0)?;
+    let changed = wait_for(
+        || webhook_stats(&sandbox).is_ok_and(|w| w["generated"].as_u64() >= Some(100)),
+        Duration::from_secs(30),
+    );
+    sandbox.set_mutation_rate(0.0)?;
+    assert!(changed, "{:?}", webhook_stats(&sandbox)?);
+    let settled = wait_for(
+        || webhook_stats(&sandbox).is_ok_and(|w| w["pending"].as_u64() == Some(0)),
+        Duration::from_secs(60),
+    );
+    let delivered = webhook_stats(&sandbox)?["delivered"]
+        .as_u64()
+        .ok_or("delivered")?;
+    let done = wait_for(
+        || applied(&state).is_ok_and(|(_, all)| all) && drained(&state),
+        Duration::from_secs(120),
+    );
+    let (code, _, log) = terminate(child, dir.path())?;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        settled && done,
+        "applied {:?} of {delivered}\n{log}",
+        applied(&state)?
+    );
+    let db = dir.path().join("shop.db");
+    assert_matches_source(&sandbox, &db, "orders")?;
+    assert_matches_source(&sandbox, &db, "customers")?;
+    // Within the API's quota throughout; the random 429s were waited out as asked.
+    let stats = sandbox.stats()?;
+    assert_eq!(stats["over_quota"], 0, "{stats}");
+    let mut waits = Vec::new();
+    for run in runs(&state)? {
+        if !run["stream"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("@webhook"))
+        {
+            continue;
+        }
+        for step in crate::util::journal(&state, run["run"].as_str().ok_or("run")?)? {
+            let retried = &step["event"]["RequestRetried"];
+            if retried["status"] == 429 {
+                waits.push(retried["wait_ms"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    eprintln!("429s met by the webhook runs, waits in ms: {waits:?}");
+    assert!(!waits.is_empty(), "the API answered 429 to some fetches");
+    assert!(
+        waits.iter().all(|w| *w >= 1000),
+        "Retry-After honoured: {waits:?}"
+    );
+    Ok(())
+}
+
+/// Whether no webhook scope has events waiting (`status`, answered by serve).
+fn drained(state: &Path) -> bool {
+    let Ok(out) = waymark(state, "").args(["status", "--json"]).output() else {
+        return false;
+    };
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| {
+            r["stream"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("@webhook"))
+        })
+        .collect();
+    !rows.is_empty() && rows.iter().all(|r| r["webhook"]["waiting"] == 0)
+}

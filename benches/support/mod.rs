@@ -1,3 +1,4 @@
+#![allow(dead_code)] // Each benchmark uses a part of this.
 //! What the benchmarks that drive the real binary share: the binary, settings from the
 //! environment, the sandbox, and the runs of a state directory.
 
@@ -47,9 +48,29 @@ pub fn sandbox(args: &[&str]) -> Result<(Killed, String)> {
 /// `waymark serve <target> --max-concurrent-runs <runs>` in `dir` against the sandbox at
 /// `url`, its state in `state`, quiet.
 pub fn serve(dir: &Path, target: &str, runs: u64, state: &Path, url: &str) -> Result<Killed> {
+    let runs = runs.to_string();
+    serve_with(
+        dir,
+        &[target, "--max-concurrent-runs", &runs],
+        &[],
+        state,
+        url,
+    )
+}
+
+/// `waymark serve <args>` in `dir` with `env` set, against the sandbox at `url`, its state
+/// in `state`, quiet.
+pub fn serve_with(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    state: &Path,
+    url: &str,
+) -> Result<Killed> {
     let child = Command::new(bin())
-        .args(["serve", target, "--listen", "127.0.0.1:0"])
-        .args(["--max-concurrent-runs", &runs.to_string()])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env("WAYMARK_STATE_DIR", state)
         .env("WAYMARK_SANDBOX_URL", url)

@@ -129,6 +129,8 @@ pub struct Sandbox {
     mutations: [AtomicU64; 3],
     /// Random draws made by the mutator.
     drawn: AtomicU64,
+    /// Requests answered 429 because they were over `--quota`.
+    over_quota: AtomicU64,
     /// Where mutations are announced as webhooks, when configured.
     outbox: Option<webhooks::Outbox>,
 }
@@ -176,6 +178,7 @@ impl Sandbox {
             injected: Injected::default(),
             mutations: Default::default(),
             drawn: AtomicU64::new(0),
+            over_quota: AtomicU64::new(0),
             outbox,
         })
     }

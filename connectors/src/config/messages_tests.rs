@@ -556,3 +556,38 @@ fn schedule_mistakes_get_exact_messages() {
         "valid"
     );
 }
+
+#[test]
+fn webhook_mistakes_get_exact_messages() {
+    let hook = |w: &str| {
+        edit(
+            "page_size = 100",
+            &format!("page_size = 100\nwebhook = {w}"),
+        )
+    };
+    let cases = [
+        (
+            hook(r#"{ scheme = "standard", secrets = [] }"#),
+            "w.toml:25:34: stream.orders.webhook.secrets: give at least one, e.g. [{ env = \"SHOP_WEBHOOK_SECRET\" }]",
+        ),
+        (
+            hook(r#"{ scheme = "hmac", secrets = [{ env = "S" }] }"#),
+            "w.toml:25:1: stream.orders.webhook.hmac: `scheme = \"hmac\"` needs an `hmac` table: { header = \"X-Signature\" }",
+        ),
+        (
+            hook(r#"{ scheme = "github", secrets = [{ env = "S" }], apply = "fetch" }"#),
+            "w.toml:25:1: stream.orders.webhook.fetch: `apply = \"fetch\"` needs the record's path, e.g. \"/orders/{event.data.id}\"",
+        ),
+        (
+            hook(r#"{ scheme = "stripe", secrets = [{ env = "S" }], tolerance = "0s" }"#),
+            "w.toml:25:59: stream.orders.webhook.tolerance: must be at least 1s",
+        ),
+        (
+            hook(r#"{ scheme = "svix", secrets = [{ env = "S" }] }"#),
+            "w.toml:25:22: stream.orders.webhook.scheme: expected one of \"standard\", \"stripe\", \"github\", \"shopify\" or \"hmac\", got \"svix\"",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(message(&text), want);
+    }
+}

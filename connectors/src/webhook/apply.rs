@@ -28,9 +28,9 @@ pub struct EventSource {
     page_size: usize,
     /// With `apply = "fetch"`: the API and the stream's response rules.
     fetcher: Option<(Arc<Api>, Rules)>,
-    /// Records fetched for the page being read (its cursor): a page retried after a 429
-    /// goes on from where it stopped.
-    partial: Option<(Option<String>, Vec<String>)>,
+    /// A fetch that failed after others of its page succeeded: those were served as a page,
+    /// this is the next fetch's answer.
+    deferred: Option<source::Error>,
 }
 
 fn fatal(message: String) -> source::Error {
@@ -65,12 +65,13 @@ impl EventSource {
             section,
             page_size: usize::try_from(stream.page_size.max(1)).unwrap_or(100),
             fetcher,
-            partial: None,
+            deferred: None,
         })
     }
 
-    /// The record an event applies: `Err` with the event as text when it is not JSON (the
-    /// destination dead-letters it, saying so).
+    /// The record an event applies (none: a fetched record gone, or ignored by a response
+    /// rule). An event that is not JSON is passed on as it is: the destination
+    /// dead-letters it, saying so.
     async fn record(&self, event: &Waiting) -> Result<Option<String>, source::Error> {
         let Ok(body) = serde_json::from_slice::<Value>(&event.body) else {
             return Ok(Some(String::from_utf8_lossy(&event.body).into_owned()));
@@ -132,6 +133,9 @@ impl EventSource {
 
 impl Source for EventSource {
     async fn fetch(&mut self, request: PageRequest<'_>) -> Result<Page, source::Error> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         let after = match request.cursor {
             None => None,
             Some(c) => Some(
@@ -144,24 +148,30 @@ impl Source for EventSource {
             .inbox
             .page((&self.sync, &self.stream), after, window, self.page_size)
             .map_err(|e| fatal(e.to_string()))?;
-        let cursor = request.cursor.map(str::to_string);
-        let mut records = match self.partial.take() {
-            Some((c, done)) if c == cursor => done,
-            _ => Vec::new(),
-        };
-        // With `fetch`, `records` holds one entry per event done (`None` texts are kept as
-        // empty strings and left out at the end).
-        for event in events.iter().skip(records.len()) {
+        let mut records = Vec::with_capacity(events.len());
+        let mut done = None;
+        for event in &events {
             match self.record(event).await {
-                Ok(record) => records.push(record.unwrap_or_default()),
+                Ok(record) => {
+                    records.extend(record);
+                    done = Some(event.seq);
+                }
+                // Nothing done yet: the driver journals the failure and retries the page.
+                Err(e) if done.is_none() => return Err(e),
+                // The events done so far are a page of their own; the failure is the next
+                // page's (journaled, waited out), so a retry never starts over.
                 Err(e) => {
-                    self.partial = Some((cursor, records));
-                    return Err(e);
+                    self.deferred = Some(e);
+                    return Ok(Page {
+                        records,
+                        next_cursor: done.map(|seq| seq.to_string()),
+                        ignored: None,
+                    });
                 }
             }
         }
         Ok(Page {
-            records: records.into_iter().filter(|r| !r.is_empty()).collect(),
+            records,
             next_cursor: more
                 .then(|| events.last().map(|e| e.seq.to_string()))
                 .flatten(),

@@ -159,3 +159,82 @@ impl Hook {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FromEnv;
+    use crate::config::WebhookSection;
+    use reqwest::header::HeaderValue;
+
+    fn section(scheme: &str, extra: &str) -> WebhookSection {
+        let text = format!(
+            r#"scheme = "{scheme}"
+secrets = [{{ env = "WAYMARK_TEST_HOOK_SECRET" }}]
+max_body_bytes = 1024
+{extra}"#
+        );
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn headers(signed: Vec<(&str, String)>, content_type: Option<&str>) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in signed {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                map.insert(name, value);
+            }
+        }
+        if let Some(t) = content_type.and_then(|t| HeaderValue::from_str(t).ok()) {
+            map.insert(CONTENT_TYPE, t);
+        }
+        map
+    }
+
+    #[test]
+    fn a_request_is_refused_for_its_size_type_signature_or_missing_id_before_anything_else() {
+        // One variable for the whole test binary: set once, never changed.
+        std::env::set_var("WAYMARK_TEST_HOOK_SECRET", "shh");
+        let stripe = Hook::new(&section("stripe", "")).unwrap_or_else(|e| panic!("{e}"));
+        let now = Timestamp(1_800_000_000_000);
+        let body = br#"{"id":"evt_1","type":"order.updated"}"#;
+        let key = b"shh".to_vec();
+        let sign =
+            |body: &[u8]| signature::sign(&Scheme::Stripe, &key, "", now, body).unwrap_or_default();
+        let ok = headers(sign(body), Some("application/json; charset=utf-8"));
+        assert_eq!(stripe.receive(&ok, body, now), Ok(Some("evt_1".into())));
+        // `+json` types are JSON too.
+        let vendor = headers(sign(body), Some("application/vnd.api+json"));
+        assert!(stripe.receive(&vendor, body, now).is_ok());
+        let refused = |h: &HeaderMap, b: &[u8]| {
+            stripe
+                .receive(h, b, now)
+                .map_err(|r| (r.status(), r.reason()))
+        };
+        let large = vec![b' '; 1025];
+        assert_eq!(refused(&ok, &large), Err((413, "too_large")));
+        let text = headers(sign(body), Some("text/plain"));
+        assert_eq!(refused(&text, body), Err((415, "content_type")));
+        let none = headers(sign(body), None);
+        assert_eq!(refused(&none, body), Err((415, "content_type")));
+        assert_eq!(
+            refused(&ok, br#"{"id":"evt_2","type":"order.updated"}"#),
+            Err((401, "bad_signature"))
+        );
+        // Signed, but no id where the scheme reads it.
+        let anonymous = br#"{"type":"order.updated"}"#;
+        let signed = headers(sign(anonymous), Some("application/json"));
+        assert_eq!(refused(&signed, anonymous), Err((400, "no_event_id")));
+        // A secret that is not set is named, never shown.
+        let mut unset = section("github", "");
+        unset.secrets = vec![FromEnv {
+            env: "WAYMARK_TEST_HOOK_UNSET".into(),
+        }];
+        assert_eq!(
+            Hook::new(&unset).err(),
+            Some("the webhook secret $WAYMARK_TEST_HOOK_UNSET is not set".into())
+        );
+    }
+}

@@ -47,6 +47,7 @@ pub(super) async fn stats(State(s): Shared) -> Response {
         "first_request_ms": s.first_request_ms.load(AtomicOrdering::Relaxed),
         "last_request_ms": s.last_request_ms.load(AtomicOrdering::Relaxed),
         "faults": s.injected.to_json(),
+        "over_quota": s.over_quota.load(AtomicOrdering::Relaxed),
         "mutations": {
             "inserted": inserted.load(AtomicOrdering::Relaxed),
             "updated": updated.load(AtomicOrdering::Relaxed),

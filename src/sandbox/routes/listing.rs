@@ -186,6 +186,7 @@ pub(super) async fn admit(s: &Sandbox, headers: &HeaderMap) -> Result<Option<Fau
     let faults = read(&s.faults).clone();
     if let Err(wait) = s.within_quota(faults.quota_per_second) {
         s.injected.count(Fault::TooManyRequests);
+        s.over_quota.fetch_add(1, AtomicOrdering::Relaxed);
         // Whole seconds, rounded up (at least 1), as Retry-After is written.
         let seconds = wait.as_millis().div_ceil(1000).max(1);
         return Err(come_back(StatusCode::TOO_MANY_REQUESTS, seconds));
@@ -270,6 +271,29 @@ pub(super) enum Feed {
 
 /// One page of any list endpoint in any pagination style, with the quirks asked for. (Long:
 /// the sandbox serves every style from one place, so they stay comparable.)
+/// `GET /{resource}/{id}`: one live record (404 when there is none), through the same
+/// faults, quota and latency as the lists.
+pub(super) async fn one(s: Arc<Sandbox>, kind: Kind, id: u64, headers: HeaderMap) -> Response {
+    let fault = match admit(&s, &headers).await {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
+    let mut body = String::with_capacity(512);
+    {
+        let data = read(&s.data);
+        let resource = data.resource(kind);
+        match resource.key_of(id) {
+            Some(key) if resource.live.contains_key(&key) => resource.render(
+                key,
+                resource.live.get(&key).copied().unwrap_or(0),
+                &mut body,
+            ),
+            _ => return error(StatusCode::NOT_FOUND, format!("no record {id}")),
+        }
+    }
+    respond(fault, HeaderMap::new(), body)
+}
+
 pub(super) async fn list(
     s: Arc<Sandbox>,
     mut q: ListQuery,

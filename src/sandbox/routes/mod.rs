@@ -57,6 +57,12 @@ pub fn router(sandbox: Arc<Sandbox>) -> Router {
                 ),
             )
             .route(
+                &format!("/{name}/{{id}}"),
+                get(move |State(s): Shared, Path(id): Path<u64>, h: HeaderMap| {
+                    listing::one(s, kind, id, h)
+                }),
+            )
+            .route(
                 &format!("/{name}/search"),
                 post(
                     move |State(s): Shared,
