@@ -18,7 +18,7 @@ use waymark_engine::{
 
 use super::context::{open_existing_state, reload_failures};
 use super::ExitStatus;
-use crate::sync::existing_inbox;
+use crate::sync::{existing_inbox, WEBHOOK_RUNS_KEEP};
 
 /// Arguments of `waymark status`.
 #[derive(Debug, Args)]
@@ -53,7 +53,7 @@ struct Webhook {
     waiting: u64,
     /// When the oldest of them was accepted.
     oldest: Option<Timestamp>,
-    /// Records its runs of the last day wrote.
+    /// Records its runs of the last hour wrote (their journals are kept that long).
     applied: u64,
     /// Of those, the ones the destination already had (the polling, or an earlier event,
     /// came first): unchanged or stale.
@@ -72,9 +72,9 @@ impl Webhook {
             false => c.window.start.unwrap_or(Timestamp(0)),
         });
         let (waiting, oldest) = inbox.backlog((key.0, parse_scope(key.1).0), applied_up_to)?;
-        let day_ago = now.saturating_sub(Duration::from_secs(24 * 3600));
+        let hour_ago = now.saturating_sub(WEBHOOK_RUNS_KEEP);
         let (mut applied, mut known) = (0, 0);
-        for run in s.runs.iter().filter(|r| r.started.at >= day_ago) {
+        for run in s.runs.iter().filter(|r| r.started.at >= hour_ago) {
             let w = &run.counts.written;
             applied += run.counts.records_committed;
             known += w.unchanged + w.skipped_stale;
@@ -166,8 +166,8 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
                     "webhook": s.webhook.as_ref().map(|w| json!({
                         "waiting": w.waiting,
                         "oldest_waiting_s": w.oldest.map(|o| now.since(o).as_secs()),
-                        "applied_last_day": w.applied,
-                        "polled_first_last_day": w.known,
+                        "applied_last_hour": w.applied,
+                        "polled_first_last_hour": w.known,
                     })),
                 })
             );
@@ -286,7 +286,7 @@ fn verdict(
         let share = match w.applied {
             0 => String::new(),
             n => format!(
-                "; last day: {n} applied, {:.1}% already written by the polling or an earlier event",
+                "; last hour: {n} applied, {:.1}% already written by the polling or an earlier event",
                 w.known as f64 * 100.0 / n as f64
             ),
         };

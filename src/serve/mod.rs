@@ -71,6 +71,9 @@ pub struct Options {
 /// How often the loop looks at the stop flag while nothing else happens.
 const STOP_POLL: Duration = Duration::from_millis(200);
 
+/// A webhook scope's runs start at most this often.
+const WEBHOOK_RUNS_EVERY: Duration = Duration::from_secs(1);
+
 /// How often the workflow files are looked at for changes (SIGHUP reloads at once).
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -118,6 +121,8 @@ async fn serve_here(
     };
     // Streams with events waiting (accepted before a restart, or since their last run).
     let mut pending = waiting_events(&catalog, &inbox);
+    // When each webhook scope's latest run started.
+    let mut hooked: BTreeMap<Key, Instant> = BTreeMap::new();
 
     let token = api::token(&options.listen)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -191,6 +196,9 @@ async fn serve_here(
                     );
                 }
                 Decision::Start(key) => {
+                    if is_webhook_scope(&key.1) {
+                        hooked.insert(key.clone(), Instant::now());
+                    }
                     let resume = resumes.remove(&key);
                     let pause = Arc::new(AtomicBool::new(false));
                     let watchers = (metrics.clone(), traffic.clone());
@@ -261,9 +269,15 @@ async fn serve_here(
                 }
             }
         }
-        // A webhook scope with new events runs now, or once its run going now ended.
+        // A webhook scope with new events runs now, or once its run going now ended, at
+        // most once a second: events arriving together are applied together.
         let now = SystemClock.now();
-        pending.retain(|key| scheduler.run_now(key, now) == Some(false));
+        pending.retain(|key| {
+            let recent = hooked
+                .get(key)
+                .is_some_and(|at| at.elapsed() < WEBHOOK_RUNS_EVERY);
+            recent || scheduler.run_now(key, now) == Some(false)
+        });
         if looked.elapsed() >= LOOK_EVERY {
             looked = Instant::now();
             let now_seen = catalog::look(&options.paths);

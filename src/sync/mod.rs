@@ -14,4 +14,6 @@ mod webhooks;
 pub(crate) use invocation::{api, Invocation};
 pub(crate) use reconciliation::{reconcile, Request};
 pub(crate) use streams::{prune, resume_run, run_scope, run_stream, run_streams, Ran};
-pub(crate) use webhooks::{apply_events, existing_inbox, open_inbox};
+pub(crate) use webhooks::{
+    apply_events, existing_inbox, open_inbox, RUNS_KEEP as WEBHOOK_RUNS_KEEP,
+};

@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use waymark_connectors::config::StreamSection;
+use waymark_connectors::config::{is_webhook_scope, StreamSection};
 use waymark_connectors::webhook::apply::EventSource;
 use waymark_connectors::webhook::inbox::Inbox;
 use waymark_connectors::{sink, AnyDestination, Workflow};
@@ -131,6 +132,30 @@ async fn drive_events(
         if let Some(section) = &stream.webhook {
             inbox.forget(SystemClock.now(), section.dedupe_keep.0)?;
         }
+        prune_runs(dir)?;
     }
     Ok(state)
+}
+
+/// How long the journals of a webhook scope's finished runs are kept: with events coming
+/// all the time it has a run a second, which `keep` (days) would pile up. What they wrote
+/// stays in the destination and in the audit index (`waymark trace`) for `keep`.
+pub(crate) const RUNS_KEEP: Duration = Duration::from_secs(3600);
+
+/// When this process last pruned webhook runs: at most every minute.
+static PRUNED: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// Prunes the journals of every webhook scope's runs finished more than [`RUNS_KEEP`] ago.
+fn prune_runs(dir: &mut StateDir) -> anyhow::Result<()> {
+    {
+        let mut pruned = PRUNED.lock().unwrap_or_else(PoisonError::into_inner);
+        if pruned.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return Ok(());
+        }
+        *pruned = Some(Instant::now());
+    }
+    let cutoff = SystemClock.now().saturating_sub(RUNS_KEEP);
+    dir.journal_mut()
+        .prune_where(|head| is_webhook_scope(&head.started.stream) && head.updated_at <= cutoff)?;
+    Ok(())
 }

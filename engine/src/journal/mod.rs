@@ -591,13 +591,20 @@ impl<B: Backend> Journal<B> {
     /// runs and stream checkpoints are never pruned. Returns what was removed.
     pub fn prune(&mut self, now: Timestamp, keep: Duration) -> Result<Pruned, Error> {
         let cutoff = now.saturating_sub(keep);
-        let mut doomed = Vec::new();
+        self.prune_where(|head| head.updated_at <= cutoff)
+    }
+
+    /// Removes the journals of the finished runs `doomed` picks (by their heads). Active
+    /// runs and stream checkpoints are never pruned.
+    pub fn prune_where(&mut self, doomed: impl Fn(&RunState) -> bool) -> Result<Pruned, Error> {
+        let mut picked = Vec::new();
         for head in self.runs() {
             let head = head?;
-            if head.status.is_finished() && head.updated_at <= cutoff {
-                doomed.push(head);
+            if head.status.is_finished() && doomed(&head) {
+                picked.push(head);
             }
         }
+        let doomed = picked;
         let mut pruned = Pruned::default();
         for head in doomed {
             let run = head.run_id();
