@@ -239,7 +239,27 @@ pub(crate) async fn destination(
     stream: &StreamSection,
     scope: &str,
 ) -> anyhow::Result<AnyDestination> {
-    let binding = sink::binding(workflow, stream, scope);
+    open_binding(dir, workflow, sink::binding(workflow, stream, scope)).await
+}
+
+/// The same, taking records that carry the deletion mark as deletions: the destination of
+/// repair and webhook runs.
+pub(crate) async fn marking_destination(
+    dir: &StateDir,
+    workflow: &Workflow,
+    stream: &StreamSection,
+    scope: &str,
+) -> anyhow::Result<AnyDestination> {
+    let mut binding = sink::binding(workflow, stream, scope);
+    binding.marked_deletions = true;
+    open_binding(dir, workflow, binding).await
+}
+
+async fn open_binding(
+    dir: &StateDir,
+    workflow: &Workflow,
+    binding: waymark_connectors::Binding,
+) -> anyhow::Result<AnyDestination> {
     AnyDestination::open(workflow, binding, dir.root())
         .await
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))

@@ -13,6 +13,7 @@ use waymark_connectors::{sink, AnyDestination, Binding, Workflow};
 use waymark_engine::{driver, Clock, Event, RunState, StateDir, Status, SystemClock, Window};
 
 use super::invocation::{drive, Invocation};
+use crate::cli::context::marking_destination;
 use crate::cli::UsageError;
 
 /// What one reconciliation of one stream is asked to do.
@@ -227,25 +228,10 @@ pub async fn repair_run(
     set: &RepairSet,
 ) -> anyhow::Result<RunState> {
     let plan = workflow.repair_plan(stream);
-    let mut destination = repair_destination(dir, workflow, stream, &plan.stream).await?;
+    let mut destination = marking_destination(dir, workflow, stream, &plan.stream).await?;
     let (journal, staging) = dir.parts();
     let state = driver::open(journal, staging, &mut destination, &plan, SystemClock.now()).await?;
     drive_repair(dir, invocation, stream, &mut destination, state, set).await
-}
-
-/// The destination of a repair run: the stream's, under the repair scope, honouring a
-/// reconciliation's deletion records.
-async fn repair_destination(
-    dir: &StateDir,
-    workflow: &Workflow,
-    stream: &StreamSection,
-    scope: &str,
-) -> anyhow::Result<AnyDestination> {
-    let mut binding = sink::binding(workflow, stream, scope);
-    binding.marked_deletions = true;
-    AnyDestination::open(workflow, binding, dir.root())
-        .await
-        .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
 }
 
 /// Drives an opened repair run (also `waymark resume` of one).
@@ -275,7 +261,7 @@ pub async fn resume_repair(
 ) -> anyhow::Result<RunState> {
     let plan = workflow.repair_plan(stream);
     let set = repair_set(dir.root(), workflow.name(), &stream.name);
-    let mut destination = repair_destination(dir, workflow, stream, &plan.stream).await?;
+    let mut destination = marking_destination(dir, workflow, stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     drive_repair(dir, invocation, stream, &mut destination, state, &set).await
 }

@@ -8,14 +8,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use waymark_connectors::config::{is_webhook_scope, StreamSection};
 use waymark_connectors::webhook::apply::EventSource;
 use waymark_connectors::webhook::inbox::Inbox;
-use waymark_connectors::{sink, AnyDestination, Workflow};
+use waymark_connectors::{AnyDestination, Workflow};
 use waymark_engine::{driver, Clock, RunState, StateDir, Status, SystemClock};
 
 use super::invocation::{drive, Invocation};
+use crate::cli::context::marking_destination;
 
 /// The inbox open in this process (`serve` holds it for as long as it runs), by path.
 static OPEN: Mutex<Option<(PathBuf, Weak<Inbox>)>> = Mutex::new(None);
@@ -55,7 +55,7 @@ pub(crate) async fn apply_events(
     inbox: &Arc<Inbox>,
 ) -> anyhow::Result<RunState> {
     let plan = workflow.webhook_plan(stream);
-    let mut destination = destination(dir, workflow, stream, &plan.stream).await?;
+    let mut destination = marking_destination(dir, workflow, stream, &plan.stream).await?;
     let (journal, staging) = dir.parts();
     // A new run's window ends at the horizon: every event up to it is readable, none is
     // stamped at or before it later.
@@ -85,7 +85,7 @@ pub(crate) async fn resume_events(
         None => open_inbox(dir)?,
     };
     let plan = workflow.webhook_plan(stream);
-    let mut destination = destination(dir, workflow, stream, &plan.stream).await?;
+    let mut destination = marking_destination(dir, workflow, stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
     drive_events(
         dir,
@@ -97,20 +97,6 @@ pub(crate) async fn resume_events(
         &inbox,
     )
     .await
-}
-
-/// The stream's destination under the webhook scope, taking deletion events.
-async fn destination(
-    dir: &StateDir,
-    workflow: &Workflow,
-    stream: &StreamSection,
-    scope: &str,
-) -> anyhow::Result<AnyDestination> {
-    let mut binding = sink::binding(workflow, stream, scope);
-    binding.marked_deletions = true;
-    AnyDestination::open(workflow, binding, dir.root())
-        .await
-        .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
 }
 
 async fn drive_events(

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`file`], [`source`], [`stream`], [`destination`], [`http`]: the sections, as serde
-//!   reads them ([`File`] is the whole file); [`span`]: durations.
+//!   reads them ([`File`] is the whole file); [`span`]: durations; [`filter`]: `{ path, one_of }`.
 //! - [`workflow`]: [`Workflow`], loaded and validated, and the engine plans of its streams.
 //! - [`shape`]: the file's shape checked against the schema before serde reads it (unknown
 //!   and missing keys, types, ranges, durations, enums), in the file's own words, which
@@ -28,6 +28,7 @@ mod env;
 mod error;
 mod expect;
 mod file;
+mod filter;
 mod http;
 mod location;
 #[cfg(test)]
@@ -51,6 +52,7 @@ pub use destination::{DeleteMode, DestinationKind, DestinationSection, FileKind}
 pub use env::expand_env;
 pub use error::Error;
 pub use file::{schema, File, SyncSection};
+pub use filter::RecordFilter;
 pub use http::{
     Action, AuthSection, ClientAuth, FromEnv, HeaderMatch, KeyIn, RateLimit, ResponseRule, Setting,
     Statuses,
@@ -65,7 +67,7 @@ pub use source::{
 pub use span::Span;
 pub use stream::{
     initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
-    ReconcileSection, RecordFilter, StreamSection, TimeFormat, WindowSection, RESERVED,
+    ReconcileSection, StreamSection, TimeFormat, WindowSection, RESERVED,
 };
 pub use url::http_url;
 pub use webhook::{ApplyMode, HmacEncoding, HmacSection, SchemeName, WebhookSection};

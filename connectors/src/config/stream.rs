@@ -8,21 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use waymark_engine::Timestamp;
 
+use super::filter::RecordFilter;
 use super::http::ResponseRule;
 use super::schedule::ScheduleSection;
 use super::source::{Method, Pagination};
 use super::span::Span;
 use super::webhook::WebhookSection;
-
-/// `filter = { path = "status", one_of = ["paid", "shipped"] }`
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RecordFilter {
-    /// Dotted path of the value tested.
-    pub path: String,
-    /// Accepted values (compared as text: `"7"` matches `7`).
-    pub one_of: Vec<String>,
-}
 
 /// A primary key: one dotted path, or several (a composite key).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

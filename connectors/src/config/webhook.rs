@@ -7,9 +7,9 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::filter::RecordFilter;
 use super::http::FromEnv;
 use super::span::Span;
-use super::stream::RecordFilter;
 
 /// A stream's webhook.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
