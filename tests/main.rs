@@ -23,6 +23,7 @@ mod secrets;
 mod serve;
 mod state_dir;
 mod transient;
+mod web;
 mod webhooks;
 mod windows;
 mod workflows;

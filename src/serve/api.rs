@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use waymark_engine::{Clock, StateDir, SystemClock};
 
 use super::metrics::Metrics;
+use super::web;
 use super::Key;
 use crate::cli::attach::{self, Reply};
 use crate::cli::UsageError;
@@ -46,13 +47,19 @@ pub enum RunNow {
     Unknown,
 }
 
+/// What the API's and the web view's handlers share.
 #[derive(Clone)]
-struct Shared {
-    dir: Arc<StateDir>,
+pub struct Shared {
+    pub dir: Arc<StateDir>,
     metrics: Arc<Metrics>,
-    asks: mpsc::UnboundedSender<Ask>,
-    token: Option<Arc<str>>,
+    pub asks: mpsc::UnboundedSender<Ask>,
+    pub token: Option<Arc<str>>,
+    /// This process's token for the web view's forms (a POST without it is refused).
+    pub csrf: Arc<str>,
 }
+
+/// The cookie the web view's login sets: the API token, for the pages.
+pub const TOKEN_COOKIE: &str = "waymark_token";
 
 /// The token required on `listen` (from [`TOKEN_VAR`]); an address beyond loopback
 /// without one is refused (exit 2).
@@ -83,6 +90,7 @@ pub async fn serve(
         metrics,
         asks,
         token: token.map(Arc::from),
+        csrf: Arc::from(csrf_token()),
     };
     let api = Router::new()
         .route("/metrics", get(metrics_text))
@@ -93,12 +101,14 @@ pub async fn serve(
         .route("/api/trace/{stream}/{key}", get(trace))
         .route("/api/dlq", get(dlq))
         .route("/api/streams/{sync}/{stream}/run", post(run_now))
+        .merge(web::pages())
         .route_layer(middleware::from_fn_with_state(shared.clone(), authorized));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         // Listening at all means the state directory is open and the schedules loaded.
         .route("/readyz", get(|| async { "ready\n" }))
         .merge(api)
+        .merge(web::public())
         .with_state(shared)
         // Webhooks carry signatures, not the token.
         .merge(hooks.unwrap_or_default());
@@ -114,20 +124,45 @@ async fn authorized(
     next: Next,
 ) -> Response {
     if let Some(token) = &shared.token {
-        let given = headers
+        let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+            .next();
+        let given = bearer.or(cookie).unwrap_or("");
         if !same(given.as_bytes(), token.as_bytes()) {
+            // A person at a page signs in; a program gets the status.
+            if request.method() == axum::http::Method::GET
+                && !request.uri().path().starts_with("/api/")
+                && request.uri().path() != "/metrics"
+            {
+                return Redirect::to("/login").into_response();
+            }
             return (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
         }
     }
     next.run(request).await
 }
 
+/// A random token (128 bits, hex).
+fn csrf_token() -> String {
+    let mut bytes = [0u8; 16];
+    // The system's randomness; should it fail, a time-based id is still unguessable enough
+    // for a same-site form token beside SameSite=Strict cookies.
+    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        Err(_) => uuid::Uuid::now_v7().simple().to_string(),
+    }
+}
+
 /// Compares in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -215,18 +250,20 @@ async fn journal(
     }
 }
 
-/// The journal's lines as events, until the command ends (an `error` event if it fails).
+/// The journal's lines as events, then `end` when the command ends (an `error` event if it
+/// fails).
 fn steps(replies: mpsc::UnboundedReceiver<Reply>) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(Some(replies), |replies| async move {
         let mut replies = replies?;
         loop {
-            let event = match replies.recv().await? {
-                Reply::Out(line) => Event::default().event("step").data(line),
-                Reply::Note(_) => continue,
-                Reply::Error(message, _) => {
+            let event = match replies.recv().await {
+                Some(Reply::Out(line)) => Event::default().event("step").data(line),
+                Some(Reply::Note(_)) => continue,
+                Some(Reply::Error(message, _)) => {
                     return Some((Ok(Event::default().event("error").data(message)), None))
                 }
-                Reply::Exit(_) | Reply::Busy => {
+                // The command ended (or its channel closed with it).
+                Some(Reply::Exit(_) | Reply::Busy) | None => {
                     return Some((Ok(Event::default().event("end").data("")), None))
                 }
             };

@@ -9,6 +9,7 @@
 //!   previous version running.
 //! - [`holds`]: the changing commands other processes send (`checkpoint set`, `dlq retry`,
 //!   `run`…): the stream is held while one runs, its run paused at a step boundary first.
+//! - [`web`]: the web view at `/`, pages of the same data as the CLI's `--json`.
 //! - [`hooks`]: the webhook receiver. Accepted events wait in the inbox; a stream with new
 //!   ones gets a run of its webhook scope (`<stream>@webhook`) as soon as a slot is free,
 //!   and another once that one ends if more came meanwhile.
@@ -25,6 +26,7 @@ pub mod hooks;
 pub mod metrics;
 pub mod scheduler;
 pub mod traffic;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,207 @@
+//! The web view at `/`: server-rendered pages of the same data the CLI's `--json`
+//! commands print, run in this process ([`attach::local_json`]), so the page and the
+//! terminal never disagree. Assets are compiled into the binary; a few lines of plain
+//! JavaScript follow a running run over Server-Sent Events. A changing action is a POST
+//! carrying this process's CSRF token; beyond loopback every page needs the API token,
+//! given once in a login form and kept in a cookie.
+//!
+//! - [`pages`]: the HTML, pure functions of JSON rows; [`chart`]: inline SVG.
+
+pub mod chart;
+pub mod pages;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::api::{Ask, RunNow, Shared, TOKEN_COOKIE};
+use crate::cli::attach;
+
+/// The pages (behind the API's authorization).
+pub fn pages() -> Router<Shared> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/streams/{sync}/{stream}", get(stream))
+        .route("/streams/{sync}/{stream}/run", post(run_now))
+        .route("/runs/{id}", get(run))
+        .route("/trace", get(trace))
+        .route("/dlq", get(dead_letters))
+}
+
+/// What needs no authorization: the login form and the assets.
+pub fn public() -> Router<Shared> {
+    Router::new()
+        .route(
+            "/login",
+            get(|| async { page(pages::login(false)) }).post(login),
+        )
+        .route("/assets/style.css", get(style))
+        .route("/assets/live.js", get(script))
+}
+
+fn page(markup: maud::Markup) -> Response {
+    Html(markup.into_string()).into_response()
+}
+
+/// A command's JSON lines, or a page saying why not.
+async fn json(shared: &Shared, args: &[&str]) -> Result<Vec<serde_json::Value>, Response> {
+    attach::local_json(&shared.dir, args)
+        .await
+        .map_err(|(why, _)| {
+            let mut response = page(pages::problem("Not available", &why));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            response
+        })
+}
+
+async fn overview(State(shared): State<Shared>) -> Response {
+    match json(&shared, &["status", "--json"]).await {
+        Ok(rows) => page(pages::overview(rows)),
+        Err(problem) => problem,
+    }
+}
+
+#[derive(Deserialize)]
+struct Said {
+    said: Option<String>,
+}
+
+async fn stream(
+    State(shared): State<Shared>,
+    Path((sync, stream)): Path<(String, String)>,
+    Query(said): Query<Said>,
+) -> Response {
+    let args = [
+        "runs", "--json", "--sync", &sync, "--stream", &stream, "--limit", "50",
+    ];
+    match json(&shared, &args).await {
+        Ok(runs) => page(pages::stream(
+            &sync,
+            &stream,
+            &runs,
+            &shared.csrf,
+            said.said.as_deref(),
+        )),
+        Err(problem) => problem,
+    }
+}
+
+async fn run(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
+    let summary = match json(&shared, &["runs", &id, "--json"]).await {
+        Ok(mut rows) if rows.len() == 1 => rows.remove(0),
+        Ok(_) => return page(pages::problem("No such run", &id)),
+        Err(problem) => return problem,
+    };
+    match json(&shared, &["journal", &id, "--json"]).await {
+        Ok(steps) => page(pages::run(&summary, &steps)),
+        Err(problem) => problem,
+    }
+}
+
+#[derive(Deserialize)]
+struct TraceQuery {
+    stream: Option<String>,
+    key: Option<String>,
+}
+
+async fn trace(State(shared): State<Shared>, Query(q): Query<TraceQuery>) -> Response {
+    let (stream, key) = (q.stream.unwrap_or_default(), q.key.unwrap_or_default());
+    let rows = match stream.is_empty() || key.is_empty() {
+        true => None,
+        false => Some(
+            attach::local_json(&shared.dir, &["trace", &stream, &key, "--json"])
+                .await
+                .map_err(|(why, _)| why),
+        ),
+    };
+    page(pages::trace(&stream, &key, rows))
+}
+
+async fn dead_letters(State(shared): State<Shared>) -> Response {
+    match json(&shared, &["dlq", "list", "--json"]).await {
+        Ok(rows) => page(pages::dead_letters(&rows)),
+        Err(problem) => problem,
+    }
+}
+
+#[derive(Deserialize)]
+struct Action {
+    csrf: String,
+}
+
+async fn run_now(
+    State(shared): State<Shared>,
+    Path((sync, stream)): Path<(String, String)>,
+    Form(action): Form<Action>,
+) -> Response {
+    if !super::api::same(action.csrf.as_bytes(), shared.csrf.as_bytes()) {
+        let mut response = page(pages::problem(
+            "Refused",
+            "the form is stale (serve restarted?): reload the page and try again",
+        ));
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
+    }
+    let (tx, rx) = oneshot::channel();
+    let said = match shared
+        .asks
+        .send(Ask::RunNow((sync.clone(), stream.clone()), tx))
+    {
+        Err(_) => "serve is stopping",
+        Ok(()) => match rx.await {
+            Ok(RunNow::Accepted) => "started",
+            Ok(RunNow::Running) => "its run is going already",
+            Ok(RunNow::Unknown) => "serve does not run this stream",
+            Err(_) => "serve is stopping",
+        },
+    };
+    let to = format!(
+        "/streams/{}/{}?said={}",
+        pages::segment(&sync),
+        pages::segment(&stream),
+        pages::segment(said)
+    );
+    Redirect::to(&to).into_response()
+}
+
+#[derive(Deserialize)]
+struct Login {
+    token: String,
+}
+
+async fn login(State(shared): State<Shared>, Form(login): Form<Login>) -> Response {
+    let right = shared
+        .token
+        .as_ref()
+        .is_some_and(|t| super::api::same(login.token.as_bytes(), t.as_bytes()));
+    if !right {
+        let mut response = page(pages::login(true));
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        return response;
+    }
+    let cookie = format!(
+        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        login.token
+    );
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+async fn style() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/style.css"),
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/live.js"),
+    )
+        .into_response()
+}

@@ -1,0 +1,325 @@
+//! The pages, as pure functions of what the CLI's `--json` commands print (the same data
+//! an operator gets at the terminal) to HTML. maud escapes every value: an API's text
+//! never becomes markup.
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use serde_json::Value;
+
+use super::chart;
+
+/// Text of a JSON value: strings as they are, `-` for null, other values as JSON.
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A path segment, percent-encoded.
+pub fn segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(char::from(b))
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The page around `body`.
+pub fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · waymark" }
+                link rel="stylesheet" href="/assets/style.css";
+                script src="/assets/live.js" defer {}
+            }
+            body {
+                header {
+                    strong { a href="/" { "waymark" } }
+                    nav aria-label="main" {
+                        a href="/" { "Overview" }
+                        a href="/trace" { "Trace" }
+                        a href="/dlq" { "Dead letters" }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// Whether a `status --json` row is unhealthy.
+fn unhealthy(row: &Value) -> bool {
+    row["unhealthy"].as_bool().unwrap_or(false)
+}
+
+/// The overview: every sync/stream from `status --json`, unhealthy ones first.
+pub fn overview(mut rows: Vec<Value>) -> Markup {
+    rows.sort_by_key(|r| (!unhealthy(r), text(&r["sync"]), text(&r["stream"])));
+    let streams: Vec<&Value> = rows.iter().filter(|r| r["stream"].is_string()).collect();
+    let files: Vec<&Value> = rows.iter().filter(|r| r["file"].is_string()).collect();
+    let bad = streams.iter().filter(|r| unhealthy(r)).count();
+    layout(
+        "Overview",
+        html! {
+            h1 { "Overview" }
+            p {
+                (streams.len()) " streams, "
+                @if bad == 0 { span .health.health-ok { "all healthy" } }
+                @else { span .health.health-failing { (bad) " unhealthy" } }
+            }
+            @for file in &files {
+                p .health.health-failing { (text(&file["file"])) ": " (text(&file["reason"])) }
+            }
+            div .scroll {
+                table #streams {
+                    caption .muted { "Each checkpoint scope: a stream, its backfills, repairs and webhooks" }
+                    thead { tr {
+                        th scope="col" { "Stream" }
+                        th scope="col" { "Health" }
+                        th scope="col" { "Watermark" }
+                        th scope="col" .num { "Lag (s)" }
+                        th scope="col" { "Last run" }
+                        th scope="col" .num { "Dead letters" }
+                        th scope="col" { "Reason" }
+                    } }
+                    tbody {
+                        @for row in &streams {
+                            @let (sync, stream) = (text(&row["sync"]), text(&row["stream"]));
+                            @let health = text(&row["health"]);
+                            tr class=(if unhealthy(row) { "unhealthy" } else { "" })
+                               data-stream=(format!("{sync}/{stream}")) data-health=(health) {
+                                td { a href=(format!("/streams/{}/{}", segment(&sync), segment(&stream))) {
+                                    (sync) "/" (stream)
+                                } }
+                                td { span class=(format!("health health-{health}")) { (health) } }
+                                td .mono { (text(&row["watermark"])) }
+                                td .num { (text(&row["lag_s"])) }
+                                td {
+                                    @if let Some(run) = row["last_run"].as_str() {
+                                        a href=(format!("/runs/{}", segment(run))) { (text(&row["last_status"])) }
+                                    } @else { "-" }
+                                }
+                                td .num { (text(&row["dead_letters"])) }
+                                td { (text(&row["reason"])) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A stream's page: its runs (`runs --json`, newest first), a chart of records per run,
+/// and a run-now button.
+pub fn stream(sync: &str, stream: &str, runs: &[Value], csrf: &str, said: Option<&str>) -> Markup {
+    let records: Vec<(String, u64)> = runs
+        .iter()
+        .rev()
+        .map(|r| (text(&r["started"]), r["records"].as_u64().unwrap_or(0)))
+        .collect();
+    layout(
+        &format!("{sync}/{stream}"),
+        html! {
+            h1 { (sync) "/" (stream) }
+            form .inline method="post" action=(format!("/streams/{}/{}/run", segment(sync), segment(stream))) {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Run now" }
+            }
+            @if let Some(said) = said { p role="status" { (said) } }
+            h2 { "Records per run" }
+            (PreEscaped(chart::bars(&records)))
+            h2 { "Runs" }
+            div .scroll {
+                table #runs {
+                    thead { tr {
+                        th scope="col" { "Run" }
+                        th scope="col" { "Status" }
+                        th scope="col" { "Started" }
+                        th scope="col" .num { "Duration (ms)" }
+                        th scope="col" .num { "Records" }
+                        th scope="col" .num { "Retries" }
+                        th scope="col" { "Window" }
+                    } }
+                    tbody {
+                        @for run in runs {
+                            @let id = text(&run["run"]);
+                            tr {
+                                td .mono { a href=(format!("/runs/{}", segment(&id))) { (id) } }
+                                td { (text(&run["status"])) }
+                                td .mono { (text(&run["started"])) }
+                                td .num { (text(&run["duration_ms"])) }
+                                td .num { (text(&run["records"])) }
+                                td .num { (text(&run["retries"])) }
+                                td .mono { "(" (text(&run["window_start"])) ", " (text(&run["watermark"])) "]" }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The detail of a journaled step: its event's fields, as `journal --json` has them.
+pub fn detail(event: &Value) -> String {
+    match event {
+        Value::Object(map) if map.len() == 1 => {
+            map.values().next().map_or(String::new(), |v| v.to_string())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A run's page: its summary and its journal as a timeline (`journal --json`), followed
+/// live while the run goes.
+pub fn run(summary: &Value, steps: &[Value]) -> Markup {
+    let id = text(&summary["run"]);
+    let going = summary["status"] == "running";
+    layout(
+        &format!("run {id}"),
+        html! {
+            h1 { "Run " span .mono { (id) } }
+            p {
+                a href=(format!("/streams/{}/{}", segment(&text(&summary["sync"])), segment(&text(&summary["stream"])))) {
+                    (text(&summary["sync"])) "/" (text(&summary["stream"]))
+                }
+                " · " span #run-status { (text(&summary["status"])) }
+                " · " (text(&summary["records"])) " records in " (text(&summary["pages"])) " pages, "
+                (text(&summary["retries"])) " retries, " (text(&summary["resumes"])) " resumes"
+                " " span #live .live {}
+            }
+            div .scroll {
+                table #timeline data-follow=[going.then(|| format!("/api/runs/{}/journal?follow=1", segment(&id)))] {
+                    caption .muted { "Every journaled step (the same as waymark journal " (id) " --json)" }
+                    thead { tr {
+                        th scope="col" .num { "Seq" }
+                        th scope="col" { "Time" }
+                        th scope="col" { "Step" }
+                        th scope="col" { "Detail" }
+                    } }
+                    tbody {
+                        @for step in steps {
+                            tr data-seq=(text(&step["seq"])) {
+                                td .num { (text(&step["seq"])) }
+                                td .mono { (text(&step["time"])) }
+                                td { (text(&step["step"])) }
+                                td .mono { (detail(&step["event"])) }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The trace search and its answer (`trace --json`).
+pub fn trace(stream: &str, key: &str, rows: Option<Result<Vec<Value>, String>>) -> Markup {
+    layout(
+        "Trace",
+        html! {
+            h1 { "Trace a record" }
+            form method="get" action="/trace" {
+                label for="stream" { "Stream" }
+                input #stream type="text" name="stream" value=(stream) required;
+                " "
+                label for="key" { "Key" }
+                input #key type="text" name="key" value=(key) required;
+                " "
+                button type="submit" { "Search" }
+            }
+            @match rows {
+                None => {}
+                Some(Err(why)) => p .health.health-failing role="alert" { (why) },
+                Some(Ok(rows)) if !rows.iter().any(|r| r["run_id"].is_string()) => p #no-sightings { "No run saw " (key) " in " (stream) "." },
+                Some(Ok(rows)) => div .scroll {
+                    table #sightings {
+                        thead { tr {
+                            th scope="col" { "When" }
+                            th scope="col" { "Run" }
+                            th scope="col" .num { "Page" }
+                            th scope="col" { "Version" }
+                            th scope="col" { "Fate" }
+                        } }
+                        tbody {
+                            @for row in rows.iter().filter(|r| r["run_id"].is_string()) {
+                                tr {
+                                    td .mono { (text(&row["at"])) }
+                                    td .mono { a href=(format!("/runs/{}", segment(&text(&row["run_id"])))) { (text(&row["run_id"])) } }
+                                    td .num { (text(&row["page"])) }
+                                    td .mono { (text(&row["version"])) }
+                                    td { (text(&row["outcome"])) }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        },
+    )
+}
+
+/// The dead letters (`dlq list --json`).
+pub fn dead_letters(rows: &[Value]) -> Markup {
+    layout(
+        "Dead letters",
+        html! {
+            h1 { "Dead letters" }
+            @if rows.is_empty() { p #no-letters { "None." } }
+            @else {
+                div .scroll {
+                    table #letters {
+                        thead { tr {
+                            th scope="col" { "Stream" }
+                            th scope="col" .num { "Letters" }
+                            th scope="col" { "Newest reason" }
+                        } }
+                        tbody {
+                            @for row in rows {
+                                tr {
+                                    td { (text(&row["sync"])) "/" (text(&row["stream"])) }
+                                    td .num { (text(&row["letters"])) }
+                                    td { (text(&row["newest_reason"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            p .muted { "Retry or drop them with " code { "waymark dlq retry|drop" } "." }
+        },
+    )
+}
+
+/// The login form (serve beyond loopback: the API's bearer token, kept in a cookie).
+pub fn login(failed: bool) -> Markup {
+    layout(
+        "Sign in",
+        html! {
+            h1 { "Sign in" }
+            @if failed { p .health.health-failing role="alert" { "That is not the token." } }
+            form method="post" action="/login" {
+                label for="token" { "API token (WAYMARK_API_TOKEN)" }
+                input #token type="password" name="token" autocomplete="current-password" required;
+                " "
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+/// A page saying what went wrong.
+pub fn problem(title: &str, why: &str) -> Markup {
+    layout(title, html! { h1 { (title) } p role="alert" { (why) } })
+}
