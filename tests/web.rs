@@ -474,3 +474,116 @@ fn with_a_token_the_pages_ask_for_it_once_and_forms_need_their_csrf_token() -> R
     assert!(!log.contains(token), "the token never reaches the log");
     Ok(())
 }
+
+/// Dead letters in the browser: a column type that does not fit makes every order a dead
+/// letter; the page lists them and shows them; once the file is fixed, Retry writes them and the stream leaves the list; a drop asks for a reason.
+#[test]
+fn dead_letters_are_shown_retried_after_a_fix_and_disappear() -> Result {
+    let Some(driver) = driver()? else {
+        return Ok(());
+    };
+    let sandbox = Sandbox::start(&["--records", "120", "--customers", "30"])?;
+    let dir = TempDir::new("web-dlq");
+    let broken = "schedule = { every = \"1h\" }\ncolumns = { status = \"integer\" }";
+    let customers = "schedule = { every = \"1h\" }\ncolumns = { name = \"integer\" }";
+    let streams = stream_table("orders", "/orders", "updated_at", 50, CURSOR, broken)
+        + &stream_table(
+            "customers",
+            "/customers",
+            "updated_at",
+            50,
+            CURSOR,
+            customers,
+        );
+    let file = write_workflow(dir.path(), "", &streams, "")?;
+    let state = dir.path().join("state");
+    let (child, api) = serve_with(&state, &sandbox.url, dir.path(), &["shop.toml"], &[])?;
+    let lettered = wait_for(
+        || runs(&state).is_ok_and(|r| r.len() == 2 && r.iter().all(|r| r["status"] == "completed")),
+        Duration::from_secs(60),
+    );
+    assert!(lettered, "{:?}", runs(&state)?);
+    let profile = dir.path().join("chromium");
+    let outcome = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = browser(&driver, &profile).await?;
+        let checked = async {
+            client.goto(&format!("{api}/dlq")).await?;
+            let count = client
+                .find(Locator::Css(
+                    "tr[data-stream='shop/orders'] td:nth-child(2)",
+                ))
+                .await?
+                .text()
+                .await?;
+            assert_eq!(count, "120");
+            client
+                .find(Locator::Css(
+                    "tr[data-stream='shop/orders'] td:first-child a",
+                ))
+                .await?
+                .click()
+                .await?;
+            let shown = cell_texts(&client, "#stream-letters tbody tr td:nth-child(2)").await?;
+            assert_eq!(shown.len(), 120);
+            assert!(
+                shown[0].starts_with("column `status` (`status`)"),
+                "{}",
+                shown[0]
+            );
+            shoot(&client, "dead-letter-list").await?;
+
+            // Fixed in the file (the retry reads it, as `waymark dlq retry` does).
+            let fixed = std::fs::read_to_string(&file)?
+                .replace("status = \"integer\"", "status = \"text\"");
+            std::fs::write(&file, fixed)?;
+            client.goto(&format!("{api}/dlq")).await?;
+            client
+                .find(Locator::Css(
+                    "tr[data-stream='shop/orders'] form[action$='/retry'] button",
+                ))
+                .await?
+                .click()
+                .await?;
+            let said = client
+                .wait()
+                .at_most(Duration::from_secs(60))
+                .for_element(Locator::Css("p[role=status]"))
+                .await?
+                .text()
+                .await?;
+            assert!(said.contains("retried 120 dead letters"), "{said}");
+            assert!(client
+                .find(Locator::Css("tr[data-stream='shop/orders']"))
+                .await
+                .is_err());
+
+            // A drop asks for a reason (the browser will not submit an empty one).
+            let form = client
+                .form(Locator::Css(
+                    "tr[data-stream='shop/customers'] form[action$='/drop']",
+                ))
+                .await?;
+            form.set_by_name("reason", "names are text; known, dropped in the test")
+                .await?;
+            form.submit().await?;
+            client
+                .wait()
+                .at_most(Duration::from_secs(30))
+                .for_element(Locator::Css("p[role=status]"))
+                .await?;
+            assert!(client.find(Locator::Id("no-letters")).await.is_ok());
+            shoot(&client, "dead-letters-after").await?;
+            assert_eq!(js_errors(&client).await?, Vec::<String>::new());
+            Ok::<(), Box<dyn std::error::Error>>(())
+        }
+        .await;
+        let _ = client.close().await;
+        checked
+    });
+    let (code, _, log) = terminate(child, dir.path())?;
+    outcome.map_err(|e| format!("{e}\n{log}"))?;
+    assert_eq!(code, Some(0), "{log}");
+    let audit = std::fs::read_to_string(state.join("dead_letters/shop/customers/audit.log"))?;
+    assert!(audit.contains("names are text"), "{audit}");
+    Ok(())
+}

@@ -347,6 +347,36 @@ pub fn local(state: &StateDir, args: &[&str]) -> anyhow::Result<UnboundedReceive
     Ok(start(state.share()?, root, cli, None))
 }
 
+/// Carries out the changing command `args` (`dlq retry|drop`, `checkpoint …`) in this
+/// process as `serve` does for a caller on the socket: its stream is held through
+/// `changes` while it runs. The lines it printed (its notes too), or its message and exit
+/// code when it failed.
+pub async fn local_change(
+    state: &StateDir,
+    args: &[&str],
+    changes: UnboundedSender<Change>,
+) -> Result<Vec<String>, (String, u8)> {
+    let root = state.root().to_path_buf();
+    // Relative paths (a workflow file serve was given) are this process's.
+    let request = Request {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        cwd: std::env::current_dir().unwrap_or_else(|_| root.clone()),
+    };
+    let cli = command(request, true);
+    let share = state.share().map_err(|e| (e.to_string(), 1))?;
+    let mut replies = start(share, root, cli, Some(changes));
+    let mut out = Vec::new();
+    while let Some(reply) = replies.recv().await {
+        match reply {
+            Reply::Out(line) | Reply::Note(line) => out.push(line),
+            Reply::Error(message, code) => return Err((message, code)),
+            Reply::Exit(_) => return Ok(out),
+            Reply::Busy => return Err(("serve does not carry out this command".into(), 2)),
+        }
+    }
+    Err(("the command ended without an answer".into(), 1))
+}
+
 /// [`local`] for a command printing JSON lines (`--json`): the values it printed, or its
 /// message and exit code when it failed.
 pub async fn local_json(

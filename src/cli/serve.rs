@@ -33,12 +33,13 @@ pub struct ServeArgs {
 pub async fn run(state_dir: &Path, args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;
     let (changes, changes_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (dir, _answering) = hold_state_for(state_dir, Some(changes))?;
+    let (dir, _answering) = hold_state_for(state_dir, Some(changes.clone()))?;
     let options = Options {
         paths: args.paths,
         max_concurrent_runs: usize::from(args.max_concurrent_runs),
         listen: args.listen,
         webhook_listen: args.webhook_listen,
+        changes,
     };
     serve(dir, options, changes_rx, stop).await
 }

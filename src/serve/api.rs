@@ -5,8 +5,10 @@
 //! Events until the run ends. On an address beyond loopback, every request but the
 //! health checks needs `Authorization: Bearer $WAYMARK_API_TOKEN`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
@@ -18,14 +20,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use waymark_engine::{Clock, StateDir, SystemClock};
 
 use super::metrics::Metrics;
 use super::web;
 use super::Key;
-use crate::cli::attach::{self, Reply};
+use crate::cli::attach::{self, Change, Reply};
 use crate::cli::UsageError;
 
 /// The environment variable holding the API's bearer token.
@@ -56,6 +58,44 @@ pub struct Shared {
     pub token: Option<Arc<str>>,
     /// This process's token for the web view's forms (a POST without it is refused).
     pub csrf: Arc<str>,
+    /// Where changing commands go (serve's loop holds their stream meanwhile).
+    pub changes: Option<mpsc::UnboundedSender<Change>>,
+    /// Each loaded sync's workflow file.
+    pub workflows: Option<watch::Receiver<BTreeMap<String, PathBuf>>>,
+}
+
+impl Shared {
+    /// What the handlers share: the held state directory, the metrics, the loop's asks,
+    /// the bearer token required (if any).
+    pub fn new(
+        dir: StateDir,
+        metrics: Arc<Metrics>,
+        asks: mpsc::UnboundedSender<Ask>,
+        token: Option<String>,
+    ) -> Self {
+        Shared {
+            dir: Arc::new(dir),
+            metrics,
+            asks,
+            token: token.map(Arc::from),
+            csrf: Arc::from(csrf_token()),
+            changes: None,
+            workflows: None,
+        }
+    }
+
+    /// With the changing commands' channel and the workflow files.
+    pub fn with_changes(
+        self,
+        changes: mpsc::UnboundedSender<Change>,
+        workflows: watch::Receiver<BTreeMap<String, PathBuf>>,
+    ) -> Self {
+        Shared {
+            changes: Some(changes),
+            workflows: Some(workflows),
+            ..self
+        }
+    }
 }
 
 /// The cookie the web view's login sets: the API token, for the pages.
@@ -77,21 +117,7 @@ pub fn token(listen: &SocketAddr) -> anyhow::Result<Option<String>> {
 
 /// Serves the API on `listener` until the process ends, with the webhook receiver's
 /// `hooks` when it has no listener of its own.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    dir: StateDir,
-    metrics: Arc<Metrics>,
-    asks: mpsc::UnboundedSender<Ask>,
-    token: Option<String>,
-    hooks: Option<Router>,
-) {
-    let shared = Shared {
-        dir: Arc::new(dir),
-        metrics,
-        asks,
-        token: token.map(Arc::from),
-        csrf: Arc::from(csrf_token()),
-    };
+pub async fn serve(listener: tokio::net::TcpListener, shared: Shared, hooks: Option<Router>) {
     let api = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(status))

@@ -68,6 +68,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// The webhook receiver's own address (else it is on the API's).
     pub webhook_listen: Option<SocketAddr>,
+    /// Where the web view sends the changing commands it carries out (`dlq retry|drop`),
+    /// as the socket does for the CLI.
+    pub changes: mpsc::UnboundedSender<Change>,
 }
 
 /// How often the loop looks at the stop flag while nothing else happens.
@@ -151,12 +154,11 @@ async fn serve_here(
         }
         None => (Some(hooks::router(receiver.clone())), address),
     };
+    let (paths_tx, paths) = watch::channel(paths_of(&catalog));
     tokio::spawn(api::serve(
         listener,
-        dir.share()?,
-        metrics.clone(),
-        ask_tx,
-        token,
+        api::Shared::new(dir.share()?, metrics.clone(), ask_tx, token)
+            .with_changes(options.changes.clone(), paths),
         hooks_on_api,
     ));
     crate::cli::emit(format_args!(
@@ -296,6 +298,7 @@ async fn serve_here(
                 &alert_targets,
             )?);
             receiver.reload(hooks::table(&catalog));
+            paths_tx.send_replace(paths_of(&catalog));
         }
     }
     // Stopping: every run pauses at its next step boundary.
@@ -554,6 +557,15 @@ fn waiting_events(catalog: &Catalog, inbox: &Inbox) -> std::collections::BTreeSe
         }
     }
     waiting
+}
+
+/// Each loaded sync's workflow file.
+fn paths_of(catalog: &Catalog) -> BTreeMap<String, PathBuf> {
+    catalog
+        .syncs
+        .iter()
+        .map(|(sync, loaded)| (sync.clone(), loaded.path.clone()))
+        .collect()
 }
 
 /// Each loaded sync's `[alerts]`.

@@ -30,6 +30,9 @@ pub fn pages() -> Router<Shared> {
         .route("/runs/{id}", get(run))
         .route("/trace", get(trace))
         .route("/dlq", get(dead_letters))
+        .route("/dlq/{sync}/{stream}", get(letters))
+        .route("/dlq/{sync}/{stream}/retry", post(retry))
+        .route("/dlq/{sync}/{stream}/drop", post(drop_letters))
 }
 
 /// What needs no authorization: the login form and the assets.
@@ -121,16 +124,101 @@ async fn trace(State(shared): State<Shared>, Query(q): Query<TraceQuery>) -> Res
     page(pages::trace(&stream, &key, rows))
 }
 
-async fn dead_letters(State(shared): State<Shared>) -> Response {
+async fn dead_letters(State(shared): State<Shared>, Query(said): Query<Said>) -> Response {
     match json(&shared, &["dlq", "list", "--json"]).await {
-        Ok(rows) => page(pages::dead_letters(&rows)),
+        Ok(rows) => page(pages::dead_letters(
+            &rows,
+            &shared.csrf,
+            said.said.as_deref(),
+        )),
         Err(problem) => problem,
     }
+}
+
+async fn letters(
+    State(shared): State<Shared>,
+    Path((sync, stream)): Path<(String, String)>,
+) -> Response {
+    let args = [
+        "dlq", "show", "--stream", &stream, "--sync", &sync, "--limit", "500", "--json",
+    ];
+    match json(&shared, &args).await {
+        Ok(rows) => page(pages::letters(&sync, &stream, &rows)),
+        Err(problem) => problem,
+    }
+}
+
+/// A changing command carried out as serve does for the CLI (the stream held meanwhile);
+/// back to the dead letters, saying how it went.
+async fn change(shared: &Shared, args: &[&str]) -> Response {
+    let said = match &shared.changes {
+        None => "this process does not carry out changes".to_string(),
+        Some(changes) => match attach::local_change(&shared.dir, args, changes.clone()).await {
+            Ok(lines) => lines.last().cloned().unwrap_or_else(|| "done".into()),
+            Err((why, _)) => format!("refused: {why}"),
+        },
+    };
+    Redirect::to(&format!("/dlq?said={}", pages::segment(&said))).into_response()
+}
+
+/// Refuses a form without this process's CSRF token.
+fn forged(action: &Action, shared: &Shared) -> Option<Response> {
+    if super::api::same(action.csrf.as_bytes(), shared.csrf.as_bytes()) {
+        return None;
+    }
+    let mut response = page(pages::problem(
+        "Refused",
+        "the form is stale (serve restarted?): reload the page and try again",
+    ));
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    Some(response)
+}
+
+async fn retry(
+    State(shared): State<Shared>,
+    Path((sync, stream)): Path<(String, String)>,
+    Form(action): Form<Action>,
+) -> Response {
+    if let Some(refused) = forged(&action, &shared) {
+        return refused;
+    }
+    let workflow = shared
+        .workflows
+        .as_ref()
+        .and_then(|w| w.borrow().get(&sync).cloned());
+    let Some(workflow) = workflow else {
+        return Redirect::to("/dlq?said=serve%20has%20no%20such%20sync").into_response();
+    };
+    let workflow = workflow.display().to_string();
+    change(&shared, &["dlq", "retry", &workflow, "--stream", &stream]).await
+}
+
+async fn drop_letters(
+    State(shared): State<Shared>,
+    Path((sync, stream)): Path<(String, String)>,
+    Form(action): Form<Action>,
+) -> Response {
+    if let Some(refused) = forged(&action, &shared) {
+        return refused;
+    }
+    let reason = action.reason.unwrap_or_default();
+    if reason.trim().is_empty() {
+        return Redirect::to("/dlq?said=a%20drop%20needs%20a%20reason").into_response();
+    }
+    change(
+        &shared,
+        &[
+            "dlq", "drop", "--stream", &stream, "--sync", &sync, "--reason", &reason,
+        ],
+    )
+    .await
 }
 
 #[derive(Deserialize)]
 struct Action {
     csrf: String,
+    /// Why (a drop).
+    reason: Option<String>,
 }
 
 async fn run_now(
@@ -138,13 +226,8 @@ async fn run_now(
     Path((sync, stream)): Path<(String, String)>,
     Form(action): Form<Action>,
 ) -> Response {
-    if !super::api::same(action.csrf.as_bytes(), shared.csrf.as_bytes()) {
-        let mut response = page(pages::problem(
-            "Refused",
-            "the form is stale (serve restarted?): reload the page and try again",
-        ));
-        *response.status_mut() = StatusCode::FORBIDDEN;
-        return response;
+    if let Some(refused) = forged(&action, &shared) {
+        return refused;
     }
     let (tx, rx) = oneshot::channel();
     let said = match shared

@@ -270,12 +270,17 @@ pub fn trace(stream: &str, key: &str, rows: Option<Result<Vec<Value>, String>>) 
     )
 }
 
-/// The dead letters (`dlq list --json`).
-pub fn dead_letters(rows: &[Value]) -> Markup {
+/// The dead letters per stream (`dlq list --json`), with retry and drop.
+pub fn dead_letters(rows: &[Value], csrf: &str, said: Option<&str>) -> Markup {
+    let rows: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["letters"].as_u64() > Some(0))
+        .collect();
     layout(
         "Dead letters",
         html! {
             h1 { "Dead letters" }
+            @if let Some(said) = said { p role="status" { (said) } }
             @if rows.is_empty() { p #no-letters { "None." } }
             @else {
                 div .scroll {
@@ -284,20 +289,70 @@ pub fn dead_letters(rows: &[Value]) -> Markup {
                             th scope="col" { "Stream" }
                             th scope="col" .num { "Letters" }
                             th scope="col" { "Newest reason" }
+                            th scope="col" { "Retry" }
+                            th scope="col" { "Drop" }
                         } }
                         tbody {
                             @for row in rows {
-                                tr {
-                                    td { (text(&row["sync"])) "/" (text(&row["stream"])) }
+                                @let (sync, stream) = (text(&row["sync"]), text(&row["stream"]));
+                                @let at = format!("/dlq/{}/{}", segment(&sync), segment(&stream));
+                                tr data-stream=(format!("{sync}/{stream}")) {
+                                    td { a href=(at) { (sync) "/" (stream) } }
                                     td .num { (text(&row["letters"])) }
                                     td { (text(&row["newest_reason"])) }
+                                    td {
+                                        form .inline method="post" action=(format!("{at}/retry")) {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            button type="submit" { "Retry" }
+                                        }
+                                    }
+                                    td {
+                                        form .inline method="post" action=(format!("{at}/drop")) {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            label for=(format!("reason-{sync}-{stream}")) { "Reason" }
+                                            input type="text" name="reason" required id=(format!("reason-{sync}-{stream}"));
+                                            " "
+                                            button type="submit" { "Drop" }
+                                        }
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
-            p .muted { "Retry or drop them with " code { "waymark dlq retry|drop" } "." }
+        },
+    )
+}
+
+/// One stream's dead letters (`dlq show --json`).
+pub fn letters(sync: &str, stream: &str, rows: &[Value]) -> Markup {
+    layout(
+        &format!("dead letters of {sync}/{stream}"),
+        html! {
+            h1 { "Dead letters of " (sync) "/" (stream) }
+            div .scroll {
+                table #stream-letters {
+                    thead { tr {
+                        th scope="col" { "Key" }
+                        th scope="col" { "Reason" }
+                        th scope="col" { "Run" }
+                        th scope="col" .num { "Page" }
+                        th scope="col" { "Record" }
+                    } }
+                    tbody {
+                        @for row in rows {
+                            tr {
+                                td .mono { (text(&row["key"])) }
+                                td { (text(&row["reason"])) }
+                                td .mono { a href=(format!("/runs/{}", segment(&text(&row["run_id"])))) { (text(&row["run_id"])) } }
+                                td .num { (text(&row["page"])) }
+                                td .mono { (text(&row["record"])) }
+                            }
+                        }
+                    }
+                }
+            }
         },
     )
 }
