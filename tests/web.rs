@@ -11,8 +11,8 @@ use fantoccini::{Client, ClientBuilder, Locator};
 
 use crate::serve::{serve_with, terminate};
 use crate::util::{
-    journal, runs, stream_table, wait_for, wait_for_lock, write_workflow, Result, Sandbox, TempDir,
-    CURSOR,
+    journal, runs, stream_table, wait_for, wait_for_lock, waymark, write_workflow, Result, Sandbox,
+    TempDir, CURSOR,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -175,6 +175,22 @@ fn the_web_view_shows_streams_runs_live_failures_and_traces() -> Result {
         Duration::from_secs(60),
     );
     assert!(first_runs, "{:?}", runs(&state)?);
+    // A checkpoint change, carried out by serve: the stream's page shows who and why.
+    let set = waymark(&state, &sandbox.url)
+        .current_dir(dir.path())
+        .args(["checkpoint", "set", "shop.toml", "--stream", "customers"])
+        .args([
+            "--to",
+            "2026-01-01T00:00:00Z",
+            "--reason",
+            "re-read January for the web test",
+        ])
+        .output()?;
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
     let profile = dir.path().join("chromium");
     let outcome = tokio::runtime::Runtime::new()?.block_on(async {
         let client = browser(&driver, &profile).await?;
@@ -200,6 +216,9 @@ async fn drive(client: &Client, api: &str, state: &Path, sandbox: &Sandbox) -> R
             Some("ok"),
             "{stream}"
         );
+        // Due again an hour after it started: a time, this year.
+        let next = row.find(Locator::Css("td.next")).await?.text().await?;
+        assert!(next.starts_with("20"), "{stream}: next run {next}");
     }
     shoot(client, "overview").await?;
     assert_eq!(js_errors(client).await?, Vec::<String>::new());
@@ -302,6 +321,11 @@ async fn drive(client: &Client, api: &str, state: &Path, sandbox: &Sandbox) -> R
     client
         .goto(&format!("{api}/streams/shop/customers"))
         .await?;
+    let why = cell_texts(client, "#checkpoint-changes tbody tr td:nth-child(4)").await?;
+    assert!(
+        why.iter().any(|w| w == "re-read January for the web test"),
+        "{why:?}"
+    );
     client
         .find(Locator::Css("form[action$='/run'] button"))
         .await?

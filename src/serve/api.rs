@@ -22,7 +22,7 @@ use futures_util::stream::{self, Stream};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use waymark_engine::{Clock, StateDir, SystemClock};
+use waymark_engine::{Clock, StateDir, SystemClock, Timestamp};
 
 use super::metrics::Metrics;
 use super::web;
@@ -37,6 +37,8 @@ pub const TOKEN_VAR: &str = "WAYMARK_API_TOKEN";
 pub enum Ask {
     /// Run this stream now; the answer says whether it was.
     RunNow(Key, oneshot::Sender<RunNow>),
+    /// Each scheduled stream, when it is next due and whether its run is going.
+    Plan(oneshot::Sender<Vec<(Key, Option<Timestamp>, bool)>>),
 }
 
 /// The loop's answer to a run-now request.

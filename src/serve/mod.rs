@@ -246,6 +246,9 @@ async fn serve_here(
                 Ask::RunNow(key, answer) => {
                     let _ = answer.send(run_now(&catalog, &mut scheduler, key));
                 }
+                Ask::Plan(answer) => {
+                    let _ = answer.send(scheduler.plan());
+                }
             },
             Some(change) = changes.recv() => match change {
                 Change::Hold(key, reply) => {
@@ -564,7 +567,11 @@ fn paths_of(catalog: &Catalog) -> BTreeMap<String, PathBuf> {
     catalog
         .syncs
         .iter()
-        .map(|(sync, loaded)| (sync.clone(), loaded.path.clone()))
+        .map(|(sync, loaded)| {
+            // Absolute: the web view's commands run from the state directory.
+            let path = std::fs::canonicalize(&loaded.path).unwrap_or_else(|_| loaded.path.clone());
+            (sync.clone(), path)
+        })
         .collect()
 }
 

@@ -186,6 +186,14 @@ impl<K: Ord + Clone> Scheduler<K> {
         self.entries.keys().cloned().collect()
     }
 
+    /// Each stream, when it is next due (`None`: when asked) and whether its run is going.
+    pub fn plan(&self) -> Vec<(K, Option<Timestamp>, bool)> {
+        self.entries
+            .iter()
+            .map(|(k, e)| (k.clone(), e.due, e.running))
+            .collect()
+    }
+
     /// Runs going now.
     pub fn running(&self) -> usize {
         self.entries.values().filter(|e| e.running).count()

@@ -62,8 +62,16 @@ async fn json(shared: &Shared, args: &[&str]) -> Result<Vec<serde_json::Value>, 
 }
 
 async fn overview(State(shared): State<Shared>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    let plan: pages::Plan = match shared.asks.send(Ask::Plan(tx)) {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+    .into_iter()
+    .map(|(key, due, running)| (key, (due.map(|t| t.to_string()), running)))
+    .collect();
     match json(&shared, &["status", "--json"]).await {
-        Ok(rows) => page(pages::overview(rows)),
+        Ok(rows) => page(pages::overview(rows, &plan)),
         Err(problem) => problem,
     }
 }
@@ -81,16 +89,42 @@ async fn stream(
     let args = [
         "runs", "--json", "--sync", &sync, "--stream", &stream, "--limit", "50",
     ];
-    match json(&shared, &args).await {
-        Ok(runs) => page(pages::stream(
-            &sync,
+    let runs = match json(&shared, &args).await {
+        Ok(runs) => runs,
+        Err(problem) => return problem,
+    };
+    // A stream's own scope has a checkpoint history (backfills, repairs, webhooks do not).
+    let workflow = shared
+        .workflows
+        .as_ref()
+        .and_then(|w| w.borrow().get(&sync).cloned());
+    let mut changes = Vec::new();
+    if let Some(workflow) = workflow.filter(|_| !stream.contains('@')) {
+        let workflow = workflow.display().to_string();
+        let args = [
+            "checkpoint",
+            "show",
+            &workflow,
+            "--stream",
             &stream,
-            &runs,
-            &shared.csrf,
-            said.said.as_deref(),
-        )),
-        Err(problem) => problem,
+            "--json",
+        ];
+        if let Ok(mut shown) = attach::local_json(&shared.dir, &args).await {
+            if let Some(serde_json::Value::Array(history)) =
+                shown.pop().map(|mut s| s["history"].take())
+            {
+                changes = history;
+            }
+        }
     }
+    page(pages::stream(pages::StreamPage {
+        sync: &sync,
+        stream: &stream,
+        runs: &runs,
+        changes: &changes,
+        csrf: &shared.csrf,
+        said: said.said.as_deref(),
+    }))
 }
 
 async fn run(State(shared): State<Shared>, Path(id): Path<String>) -> Response {

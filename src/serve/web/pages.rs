@@ -62,8 +62,33 @@ fn unhealthy(row: &Value) -> bool {
     row["unhealthy"].as_bool().unwrap_or(false)
 }
 
-/// The overview: every sync/stream from `status --json`, unhealthy ones first.
-pub fn overview(mut rows: Vec<Value>) -> Markup {
+/// When each scheduled stream is next due (`None`: only when asked) and whether its run is
+/// going, by sync and scope.
+pub type Plan = std::collections::BTreeMap<(String, String), (Option<String>, bool)>;
+
+/// The verdict shown: `status`'s, with `paused` for a healthy stream whose last run paused
+/// and `new` for one that never ran.
+fn verdict(row: &Value) -> String {
+    match (text(&row["health"]), row["last_status"].as_str()) {
+        (health, Some("paused")) if health == "ok" => "paused".into(),
+        (health, _) => health,
+    }
+}
+
+/// The overview: every stream serve schedules and every scope of `status --json`,
+/// unhealthy ones first, with when each is next due.
+pub fn overview(mut rows: Vec<Value>, plan: &Plan) -> Markup {
+    for (sync, stream) in plan.keys() {
+        let known = rows
+            .iter()
+            .any(|r| r["sync"] == sync.as_str() && r["stream"] == stream.as_str());
+        if !known {
+            rows.push(serde_json::json!({
+                "sync": sync, "stream": stream, "health": "new", "unhealthy": false,
+                "reason": "no run yet",
+            }));
+        }
+    }
     rows.sort_by_key(|r| (!unhealthy(r), text(&r["sync"]), text(&r["stream"])));
     let streams: Vec<&Value> = rows.iter().filter(|r| r["stream"].is_string()).collect();
     let files: Vec<&Value> = rows.iter().filter(|r| r["file"].is_string()).collect();
@@ -89,13 +114,20 @@ pub fn overview(mut rows: Vec<Value>) -> Markup {
                         th scope="col" { "Watermark" }
                         th scope="col" .num { "Lag (s)" }
                         th scope="col" { "Last run" }
+                        th scope="col" { "Next run" }
                         th scope="col" .num { "Dead letters" }
                         th scope="col" { "Reason" }
                     } }
                     tbody {
                         @for row in &streams {
                             @let (sync, stream) = (text(&row["sync"]), text(&row["stream"]));
-                            @let health = text(&row["health"]);
+                            @let health = verdict(row);
+                            @let next = match plan.get(&(sync.clone(), stream.clone())) {
+                                Some((_, true)) => "running now".to_string(),
+                                Some((Some(at), false)) => at.clone(),
+                                Some((None, false)) => "when asked".to_string(),
+                                None => "-".to_string(),
+                            };
                             tr class=(if unhealthy(row) { "unhealthy" } else { "" })
                                data-stream=(format!("{sync}/{stream}")) data-health=(health) {
                                 td { a href=(format!("/streams/{}/{}", segment(&sync), segment(&stream))) {
@@ -109,6 +141,7 @@ pub fn overview(mut rows: Vec<Value>) -> Markup {
                                         a href=(format!("/runs/{}", segment(run))) { (text(&row["last_status"])) }
                                     } @else { "-" }
                                 }
+                                td .mono .next { (next) }
                                 td .num { (text(&row["dead_letters"])) }
                                 td { (text(&row["reason"])) }
                             }
@@ -120,13 +153,50 @@ pub fn overview(mut rows: Vec<Value>) -> Markup {
     )
 }
 
-/// A stream's page: its runs (`runs --json`, newest first), a chart of records per run,
-/// and a run-now button.
-pub fn stream(sync: &str, stream: &str, runs: &[Value], csrf: &str, said: Option<&str>) -> Markup {
+/// What a stream's page shows.
+pub struct StreamPage<'a> {
+    pub sync: &'a str,
+    pub stream: &'a str,
+    /// `runs --json`, newest first.
+    pub runs: &'a [Value],
+    /// The `history` of `checkpoint show --json` (a stream's own scope only).
+    pub changes: &'a [Value],
+    pub csrf: &'a str,
+    /// What the last action said.
+    pub said: Option<&'a str>,
+}
+
+/// A stream's page: its runs, charts of records per run and of the lag each left behind,
+/// the checkpoint's changes (who, why), and a run-now button.
+pub fn stream(p: StreamPage<'_>) -> Markup {
+    let StreamPage {
+        sync,
+        stream,
+        runs,
+        changes,
+        csrf,
+        said,
+    } = p;
     let records: Vec<(String, u64)> = runs
         .iter()
         .rev()
         .map(|r| (text(&r["started"]), r["records"].as_u64().unwrap_or(0)))
+        .collect();
+    // The lag a run left: from its watermark to when it last stepped, in seconds.
+    let lag: Vec<(String, u64)> = runs
+        .iter()
+        .rev()
+        .map(|r| {
+            let at = |k: &str| {
+                r[k].as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            };
+            let lag = match (at("watermark"), at("updated")) {
+                (Some(w), Some(u)) => u.duration_since(w).map_or(0, |d| d.as_secs()),
+                _ => 0,
+            };
+            (text(&r["started"]), lag)
+        })
         .collect();
     layout(
         &format!("{sync}/{stream}"),
@@ -139,6 +209,8 @@ pub fn stream(sync: &str, stream: &str, runs: &[Value], csrf: &str, said: Option
             @if let Some(said) = said { p role="status" { (said) } }
             h2 { "Records per run" }
             (PreEscaped(chart::bars(&records)))
+            h2 { "Lag each run left (s)" }
+            (PreEscaped(chart::bars(&lag)))
             h2 { "Runs" }
             div .scroll {
                 table #runs {
@@ -162,6 +234,30 @@ pub fn stream(sync: &str, stream: &str, runs: &[Value], csrf: &str, said: Option
                                 td .num { (text(&run["records"])) }
                                 td .num { (text(&run["retries"])) }
                                 td .mono { "(" (text(&run["window_start"])) ", " (text(&run["watermark"])) "]" }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Checkpoint changes" }
+            @if changes.is_empty() { p #no-changes .muted { "None recorded." } }
+            @else {
+                div .scroll {
+                    table #checkpoint-changes {
+                        thead { tr {
+                            th scope="col" .num { "Change" }
+                            th scope="col" { "When" }
+                            th scope="col" { "Who" }
+                            th scope="col" { "Why" }
+                        } }
+                        tbody {
+                            @for c in changes {
+                                tr {
+                                    td .num { (text(&c["change"])) }
+                                    td .mono { (text(&c["at"])) }
+                                    td { (text(&c["who"])) }
+                                    td { (text(&c["why"])) }
+                                }
                             }
                         }
                     }
