@@ -249,6 +249,12 @@ async fn drive(client: &Client, api: &str, state: &Path, sandbox: &Sandbox) -> R
         .map(|s| s["step"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(kinds, want);
+    let outcomes = cell_texts(client, "#timeline tbody tr td:nth-child(6)").await?;
+    let want: Vec<String> = steps
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap_or_default().trim().to_string())
+        .collect();
+    assert_eq!(outcomes, want);
     shoot(client, "run").await?;
     assert_eq!(js_errors(client).await?, Vec::<String>::new());
 
@@ -311,8 +317,13 @@ async fn drive(client: &Client, api: &str, state: &Path, sandbox: &Sandbox) -> R
         )
         .into());
     }
+    // After following live and the reload at the end: the whole journal, row for row.
     let seqs = cell_texts(client, "#timeline tbody tr td:first-child").await?;
-    assert_eq!(seqs.len(), journal(state, &live_run)?.len());
+    let want: Vec<String> = journal(state, &live_run)?
+        .iter()
+        .map(|s| s["seq"].to_string())
+        .collect();
+    assert_eq!(seqs, want);
     assert_eq!(js_errors(client).await?, Vec::<String>::new());
     sandbox.set_faults("{}")?;
 

@@ -350,6 +350,9 @@ impl Printer {
                 "offset_ms": millis(offset),
                 "ahead": ahead.is_some(),
                 "step": event.name(),
+                "cursor": cursor,
+                "counts": counts,
+                "outcome": outcome,
                 "event": event,
             })
             .to_string()

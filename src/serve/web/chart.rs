@@ -9,12 +9,14 @@ pub fn bars(points: &[(String, u64)]) -> String {
     if points.is_empty() {
         return "<p class=\"muted\">No runs yet.</p>".into();
     }
-    let max = points.iter().map(|(_, v)| *v).max().unwrap_or(0).max(1);
+    let largest = points.iter().map(|(_, v)| *v).max().unwrap_or(0);
+    let max = largest.max(1);
     let n = points.len() as u64;
-    let step = (WIDTH / n).max(1);
+    // A few runs get narrow bars, not the whole width.
+    let step = (WIDTH / n).clamp(1, 24);
     let mut svg = format!(
         "<svg class=\"chart\" viewBox=\"0 0 {WIDTH} {}\" role=\"img\" \
-         aria-label=\"records per run, {n} runs, at most {max}\">",
+         aria-label=\"{n} runs, at most {largest}\">",
         HEIGHT + 14
     );
     for (i, (label, value)) in points.iter().enumerate() {
@@ -28,7 +30,7 @@ pub fn bars(points: &[(String, u64)]) -> String {
         ));
     }
     svg.push_str(&format!(
-        "<text x=\"0\" y=\"{}\">max {max}</text></svg>",
+        "<text x=\"0\" y=\"{}\">{n} runs, max {largest}</text></svg>",
         HEIGHT + 12
     ));
     svg

@@ -267,16 +267,6 @@ pub fn stream(p: StreamPage<'_>) -> Markup {
     )
 }
 
-/// The detail of a journaled step: its event's fields, as `journal --json` has them.
-pub fn detail(event: &Value) -> String {
-    match event {
-        Value::Object(map) if map.len() == 1 => {
-            map.values().next().map_or(String::new(), |v| v.to_string())
-        }
-        other => other.to_string(),
-    }
-}
-
 /// A run's page: its summary and its journal as a timeline (`journal --json`), followed
 /// live while the run goes.
 pub fn run(summary: &Value, steps: &[Value]) -> Markup {
@@ -302,7 +292,9 @@ pub fn run(summary: &Value, steps: &[Value]) -> Markup {
                         th scope="col" .num { "Seq" }
                         th scope="col" { "Time" }
                         th scope="col" { "Step" }
-                        th scope="col" { "Detail" }
+                        th scope="col" { "Cursor" }
+                        th scope="col" { "Counts" }
+                        th scope="col" { "What happened" }
                     } }
                     tbody {
                         @for step in steps {
@@ -310,7 +302,9 @@ pub fn run(summary: &Value, steps: &[Value]) -> Markup {
                                 td .num { (text(&step["seq"])) }
                                 td .mono { (text(&step["time"])) }
                                 td { (text(&step["step"])) }
-                                td .mono { (detail(&step["event"])) }
+                                td .mono { (text(&step["cursor"])) }
+                                td .mono { (text(&step["counts"])) }
+                                td { (text(&step["outcome"])) }
                             }
                         }
                     }

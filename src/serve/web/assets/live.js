@@ -18,14 +18,13 @@ document.addEventListener("DOMContentLoaded", () => {
     seen.add(String(step.seq));
     const row = document.createElement("tr");
     row.dataset.seq = step.seq;
-    const detail = JSON.stringify(Object.values(step.event)[0] ?? step.event);
-    for (const text of [step.seq, step.time, step.step, detail]) {
+    for (const text of [step.seq, step.time, step.step, step.cursor, step.counts, step.outcome]) {
       const cell = document.createElement("td");
-      cell.textContent = text;
+      cell.textContent = text ?? "";
       row.appendChild(cell);
     }
     row.cells[0].className = "num";
-    row.cells[3].className = "mono";
+    for (const i of [1, 3, 4]) row.cells[i].className = "mono";
     body.appendChild(row);
   });
   source.addEventListener("end", () => {
