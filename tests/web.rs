@@ -392,6 +392,20 @@ async fn drive(client: &Client, api: &str, state: &Path, sandbox: &Sandbox) -> R
 
     client.goto(&format!("{api}/dlq")).await?;
     shoot(client, "dead-letters").await?;
+    // On a phone: the overview fits the width (tables scroll inside their box).
+    client.set_window_size(390, 844).await?;
+    client.goto(&format!("{api}/")).await?;
+    let overflow = client
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth;",
+            vec![],
+        )
+        .await?;
+    assert_eq!(
+        overflow, false,
+        "the page does not scroll sideways on a phone"
+    );
+    shoot(client, "overview-phone").await?;
     assert_eq!(js_errors(client).await?, Vec::<String>::new());
     Ok(())
 }
