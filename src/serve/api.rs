@@ -5,11 +5,8 @@
 //! Events until the run ends. On an address beyond loopback, every request but the
 //! health checks needs `Authorization: Bearer $WAYMARK_API_TOKEN`.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -20,88 +17,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-use waymark_engine::{Clock, StateDir, SystemClock, Timestamp};
+use waymark_engine::{Clock, SystemClock};
 
-use super::metrics::Metrics;
+use super::shared::{same, Ask, RunNow, Shared, TOKEN_COOKIE};
 use super::web;
-use super::Key;
-use crate::cli::attach::{self, Change, Reply};
+use crate::cli::attach::{self, Reply};
 use crate::cli::UsageError;
 
 /// The environment variable holding the API's bearer token.
 pub const TOKEN_VAR: &str = "WAYMARK_API_TOKEN";
-
-/// What the API asks of the serve loop.
-pub enum Ask {
-    /// Run this stream now; the answer says whether it was.
-    RunNow(Key, oneshot::Sender<RunNow>),
-    /// Each scheduled stream, when it is next due and whether its run is going.
-    Plan(oneshot::Sender<Vec<(Key, Option<Timestamp>, bool)>>),
-}
-
-/// The loop's answer to a run-now request.
-pub enum RunNow {
-    /// Started now, or as soon as a slot is free.
-    Accepted,
-    /// Its run is going.
-    Running,
-    /// Not a stream serve knows.
-    Unknown,
-}
-
-/// What the API's and the web view's handlers share.
-#[derive(Clone)]
-pub struct Shared {
-    pub dir: Arc<StateDir>,
-    metrics: Arc<Metrics>,
-    pub asks: mpsc::UnboundedSender<Ask>,
-    pub token: Option<Arc<str>>,
-    /// This process's token for the web view's forms (a POST without it is refused).
-    pub csrf: Arc<str>,
-    /// Where changing commands go (serve's loop holds their stream meanwhile).
-    pub changes: Option<mpsc::UnboundedSender<Change>>,
-    /// Each loaded sync's workflow file.
-    pub workflows: Option<watch::Receiver<BTreeMap<String, PathBuf>>>,
-}
-
-impl Shared {
-    /// What the handlers share: the held state directory, the metrics, the loop's asks,
-    /// the bearer token required (if any).
-    pub fn new(
-        dir: StateDir,
-        metrics: Arc<Metrics>,
-        asks: mpsc::UnboundedSender<Ask>,
-        token: Option<String>,
-    ) -> Self {
-        Shared {
-            dir: Arc::new(dir),
-            metrics,
-            asks,
-            token: token.map(Arc::from),
-            csrf: Arc::from(csrf_token()),
-            changes: None,
-            workflows: None,
-        }
-    }
-
-    /// With the changing commands' channel and the workflow files.
-    pub fn with_changes(
-        self,
-        changes: mpsc::UnboundedSender<Change>,
-        workflows: watch::Receiver<BTreeMap<String, PathBuf>>,
-    ) -> Self {
-        Shared {
-            changes: Some(changes),
-            workflows: Some(workflows),
-            ..self
-        }
-    }
-}
-
-/// The cookie the web view's login sets: the API token, for the pages.
-pub const TOKEN_COOKIE: &str = "waymark_token";
 
 /// The token required on `listen` (from [`TOKEN_VAR`]); an address beyond loopback
 /// without one is refused (exit 2).
@@ -176,22 +102,6 @@ async fn authorized(
         }
     }
     next.run(request).await
-}
-
-/// A random token (128 bits, hex).
-fn csrf_token() -> String {
-    let mut bytes = [0u8; 16];
-    // The system's randomness; should it fail, a time-based id is still unguessable enough
-    // for a same-site form token beside SameSite=Strict cookies.
-    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
-        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
-        Err(_) => uuid::Uuid::now_v7().simple().to_string(),
-    }
-}
-
-/// Compares in time that does not depend on where they differ.
-pub fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A failed answer: the CLI's message, with a status by its exit code.

@@ -25,6 +25,7 @@ pub mod holds;
 pub mod hooks;
 pub mod metrics;
 pub mod scheduler;
+pub mod shared;
 pub mod traffic;
 pub mod web;
 
@@ -48,11 +49,11 @@ use crate::cli::attach::Change;
 use crate::cli::context::{set_reload_failures, Budget};
 use crate::cli::{describe, ExitStatus, UsageError};
 use crate::sync::{apply_events, open_inbox, prune, resume_run, run_stream, Invocation, Ran};
-use api::{Ask, RunNow};
 use catalog::{Catalog, Loaded};
 use holds::{Ended, Holds};
 use metrics::Metrics;
 use scheduler::{Decision, Scheduler};
+use shared::{Ask, RunNow};
 use traffic::Traffic;
 
 /// A checkpoint scope: the sync and the stream (or a backfill or repair scope of it).
@@ -157,7 +158,7 @@ async fn serve_here(
     let (paths_tx, paths) = watch::channel(paths_of(&catalog));
     tokio::spawn(api::serve(
         listener,
-        api::Shared::new(dir.share()?, metrics.clone(), ask_tx, token)
+        shared::Shared::new(dir.share()?, metrics.clone(), ask_tx, token)
             .with_changes(options.changes.clone(), paths),
         hooks_on_api,
     ));

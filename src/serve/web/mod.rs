@@ -18,7 +18,7 @@ use axum::Router;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-use super::api::{Ask, RunNow, Shared, TOKEN_COOKIE};
+use super::shared::{same, Ask, RunNow, Shared, TOKEN_COOKIE};
 use crate::cli::attach;
 
 /// The pages (behind the API's authorization).
@@ -94,10 +94,7 @@ async fn stream(
         Err(problem) => return problem,
     };
     // A stream's own scope has a checkpoint history (backfills, repairs, webhooks do not).
-    let workflow = shared
-        .workflows
-        .as_ref()
-        .and_then(|w| w.borrow().get(&sync).cloned());
+    let workflow = shared.workflow_of(&sync);
     let mut changes = Vec::new();
     if let Some(workflow) = workflow.filter(|_| !stream.contains('@')) {
         let workflow = workflow.display().to_string();
@@ -197,7 +194,7 @@ async fn change(shared: &Shared, args: &[&str]) -> Response {
 
 /// Refuses a form without this process's CSRF token.
 fn forged(action: &Action, shared: &Shared) -> Option<Response> {
-    if super::api::same(action.csrf.as_bytes(), shared.csrf.as_bytes()) {
+    if same(action.csrf.as_bytes(), shared.csrf.as_bytes()) {
         return None;
     }
     let mut response = page(pages::problem(
@@ -216,10 +213,7 @@ async fn retry(
     if let Some(refused) = forged(&action, &shared) {
         return refused;
     }
-    let workflow = shared
-        .workflows
-        .as_ref()
-        .and_then(|w| w.borrow().get(&sync).cloned());
+    let workflow = shared.workflow_of(&sync);
     let Some(workflow) = workflow else {
         return Redirect::to("/dlq?said=serve%20has%20no%20such%20sync").into_response();
     };
@@ -294,7 +288,7 @@ async fn login(State(shared): State<Shared>, Form(login): Form<Login>) -> Respon
     let right = shared
         .token
         .as_ref()
-        .is_some_and(|t| super::api::same(login.token.as_bytes(), t.as_bytes()));
+        .is_some_and(|t| same(login.token.as_bytes(), t.as_bytes()));
     if !right {
         let mut response = page(pages::login(true));
         *response.status_mut() = StatusCode::UNAUTHORIZED;
