@@ -71,18 +71,32 @@ fn chromium() -> String {
 
 /// A headless Chromium session (flags that keep it off the closed network).
 async fn browser(driver: &Driver, profile: &Path) -> Result<Client> {
+    browser_with(driver, profile, &[]).await
+}
+
+/// The same with more Chromium flags.
+async fn browser_with(driver: &Driver, profile: &Path, flags: &[&str]) -> Result<Client> {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ]
+    .iter()
+    .chain(flags)
+    .map(|f| f.to_string())
+    .collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": chromium(),
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        }),
+        serde_json::json!({ "binary": chromium(), "args": args }),
     );
     // fantoccini builds a rustls client (unused on loopback's plain HTTP), which needs a
     // process-wide crypto provider.
@@ -195,6 +209,45 @@ fn the_web_view_shows_streams_runs_live_failures_and_traces() -> Result {
     let outcome = tokio::runtime::Runtime::new()?.block_on(async {
         let client = browser(&driver, &profile).await?;
         let checked = drive(&client, &api, &state, &sandbox).await;
+        let _ = client.close().await;
+        checked?;
+        // Dark: the same page in the other colour scheme.
+        let dark = dir.path().join("chromium-dark");
+        let client =
+            browser_with(&driver, &dark, &["--blink-settings=preferredColorScheme=0"]).await?;
+        let checked = async {
+            client.goto(&format!("{api}/")).await?;
+            let background = client
+                .execute(
+                    "return getComputedStyle(document.body).backgroundColor;",
+                    vec![],
+                )
+                .await?;
+            assert_eq!(background, "rgb(22, 24, 27)", "dark background");
+            shoot(&client, "overview-dark").await?;
+            // Keyboard: Tab walks the header's links, then the table's; Enter follows one.
+            let body = client.find(Locator::Css("body")).await?;
+            let mut reached = String::new();
+            for _ in 0..8 {
+                body.send_keys("\u{E004}").await?; // Tab
+                let href = client
+                    .execute(
+                        "return document.activeElement.getAttribute('href');",
+                        vec![],
+                    )
+                    .await?;
+                reached = href.as_str().unwrap_or_default().to_string();
+                if reached.starts_with("/streams/") {
+                    break;
+                }
+            }
+            assert!(reached.starts_with("/streams/"), "Tab reached {reached}");
+            client.active_element().await?.send_keys("\u{E007}").await?; // Enter
+            let at = client.current_url().await?;
+            assert_eq!(at.path(), reached, "Enter followed the link");
+            Ok::<(), Box<dyn std::error::Error>>(())
+        }
+        .await;
         let _ = client.close().await;
         checked
     });
