@@ -460,6 +460,9 @@ async fn drive(client: &Client, api: &str, state: &Path, sandbox: &Sandbox) -> R
     );
     shoot(client, "overview-phone").await?;
     assert_eq!(js_errors(client).await?, Vec::<String>::new());
+    // The error check sees what a page would log (so its empty answers mean something).
+    client.execute("console.error('probe');", vec![]).await?;
+    assert_eq!(js_errors(client).await?, ["probe"]);
     Ok(())
 }
 

@@ -1,9 +1,16 @@
 // Live updates without a build step: a run page follows its journal over Server-Sent
 // Events and appends each step as a row; the page reloads once the run has ended.
-// Errors are kept in window.waymarkErrors, which the browser tests read.
+// Errors (uncaught, rejected promises, console.error) are kept in window.waymarkErrors,
+// which the browser tests read.
 "use strict";
 window.waymarkErrors = [];
 window.addEventListener("error", (e) => window.waymarkErrors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => window.waymarkErrors.push(String(e.reason)));
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  window.waymarkErrors.push(args.map(String).join(" "));
+  consoleError(...args);
+};
 document.addEventListener("DOMContentLoaded", () => {
   const timeline = document.querySelector("table[data-follow]");
   if (!timeline) return;
