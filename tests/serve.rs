@@ -967,3 +967,52 @@ fn the_streams_of_one_source_share_its_rate_budget_across_concurrent_runs() -> R
     assert_eq!(rows(&dir.path().join("shop.db"))?, sandbox.truth()?);
     Ok(())
 }
+
+/// A stream that cannot even start a run (its destination cannot be opened) journals
+/// nothing; serve's `status` still calls it failing, with why, so it is alerted, until a
+/// run goes through.
+#[test]
+fn a_stream_that_cannot_run_is_failing_until_it_can() -> Result {
+    let sandbox = Sandbox::start(&["--records", "10"])?;
+    let dir = TempDir::new("serve-refused");
+    let path = flow(dir.path(), "shop", "1s", &[("orders", "/orders")])?;
+    // The destination's directory is a file: SQLite cannot be opened there.
+    let text =
+        std::fs::read_to_string(&path)?.replace("path = \"shop.db\"", "path = \"in/shop.db\"");
+    std::fs::write(&path, text)?;
+    std::fs::write(dir.path().join("in"), "not a directory")?;
+    let state = dir.path().join("state");
+    let (child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
+    assert!(wait_for_lock(&state, child.id()));
+    let orders = || -> Option<serde_json::Value> {
+        let out = waymark(&state, "")
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["stream"] == "orders")
+    };
+    let failing = wait_for(
+        || orders().is_some_and(|r| r["health"] == "failing"),
+        Duration::from_secs(30),
+    );
+    let seen = orders();
+    std::fs::remove_file(dir.path().join("in"))?;
+    let recovered = wait_for(
+        || orders().is_some_and(|r| r["health"] == "ok" && r["last_status"] == "completed"),
+        Duration::from_secs(30),
+    );
+    let (code, _, log) = terminate(child, dir.path())?;
+    assert!(failing, "{seen:?}\n{log}");
+    let reason = seen
+        .as_ref()
+        .and_then(|r| r["reason"].as_str())
+        .unwrap_or_default();
+    assert!(reason.starts_with("it could not run: "), "{reason}");
+    assert!(reason.contains("in/shop.db"), "{reason}");
+    assert!(recovered, "{:?}\n{log}", orders());
+    assert_eq!(code, Some(0), "{log}");
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! What the subcommands share: the state directory (opened with the command in its lock),
 //! stop signals, budgets, a stream's destination, and run ids typed in full or in part.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -313,6 +314,31 @@ pub(crate) fn set_reload_failures(failures: Vec<(String, String)>) {
 /// The files the last reload of this process failed on.
 pub(crate) fn reload_failures() -> Vec<(String, String)> {
     RELOAD_FAILURES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Scopes (sync, stream) whose last attempt to run in this process (a `serve`) failed
+/// before any run was journaled — a destination that cannot be opened, a workflow change
+/// that blocks a resume — with why: `status` calls them failing, so they are alerted.
+static REFUSED: std::sync::Mutex<BTreeMap<(String, String), String>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Whether the last attempt to run `scope` failed before a run, and why (`None`: it ran).
+pub(crate) fn set_refused(scope: &(String, String), why: Option<String>) {
+    let mut refused = REFUSED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match why {
+        Some(why) => refused.insert(scope.clone(), why),
+        None => refused.remove(scope),
+    };
+}
+
+/// The scopes whose last attempt to run in this process failed before a run, and why.
+pub(crate) fn refused() -> BTreeMap<(String, String), String> {
+    REFUSED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone()

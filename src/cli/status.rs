@@ -16,7 +16,7 @@ use waymark_engine::{
     Checkpoint, Clock, PauseReason, Reconciliation, RunState, Status, SystemClock, Timestamp,
 };
 
-use super::context::{open_existing_state, reload_failures};
+use super::context::{open_existing_state, refused, reload_failures};
 use super::ExitStatus;
 use crate::sync::{existing_inbox, WEBHOOK_RUNS_KEEP};
 
@@ -44,6 +44,8 @@ struct Stream {
     reconciled: Option<Reconciliation>,
     /// A webhook scope's events.
     webhook: Option<Webhook>,
+    /// Inside `serve`: why its last attempt to run failed before a run was journaled.
+    refused: Option<String>,
 }
 
 /// A webhook scope's events: waiting, and applied lately.
@@ -101,6 +103,10 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
         let s = head?;
         let key = (s.started.sync.clone(), s.started.stream.clone());
         streams.entry(key).or_default().runs.push(s);
+    }
+    // Inside `serve`: scopes it could not run (no run in the journal says so).
+    for (key, why) in refused() {
+        streams.entry(key).or_default().refused = Some(why);
     }
     let inbox = existing_inbox(&dir)?;
     for ((sync, scope), s) in streams.iter_mut() {
@@ -216,6 +222,9 @@ fn verdict(
     now: Timestamp,
     stalled_after: Option<Duration>,
 ) -> (&'static str, bool, String) {
+    if let Some(why) = &s.refused {
+        return ("failing", true, format!("it could not run: {why}"));
+    }
     if let Some(last) = s.runs.last() {
         if let Status::Failed(e) = &last.status {
             return ("failing", true, format!("the last run failed: {e}"));

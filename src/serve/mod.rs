@@ -46,7 +46,7 @@ use waymark_connectors::webhook::inbox::Inbox;
 use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
 
 use crate::cli::attach::Change;
-use crate::cli::context::{set_reload_failures, Budget};
+use crate::cli::context::{set_refused, set_reload_failures, Budget};
 use crate::cli::{describe, ExitStatus, UsageError};
 use crate::sync::{apply_events, open_inbox, prune, resume_run, run_stream, Invocation, Ran};
 use catalog::{Catalog, Loaded};
@@ -219,6 +219,7 @@ async fn serve_here(
                         Err(e) => {
                             let why = describe(&e);
                             tracing::error!("{}/{}: cannot start: {why}", key.0, key.1);
+                            set_refused(&key, Some(why.clone()));
                             scheduler.finished(&key);
                             holds.ended(&key, &Err(why), &mut scheduler);
                         }
@@ -507,9 +508,11 @@ fn report(key: &Key, outcome: anyhow::Result<Ran>) -> Ended {
         Err(e) => {
             let why = describe(&e);
             tracing::error!("{}/{}: {why}", key.0, key.1);
+            set_refused(key, Some(why.clone()));
             return Err(why);
         }
     };
+    set_refused(key, None);
     match ExitStatus::of_runs(&ran.states) {
         ExitStatus::Success if ran.reconciliation_failed => {
             tracing::warn!("{}/{}: its reconciliation failed", key.0, key.1)
