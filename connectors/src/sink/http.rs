@@ -90,16 +90,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
 
 /// `{name}` in `template` replaced by `value`, percent-encoded.
 fn fill(template: &str, name: &str, value: &str) -> String {
-    let encoded: String = value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    template.replace(&format!("{{{name}}}"), &encoded)
+    template.replace(&format!("{{{name}}}"), &crate::http::path_segment(value))
 }
 
 impl HttpDestination {

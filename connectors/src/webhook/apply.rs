@@ -15,6 +15,7 @@ use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 use super::inbox::{Inbox, Waiting};
 use crate::config::{ApplyMode, RecordFilter, StreamSection, WebhookSection, Workflow};
 use crate::http::api::Api;
+use crate::http::path_segment;
 use crate::http::rules::Rules;
 use crate::record::{lookup, scalar};
 use crate::sink::plan::DELETION_MARK;
@@ -212,14 +213,7 @@ pub fn render(template: &str, event: &Value) -> Result<String, String> {
         let value = at(event, path)
             .and_then(scalar)
             .ok_or_else(|| format!("the event has no value at `{path}`"))?;
-        for b in value.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    out.push(char::from(b))
-                }
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
+        out.push_str(&path_segment(&value));
         rest = &after[close + 1..];
     }
     out.push_str(rest);

@@ -16,19 +16,7 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// A path segment, percent-encoded.
-pub fn segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(char::from(b))
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
+pub use waymark_connectors::http::path_segment as segment;
 
 /// The page around `body`.
 pub fn layout(title: &str, body: Markup) -> Markup {
