@@ -22,6 +22,7 @@ mod sandbox;
 mod secrets;
 mod serve;
 mod state_dir;
+mod tenants;
 mod transient;
 mod web;
 mod webhooks;

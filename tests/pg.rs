@@ -320,3 +320,8 @@ pub fn number(url: &str, sql: &str) -> Result<i64> {
         Ok(client.query_one(sql, &[]).await?.get::<_, i64>(0))
     })
 }
+
+/// Runs `sql` (one or more statements).
+pub fn execute(url: &str, sql: &str) -> Result {
+    with_client(url, async |client| Ok(client.batch_execute(sql).await?))
+}

@@ -61,7 +61,7 @@ fn assert_nowhere(dir: &Path, outputs: &[&[u8]]) -> Result {
 }
 
 /// Every file under `dir` and every output: none holds any of `secrets`.
-fn assert_absent(dir: &Path, outputs: &[&[u8]], secrets: &[&str]) -> Result {
+pub(crate) fn assert_absent(dir: &Path, outputs: &[&[u8]], secrets: &[&str]) -> Result {
     let mut files = vec![dir.to_path_buf()];
     let mut scanned = 0;
     while let Some(path) = files.pop() {

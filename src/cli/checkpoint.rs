@@ -14,6 +14,7 @@ use waymark_engine::{
 };
 
 use super::context::{destination, open_existing_state, user};
+use super::instances::{instance, instances, sync_name};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark checkpoint`.
@@ -31,6 +32,9 @@ struct Target {
     /// The stream.
     #[arg(long)]
     stream: String,
+    /// A file with [tenants]: the tenant whose checkpoint it is.
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
     /// Why (required; kept in the history).
     #[arg(long)]
     reason: String,
@@ -45,6 +49,9 @@ enum Action {
         /// Only this stream.
         #[arg(long)]
         stream: Option<String>,
+        /// A file with [tenants]: only these tenants (repeatable; default: every one).
+        #[arg(long = "tenant", value_name = "ID")]
+        tenants: Vec<String>,
         /// One JSON object per stream.
         #[arg(long)]
         json: bool,
@@ -95,7 +102,10 @@ impl CheckpointArgs {
         };
         let workflow = Workflow::load(&target.workflow)?;
         let stream = workflow.stream(&target.stream)?.name.clone();
-        Ok(Some((workflow.name().to_string(), stream)))
+        Ok(Some((
+            sync_name(&workflow, target.tenant.as_deref())?,
+            stream,
+        )))
     }
 
     /// The workflow path made absolute against `cwd`.
@@ -119,8 +129,14 @@ pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::R
         Action::Show {
             workflow,
             stream,
+            tenants,
             json,
-        } => return show(&dir, &Workflow::load(&workflow)?, stream.as_deref(), json),
+        } => {
+            for workflow in instances(&workflow, &tenants).await? {
+                show(&dir, &workflow, stream.as_deref(), json)?;
+            }
+            return Ok(ExitStatus::Success);
+        }
         Action::Set { target, to } => {
             let checkpoint = Checkpoint {
                 run_id: RunId::new(),
@@ -138,7 +154,7 @@ pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::R
         }
         Action::Reset { target } => (target, None),
         Action::Adopt { target } => {
-            let workflow = Workflow::load(&target.workflow)?;
+            let workflow = instance(&target.workflow, target.tenant.as_deref()).await?;
             let section = workflow.stream(&target.stream)?.clone();
             let mut theirs = destination(&dir, &workflow, &section, &section.name).await?;
             match theirs.checkpoint().await? {
@@ -154,9 +170,10 @@ pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::R
         }
         Action::Restore { target, change } => {
             let workflow = Workflow::load(&target.workflow)?;
-            let history = dir
-                .journal()
-                .checkpoint_history(workflow.name(), &target.stream)?;
+            let history = dir.journal().checkpoint_history(
+                &sync_name(&workflow, target.tenant.as_deref())?,
+                &target.stream,
+            )?;
             match history.into_iter().find(|(n, _)| *n == change) {
                 Some((_, c)) => (target, c.new),
                 None => {
@@ -174,7 +191,7 @@ pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::R
     }
     let workflow = Workflow::load(&target.workflow)?;
     let stream = workflow.stream(&target.stream)?.name.clone();
-    let sync = workflow.name().to_string();
+    let sync = sync_name(&workflow, target.tenant.as_deref())?;
     let who = user();
     // An unfinished run would overwrite the new checkpoint with its own: it is abandoned.
     if let Some(active) = dir.journal().active_run(&sync, &stream)? {

@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use waymark_connectors::config::DestinationKind;
-use waymark_connectors::{sink::jsonl, Workflow};
+use waymark_connectors::sink::jsonl;
 
 use super::context::open_state;
+use super::instances::instance;
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark compact`.
@@ -17,11 +18,14 @@ pub struct CompactArgs {
     /// Only these streams' tables (repeatable; default: all).
     #[arg(long = "stream", value_name = "NAME")]
     streams: Vec<String>,
+    /// A file with [tenants]: the tenant whose tables to compact.
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
 }
 
 /// Compacts each table; holds the state directory's lock so no run writes meanwhile.
-pub fn run(state_dir: &Path, args: CompactArgs) -> anyhow::Result<ExitStatus> {
-    let workflow = Workflow::load(&args.workflow)?;
+pub async fn run(state_dir: &Path, args: CompactArgs) -> anyhow::Result<ExitStatus> {
+    let workflow = instance(&args.workflow, args.tenant.as_deref()).await?;
     if workflow.file().destination.kind != DestinationKind::Jsonl {
         return Err(UsageError(format!(
             "{}: compact works on jsonl destinations only",

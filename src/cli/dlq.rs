@@ -11,6 +11,7 @@ use waymark_connectors::Workflow;
 use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, StateDir, SystemClock, Window};
 
 use super::context::{destination, open_existing_state, user};
+use super::instances::{instance, sync_name};
 use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark dlq`.
@@ -51,6 +52,9 @@ enum Action {
         /// The stream.
         #[arg(long)]
         stream: String,
+        /// A file with [tenants]: the tenant whose dead letters to retry.
+        #[arg(long, value_name = "ID")]
+        tenant: Option<String>,
     },
     /// Remove a stream's dead letters for good; the reason goes to the store's audit log.
     Drop {
@@ -76,10 +80,14 @@ impl DlqArgs {
     pub(crate) fn scope(&self, root: &Path) -> anyhow::Result<Option<(String, String)>> {
         Ok(Some(match &self.action {
             Action::List { .. } | Action::Show { .. } => return Ok(None),
-            Action::Retry { workflow, stream } => {
+            Action::Retry {
+                workflow,
+                stream,
+                tenant,
+            } => {
                 let workflow = Workflow::load(workflow)?;
                 let stream = workflow.stream(stream)?.name.clone();
-                (workflow.name().to_string(), stream)
+                (sync_name(&workflow, tenant.as_deref())?, stream)
             }
             Action::Drop { stream, sync, .. } => owner(root, sync.as_deref(), stream)?,
         }))
@@ -104,7 +112,18 @@ pub async fn run(state_dir: &Path, args: DlqArgs) -> anyhow::Result<ExitStatus> 
             limit,
             json,
         } => show(dir.root(), sync.as_deref(), &stream, limit, json),
-        Action::Retry { workflow, stream } => retry(&dir, &workflow, &stream).await,
+        Action::Retry {
+            workflow,
+            stream,
+            tenant,
+        } => {
+            retry(
+                &dir,
+                &instance(&workflow, tenant.as_deref()).await?,
+                &stream,
+            )
+            .await
+        }
         Action::Drop {
             stream,
             sync,
@@ -181,9 +200,8 @@ fn show(
 
 /// `dlq retry`: a stream's dead letters written again, as one page of a run of the
 /// `@dlq-retry` scope.
-async fn retry(dir: &StateDir, workflow: &Path, stream: &str) -> anyhow::Result<ExitStatus> {
+async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Result<ExitStatus> {
     let root = dir.root();
-    let workflow = Workflow::load(workflow)?;
     let section = workflow.stream(stream)?.clone();
     let store = DeadLetters::new(root, workflow.name(), &section.name);
     let files = store.files()?;
@@ -199,7 +217,7 @@ async fn retry(dir: &StateDir, workflow: &Path, stream: &str) -> anyhow::Result<
     }
     // Its own checkpoint scope: the stream's checkpoint never moves.
     let scope = format!("{stream}@dlq-retry");
-    let mut target = destination(dir, &workflow, &section, &scope).await?;
+    let mut target = destination(dir, workflow, &section, &scope).await?;
     let run_id = RunId::new();
     let now = SystemClock.now();
     let checkpoint = Checkpoint {

@@ -13,6 +13,7 @@ mod compact;
 pub mod context;
 mod demo;
 mod dlq;
+pub(crate) mod instances;
 mod journal;
 pub mod progress;
 mod reconcile;
@@ -198,6 +199,20 @@ impl ExitStatus {
         }
     }
 
+    /// The worse of two statuses of runs: failed, else paused, else success (for one
+    /// command running several workflows: a file's tenants).
+    pub(crate) fn or_worse(self, other: ExitStatus) -> ExitStatus {
+        let rank = |s: ExitStatus| match s {
+            ExitStatus::Success => 0,
+            ExitStatus::Paused => 1,
+            _ => 2,
+        };
+        match rank(other) > rank(self) {
+            true => other,
+            false => self,
+        }
+    }
+
     const ALL: [ExitStatus; 7] = [
         ExitStatus::Success,
         ExitStatus::Failed,
@@ -363,7 +378,7 @@ async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
         // The demo keeps its state beside its files unless told otherwise.
         Command::Demo(args) => demo::run(args, cli.state_dir).await,
         Command::Validate(args) => validate::validate(args),
-        Command::Compact(args) => compact::run(state_dir, args),
+        Command::Compact(args) => compact::run(state_dir, args).await,
         Command::Dlq(args) => dlq::run(state_dir, args).await,
         Command::Status(args) => status::run(state_dir, args),
         Command::Replay(args) => replay::run(state_dir, args),

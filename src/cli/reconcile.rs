@@ -9,10 +9,10 @@ use clap::Args;
 use serde_json::json;
 use waymark_connectors::config::StreamSection;
 use waymark_connectors::reconcile::{Gap, Report};
-use waymark_connectors::Workflow;
 use waymark_engine::{RunState, Window};
 
 use super::context::{hold_state, stop_on_signal, Budget};
+use super::instances::instance;
 use super::{ExitStatus, UsageError};
 use crate::sync::{reconcile, Invocation, Request};
 
@@ -48,6 +48,9 @@ pub struct ReconcileArgs {
     /// Keys listed per kind of gap.
     #[arg(long, default_value_t = 10, value_name = "N")]
     show: usize,
+    /// A file with [tenants]: the tenant whose streams to compare.
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
     #[command(flatten)]
     budget: Budget,
 }
@@ -55,7 +58,7 @@ pub struct ReconcileArgs {
 /// Runs `waymark reconcile`.
 pub async fn run(state_dir: &Path, args: ReconcileArgs) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;
-    let workflow = Workflow::load(&args.workflow)?;
+    let workflow = instance(&args.workflow, args.tenant.as_deref()).await?;
     let streams: Vec<&StreamSection> = if args.streams.is_empty() {
         workflow
             .streams()

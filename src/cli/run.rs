@@ -9,6 +9,7 @@ use waymark_connectors::Workflow;
 use waymark_engine::Timestamp;
 
 use super::context::{find_run, hold_state, rfc3339, stop_on_signal, Budget};
+use super::instances::{instance, instances, of_sync, sync_name};
 use super::{ExitStatus, UsageError};
 use crate::sync::{resume_run, run_scope, run_streams, Invocation};
 
@@ -20,6 +21,10 @@ pub struct RunArgs {
     /// Only these streams (repeatable; default: all, in file order).
     #[arg(long = "stream", value_name = "NAME")]
     streams: Vec<String>,
+    /// A file with [tenants]: only these tenants (repeatable; default: every tenant
+    /// listed, one after the other).
+    #[arg(long = "tenant", value_name = "ID")]
+    tenants: Vec<String>,
     /// Abandon an unfinished run (journaled) and start a new one from the last committed
     /// checkpoint.
     #[arg(long)]
@@ -45,6 +50,9 @@ pub struct BackfillArgs {
     /// The stream to backfill.
     #[arg(long)]
     stream: String,
+    /// A file with [tenants]: the tenant whose stream to backfill.
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
     /// Start of the range, RFC 3339 (absolute, so the same command resumes it).
     #[arg(long, value_parser = rfc3339)]
     from: Timestamp,
@@ -83,15 +91,28 @@ impl RunArgs {
             true => workflow.streams().iter().map(|s| s.name.clone()).collect(),
             false => self.streams.clone(),
         };
-        let scopes = names
-            .iter()
-            .map(|name| {
-                Ok((
-                    workflow.name().to_string(),
-                    workflow.stream(name)?.name.clone(),
+        let syncs = match (workflow.tenants(), self.tenants.is_empty()) {
+            (Some(_), true) => {
+                return Err(UsageError(format!(
+                    "{} has [tenants]: `waymark serve` runs each tenant on its schedule; name \
+                     the ones to run now with --tenant",
+                    workflow.path().display()
                 ))
-            })
-            .collect::<anyhow::Result<_>>()?;
+                .into())
+            }
+            (_, true) => vec![sync_name(&workflow, None)?],
+            (_, false) => self
+                .tenants
+                .iter()
+                .map(|t| sync_name(&workflow, Some(t)))
+                .collect::<anyhow::Result<_>>()?,
+        };
+        let mut scopes = Vec::new();
+        for sync in &syncs {
+            for name in &names {
+                scopes.push((sync.clone(), workflow.stream(name)?.name.clone()));
+            }
+        }
         Ok((scopes, budget.json))
     }
 }
@@ -99,7 +120,35 @@ impl RunArgs {
 /// `waymark run <workflow>`.
 pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;
-    let workflow = Workflow::load(&args.workflow)?;
+    let workflows = instances(&args.workflow, &args.tenants).await?;
+    let (mut dir, _answering) = hold_state(state_dir)?;
+    if let [workflow] = workflows.as_slice() {
+        return run_workflow(&mut dir, workflow, &args, &stop).await;
+    }
+    // Each tenant in turn; one that cannot run does not keep the others from running.
+    let mut worst = ExitStatus::Success;
+    for workflow in &workflows {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let status = match run_workflow(&mut dir, workflow, &args, &stop).await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::error!("{}: {}", workflow.name(), super::describe(&e));
+                ExitStatus::Failed
+            }
+        };
+        worst = worst.or_worse(status);
+    }
+    Ok(worst)
+}
+
+async fn run_workflow(
+    dir: &mut waymark_engine::StateDir,
+    workflow: &Workflow,
+    args: &RunArgs,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<ExitStatus> {
     let streams: Vec<&StreamSection> = if args.streams.is_empty() {
         workflow.streams().iter().collect()
     } else {
@@ -108,16 +157,7 @@ pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> 
             .map(|name| workflow.stream(name))
             .collect::<Result<_, _>>()?
     };
-    let (mut dir, _answering) = hold_state(state_dir)?;
-    run_streams(
-        &mut dir,
-        &workflow,
-        &streams,
-        args.fresh,
-        &args.budget,
-        &stop,
-    )
-    .await
+    run_streams(dir, workflow, &streams, args.fresh, &args.budget, stop).await
 }
 
 /// `waymark backfill <workflow> --stream S --from T1 --to T2`: re-reads `[T1, T2)` under a
@@ -125,7 +165,7 @@ pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> 
 /// independently.
 pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<ExitStatus> {
     let stop = stop_on_signal()?;
-    let workflow = Workflow::load(&args.workflow)?;
+    let workflow = instance(&args.workflow, args.tenant.as_deref()).await?;
     let stream = workflow.stream(&args.stream)?.clone();
     let (from, to) = (args.from, args.to);
     if from >= to {
@@ -163,8 +203,9 @@ pub async fn resume(state_dir: &Path, args: ResumeArgs) -> anyhow::Result<ExitSt
     let run = find_run(&dir, &args.run_id)?;
     let state = dir.journal().load(run)?;
     let path = PathBuf::from(&state.started.workflow_path);
-    let workflow =
-        Workflow::load(&path).with_context(|| format!("loading the workflow of run {run}"))?;
+    let workflow = of_sync(&path, &state.started.sync)
+        .await
+        .with_context(|| format!("loading the workflow of run {run}"))?;
     let invocation = Invocation::new(&dir, &workflow, &args.budget, &stop)?;
     let state = resume_run(&mut dir, &invocation, &workflow, state).await?;
     Ok(ExitStatus::of_runs(&[state]))

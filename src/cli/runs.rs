@@ -7,7 +7,7 @@ use std::path::Path;
 use clap::Args;
 use serde_json::json;
 
-use waymark_connectors::config::parse_scope;
+use waymark_connectors::config::{parse_scope, split_tenant};
 use waymark_connectors::http::excerpt::printable;
 use waymark_engine::{RunId, RunState, Status};
 
@@ -26,11 +26,15 @@ outcome); --json gives every field of every run."
 )]
 pub struct RunsArgs {
     /// Show this run in full (a unique prefix or suffix of its id is enough).
-    #[arg(value_name = "RUN", conflicts_with_all = ["sync", "stream", "limit"])]
+    #[arg(value_name = "RUN", conflicts_with_all = ["sync", "tenants", "stream", "limit"])]
     run_id: Option<String>,
-    /// Only runs of this sync.
+    /// Only runs of this sync (with [tenants]: of every tenant's instance of it,
+    /// `shop:acme` is one).
     #[arg(long)]
     sync: Option<String>,
+    /// Only runs of this tenant (repeatable).
+    #[arg(long = "tenant", value_name = "ID")]
+    tenants: Vec<String>,
     /// Only runs of this stream (its backfills too).
     #[arg(long)]
     stream: Option<String>,
@@ -59,7 +63,7 @@ pub fn run(state_dir: &Path, args: RunsArgs) -> anyhow::Result<ExitStatus> {
         let s = head?;
         ids.push(s.run_id());
         let stream = parse_scope(&s.started.stream).0;
-        if args.sync.as_ref().is_some_and(|w| *w != s.started.sync)
+        if !super::status::wanted(&s.started.sync, args.sync.as_deref(), &args.tenants)
             || args.stream.as_ref().is_some_and(|w| w != stream)
         {
             continue;
@@ -238,6 +242,7 @@ fn json_line(s: &RunState) -> serde_json::Value {
     json!({
         "run": s.run_id().to_string(),
         "sync": s.started.sync,
+        "tenant": split_tenant(&s.started.sync).1,
         "stream": s.started.stream,
         "status": s.status.name(),
         "outcome": outcome(&s.status),

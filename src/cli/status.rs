@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
-use waymark_connectors::config::{is_webhook_scope, parse_scope};
+use waymark_connectors::config::{is_webhook_scope, parse_scope, split_tenant};
 use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::dead_letters::DeadLetters;
 use waymark_connectors::webhook::inbox::Inbox;
@@ -30,6 +30,16 @@ pub struct StatusArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only this sync (with [tenants]: every tenant's instance of it, `shop:acme` is one).
+    #[arg(long)]
+    sync: Option<String>,
+    /// Only this tenant (repeatable).
+    #[arg(long = "tenant", value_name = "ID")]
+    tenants: Vec<String>,
+    /// One line per tenant instead of per stream: its worst health, its streams by health,
+    /// its largest lag and its dead letters.
+    #[arg(long)]
+    by_tenant: bool,
 }
 
 /// A rate-limit pause ending within this time is routine (`waiting`, healthy); one ending
@@ -109,6 +119,7 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
         streams.entry(key).or_default().refused = Some(why);
     }
     let inbox = existing_inbox(&dir)?;
+    streams.retain(|(sync, _), _| wanted(sync, args.sync.as_deref(), &args.tenants));
     for ((sync, scope), s) in streams.iter_mut() {
         s.reconciled = dir
             .journal()
@@ -119,7 +130,8 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
             s.webhook = Some(Webhook::of(inbox, (sync, scope), s, now)?);
         }
     }
-    if !args.json {
+    let mut tenants: BTreeMap<(String, String), TenantRollUp> = BTreeMap::new();
+    if !args.json && !args.by_tenant {
         out!(
             "{:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {:>5}  {:>7}  reason",
             "health",
@@ -148,11 +160,19 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
             .take(5)
             .filter(|r| matches!(r.status, Status::Failed(_)))
             .count();
-        if args.json {
+        if args.by_tenant {
+            let (name, tenant) = split_tenant(sync);
+            let key = (name.to_string(), tenant.unwrap_or_default().to_string());
+            tenants
+                .entry(key)
+                .or_default()
+                .add(health, bad, lag, letters);
+        } else if args.json {
             out!(
                 "{}",
                 json!({
                     "sync": sync,
+                    "tenant": split_tenant(sync).1,
                     "stream": scope,
                     "health": health,
                     "unhealthy": bad,
@@ -194,6 +214,18 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
             );
         }
     }
+    if args.by_tenant && !args.json {
+        out!(
+            "{:<9}  {:<32}  {:>10}  {:>5}  streams",
+            "health",
+            "sync:tenant",
+            "max lag",
+            "dlq"
+        );
+    }
+    for ((sync, tenant), t) in &tenants {
+        t.print(sync, tenant, args.json);
+    }
     // Inside `serve`: workflow files whose edit it refused.
     for (file, why) in reload_failures() {
         unhealthy = true;
@@ -212,6 +244,77 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
     } else {
         ExitStatus::Success
     })
+}
+
+/// Whether a scope of `sync` is among those asked for: `only` is a sync (all its tenants'
+/// instances) or one instance; `tenants`, when given, the tenants.
+pub(super) fn wanted(sync: &str, only: Option<&str>, tenants: &[String]) -> bool {
+    let (name, tenant) = split_tenant(sync);
+    only.is_none_or(|o| o == sync || o == name)
+        && (tenants.is_empty() || tenant.is_some_and(|t| tenants.iter().any(|w| w == t)))
+}
+
+/// One tenant's streams, summed up.
+#[derive(Default)]
+struct TenantRollUp {
+    /// Streams by health.
+    healths: BTreeMap<&'static str, usize>,
+    unhealthy: usize,
+    lag: Option<Duration>,
+    dead_letters: usize,
+}
+
+impl TenantRollUp {
+    fn add(&mut self, health: &'static str, bad: bool, lag: Option<Duration>, letters: usize) {
+        *self.healths.entry(health).or_default() += 1;
+        self.unhealthy += usize::from(bad);
+        self.lag = self.lag.max(lag);
+        self.dead_letters += letters;
+    }
+
+    fn print(&self, sync: &str, tenant: &str, json: bool) {
+        let streams: usize = self.healths.values().sum();
+        let health = match self.unhealthy {
+            0 => "ok",
+            _ => "unhealthy",
+        };
+        let lag = self.lag.map(|l| l.as_secs());
+        if json {
+            out!(
+                "{}",
+                json!({
+                    "sync": sync,
+                    "tenant": tenant,
+                    "health": health,
+                    "streams": streams,
+                    "unhealthy_streams": self.unhealthy,
+                    "by_health": self.healths,
+                    "max_lag_s": lag,
+                    "dead_letters": self.dead_letters,
+                })
+            );
+            return;
+        }
+        let by: Vec<String> = self
+            .healths
+            .iter()
+            .map(|(h, n)| format!("{n} {h}"))
+            .collect();
+        out!(
+            "{health:<9}  {:<32}  {:>10}  {:>5}  {streams} stream{}: {}",
+            match tenant.is_empty() {
+                true => sync.to_string(),
+                false => format!("{sync}:{tenant}"),
+            },
+            lag.map_or("-".into(), |l| humantime::format_duration(
+                Duration::from_secs(l)
+            )
+            .to_string()),
+            self.dead_letters,
+            if streams == 1 { "" } else { "s" },
+            by.join(", ")
+        );
+    }
 }
 
 /// `ok`, `waiting`, `stalled`, `failing` or `drifting`, whether that is unhealthy, and why.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use waymark_connectors::config::tenants::{file_path, read_file};
 use waymark_connectors::config::{self, PaginationKind};
 use waymark_connectors::Workflow;
 
@@ -70,14 +71,50 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
                 }
             })
             .collect();
+        let tenants = match tenants(&workflow) {
+            Ok(tenants) => tenants,
+            Err(e) => {
+                eprintln!("error: {e}");
+                status = ExitStatus::BadInput;
+                continue;
+            }
+        };
         out!(
-            "{}: valid — sync {}, streams: {}",
+            "{}: valid — sync {}{tenants}, streams: {}",
             path.display(),
             workflow.name(),
             streams.join(", ")
         );
     }
     Ok(status)
+}
+
+/// With `[tenants]` listed in a file: each tenant's instance is checked too, and the
+/// tenants are named (`, 3 tenants (acme, beta, gamma)`); a query is not run (it needs the
+/// destination: `waymark run` and `serve` list them).
+fn tenants(workflow: &Workflow) -> anyhow::Result<String> {
+    let Some(section) = workflow.tenants() else {
+        return Ok(String::new());
+    };
+    let Some(file) = file_path(section, workflow.path()) else {
+        return Ok(", tenants from a query on the destination (not run here)".into());
+    };
+    let (rows, row) = read_file(&file)?;
+    let listed = section.tenants(&file.display().to_string(), rows, row)?;
+    for tenant in &listed {
+        workflow.instantiate(tenant)?;
+    }
+    const SHOWN: usize = 5;
+    let ids: Vec<&str> = listed.iter().take(SHOWN).map(|t| t.id.as_str()).collect();
+    let more = match listed.len() > SHOWN {
+        true => ", …",
+        false => "",
+    };
+    Ok(format!(
+        ", {} tenants ({}{more})",
+        listed.len(),
+        ids.join(", ")
+    ))
 }
 
 /// Prints the JSON Schema of workflow files.

@@ -6,13 +6,14 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use waymark_connectors::config::split_tenant;
 use waymark_connectors::state::dead_letters::DeadLetters;
 use waymark_engine::{Event, RunState, StateDir, Timestamp};
 
@@ -71,26 +72,68 @@ struct Source {
     sync: String,
 }
 
+/// A metric's labels, with `tenant="<id>"` after them for a tenant's instance of a sync
+/// (whose `sync` label is then the file's sync name): `sum by (tenant)` rolls a tenant up.
+/// A sync without tenants has no `tenant` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Tenanted<L>(L, Option<String>);
+
+impl<L: EncodeLabelSet> EncodeLabelSet for Tenanted<L> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)?;
+        match &self.1 {
+            Some(tenant) => [("tenant", tenant.as_str())].encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Labels with a `sync` label (an instance's `<sync>:<tenant>` until [`tenanted`]).
+trait SyncLabel {
+    fn sync(&mut self) -> &mut String;
+}
+
+macro_rules! sync_label {
+    ($($t:ty),*) => {$(
+        impl SyncLabel for $t {
+            fn sync(&mut self) -> &mut String {
+                &mut self.sync
+            }
+        }
+    )*};
+}
+
+sync_label!(Stream, Fate, Class, Ended, Delivery, Source);
+
+/// `labels` with an instance's sync split into the sync and its tenant.
+fn tenanted<L: SyncLabel>(mut labels: L) -> Tenanted<L> {
+    let full = std::mem::take(labels.sync());
+    let (sync, tenant) = split_tenant(&full);
+    let tenant = tenant.map(str::to_string);
+    *labels.sync() = sync.to_string();
+    Tenanted(labels, tenant)
+}
+
 type Floats = Gauge<f64, AtomicU64>;
 
 /// Every metric, registered once.
 pub struct Metrics {
     registry: Registry,
-    records: Family<Fate, Counter>,
-    pages: Family<Stream, Counter>,
-    requests: Family<Class, Counter>,
-    retries: Family<Stream, Counter>,
-    rate_limit_wait: Family<Stream, Counter<f64, AtomicU64>>,
-    runs: Family<Ended, Counter>,
-    run_duration: Family<Stream, Histogram>,
-    request_duration: Family<Source, Histogram>,
-    last_success: Family<Stream, Floats>,
-    lag: Family<Stream, Floats>,
-    dead_letters: Family<Stream, Gauge>,
-    skips: Family<Stream, Counter>,
+    records: Family<Tenanted<Fate>, Counter>,
+    pages: Family<Tenanted<Stream>, Counter>,
+    requests: Family<Tenanted<Class>, Counter>,
+    retries: Family<Tenanted<Stream>, Counter>,
+    rate_limit_wait: Family<Tenanted<Stream>, Counter<f64, AtomicU64>>,
+    runs: Family<Tenanted<Ended>, Counter>,
+    run_duration: Family<Tenanted<Stream>, Histogram>,
+    request_duration: Family<Tenanted<Source>, Histogram>,
+    last_success: Family<Tenanted<Stream>, Floats>,
+    lag: Family<Tenanted<Stream>, Floats>,
+    dead_letters: Family<Tenanted<Stream>, Gauge>,
+    skips: Family<Tenanted<Stream>, Counter>,
     running: Gauge,
     reload_failures: Counter,
-    webhooks: Family<Delivery, Counter>,
+    webhooks: Family<Tenanted<Delivery>, Counter>,
     /// The streams the scrape reads gauges for.
     scheduled: Mutex<Vec<Key>>,
 }
@@ -189,14 +232,16 @@ impl Metrics {
     /// Counts one journaled step of a run.
     pub fn observe(&self, state: &RunState, event: &Event) {
         let (sync, stream) = (&state.started.sync, &state.started.stream);
-        let at = Stream {
+        let at = tenanted(Stream {
             sync: sync.clone(),
             stream: stream.clone(),
-        };
-        let class = |class| Class {
-            sync: sync.clone(),
-            stream: stream.clone(),
-            class,
+        });
+        let class = |class| {
+            tenanted(Class {
+                sync: sync.clone(),
+                stream: stream.clone(),
+                class,
+            })
         };
         match event {
             Event::PageFetched(_) => {
@@ -236,7 +281,7 @@ impl Metrics {
                         stream: stream.clone(),
                         fate,
                     };
-                    self.records.get_or_create(&labels).inc_by(n);
+                    self.records.get_or_create(&tenanted(labels)).inc_by(n);
                 }
             }
             Event::RunCompleted { at: when } => {
@@ -259,11 +304,11 @@ impl Metrics {
             stream: stream.clone(),
             outcome,
         };
-        self.runs.get_or_create(&labels).inc();
-        let at = Stream {
+        self.runs.get_or_create(&tenanted(labels)).inc();
+        let at = tenanted(Stream {
             sync: sync.clone(),
             stream: stream.clone(),
-        };
+        });
         self.run_duration
             .get_or_create(&at)
             .observe(state.active_ms as f64 / 1000.0);
@@ -273,7 +318,10 @@ impl Metrics {
     pub fn time_requests(&self, catalog: &Catalog) {
         for (sync, loaded) in &catalog.syncs {
             let labels = Source { sync: sync.clone() };
-            let histogram = self.request_duration.get_or_create(&labels).clone();
+            let histogram = self
+                .request_duration
+                .get_or_create(&tenanted(labels))
+                .clone();
             loaded.api.time_requests(Arc::new(move |took, _| {
                 histogram.observe(took.as_secs_f64())
             }));
@@ -287,12 +335,12 @@ impl Metrics {
             stream: key.1.clone(),
             outcome,
         };
-        self.webhooks.get_or_create(&labels).inc();
+        self.webhooks.get_or_create(&tenanted(labels)).inc();
     }
 
     /// A due time of `key` skipped.
     pub fn skipped(&self, key: &Key) {
-        self.skips.get_or_create(&Stream::from(key)).inc();
+        self.skips.get_or_create(&tenanted(Stream::from(key))).inc();
     }
 
     /// Runs going now.
@@ -322,13 +370,14 @@ impl Metrics {
             .clone();
         for key in &keys {
             let labels = Stream::from(key);
+            let labels = &tenanted(labels);
             if let Ok(Some(checkpoint)) = dir.journal().checkpoint(&key.0, &key.1) {
                 let lag = now.0.saturating_sub(checkpoint.window.end.0);
-                self.lag.get_or_create(&labels).set(lag as f64 / 1000.0);
+                self.lag.get_or_create(labels).set(lag as f64 / 1000.0);
             }
             if let Ok(letters) = DeadLetters::new(dir.root(), &key.0, &key.1).list() {
                 let depth = i64::try_from(letters.len()).unwrap_or(i64::MAX);
-                self.dead_letters.get_or_create(&labels).set(depth);
+                self.dead_letters.get_or_create(labels).set(depth);
             }
         }
         let mut text = String::new();

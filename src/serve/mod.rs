@@ -83,6 +83,10 @@ const WEBHOOK_RUNS_EVERY: Duration = Duration::from_secs(1);
 /// How often the workflow files are looked at for changes (SIGHUP reloads at once).
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// How often tenants listed by a query are listed again (a file's are reloaded when it
+/// changes; SIGHUP lists every one again at once).
+const RELIST_EVERY: Duration = Duration::from_secs(60);
+
 /// Serves until stopped; `Success` once every run it started has paused or ended.
 /// `changes`: the changing commands other processes send (see `attach`).
 pub async fn serve(
@@ -105,9 +109,13 @@ async fn serve_here(
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<ExitStatus> {
     let files = catalog::files(&options.paths)?;
-    let mut catalog = Catalog::load(&dir, &files)?;
+    let mut catalog = Catalog::load(&dir, &files).await?;
+    // Once per file (a file's tenants keep alike).
+    let mut pruned = std::collections::BTreeSet::new();
     for loaded in catalog.syncs.values() {
-        prune(&mut dir, &loaded.workflow)?;
+        if pruned.insert(&loaded.path) {
+            prune(&mut dir, &loaded.workflow)?;
+        }
     }
     let now = SystemClock.now();
     let mut scheduler = Scheduler::new(options.max_concurrent_runs);
@@ -182,7 +190,8 @@ async fn serve_here(
     // Each run's own stop flag: set on stop, or to pause it for a changing command.
     let mut pauses: BTreeMap<Key, Arc<AtomicBool>> = BTreeMap::new();
     let mut hangup = signal(SignalKind::hangup())?;
-    let mut seen = catalog::look(&options.paths);
+    let mut seen = catalog::look(&options.paths, &catalog);
+    let mut listed = Instant::now();
     let mut looked = Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -289,20 +298,28 @@ async fn serve_here(
         });
         if looked.elapsed() >= LOOK_EVERY {
             looked = Instant::now();
-            let now_seen = catalog::look(&options.paths);
+            let now_seen = catalog::look(&options.paths, &catalog);
             reload |= now_seen != seen;
             seen = now_seen;
         }
+        if listed.elapsed() >= RELIST_EVERY {
+            listed = Instant::now();
+            reload |= catalog.lists_tenants_by_query();
+        }
         if reload {
-            resumes.extend(reload_files(
-                &dir,
-                &options.paths,
-                &mut catalog,
-                &mut scheduler,
-                &metrics,
-                &alert_targets,
-            )?);
+            resumes.extend(
+                reload_files(
+                    &dir,
+                    &options.paths,
+                    &mut catalog,
+                    &mut scheduler,
+                    &metrics,
+                    &alert_targets,
+                )
+                .await?,
+            );
             receiver.reload(hooks::table(&catalog));
+            seen = catalog::look(&options.paths, &catalog);
             paths_tx.send_replace(paths_of(&catalog));
         }
     }
@@ -330,7 +347,7 @@ async fn serve_here(
 /// Loads the files again (a file that fails keeps its previous version: logged, counted,
 /// reported by `status`) and schedules what they now say; the unfinished runs of other
 /// scopes found, to resume by id.
-fn reload_files(
+async fn reload_files(
     dir: &StateDir,
     paths: &[PathBuf],
     catalog: &mut Catalog,
@@ -339,7 +356,7 @@ fn reload_files(
     alert_targets: &watch::Sender<BTreeMap<String, AlertsSection>>,
 ) -> anyhow::Result<BTreeMap<Key, RunState>> {
     let files = catalog::files(paths).unwrap_or_default();
-    let (next, failed) = catalog.reload(dir, &files);
+    let (next, failed) = catalog.reload(dir, &files).await;
     for (path, why) in &failed {
         metrics.reload_failed();
         tracing::error!(

@@ -11,6 +11,7 @@ use super::schedule::ScheduleSection;
 use super::source::SourceSection;
 use super::span::Span;
 use super::stream::StreamSection;
+use super::tenants::TenantsSection;
 
 /// The JSON Schema of workflow files (for editors).
 pub fn schema() -> serde_json::Value {
@@ -57,4 +58,6 @@ pub struct File {
     pub destination: DestinationSection,
     /// `[alerts]`
     pub alerts: Option<AlertsSection>,
+    /// `[tenants]`: the file is instantiated once per tenant.
+    pub tenants: Option<TenantsSection>,
 }

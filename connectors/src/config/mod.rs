@@ -18,6 +18,7 @@
 //!   [`webhook`]: a stream's webhook section.
 //! - [`template`]: the placeholder syntax of request templates; [`env`]: `${VAR}`;
 //!   [`url`]: http(s) URLs only.
+//! - [`tenants`]: `[tenants]`, the list of tenants and the `{tenant.<field>}` placeholders.
 //!
 //! Invariant: this folder imports nothing else of the crate; the rest imports it.
 
@@ -40,6 +41,7 @@ mod source;
 mod span;
 mod stream;
 pub mod template;
+pub mod tenants;
 #[cfg(test)]
 mod tests;
 mod url;
@@ -69,6 +71,7 @@ pub use stream::{
     initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
     ReconcileSection, StreamSection, TimeFormat, WindowSection, RESERVED,
 };
+pub use tenants::{split_tenant, Tenant, TenantsSection};
 pub use url::http_url;
 pub use webhook::{ApplyMode, HmacEncoding, HmacSection, SchemeName, WebhookSection};
 pub use workflow::Workflow;

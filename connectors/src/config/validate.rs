@@ -13,6 +13,7 @@ use super::source::{CursorIn, Method, PaginationKind};
 use super::stream::StreamSection;
 use super::stream::{initial_start, PrimaryKey, RESERVED};
 use super::template::check;
+use super::tenants::mentions_tenant;
 use super::url::check_written;
 use super::workflow::Workflow;
 
@@ -61,6 +62,84 @@ impl Workflow {
         }
         if self.file.stream.is_empty() {
             return Err(self.invalid("stream".into(), "declare at least one [[stream]]"));
+        }
+        Ok(())
+    }
+
+    /// `[tenants]`: one list, and a destination that keeps each tenant's records apart.
+    pub(super) fn check_tenants(&self) -> Result<(), Error> {
+        let Some(t) = &self.file.tenants else {
+            return Ok(());
+        };
+        let d = &self.file.destination;
+        match (&t.file, &t.query) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(self.invalid(
+                    "tenants".into(),
+                    "give the list as `file` (a .toml, .json or .csv file) or as `query` (SQL \
+                     on the PostgreSQL destination), one of the two",
+                ))
+            }
+            (None, Some(_)) if d.kind != DestinationKind::Postgres => {
+                return Err(self.invalid(
+                    "tenants.query".into(),
+                    "a tenants query runs on the destination, which is not PostgreSQL; list \
+                     the tenants in a `file` instead",
+                ))
+            }
+            (None, Some(_)) if d.url.as_ref().is_some_and(|u| mentions_tenant(&u.env)) => {
+                return Err(self.invalid(
+                    "tenants.query".into(),
+                    "the tenants query runs before any tenant is known, so the destination's \
+                     `url` cannot depend on the tenant",
+                ))
+            }
+            _ => {}
+        }
+        if t.id.is_empty() {
+            return Err(self.invalid("tenants.id".into(), "name the field holding tenant ids"));
+        }
+        // Names are the template's: each tenant's instance is `<sync>:<tenant>`.
+        let names = std::iter::once(("sync.name".to_string(), &self.file.sync.name)).chain(
+            self.file
+                .stream
+                .iter()
+                .map(|s| (format!("stream.{}.name", s.name), &s.name)),
+        );
+        for (key, name) in names {
+            if mentions_tenant(name) {
+                return Err(self.invalid(
+                    key,
+                    "names are the same for every tenant (each tenant's sync is \
+                     `<sync>:<tenant id>`); keep `{tenant.…}` out of them",
+                ));
+            }
+        }
+        self.check_sync()?;
+        let apart = match d.kind {
+            DestinationKind::Sqlite | DestinationKind::Jsonl => {
+                d.path.as_deref().is_some_and(mentions_tenant)
+            }
+            DestinationKind::Postgres => {
+                d.schema.as_deref().is_some_and(mentions_tenant)
+                    || d.url.as_ref().is_some_and(|u| mentions_tenant(&u.env))
+            }
+            DestinationKind::Http => d.base_url.as_deref().is_some_and(mentions_tenant),
+        };
+        if !apart {
+            let key = match d.kind {
+                DestinationKind::Sqlite | DestinationKind::Jsonl => "path",
+                DestinationKind::Postgres => "schema",
+                DestinationKind::Http => "base_url",
+            };
+            return Err(self.invalid(
+                format!("destination.{key}"),
+                format!(
+                    "with [tenants], each tenant's records need a place of their own (two \
+                     tenants' record 1 are not the same record): put `{{tenant.id}}` in \
+                     `destination.{key}`"
+                ),
+            ));
         }
         Ok(())
     }

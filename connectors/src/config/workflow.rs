@@ -1,8 +1,10 @@
 //! A loaded, validated workflow file and what the rest of Waymark asks of it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use waymark_engine::{Plan, RetryPolicy, Timestamp};
@@ -15,6 +17,7 @@ use super::schedule::Cadence;
 use super::scope::{backfill_scope, repair_scope, webhook_scope};
 use super::shape;
 use super::stream::{initial_start, StreamSection};
+use super::tenants::{fill, tenant_sync, Tenant, TenantsSection};
 
 /// A loaded, validated workflow.
 #[derive(Clone, Debug)]
@@ -22,7 +25,12 @@ pub struct Workflow {
     pub(super) path: PathBuf,
     pub(super) file: File,
     /// The text, to place errors found after parsing.
-    pub(super) text: String,
+    pub(super) text: Arc<str>,
+    /// A file with `[tenants]`: as written (`file` holds its placeholders) and not to be
+    /// run; each tenant's instance is made by [`Workflow::instantiate`].
+    template: Option<Arc<toml::Table>>,
+    /// An instance: its tenant.
+    tenant: Option<Arc<Tenant>>,
 }
 
 impl Workflow {
@@ -59,13 +67,73 @@ impl Workflow {
                 },
             }
         })?;
-        let workflow = Workflow {
+        let mut workflow = Workflow {
             path: path.to_path_buf(),
             file,
-            text: text.to_string(),
+            text: text.into(),
+            template: None,
+            tenant: None,
         };
-        workflow.validate()?;
+        if workflow.file.tenants.is_some() {
+            let table: toml::Table = toml::from_str(text).map_err(|e| Error::Syntax {
+                path: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                message: e.message().trim().to_string(),
+            })?;
+            workflow.template = Some(Arc::new(table));
+            // The rest is checked per tenant, with its values in place.
+            workflow.check_tenants()?;
+        } else {
+            workflow.validate()?;
+        }
         Ok(workflow)
+    }
+
+    /// `[tenants]`, if the file has one: it is then a template, run through its instances.
+    pub fn tenants(&self) -> Option<&TenantsSection> {
+        self.file.tenants.as_ref()
+    }
+
+    /// An instance's tenant.
+    pub fn tenant(&self) -> Option<&Tenant> {
+        self.tenant.as_deref()
+    }
+
+    /// The workflow of one tenant: every `{tenant.<field>}` filled with its value, checked
+    /// like a file of its own (messages name the tenant), its sync named
+    /// `<sync>:<tenant id>`.
+    pub fn instantiate(&self, tenant: &Tenant) -> Result<Workflow, Error> {
+        let fields = |field: &str| tenant.fields.get(field).cloned();
+        let Some(template) = &self.template else {
+            return Ok(self.clone());
+        };
+        let mut instance = Workflow {
+            tenant: Some(Arc::new(tenant.clone())),
+            template: None,
+            ..self.clone()
+        };
+        let mut table = toml::Value::Table((**template).clone());
+        let mut at = Vec::new();
+        fill_strings(&mut table, &mut at, &fields).map_err(|(key, field)| {
+            instance.invalid(
+                key,
+                format!(
+                    "`{{tenant.{field}}}`: the tenant has no field `{field}` (its fields: {})",
+                    tenant.fields.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        instance.file = File::deserialize(table).map_err(|e| Error::Invalid {
+            path: self.path.clone(),
+            line: 1,
+            column: 1,
+            key: "tenants".into(),
+            message: format!("tenant `{}`: {}", tenant.id, e.message().trim()),
+        })?;
+        instance.validate()?;
+        instance.file.sync.name = tenant_sync(&self.file.sync.name, &tenant.id);
+        Ok(instance)
     }
 
     /// Line and column of a key path (`stream.orders.pagination.kind`) in the file.
@@ -75,12 +143,16 @@ impl Workflow {
 
     pub(super) fn invalid(&self, key: String, message: impl Into<String>) -> Error {
         let (line, column) = self.position(&key);
+        let message = match &self.tenant {
+            Some(tenant) => format!("tenant `{}`: {}", tenant.id, message.into()),
+            None => message.into(),
+        };
         Error::Invalid {
             path: self.path.clone(),
             line,
             column,
             key,
-            message: message.into(),
+            message,
         }
     }
 
@@ -264,4 +336,39 @@ impl Workflow {
             fresh,
         }
     }
+}
+
+/// Fills the `{tenant.<field>}` placeholders of every string in `value` (`at`: the key
+/// path so far, as the messages write it); `Err((key path, field))` for a field missing.
+fn fill_strings(
+    value: &mut toml::Value,
+    at: &mut Vec<String>,
+    fields: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match value {
+        toml::Value::String(text) => {
+            *text = fill(text, fields).map_err(|field| (at.join("."), field))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                // A table with a `name` is named by it (`stream.orders.window.lag`).
+                let label = match item.get("name").and_then(|n| n.as_str()) {
+                    Some(name) => name.to_string(),
+                    None => format!("[{i}]"),
+                };
+                at.push(label);
+                fill_strings(item, at, fields)?;
+                at.pop();
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                at.push(key.clone());
+                fill_strings(item, at, fields)?;
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }

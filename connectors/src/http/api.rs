@@ -2,8 +2,9 @@
 //! certificates), the credentials, the request budget and the response rules. [`Api::send`]
 //! is the one way a request leaves Waymark.
 
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
@@ -79,6 +80,19 @@ pub struct Api {
     /// Told how long each request took, see [`Api::time_requests`].
     timing: OnceLock<Timing>,
 }
+
+/// What makes two tenants' clients the same.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    workflow: PathBuf,
+    timeout: Duration,
+    connect_timeout: Duration,
+    ca_file: Option<Vec<u8>>,
+}
+
+/// The clients tenants share, by what they are made of.
+static CLIENTS: std::sync::LazyLock<Mutex<HashMap<ClientKey, reqwest::Client>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Told, per request, the time to the response's headers (or to the failure) and the HTTP
 /// status (`None`: no response).
@@ -160,6 +174,53 @@ impl Api {
                 false => url(format!("{why}; it is `{}` expanded", endpoint.base_url)),
             }
         })?;
+        // A file's tenants share one client (its TLS roots and connection pool): a
+        // thousand tenants are not a thousand clients.
+        let shared = workflow.tenant().map(|_| ClientKey {
+            workflow: workflow.path().to_path_buf(),
+            timeout: source.timeout.0,
+            connect_timeout: source.connect_timeout.0,
+            ca_file: workflow.ca_file().and_then(|f| std::fs::read(f).ok()),
+        });
+        let cached = shared.as_ref().and_then(|key| {
+            CLIENTS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(key)
+                .cloned()
+        });
+        let client = match cached {
+            Some(client) => client,
+            None => Self::build_client(workflow)?,
+        };
+        if let Some(key) = shared {
+            CLIENTS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, client.clone());
+        }
+        // A tenant's requests count against its own account's budget.
+        let name = match workflow.tenant() {
+            Some(tenant) => format!("{}@{}", origin_key(&base_url), tenant.id),
+            None => origin_key(&base_url),
+        };
+        let file = state_dir.map(|dir| dir.join("rate").join(format!("{name}.json")));
+        let gate = Gate::new(endpoint.rate_limit, file, clock.clone(), source.max_wait.0);
+        Ok(Arc::new(Api {
+            base_url,
+            client,
+            credentials,
+            gate,
+            secrets,
+            clock,
+            max_body: source.max_page_bytes,
+            timing: OnceLock::new(),
+        }))
+    }
+
+    /// The HTTP client of `workflow`'s source: its timeouts, CA file and redirect rule.
+    fn build_client(workflow: &Workflow) -> Result<reqwest::Client, Error> {
+        let source = &workflow.file().source;
         // Redirects are followed only within the origin: credentials (headers, query keys)
         // never travel to a host the workflow did not name.
         let redirects = reqwest::redirect::Policy::custom(|attempt| {
@@ -195,22 +256,7 @@ impl Api {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder.build().map_err(|e| Error::Client(e.to_string()))?;
-        let file = state_dir.map(|dir| {
-            dir.join("rate")
-                .join(format!("{}.json", origin_key(&base_url)))
-        });
-        let gate = Gate::new(endpoint.rate_limit, file, clock.clone(), source.max_wait.0);
-        Ok(Arc::new(Api {
-            base_url,
-            client,
-            credentials,
-            gate,
-            secrets,
-            clock,
-            max_body: source.max_page_bytes,
-            timing: OnceLock::new(),
-        }))
+        builder.build().map_err(|e| Error::Client(e.to_string()))
     }
 
     /// The base URL.

@@ -30,7 +30,8 @@ const MARGIN_MS: u64 = 5;
 /// over the time left until the quota resets.
 const LOW_QUOTA: u64 = 10;
 
-/// What the gate knows; kept in `rate/<origin>.json` in the state directory.
+/// What the gate knows; kept in `rate/<origin>.json` in the state directory (a tenant's in
+/// `rate/<origin>@<tenant>.json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Budget {
     /// GCRA's theoretical arrival time of the next request, µs since the epoch.

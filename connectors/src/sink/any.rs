@@ -112,7 +112,9 @@ pub async fn parents(
 
 /// The PostgreSQL destination's connection string (from its environment variable), schema
 /// and TLS settings.
-fn postgres_settings(workflow: &Workflow) -> Result<(String, &str, Rustls), destination::Error> {
+pub(crate) fn postgres_settings(
+    workflow: &Workflow,
+) -> Result<(String, &str, Rustls), destination::Error> {
     let d = &workflow.file().destination;
     let var = d.url.as_ref().map(|u| u.env.as_str()).unwrap_or_default();
     let url = std::env::var(var).map_err(|_| {

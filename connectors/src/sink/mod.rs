@@ -8,6 +8,7 @@
 //! - [`sqlite`], [`postgres`], [`jsonl`]: the stores; [`http`]: another API, with its own
 //!   protocol (per-record requests) over the same plan.
 //! - [`any`]: [`AnyDestination`], the one a workflow names.
+//! - [`tenants`]: the tenants of a workflow (its file's, or its query's on PostgreSQL).
 
 pub mod any;
 pub mod columns;
@@ -17,6 +18,7 @@ pub mod plan;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
+pub mod tenants;
 pub mod upserting;
 
 pub use any::{binding, parents, AnyDestination};

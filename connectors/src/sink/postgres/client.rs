@@ -10,7 +10,7 @@ use super::tls::Rustls;
 /// Connects with `url` (a libpq connection string or URI; it may hold a password and is
 /// never shown; its `sslmode` decides on TLS, verified by `tls`); the connection is driven
 /// by a task of its own.
-pub(super) async fn connect(url: &str, tls: Rustls) -> Result<Client, destination::Error> {
+pub(crate) async fn connect(url: &str, tls: Rustls) -> Result<Client, destination::Error> {
     let (client, connection) = tokio_postgres::connect(url, tls)
         .await
         .map_err(failed("connecting"))?;

@@ -6,5 +6,6 @@ pub mod parents;
 pub mod store;
 pub mod tls;
 
+pub(crate) use client::connect;
 pub use parents::PostgresParents;
 pub use store::{PostgresDestination, PostgresStore};
