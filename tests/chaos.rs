@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// Deterministic pseudo-random delays (xorshift).
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -46,7 +46,7 @@ fn seed() -> u64 {
 
 /// Runs a chaos scenario with a seed; a failure (an error or a failed assertion) names the
 /// seed that replays it.
-fn with_seed(scenario: fn(u64) -> Result) -> Result {
+pub(crate) fn with_seed(scenario: fn(u64) -> Result) -> Result {
     let seed = seed();
     let replay = format!("replay with WAYMARK_CHAOS_SEED={seed}");
     match std::panic::catch_unwind(|| scenario(seed)) {

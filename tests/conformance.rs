@@ -1107,3 +1107,54 @@ async fn destinations_list_what_they_hold_and_apply_a_repairs_deletions() -> Res
     }
     Ok(())
 }
+
+/// A cluster's fencing: PostgreSQL checks a lease's token in each batch's own transaction
+/// (a worker whose lease was taken over writes nothing, and cannot claim it back with its
+/// older token); local files refuse to be written under a lease; another API relies on its
+/// idempotency keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_under_a_lease_taken_over_is_refused() -> Result {
+    for t in targets("fence").await? {
+        let workflow = t.workflow("", "")?;
+        let lease = |token: u64, holder: &str| waymark_engine::Lease {
+            token,
+            holder: holder.into(),
+            previous: None,
+        };
+        let mut stale = t.open(&workflow).await?;
+        let claimed = stale.fence(&lease(1, "w1")).await;
+        match t.kind {
+            Kind::Sqlite | Kind::Jsonl => {
+                let e = claimed.expect_err("a local destination under a lease");
+                assert!(e.to_string().contains("cannot check a lease token"), "{e}");
+                continue;
+            }
+            Kind::Http => {
+                claimed?;
+                continue;
+            }
+            Kind::Postgres => claimed?,
+        }
+        let (first, second) = (RunId::new(), RunId::new());
+        write(&mut stale, first, 1, &[r#"{"id":1,"v":1}"#]).await?;
+        // w2 takes the partition over (token 2) while w1 is paused.
+        let mut current = t.open(&workflow).await?;
+        current.fence(&lease(2, "w2")).await?;
+        let refused = write(&mut stale, first, 2, &[r#"{"id":1,"v":9}"#]).await;
+        let e = refused.expect_err("a batch under the older token");
+        assert!(e.to_string().contains("fenced"), "{e}");
+        assert!(e.to_string().contains("worker w2 (token 2)"), "{e}");
+        write(&mut current, second, 1, &[r#"{"id":1,"v":2}"#]).await?;
+        // Nothing of the refused batch, and its older token cannot claim the scope again.
+        let e = stale
+            .fence(&lease(1, "w1"))
+            .await
+            .expect_err("an older claim");
+        assert!(e.to_string().contains("fenced"), "{e}");
+        let rows = t.rows().await?;
+        assert_eq!(rows["1"].0.as_deref(), Some("2"), "{rows:?}");
+        let checkpoint = current.checkpoint().await?.ok_or("no checkpoint")?;
+        assert_eq!(checkpoint.run_id, second);
+    }
+    Ok(())
+}

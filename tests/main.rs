@@ -8,6 +8,7 @@ mod util;
 mod attach;
 mod chaos;
 mod children;
+mod cluster;
 mod conformance;
 mod escapes;
 mod hostile;

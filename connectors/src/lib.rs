@@ -13,6 +13,8 @@
 //! - [`sink`]: destinations: the pure plan of a batch, one protocol over SQLite, PostgreSQL
 //!   and JSONL stores, and another API; [`AnyDestination`], the one a workflow names.
 //! - [`state`]: side stores in the state directory: dead letters, the audit index.
+//! - [`cluster`]: the tables in PostgreSQL a cluster of workers shares (leases, workers,
+//!   runs).
 //! - [`reconcile`]: comparing a stream's source and destination, and the repair set.
 //! - [`record`]: reading a record's key and version.
 #![deny(missing_docs)]
@@ -23,6 +25,7 @@
     clippy::cast_possible_wrap
 )]
 
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod reconcile;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::event::WriteAck;
+use crate::lease::Lease;
 use crate::run_id::RunId;
 
 /// One page's records and the checkpoint that committing them produces.
@@ -97,4 +98,18 @@ pub trait Destination: Send {
 
     /// The checkpoint stored with the last committed batch, if any.
     fn checkpoint(&mut self) -> impl Future<Output = Result<Option<Checkpoint>, Error>> + Send;
+
+    /// Claims the partition for `lease` before a run under it reads the checkpoint: from
+    /// now on the destination refuses, in each batch's own transaction, a batch under an
+    /// older token. Refused (permanent) if a newer token claimed it already, or if the
+    /// destination cannot check a token (the default).
+    fn fence(&mut self, lease: &Lease) -> impl Future<Output = Result<(), Error>> + Send {
+        let token = lease.token;
+        async move {
+            Err(Error::permanent(format!(
+                "this destination cannot check a lease token ({token}) in its own \
+                 transaction, so it cannot be written by a cluster of workers"
+            )))
+        }
+    }
 }

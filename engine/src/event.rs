@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
+use crate::lease::Lease;
 pub use crate::run_id::RunId;
 use crate::time::Timestamp;
 use crate::window::Window;
@@ -70,6 +71,33 @@ pub enum StartFrom {
     Journal(Checkpoint),
     /// The journal had no checkpoint but the destination held one (journal lost or reset).
     Destination(Checkpoint),
+    /// Started under a cluster lease: from the destination's checkpoint (if any), which is
+    /// the partition's, whichever worker committed it.
+    Leased {
+        /// The lease.
+        lease: Box<Lease>,
+        /// The destination's checkpoint.
+        checkpoint: Option<Checkpoint>,
+    },
+}
+
+impl StartFrom {
+    /// The checkpoint the run starts after.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        match self {
+            StartFrom::Beginning => None,
+            StartFrom::Journal(c) | StartFrom::Destination(c) => Some(c),
+            StartFrom::Leased { checkpoint, .. } => checkpoint.as_ref(),
+        }
+    }
+
+    /// The lease the run was started under.
+    pub fn lease(&self) -> Option<&Lease> {
+        match self {
+            StartFrom::Leased { lease, .. } => Some(lease),
+            _ => None,
+        }
+    }
 }
 
 /// Why a run paused (it can be continued by the next `waymark run`).

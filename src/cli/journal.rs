@@ -147,6 +147,25 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
                         c.run_id, c.page
                     )
                 }
+                StartFrom::Leased { lease, checkpoint } => {
+                    let from = match checkpoint {
+                        Some(c) => format!(
+                            "the destination's checkpoint of run {} page {}",
+                            c.run_id, c.page
+                        ),
+                        None => "the beginning (no checkpoint in the destination)".into(),
+                    };
+                    let took = match &lease.previous {
+                        Some(previous) if *previous != lease.holder => {
+                            format!(", taken over from worker {previous}")
+                        }
+                        _ => String::new(),
+                    };
+                    format!(
+                        "{from} under lease token {} of worker {}{took}",
+                        lease.token, lease.holder
+                    )
+                }
             };
             (
                 or_dash(s.start_cursor.as_ref()),

@@ -9,6 +9,7 @@ macro_rules! out {
 
 pub mod attach;
 mod checkpoint;
+mod cluster;
 mod compact;
 pub mod context;
 mod demo;
@@ -109,6 +110,8 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Merge a JSONL destination's page files into one file per table (newest line per key).
     Compact(compact::CompactArgs),
+    /// A cluster of `serve --cluster` workers: its workers, leases and waiting partitions.
+    Cluster(cluster::ClusterArgs),
     /// Print the JSON Schema of workflow files (for editors).
     Schema,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -379,6 +382,7 @@ async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Demo(args) => demo::run(args, cli.state_dir).await,
         Command::Validate(args) => validate::validate(args),
         Command::Compact(args) => compact::run(state_dir, args).await,
+        Command::Cluster(args) => cluster::run(args).await,
         Command::Dlq(args) => dlq::run(state_dir, args).await,
         Command::Status(args) => status::run(state_dir, args),
         Command::Replay(args) => replay::run(state_dir, args),

@@ -246,6 +246,9 @@ fn json_line(s: &RunState) -> serde_json::Value {
         "stream": s.started.stream,
         "status": s.status.name(),
         "outcome": outcome(&s.status),
+        "lease": s.started.start_from.lease().map(|l| json!({
+            "token": l.token, "holder": l.holder, "previous": l.previous
+        })),
         "window_start": s.window().start.map(|t| t.to_string()),
         "watermark": s.window().end.to_string(),
         "cursor_start": s.started.start_cursor,

@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod api;
 pub mod catalog;
+pub mod cluster;
 pub mod growth;
 pub mod holds;
 pub mod hooks;
@@ -43,13 +44,14 @@ use waymark_connectors::config::{
     is_webhook_scope, parse_scope, webhook_scope, AlertsSection, StreamSection,
 };
 use waymark_connectors::webhook::inbox::Inbox;
-use waymark_engine::{Clock, Event, RunState, StateDir, SystemClock, Timestamp};
+use waymark_engine::{Clock, Event, Lease, RunState, StateDir, SystemClock, Timestamp};
 
 use crate::cli::attach::Change;
 use crate::cli::context::{set_refused, set_reload_failures, Budget};
 use crate::cli::{describe, ExitStatus, UsageError};
 use crate::sync::{apply_events, open_inbox, prune, resume_run, run_stream, Invocation, Ran};
 use catalog::{Catalog, Loaded};
+use cluster::ClusterOptions;
 use holds::{Ended, Holds};
 use metrics::Metrics;
 use scheduler::{Decision, Scheduler};
@@ -72,6 +74,8 @@ pub struct Options {
     /// Where the web view sends the changing commands it carries out (`dlq retry|drop`),
     /// as the socket does for the CLI.
     pub changes: mpsc::UnboundedSender<Change>,
+    /// Share the work with other workers through PostgreSQL.
+    pub cluster: Option<ClusterOptions>,
 }
 
 /// How often the loop looks at the stop flag while nothing else happens.
@@ -119,7 +123,14 @@ async fn serve_here(
     }
     let now = SystemClock.now();
     let mut scheduler = Scheduler::new(options.max_concurrent_runs);
-    let mut resumes = register(&dir, &catalog, &mut scheduler, now)?;
+    let mut cluster = match &options.cluster {
+        Some(cluster) => {
+            check_cluster(&catalog)?;
+            Some(cluster::join(cluster, partitions_of(&catalog)).await?)
+        }
+        None => None,
+    };
+    let mut resumes = register(&dir, &catalog, &mut scheduler, now, cluster.as_ref())?;
     let metrics = Metrics::new();
     metrics.serving(scheduler.keys());
     metrics.time_requests(&catalog);
@@ -216,7 +227,26 @@ async fn serve_here(
                     let resume = resumes.remove(&key);
                     let pause = Arc::new(AtomicBool::new(false));
                     let watchers = (metrics.clone(), traffic.clone());
-                    match start(&dir, &catalog, &key, resume, &pause, watchers, &inbox) {
+                    let lease = match &cluster {
+                        Some(cluster) => match cluster.held.get(&key) {
+                            Some(lease) => Some((lease.clone(), cluster.notes.clone())),
+                            // Its lease went since it was due.
+                            None => {
+                                scheduler.finished(&key);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    match start(
+                        &dir,
+                        &catalog,
+                        &key,
+                        (resume, lease),
+                        &pause,
+                        watchers,
+                        &inbox,
+                    ) {
                         Ok(task) => {
                             pauses.insert(key.clone(), pause);
                             let done = done_tx.clone();
@@ -237,6 +267,13 @@ async fn serve_here(
             }
         }
         metrics.running(scheduler.running());
+        if let Some(cluster) = &cluster {
+            *cluster
+                .busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                pauses.keys().cloned().collect();
+        }
         let wait = scheduler
             .next_wake(now)
             .map_or(STOP_POLL, |t| {
@@ -255,7 +292,7 @@ async fn serve_here(
             _ = hangup.recv() => reload = true,
             Some(ask) = asks.recv() => match ask {
                 Ask::RunNow(key, answer) => {
-                    let _ = answer.send(run_now(&catalog, &mut scheduler, key));
+                    let _ = answer.send(run_now(&catalog, &mut scheduler, key, cluster.as_ref()));
                 }
                 Ask::Plan(answer) => {
                     let _ = answer.send(scheduler.plan());
@@ -269,7 +306,7 @@ async fn serve_here(
                         run.into_iter().for_each(|p| p.store(true, Ordering::SeqCst));
                     }
                 }
-                Change::Run(key, reply) => match run_now(&catalog, &mut scheduler, key.clone()) {
+                Change::Run(key, reply) => match run_now(&catalog, &mut scheduler, key.clone(), cluster.as_ref()) {
                     RunNow::Unknown => {
                         let _ = reply.send(Err(format!(
                             "serve has no stream {}/{} (is its workflow file one serve loads?)",
@@ -280,6 +317,13 @@ async fn serve_here(
                 },
             },
             Some(key) = released.recv() => holds.release(&key, &mut scheduler, SystemClock.now()),
+            Some(round) = next_round(&mut cluster) => {
+                if let Some(cluster) = cluster.as_mut() {
+                    leases_changed(cluster, round, &pauses);
+                }
+                resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now(), cluster.as_ref())?);
+                metrics.serving(scheduler.keys());
+            }
             Some(key) = arrived.recv() => {
                 pending.insert((key.0, webhook_scope(&key.1)));
                 while let Ok(key) = arrived.try_recv() {
@@ -315,11 +359,16 @@ async fn serve_here(
                     &mut scheduler,
                     &metrics,
                     &alert_targets,
+                    cluster.as_ref(),
                 )
                 .await?,
             );
             receiver.reload(hooks::table(&catalog));
             seen = catalog::look(&options.paths, &catalog);
+            if let Some(cluster) = &cluster {
+                check_cluster(&catalog)?;
+                cluster.wanted.send_replace(partitions_of(&catalog));
+            }
             paths_tx.send_replace(paths_of(&catalog));
         }
     }
@@ -340,8 +389,101 @@ async fn serve_here(
             None => break,
         }
     }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+        tracing::info!("left the cluster: every lease given back");
+    }
     committer.abort();
     Ok(ExitStatus::Success)
+}
+
+/// The next round of the cluster's coordinator (never, outside a cluster).
+async fn next_round(cluster: &mut Option<cluster::Cluster>) -> Option<cluster::Round> {
+    match cluster {
+        Some(cluster) => cluster.rounds.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A round's leases: runs of partitions no longer held (or held under a new token) pause
+/// at their next step boundary, as do those to give back.
+fn leases_changed(
+    cluster: &mut cluster::Cluster,
+    round: cluster::Round,
+    pauses: &BTreeMap<Key, Arc<AtomicBool>>,
+) {
+    for (key, lease) in &cluster.held {
+        if round.held.get(key) != Some(lease) {
+            tracing::info!("{}/{}: lease token {} lost", key.0, key.1, lease.token);
+            if let Some(pause) = pauses.get(key) {
+                pause.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    for key in &round.pause {
+        tracing::info!(
+            "{}/{}: over this worker's share: pausing its run",
+            key.0,
+            key.1
+        );
+        if let Some(pause) = pauses.get(key) {
+            pause.store(true, Ordering::SeqCst);
+        }
+    }
+    for (key, lease) in &round.held {
+        if cluster.held.get(key) != Some(lease) {
+            let from = match &lease.previous {
+                Some(previous) if *previous != lease.holder => format!(" from worker {previous}"),
+                _ => String::new(),
+            };
+            tracing::info!(
+                "{}/{}: lease token {} taken{from}",
+                key.0,
+                key.1,
+                lease.token
+            );
+        }
+    }
+    cluster.held = round.held;
+}
+
+/// The partitions a cluster shares: every stream's own scope of the catalog.
+fn partitions_of(catalog: &Catalog) -> Vec<Key> {
+    catalog
+        .syncs
+        .iter()
+        .flat_map(|(sync, loaded)| {
+            loaded
+                .workflow
+                .streams()
+                .iter()
+                .map(move |s| (sync.clone(), s.name.clone()))
+        })
+        .collect()
+}
+
+/// In a cluster, a destination must check lease tokens in its own transactions (or, for
+/// another API, rely on idempotency keys): local files cannot.
+fn check_cluster(catalog: &Catalog) -> anyhow::Result<()> {
+    use waymark_connectors::config::DestinationKind;
+    for loaded in catalog.syncs.values() {
+        let kind = loaded.workflow.file().destination.kind;
+        if matches!(kind, DestinationKind::Sqlite | DestinationKind::Jsonl) {
+            return Err(UsageError(format!(
+                "{}: serve --cluster: a {} destination is a local file, which the other \
+                 workers cannot write and which cannot refuse a worker that lost its lease; \
+                 use a postgres destination (each batch is fenced by the lease's token in its \
+                 own transaction)",
+                loaded.path.display(),
+                serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Loads the files again (a file that fails keeps its previous version: logged, counted,
@@ -354,6 +496,7 @@ async fn reload_files(
     scheduler: &mut Scheduler<Key>,
     metrics: &Metrics,
     alert_targets: &watch::Sender<BTreeMap<String, AlertsSection>>,
+    cluster: Option<&cluster::Cluster>,
 ) -> anyhow::Result<BTreeMap<Key, RunState>> {
     let files = catalog::files(paths).unwrap_or_default();
     let (next, failed) = catalog.reload(dir, &files).await;
@@ -371,7 +514,7 @@ async fn reload_files(
             .collect(),
     );
     *catalog = next;
-    let resumes = register(dir, catalog, scheduler, SystemClock.now())?;
+    let resumes = register(dir, catalog, scheduler, SystemClock.now(), cluster)?;
     metrics.serving(scheduler.keys());
     metrics.time_requests(catalog);
     alert_targets.send_replace(alert_targets_of(catalog));
@@ -417,16 +560,22 @@ fn register(
     catalog: &Catalog,
     scheduler: &mut Scheduler<Key>,
     now: Timestamp,
+    cluster: Option<&cluster::Cluster>,
 ) -> anyhow::Result<BTreeMap<Key, RunState>> {
     let mut latest = latest_runs(dir);
     let mut kept = std::collections::BTreeSet::new();
+    // In a cluster: only the partitions leased, scheduled from their last start anywhere.
+    let started = cluster.map(|c| c.last_started.borrow().clone());
     for (sync, loaded) in &catalog.syncs {
         for stream in loaded.workflow.streams() {
             let key = (sync.clone(), stream.name.clone());
             let last = latest.remove(&key);
+            if cluster.is_some_and(|c| !c.held.contains_key(&key)) {
+                continue;
+            }
             let unfinished = last.as_ref().is_some_and(|s| !s.status.is_finished());
             let cadence = loaded.workflow.cadence(stream);
-            if stream.webhook.is_some() {
+            if stream.webhook.is_some() && cluster.is_none() {
                 // Run when events arrive (an unfinished run first).
                 let key = (sync.clone(), webhook_scope(&stream.name));
                 let last = latest.remove(&key);
@@ -443,14 +592,22 @@ fn register(
             if cadence.is_none() && !unfinished {
                 continue;
             }
-            let last_start = last.map(|s| s.started.at);
+            let elsewhere = started.as_ref().and_then(|s| s.get(&key)).map(|secs| {
+                let ms = (secs * 1000.0).max(0.0);
+                // Whole milliseconds since the epoch fit in u64 for any date PostgreSQL
+                // returns.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Timestamp(ms as u64)
+            });
+            let last_start = last.map(|s| s.started.at).max(elsewhere);
             scheduler.set(key.clone(), cadence, last_start, unfinished, now);
             kept.insert(key);
         }
     }
     let mut resumes = BTreeMap::new();
     for (key, state) in latest {
-        if state.status.is_finished() || catalog.get(&key.0).is_none() {
+        // Other scopes' runs (backfills, repairs) are a local command's: not a cluster's.
+        if state.status.is_finished() || catalog.get(&key.0).is_none() || cluster.is_some() {
             continue;
         }
         scheduler.set(key.clone(), None, Some(state.started.at), true, now);
@@ -466,13 +623,17 @@ fn register(
 }
 
 /// The task of one run: the stream's run (slice after slice, then a due reconciliation),
-/// or the resumption of an unfinished run of another scope. It pauses at the next step
-/// boundary once `pause` is set.
+/// or the resumption of an unfinished run of another scope; in a cluster, under the
+/// partition's lease (its start and end mirrored). It pauses at the next step boundary
+/// once `pause` is set.
 fn start(
     dir: &StateDir,
     catalog: &Catalog,
     key: &Key,
-    resume: Option<RunState>,
+    (resume, lease): (
+        Option<RunState>,
+        Option<(Lease, mpsc::UnboundedSender<cluster::Note>)>,
+    ),
     pause: &Arc<AtomicBool>,
     (metrics, traffic): (Arc<Metrics>, Arc<Traffic>),
     inbox: &Arc<Inbox>,
@@ -491,9 +652,14 @@ fn start(
         let budget = Budget::default();
         let mut invocation =
             Invocation::with_api(loaded.api.clone(), &loaded.workflow, &budget, &pause);
+        let (lease, notes) = lease.unzip();
+        invocation.lease = lease;
         invocation.observer = Some(Arc::new(move |state: &RunState, event: &Event| {
             metrics.observe(state, event);
             traffic.observe(state, event);
+            if let Some(notes) = notes.as_ref().filter(|_| cluster::worth_mirroring(event)) {
+                let _ = notes.send(cluster::Note::Run(Box::new(state.clone())));
+            }
         }));
         invocation.inbox = Some(inbox.clone());
         match resume {
@@ -542,8 +708,17 @@ fn report(key: &Key, outcome: anyhow::Result<Ran>) -> Ended {
 }
 
 /// A run of `key` now, if serve has that stream (one without a schedule is run once).
-fn run_now(catalog: &Catalog, scheduler: &mut Scheduler<Key>, key: Key) -> RunNow {
+fn run_now(
+    catalog: &Catalog,
+    scheduler: &mut Scheduler<Key>,
+    key: Key,
+    cluster: Option<&cluster::Cluster>,
+) -> RunNow {
     let now = SystemClock.now();
+    // In a cluster, only a partition this worker holds.
+    if cluster.is_some_and(|c| !c.held.contains_key(&key)) {
+        return RunNow::Unknown;
+    }
     if !scheduler.knows(&key) {
         let Some(loaded) = catalog.get(&key.0) else {
             return RunNow::Unknown;

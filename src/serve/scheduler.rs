@@ -89,9 +89,20 @@ impl<K: Ord + Clone> Scheduler<K> {
         }
     }
 
-    /// Forgets a stream (gone from the files); a run in progress finishes.
+    /// Forgets a stream (gone from the files, its lease lost); a run in progress finishes
+    /// first (forgotten by the next `remove` once it ended).
     pub fn remove(&mut self, key: &K) {
-        self.entries.remove(key);
+        match self.entries.get_mut(key) {
+            // Its run goes on and counts against the limit, but the stream is due no more
+            // (and a `set` while it runs cannot start a second run of it).
+            Some(entry) if entry.running => {
+                entry.cadence = None;
+                entry.due = None;
+            }
+            _ => {
+                self.entries.remove(key);
+            }
+        }
     }
 
     /// Asks for a run of `key` now: `Some(true)` it is due now (started when a slot is

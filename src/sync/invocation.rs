@@ -43,6 +43,8 @@ pub(crate) struct Invocation<'a> {
     pub(crate) observer: Option<Observer>,
     /// The webhook inbox, when this process holds it open (`serve`).
     pub(crate) inbox: Option<Arc<Inbox>>,
+    /// In a cluster: the lease the stream's partition is held under.
+    pub(crate) lease: Option<waymark_engine::Lease>,
 }
 
 /// Sees each journaled step of a run: the state after it, and the step.
@@ -74,6 +76,7 @@ impl<'a> Invocation<'a> {
             summaries: true,
             observer: None,
             inbox: None,
+            lease: None,
         }
     }
 

@@ -81,11 +81,13 @@ pub(crate) async fn run_stream(
     stream: &StreamSection,
     fresh: bool,
 ) -> anyhow::Result<Ran> {
-    let plan = workflow.plan(stream, fresh);
+    let mut plan = workflow.plan(stream, fresh);
+    plan.lease = invocation.lease.clone();
     let mut states = run_scope(dir, invocation, workflow, stream, &plan).await?;
     let completed = states.last().is_some_and(|s| s.status == Status::Completed);
     let mut reconciliation_failed = false;
-    if completed && due(dir, workflow, stream)? {
+    // A cluster's workers run no reconciliation (its repair runs are not leased).
+    if completed && plan.lease.is_none() && due(dir, workflow, stream)? {
         // A reconciliation that cannot be made is reported, not a reason to stop syncing.
         match due_reconciliation(dir, invocation, workflow, stream).await {
             Ok(repair) => states.extend(repair),

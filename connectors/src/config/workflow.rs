@@ -334,6 +334,7 @@ impl Workflow {
             until: None,
             step: stream.window.step.map(|s| s.0),
             fresh,
+            lease: None,
         }
     }
 }

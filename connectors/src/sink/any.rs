@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
-use waymark_engine::{Checkpoint, SystemClock, WriteAck};
+use waymark_engine::{Checkpoint, Lease, SystemClock, WriteAck};
 
 use crate::config::{DestinationKind, StreamSection, Workflow};
 use crate::sink::http::HttpDestination;
@@ -177,6 +177,15 @@ impl Destination for AnyDestination {
             AnyDestination::Postgres(d) => d.checkpoint().await,
             AnyDestination::Jsonl(d) => d.checkpoint().await,
             AnyDestination::Http(d) => d.checkpoint().await,
+        }
+    }
+
+    async fn fence(&mut self, lease: &Lease) -> Result<(), destination::Error> {
+        match self {
+            AnyDestination::Sqlite(d) => d.fence(lease).await,
+            AnyDestination::Postgres(d) => d.fence(lease).await,
+            AnyDestination::Jsonl(d) => d.fence(lease).await,
+            AnyDestination::Http(d) => d.fence(lease).await,
         }
     }
 }

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use waymark_engine::decision::{backoff, Jitter};
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::source::ErrorKind;
-use waymark_engine::{Checkpoint, Clock, RetryPolicy, WriteAck};
+use waymark_engine::{Checkpoint, Clock, Lease, RetryPolicy, WriteAck};
 
 use crate::config::Workflow;
 use crate::http::rules::Rules;
@@ -529,6 +529,21 @@ impl Destination for HttpDestination {
             .checkpoints
             .get(&self.binding.stream)
             .map(|(_, _, c, _)| c.clone()))
+    }
+
+    /// Not fenced: the API cannot check a token. Every write is an upsert by external id
+    /// with an `Idempotency-Key` derived from (stream, key, version), so the same version
+    /// sent by two workers is applied once and a worker that lost its lease creates no
+    /// duplicate; but until it notices (its next renewal) it may still send an older
+    /// version of a record the new holder sent a newer one of.
+    async fn fence(&mut self, lease: &Lease) -> Result<(), destination::Error> {
+        tracing::debug!(
+            "{}/{}: lease token {}: the http destination relies on its idempotency keys",
+            self.binding.sync,
+            self.binding.stream,
+            lease.token
+        );
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use waymark_engine::destination::Error;
-use waymark_engine::{Checkpoint, WriteAck};
+use waymark_engine::{Checkpoint, Lease, WriteAck};
 
 use super::plan::{Plan, Stored};
 
@@ -70,6 +70,18 @@ pub trait Store: Send + 'static {
 
     /// The checkpoint stored with the scope's last committed batch.
     fn checkpoint(&mut self) -> impl Future<Output = Result<Option<Checkpoint>, Error>> + Send;
+
+    /// Claims the scope for a cluster lease (see [`Destination::fence`]); a store that
+    /// cannot check a token in its own transaction refuses (the default).
+    fn fence(&mut self, lease: &Lease) -> impl Future<Output = Result<(), Error>> + Send {
+        let token = lease.token;
+        async move {
+            Err(Error::permanent(format!(
+                "this destination keeps its data in local files and cannot check a lease \
+                 token ({token}): a cluster of workers needs a PostgreSQL destination"
+            )))
+        }
+    }
 }
 
 /// The checkpoint and acknowledgement as a SQL store keeps them (JSON text).

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
-use waymark_engine::{Checkpoint, WriteAck};
+use waymark_engine::{Checkpoint, Lease, WriteAck};
 
 use super::plan::{plan, Binding, Identified, Plan};
 use super::store::Store;
@@ -192,5 +192,9 @@ impl<S: Store> Destination for Upserting<S> {
 
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
         self.store()?.checkpoint().await
+    }
+
+    async fn fence(&mut self, lease: &Lease) -> Result<(), destination::Error> {
+        self.store()?.fence(lease).await
     }
 }

@@ -37,6 +37,23 @@ pub async fn open<B: Backend, D: Destination>(
                 // finishing event); a stale pointer is simply dropped.
                 journal.clear_active_run(&plan.sync, &plan.stream)?;
             }
+            // Under a lease, only a run of the same lease continues: after another worker
+            // held the partition, the destination's checkpoint is where it stands.
+            Ok(state)
+                if plan.lease.is_some()
+                    && state.started.start_from.lease() != plan.lease.as_ref() =>
+            {
+                let reason = match &plan.lease {
+                    Some(lease) => format!(
+                        "the partition's lease moved (now token {} of worker {}); the run \
+                         starts again from the destination's checkpoint",
+                        lease.token, lease.holder
+                    ),
+                    None => String::new(),
+                };
+                journal.append(state, &Event::RunAbandoned { reason, at: now })?;
+                staging.remove_run(run)?;
+            }
             Ok(state) if !plan.fresh => return resume(journal, state, plan, now),
             Ok(state) => {
                 let reason = "abandoned by --fresh".to_string();
@@ -50,6 +67,16 @@ pub async fn open<B: Backend, D: Destination>(
                 staging.remove_run(run)?;
             }
         }
+    }
+    if let Some(lease) = &plan.lease {
+        // The partition's checkpoint is the destination's, claimed for this token first.
+        destination.fence(lease).await?;
+        let checkpoint = destination.checkpoint().await?;
+        let start_from = StartFrom::Leased {
+            lease: Box::new(lease.clone()),
+            checkpoint,
+        };
+        return start(journal, start_from, plan, now);
     }
     // The journal's checkpoint. If it is missing (a lost or reset journal) or damaged while
     // the destination holds one, or it was damaged, the operator chooses how to continue;
@@ -89,7 +116,17 @@ pub async fn open<B: Backend, D: Destination>(
             }
         }
     };
-    let (window, start_cursor) = window_after(start_from_checkpoint(&start_from), plan, now);
+    start(journal, start_from, plan, now)
+}
+
+/// Journals the start of a new run after `start_from`.
+fn start<B: Backend>(
+    journal: &mut Journal<B>,
+    start_from: StartFrom,
+    plan: &Plan,
+    now: Timestamp,
+) -> Result<RunState, Error> {
+    let (window, start_cursor) = window_after(start_from.checkpoint(), plan, now);
     let started = RunStarted {
         run_id: RunId::new(),
         sync: plan.sync.clone(),
@@ -102,13 +139,6 @@ pub async fn open<B: Backend, D: Destination>(
         at: now,
     };
     Ok(journal.start(started, &plan.fingerprint)?)
-}
-
-fn start_from_checkpoint(start: &StartFrom) -> Option<&Checkpoint> {
-    match start {
-        StartFrom::Beginning => None,
-        StartFrom::Journal(c) | StartFrom::Destination(c) => Some(c),
-    }
 }
 
 /// The window and start cursor of a new run after `previous`. Pure.

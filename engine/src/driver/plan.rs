@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::decision::RetryPolicy;
+use crate::lease::Lease;
 use crate::time::Timestamp;
 
 /// Everything needed to start or resume one stream's run, resolved from the workflow file.
@@ -31,6 +32,9 @@ pub struct Plan {
     pub step: Option<Duration>,
     /// Abandon an unfinished run and start a new one.
     pub fresh: bool,
+    /// In a cluster: the lease the partition is held under (runs start from the
+    /// destination's checkpoint, batches are fenced by its token).
+    pub lease: Option<Lease>,
 }
 
 /// Limits and retry behaviour of one invocation.

@@ -318,11 +318,7 @@ impl<B: Backend> Journal<B> {
                     at: *at,
                     who: format!("run {run}"),
                     why: "completed".into(),
-                    previous: match &next.started.start_from {
-                        crate::event::StartFrom::Beginning => None,
-                        crate::event::StartFrom::Journal(c)
-                        | crate::event::StartFrom::Destination(c) => Some(c.clone()),
-                    },
+                    previous: next.started.start_from.checkpoint().cloned(),
                     new: match &checkpoint {
                         Some(c) => Some(c.clone()),
                         None => self.checkpoint(sync, stream)?,

@@ -11,7 +11,7 @@ use futures_util::SinkExt;
 use tokio_postgres::Client;
 
 use waymark_engine::destination;
-use waymark_engine::{Checkpoint, WriteAck};
+use waymark_engine::{Checkpoint, Lease, WriteAck};
 
 use super::client::{connect, failed, ident, reconnect_if_lost};
 use super::tls::Rustls;
@@ -38,6 +38,8 @@ pub struct PostgresStore {
     schema: String,
     columns: Columns,
     hard_delete: bool,
+    /// The lease token this scope was claimed for (a cluster's run): each batch checks it.
+    fence: Option<i64>,
 }
 
 /// The PostgreSQL destination.
@@ -87,6 +89,13 @@ impl PostgresStore {
                      ack text NOT NULL,
                      PRIMARY KEY (sync, stream)
                  );
+                 CREATE TABLE IF NOT EXISTS {s}_waymark_fences (
+                     sync text NOT NULL,
+                     stream text NOT NULL,
+                     token bigint NOT NULL,
+                     holder text NOT NULL,
+                     PRIMARY KEY (sync, stream)
+                 );
                  CREATE TABLE IF NOT EXISTS {s}_waymark_tombstones (
                      tbl text NOT NULL,
                      key text NOT NULL,
@@ -131,6 +140,7 @@ impl PostgresStore {
             schema: s,
             columns: binding.columns.clone(),
             hard_delete: binding.hard_delete,
+            fence: None,
         })
     }
 
@@ -209,6 +219,25 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(failed("reading the checkpoint"))?;
+        if let Some(token) = self.fence {
+            // Locked until the commit: a takeover's claim waits for this batch, or this
+            // batch sees the claim and is refused.
+            let claimed = self
+                .client
+                .query_opt(
+                    &format!(
+                        "SELECT token, holder FROM {}_waymark_fences
+                         WHERE sync = $1 AND stream = $2 FOR UPDATE",
+                        self.schema
+                    ),
+                    &[&self.sync, &self.scope],
+                )
+                .await
+                .map_err(failed("checking the lease"))?;
+            if let Some(row) = claimed.filter(|r| r.get::<_, i64>(0) != token) {
+                return Err(fenced(token, row.get(0), row.get(1)));
+            }
+        }
         row.map(|row| commit(row.get(0), row.get(1), row.get::<_, &str>(2)))
             .transpose()
     }
@@ -415,6 +444,45 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn fence(&mut self, lease: &Lease) -> Result<(), destination::Error> {
+        let token = i64::try_from(lease.token).map_err(|_| {
+            destination::Error::permanent(format!("lease token {} is out of range", lease.token))
+        })?;
+        reconnect_if_lost(&mut self.client, &self.url, &self.tls).await?;
+        let claimed = self
+            .client
+            .query_opt(
+                &format!(
+                    "INSERT INTO {s}_waymark_fences AS f (sync, stream, token, holder)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (sync, stream) DO UPDATE
+                       SET token = excluded.token, holder = excluded.holder
+                       WHERE f.token <= excluded.token
+                     RETURNING token",
+                    s = self.schema
+                ),
+                &[&self.sync, &self.scope, &token, &lease.holder],
+            )
+            .await
+            .map_err(failed("claiming the lease"))?;
+        if claimed.is_none() {
+            let newer = self
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT token, holder FROM {}_waymark_fences WHERE sync = $1 AND stream = $2",
+                        self.schema
+                    ),
+                    &[&self.sync, &self.scope],
+                )
+                .await
+                .map_err(failed("reading the lease"))?;
+            return Err(fenced(token, newer.get(0), newer.get(1)));
+        }
+        self.fence = Some(token);
+        Ok(())
+    }
+
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
         let row = self
             .client
@@ -430,6 +498,14 @@ impl Store for PostgresStore {
         row.map(|r| decode_checkpoint(r.get::<_, &str>(0)))
             .transpose()
     }
+}
+
+/// A batch (or claim) under lease `token` refused: `newer` of `holder` claimed the scope.
+fn fenced(token: i64, newer: i64, holder: String) -> destination::Error {
+    destination::Error::permanent(format!(
+        "fenced: this worker's lease (token {token}) was taken over by worker {holder} \
+         (token {newer}); nothing of the batch was written"
+    ))
 }
 
 /// The batch's changes as rows of COPY's text format for `_waymark_incoming`.

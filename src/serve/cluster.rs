@@ -1,0 +1,229 @@
+//! `serve --cluster`: this worker's side of the lease protocol. A task of its own talks to
+//! the coordinator tables in PostgreSQL every second (a third of the lease TTL if shorter:
+//! heartbeat, renew,
+//! take its even share, give back what is over it) and tells the loop what it holds; the
+//! loop schedules only those partitions and runs each under its lease. Runs' starts and
+//! ends are mirrored to the coordinator. When the coordinator cannot be reached for a
+//! whole TTL, every lease is taken for lost: runs pause, and resume once it answers again.
+//! On stop, every lease is given back at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use waymark_connectors::cluster::{Coordinator, Held, Partition};
+use waymark_engine::{Event, RunState};
+
+/// How `serve` joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The coordinator's PostgreSQL connection string (from the environment).
+    pub url: String,
+    /// Extra CA certificates for its TLS.
+    pub ca_file: Option<PathBuf>,
+    /// This worker's id.
+    pub worker: String,
+    /// How long a lease lasts without renewal.
+    pub ttl: Duration,
+}
+
+/// The longest time between two rounds.
+const ROUND_AT_LEAST: Duration = Duration::from_secs(1);
+
+/// What the coordinator task tells the loop after each round.
+pub struct Round {
+    /// The partitions held now, with their leases.
+    pub held: Held,
+    /// Held partitions to pause (over this worker's share): given back once idle.
+    pub pause: Vec<Partition>,
+}
+
+/// What the loop tells the coordinator task.
+pub enum Note {
+    /// A run started or ended, or a step changed its counts: mirror its summary.
+    Run(Box<RunState>),
+    /// Stop: give every lease back, then answer.
+    Leave(oneshot::Sender<()>),
+}
+
+/// The loop's side: what it wants leased and what is running, to the task; rounds back.
+pub struct Cluster {
+    /// The partitions of the catalog (a change starts a round at once).
+    pub wanted: watch::Sender<Vec<Partition>>,
+    /// The partitions whose runs are going now (read at each round).
+    pub busy: Arc<Mutex<Vec<Partition>>>,
+    /// Each round's outcome.
+    pub rounds: mpsc::UnboundedReceiver<Round>,
+    /// Runs to mirror; leaving.
+    pub notes: mpsc::UnboundedSender<Note>,
+    /// When each partition's last run started on any worker (seconds since the epoch).
+    pub last_started: watch::Receiver<BTreeMap<Partition, f64>>,
+    /// The partitions held now, with their leases.
+    pub held: Held,
+}
+
+impl Cluster {
+    /// Gives every lease back (stopping); waits at most a few seconds.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.notes.send(Note::Leave(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+    }
+}
+
+/// Joins the cluster (connects, creates the tables, registers the worker) and starts the
+/// coordinator task.
+pub async fn join(options: &ClusterOptions, wanted: Vec<Partition>) -> anyhow::Result<Cluster> {
+    let coordinator = Coordinator::connect(
+        &options.url,
+        options.ca_file.as_deref(),
+        &options.worker,
+        options.ttl,
+    )
+    .await?;
+    tracing::info!(
+        "joined the cluster as worker {} (lease TTL {})",
+        options.worker,
+        humantime::format_duration(options.ttl)
+    );
+    let (wanted_tx, wanted_rx) = watch::channel(wanted);
+    let busy = Arc::new(Mutex::new(Vec::new()));
+    let (rounds_tx, rounds) = mpsc::unbounded_channel();
+    let (notes, notes_rx) = mpsc::unbounded_channel();
+    let (started_tx, last_started) = watch::channel(BTreeMap::new());
+    tokio::spawn(coordinate(
+        coordinator,
+        (wanted_rx, busy.clone()),
+        rounds_tx,
+        notes_rx,
+        started_tx,
+    ));
+    Ok(Cluster {
+        wanted: wanted_tx,
+        busy,
+        rounds,
+        notes,
+        last_started,
+        held: Held::new(),
+    })
+}
+
+/// The coordinator task: a round every third of the TTL (at once when what is wanted
+/// changes), the notes in between.
+async fn coordinate(
+    mut coordinator: Coordinator,
+    (mut wanted, busy): (watch::Receiver<Vec<Partition>>, Arc<Mutex<Vec<Partition>>>),
+    rounds: mpsc::UnboundedSender<Round>,
+    mut notes: mpsc::UnboundedReceiver<Note>,
+    last_started: watch::Sender<BTreeMap<Partition, f64>>,
+) {
+    // Renewing takes a third of the TTL; looking for expired leases to take over, a second
+    // at most: a dead worker's partitions move within the TTL and a second.
+    let every = (coordinator.ttl() / 3).min(ROUND_AT_LEAST);
+    let mut last_ok = Instant::now();
+    let mut lost_said = false;
+    loop {
+        let partitions = wanted.borrow_and_update().clone();
+        let running = busy.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match coordinator.tick(&partitions, &running).await {
+            Ok((held, pause)) => {
+                last_ok = Instant::now();
+                lost_said = false;
+                if let Ok(started) = coordinator.last_started().await {
+                    last_started.send_replace(started);
+                }
+                if rounds.send(Round { held, pause }).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                if last_ok.elapsed() >= coordinator.ttl() && !lost_said {
+                    // Our leases may have been taken: hold nothing until it answers.
+                    tracing::error!(
+                        "the cluster coordinator has not answered for a lease TTL: pausing \
+                         every run until it does"
+                    );
+                    lost_said = true;
+                    let round = Round {
+                        held: Held::new(),
+                        pause: Vec::new(),
+                    };
+                    if rounds.send(round).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let deadline = tokio::time::Instant::now() + every;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                changed = wanted.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                note = notes.recv() => match note {
+                    Some(Note::Run(state)) => mirror(&mut coordinator, &state).await,
+                    Some(Note::Leave(done)) => {
+                        if let Err(e) = coordinator.leave().await {
+                            tracing::warn!("leaving the cluster: {e}");
+                        }
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// Mirrors a run's summary to the coordinator (best effort: logged if it fails).
+async fn mirror(coordinator: &mut Coordinator, state: &RunState) {
+    let partition = (state.started.sync.clone(), state.started.stream.clone());
+    if state.last_seq <= 1 {
+        if let Err(e) = coordinator.started(&partition).await {
+            tracing::warn!("{e}");
+        }
+    }
+    let summary = serde_json::json!({
+        "window": state.window().to_string(),
+        "pages": state.counts.pages_committed,
+        "outcome": state.status.name(),
+        "lease": state.started.start_from.lease().map(|l| l.token),
+    })
+    .to_string();
+    let result = coordinator
+        .mirror_run(
+            &state.run_id().to_string(),
+            &partition,
+            state.status.name(),
+            state.counts.records_committed,
+            &state.started.at.to_string(),
+            &state.updated_at.to_string(),
+            &summary,
+        )
+        .await;
+    if let Err(e) = result {
+        tracing::warn!("{e}");
+    }
+}
+
+/// Whether a journaled step changes a run's summary enough to mirror it: its start and
+/// its end.
+pub fn worth_mirroring(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::RunStarted(_)
+            | Event::RunCompleted { .. }
+            | Event::RunPaused { .. }
+            | Event::RunFailed { .. }
+            | Event::RunAbandoned { .. }
+    )
+}
