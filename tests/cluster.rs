@@ -97,6 +97,34 @@ impl Worker {
     }
 }
 
+/// Whether a holder (`<id>#<incarnation>`) is an incarnation of worker `id`.
+fn is(holder: Option<&str>, id: &str) -> bool {
+    holder.is_some_and(|h| h.split('#').next() == Some(id))
+}
+
+/// The lease counts of the workers alive, by worker id.
+fn by_id(workers: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for (incarnation, n) in workers {
+        let id = incarnation
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        *out.entry(id).or_insert(0) += n;
+    }
+    out
+}
+
+/// Whether `n` workers hold every one of `partitions`, each at most its even share.
+fn balanced(workers: &BTreeMap<String, u64>, n: usize, partitions: usize) -> bool {
+    let w = by_id(workers);
+    let share = u64::try_from(partitions.div_ceil(n)).unwrap_or(0);
+    w.len() == n
+        && w.values().all(|held| *held <= share)
+        && w.values().sum::<u64>() == u64::try_from(partitions).unwrap_or(0)
+}
+
 /// A partition's holder, and its latest run's status and start (RFC 3339).
 type Partitions = BTreeMap<String, (Option<String>, Option<(String, String)>)>;
 
@@ -149,7 +177,7 @@ fn cluster_scenario(seed: u64) -> Result {
         "0.02",
     ])?;
     let tmp = TempDir::new("cluster");
-    let tenants = 30;
+    let tenants = 200;
     let workflow = cluster_workflow(tmp.path(), tenants, &sandbox.url)?;
     let env = [
         ("PG_URL", url.as_str()),
@@ -176,7 +204,7 @@ fn cluster_scenario(seed: u64) -> Result {
                     && p.values().all(|(h, last)| {
                         h.is_some() && last.as_ref().is_some_and(|(s, _)| s == "completed")
                     })
-                    && w.values().all(|n| *n == 20)
+                    && balanced(&w, 3, partitions)
             })
         },
         Duration::from_secs(120),
@@ -192,7 +220,7 @@ fn cluster_scenario(seed: u64) -> Result {
         || {
             cluster_status(&env).is_ok_and(|(p, _)| {
                 p.values()
-                    .all(|(h, _)| h.is_some() && h.as_deref() != Some(victim_id.as_str()))
+                    .all(|(h, _)| h.is_some() && !is(h.as_deref(), &victim_id))
             })
         },
         Duration::from_secs(30),
@@ -207,7 +235,7 @@ fn cluster_scenario(seed: u64) -> Result {
     // Back with the same id and state directory: it takes its share again.
     workers[victim].start(&workflow, &env)?;
     let rebalanced = wait_for(
-        || cluster_status(&env).is_ok_and(|(_, w)| w.len() == 3 && w.values().all(|n| *n == 20)),
+        || cluster_status(&env).is_ok_and(|(_, w)| balanced(&w, 3, partitions)),
         Duration::from_secs(30),
     );
     assert!(rebalanced, "{:?}", cluster_status(&env)?);
@@ -221,7 +249,7 @@ fn cluster_scenario(seed: u64) -> Result {
         || {
             cluster_status(&env).is_ok_and(|(p, _)| {
                 p.values()
-                    .all(|(h, _)| h.is_some() && h.as_deref() != Some(paused_id.as_str()))
+                    .all(|(h, _)| h.is_some() && !is(h.as_deref(), &paused_id))
             })
         },
         Duration::from_secs(30),
@@ -229,7 +257,7 @@ fn cluster_scenario(seed: u64) -> Result {
     workers[paused].signal("CONT")?;
     assert!(taken, "{:?}", cluster_status(&env)?);
     let rebalanced = wait_for(
-        || cluster_status(&env).is_ok_and(|(_, w)| w.len() == 3 && w.values().all(|n| *n == 20)),
+        || cluster_status(&env).is_ok_and(|(_, w)| balanced(&w, 3, partitions)),
         Duration::from_secs(30),
     );
     assert!(rebalanced, "{:?}", cluster_status(&env)?);
@@ -244,9 +272,9 @@ fn cluster_scenario(seed: u64) -> Result {
     let moved = wait_for(
         || {
             cluster_status(&env).is_ok_and(|(p, w)| {
-                !w.contains_key(&leaving_id)
+                !by_id(&w).contains_key(&leaving_id)
                     && p.values()
-                        .all(|(h, _)| h.is_some() && h.as_deref() != Some(leaving_id.as_str()))
+                        .all(|(h, _)| h.is_some() && !is(h.as_deref(), &leaving_id))
             })
         },
         Duration::from_secs(30),

@@ -217,12 +217,24 @@ fn the_web_view_shows_streams_runs_live_failures_and_traces() -> Result {
             browser_with(&driver, &dark, &["--blink-settings=preferredColorScheme=0"]).await?;
         let checked = async {
             client.goto(&format!("{api}/")).await?;
-            let background = client
-                .execute(
-                    "return getComputedStyle(document.body).backgroundColor;",
-                    vec![],
-                )
-                .await?;
+            // The overview reloads itself now and then: read the colour of a page that
+            // has its stylesheet, waiting for one (a reload may be under way).
+            let mut background = serde_json::Value::Null;
+            let began = std::time::Instant::now();
+            while began.elapsed() < Duration::from_secs(10) {
+                let read = client
+                    .execute(
+                        "return document.readyState === 'complete' \
+                         ? getComputedStyle(document.body).backgroundColor : null;",
+                        vec![],
+                    )
+                    .await;
+                background = read.unwrap_or(serde_json::Value::Null);
+                if background == "rgb(22, 24, 27)" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             assert_eq!(background, "rgb(22, 24, 27)", "dark background");
             shoot(&client, "overview-dark").await?;
             // Keyboard: Tab walks the header's links, then the table's; Enter follows one.

@@ -34,6 +34,8 @@ pub struct Coordinator {
     /// This worker's id.
     pub worker: String,
     ttl: Duration,
+    /// The partitions last made sure of (rows are added only when this changes).
+    known: Vec<Partition>,
 }
 
 /// Why the coordinator cannot be used.
@@ -99,7 +101,9 @@ fn token(t: i64) -> u64 {
 
 impl Coordinator {
     /// Connects, creates the tables if they are missing (one worker at a time), and
-    /// registers `worker`.
+    /// registers this process as `<worker>#<random>`: each incarnation of a worker id
+    /// holds leases of its own, so a process that restarts under the same id, or one
+    /// started twice, never shares a token with an earlier one.
     pub async fn connect(
         url: &str,
         ca_file: Option<&std::path::Path>,
@@ -119,6 +123,20 @@ impl Coordinator {
             .map(|h| h.trim().to_string())
             .unwrap_or_default();
         let pid = i32::try_from(std::process::id()).unwrap_or(0);
+        let random = uuid::Uuid::now_v7().simple().to_string();
+        let incarnation = format!("{worker}#{}", &random[random.len() - 6..]);
+        // Earlier incarnations of this id that stopped beating are gone (their leases
+        // expire, or were given back).
+        client
+            .execute(
+                "DELETE FROM waymark_cluster.workers
+                 WHERE split_part(id, '#', 1) = $1
+                   AND heartbeat_at < now() - $2::text::interval",
+                &[&worker, &interval(ttl)],
+            )
+            .await
+            .map_err(failed("forgetting earlier incarnations"))?;
+        let worker = incarnation.as_str();
         client
             .execute(
                 "INSERT INTO waymark_cluster.workers (id, host, pid) VALUES ($1, $2, $3)
@@ -134,6 +152,7 @@ impl Coordinator {
             tls,
             worker: worker.to_string(),
             ttl,
+            known: Vec::new(),
         })
     }
 
@@ -170,26 +189,38 @@ impl Coordinator {
             )
             .await
             .map_err(failed("heartbeat"))?;
+        if self.known != wanted {
+            self.client
+                .execute(
+                    "INSERT INTO waymark_cluster.leases (sync, stream)
+                     SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT DO NOTHING",
+                    &[&syncs, &streams],
+                )
+                .await
+                .map_err(failed("adding partitions"))?;
+            self.known = wanted.to_vec();
+        }
+        // Renew what is still ours once a third of its TTL has gone (an expired lease may
+        // have been taken: it is not), then read what is ours.
         self.client
             .execute(
-                "INSERT INTO waymark_cluster.leases (sync, stream)
-                 SELECT * FROM unnest($1::text[], $2::text[])
-                 ON CONFLICT DO NOTHING",
-                &[&syncs, &streams],
-            )
-            .await
-            .map_err(failed("adding partitions"))?;
-        // Renew what is still ours (an expired lease may have been taken: it is not).
-        let renewed = self
-            .client
-            .query(
                 "UPDATE waymark_cluster.leases SET expires_at = now() + $2::text::interval
                  WHERE holder = $1 AND expires_at > now()
-                 RETURNING sync, stream, token",
-                &[&me, &ttl],
+                   AND expires_at < now() + $3::text::interval",
+                &[&me, &ttl, &interval(self.ttl * 2 / 3)],
             )
             .await
             .map_err(failed("renewing leases"))?;
+        let renewed = self
+            .client
+            .query(
+                "SELECT sync, stream, token FROM waymark_cluster.leases
+                 WHERE holder = $1 AND expires_at > now()",
+                &[&me],
+            )
+            .await
+            .map_err(failed("reading leases"))?;
         let mut held = Held::new();
         for row in renewed {
             let key: Partition = (row.get(0), row.get(1));

@@ -23,3 +23,15 @@ pub struct Lease {
 pub fn share(partitions: usize, workers: usize) -> usize {
     partitions.div_ceil(workers.max(1))
 }
+
+/// Whether a run under `token` may claim a partition whose destination last saw `stored`
+/// (the PostgreSQL destination's `INSERT … ON CONFLICT … WHERE token <= excluded.token`).
+pub fn may_claim(stored: Option<u64>, token: u64) -> bool {
+    stored.is_none_or(|s| s <= token)
+}
+
+/// Whether a batch under `token` may commit where the destination last saw `stored` (its
+/// `SELECT token … FOR UPDATE` in the batch's transaction): only under the latest claim.
+pub fn may_commit(stored: Option<u64>, token: u64) -> bool {
+    stored.is_none_or(|s| s == token)
+}

@@ -86,7 +86,7 @@ pub async fn join(options: &ClusterOptions, wanted: Vec<Partition>) -> anyhow::R
     .await?;
     tracing::info!(
         "joined the cluster as worker {} (lease TTL {})",
-        options.worker,
+        coordinator.worker,
         humantime::format_duration(options.ttl)
     );
     let (wanted_tx, wanted_rx) = watch::channel(wanted);
@@ -125,6 +125,7 @@ async fn coordinate(
     let every = (coordinator.ttl() / 3).min(ROUND_AT_LEAST);
     let mut last_ok = Instant::now();
     let mut lost_said = false;
+    let mut before = Held::new();
     loop {
         let partitions = wanted.borrow_and_update().clone();
         let running = busy.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -132,9 +133,13 @@ async fn coordinate(
             Ok((held, pause)) => {
                 last_ok = Instant::now();
                 lost_said = false;
-                if let Ok(started) = coordinator.last_started().await {
-                    last_started.send_replace(started);
+                // Partitions newly held are scheduled from their last start anywhere.
+                if held.keys().any(|k| !before.contains_key(k)) {
+                    if let Ok(started) = coordinator.last_started().await {
+                        last_started.send_replace(started);
+                    }
                 }
+                before = held.clone();
                 if rounds.send(Round { held, pause }).is_err() {
                     return;
                 }

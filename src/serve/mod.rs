@@ -467,6 +467,20 @@ fn partitions_of(catalog: &Catalog) -> Vec<Key> {
 fn check_cluster(catalog: &Catalog) -> anyhow::Result<()> {
     use waymark_connectors::config::DestinationKind;
     for loaded in catalog.syncs.values() {
+        if let Some(stream) = loaded
+            .workflow
+            .streams()
+            .iter()
+            .find(|s| s.webhook.is_some())
+        {
+            return Err(UsageError(format!(
+                "{}: serve --cluster: stream {} receives webhooks, which a cluster does not \
+                 apply yet; serve that workflow from one worker without --cluster",
+                loaded.path.display(),
+                stream.name
+            ))
+            .into());
+        }
         let kind = loaded.workflow.file().destination.kind;
         if matches!(kind, DestinationKind::Sqlite | DestinationKind::Jsonl) {
             return Err(UsageError(format!(

@@ -11,6 +11,7 @@ use futures_util::SinkExt;
 use tokio_postgres::Client;
 
 use waymark_engine::destination;
+use waymark_engine::lease::may_commit;
 use waymark_engine::{Checkpoint, Lease, WriteAck};
 
 use super::client::{connect, failed, ident, reconnect_if_lost};
@@ -234,7 +235,9 @@ impl Store for PostgresStore {
                 )
                 .await
                 .map_err(failed("checking the lease"))?;
-            if let Some(row) = claimed.filter(|r| r.get::<_, i64>(0) != token) {
+            let stored = |r: &tokio_postgres::Row| u64::try_from(r.get::<_, i64>(0)).ok();
+            let mine = u64::try_from(token).unwrap_or(0);
+            if let Some(row) = claimed.filter(|r| !may_commit(stored(r), mine)) {
                 return Err(fenced(token, row.get(0), row.get(1)));
             }
         }
@@ -452,6 +455,7 @@ impl Store for PostgresStore {
         let claimed = self
             .client
             .query_opt(
+                // `lease::may_claim`, atomically.
                 &format!(
                     "INSERT INTO {s}_waymark_fences AS f (sync, stream, token, holder)
                      VALUES ($1, $2, $3, $4)
