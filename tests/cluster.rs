@@ -16,6 +16,10 @@ use crate::util::{runs, stream_table, text, wait_for, waymark, Result, Sandbox, 
 /// The lease TTL of the test's workers.
 const TTL: Duration = Duration::from_secs(3);
 
+/// The requests per second the sandbox admits, and the workflow's budget, shared by every
+/// tenant and every worker.
+const QUOTA: u32 = 40;
+
 /// Orders and their deletions feed, per tenant, into the tenant's own schema.
 fn cluster_workflow(dir: &Path, tenants: usize, url: &str) -> Result<PathBuf> {
     let list: String = (0..tenants).map(|i| format!("t{i:03},{url}\n")).collect();
@@ -43,6 +47,7 @@ kind = "http"
 base_url = "{{tenant.url}}"
 timeout = "2s"
 max_attempts = 15
+rate_limit = {{ requests = {QUOTA}, per = "1s", burst = 10, across_tenants = true }}
 {streams}
 [destination]
 kind = "postgres"
@@ -166,15 +171,17 @@ fn cluster_scenario(seed: u64) -> Result {
     let url = pg.database()?;
     let sandbox = Sandbox::start(&[
         "--records",
-        "300",
+        "120",
         "--seed",
         &seed.to_string(),
         "--mutate",
-        "40",
+        "20",
         "--latency",
         "15ms",
         "--rate-500",
         "0.02",
+        "--quota",
+        &QUOTA.to_string(),
     ])?;
     let tmp = TempDir::new("cluster");
     let tenants = 200;
@@ -311,6 +318,11 @@ fn cluster_scenario(seed: u64) -> Result {
             assert_eq!(code, Some(0), "{log}");
         }
     }
+
+    // The API never saw more than its quota in any second, all workers together.
+    let stats = sandbox.stats()?;
+    eprintln!("sandbox: {stats}");
+    assert_eq!(stats["over_quota"], 0, "{stats}");
 
     // Every tenant's orders are exactly the source's.
     let (truth, _) = sandbox.truth_of("orders")?;

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use waymark_connectors::cluster::{Coordinator, Held, Partition};
-use waymark_engine::{Event, RunState};
+use waymark_engine::{Clock, Event, RunState, SystemClock};
+
+use super::catalog::{Catalog, Loaded};
 
 /// How `serve` joins a cluster.
 #[derive(Clone, Debug)]
@@ -62,6 +64,8 @@ pub struct Cluster {
     pub last_started: watch::Receiver<BTreeMap<Partition, f64>>,
     /// The partitions held now, with their leases.
     pub held: Held,
+    /// The lease TTL.
+    pub ttl: Duration,
 }
 
 impl Cluster {
@@ -108,6 +112,7 @@ pub async fn join(options: &ClusterOptions, wanted: Vec<Partition>) -> anyhow::R
         notes,
         last_started,
         held: Held::new(),
+        ttl: options.ttl,
     })
 }
 
@@ -217,6 +222,31 @@ async fn mirror(coordinator: &mut Coordinator, state: &RunState) {
         .await;
     if let Err(e) = result {
         tracing::warn!("{e}");
+    }
+}
+
+/// Gives each source connection of `catalog` its share of its budget: the partitions
+/// sharing that budget (a tenant's streams; every tenant's, for a budget
+/// `across_tenants`) this worker holds, of all of them, valid for half a TTL (each round
+/// renews it; a worker that stops renewing stops sending).
+pub fn share_budgets(catalog: &Catalog, held: &Held, ttl: Duration) {
+    let valid_until = SystemClock.now().saturating_add(ttl / 2);
+    let scope = |sync: &String, loaded: &Loaded| match loaded.api.budget_across_tenants() {
+        true => format!("file {}", loaded.path.display()),
+        false => format!("sync {sync}"),
+    };
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (sync, loaded) in &catalog.syncs {
+        let count = counts.entry(scope(sync, loaded)).or_default();
+        for stream in loaded.workflow.streams() {
+            count.1 += 1;
+            count.0 += u64::from(held.contains_key(&(sync.clone(), stream.name.clone())));
+        }
+    }
+    for (sync, loaded) in &catalog.syncs {
+        if let Some((mine, all)) = counts.get(&scope(sync, loaded)) {
+            loaded.api.share_budget(*mine, *all, valid_until);
+        }
     }
 }
 

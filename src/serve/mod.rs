@@ -320,6 +320,7 @@ async fn serve_here(
             Some(round) = next_round(&mut cluster) => {
                 if let Some(cluster) = cluster.as_mut() {
                     leases_changed(cluster, round, &pauses);
+                    cluster::share_budgets(&catalog, &cluster.held, cluster.ttl);
                 }
                 resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now(), cluster.as_ref())?);
                 metrics.serving(scheduler.keys());
@@ -367,6 +368,7 @@ async fn serve_here(
             seen = catalog::look(&options.paths, &catalog);
             if let Some(cluster) = &cluster {
                 check_cluster(&catalog)?;
+                cluster::share_budgets(&catalog, &cluster.held, cluster.ttl);
                 cluster.wanted.send_replace(partitions_of(&catalog));
             }
             paths_tx.send_replace(paths_of(&catalog));

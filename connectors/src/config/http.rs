@@ -111,6 +111,10 @@ pub struct RateLimit {
     /// Requests that may go back to back after a quiet spell (default 1: evenly spaced).
     #[serde(default = "one")]
     pub burst: u32,
+    /// With `[tenants]`: one budget for every tenant together (an API that limits the
+    /// application, not each account); by default each tenant has its own.
+    #[serde(default)]
+    pub across_tenants: bool,
 }
 
 fn one() -> u32 {

@@ -72,13 +72,15 @@ pub struct Api {
     base_url: reqwest::Url,
     client: reqwest::Client,
     credentials: Credentials,
-    gate: Gate,
+    gate: Arc<Gate>,
     secrets: Secrets,
     clock: Arc<dyn Clock>,
     /// `source.max_page_bytes`: the largest body read.
     max_body: u64,
     /// Told how long each request took, see [`Api::time_requests`].
     timing: OnceLock<Timing>,
+    /// The budget is the application's, shared by the file's tenants.
+    across_tenants: bool,
 }
 
 /// What makes two tenants' clients the same.
@@ -93,6 +95,13 @@ struct ClientKey {
 /// The clients tenants share, by what they are made of.
 static CLIENTS: std::sync::LazyLock<Mutex<HashMap<ClientKey, reqwest::Client>>> =
     std::sync::LazyLock::new(Default::default);
+
+/// The gates a file's tenants share (`rate_limit.across_tenants`), by file and origin.
+static GATES: std::sync::LazyLock<Mutex<HashMap<GateKey, Arc<Gate>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A shared gate's workflow file and origin.
+type GateKey = (PathBuf, String);
 
 /// Told, per request, the time to the response's headers (or to the failure) and the HTTP
 /// status (`None`: no response).
@@ -199,13 +208,34 @@ impl Api {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(key, client.clone());
         }
-        // A tenant's requests count against its own account's budget.
+        // A tenant's requests count against its own account's budget, unless the budget is
+        // the application's (`across_tenants`): then the file's tenants share one gate.
+        let across = endpoint.rate_limit.is_some_and(|l| l.across_tenants);
         let name = match workflow.tenant() {
-            Some(tenant) => format!("{}@{}", origin_key(&base_url), tenant.id),
-            None => origin_key(&base_url),
+            Some(tenant) if !across => format!("{}@{}", origin_key(&base_url), tenant.id),
+            _ => origin_key(&base_url),
         };
         let file = state_dir.map(|dir| dir.join("rate").join(format!("{name}.json")));
-        let gate = Gate::new(endpoint.rate_limit, file, clock.clone(), source.max_wait.0);
+        let make = || {
+            Arc::new(Gate::new(
+                endpoint.rate_limit,
+                file.clone(),
+                clock.clone(),
+                source.max_wait.0,
+            ))
+        };
+        let gate = match (workflow.tenant(), across) {
+            (Some(_), true) => {
+                let key = (workflow.path().to_path_buf(), name.clone());
+                GATES
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(key)
+                    .or_insert_with(make)
+                    .clone()
+            }
+            _ => make(),
+        };
         Ok(Arc::new(Api {
             base_url,
             client,
@@ -215,6 +245,7 @@ impl Api {
             clock,
             max_body: source.max_page_bytes,
             timing: OnceLock::new(),
+            across_tenants: across,
         }))
     }
 
@@ -284,6 +315,17 @@ impl Api {
     /// histogram); only the first one given is kept.
     pub fn time_requests(&self, timing: Timing) {
         let _ = self.timing.set(timing);
+    }
+
+    /// In a cluster: this worker holds `held` of the `total` partitions whose requests
+    /// share this connection's budget, until `valid_until` (see [`Gate::share`]).
+    pub fn share_budget(&self, held: u64, total: u64, valid_until: Timestamp) {
+        self.gate.share(held, total, valid_until);
+    }
+
+    /// Whether this connection's budget is shared by every tenant of its file.
+    pub fn budget_across_tenants(&self) -> bool {
+        self.across_tenants
     }
 
     /// Sends the request `build` makes: waits at the gate, signs it, sends it, reads the

@@ -26,6 +26,9 @@ use crate::config::RateLimit;
 /// are read to the millisecond.
 const MARGIN_MS: u64 = 5;
 
+/// How often a gate whose cluster share lapsed looks again.
+const SHARE_RECHECK: Duration = Duration::from_millis(50);
+
 /// When the quota is at or below this fraction of its limit, requests are spread evenly
 /// over the time left until the quota resets.
 const LOW_QUOTA: u64 = 10;
@@ -85,6 +88,45 @@ impl Pace {
     fn slack_us(&self) -> u64 {
         self.interval_us / 4
     }
+
+    /// A worker's share of `limit` in a cluster: `held` of the budget's `total`
+    /// partitions. Shares are whole requests per period, rounded down, so the workers'
+    /// shares never add up to more than the limit; a share under one request a period is
+    /// one request per as many periods as it takes.
+    fn shared(limit: &RateLimit, held: u64, total: u64) -> Self {
+        let requests = u64::from(limit.requests.max(1));
+        let total = total.max(1);
+        let whole = requests.saturating_mul(held) / total;
+        match u32::try_from(whole) {
+            Ok(whole) if whole >= 1 => Pace::new(&RateLimit {
+                requests: whole,
+                burst: limit.burst.min(whole),
+                ..*limit
+            }),
+            _ => {
+                let periods = total.div_ceil(requests.saturating_mul(held.max(1)));
+                let per = limit
+                    .per
+                    .0
+                    .saturating_mul(u32::try_from(periods).unwrap_or(u32::MAX));
+                Pace::new(&RateLimit {
+                    requests: 1,
+                    per: crate::config::Span(per),
+                    burst: 1,
+                    across_tenants: limit.across_tenants,
+                })
+            }
+        }
+    }
+}
+
+/// A worker's share of a cluster's budget, valid until it is renewed with the worker's
+/// leases: a worker that stopped renewing (paused, cut off) sends nothing on a share the
+/// others may have taken over.
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    pace: Pace,
+    valid_until: Timestamp,
 }
 
 /// A wait longer than the run may sleep: the run pauses until `until`.
@@ -101,6 +143,9 @@ pub struct Gate {
     budget: Mutex<Budget>,
     /// The workflow's `rate_limit`.
     limit: Option<Pace>,
+    rate_limit: Option<RateLimit>,
+    /// In a cluster: this worker's share of `rate_limit`.
+    share: Mutex<Option<Share>>,
     file: Option<PathBuf>,
     clock: Arc<dyn Clock>,
     max_wait: Duration,
@@ -125,10 +170,13 @@ impl Gate {
                 }
             })
             .unwrap_or_default();
+        let rate_limit = limit.copied();
         let limit = limit.map(Pace::new);
         Gate {
             budget: Mutex::new(budget),
             limit,
+            rate_limit,
+            share: Mutex::new(None),
             file,
             clock,
             max_wait,
@@ -142,12 +190,22 @@ impl Gate {
     pub async fn admit(&self) -> Result<Timestamp, Blocked> {
         loop {
             let now = self.clock.now();
+            let share = *self.share.lock().unwrap_or_else(PoisonError::into_inner);
+            let limit = match share {
+                // Not renewed: wait for this worker's next round.
+                Some(share) if share.valid_until <= now => {
+                    self.clock.sleep(SHARE_RECHECK).await;
+                    continue;
+                }
+                Some(share) => Some(share.pace),
+                None => self.limit,
+            };
             let wait = {
                 let mut budget = self.lock();
-                match budget.wait(now, self.limit) {
+                match budget.wait(now, limit) {
                     None => {
                         let mut before = budget.clone();
-                        budget.take(now, self.limit);
+                        budget.take(now, limit);
                         // Saved only when it changed (not on every request of an API
                         // without a budget: the last request's time matters only to pace
                         // a quota).
@@ -209,6 +267,19 @@ impl Gate {
             budget.clone()
         };
         self.save(&snapshot);
+    }
+
+    /// In a cluster: this worker holds `held` of the `total` partitions sharing this
+    /// budget, until `valid_until` (its next round renews it). Without a `rate_limit`, or
+    /// outside a cluster, nothing changes.
+    pub fn share(&self, held: u64, total: u64, valid_until: Timestamp) {
+        let Some(limit) = &self.rate_limit else {
+            return;
+        };
+        *self.share.lock().unwrap_or_else(PoisonError::into_inner) = Some(Share {
+            pace: Pace::shared(limit, held, total),
+            valid_until,
+        });
     }
 
     /// No request before `until` (the API said so); shared with every stream of the source.
@@ -457,7 +528,39 @@ mod tests {
             requests,
             per: crate::config::Span(Duration::from_secs(1)),
             burst,
+            across_tenants: false,
         }))
+    }
+
+    #[test]
+    fn cluster_shares_never_add_up_to_more_than_the_limit() {
+        let limit = RateLimit {
+            requests: 150,
+            per: crate::config::Span(Duration::from_secs(1)),
+            burst: 10,
+            across_tenants: true,
+        };
+        for split in [[134u64, 134, 132], [200, 200, 0], [1, 1, 398], [400, 0, 0]] {
+            let rate: f64 = split
+                .iter()
+                .filter(|h| **h > 0)
+                .map(|h| {
+                    let pace = Pace::shared(&limit, *h, 400);
+                    1e6 / pace.interval_us as f64
+                })
+                .sum();
+            assert!(rate <= 150.0 + 1e-9, "{split:?}: {rate}");
+        }
+        let whole = Pace::shared(&limit, 134, 400);
+        assert_eq!((whole.count, whole.interval_us), (50, 20_000));
+        // Under one request a period: one per as many periods as it takes.
+        let one = RateLimit {
+            requests: 1,
+            ..limit
+        };
+        let thin = Pace::shared(&one, 1, 3);
+        assert_eq!((thin.count, thin.interval_us), (1, 3_000_000));
+        assert_eq!(thin.window_ms, 3_000 + MARGIN_MS);
     }
 
     #[test]
