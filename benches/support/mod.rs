@@ -92,3 +92,122 @@ pub fn runs(state: &Path) -> Result<Vec<serde_json::Value>> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect())
 }
+
+/// A throwaway PostgreSQL server (initdb in a temporary directory, fsync off: the figures
+/// are about the protocol, not the disk), stopped and removed when dropped.
+pub struct Postgres {
+    server: Killed,
+    pub port: u16,
+    pub bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.server.0.id().to_string()])
+            .status();
+        let _ = self.server.0.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Postgres {
+    /// Starts one (as the `postgres` user when this is root: initdb refuses root).
+    pub fn start() -> Result<Postgres> {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("initdb").is_file())
+            .collect();
+        versions.sort();
+        let bin = versions
+            .pop()
+            .ok_or("no PostgreSQL under /usr/lib/postgresql")?;
+        let dir = std::env::temp_dir().join(format!("waymark-bench-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")?;
+        let command = |program: &str| {
+            let mut cmd = match root {
+                true => {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", "postgres", "--"]).arg(bin.join(program));
+                    c
+                }
+                false => Command::new(bin.join(program)),
+            };
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            cmd
+        };
+        if root {
+            Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status()?;
+        }
+        let data = dir.join("data");
+        let init = command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .status()?;
+        if !init.success() {
+            return Err("initdb failed".into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let server = command("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off", "-c", "max_connections=300"])
+            .spawn()?;
+        let pg = Postgres {
+            server: Killed(server),
+            port,
+            bin,
+            dir,
+        };
+        let began = std::time::Instant::now();
+        while pg.sql("postgres", "SELECT 1").is_err() {
+            if began.elapsed() > std::time::Duration::from_secs(30) {
+                return Err("PostgreSQL did not start".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Ok(pg)
+    }
+
+    /// A new empty database; its connection string.
+    pub fn database(&self, name: &str) -> Result<String> {
+        self.sql("postgres", &format!("CREATE DATABASE {name}"))?;
+        Ok(format!(
+            "host=127.0.0.1 port={} user=postgres dbname={name} sslmode=disable",
+            self.port
+        ))
+    }
+
+    /// `psql -Atc sql` on `db`: its output.
+    pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-Atc", sql])
+            .output()?;
+        match out.status.success() {
+            true => Ok(String::from_utf8(out.stdout)?),
+            false => Err(String::from_utf8_lossy(&out.stderr).into_owned().into()),
+        }
+    }
+}

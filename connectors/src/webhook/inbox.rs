@@ -619,8 +619,20 @@ mod tests {
             committer.abort();
             let _ = committer.await;
         }
-        // As a new process finds it.
-        let inbox = Inbox::open(&dir)?;
+        // As a new process finds it (sled's flusher thread lets go of the file lock a
+        // moment after the last handle is dropped: wait for that, within reason).
+        let began = std::time::Instant::now();
+        let inbox = loop {
+            match Inbox::open(&dir) {
+                Err(Error::Sled { source, .. })
+                    if source.to_string().contains("could not acquire lock")
+                        && began.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                opened => break opened?,
+            }
+        };
         let (waiting, more) = inbox.page(ORDERS, None, ALL, 10)?;
         assert!(!more);
         let seen: Vec<(Option<String>, usize)> = waiting
