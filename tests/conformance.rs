@@ -1158,3 +1158,22 @@ async fn a_batch_under_a_lease_taken_over_is_refused() -> Result {
     }
     Ok(())
 }
+
+/// Streams opening together in a new schema (a tenant's first runs, in a cluster) all
+/// open: the tables and function they share are made one stream at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opening_at_once_in_a_new_schema_all_open() -> Result {
+    for t in targets("ddl").await? {
+        if t.kind != Kind::Postgres {
+            continue;
+        }
+        for round in 0..3 {
+            let workflow = t.workflow("", &format!("schema = \"fresh_{round}\""))?;
+            let opens = (0..8).map(|_| t.open(&workflow));
+            for opened in futures_util::future::join_all(opens).await {
+                opened?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -70,9 +70,27 @@ impl PostgresStore {
             .iter()
             .map(|c| format!(", {} {}", ident(&c.name), c.kind.postgres()))
             .collect();
+        // Schema evolution: declared columns new since the table was made are added.
+        let evolve: String = binding
+            .columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {};\n",
+                    ident(&c.name),
+                    c.kind.postgres()
+                )
+            })
+            .collect();
+        // One transaction, one stream of the schema at a time: two streams opening
+        // together (a tenant's, in a cluster) would otherwise race on the shared tables
+        // and function ("tuple concurrently updated").
+        let lock = format!("'waymark:{}'", schema.replace('\'', "''"));
         client
             .batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {schema_q};
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(hashtext({lock}));
+                 CREATE SCHEMA IF NOT EXISTS {schema_q};
                  CREATE TABLE IF NOT EXISTS {table} (
                      key text PRIMARY KEY,
                      version text,
@@ -114,22 +132,13 @@ impl PostgresStore {
                       AND stored ~ '^\\s*[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*$'
                        THEN incoming::numeric >= stored::numeric
                      ELSE incoming COLLATE \"C\" >= stored COLLATE \"C\"
-                   END $$;",
+                   END $$;
+                 {evolve}
+                 COMMIT;",
                 schema_q = ident(schema),
             ))
             .await
             .map_err(failed("creating tables"))?;
-        // Schema evolution: declared columns new since the table was made are added.
-        for c in binding.columns.iter() {
-            client
-                .batch_execute(&format!(
-                    "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {}",
-                    ident(&c.name),
-                    c.kind.postgres()
-                ))
-                .await
-                .map_err(failed("adding a column"))?;
-        }
         Ok(PostgresStore {
             client,
             url: url.to_string(),
