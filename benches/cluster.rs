@@ -3,7 +3,8 @@
 //! what the lease bookkeeping costs PostgreSQL per partition per minute.
 //!
 //! `cargo bench --bench cluster` (`WAYMARK_BENCH_TENANTS`, default 200 tenants × 2
-//! streams; `WAYMARK_BENCH_KILLS`, default 5 takeovers).
+//! streams; `WAYMARK_BENCH_LATENCY_MS`, the API's latency per page, default 20;
+//! `WAYMARK_BENCH_KILLS`, default 5 takeovers, 0 for throughput only).
 
 mod support;
 
@@ -130,15 +131,17 @@ fn wait(mut done: impl FnMut() -> bool, limit: Duration) -> Result<Duration> {
 fn main() -> Result {
     let tenants = env("WAYMARK_BENCH_TENANTS", 200);
     let kills = env("WAYMARK_BENCH_KILLS", 5);
+    let latency = env("WAYMARK_BENCH_LATENCY_MS", 20);
     let partitions = tenants * 2;
     let pg = Postgres::start()?;
-    let (_sandbox, api) = sandbox(&["--records", "500", "--seed", "3", "--latency", "20ms"])?;
+    let latency_arg = format!("{latency}ms");
+    let (_sandbox, api) = sandbox(&["--records", "500", "--seed", "3", "--latency", &latency_arg])?;
     let dir = std::env::temp_dir().join(format!("waymark-bench-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let workflow = workflow(&dir, tenants, &api)?;
     println!(
         "{tenants} tenants × 2 streams = {partitions} partitions, 500 orders each (page 100, \
-         20 ms a page), 8 runs at once per worker, lease TTL {TTL:?}"
+         {latency} ms a page), 8 runs at once per worker, lease TTL {TTL:?}"
     );
 
     // Throughput: every partition's first run, by 1, 2 and 3 workers.
@@ -176,6 +179,10 @@ fn main() -> Result {
         drop(workers);
     }
 
+    if kills == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
     // Takeover after kill -9, and the bookkeeping of idle workers.
     let db = "takeover";
     let url = pg.database(db)?;
