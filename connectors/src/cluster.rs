@@ -422,11 +422,6 @@ impl Coordinator {
             .map_err(failed("mirroring a run"))?;
         Ok(())
     }
-
-    /// The client, for reading the tables (`cluster status`).
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
 }
 
 /// Reads the cluster's state without joining it (`waymark cluster status`).

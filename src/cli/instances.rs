@@ -98,7 +98,7 @@ fn unknown(workflow: &Workflow, wanted: &str, listed: &[Tenant]) -> UsageError {
 }
 
 /// A few tenant ids and how many there are.
-fn some_ids(listed: &[Tenant]) -> String {
+pub(super) fn some_ids(listed: &[Tenant]) -> String {
     const SHOWN: usize = 5;
     let ids: Vec<&str> = listed.iter().take(SHOWN).map(|t| t.id.as_str()).collect();
     match listed.len() {

@@ -7,6 +7,7 @@ use waymark_connectors::config::tenants::{file_path, read_file};
 use waymark_connectors::config::{self, PaginationKind};
 use waymark_connectors::Workflow;
 
+use super::instances::some_ids;
 use super::ExitStatus;
 
 /// Arguments of `waymark validate`.
@@ -104,16 +105,10 @@ fn tenants(workflow: &Workflow) -> anyhow::Result<String> {
     for tenant in &listed {
         workflow.instantiate(tenant)?;
     }
-    const SHOWN: usize = 5;
-    let ids: Vec<&str> = listed.iter().take(SHOWN).map(|t| t.id.as_str()).collect();
-    let more = match listed.len() > SHOWN {
-        true => ", …",
-        false => "",
-    };
     Ok(format!(
-        ", {} tenants ({}{more})",
+        ", {} tenants ({})",
         listed.len(),
-        ids.join(", ")
+        some_ids(&listed)
     ))
 }
 
