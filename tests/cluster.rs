@@ -65,6 +65,8 @@ struct Worker {
     state: PathBuf,
     logs: PathBuf,
     child: Option<Child>,
+    /// Its local API.
+    api: String,
 }
 
 impl Worker {
@@ -82,8 +84,9 @@ impl Worker {
             "--max-concurrent-runs",
             "4",
         ];
-        let (child, _) = serve_with(&self.state, "", &self.logs, &args, env)?;
+        let (child, api) = serve_with(&self.state, "", &self.logs, &args, env)?;
         self.child = Some(child);
+        self.api = api;
         Ok(())
     }
 
@@ -100,6 +103,84 @@ impl Worker {
             false => Err(format!("kill -{name} {}", self.id).into()),
         }
     }
+}
+
+/// `waymark <args>` against the coordinator: its JSON lines.
+fn observe(env: &[(&str, &str)], args: &[&str]) -> Result<Vec<Value>> {
+    let out = waymark(Path::new("/nonexistent"), "")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()?;
+    let mut lines = Vec::new();
+    for line in text(&out.stdout).lines() {
+        lines.push(serde_json::from_str(line)?);
+    }
+    if lines.is_empty() {
+        return Err(format!("{args:?}: {}", text(&out.stderr)).into());
+    }
+    Ok(lines)
+}
+
+/// Once every partition caught up: `status`, `runs` and the web view of one worker show
+/// the whole cluster from the mirrored runs, per partition and per tenant.
+fn whole_cluster_seen_from_one_worker(
+    worker: &Worker,
+    env: &[(&str, &str)],
+    tenants: usize,
+) -> Result {
+    let status = observe(env, &["status", "--cluster", "--json"])?;
+    assert_eq!(status.len(), tenants * 2);
+    for row in &status {
+        assert_eq!(
+            (&row["health"], &row["last_status"]),
+            (&Value::from("ok"), &Value::from("completed")),
+            "{row}"
+        );
+        let last_worker = row["last_worker"].as_str().unwrap_or_default();
+        assert!(
+            ["w1", "w2", "w3"].iter().any(|w| is(Some(last_worker), w)),
+            "{row}"
+        );
+        assert!(row["lag_s"].is_u64(), "{row}");
+    }
+    let rolled = observe(env, &["status", "--cluster", "--by-tenant", "--json"])?;
+    assert_eq!(rolled.len(), tenants);
+    assert!(
+        rolled
+            .iter()
+            .all(|t| t["streams"] == 2 && t["health"] == "ok"),
+        "{rolled:?}"
+    );
+    // One tenant's runs, every worker's: the latest of each stream is what status says.
+    let mirrored = observe(env, &["runs", "--cluster", "--tenant", "t007", "--json"])?;
+    assert!(
+        mirrored.iter().all(|r| r["sync"] == "shop:t007"),
+        "{mirrored:?}"
+    );
+    for row in status.iter().filter(|r| r["tenant"] == "t007") {
+        let latest = mirrored.iter().rev().find(|r| r["stream"] == row["stream"]);
+        assert_eq!(latest.map(|r| &r["run"]), Some(&row["last_run"]), "{row}");
+    }
+    // The web view of one worker: every tenant, every partition, another worker's run.
+    let page = |path: &str| -> Result<String> {
+        Ok(String::from_utf8(crate::util::get(&worker.api, path)?)?)
+    };
+    assert_eq!(page("/tenants")?.matches("data-tenant=").count(), tenants);
+    assert_eq!(page("/")?.matches("data-stream=").count(), tenants * 2);
+    let one = page("/?tenant=t007")?;
+    assert_eq!(one.matches("data-stream=").count(), 2, "{one}");
+    let stream = page("/streams/shop:t007/orders")?;
+    assert!(stream.contains(">Worker<"), "{stream}");
+    let elsewhere = mirrored
+        .iter()
+        .find(|r| !is(r["worker"].as_str(), &worker.id))
+        .ok_or("every run of t007 was this worker's")?;
+    let run = page(&format!(
+        "/runs/{}",
+        elsewhere["run"].as_str().unwrap_or_default()
+    ))?;
+    assert!(run.contains("id=\"elsewhere\""), "{run}");
+    Ok(())
 }
 
 /// Whether a holder (`<id>#<incarnation>`) is an incarnation of worker `id`.
@@ -197,6 +278,7 @@ fn cluster_scenario(seed: u64) -> Result {
             state: tmp.path().join(id).join("state"),
             logs: tmp.path().join(id),
             child: None,
+            api: String::new(),
         })
         .collect();
     for w in &mut workers {
@@ -312,6 +394,7 @@ fn cluster_scenario(seed: u64) -> Result {
         Duration::from_secs(90),
     );
     assert!(caught_up, "{:?}", cluster_status(&env)?);
+    whole_cluster_seen_from_one_worker(&workers[victim], &env, tenants)?;
     for w in &mut workers {
         if let Some(child) = w.child.take() {
             let (code, _, log) = terminate(child, &w.logs)?;
@@ -319,16 +402,12 @@ fn cluster_scenario(seed: u64) -> Result {
         }
     }
 
-    // The API almost never saw more than its quota in any second, all workers together.
-    // Known gap: while partitions move (a takeover, a worker rejoining) shares are not
-    // coordinated, and a clean-clone CI run saw 2 requests of 1,592 over (0.13%); without
-    // the shares the same scenario sends ~6% over. Bounded at 1% until shares are handed
-    // over with the leases.
+    // The API never saw more than its quota in any second, all workers together, even
+    // while partitions moved (shares shrink before leases are given back, and grow a
+    // window after they are taken).
     let stats = sandbox.stats()?;
     eprintln!("sandbox: {stats}");
-    let over = stats["over_quota"].as_u64().ok_or("no over_quota")?;
-    let requests = stats["requests"].as_u64().ok_or("no requests")?;
-    assert!(over * 100 <= requests, "{stats}");
+    assert_eq!(stats["over_quota"], 0, "{stats}");
 
     // Every tenant's orders are exactly the source's.
     let (truth, _) = sandbox.truth_of("orders")?;

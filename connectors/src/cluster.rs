@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio_postgres::Client;
+pub use tokio_postgres::{Client, Row};
 use waymark_engine::{destination, Lease};
 
 use crate::sink::postgres::connect;
@@ -25,6 +25,18 @@ pub type Partition = (String, String);
 
 /// What a worker holds after a tick: each partition's lease.
 pub type Held = BTreeMap<Partition, Lease>;
+
+/// What a round leaves this worker with.
+#[derive(Debug, Default)]
+pub struct Tick {
+    /// The partitions held now, with their leases.
+    pub held: Held,
+    /// Held partitions over this worker's share whose runs are going: to pause.
+    pub pause: Vec<Partition>,
+    /// Partitions no longer held, to give back ([`Coordinator::release`]) once this
+    /// worker stopped counting them.
+    pub give_back: Vec<Partition>,
+}
 
 /// A connection to the cluster's tables.
 pub struct Coordinator {
@@ -169,14 +181,12 @@ impl Coordinator {
     }
 
     /// One round: heartbeat, make sure every partition of `wanted` has a row, renew what
-    /// this worker holds, then take free partitions up to its even share, or give back
-    /// what is over it (never one of `busy`, whose runs are going: those are returned in
-    /// the second value, to pause). Returns what it holds now.
-    pub async fn tick(
-        &mut self,
-        wanted: &[Partition],
-        busy: &[Partition],
-    ) -> Result<(Held, Vec<Partition>), Error> {
+    /// this worker holds, then take free partitions up to its even share, or choose what
+    /// to give back over it (never one of `busy`, whose runs are going: those are to
+    /// pause, and given back at a later round). What it chooses to give back is not given
+    /// back here: the caller first stops counting it (in its share of a rate budget), then
+    /// calls [`Coordinator::release`].
+    pub async fn tick(&mut self, wanted: &[Partition], busy: &[Partition]) -> Result<Tick, Error> {
         self.reconnect().await?;
         let ttl = interval(self.ttl);
         let me = self.worker.clone();
@@ -260,11 +270,8 @@ impl Coordinator {
                 }
             }
         }
-        if !release.is_empty() {
-            self.release(&release).await?;
-            for key in &release {
-                held.remove(key);
-            }
+        for key in &release {
+            held.remove(key);
         }
         let room = share.saturating_sub(held.len());
         if room > 0 {
@@ -304,7 +311,11 @@ impl Coordinator {
                 held.insert(key, self.lease(token(row.get(2)), previous));
             }
         }
-        Ok((held, to_pause))
+        Ok(Tick {
+            held,
+            pause: to_pause,
+            give_back: release,
+        })
     }
 
     fn lease(&self, token: u64, previous: Option<String>) -> Lease {

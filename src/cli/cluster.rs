@@ -1,13 +1,127 @@
 //! `waymark cluster status`: the workers of a cluster, their leases and heartbeats, the
 //! partitions waiting for a worker, and the latest runs, read from the coordinator's
-//! tables (without joining the cluster).
+//! tables (without joining the cluster). Also what `runs --cluster` and `status
+//! --cluster` read: the run summaries every worker mirrors there.
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::{json, Value};
 use waymark_connectors::cluster::observe;
+use waymark_connectors::cluster::{Client, Row};
 use waymark_connectors::http::excerpt::printable;
 
 use super::{ExitStatus, UsageError};
+
+/// Where the coordinator is (`--cluster-url-env`, `--cluster-ca-file`).
+#[derive(Debug, Clone, Args)]
+pub struct Coordinates {
+    /// The environment variable holding the coordinator's connection string.
+    #[arg(long, value_name = "VAR", default_value = "WAYMARK_CLUSTER_URL")]
+    pub cluster_url_env: String,
+    /// A PEM file of extra CA certificates for the coordinator's TLS.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_ca_file: Option<std::path::PathBuf>,
+}
+
+/// Connects to the coordinator as an observer; refused when it holds no cluster yet.
+async fn connect(at: &Coordinates) -> anyhow::Result<Client> {
+    let var = &at.cluster_url_env;
+    let url = std::env::var(var).map_err(|_| {
+        UsageError(format!(
+            "environment variable {var} is not set (the coordinator's PostgreSQL connection \
+             string)"
+        ))
+    })?;
+    let client = observe(&url, at.cluster_ca_file.as_deref()).await?;
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('waymark_cluster.leases') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Err(UsageError(
+            "no cluster in this database yet: `waymark serve --cluster` creates its tables".into(),
+        )
+        .into());
+    }
+    Ok(client)
+}
+
+/// A run as a worker mirrored it: `runs --json`'s object, with the `worker` that ran it.
+fn mirrored(worker: String, summary: &str) -> Value {
+    let mut run: Value = serde_json::from_str(summary).unwrap_or_else(|_| json!({}));
+    if let Some(fields) = run.as_object_mut() {
+        fields.insert("worker".into(), Value::String(worker));
+    }
+    run
+}
+
+/// Every run mirrored by the cluster's workers, oldest first.
+pub async fn runs(at: &Coordinates) -> anyhow::Result<Vec<Value>> {
+    let client = connect(at).await?;
+    let rows = client
+        .query(
+            "SELECT worker, summary FROM waymark_cluster.runs ORDER BY started_at, run_id",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| mirrored(r.get(0), r.get(1))).collect())
+}
+
+/// A partition of the cluster as `status --cluster` sees it.
+pub struct Partition {
+    pub sync: String,
+    pub stream: String,
+    /// Its worker, while its lease lasts.
+    pub holder: Option<String>,
+    /// How long it has waited for a worker (seconds), when none holds it.
+    pub waiting_s: Option<f64>,
+    /// Its latest run, and its latest completed one (`runs --json` objects, with `worker`).
+    pub last: Option<Value>,
+    pub last_completed: Option<Value>,
+}
+
+/// Every partition of the cluster with its holder and latest runs.
+pub async fn partitions(at: &Coordinates) -> anyhow::Result<Vec<Partition>> {
+    let client = connect(at).await?;
+    let rows = client
+        .query(
+            "SELECT l.sync, l.stream,
+                    CASE WHEN l.expires_at > now() THEN l.holder END,
+                    CASE WHEN l.holder IS NULL OR l.expires_at <= now() THEN
+                      extract(epoch FROM now() - coalesce(l.expires_at, now()))::float8 END,
+                    r.worker, r.summary, c.worker, c.summary
+             FROM waymark_cluster.leases l
+             LEFT JOIN LATERAL (
+               SELECT worker, summary FROM waymark_cluster.runs
+               WHERE sync = l.sync AND stream = l.stream
+               ORDER BY started_at DESC, run_id DESC LIMIT 1) r ON true
+             LEFT JOIN LATERAL (
+               SELECT worker, summary FROM waymark_cluster.runs
+               WHERE sync = l.sync AND stream = l.stream AND status = 'completed'
+               ORDER BY started_at DESC, run_id DESC LIMIT 1) c ON true
+             ORDER BY l.sync, l.stream",
+            &[],
+        )
+        .await?;
+    let run = |r: &Row, i: usize| {
+        let worker: Option<String> = r.get(i);
+        let summary: Option<String> = r.get(i + 1);
+        worker.zip(summary).map(|(w, s)| mirrored(w, &s))
+    };
+    Ok(rows
+        .iter()
+        .map(|r| Partition {
+            sync: r.get(0),
+            stream: r.get(1),
+            holder: r.get(2),
+            waiting_s: r.get(3),
+            last: run(r, 4),
+            last_completed: run(r, 6),
+        })
+        .collect())
+}
 
 /// Arguments of `waymark cluster`.
 #[derive(Debug, Args)]
@@ -22,12 +136,8 @@ enum Action {
     /// holder and latest run. Exit 1 when a partition has waited longer than a lease
     /// TTL or no worker is alive.
     Status {
-        /// The environment variable holding the coordinator's connection string.
-        #[arg(long, value_name = "VAR", default_value = "WAYMARK_CLUSTER_URL")]
-        cluster_url_env: String,
-        /// A PEM file of extra CA certificates for the coordinator's TLS.
-        #[arg(long, value_name = "FILE")]
-        cluster_ca_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        coordinates: Coordinates,
         /// Also every partition: its holder, token, lease expiry and latest run.
         #[arg(long)]
         partitions: bool,
@@ -41,31 +151,11 @@ enum Action {
 /// Runs `waymark cluster`.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitStatus> {
     let Action::Status {
-        cluster_url_env,
-        cluster_ca_file,
+        coordinates,
         partitions,
         json,
     } = args.action;
-    let url = std::env::var(&cluster_url_env).map_err(|_| {
-        UsageError(format!(
-            "environment variable {cluster_url_env} is not set (the coordinator's PostgreSQL \
-             connection string)"
-        ))
-    })?;
-    let client = observe(&url, cluster_ca_file.as_deref()).await?;
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('waymark_cluster.leases') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get(0);
-    if !exists {
-        return Err(UsageError(
-            "no cluster in this database yet: `waymark serve --cluster` creates its tables".into(),
-        )
-        .into());
-    }
+    let client = connect(&coordinates).await?;
     let workers = client
         .query(
             "SELECT w.id, w.host, w.pid,

@@ -20,7 +20,7 @@ pub mod progress;
 mod reconcile;
 mod replay;
 mod run;
-mod runs;
+pub(crate) mod runs;
 mod sandbox;
 mod serve;
 mod shell;
@@ -376,7 +376,7 @@ async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Serve(args) => serve::run(state_dir, args).await,
         Command::Backfill(args) => run::backfill(state_dir, args).await,
         Command::Journal(args) => journal::run(state_dir, args),
-        Command::Runs(args) => runs::run(state_dir, args),
+        Command::Runs(args) => runs::run(state_dir, args).await,
         Command::Sandbox(args) => sandbox::run(args).await,
         // The demo keeps its state beside its files unless told otherwise.
         Command::Demo(args) => demo::run(args, cli.state_dir).await,
@@ -384,7 +384,7 @@ async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Compact(args) => compact::run(state_dir, args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Dlq(args) => dlq::run(state_dir, args).await,
-        Command::Status(args) => status::run(state_dir, args),
+        Command::Status(args) => status::run(state_dir, args).await,
         Command::Replay(args) => replay::run(state_dir, args),
         Command::Reconcile(args) => reconcile::run(state_dir, args).await,
         Command::Trace(args) => trace::run(state_dir, args),

@@ -3,17 +3,19 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use waymark_connectors::config::{parse_scope, split_tenant};
 use waymark_connectors::http::excerpt::printable;
-use waymark_engine::{RunId, RunState, Status};
+use waymark_engine::{RunState, Status};
 
+use super::cluster::Coordinates;
 use super::context::{find_run, open_existing_state};
 use super::progress::{counted, duration, fit, millis};
-use super::ExitStatus;
+use super::{ExitStatus, UsageError};
 
 /// Arguments of `waymark runs`.
 #[derive(Debug, Args)]
@@ -22,7 +24,9 @@ use super::ExitStatus;
 the end of the run's id, enough to name it (`waymark runs <id>`, `waymark journal <id>`); \
 TOOK is the time the run was being driven, without the time it stood paused or failed; \
 STARTED is in UTC. `waymark runs <id>` shows one run in full (window, cursors, counts, \
-outcome); --json gives every field of every run."
+outcome); --json gives every field of every run. With --cluster, the runs every worker of a \
+`serve --cluster` mirrored to the coordinator, with the WORKER that ran each (its step \
+journal is in that worker's state directory)."
 )]
 pub struct RunsArgs {
     /// Show this run in full (a unique prefix or suffix of its id is enough).
@@ -44,68 +48,126 @@ pub struct RunsArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// The runs of every worker of a cluster, from its coordinator (not this state
+    /// directory).
+    #[arg(long)]
+    cluster: bool,
+    #[command(flatten)]
+    coordinates: Coordinates,
 }
 
 /// Runs `waymark runs`: oldest first, the newest `--limit` of those that match; or one run.
-pub fn run(state_dir: &Path, args: RunsArgs) -> anyhow::Result<ExitStatus> {
-    let dir = open_existing_state(state_dir)?;
+pub async fn run(state_dir: &Path, args: RunsArgs) -> anyhow::Result<ExitStatus> {
+    // Every run, as `--json` prints it, oldest first.
+    let all: Vec<Value> = match args.cluster {
+        true => super::cluster::runs(&args.coordinates).await?,
+        false => {
+            let dir = open_existing_state(state_dir)?;
+            if let Some(text) = &args.run_id {
+                let state = dir.journal().load(find_run(&dir, text)?)?;
+                match args.json {
+                    true => out!("{}", json_line(&state)),
+                    false => show(&state),
+                }
+                return Ok(ExitStatus::Success);
+            }
+            let runs = dir.journal().runs().collect::<Result<Vec<_>, _>>()?;
+            runs.iter().map(json_line).collect()
+        }
+    };
+    let ids: Vec<&str> = all.iter().filter_map(|r| r["run"].as_str()).collect();
     if let Some(text) = &args.run_id {
-        let state = dir.journal().load(find_run(&dir, text)?)?;
+        let found: Vec<&Value> = all
+            .iter()
+            .filter(|r| {
+                r["run"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(text.as_str()) || id.ends_with(text.as_str()))
+            })
+            .collect();
+        let [run] = found.as_slice() else {
+            return Err(UsageError(format!(
+                "{} mirrored run ids start or end with `{text}` (see `waymark runs --cluster`)",
+                found.len()
+            ))
+            .into());
+        };
         match args.json {
-            true => out!("{}", json_line(&state)),
-            false => show(&state),
+            true => out!("{run}"),
+            false => {
+                for (key, value) in run.as_object().into_iter().flatten() {
+                    let value = value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_string);
+                    out!("{:<15} {}", format!("{key}:"), printable(&value));
+                }
+            }
         }
         return Ok(ExitStatus::Success);
     }
-    let mut runs = Vec::new();
-    let mut ids = Vec::new();
-    for head in dir.journal().runs() {
-        let s = head?;
-        ids.push(s.run_id());
-        let stream = parse_scope(&s.started.stream).0;
-        if !super::status::wanted(&s.started.sync, args.sync.as_deref(), &args.tenants)
-            || args.stream.as_ref().is_some_and(|w| w != stream)
-        {
-            continue;
-        }
-        runs.push(s);
-    }
+    let mut runs: Vec<&Value> = all
+        .iter()
+        .filter(|r| {
+            let sync = r["sync"].as_str().unwrap_or_default();
+            let stream = parse_scope(r["stream"].as_str().unwrap_or_default()).0;
+            super::status::wanted(sync, args.sync.as_deref(), &args.tenants)
+                && args.stream.as_ref().is_none_or(|w| w == stream)
+        })
+        .collect();
     if let Some(limit) = args.limit {
         runs.drain(..runs.len().saturating_sub(limit));
     }
     if args.json {
-        for s in &runs {
-            out!("{}", json_line(s));
+        for run in &runs {
+            out!("{run}");
         }
     } else {
-        table(&runs, &ids, width());
+        table(&runs, &ids, args.cluster, width());
     }
     Ok(ExitStatus::Success)
 }
 
-/// The table: one line per run, `width` columns at most (the stream column gives way and
-/// is cut with `…`; the others are as wide as their widest value).
-fn table(runs: &[RunState], ids: &[RunId], width: usize) {
+/// The table: one line per run (`runs --json` objects), `width` columns at most (the
+/// stream column gives way and is cut with `…`; the others are as wide as their widest
+/// value); with the worker that ran each when `workers`.
+fn table(runs: &[&Value], ids: &[&str], workers: bool, width: usize) {
     let id_len = short_len(runs, ids);
-    let rows: Vec<[String; 7]> = runs
-        .iter()
-        .map(|s| {
-            let id = s.run_id().to_string();
-            [
-                id[id.len() - id_len..].to_string(),
-                format!("{}/{}", s.started.sync, s.started.stream),
-                s.status.name().to_string(),
-                s.counts.pages_committed.to_string(),
-                s.counts.records_committed.to_string(),
-                duration(s.active()),
-                started(s),
-            ]
-        })
-        .collect();
-    let header = [
+    let field = |run: &Value, key: &str| match &run[key] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut header = vec![
         "run", "stream", "status", "pages", "records", "took", "started",
     ];
-    let mut widths = header.map(str::len);
+    if workers {
+        header.push("worker");
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|run| {
+            let id = field(run, "run");
+            let took = Duration::from_millis(run["duration_ms"].as_u64().unwrap_or(0));
+            let started = field(run, "started");
+            let mut row = vec![
+                id[id.len().saturating_sub(id_len)..].to_string(),
+                format!("{}/{}", field(run, "sync"), field(run, "stream")),
+                field(run, "status"),
+                field(run, "pages"),
+                field(run, "records"),
+                duration(took),
+                // To the minute, UTC: `2026-11-25 20:46`.
+                started
+                    .get(..16)
+                    .map_or(started.clone(), |t| t.replacen('T', " ", 1)),
+            ];
+            if workers {
+                row.push(field(run, "worker"));
+            }
+            row
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -114,39 +176,54 @@ fn table(runs: &[RunState], ids: &[RunId], width: usize) {
     // Two spaces between columns; what the others leave goes to the stream, 8 at least.
     let others: usize = widths.iter().sum::<usize>() - widths[1] + 2 * (widths.len() - 1);
     widths[1] = widths[1].min(width.saturating_sub(others).max(8));
-    let line = |cells: [&str; 7]| {
-        let [run, stream, status, pages, records, took, started] = cells;
-        let [w0, w1, w2, w3, w4, w5, _] = widths;
-        format!(
-            "{run:<w0$}  {:<w1$}  {status:<w2$}  {pages:>w3$}  {records:>w4$}  {took:>w5$}  \
-             {started}",
-            fit(stream, w1),
-        )
+    let line = |cells: &[&str]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| match i {
+                1 => format!("{:<w$}", fit(cell, *w)),
+                // Counts and durations to the right; the last column unpadded.
+                3..=5 => format!("{cell:>w$}"),
+                _ if i + 1 == cells.len() => printable(cell).into_owned(),
+                _ => format!("{:<w$}", printable(cell)),
+            })
+            .collect();
+        text.join("  ")
     };
-    out!("{}", line(header).trim_end());
+    out!("{}", line(&header).trim_end());
     for row in &rows {
-        out!("{}", line(row.each_ref().map(String::as_str)));
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        out!("{}", line(&cells));
     }
 }
 
 /// How many characters of the end of an id name each listed run: 8, or more if 8 would
 /// also match another run's id (`find_run` takes a prefix or a suffix). A suffix, because
 /// UUIDv7 ids begin with their start time: runs started together share a prefix.
-fn short_len(runs: &[RunState], ids: &[RunId]) -> usize {
-    let all: Vec<String> = ids.iter().map(RunId::to_string).collect();
-    let shown: Vec<String> = runs.iter().map(|s| s.run_id().to_string()).collect();
+fn short_len(runs: &[&Value], ids: &[&str]) -> usize {
+    let all: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    let shown: Vec<String> = runs
+        .iter()
+        .filter_map(|r| r["run"].as_str().map(str::to_string))
+        .collect();
     let unique = |len: usize| {
         // How many ids begin or end with each text of `len` characters.
         let mut matching: HashMap<&str, usize> = HashMap::new();
         for id in &all {
-            let (head, tail) = (&id[..len], &id[id.len() - len..]);
+            let (Some(head), Some(tail)) = (
+                id.get(..len),
+                id.len().checked_sub(len).and_then(|i| id.get(i..)),
+            ) else {
+                continue;
+            };
             *matching.entry(tail).or_default() += 1;
             if head != tail {
                 *matching.entry(head).or_default() += 1;
             }
         }
         shown.iter().all(|id| {
-            let tail = &id[id.len() - len..];
+            let tail = id.get(id.len().saturating_sub(len)..).unwrap_or(id);
             // A tail beginning with `-` would read as an option.
             !tail.starts_with('-') && matching.get(tail) == Some(&1)
         })
@@ -161,13 +238,6 @@ fn width() -> usize {
         .and_then(|c| c.trim().parse().ok())
         .filter(|&c| c >= 40)
         .unwrap_or(80)
-}
-
-/// When the run started, to the minute, UTC: `2026-11-25 20:46`.
-fn started(s: &RunState) -> String {
-    let text = s.started.at.to_string();
-    text.get(..16)
-        .map_or(text.clone(), |t| t.replacen('T', " ", 1))
 }
 
 /// One run in full, one `key: value` line each.
@@ -237,8 +307,8 @@ fn show(s: &RunState) {
     }
 }
 
-/// A run as one JSON object (`--json`, a line per run).
-fn json_line(s: &RunState) -> serde_json::Value {
+/// A run as one JSON object (`--json`, a line per run; what a cluster's workers mirror).
+pub(crate) fn json_line(s: &RunState) -> serde_json::Value {
     json!({
         "run": s.run_id().to_string(),
         "sync": s.started.sync,

@@ -91,6 +91,7 @@ fn cluster_options(args: &ServeArgs) -> anyhow::Result<ClusterOptions> {
         .unwrap_or_else(|_| "worker".into());
     Ok(ClusterOptions {
         url,
+        url_env: var.clone(),
         ca_file: args.cluster_ca_file.clone(),
         worker: args
             .worker_id

@@ -16,6 +16,7 @@ use waymark_engine::{
     Checkpoint, Clock, PauseReason, Reconciliation, RunState, Status, SystemClock, Timestamp,
 };
 
+use super::cluster::Coordinates;
 use super::context::{open_existing_state, refused, reload_failures};
 use super::ExitStatus;
 use crate::sync::{existing_inbox, WEBHOOK_RUNS_KEEP};
@@ -40,6 +41,13 @@ pub struct StatusArgs {
     /// its largest lag and its dead letters.
     #[arg(long)]
     by_tenant: bool,
+    /// Every partition of a cluster, from the runs its workers mirrored to the
+    /// coordinator (not this state directory): its worker, its latest run, and how far
+    /// its latest completed run synced.
+    #[arg(long)]
+    cluster: bool,
+    #[command(flatten)]
+    coordinates: Coordinates,
 }
 
 /// A rate-limit pause ending within this time is routine (`waiting`, healthy); one ending
@@ -101,35 +109,12 @@ impl Webhook {
 }
 
 /// Runs `waymark status`.
-pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
-    let dir = open_existing_state(state_dir)?;
-    let now = SystemClock.now();
-    let mut streams: BTreeMap<(String, String), Stream> = BTreeMap::new();
-    for item in dir.journal().checkpoints() {
-        let (sync, stream, checkpoint) = item?;
-        streams.entry((sync, stream)).or_default().checkpoint = Some(checkpoint);
-    }
-    for head in dir.journal().runs() {
-        let s = head?;
-        let key = (s.started.sync.clone(), s.started.stream.clone());
-        streams.entry(key).or_default().runs.push(s);
-    }
-    // Inside `serve`: scopes it could not run (no run in the journal says so).
-    for (key, why) in refused() {
-        streams.entry(key).or_default().refused = Some(why);
-    }
-    let inbox = existing_inbox(&dir)?;
-    streams.retain(|(sync, _), _| wanted(sync, args.sync.as_deref(), &args.tenants));
-    for ((sync, scope), s) in streams.iter_mut() {
-        s.reconciled = dir
-            .journal()
-            .reconciliations(sync, scope)?
-            .pop()
-            .map(|(_, r)| r);
-        if let Some(inbox) = inbox.as_ref().filter(|_| is_webhook_scope(scope)) {
-            s.webhook = Some(Webhook::of(inbox, (sync, scope), s, now)?);
-        }
-    }
+pub async fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
+    let rows = match args.cluster {
+        true => cluster_rows(&args).await?,
+        false => local_rows(state_dir, &args)?,
+    };
+    let mut unhealthy = false;
     let mut tenants: BTreeMap<(String, String), TenantRollUp> = BTreeMap::new();
     if !args.json && !args.by_tenant {
         out!(
@@ -143,74 +128,33 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
             "gaps"
         );
     }
-    let mut unhealthy = false;
-    for ((sync, scope), s) in &streams {
-        let letters = DeadLetters::new(dir.root(), sync, parse_scope(scope).0)
-            .list()
-            .map_or(0, |l| l.len());
-        let (health, bad, reason) = verdict(s, now, args.stalled_after);
+    for row in &rows {
+        let text = |key: &str| row[key].as_str().unwrap_or("-").to_string();
+        let bad = row["unhealthy"].as_bool().unwrap_or(false);
         unhealthy |= bad;
-        let watermark = s.checkpoint.as_ref().map(|c| c.window.end);
-        let lag = watermark.map(|w| now.since(w));
-        let last = s.runs.last();
-        let failures = s
-            .runs
-            .iter()
-            .rev()
-            .take(5)
-            .filter(|r| matches!(r.status, Status::Failed(_)))
-            .count();
+        let lag = row["lag_s"].as_u64().map(Duration::from_secs);
+        let letters = row["dead_letters"].as_u64().unwrap_or(0);
         if args.by_tenant {
-            let (name, tenant) = split_tenant(sync);
+            let (name, tenant) = split_tenant(row["sync"].as_str().unwrap_or_default());
             let key = (name.to_string(), tenant.unwrap_or_default().to_string());
             tenants
                 .entry(key)
                 .or_default()
-                .add(health, bad, lag, letters);
+                .add(text("health"), bad, lag, letters);
         } else if args.json {
-            out!(
-                "{}",
-                json!({
-                    "sync": sync,
-                    "tenant": split_tenant(sync).1,
-                    "stream": scope,
-                    "health": health,
-                    "unhealthy": bad,
-                    "reason": reason,
-                    "watermark": watermark.map(|w| w.to_string()),
-                    "lag_s": lag.map(|l| l.as_secs()),
-                    "checkpoint_at": s.checkpoint.as_ref().map(|c| c.at.to_string()),
-                    "cursor": s.checkpoint.as_ref().and_then(|c| c.cursor.clone()),
-                    "last_run": last.map(|r| r.run_id().to_string()),
-                    "last_status": last.map(|r| r.status.name()),
-                    "last_records": last.map(|r| r.counts.records_committed),
-                    "failures_of_last_5": failures,
-                    "dead_letters": letters,
-                    "reconciled_at": s.reconciled.as_ref().map(|r| r.at.to_string()),
-                    "gap_rate": s.reconciled.as_ref().map(Reconciliation::gap_rate),
-                    "gaps": s.reconciled.as_ref().map(Reconciliation::gaps),
-                    "webhook": s.webhook.as_ref().map(|w| json!({
-                        "waiting": w.waiting,
-                        "oldest_waiting_s": w.oldest.map(|o| now.since(o).as_secs()),
-                        "applied_last_hour": w.applied,
-                        "polled_first_last_hour": w.known,
-                    })),
-                })
-            );
+            out!("{row}");
         } else {
             out!(
-                "{health:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {letters:>5}  {:>7}  {}",
-                format!("{sync}/{scope}"),
-                watermark.map_or("-".into(), |w| w.to_string()),
-                lag.map_or("-".into(), |l| humantime::format_duration(
-                    Duration::from_secs(l.as_secs())
-                )
-                .to_string()),
-                last.map_or("-", |r| r.status.name()),
-                s.reconciled
-                    .as_ref()
-                    .map_or("-".into(), |r| format!("{:.2}%", r.gap_rate() * 100.0)),
-                printable(&reason),
+                "{:<8}  {:<32}  {:<24}  {:>10}  {:<10}  {letters:>5}  {:>7}  {}",
+                text("health"),
+                format!("{}/{}", text("sync"), text("stream")),
+                text("watermark"),
+                lag.map_or("-".into(), |l| humantime::format_duration(l).to_string()),
+                text("last_status"),
+                row["gap_rate"]
+                    .as_f64()
+                    .map_or("-".into(), |r| format!("{:.2}%", r * 100.0)),
+                printable(&text("reason")),
             );
         }
     }
@@ -246,6 +190,147 @@ pub fn run(state_dir: &Path, args: StatusArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
+/// A cluster partition waiting this long for a worker is unhealthy.
+const UNLEASED: Duration = Duration::from_secs(60);
+
+/// `status --json`'s rows for every partition of a cluster, from the coordinator.
+async fn cluster_rows(args: &StatusArgs) -> anyhow::Result<Vec<serde_json::Value>> {
+    let now = SystemClock.now();
+    let mut rows = Vec::new();
+    for p in super::cluster::partitions(&args.coordinates).await? {
+        if !wanted(&p.sync, args.sync.as_deref(), &args.tenants) {
+            continue;
+        }
+        let last = p.last.unwrap_or_default();
+        let watermark = p
+            .last_completed
+            .as_ref()
+            .and_then(|c| c["watermark"].as_str());
+        let lag = watermark
+            .and_then(|w| humantime::parse_rfc3339(w).ok())
+            .map(Timestamp::from_system)
+            .map(|w| now.since(w).as_secs());
+        let waited = p.waiting_s.unwrap_or(0.0);
+        let (health, bad, reason) = match (last["status"].as_str(), &p.holder) {
+            (_, None) if waited > UNLEASED.as_secs_f64() => (
+                "unleased",
+                true,
+                format!("no worker has held it for {waited:.0}s"),
+            ),
+            (Some("failed"), _) => (
+                "failing",
+                true,
+                format!(
+                    "its last run failed on {}: {}",
+                    last["worker"].as_str().unwrap_or("-"),
+                    last["outcome"].as_str().unwrap_or("-")
+                ),
+            ),
+            (None, _) => ("new", false, "no run yet".to_string()),
+            (Some(_), holder) => (
+                "ok",
+                false,
+                holder
+                    .as_ref()
+                    .map_or("waiting for a worker".into(), |h| format!("held by {h}")),
+            ),
+        };
+        rows.push(json!({
+            "sync": p.sync,
+            "tenant": split_tenant(&p.sync).1,
+            "stream": p.stream,
+            "health": health,
+            "unhealthy": bad,
+            "reason": reason,
+            "holder": p.holder,
+            "watermark": watermark,
+            "lag_s": lag,
+            "last_run": last["run"],
+            "last_status": last["status"],
+            "last_records": last["records"],
+            "last_worker": last["worker"],
+            "dead_letters": last["dead_lettered"].as_u64().unwrap_or(0),
+        }));
+    }
+    Ok(rows)
+}
+
+/// `status --json`'s rows for every scope of this state directory.
+fn local_rows(state_dir: &Path, args: &StatusArgs) -> anyhow::Result<Vec<serde_json::Value>> {
+    let dir = open_existing_state(state_dir)?;
+    let now = SystemClock.now();
+    let mut streams: BTreeMap<(String, String), Stream> = BTreeMap::new();
+    for item in dir.journal().checkpoints() {
+        let (sync, stream, checkpoint) = item?;
+        streams.entry((sync, stream)).or_default().checkpoint = Some(checkpoint);
+    }
+    for head in dir.journal().runs() {
+        let s = head?;
+        let key = (s.started.sync.clone(), s.started.stream.clone());
+        streams.entry(key).or_default().runs.push(s);
+    }
+    // Inside `serve`: scopes it could not run (no run in the journal says so).
+    for (key, why) in refused() {
+        streams.entry(key).or_default().refused = Some(why);
+    }
+    let inbox = existing_inbox(&dir)?;
+    streams.retain(|(sync, _), _| wanted(sync, args.sync.as_deref(), &args.tenants));
+    for ((sync, scope), s) in streams.iter_mut() {
+        s.reconciled = dir
+            .journal()
+            .reconciliations(sync, scope)?
+            .pop()
+            .map(|(_, r)| r);
+        if let Some(inbox) = inbox.as_ref().filter(|_| is_webhook_scope(scope)) {
+            s.webhook = Some(Webhook::of(inbox, (sync, scope), s, now)?);
+        }
+    }
+    let mut rows = Vec::new();
+    for ((sync, scope), s) in &streams {
+        let letters = DeadLetters::new(dir.root(), sync, parse_scope(scope).0)
+            .list()
+            .map_or(0, |l| l.len());
+        let (health, bad, reason) = verdict(s, now, args.stalled_after);
+        let watermark = s.checkpoint.as_ref().map(|c| c.window.end);
+        let lag = watermark.map(|w| now.since(w));
+        let last = s.runs.last();
+        let failures = s
+            .runs
+            .iter()
+            .rev()
+            .take(5)
+            .filter(|r| matches!(r.status, Status::Failed(_)))
+            .count();
+        rows.push(json!({
+            "sync": sync,
+            "tenant": split_tenant(sync).1,
+            "stream": scope,
+            "health": health,
+            "unhealthy": bad,
+            "reason": reason,
+            "watermark": watermark.map(|w| w.to_string()),
+            "lag_s": lag.map(|l| l.as_secs()),
+            "checkpoint_at": s.checkpoint.as_ref().map(|c| c.at.to_string()),
+            "cursor": s.checkpoint.as_ref().and_then(|c| c.cursor.clone()),
+            "last_run": last.map(|r| r.run_id().to_string()),
+            "last_status": last.map(|r| r.status.name()),
+            "last_records": last.map(|r| r.counts.records_committed),
+            "failures_of_last_5": failures,
+            "dead_letters": letters,
+            "reconciled_at": s.reconciled.as_ref().map(|r| r.at.to_string()),
+            "gap_rate": s.reconciled.as_ref().map(Reconciliation::gap_rate),
+            "gaps": s.reconciled.as_ref().map(Reconciliation::gaps),
+            "webhook": s.webhook.as_ref().map(|w| json!({
+                "waiting": w.waiting,
+                "oldest_waiting_s": w.oldest.map(|o| now.since(o).as_secs()),
+                "applied_last_hour": w.applied,
+                "polled_first_last_hour": w.known,
+            })),
+        }));
+    }
+    Ok(rows)
+}
+
 /// Whether a scope of `sync` is among those asked for: `only` is a sync (all its tenants'
 /// instances) or one instance; `tenants`, when given, the tenants.
 pub(super) fn wanted(sync: &str, only: Option<&str>, tenants: &[String]) -> bool {
@@ -258,14 +343,14 @@ pub(super) fn wanted(sync: &str, only: Option<&str>, tenants: &[String]) -> bool
 #[derive(Default)]
 struct TenantRollUp {
     /// Streams by health.
-    healths: BTreeMap<&'static str, usize>,
+    healths: BTreeMap<String, usize>,
     unhealthy: usize,
     lag: Option<Duration>,
-    dead_letters: usize,
+    dead_letters: u64,
 }
 
 impl TenantRollUp {
-    fn add(&mut self, health: &'static str, bad: bool, lag: Option<Duration>, letters: usize) {
+    fn add(&mut self, health: String, bad: bool, lag: Option<Duration>, letters: u64) {
         *self.healths.entry(health).or_default() += 1;
         self.unhealthy += usize::from(bad);
         self.lag = self.lag.max(lag);

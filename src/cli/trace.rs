@@ -5,6 +5,7 @@ use std::path::Path;
 
 use clap::Args;
 use serde_json::json;
+use waymark_connectors::config::split_tenant;
 use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::audit::Audit;
 use waymark_connectors::state::dead_letters::DeadLetters;
@@ -22,6 +23,9 @@ pub struct TraceArgs {
     /// The sync (needed when two syncs have a stream of that name).
     #[arg(long)]
     sync: Option<String>,
+    /// The tenant (with [tenants]: each tenant's instance of a sync is a sync of its own).
+    #[arg(long, value_name = "ID")]
+    tenant: Option<String>,
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
@@ -30,13 +34,15 @@ pub struct TraceArgs {
 /// Runs `waymark trace`.
 pub fn run(state_dir: &Path, args: TraceArgs) -> anyhow::Result<ExitStatus> {
     let dir = open_existing_state(state_dir)?;
+    let tenants: Vec<String> = args.tenant.iter().cloned().collect();
     let audit = Audit::new(dir.root());
     let known = audit.streams()?;
     let base = |s: &str| s.split('@').next().unwrap_or(s).to_string();
     let mut syncs: Vec<String> = known
         .iter()
         .filter(|(sync, stream)| {
-            base(stream) == args.stream && args.sync.as_ref().is_none_or(|w| w == sync)
+            base(stream) == args.stream
+                && super::status::wanted(sync, args.sync.as_deref(), &tenants)
         })
         .map(|(sync, _)| sync.clone())
         .collect();
@@ -60,13 +66,29 @@ pub fn run(state_dir: &Path, args: TraceArgs) -> anyhow::Result<ExitStatus> {
             .into());
         }
         many => {
-            return Err(UsageError(format!(
-                "{} syncs have a stream `{}`; choose one with --sync ({})",
-                many.len(),
-                args.stream,
-                many.join(", ")
-            ))
-            .into())
+            // Instances of one sync, one per tenant: the tenant is what to choose.
+            let names: Vec<&str> = many.iter().map(|s| split_tenant(s).0).collect();
+            let tenanted =
+                names.windows(2).all(|w| w[0] == w[1]) && split_tenant(&many[0]).1.is_some();
+            let shown = many.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+            let more = match many.len() > 10 {
+                true => format!(" and {} more", many.len() - 10),
+                false => String::new(),
+            };
+            return Err(UsageError(match tenanted {
+                true => format!(
+                    "{} tenants of sync {} have a stream `{}`; choose one with --tenant ({shown}{more})",
+                    many.len(),
+                    names[0],
+                    args.stream,
+                ),
+                false => format!(
+                    "{} syncs have a stream `{}`; choose one with --sync ({shown}{more})",
+                    many.len(),
+                    args.stream,
+                ),
+            })
+            .into());
         }
     };
     let sightings = audit.trace(&sync, &args.stream, &args.key)?;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
-use waymark_connectors::cluster::{Coordinator, Held, Partition};
+use waymark_connectors::cluster::{Coordinator, Held, Partition, Tick};
 use waymark_engine::{Clock, Event, RunState, SystemClock};
 
 use super::catalog::{Catalog, Loaded};
@@ -23,6 +23,8 @@ use super::catalog::{Catalog, Loaded};
 pub struct ClusterOptions {
     /// The coordinator's PostgreSQL connection string (from the environment).
     pub url: String,
+    /// The environment variable it came from.
+    pub url_env: String,
     /// Extra CA certificates for its TLS.
     pub ca_file: Option<PathBuf>,
     /// This worker's id.
@@ -31,19 +33,28 @@ pub struct ClusterOptions {
     pub ttl: Duration,
 }
 
+impl ClusterOptions {
+    /// The arguments that make `runs` and `status` read this cluster's coordinator.
+    pub fn observer_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--cluster".to_string(),
+            "--cluster-url-env".into(),
+            self.url_env.clone(),
+        ];
+        if let Some(file) = &self.ca_file {
+            args.extend(["--cluster-ca-file".into(), file.display().to_string()]);
+        }
+        args
+    }
+}
+
 /// The longest time between two rounds.
 const ROUND_AT_LEAST: Duration = Duration::from_secs(1);
 
-/// What the coordinator task tells the loop after each round.
-pub struct Round {
-    /// The partitions held now, with their leases.
-    pub held: Held,
-    /// Held partitions to pause (over this worker's share): given back once idle.
-    pub pause: Vec<Partition>,
-}
-
 /// What the loop tells the coordinator task.
 pub enum Note {
+    /// Give these partitions back: this worker no longer counts them.
+    GiveBack(Vec<Partition>),
     /// A run started or ended, or a step changed its counts: mirror its summary.
     Run(Box<RunState>),
     /// Stop: give every lease back, then answer.
@@ -57,7 +68,7 @@ pub struct Cluster {
     /// The partitions whose runs are going now (read at each round).
     pub busy: Arc<Mutex<Vec<Partition>>>,
     /// Each round's outcome.
-    pub rounds: mpsc::UnboundedReceiver<Round>,
+    pub rounds: mpsc::UnboundedReceiver<Tick>,
     /// Runs to mirror; leaving.
     pub notes: mpsc::UnboundedSender<Note>,
     /// When each partition's last run started on any worker (seconds since the epoch).
@@ -121,7 +132,7 @@ pub async fn join(options: &ClusterOptions, wanted: Vec<Partition>) -> anyhow::R
 async fn coordinate(
     mut coordinator: Coordinator,
     (mut wanted, busy): (watch::Receiver<Vec<Partition>>, Arc<Mutex<Vec<Partition>>>),
-    rounds: mpsc::UnboundedSender<Round>,
+    rounds: mpsc::UnboundedSender<Tick>,
     mut notes: mpsc::UnboundedReceiver<Note>,
     last_started: watch::Sender<BTreeMap<Partition, f64>>,
 ) {
@@ -132,20 +143,27 @@ async fn coordinate(
     let mut lost_said = false;
     let mut before = Held::new();
     loop {
+        // Notes that came with the round's deadline first (a partition to give back
+        // must not be counted as held again).
+        while let Ok(note) = notes.try_recv() {
+            if !take(&mut coordinator, note).await {
+                return;
+            }
+        }
         let partitions = wanted.borrow_and_update().clone();
         let running = busy.lock().unwrap_or_else(PoisonError::into_inner).clone();
         match coordinator.tick(&partitions, &running).await {
-            Ok((held, pause)) => {
+            Ok(round) => {
                 last_ok = Instant::now();
                 lost_said = false;
                 // Partitions newly held are scheduled from their last start anywhere.
-                if held.keys().any(|k| !before.contains_key(k)) {
+                if round.held.keys().any(|k| !before.contains_key(k)) {
                     if let Ok(started) = coordinator.last_started().await {
                         last_started.send_replace(started);
                     }
                 }
-                before = held.clone();
-                if rounds.send(Round { held, pause }).is_err() {
+                before = round.held.clone();
+                if rounds.send(round).is_err() {
                     return;
                 }
             }
@@ -158,11 +176,7 @@ async fn coordinate(
                          every run until it does"
                     );
                     lost_said = true;
-                    let round = Round {
-                        held: Held::new(),
-                        pause: Vec::new(),
-                    };
-                    if rounds.send(round).is_err() {
+                    if rounds.send(Tick::default()).is_err() {
                         return;
                     }
                 }
@@ -179,19 +193,35 @@ async fn coordinate(
                     break;
                 }
                 note = notes.recv() => match note {
-                    Some(Note::Run(state)) => mirror(&mut coordinator, &state).await,
-                    Some(Note::Leave(done)) => {
-                        if let Err(e) = coordinator.leave().await {
-                            tracing::warn!("leaving the cluster: {e}");
-                        }
-                        let _ = done.send(());
+                    Some(note) => if !take(&mut coordinator, note).await {
                         return;
-                    }
+                    },
                     None => return,
                 },
             }
         }
     }
+}
+
+/// Does what a note says; `false` once the worker left.
+async fn take(coordinator: &mut Coordinator, note: Note) -> bool {
+    match note {
+        Note::Run(state) => mirror(coordinator, &state).await,
+        Note::GiveBack(partitions) => {
+            if let Err(e) = coordinator.release(&partitions).await {
+                // They stay this worker's until their leases expire.
+                tracing::warn!("{e}");
+            }
+        }
+        Note::Leave(done) => {
+            if let Err(e) = coordinator.leave().await {
+                tracing::warn!("leaving the cluster: {e}");
+            }
+            let _ = done.send(());
+            return false;
+        }
+    }
+    true
 }
 
 /// Mirrors a run's summary to the coordinator (best effort: logged if it fails).
@@ -202,13 +232,8 @@ async fn mirror(coordinator: &mut Coordinator, state: &RunState) {
             tracing::warn!("{e}");
         }
     }
-    let summary = serde_json::json!({
-        "window": state.window().to_string(),
-        "pages": state.counts.pages_committed,
-        "outcome": state.status.name(),
-        "lease": state.started.start_from.lease().map(|l| l.token),
-    })
-    .to_string();
+    // What `runs --json` prints of it, for `runs --cluster` and `status --cluster`.
+    let summary = crate::cli::runs::json_line(state).to_string();
     let result = coordinator
         .mirror_run(
             &state.run_id().to_string(),

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch, Notify};
+use waymark_connectors::cluster::Tick;
 use waymark_connectors::config::{
     is_webhook_scope, parse_scope, webhook_scope, AlertsSection, StreamSection,
 };
@@ -177,8 +178,11 @@ async fn serve_here(
     let (paths_tx, paths) = watch::channel(paths_of(&catalog));
     tokio::spawn(api::serve(
         listener,
-        shared::Shared::new(dir.share()?, metrics.clone(), ask_tx, token)
-            .with_changes(options.changes.clone(), paths),
+        shared::Shared {
+            cluster: options.cluster.as_ref().map(|c| c.observer_args().into()),
+            ..shared::Shared::new(dir.share()?, metrics.clone(), ask_tx, token)
+                .with_changes(options.changes.clone(), paths)
+        },
         hooks_on_api,
     ));
     crate::cli::emit(format_args!(
@@ -319,8 +323,12 @@ async fn serve_here(
             Some(key) = released.recv() => holds.release(&key, &mut scheduler, SystemClock.now()),
             Some(round) = next_round(&mut cluster) => {
                 if let Some(cluster) = cluster.as_mut() {
-                    leases_changed(cluster, round, &pauses);
+                    let give_back = leases_changed(cluster, round, &pauses);
+                    // What is given back stops counting in this worker's share first.
                     cluster::share_budgets(&catalog, &cluster.held, cluster.ttl);
+                    if !give_back.is_empty() {
+                        let _ = cluster.notes.send(cluster::Note::GiveBack(give_back));
+                    }
                 }
                 resumes.extend(register(&dir, &catalog, &mut scheduler, SystemClock.now(), cluster.as_ref())?);
                 metrics.serving(scheduler.keys());
@@ -400,7 +408,7 @@ async fn serve_here(
 }
 
 /// The next round of the cluster's coordinator (never, outside a cluster).
-async fn next_round(cluster: &mut Option<cluster::Cluster>) -> Option<cluster::Round> {
+async fn next_round(cluster: &mut Option<cluster::Cluster>) -> Option<Tick> {
     match cluster {
         Some(cluster) => cluster.rounds.recv().await,
         None => std::future::pending().await,
@@ -408,12 +416,13 @@ async fn next_round(cluster: &mut Option<cluster::Cluster>) -> Option<cluster::R
 }
 
 /// A round's leases: runs of partitions no longer held (or held under a new token) pause
-/// at their next step boundary, as do those to give back.
+/// at their next step boundary, as do those over this worker's share. Returns the
+/// partitions to give back.
 fn leases_changed(
     cluster: &mut cluster::Cluster,
-    round: cluster::Round,
+    round: Tick,
     pauses: &BTreeMap<Key, Arc<AtomicBool>>,
-) {
+) -> Vec<Key> {
     for (key, lease) in &cluster.held {
         if round.held.get(key) != Some(lease) {
             tracing::info!("{}/{}: lease token {} lost", key.0, key.1, lease.token);
@@ -447,6 +456,7 @@ fn leases_changed(
         }
     }
     cluster.held = round.held;
+    round.give_back
 }
 
 /// The partitions a cluster shares: every stream's own scope of the catalog.

@@ -43,6 +43,9 @@ pub struct Shared {
     pub changes: Option<mpsc::UnboundedSender<Change>>,
     /// Each loaded sync's workflow file.
     pub workflows: Option<watch::Receiver<BTreeMap<String, PathBuf>>>,
+    /// In a cluster: what makes `runs` and `status` read the coordinator (the pages show
+    /// every worker's runs).
+    pub cluster: Option<Arc<[String]>>,
 }
 
 impl Shared {
@@ -62,12 +65,24 @@ impl Shared {
             csrf: Arc::from(csrf_token()),
             changes: None,
             workflows: None,
+            cluster: None,
         }
     }
 
     /// The workflow file of `sync`, if serve loads it.
     pub fn workflow_of(&self, sync: &str) -> Option<PathBuf> {
         self.workflows.as_ref()?.borrow().get(sync).cloned()
+    }
+
+    /// The arguments of the commands the pages read: `args`, and in a cluster what makes
+    /// `runs` and `status` read the coordinator.
+    pub fn reading(&self, args: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let observes = matches!(args.first(), Some(&"runs" | &"status"));
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| observes) {
+            all.extend(cluster.iter().cloned());
+        }
+        all
     }
 
     /// With the changing commands' channel and the workflow files.

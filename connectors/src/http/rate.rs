@@ -84,6 +84,12 @@ impl Pace {
         }
     }
 
+    /// Whether this pace sends at most as many requests over time as `other`.
+    fn at_most(&self, other: &Pace) -> bool {
+        let mine = u128::from(self.count as u64) * u128::from(other.window_ms);
+        mine <= u128::from(other.count as u64) * u128::from(self.window_ms)
+    }
+
     /// Lateness absorbed by the schedule: a quarter of the interval.
     fn slack_us(&self) -> u64 {
         self.interval_us / 4
@@ -123,10 +129,31 @@ impl Pace {
 /// A worker's share of a cluster's budget, valid until it is renewed with the worker's
 /// leases: a worker that stopped renewing (paused, cut off) sends nothing on a share the
 /// others may have taken over.
+///
+/// A share shrinks at once and grows only a whole window (the `rate_limit`'s period and
+/// its margin) after it was asked to: the partitions it grows by were paced by another
+/// worker until they were given up (that worker lowered its share first) or its lease
+/// lapsed, and no window the API counts may hold both that worker's old pace and this
+/// one's new pace.
 #[derive(Clone, Copy, Debug)]
 struct Share {
-    pace: Pace,
+    /// The pace in effect; `None`: nothing may be sent yet.
+    pace: Option<Pace>,
+    /// A larger pace, and when it takes effect.
+    raise: Option<(Pace, Timestamp)>,
     valid_until: Timestamp,
+}
+
+impl Share {
+    /// The pace in effect at `now` (`None`: nothing may be sent), a raise that came due
+    /// taking effect.
+    fn at(&mut self, now: Timestamp) -> Option<Pace> {
+        if let Some((pace, _)) = self.raise.filter(|(_, from)| *from <= now) {
+            self.pace = Some(pace);
+            self.raise = None;
+        }
+        self.pace.filter(|_| self.valid_until > now)
+    }
 }
 
 /// A wait longer than the run may sleep: the run pauses until `until`.
@@ -190,14 +217,19 @@ impl Gate {
     pub async fn admit(&self) -> Result<Timestamp, Blocked> {
         loop {
             let now = self.clock.now();
-            let share = *self.share.lock().unwrap_or_else(PoisonError::into_inner);
+            let share = self
+                .share
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+                .map(|share| share.at(now));
             let limit = match share {
-                // Not renewed: wait for this worker's next round.
-                Some(share) if share.valid_until <= now => {
+                // None yet, or not renewed: wait for this worker's next round.
+                Some(None) => {
                     self.clock.sleep(SHARE_RECHECK).await;
                     continue;
                 }
-                Some(share) => Some(share.pace),
+                Some(pace) => pace,
                 None => self.limit,
             };
             let wait = {
@@ -270,15 +302,36 @@ impl Gate {
     }
 
     /// In a cluster: this worker holds `held` of the `total` partitions sharing this
-    /// budget, until `valid_until` (its next round renews it). Without a `rate_limit`, or
+    /// budget, until `valid_until` (its next round renews it). A smaller share applies at
+    /// once, a larger one a window from now (see [`Share`]). Without a `rate_limit`, or
     /// outside a cluster, nothing changes.
     pub fn share(&self, held: u64, total: u64, valid_until: Timestamp) {
         let Some(limit) = &self.rate_limit else {
             return;
         };
-        *self.share.lock().unwrap_or_else(PoisonError::into_inner) = Some(Share {
-            pace: Pace::shared(limit, held, total),
-            valid_until,
+        let pace = (held > 0).then(|| Pace::shared(limit, held, total));
+        let now = self.clock.now();
+        let mut slot = self.share.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = slot.as_mut().and_then(|share| share.at(now));
+        let pending = slot.and_then(|share| share.raise);
+        *slot = Some(match (pace, current) {
+            (Some(pace), current) if !current.is_some_and(|c| pace.at_most(&c)) => {
+                // A raise already pending for at least as much keeps its time.
+                let from = match pending {
+                    Some((asked, from)) if pace.at_most(&asked) => from,
+                    _ => now.saturating_add(Duration::from_millis(Pace::new(limit).window_ms)),
+                };
+                Share {
+                    pace: current,
+                    raise: Some((pace, from)),
+                    valid_until,
+                }
+            }
+            (pace, _) => Share {
+                pace,
+                raise: None,
+                valid_until,
+            },
         });
     }
 
@@ -521,6 +574,59 @@ mod tests {
             matches!(&blocked, Some(Err(Blocked { until, why })) if *until == day && why.contains("2023-11-15T22:13:20.000Z")),
             "{blocked:?}"
         );
+    }
+
+    struct Manual(std::sync::atomic::AtomicU64);
+
+    impl Clock for Manual {
+        fn now(&self) -> Timestamp {
+            Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+        }
+    }
+
+    #[test]
+    fn a_cluster_share_shrinks_at_once_and_grows_a_window_later() {
+        let limit = RateLimit {
+            requests: 40,
+            per: crate::config::Span(Duration::from_secs(1)),
+            burst: 1,
+            across_tenants: true,
+        };
+        let clock = Arc::new(Manual(std::sync::atomic::AtomicU64::new(10_000)));
+        let gate = Gate::new(Some(&limit), None, clock.clone(), Duration::from_secs(600));
+        let at = |ms: u64| {
+            clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+            let mut share = gate.share.lock().unwrap_or_else(PoisonError::into_inner);
+            share
+                .as_mut()
+                .and_then(|s| s.at(Timestamp(ms)))
+                .map(|p| p.count)
+        };
+        let until = Timestamp(60_000);
+        // Joining: nothing until a window (1 s and the margin) has passed.
+        gate.share(134, 400, until);
+        assert_eq!((at(10_000), at(11_004), at(11_005)), (None, None, Some(13)));
+        // Taking over partitions: the old share until a window later, asked again or not.
+        gate.share(200, 400, until);
+        assert_eq!(at(11_500), Some(13));
+        gate.share(200, 400, until);
+        assert_eq!((at(12_009), at(12_010)), (Some(13), Some(20)));
+        // A raise asked for while one is pending keeps the earlier time if not larger.
+        gate.share(300, 400, until);
+        assert_eq!(at(12_600), Some(20));
+        gate.share(250, 400, until);
+        assert_eq!((at(13_014), at(13_015)), (Some(20), Some(25)));
+        // Giving partitions up (or all of them): at once.
+        gate.share(100, 400, until);
+        assert_eq!(at(13_015), Some(10));
+        gate.share(0, 400, until);
+        assert_eq!(at(13_015), None);
+        // From nothing, growing waits a window again; a share not renewed in time sends
+        // nothing, and renewed, grows a window later.
+        gate.share(100, 400, Timestamp(20_000));
+        assert_eq!((at(14_019), at(14_020), at(20_000)), (None, Some(10), None));
+        gate.share(100, 400, Timestamp(30_000));
+        assert_eq!((at(20_001), at(21_005)), (None, Some(10)));
     }
 
     fn pace(requests: u32, burst: u32) -> Option<Pace> {

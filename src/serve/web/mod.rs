@@ -25,6 +25,7 @@ use crate::cli::attach;
 pub fn pages() -> Router<Shared> {
     Router::new()
         .route("/", get(overview))
+        .route("/tenants", get(tenants))
         .route("/streams/{sync}/{stream}", get(stream))
         .route("/streams/{sync}/{stream}/run", post(run_now))
         .route("/runs/{id}", get(run))
@@ -50,9 +51,12 @@ fn page(markup: maud::Markup) -> Response {
     Html(markup.into_string()).into_response()
 }
 
-/// A command's JSON lines, or a page saying why not.
+/// A command's JSON lines (in a cluster, `runs` and `status` of every worker), or a page
+/// saying why not.
 async fn json(shared: &Shared, args: &[&str]) -> Result<Vec<serde_json::Value>, Response> {
-    attach::local_json(&shared.dir, args)
+    let args = shared.reading(args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    attach::local_json(&shared.dir, &args)
         .await
         .map_err(|(why, _)| {
             let mut response = page(pages::problem("Not available", &why));
@@ -61,7 +65,27 @@ async fn json(shared: &Shared, args: &[&str]) -> Result<Vec<serde_json::Value>, 
         })
 }
 
-async fn overview(State(shared): State<Shared>) -> Response {
+/// Which streams a page shows: a sync's (every tenant's instance of it), a tenant's.
+#[derive(Deserialize)]
+struct Only {
+    sync: Option<String>,
+    tenant: Option<String>,
+}
+
+impl Only {
+    fn args(&self) -> Vec<&str> {
+        let mut args = Vec::new();
+        if let Some(sync) = self.sync.as_deref().filter(|s| !s.is_empty()) {
+            args.extend(["--sync", sync]);
+        }
+        if let Some(tenant) = self.tenant.as_deref().filter(|t| !t.is_empty()) {
+            args.extend(["--tenant", tenant]);
+        }
+        args
+    }
+}
+
+async fn overview(State(shared): State<Shared>, Query(only): Query<Only>) -> Response {
     let (tx, rx) = oneshot::channel();
     let plan: pages::Plan = match shared.asks.send(Ask::Plan(tx)) {
         Ok(()) => rx.await.unwrap_or_default(),
@@ -69,9 +93,25 @@ async fn overview(State(shared): State<Shared>) -> Response {
     }
     .into_iter()
     .map(|(key, due, running)| (key, (due.map(|t| t.to_string()), running)))
+    .filter(|((sync, _), _)| {
+        only.sync.is_none() && only.tenant.is_none() || {
+            let (name, tenant) = waymark_connectors::config::split_tenant(sync);
+            only.sync.as_deref().is_none_or(|s| s == name || s == sync)
+                && only.tenant.as_deref().is_none_or(|t| Some(t) == tenant)
+        }
+    })
     .collect();
-    match json(&shared, &["status", "--json"]).await {
-        Ok(rows) => page(pages::overview(rows, &plan)),
+    let args = [&["status", "--json"][..], &only.args()].concat();
+    match json(&shared, &args).await {
+        Ok(rows) => page(pages::overview(rows, &plan, &only.args().join(" "))),
+        Err(problem) => problem,
+    }
+}
+
+/// One line per tenant (`status --by-tenant --json`).
+async fn tenants(State(shared): State<Shared>) -> Response {
+    match json(&shared, &["status", "--by-tenant", "--json"]).await {
+        Ok(rows) => page(pages::tenants(&rows)),
         Err(problem) => problem,
     }
 }
@@ -125,10 +165,22 @@ async fn stream(
 }
 
 async fn run(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
-    let summary = match json(&shared, &["runs", &id, "--json"]).await {
+    // A run of this process's journal; in a cluster, another worker's as it mirrored it.
+    let summary = match attach::local_json(&shared.dir, &["runs", &id, "--json"]).await {
         Ok(mut rows) if rows.len() == 1 => rows.remove(0),
-        Ok(_) => return page(pages::problem("No such run", &id)),
-        Err(problem) => return problem,
+        local => {
+            if shared.cluster.is_some() {
+                if let Ok(mut rows) = json(&shared, &["runs", &id, "--json"]).await {
+                    if rows.len() == 1 {
+                        return page(pages::run(&rows.remove(0), &[]));
+                    }
+                }
+            }
+            let why = local.err().map_or(id, |(why, _)| why);
+            let mut response = page(pages::problem("No such run", &why));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            return response;
+        }
     };
     match json(&shared, &["journal", &id, "--json"]).await {
         Ok(steps) => page(pages::run(&summary, &steps)),
@@ -140,19 +192,28 @@ async fn run(State(shared): State<Shared>, Path(id): Path<String>) -> Response {
 struct TraceQuery {
     stream: Option<String>,
     key: Option<String>,
+    /// With [tenants]: whose.
+    tenant: Option<String>,
 }
 
 async fn trace(State(shared): State<Shared>, Query(q): Query<TraceQuery>) -> Response {
     let (stream, key) = (q.stream.unwrap_or_default(), q.key.unwrap_or_default());
+    let tenant = q.tenant.unwrap_or_default();
     let rows = match stream.is_empty() || key.is_empty() {
         true => None,
-        false => Some(
-            attach::local_json(&shared.dir, &["trace", &stream, &key, "--json"])
-                .await
-                .map_err(|(why, _)| why),
-        ),
+        false => {
+            let mut args = vec!["trace", &stream, &key, "--json"];
+            if !tenant.is_empty() {
+                args.extend(["--tenant", &tenant]);
+            }
+            Some(
+                attach::local_json(&shared.dir, &args)
+                    .await
+                    .map_err(|(why, _)| why),
+            )
+        }
     };
-    page(pages::trace(&stream, &key, rows))
+    page(pages::trace(&stream, &key, &tenant, rows))
 }
 
 async fn dead_letters(State(shared): State<Shared>, Query(said): Query<Said>) -> Response {

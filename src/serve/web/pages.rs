@@ -35,6 +35,7 @@ pub fn layout(title: &str, body: Markup) -> Markup {
                     strong { a href="/" { "waymark" } }
                     nav aria-label="main" {
                         a href="/" { "Overview" }
+                        a href="/tenants" { "Tenants" }
                         a href="/trace" { "Trace" }
                         a href="/dlq" { "Dead letters" }
                     }
@@ -63,9 +64,10 @@ fn verdict(row: &Value) -> String {
     }
 }
 
-/// The overview: every stream serve schedules and every scope of `status --json`,
-/// unhealthy ones first, with when each is next due.
-pub fn overview(mut rows: Vec<Value>, plan: &Plan) -> Markup {
+/// The overview: every stream serve schedules and every scope of `status --json` (in a
+/// cluster, every worker's), unhealthy ones first, with when each is next due; `only`
+/// says which streams were asked for (`--tenant acme`), if not all.
+pub fn overview(mut rows: Vec<Value>, plan: &Plan, only: &str) -> Markup {
     for (sync, stream) in plan.keys() {
         let known = rows
             .iter()
@@ -85,6 +87,7 @@ pub fn overview(mut rows: Vec<Value>, plan: &Plan) -> Markup {
         "Overview",
         html! {
             h1 { "Overview" }
+            @if !only.is_empty() { p #only { "Only " span .mono { (only) } " · " a href="/" { "all streams" } } }
             p {
                 (streams.len()) " streams, "
                 @if bad == 0 { span .health.health-ok { "all healthy" } }
@@ -141,11 +144,62 @@ pub fn overview(mut rows: Vec<Value>, plan: &Plan) -> Markup {
     )
 }
 
+/// One line per tenant (`status --by-tenant --json`): its worst health, its streams by
+/// health, its largest lag, its dead letters, a link to its streams.
+pub fn tenants(rows: &[Value]) -> Markup {
+    let tenanted: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["tenant"].as_str().is_some_and(|t| !t.is_empty()))
+        .collect();
+    let bad = tenanted.iter().filter(|r| r["health"] != "ok").count();
+    layout(
+        "Tenants",
+        html! {
+            h1 { "Tenants" }
+            @if tenanted.is_empty() {
+                p #no-tenants .muted { "No sync has [tenants]." }
+            } @else {
+                p {
+                    (tenanted.len()) " tenants, "
+                    @if bad == 0 { span .health.health-ok { "all healthy" } }
+                    @else { span .health.health-failing { (bad) " unhealthy" } }
+                }
+                div .scroll {
+                    table #tenants {
+                        thead { tr {
+                            th scope="col" { "Tenant" }
+                            th scope="col" { "Health" }
+                            th scope="col" .num { "Streams" }
+                            th scope="col" { "By health" }
+                            th scope="col" .num { "Largest lag (s)" }
+                            th scope="col" .num { "Dead letters" }
+                        } }
+                        tbody {
+                            @for row in &tenanted {
+                                @let (sync, tenant) = (text(&row["sync"]), text(&row["tenant"]));
+                                @let by: Vec<String> = row["by_health"].as_object().into_iter().flatten().map(|(h, n)| format!("{n} {h}")).collect();
+                                tr class=(if row["health"] == "ok" { "" } else { "unhealthy" }) data-tenant=(format!("{sync}:{tenant}")) {
+                                    td { a href=(format!("/?sync={}&tenant={}", segment(&sync), segment(&tenant))) { (sync) ":" (tenant) } }
+                                    td { span class=(format!("health health-{}", text(&row["health"]))) { (text(&row["health"])) } }
+                                    td .num { (text(&row["streams"])) }
+                                    td { (by.join(", ")) }
+                                    td .num { (text(&row["max_lag_s"])) }
+                                    td .num { (text(&row["dead_letters"])) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// What a stream's page shows.
 pub struct StreamPage<'a> {
     pub sync: &'a str,
     pub stream: &'a str,
-    /// `runs --json`, newest first.
+    /// `runs --json`, newest first (in a cluster, every worker's, each with its `worker`).
     pub runs: &'a [Value],
     /// The `history` of `checkpoint show --json` (a stream's own scope only).
     pub changes: &'a [Value],
@@ -165,6 +219,7 @@ pub fn stream(p: StreamPage<'_>) -> Markup {
         csrf,
         said,
     } = p;
+    let workers = runs.iter().any(|r| r["worker"].is_string());
     let records: Vec<(String, u64)> = runs
         .iter()
         .rev()
@@ -210,6 +265,7 @@ pub fn stream(p: StreamPage<'_>) -> Markup {
                         th scope="col" .num { "Records" }
                         th scope="col" .num { "Retries" }
                         th scope="col" { "Window" }
+                        @if workers { th scope="col" { "Worker" } }
                     } }
                     tbody {
                         @for run in runs {
@@ -222,6 +278,7 @@ pub fn stream(p: StreamPage<'_>) -> Markup {
                                 td .num { (text(&run["records"])) }
                                 td .num { (text(&run["retries"])) }
                                 td .mono { "(" (text(&run["window_start"])) ", " (text(&run["watermark"])) "]" }
+                                @if workers { td .mono { (text(&run["worker"])) } }
                             }
                         }
                     }
@@ -256,8 +313,10 @@ pub fn stream(p: StreamPage<'_>) -> Markup {
 }
 
 /// A run's page: its summary and its journal as a timeline (`journal --json`), followed
-/// live while the run goes.
+/// live while the run goes. Another worker's run (in a cluster) has no steps here: its
+/// journal is in that worker's state directory.
 pub fn run(summary: &Value, steps: &[Value]) -> Markup {
+    let elsewhere = summary["worker"].as_str().filter(|_| steps.is_empty());
     let id = text(&summary["run"]);
     let going = summary["status"] == "running";
     layout(
@@ -273,6 +332,9 @@ pub fn run(summary: &Value, steps: &[Value]) -> Markup {
                 (text(&summary["retries"])) " retries, " (text(&summary["resumes"])) " resumes"
                 " " span #live .live {}
             }
+            @if let Some(worker) = elsewhere {
+                p #elsewhere { "Run by worker " span .mono { (worker) } ": its step journal is in that worker's state directory (" code { "waymark journal " (id) } " there)." }
+            } @else {
             div .scroll {
                 table #timeline data-follow=[going.then(|| format!("/api/runs/{}/journal?follow=1", segment(&id)))] {
                     caption .muted { "Every journaled step (the same as waymark journal " (id) " --json)" }
@@ -298,12 +360,18 @@ pub fn run(summary: &Value, steps: &[Value]) -> Markup {
                     }
                 }
             }
+            }
         },
     )
 }
 
 /// The trace search and its answer (`trace --json`).
-pub fn trace(stream: &str, key: &str, rows: Option<Result<Vec<Value>, String>>) -> Markup {
+pub fn trace(
+    stream: &str,
+    key: &str,
+    tenant: &str,
+    rows: Option<Result<Vec<Value>, String>>,
+) -> Markup {
     layout(
         "Trace",
         html! {
@@ -314,6 +382,9 @@ pub fn trace(stream: &str, key: &str, rows: Option<Result<Vec<Value>, String>>) 
                 " "
                 label for="key" { "Key" }
                 input #key type="text" name="key" value=(key) required;
+                " "
+                label for="tenant" { "Tenant" }
+                input #tenant type="text" name="tenant" value=(tenant) placeholder="(with [tenants])";
                 " "
                 button type="submit" { "Search" }
             }
