@@ -131,11 +131,8 @@ fn whole_cluster_seen_from_one_worker(
     let status = observe(env, &["status", "--cluster", "--json"])?;
     assert_eq!(status.len(), tenants * 2);
     for row in &status {
-        assert_eq!(
-            (&row["health"], &row["last_status"]),
-            (&Value::from("ok"), &Value::from("completed")),
-            "{row}"
-        );
+        // (Its last run may be one started since: running.)
+        assert_eq!(row["health"], "ok", "{row}");
         let last_worker = row["last_worker"].as_str().unwrap_or_default();
         assert!(
             ["w1", "w2", "w3"].iter().any(|w| is(Some(last_worker), w)),
@@ -151,15 +148,18 @@ fn whole_cluster_seen_from_one_worker(
             .all(|t| t["streams"] == 2 && t["health"] == "ok"),
         "{rolled:?}"
     );
-    // One tenant's runs, every worker's: the latest of each stream is what status says.
+    // One tenant's runs, every worker's, among them the last runs status named (the
+    // workers keep running: later ones may have started since).
     let mirrored = observe(env, &["runs", "--cluster", "--tenant", "t007", "--json"])?;
     assert!(
         mirrored.iter().all(|r| r["sync"] == "shop:t007"),
         "{mirrored:?}"
     );
     for row in status.iter().filter(|r| r["tenant"] == "t007") {
-        let latest = mirrored.iter().rev().find(|r| r["stream"] == row["stream"]);
-        assert_eq!(latest.map(|r| &r["run"]), Some(&row["last_run"]), "{row}");
+        let named = mirrored
+            .iter()
+            .find(|r| r["run"] == row["last_run"] && r["stream"] == row["stream"]);
+        assert!(named.is_some(), "{row} not in {mirrored:?}");
     }
     // The web view of one worker: every tenant, every partition, another worker's run.
     let page = |path: &str| -> Result<String> {
