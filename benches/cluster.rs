@@ -84,9 +84,14 @@ fn worker(dir: &Path, id: &str, workflow: &Path, url: &str) -> Result<Killed> {
         .env("WAYMARK_STATE_DIR", &state)
         .env("WAYMARK_CLUSTER_URL", url)
         .env("PG_URL", url)
-        .env("WAYMARK_LOG", "error")
+        .env("WAYMARK_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{id}.log")))?,
+        )
         .spawn()?;
     Ok(Killed(child))
 }
@@ -228,9 +233,11 @@ fn main() -> Result {
         println!("kill -9 of {id} ({held} partitions): taken over in {took:.2?}");
         times.push(took);
         workers[victim] = worker(&here, &id, &workflow, &url)?;
-        // Back to an even share before the next kill.
+        // Back to an even share before the next kill: the others keep theirs (400
+        // partitions: 134 each), it takes the rest (132).
+        let rest = partitions - 2 * partitions.div_ceil(3);
         wait(
-            || held_by(&pg, db, &id).is_ok_and(|(h, _)| h >= partitions / 3),
+            || held_by(&pg, db, &id).is_ok_and(|(h, free)| h >= rest && free == 0),
             Duration::from_secs(60),
         )?;
     }

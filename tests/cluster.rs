@@ -183,6 +183,17 @@ fn whole_cluster_seen_from_one_worker(
     Ok(())
 }
 
+impl Drop for Worker {
+    /// A worker left running when the test fails is killed (it would go on using the
+    /// machine).
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Whether a holder (`<id>#<incarnation>`) is an incarnation of worker `id`.
 fn is(holder: Option<&str>, id: &str) -> bool {
     holder.is_some_and(|h| h.split('#').next() == Some(id))

@@ -104,9 +104,13 @@ pub struct Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.server.0.id().to_string()])
-            .status();
+        // The server itself (its pid file's first line), not `runuser`, which does not
+        // pass the signal on.
+        let pid = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_string))
+            .unwrap_or_else(|| self.server.0.id().to_string());
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
         let _ = self.server.0.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

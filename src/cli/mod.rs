@@ -24,7 +24,7 @@ pub(crate) mod runs;
 mod sandbox;
 mod serve;
 mod shell;
-mod status;
+pub(crate) mod status;
 mod trace;
 mod validate;
 

@@ -333,7 +333,7 @@ fn local_rows(state_dir: &Path, args: &StatusArgs) -> anyhow::Result<Vec<serde_j
 
 /// Whether a scope of `sync` is among those asked for: `only` is a sync (all its tenants'
 /// instances) or one instance; `tenants`, when given, the tenants.
-pub(super) fn wanted(sync: &str, only: Option<&str>, tenants: &[String]) -> bool {
+pub(crate) fn wanted(sync: &str, only: Option<&str>, tenants: &[String]) -> bool {
     let (name, tenant) = split_tenant(sync);
     only.is_none_or(|o| o == sync || o == name)
         && (tenants.is_empty() || tenant.is_some_and(|t| tenants.iter().any(|w| w == t)))

@@ -73,12 +73,21 @@ struct Only {
 }
 
 impl Only {
+    fn sync(&self) -> Option<&str> {
+        self.sync.as_deref().filter(|s| !s.is_empty())
+    }
+
+    fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// The same choice as `status` arguments.
     fn args(&self) -> Vec<&str> {
         let mut args = Vec::new();
-        if let Some(sync) = self.sync.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(sync) = self.sync() {
             args.extend(["--sync", sync]);
         }
-        if let Some(tenant) = self.tenant.as_deref().filter(|t| !t.is_empty()) {
+        if let Some(tenant) = self.tenant() {
             args.extend(["--tenant", tenant]);
         }
         args
@@ -94,11 +103,8 @@ async fn overview(State(shared): State<Shared>, Query(only): Query<Only>) -> Res
     .into_iter()
     .map(|(key, due, running)| (key, (due.map(|t| t.to_string()), running)))
     .filter(|((sync, _), _)| {
-        only.sync.is_none() && only.tenant.is_none() || {
-            let (name, tenant) = waymark_connectors::config::split_tenant(sync);
-            only.sync.as_deref().is_none_or(|s| s == name || s == sync)
-                && only.tenant.as_deref().is_none_or(|t| Some(t) == tenant)
-        }
+        let tenants: Vec<String> = only.tenant().map(str::to_string).into_iter().collect();
+        crate::cli::status::wanted(sync, only.sync(), &tenants)
     })
     .collect();
     let args = [&["status", "--json"][..], &only.args()].concat();
