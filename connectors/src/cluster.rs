@@ -48,6 +48,8 @@ pub struct Coordinator {
     ttl: Duration,
     /// The partitions last made sure of (rows are added only when this changes).
     known: Vec<Partition>,
+    /// Whether a round went by since it registered (see [`Coordinator::tick`]).
+    settled: bool,
 }
 
 /// Why the coordinator cannot be used.
@@ -165,6 +167,7 @@ impl Coordinator {
             worker: worker.to_string(),
             ttl,
             known: Vec::new(),
+            settled: false,
         })
     }
 
@@ -273,7 +276,14 @@ impl Coordinator {
         for key in &release {
             held.remove(key);
         }
-        let room = share.saturating_sub(held.len());
+        // Nothing is taken in the first round: workers started together all count one
+        // another before any takes its share (else the first to join takes everything,
+        // then gives back what the others need, pausing its runs of it).
+        let room = match self.settled {
+            true => share.saturating_sub(held.len()),
+            false => 0,
+        };
+        self.settled = true;
         if room > 0 {
             let limit = i64::try_from(room).unwrap_or(i64::MAX);
             let taken = self
