@@ -6,7 +6,9 @@
 //! bench-only journal-off switch into the measured binary) — sizes with `WAYMARK_BENCH_SIZES=200000,2000000` (default),
 //! each run `WAYMARK_BENCH_ROUNDS=3` times interleaved (median), resume latency over a run of
 //! `WAYMARK_BENCH_RESUME_STEPS=1000000` steps, rate-limited run with `WAYMARK_BENCH_RATE=20`
-//! requests/s over `WAYMARK_BENCH_SECONDS=30`. `WAYMARK_BENCH_BASELINE=<path>` adds another
+//! requests/s over `WAYMARK_BENCH_SECONDS=30`, a sync of 400 pages with no `rate_limit`
+//! against an API allowing `WAYMARK_BENCH_LEARN_RATE=5` requests/s (first run, then again
+//! with the first run's saved budget; 0 skips it). `WAYMARK_BENCH_BASELINE=<path>` adds another
 //! build of waymark (an earlier commit's) to the throughput rounds, side by side.
 //!
 //! `cargo bench --features bench-unjournaled --bench e2e -- serve <records> <dir>` only serves the pages and writes a
@@ -162,8 +164,9 @@ fn start_server(
     Ok((addr, counters))
 }
 
-/// Peak RSS (KiB) and wall time of a command run under `/usr/bin/time -v`.
-fn timed(cmd: Command) -> Result<(Duration, u64)> {
+/// Wall time, peak RSS (KiB) and CPU time (user + system) of a command run under
+/// `/usr/bin/time -v`.
+fn timed(cmd: Command) -> Result<(Duration, u64, Duration)> {
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let envs: Vec<_> = cmd
@@ -193,7 +196,15 @@ fn timed(cmd: Command) -> Result<(Duration, u64)> {
         })
         .and_then(|v| v.trim().parse().ok())
         .ok_or("no RSS in /usr/bin/time output")?;
-    Ok((took, rss))
+    let seconds = |prefix: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = seconds("User time (seconds): ") + seconds("System time (seconds): ");
+    Ok((took, rss, Duration::from_secs_f64(cpu)))
 }
 
 fn workflow(dir: &Path, addr: SocketAddr, extra_source: &str, page_size: u64) -> Result<PathBuf> {
@@ -296,6 +307,69 @@ fn baseline(url: &str, db: &Path) -> Result {
     }
 }
 
+/// The lean loop an engineer would write by hand instead of adopting a tool: the page
+/// parsed once into borrowed, typed fields (each record's text kept as it came), a
+/// prepared version-checked upsert and a checkpoint row per page in one transaction, WAL
+/// with `synchronous=NORMAL` (survives a crash of the process, not a power cut: Waymark's
+/// `durability = "process"`). `e2e lean <url> <db>`.
+fn lean(url: &str, db: &Path) -> Result {
+    #[derive(serde::Deserialize)]
+    struct Page<'a> {
+        #[serde(borrow)]
+        data: Vec<&'a serde_json::value::RawValue>,
+        next: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item<'a> {
+        id: u64,
+        updated_at: &'a str,
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::new();
+    let conn = rusqlite::Connection::open(db)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, version TEXT, record TEXT);
+         CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, cursor TEXT);",
+    )?;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client
+            .get(format!("{url}/items"))
+            .query(&[("limit", "500")]);
+        if let Some(c) = &cursor {
+            request = request.query(&[("cursor", c)]);
+        }
+        let body =
+            rt.block_on(async { request.send().await?.error_for_status()?.bytes().await })?;
+        let page: Page = serde_json::from_slice(&body)?;
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO items (key, version, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET version = excluded.version, record = excluded.record
+                 WHERE excluded.version >= items.version",
+            )?;
+            for raw in &page.data {
+                let item: Item = serde_json::from_str(raw.get())?;
+                upsert.execute((item.id, item.updated_at, raw.get()))?;
+            }
+        }
+        cursor = page.next.map(String::from);
+        tx.execute(
+            "INSERT OR REPLACE INTO checkpoint (id, cursor) VALUES (1, ?1)",
+            [&cursor],
+        )?;
+        tx.commit()?;
+        if cursor.is_none() {
+            return Ok(());
+        }
+    }
+}
+
 /// The server's own limit: fetch every page (body read, not parsed), one at a time.
 fn fetch_only(rt: &tokio::runtime::Runtime, url: &str) -> Result<Duration> {
     let client = reqwest::Client::new();
@@ -323,6 +397,7 @@ struct Row {
     name: &'static str,
     took: Duration,
     rss_kib: u64,
+    cpu: Duration,
 }
 
 /// The three runs of `n` records, `rounds` times interleaved (the machines are noisy):
@@ -334,12 +409,15 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
         name: "server limit (fetch only)",
         took: fetch_only(rt, &url)?,
         rss_kib: 0,
+        cpu: Duration::ZERO,
     }];
     let scratch = std::env::temp_dir().join(format!("waymark-bench-e2e-{}", std::process::id()));
-    // (name, binary, journal off); no binary: the plain loop. `WAYMARK_BENCH_BASELINE`
-    // names another build of waymark (an earlier commit's, say) measured in the same rounds.
+    // (name, binary, journal off); no binary: one of the hand-written loops (this bench's
+    // own subcommand of that name). `WAYMARK_BENCH_BASELINE` names another build of
+    // waymark (an earlier commit's, say) measured in the same rounds.
     let mut runs: Vec<(&'static str, Option<PathBuf>, bool)> = vec![
         ("plain Rust loop", None, false),
+        ("lean Rust loop", None, false),
         ("waymark", Some(this_waymark()), false),
         ("waymark, journal off", Some(this_waymark()), true),
     ];
@@ -350,7 +428,7 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             false,
         ));
     }
-    let mut samples: Vec<Vec<(Duration, u64)>> = vec![Vec::new(); runs.len()];
+    let mut samples: Vec<Vec<(Duration, u64, Duration)>> = vec![Vec::new(); runs.len()];
     for _ in 0..rounds.max(1) {
         for (i, (name, bin, unjournaled)) in runs.iter().enumerate() {
             let dir = scratch.join(name.replace([' ', ',', '(', ')'], "_"));
@@ -360,7 +438,12 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             let sample = match bin {
                 None => {
                     let mut cmd = Command::new(std::env::current_exe()?);
-                    cmd.arg("baseline").arg(&url).arg(&db);
+                    let loop_ = if name.starts_with("lean") {
+                        "lean"
+                    } else {
+                        "baseline"
+                    };
+                    cmd.arg(loop_).arg(&url).arg(&db);
                     timed(cmd)?
                 }
                 Some(bin) => {
@@ -381,11 +464,14 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
         }
     }
     for ((name, _, _), mut taken) in runs.into_iter().zip(samples) {
+        let mut cpu: Vec<Duration> = taken.iter().map(|t| t.2).collect();
+        cpu.sort();
         taken.sort();
         rows_out.push(Row {
             name,
             took: taken[taken.len() / 2].0,
             rss_kib: taken.iter().map(|t| t.1).max().unwrap_or(0),
+            cpu: cpu[cpu.len() / 2],
         });
     }
     Ok(rows_out)
@@ -427,6 +513,62 @@ fn rate_limited(rt: &tokio::runtime::Runtime, rate: u64, seconds: u64) -> Result
         served,
         refused,
     ))
+}
+
+/// Against a server allowing `rate` requests a second (burst 2, 429 + Retry-After beyond)
+/// while the workflow declares no `rate_limit`: a whole sync of `pages` pages, then the same
+/// sync from scratch with the first run's saved budget (`rate/`) kept. For each, the
+/// achieved share of the allowed rate, requests served and refused.
+fn unconfigured_limit(
+    rt: &tokio::runtime::Runtime,
+    rate: u64,
+    pages: u64,
+) -> Result<Vec<(f64, u64, u64)>> {
+    let dir = std::env::temp_dir().join(format!("waymark-bench-learn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut out = Vec::new();
+    for run in 0..2 {
+        let (addr, counters) = start_server(rt, pages * PAGE, 0, rate)?;
+        // The second run: a fresh state directory and destination, the saved budget kept.
+        let kept =
+            std::env::temp_dir().join(format!("waymark-bench-rate-kept-{}", std::process::id()));
+        let _ = std::fs::rename(dir.join("state/rate"), &kept);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("state"))?;
+        let _ = std::fs::rename(&kept, dir.join("state/rate"));
+        // The same API on a new port: its budget file renamed to the new origin's.
+        if let Ok(files) = std::fs::read_dir(dir.join("state/rate")) {
+            for file in files.flatten() {
+                let to = dir.join(format!("state/rate/127.0.0.1_{}.json", addr.port()));
+                std::fs::rename(file.path(), to)?;
+            }
+        }
+        let wf = workflow(&dir, addr, "", 20)?;
+        let done = waymark(&this_waymark(), &dir, &wf).output()?;
+        if !done.status.success() {
+            let err = String::from_utf8_lossy(&done.stderr);
+            return Err(format!("unconfigured-limit run {run}: {err}").into());
+        }
+        let first = counters
+            .first_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or("no request")?;
+        let last = counters
+            .last_served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or("nothing served")?;
+        let served = counters.served.load(Ordering::Relaxed);
+        let span = last.duration_since(first).as_secs_f64().max(1e-3);
+        out.push((
+            served.saturating_sub(1) as f64 / span / rate as f64,
+            served,
+            counters.refused.load(Ordering::Relaxed),
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
 }
 
 const AT: waymark_engine::Timestamp = waymark_engine::Timestamp(1_800_000_000_000);
@@ -585,9 +727,12 @@ fn resume_latency(rt: &tokio::runtime::Runtime, steps: u64) -> Result<Vec<(u64, 
 
 fn main() -> Result {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("baseline") {
+    if let Some(loop_ @ ("baseline" | "lean")) = args.get(1).map(String::as_str) {
         let (url, db) = (args.get(2).ok_or("url")?, args.get(3).ok_or("db")?);
-        return baseline(url, Path::new(db));
+        return match loop_ {
+            "lean" => lean(url, Path::new(db)),
+            _ => baseline(url, Path::new(db)),
+        };
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -610,8 +755,8 @@ fn main() -> Result {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    println!("| records | run | time | records/s | vs plain loop | peak RSS |");
-    println!("|---:|---|---:|---:|---:|---:|");
+    println!("| records | run | time | records/s | vs plain loop | peak RSS | CPU (user + sys) |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
     let rounds = std::env::var("WAYMARK_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -624,7 +769,7 @@ fn main() -> Result {
             .map_or(Duration::from_secs(1), |r| r.took);
         for r in &rows {
             println!(
-                "| {n} | {} | {:.1} s | {:.0} | {:.2}× | {} |",
+                "| {n} | {} | {:.2} s | {:.0} | {:.2}× | {} | {} |",
                 r.name,
                 r.took.as_secs_f64(),
                 n as f64 / r.took.as_secs_f64(),
@@ -632,6 +777,10 @@ fn main() -> Result {
                 match r.rss_kib {
                     0 => "-".to_string(),
                     k => format!("{:.1} MiB", k as f64 / 1024.0),
+                },
+                match r.cpu.is_zero() {
+                    true => "-".to_string(),
+                    false => format!("{:.2} s", r.cpu.as_secs_f64()),
                 }
             );
         }
@@ -664,6 +813,25 @@ fn main() -> Result {
             "\nrate-limited: {served} pages in {seconds} s at {rate} req/s allowed: {:.1}% of the allowed rate, {refused} requests refused (429)",
             fraction * 100.0
         );
+    }
+    let learn = std::env::var("WAYMARK_BENCH_LEARN_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    if learn > 0 {
+        let pages = 400;
+        println!("\n| no rate_limit configured, API allows {learn}/s (burst 2) | pages | share of the allowed rate | refused |");
+        println!("|---|---:|---:|---:|");
+        for (run, (fraction, served, refused)) in
+            unconfigured_limit(&rt, learn, pages)?.iter().enumerate()
+        {
+            println!(
+                "| {} | {served} | {:.1}% | {refused} ({:.2}%) |",
+                ["first run", "next run (first run's budget kept)"][run],
+                fraction * 100.0,
+                *refused as f64 * 100.0 / (*served + *refused) as f64
+            );
+        }
     }
     Ok(())
 }
