@@ -865,18 +865,24 @@ fn a_stream_answered_429_more_than_once_a_run_alerts_rate_limited_once() -> Resu
     let receiver = crate::scripted::Background::start(|_| crate::scripted::Reply::json(200, "{}"))?;
     let receiver = &receiver.server;
     // 100 orders in pages of 10, all read by every run (no time window), against an API
-    // that admits 3 requests a second: every run is answered 429 (Retry-After: 1) at
-    // least three times.
+    // that admits 3 requests a second while the workflow declares 20 (a declared
+    // rate_limit is not second-guessed by the pace learned from 429s): every run is
+    // answered 429 (Retry-After: 1) at least three times.
     let sandbox = Sandbox::start(&["--records", "100", "--quota", "3"])?;
     let dir = TempDir::new("serve-429");
     alerted_flow(
         dir.path(),
         receiver,
         |text| {
-            text.replace("page_size = 100", "page_size = 10").replace(
-                ", start_param = \"updated_since\", end_param = \"updated_before\"",
-                "",
-            )
+            text.replace("page_size = 100", "page_size = 10")
+                .replace(
+                    ", start_param = \"updated_since\", end_param = \"updated_before\"",
+                    "",
+                )
+                .replace(
+                    "timeout = \"5s\"\n",
+                    "timeout = \"5s\"\nrate_limit = { requests = 20, per = \"1s\" }\n",
+                )
         },
         "",
     )?;

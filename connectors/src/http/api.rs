@@ -386,6 +386,13 @@ impl Api {
             self.gate.observe(&headers);
             let body = self.read_body(response, &what).await?;
             let verdict = rules.judge(status, &headers, &body);
+            // A 429 is a sign of the rate unless it says to retry at once (`Retry-After:
+            // 0`): the gate learns a pace from the others.
+            let asked_now = retry_after(&headers, self.clock.now()).is_some_and(|w| w.is_zero());
+            self.gate.judged(
+                admitted,
+                verdict.action == Action::RateLimited && !asked_now,
+            );
             let code = Some(status.as_u16());
             let said = || format!("{what}: HTTP {status}: {}", self.secrets.excerpt(&body));
             let error = |kind, retry_after, message: String| {

@@ -53,6 +53,150 @@ struct Budget {
     /// the rate limit's count (see [`Pace`]).
     #[serde(default)]
     recent: VecDeque<u64>,
+    /// Without a `rate_limit`: the pace learned from the API's refusals (see [`Learned`]).
+    #[serde(default)]
+    learned: Option<Learned>,
+    /// Without a `rate_limit`: (the second that began at this instant (ms), requests the
+    /// API accepted in it), the first refusal's estimate of the API's rate.
+    #[serde(default)]
+    second: (u64, u64),
+}
+
+/// A pace nobody configured, learned from the API's `429`s (additive increase,
+/// multiplicative decrease, shaped like TCP's CUBIC) and kept with the budget, so the next
+/// run starts at the learned rate.
+///
+/// The first refusal starts at the rate the API just let through (requests answered in the
+/// last second), which then grows by 3% an accepted request (a slow start) until the next
+/// refusal sets the ceiling at 80% of the rate refused. From then on each refusal drops the
+/// pace to 90% of the rate refused, and the pace climbs back towards that ceiling within a
+/// cycle (quickly at first, then lingering just below it: most requests go near the limit
+/// and few beyond it), then probes past it ever faster in case the API's limit was raised.
+/// The cycle doubles from 8 s after each refusal, up to 30 s: about one refused request in
+/// 30 s at the limit. A refusal in the first half of a cycle (the ceiling was too high)
+/// cuts the ceiling to 80%, three times in a row at most: refusals that keep coming early,
+/// whatever the pace, are not about the rate (an API refusing a share of its requests) and
+/// are only waited out until a refusal-free climb; and the pace never drops below a quarter
+/// of the most requests the API accepted in one second. Measured in BENCHMARKS.md ("Rate
+/// limits nobody configured").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Learned {
+    /// Still in the slow start: `rate_mrps` grows with each accepted request.
+    slow_start: bool,
+    /// The ceiling (or, in the slow start, the current rate), in thousandths of a request
+    /// per second.
+    rate_mrps: u64,
+    /// Requests accepted since the last refusal.
+    since: u64,
+    /// Seconds the climb back to the ceiling takes.
+    cycle_s: u64,
+    /// Refusals of requests let through before this instant (ms) were already counted.
+    counted_until_ms: u64,
+    /// The most requests the API accepted in one second: the pace never drops below a
+    /// quarter of it, so 429s that are not about the rate (an API answering a share of
+    /// requests 429 at any pace) cannot bring it to a crawl.
+    best_second: u64,
+    /// Cuts in a row by refusals early in a climb (see [`Learned::refused`]).
+    early_cuts: u32,
+    /// Refusals ignored since the last one counted.
+    ignored: u32,
+}
+
+impl Learned {
+    const GROWTH: f64 = 1.03;
+    const BETA: f64 = 0.9;
+    const EARLY_CUT: f64 = 0.8;
+    const FIRST_CYCLE_S: u64 = 8;
+    const LONGEST_CYCLE_S: u64 = 30;
+    /// Past the ceiling, the probe stops growing at this many cycles (3.7 × the ceiling).
+    const FURTHEST: f64 = 4.0;
+    /// A million requests a second: the slow start grows no further (an API that never
+    /// refuses again).
+    const FASTEST_MRPS: f64 = 1e9;
+    /// Early refusals in a row that still cut the ceiling (0.8³ ≈ half of it).
+    const MOST_EARLY_CUTS: u32 = 3;
+
+    fn ceiling(&self) -> f64 {
+        (self.rate_mrps as f64 / 1000.0).max(0.001)
+    }
+
+    /// Where the climb is: 0 just after a refusal, 1 back at the ceiling.
+    fn progress(&self) -> f64 {
+        let climb = (self.cycle_s as f64 * self.ceiling()).max(1.0);
+        (self.since as f64 / climb).min(Self::FURTHEST)
+    }
+
+    /// Requests per second now.
+    fn rate(&self) -> f64 {
+        let c = self.ceiling();
+        let floor = self.best_second as f64 / 4.0;
+        if self.slow_start {
+            return c.max(floor);
+        }
+        let x = self.progress();
+        let lift = (1.0 - Self::BETA) * (x - 1.0).powi(3);
+        (c * (1.0 + lift)).max(floor)
+    }
+
+    fn pace(&self) -> Pace {
+        // At least one request an hour, at most a million a second.
+        let interval_us = whole((1e6 / self.rate()).min(3.6e9));
+        Pace {
+            interval_us,
+            tolerance_us: 0,
+            count: 0,
+            window_ms: 0,
+        }
+    }
+
+    fn accepted(&mut self, in_this_second: u64) {
+        self.best_second = self.best_second.max(in_this_second);
+        self.since = self.since.saturating_add(1);
+        if self.slow_start {
+            self.rate_mrps = whole((self.rate_mrps as f64 * Self::GROWTH).min(Self::FASTEST_MRPS));
+        }
+    }
+
+    /// After a refusal of a request let through at `admitted_ms`: the new ceiling, and
+    /// whether it changed (refusals of requests sent before the last one was counted
+    /// do not count again).
+    fn refused(&mut self, admitted_ms: u64, now_ms: u64) -> bool {
+        if admitted_ms < self.counted_until_ms {
+            return false;
+        }
+        // After a refusal-free climb a refusal is about the rate; one early in a climb, or
+        // after refusals already ignored, may not be: a few cut the ceiling (it was too
+        // high), more are not about the rate (an API refusing a share of requests at any
+        // pace) and are only waited out, so they cannot bring the pace to a crawl.
+        let suspect = !self.slow_start && (self.progress() < 0.5 || self.ignored > 0);
+        self.counted_until_ms = now_ms;
+        if suspect && self.early_cuts >= Self::MOST_EARLY_CUTS {
+            self.ignored = self.ignored.saturating_add(1);
+            return false;
+        }
+        self.early_cuts = if suspect { self.early_cuts + 1 } else { 0 };
+        self.ignored = 0;
+        let refused_at = self.rate();
+        let ceiling = match self.slow_start {
+            true => refused_at * Self::EARLY_CUT,
+            false if self.progress() < 0.5 => refused_at * Self::EARLY_CUT / Self::BETA,
+            false => refused_at,
+        };
+        self.cycle_s = match self.slow_start {
+            true => Self::FIRST_CYCLE_S,
+            false => (self.cycle_s * 2).min(Self::LONGEST_CYCLE_S),
+        };
+        self.slow_start = false;
+        self.rate_mrps = whole((ceiling * 1000.0).min(Self::FASTEST_MRPS));
+        self.since = 0;
+        true
+    }
+}
+
+/// `x` (kept under 2⁶⁴ by the caller) rounded down to a whole number, at least 1 (NaN or
+/// negative: 1), without a silent cast.
+fn whole(x: f64) -> u64 {
+    Duration::try_from_secs_f64(x).map_or(1, |d| d.as_secs().max(1))
 }
 
 /// The workflow's `rate_limit` as the gate applies it: GCRA spaces requests `interval`
@@ -66,6 +210,7 @@ struct Budget {
 struct Pace {
     interval_us: u64,
     tolerance_us: u64,
+    /// 0: no window (a learned pace: the API's window is not known).
     count: usize,
     /// `per` plus the margin, in ms.
     window_ms: u64,
@@ -284,6 +429,61 @@ impl Gate {
         }
     }
 
+    /// Learns from the answer to the request let through at `admitted` whether the API
+    /// refused it for its rate (a `429`): without a `rate_limit`, the gate paces requests
+    /// at what it learned (see [`Learned`]).
+    pub fn judged(&self, admitted: Timestamp, refused: bool) {
+        if self.rate_limit.is_some() {
+            return;
+        }
+        let now = self.clock.now().0;
+        let mut budget = self.lock();
+        let Budget {
+            learned, second, ..
+        } = &mut *budget;
+        // Requests accepted in the second that began at `second.0`.
+        if now.saturating_sub(second.0) >= 1000 {
+            *second = (now, 0);
+        }
+        if !refused {
+            second.1 += 1;
+        }
+        let changed = match (learned, refused) {
+            (Some(learned), true) => learned.refused(admitted.0, now),
+            (Some(learned), false) => {
+                learned.accepted(second.1);
+                false
+            }
+            (learned @ None, true) => {
+                *learned = Some(Learned {
+                    slow_start: true,
+                    rate_mrps: second.1.max(1) * 1000,
+                    since: 0,
+                    cycle_s: Learned::FIRST_CYCLE_S,
+                    counted_until_ms: now,
+                    best_second: second.1,
+                    early_cuts: 0,
+                    ignored: 0,
+                });
+                true
+            }
+            (None, false) => false,
+        };
+        if !changed {
+            return;
+        }
+        let snapshot = budget.clone();
+        drop(budget);
+        if let Some(learned) = &snapshot.learned {
+            tracing::info!(
+                "the API refused a request for its rate (429): pacing its requests at {:.2}/s \
+                 from now, learned from its refusals (source.rate_limit would set it)",
+                learned.rate()
+            );
+        }
+        self.save(&snapshot);
+    }
+
     /// Reads the API's quota headers from a response.
     pub fn observe(&self, headers: &HeaderMap) {
         let Some(quota) = Quota::read(headers, self.clock.now()) else {
@@ -403,7 +603,8 @@ impl Budget {
                 }
             }
         }
-        if let Some(pace) = limit {
+        let learned = self.learned.as_ref().filter(|_| limit.is_none());
+        if let Some(pace) = limit.or_else(|| learned.map(Learned::pace)) {
             let now_us = now.0.saturating_mul(1000);
             let allowed = self.tat_us.saturating_sub(pace.tolerance_us);
             // The request `count` back (a changed limit may have left more).
@@ -413,8 +614,14 @@ impl Budget {
                 .map_or(0, |t| (t + pace.window_ms) * 1000);
             let allowed = allowed.max(window);
             if allowed > now_us {
-                let wait = Duration::from_micros(allowed - now_us);
-                return Some((wait, "the workflow's rate_limit".into()));
+                // Whole milliseconds, rounded up: the clock reads milliseconds, and a
+                // wait rounded down to none would find the request still too early.
+                let wait = Duration::from_millis((allowed - now_us).div_ceil(1000));
+                let why = match learned {
+                    Some(l) => format!("the pace learned from the API's 429s ({:.2}/s)", l.rate()),
+                    None => "the workflow's rate_limit".into(),
+                };
+                return Some((wait, why));
             }
         }
         None
@@ -422,7 +629,8 @@ impl Budget {
 
     /// Counts a request let through at `now`.
     fn take(&mut self, now: Timestamp, limit: Option<Pace>) {
-        if let Some(pace) = limit {
+        let learned = self.learned.as_ref().filter(|_| limit.is_none());
+        if let Some(pace) = limit.or_else(|| learned.map(Learned::pace)) {
             let now_us = now.0.saturating_mul(1000);
             // Late by a little: on schedule still; after an idle spell: from now.
             let base = match now_us <= self.tat_us.saturating_add(pace.slack_us()) {
@@ -582,6 +790,112 @@ mod tests {
         fn now(&self) -> Timestamp {
             Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
         }
+    }
+
+    /// An API admitting `rate` requests a second with a burst of 2 (GCRA), answering 429
+    /// with `Retry-After: 1` beyond, asked through `gate` until it accepted `pages`
+    /// requests; each answer takes 3 ms. Returns the share of the allowed rate reached
+    /// and the requests refused.
+    fn against_a_limit(gate: &Gate, clock: &Manual, rate: u64, pages: u64) -> (f64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let interval = 1000 / rate;
+        let (mut tat, mut accepted, mut refused) = (clock.now().0, 0, 0);
+        let start = clock.now().0;
+        while accepted < pages {
+            let now = clock.now();
+            let wait = gate.lock().wait(now, gate.limit);
+            if let Some((wait, _)) = wait {
+                clock
+                    .0
+                    .fetch_add(u64::try_from(wait.as_millis()).unwrap_or(1).max(1), SeqCst);
+                continue;
+            }
+            gate.lock().take(now, gate.limit);
+            let ok = now.0 + interval >= tat.saturating_sub(interval);
+            if ok {
+                tat = tat.max(now.0) + interval;
+                accepted += 1;
+            } else {
+                refused += 1;
+                gate.block(now.saturating_add(Duration::from_secs(1)));
+            }
+            clock.0.fetch_add(3, SeqCst);
+            gate.judged(now, !ok);
+        }
+        let ideal = (pages * 1000 / rate) as f64;
+        (ideal / (clock.now().0 - start) as f64, refused)
+    }
+
+    #[test]
+    fn a_rate_nobody_configured_is_learned_from_429s_and_kept_for_the_next_run() {
+        let dir = std::env::temp_dir().join(format!("waymark-learn-{}", std::process::id()));
+        let file = dir.join("api.json");
+        let _ = std::fs::remove_dir_all(&dir);
+        let clock = Arc::new(Manual(std::sync::atomic::AtomicU64::new(1_000_000)));
+        let day = Duration::from_secs(86_400);
+        // Without learning (greedy, waiting out each Retry-After) the same API gives ~60%
+        // with a quarter of the requests refused.
+        let gate = Gate::new(None, Some(file.clone()), clock.clone(), day);
+        let (first, refused) = against_a_limit(&gate, &clock, 5, 400);
+        eprintln!("first run: {first:.3}, {refused} refused");
+        assert!(
+            first >= 0.88 && refused <= 8,
+            "first run: {first:.3}, {refused} refused"
+        );
+        // The next run starts at the learned pace: ≥ 90% of the rate, ≤ 1% refused.
+        clock
+            .0
+            .fetch_add(3_600_000, std::sync::atomic::Ordering::SeqCst);
+        let gate = Gate::new(None, Some(file.clone()), clock.clone(), day);
+        let (next, refused) = against_a_limit(&gate, &clock, 5, 400);
+        eprintln!("next run: {next:.3}, {refused} refused");
+        assert!(
+            next >= 0.9 && refused <= 4,
+            "next run: {next:.3}, {refused} refused"
+        );
+        // A configured rate_limit is not second-guessed.
+        let limit = RateLimit {
+            requests: 5,
+            per: crate::config::Span(Duration::from_secs(1)),
+            burst: 1,
+            across_tenants: true,
+        };
+        let gate = Gate::new(Some(&limit), None, clock.clone(), day);
+        gate.judged(clock.now(), true);
+        assert_eq!(gate.lock().learned, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refusals_that_come_at_any_pace_do_not_bring_the_learned_pace_to_a_crawl() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let clock = Arc::new(Manual(std::sync::atomic::AtomicU64::new(1_000_000)));
+        let gate = Gate::new(None, None, clock.clone(), Duration::from_secs(86_400));
+        // An API answering in 3 ms at any rate, refusing every tenth request (429,
+        // Retry-After 1 s): waiting each refusal out and sending at once otherwise takes
+        // 2,000 × 3 ms + 222 × 1 s ≈ 229 s for 2,000 accepted requests.
+        let (start, mut accepted, mut asked) = (clock.now().0, 0, 0u64);
+        while accepted < 2000 {
+            let now = clock.now();
+            if let Some((wait, _)) = gate.lock().wait(now, gate.limit) {
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(1).max(1);
+                clock.0.fetch_add(ms, SeqCst);
+                continue;
+            }
+            gate.lock().take(now, gate.limit);
+            asked += 1;
+            let refused = asked % 10 == 0;
+            if refused {
+                gate.block(now.saturating_add(Duration::from_secs(1)));
+            } else {
+                accepted += 1;
+            }
+            clock.0.fetch_add(3, SeqCst);
+            gate.judged(now, refused);
+        }
+        let took = clock.now().0 - start;
+        eprintln!("2,000 requests with every tenth refused: {took} ms");
+        assert!(took < 2 * 229_000, "the pace collapsed: {took} ms");
     }
 
     #[test]
