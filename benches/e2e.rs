@@ -257,21 +257,27 @@ fn rows(db: &Path) -> Result<u64> {
     Ok(conn.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0))? as u64)
 }
 
-/// The baseline: fetch a page, upsert it and its checkpoint in one SQLite transaction
-/// (WAL, synchronous=FULL, as Waymark's destination), next page. Runs in a child process
-/// (`e2e baseline <url> <db>`), so its RSS is its own.
-fn baseline(url: &str, db: &Path) -> Result {
+/// What the hand-written loops share: the SQLite file (WAL, `synchronous`, `items` keyed by
+/// `key_type`), then page after page of `url`: `write` upserts a page's body in the open
+/// transaction and returns the next cursor, then the checkpoint row, commit. Runs in a
+/// child process (`e2e baseline|lean <url> <db>`), so its RSS is its own.
+fn hand_written(
+    url: &str,
+    db: &Path,
+    (synchronous, key_type): (&str, &str),
+    mut write: impl FnMut(&rusqlite::Transaction, &[u8]) -> Result<Option<String>>,
+) -> Result {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let client = reqwest::Client::new();
     let conn = rusqlite::Connection::open(db)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, version TEXT, record TEXT);
-         CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, cursor TEXT);",
-    )?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS items (key {key_type} PRIMARY KEY, version TEXT, record TEXT);
+         CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, cursor TEXT);"
+    ))?;
     let mut cursor: Option<String> = None;
     loop {
         let mut request = client
@@ -282,20 +288,8 @@ fn baseline(url: &str, db: &Path) -> Result {
         }
         let body =
             rt.block_on(async { request.send().await?.error_for_status()?.bytes().await })?;
-        let page: serde_json::Value = serde_json::from_slice(&body)?;
-        let records = page["data"].as_array().ok_or("no data")?;
         let tx = conn.unchecked_transaction()?;
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO items (key, version, record) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET version = excluded.version, record = excluded.record
-                 WHERE excluded.version >= items.version",
-            )?;
-            for r in records {
-                upsert.execute((r["id"].to_string(), r["updated_at"].as_str(), r.to_string()))?;
-            }
-        }
-        cursor = page["next"].as_str().map(String::from);
+        cursor = write(&tx, &body)?;
         tx.execute(
             "INSERT OR REPLACE INTO checkpoint (id, cursor) VALUES (1, ?1)",
             [&cursor],
@@ -307,11 +301,29 @@ fn baseline(url: &str, db: &Path) -> Result {
     }
 }
 
+const UPSERT: &str = "INSERT INTO items (key, version, record) VALUES (?1, ?2, ?3)
+     ON CONFLICT (key) DO UPDATE SET version = excluded.version, record = excluded.record
+     WHERE excluded.version >= items.version";
+
+/// The baseline: each page parsed into a `serde_json::Value`, its records upserted (text
+/// keys, each record re-serialised) with the checkpoint in one transaction, WAL with
+/// `synchronous=FULL` as Waymark's destination.
+fn baseline(url: &str, db: &Path) -> Result {
+    hand_written(url, db, ("FULL", "TEXT"), |tx, body| {
+        let page: serde_json::Value = serde_json::from_slice(body)?;
+        let records = page["data"].as_array().ok_or("no data")?;
+        let mut upsert = tx.prepare_cached(UPSERT)?;
+        for r in records {
+            upsert.execute((r["id"].to_string(), r["updated_at"].as_str(), r.to_string()))?;
+        }
+        Ok(page["next"].as_str().map(String::from))
+    })
+}
+
 /// The lean loop an engineer would write by hand instead of adopting a tool: the page
 /// parsed once into borrowed, typed fields (each record's text kept as it came), a
 /// prepared version-checked upsert and a checkpoint row per page in one transaction, WAL
-/// with `synchronous=NORMAL` (survives a crash of the process, not a power cut: Waymark's
-/// `durability = "process"`). `e2e lean <url> <db>`.
+/// with `synchronous=NORMAL` (survives a crash of the process, not a power cut).
 fn lean(url: &str, db: &Path) -> Result {
     #[derive(serde::Deserialize)]
     struct Page<'a> {
@@ -324,50 +336,15 @@ fn lean(url: &str, db: &Path) -> Result {
         id: u64,
         updated_at: &'a str,
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let client = reqwest::Client::new();
-    let conn = rusqlite::Connection::open(db)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, version TEXT, record TEXT);
-         CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, cursor TEXT);",
-    )?;
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut request = client
-            .get(format!("{url}/items"))
-            .query(&[("limit", "500")]);
-        if let Some(c) = &cursor {
-            request = request.query(&[("cursor", c)]);
+    hand_written(url, db, ("NORMAL", "INTEGER"), |tx, body| {
+        let page: Page = serde_json::from_slice(body)?;
+        let mut upsert = tx.prepare_cached(UPSERT)?;
+        for raw in &page.data {
+            let item: Item = serde_json::from_str(raw.get())?;
+            upsert.execute((item.id, item.updated_at, raw.get()))?;
         }
-        let body =
-            rt.block_on(async { request.send().await?.error_for_status()?.bytes().await })?;
-        let page: Page = serde_json::from_slice(&body)?;
-        let tx = conn.unchecked_transaction()?;
-        {
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO items (key, version, record) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET version = excluded.version, record = excluded.record
-                 WHERE excluded.version >= items.version",
-            )?;
-            for raw in &page.data {
-                let item: Item = serde_json::from_str(raw.get())?;
-                upsert.execute((item.id, item.updated_at, raw.get()))?;
-            }
-        }
-        cursor = page.next.map(String::from);
-        tx.execute(
-            "INSERT OR REPLACE INTO checkpoint (id, cursor) VALUES (1, ?1)",
-            [&cursor],
-        )?;
-        tx.commit()?;
-        if cursor.is_none() {
-            return Ok(());
-        }
-    }
+        Ok(page.next.map(String::from))
+    })
 }
 
 /// The server's own limit: fetch every page (body read, not parsed), one at a time.
