@@ -92,6 +92,9 @@ struct ClientKey {
     ca_file: Option<Vec<u8>>,
 }
 
+/// The most a response body's buffer is given at once when its length is not declared.
+const PREALLOCATED_AT_MOST: u64 = 256 << 20;
+
 /// The clients tenants share, by what they are made of.
 static CLIENTS: std::sync::LazyLock<Mutex<HashMap<ClientKey, reqwest::Client>>> =
     std::sync::LazyLock::new(Default::default);
@@ -490,8 +493,17 @@ impl Api {
                 size_in_words(length)
             )));
         }
-        let capacity = declared.and_then(|length| usize::try_from(length).ok());
-        let mut body = Vec::with_capacity(capacity.unwrap_or(0));
+        // Room for the whole body at once: its declared length, or else the limit (at most
+        // 256 MiB). Memory is only used as the body fills it (untouched pages of a large
+        // allocation are not resident), and the buffer is never grown by copying, which
+        // can leave each smaller size behind in the allocator (a body cut at 64 MiB once
+        // peaked at 168 MiB).
+        let room = declared.unwrap_or(limit.min(PREALLOCATED_AT_MOST));
+        let mut body = Vec::new();
+        if let Ok(room) = usize::try_from(room) {
+            // Refused (no such address space): grown as it comes instead.
+            let _ = body.try_reserve_exact(room);
+        }
         loop {
             let chunk = response.chunk().await.map_err(|e| {
                 self.masked(source::Error::new(
@@ -503,6 +515,8 @@ impl Api {
                 ))
             })?;
             let Some(chunk) = chunk else {
+                // The room not used is given back (kept pages hold only what they read).
+                body.shrink_to_fit();
                 return Ok(body);
             };
             let read = u64::try_from(body.len() + chunk.len()).unwrap_or(u64::MAX);
