@@ -8,7 +8,8 @@
 //! `WAYMARK_BENCH_RESUME_STEPS=1000000` steps, rate-limited run with `WAYMARK_BENCH_RATE=20`
 //! requests/s over `WAYMARK_BENCH_SECONDS=30`, a sync of 400 pages with no `rate_limit`
 //! against an API allowing `WAYMARK_BENCH_LEARN_RATE=5` requests/s (first run, then again
-//! with the first run's saved budget; 0 skips it). `WAYMARK_BENCH_BASELINE=<path>` adds another
+//! with the first run's saved budget; 0 skips it), a run with nothing new by each window rule
+//! (`WAYMARK_BENCH_IDLE_ROUNDS=9`, 0 skips it). `WAYMARK_BENCH_BASELINE=<path>` adds another
 //! build of waymark (an earlier commit's) to the throughput rounds, side by side.
 //!
 //! `cargo bench --features bench-unjournaled --bench e2e -- serve <records> <dir>` only serves the pages and writes a
@@ -59,7 +60,14 @@ fn record(id: u64, out: &mut String) {
 
 /// Page `k` (from 0) of `n` records: `{"data": [...], "next": "k+1"}`.
 fn page(k: u64, n: u64) -> String {
-    let first = k * PAGE + 1;
+    page_from(1, k, n)
+}
+
+/// Page `k` (from 0) of the records from id `from` to `n`; record `id` was updated at
+/// 2026-01-01T00:00:00Z + `id` seconds (below 28 days of ids), so `updated_since=T` starts at
+/// the first id at or after T.
+fn page_from(from: u64, k: u64, n: u64) -> String {
+    let first = from + k * PAGE;
     let last = (first + PAGE - 1).min(n);
     let mut out = String::with_capacity(PAGE as usize * 420 + 64);
     out.push_str(r#"{"data":["#);
@@ -129,9 +137,18 @@ async fn serve_page(
         .last_served
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-    let body = match s.pages.get(k as usize) {
-        Some(b) => b.clone(),
-        None => bytes::Bytes::from(page(k, s.n)),
+    let since = q.get("updated_since").map(|t| {
+        let at = humantime::parse_rfc3339(t).map_or(u64::MAX, |t| {
+            let from = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            from.as_millis() as u64
+        });
+        // Ids are seconds after 2026-01-01T00:00:00Z: the first at or after `at`.
+        at.saturating_sub(1_767_225_600_000).div_ceil(1000).max(1)
+    });
+    let body = match (since, s.pages.get(k as usize)) {
+        (Some(from), _) => bytes::Bytes::from(page_from(from, k, s.n)),
+        (None, Some(b)) => b.clone(),
+        (None, None) => bytes::Bytes::from(page(k, s.n)),
     };
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     (headers, body).into_response()
@@ -164,9 +181,11 @@ fn start_server(
     Ok((addr, counters))
 }
 
-/// Wall time, peak RSS (KiB) and CPU time (user + system) of a command run under
-/// `/usr/bin/time -v`.
-fn timed(cmd: Command) -> Result<(Duration, u64, Duration)> {
+/// Wall time, peak RSS (KiB) and CPU time (user + system) of a process.
+type Timed = (Duration, u64, Duration);
+
+/// [`Timed`] of a command run under `/usr/bin/time -v`.
+fn timed(cmd: Command) -> Result<Timed> {
     let program = cmd.get_program().to_owned();
     let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
     let envs: Vec<_> = cmd
@@ -208,6 +227,17 @@ fn timed(cmd: Command) -> Result<(Duration, u64, Duration)> {
 }
 
 fn workflow(dir: &Path, addr: SocketAddr, extra_source: &str, page_size: u64) -> Result<PathBuf> {
+    workflow_with(dir, addr, extra_source, page_size, "")
+}
+
+/// [`workflow`] with more keys for the stream.
+fn workflow_with(
+    dir: &Path,
+    addr: SocketAddr,
+    extra_source: &str,
+    page_size: u64,
+    extra_stream: &str,
+) -> Result<PathBuf> {
     let text = format!(
         r#"[sync]
 name = "bench"
@@ -226,6 +256,7 @@ primary_key = "id"
 cursor_field = "updated_at"
 page_size = {page_size}
 pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor", limit_param = "limit" }}
+{extra_stream}
 
 [destination]
 kind = "sqlite"
@@ -548,6 +579,63 @@ fn unconfigured_limit(
     Ok(out)
 }
 
+/// A run with nothing new, after a first run of `n` records: for each window rule, the
+/// requests it sent, and the medians of `rounds` runs' wall time, peak RSS and CPU; beside
+/// them the same binary doing nothing (`waymark --version`), the floor of any process.
+fn nothing_new(
+    rt: &tokio::runtime::Runtime,
+    n: u64,
+    rounds: usize,
+) -> Result<Vec<(&'static str, f64, Timed)>> {
+    let (addr, counters) = start_server(rt, n, 0, 0)?;
+    let base = std::env::temp_dir().join(format!("waymark-bench-idle-{}", std::process::id()));
+    let median = |v: Vec<Timed>| {
+        fn mid<T: Ord + Copy>(mut x: Vec<T>) -> T {
+            x.sort();
+            x[x.len() / 2]
+        }
+        (
+            mid(v.iter().map(|x| x.0).collect()),
+            mid(v.iter().map(|x| x.1).collect()),
+            mid(v.iter().map(|x| x.2).collect()),
+        )
+    };
+    let mut out = Vec::new();
+    let mut floor = Vec::new();
+    for _ in 0..rounds {
+        let mut cmd = Command::new(this_waymark());
+        cmd.arg("--version").stdout(Stdio::null());
+        floor.push(timed(cmd)?);
+    }
+    out.push(("`waymark --version` (no run)", 0.0, median(floor)));
+    for rule in ["watermark", "max_seen"] {
+        let dir = base.join(rule);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let window = format!(
+            r#"window = {{ lag = "0s", start = "{rule}", start_param = "updated_since" }}"#
+        );
+        let wf = workflow_with(&dir, addr, "", PAGE, &window)?;
+        let first = waymark(&this_waymark(), &dir, &wf).output()?;
+        if !first.status.success() {
+            let err = String::from_utf8_lossy(&first.stderr);
+            return Err(format!("nothing-new first run: {err}").into());
+        }
+        if rows(&dir.join("out.db"))? != n {
+            return Err("nothing-new: the first run did not write every record".into());
+        }
+        let before = counters.served.load(Ordering::Relaxed);
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            times.push(timed(waymark(&this_waymark(), &dir, &wf))?);
+        }
+        let requests = (counters.served.load(Ordering::Relaxed) - before) as f64 / rounds as f64;
+        out.push((rule, requests, median(times)));
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(out)
+}
+
 const AT: waymark_engine::Timestamp = waymark_engine::Timestamp(1_800_000_000_000);
 
 /// A run's start for a state directory built by hand.
@@ -580,6 +668,7 @@ fn page_steps(page: u64, last: bool) -> [waymark_engine::Event; 3] {
             bytes: 0,
             checksum: 0,
             at: AT,
+            max_seen: None,
         }),
         Event::BatchWritten {
             page,
@@ -790,6 +879,23 @@ fn main() -> Result {
             "\nrate-limited: {served} pages in {seconds} s at {rate} req/s allowed: {:.1}% of the allowed rate, {refused} requests refused (429)",
             fraction * 100.0
         );
+    }
+    let idle = std::env::var("WAYMARK_BENCH_IDLE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9);
+    if idle > 0 {
+        let n = 10_000;
+        println!("\n| a run with nothing new, after {n} records (median of {idle}) | requests | wall | peak RSS | CPU (user + sys) |");
+        println!("|---|---:|---:|---:|---:|");
+        for (what, requests, (took, rss, cpu)) in nothing_new(&rt, n, idle)? {
+            println!(
+                "| {what} | {requests:.0} | {:.1} ms | {:.1} MiB | {:.1} ms |",
+                took.as_secs_f64() * 1e3,
+                rss as f64 / 1024.0,
+                cpu.as_secs_f64() * 1e3
+            );
+        }
     }
     let learn = std::env::var("WAYMARK_BENCH_LEARN_RATE")
         .ok()

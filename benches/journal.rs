@@ -40,6 +40,7 @@ fn fetched(page: u64) -> Event {
         bytes: 200_000,
         checksum: 0xDEAD_BEEF,
         at: AT,
+        max_seen: None,
     })
 }
 

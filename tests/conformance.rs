@@ -270,6 +270,7 @@ async fn write(
         records: 0,
         complete: false,
         at: Timestamp(1_000),
+        max_seen: Some(Timestamp(900 + page)),
     };
     let records = d.preparer()(records);
     let batch = Batch {
@@ -441,9 +442,10 @@ async fn a_batch_committed_before_a_crash_is_recognised_not_written_again() -> R
             (
                 checkpoint.run_id,
                 checkpoint.page,
-                checkpoint.cursor.as_deref()
+                checkpoint.cursor.as_deref(),
+                checkpoint.max_seen,
             ),
-            (run, 1, Some("after-1")),
+            (run, 1, Some("after-1"), Some(Timestamp(901))),
             "{:?}",
             t.kind
         );

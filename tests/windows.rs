@@ -162,3 +162,69 @@ fn a_backfill_has_its_own_checkpoint_and_coexists_with_the_incremental_run() -> 
     assert_eq!(rows(&db)?, sandbox.truth()?);
     Ok(())
 }
+
+#[test]
+fn windows_that_start_at_the_greatest_value_seen_catch_an_api_clock_running_behind() -> Result {
+    // Orders from 60 to 10 minutes ago; changes made while serving are stamped by an API
+    // clock 10 minutes behind ours.
+    let sandbox = Sandbox::start(&[
+        "--records",
+        "3000",
+        "--tie",
+        "1",
+        "--base",
+        "60m",
+        "--clock-behind",
+        "10m",
+    ])?;
+    let newest = sandbox
+        .truth()?
+        .values()
+        .filter_map(|r| r["updated_at"].as_str().map(ms))
+        .collect::<Result<Vec<u64>>>()?
+        .into_iter()
+        .max()
+        .ok_or("no orders")?;
+    let dirs = [TempDir::new("watermark"), TempDir::new("max-seen")];
+    let sync = |dir: &TempDir, rule: &str| -> Result<(PathBuf, PathBuf)> {
+        let workflow = windowed(dir.path(), &format!(r#"lag = "0s", start = "{rule}""#))?;
+        let state = dir.path().join("state");
+        let out = run(waymark(&state, &sandbox.url).arg("run").arg(&workflow))?;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        Ok((workflow, state))
+    };
+    let (by_watermark, watermark_state) = sync(&dirs[0], "watermark")?;
+    let (by_max_seen, max_seen_state) = sync(&dirs[1], "max_seen")?;
+    // Two orders change now: stamped 10 minutes ago, before both runs' watermarks.
+    sandbox.edit(&[], &[5, 6], &[])?;
+    for (workflow, state) in [
+        (&by_watermark, &watermark_state),
+        (&by_max_seen, &max_seen_state),
+    ] {
+        let out = run(waymark(state, &sandbox.url).arg("run").arg(workflow))?;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let truth = sandbox.truth()?;
+    let db = |workflow: &Path| workflow.with_file_name("shop.db");
+    // `max_seen` started where the data left off and read both changes...
+    assert_eq!(rows(&db(&by_max_seen))?, truth);
+    let windows = windows_of(&max_seen_state)?;
+    assert_eq!(windows.len(), 2, "{windows:?}");
+    let second = windows
+        .iter()
+        .find(|w| !w.0.is_empty())
+        .ok_or("no second window")?;
+    assert_eq!(ms(&second.0)?, newest, "{windows:?}");
+    assert_eq!(
+        second.2, 3,
+        "the newest order again, and the two changed: {windows:?}"
+    );
+    // ...while `watermark` started at its own clock's last watermark and missed them.
+    let stale: Vec<String> = rows(&db(&by_watermark))?
+        .iter()
+        .filter(|(id, row)| truth.get(*id) != Some(row))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(stale, ["5", "6"]);
+    Ok(())
+}

@@ -12,13 +12,14 @@
 //! records this way (`sink::plan::identify`).
 //!
 //! Versions compare by [`compare_versions`]: numbers by their exact decimal value, anything
-//! else as text.
+//! else as text; [`instant`] reads one as a time.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
+use waymark_engine::time::{Timestamp, MAX_RFC3339};
 
 /// The value at a dotted path (`customer.id`) of a JSON value.
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
@@ -302,9 +303,101 @@ impl<'a> Decimal<'a> {
     }
 }
 
+/// A scalar's text ([`scalar_text`]) read as an instant: RFC 3339 with any offset (`Z`,
+/// `+02:00`, `+0200`) or none (UTC), a date (`2026-01-31`: its midnight, UTC), or a Unix
+/// time — seconds, or milliseconds when too large to be seconds before the year 5138
+/// (fractions of a second count to the millisecond). `None` for anything else.
+pub fn instant(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        let whole: u64 = whole.parse().ok()?;
+        let ms = match whole > 100_000_000_000 {
+            true => whole,
+            false => {
+                let fraction = format!("{:0<3}", &fraction[..fraction.len().min(3)]);
+                whole
+                    .checked_mul(1000)?
+                    .checked_add(fraction.parse().ok()?)?
+            }
+        };
+        return (ms < MAX_RFC3339).then_some(Timestamp(ms));
+    }
+    if text.len() == 10 {
+        return instant(&format!("{text}T00:00:00Z"));
+    }
+    // A numeric offset after the time of day: `hh:mm`, `hhmm` or `hh`.
+    let zone = text
+        .char_indices()
+        .skip(11)
+        .find(|&(_, c)| c == '+' || c == '-')
+        .map(|(i, _)| i);
+    let (local, offset_ms) = match zone {
+        None => (text.to_string(), 0i64),
+        Some(i) => {
+            let sign = if text[i..].starts_with('-') { -1 } else { 1 };
+            let digits: String = text[i + 1..].chars().filter(|&c| c != ':').collect();
+            if !(digits.len() == 2 || digits.len() == 4)
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            let hours: i64 = digits[..2].parse().ok()?;
+            let minutes: i64 = match digits.len() {
+                4 => digits[2..].parse().ok()?,
+                _ => 0,
+            };
+            (
+                format!("{}Z", &text[..i]),
+                sign * (hours * 60 + minutes) * 60_000,
+            )
+        }
+    };
+    let at = humantime::parse_rfc3339_weak(&local).ok()?;
+    let ms = i64::try_from(Timestamp::from_system(at).0).ok()?;
+    u64::try_from(ms - offset_ms).ok().map(Timestamp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_in_the_forms_apis_write_them() {
+        let at = |t: &str| instant(t).map(|t| t.to_string());
+        let noon = Some("2026-03-01T12:00:00.000Z".to_string());
+        for text in [
+            "2026-03-01T12:00:00Z",
+            "2026-03-01T12:00:00.000Z",
+            "2026-03-01T14:00:00+02:00",
+            "2026-03-01T07:00:00.000-0500",
+            "2026-03-01T13:00:00+01",
+            "2026-03-01 12:00:00",
+            "1772366400",
+            "1772366400000",
+        ] {
+            assert_eq!(at(text), noon, "{text}");
+        }
+        assert_eq!(
+            at("1772366400.25").as_deref(),
+            Some("2026-03-01T12:00:00.250Z")
+        );
+        assert_eq!(
+            at("2026-03-01").as_deref(),
+            Some("2026-03-01T00:00:00.000Z")
+        );
+        for text in [
+            "",
+            "soon",
+            "2026-03-01T12:00:00+2",
+            "v17x",
+            "-5",
+            "99999999999999999",
+            "2026-13-01",
+        ] {
+            assert_eq!(at(text), None, "{text}");
+        }
+    }
 
     fn raw(text: &str) -> Option<&RawValue> {
         serde_json::from_str(text).ok()

@@ -345,6 +345,7 @@ mod tests {
             bytes: 1,
             checksum: 0,
             at: Timestamp(2),
+            max_seen: None,
         })
     }
 

@@ -168,6 +168,10 @@ pub struct PageFetched {
     pub checksum: u32,
     /// When the page arrived.
     pub at: Timestamp,
+    /// The greatest cursor value on the page, read as a time (only for a stream whose
+    /// windows start there: `window.start = "max_seen"`).
+    #[serde(default, deserialize_with = "crate::journal::added_in_v5")]
+    pub max_seen: Option<Timestamp>,
 }
 
 /// One journaled fact about a run. Match exhaustively: a new variant must be handled

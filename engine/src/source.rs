@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::time::Timestamp;
 use crate::window::Window;
 
 /// A request for one page of a stream.
@@ -26,6 +27,9 @@ pub struct Page {
     /// Set when a response rule ignored the response: the page is empty and journaled as
     /// ignored, with this explanation.
     pub ignored: Option<Ignored>,
+    /// The greatest cursor value of the page's records, read as a time, when the stream's
+    /// windows start at the greatest value seen ([`crate::window::Start::MaxSeen`]).
+    pub max_seen: Option<Timestamp>,
 }
 
 /// Why a response was ignored.

@@ -109,6 +109,10 @@ pub struct RunState {
     /// ahead is journaled after the write it overlapped, with an earlier time, so the active
     /// time grows only past this mark (never twice for the overlap).
     pub active_until: Timestamp,
+    /// The greatest cursor value committed: the checkpoint's it started from, raised by
+    /// each committed page's.
+    #[serde(default, deserialize_with = "crate::journal::added_in_v5")]
+    pub max_seen: Option<Timestamp>,
 }
 
 /// An event that cannot follow the state it was applied to: the journal is inconsistent.
@@ -140,6 +144,7 @@ impl RunState {
             updated_at: started.at,
             active_ms: 0,
             active_until: started.at,
+            max_seen: started.start_from.checkpoint().and_then(|c| c.max_seen),
         }
     }
 
@@ -193,6 +198,11 @@ impl RunState {
             .take(upto + 1)
             .map(|p| p.fetched.records)
             .sum();
+        let max_seen = self
+            .pending
+            .iter()
+            .take(upto + 1)
+            .fold(self.max_seen, |max, p| max.max(p.fetched.max_seen));
         let cursor = self.pending[upto].fetched.next_cursor.clone();
         Some(Checkpoint {
             run_id: self.run_id(),
@@ -202,6 +212,7 @@ impl RunState {
             page,
             records: self.counts.records_committed + records,
             at,
+            max_seen,
         })
     }
 
@@ -215,6 +226,7 @@ impl RunState {
             records: self.counts.records_committed,
             complete: self.committed_cursor.is_none(),
             at: self.updated_at,
+            max_seen: self.max_seen,
         })
     }
 
@@ -330,6 +342,7 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
             }
             state.committed_cursor = front.fetched.next_cursor.clone();
             state.committed_page = *page;
+            state.max_seen = state.max_seen.max(front.fetched.max_seen);
             state.counts.pages_committed += 1;
             state.counts.records_committed += front.fetched.records;
             add_ack(&mut state.counts.written, &ack);
@@ -430,6 +443,7 @@ mod tests {
             bytes: 100,
             checksum: 7,
             at: Timestamp(2),
+            max_seen: None,
         })
     }
 
@@ -488,6 +502,59 @@ mod tests {
             .checkpoint()
             .ok_or_else(|| s.invalid(&committed(1), "no checkpoint"))?;
         assert_eq!((cp.page, cp.records, cp.complete), (1, 10, false));
+        Ok(())
+    }
+
+    #[test]
+    fn the_greatest_cursor_value_seen_advances_only_with_commits() -> Result<(), Invalid> {
+        let page = |n: u64, next: Option<&str>, seen: Option<u64>| match fetched(n, next) {
+            Event::PageFetched(p) => Event::PageFetched(PageFetched {
+                max_seen: seen.map(Timestamp),
+                ..p
+            }),
+            other => other,
+        };
+        let mut from = started();
+        from.start_from = StartFrom::Journal(Checkpoint {
+            run_id: RunId::new(),
+            window: from.window,
+            cursor: None,
+            page: 9,
+            records: 90,
+            complete: true,
+            at: Timestamp(0),
+            max_seen: Some(Timestamp(35)),
+        });
+        let s = RunState::start(&from);
+        assert_eq!(
+            s.max_seen,
+            Some(Timestamp(35)),
+            "carried from the checkpoint"
+        );
+        let s = [
+            page(1, Some("c1"), Some(40)),
+            page(2, Some("c2"), Some(30)),
+            page(3, None, Some(70)),
+            written(1),
+            committed(1),
+            written(2),
+        ]
+        .iter()
+        .try_fold(s, apply)?;
+        // Page 3 was fetched, not committed: its value is not the stream's yet.
+        assert_eq!(s.max_seen, Some(Timestamp(40)));
+        let two = s.checkpoint_after(2, Timestamp(5)).map(|c| c.max_seen);
+        assert_eq!(
+            two,
+            Some(Some(Timestamp(40))),
+            "a page's lower value lowers nothing"
+        );
+        let three = s.checkpoint_after(3, Timestamp(5)).map(|c| c.max_seen);
+        assert_eq!(three, Some(Some(Timestamp(70))));
+        let s = [committed(2), written(3), committed(3)]
+            .iter()
+            .try_fold(s, apply)?;
+        assert_eq!(s.checkpoint().and_then(|c| c.max_seen), Some(Timestamp(70)));
         Ok(())
     }
 
@@ -590,6 +657,7 @@ mod tests {
                 bytes: 1,
                 checksum: 1,
                 at: at(ms),
+                max_seen: None,
             })
         };
         let ack = WriteAck::default();

@@ -24,3 +24,16 @@ impl std::fmt::Display for Window {
         }
     }
 }
+
+/// Where a window after a completed one starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Start {
+    /// At the previous watermark (Waymark's clock at the last run, minus lag), less the
+    /// overlap.
+    #[default]
+    Watermark,
+    /// At the greatest cursor value the stream's runs wrote (the API's own clock), or the
+    /// previous watermark if that is earlier, less the overlap; the watermark until a
+    /// record with a cursor value was seen.
+    MaxSeen,
+}

@@ -212,6 +212,53 @@ async fn a_resumed_run_keeps_its_watermark() -> Result<(), Box<dyn std::error::E
 }
 
 #[tokio::test]
+async fn a_window_after_max_seen_starts_at_the_greatest_value_committed(
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Versions read as times (ms): the API's clock, hours behind ours.
+    let hour = 3_600_000;
+    let versions = [5, 9, 7, 12, 11, 3].map(|h| h * hour);
+    let source = MemorySource::new((1..=6).zip(versions).collect(), 2);
+    let mut h = Harness::new("max-seen", source);
+    let mut p = plan();
+    p.window_start = waymark_engine::window::Start::MaxSeen;
+    p.overlap = std::time::Duration::from_secs(60);
+    // Killed after two pages: the checkpoint holds what those pages carried, no more.
+    h.settings.max_pages = Some(2);
+    let first = h.run(&p).await?;
+    assert_eq!(first.status, Status::Paused(PauseReason::PageBudget(2)));
+    let committed = h
+        .journal
+        .checkpoint("shop", "orders")?
+        .ok_or("no checkpoint")?;
+    assert_eq!(committed.max_seen, Some(Timestamp(12 * hour)));
+    h.crash();
+    h.settings.max_pages = None;
+    let done = h.run(&p).await?;
+    assert_eq!(
+        (done.run_id(), done.status),
+        (first.run_id(), Status::Completed)
+    );
+    let committed = h
+        .journal
+        .checkpoint("shop", "orders")?
+        .ok_or("no checkpoint")?;
+    assert_eq!(committed.max_seen, Some(Timestamp(12 * hour)));
+    // The next window starts at the greatest value, not at the watermark (NOW), less the
+    // overlap; an empty run keeps the value for the one after.
+    h.source.state().records.clear();
+    let next = h.run(&p).await?;
+    assert_eq!(next.window().start, Some(Timestamp(12 * hour - 60_000)));
+    assert_eq!(next.window().end, NOW);
+    let after = h.run(&p).await?;
+    assert_eq!(after.window().start, Some(Timestamp(12 * hour - 60_000)));
+    // The watermark rule, for the same history, starts at the last watermark.
+    p.window_start = waymark_engine::window::Start::Watermark;
+    let watermark = h.run(&p).await?;
+    assert_eq!(watermark.window().start, Some(Timestamp(NOW.0 - 60_000)));
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_changed_workflow_is_refused_and_fresh_abandons_the_run(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let source = MemorySource::new(records(10), 2);
@@ -512,11 +559,24 @@ fn slices_and_a_fixed_end_bound_each_window() {
         records: 30,
         complete,
         at: now,
+        max_seen: None,
     };
     // The next slice starts `overlap` before the last one ended.
     let (second, _) = driver::window_after(Some(&checkpoint(first, true, None)), &sliced_plan, now);
     assert_eq!(second.start, Some(Timestamp(HOUR - 60_000)));
     assert_eq!(second.end, Timestamp(2 * HOUR - 60_000));
+    // Slices tile the range whatever the rule: an empty slice (nothing seen in it) never
+    // holds the next one back.
+    let by_max_seen = driver::Plan {
+        window_start: waymark_engine::window::Start::MaxSeen,
+        ..sliced_plan.clone()
+    };
+    let seen_early = Checkpoint {
+        max_seen: Some(Timestamp(HOUR / 2)),
+        ..checkpoint(first, true, None)
+    };
+    let (tiled, _) = driver::window_after(Some(&seen_early), &by_max_seen, now);
+    assert_eq!(tiled, second);
     // An interrupted slice keeps its bounds and its cursor.
     let (again, cursor) = driver::window_after(
         Some(&checkpoint(second, false, Some("c7"))),

@@ -149,6 +149,7 @@ pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::R
                 records: 0,
                 complete: true,
                 at: now,
+                max_seen: None,
             };
             (target, Some(checkpoint))
         }
@@ -221,11 +222,17 @@ pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::R
 }
 
 fn describe(c: Option<&Checkpoint>) -> String {
-    match c {
-        None => "the beginning".into(),
-        Some(c) if c.complete => format!("watermark {} (window complete)", c.window.end),
-        Some(c) => format!(
-            "watermark {}, cursor {} (run {} page {})",
+    let Some(c) = c else {
+        return "the beginning".into();
+    };
+    let seen = c
+        .max_seen
+        .map(|t| format!(", greatest cursor value {t}"))
+        .unwrap_or_default();
+    match c.complete {
+        true => format!("watermark {}{seen} (window complete)", c.window.end),
+        false => format!(
+            "watermark {}{seen}, cursor {} (run {} page {})",
             c.window.end,
             printable(c.cursor.as_deref().unwrap_or("-")),
             c.run_id,

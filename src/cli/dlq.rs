@@ -231,6 +231,7 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
         records: records.len() as u64,
         complete: true,
         at: now,
+        max_seen: None,
     };
     let count = records.len();
     let prepared = target.preparer()(records);

@@ -188,7 +188,13 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
                 cut(&or_dash(p.next_cursor.as_ref()), HALF)
             ),
             format!("page {} records {}", p.page, p.records),
-            format!("staged {} bytes crc {:08x}", p.bytes, p.checksum),
+            match p.max_seen {
+                Some(t) => format!(
+                    "staged {} bytes crc {:08x}, greatest cursor value {t}",
+                    p.bytes, p.checksum
+                ),
+                None => format!("staged {} bytes crc {:08x}", p.bytes, p.checksum),
+            },
         ),
         Event::RequestRetried {
             page,
@@ -501,6 +507,7 @@ mod tests {
             bytes: 1,
             checksum: 1,
             at: Timestamp(at),
+            max_seen: None,
         })
     }
 

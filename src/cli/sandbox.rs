@@ -37,6 +37,10 @@ pub struct SandboxArgs {
     /// Inserts, updates and deletes per second while serving.
     #[arg(long, value_name = "PER_SECOND", default_value_t = 0.0)]
     mutate: f64,
+    /// The API's clock runs this far behind the machine's: changes while serving are
+    /// stamped `updated_at` = now − this (e.g. `5m`).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    clock_behind: Duration,
     /// Switch on an API quirk (repeatable).
     #[arg(long = "quirk", value_enum, value_name = "QUIRK")]
     quirks: Vec<Quirk>,
@@ -237,6 +241,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
         tie: args.tie.max(1),
         seed: args.seed,
         mutate_rate: args.mutate.max(0.0),
+        clock_behind_ms: ms(args.clock_behind),
         quirks: args.quirks,
         token: args.token,
         webhooks,

@@ -63,6 +63,8 @@ pub struct Config {
     pub base_ms: u64,
     /// Mutations per second (inserts 30%, updates 55%, deletes 15%; orders 80%).
     pub mutate_rate: f64,
+    /// How far the API's clock is behind the machine's: what a change is stamped with.
+    pub clock_behind_ms: u64,
     /// Injected faults.
     pub faults: Faults,
     /// Switched-on quirks.
@@ -82,6 +84,7 @@ impl Default for Config {
             seed: 1,
             base_ms: 1_767_225_600_000,
             mutate_rate: 0.0,
+            clock_behind_ms: 0,
             faults: Faults::default(),
             quirks: Vec::new(),
             token: None,
@@ -148,6 +151,11 @@ fn now_ms() -> u64 {
 }
 
 impl Sandbox {
+    /// Now by the API's clock: what a change is stamped with.
+    fn api_now(&self) -> u64 {
+        now_ms().saturating_sub(self.config.clock_behind_ms)
+    }
+
     /// Generates the dataset; mutations are announced to `outbox`, if any.
     pub fn new(config: Config, outbox: Option<webhooks::Outbox>) -> Arc<Self> {
         let data = Dataset {
@@ -219,7 +227,7 @@ impl Sandbox {
             Kind::Customers
         };
         let op = unit(mix(r));
-        let now = now_ms();
+        let now = self.api_now();
         let mut data = write(&self.data);
         let resource = data.resource_mut(kind);
         let mutation = if op < 0.30 {
@@ -256,7 +264,7 @@ impl Sandbox {
         let mut done = [0; 3];
         for (i, ids) in [touch, update, delete].into_iter().enumerate() {
             for &id in ids {
-                let now = now_ms();
+                let now = self.api_now();
                 let m = match i {
                     0 => resource.touch(id),
                     1 => resource.update_id(id, now),

@@ -169,6 +169,7 @@ mod tests {
             bytes: 0,
             checksum: 0,
             at: Timestamp(at),
+            max_seen: None,
         })
     }
 

@@ -7,7 +7,8 @@ impl Workflow {
     /// The canonical key/values of everything that decides which records `stream`'s runs
     /// read and where they go, sorted by key. Operational knobs (retention, timeouts,
     /// retries, rate limits, auth, response rules, declared columns, the oversized-page
-    /// rule, the schedule, the webhook) are left out: changing them never blocks a resume.
+    /// rule, the schedule, the webhook, where later windows start) are left out: changing
+    /// them never blocks a resume.
     pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
         let source = &self.file.source;
         let mut value = serde_json::json!({
@@ -28,6 +29,10 @@ impl Workflow {
             stream.remove("oversized_pages");
             stream.remove("schedule");
             stream.remove("webhook");
+            // Where the next window starts: a run's own window is fixed when it starts.
+            if let Some(window) = stream.get_mut("window").and_then(|w| w.as_object_mut()) {
+                window.remove("start");
+            }
         }
         let mut out = Vec::new();
         flatten("", &value, &mut out);

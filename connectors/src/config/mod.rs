@@ -69,7 +69,7 @@ pub use source::{
 pub use span::Span;
 pub use stream::{
     initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
-    ReconcileSection, StreamSection, TimeFormat, WindowSection, RESERVED,
+    ReconcileSection, StreamSection, TimeFormat, WindowSection, WindowStart, RESERVED,
 };
 pub use tenants::{split_tenant, Tenant, TenantsSection};
 pub use url::http_url;

@@ -18,9 +18,6 @@ use super::expect::{closest, join, quoted_or, Expect, Schema, Table, Written, DU
 use super::location::{child_key, children, line_col, Node};
 use super::source::{Pagination, PaginationKind};
 
-/// serde aliases, which the schema does not show: `(alias, key)`.
-const ALIASES: &[(&str, &str)] = &[("start", "initial")];
-
 /// Checks the text's TOML syntax and its shape against the schema.
 pub(super) fn check(path: &Path, text: &str) -> Result<(), Error> {
     let doc = ImDocument::parse(text).map_err(|e| {
@@ -235,13 +232,7 @@ impl Walk<'_> {
         };
         let property = |name: &str| spec.properties.and_then(|p| p.get(name));
         for child in children(node, key) {
-            let written = child.name.unwrap_or_default();
-            let name = ALIASES
-                .iter()
-                .find(|(alias, to)| {
-                    *alias == written && property(alias).is_none() && property(to).is_some()
-                })
-                .map_or(written, |(_, to)| *to);
+            let name = child.name.unwrap_or_default();
             let at = child.at.unwrap_or(anchor);
             match (property(name), &spec.other) {
                 (Some(_), _) if style.is_some() && name == "kind" => {}
@@ -258,16 +249,13 @@ impl Walk<'_> {
                     return Err(self.error(
                         at,
                         &child.key,
-                        self.unknown(written, spec, style.as_ref(), child.node),
+                        self.unknown(name, spec, style.as_ref(), child.node),
                     ));
                 }
             }
         }
         for required in &spec.required {
-            let aliased = ALIASES
-                .iter()
-                .any(|(alias, to)| to == required && table.contains_key(alias));
-            if !table.contains_key(required) && !aliased {
+            if !table.contains_key(required) {
                 let message = self.missing(key, required, property(required));
                 return Err(self.error(anchor, &child_key(key, required), message));
             }

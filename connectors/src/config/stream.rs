@@ -54,8 +54,12 @@ pub struct WindowSection {
     pub overlap: Span,
     /// Start of the first window: an RFC 3339 time, or an age such as `30d` (default: from
     /// the beginning).
-    #[serde(alias = "start")]
     pub initial: Option<String>,
+    /// Where each later window starts: `watermark` (default: the previous run's watermark,
+    /// Waymark's clock) or `max_seen` (the greatest `cursor_field` value written, the API's
+    /// clock, if earlier); less `overlap` either way.
+    #[serde(default)]
+    pub start: WindowStart,
     /// Query parameter that receives the window start, if the API filters.
     pub start_param: Option<String>,
     /// Query parameter that receives the watermark, if the API filters.
@@ -79,10 +83,31 @@ impl Default for WindowSection {
             lag: default_lag(),
             overlap: Span::default(),
             initial: None,
+            start: WindowStart::default(),
             start_param: None,
             end_param: None,
             step: None,
             format: TimeFormat::default(),
+        }
+    }
+}
+
+/// Where a window after a completed one starts (`window.start`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowStart {
+    /// At the previous watermark.
+    #[default]
+    Watermark,
+    /// At the greatest `cursor_field` value written, if earlier than the watermark.
+    MaxSeen,
+}
+
+impl From<WindowStart> for waymark_engine::window::Start {
+    fn from(start: WindowStart) -> Self {
+        match start {
+            WindowStart::Watermark => Self::Watermark,
+            WindowStart::MaxSeen => Self::MaxSeen,
         }
     }
 }

@@ -11,7 +11,7 @@ use super::http::{AuthSection, RateLimit, ResponseRule, Statuses};
 use super::schedule::Cadence;
 use super::source::{CursorIn, Method, PaginationKind};
 use super::stream::StreamSection;
-use super::stream::{initial_start, PrimaryKey, RESERVED};
+use super::stream::{initial_start, PrimaryKey, WindowStart, RESERVED};
 use super::template::check;
 use super::tenants::mentions_tenant;
 use super::url::check_written;
@@ -583,6 +583,13 @@ impl Workflow {
             return Err(self.invalid(
                 key("deleted_when"),
                 "needs a `cursor_field` (the version compared with later copies)",
+            ));
+        }
+        if s.window.start == WindowStart::MaxSeen && s.cursor_field.is_none() {
+            return Err(self.invalid(
+                key("window.start"),
+                "`max_seen` needs a `cursor_field` (the time each window after the first \
+                 starts from)",
             ));
         }
         if let Some(step) = s.window.step {

@@ -330,6 +330,7 @@ impl Workflow {
             fingerprint,
             lag: stream.window.lag.0,
             overlap: stream.window.overlap.0,
+            window_start: stream.window.start.into(),
             start,
             until: None,
             step: stream.window.step.map(|s| s.0),

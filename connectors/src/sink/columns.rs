@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::config::{ColumnSpec, ColumnType};
-use crate::record::lookup;
+use crate::record::{instant, lookup};
 
 /// A stream's declared columns, in name order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -142,25 +142,13 @@ fn convert(value: Option<&Value>, kind: ColumnType) -> Result<Cell, String> {
             "false" | "0" => Cell::Boolean(false),
             _ => return Err(format!("{} is not a boolean", shown())),
         },
-        (ColumnType::Timestamp, Value::String(s)) => match humantime::parse_rfc3339_weak(s) {
-            Ok(t) => Cell::Text(humantime::format_rfc3339_millis(t).to_string()),
-            Err(_) => return Err(format!("{} is not an RFC 3339 time", shown())),
+        (ColumnType::Timestamp, Value::String(s)) => match instant(s) {
+            Some(t) => Cell::Text(t.to_string()),
+            None => return Err(format!("{} is not an RFC 3339 time", shown())),
         },
-        (ColumnType::Timestamp, Value::Number(n)) => match n.as_u64() {
-            // Unix seconds, or milliseconds when too large to be seconds before 5138.
-            Some(t) => {
-                let ms = if t > 100_000_000_000 {
-                    t
-                } else {
-                    t.saturating_mul(1000)
-                };
-                if ms >= waymark_engine::time::MAX_RFC3339 {
-                    return Err(format!("{} is not a Unix time in seconds or ms", shown()));
-                }
-                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-                Cell::Text(humantime::format_rfc3339_millis(at).to_string())
-            }
-            None => return Err(format!("{} is not a Unix time", shown())),
+        (ColumnType::Timestamp, Value::Number(n)) => match instant(&n.to_string()) {
+            Some(t) => Cell::Text(t.to_string()),
+            None => return Err(format!("{} is not a Unix time in seconds or ms", shown())),
         },
         (_, _) => return Err(format!("{} does not fit a {kind:?} column", shown())),
     })

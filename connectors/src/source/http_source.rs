@@ -12,10 +12,12 @@ use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 use super::children::{ChildCursor, Parents};
 use super::cycles::Cycles;
 use super::error::Error;
-use super::page::{document, fatal, fingerprint, records_at, records_by_query, shape, Fingerprint};
+use super::page::{
+    document, fatal, fingerprint, max_seen, records_at, records_by_query, shape, Fingerprint,
+};
 use super::pagination::{keyset, StopRules, Style};
 use super::template::{render, render_json, Context};
-use crate::config::{expand_env, CursorIn, Method, StreamSection, Workflow};
+use crate::config::{expand_env, CursorIn, Method, StreamSection, WindowStart, Workflow};
 use crate::http::api::Accepted;
 use crate::http::rules::Rules;
 use crate::http::Api;
@@ -314,6 +316,11 @@ impl HttpSource {
             })?;
         let next_cursor = next_cursor.map(|c| self.journalable(c)).transpose()?;
         self.loop_checks(what, request, parent_key, next_cursor.as_deref(), repeated)?;
+        // Read before shaping: `filter` and `fields` do not change what the API has served.
+        let max_seen = match (self.stream.window.start, &self.stream.cursor_field) {
+            (WindowStart::MaxSeen, Some(field)) => max_seen(&records, field),
+            _ => None,
+        };
         if self.stream.filter.is_some() || self.stream.fields.is_some() {
             records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }
@@ -321,6 +328,7 @@ impl HttpSource {
             records,
             next_cursor,
             ignored: None,
+            max_seen,
         })
     }
 

@@ -12,7 +12,8 @@ use waymark_engine::source::{self, ErrorKind};
 
 use crate::config::StreamSection;
 use crate::http::excerpt::excerpt;
-use crate::record::{raw_child, Fields};
+use crate::record::{instant, raw_child, Fields};
+use waymark_engine::Timestamp;
 
 pub(super) fn fatal(message: String) -> source::Error {
     source::Error::new(ErrorKind::Fatal, message)
@@ -111,6 +112,16 @@ impl serde::Serialize for Kept<'_> {
             Kept::Object(map) => map.serialize(s),
         }
     }
+}
+
+/// The greatest value at `field` among `records`, read as an instant ([`instant`]); records
+/// without one (or whose value is not a time) do not count.
+pub(super) fn max_seen(records: &[String], field: &str) -> Option<Timestamp> {
+    records
+        .iter()
+        .filter_map(|r| Fields::parse(r).ok()?.scalar(field))
+        .filter_map(|text| instant(&text))
+        .max()
 }
 
 /// Applies the stream's record filter and field projection, reading only the paths they

@@ -167,6 +167,7 @@ impl Source for EventSource {
                         records,
                         next_cursor: done.map(|seq| seq.to_string()),
                         ignored: None,
+                        max_seen: None,
                     });
                 }
             }
@@ -177,6 +178,7 @@ impl Source for EventSource {
                 .then(|| events.last().map(|e| e.seq.to_string()))
                 .flatten(),
             ignored: None,
+            max_seen: None,
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::run_id::RunId;
 use crate::staging::Staging;
 use crate::state::RunState;
 use crate::time::{millis, Timestamp};
-use crate::window::Window;
+use crate::window::{Start, Window};
 
 /// Starts a new run of the plan's stream, or resumes its unfinished run.
 pub async fn open<B: Backend, D: Destination>(
@@ -143,9 +143,11 @@ fn start<B: Backend>(
 
 /// The window and start cursor of a new run after `previous`. Pure.
 ///
-/// After a completed window the new one starts `overlap` before the old watermark, from
-/// the source's first page. After an unfinished one (abandoned, or a lost journal) it keeps
-/// the old start and continues from the committed cursor, up to a new watermark.
+/// After a completed window the new one starts `overlap` before the old watermark (with
+/// `Start::MaxSeen`, before the greatest cursor value seen if that is earlier; never for a
+/// slice, so slices tile the range), from the source's first page. After an unfinished one
+/// (abandoned, or a lost journal) it keeps the old start and continues from the committed
+/// cursor, up to a new watermark.
 pub fn window_after(
     previous: Option<&Checkpoint>,
     plan: &Plan,
@@ -155,7 +157,13 @@ pub fn window_after(
     let limit = plan.until.map_or(limit, |until| until.min(limit));
     let (start, cursor, end) = match previous {
         None => (plan.start, None, None),
-        Some(c) if c.complete => (Some(c.window.end.saturating_sub(plan.overlap)), None, None),
+        Some(c) if c.complete => {
+            let from = match (plan.window_start, c.max_seen) {
+                (Start::MaxSeen, Some(seen)) if !sliced(&c.window, plan) => seen.min(c.window.end),
+                _ => c.window.end,
+            };
+            (Some(from.saturating_sub(plan.overlap)), None, None)
+        }
         // An unfinished window keeps its bounds when it was a slice (its cursor belongs
         // to that range); otherwise it extends to the new watermark.
         Some(c) => (

@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::decision::RetryPolicy;
 use crate::lease::Lease;
 use crate::time::Timestamp;
+use crate::window::Start;
 
 /// Everything needed to start or resume one stream's run, resolved from the workflow file.
 #[derive(Clone, Debug, Default)]
@@ -21,8 +22,11 @@ pub struct Plan {
     pub fingerprint: Vec<(String, String)>,
     /// The watermark is `now − lag`.
     pub lag: Duration,
-    /// A new window starts this long before the previous watermark, to re-read late updates.
+    /// A new window starts this long before the previous watermark (or the greatest cursor
+    /// value seen), to re-read late updates.
     pub overlap: Duration,
+    /// Where a window after a completed one starts.
+    pub window_start: Start,
     /// Window start of the stream's first run (`None`: from the beginning).
     pub start: Option<Timestamp>,
     /// A fixed upper bound for every window (a backfill's end); `now − lag` if earlier.

@@ -340,6 +340,7 @@ async fn fetch_and_stage<S: Source, P>(
         bytes: staged.bytes,
         checksum: staged.checksum,
         at: clock.now(),
+        max_seen: fetched.max_seen,
     }));
     Ok(Ok(Fetched {
         events,

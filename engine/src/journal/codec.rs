@@ -4,18 +4,41 @@
 //! [b'W'][format version: u8][crc32 of payload: u32 LE][payload: bincode 2, standard config]
 //! ```
 
+use std::cell::Cell;
+
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The format version this build writes and reads (2: write acknowledgements count
 /// deletions; 3: retries carry their status and rule, ignored pages, rate-limit pauses;
-/// 4: a run's head keeps its active time).
-pub const FORMAT_VERSION: u8 = 4;
+/// 4: a run's head keeps its active time; 5: pages and checkpoints carry the greatest
+/// cursor value seen).
+pub const FORMAT_VERSION: u8 = 5;
 /// The oldest format version this build reads. Version 3 differs only in a run's head,
 /// which the journal rebuilds from the run's events (see `Journal::head`).
 pub const OLDEST_READABLE: u8 = 3;
 const MAGIC: u8 = b'W';
 const HEADER: usize = 6;
+
+thread_local! {
+    /// The format version of the value being decoded on this thread.
+    static READING: Cell<u8> = const { Cell::new(FORMAT_VERSION) };
+}
+
+/// Reads a field added in format version 5: a value written before has none (bincode
+/// writes fields in order, without names, so the field is simply not there), and reads as
+/// the default. Use with `#[serde(default, deserialize_with = "...")]`; other formats (the
+/// JSON a destination keeps) read the field when it is present.
+pub fn added_in_v5<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    match READING.with(Cell::get) < 5 {
+        true => Ok(T::default()),
+        false => T::deserialize(d),
+    }
+}
 
 /// Why a stored value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,9 +108,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if stored != computed {
         return Err(Error::Checksum { stored, computed });
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice::<T, _>(payload, bincode::config::standard())
-            .map_err(|e| Error::Decode(e.to_string()))?;
+    let reading = READING.with(|r| r.replace(bytes[1]));
+    let decoded = bincode::serde::decode_from_slice::<T, _>(payload, bincode::config::standard());
+    READING.with(|r| r.set(reading));
+    let (value, used) = decoded.map_err(|e| Error::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(Error::Decode(format!(
             "{} trailing bytes",
@@ -100,6 +124,57 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_added_in_version_5_reads_as_absent_from_version_4() {
+        use crate::checkpoint::Checkpoint;
+        use crate::run_id::RunId;
+        use crate::time::Timestamp;
+        use crate::window::Window;
+        let window = Window {
+            start: None,
+            end: Timestamp(9),
+        };
+        let run_id = RunId::new();
+        // A version-4 checkpoint: the same fields in the same order, without `max_seen`.
+        let old = (
+            run_id,
+            window,
+            Some("c3".to_string()),
+            3u64,
+            30u64,
+            false,
+            Timestamp(7),
+        );
+        let mut bytes = encode(&old);
+        bytes[1] = 4;
+        let read: Checkpoint = decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        let expected = Checkpoint {
+            run_id,
+            window,
+            cursor: Some("c3".into()),
+            page: 3,
+            records: 30,
+            complete: false,
+            at: Timestamp(7),
+            max_seen: None,
+        };
+        assert_eq!(read, expected);
+        // The same bytes claiming version 5 lack the field: an error, not a guess.
+        bytes[1] = 5;
+        assert!(matches!(
+            decode::<Checkpoint>(&bytes),
+            Err(Error::Decode(_))
+        ));
+        // Version 5 round-trips it; the thread reads at the current version afterwards.
+        let new = Checkpoint {
+            max_seen: Some(Timestamp(8)),
+            ..expected
+        };
+        assert_eq!(decode::<Checkpoint>(&encode(&new)), Ok(new.clone()));
+        let json = serde_json::to_string(&new).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Checkpoint>(&json).ok(), Some(new));
+    }
 
     #[test]
     fn round_trips_and_detects_every_kind_of_damage() {

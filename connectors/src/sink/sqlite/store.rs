@@ -503,6 +503,7 @@ mod tests {
                 records: 0,
                 complete: false,
                 at: Timestamp(0),
+                max_seen: None,
             };
             let d = match deletes {
                 true => &mut self.deletions,
