@@ -13,7 +13,7 @@ use super::children::{ChildCursor, Parents};
 use super::cycles::Cycles;
 use super::error::Error;
 use super::page::{
-    document, fatal, fingerprint, max_seen, records_at, records_by_query, shape, Fingerprint,
+    fatal, fingerprint, max_seen, records_at, records_by_query, shape, Document, Fingerprint,
 };
 use super::pagination::{keyset, StopRules, Style};
 use super::template::{render, render_json, Context};
@@ -279,14 +279,14 @@ impl HttpSource {
             headers,
             body,
         } = response;
-        let doc = document(body)?;
+        let doc = Document::parse(body)?;
         let mut records: Vec<String> = match &self.records_path {
-            Some(path) => records_by_query(doc, path)
+            Some(path) => records_by_query(&doc, path)
                 .map_err(|e| fatal(format!("{what}: {e}")))?
                 .into_iter()
                 .map(|r| r.get().to_string())
                 .collect(),
-            None => records_at(doc, &self.stream.records)?
+            None => records_at(&doc, &self.stream.records)?
                 .into_iter()
                 .map(|r| r.get().to_string())
                 .collect(),
@@ -306,7 +306,7 @@ impl HttpSource {
                 &self.stop,
                 &self.stream,
                 request,
-                doc,
+                &doc,
                 headers,
                 &mut records,
             )

@@ -12,54 +12,78 @@ use waymark_engine::source::{self, ErrorKind};
 
 use crate::config::StreamSection;
 use crate::http::excerpt::excerpt;
-use crate::record::{instant, raw_child, Fields};
+use crate::record::{instant, raw_at, raw_child, Fields};
 use waymark_engine::Timestamp;
 
 pub(super) fn fatal(message: String) -> source::Error {
     source::Error::new(ErrorKind::Fatal, message)
 }
 
-/// The raw JSON at a dotted path of a document, without parsing what it does not need.
-pub(super) fn raw_at<'a>(
-    doc: &'a RawValue,
-    path: &str,
-) -> Result<Option<&'a RawValue>, serde_json::Error> {
-    let mut current = doc;
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let map: std::collections::HashMap<String, &RawValue> =
-            match serde_json::from_str(current.get()) {
-                Ok(map) => map,
-                Err(_) => return Ok(None),
-            };
-        match map.get(part) {
-            Some(v) => current = v,
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(current))
+/// A page body, read once: one scan checks that it is JSON and, for an object (the usual
+/// page), splits its top-level fields as raw JSON, so the records array, the cursor and the
+/// stop signals are found without scanning the page again.
+pub struct Document<'a> {
+    text: &'a str,
+    shape: Shape<'a>,
 }
 
-/// The page body as a JSON document, without parsing what is not needed.
-pub fn document(body: &[u8]) -> Result<&RawValue, source::Error> {
-    serde_json::from_slice(body).map_err(|e| {
-        source::Error::new(
-            ErrorKind::Retry,
-            format!("the page is not JSON ({e}); it starts: {}", excerpt(body)),
-        )
-    })
+enum Shape<'a> {
+    /// An object's top-level fields.
+    Object(Fields<'a>),
+    /// Any other JSON value (an array of records).
+    Other(&'a RawValue),
+}
+
+impl<'a> Document<'a> {
+    /// The page body as a JSON document (not JSON: worth a retry, the API may have sent
+    /// an error page).
+    pub fn parse(body: &'a [u8]) -> Result<Self, source::Error> {
+        let not_json = |e: &dyn std::fmt::Display| {
+            source::Error::new(
+                ErrorKind::Retry,
+                format!("the page is not JSON ({e}); it starts: {}", excerpt(body)),
+            )
+        };
+        let text = std::str::from_utf8(body).map_err(|e| not_json(&e))?;
+        let shape = match text.trim_start().starts_with('{') {
+            true => Shape::Object(Fields::parse(text).map_err(|e| not_json(&e))?),
+            false => Shape::Other(serde_json::from_str(text).map_err(|e| not_json(&e))?),
+        };
+        Ok(Document { text, shape })
+    }
+
+    /// The page's text.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The raw JSON at a dotted path (empty: the whole document), without scanning what
+    /// the path does not go through.
+    pub fn at(&self, path: &str) -> Option<&'a RawValue> {
+        match (&self.shape, path.is_empty()) {
+            (Shape::Other(raw), true) => Some(raw),
+            (Shape::Other(raw), false) => raw_at(raw, path),
+            (Shape::Object(_), true) => serde_json::from_str(self.text).ok(),
+            (Shape::Object(fields), false) => fields.raw(path),
+        }
+    }
+
+    /// The JSON value at a dotted path, if present.
+    pub fn value(&self, path: &str) -> Option<Value> {
+        self.at(path)
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
 }
 
 /// The records array at `path` (empty: the document is the array), each record's text as
 /// the API sent it.
-pub fn records_at<'a>(doc: &'a RawValue, path: &str) -> Result<Vec<&'a RawValue>, source::Error> {
-    let array = raw_at(doc, path)
-        .map_err(|e| fatal(e.to_string()))?
-        .ok_or_else(|| {
-            fatal(format!(
-                "records path `{path}` is not in the page: {}",
-                excerpt(doc.get().as_bytes())
-            ))
-        })?;
+pub fn records_at<'a>(doc: &Document<'a>, path: &str) -> Result<Vec<&'a RawValue>, source::Error> {
+    let array = doc.at(path).ok_or_else(|| {
+        fatal(format!(
+            "records path `{path}` is not in the page: {}",
+            excerpt(doc.text().as_bytes())
+        ))
+    })?;
     serde_json::from_str(array.get()).map_err(|_| {
         fatal(format!(
             "records path `{path}` is not an array: {}",
@@ -68,22 +92,15 @@ pub fn records_at<'a>(doc: &'a RawValue, path: &str) -> Result<Vec<&'a RawValue>
     })
 }
 
-/// The JSON value at a dotted path, if present.
-pub(super) fn value_at(doc: &RawValue, path: &str) -> Option<Value> {
-    raw_at(doc, path)
-        .ok()
-        .flatten()
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-}
-
 /// The records a JSONPath expression selects in a page, each record's text as the API sent
 /// it: the query runs on the parsed page, then each match is taken from the page's text by
 /// its location (re-serialising a parsed record would put its numbers through an `f64`).
 pub(super) fn records_by_query<'a>(
-    doc: &'a RawValue,
+    doc: &Document<'a>,
     path: &JsonPath,
 ) -> Result<Vec<&'a RawValue>, String> {
-    let value: Value = serde_json::from_str(doc.get()).map_err(|e| e.to_string())?;
+    let value: Value = serde_json::from_str(doc.text()).map_err(|e| e.to_string())?;
+    let doc: &RawValue = serde_json::from_str(doc.text()).map_err(|e| e.to_string())?;
     path.query_located(&value)
         .iter()
         .map(|node| {

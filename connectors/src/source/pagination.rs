@@ -4,13 +4,12 @@
 //! rules of page-number and offset pagination.
 
 use reqwest::header::HeaderMap;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use waymark_engine::source::{self, PageRequest};
 
 use super::error::Error;
-use super::page::{fatal, value_at};
+use super::page::{fatal, Document};
 use crate::config::{CursorIn, Pagination, PaginationKind, StreamSection};
 use crate::http::excerpt::excerpt;
 use crate::record::{compare_versions, lookup, scalar};
@@ -157,16 +156,16 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
 impl StopRules {
     /// Whether more pages follow, by `has_more_path`; and the total, by `total_path` or
     /// `total_header`.
-    fn signals(&self, doc: &RawValue, headers: &HeaderMap) -> (Option<bool>, Option<u64>) {
+    fn signals(&self, doc: &Document<'_>, headers: &HeaderMap) -> (Option<bool>, Option<u64>) {
         let more = self
             .has_more_path
             .as_deref()
-            .and_then(|p| value_at(doc, p))
+            .and_then(|p| doc.value(p))
             .and_then(|v| v.as_bool());
         let total = self
             .total_path
             .as_deref()
-            .and_then(|p| value_at(doc, p))
+            .and_then(|p| doc.value(p))
             .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
             .or_else(|| {
                 let name = self.total_header.as_deref()?;
@@ -208,7 +207,7 @@ impl Style {
         stop: &StopRules,
         stream: &StreamSection,
         request: &PageRequest<'_>,
-        doc: &RawValue,
+        doc: &Document<'_>,
         headers: &HeaderMap,
         records: &mut Vec<String>,
     ) -> Result<Option<String>, source::Error> {
@@ -221,9 +220,7 @@ impl Style {
             |what: &str, c: &str| fatal(format!("journaled {what} cursor `{c}` unreadable"));
         Ok(match self {
             _ if last => None,
-            Style::Cursor { path, .. } | Style::NextUrl { path } => {
-                token(value_at(doc, path), path)?
-            }
+            Style::Cursor { path, .. } | Style::NextUrl { path } => token(doc.value(path), path)?,
             Style::LinkHeader => link_next(headers),
             Style::PageNumber { first, .. } => {
                 let current = match request.cursor {

@@ -4,31 +4,36 @@ use reqwest::header::{HeaderMap, HeaderValue};
 
 use waymark_engine::source::{self, ErrorKind};
 
-use super::page::{document, records_at, records_by_query, shape, value_at};
+use super::page::{records_at, records_by_query, shape, Document};
 use super::pagination::{link_next, token};
 use crate::config::StreamSection;
 
 #[test]
 fn reads_records_without_reserialising() -> Result<(), source::Error> {
     let body = br#"{"data":[{"id":1, "a":"x"},{"id":2}],"meta":{"next":"c2"}}"#;
-    let doc = document(body)?;
-    let records: Vec<&str> = records_at(doc, "data")?.iter().map(|r| r.get()).collect();
+    let doc = Document::parse(body)?;
+    let records: Vec<&str> = records_at(&doc, "data")?.iter().map(|r| r.get()).collect();
     assert_eq!(records, [r#"{"id":1, "a":"x"}"#, r#"{"id":2}"#]);
     assert_eq!(
-        token(value_at(doc, "meta.next"), "meta.next")?.as_deref(),
+        token(doc.value("meta.next"), "meta.next")?.as_deref(),
         Some("c2")
     );
-    let bare = document(br#"[{"id":1}]"#)?;
-    assert_eq!(records_at(bare, "")?.len(), 1);
+    let bare = Document::parse(br#" [{"id":1}]"#)?;
+    assert_eq!(records_at(&bare, "")?.len(), 1);
+    // Only what the path goes through is read: a nested page, a duplicate key (the last).
+    let nested = Document::parse(br#"{"a":{"b":[{"id":1},{"id":2}]},"a":{"b":[{"id":3}]}}"#)?;
+    assert_eq!(records_at(&nested, "a.b")?.len(), 1);
+    assert!(Document::parse(br#"{"data":[]} trailing"#).is_err());
+    assert!(Document::parse(b"{\"data\":[\"\xff\"]}").is_err());
     Ok(())
 }
 
 #[test]
 fn a_cursor_of_the_wrong_type_is_an_error_not_the_end() -> Result<(), source::Error> {
-    let doc = document(
+    let doc = Document::parse(
         br#"{"s":"c","n":7,"e":"","z":null,"o":{"after":"x","secret":"y"},"a":[1,2],"b":false}"#,
     )?;
-    let at = |path: &str| token(value_at(doc, path), path);
+    let at = |path: &str| token(doc.value(path), path);
     assert_eq!(at("s")?.as_deref(), Some("c"));
     assert_eq!(at("n")?.as_deref(), Some("7"));
     assert_eq!((at("e")?, at("z")?, at("missing")?), (None, None, None));
@@ -50,13 +55,15 @@ fn a_cursor_of_the_wrong_type_is_an_error_not_the_end() -> Result<(), source::Er
 
 #[test]
 fn classifies_bad_pages_and_names_the_page() {
-    let not_json = document(b"<html>oops").unwrap_err();
+    let not_json = Document::parse(b"<html>oops")
+        .err()
+        .unwrap_or_else(|| unreachable!());
     assert!(
         not_json.kind == ErrorKind::Retry && not_json.message.contains("the page is not JSON"),
         "{not_json:?}"
     );
-    let doc = document(br#"{"items":[]}"#).unwrap_or_else(|_| unreachable!());
-    let missing = records_at(doc, "data").unwrap_err();
+    let doc = Document::parse(br#"{"items":[]}"#).unwrap_or_else(|_| unreachable!());
+    let missing = records_at(&doc, "data").unwrap_err();
     assert!(
         missing.kind == ErrorKind::Fatal
             && missing
@@ -122,9 +129,9 @@ fields = ["id", "c.x"]
         ]
     );
     let body = br#"{"a":{"items":[{"id":12345678901234567890123, "v":1.50}]},"b":[{"id":1e2}]}"#;
-    let doc = document(body).map_err(|e| e.message)?;
+    let doc = Document::parse(body).map_err(|e| e.message)?;
     let query = serde_json_path::JsonPath::parse("$..[?@.id]").map_err(|e| e.to_string())?;
-    let mut found: Vec<&str> = records_by_query(doc, &query)?
+    let mut found: Vec<&str> = records_by_query(&doc, &query)?
         .iter()
         .map(|r| r.get())
         .collect();

@@ -174,36 +174,50 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// What the table holds for `key` (after a hard delete: the remembered deletion).
-    fn lookup(&self, key: &str) -> Result<Option<Stored>, destination::Error> {
-        let row = self
+    /// What the table holds for each of `keys` that it holds (after a hard delete: the
+    /// remembered deletion): one query for the page, the keys passed as one JSON array.
+    fn lookup(&self, keys: &[&str]) -> Result<HashMap<String, Stored>, destination::Error> {
+        let keys = serde_json::to_string(keys)
+            .map_err(|e| destination::Error::permanent(format!("lookup: the keys as JSON: {e}")))?;
+        let mut out = HashMap::new();
+        let mut rows = self
             .conn
             .prepare_cached(&format!(
-                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\" WHERE key = ?1",
+                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"
+                 WHERE key IN (SELECT value FROM json_each(?1))",
                 self.table
             ))
-            .and_then(|mut select| select.query_row(params![key], read_row).optional())
             .map_err(fail("lookup"))?;
-        match row {
-            None if self.hard_delete => self
+        let found = rows
+            .query_map(params![keys], read_row)
+            .map_err(fail("lookup"))?;
+        for row in found {
+            let (key, stored) = row.map_err(fail("lookup"))?;
+            out.insert(key, stored);
+        }
+        if self.hard_delete {
+            let mut remembered = self
                 .conn
                 .prepare_cached(
-                    "SELECT version FROM _waymark_tombstones WHERE tbl = ?1 AND key = ?2",
+                    "SELECT key, version FROM _waymark_tombstones
+                     WHERE tbl = ?1 AND key IN (SELECT value FROM json_each(?2))",
                 )
-                .and_then(|mut remembered| {
-                    remembered
-                        .query_row(params![self.table, key], |row| {
-                            Ok(Stored {
-                                version: row.get(0)?,
-                                deleted: true,
-                                record: None,
-                            })
-                        })
-                        .optional()
+                .map_err(fail("lookup"))?;
+            let found = remembered
+                .query_map(params![self.table, keys], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
                 })
-                .map_err(fail("lookup")),
-            row => Ok(row.map(|(_, stored)| stored)),
+                .map_err(fail("lookup"))?;
+            for row in found {
+                let (key, version) = row.map_err(fail("lookup"))?;
+                out.entry(key).or_insert(Stored {
+                    version,
+                    deleted: true,
+                    record: None,
+                });
+            }
         }
+        Ok(out)
     }
 
     /// Applies the plan's changes row by row, in record order, with prepared statements.
@@ -347,16 +361,7 @@ impl Store for SqliteStore {
         &mut self,
         keys: &[&str],
     ) -> Result<HashMap<String, Stored>, destination::Error> {
-        let mut out = HashMap::new();
-        for key in keys {
-            if out.contains_key(*key) {
-                continue;
-            }
-            if let Some(stored) = self.lookup(key)? {
-                out.insert((*key).to_string(), stored);
-            }
-        }
-        Ok(out)
+        self.lookup(keys)
     }
 
     async fn apply(
