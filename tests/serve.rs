@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     request, request_with, rows, runs, wait_for, wait_for_lock, waymark, Result, Sandbox, TempDir,
+    ONCE,
 };
 
 /// A workflow file for sync `sync` with `streams` (sandbox resources) scheduled `every`.
@@ -359,7 +360,7 @@ fn a_killed_serve_resumes_the_unfinished_run_first_and_loses_nothing() -> Result
     // 4,000 orders in pages of 100, 40 ms each: a run takes well over a second.
     let sandbox = Sandbox::start(&["--records", "4000", "--latency", "40ms"])?;
     let dir = TempDir::new("serve-kill");
-    flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    flow(dir.path(), "shop", ONCE, &[("orders", "/orders")])?;
     let state = dir.path().join("state");
     let (mut child, _) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
@@ -405,7 +406,7 @@ fn changing_commands_sent_to_serve_are_carried_out_between_steps() -> Result {
     // commands below to find it going.
     let sandbox = Sandbox::start(&["--records", "4000", "--latency", "100ms"])?;
     let dir = TempDir::new("serve-changes");
-    flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    flow(dir.path(), "shop", ONCE, &[("orders", "/orders")])?;
     let state = dir.path().join("state");
     let (child, api) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
@@ -553,7 +554,7 @@ fn changing_commands_sent_to_serve_are_carried_out_between_steps() -> Result {
 fn an_edited_file_is_picked_up_and_a_broken_one_keeps_the_previous_version() -> Result {
     let sandbox = Sandbox::start(&["--records", "200"])?;
     let dir = TempDir::new("serve-reload");
-    let path = flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    let path = flow(dir.path(), "shop", ONCE, &[("orders", "/orders")])?;
     let state = dir.path().join("state");
     let (child, api) = serve(&state, &sandbox.url, dir.path(), &["shop.toml"])?;
     assert!(wait_for_lock(&state, child.id()));
@@ -683,7 +684,7 @@ fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str
 fn beyond_loopback_the_api_needs_a_token() -> Result {
     let sandbox = Sandbox::start(&["--records", "10"])?;
     let dir = TempDir::new("serve-token");
-    flow(dir.path(), "shop", "1h", &[("orders", "/orders")])?;
+    flow(dir.path(), "shop", ONCE, &[("orders", "/orders")])?;
     let state = dir.path().join("state");
     let refused = waymark(&state, &sandbox.url)
         .current_dir(dir.path())
@@ -929,7 +930,7 @@ fn the_streams_of_one_source_share_its_rate_budget_across_concurrent_runs() -> R
     let path = flow(
         dir.path(),
         "shop",
-        "1h",
+        ONCE,
         &[
             ("orders", "/orders"),
             ("orders_b", "/orders"),

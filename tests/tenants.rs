@@ -9,6 +9,7 @@ use crate::secrets::assert_absent;
 use crate::serve::{serve_with, terminate};
 use crate::util::{
     request, rows, run, stream_table, text, wait_for, waymark, Result, Sandbox, TempDir, CURSOR,
+    ONCE,
 };
 
 /// A workflow whose source, token and destination come from the tenant: `{tenant.url}`,
@@ -259,7 +260,11 @@ fn serve_starts_a_tenant_added_to_the_list_and_stops_scheduling_one_removed() ->
     let (acme, beta) = (sandbox("120", "1", "ta")?, sandbox("80", "2", "tb")?);
     let list = tmp.path().join("tenants.csv");
     std::fs::write(&list, format!("id,url\nacme,{}\n", acme.url))?;
-    let workflow = tenants_workflow(tmp.path(), "tenants.csv", "schedule = { every = \"1h\" }")?;
+    let workflow = tenants_workflow(
+        tmp.path(),
+        "tenants.csv",
+        &format!("schedule = {{ every = \"{ONCE}\" }}"),
+    )?;
     let env = [("SHOP_TOKEN_acme", "ta"), ("SHOP_TOKEN_beta", "tb")];
     let workflow_arg = workflow.display().to_string();
     let (child, api) = serve_with(&state, "", tmp.path(), &[&workflow_arg], &env)?;

@@ -262,6 +262,11 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// The sandbox's cursor-token pagination.
+/// A schedule cadence whose next due time is decades away: under `waymark serve` a stream
+/// that never ran is due at once, then never again during a test. (`every = "1h"` is due
+/// again at the next whole hour, which a test running at 10:59 reaches.)
+pub const ONCE: &str = "36500d";
+
 pub const CURSOR: &str = r#"{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }"#;
 
 /// A `[[stream]]` table for a sandbox resource; `extra` lines (window, `deletes`) are

@@ -12,7 +12,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use crate::serve::{serve_with, terminate};
 use crate::util::{
     journal, runs, stream_table, wait_for, wait_for_lock, waymark, write_workflow, Result, Sandbox,
-    TempDir, CURSOR,
+    TempDir, CURSOR, ONCE,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -172,7 +172,7 @@ fn the_web_view_shows_streams_runs_live_failures_and_traces() -> Result {
             "updated_at",
             50,
             CURSOR,
-            &format!("{window}\nschedule = {{ every = \"1h\" }}"),
+            &format!("{window}\nschedule = {{ every = \"{ONCE}\" }}"),
         );
     }
     write_workflow(
@@ -499,7 +499,7 @@ fn with_a_token_the_pages_ask_for_it_once_and_forms_need_their_csrf_token() -> R
         "updated_at",
         50,
         CURSOR,
-        "schedule = { every = \"1h\" }",
+        &format!("schedule = {{ every = \"{ONCE}\" }}"),
     );
     write_workflow(dir.path(), "", &streams, "")?;
     let state = dir.path().join("state");
@@ -609,16 +609,18 @@ fn dead_letters_are_shown_retried_after_a_fix_and_disappear() -> Result {
     };
     let sandbox = Sandbox::start(&["--records", "120", "--customers", "30"])?;
     let dir = TempDir::new("web-dlq");
-    let broken = "schedule = { every = \"1h\" }\ncolumns = { status = \"integer\" }";
-    let customers = "schedule = { every = \"1h\" }\ncolumns = { name = \"integer\" }";
-    let streams = stream_table("orders", "/orders", "updated_at", 50, CURSOR, broken)
+    let broken =
+        format!("schedule = {{ every = \"{ONCE}\" }}\ncolumns = {{ status = \"integer\" }}");
+    let customers =
+        format!("schedule = {{ every = \"{ONCE}\" }}\ncolumns = {{ name = \"integer\" }}");
+    let streams = stream_table("orders", "/orders", "updated_at", 50, CURSOR, &broken)
         + &stream_table(
             "customers",
             "/customers",
             "updated_at",
             50,
             CURSOR,
-            customers,
+            &customers,
         );
     let file = write_workflow(dir.path(), "", &streams, "")?;
     let state = dir.path().join("state");
