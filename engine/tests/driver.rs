@@ -218,6 +218,7 @@ async fn a_window_after_max_seen_starts_at_the_greatest_value_committed(
     let hour = 3_600_000;
     let versions = [5, 9, 7, 12, 11, 3].map(|h| h * hour);
     let source = MemorySource::new((1..=6).zip(versions).collect(), 2);
+    source.state().max_seen = true;
     let mut h = Harness::new("max-seen", source);
     let mut p = plan();
     p.window_start = waymark_engine::window::Start::MaxSeen;
