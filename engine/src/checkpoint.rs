@@ -28,6 +28,6 @@ pub struct Checkpoint {
     /// The greatest cursor value (`cursor_field`, read as a time) of the records committed
     /// by this stream's runs so far, when the stream tracks it (`window.start =
     /// "max_seen"`): where its next window starts.
-    #[serde(default, deserialize_with = "crate::journal::added_in_v5")]
+    #[serde(default, deserialize_with = "crate::format::added_in_v5")]
     pub max_seen: Option<Timestamp>,
 }

@@ -170,7 +170,7 @@ pub struct PageFetched {
     pub at: Timestamp,
     /// The greatest cursor value on the page, read as a time (only for a stream whose
     /// windows start there: `window.start = "max_seen"`).
-    #[serde(default, deserialize_with = "crate::journal::added_in_v5")]
+    #[serde(default, deserialize_with = "crate::format::added_in_v5")]
     pub max_seen: Option<Timestamp>,
 }
 

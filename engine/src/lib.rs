@@ -26,6 +26,7 @@ pub mod decision;
 pub mod destination;
 pub mod driver;
 pub mod event;
+pub mod format;
 pub mod journal;
 pub mod lease;
 pub mod reconciliation;

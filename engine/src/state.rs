@@ -111,7 +111,7 @@ pub struct RunState {
     pub active_until: Timestamp,
     /// The greatest cursor value committed: the checkpoint's it started from, raised by
     /// each committed page's.
-    #[serde(default, deserialize_with = "crate::journal::added_in_v5")]
+    #[serde(default, deserialize_with = "crate::format::added_in_v5")]
     pub max_seen: Option<Timestamp>,
 }
 

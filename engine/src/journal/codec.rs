@@ -4,10 +4,10 @@
 //! [b'W'][format version: u8][crc32 of payload: u32 LE][payload: bincode 2, standard config]
 //! ```
 
-use std::cell::Cell;
-
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
+
+use crate::format;
 
 /// The format version this build writes and reads (2: write acknowledgements count
 /// deletions; 3: retries carry their status and rule, ignored pages, rate-limit pauses;
@@ -19,26 +19,6 @@ pub const FORMAT_VERSION: u8 = 5;
 pub const OLDEST_READABLE: u8 = 3;
 const MAGIC: u8 = b'W';
 const HEADER: usize = 6;
-
-thread_local! {
-    /// The format version of the value being decoded on this thread.
-    static READING: Cell<u8> = const { Cell::new(FORMAT_VERSION) };
-}
-
-/// Reads a field added in format version 5: a value written before has none (bincode
-/// writes fields in order, without names, so the field is simply not there), and reads as
-/// the default. Use with `#[serde(default, deserialize_with = "...")]`; other formats (the
-/// JSON a destination keeps) read the field when it is present.
-pub fn added_in_v5<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    match READING.with(Cell::get) < 5 {
-        true => Ok(T::default()),
-        false => T::deserialize(d),
-    }
-}
 
 /// Why a stored value could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,10 +88,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if stored != computed {
         return Err(Error::Checksum { stored, computed });
     }
-    let reading = READING.with(|r| r.replace(bytes[1]));
-    let decoded = bincode::serde::decode_from_slice::<T, _>(payload, bincode::config::standard());
-    READING.with(|r| r.set(reading));
-    let (value, used) = decoded.map_err(|e| Error::Decode(e.to_string()))?;
+    let (value, used) = format::reading(bytes[1], || {
+        bincode::serde::decode_from_slice::<T, _>(payload, bincode::config::standard())
+    })
+    .map_err(|e| Error::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(Error::Decode(format!(
             "{} trailing bytes",

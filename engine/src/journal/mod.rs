@@ -23,7 +23,6 @@ pub mod sled;
 use std::time::Duration;
 
 pub use self::backend::{Backend, BackendError, Entries, Entry, MemoryBackend, Op};
-pub(crate) use self::codec::added_in_v5;
 pub use self::codec::{Error as CodecError, FORMAT_VERSION};
 pub use self::sled::SledBackend;
 
