@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
@@ -285,17 +285,19 @@ impl SqliteStore {
                             .execute(params![table, key])
                             .map_err(fail("upsert"))?;
                     }
-                    let fixed = [
-                        SqlValue::Text(key.clone()),
-                        version.clone().map_or(SqlValue::Null, SqlValue::Text),
-                        SqlValue::Text(record.to_string()),
-                        SqlValue::Text(run.to_string()),
-                        SqlValue::Integer(page),
-                    ];
-                    let all = fixed.into_iter().chain(cells.iter().map(sql_value));
-                    upsert
-                        .execute(params_from_iter(all))
-                        .map_err(fail("upsert"))?;
+                    // Bound as borrowed text: the record is not copied on our side.
+                    let bound = (|| {
+                        upsert.raw_bind_parameter(1, key.as_str())?;
+                        upsert.raw_bind_parameter(2, version.as_deref())?;
+                        upsert.raw_bind_parameter(3, &**record)?;
+                        upsert.raw_bind_parameter(4, run)?;
+                        upsert.raw_bind_parameter(5, page)?;
+                        for (i, cell) in cells.iter().enumerate() {
+                            upsert.raw_bind_parameter(6 + i, Bound(cell))?;
+                        }
+                        upsert.raw_execute()
+                    })();
+                    bound.map_err(fail("upsert"))?;
                 }
                 Op::Tombstone {
                     key,
@@ -422,13 +424,18 @@ impl Store for SqliteStore {
     }
 }
 
-fn sql_value(cell: &Cell) -> SqlValue {
-    match cell {
-        Cell::Null => SqlValue::Null,
-        Cell::Text(t) => SqlValue::Text(t.clone()),
-        Cell::Integer(i) => SqlValue::Integer(*i),
-        Cell::Real(r) => SqlValue::Real(*r),
-        Cell::Boolean(b) => SqlValue::Integer(i64::from(*b)),
+/// A typed column's cell as a statement parameter (text borrowed, not copied).
+struct Bound<'a>(&'a Cell);
+
+impl ToSql for Bound<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            Cell::Null => ToSqlOutput::Owned(SqlValue::Null),
+            Cell::Text(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+            Cell::Integer(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+            Cell::Real(r) => ToSqlOutput::Owned(SqlValue::Real(*r)),
+            Cell::Boolean(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+        })
     }
 }
 
