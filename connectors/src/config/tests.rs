@@ -130,6 +130,29 @@ fn warns_about_offset_pages_on_an_incremental_stream() -> Result<(), Error> {
 }
 
 #[test]
+fn warns_about_max_seen_when_nothing_sends_the_window_start() -> Result<(), Error> {
+    let warned = |window: &str, params: &str| -> Result<bool, Error> {
+        let text = GOOD.replace(
+            "primary_key = \"id\"",
+            &format!("primary_key = \"id\"\nwindow = {window}\n{params}"),
+        );
+        let w = Workflow::parse(Path::new("w.toml"), &text)?;
+        Ok(w.warnings().iter().any(|(key, message)| {
+            key == "stream.orders.window.start" && message.contains("nothing sends the start")
+        }))
+    };
+    assert!(warned("{ start = \"max_seen\" }", "")?);
+    assert!(!warned(
+        "{ start = \"max_seen\", start_param = \"since\" }",
+        ""
+    )?);
+    let templated = "params = { since = \"{window.start|unix}\" }";
+    assert!(!warned("{ start = \"max_seen\" }", templated)?);
+    assert!(!warned("{ start = \"watermark\" }", "")?);
+    Ok(())
+}
+
+#[test]
 fn backfill_scopes_round_trip() {
     let scope = backfill_scope("orders", Timestamp(1_000), Timestamp(2_000));
     assert_eq!(

@@ -649,6 +649,23 @@ impl Workflow {
                         .to_string(),
                 ));
             }
+            let templates = [&s.path]
+                .into_iter()
+                .chain(s.params.values())
+                .chain(s.headers.values())
+                .cloned()
+                .chain(s.body.iter().map(|b| b.to_string()));
+            let sends_start = s.window.start_param.is_some()
+                || templates.into_iter().any(|t| t.contains("{window.start"));
+            if s.window.start == WindowStart::MaxSeen && !sends_start {
+                out.push((
+                    format!("stream.{}.window.start", s.name),
+                    "`max_seen` moves each window's start, but nothing sends the start to the \
+                     API (no `window.start_param`, no `{window.start}` in the path, \
+                     parameters, headers or body): every run reads everything"
+                        .to_string(),
+                ));
+            }
             if s.cursor_field.is_some() && !incremental && s.deletes.is_none() {
                 out.push((
                     format!("stream.{}.window", s.name),
