@@ -184,6 +184,20 @@ fn start_server(
 /// Wall time, peak RSS (KiB) and CPU time (user + system) of a process.
 type Timed = (Duration, u64, Duration);
 
+/// The middle of `samples` (the upper one of an even count).
+fn median<T: Ord + Copy>(mut samples: Vec<T>) -> T {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// A number from the environment variable `name`, else `default`.
+fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// [`Timed`] of a command run under `/usr/bin/time -v`.
 fn timed(cmd: Command) -> Result<Timed> {
     let program = cmd.get_program().to_owned();
@@ -471,15 +485,12 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    for ((name, _, _), mut taken) in runs.into_iter().zip(samples) {
-        let mut cpu: Vec<Duration> = taken.iter().map(|t| t.2).collect();
-        cpu.sort();
-        taken.sort();
+    for ((name, _, _), taken) in runs.into_iter().zip(samples) {
         rows_out.push(Row {
             name,
-            took: taken[taken.len() / 2].0,
+            took: median(taken.iter().map(|t| t.0).collect()),
             rss_kib: taken.iter().map(|t| t.1).max().unwrap_or(0),
-            cpu: cpu[cpu.len() / 2],
+            cpu: median(taken.iter().map(|t| t.2).collect()),
         });
     }
     Ok(rows_out)
@@ -590,14 +601,10 @@ fn nothing_new(
     let (addr, counters) = start_server(rt, n, 0, 0)?;
     let base = std::env::temp_dir().join(format!("waymark-bench-idle-{}", std::process::id()));
     let median = |v: Vec<Timed>| {
-        fn mid<T: Ord + Copy>(mut x: Vec<T>) -> T {
-            x.sort();
-            x[x.len() / 2]
-        }
         (
-            mid(v.iter().map(|x| x.0).collect()),
-            mid(v.iter().map(|x| x.1).collect()),
-            mid(v.iter().map(|x| x.2).collect()),
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+            median(v.iter().map(|x| x.2).collect()),
         )
     };
     let mut out = Vec::new();
@@ -823,10 +830,7 @@ fn main() -> Result {
         .collect();
     println!("| records | run | time | records/s | vs plain loop | peak RSS | CPU (user + sys) |");
     println!("|---:|---|---:|---:|---:|---:|---:|");
-    let rounds = std::env::var("WAYMARK_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let rounds = setting("WAYMARK_BENCH_ROUNDS", 3);
     for n in sizes {
         let rows = throughput(&rt, n, rounds)?;
         let base = rows
@@ -851,10 +855,7 @@ fn main() -> Result {
             );
         }
     }
-    let steps = std::env::var("WAYMARK_BENCH_RESUME_STEPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let steps = setting("WAYMARK_BENCH_RESUME_STEPS", 1_000_000);
     if steps > 0 {
         println!("\n| finished runs in the state dir | current run | process start → first fetch (median of 5) |");
         println!("|---:|---:|---:|");
@@ -865,14 +866,8 @@ fn main() -> Result {
             );
         }
     }
-    let rate = std::env::var("WAYMARK_BENCH_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seconds = std::env::var("WAYMARK_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let rate = setting("WAYMARK_BENCH_RATE", 20);
+    let seconds = setting("WAYMARK_BENCH_SECONDS", 30);
     if rate > 0 {
         let (fraction, served, refused) = rate_limited(&rt, rate, seconds)?;
         println!(
@@ -880,10 +875,7 @@ fn main() -> Result {
             fraction * 100.0
         );
     }
-    let idle = std::env::var("WAYMARK_BENCH_IDLE_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(9);
+    let idle = setting("WAYMARK_BENCH_IDLE_ROUNDS", 9);
     if idle > 0 {
         let n = 10_000;
         println!("\n| a run with nothing new, after {n} records (median of {idle}) | requests | wall | peak RSS | CPU (user + sys) |");
@@ -897,10 +889,7 @@ fn main() -> Result {
             );
         }
     }
-    let learn = std::env::var("WAYMARK_BENCH_LEARN_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let learn = setting("WAYMARK_BENCH_LEARN_RATE", 5);
     if learn > 0 {
         let pages = 400;
         println!("\n| no rate_limit configured, API allows {learn}/s (burst 2) | pages | share of the allowed rate | refused |");

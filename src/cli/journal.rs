@@ -188,13 +188,14 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
                 cut(&or_dash(p.next_cursor.as_ref()), HALF)
             ),
             format!("page {} records {}", p.page, p.records),
-            match p.max_seen {
-                Some(t) => format!(
-                    "staged {} bytes crc {:08x}, greatest cursor value {t}",
-                    p.bytes, p.checksum
-                ),
-                None => format!("staged {} bytes crc {:08x}", p.bytes, p.checksum),
-            },
+            format!(
+                "staged {} bytes crc {:08x}{}",
+                p.bytes,
+                p.checksum,
+                p.max_seen
+                    .map(|t| format!(", greatest cursor value {t}"))
+                    .unwrap_or_default()
+            ),
         ),
         Event::RequestRetried {
             page,

@@ -649,14 +649,14 @@ impl Workflow {
                         .to_string(),
                 ));
             }
-            let templates = [&s.path]
+            let mut templates = [&s.path]
                 .into_iter()
                 .chain(s.params.values())
                 .chain(s.headers.values())
                 .cloned()
                 .chain(s.body.iter().map(|b| b.to_string()));
-            let sends_start = s.window.start_param.is_some()
-                || templates.into_iter().any(|t| t.contains("{window.start"));
+            let sends_start =
+                s.window.start_param.is_some() || templates.any(|t| t.contains("{window.start"));
             if s.window.start == WindowStart::MaxSeen && !sends_start {
                 out.push((
                     format!("stream.{}.window.start", s.name),

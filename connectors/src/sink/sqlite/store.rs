@@ -174,52 +174,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// What the table holds for each of `keys` that it holds (after a hard delete: the
-    /// remembered deletion): one query for the page, the keys passed as one JSON array.
-    fn lookup(&self, keys: &[&str]) -> Result<HashMap<String, Stored>, destination::Error> {
-        let keys = serde_json::to_string(keys)
-            .map_err(|e| destination::Error::permanent(format!("lookup: the keys as JSON: {e}")))?;
-        let mut out = HashMap::new();
-        let mut rows = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"
-                 WHERE key IN (SELECT value FROM json_each(?1))",
-                self.table
-            ))
-            .map_err(fail("lookup"))?;
-        let found = rows
-            .query_map(params![keys], read_row)
-            .map_err(fail("lookup"))?;
-        for row in found {
-            let (key, stored) = row.map_err(fail("lookup"))?;
-            out.insert(key, stored);
-        }
-        if self.hard_delete {
-            let mut remembered = self
-                .conn
-                .prepare_cached(
-                    "SELECT key, version FROM _waymark_tombstones
-                     WHERE tbl = ?1 AND key IN (SELECT value FROM json_each(?2))",
-                )
-                .map_err(fail("lookup"))?;
-            let found = remembered
-                .query_map(params![self.table, keys], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
-                })
-                .map_err(fail("lookup"))?;
-            for row in found {
-                let (key, version) = row.map_err(fail("lookup"))?;
-                out.entry(key).or_insert(Stored {
-                    version,
-                    deleted: true,
-                    record: None,
-                });
-            }
-        }
-        Ok(out)
-    }
-
     /// Applies the plan's changes row by row, in record order, with prepared statements.
     fn apply_ops(&self, run: &str, page: u64, plan: &Plan<'_>) -> Result<(), destination::Error> {
         let table = &self.table;
@@ -359,11 +313,53 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    /// What the table holds for each of `keys` that it holds (after a hard delete: the
+    /// remembered deletion): one query for the page, the keys passed as one JSON array.
     async fn stored(
         &mut self,
         keys: &[&str],
     ) -> Result<HashMap<String, Stored>, destination::Error> {
-        self.lookup(keys)
+        let keys = serde_json::to_string(keys)
+            .map_err(|e| destination::Error::permanent(format!("lookup: the keys as JSON: {e}")))?;
+        let mut out = HashMap::new();
+        let mut rows = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"
+                 WHERE key IN (SELECT value FROM json_each(?1))",
+                self.table
+            ))
+            .map_err(fail("lookup"))?;
+        let found = rows
+            .query_map(params![keys], read_row)
+            .map_err(fail("lookup"))?;
+        for row in found {
+            let (key, stored) = row.map_err(fail("lookup"))?;
+            out.insert(key, stored);
+        }
+        if self.hard_delete {
+            let mut remembered = self
+                .conn
+                .prepare_cached(
+                    "SELECT key, version FROM _waymark_tombstones
+                     WHERE tbl = ?1 AND key IN (SELECT value FROM json_each(?2))",
+                )
+                .map_err(fail("lookup"))?;
+            let found = remembered
+                .query_map(params![self.table, keys], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+                })
+                .map_err(fail("lookup"))?;
+            for row in found {
+                let (key, version) = row.map_err(fail("lookup"))?;
+                out.entry(key).or_insert(Stored {
+                    version,
+                    deleted: true,
+                    record: None,
+                });
+            }
+        }
+        Ok(out)
     }
 
     async fn apply(
