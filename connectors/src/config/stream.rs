@@ -192,6 +192,11 @@ pub struct StreamSection {
     /// The incremental window.
     #[serde(default)]
     pub window: WindowSection,
+    /// Read this many `window.step` partitions of the window at once (default 1: one
+    /// after the other): for slow APIs, where a run waits on each answer. One run, one
+    /// writer; the cursor holds every open partition's position.
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: Option<u32>,
     /// Rules deciding what a response means, checked before the source's.
     #[serde(default)]
     pub on_response: Vec<ResponseRule>,

@@ -153,6 +153,44 @@ fn warns_about_max_seen_when_nothing_sends_the_window_start() -> Result<(), Erro
 }
 
 #[test]
+fn concurrent_partitions_need_a_step_and_both_window_bounds_sent() -> Result<(), Error> {
+    let with = |lines: &str| {
+        GOOD.replace(
+            "primary_key = \"id\"",
+            &format!("primary_key = \"id\"\n{lines}"),
+        )
+    };
+    let bounds = "start_param = \"since\", end_param = \"until\"";
+    assert!(
+        error(&with(&format!("window = {{ {bounds} }}\nconcurrency = 4")))
+            .contains("stream.orders.concurrency: needs `window.step`")
+    );
+    let one_bound = with("window = { step = \"1d\", start_param = \"since\" }\nconcurrency = 4");
+    assert!(error(&one_bound).contains("must send both of its bounds"));
+    assert!(error(&with("concurrency = 0")).contains("stream.orders.concurrency"));
+    // Templates count as sending a bound; one partition at a time needs nothing.
+    let templated = with(
+        "window = { step = \"1d\", initial = \"30d\", start_param = \"since\" }\n\
+         params = { before = \"{window.end|unix}\" }\nconcurrency = 4",
+    );
+    let w = Workflow::parse(Path::new("w.toml"), &templated)?;
+    assert!(w.warnings().is_empty(), "{:?}", w.warnings());
+    assert_eq!(
+        w.plan(&w.file().stream[0], false).step,
+        None,
+        "the run is the whole window"
+    );
+    Workflow::parse(Path::new("w.toml"), &with("concurrency = 1"))?;
+    // Without `initial` the first window has no start to cut: a warning says so.
+    let first = with(&format!(
+        "window = {{ step = \"1d\", {bounds} }}\nconcurrency = 4"
+    ));
+    let w = Workflow::parse(Path::new("w.toml"), &first)?;
+    assert_eq!(w.warnings()[0].0, "stream.orders.concurrency");
+    Ok(())
+}
+
+#[test]
 fn backfill_scopes_round_trip() {
     let scope = backfill_scope("orders", Timestamp(1_000), Timestamp(2_000));
     assert_eq!(

@@ -592,6 +592,25 @@ impl Workflow {
                  starts from)",
             ));
         }
+        if partitioned(s) {
+            let why = if s.window.step.is_none() {
+                Some("needs `window.step`, the length of each partition read at once")
+            } else if s.parent.is_some() {
+                Some("a child stream is read parent after parent; it cannot be partitioned")
+            } else if !sends_window(s, "start") || !sends_window(s, "end") {
+                Some(
+                    "each partition is a slice of the window: the stream must send both of \
+                     its bounds to the API (`window.start_param` and `window.end_param`, or \
+                     `{window.start}` and `{window.end}` in the path, parameters, headers or \
+                     body), or every partition reads to the present",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(self.invalid(key("concurrency"), why));
+            }
+        }
         if let Some(step) = s.window.step {
             if step.0 <= s.window.overlap.0 {
                 return Err(self.invalid(
@@ -649,20 +668,21 @@ impl Workflow {
                         .to_string(),
                 ));
             }
-            let mut templates = [&s.path]
-                .into_iter()
-                .chain(s.params.values())
-                .chain(s.headers.values())
-                .cloned()
-                .chain(s.body.iter().map(|b| b.to_string()));
-            let sends_start =
-                s.window.start_param.is_some() || templates.any(|t| t.contains("{window.start"));
-            if s.window.start == WindowStart::MaxSeen && !sends_start {
+            if s.window.start == WindowStart::MaxSeen && !sends_window(s, "start") {
                 out.push((
                     format!("stream.{}.window.start", s.name),
                     "`max_seen` moves each window's start, but nothing sends the start to the \
                      API (no `window.start_param`, no `{window.start}` in the path, \
                      parameters, headers or body): every run reads everything"
+                        .to_string(),
+                ));
+            }
+            if partitioned(s) && s.window.initial.is_none() {
+                out.push((
+                    format!("stream.{}.concurrency", s.name),
+                    "partitions are cut from a window's start: the first run, from the \
+                     beginning, reads its window as one partition (set `window.initial` to \
+                     partition it too)"
                         .to_string(),
                 ));
             }
@@ -677,4 +697,28 @@ impl Workflow {
         }
         out
     }
+}
+
+/// Whether `s` reads several partitions of its window at once.
+fn partitioned(s: &StreamSection) -> bool {
+    s.concurrency.is_some_and(|n| n > 1)
+}
+
+/// Whether `s` sends its window's `bound` (`start` or `end`) to the API: its parameter, or
+/// `{window.<bound>}` in the path, a parameter, a header or the body.
+fn sends_window(s: &StreamSection, bound: &str) -> bool {
+    let param = match bound {
+        "start" => &s.window.start_param,
+        _ => &s.window.end_param,
+    };
+    let placeholder = format!("{{window.{bound}");
+    param.is_some()
+        || [&s.path]
+            .into_iter()
+            .chain(s.params.values())
+            .chain(s.headers.values())
+            .any(|t| t.contains(&placeholder))
+        || s.body
+            .as_ref()
+            .is_some_and(|b| b.to_string().contains(&placeholder))
 }

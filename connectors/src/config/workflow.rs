@@ -333,7 +333,11 @@ impl Workflow {
             window_start: stream.window.start.into(),
             start,
             until: None,
-            step: stream.window.step.map(|s| s.0),
+            // Partitions read at once are cut by the source; the run is the whole window.
+            step: match stream.concurrency {
+                Some(n) if n > 1 => None,
+                _ => stream.window.step.map(|s| s.0),
+            },
             fresh,
             lease: None,
         }

@@ -16,6 +16,7 @@ use super::page::{
     fatal, fingerprint, max_seen, records_at, records_by_query, shape, Document, Fingerprint,
 };
 use super::pagination::{keyset, StopRules, Style};
+use super::partitions::Partitioned;
 use super::template::{render, render_json, Context};
 use crate::config::{expand_env, CursorIn, Method, StreamSection, WindowStart, Workflow};
 use crate::http::api::Accepted;
@@ -46,6 +47,8 @@ pub struct HttpSource {
     pub(super) parents: Option<Box<dyn Parents>>,
     /// `records` when it is a JSONPath (`$.data[*]`).
     pub(super) records_path: Option<serde_json_path::JsonPath>,
+    /// With `concurrency` > 1: the window's partitions, each read by a copy of this source.
+    partitions: Option<Box<Partitioned>>,
 }
 
 impl HttpSource {
@@ -70,7 +73,7 @@ impl HttpSource {
             &stream.on_response,
             &workflow.file().source.on_response,
         );
-        Ok(HttpSource {
+        let mut source = HttpSource {
             api,
             rules,
             style: Style::new(stream)?,
@@ -94,7 +97,38 @@ impl HttpSource {
                 .unwrap_or(usize::MAX),
             warned_oversized: false,
             parents,
-        })
+            partitions: None,
+        };
+        // `validate` refuses concurrency without a step, or on a child stream.
+        if let (Some(n), Some(step), None) =
+            (stream.concurrency, stream.window.step, &stream.parent)
+        {
+            if n > 1 {
+                let step_ms = u64::try_from(step.0.as_millis()).unwrap_or(u64::MAX);
+                let n = usize::try_from(n).unwrap_or(1);
+                source.partitions = Some(Box::new(Partitioned::new(source.fresh(), step_ms, n)));
+            }
+        }
+        Ok(source)
+    }
+
+    /// A copy with this one's settings and none of its run's state (a partition's source).
+    pub(super) fn fresh(&self) -> HttpSource {
+        HttpSource {
+            api: self.api.clone(),
+            rules: self.rules.clone(),
+            stream: self.stream.clone(),
+            style: self.style.clone(),
+            stop: self.stop.clone(),
+            previous: None,
+            cycles: Cycles::default(),
+            cycles_parent: None,
+            max_cursor: self.max_cursor,
+            warned_oversized: false,
+            parents: None,
+            records_path: self.records_path.clone(),
+            partitions: None,
+        }
     }
 
     /// The URL of `path` under the base URL.
@@ -430,6 +464,9 @@ impl HttpSource {
 
 impl Source for HttpSource {
     async fn fetch(&mut self, request: PageRequest<'_>) -> Result<Page, source::Error> {
+        if let Some(partitions) = &mut self.partitions {
+            return partitions.fetch(request).await;
+        }
         let parents = self.parents.take();
         let page = match &parents {
             Some(p) => self.fetch_child(p.as_ref(), request).await,

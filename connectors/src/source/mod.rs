@@ -10,6 +10,7 @@
 //! - [`pagination`]: the styles and their cursors; [`page`]: reading a page's body.
 //! - [`guards`]: what a run refuses (oversized pages, overlong cursors, loops);
 //!   [`cycles`]: noticing cursors that cycle, in bounded memory.
+//! - [`partitions`]: a window's partitions read at once (`concurrency`).
 //! - [`children`]: child streams, through the [`Parents`] trait.
 //! - [`template`]: rendering request templates.
 //!
@@ -22,6 +23,7 @@ mod guards;
 mod http_source;
 mod page;
 mod pagination;
+mod partitions;
 pub mod template;
 #[cfg(test)]
 mod tests;
