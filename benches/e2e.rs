@@ -9,7 +9,9 @@
 //! requests/s over `WAYMARK_BENCH_SECONDS=30`, a sync of 400 pages with no `rate_limit`
 //! against an API allowing `WAYMARK_BENCH_LEARN_RATE=5` requests/s (first run, then again
 //! with the first run's saved budget; 0 skips it), a run with nothing new by each window rule
-//! (`WAYMARK_BENCH_IDLE_ROUNDS=9`, 0 skips it). `WAYMARK_BENCH_BASELINE=<path>` adds another
+//! (`WAYMARK_BENCH_IDLE_ROUNDS=9`, 0 skips it), a slow API (`WAYMARK_BENCH_LATENCY=150ms`)
+//! read sequentially and in `WAYMARK_BENCH_PARTITIONS=8` partitions at once, also under an
+//! API limit of `WAYMARK_BENCH_QUOTA=20` requests/s (0 partitions skips it). `WAYMARK_BENCH_BASELINE=<path>` adds another
 //! build of waymark (an earlier commit's) to the throughput rounds, side by side.
 //!
 //! `cargo bench --features bench-unjournaled --bench e2e -- serve <records> <dir>` only serves the pages and writes a
@@ -798,6 +800,133 @@ fn resume_latency(rt: &tokio::runtime::Runtime, steps: u64) -> Result<Vec<(u64, 
     Ok(out)
 }
 
+/// What a latency-bound sync did: its wall time, requests served, 429s, and the request
+/// rate the API saw (first to last request).
+struct Slow {
+    records: u64,
+    took: Duration,
+    requests: u64,
+    refused: u64,
+    at_api: f64,
+}
+
+/// A slow API (`waymark sandbox --latency`): orders one a second,
+/// read in pages of 100 over `partitions` 20-minute partitions of the window, `concurrency`
+/// at a time (1: the slices one after the other); with `quota` > 0 the API answers 429
+/// beyond that many requests a second and the workflow's `rate_limit` says so.
+fn latency_bound(latency: &str, partitions: u64, concurrency: u64, quota: u64) -> Result<Slow> {
+    // One a second from a minute after the window's start to a minute before its end.
+    let records = partitions * 20 * 60 - 120;
+    let mut sandbox = Command::new(this_waymark())
+        .args([
+            "sandbox",
+            "--port",
+            "0",
+            "--quiet",
+            "--tie",
+            "1",
+            "--latency",
+            latency,
+        ])
+        .args(["--records", &records.to_string()])
+        .args(["--base", &format!("{}m", partitions * 20 - 1)])
+        .args(["--quota", &quota.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sandbox.stdout.take().ok_or("sandbox stdout")?),
+        &mut line,
+    )?;
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .ok_or("sandbox address")?
+        .to_string();
+    let outcome = (|| -> Result<Slow> {
+        let dir = std::env::temp_dir().join(format!(
+            "waymark-bench-slow-{}-{concurrency}-{quota}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let budget = match quota {
+            0 => String::new(),
+            q => format!("rate_limit = {{ requests = {q}, per = \"1s\" }}"),
+        };
+        let wf = dir.join("slow.toml");
+        std::fs::write(
+            &wf,
+            format!(
+                r#"[sync]
+name = "bench"
+
+[source]
+kind = "http"
+base_url = "{url}"
+{budget}
+
+[[stream]]
+name = "items"
+path = "/orders"
+records = "data"
+primary_key = "id"
+cursor_field = "updated_at"
+page_size = 100
+pagination = {{ kind = "cursor", cursor_path = "next_cursor", cursor_param = "cursor", limit_param = "limit" }}
+window = {{ lag = "0s", initial = "{}m", step = "20m", start_param = "updated_since", end_param = "updated_before" }}
+concurrency = {concurrency}
+
+[destination]
+kind = "sqlite"
+path = "out.db"
+"#,
+                partitions * 20
+            ),
+        )?;
+        let (took, _, _) = timed(waymark(&this_waymark(), &dir, &wf))?;
+        if rows(&dir.join("out.db"))? != records {
+            return Err("latency-bound: the sync did not write every record".into());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let stats: serde_json::Value = serde_json::from_slice(&http_get(&url, "/_stats")?)?;
+        let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let requests = count(&stats["requests"]);
+        let seen =
+            count(&stats["last_request_ms"]).saturating_sub(count(&stats["first_request_ms"]));
+        Ok(Slow {
+            records,
+            took,
+            requests,
+            refused: count(&stats["faults"]["429"]),
+            at_api: requests.saturating_sub(1) as f64 * 1e3 / seen.max(1) as f64,
+        })
+    })();
+    let _ = sandbox.kill();
+    let _ = sandbox.wait();
+    outcome
+}
+
+/// The body of `GET url/path` (HTTP/1.1, no keep-alive).
+fn http_get(url: &str, path: &str) -> Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(host)?;
+    write!(
+        socket,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    socket.read_to_end(&mut reply)?;
+    let at = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no body")?;
+    Ok(reply[at + 4..].to_vec())
+}
+
 fn main() -> Result {
     let args: Vec<String> = std::env::args().collect();
     if let Some(loop_ @ ("baseline" | "lean")) = args.get(1).map(String::as_str) {
@@ -886,6 +1015,31 @@ fn main() -> Result {
                 took.as_secs_f64() * 1e3,
                 rss as f64 / 1024.0,
                 cpu.as_secs_f64() * 1e3
+            );
+        }
+    }
+    let latency = std::env::var("WAYMARK_BENCH_LATENCY").unwrap_or_else(|_| "150ms".into());
+    let partitions = setting("WAYMARK_BENCH_PARTITIONS", 8);
+    if partitions > 0 && !latency.is_empty() {
+        let quota = setting("WAYMARK_BENCH_QUOTA", 20);
+        println!("\n| API answering in {latency}, {partitions} partitions of 20 min, 100 records a page | wall | records/s | vs sequential | requests | API saw | 429s |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        let mut sequential = None;
+        for (concurrency, quota) in [(1, 0), (partitions, 0), (partitions, quota)] {
+            let slow = latency_bound(&latency, partitions, concurrency, quota)?;
+            let rate = slow.records as f64 / slow.took.as_secs_f64();
+            let base = *sequential.get_or_insert(rate);
+            println!(
+                "| concurrency {concurrency}{} | {:.2} s | {rate:.0} | {:.2}× | {} | {:.1}/s | {} |",
+                match quota {
+                    0 => String::new(),
+                    q => format!(", API and rate_limit {q}/s"),
+                },
+                slow.took.as_secs_f64(),
+                rate / base,
+                slow.requests,
+                slow.at_api,
+                slow.refused
             );
         }
     }
