@@ -1,5 +1,6 @@
 //! The `waymark` command: checkpointed API syncs that survive `kill -9`.
 
+#[macro_use]
 mod cli;
 mod sandbox;
 mod serve;

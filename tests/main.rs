@@ -10,6 +10,7 @@ mod chaos;
 mod children;
 mod cluster;
 mod conformance;
+mod dry_run;
 mod escapes;
 mod hostile;
 mod input;

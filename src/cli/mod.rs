@@ -401,6 +401,7 @@ impl Command {
     fn reads_only(&self) -> bool {
         match self {
             Command::Runs(_) | Command::Status(_) | Command::Trace(_) => true,
+            Command::Run(args) => args.reads_only(),
             Command::Journal(args) => args.reads_only(),
             Command::Dlq(args) => args.reads_only(),
             Command::Checkpoint(args) => args.reads_only(),

@@ -8,10 +8,10 @@ use waymark_connectors::config::StreamSection;
 use waymark_connectors::Workflow;
 use waymark_engine::Timestamp;
 
-use super::context::{find_run, hold_state, rfc3339, stop_on_signal, Budget};
+use super::context::{find_run, hold_state, open_existing_state, rfc3339, stop_on_signal, Budget};
 use super::instances::{instance, instances, of_sync, sync_name};
 use super::{ExitStatus, UsageError};
-use crate::sync::{resume_run, run_scope, run_streams, Invocation};
+use crate::sync::{dry_run, resume_run, run_scope, run_streams, Invocation};
 
 /// Arguments of `waymark run`.
 #[derive(Debug, Args)]
@@ -29,6 +29,11 @@ pub struct RunArgs {
     /// checkpoint.
     #[arg(long)]
     fresh: bool,
+    /// Read each stream's next run from the API and write nothing (no journal step,
+    /// destination row or checkpoint): pages, records, what would be written or
+    /// dead-lettered, a few records as they would be written.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     budget: Budget,
 }
@@ -67,6 +72,11 @@ pub struct BackfillArgs {
 }
 
 impl RunArgs {
+    /// Whether this run only reads (`--dry-run`).
+    pub(crate) fn reads_only(&self) -> bool {
+        self.dry_run
+    }
+
     /// The workflow path made absolute against `cwd`.
     pub(crate) fn rebase(&mut self, cwd: &Path) {
         self.workflow = cwd.join(&self.workflow);
@@ -119,8 +129,39 @@ impl RunArgs {
 
 /// `waymark run <workflow>`.
 pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<ExitStatus> {
-    let stop = stop_on_signal()?;
     let workflows = instances(&args.workflow, &args.tenants).await?;
+    if args.dry_run {
+        // Answered by the process holding the directory (see `attach`), its signals stay
+        // its own.
+        let stop = match super::attach::attached() {
+            true => Default::default(),
+            false => stop_on_signal()?,
+        };
+        // The journal says where each stream's next run starts; a directory no run has
+        // used is not created.
+        let dir = match state_dir.join("LOCK").is_file() {
+            true => Some(open_existing_state(state_dir)?),
+            false => None,
+        };
+        let mut ok = true;
+        for workflow in &workflows {
+            let streams = selected(workflow, &args.streams)?;
+            ok &= dry_run(
+                dir.as_ref(),
+                workflow,
+                &streams,
+                args.fresh,
+                &args.budget,
+                &stop,
+            )
+            .await?;
+        }
+        return Ok(match ok {
+            true => ExitStatus::Success,
+            false => ExitStatus::Failed,
+        });
+    }
+    let stop = stop_on_signal()?;
     let (mut dir, _answering) = hold_state(state_dir)?;
     if let [workflow] = workflows.as_slice() {
         return run_workflow(&mut dir, workflow, &args, &stop).await;
@@ -149,15 +190,22 @@ async fn run_workflow(
     args: &RunArgs,
     stop: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<ExitStatus> {
-    let streams: Vec<&StreamSection> = if args.streams.is_empty() {
-        workflow.streams().iter().collect()
-    } else {
-        args.streams
+    let streams = selected(workflow, &args.streams)?;
+    run_streams(dir, workflow, &streams, args.fresh, &args.budget, stop).await
+}
+
+/// The streams named (all of them, in file order, when none is).
+fn selected<'w>(
+    workflow: &'w Workflow,
+    names: &[String],
+) -> anyhow::Result<Vec<&'w StreamSection>> {
+    Ok(match names.is_empty() {
+        true => workflow.streams().iter().collect(),
+        false => names
             .iter()
             .map(|name| workflow.stream(name))
-            .collect::<Result<_, _>>()?
-    };
-    run_streams(dir, workflow, &streams, args.fresh, &args.budget, stop).await
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 /// `waymark backfill <workflow> --stream S --from T1 --to T2`: re-reads `[T1, T2)` under a

@@ -108,6 +108,7 @@ pub async fn reconcile(
     let pages = reconcile::read_source(
         &mut source,
         window,
+        None,
         &invocation.settings.retry,
         &SystemClock,
         |records| match invocation.stop.load(Ordering::SeqCst) {

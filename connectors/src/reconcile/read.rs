@@ -8,16 +8,18 @@ use waymark_engine::{Clock, RetryPolicy, Window};
 
 use super::error::Error;
 
-/// Reads every page of a source over `window`, retrying as the run would (backoff with
-/// jitter, `Retry-After` as a floor) but giving up on a wait beyond `max_wait`.
+/// Reads every page of a source over `window` from `cursor` (`None`: the first page),
+/// retrying as the run would (backoff with jitter, `Retry-After` as a floor) but giving up
+/// on a wait beyond `max_wait`; `each` sees each page's records and may stop the reading
+/// with an error.
 pub async fn read_source<S: Source>(
     source: &mut S,
     window: Window,
+    mut cursor: Option<String>,
     policy: &RetryPolicy,
     clock: &dyn Clock,
     mut each: impl FnMut(&[String]) -> Result<(), Error>,
 ) -> Result<u64, Error> {
-    let mut cursor: Option<String> = None;
     let mut page = 1;
     let mut attempts = 0u32;
     let mut jitter = Jitter::new(clock.now().0);
@@ -50,7 +52,8 @@ pub async fn read_source<S: Source>(
                     return Err(e.into());
                 }
                 tracing::info!(
-                    "reconcile: page {page} attempt {attempts} failed ({}); retrying in {} ms",
+                    "reading the source: page {page} attempt {attempts} failed ({}); retrying \
+                     in {} ms",
                     e.message,
                     wait.as_millis()
                 );

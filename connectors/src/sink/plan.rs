@@ -277,6 +277,14 @@ impl Identified {
 }
 
 impl Binding {
+    /// What the sync does with `record`: its key, its version and whether it is a
+    /// deletion; or why it would be dead-lettered (`waymark run --dry-run`).
+    pub fn preview(&self, record: &str) -> Result<(String, Option<String>, bool), String> {
+        identify(record, self)
+            .map(|id| (id.key, id.version, id.deletion))
+            .map_err(|(_, why)| why)
+    }
+
     /// What makes a page ready for a destination writing by this binding.
     pub fn preparer(&self) -> Preparer<Arc<Identified>> {
         let b = self.clone();
