@@ -15,6 +15,7 @@ use waymark_engine::{Clock, Timestamp};
 use crate::config::Action;
 use crate::config::{expand_env, http_url, Workflow};
 use crate::http::auth::{self, Credentials, Secrets};
+use crate::http::connects::Connects;
 use crate::http::rate::Gate;
 use crate::http::rules::Rules;
 
@@ -71,6 +72,8 @@ struct Endpoint<'a> {
 pub struct Api {
     base_url: reqwest::Url,
     client: reqwest::Client,
+    /// The connections `client` began.
+    connects: Connects,
     credentials: Credentials,
     gate: Arc<Gate>,
     secrets: Secrets,
@@ -92,11 +95,15 @@ struct ClientKey {
     ca_file: Option<Vec<u8>>,
 }
 
+/// How soon after it was sent a request on an open connection has surely reached the API
+/// (the time the process may take to write it when it is busy), for the rate gate's window.
+const SENT_WITHIN: Duration = Duration::from_millis(50);
+
 /// The most a response body's buffer is given at once when its length is not declared.
 const PREALLOCATED_AT_MOST: u64 = 256 << 20;
 
 /// The clients tenants share, by what they are made of.
-static CLIENTS: std::sync::LazyLock<Mutex<HashMap<ClientKey, reqwest::Client>>> =
+static CLIENTS: std::sync::LazyLock<Mutex<HashMap<ClientKey, (reqwest::Client, Connects)>>> =
     std::sync::LazyLock::new(Default::default);
 
 /// The gates a file's tenants share (`rate_limit.across_tenants`), by file and origin.
@@ -201,7 +208,7 @@ impl Api {
                 .get(key)
                 .cloned()
         });
-        let client = match cached {
+        let (client, connects) = match cached {
             Some(client) => client,
             None => Self::build_client(workflow)?,
         };
@@ -209,7 +216,7 @@ impl Api {
             CLIENTS
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key, client.clone());
+                .insert(key, (client.clone(), connects.clone()));
         }
         // A tenant's requests count against its own account's budget, unless the budget is
         // the application's (`across_tenants`): then the file's tenants share one gate.
@@ -242,6 +249,7 @@ impl Api {
         Ok(Arc::new(Api {
             base_url,
             client,
+            connects,
             credentials,
             gate,
             secrets,
@@ -252,8 +260,10 @@ impl Api {
         }))
     }
 
-    /// The HTTP client of `workflow`'s source: its timeouts, CA file and redirect rule.
-    fn build_client(workflow: &Workflow) -> Result<reqwest::Client, Error> {
+    /// The HTTP client of `workflow`'s source (its timeouts, CA file and redirect rule),
+    /// and the count of the connections it begins.
+    fn build_client(workflow: &Workflow) -> Result<(reqwest::Client, Connects), Error> {
+        let connects = Connects::default();
         let source = &workflow.file().source;
         // Redirects are followed only within the origin: credentials (headers, query keys)
         // never travel to a host the workflow did not name.
@@ -269,7 +279,8 @@ impl Api {
             .redirect(redirects)
             .timeout(source.timeout.0)
             .connect_timeout(source.connect_timeout.0.min(source.timeout.0))
-            .user_agent(concat!("waymark/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("waymark/", env!("CARGO_PKG_VERSION")))
+            .connector_layer(connects.layer());
         if let Some(path) = workflow.ca_file() {
             let shown = path.display().to_string();
             let pem = std::fs::read(&path).map_err(|e| Error::CaFile {
@@ -290,7 +301,8 @@ impl Api {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        builder.build().map_err(|e| Error::Client(e.to_string()))
+        let client = builder.build().map_err(|e| Error::Client(e.to_string()))?;
+        Ok((client, connects))
     }
 
     /// The base URL.
@@ -359,8 +371,17 @@ impl Api {
                 .await
                 .map_err(|e| self.masked(e))?;
             let began = Instant::now();
+            let (sent, connects) = (self.clock.now(), self.connects.begun());
             let response = self.client.execute(request).await;
-            self.gate.answered(admitted, self.clock.now());
+            // The API surely had it by the answer; and soon after it was sent when no
+            // connection began meanwhile (it went out on an open one): within `SENT_WITHIN`,
+            // the time a busy process may take to write it.
+            let answered = self.clock.now();
+            let reached = match self.connects.begun() == connects {
+                true => answered.min(sent.saturating_add(SENT_WITHIN)),
+                false => answered,
+            };
+            self.gate.answered(admitted, reached);
             if let Some(timing) = self.timing.get() {
                 let status = response.as_ref().ok().map(|r| r.status().as_u16());
                 timing(began.elapsed(), status);

@@ -3,6 +3,7 @@
 //!
 //! - [`api`]: [`Api`], what the streams of one source (or an HTTP destination) share.
 //! - [`auth`]: credentials from environment variables, OAuth2 tokens.
+//! - [`connects`]: counting the connections a client begins (when a request reached the API).
 //! - [`secrets`]: [`Secrets`](secrets::Secrets), masking every form of a secret value.
 //! - [`excerpt`]: API text fit to show: body excerpts, control characters escaped.
 //! - [`rate`]: the request budget (GCRA, quota headers, `Retry-After`), persisted.
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+mod connects;
 pub mod excerpt;
 pub mod rate;
 pub mod rules;

@@ -203,9 +203,10 @@ fn whole(x: f64) -> u64 {
 /// apart (`tolerance` more for a burst), and a request that is late by a little (the
 /// timer's granularity) keeps the schedule instead of moving it back, so lateness does not
 /// add up into a lower rate. What keeps the API's own count safe is the window: never more
-/// than `count` requests in any `per` plus a margin, counted from when each request was
-/// answered (it reached the API by then, however long a new connection took) or, while it
-/// is in flight, let through.
+/// than `count` requests in any `per` plus a margin, counted from when each request had
+/// surely reached the API (its answer, however long a new connection took; or, sent on a
+/// connection already open, soon after it was sent — see `Api::send`) or, while it is in
+/// flight, from when it was let through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Pace {
     interval_us: u64,
@@ -413,8 +414,8 @@ impl Gate {
         }
     }
 
-    /// The request let through at `admitted` was answered (or failed) at `at`: the window
-    /// counts it from then.
+    /// The request let through at `admitted` had surely reached the API at `at` (answered,
+    /// or failed): the window counts it from then.
     pub fn answered(&self, admitted: Timestamp, at: Timestamp) {
         if self.limit.is_none() {
             return;
