@@ -48,7 +48,7 @@ pub struct HttpSource {
     /// `records` when it is a JSONPath (`$.data[*]`).
     pub(super) records_path: Option<serde_json_path::JsonPath>,
     /// With `concurrency` > 1: the window's partitions, each read by a copy of this source.
-    partitions: Option<Box<Partitioned>>,
+    partitions: Option<Box<Partitioned<HttpSource>>>,
 }
 
 impl HttpSource {
@@ -106,7 +106,9 @@ impl HttpSource {
             if n > 1 {
                 let step_ms = u64::try_from(step.0.as_millis()).unwrap_or(u64::MAX);
                 let n = usize::try_from(n).unwrap_or(1);
-                source.partitions = Some(Box::new(Partitioned::new(source.fresh(), step_ms, n)));
+                let prototype = source.fresh();
+                let make = move || prototype.fresh();
+                source.partitions = Some(Box::new(Partitioned::new(make, step_ms, n)));
             }
         }
         Ok(source)

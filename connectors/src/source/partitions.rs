@@ -1,7 +1,7 @@
 //! Partitions of a run's window read at once (`concurrency`): the window cut into
-//! `window.step` slices, up to N of them open, each read by its own [`HttpSource`] (its own
-//! cursor and loop checks) in a task of its own, through the shared API connection (so
-//! under one rate budget). Each open partition fetches its next page ahead while the
+//! `window.step` slices, up to N of them open, each read by its own source (for the HTTP
+//! source, a copy with its own cursor and loop checks) in a task of its own, through the
+//! shared API connection (so under one rate budget). Each open partition fetches its next page ahead while the
 //! driver writes; pages reach the driver one at a time, the lowest ready partition first.
 //!
 //! The run's cursor is a [`Position`]: every open partition's cursor and the next one to
@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 use waymark_engine::source::{self, Page, PageRequest, Source};
 use waymark_engine::{Timestamp, Window};
 
-use super::http_source::HttpSource;
 use super::page::fatal;
 
 /// Where a partitioned run stands: the partitions opened so far and each open one's cursor.
@@ -29,37 +28,41 @@ struct Position {
 }
 
 /// One open partition.
-struct Open {
+struct Open<S> {
     index: u64,
     /// The cursor of its next page.
     cursor: Option<String>,
     /// The number of its next page (its own count, for its loop checks).
     page: u64,
     /// Its source while no request is under way (else the task holds it)...
-    idle: Option<Box<HttpSource>>,
+    idle: Option<Box<S>>,
     /// ...and the request under way, which gives the source back.
-    task: Option<JoinHandle<Fetched>>,
+    task: Option<JoinHandle<Fetched<S>>>,
 }
 
-type Fetched = (Box<HttpSource>, Result<Page, source::Error>);
+type Fetched<S> = (Box<S>, Result<Page, source::Error>);
 
 /// A source reading up to `concurrency` partitions of the run's window at once.
-pub(super) struct Partitioned {
-    /// Each partition's source starts as a copy of this one.
-    prototype: Box<HttpSource>,
+pub(super) struct Partitioned<S> {
+    /// Makes each partition's source.
+    make: Box<dyn Fn() -> S + Send + Sync>,
     step_ms: u64,
     concurrency: usize,
     /// The run's window; with `next` and `open`, the position the last page returned
     /// moved to (or a resumed run started from).
     window: Option<Window>,
     next: u64,
-    open: Vec<Open>,
+    open: Vec<Open<S>>,
 }
 
-impl Partitioned {
-    pub(super) fn new(prototype: HttpSource, step_ms: u64, concurrency: usize) -> Self {
+impl<S: Source + 'static> Partitioned<S> {
+    pub(super) fn new(
+        make: impl Fn() -> S + Send + Sync + 'static,
+        step_ms: u64,
+        concurrency: usize,
+    ) -> Self {
         Partitioned {
-            prototype: Box::new(prototype),
+            make: Box::new(make),
             step_ms: step_ms.max(1),
             concurrency: concurrency.max(1),
             window: None,
@@ -129,12 +132,12 @@ impl Partitioned {
         }
     }
 
-    fn opened(&self, index: u64, cursor: Option<String>) -> Open {
+    fn opened(&self, index: u64, cursor: Option<String>) -> Open<S> {
         Open {
             index,
             cursor,
             page: 1,
-            idle: Some(Box::new(self.prototype.fresh())),
+            idle: Some(Box::new((self.make)())),
             task: None,
         }
     }
@@ -163,7 +166,9 @@ impl Partitioned {
             }));
         }
     }
+}
 
+impl<S> Partitioned<S> {
     fn abort(&mut self) {
         for open in self.open.drain(..) {
             if let Some(task) = open.task {
@@ -173,7 +178,7 @@ impl Partitioned {
     }
 }
 
-impl Source for Partitioned {
+impl<S: Source + 'static> Source for Partitioned<S> {
     async fn fetch(&mut self, request: PageRequest<'_>) -> Result<Page, source::Error> {
         let window = request.window;
         let position = self.position(&request)?;
@@ -200,7 +205,7 @@ impl Source for Partitioned {
         let (source, page) = match joined {
             Ok(fetched) => fetched,
             Err(e) => {
-                open.idle = Some(Box::new(self.prototype.fresh()));
+                open.idle = Some(Box::new((self.make)()));
                 return Err(fatal(format!("{what}: its request stopped: {e}")));
             }
         };
@@ -228,7 +233,7 @@ impl Source for Partitioned {
     }
 }
 
-impl Drop for Partitioned {
+impl<S> Drop for Partitioned<S> {
     fn drop(&mut self) {
         self.abort();
     }
