@@ -180,6 +180,39 @@ fn catch_up(state: &Path, sandbox: &Sandbox, workflow: &Path) -> Result {
     Ok(())
 }
 
+/// Starts `waymark run` again and again, each killed (SIGKILL) after `delay.0` ms and up to
+/// `delay.1` more, until `limits.0` kills or `limits.1` invocations; one that finishes
+/// before its kill must have succeeded. Returns the kills and the invocations.
+fn kill_runs(
+    rng: &mut Rng,
+    state: &Path,
+    sandbox: &Sandbox,
+    workflow: &Path,
+    delay: (u64, u64),
+    limits: (u32, u32),
+) -> Result<(u32, u32)> {
+    let (mut kills, mut invocations) = (0, 0);
+    while kills < limits.0 && invocations < limits.1 {
+        let mut child = waymark(state, &sandbox.url)
+            .arg("run")
+            .arg(workflow)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        invocations += 1;
+        std::thread::sleep(Duration::from_millis(delay.0 + rng.below(delay.1)));
+        if child.try_wait()?.is_some() {
+            let out = child.wait_with_output()?;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            continue;
+        }
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        kills += 1;
+    }
+    Ok((kills, invocations))
+}
+
 #[test]
 fn sigkill_at_random_moments_under_mutations_and_faults_loses_nothing() -> Result {
     with_seed(sigkill_scenario)
@@ -226,27 +259,16 @@ fn sigkill_scenario(seed: u64) -> Result {
     let state = dir.path().join("state");
     let began = Instant::now();
 
-    let (mut kills, mut invocations) = (0, 0);
-    while kills < kills_wanted {
-        let mut child = waymark(&state, &sandbox.url)
-            .arg("run")
-            .arg(&workflow)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        invocations += 1;
-        std::thread::sleep(Duration::from_millis(5 + rng.below(600)));
-        if child.try_wait()?.is_some() {
-            // It finished before the kill; the mutator keeps going, so the next invocation
-            // starts a new incremental run.
-            let out = child.wait_with_output()?;
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-            continue;
-        }
-        child.kill()?; // SIGKILL
-        child.wait()?;
-        kills += 1;
-    }
+    // A run that finishes before its kill is followed by a new incremental one: the
+    // mutator keeps going.
+    let (kills, invocations) = kill_runs(
+        &mut rng,
+        &state,
+        &sandbox,
+        &workflow,
+        (5, 600),
+        (kills_wanted, u32::MAX),
+    )?;
     sandbox.set_mutation_rate(0.0)?;
     // Past the window's lag, every mutation is below the next run's watermark.
     std::thread::sleep(Duration::from_millis(1500));
@@ -321,26 +343,8 @@ fn partitions_scenario(seed: u64) -> Result {
         "",
     )?;
     let state = dir.path().join("state");
-    let kills_wanted = 10;
-    let (mut kills, mut invocations) = (0, 0);
-    while kills < kills_wanted && invocations < 40 {
-        let mut child = waymark(&state, &sandbox.url)
-            .arg("run")
-            .arg(&workflow)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        invocations += 1;
-        std::thread::sleep(Duration::from_millis(20 + rng.below(300)));
-        if child.try_wait()?.is_some() {
-            let out = child.wait_with_output()?;
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-            continue;
-        }
-        child.kill()?; // SIGKILL
-        child.wait()?;
-        kills += 1;
-    }
+    let (kills, invocations) =
+        kill_runs(&mut rng, &state, &sandbox, &workflow, (20, 300), (10, 40))?;
     catch_up(&state, &sandbox, &workflow)?;
     eprintln!("{kills} kills over {invocations} invocations");
     assert_matches_source(&sandbox, &dir.path().join("shop.db"), "orders")?;

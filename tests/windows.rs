@@ -4,9 +4,11 @@ use std::path::{Path, PathBuf};
 
 use crate::util::*;
 
-/// Orders of the last hour (one per second, ids 1..=3000 from 60 minutes ago).
-fn recent_sandbox() -> Result<Sandbox> {
-    Sandbox::start(&["--records", "3000", "--tie", "1", "--base", "60m"])
+/// Orders of the last hour (one per second, ids 1..=3000 from 60 minutes ago), with more
+/// sandbox arguments.
+fn recent_sandbox(more: &[&str]) -> Result<Sandbox> {
+    let args = ["--records", "3000", "--tie", "1", "--base", "60m"];
+    Sandbox::start(&[&args[..], more].concat())
 }
 
 fn windowed(dir: &Path, window: &str) -> Result<PathBuf> {
@@ -52,7 +54,7 @@ fn ms(text: &str) -> Result<u64> {
 
 #[test]
 fn a_long_window_runs_as_checkpointed_slices_that_resume() -> Result {
-    let sandbox = recent_sandbox()?;
+    let sandbox = recent_sandbox(&[])?;
     let dir = TempDir::new("slices");
     let workflow = windowed(dir.path(), r#"lag = "0s", initial = "90m", step = "20m""#)?;
     let state = dir.path().join("state");
@@ -85,16 +87,7 @@ fn a_long_window_runs_as_checkpointed_slices_that_resume() -> Result {
 
 #[test]
 fn concurrent_partitions_write_what_slices_write_and_resume_where_each_stood() -> Result {
-    let sandbox = Sandbox::start(&[
-        "--records",
-        "3000",
-        "--tie",
-        "1",
-        "--base",
-        "60m",
-        "--latency",
-        "5ms",
-    ])?;
+    let sandbox = recent_sandbox(&["--latency", "5ms"])?;
     let window = r#"lag = "0s", initial = "90m", step = "10m""#;
     let sequential = TempDir::new("sequential");
     let workflow = windowed(sequential.path(), window)?;
@@ -144,7 +137,7 @@ fn concurrent_partitions_write_what_slices_write_and_resume_where_each_stood() -
 
 #[test]
 fn a_backfill_has_its_own_checkpoint_and_coexists_with_the_incremental_run() -> Result {
-    let sandbox = recent_sandbox()?;
+    let sandbox = recent_sandbox(&[])?;
     let dir = TempDir::new("backfill");
     let workflow = windowed(dir.path(), r#"lag = "0s""#)?;
     let state = dir.path().join("state");
@@ -231,16 +224,7 @@ fn a_backfill_has_its_own_checkpoint_and_coexists_with_the_incremental_run() -> 
 fn windows_that_start_at_the_greatest_value_seen_catch_an_api_clock_running_behind() -> Result {
     // Orders from 60 to 10 minutes ago; changes made while serving are stamped by an API
     // clock 10 minutes behind ours.
-    let sandbox = Sandbox::start(&[
-        "--records",
-        "3000",
-        "--tie",
-        "1",
-        "--base",
-        "60m",
-        "--clock-behind",
-        "10m",
-    ])?;
+    let sandbox = recent_sandbox(&["--clock-behind", "10m"])?;
     let newest = sandbox
         .truth()?
         .values()
