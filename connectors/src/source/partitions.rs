@@ -1,8 +1,9 @@
 //! Partitions of a run's window read at once (`concurrency`): the window cut into
 //! `window.step` slices, up to N of them open, each read by its own source (for the HTTP
 //! source, a copy with its own cursor and loop checks) in a task of its own, through the
-//! shared API connection (so under one rate budget). Each open partition fetches its next page ahead while the
-//! driver writes; pages reach the driver one at a time, the lowest ready partition first.
+//! shared API connection (so under one rate budget). Each open partition fetches its next
+//! page ahead while the driver writes; pages reach the driver one at a time, the lowest
+//! ready partition first.
 //!
 //! The run's cursor is a [`Position`]: every open partition's cursor and the next one to
 //! open. It moves with each page the driver commits, so a resumed run continues every
