@@ -14,7 +14,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use support::{env, runs, sandbox, serve, Result};
+use support::{env, runs, sandbox, serve, stats, Result};
 
 /// One workflow file: `streams` streams reading all of `/orders` in pages of 10, due once
 /// (every hour), under a budget of `budget` requests per second.
@@ -40,21 +40,6 @@ fn write_flow(dir: &Path, streams: u64, budget: u64) -> Result {
 fn ms(run: &serde_json::Value, field: &str) -> Option<u64> {
     let t = humantime::parse_rfc3339(run[field].as_str()?).ok()?;
     Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64)
-}
-
-/// The sandbox's `/_stats`.
-fn stats(url: &str) -> Result<serde_json::Value> {
-    use std::io::{Read, Write};
-    let host = url.trim_start_matches("http://");
-    let mut socket = std::net::TcpStream::connect(host)?;
-    write!(
-        socket,
-        "GET /_stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut reply = String::new();
-    socket.read_to_string(&mut reply)?;
-    let body = reply.split_once("\r\n\r\n").ok_or("no body")?.1;
-    Ok(serde_json::from_str(body)?)
 }
 
 fn main() -> Result {

@@ -32,6 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+mod support;
+
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const PAGE: u64 = 500;
@@ -810,57 +812,46 @@ struct Slow {
     at_api: f64,
 }
 
-/// A slow API (`waymark sandbox --latency`): orders one a second,
-/// read in pages of 100 over `partitions` 20-minute partitions of the window, `concurrency`
-/// at a time (1: the slices one after the other); with `quota` > 0 the API answers 429
-/// beyond that many requests a second and the workflow's `rate_limit` says so.
+/// A slow API (`waymark sandbox --latency`): orders one a second, read in pages of 100
+/// over `partitions` 20-minute partitions of the window, `concurrency` at a time (1: the
+/// slices one after the other); with `quota` > 0 the API answers 429 beyond that many
+/// requests a second and the workflow's `rate_limit` says so.
 fn latency_bound(latency: &str, partitions: u64, concurrency: u64, quota: u64) -> Result<Slow> {
     // One a second from a minute after the window's start to a minute before its end.
     let records = partitions * 20 * 60 - 120;
-    let mut sandbox = Command::new(this_waymark())
-        .args([
-            "sandbox",
-            "--port",
-            "0",
-            "--quiet",
-            "--tie",
-            "1",
-            "--latency",
-            latency,
-        ])
-        .args(["--records", &records.to_string()])
-        .args(["--base", &format!("{}m", partitions * 20 - 1)])
-        .args(["--quota", &quota.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(sandbox.stdout.take().ok_or("sandbox stdout")?),
-        &mut line,
-    )?;
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .ok_or("sandbox address")?
-        .to_string();
-    let outcome = (|| -> Result<Slow> {
-        let dir = std::env::temp_dir().join(format!(
-            "waymark-bench-slow-{}-{concurrency}-{quota}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let budget = match quota {
-            0 => String::new(),
-            q => format!("rate_limit = {{ requests = {q}, per = \"1s\" }}"),
-        };
-        let wf = dir.join("slow.toml");
-        std::fs::write(
-            &wf,
-            format!(
-                r#"[sync]
+    let (records_arg, base, quota_arg) = (
+        records.to_string(),
+        format!("{}m", partitions * 20 - 1),
+        quota.to_string(),
+    );
+    let (_sandbox, url) = support::sandbox(&[
+        "--tie",
+        "1",
+        "--latency",
+        latency,
+        "--records",
+        &records_arg,
+        "--base",
+        &base,
+        "--quota",
+        &quota_arg,
+    ])
+    .map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!(
+        "waymark-bench-slow-{}-{concurrency}-{quota}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let budget = match quota {
+        0 => String::new(),
+        q => format!("rate_limit = {{ requests = {q}, per = \"1s\" }}"),
+    };
+    let wf = dir.join("slow.toml");
+    std::fs::write(
+        &wf,
+        format!(
+            r#"[sync]
 name = "bench"
 
 [source]
@@ -883,48 +874,25 @@ concurrency = {concurrency}
 kind = "sqlite"
 path = "out.db"
 "#,
-                partitions * 20
-            ),
-        )?;
-        let (took, _, _) = timed(waymark(&this_waymark(), &dir, &wf))?;
-        if rows(&dir.join("out.db"))? != records {
-            return Err("latency-bound: the sync did not write every record".into());
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        let stats: serde_json::Value = serde_json::from_slice(&http_get(&url, "/_stats")?)?;
-        let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        let requests = count(&stats["requests"]);
-        let seen =
-            count(&stats["last_request_ms"]).saturating_sub(count(&stats["first_request_ms"]));
-        Ok(Slow {
-            records,
-            took,
-            requests,
-            refused: count(&stats["faults"]["429"]),
-            at_api: requests.saturating_sub(1) as f64 * 1e3 / seen.max(1) as f64,
-        })
-    })();
-    let _ = sandbox.kill();
-    let _ = sandbox.wait();
-    outcome
-}
-
-/// The body of `GET url/path` (HTTP/1.1, no keep-alive).
-fn http_get(url: &str, path: &str) -> Result<Vec<u8>> {
-    use std::io::{Read, Write};
-    let host = url.trim_start_matches("http://");
-    let mut socket = std::net::TcpStream::connect(host)?;
-    write!(
-        socket,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            partitions * 20
+        ),
     )?;
-    let mut reply = Vec::new();
-    socket.read_to_end(&mut reply)?;
-    let at = reply
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no body")?;
-    Ok(reply[at + 4..].to_vec())
+    let (took, _, _) = timed(waymark(&this_waymark(), &dir, &wf))?;
+    if rows(&dir.join("out.db"))? != records {
+        return Err("latency-bound: the sync did not write every record".into());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let stats = support::stats(&url).map_err(|e| e.to_string())?;
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let requests = count(&stats["requests"]);
+    let seen = count(&stats["last_request_ms"]).saturating_sub(count(&stats["first_request_ms"]));
+    Ok(Slow {
+        records,
+        took,
+        requests,
+        refused: count(&stats["faults"]["429"]),
+        at_api: requests.saturating_sub(1) as f64 * 1e3 / seen.max(1) as f64,
+    })
 }
 
 fn main() -> Result {

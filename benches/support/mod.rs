@@ -45,6 +45,21 @@ pub fn sandbox(args: &[&str]) -> Result<(Killed, String)> {
     Ok((Killed(child), url))
 }
 
+/// The sandbox's `/_stats` (what it served, refused and when).
+pub fn stats(url: &str) -> Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let host = url.trim_start_matches("http://");
+    let mut socket = std::net::TcpStream::connect(host)?;
+    write!(
+        socket,
+        "GET /_stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = String::new();
+    socket.read_to_string(&mut reply)?;
+    let body = reply.split_once("\r\n\r\n").ok_or("no body")?.1;
+    Ok(serde_json::from_str(body)?)
+}
+
 /// `waymark serve <target> --max-concurrent-runs <runs>` in `dir` against the sandbox at
 /// `url`, its state in `state`, quiet.
 pub fn serve(dir: &Path, target: &str, runs: u64, state: &Path, url: &str) -> Result<Killed> {
