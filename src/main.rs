@@ -2,6 +2,7 @@
 
 #[macro_use]
 mod cli;
+mod fixtures;
 mod sandbox;
 mod serve;
 mod sync;

@@ -12,6 +12,7 @@ mod cluster;
 mod conformance;
 mod dry_run;
 mod escapes;
+mod fixtures;
 mod hostile;
 mod input;
 mod journal;

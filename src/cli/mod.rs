@@ -14,6 +14,7 @@ mod compact;
 pub mod context;
 mod demo;
 mod dlq;
+mod fixtures;
 pub(crate) mod instances;
 mod journal;
 pub mod progress;
@@ -89,6 +90,13 @@ enum Command {
     Sandbox(sandbox::SandboxArgs),
     /// Run a real sync against an in-process sandbox into a SQLite file.
     Demo(demo::DemoArgs),
+    /// Run a workflow against its live API and keep every request/response pair as fixture
+    /// files (secrets and --scrub fields scrubbed); again into the same directory: the next,
+    /// incremental run.
+    Record(fixtures::RecordArgs),
+    /// Run a workflow offline against recorded fixtures (served on loopback) into a scratch
+    /// destination and check the fixtures' expect.toml (exit 1 when it falls short).
+    Test(fixtures::TestArgs),
     /// Check workflow files (errors with file:line:col and the key; warnings) without
     /// running them.
     Validate(validate::ValidateArgs),
@@ -130,6 +138,8 @@ impl Cli {
         for (name, hidden) in [
             ("sandbox", STATE),
             ("validate", STATE),
+            ("record", STATE),
+            ("test", STATE),
             ("schema", ALL),
             ("completions", ALL),
             ("man", ALL),
@@ -381,6 +391,8 @@ async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
         // The demo keeps its state beside its files unless told otherwise.
         Command::Demo(args) => demo::run(args, cli.state_dir).await,
         Command::Validate(args) => validate::validate(args),
+        Command::Record(args) => fixtures::record(args).await,
+        Command::Test(args) => fixtures::test(args).await,
         Command::Compact(args) => compact::run(state_dir, args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Dlq(args) => dlq::run(state_dir, args).await,

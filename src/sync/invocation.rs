@@ -45,6 +45,8 @@ pub(crate) struct Invocation<'a> {
     pub(crate) inbox: Option<Arc<Inbox>>,
     /// In a cluster: the lease the stream's partition is held under.
     pub(crate) lease: Option<waymark_engine::Lease>,
+    /// The runs' clock (`waymark test` and `record` pin it to a fixture's time).
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 /// Sees each journaled step of a run: the state after it, and the step.
@@ -77,7 +79,16 @@ impl<'a> Invocation<'a> {
             observer: None,
             inbox: None,
             lease: None,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// This invocation with its runs on `clock` (its API should be on it too) and jitter
+    /// seeded by the clock's time, so runs replayed at the same time wait the same waits.
+    pub(crate) fn on_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.settings.jitter_seed = clock.now().0;
+        self.clock = clock;
+        self
     }
 
     /// The source of `stream`, through this invocation's API connection; a child stream
@@ -109,6 +120,7 @@ pub(crate) async fn drive(
     let (settings, stop, json) = (&run.settings, run.stop, run.json);
     let summary = run.summaries;
     let observer = run.observer.clone();
+    let clock = run.clock.clone();
     let (sync, stream) = (state.started.sync.clone(), state.started.stream.clone());
     let run = state.run_id();
     let verb = if state.counts.resumes > 0 || state.last_seq > 1 {
@@ -137,7 +149,7 @@ pub(crate) async fn drive(
         staging,
         source,
         destination,
-        &SystemClock,
+        &*clock,
         settings,
         stop,
         state,

@@ -157,15 +157,21 @@ pub(crate) async fn run_scope(
     loop {
         let root = dir.root().display().to_string();
         let (journal, staging) = dir.parts();
-        let state = driver::open(journal, staging, &mut destination, plan, SystemClock.now())
-            .await
-            .map_err(|e| match e {
-                // The usual cause: this is not the state directory the stream's runs used.
-                driver::Error::CheckpointLost { .. } => {
-                    anyhow::Error::new(e).context(format!("state directory {root}"))
-                }
-                e => e.into(),
-            })?;
+        let state = driver::open(
+            journal,
+            staging,
+            &mut destination,
+            plan,
+            invocation.clock.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            // The usual cause: this is not the state directory the stream's runs used.
+            driver::Error::CheckpointLost { .. } => {
+                anyhow::Error::new(e).context(format!("state directory {root}"))
+            }
+            e => e.into(),
+        })?;
         let mut source = invocation.source(workflow, stream).await?;
         let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
         let next_slice = state.status == Status::Completed
@@ -199,7 +205,7 @@ pub(crate) async fn resume_run(
         None => workflow.plan(&stream, false),
     };
     let mut destination = destination(dir, workflow, &stream, &plan.stream).await?;
-    let state = driver::resume(dir.journal_mut(), state, &plan, SystemClock.now())?;
+    let state = driver::resume(dir.journal_mut(), state, &plan, invocation.clock.now())?;
     let mut source = invocation.source(workflow, &stream).await?;
     drive(dir, invocation, &mut source, &mut destination, state).await
 }

@@ -166,6 +166,27 @@ impl Workflow {
         &self.file
     }
 
+    /// This workflow reading from `base_url` instead of its API and writing into the SQLite
+    /// file `database` instead of its destination (same tables, keys and columns): what
+    /// `waymark test` and `waymark record` run. An HTTP destination is refused (its
+    /// answers would be needed too).
+    pub fn redirected(&self, base_url: &str, database: &Path) -> Result<Workflow, Error> {
+        if self.file.destination.kind == super::DestinationKind::Http {
+            return Err(self.invalid(
+                "destination.kind".into(),
+                "a workflow writing into an API cannot be run on recorded fixtures yet: only \
+                 its source is recorded",
+            ));
+        }
+        let mut redirected = self.clone();
+        redirected.file.source.base_url = base_url.to_string();
+        let destination = &mut redirected.file.destination;
+        destination.kind = super::DestinationKind::Sqlite;
+        destination.path = Some(database.display().to_string());
+        (destination.url, destination.schema, destination.ca_file) = (None, None, None);
+        Ok(redirected)
+    }
+
     /// The sync's name.
     pub fn name(&self) -> &str {
         &self.file.sync.name

@@ -1,0 +1,295 @@
+//! `waymark record` and `waymark test`: a workflow's exchanges recorded from the sandbox
+//! (secrets and chosen fields scrubbed) replay offline into the same destination; a request
+//! the fixtures do not hold is named with the closest recorded one; every catalog entry
+//! passes on its own fixtures.
+
+use std::path::{Path, PathBuf};
+
+use std::process::Command;
+
+use crate::util::*;
+
+const SECRET: &str = "sk_live_fixture_secret_9f2c41";
+
+/// Orders followed through Link headers, the API key in the query (so it is in every
+/// request and every next-page URL the API sends back).
+fn keyed_workflow(dir: &Path) -> Result<PathBuf> {
+    write_workflow(
+        dir,
+        "timeout = \"5s\"\nmax_attempts = 8\nbackoff = { base = \"10ms\", cap = \"50ms\" }\n\
+         auth = { kind = \"api_key\", in = \"query\", name = \"api_key\", key = { env = \"SHOP_API_KEY\" } }",
+        &stream_table(
+            "orders",
+            "/orders",
+            "updated_at",
+            150,
+            r#"{ kind = "link_header", limit_param = "per_page" }"#,
+            r#"window = { lag = "0s", overlap = "1h", start_param = "updated_since", end_param = "updated_before" }"#,
+        ),
+        "",
+    )
+}
+
+fn waymark_with_key(state: &Path, url: &str) -> std::process::Command {
+    let mut cmd = waymark(state, url);
+    cmd.env("SHOP_API_KEY", SECRET);
+    cmd
+}
+
+/// Every file under `dir`, with its text.
+fn files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        match path.is_dir() {
+            true => out.extend(files(&path)?),
+            false => out.push((path.clone(), std::fs::read_to_string(&path)?)),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Rows with `field` taken out of every record.
+fn without(
+    rows: &std::collections::BTreeMap<String, serde_json::Value>,
+    field: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    rows.iter()
+        .map(|(k, v)| {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove(field);
+            }
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Asserts two tables are equal, naming the first key that differs.
+fn same(
+    a: &std::collections::BTreeMap<String, serde_json::Value>,
+    b: &std::collections::BTreeMap<String, serde_json::Value>,
+    what: &str,
+) {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    if let Some(key) = keys.into_iter().find(|k| a.get(*k) != b.get(*k)) {
+        panic!(
+            "{what}: {} and {} rows; `{key}`: {:?} vs {:?}",
+            a.len(),
+            b.len(),
+            a.get(key),
+            b.get(key)
+        );
+    }
+}
+
+#[test]
+fn recorded_runs_replay_offline_into_the_same_destination_with_secrets_scrubbed() -> Result {
+    // A seeded sandbox: its 429s fall on the same requests every time.
+    let sandbox = Sandbox::start(&["--records", "600", "--seed", "7"])?;
+    sandbox.set_faults(r#"{"rate_429": 0.3, "retry_after_s": 1}"#)?;
+    let dir = TempDir::new("fixtures-round-trip");
+    let wf = keyed_workflow(dir.path())?;
+    let fx = dir.path().join("fx");
+    let state = dir.path().join("unused-state");
+    let record = |keep: &str| -> Result<std::process::Output> {
+        run(waymark_with_key(&state, &sandbox.url)
+            .args(["record", "--scrub", "currency", "--keep"])
+            .arg(dir.path().join(keep))
+            .arg("--to")
+            .arg(&fx)
+            .arg(&wf))
+    };
+
+    let out = record("recorded-1")?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Changes between the runs: the second, incremental run reads them, the third finds
+    // nothing new.
+    sandbox.set_faults("{}")?;
+    sandbox.edit(&[], &[3, 5, 8], &[])?;
+    let out = record("recorded-2")?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("recorded 1 exchanges into"),
+        "the incremental run reads one page: {}",
+        text(&out.stdout)
+    );
+    // expect.toml, written after the first run, no longer holds: said, not rewritten.
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("no longer says what the destination holds"),
+        "{said}"
+    );
+    assert!(
+        said.contains("orders: checkpoint watermark: expected"),
+        "{said}"
+    );
+    std::fs::remove_file(fx.join("expect.toml"))?;
+    let out = record("recorded-3")?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("wrote"), "{}", text(&out.stdout));
+    let recorded = rows(&dir.path().join("recorded-3/destination.db"))?;
+    // (The earlier runs, replayed from the fixtures to start the next, wrote stand-ins.)
+    let truth = sandbox.truth()?;
+    same(
+        &without(&recorded, "currency"),
+        &without(&truth, "currency"),
+        "the recorded runs synced the API",
+    );
+
+    // The fixtures: two runs, at least one 429 answered and its retry, pages to the end.
+    let manifest = std::fs::read_to_string(fx.join("fixtures.toml"))?;
+    assert_eq!(manifest.matches("[[run]]").count(), 3, "{manifest}");
+    let all = files(&fx)?;
+    let exchanges: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "json"))
+        .map(|(_, t)| serde_json::from_str(t))
+        .collect::<std::result::Result<_, _>>()?;
+    let throttled = exchanges
+        .iter()
+        .filter(|e| e["response"]["status"] == 429)
+        .count();
+    assert!(throttled >= 1, "seed 7 answers some requests 429");
+    assert_eq!(
+        exchanges.len(),
+        4 + throttled + 2,
+        "4 pages, the 429s, 1 page in each incremental run"
+    );
+    // No secret anywhere: masked in queries and in the Link headers that echo it.
+    for (path, content) in &all {
+        assert!(
+            !content.contains(SECRET),
+            "{} holds the secret",
+            path.display()
+        );
+        assert!(
+            !content.contains(&SECRET[..12]),
+            "{} holds part of it",
+            path.display()
+        );
+    }
+    let first = &exchanges[0];
+    assert_eq!(first["request"]["query"]["api_key"], "***", "{first}");
+    assert!(
+        first["scrubbed"].as_array().is_some_and(|notes| notes
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains("request")))),
+        "what was scrubbed is said: {first}"
+    );
+    assert!(
+        all.iter()
+            .any(|(_, t)| t.contains("value(s) of `currency` replaced")),
+        "the scrubbed field is said"
+    );
+
+    // Offline: no sandbox, no key in the environment.
+    drop(sandbox);
+    let out = run(waymark(&state, "http://127.0.0.1:9")
+        .env_remove("SHOP_API_KEY")
+        .args(["test", "--keep"])
+        .arg(dir.path().join("replayed"))
+        .arg("--fixtures")
+        .arg(&fx)
+        .arg(&wf))?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let replayed = rows(&dir.path().join("replayed/destination.db"))?;
+    same(
+        &without(&replayed, "currency"),
+        &without(&recorded, "currency"),
+        "the fixtures reproduce the destination",
+    );
+    assert!(replayed.values().all(|r| r["currency"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("scrubbed-"))));
+    assert!(
+        !state.exists(),
+        "record and test keep no state of their own"
+    );
+
+    let expect = std::fs::read_to_string(fx.join("expect.toml"))?;
+    assert!(
+        expect.contains(&format!("records = {}", truth.len())),
+        "{expect}"
+    );
+
+    // A request the fixtures do not hold fails the test, naming the closest recorded one.
+    for entry in std::fs::read_dir(fx.join("run-1"))? {
+        let page = entry?.path();
+        let edited = std::fs::read_to_string(&page)?
+            .replace("\"per_page\": \"150\"", "\"per_page\": \"149\"");
+        std::fs::write(&page, edited)?;
+    }
+    let out = run(waymark(&state, "http://127.0.0.1:9")
+        .env_remove("SHOP_API_KEY")
+        .args(["test", "--fixtures"])
+        .arg(&fx)
+        .arg(&wf))?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("matches nothing recorded; the closest, run-1/001.json, differs: query `per_page` `150` here, `149` there"),
+        "{said}"
+    );
+    assert!(
+        said.contains("run-1/001.json was recorded but never requested"),
+        "{said}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_catalog_entry_passes_on_its_fixtures() -> Result {
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("workflows/catalog");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&catalog)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::result::Result<_, _>>()?;
+    entries.retain(|p| p.is_dir());
+    entries.sort();
+    assert!(entries.len() >= 7, "{entries:?}");
+    let state = TempDir::new("catalog-state");
+    for entry in &entries {
+        let fx = entry.join("fixtures");
+        for needed in ["workflow.toml", "README.md"] {
+            assert!(
+                entry.join(needed).is_file(),
+                "{} lacks {needed}",
+                entry.display()
+            );
+        }
+        let manifest = std::fs::read_to_string(fx.join("fixtures.toml"))?;
+        assert!(
+            manifest.matches("[[run]]").count() >= 2,
+            "{}: a first and an incremental run",
+            entry.display()
+        );
+        let throttled = files(&fx)?.iter().any(|(p, t)| {
+            p.extension().is_some_and(|e| e == "json")
+                && serde_json::from_str::<serde_json::Value>(t)
+                    .is_ok_and(|e| e["response"]["status"] == 429 || e["response"]["status"] == 403)
+        });
+        assert!(throttled, "{}: a rate-limit answer", entry.display());
+        let out = run(Command::new(bin())
+            .env("WAYMARK_STATE_DIR", state.path())
+            .env("WAYMARK_LOG", "warn")
+            .args(["test", "--fixtures"])
+            .arg(&fx)
+            .arg(entry.join("workflow.toml")))?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}:\n{}{}",
+            entry.display(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    Ok(())
+}
