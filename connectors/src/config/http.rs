@@ -101,7 +101,7 @@ fn default_refresh_before() -> Span {
 }
 
 /// `rate_limit = { requests = 10, per = "1s" }`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Requests allowed…
@@ -115,6 +115,12 @@ pub struct RateLimit {
     /// application, not each account); by default each tenant has its own.
     #[serde(default)]
     pub across_tenants: bool,
+    /// A response header stating the API's leaky bucket as `used/size` (Shopify's
+    /// `X-Shopify-Shop-Api-Call-Limit: 32/40`): the bucket is shared with the account's other
+    /// clients, so its level as the API counts it is believed over the local count when
+    /// higher. Describe the bucket itself as its size in `requests` and `burst`, and the
+    /// time it takes to leak empty in `per` (Shopify: 40 per 20s, burst 40).
+    pub bucket_header: Option<String>,
 }
 
 fn one() -> u32 {

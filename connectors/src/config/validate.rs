@@ -287,6 +287,12 @@ impl Workflow {
                      { requests = 10, per = \"1s\" }",
                 ))
             }
+            Some(RateLimit {
+                bucket_header: Some(name),
+                ..
+            }) if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() => {
+                Err(self.invalid(format!("{key}.bucket_header"), "is not a header name"))
+            }
             _ => Ok(()),
         }
     }

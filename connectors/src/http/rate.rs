@@ -253,7 +253,7 @@ impl Pace {
             Ok(whole) if whole >= 1 => Pace::new(&RateLimit {
                 requests: whole,
                 burst: limit.burst.min(whole),
-                ..*limit
+                ..limit.clone()
             }),
             _ => {
                 let periods = total.div_ceil(requests.saturating_mul(held.max(1)));
@@ -266,6 +266,7 @@ impl Pace {
                     per: crate::config::Span(per),
                     burst: 1,
                     across_tenants: limit.across_tenants,
+                    bucket_header: None,
                 })
             }
         }
@@ -343,7 +344,7 @@ impl Gate {
                 }
             })
             .unwrap_or_default();
-        let rate_limit = limit.copied();
+        let rate_limit = limit.cloned();
         let limit = limit.map(Pace::new);
         Gate {
             budget: Mutex::new(budget),
@@ -485,8 +486,10 @@ impl Gate {
         self.save(&snapshot);
     }
 
-    /// Reads the API's quota headers from a response.
+    /// Reads the API's quota headers from a response: a leaky bucket's level (the
+    /// `bucket_header`), or a quota.
     pub fn observe(&self, headers: &HeaderMap) {
+        self.observe_bucket(headers);
         let Some(quota) = Quota::read(headers, self.clock.now()) else {
             return;
         };
@@ -497,6 +500,38 @@ impl Gate {
             let now = self.clock.now().0;
             let longest = now.saturating_add(millis(LONGEST_WAIT));
             budget.reset_at = quota.reset_at.map(|t| t.0.min(longest));
+            budget.clone()
+        };
+        self.save(&snapshot);
+    }
+
+    /// The API's count of its bucket (`used/size` in `bucket_header`): requests other
+    /// clients sent fill it too, so a level above the local count moves the schedule on.
+    fn observe_bucket(&self, headers: &HeaderMap) {
+        let (Some(limit), Some(name)) = (
+            &self.limit,
+            self.rate_limit
+                .as_ref()
+                .and_then(|r| r.bucket_header.as_ref()),
+        ) else {
+            return;
+        };
+        let Some(used) = headers
+            .get(name.as_str())
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('/').next()?.trim().parse::<u64>().ok())
+        else {
+            return;
+        };
+        let now_us = self.clock.now().0.saturating_mul(1000);
+        // `used` counts the request just answered, as the local schedule does.
+        let level = now_us.saturating_add(used.saturating_mul(limit.interval_us));
+        let snapshot = {
+            let mut budget = self.lock();
+            if level <= budget.tat_us {
+                return;
+            }
+            budget.tat_us = level;
             budget.clone()
         };
         self.save(&snapshot);
@@ -770,6 +805,14 @@ mod tests {
         fn now(&self) -> Timestamp {
             self.0
         }
+
+        /// Time never moves: a wait never ends.
+        fn sleep(
+            &self,
+            _: Duration,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+            Box::pin(std::future::pending())
+        }
     }
 
     #[test]
@@ -782,6 +825,48 @@ mod tests {
         assert!(
             matches!(&blocked, Some(Err(Blocked { until, why })) if *until == day && why.contains("2023-11-15T22:13:20.000Z")),
             "{blocked:?}"
+        );
+    }
+
+    #[test]
+    fn a_leaky_bucket_header_counts_the_other_clients_requests() {
+        use futures_util::FutureExt;
+        // Shopify's standard bucket: 40 calls, leaking 2 a second.
+        let limit = RateLimit {
+            requests: 40,
+            per: crate::config::Span(Duration::from_secs(20)),
+            burst: 40,
+            across_tenants: false,
+            bucket_header: Some("X-Shopify-Shop-Api-Call-Limit".into()),
+        };
+        let gate = Gate::new(
+            Some(&limit),
+            None,
+            Arc::new(Stopped(Timestamp(5_000_000))),
+            Duration::from_secs(600),
+        );
+        let admitted = |gate: &Gate| {
+            (0..50)
+                .take_while(|_| gate.admit().now_or_never().is_some())
+                .count()
+        };
+        assert!(gate.admit().now_or_never().is_some());
+        // A lower count than ours changes nothing…
+        gate.observe(&headers(&[("x-shopify-shop-api-call-limit", "1/40")]));
+        assert_eq!(admitted(&gate), 39, "the bucket holds 40");
+        // …a higher one (other apps of the shop) fills the bucket as the API says.
+        let gate = Gate::new(
+            Some(&limit),
+            None,
+            Arc::new(Stopped(Timestamp(5_000_000))),
+            Duration::from_secs(600),
+        );
+        assert!(gate.admit().now_or_never().is_some());
+        gate.observe(&headers(&[("x-shopify-shop-api-call-limit", "38/40")]));
+        assert_eq!(
+            admitted(&gate),
+            2,
+            "room for 2 more, then a wait for the leak"
         );
     }
 
@@ -860,6 +945,7 @@ mod tests {
             per: crate::config::Span(Duration::from_secs(1)),
             burst: 1,
             across_tenants: true,
+            bucket_header: None,
         };
         let gate = Gate::new(Some(&limit), None, clock.clone(), day);
         gate.judged(clock.now(), true);
@@ -906,6 +992,7 @@ mod tests {
             per: crate::config::Span(Duration::from_secs(1)),
             burst: 1,
             across_tenants: true,
+            bucket_header: None,
         };
         let clock = Arc::new(Manual(std::sync::atomic::AtomicU64::new(10_000)));
         let gate = Gate::new(Some(&limit), None, clock.clone(), Duration::from_secs(600));
@@ -950,6 +1037,7 @@ mod tests {
             per: crate::config::Span(Duration::from_secs(1)),
             burst,
             across_tenants: false,
+            bucket_header: None,
         }))
     }
 
@@ -960,6 +1048,7 @@ mod tests {
             per: crate::config::Span(Duration::from_secs(1)),
             burst: 10,
             across_tenants: true,
+            bucket_header: None,
         };
         for split in [[134u64, 134, 132], [200, 200, 0], [1, 1, 398], [400, 0, 0]] {
             let rate: f64 = split
