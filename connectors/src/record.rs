@@ -25,9 +25,17 @@ use waymark_engine::time::{Timestamp, MAX_RFC3339};
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |v, part| match v {
         Value::Object(map) => map.get(part),
-        Value::Array(items) => part.parse::<usize>().ok().and_then(|i| items.get(i)),
+        Value::Array(items) => items.get(index(part, items.len())?),
         _ => None,
     })
+}
+
+/// An array index in a path: `2` the third item, `-1` the last.
+pub fn index(part: &str, len: usize) -> Option<usize> {
+    match part.strip_prefix('-') {
+        Some(back) => len.checked_sub(back.parse::<usize>().ok().filter(|n| *n > 0)?),
+        None => part.parse().ok(),
+    }
 }
 
 /// A parsed scalar as text: strings as they are, numbers and booleans printed; `None` for
@@ -60,7 +68,8 @@ fn is_json_space(c: char) -> bool {
 }
 
 /// The raw JSON at a dotted path of a raw JSON value: object fields by name (the last of
-/// duplicate names, as in a parsed [`Value`]), array items by index, as [`lookup`] does.
+/// duplicate names, as in a parsed [`Value`]), array items by index (negative: from the
+/// end), as [`lookup`] does.
 pub fn raw_at<'a>(raw: &'a RawValue, path: &str) -> Option<&'a RawValue> {
     path.split('.').try_fold(raw, raw_child)
 }
@@ -77,7 +86,7 @@ pub fn raw_child<'a>(at: &'a RawValue, part: &str) -> Option<&'a RawValue> {
         b'{' => Fields::parse(at.get()).ok()?.field(part),
         b'[' => {
             let items: Vec<&'a RawValue> = serde_json::from_str(at.get()).ok()?;
-            items.get(part.parse::<usize>().ok()?).copied()
+            items.get(index(part, items.len())?).copied()
         }
         _ => None,
     }
@@ -361,6 +370,29 @@ pub fn instant(text: &str) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_negative_index_counts_from_the_end() {
+        let page = r#"{"data": [{"id": "a"}, {"id": "b"}, {"id": "c"}]}"#;
+        let value: Value = serde_json::from_str(page).unwrap();
+        let raw: &RawValue = serde_json::from_str(page).unwrap();
+        for (path, want) in [
+            ("data.-1.id", Some("c")),
+            ("data.-3.id", Some("a")),
+            ("data.0.id", Some("a")),
+        ] {
+            assert_eq!(lookup(&value, path).and_then(Value::as_str), want, "{path}");
+            assert_eq!(
+                raw_at(raw, path).map(RawValue::get),
+                want.map(|w| format!("\"{w}\"")).as_deref(),
+                "{path}"
+            );
+        }
+        for path in ["data.-4.id", "data.-0.id", "data.3.id"] {
+            assert_eq!(lookup(&value, path), None, "{path}");
+            assert!(raw_at(raw, path).is_none(), "{path}");
+        }
+    }
 
     #[test]
     fn instants_in_the_forms_apis_write_them() {

@@ -235,7 +235,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
         &rebased(&base, &upstream, &proxy.origin),
         &scratch.database(),
     )?;
-    let clock: Arc<dyn Clock> = Arc::new(Pinned::recording(at));
+    let clock = Arc::new(Pinned::recording(at));
     let states = runs::run_streams(&mut dir, &redirected, clock, &stop).await?;
     let exchanges = proxy.take();
     for state in &states {

@@ -155,8 +155,12 @@ pub struct Pagination {
     pub first_page: Option<u64>,
     /// `offset`: query parameter of the offset.
     pub offset_param: Option<String>,
-    /// `page_number`, `offset`, `keyset`: dotted path of a boolean "more pages follow".
+    /// Any style: dotted path of a boolean "more pages follow" (false: this was the last
+    /// page, whatever cursor it carries).
     pub has_more_path: Option<String>,
+    /// Any style: dotted path of a boolean "this is the last page" (Zendesk's
+    /// `end_of_stream`).
+    pub end_path: Option<String>,
     /// `page_number`, `offset`: dotted path of the total record count in the body.
     pub total_path: Option<String>,
     /// `page_number`, `offset`: header carrying the total record count.
@@ -206,18 +210,29 @@ impl Pagination {
     /// `limit_param`.
     fn keys(kind: PaginationKind) -> (&'static [&'static str], &'static [&'static str]) {
         match kind {
-            PaginationKind::Cursor => (&["cursor_path", "cursor_param"], &["cursor_in"]),
-            PaginationKind::NextUrl => (&["next_url_path"], &[]),
-            PaginationKind::LinkHeader => (&[], &[]),
+            PaginationKind::Cursor => (
+                &["cursor_path", "cursor_param"],
+                &["cursor_in", "has_more_path", "end_path"],
+            ),
+            PaginationKind::NextUrl => (&["next_url_path"], &["has_more_path", "end_path"]),
+            PaginationKind::LinkHeader => (&[], &["has_more_path", "end_path"]),
             PaginationKind::PageNumber => (
                 &["page_param"],
-                &["first_page", "has_more_path", "total_path", "total_header"],
+                &[
+                    "first_page",
+                    "has_more_path",
+                    "end_path",
+                    "total_path",
+                    "total_header",
+                ],
             ),
             PaginationKind::Offset => (
                 &["offset_param"],
-                &["has_more_path", "total_path", "total_header"],
+                &["has_more_path", "end_path", "total_path", "total_header"],
             ),
-            PaginationKind::Keyset => (&["since_param"], &["id_param", "has_more_path"]),
+            PaginationKind::Keyset => {
+                (&["since_param"], &["id_param", "has_more_path", "end_path"])
+            }
         }
     }
 
@@ -242,6 +257,7 @@ impl Pagination {
             ("first_page", self.first_page.is_some()),
             ("offset_param", self.offset_param.is_some()),
             ("has_more_path", self.has_more_path.is_some()),
+            ("end_path", self.end_path.is_some()),
             ("total_path", self.total_path.is_some()),
             ("total_header", self.total_header.is_some()),
             ("since_param", self.since_param.is_some()),

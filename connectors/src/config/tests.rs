@@ -78,8 +78,8 @@ fn keys_inside_inline_tables_and_later_tables_are_named() {
     assert_eq!(
         msg,
         "w.toml:15:62: stream.orders.pagination.cursor_parm: unknown key; did you mean \
-         `cursor_param`? (kind = \"cursor\" takes cursor_path, cursor_param, cursor_in and \
-         limit_param)"
+         `cursor_param`? (kind = \"cursor\" takes cursor_path, cursor_param, cursor_in, \
+         has_more_path, end_path and limit_param)"
     );
     let two = format!("{GOOD}\n[[stream]]\nname = \"b\"\npath = 7\n");
     let msg = error(&two.replace("[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n", ""));
@@ -106,8 +106,8 @@ fn each_pagination_style_checks_its_own_keys() {
     assert_eq!(
         error(&stray),
         "w.toml:15:82: stream.orders.pagination.page_param: applies to kind = \"page_number\", \
-         not \"cursor\"; kind = \"cursor\" takes cursor_path, cursor_param, cursor_in and \
-         limit_param"
+         not \"cursor\"; kind = \"cursor\" takes cursor_path, cursor_param, cursor_in, \
+         has_more_path, end_path and limit_param"
     );
     let no_field = keyset
         .replace("id_param", "since_param")

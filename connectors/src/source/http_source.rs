@@ -79,6 +79,7 @@ impl HttpSource {
             style: Style::new(stream)?,
             stop: StopRules {
                 has_more_path: p.has_more_path.clone(),
+                end_path: p.end_path.clone(),
                 total_path: p.total_path.clone(),
                 total_header: p.total_header.clone(),
             },

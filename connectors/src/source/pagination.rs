@@ -18,6 +18,7 @@ use crate::record::{compare_versions, lookup, scalar};
 #[derive(Clone, Debug, Default)]
 pub(super) struct StopRules {
     pub(super) has_more_path: Option<String>,
+    pub(super) end_path: Option<String>,
     pub(super) total_path: Option<String>,
     pub(super) total_header: Option<String>,
 }
@@ -154,14 +155,18 @@ pub fn link_next(headers: &HeaderMap) -> Option<String> {
 }
 
 impl StopRules {
-    /// Whether more pages follow, by `has_more_path`; and the total, by `total_path` or
-    /// `total_header`.
+    /// Whether more pages follow, by `has_more_path` or `end_path`; and the total, by
+    /// `total_path` or `total_header`.
     fn signals(&self, doc: &Document<'_>, headers: &HeaderMap) -> (Option<bool>, Option<u64>) {
-        let more = self
-            .has_more_path
-            .as_deref()
-            .and_then(|p| doc.value(p))
-            .and_then(|v| v.as_bool());
+        let flag = |path: &Option<String>| {
+            path.as_deref()
+                .and_then(|p| doc.value(p))
+                .and_then(|v| v.as_bool())
+        };
+        let more = match (flag(&self.has_more_path), flag(&self.end_path)) {
+            (Some(false), _) | (_, Some(true)) => Some(false),
+            (more, _) => more,
+        };
         let total = self
             .total_path
             .as_deref()
