@@ -219,7 +219,7 @@ pub async fn backfill(state_dir: &Path, args: BackfillArgs) -> anyhow::Result<Ex
     if from >= to {
         return Err(UsageError(format!("--from {from} is not before --to {to}")).into());
     }
-    if stream.window.start_param.is_none() && stream.window.end_param.is_none() {
+    if !stream.sends_window() {
         return Err(UsageError(format!(
             "stream {} has no window parameters, so the API cannot be asked for a time range",
             stream.name

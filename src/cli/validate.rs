@@ -62,10 +62,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<ExitStatus> {
                     .unwrap_or_default();
                 match &s.deletes {
                     Some(target) => format!("{} (deletions of {target}, {style})", s.name),
-                    None if s.pagination.kind == PaginationKind::Keyset
-                        || s.window.start_param.is_some()
-                        || s.window.end_param.is_some() =>
-                    {
+                    None if s.pagination.kind == PaginationKind::Keyset || s.sends_window() => {
                         format!("{} (incremental, {style})", s.name)
                     }
                     None => format!("{} (full refresh, {style})", s.name),

@@ -63,10 +63,7 @@ pub async fn reconcile(
     stream: &StreamSection,
     request: &Request,
 ) -> anyhow::Result<(Option<Report>, Option<RunState>)> {
-    if request.window.is_some()
-        && stream.window.start_param.is_none()
-        && stream.window.end_param.is_none()
-    {
+    if request.window.is_some() && !stream.sends_window() {
         return Err(UsageError(format!(
             "stream {} has no window parameters, so the API cannot be asked for a time range; \
              use --full",

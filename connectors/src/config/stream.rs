@@ -302,6 +302,34 @@ pub enum ColumnType {
     Json,
 }
 
+impl StreamSection {
+    /// Whether requests carry the window's `bound` (`"start"` or `"end"`): its parameter,
+    /// or `{window.<bound>}` in the path, a parameter, a header or the body.
+    pub fn sends(&self, bound: &str) -> bool {
+        let param = match bound {
+            "start" => &self.window.start_param,
+            _ => &self.window.end_param,
+        };
+        let placeholder = format!("{{window.{bound}");
+        param.is_some()
+            || [&self.path]
+                .into_iter()
+                .chain(self.params.values())
+                .chain(self.headers.values())
+                .any(|t| t.contains(&placeholder))
+            || self
+                .body
+                .as_ref()
+                .is_some_and(|b| b.to_string().contains(&placeholder))
+    }
+
+    /// Whether the API is asked for a time range (either bound): an incremental stream,
+    /// which a backfill or a windowed reconciliation can narrow.
+    pub fn sends_window(&self) -> bool {
+        self.sends("start") || self.sends("end")
+    }
+}
+
 impl ColumnType {
     /// The SQL type in PostgreSQL.
     pub fn postgres(self) -> &'static str {

@@ -500,9 +500,7 @@ impl Workflow {
                     "a deletions feed is reconciled with the stream it deletes from",
                 ));
             }
-            if r.window.is_some()
-                && (s.window.start_param.is_none() && s.window.end_param.is_none())
-            {
+            if r.window.is_some() && !s.sends_window() {
                 return Err(self.invalid(
                     key("reconcile.window"),
                     "the stream has no window parameters, so only a full reconciliation \
@@ -603,7 +601,7 @@ impl Workflow {
                 Some("needs `window.step`, the length of each partition read at once")
             } else if s.parent.is_some() {
                 Some("a child stream is read parent after parent; it cannot be partitioned")
-            } else if !sends_window(s, "start") || !sends_window(s, "end") {
+            } else if !s.sends("start") || !s.sends("end") {
                 Some(
                     "each partition is a slice of the window: the stream must send both of \
                      its bounds to the API (`window.start_param` and `window.end_param`, or \
@@ -658,7 +656,7 @@ impl Workflow {
     pub fn warnings(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for s in &self.file.stream {
-            let incremental = s.window.start_param.is_some() || s.window.end_param.is_some();
+            let incremental = s.sends_window();
             if incremental
                 && matches!(
                     s.pagination.kind,
@@ -674,7 +672,7 @@ impl Workflow {
                         .to_string(),
                 ));
             }
-            if s.window.start == WindowStart::MaxSeen && !sends_window(s, "start") {
+            if s.window.start == WindowStart::MaxSeen && !s.sends("start") {
                 out.push((
                     format!("stream.{}.window.start", s.name),
                     "`max_seen` moves each window's start, but nothing sends the start to the \
@@ -708,23 +706,4 @@ impl Workflow {
 /// Whether `s` reads several partitions of its window at once.
 fn partitioned(s: &StreamSection) -> bool {
     s.concurrency.is_some_and(|n| n > 1)
-}
-
-/// Whether `s` sends its window's `bound` (`start` or `end`) to the API: its parameter, or
-/// `{window.<bound>}` in the path, a parameter, a header or the body.
-fn sends_window(s: &StreamSection, bound: &str) -> bool {
-    let param = match bound {
-        "start" => &s.window.start_param,
-        _ => &s.window.end_param,
-    };
-    let placeholder = format!("{{window.{bound}");
-    param.is_some()
-        || [&s.path]
-            .into_iter()
-            .chain(s.params.values())
-            .chain(s.headers.values())
-            .any(|t| t.contains(&placeholder))
-        || s.body
-            .as_ref()
-            .is_some_and(|b| b.to_string().contains(&placeholder))
 }

@@ -608,11 +608,20 @@ fn origin_key(url: &reqwest::Url) -> String {
         .collect()
 }
 
-/// `Retry-After` in seconds or as an HTTP date (RFC 9110 §10.2.3).
+/// `Retry-After` in seconds or as an HTTP date (RFC 9110 §10.2.3); seconds with a
+/// fraction too, as Shopify sends them (`2.0`).
 pub fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
+    }
+    let fraction = value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0);
+    if let Some(secs) = fraction {
+        return Some(Duration::from_secs_f64(secs.min(1e9)));
     }
     let when = http_date(value)?;
     Some(when.since(now))
@@ -645,6 +654,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("2.5"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_millis(2500)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            HeaderValue::from_static("-1.0"),
+        );
+        assert_eq!(retry_after(&h, now), None);
         h.insert(
             reqwest::header::RETRY_AFTER,
             HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
