@@ -9,6 +9,7 @@ mod attach;
 mod chaos;
 mod children;
 mod cluster;
+mod conditional;
 mod conformance;
 mod dry_run;
 mod escapes;

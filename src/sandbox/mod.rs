@@ -134,6 +134,8 @@ pub struct Sandbox {
     drawn: AtomicU64,
     /// Requests answered 429 because they were over `--quota`.
     over_quota: AtomicU64,
+    /// List requests answered `304 Not Modified` (their `If-None-Match` was the page's ETag).
+    not_modified: AtomicU64,
     /// Where mutations are announced as webhooks, when configured.
     outbox: Option<webhooks::Outbox>,
 }
@@ -187,6 +189,7 @@ impl Sandbox {
             mutations: Default::default(),
             drawn: AtomicU64::new(0),
             over_quota: AtomicU64::new(0),
+            not_modified: AtomicU64::new(0),
             outbox,
         })
     }

@@ -174,6 +174,7 @@ pub(crate) async fn run_scope(
         })?;
         let mut source = invocation.source(workflow, stream).await?;
         let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
+        keep_etags(&mut source, &state, stream);
         let next_slice = state.status == Status::Completed
             && driver::sliced(&state.window(), plan)
             && !invocation.stop.load(Ordering::SeqCst);
@@ -207,5 +208,22 @@ pub(crate) async fn resume_run(
     let mut destination = destination(dir, workflow, &stream, &plan.stream).await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, invocation.clock.now())?;
     let mut source = invocation.source(workflow, &stream).await?;
-    drive(dir, invocation, &mut source, &mut destination, state).await
+    let state = drive(dir, invocation, &mut source, &mut destination, state).await?;
+    keep_etags(&mut source, &state, &stream);
+    Ok(state)
+}
+
+/// Keeps a completed run's ETags for the stream's next conditional requests (a backfill's
+/// requests are not the stream's: its ETags are not kept). Failing to keep them costs only
+/// full answers next time.
+fn keep_etags(
+    source: &mut waymark_connectors::HttpSource,
+    state: &RunState,
+    stream: &StreamSection,
+) {
+    if state.status == Status::Completed && state.started.stream == stream.name {
+        if let Err(e) = source.keep_etags() {
+            tracing::warn!("{}: the run's ETags were not kept: {e}", stream.name);
+        }
+    }
 }

@@ -6,7 +6,7 @@ use super::workflow::Workflow;
 impl Workflow {
     /// The canonical key/values of everything that decides which records `stream`'s runs
     /// read and where they go, sorted by key. Operational knobs (retention, timeouts,
-    /// retries, rate limits, auth, response rules, declared columns, the oversized-page
+    /// retries, rate limits, auth, response rules, conditional requests, declared columns, the oversized-page
     /// rule, the schedule, the webhook, where later windows start) are left out: changing
     /// them never blocks a resume.
     pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
@@ -24,6 +24,7 @@ impl Workflow {
         });
         if let Some(stream) = value.get_mut("stream").and_then(|s| s.as_object_mut()) {
             stream.remove("on_response");
+            stream.remove("conditional");
             stream.remove("columns");
             stream.remove("reconcile");
             stream.remove("oversized_pages");

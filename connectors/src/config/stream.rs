@@ -197,6 +197,12 @@ pub struct StreamSection {
     /// writer; the cursor holds every open partition's position.
     #[schemars(range(min = 1, max = 64))]
     pub concurrency: Option<u32>,
+    /// Conditional requests: send `If-None-Match` with the ETag a completed run got for
+    /// the same request; a `304 Not Modified` is that page again, whose records were
+    /// written then, so it is skipped and its next page followed (GitHub does not count
+    /// 304s against the rate limit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conditional: bool,
     /// Rules deciding what a response means, checked before the source's.
     #[serde(default)]
     pub on_response: Vec<ResponseRule>,

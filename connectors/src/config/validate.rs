@@ -690,6 +690,14 @@ impl Workflow {
                         .to_string(),
                 ));
             }
+            if s.conditional && partitioned(s) {
+                out.push((
+                    format!("stream.{}.conditional", s.name),
+                    "partitions send no conditional requests: `conditional` does nothing \
+                     with `concurrency` above 1"
+                        .to_string(),
+                ));
+            }
             if s.cursor_field.is_some() && !incremental && s.deletes.is_none() {
                 out.push((
                     format!("stream.{}.window", s.name),

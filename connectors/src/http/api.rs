@@ -51,6 +51,8 @@ pub enum Error {
 pub struct Accepted {
     /// The request: method and URL path (no query: it may hold a key).
     pub what: String,
+    /// The response's status.
+    pub status: u16,
     /// Its headers.
     pub headers: HeaderMap,
     /// Its body.
@@ -84,6 +86,8 @@ pub struct Api {
     timing: OnceLock<Timing>,
     /// The budget is the application's, shared by the file's tenants.
     across_tenants: bool,
+    /// The state directory its budget is saved in (and its sources' ETags).
+    state_dir: Option<PathBuf>,
 }
 
 /// What makes two tenants' clients the same.
@@ -257,6 +261,7 @@ impl Api {
             max_body: source.max_page_bytes,
             timing: OnceLock::new(),
             across_tenants: across,
+            state_dir: state_dir.map(Path::to_path_buf),
         }))
     }
 
@@ -303,6 +308,11 @@ impl Api {
         }
         let client = builder.build().map_err(|e| Error::Client(e.to_string()))?;
         Ok((client, connects))
+    }
+
+    /// The state directory this connection keeps its files in (none: nothing is kept).
+    pub fn state_dir(&self) -> Option<&Path> {
+        self.state_dir.as_deref()
     }
 
     /// The base URL.
@@ -442,6 +452,7 @@ impl Api {
             return match verdict.action {
                 Action::Accept => Ok(Ok(Accepted {
                     what,
+                    status: status.as_u16(),
                     headers,
                     body,
                 })),

@@ -49,6 +49,20 @@ impl Rules {
         Rules(all)
     }
 
+    /// These rules with `status` accepted before any of them, named `name` (a stream
+    /// sending `If-None-Match` takes its `304`).
+    pub fn accepting(mut self, status: u16, name: &str) -> Self {
+        let rule = ResponseRule {
+            status: Some(crate::config::Statuses::One(status)),
+            header: None,
+            body_contains: None,
+            action: Action::Accept,
+            wait: None,
+        };
+        self.0.insert(0, (name.to_string(), rule));
+        self
+    }
+
     /// The verdict on a response.
     pub fn judge(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Verdict {
         for (name, rule) in &self.0 {

@@ -12,6 +12,7 @@ use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
 use super::children::{ChildCursor, Parents};
 use super::cycles::Cycles;
 use super::error::Error;
+use super::etags::{Entry, Etags};
 use super::page::{
     fatal, fingerprint, max_seen, records_at, records_by_query, shape, Document, Fingerprint,
 };
@@ -49,6 +50,8 @@ pub struct HttpSource {
     pub(super) records_path: Option<serde_json_path::JsonPath>,
     /// With `concurrency` > 1: the window's partitions, each read by a copy of this source.
     partitions: Option<Box<Partitioned<HttpSource>>>,
+    /// With `conditional`: the ETags sent and seen (not in a partition's copy).
+    etags: Option<Etags>,
 }
 
 impl HttpSource {
@@ -68,11 +71,14 @@ impl HttpSource {
             )));
         }
         let p = &stream.pagination;
-        let rules = Rules::new(
+        let mut rules = Rules::new(
             &stream.name,
             &stream.on_response,
             &workflow.file().source.on_response,
         );
+        if stream.conditional {
+            rules = rules.accepting(304, &format!("stream.{}.conditional", stream.name));
+        }
         let mut source = HttpSource {
             api,
             rules,
@@ -99,7 +105,15 @@ impl HttpSource {
             warned_oversized: false,
             parents,
             partitions: None,
+            etags: None,
         };
+        if stream.conditional {
+            source.etags = Some(Etags::open(
+                source.api.state_dir(),
+                workflow.name(),
+                &stream.name,
+            ));
+        }
         // `validate` refuses concurrency without a step, or on a child stream.
         if let (Some(n), Some(step), None) =
             (stream.concurrency, stream.window.step, &stream.parent)
@@ -131,6 +145,16 @@ impl HttpSource {
             parents: None,
             records_path: self.records_path.clone(),
             partitions: None,
+            etags: None,
+        }
+    }
+
+    /// Keeps the ETags this run saw for the next run's conditional requests: only once
+    /// the run completed (every page it read was written).
+    pub fn keep_etags(&mut self) -> std::io::Result<()> {
+        match &mut self.etags {
+            Some(etags) => etags.keep(),
+            None => Ok(()),
         }
     }
 
@@ -281,16 +305,50 @@ impl HttpSource {
         request: PageRequest<'_>,
         parent: Option<(&str, &Value)>,
     ) -> Result<Page, source::Error> {
+        let record = parent.map(|(_, record)| record);
+        let key = match &self.etags {
+            Some(_) => Some(Etags::key(&self.request(&request, record)?)),
+            None => None,
+        };
+        let known = key
+            .as_ref()
+            .and_then(|k| self.etags.as_ref()?.known(k).cloned());
         let reply = self
             .api
             .send(&self.rules, || {
-                self.request(&request, parent.map(|(_, record)| record))
+                let mut built = self.request(&request, record)?;
+                if let Some(value) = known
+                    .as_ref()
+                    .and_then(|entry| HeaderValue::from_str(&entry.etag).ok())
+                {
+                    built
+                        .headers_mut()
+                        .insert(reqwest::header::IF_NONE_MATCH, value);
+                }
+                Ok(built)
             })
             .await?;
         match reply {
+            Ok(accepted) if accepted.status == 304 => {
+                self.not_modified(&request, parent, &accepted.what, key, known)
+            }
             Ok(accepted) => {
                 let parent_key = parent.map(|(key, _)| key);
-                self.read_page(&request, parent_key, &accepted)
+                let page = self.read_page(&request, parent_key, &accepted)?;
+                let etag = accepted.headers.get(reqwest::header::ETAG);
+                if let (Some(etags), Some(key), Some(etag)) = (&mut self.etags, key, etag) {
+                    if let Ok(etag) = etag.to_str() {
+                        let next = page.next_cursor.clone();
+                        etags.saw(
+                            key,
+                            Entry {
+                                etag: etag.into(),
+                                next,
+                            },
+                        );
+                    }
+                }
+                Ok(page)
             }
             Err(ignored) => {
                 self.previous = None;
@@ -300,6 +358,43 @@ impl HttpSource {
                 })
             }
         }
+    }
+
+    /// A `304 Not Modified` to `request`, sent with the ETag of `known`: the page a
+    /// completed run read and wrote, skipped (journaled as ignored), its next page
+    /// followed.
+    fn not_modified(
+        &mut self,
+        request: &PageRequest<'_>,
+        parent: Option<(&str, &Value)>,
+        what: &str,
+        key: Option<String>,
+        known: Option<Entry>,
+    ) -> Result<Page, source::Error> {
+        let (Some(key), Some(entry)) = (key, known) else {
+            return Err(fatal(format!(
+                "{what}: 304 Not Modified to a request sent without If-None-Match"
+            )));
+        };
+        let parent_key = parent.map(|(key, _)| key.to_string());
+        self.loop_checks(what, request, parent_key, entry.next.as_deref(), false)?;
+        self.previous = None;
+        let next_cursor = entry.next.clone();
+        if let Some(etags) = &mut self.etags {
+            etags.saw(key, entry);
+        }
+        Ok(Page {
+            records: Vec::new(),
+            next_cursor,
+            ignored: Some(waymark_engine::source::Ignored {
+                status: Some(304),
+                rule: Some(format!("stream.{}.conditional", self.stream.name)),
+                reason: "not modified since the completed run that read it (If-None-Match): \
+                         its records are written"
+                    .into(),
+            }),
+            max_seen: None,
+        })
     }
 
     /// What an accepted response to `request` (of `parent`'s children, for a child stream)
@@ -315,6 +410,7 @@ impl HttpSource {
             what,
             headers,
             body,
+            ..
         } = response;
         let doc = Document::parse(body)?;
         let mut records: Vec<String> = match &self.records_path {

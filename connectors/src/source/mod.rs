@@ -19,6 +19,7 @@
 mod children;
 mod cycles;
 mod error;
+pub mod etags;
 mod guards;
 mod http_source;
 mod page;

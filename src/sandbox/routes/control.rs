@@ -48,6 +48,7 @@ pub(super) async fn stats(State(s): Shared) -> Response {
         "last_request_ms": s.last_request_ms.load(AtomicOrdering::Relaxed),
         "faults": s.injected.to_json(),
         "over_quota": s.over_quota.load(AtomicOrdering::Relaxed),
+        "not_modified": s.not_modified.load(AtomicOrdering::Relaxed),
         "mutations": {
             "inserted": inserted.load(AtomicOrdering::Relaxed),
             "updated": updated.load(AtomicOrdering::Relaxed),

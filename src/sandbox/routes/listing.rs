@@ -420,5 +420,19 @@ pub(super) async fn list(
             extra.insert(header::LINK, link);
         }
     }
+    // Conditional requests: the page's ETag is a hash of it; asked with it, the page is
+    // `304 Not Modified` (an unchanged page, as GitHub answers).
+    let digest = ring::digest::digest(&ring::digest::SHA256, body.as_bytes());
+    let hex: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{hex}\"")) {
+        if fault.is_none() && headers.get(header::IF_NONE_MATCH) == Some(&etag) {
+            s.not_modified.fetch_add(1, AtomicOrdering::Relaxed);
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        }
+        extra.insert(header::ETAG, etag);
+    }
     respond(fault, extra, body)
 }
