@@ -263,3 +263,74 @@ fn jsonpath_records_composite_keys_filters_and_projection() -> Result {
     assert_eq!(pages_fetched(&dir.path().join("state"))?, 6);
     Ok(())
 }
+
+/// Offset pages of the sandbox's orders, read by windows of `updated_since` (inclusive),
+/// capped at `max_records` when given.
+fn capped_workflow(dir: &Path, max_records: Option<u64>) -> Result<PathBuf> {
+    let cap = max_records.map_or(String::new(), |n| format!(", max_records = {n}"));
+    write_workflow(
+        dir,
+        "timeout = \"5s\"\nmax_attempts = 2",
+        &stream_table(
+            "orders",
+            "/orders",
+            "updated_at",
+            100,
+            &format!(
+                r#"{{ kind = "offset", offset_param = "offset", limit_param = "limit"{cap} }}"#
+            ),
+            r#"window = { lag = "0s", start_param = "updated_since", end_param = "updated_before" }"#,
+        ),
+        "",
+    )
+}
+
+#[test]
+fn a_query_capped_at_max_records_starts_again_from_the_greatest_value_read() -> Result {
+    // Like HubSpot's search: one query serves 250 results at most, then ends silently.
+    let sandbox = Sandbox::start(&["--records", "1000", "--tie", "1", "--max-results", "250"])?;
+    let truth = sandbox.truth()?;
+
+    // Unaware of the cap, a run ends at it and calls itself complete.
+    let dir = TempDir::new("capped-unaware");
+    let wf = capped_workflow(dir.path(), None)?;
+    let out = sync(dir.path(), &sandbox, &wf)?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?.len(), 250);
+
+    // With max_records: two pages a query (a third would pass 250), then the query starts
+    // again from the greatest `updated_at` read (that record is read twice, written once):
+    // queries start at records 1, 200, 399, 598, 797 and 996 — 11 pages, every record.
+    let dir = TempDir::new("capped");
+    let wf = capped_workflow(dir.path(), Some(250))?;
+    let out = sync(dir.path(), &sandbox, &wf)?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, truth);
+    assert_eq!(pages_fetched(&dir.path().join("state"))?, 11);
+
+    // Paused after 3 pages (mid-query, past a restart) and resumed: the same 11 pages.
+    let dir = TempDir::new("capped-resumed");
+    let wf = capped_workflow(dir.path(), Some(250))?;
+    let state = dir.path().join("state");
+    let out = run(waymark(&state, &sandbox.url)
+        .args(["run", "--max-pages", "3"])
+        .arg(&wf))?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let out = sync(dir.path(), &sandbox, &wf)?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(rows(&dir.path().join("shop.db"))?, truth);
+    assert_eq!(pages_fetched(&state)?, 11);
+
+    // More records sharing one value than a query serves: no way past them, said so.
+    let ties = Sandbox::start(&["--records", "1000", "--tie", "300", "--max-results", "250"])?;
+    let dir = TempDir::new("capped-ties");
+    let wf = capped_workflow(dir.path(), Some(250))?;
+    let out = sync(dir.path(), &ties, &wf)?;
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("more than max_records (250) records share the `updated_at` value"),
+        "{said}"
+    );
+    Ok(())
+}

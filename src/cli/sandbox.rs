@@ -44,6 +44,10 @@ pub struct SandboxArgs {
     /// Switch on an API quirk (repeatable).
     #[arg(long = "quirk", value_enum, value_name = "QUIRK")]
     quirks: Vec<Quirk>,
+    /// The most results one offset-paged query serves (like HubSpot's search cap): the page
+    /// reaching it is the last, an offset past it is refused (400).
+    #[arg(long, value_name = "N")]
+    max_results: Option<u64>,
     /// Require `Authorization: Bearer <token>` on data endpoints.
     #[arg(long, env = "WAYMARK_SANDBOX_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -244,6 +248,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<ExitStatus> {
         clock_behind_ms: ms(args.clock_behind),
         quirks: args.quirks,
         token: args.token,
+        max_results: args.max_results,
         webhooks,
         faults: Faults {
             latency_ms: ms(args.latency),

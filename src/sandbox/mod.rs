@@ -73,6 +73,10 @@ pub struct Config {
     pub token: Option<String>,
     /// When set, every mutation is also sent as a webhook.
     pub webhooks: Option<webhooks::Config>,
+    /// The most results one offset-paged query serves (HubSpot's search: 10,000): the page
+    /// reaching it is the last (`has_more` false, silently, as HubSpot does), an offset at
+    /// or past it is refused with 400.
+    pub max_results: Option<u64>,
 }
 
 impl Default for Config {
@@ -89,6 +93,7 @@ impl Default for Config {
             quirks: Vec::new(),
             token: None,
             webhooks: None,
+            max_results: None,
         }
     }
 }

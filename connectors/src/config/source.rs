@@ -171,6 +171,12 @@ pub struct Pagination {
     /// `keyset`: parameter receiving the last primary key seen, the tie-breaker among
     /// records sharing a `cursor_field` value.
     pub id_param: Option<String>,
+    /// Any style but `keyset`: the most records one query serves (HubSpot's search:
+    /// 10,000). Before a page would pass it, the query starts again from the greatest
+    /// `cursor_field` value read (the API must sort by it, ascending, and filter the
+    /// window's start inclusively).
+    #[schemars(range(min = 1))]
+    pub max_records: Option<u64>,
 }
 
 /// Pagination styles.
@@ -212,10 +218,13 @@ impl Pagination {
         match kind {
             PaginationKind::Cursor => (
                 &["cursor_path", "cursor_param"],
-                &["cursor_in", "has_more_path", "end_path"],
+                &["cursor_in", "has_more_path", "end_path", "max_records"],
             ),
-            PaginationKind::NextUrl => (&["next_url_path"], &["has_more_path", "end_path"]),
-            PaginationKind::LinkHeader => (&[], &["has_more_path", "end_path"]),
+            PaginationKind::NextUrl => (
+                &["next_url_path"],
+                &["has_more_path", "end_path", "max_records"],
+            ),
+            PaginationKind::LinkHeader => (&[], &["has_more_path", "end_path", "max_records"]),
             PaginationKind::PageNumber => (
                 &["page_param"],
                 &[
@@ -224,11 +233,18 @@ impl Pagination {
                     "end_path",
                     "total_path",
                     "total_header",
+                    "max_records",
                 ],
             ),
             PaginationKind::Offset => (
                 &["offset_param"],
-                &["has_more_path", "end_path", "total_path", "total_header"],
+                &[
+                    "has_more_path",
+                    "end_path",
+                    "total_path",
+                    "total_header",
+                    "max_records",
+                ],
             ),
             PaginationKind::Keyset => {
                 (&["since_param"], &["id_param", "has_more_path", "end_path"])
@@ -262,6 +278,7 @@ impl Pagination {
             ("total_header", self.total_header.is_some()),
             ("since_param", self.since_param.is_some()),
             ("id_param", self.id_param.is_some()),
+            ("max_records", self.max_records.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))

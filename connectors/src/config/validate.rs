@@ -615,6 +615,26 @@ impl Workflow {
                 return Err(self.invalid(key("concurrency"), why));
             }
         }
+        if s.pagination.max_records.is_some() {
+            let why = if s.cursor_field.is_none() {
+                Some("needs a `cursor_field`: a capped query starts again from its greatest value")
+            } else if s.parent.is_some() {
+                Some("a child stream's queries are per parent; it cannot start them again")
+            } else if !s.sends("start") {
+                Some(
+                    "a capped query starts again from a later window start: the stream must \
+                     send the start (`window.start_param`, or `{window.start}` in the path, \
+                     parameters, headers or body)",
+                )
+            } else if s.pagination.max_records < Some(u64::from(s.page_size)) {
+                Some("must be at least page_size")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(self.invalid(key("pagination.max_records"), why));
+            }
+        }
         if let Some(step) = s.window.step {
             if step.0 <= s.window.overlap.0 {
                 return Err(self.invalid(

@@ -52,6 +52,9 @@ pub struct HttpSource {
     partitions: Option<Box<Partitioned<HttpSource>>>,
     /// With `conditional`: the ETags sent and seen (not in a partition's copy).
     etags: Option<Etags>,
+    /// The last page read: records the API served, and their greatest `cursor_field`
+    /// value (read with `pagination.max_records`).
+    pub(super) served: (usize, Option<waymark_engine::Timestamp>),
 }
 
 impl HttpSource {
@@ -106,6 +109,7 @@ impl HttpSource {
             parents,
             partitions: None,
             etags: None,
+            served: (0, None),
         };
         if stream.conditional {
             source.etags = Some(Etags::open(
@@ -146,6 +150,7 @@ impl HttpSource {
             records_path: self.records_path.clone(),
             partitions: None,
             etags: None,
+            served: (0, None),
         }
     }
 
@@ -433,6 +438,7 @@ impl HttpSource {
                 page + 1 == request.page && (parent, hash) == (&print.1, &print.2)
             });
         self.previous = Some(print);
+        let received = records.len();
         let next_cursor = self
             .style
             .next_cursor(
@@ -450,10 +456,14 @@ impl HttpSource {
         let next_cursor = next_cursor.map(|c| self.journalable(c)).transpose()?;
         self.loop_checks(what, request, parent_key, next_cursor.as_deref(), repeated)?;
         // Read before shaping: `filter` and `fields` do not change what the API has served.
-        let max_seen = match (self.stream.window.start, &self.stream.cursor_field) {
-            (WindowStart::MaxSeen, Some(field)) => max_seen(&records, field),
+        let max_seen_starts = self.stream.window.start == WindowStart::MaxSeen;
+        let capped = self.stream.pagination.max_records.is_some();
+        let greatest = match (&self.stream.cursor_field, max_seen_starts || capped) {
+            (Some(field), true) => max_seen(&records, field),
             _ => None,
         };
+        self.served = (received, greatest);
+        let max_seen = greatest.filter(|_| max_seen_starts);
         if self.stream.filter.is_some() || self.stream.fields.is_some() {
             records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }
@@ -569,7 +579,10 @@ impl Source for HttpSource {
         let parents = self.parents.take();
         let page = match &parents {
             Some(p) => self.fetch_child(p.as_ref(), request).await,
-            None => self.fetch_page(request, None).await,
+            None => match self.stream.pagination.max_records {
+                Some(cap) => self.fetch_capped(request, cap).await,
+                None => self.fetch_page(request, None).await,
+            },
         };
         self.parents = parents;
         page.map_err(|mut e| {

@@ -16,6 +16,7 @@
 //!
 //! Invariant: nothing here imports a destination (`crate::sink`).
 
+mod capped;
 mod children;
 mod cycles;
 mod error;

@@ -324,7 +324,20 @@ pub(super) async fn list(
         let (items, has_more, total): (Vec<Key>, bool, Option<usize>) = match feed {
             Feed::Live(kind) => {
                 let resource = data.resource(kind);
-                let page = select(&resource.live, &filter, style, limit);
+                let mut page = select(&resource.live, &filter, style, limit);
+                if let (Some(cap), Style::Offset(offset)) = (s.config.max_results, style) {
+                    if offset >= cap {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("offset {offset}: a query serves at most {cap} results"),
+                        );
+                    }
+                    let room = usize::try_from(cap - offset).unwrap_or(usize::MAX);
+                    if page.items.len() >= room {
+                        page.items.truncate(room);
+                        page.has_more = false;
+                    }
+                }
                 for (i, (key, rev)) in page.items.iter().enumerate() {
                     if i > 0 {
                         body.push(',');
