@@ -68,8 +68,8 @@ fn validate_reports_errors_with_the_key_and_warnings_and_schema_is_json() -> Res
     assert!(
         stderr.contains(&format!(
             "{}:17:33: stream.orders.pagination.cursor_pth: unknown key; did you mean \
-             `cursor_path`? (kind = \"cursor\" takes cursor_path, cursor_param, cursor_in and \
-             limit_param)",
+             `cursor_path`? (kind = \"cursor\" takes cursor_path, cursor_param, cursor_in, \
+             has_more_path, end_path, max_records and limit_param)",
             path.display()
         )),
         "{stderr}"

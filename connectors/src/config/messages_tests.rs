@@ -148,21 +148,21 @@ fn each_broken_file_gets_its_exact_message() {
         // Pagination: keys of its kind only.
         (
             edit("cursor_path = ", "cursor_pth = "),
-            r#"w.toml:25:33: stream.orders.pagination.cursor_pth: unknown key; did you mean `cursor_path`? (kind = "cursor" takes cursor_path, cursor_param, cursor_in, has_more_path, end_path and limit_param)"#,
+            r#"w.toml:25:33: stream.orders.pagination.cursor_pth: unknown key; did you mean `cursor_path`? (kind = "cursor" takes cursor_path, cursor_param, cursor_in, has_more_path, end_path, max_records and limit_param)"#,
         ),
         (
             edit(
                 "cursor_param = \"cursor\"",
                 "cursor_param = \"cursor\", page_param = \"p\"",
             ),
-            r#"w.toml:25:87: stream.orders.pagination.page_param: applies to kind = "page_number", not "cursor"; kind = "cursor" takes cursor_path, cursor_param, cursor_in, has_more_path, end_path and limit_param"#,
+            r#"w.toml:25:87: stream.orders.pagination.page_param: applies to kind = "page_number", not "cursor"; kind = "cursor" takes cursor_path, cursor_param, cursor_in, has_more_path, end_path, max_records and limit_param"#,
         ),
         (
             edit(
                 "page_param = \"page\"",
                 "page_param = \"page\", cursor_param = \"c\"",
             ),
-            r#"w.toml:33:59: stream.customers.pagination.cursor_param: applies to kind = "cursor", not "page_number"; kind = "page_number" takes page_param, first_page, has_more_path, end_path, total_path, total_header and limit_param"#,
+            r#"w.toml:33:59: stream.customers.pagination.cursor_param: applies to kind = "cursor", not "page_number"; kind = "page_number" takes page_param, first_page, has_more_path, end_path, total_path, total_header, max_records and limit_param"#,
         ),
         (
             edit("kind = \"cursor\"", "kind = \"cursr\""),
@@ -177,7 +177,7 @@ fn each_broken_file_gets_its_exact_message() {
                 "kind = \"page_number\", page_param = \"page\"",
                 "kind = \"link_header\", limit = \"n\"",
             ),
-            r#"w.toml:33:38: stream.customers.pagination.limit: unknown key; did you mean `limit_param`? (kind = "link_header" takes has_more_path, end_path and limit_param)"#,
+            r#"w.toml:33:38: stream.customers.pagination.limit: unknown key; did you mean `limit_param`? (kind = "link_header" takes has_more_path, end_path, max_records and limit_param)"#,
         ),
         // Enums.
         (

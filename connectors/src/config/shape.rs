@@ -63,7 +63,7 @@ impl Style {
             .map_or(&[], |(_, keys)| keys.as_slice())
     }
 
-    /// `kind = "cursor" takes cursor_path, cursor_param, cursor_in, has_more_path, end_path and limit_param`.
+    /// `kind = "cursor" takes cursor_path, cursor_param, cursor_in, has_more_path, end_path, max_records and limit_param`.
     fn listing(&self) -> String {
         let keys: Vec<String> = self
             .takes(&self.kind)

@@ -79,7 +79,7 @@ fn keys_inside_inline_tables_and_later_tables_are_named() {
         msg,
         "w.toml:15:62: stream.orders.pagination.cursor_parm: unknown key; did you mean \
          `cursor_param`? (kind = \"cursor\" takes cursor_path, cursor_param, cursor_in, \
-         has_more_path, end_path and limit_param)"
+         has_more_path, end_path, max_records and limit_param)"
     );
     let two = format!("{GOOD}\n[[stream]]\nname = \"b\"\npath = 7\n");
     let msg = error(&two.replace("[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n", ""));
@@ -107,7 +107,7 @@ fn each_pagination_style_checks_its_own_keys() {
         error(&stray),
         "w.toml:15:82: stream.orders.pagination.page_param: applies to kind = \"page_number\", \
          not \"cursor\"; kind = \"cursor\" takes cursor_path, cursor_param, cursor_in, \
-         has_more_path, end_path and limit_param"
+         has_more_path, end_path, max_records and limit_param"
     );
     let no_field = keyset
         .replace("id_param", "since_param")
