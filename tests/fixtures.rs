@@ -12,7 +12,8 @@ use crate::util::*;
 const SECRET: &str = "sk_live_fixture_secret_9f2c41";
 
 /// Orders followed through Link headers, the API key in the query (so it is in every
-/// request and every next-page URL the API sends back).
+/// request and every next-page URL the API sends back), the first window starting at an
+/// age (counted back from the run's recorded time when replayed).
 fn keyed_workflow(dir: &Path) -> Result<PathBuf> {
     write_workflow(
         dir,
@@ -24,7 +25,7 @@ fn keyed_workflow(dir: &Path) -> Result<PathBuf> {
             "updated_at",
             150,
             r#"{ kind = "link_header", limit_param = "per_page" }"#,
-            r#"window = { lag = "0s", overlap = "1h", start_param = "updated_since", end_param = "updated_before" }"#,
+            r#"window = { lag = "0s", overlap = "1h", initial = "400d", start_param = "updated_since", end_param = "updated_before" }"#,
         ),
         "",
     )
