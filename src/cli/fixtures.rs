@@ -125,7 +125,7 @@ async fn replay(
     let recorded = origin(base)?;
     let server = Replay::start(&recorded, secrets(workflow, names)).await?;
     let redirected = workflow.redirected(
-        &rebased(base, &recorded, &server.origin),
+        &rebased(base, &recorded, server.origin()),
         &scratch.database(),
     )?;
     let mut failures = Vec::new();
@@ -232,7 +232,7 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
     )
     .await?;
     let redirected = workflow.redirected(
-        &rebased(&base, &upstream, &proxy.origin),
+        &rebased(&base, &upstream, proxy.origin()),
         &scratch.database(),
     )?;
     let clock = Arc::new(Pinned::recording(at));
