@@ -215,11 +215,13 @@ fn recorded_runs_replay_offline_into_the_same_destination_with_secrets_scrubbed(
         "record and test keep no state of their own"
     );
 
+    // expect.toml says what the fixtures replay to: the scrubbed values, not the live ones.
     let expect = std::fs::read_to_string(fx.join("expect.toml"))?;
     assert!(
         expect.contains(&format!("records = {}", truth.len())),
         "{expect}"
     );
+    assert!(expect.contains("currency = \"scrubbed-"), "{expect}");
 
     // A request the fixtures do not hold fails the test, naming the closest recorded one.
     for entry in std::fs::read_dir(fx.join("run-1"))? {

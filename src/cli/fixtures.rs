@@ -256,11 +256,30 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
         args.to.join(run).display(),
         scrubbed
     );
+    // What `waymark test` will see: the fixtures replayed (scrubbed values, not the live
+    // ones, in expect.toml's samples).
+    let check = Scratch::new(None)?;
+    let mut check_dir = check.state()?;
+    let (failures, replayed) = replay(
+        &mut check_dir,
+        &workflow,
+        &fixtures,
+        &check,
+        &names,
+        &stop,
+        false,
+    )
+    .await?;
+    if !failures.is_empty() {
+        out!(
+            "the recording does not replay as recorded (`waymark test` will say the same): {}",
+            failures.join("; ")
+        );
+    }
     let expect = args.to.join(EXPECT);
-    let observed = Expect::observe(&dir, &redirected, &scratch.database())?;
+    let observed = Expect::observe(&check_dir, &replayed, &check.database())?;
     if expect.exists() {
-        let differences =
-            Expect::load(&expect)?.check(&observed, &scratch.database(), &redirected)?;
+        let differences = Expect::load(&expect)?.check(&observed, &check.database(), &replayed)?;
         if !differences.is_empty() {
             out!(
                 "{} no longer says what the destination holds (edit it, or remove it and \
