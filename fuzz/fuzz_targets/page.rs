@@ -171,6 +171,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let response = Accepted {
         what: "GET /items".into(),
+        status: 200,
         headers,
         body: body.as_bytes().to_vec(),
     };
