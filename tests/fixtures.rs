@@ -296,3 +296,51 @@ fn every_catalog_entry_passes_on_its_fixtures() -> Result {
     }
     Ok(())
 }
+
+#[test]
+fn a_workflow_on_oauth2_replays_without_credentials_or_the_token_endpoint() -> Result {
+    let dir = TempDir::new("fixtures-oauth2");
+    let wf = write_workflow(
+        dir.path(),
+        "[source.auth]\nkind = \"oauth2\"\ntoken_url = \"https://auth.invalid/oauth/token\"\n\
+         client_id = \"waymark\"\nclient_secret = { env = \"SHOP_CLIENT_SECRET\" }\n",
+        &stream_table("orders", "/orders", "updated_at", 50, CURSOR, ""),
+        "",
+    )?;
+    let fx = dir.path().join("fx");
+    std::fs::create_dir_all(fx.join("run-1"))?;
+    std::fs::write(
+        fx.join("fixtures.toml"),
+        "base_url = \"https://api.shop.example\"\n[[run]]\nat = \"2026-11-30T12:00:00Z\"\ndir = \"run-1\"\n",
+    )?;
+    let exchange = serde_json::json!({
+        "request": { "method": "GET", "path": "/orders", "query": { "limit": "50" } },
+        "response": {
+            "status": 200,
+            "headers": { "content-type": "application/json" },
+            "body": { "data": [
+                { "id": 1, "updated_at": "2026-11-29T10:00:00Z" },
+                { "id": 2, "updated_at": "2026-11-29T11:00:00Z" }
+            ], "next_cursor": null }
+        }
+    });
+    std::fs::write(fx.join("run-1/001.json"), exchange.to_string())?;
+    std::fs::write(
+        fx.join("expect.toml"),
+        "[stream.orders]\nrecords = 2\ndead_letters = 0\n\n[[stream.orders.sample]]\nkey = \"2\"\nfields = { updated_at = \"2026-11-29T11:00:00Z\" }\n",
+    )?;
+    // No secret in the environment, and auth.invalid does not resolve.
+    let out = run(waymark(&dir.path().join("state"), "")
+        .env_remove("SHOP_CLIENT_SECRET")
+        .args(["test", "--fixtures"])
+        .arg(&fx)
+        .arg(&wf))?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    Ok(())
+}

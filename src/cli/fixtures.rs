@@ -16,7 +16,7 @@ use crate::fixtures::clock::Pinned;
 use crate::fixtures::expect::{Expect, EXPECT};
 use crate::fixtures::format::{at, origin, Fixtures, Manifest, MANIFEST};
 use crate::fixtures::record::{client, Recorder};
-use crate::fixtures::replay::Replay;
+use crate::fixtures::replay::{Replay, TOKEN_PATH};
 use crate::fixtures::runs::{self, rebased, secrets, variables, Scratch};
 
 /// Arguments of `waymark record`.
@@ -124,8 +124,10 @@ async fn replay(
     let base = &fixtures.manifest.base_url;
     let recorded = origin(base)?;
     let server = Replay::start(&recorded, secrets(workflow, names)).await?;
+    let token_url = format!("{}{TOKEN_PATH}", server.origin());
     let redirected = workflow.redirected(
         &rebased(base, &recorded, server.origin()),
+        Some(&token_url),
         &scratch.database(),
     )?;
     let mut failures = Vec::new();
@@ -231,8 +233,10 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
         args.scrub.clone(),
     )
     .await?;
+    // OAuth2 tokens come from the real endpoint, directly: that exchange is not recorded.
     let redirected = workflow.redirected(
         &rebased(&base, &upstream, proxy.origin()),
+        None,
         &scratch.database(),
     )?;
     let clock = Arc::new(Pinned::recording(at));

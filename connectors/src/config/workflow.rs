@@ -166,11 +166,16 @@ impl Workflow {
         &self.file
     }
 
-    /// This workflow reading from `base_url` instead of its API and writing into the SQLite
-    /// file `database` instead of its destination (same tables, keys and columns): what
-    /// `waymark test` and `waymark record` run. An HTTP destination is refused (its
-    /// answers would be needed too).
-    pub fn redirected(&self, base_url: &str, database: &Path) -> Result<Workflow, Error> {
+    /// This workflow reading from `base_url` instead of its API (and, with `token_url`,
+    /// taking OAuth2 tokens there) and writing into the SQLite file `database` instead of
+    /// its destination (same tables, keys and columns): what `waymark test` and `waymark
+    /// record` run. An HTTP destination is refused (its answers would be needed too).
+    pub fn redirected(
+        &self,
+        base_url: &str,
+        token_url: Option<&str>,
+        database: &Path,
+    ) -> Result<Workflow, Error> {
         if self.file.destination.kind == super::DestinationKind::Http {
             return Err(self.invalid(
                 "destination.kind".into(),
@@ -180,6 +185,11 @@ impl Workflow {
         }
         let mut redirected = self.clone();
         redirected.file.source.base_url = base_url.to_string();
+        if let (Some(super::AuthSection::Oauth2 { token_url: url, .. }), Some(replaced)) =
+            (&mut redirected.file.source.auth, token_url)
+        {
+            *url = replaced.to_string();
+        }
         let destination = &mut redirected.file.destination;
         destination.kind = super::DestinationKind::Sqlite;
         destination.path = Some(database.display().to_string());
