@@ -203,6 +203,16 @@ impl Staging {
         }
     }
 
+    /// The runs with staged pages.
+    pub fn runs(&self) -> Vec<RunId> {
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+            .collect()
+    }
+
     /// Deletes every staged page of a run.
     pub fn remove_run(&self, run: RunId) -> Result<(), Error> {
         let path = self.run_dir(run);

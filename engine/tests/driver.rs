@@ -66,6 +66,27 @@ async fn an_uninterrupted_run_journals_each_step_in_order() -> Result<(), Box<dy
 }
 
 #[tokio::test]
+async fn staged_pages_of_a_finished_run_left_by_a_kill_are_swept_by_the_next_run(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("sweep", MemorySource::new(records(12), 5));
+    let first = h.run(&plan()).await?;
+    assert_eq!(first.status, Status::Completed);
+    // Killed after `run_completed` was journaled, before its staged pages were removed.
+    h.staging
+        .stage(first.run_id(), 3, &["{\"id\":1}".to_string()])?;
+    let leftover = h.dir.join(first.run_id().to_string());
+    assert!(leftover.exists());
+    // Opening the stream's next run sweeps them (before it stages anything of its own).
+    let second = driver::open(&mut h.journal, &h.staging, &mut h.destination, &plan(), NOW).await?;
+    assert_ne!(second.run_id(), first.run_id());
+    assert!(
+        !leftover.exists(),
+        "a finished run's staged pages are swept"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn every_step_is_durable_before_the_next_one_starts() -> Result<(), Box<dyn std::error::Error>>
 {
     let source = MemorySource::new(records(9), 2);

@@ -68,6 +68,16 @@ pub async fn open<B: Backend, D: Destination>(
             }
         }
     }
+    // A process killed between a run's last journaled step and the removal of its staged
+    // pages left them behind; a finished run never reads them again.
+    for run in staging.runs() {
+        if journal
+            .load(run)
+            .is_ok_and(|state| state.status.is_finished())
+        {
+            staging.remove_run(run)?;
+        }
+    }
     if let Some(lease) = &plan.lease {
         // The partition's checkpoint is the destination's, claimed for this token first.
         destination.fence(lease).await?;
