@@ -67,6 +67,17 @@ fn without(
         .collect()
 }
 
+/// Asserts `waymark test` exited 0, showing what it said otherwise.
+fn assert_passed(out: &std::process::Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 /// Asserts two tables are equal, naming the first key that differs.
 fn same(
     a: &std::collections::BTreeMap<String, serde_json::Value>,
@@ -194,13 +205,7 @@ fn recorded_runs_replay_offline_into_the_same_destination_with_secrets_scrubbed(
         .arg("--fixtures")
         .arg(&fx)
         .arg(&wf))?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_passed(&out);
     let replayed = rows(&dir.path().join("replayed/destination.db"))?;
     same(
         &without(&replayed, "currency"),
@@ -335,12 +340,6 @@ fn a_workflow_on_oauth2_replays_without_credentials_or_the_token_endpoint() -> R
         .args(["test", "--fixtures"])
         .arg(&fx)
         .arg(&wf))?;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_passed(&out);
     Ok(())
 }
