@@ -908,7 +908,7 @@ async fn an_api_that_refuses_a_record_dead_letters_it_and_retries_throttles() ->
     let crm = shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    assert_eq!((crm.creates, crm.contacts.len()), (2, 2));
+    assert_eq!((crm.creates, crm.collection("contacts").len()), (2, 2));
     Ok(())
 }
 
@@ -956,7 +956,11 @@ fn the_binary_syncs_into_an_api_exactly_once_through_faults_and_a_kill() -> Resu
     let crm = shared
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    assert_eq!(crm.contacts.len(), 600, "a record is missing or doubled");
+    assert_eq!(
+        crm.collection("contacts").len(),
+        600,
+        "a record is missing or doubled"
+    );
     assert_eq!(crm.creates, 600, "a record was created twice");
     assert!(
         crm.by_external_id() == sandbox.truth()?,

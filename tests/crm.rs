@@ -1,8 +1,10 @@
-//! A CRM-like API for the HTTP destination's tests: contacts with an `external_id`, found by
-//! `GET /contacts?external_id=…`, created by `POST /contacts` (201 with the new `id`),
-//! updated by `PATCH /contacts/{id}`, deleted by `DELETE /contacts/{id}`. It honours
-//! `Idempotency-Key` (a repeated key gets the first answer), refuses a contact whose `qty`
-//! is `"bad"` (422), counts creates and updates, and can answer every n-th request with a
+//! A CRM-like API for the HTTP destination's tests: collections of records (`contacts`,
+//! `accounts`, …) with an `external_id`, found by `GET /<collection>?external_id=…`, created
+//! by `POST /<collection>` (201 with the new `id`, unique across collections), updated by
+//! `PATCH /<collection>/{id}`, deleted by `DELETE /<collection>/{id}`. It honours
+//! `Idempotency-Key` (a repeated key gets the first answer), refuses a record whose `qty` is
+//! `"bad"` (422) and, for a collection given its `fields`, any other field (400, as a real
+//! CRM does), counts creates, updates and lookups, and can answer every n-th request with a
 //! 429 or 503.
 #![allow(dead_code)]
 
@@ -16,7 +18,12 @@ use crate::scripted::{Reply, Request};
 #[derive(Default)]
 pub struct Crm {
     next: u64,
-    pub contacts: BTreeMap<u64, Value>,
+    /// Collection → id → record.
+    pub collections: BTreeMap<String, BTreeMap<u64, Value>>,
+    /// Collection → the only fields its records may have (none given: any).
+    pub fields: BTreeMap<String, Vec<String>>,
+    /// Collection → lookups (`GET`s) answered.
+    pub lookups: BTreeMap<String, u64>,
     answers: HashMap<String, (u16, String)>,
     pub creates: u64,
     pub updates: u64,
@@ -55,16 +62,29 @@ pub fn handler(crm: Shared) -> impl Fn(&Request) -> Reply + Send + Sync + 'stati
 
 impl Crm {
     fn answer(&mut self, r: &Request) -> (u16, String) {
-        let path = r.path().to_string();
-        let id: Option<u64> = path
-            .strip_prefix("/contacts/")
-            .and_then(|id| id.parse().ok());
+        let path = r.path().trim_start_matches('/').to_string();
+        let (collection, id) = match path.split_once('/') {
+            Some((c, id)) => match id.parse::<u64>() {
+                Ok(id) => (c.to_string(), Some(id)),
+                Err(_) => return (400, r#"{"error":"no such route"}"#.into()),
+            },
+            None => (path.clone(), None),
+        };
         let body: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+        if let (Some(allowed), Value::Object(map)) = (self.fields.get(&collection), &body) {
+            if let Some(unknown) = map.keys().find(|k| !allowed.contains(k)) {
+                return (
+                    400,
+                    format!(r#"{{"error":"property {unknown:?} does not exist"}}"#),
+                );
+            }
+        }
+        let records = self.collections.entry(collection.clone()).or_default();
         match (r.method.as_str(), id) {
             ("GET", None) => {
+                *self.lookups.entry(collection).or_default() += 1;
                 let wanted = r.param("external_id").unwrap_or_default();
-                let found: Vec<Value> = self
-                    .contacts
+                let found: Vec<Value> = records
                     .iter()
                     .filter(|(_, c)| c["external_id"].as_str() == Some(wanted.as_str()))
                     .map(|(id, c)| with_id(*id, c))
@@ -77,10 +97,10 @@ impl Crm {
             ("POST", None) => {
                 self.next += 1;
                 self.creates += 1;
-                self.contacts.insert(self.next, body.clone());
+                records.insert(self.next, body.clone());
                 (201, with_id(self.next, &body).to_string())
             }
-            ("PATCH", Some(id)) => match self.contacts.get_mut(&id) {
+            ("PATCH", Some(id)) => match records.get_mut(&id) {
                 Some(c) => {
                     *c = body;
                     self.updates += 1;
@@ -88,7 +108,7 @@ impl Crm {
                 }
                 None => (404, "{}".into()),
             },
-            ("DELETE", Some(id)) => match self.contacts.remove(&id) {
+            ("DELETE", Some(id)) => match records.remove(&id) {
                 Some(_) => {
                     self.deletes += 1;
                     (204, String::new())
@@ -99,12 +119,16 @@ impl Crm {
         }
     }
 
+    /// A collection's records by id.
+    pub fn collection(&self, name: &str) -> BTreeMap<u64, Value> {
+        self.collections.get(name).cloned().unwrap_or_default()
+    }
+
     /// Contacts by external id: the record as sent, without `external_id`.
     pub fn by_external_id(&self) -> BTreeMap<String, Value> {
-        self.contacts
-            .values()
-            .map(|c| {
-                let mut c = c.clone();
+        self.collection("contacts")
+            .into_values()
+            .map(|mut c| {
                 let key = c["external_id"].as_str().unwrap_or_default().to_string();
                 if let Value::Object(map) = &mut c {
                     map.remove("external_id");

@@ -17,6 +17,7 @@ mod fixtures;
 mod hostile;
 mod input;
 mod journal;
+mod mapping;
 mod operator;
 mod output;
 mod pagination;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::body::{Body, Missing};
 use super::http::{AuthSection, FromEnv, RateLimit};
 use super::span::Span;
 
@@ -46,8 +47,16 @@ pub struct DestinationSection {
     /// HTTP: the destination's id in a create or lookup answer (default `id`).
     pub id_path: Option<String>,
     /// HTTP: the field of the sent body that carries the source key (default
-    /// `external_id`).
+    /// `external_id`; a dotted path is a nested field: `properties.external_id`).
     pub external_id_field: Option<String>,
+    /// HTTP: the body sent for each record, field by field (default: the record whole):
+    /// `{ path = "…" }`, `{ template = "…{record.<path>}…" }`, `{ value = … }`,
+    /// `{ link = "<stream>", by = "<path>" }`, or a table of fields (a nested object).
+    pub body: Option<serde_json::Value>,
+    /// HTTP: what a `body` field whose value the record lacks does: `omit` (default),
+    /// `null`, or `dead_letter` the record.
+    #[serde(default)]
+    pub missing: Missing,
     /// What a deletion does: `soft` (default: the row stays, `deleted_at` set) or `hard`
     /// (the row is removed; its key and deletion version are kept in `_waymark_tombstones`
     /// so an older copy read later is not written back).
@@ -57,6 +66,85 @@ pub struct DestinationSection {
     /// fails (default 10s).
     #[serde(default = "default_busy_timeout")]
     pub busy_timeout: Span,
+}
+
+/// A stream's own `[stream.destination]` on an HTTP destination: each key given replaces
+/// the `[destination]` one (an invoice stream writes to `/invoices`, an account stream to
+/// `/accounts`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamDestination {
+    /// The search for a record by its source key, e.g. `"/invoices?external_id={key}"`.
+    pub lookup: Option<String>,
+    /// Where a new record is POSTed.
+    pub create: Option<String>,
+    /// Where a known record is PATCHed (`{id}`).
+    pub update: Option<String>,
+    /// Where a deleted record is DELETEd (`{id}`).
+    pub delete: Option<String>,
+    /// The destination's id in a create or lookup answer.
+    pub id_path: Option<String>,
+    /// The field of the sent body that carries the source key.
+    pub external_id_field: Option<String>,
+    /// The body sent for each record (as `[destination.body]`).
+    pub body: Option<serde_json::Value>,
+    /// What a `body` field whose value the record lacks does.
+    pub missing: Option<Missing>,
+}
+
+/// What one stream's records become on an HTTP destination: its endpoints, the field that
+/// carries the source key, and the body mapping — the stream's own keys over the
+/// destination's.
+#[derive(Clone, Debug)]
+pub struct HttpTarget {
+    /// The search by source key (`{key}`).
+    pub lookup: String,
+    /// Where a new record is POSTed.
+    pub create: String,
+    /// Where a known record is PATCHed (`{id}`).
+    pub update: String,
+    /// Where a deleted record is DELETEd (`{id}`); `None`: deletions are dead letters.
+    pub delete: Option<String>,
+    /// The destination's id in an answer.
+    pub id_path: String,
+    /// The body's field (dotted: nested) carrying the source key.
+    pub external_id_field: String,
+    /// `None`: the record is sent whole.
+    pub body: Option<Body>,
+    /// The default missing-field policy of `body`.
+    pub missing: Missing,
+}
+
+impl HttpTarget {
+    /// `stream`'s target on `destination`; the key path of a body mapping that does not
+    /// read (`stream.<name>.destination.body.…`) and what is wrong with it.
+    pub fn of(
+        destination: &DestinationSection,
+        stream_name: &str,
+        own: Option<&StreamDestination>,
+    ) -> Result<HttpTarget, (String, String)> {
+        let own = own.cloned().unwrap_or_default();
+        let pick = |mine: Option<String>, default: &Option<String>| mine.or(default.clone());
+        let body = match (&own.body, &destination.body) {
+            (Some(body), _) => Some(Body::parse(
+                body,
+                &format!("stream.{stream_name}.destination.body"),
+            )?),
+            (None, Some(body)) => Some(Body::parse(body, "destination.body")?),
+            (None, None) => None,
+        };
+        Ok(HttpTarget {
+            lookup: pick(own.lookup, &destination.lookup).unwrap_or_default(),
+            create: pick(own.create, &destination.create).unwrap_or_default(),
+            update: pick(own.update, &destination.update).unwrap_or_default(),
+            delete: pick(own.delete, &destination.delete),
+            id_path: pick(own.id_path, &destination.id_path).unwrap_or_else(|| "id".into()),
+            external_id_field: pick(own.external_id_field, &destination.external_id_field)
+                .unwrap_or_else(|| "external_id".into()),
+            body,
+            missing: own.missing.unwrap_or(destination.missing),
+        })
+    }
 }
 
 fn default_busy_timeout() -> Span {

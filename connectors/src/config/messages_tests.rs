@@ -589,3 +589,66 @@ fn webhook_mistakes_get_exact_messages() {
         assert_eq!(message(&text), want);
     }
 }
+
+#[test]
+fn body_mapping_mistakes_get_exact_messages() {
+    let crm = |stream: &str, destination: &str| {
+        edit(
+            "[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n",
+            &format!(
+                "{stream}[destination]\nkind = \"http\"\nbase_url = \"http://127.0.0.1:2\"\n\
+                 lookup = \"/c?external_id={{key}}\"\ncreate = \"/c\"\nupdate = \"/c/{{id}}\"\n\
+                 {destination}"
+            ),
+        )
+    };
+    let cases = [
+        (
+            crm("", "body = { total = \"amount\" }\n"),
+            "w.toml:47:10: destination.body.total: a destination field is `{ path = \"…\" }` (a \
+             record field), `{ template = \"…{record.<path>}…\" }`, `{ value = … }` (a constant), \
+             `{ link = \"<stream>\", by = \"<path>\" }`, or a table of fields (a nested object)",
+        ),
+        (
+            crm(
+                "",
+                "[destination.body]\naccount = { link = \"accounts\", by = \"customer_id\" }\n",
+            ),
+            "w.toml:48:13: destination.body.account.link: `link = \"accounts\"`: no stream has that name \
+             (streams: orders, customers)",
+        ),
+        (
+            crm(
+                "[stream.destination]\ncreate = \"/people\"\n\
+                 body.name = { template = \"{record.first} {cursor}\" }\n",
+                "",
+            ),
+            "w.toml:43:15: stream.customers.destination.body.name.template: `{cursor}`: a body \
+             template takes `{record.<path>}` and `{key}`",
+        ),
+        (
+            crm(
+                "",
+                "[destination.body.properties]\nemail = { path = \"email\", missing = \"drop\" }\n",
+            ),
+            "w.toml:48:27: destination.body.properties.email.missing: use `omit`, `null` or \
+             `dead_letter`",
+        ),
+        (
+            edit(
+                "[destination]",
+                "[stream.destination]\ncreate = \"/people\"\n\n[destination]",
+            ),
+            "w.toml:41:1: stream.customers.destination: a stream's `destination` table sets its \
+             endpoints on an http destination",
+        ),
+        (
+            crm("[stream.destination]\nlookup = \"\"\n", ""),
+            "w.toml:41:1: stream.customers.destination: an http destination needs `lookup` (in \
+             [destination], or in the stream's own `destination` table)",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(message(&text), want, "{text}");
+    }
+}

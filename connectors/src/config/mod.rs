@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //! - [`file`], [`source`], [`stream`], [`destination`], [`http`]: the sections, as serde
-//!   reads them ([`File`] is the whole file); [`span`]: durations; [`filter`]: `{ path, one_of }`.
+//!   reads them ([`File`] is the whole file); [`span`]: durations; [`filter`]: `{ path, one_of }`;
+//!   [`body`]: an HTTP destination's body mapping.
 //! - [`workflow`]: [`Workflow`], loaded and validated, and the engine plans of its streams.
 //! - [`shape`]: the file's shape checked against the schema before serde reads it (unknown
 //!   and missing keys, types, ranges, durations, enums), in the file's own words, which
@@ -23,6 +24,7 @@
 //! Invariant: this folder imports nothing else of the crate; the rest imports it.
 
 mod alerts;
+mod body;
 mod destination;
 mod digest;
 mod env;
@@ -50,7 +52,10 @@ mod webhook;
 mod workflow;
 
 pub use alerts::AlertsSection;
-pub use destination::{DeleteMode, DestinationKind, DestinationSection, FileKind};
+pub use body::{Body, Field, Missing, Source as BodySource};
+pub use destination::{
+    DeleteMode, DestinationKind, DestinationSection, FileKind, HttpTarget, StreamDestination,
+};
 pub use env::expand_env;
 pub use error::Error;
 pub use file::{schema, File, SyncSection};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use waymark_engine::Timestamp;
 
+use super::destination::StreamDestination;
 use super::filter::RecordFilter;
 use super::http::ResponseRule;
 use super::schedule::ScheduleSection;
@@ -224,6 +225,10 @@ pub struct StreamSection {
     /// Change events the API pushes to `waymark serve`, applied beside the polling:
     /// `{ scheme = "standard", secrets = [{ env = "SHOP_WEBHOOK_SECRET" }] }`.
     pub webhook: Option<WebhookSection>,
+    /// On an HTTP destination, this stream's own endpoints and body mapping (each key
+    /// replaces `[destination]`'s): `lookup`, `create`, `update`, `delete`, `id_path`,
+    /// `external_id_field`, `body`, `missing`.
+    pub destination: Option<StreamDestination>,
 }
 
 /// A stream's regular reconciliation (`waymark reconcile` does the same on demand).

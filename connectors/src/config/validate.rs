@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use waymark_engine::Timestamp;
 
-use super::destination::{DestinationKind, FileKind};
+use super::destination::{DestinationKind, FileKind, HttpTarget, StreamDestination};
 use super::digest::json_strings;
 use super::error::Error;
 use super::http::{AuthSection, RateLimit, ResponseRule, Statuses};
@@ -51,6 +51,7 @@ impl Workflow {
             self.check_requests(s)?;
             self.check_parent(s)?;
             self.check_paging(s)?;
+            self.check_http_target(s)?;
         }
         Ok(())
     }
@@ -191,20 +192,17 @@ impl Workflow {
                      string, read from the environment)",
                 ))
             }
-            DestinationKind::Http => {
-                for (k, v) in [
-                    ("base_url", &d.base_url),
-                    ("lookup", &d.lookup),
-                    ("create", &d.create),
-                    ("update", &d.update),
-                ] {
-                    if v.is_none() {
-                        return Err(self.invalid(
-                            "destination".into(),
-                            format!("an http destination needs `{k}`"),
-                        ));
-                    }
-                }
+            DestinationKind::Http if d.base_url.is_none() => {
+                return Err(
+                    self.invalid("destination".into(), "an http destination needs `base_url`")
+                )
+            }
+            DestinationKind::Http => {}
+            _ if d.body.is_some() => {
+                return Err(self.invalid(
+                    "destination.body".into(),
+                    "`body` maps records onto an http destination's fields",
+                ))
             }
             _ => {}
         }
@@ -538,6 +536,61 @@ impl Workflow {
             );
         for (k, template) in templates {
             check(&template, child).map_err(|e| self.invalid(key(&k), e))?;
+        }
+        Ok(())
+    }
+
+    /// On an HTTP destination, the stream's endpoints (its own or the destination's) and
+    /// its body mapping, whose links name streams of this file.
+    fn check_http_target(&self, s: &StreamSection) -> Result<(), Error> {
+        let d = &self.file.destination;
+        if d.kind != DestinationKind::Http {
+            return match s.destination {
+                Some(_) => Err(self.invalid(
+                    format!("stream.{}.destination", s.name),
+                    "a stream's `destination` table sets its endpoints on an http destination",
+                )),
+                None => Ok(()),
+            };
+        }
+        let target = HttpTarget::of(d, &s.name, s.destination.as_ref())
+            .map_err(|(key, why)| self.invalid(key, why))?;
+        let at = match s.destination {
+            Some(_) => format!("stream.{}.destination", s.name),
+            None => "destination".into(),
+        };
+        for (k, v) in [
+            ("lookup", &target.lookup),
+            ("create", &target.create),
+            ("update", &target.update),
+        ] {
+            if v.is_empty() {
+                return Err(self.invalid(
+                    at.clone(),
+                    format!(
+                        "an http destination needs `{k}` (in [destination], or in the stream's \
+                         own `destination` table)"
+                    ),
+                ));
+            }
+        }
+        let body = match (&s.destination, &target.body) {
+            (Some(StreamDestination { body: Some(_), .. }), _) => {
+                format!("stream.{}.destination.body", s.name)
+            }
+            _ => "destination.body".into(),
+        };
+        for (key, stream, _) in target.body.iter().flat_map(|b| b.links(&body)) {
+            if self.file.stream.iter().all(|other| other.name != stream) {
+                let names: Vec<&str> = self.file.stream.iter().map(|s| s.name.as_str()).collect();
+                return Err(self.invalid(
+                    format!("{key}.link"),
+                    format!(
+                        "`link = \"{stream}\"`: no stream has that name (streams: {})",
+                        names.join(", ")
+                    ),
+                ));
+            }
         }
         Ok(())
     }

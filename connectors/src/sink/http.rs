@@ -25,10 +25,11 @@ use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::source::ErrorKind;
 use waymark_engine::{Checkpoint, Clock, Lease, RetryPolicy, WriteAck};
 
-use crate::config::Workflow;
+use crate::config::{HttpTarget, Workflow};
 use crate::http::rules::Rules;
 use crate::http::Api;
 use crate::record::lookup;
+use crate::sink::body;
 use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
 use crate::sink::upserting::Notes;
 use crate::state::dead_letters::DeadLetter;
@@ -51,15 +52,13 @@ struct Mapping {
     checkpoints: BTreeMap<String, (String, u64, Checkpoint, WriteAck)>,
 }
 
-/// Paths and fields of the destination API.
-#[derive(Clone, Debug)]
-struct Endpoints {
-    lookup: String,
-    create: String,
-    update: String,
-    delete: Option<String>,
-    id_path: String,
-    external_id_field: String,
+/// A related stream's ids, for a body mapping's links: its id map as last read, ids its
+/// lookup found since, and keys it did not find (searched for again by the next run).
+struct Related {
+    target: HttpTarget,
+    file: PathBuf,
+    ids: BTreeMap<String, String>,
+    absent: std::collections::BTreeSet<String>,
 }
 
 /// One stream written to an API.
@@ -67,7 +66,9 @@ pub struct HttpDestination {
     api: Arc<Api>,
     rules: Rules,
     binding: Binding,
-    endpoints: Endpoints,
+    target: HttpTarget,
+    /// Related streams by name (those the body mapping links to).
+    related: BTreeMap<String, Related>,
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
     file: PathBuf,
@@ -88,6 +89,79 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> destination::Error + '_ {
     move |e| destination::Error::permanent(format!("{}: {e}", path.display()))
 }
 
+/// Where the id map of `table` is kept.
+fn map_file(state_dir: &Path, sync: &str, table: &str) -> PathBuf {
+    state_dir
+        .join("http_ids")
+        .join(sync)
+        .join(format!("{table}.json"))
+}
+
+/// The HTTP target of the stream `name` (checked when the file was loaded).
+fn target_of(workflow: &Workflow, name: &str) -> Result<HttpTarget, destination::Error> {
+    let stream = workflow
+        .stream(name)
+        .map_err(|e| destination::Error::permanent(e.to_string()))?;
+    HttpTarget::of(
+        &workflow.file().destination,
+        name,
+        stream.destination.as_ref(),
+    )
+    .map_err(|(key, why)| destination::Error::permanent(format!("{key}: {why}")))
+}
+
+fn id_of(target: &HttpTarget, record: &Value) -> Option<String> {
+    match lookup(record, &target.id_path)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The id of the lookup answer's record whose `external_id_field` is `key` (an API that
+/// ignored the filter must not make every record update one stranger); two is an error.
+fn found(
+    target: &HttpTarget,
+    key: &str,
+    body: &[u8],
+) -> Result<Option<String>, destination::Error> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        destination::Error::permanent(format!("lookup of {key}: the answer is not JSON ({e})"))
+    })?;
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Null => Vec::new(),
+        other => vec![other],
+    };
+    let field = &target.external_id_field;
+    let matching: Vec<&Value> = items
+        .iter()
+        .filter(|r| lookup(r, field).and_then(crate::record::scalar).as_deref() == Some(key))
+        .collect();
+    match matching.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(id_of(target, one)),
+        many => Err(destination::Error::permanent(format!(
+            "lookup of {key}: {} records have {field} = {key}; resolve the duplicates in the \
+             destination first",
+            many.len()
+        ))),
+    }
+}
+
+impl Mapping {
+    /// The map saved in `file` (empty when there is none yet).
+    fn read(file: &Path) -> Result<Mapping, destination::Error> {
+        match std::fs::read(file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                destination::Error::permanent(format!("{}: unreadable id map: {e}", file.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Mapping::default()),
+            Err(e) => Err(io(file)(e)),
+        }
+    }
+}
+
 /// `{name}` in `template` replaced by `value`, percent-encoded.
 fn fill(template: &str, name: &str, value: &str) -> String {
     template.replace(&format!("{{{name}}}"), &crate::http::path_segment(value))
@@ -103,36 +177,38 @@ impl HttpDestination {
         state_dir: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, destination::Error> {
-        let d = &workflow.file().destination;
         let api = Api::for_destination(workflow, Some(state_dir), clock.clone())
             .map_err(|e| destination::Error::permanent(e.to_string()))?;
-        let endpoints = Endpoints {
-            lookup: d.lookup.clone().unwrap_or_default(),
-            create: d.create.clone().unwrap_or_default(),
-            update: d.update.clone().unwrap_or_default(),
-            delete: d.delete.clone(),
-            id_path: d.id_path.clone().unwrap_or_else(|| "id".into()),
-            external_id_field: d
-                .external_id_field
-                .clone()
-                .unwrap_or_else(|| "external_id".into()),
-        };
-        let file = state_dir
-            .join("http_ids")
-            .join(&binding.sync)
-            .join(format!("{}.json", binding.table));
-        let mapping = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                destination::Error::permanent(format!("{}: unreadable id map: {e}", file.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Mapping::default(),
-            Err(e) => return Err(io(&file)(e)),
-        };
+        // A deletions feed writes into the table of the stream it deletes from.
+        let target = target_of(workflow, &binding.table)?;
+        let mut related = BTreeMap::new();
+        for (_, stream, _) in target.body.iter().flat_map(|b| b.links("")) {
+            if stream != binding.table && !related.contains_key(stream) {
+                let file = map_file(state_dir, &binding.sync, stream);
+                let ids = Mapping::read(&file)?
+                    .records
+                    .into_iter()
+                    .filter_map(|(key, known)| Some((key, known.id?)))
+                    .collect();
+                let target = target_of(workflow, stream)?;
+                let absent = Default::default();
+                let ids = Related {
+                    target,
+                    file,
+                    ids,
+                    absent,
+                };
+                related.insert(stream.to_string(), ids);
+            }
+        }
+        let file = map_file(state_dir, &binding.sync, &binding.table);
+        let mapping = Mapping::read(&file)?;
         Ok(HttpDestination {
             api,
             rules: Rules::default(),
             binding,
-            endpoints,
+            target,
+            related,
             retry: workflow.retry_policy(),
             jitter: Jitter::new(clock.now().0),
             notes,
@@ -223,14 +299,79 @@ impl HttpDestination {
         if let Some(id) = self.mapping.records.get(key).and_then(|k| k.id.clone()) {
             return Ok(Some(id));
         }
-        let path = fill(&self.endpoints.lookup, "key", key);
+        let target = self.target.clone();
+        self.search(&target, key).await
+    }
+
+    /// The destination's id of `key` by `target`'s lookup.
+    async fn search(
+        &mut self,
+        target: &HttpTarget,
+        key: &str,
+    ) -> Result<Option<String>, destination::Error> {
+        let path = fill(&target.lookup, "key", key);
         match self.call(Method::GET, &path, None, None).await? {
-            Answer::Ok(body) => self.found(key, &body),
+            Answer::Ok(body) => found(target, key, &body),
             Answer::NotFound => Ok(None),
             Answer::Refused(why) => Err(destination::Error::permanent(format!(
                 "lookup of {key}: {why}"
             ))),
         }
+    }
+
+    /// The ids of the related records `records` link to, by (stream, key): from the
+    /// stream's own map, the related stream's map (read again once when a key is not in
+    /// it: that stream may have written since), else its lookup.
+    async fn linked(
+        &mut self,
+        records: &[(String, Value)],
+    ) -> Result<body::Linked, destination::Error> {
+        let Some(mapping) = self.target.body.clone() else {
+            return Ok(body::Linked::new());
+        };
+        let mut linked = body::Linked::new();
+        let mut reread = std::collections::BTreeSet::new();
+        for (_, record) in records {
+            for (stream, key) in body::links(&mapping, record) {
+                if linked.contains_key(&(stream.clone(), key.clone())) {
+                    continue;
+                }
+                let id = match self.related.get_mut(&stream) {
+                    None => self.mapping.records.get(&key).and_then(|k| k.id.clone()),
+                    Some(related) => {
+                        if !related.ids.contains_key(&key) && reread.insert(stream.clone()) {
+                            let fresh = Mapping::read(&related.file)?;
+                            related.ids.extend(
+                                fresh
+                                    .records
+                                    .into_iter()
+                                    .filter_map(|(key, known)| Some((key, known.id?))),
+                            );
+                        }
+                        match related.ids.get(&key) {
+                            Some(id) => Some(id.clone()),
+                            None if related.absent.contains(&key) => None,
+                            None => {
+                                let target = related.target.clone();
+                                let id = self.search(&target, &key).await?;
+                                if let Some(related) = self.related.get_mut(&stream) {
+                                    if let Some(id) = &id {
+                                        related.ids.insert(key.clone(), id.clone());
+                                    } else {
+                                        related.absent.insert(key.clone());
+                                    }
+                                }
+                                id
+                            }
+                        }
+                    }
+                };
+                if let Some(id) = id {
+                    linked.insert((stream, key), id);
+                }
+            }
+        }
+        Ok(linked)
     }
 
     /// The id in a create answer (an object, or an array's first element).
@@ -240,42 +381,7 @@ impl HttpDestination {
             Value::Array(items) => items.first()?,
             other => other,
         };
-        self.id_of(first)
-    }
-
-    fn id_of(&self, record: &Value) -> Option<String> {
-        match lookup(record, &self.endpoints.id_path)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    }
-
-    /// The id of the lookup answer's record whose `external_id_field` is `key` (an API that
-    /// ignored the filter must not make every record update one stranger); two is an error.
-    fn found(&self, key: &str, body: &[u8]) -> Result<Option<String>, destination::Error> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            destination::Error::permanent(format!("lookup of {key}: the answer is not JSON ({e})"))
-        })?;
-        let items = match value {
-            Value::Array(items) => items,
-            Value::Null => Vec::new(),
-            other => vec![other],
-        };
-        let field = &self.endpoints.external_id_field;
-        let matching: Vec<&Value> = items
-            .iter()
-            .filter(|r| lookup(r, field).and_then(crate::record::scalar).as_deref() == Some(key))
-            .collect();
-        match matching.as_slice() {
-            [] => Ok(None),
-            [one] => Ok(self.id_of(one)),
-            many => Err(destination::Error::permanent(format!(
-                "lookup of {key}: {} records have {field} = {key}; resolve the duplicates in the \
-                 destination first",
-                many.len()
-            ))),
-        }
+        id_of(&self.target, first)
     }
 
     /// The same request (retried, or replayed after a crash) gets the same key; a
@@ -331,6 +437,16 @@ impl HttpDestination {
                 },
             }))
         })?;
+        let mut parsed = Vec::new();
+        for op in &plan.ops {
+            if let Op::Put { key, record, .. } = op {
+                let value: Value = serde_json::from_str(record)
+                    .map_err(|e| destination::Error::permanent(format!("record {key}: {e}")))?;
+                parsed.push((key.to_string(), value));
+            }
+        }
+        let linked = self.linked(&parsed).await?;
+        let mut parsed = parsed.into_iter();
         let mut refused = Vec::new();
         for op in &plan.ops {
             let outcome = match op {
@@ -339,7 +455,11 @@ impl HttpDestination {
                     version,
                     record,
                     ..
-                } => self.put(key, version.as_deref(), record).await?,
+                } => {
+                    let value = parsed.next().map(|(_, v)| v).unwrap_or_default();
+                    self.put(key, version.as_deref(), record, value, &linked)
+                        .await?
+                }
                 Op::Tombstone { key, version, .. } | Op::Remove { key, version } => {
                     self.remove(key, version.as_deref()).await?
                 }
@@ -389,24 +509,45 @@ impl HttpDestination {
         Ok(plan.ack)
     }
 
-    /// Updates or creates one record; `Err` is why the API refused it.
+    /// The body sent for `record`: by the mapping, or the record whole with its key added;
+    /// `Err` is why it is a dead letter.
+    fn body(&self, key: &str, mut record: Value, linked: &body::Linked) -> Result<Value, String> {
+        let t = &self.target;
+        match &t.body {
+            Some(mapping) => body::render(
+                mapping,
+                t.missing,
+                &record,
+                key,
+                &t.external_id_field,
+                linked,
+            ),
+            None => {
+                if let Value::Object(map) = &mut record {
+                    map.insert(t.external_id_field.clone(), Value::String(key.to_string()));
+                }
+                Ok(record)
+            }
+        }
+    }
+
+    /// Updates or creates one record (`value` is `record` parsed); `Err` is why the record
+    /// was not written (its mapping says so, or the API refused it).
     async fn put(
         &mut self,
         key: &str,
         version: Option<&str>,
         record: &str,
+        value: Value,
+        linked: &body::Linked,
     ) -> Result<Result<(), String>, destination::Error> {
-        let mut body: Value = serde_json::from_str(record)
-            .map_err(|e| destination::Error::permanent(format!("record {key}: {e}")))?;
-        if let Value::Object(map) = &mut body {
-            map.insert(
-                self.endpoints.external_id_field.clone(),
-                Value::String(key.to_string()),
-            );
-        }
+        let body = match self.body(key, value, linked) {
+            Ok(body) => body,
+            Err(why) => return Ok(Err(why)),
+        };
         let id = match self.find(key).await? {
             Some(id) => {
-                let path = fill(&self.endpoints.update, "id", &id);
+                let path = fill(&self.target.update, "id", &id);
                 let idem = self.idempotency_key(key, version, "update", &format!("{path}\0{body}"));
                 match self
                     .call(Method::PATCH, &path, Some(&body), Some(&idem))
@@ -445,7 +586,7 @@ impl HttpDestination {
         body: &Value,
     ) -> Result<Result<String, String>, destination::Error> {
         let idem = self.idempotency_key(key, version, "create", &body.to_string());
-        let path = self.endpoints.create.clone();
+        let path = self.target.create.clone();
         match self
             .call(Method::POST, &path, Some(body), Some(&idem))
             .await?
@@ -454,7 +595,7 @@ impl HttpDestination {
                 Some(id) => Ok(Ok(id)),
                 None => Err(destination::Error::permanent(format!(
                     "created {key}, but the answer has no `{}`: {}",
-                    self.endpoints.id_path,
+                    self.target.id_path,
                     self.api.secrets().excerpt(&answer)
                 ))),
             },
@@ -469,7 +610,7 @@ impl HttpDestination {
         key: &str,
         version: Option<&str>,
     ) -> Result<Result<(), String>, destination::Error> {
-        let Some(template) = self.endpoints.delete.clone() else {
+        let Some(template) = self.target.delete.clone() else {
             return Ok(Err(
                 "the destination has no `delete` endpoint: the deletion was not applied".into(),
             ));

@@ -6,11 +6,13 @@
 //! - [`store`]: the [`Store`] trait; [`upserting`]: [`Upserting`], the one write protocol
 //!   over any store (replay check → plan → notes → apply → checkpoint → commit).
 //! - [`sqlite`], [`postgres`], [`jsonl`]: the stores; [`http`]: another API, with its own
-//!   protocol (per-record requests) over the same plan.
+//!   protocol (per-record requests) over the same plan; [`body`]: a record rendered by the
+//!   stream's body mapping.
 //! - [`any`]: [`AnyDestination`], the one a workflow names.
 //! - [`tenants`]: the tenants of a workflow (its file's, or its query's on PostgreSQL).
 
 pub mod any;
+pub mod body;
 pub mod columns;
 pub mod http;
 pub mod jsonl;
