@@ -110,7 +110,13 @@ pagination = {{ kind = "cursor", cursor_path = "next", cursor_param = "cursor" }
     async fn open(&self, workflow: &Workflow) -> Result<AnyDestination> {
         let stream = &workflow.streams()[0];
         let binding = sink::binding(workflow, stream, "items");
-        Ok(AnyDestination::open(workflow, binding, &self.state()).await?)
+        Ok(AnyDestination::open(
+            workflow,
+            binding,
+            &self.state(),
+            std::sync::Arc::new(waymark_engine::SystemClock),
+        )
+        .await?)
     }
 
     fn state(&self) -> std::path::PathBuf {
@@ -1094,7 +1100,13 @@ async fn destinations_list_what_they_hold_and_apply_a_repairs_deletions() -> Res
         let state = t.state();
         let mut binding = sink::binding(&wf, &wf.streams()[0], "items@repair");
         binding.marked_deletions = true;
-        let mut repair = AnyDestination::open(&wf, binding, &state).await?;
+        let mut repair = AnyDestination::open(
+            &wf,
+            binding,
+            &state,
+            std::sync::Arc::new(waymark_engine::SystemClock),
+        )
+        .await?;
         let ack = write(
             &mut repair,
             RunId::new(),

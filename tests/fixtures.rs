@@ -343,3 +343,123 @@ fn a_workflow_on_oauth2_replays_without_credentials_or_the_token_endpoint() -> R
     assert_passed(&out);
     Ok(())
 }
+
+/// A workflow writing into an API: `record` keeps the destination's exchanges too (marked
+/// `"side": "destination"`), and `test` replays both APIs offline, comparing every body
+/// the mapping sends.
+#[test]
+fn a_workflow_writing_into_an_api_records_and_replays_both_apis() -> Result {
+    use std::sync::PoisonError;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let crm = crate::crm::Shared::default();
+    crm.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .fail_every = 9;
+    let server = runtime.block_on(crate::scripted::Server::start(
+        || 0,
+        crate::crm::handler(crm.clone()),
+    ))?;
+    let sandbox = Sandbox::start(&["--records", "120"])?;
+    let dir = TempDir::new("fixtures-api-destination");
+    let file = std::fs::read_to_string(keyed_workflow(dir.path())?)?.replace(
+        "[destination]\nkind = \"sqlite\"\npath = \"shop.db\"\n",
+        &format!(
+            "[destination]\n{}\nauth = {{ kind = \"bearer\", token = {{ env = \"CRM_TOKEN\" }} }}\n\
+             [destination.body]\nstatus = {{ path = \"status\" }}\n\
+             total = {{ path = \"total_cents\" }}\nlabel = {{ template = \"order {{key}}\" }}\n",
+            crate::crm::destination(&server.url)
+        ),
+    );
+    let wf = dir.path().join("crm.toml");
+    std::fs::write(&wf, file)?;
+    let fx = dir.path().join("fx");
+    let state = dir.path().join("unused-state");
+    let record = || -> Result<std::process::Output> {
+        run(waymark_with_key(&state, &sandbox.url)
+            .env("CRM_TOKEN", "crm-token-fixture-7f3a9b")
+            .args(["record", "--to"])
+            .arg(&fx)
+            .arg(&wf))
+    };
+    let out = record()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    sandbox.edit(&[], &[3, 5, 8], &[])?;
+    // expect.toml written again, from both runs.
+    std::fs::remove_file(fx.join("expect.toml"))?;
+    let out = record()?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // What the CRM holds: every order, mapped.
+    let truth = sandbox.truth()?;
+    let mapped: std::collections::BTreeMap<String, serde_json::Value> = truth
+        .iter()
+        .map(|(key, o)| {
+            let contact = serde_json::json!({
+                "status": o["status"], "total": o["total_cents"], "label": format!("order {key}"),
+            });
+            (key.clone(), contact)
+        })
+        .collect();
+    let live = crm
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .by_external_id();
+    same(&live, &mapped, "the recorded runs wrote the mapped orders");
+
+    // The fixtures: each run's lookups, creates and updates (with the 429s and 503s of
+    // every ninth request, and their retries), marked as the destination's.
+    let manifest = std::fs::read_to_string(fx.join("fixtures.toml"))?;
+    assert!(
+        manifest.contains(&format!("destination_url = \"{}\"", server.url)),
+        "{manifest}"
+    );
+    let all = files(&fx)?;
+    let exchanges: Vec<serde_json::Value> = all
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "json"))
+        .map(|(_, t)| serde_json::from_str(t))
+        .collect::<std::result::Result<_, _>>()?;
+    let sent = |method: &str| {
+        exchanges
+            .iter()
+            .filter(|e| e["side"] == "destination" && e["request"]["method"] == method)
+            .filter(|e| e["response"]["status"].as_u64().is_some_and(|s| s < 300))
+            .count()
+    };
+    assert_eq!((sent("POST"), sent("PATCH")), (truth.len(), 3));
+    assert!(exchanges
+        .iter()
+        .any(|e| e["side"] == "destination" && e["response"]["status"] == 503));
+    for (path, content) in &all {
+        assert!(!content.contains("crm-token-fixture"), "{}", path.display());
+        assert!(!content.contains(SECRET), "{}", path.display());
+    }
+
+    // Offline: neither API, no credentials.
+    drop(sandbox);
+    drop(server);
+    let out = run(waymark(&state, "http://127.0.0.1:9")
+        .env_remove("SHOP_API_KEY")
+        .args(["test", "--fixtures"])
+        .arg(&fx)
+        .arg(&wf))?;
+    assert_passed(&out);
+    // A changed mapping sends other bodies: the test says which.
+    let changed = std::fs::read_to_string(&wf)?.replace("order {key}", "Order {key}");
+    std::fs::write(&wf, changed)?;
+    let out = run(waymark(&state, "http://127.0.0.1:9")
+        .args(["test", "--fixtures"])
+        .arg(&fx)
+        .arg(&wf))?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"label\":\"Order 1\"")
+            && text(&out.stdout).contains("matches nothing recorded"),
+        "{}",
+        text(&out.stdout)
+    );
+    Ok(())
+}

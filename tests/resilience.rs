@@ -172,7 +172,13 @@ async fn run_stream(
 ) -> Result<Outcome> {
     let plan = workflow.plan(stream, false);
     let binding = Binding::new(workflow, stream);
-    let mut destination = AnyDestination::open(workflow, binding, dir.root()).await?;
+    let mut destination = AnyDestination::open(
+        workflow,
+        binding,
+        dir.root(),
+        std::sync::Arc::new(waymark_engine::SystemClock),
+    )
+    .await?;
     let mut source = HttpSource::new(workflow, stream, api.clone(), None)?;
     let (journal, staging) = dir.parts();
     let state = driver::open(journal, staging, &mut destination, &plan, clock.now()).await?;

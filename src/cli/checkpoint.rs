@@ -157,7 +157,14 @@ pub async fn run(state_dir: &std::path::Path, args: CheckpointArgs) -> anyhow::R
         Action::Adopt { target } => {
             let workflow = instance(&target.workflow, target.tenant.as_deref()).await?;
             let section = workflow.stream(&target.stream)?.clone();
-            let mut theirs = destination(&dir, &workflow, &section, &section.name).await?;
+            let mut theirs = destination(
+                &dir,
+                &workflow,
+                &section,
+                &section.name,
+                std::sync::Arc::new(waymark_engine::SystemClock),
+            )
+            .await?;
             match theirs.checkpoint().await? {
                 Some(c) => (target, Some(c)),
                 None => {

@@ -12,7 +12,7 @@ use clap::Args;
 
 use waymark_connectors::config::{FileKind, StreamSection};
 use waymark_connectors::{sink, AnyDestination, Workflow};
-use waymark_engine::{state_dir, RunId, StateDir, Timestamp};
+use waymark_engine::{state_dir, Clock, RunId, StateDir, SystemClock, Timestamp};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -233,14 +233,15 @@ pub(crate) fn is_busy(e: &anyhow::Error) -> bool {
 }
 
 /// The destination of `stream`, its checkpoint row named by `scope` (the stream, or a
-/// backfill of it).
+/// backfill of it), waiting on `clock` (an API destination's retries and rate budget).
 pub(crate) async fn destination(
     dir: &StateDir,
     workflow: &Workflow,
     stream: &StreamSection,
     scope: &str,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<AnyDestination> {
-    open_binding(dir, workflow, sink::binding(workflow, stream, scope)).await
+    open_binding(dir, workflow, sink::binding(workflow, stream, scope), clock).await
 }
 
 /// The same, taking records that carry the deletion mark as deletions: the destination of
@@ -253,15 +254,16 @@ pub(crate) async fn marking_destination(
 ) -> anyhow::Result<AnyDestination> {
     let mut binding = sink::binding(workflow, stream, scope);
     binding.marked_deletions = true;
-    open_binding(dir, workflow, binding).await
+    open_binding(dir, workflow, binding, Arc::new(SystemClock)).await
 }
 
 async fn open_binding(
     dir: &StateDir,
     workflow: &Workflow,
     binding: waymark_connectors::Binding,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<AnyDestination> {
-    AnyDestination::open(workflow, binding, dir.root())
+    AnyDestination::open(workflow, binding, dir.root(), clock)
         .await
         .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))
 }

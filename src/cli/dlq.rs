@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use std::sync::Arc;
 use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::dead_letters::{DeadLetter, DeadLetters};
 use waymark_connectors::Workflow;
+
 use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, StateDir, SystemClock, Window};
 
 use super::context::{destination, open_existing_state, user};
@@ -217,7 +219,7 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
     }
     // Its own checkpoint scope: the stream's checkpoint never moves.
     let scope = format!("{stream}@dlq-retry");
-    let mut target = destination(dir, workflow, &section, &scope).await?;
+    let mut target = destination(dir, workflow, &section, &scope, Arc::new(SystemClock)).await?;
     let run_id = RunId::new();
     let now = SystemClock.now();
     let checkpoint = Checkpoint {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use waymark_connectors::config::expand_env;
+use waymark_connectors::config::DestinationKind;
 use waymark_connectors::Workflow;
 use waymark_engine::{Clock, RunState, Status, SystemClock};
 
@@ -14,7 +15,7 @@ use super::context::stop_on_signal;
 use super::{ExitStatus, UsageError};
 use crate::fixtures::clock::Pinned;
 use crate::fixtures::expect::{Expect, EXPECT};
-use crate::fixtures::format::{at, origin, Fixtures, Manifest, MANIFEST};
+use crate::fixtures::format::{at, origin, Fixtures, Manifest, Side, MANIFEST};
 use crate::fixtures::record::{client, Recorder};
 use crate::fixtures::replay::{Replay, TOKEN_PATH};
 use crate::fixtures::runs::{self, rebased, secrets, variables, Scratch};
@@ -93,7 +94,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<ExitStatus> {
     )
     .await?;
     let observed = Expect::observe(&dir, &redirected, &scratch.database())?;
-    failures.extend(expect.check(&observed, &scratch.database(), &redirected)?);
+    failures.extend(expect.check(&observed, &dir, &scratch.database(), &redirected)?);
     if failures.is_empty() {
         out!(
             "ok: {} — {} runs replayed, {} checked",
@@ -125,20 +126,45 @@ async fn replay(
     let recorded = origin(base)?;
     let server = Replay::start(&recorded, secrets(workflow, names)).await?;
     let token_url = format!("{}{TOKEN_PATH}", server.origin());
+    // A workflow writing into an API: that API's answers come from a server of their own.
+    let destination = match (writes_to_api(workflow), &fixtures.manifest.destination_url) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(UsageError(format!(
+                "{} records no destination API (`destination_url`), and the workflow writes \
+                 into one: record it again",
+                fixtures.dir.join(MANIFEST).display()
+            ))
+            .into())
+        }
+        (true, Some(url)) => {
+            let recorded = origin(url)?;
+            let server = Replay::start(&recorded, secrets(workflow, names)).await?;
+            let base = rebased(url, &recorded, server.origin());
+            let token_url = format!("{}{TOKEN_PATH}", server.origin());
+            Some((server, base, token_url))
+        }
+    };
     let redirected = workflow.redirected(
         &rebased(base, &recorded, server.origin()),
         Some(&token_url),
+        destination
+            .as_ref()
+            .map(|(_, base, token)| (base.as_str(), Some(token.as_str()))),
         &scratch.database(),
     )?;
     let mut failures = Vec::new();
     for run in &fixtures.manifest.runs {
-        server.expect(fixtures.exchanges(run)?);
+        server.expect(fixtures.exchanges(run, Side::Source)?);
+        if let Some((server, ..)) = &destination {
+            server.expect(fixtures.exchanges(run, Side::Destination)?);
+        }
         let clock = Arc::new(Pinned::replaying(at(run)?));
         let states = runs::run_streams(dir, &redirected, clock, stop).await;
+        let servers = std::iter::once(&server).chain(destination.as_ref().map(|(s, ..)| s));
         failures.extend(
-            server
-                .problems()
-                .into_iter()
+            servers
+                .flat_map(Replay::problems)
                 .map(|p| format!("{}: {p}", run.dir)),
         );
         match states {
@@ -159,6 +185,10 @@ async fn replay(
         }
     }
     Ok((failures, redirected))
+}
+
+fn writes_to_api(workflow: &Workflow) -> bool {
+    workflow.file().destination.kind == DestinationKind::Http
 }
 
 fn summary(state: &RunState) -> String {
@@ -187,22 +217,45 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
         expand_env(&source.base_url).map_err(|why| anyhow::anyhow!("source.base_url: {why}"))?;
     let upstream = origin(&base)?;
     let recorded_base = secrets.redact(&base);
+    // A workflow writing into an API: its answers are recorded too, by a proxy of their own.
+    let destination = match writes_to_api(&workflow) {
+        false => None,
+        true => {
+            let url = workflow
+                .file()
+                .destination
+                .base_url
+                .as_deref()
+                .unwrap_or("");
+            Some(expand_env(url).map_err(|why| anyhow::anyhow!("destination.base_url: {why}"))?)
+        }
+    };
+    let recorded_destination = destination.as_deref().map(|url| secrets.redact(url));
     let mut fixtures = match args.to.join(MANIFEST).exists() {
         true => Fixtures::load(&args.to)?,
         false => Fixtures {
             dir: args.to.clone(),
             manifest: Manifest {
                 base_url: recorded_base.clone(),
+                destination_url: recorded_destination.clone(),
                 runs: Vec::new(),
             },
         },
     };
-    if fixtures.manifest.base_url != recorded_base {
+    let manifest = &fixtures.manifest;
+    if (&manifest.base_url, &manifest.destination_url) != (&recorded_base, &recorded_destination) {
         return Err(UsageError(format!(
-            "{} was recorded from {}, the workflow reads {recorded_base}: record into another \
-             directory",
+            "{} was recorded from {}{}, the workflow reads {recorded_base}{}: record into \
+             another directory",
             args.to.display(),
-            fixtures.manifest.base_url
+            manifest.base_url,
+            manifest
+                .destination_url
+                .as_deref()
+                .map_or(String::new(), |d| format!(" into {d}")),
+            recorded_destination
+                .as_deref()
+                .map_or(String::new(), |d| format!(" and writes into {d}")),
         ))
         .into());
     }
@@ -226,22 +279,43 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     let at = SystemClock.now();
+    let forward = client(source.timeout.0, workflow.ca_file().as_deref())?;
     let proxy = Recorder::start(
         &upstream,
-        client(source.timeout.0, workflow.ca_file().as_deref())?,
-        secrets,
+        Side::Source,
+        forward.clone(),
+        secrets.clone(),
         args.scrub.clone(),
     )
     .await?;
-    // OAuth2 tokens come from the real endpoint, directly: that exchange is not recorded.
+    let destination = match &destination {
+        None => None,
+        Some(url) => {
+            let upstream = origin(url)?;
+            let proxy = Recorder::start(
+                &upstream,
+                Side::Destination,
+                forward,
+                secrets,
+                args.scrub.clone(),
+            )
+            .await?;
+            let base = rebased(url, &upstream, proxy.origin());
+            Some((proxy, base))
+        }
+    };
+    // OAuth2 tokens come from the real endpoints, directly: those exchanges are not
+    // recorded.
     let redirected = workflow.redirected(
         &rebased(&base, &upstream, proxy.origin()),
         None,
+        destination.as_ref().map(|(_, base)| (base.as_str(), None)),
         &scratch.database(),
     )?;
     let clock = Arc::new(Pinned::recording(at));
     let states = runs::run_streams(&mut dir, &redirected, clock, &stop).await?;
-    let exchanges = proxy.take();
+    let mut exchanges = proxy.take();
+    exchanges.extend(destination.iter().flat_map(|(proxy, _)| proxy.take()));
     for state in &states {
         out!("{}", summary(state));
     }
@@ -283,7 +357,8 @@ pub async fn record(args: RecordArgs) -> anyhow::Result<ExitStatus> {
     let expect = args.to.join(EXPECT);
     let observed = Expect::observe(&check_dir, &replayed, &check.database())?;
     if expect.exists() {
-        let differences = Expect::load(&expect)?.check(&observed, &check.database(), &replayed)?;
+        let differences =
+            Expect::load(&expect)?.check(&observed, &check_dir, &check.database(), &replayed)?;
         if !differences.is_empty() {
             out!(
                 "{} no longer says what the destination holds (edit it, or remove it and \

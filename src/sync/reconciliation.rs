@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -151,9 +152,12 @@ async fn scan_destination(
     binding: Binding,
     comparison: &mut Comparison,
 ) -> anyhow::Result<()> {
-    let mut destination = AnyDestination::open(workflow, binding, dir.root())
-        .await
-        .with_context(|| format!("opening destination {}", AnyDestination::describe(workflow)))?;
+    let mut destination =
+        AnyDestination::open(workflow, binding, dir.root(), Arc::new(SystemClock))
+            .await
+            .with_context(|| {
+                format!("opening destination {}", AnyDestination::describe(workflow))
+            })?;
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut spill = None;
     let scanned = destination

@@ -152,7 +152,14 @@ pub(crate) async fn run_scope(
     stream: &StreamSection,
     plan: &Plan,
 ) -> anyhow::Result<Vec<RunState>> {
-    let mut destination = destination(dir, workflow, stream, &plan.stream).await?;
+    let mut destination = destination(
+        dir,
+        workflow,
+        stream,
+        &plan.stream,
+        invocation.clock.clone(),
+    )
+    .await?;
     let mut states = Vec::new();
     loop {
         let root = dir.root().display().to_string();
@@ -205,7 +212,14 @@ pub(crate) async fn resume_run(
         Some((from, to)) => workflow.backfill_plan(&stream, from, to, false),
         None => workflow.plan(&stream, false),
     };
-    let mut destination = destination(dir, workflow, &stream, &plan.stream).await?;
+    let mut destination = destination(
+        dir,
+        workflow,
+        &stream,
+        &plan.stream,
+        invocation.clock.clone(),
+    )
+    .await?;
     let state = driver::resume(dir.journal_mut(), state, &plan, invocation.clock.now())?;
     let mut source = invocation.source(workflow, &stream).await?;
     let state = drive(dir, invocation, &mut source, &mut destination, state).await?;

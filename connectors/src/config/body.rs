@@ -21,8 +21,8 @@ use serde_json::Value;
 use super::location::child_key;
 use super::template::placeholders;
 
-/// What a mapped field does when the record has no value for it (its path, a template's
-/// path, or a link's record is absent).
+/// What a mapped field does when the record has no value for it (its path or a template's
+/// is absent or null, or a link's record is not in the destination).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Missing {
@@ -38,7 +38,8 @@ pub enum Missing {
 /// Where one destination field's value comes from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
-    /// The value at a dotted record path, as it is (a number stays a number).
+    /// The value at a dotted record path, as it is (a number stays a number); null is
+    /// missing.
     Path(String),
     /// A string with `{record.<path>}` and `{key}` placeholders.
     Template(String),

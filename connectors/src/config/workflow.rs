@@ -168,21 +168,16 @@ impl Workflow {
 
     /// This workflow reading from `base_url` instead of its API (and, with `token_url`,
     /// taking OAuth2 tokens there) and writing into the SQLite file `database` instead of
-    /// its destination (same tables, keys and columns): what `waymark test` and `waymark
-    /// record` run. An HTTP destination is refused (its answers would be needed too).
+    /// its destination (same tables, keys and columns), or, when it writes into an API,
+    /// into `destination`'s base URL (and OAuth2 token endpoint) instead: what `waymark
+    /// test` and `waymark record` run.
     pub fn redirected(
         &self,
         base_url: &str,
         token_url: Option<&str>,
+        destination: Option<(&str, Option<&str>)>,
         database: &Path,
     ) -> Result<Workflow, Error> {
-        if self.file.destination.kind == super::DestinationKind::Http {
-            return Err(self.invalid(
-                "destination.kind".into(),
-                "a workflow writing into an API cannot be run on recorded fixtures yet: only \
-                 its source is recorded",
-            ));
-        }
         let mut redirected = self.clone();
         redirected.file.source.base_url = base_url.to_string();
         if let (Some(super::AuthSection::Oauth2 { token_url: url, .. }), Some(replaced)) =
@@ -190,10 +185,25 @@ impl Workflow {
         {
             *url = replaced.to_string();
         }
-        let destination = &mut redirected.file.destination;
-        destination.kind = super::DestinationKind::Sqlite;
-        destination.path = Some(database.display().to_string());
-        (destination.url, destination.schema, destination.ca_file) = (None, None, None);
+        let d = &mut redirected.file.destination;
+        if d.kind == super::DestinationKind::Http {
+            let Some((base, token)) = destination else {
+                return Err(self.invalid(
+                    "destination.base_url".into(),
+                    "a workflow writing into an API needs that API's answers too",
+                ));
+            };
+            d.base_url = Some(base.to_string());
+            if let (Some(super::AuthSection::Oauth2 { token_url: url, .. }), Some(replaced)) =
+                (&mut d.auth, token)
+            {
+                *url = replaced.to_string();
+            }
+            return Ok(redirected);
+        }
+        d.kind = super::DestinationKind::Sqlite;
+        d.path = Some(database.display().to_string());
+        (d.url, d.schema, d.ca_file) = (None, None, None);
         Ok(redirected)
     }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
-use waymark_engine::{Checkpoint, Lease, SystemClock, WriteAck};
+use waymark_engine::{Checkpoint, Clock, Lease, WriteAck};
 
 use crate::config::{DestinationKind, StreamSection, Workflow};
 use crate::sink::http::HttpDestination;
@@ -30,11 +30,12 @@ pub enum AnyDestination {
 
 impl AnyDestination {
     /// Opens the workflow's destination for `binding` (an HTTP destination keeps its id
-    /// map in the state directory `state_dir`).
+    /// map in the state directory `state_dir`, and waits on `clock`).
     pub async fn open(
         workflow: &Workflow,
         binding: Binding,
         state_dir: &Path,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, destination::Error> {
         let d = &workflow.file().destination;
         let notes = Notes::new(state_dir, workflow, &binding);
@@ -54,11 +55,7 @@ impl AnyDestination {
                 AnyDestination::Jsonl(Upserting::new(store, binding, notes))
             }
             DestinationKind::Http => AnyDestination::Http(Box::new(HttpDestination::open(
-                workflow,
-                binding,
-                notes,
-                state_dir,
-                Arc::new(SystemClock),
+                workflow, binding, notes, state_dir, clock,
             )?)),
         })
     }

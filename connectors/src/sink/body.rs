@@ -68,9 +68,10 @@ fn object(
                 inner, policy, record, key, linked, &here,
             )?)),
             BodySource::Value(constant) => Ok(constant.clone()),
-            BodySource::Path(path) => lookup(record, path)
-                .cloned()
-                .ok_or_else(|| format!("the record has no `{path}`")),
+            BodySource::Path(path) => match lookup(record, path) {
+                None | Some(Value::Null) => Err(format!("the record has no `{path}`")),
+                Some(value) => Ok(value.clone()),
+            },
             BodySource::Template(template) => fill(template, record, key),
             BodySource::Link { stream, by } => match lookup(record, by).and_then(scalar) {
                 None => Err(format!("the record has no `{by}`")),
@@ -192,11 +193,12 @@ mod tests {
     fn a_missing_value_is_omitted_nulled_or_dead_letters_the_record() {
         let body = mapping(json!({
             "a": { "path": "absent" },
+            "z": { "path": "nothing" },
             "b": { "path": "absent", "missing": "null" },
             "c": { "template": "x {record.absent}", "missing": "null" },
             "n": { "d": { "path": "there" }, "e": { "path": "absent" } },
         }));
-        let record = json!({ "there": 1 });
+        let record = json!({ "there": 1, "nothing": null });
         let out = render(
             &body,
             Missing::Omit,

@@ -162,6 +162,20 @@ impl Mapping {
     }
 }
 
+/// What the destination holds of `table` by the id map in `state_dir`: per source key, in
+/// key order, whether it is deleted there and the source record last written.
+pub fn written(
+    state_dir: &Path,
+    sync: &str,
+    table: &str,
+) -> Result<BTreeMap<String, (bool, Option<String>)>, destination::Error> {
+    Ok(Mapping::read(&map_file(state_dir, sync, table))?
+        .records
+        .into_iter()
+        .map(|(key, known)| (key, (known.deleted, known.record)))
+        .collect())
+}
+
 /// `{name}` in `template` replaced by `value`, percent-encoded.
 fn fill(template: &str, name: &str, value: &str) -> String {
     template.replace(&format!("{{{name}}}"), &crate::http::path_segment(value))
