@@ -11,6 +11,7 @@ mod children;
 mod cluster;
 mod conditional;
 mod conformance;
+mod drift;
 mod dry_run;
 mod escapes;
 mod fixtures;

@@ -124,6 +124,14 @@ impl Sandbox {
         http("PUT", &self.url, "/_control/mutator", Some(&body)).map(drop)
     }
 
+    /// Serves orders in a changed shape from now on (`priority` added, `total_cents` a
+    /// string, `note` gone), or the usual one again.
+    pub fn drift(&self, drifted: bool) -> Result {
+        let body = serde_json::json!({ "resource": "orders", "drift": drifted });
+        http("PUT", &self.url, "/_control/edit", Some(&body.to_string()))?;
+        Ok(())
+    }
+
     /// Edits orders by id: `touch` (new revision, same `updated_at`), `update` (new
     /// revision now), `delete`.
     pub fn edit(&self, touch: &[u64], update: &[u64], delete: &[u64]) -> Result {

@@ -120,6 +120,11 @@ impl<'a> Fields<'a> {
         serde_json::from_str(record)
     }
 
+    /// The top-level fields, in record order (duplicates included).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.top.iter().map(|(name, raw)| (name.as_ref(), *raw))
+    }
+
     /// A top-level field (the last of duplicates).
     fn field(&self, name: &str) -> Option<&'a RawValue> {
         self.top

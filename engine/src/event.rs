@@ -277,6 +277,49 @@ pub enum Event {
         /// When.
         at: Timestamp,
     },
+    /// A page's records differ in shape from the stream's records before it (fields new,
+    /// gone, or of another type). `refused`: the stream's `schema_policy = "fail"` stopped
+    /// the run before the page was staged, and the run fails.
+    SchemaChanged {
+        /// The page.
+        page: u64,
+        /// What changed.
+        changes: Vec<FieldChange>,
+        /// Whether the page was refused.
+        refused: bool,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// One field's change of shape: new (`was` is `None`), gone (`now` is `None`), or of
+/// another type. Types are named as JSON's, `|`-joined (`integer|string`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// Its dotted path (`[]` for the elements of an array: `items[].sku`).
+    pub path: String,
+    /// Its types before.
+    pub was: Option<String>,
+    /// Its types now.
+    pub now: Option<String>,
+    /// The declared column filled from it, if any.
+    pub column: Option<String>,
+}
+
+impl std::fmt::Display for FieldChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = &self.path;
+        match (&self.was, &self.now) {
+            (None, Some(now)) => write!(f, "new field `{path}` ({now})"),
+            (Some(was), None) => write!(f, "field `{path}` gone (was {was})"),
+            (Some(was), Some(now)) => write!(f, "field `{path}`: {was} → {now}"),
+            (None, None) => write!(f, "field `{path}`"),
+        }?;
+        match &self.column {
+            Some(column) => write!(f, " (declared column `{column}`)"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Event {
@@ -295,6 +338,7 @@ impl Event {
             Event::RunCompleted { .. } => "run_completed",
             Event::RunFailed { .. } => "run_failed",
             Event::RunAbandoned { .. } => "run_abandoned",
+            Event::SchemaChanged { .. } => "schema_changed",
         }
     }
 
@@ -312,7 +356,8 @@ impl Event {
             | Event::RunPaused { at, .. }
             | Event::RunCompleted { at }
             | Event::RunFailed { at, .. }
-            | Event::RunAbandoned { at, .. } => *at,
+            | Event::RunAbandoned { at, .. }
+            | Event::SchemaChanged { at, .. } => *at,
         }
     }
 
@@ -331,6 +376,8 @@ impl Event {
             | Event::RunCompleted { .. }
             | Event::RunFailed { .. }
             | Event::RunAbandoned { .. } => true,
+            // A refusal fails the run: a change of status.
+            Event::SchemaChanged { refused, .. } => *refused,
             Event::RunResumed { .. }
             | Event::RequestRetried { .. }
             | Event::WriteRetried { .. }

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::event::FieldChange;
 use crate::time::Timestamp;
 use crate::window::Window;
 
@@ -30,6 +31,18 @@ pub struct Page {
     /// The greatest cursor value of the page's records, read as a time, when the stream's
     /// windows start at the greatest value seen ([`crate::window::Start::MaxSeen`]).
     pub max_seen: Option<Timestamp>,
+    /// How the page's records differ in shape from the stream's records before.
+    pub drift: Option<SchemaDrift>,
+}
+
+/// A page's schema drift: its changes, and whether the stream's policy refuses the page
+/// (the run then fails before the page is staged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchemaDrift {
+    /// Each field new, gone or of another type.
+    pub changes: Vec<FieldChange>,
+    /// The page is not to be written.
+    pub refused: bool,
 }
 
 /// Why a response was ignored.

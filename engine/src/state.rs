@@ -308,6 +308,24 @@ pub fn apply(mut state: RunState, event: &Event) -> Result<RunState, Invalid> {
             }
             state.counts.ignored += 1;
         }
+        Event::SchemaChanged {
+            page,
+            changes,
+            refused,
+            ..
+        } => {
+            if !running {
+                return Err(state.invalid(event, "only a running run fetches"));
+            }
+            if *refused {
+                let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+                state.status = Status::Failed(format!(
+                    "page {page}: the records' schema changed and the stream's schema_policy \
+                     is \"fail\": {}",
+                    changes.join("; ")
+                ));
+            }
+        }
         Event::BatchWritten { page, ack, .. } => {
             if !running {
                 return Err(state.invalid(event, "only a running run writes"));

@@ -215,6 +215,28 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
                     .map_or(String::new(), |r| format!(", rule {r}")),
             ),
         ),
+        Event::SchemaChanged {
+            page,
+            changes,
+            refused,
+            ..
+        } => (
+            String::new(),
+            format!("page {page}"),
+            format!(
+                "{}{}",
+                changes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                if *refused {
+                    " — refused (schema_policy = \"fail\")"
+                } else {
+                    ""
+                }
+            ),
+        ),
         Event::WriteRetried {
             page,
             attempt,

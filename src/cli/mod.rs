@@ -23,6 +23,7 @@ mod replay;
 mod run;
 pub(crate) mod runs;
 mod sandbox;
+mod schema_history;
 mod serve;
 mod shell;
 pub(crate) mod status;
@@ -114,6 +115,8 @@ enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// Every run and page that saw a record, its version and what became of it.
     Trace(trace::TraceArgs),
+    /// The shape a stream's records were observed to have, and every change of it.
+    SchemaHistory(schema_history::SchemaHistoryArgs),
     /// Dead letters by stream: list, show, retry through the destination, drop.
     Dlq(dlq::DlqArgs),
     /// Merge a JSONL destination's page files into one file per table (newest line per key).
@@ -400,6 +403,7 @@ async fn execute(state_dir: &Path, cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Replay(args) => replay::run(state_dir, args),
         Command::Reconcile(args) => reconcile::run(state_dir, args).await,
         Command::Trace(args) => trace::run(state_dir, args),
+        Command::SchemaHistory(args) => schema_history::run(state_dir, args),
         Command::Checkpoint(args) => checkpoint::run(state_dir, args).await,
         Command::Schema => validate::schema(),
         Command::Completions(args) => shell::completions(args),

@@ -11,6 +11,7 @@ use serde_json::json;
 use waymark_connectors::config::{is_webhook_scope, parse_scope, split_tenant};
 use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::dead_letters::DeadLetters;
+use waymark_connectors::state::schema::Schema;
 use waymark_connectors::webhook::inbox::Inbox;
 use waymark_engine::{
     Checkpoint, Clock, PauseReason, Reconciliation, RunState, Status, SystemClock, Timestamp,
@@ -290,7 +291,12 @@ fn local_rows(state_dir: &Path, args: &StatusArgs) -> anyhow::Result<Vec<serde_j
         let letters = DeadLetters::new(dir.root(), sync, parse_scope(scope).0)
             .list()
             .map_or(0, |l| l.len());
-        let (health, bad, reason) = verdict(s, now, args.stalled_after);
+        let (mut health, bad, mut reason) = verdict(s, now, args.stalled_after);
+        let drift = drift(&dir, sync, scope, s.runs.last());
+        if health == "ok" && !drift.is_empty() {
+            health = "schema_changed";
+            reason = format!("the last run's records changed shape: {}", drift.join("; "));
+        }
         let watermark = s.checkpoint.as_ref().map(|c| c.window.end);
         let lag = watermark.map(|w| now.since(w));
         let last = s.runs.last();
@@ -317,6 +323,7 @@ fn local_rows(state_dir: &Path, args: &StatusArgs) -> anyhow::Result<Vec<serde_j
             "last_records": last.map(|r| r.counts.records_committed),
             "failures_of_last_5": failures,
             "dead_letters": letters,
+            "drift": drift,
             "reconciled_at": s.reconciled.as_ref().map(|r| r.at.to_string()),
             "gap_rate": s.reconciled.as_ref().map(Reconciliation::gap_rate),
             "gaps": s.reconciled.as_ref().map(Reconciliation::gaps),
@@ -329,6 +336,28 @@ fn local_rows(state_dir: &Path, args: &StatusArgs) -> anyhow::Result<Vec<serde_j
         }));
     }
     Ok(rows)
+}
+
+/// The schema changes the stream's records showed in its last run (`schema/`), as text.
+fn drift(
+    dir: &waymark_engine::StateDir,
+    sync: &str,
+    scope: &str,
+    last: Option<&RunState>,
+) -> Vec<String> {
+    let Some(last) = last.filter(|_| parse_scope(scope).0 == scope) else {
+        return Vec::new();
+    };
+    let file = Schema::file(dir.root(), sync, scope);
+    let Ok(shape) = Schema::read(&file) else {
+        return Vec::new();
+    };
+    shape
+        .history
+        .iter()
+        .filter(|c| c.at >= last.started.at)
+        .map(|c| format!("{} ({})", c.change, c.action))
+        .collect()
 }
 
 /// Whether a scope of `sync` is among those asked for: `only` is a sync (all its tenants'

@@ -41,6 +41,9 @@ pub struct Resource {
     /// Deleted ids not yet reused and when they were deleted, most recent last.
     freed: Vec<(u64, u64)>,
     next_id: u64,
+    /// Orders are served in a changed shape: `priority` added, `total_cents` a string,
+    /// `note` gone (schema drift, for tests).
+    pub drifted: bool,
 }
 
 /// What a mutation did.
@@ -70,6 +73,7 @@ impl Resource {
             ids: Vec::with_capacity(count as usize),
             freed: Vec::new(),
             next_id: count + 1,
+            drifted: false,
         };
         for id in 1..=count {
             let ms = base_ms + (id - 1) / tie * 1000;
@@ -112,7 +116,11 @@ impl Resource {
 
     /// Appends the JSON of the live record at `key` with revision `rev`.
     pub fn render(&self, key: Key, rev: u32, out: &mut String) {
+        let from = out.len();
         render(self.kind, self.seed, key, rev, out);
+        if self.drifted && self.kind == Kind::Orders {
+            drift(out, from);
+        }
     }
 
     /// Inserts a record at `ms`; `reuse` takes the most recently deleted id among those
@@ -289,6 +297,23 @@ pub fn render_invoice(customer: u64, (ms, id): Key, out: &mut String) {
         mix(id) % 100_000,
         if id % 3 == 0 { "open" } else { "paid" }
     );
+}
+
+/// The order rendered at `out[from..]` in the drifted shape: `total_cents` as a string,
+/// `note` (the last field) replaced by `priority`.
+fn drift(out: &mut String, from: usize) {
+    const TOTAL: &str = "\"total_cents\":";
+    if let Some(at) = out[from..].find(TOTAL) {
+        let start = from + at + TOTAL.len();
+        if let Some(len) = out[start..].find(',') {
+            let number = out[start..start + len].to_string();
+            out.replace_range(start..start + len, &format!("\"{number}\""));
+        }
+    }
+    if let Some(at) = out[from..].find(",\"note\":") {
+        let end = out.len() - 1;
+        out.replace_range(from + at..end, ",\"priority\":\"high\"");
+    }
 }
 
 /// Appends a deletion's JSON.

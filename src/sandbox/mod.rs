@@ -266,6 +266,10 @@ impl Sandbox {
 
     /// Touches (new revision, same `updated_at`), updates (new revision now) and deletes
     /// records of one resource by id; returns how many of each existed.
+    fn drift(&self, kind: Kind, drifted: bool) {
+        write(&self.data).resource_mut(kind).drifted = drifted;
+    }
+
     fn edit(&self, kind: Kind, [touch, update, delete]: [&[u64]; 3]) -> [usize; 3] {
         let mut data = write(&self.data);
         let resource = data.resource_mut(kind);

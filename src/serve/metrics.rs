@@ -123,6 +123,7 @@ pub struct Metrics {
     pages: Family<Tenanted<Stream>, Counter>,
     requests: Family<Tenanted<Class>, Counter>,
     retries: Family<Tenanted<Stream>, Counter>,
+    schema_changes: Family<Tenanted<Stream>, Counter>,
     rate_limit_wait: Family<Tenanted<Stream>, Counter<f64, AtomicU64>>,
     runs: Family<Tenanted<Ended>, Counter>,
     run_duration: Family<Tenanted<Stream>, Histogram>,
@@ -146,6 +147,7 @@ impl Metrics {
             pages: Family::default(),
             requests: Family::default(),
             retries: Family::default(),
+            schema_changes: Family::default(),
             rate_limit_wait: Family::default(),
             runs: Family::default(),
             run_duration: Family::new_with_constructor(|| {
@@ -176,6 +178,11 @@ impl Metrics {
             m.requests.clone(),
         );
         registry.register("retries", "Requests retried", m.retries.clone());
+        registry.register(
+            "schema_changes",
+            "Fields of the stream's records found new, gone or of another type",
+            m.schema_changes.clone(),
+        );
         registry.register(
             "rate_limit_wait_seconds",
             "Time waited because the API answered 429",
@@ -293,6 +300,11 @@ impl Metrics {
             Event::RunPaused { .. } => self.ended(state, "paused"),
             Event::RunFailed { .. } => self.ended(state, "failed"),
             Event::RunAbandoned { .. } => self.ended(state, "abandoned"),
+            Event::SchemaChanged { changes, .. } => {
+                self.schema_changes
+                    .get_or_create(&at)
+                    .inc_by(changes.len() as u64);
+            }
             _ => {}
         }
     }

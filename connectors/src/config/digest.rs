@@ -6,9 +6,10 @@ use super::workflow::Workflow;
 impl Workflow {
     /// The canonical key/values of everything that decides which records `stream`'s runs
     /// read and where they go, sorted by key. Operational knobs (retention, timeouts,
-    /// retries, rate limits, auth, response rules, conditional requests, declared columns, the oversized-page
-    /// rule, the schedule, the webhook, where later windows start) are left out: changing
-    /// them never blocks a resume.
+    /// retries, rate limits, auth, response rules, conditional requests, declared columns,
+    /// the oversized-page rule, the schedule, the webhook, where later windows start, the
+    /// schema policy, an HTTP destination's endpoints and body) are left out: changing them
+    /// never blocks a resume.
     pub fn fingerprint(&self, stream: &StreamSection) -> Vec<(String, String)> {
         let source = &self.file.source;
         let mut value = serde_json::json!({
@@ -30,6 +31,9 @@ impl Workflow {
             stream.remove("oversized_pages");
             stream.remove("schedule");
             stream.remove("webhook");
+            stream.remove("schema_policy");
+            // An HTTP destination's endpoints and body, like `[destination]`'s.
+            stream.remove("destination");
             // Where the next window starts: a run's own window is fixed when it starts.
             if let Some(window) = stream.get_mut("window").and_then(|w| w.as_object_mut()) {
                 window.remove("start");

@@ -74,7 +74,8 @@ pub use source::{
 pub use span::Span;
 pub use stream::{
     initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
-    ReconcileSection, StreamSection, TimeFormat, WindowSection, WindowStart, RESERVED,
+    ReconcileSection, SchemaPolicy, StreamSection, TimeFormat, WindowSection, WindowStart,
+    RESERVED,
 };
 pub use tenants::{split_tenant, Tenant, TenantsSection};
 pub use url::http_url;

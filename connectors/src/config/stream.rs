@@ -229,6 +229,25 @@ pub struct StreamSection {
     /// replaces `[destination]`'s): `lookup`, `create`, `update`, `delete`, `id_path`,
     /// `external_id_field`, `body`, `missing`.
     pub destination: Option<StreamDestination>,
+    /// What a change in the records' shape (a field new, gone, or of another type) does:
+    /// `evolve` (default: noted, and the shape follows), `freeze` (noted; records with a
+    /// field or type the shape does not have are dead-lettered), `fail` (the run stops
+    /// before writing the page).
+    #[serde(default)]
+    pub schema_policy: SchemaPolicy,
+}
+
+/// `schema_policy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaPolicy {
+    /// Note the change; the shape takes it in.
+    #[default]
+    Evolve,
+    /// Note the change; the shape stays; records that do not fit it are dead-lettered.
+    Freeze,
+    /// Note the change and stop the run before the page is written.
+    Fail,
 }
 
 /// A stream's regular reconciliation (`waymark reconcile` does the same on demand).

@@ -310,6 +310,11 @@ impl Api {
         Ok((client, connects))
     }
 
+    /// The time on this connection's clock.
+    pub fn now(&self) -> waymark_engine::Timestamp {
+        self.clock.now()
+    }
+
     /// The state directory this connection keeps its files in (none: nothing is kept).
     pub fn state_dir(&self) -> Option<&Path> {
         self.state_dir.as_deref()

@@ -176,6 +176,7 @@ impl Source for RepairSource {
             next_cursor: more.and(last).map(|l| l.to_string()),
             ignored: None,
             max_seen: None,
+            drift: None,
         })
     }
 }

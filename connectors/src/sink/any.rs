@@ -6,7 +6,7 @@ use std::sync::Arc;
 use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, Clock, Lease, WriteAck};
 
-use crate::config::{DestinationKind, StreamSection, Workflow};
+use crate::config::{DestinationKind, SchemaPolicy, StreamSection, Workflow};
 use crate::sink::http::HttpDestination;
 use crate::sink::jsonl::{JsonlDestination, JsonlStore};
 use crate::sink::plan::{Binding, Identified, Stored};
@@ -15,6 +15,7 @@ use crate::sink::postgres::{PostgresDestination, PostgresParents, PostgresStore}
 use crate::sink::sqlite::{ParentRecords, SqliteDestination, SqliteStore};
 use crate::sink::upserting::{Notes, Upserting};
 use crate::source::Parents;
+use crate::state::schema::{Frozen, Schema};
 
 /// Any of the destinations.
 pub enum AnyDestination {
@@ -38,6 +39,15 @@ impl AnyDestination {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, destination::Error> {
         let d = &workflow.file().destination;
+        let mut binding = binding;
+        if let Ok(stream) = workflow.stream(&binding.table) {
+            if stream.schema_policy == SchemaPolicy::Freeze && !binding.deletes {
+                let file = Schema::file(state_dir, workflow.name(), &stream.name);
+                let frozen = Frozen::open(&file)
+                    .map_err(|e| destination::Error::permanent(e.to_string()))?;
+                binding.frozen = frozen.map(Arc::new);
+            }
+        }
         let notes = Notes::new(state_dir, workflow, &binding);
         Ok(match d.kind {
             DestinationKind::Sqlite => {

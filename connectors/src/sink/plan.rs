@@ -18,6 +18,7 @@ use crate::record::{compare_versions, key_by, Fields};
 use crate::sink::columns::{Cell, Columns};
 use crate::state::audit::{Outcome, Seen};
 use crate::state::dead_letters::DeadLetter;
+use crate::state::schema::Frozen;
 
 /// Where one stream's records go and by which rules.
 #[derive(Clone, Debug)]
@@ -43,6 +44,9 @@ pub struct Binding {
     /// Records carrying `"_waymark_deleted": true` are deletions: a reconciliation's repair
     /// (of records gone from the source) or a webhook's deletion events.
     pub marked_deletions: bool,
+    /// With `schema_policy = "freeze"`, the shape records must fit (else they are dead
+    /// letters); set when the destination opens, once a shape was observed.
+    pub frozen: Option<Arc<Frozen>>,
 }
 
 impl Binding {
@@ -68,6 +72,7 @@ impl Binding {
             hard_delete: workflow.file().destination.delete_mode == DeleteMode::Hard,
             columns,
             marked_deletions: false,
+            frozen: None,
         }
     }
 
@@ -235,6 +240,11 @@ pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
         })?),
     };
     let deletion = b.is_deletion(&fields);
+    if let (Some(frozen), false) = (&b.frozen, deletion) {
+        if let Some(why) = frozen.misfit(record) {
+            return Err((Some(key), why));
+        }
+    }
     let cells = match deletion || b.columns.is_empty() {
         true => Vec::new(),
         false => serde_json::from_str(record)
@@ -491,6 +501,7 @@ mod tests {
             hard_delete: hard,
             columns: Columns::default(),
             marked_deletions: false,
+            frozen: None,
         }
     }
 

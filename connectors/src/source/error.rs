@@ -6,6 +6,9 @@ pub enum Error {
     /// The records path is not a JSONPath.
     #[error("records: {0}")]
     Records(String),
+    /// The stream's observed schema cannot be read.
+    #[error("{0}")]
+    Schema(#[from] crate::state::schema::Error),
     /// A child stream's parent records cannot be read.
     #[error("{0}")]
     Parent(String),

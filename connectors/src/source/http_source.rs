@@ -1,13 +1,13 @@
 //! [`HttpSource`]: one request per page through the shared [`Api`], the page read and
 //! shaped, the next cursor made journalable.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use waymark_engine::destination;
-use waymark_engine::source::{self, ErrorKind, Page, PageRequest, Source};
+use waymark_engine::source::{self, ErrorKind, Page, PageRequest, SchemaDrift, Source};
 
 use super::children::{ChildCursor, Parents};
 use super::cycles::Cycles;
@@ -24,6 +24,7 @@ use crate::http::api::Accepted;
 use crate::http::rules::Rules;
 use crate::http::Api;
 use crate::record::scalar;
+use crate::state::schema::Schema;
 
 /// A paginated JSON API for one stream.
 pub struct HttpSource {
@@ -55,6 +56,9 @@ pub struct HttpSource {
     /// The last page read: records the API served, and their greatest `cursor_field`
     /// value (read with `pagination.max_records`).
     pub(super) served: (usize, Option<waymark_engine::Timestamp>),
+    /// The records' observed shape (shared with partitions' copies; none without a state
+    /// directory).
+    pub(super) schema: Option<Arc<Mutex<Schema>>>,
 }
 
 impl HttpSource {
@@ -110,7 +114,13 @@ impl HttpSource {
             partitions: None,
             etags: None,
             served: (0, None),
+            schema: None,
         };
+        if let Some(root) = source.api.state_dir() {
+            let file = Schema::file(root, workflow.name(), &stream.name);
+            let schema = Schema::open(file, stream.schema_policy, &stream.columns)?;
+            source.schema = Some(Arc::new(Mutex::new(schema)));
+        }
         if stream.conditional {
             source.etags = Some(Etags::open(
                 source.api.state_dir(),
@@ -151,6 +161,7 @@ impl HttpSource {
             partitions: None,
             etags: None,
             served: (0, None),
+            schema: self.schema.clone(),
         }
     }
 
@@ -399,6 +410,7 @@ impl HttpSource {
                     .into(),
             }),
             max_seen: None,
+            drift: None,
         })
     }
 
@@ -467,11 +479,23 @@ impl HttpSource {
         if self.stream.filter.is_some() || self.stream.fields.is_some() {
             records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }
+        let drift = match &self.schema {
+            Some(schema) => {
+                let mut schema = schema.lock().unwrap_or_else(PoisonError::into_inner);
+                let last = next_cursor.is_none();
+                let (changes, refused) = schema
+                    .observe(request.page, &records, self.api.now(), last)
+                    .map_err(|e| fatal(e.to_string()))?;
+                Some(SchemaDrift { changes, refused })
+            }
+            None => None,
+        };
         Ok(Page {
             records,
             next_cursor,
             ignored: None,
             max_seen,
+            drift,
         })
     }
 

@@ -168,6 +168,7 @@ impl Source for EventSource {
                         next_cursor: done.map(|seq| seq.to_string()),
                         ignored: None,
                         max_seen: None,
+                        drift: None,
                     });
                 }
             }
@@ -179,6 +180,7 @@ impl Source for EventSource {
                 .flatten(),
             ignored: None,
             max_seen: None,
+            drift: None,
         })
     }
 }

@@ -271,7 +271,7 @@ impl<S: Source, D: Destination> Steps<'_, S, D> {
     fn keep(&mut self, fetched: Fetched<D::Page>, events: &mut Vec<Event>) {
         self.fetched += 1;
         events.extend(fetched.events);
-        self.kept = Some(fetched.kept);
+        self.kept = fetched.kept;
     }
 
     /// What a fetch ahead leads to: its page joins the step; its failure waits for that
@@ -321,7 +321,18 @@ async fn fetch_and_stage<S: Source, P>(
         Ok(fetched) => fetched,
         Err(e) => return Ok(Err(e)),
     };
-    let mut events = Vec::with_capacity(2);
+    let mut events = Vec::with_capacity(3);
+    if let Some(drift) = fetched.drift.as_ref().filter(|d| d.refused) {
+        // Refused by the stream's schema policy: nothing is staged, the run fails, and a
+        // resume fetches the page again.
+        events.push(Event::SchemaChanged {
+            page: request.page,
+            changes: drift.changes.clone(),
+            refused: true,
+            at: clock.now(),
+        });
+        return Ok(Ok(Fetched { events, kept: None }));
+    }
     if let Some(ignored) = fetched.ignored {
         events.push(Event::PageIgnored {
             page: request.page,
@@ -342,20 +353,29 @@ async fn fetch_and_stage<S: Source, P>(
         at: clock.now(),
         max_seen: fetched.max_seen,
     }));
+    if let Some(drift) = fetched.drift.filter(|d| !d.changes.is_empty()) {
+        events.push(Event::SchemaChanged {
+            page: request.page,
+            changes: drift.changes,
+            refused: false,
+            at: clock.now(),
+        });
+    }
     Ok(Ok(Fetched {
         events,
-        kept: Kept {
+        kept: Some(Kept {
             page: request.page,
             checksum: staged.checksum,
             records: prepare(fetched.records),
-        },
+        }),
     }))
 }
 
-/// A fetched and staged page: the events that record it, and its records.
+/// A fetched and staged page: the events that record it, and its records (none when the
+/// page was refused).
 struct Fetched<P> {
     events: Vec<Event>,
-    kept: Kept<P>,
+    kept: Option<Kept<P>>,
 }
 
 /// The records of the page this process staged last, prepared for the destination, so

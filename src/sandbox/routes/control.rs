@@ -98,6 +98,10 @@ pub(super) struct Edit {
     pub(super) update: Vec<u64>,
     #[serde(default)]
     pub(super) delete: Vec<u64>,
+    /// Serve the resource's records in a changed shape from now on (orders: `priority`
+    /// added, `total_cents` a string, `note` gone), or the usual one again.
+    #[serde(default)]
+    pub(super) drift: Option<bool>,
 }
 
 pub(super) async fn edit(State(s): Shared, Json(edit): Json<Edit>) -> Response {
@@ -112,6 +116,9 @@ pub(super) async fn edit(State(s): Shared, Json(edit): Json<Edit>) -> Response {
                 .into_response()
         }
     };
+    if let Some(drift) = edit.drift {
+        s.drift(kind, drift);
+    }
     let [touched, updated, deleted] = s.edit(kind, [&edit.touch, &edit.update, &edit.delete]);
     Json(serde_json::json!({ "touched": touched, "updated": updated, "deleted": deleted }))
         .into_response()

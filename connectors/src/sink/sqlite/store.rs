@@ -467,6 +467,7 @@ mod tests {
             deletes,
             columns: crate::sink::columns::Columns::default(),
             marked_deletions: false,
+            frozen: None,
         }
     }
 

@@ -1,0 +1,546 @@
+//! The observed shape of a stream's records, kept in the state directory
+//! (`schema/<sync>/<stream>.json`): each field path seen (objects by `.`, array elements by
+//! `[]`, four levels deep) with its JSON types, whether it was null, whether every record
+//! had it (top-level fields), and when it was first and last seen; and the history of its
+//! changes. Each page read is compared with it ([`Schema::observe`]): fields new, gone (a
+//! top-level field every record had, missing from a record) or of another type are the
+//! page's drift, which the stream's `schema_policy` evolves into the shape, leaves out of
+//! it (`freeze`: such records are dead-lettered by [`Frozen`]) or refuses (`fail`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use waymark_engine::event::FieldChange;
+use waymark_engine::Timestamp;
+
+use crate::config::{ColumnSpec, SchemaPolicy};
+use crate::record::Fields;
+
+/// Paths deeper than this are not followed (a map of arbitrary keys, e.g. `metadata.*`,
+/// stays one field per key at most this deep).
+const DEPTH: usize = 4;
+/// At most this many paths are kept; more are not observed (a record of arbitrary keys).
+const MAX_FIELDS: usize = 2_000;
+/// At most this many changes are kept in the history (the oldest go first).
+const MAX_HISTORY: usize = 1_000;
+
+const STRING: u8 = 1;
+const INTEGER: u8 = 2;
+const NUMBER: u8 = 4;
+const BOOLEAN: u8 = 8;
+const OBJECT: u8 = 16;
+const ARRAY: u8 = 32;
+const NAMES: [(u8, &str); 6] = [
+    (ARRAY, "array"),
+    (BOOLEAN, "boolean"),
+    (INTEGER, "integer"),
+    (NUMBER, "number"),
+    (OBJECT, "object"),
+    (STRING, "string"),
+];
+
+/// The JSON type of a raw value (`None`: null).
+fn kind(raw: &RawValue) -> Option<u8> {
+    let text = raw.get().trim_start();
+    Some(match text.as_bytes().first()? {
+        b'"' => STRING,
+        b'{' => OBJECT,
+        b'[' => ARRAY,
+        b't' | b'f' => BOOLEAN,
+        b'n' => return None,
+        _ if text.contains(['.', 'e', 'E']) => NUMBER,
+        _ => INTEGER,
+    })
+}
+
+/// `integer|string`.
+pub fn names(types: u8) -> String {
+    let names: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| types & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    match names.is_empty() {
+        true => "null".into(),
+        false => names.join("|"),
+    }
+}
+
+fn bits(names: &[String]) -> u8 {
+    NAMES
+        .iter()
+        .filter(|(_, name)| names.iter().any(|n| n == name))
+        .fold(0, |acc, (bit, _)| acc | bit)
+}
+
+/// One field of the shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Field {
+    /// Its JSON types (null apart).
+    pub types: Vec<String>,
+    /// It was null in some record.
+    pub nullable: bool,
+    /// Every record had it (top-level fields only).
+    pub required: bool,
+    /// When it was first seen.
+    pub first_seen: Timestamp,
+    /// When it was last seen (as of the last page that saved the shape).
+    pub last_seen: Timestamp,
+}
+
+/// A change kept in the history: when, on which page, what, and what the policy did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// When the page was read.
+    pub at: Timestamp,
+    /// The page of its run.
+    pub page: u64,
+    /// The change.
+    pub change: FieldChange,
+    /// `evolved` (taken into the shape), `frozen` (left out; such records dead-lettered) or
+    /// `refused` (the run failed before writing).
+    pub action: String,
+}
+
+/// The file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Shape {
+    /// Records observed.
+    pub records: u64,
+    /// Each path's shape.
+    pub fields: BTreeMap<String, Field>,
+    /// The changes, oldest first.
+    pub history: Vec<Change>,
+}
+
+/// What one page's records hold, per path: types, null seen, records having it.
+#[derive(Default)]
+struct Seen {
+    types: u8,
+    null: bool,
+    records: u64,
+}
+
+/// Visits every path of a record (to `DEPTH`), each with its type (`None`: null).
+fn walk(raw: &RawValue, path: &mut String, depth: usize, visit: &mut dyn FnMut(&str, Option<u8>)) {
+    let kind = kind(raw);
+    visit(path, kind);
+    if depth >= DEPTH {
+        return;
+    }
+    let len = path.len();
+    match kind {
+        Some(OBJECT) => {
+            let Ok(fields) = Fields::parse(raw.get()) else {
+                return;
+            };
+            for (name, value) in fields.entries() {
+                path.push('.');
+                path.push_str(name);
+                walk(value, path, depth + 1, visit);
+                path.truncate(len);
+            }
+        }
+        Some(ARRAY) => {
+            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
+                return;
+            };
+            path.push_str("[]");
+            for item in items {
+                walk(item, path, depth + 1, visit);
+            }
+            path.truncate(len);
+        }
+        _ => {}
+    }
+}
+
+/// A page's paths, in path order, and how many records it has.
+fn page_shape(records: &[String]) -> (BTreeMap<String, Seen>, u64) {
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    let mut path = String::with_capacity(64);
+    for record in records {
+        let Ok(fields) = Fields::parse(record) else {
+            continue;
+        };
+        for (name, value) in fields.entries() {
+            path.clear();
+            path.push_str(name);
+            walk(value, &mut path, 1, &mut |p, kind| {
+                let top = !p.contains(['.', '[']);
+                let entry = match seen.get_mut(p) {
+                    Some(entry) => entry,
+                    None => seen.entry(p.to_string()).or_default(),
+                };
+                match kind {
+                    Some(bit) => entry.types |= bit,
+                    None => entry.null = true,
+                }
+                if top {
+                    entry.records += 1;
+                }
+            });
+        }
+    }
+    (seen.into_iter().collect(), records.len() as u64)
+}
+
+/// Whether `path` lies under one of `paths` (`a.b` and `a[].b` under `a`).
+fn under(path: &str, paths: &BTreeSet<String>) -> bool {
+    paths.iter().any(|p| {
+        path.strip_prefix(p.as_str())
+            .is_some_and(|rest| rest.starts_with(['.', '[']))
+    })
+}
+
+impl Shape {
+    /// How `page` differs from the shape: new paths (only the outermost of a new object),
+    /// new types of known paths, and top-level fields every record had that a record of
+    /// the page lacks. The page's shape comes along, to be taken in.
+    fn compare(&self, records: &[String]) -> (Vec<FieldChange>, BTreeMap<String, Seen>, u64) {
+        let (page, n) = page_shape(records);
+        let mut changes = Vec::new();
+        if self.records == 0 {
+            return (changes, page, n);
+        }
+        let mut new = BTreeSet::new();
+        for (path, seen) in &page {
+            match self.fields.get(path) {
+                None if self.fields.len() + new.len() >= MAX_FIELDS => {}
+                None => {
+                    if !under(path, &new) {
+                        changes.push(FieldChange {
+                            path: path.clone(),
+                            was: None,
+                            now: Some(names(seen.types)),
+                            column: None,
+                        });
+                    }
+                    new.insert(path.clone());
+                }
+                Some(field) => {
+                    let known = bits(&field.types);
+                    if seen.types & !known != 0 {
+                        changes.push(FieldChange {
+                            path: path.clone(),
+                            was: Some(names(known)),
+                            now: Some(names(known | seen.types)),
+                            column: None,
+                        });
+                    }
+                }
+            }
+        }
+        for (path, field) in &self.fields {
+            let had = page.get(path).map_or(0, |s| s.records);
+            if field.required && n > 0 && had < n {
+                changes.push(FieldChange {
+                    path: path.clone(),
+                    was: Some(names(bits(&field.types))),
+                    now: None,
+                    column: None,
+                });
+            }
+        }
+        (changes, page, n)
+    }
+
+    /// Takes a page's shape in.
+    fn take(&mut self, page: BTreeMap<String, Seen>, n: u64, at: Timestamp) {
+        let first = self.records == 0;
+        // A top-level field no record of the page had is no longer in every record.
+        if n > 0 {
+            for (path, field) in self.fields.iter_mut() {
+                if !page.contains_key(path) {
+                    field.required = false;
+                }
+            }
+        }
+        for (path, seen) in page {
+            let top = !path.contains(['.', '[']);
+            let full = self.fields.len() >= MAX_FIELDS;
+            match self.fields.get_mut(&path) {
+                Some(field) => {
+                    let types = bits(&field.types) | seen.types;
+                    field.types = names_list(types);
+                    field.nullable |= seen.null;
+                    field.required &= seen.records == n;
+                    field.last_seen = at;
+                }
+                None if full => {}
+                None => {
+                    let field = Field {
+                        types: names_list(seen.types),
+                        nullable: seen.null,
+                        required: top && seen.records == n && (first || n > 0),
+                        first_seen: at,
+                        last_seen: at,
+                    };
+                    self.fields.insert(path, field);
+                }
+            }
+        }
+        self.records += n;
+    }
+}
+
+fn names_list(types: u8) -> Vec<String> {
+    NAMES
+        .iter()
+        .filter(|(bit, _)| types & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect()
+}
+
+/// A stream's schema as its source observes it, page after page.
+pub struct Schema {
+    file: PathBuf,
+    shape: Shape,
+    policy: SchemaPolicy,
+    /// Declared columns by the path they are filled from.
+    columns: BTreeMap<String, String>,
+    /// Changes already journaled by this process (a frozen change is reported once).
+    reported: BTreeSet<String>,
+}
+
+/// Why the schema file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {why}")]
+pub struct Error {
+    path: String,
+    why: String,
+}
+
+impl Schema {
+    /// Where `stream`'s shape is kept under the state directory `root`.
+    pub fn file(root: &Path, sync: &str, stream: &str) -> PathBuf {
+        root.join("schema")
+            .join(sync)
+            .join(format!("{stream}.json"))
+    }
+
+    /// The shape kept in `file` (empty when there is none yet).
+    pub fn read(file: &Path) -> Result<Shape, Error> {
+        let error = |why: String| Error {
+            path: file.display().to_string(),
+            why,
+        };
+        match std::fs::read(file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                error(format!(
+                    "unreadable schema ({e}); remove the file to observe the stream afresh"
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Shape::default()),
+            Err(e) => Err(error(e.to_string())),
+        }
+    }
+
+    /// The schema of `stream` (`columns` its declared columns), kept in `file`.
+    pub fn open(
+        file: PathBuf,
+        policy: SchemaPolicy,
+        columns: &BTreeMap<String, ColumnSpec>,
+    ) -> Result<Schema, Error> {
+        let shape = Schema::read(&file)?;
+        let columns = columns
+            .iter()
+            .map(|(name, spec)| match spec {
+                ColumnSpec::Type(_) => (name.clone(), name.clone()),
+                ColumnSpec::Full { path, .. } => (path.clone(), name.clone()),
+            })
+            .collect();
+        Ok(Schema {
+            file,
+            shape,
+            policy,
+            columns,
+            reported: BTreeSet::new(),
+        })
+    }
+
+    /// Compares page `page`'s records with the shape and applies the policy: the changes
+    /// to journal (a frozen one once per process), and whether the page is refused. The
+    /// shape and its history are saved when something changed, and on the run's last page
+    /// (`last`: when each field was last seen).
+    pub fn observe(
+        &mut self,
+        page: u64,
+        records: &[String],
+        at: Timestamp,
+        last: bool,
+    ) -> Result<(Vec<FieldChange>, bool), Error> {
+        let (mut changes, seen, n) = self.shape.compare(records);
+        for change in &mut changes {
+            change.column = self.columns.get(&change.path).cloned();
+        }
+        let action = match (changes.is_empty(), self.policy) {
+            (true, _) | (false, SchemaPolicy::Evolve) => "evolved",
+            (false, SchemaPolicy::Freeze) => "frozen",
+            (false, SchemaPolicy::Fail) => "refused",
+        };
+        // The first page of a stream is its shape; a frozen or failing stream keeps it.
+        if action == "evolved" {
+            self.shape.take(seen, n, at);
+        }
+        let before = self.shape.history.len();
+        for change in &changes {
+            let known = self
+                .shape
+                .history
+                .iter()
+                .any(|c| c.action == action && action != "evolved" && c.change == *change);
+            if !known {
+                self.shape.history.push(Change {
+                    at,
+                    page,
+                    change: change.clone(),
+                    action: action.into(),
+                });
+            }
+        }
+        let overflow = self.shape.history.len().saturating_sub(MAX_HISTORY);
+        self.shape.history.drain(..overflow);
+        if self.shape.history.len() != before || last || (n > 0 && self.shape.records == n) {
+            self.save()?;
+        }
+        let refused = action == "refused";
+        if action == "frozen" {
+            changes.retain(|c| self.reported.insert(c.to_string()));
+        }
+        Ok((changes, refused))
+    }
+
+    /// Replaces the file (written aside, renamed).
+    fn save(&self) -> Result<(), Error> {
+        let error = |e: std::io::Error| Error {
+            path: self.file.display().to_string(),
+            why: e.to_string(),
+        };
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir).map_err(error)?;
+        }
+        let tmp = self.file.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&self.shape).map_err(|e| Error {
+            path: self.file.display().to_string(),
+            why: e.to_string(),
+        })?;
+        std::fs::write(&tmp, bytes).map_err(error)?;
+        std::fs::rename(&tmp, &self.file).map_err(error)
+    }
+}
+
+/// A frozen stream's shape, for its destination: a record with a field the shape does not
+/// have, or a value of a type it does not have, is refused (dead-lettered) with the reason.
+#[derive(Clone, Debug)]
+pub struct Frozen {
+    fields: BTreeMap<String, u8>,
+}
+
+impl Frozen {
+    /// The shape kept in `file`; `None` while nothing was observed (the first page is the
+    /// shape).
+    pub fn open(file: &Path) -> Result<Option<Frozen>, Error> {
+        let shape = Schema::read(file)?;
+        Ok((shape.records > 0).then(|| Frozen {
+            fields: shape
+                .fields
+                .iter()
+                .map(|(path, f)| (path.clone(), bits(&f.types)))
+                .collect(),
+        }))
+    }
+
+    /// Why `record` does not fit the frozen shape (each misfit, in record order, the
+    /// outermost of an unknown object only), if it does not.
+    pub fn misfit(&self, record: &str) -> Option<String> {
+        let fields = Fields::parse(record).ok()?;
+        let mut path = String::with_capacity(64);
+        let mut why: Vec<String> = Vec::new();
+        let mut unknown = BTreeSet::new();
+        for (name, value) in fields.entries() {
+            path.clear();
+            path.push_str(name);
+            walk(value, &mut path, 1, &mut |p, kind| {
+                if self.fields.len() >= MAX_FIELDS || under(p, &unknown) {
+                    return;
+                }
+                match (self.fields.get(p), kind) {
+                    (None, _) => {
+                        why.push(format!("unknown field `{p}`"));
+                        unknown.insert(p.to_string());
+                    }
+                    (Some(known), Some(bit)) if known & bit == 0 => why.push(format!(
+                        "field `{p}` is {} (the frozen schema has {})",
+                        names(bit),
+                        names(*known)
+                    )),
+                    _ => {}
+                }
+            });
+        }
+        (!why.is_empty()).then(|| format!("{} (schema_policy = \"freeze\")", why.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema(dir: &Path, policy: SchemaPolicy) -> Schema {
+        Schema::open(dir.join("s.json"), policy, &BTreeMap::new()).unwrap()
+    }
+
+    fn texts(changes: &[FieldChange]) -> Vec<String> {
+        changes.iter().map(ToString::to_string).collect()
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("waymark-schema-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn new_gone_and_retyped_fields_are_found_once() {
+        let dir = dir("evolve");
+        let mut s = schema(&dir, SchemaPolicy::Evolve);
+        let first = [
+            r#"{"id":1,"total":5,"note":"a","ship":{"city":"Lyon"},"items":[{"sku":"x"}]}"#
+                .to_string(),
+            r#"{"id":2,"total":7,"note":null,"ship":{"city":"Gent"},"items":[]}"#.to_string(),
+        ];
+        let (changes, refused) = s.observe(1, &first, Timestamp(1), false).unwrap();
+        assert!(
+            changes.is_empty() && !refused,
+            "the first page is the shape"
+        );
+        let drifted = [
+            r#"{"id":3,"total":"9.50","ship":{"city":"Cork","zip":"T12"},"items":[{"sku":"y","qty":2}],"priority":{"level":1}}"#.to_string(),
+        ];
+        let (changes, _) = s.observe(2, &drifted, Timestamp(2), false).unwrap();
+        assert_eq!(
+            texts(&changes),
+            [
+                "new field `items[].qty` (integer)",
+                "new field `priority` (object)",
+                "new field `ship.zip` (string)",
+                "field `total`: integer → integer|string",
+                "field `note` gone (was string)",
+            ]
+        );
+        // Evolved: the same shape again is no change, and the file holds it.
+        let (changes, _) = s.observe(3, &drifted, Timestamp(3), true).unwrap();
+        assert!(changes.is_empty(), "{:?}", texts(&changes));
+        let kept = Schema::read(&dir.join("s.json")).unwrap();
+        assert_eq!(kept.records, 4);
+        assert_eq!(kept.history.len(), 5);
+        assert_eq!(kept.fields["total"].types, ["integer", "string"]);
+        assert!(!kept.fields["note"].required && kept.fields["id"].required);
+        assert!(kept.fields["note"].nullable);
+    }
+}
