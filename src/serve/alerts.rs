@@ -106,6 +106,12 @@ pub fn healths(
                 health: "dead-letters".into(),
                 reason: format!("{letters} dead letters (limit {limit})"),
             }
+        } else if line["health"] == "schema_changed" {
+            // Healthy, but said once: the records changed shape in the last run.
+            Health {
+                health: "schema_changed".into(),
+                reason: line["reason"].as_str().unwrap_or("").to_string(),
+            }
         } else {
             Health::ok()
         };
@@ -399,6 +405,21 @@ mod tests {
             back[0].text(),
             "waymark: s/a recovered (was stalled: stalled reason)"
         );
+    }
+
+    #[test]
+    fn a_schema_change_is_said_once_and_settles_with_the_next_run() {
+        let limit = |_: &str| Some(100);
+        let none = BTreeMap::new();
+        let ok = healths(&[line("a", "ok", false, 0)], &none, limit);
+        let changed = healths(&[line("a", "schema_changed", false, 0)], &none, limit);
+        let sent = transitions(&ok, &changed);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0].text(),
+            "waymark: s/a is schema_changed: schema_changed reason"
+        );
+        assert_eq!(transitions(&changed, &ok).len(), 1);
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub async fn reconcile(
     let mut comparison = Comparison::create(&scratch, binding.clone(), scope.clone())?;
     // The source up to now: a record updated since the watermark is still found (and not
     // taken for a deletion); only those at or before the watermark must be synced.
-    let mut source = invocation.source(workflow, stream).await?;
+    let mut source = invocation.source(workflow, stream).await?.unobserved();
     let window = Window {
         start: scope.start,
         end: now,

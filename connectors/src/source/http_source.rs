@@ -165,6 +165,17 @@ impl HttpSource {
         }
     }
 
+    /// Reads without observing the records' schema (a reconciliation, not a run).
+    pub fn unobserved(self) -> Self {
+        if let Some(schema) = &self.schema {
+            schema
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .turn_off();
+        }
+        self
+    }
+
     /// Keeps the ETags this run saw for the next run's conditional requests: only once
     /// the run completed (every page it read was written).
     pub fn keep_etags(&mut self) -> std::io::Result<()> {

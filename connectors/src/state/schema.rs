@@ -157,34 +157,232 @@ fn walk(raw: &RawValue, path: &mut String, depth: usize, visit: &mut dyn FnMut(&
     }
 }
 
-/// A page's paths, in path order, and how many records it has.
-fn page_shape(records: &[String]) -> (BTreeMap<String, Seen>, u64) {
-    let mut seen: HashMap<String, Seen> = HashMap::new();
+/// One record's paths: each with its types, whether it was null, and whether it is a
+/// top-level field.
+type Paths = Vec<(String, u8, bool, bool)>;
+
+/// The paths of `record` (none when it is not a JSON object).
+fn record_paths(record: &str) -> Paths {
+    let Ok(fields) = Fields::parse(record) else {
+        return Vec::new();
+    };
+    let mut found: BTreeMap<String, (u8, bool, bool)> = BTreeMap::new();
     let mut path = String::with_capacity(64);
-    for record in records {
-        let Ok(fields) = Fields::parse(record) else {
-            continue;
+    for (name, value) in fields.entries() {
+        path.clear();
+        path.push_str(name);
+        walk(value, &mut path, 1, &mut |p, kind| {
+            let top = !p.contains(['.', '[']);
+            let entry = match found.get_mut(p) {
+                Some(entry) => entry,
+                None => found.entry(p.to_string()).or_insert((0, false, top)),
+            };
+            match kind {
+                Some(bit) => entry.0 |= bit,
+                None => entry.1 = true,
+            }
+        });
+    }
+    found
+        .into_iter()
+        .map(|(p, (types, null, top))| (p, types, null, top))
+        .collect()
+}
+
+/// The paths of record structures already walked, by [`structure`] (most pages repeat a
+/// handful of structures: a record of a known one costs one scan of its bytes).
+#[derive(Default)]
+struct Structures(HashMap<u64, Paths>);
+
+/// Structures kept at most (a stream of ever-new structures walks every record).
+const MAX_STRUCTURES: usize = 512;
+
+impl Structures {
+    /// A page's paths, in path order, and how many records it has.
+    fn page(&mut self, records: &[String]) -> (BTreeMap<String, Seen>, u64) {
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+        for record in records {
+            match structure(record.as_bytes()) {
+                Some(hash) => {
+                    if !self.0.contains_key(&hash) {
+                        if self.0.len() >= MAX_STRUCTURES {
+                            // The records counted so far first, then room.
+                            for (hash, n) in counts.drain() {
+                                if let Some(paths) = self.0.get(&hash) {
+                                    add(&mut seen, paths, n);
+                                }
+                            }
+                            self.0.clear();
+                        }
+                        self.0.insert(hash, record_paths(record));
+                    }
+                    *counts.entry(hash).or_default() += 1;
+                }
+                None => add(&mut seen, &record_paths(record), 1),
+            }
+        }
+        for (hash, n) in counts {
+            if let Some(paths) = self.0.get(&hash) {
+                add(&mut seen, paths, n);
+            }
+        }
+        (seen, records.len() as u64)
+    }
+}
+
+/// Adds `n` records of `paths` to `seen`.
+fn add(seen: &mut BTreeMap<String, Seen>, paths: &Paths, n: u64) {
+    for (path, types, null, top) in paths {
+        let entry = match seen.get_mut(path) {
+            Some(entry) => entry,
+            None => seen.entry(path.clone()).or_default(),
         };
-        for (name, value) in fields.entries() {
-            path.clear();
-            path.push_str(name);
-            walk(value, &mut path, 1, &mut |p, kind| {
-                let top = !p.contains(['.', '[']);
-                let entry = match seen.get_mut(p) {
-                    Some(entry) => entry,
-                    None => seen.entry(p.to_string()).or_default(),
-                };
-                match kind {
-                    Some(bit) => entry.types |= bit,
-                    None => entry.null = true,
-                }
-                if top {
-                    entry.records += 1;
-                }
-            });
+        entry.types |= types;
+        entry.null |= null;
+        if *top {
+            entry.records += n;
         }
     }
-    (seen.into_iter().collect(), records.len() as u64)
+}
+
+/// A hash of a JSON value's structure: its keys, in order, and each value's type, the
+/// elements of an array with consecutive equal structures counted once (`[{a},{a}]` is
+/// `[{a}]`); string contents and numbers' digits are skipped. `None` when it is not JSON
+/// (or nests deeper than 64).
+fn structure(bytes: &[u8]) -> Option<u64> {
+    let mut scan = Scan { bytes, at: 0 };
+    let hash = scan.value(0)?;
+    scan.space();
+    (scan.at == bytes.len()).then_some(hash)
+}
+
+struct Scan<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+const FNV: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(hash: u64, byte: u8) -> u64 {
+    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+}
+
+fn fnv_u64(hash: u64, value: u64) -> u64 {
+    value.to_le_bytes().iter().fold(hash, |h, b| fnv(h, *b))
+}
+
+impl Scan<'_> {
+    fn space(&mut self) {
+        while self
+            .bytes
+            .get(self.at)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        {
+            self.at += 1;
+        }
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        self.space();
+        let byte = *self.bytes.get(self.at)?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    /// Skips a string's body (after its opening quote); the bytes it spans.
+    fn string(&mut self) -> Option<std::ops::Range<usize>> {
+        let start = self.at;
+        loop {
+            match self.bytes.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(start..self.at - 1);
+                }
+                b'\\' => self.at += 2,
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Option<u64> {
+        if depth > 64 {
+            return None;
+        }
+        match self.next()? {
+            b'{' => {
+                let mut hash = fnv(FNV, b'{');
+                self.space();
+                if self.bytes.get(self.at) == Some(&b'}') {
+                    self.at += 1;
+                    return Some(fnv(hash, b'}'));
+                }
+                loop {
+                    if self.next()? != b'"' {
+                        return None;
+                    }
+                    let key = self.string()?;
+                    hash = self.bytes[key]
+                        .iter()
+                        .fold(fnv(hash, b'"'), |h, b| fnv(h, *b));
+                    if self.next()? != b':' {
+                        return None;
+                    }
+                    hash = fnv_u64(fnv(hash, b':'), self.value(depth + 1)?);
+                    match self.next()? {
+                        b',' => continue,
+                        b'}' => return Some(fnv(hash, b'}')),
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                let mut hash = fnv(FNV, b'[');
+                self.space();
+                if self.bytes.get(self.at) == Some(&b']') {
+                    self.at += 1;
+                    return Some(fnv(hash, b']'));
+                }
+                let mut previous = None;
+                loop {
+                    let item = self.value(depth + 1)?;
+                    if previous != Some(item) {
+                        hash = fnv_u64(hash, item);
+                        previous = Some(item);
+                    }
+                    match self.next()? {
+                        b',' => continue,
+                        b']' => return Some(fnv(hash, b']')),
+                        _ => return None,
+                    }
+                }
+            }
+            b'"' => {
+                self.string()?;
+                Some(fnv(FNV, b's'))
+            }
+            b't' | b'f' | b'n' => {
+                let null = self.bytes[self.at - 1] == b'n';
+                while self.bytes.get(self.at).is_some_and(u8::is_ascii_alphabetic) {
+                    self.at += 1;
+                }
+                Some(fnv(FNV, if null { b'n' } else { b'b' }))
+            }
+            b'-' | b'0'..=b'9' => {
+                let mut float = false;
+                while let Some(b) = self.bytes.get(self.at) {
+                    match b {
+                        b'0'..=b'9' | b'-' | b'+' => {}
+                        b'.' | b'e' | b'E' => float = true,
+                        _ => break,
+                    }
+                    self.at += 1;
+                }
+                Some(fnv(FNV, if float { b'f' } else { b'i' }))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Whether `path` lies under one of `paths` (`a.b` and `a[].b` under `a`).
@@ -199,8 +397,12 @@ impl Shape {
     /// How `page` differs from the shape: new paths (only the outermost of a new object),
     /// new types of known paths, and top-level fields every record had that a record of
     /// the page lacks. The page's shape comes along, to be taken in.
-    fn compare(&self, records: &[String]) -> (Vec<FieldChange>, BTreeMap<String, Seen>, u64) {
-        let (page, n) = page_shape(records);
+    fn compare(
+        &self,
+        structures: &mut Structures,
+        records: &[String],
+    ) -> (Vec<FieldChange>, BTreeMap<String, Seen>, u64) {
+        let (page, n) = structures.page(records);
         let mut changes = Vec::new();
         if self.records == 0 {
             return (changes, page, n);
@@ -303,6 +505,9 @@ pub struct Schema {
     columns: BTreeMap<String, String>,
     /// Changes already journaled by this process (a frozen change is reported once).
     reported: BTreeSet<String>,
+    /// Reads that are not the stream's runs (a reconciliation) observe nothing.
+    off: bool,
+    structures: Structures,
 }
 
 /// Why the schema file cannot be used.
@@ -358,7 +563,14 @@ impl Schema {
             policy,
             columns,
             reported: BTreeSet::new(),
+            off: false,
+            structures: Structures::default(),
         })
+    }
+
+    /// Observes nothing from now on: the reads are not the stream's runs.
+    pub fn turn_off(&mut self) {
+        self.off = true;
     }
 
     /// Compares page `page`'s records with the shape and applies the policy: the changes
@@ -372,7 +584,10 @@ impl Schema {
         at: Timestamp,
         last: bool,
     ) -> Result<(Vec<FieldChange>, bool), Error> {
-        let (mut changes, seen, n) = self.shape.compare(records);
+        if self.off {
+            return Ok((Vec::new(), false));
+        }
+        let (mut changes, seen, n) = self.shape.compare(&mut self.structures, records);
         for change in &mut changes {
             change.column = self.columns.get(&change.path).cloned();
         }
@@ -503,6 +718,49 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn structures_ignore_values_and_repeated_elements_but_not_keys_or_types() {
+        let s = |t: &str| structure(t.as_bytes()).unwrap();
+        let a = s(r#"{"id":1,"n":"x","items":[{"k":"a"},{"k":"b"}],"e":{}}"#);
+        assert_eq!(
+            a,
+            s(r#" { "id" : 22 , "n":"y\"z","items":[{"k":"c"}],"e":{} } "#)
+        );
+        assert_ne!(a, s(r#"{"id":1.5,"n":"x","items":[{"k":"a"}],"e":{}}"#));
+        assert_ne!(a, s(r#"{"id":1,"n":null,"items":[{"k":"a"}],"e":{}}"#));
+        assert_ne!(a, s(r#"{"id":1,"m":"x","items":[{"k":"a"}],"e":{}}"#));
+        assert_ne!(a, s(r#"{"id":1,"n":"x","items":[{"k":1}],"e":{}}"#));
+        for broken in [r#"{"id":1"#, r#"{"id" 1}"#, "[1,]x", r#"{"a":tru"#] {
+            let _ = structure(broken.as_bytes());
+        }
+        assert_eq!(structure(br#"{"id":1} x"#), None);
+    }
+
+    #[test]
+    fn a_page_of_known_structures_counts_like_one_walked_record_by_record() {
+        let records: Vec<String> = (0..40)
+            .map(|i| match i % 3 {
+                0 => format!(r#"{{"id":{i},"a":{{"b":[{{"c":1}}]}}}}"#),
+                1 => format!(r#"{{"id":{i},"a":null,"d":"x"}}"#),
+                _ => format!(r#"{{"id":{i},"a":{{"b":[]}}}}"#),
+            })
+            .collect();
+        let mut structures = Structures::default();
+        let (cached, n) = structures.page(&records);
+        let mut walked: BTreeMap<String, Seen> = BTreeMap::new();
+        for r in &records {
+            add(&mut walked, &record_paths(r), 1);
+        }
+        assert_eq!(n, 40);
+        let view = |m: &BTreeMap<String, Seen>| -> Vec<(String, u8, bool, u64)> {
+            m.iter()
+                .map(|(p, s)| (p.clone(), s.types, s.null, s.records))
+                .collect()
+        };
+        assert_eq!(view(&cached), view(&walked));
+        assert_eq!(structures.0.len(), 3);
     }
 
     #[test]
