@@ -51,6 +51,15 @@ fn files(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     Ok(out)
 }
 
+/// The exchange files among `files`, parsed.
+fn exchanges(files: &[(PathBuf, String)]) -> Result<Vec<serde_json::Value>> {
+    Ok(files
+        .iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "json"))
+        .map(|(_, t)| serde_json::from_str(t))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 /// Rows with `field` taken out of every record.
 fn without(
     rows: &std::collections::BTreeMap<String, serde_json::Value>,
@@ -154,11 +163,7 @@ fn recorded_runs_replay_offline_into_the_same_destination_with_secrets_scrubbed(
     let manifest = std::fs::read_to_string(fx.join("fixtures.toml"))?;
     assert_eq!(manifest.matches("[[run]]").count(), 3, "{manifest}");
     let all = files(&fx)?;
-    let exchanges: Vec<serde_json::Value> = all
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "json"))
-        .map(|(_, t)| serde_json::from_str(t))
-        .collect::<std::result::Result<_, _>>()?;
+    let exchanges = exchanges(&all)?;
     let throttled = exchanges
         .iter()
         .filter(|e| e["response"]["status"] == 429)
@@ -417,11 +422,7 @@ fn a_workflow_writing_into_an_api_records_and_replays_both_apis() -> Result {
         "{manifest}"
     );
     let all = files(&fx)?;
-    let exchanges: Vec<serde_json::Value> = all
-        .iter()
-        .filter(|(p, _)| p.extension().is_some_and(|e| e == "json"))
-        .map(|(_, t)| serde_json::from_str(t))
-        .collect::<std::result::Result<_, _>>()?;
+    let exchanges = exchanges(&all)?;
     let sent = |method: &str| {
         exchanges
             .iter()

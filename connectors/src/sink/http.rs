@@ -1,7 +1,9 @@
 //! The HTTP destination (API to API, e.g. into a CRM): per record, find the destination's
 //! record (from the key → id map, else by searching for the source key), then update it,
 //! else create it — with an `Idempotency-Key` derived from `(stream, key, version)`, so a
-//! retried or replayed request never makes a second record.
+//! retried or replayed request never makes a second record. Each stream has its own
+//! endpoints ([`HttpTarget`]) and, with a body mapping, sends the body [`body`] renders,
+//! the ids of linked records looked up first.
 //!
 //! The key → (id, version, record) map and the stream's checkpoint are kept together in the
 //! state directory (`http_ids/<sync>/<table>.json`, replaced atomically after each page),
@@ -150,6 +152,13 @@ fn found(
 }
 
 impl Mapping {
+    /// Each key's destination id (deleted ones have none).
+    fn ids(self) -> impl Iterator<Item = (String, String)> {
+        self.records
+            .into_iter()
+            .filter_map(|(key, known)| Some((key, known.id?)))
+    }
+
     /// The map saved in `file` (empty when there is none yet).
     fn read(file: &Path) -> Result<Mapping, destination::Error> {
         match std::fs::read(file) {
@@ -199,11 +208,7 @@ impl HttpDestination {
         for (_, stream, _) in target.body.iter().flat_map(|b| b.links("")) {
             if stream != binding.table && !related.contains_key(stream) {
                 let file = map_file(state_dir, &binding.sync, stream);
-                let ids = Mapping::read(&file)?
-                    .records
-                    .into_iter()
-                    .filter_map(|(key, known)| Some((key, known.id?)))
-                    .collect();
+                let ids = Mapping::read(&file)?.ids().collect();
                 let target = target_of(workflow, stream)?;
                 let absent = Default::default();
                 let ids = Related {
@@ -354,13 +359,7 @@ impl HttpDestination {
                     None => self.mapping.records.get(&key).and_then(|k| k.id.clone()),
                     Some(related) => {
                         if !related.ids.contains_key(&key) && reread.insert(stream.clone()) {
-                            let fresh = Mapping::read(&related.file)?;
-                            related.ids.extend(
-                                fresh
-                                    .records
-                                    .into_iter()
-                                    .filter_map(|(key, known)| Some((key, known.id?))),
-                            );
+                            related.ids.extend(Mapping::read(&related.file)?.ids());
                         }
                         match related.ids.get(&key) {
                             Some(id) => Some(id.clone()),

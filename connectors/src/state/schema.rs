@@ -8,6 +8,7 @@
 //! it (`freeze`: such records are dead-lettered by [`Frozen`]) or refuses (`fail`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -192,7 +193,25 @@ fn record_paths(record: &str) -> Paths {
 /// The paths of record structures already walked, by [`structure`] (most pages repeat a
 /// handful of structures: a record of a known one costs one scan of its bytes).
 #[derive(Default)]
-struct Structures(HashMap<u64, Paths>);
+struct Structures(HashMap<u64, Paths, BuildHasherDefault<Hashed>>);
+
+/// A hasher for keys that are hashes already.
+#[derive(Default)]
+struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, b| fnv(h, *b));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
 
 /// Structures kept at most (a stream of ever-new structures walks every record).
 const MAX_STRUCTURES: usize = 512;
@@ -200,7 +219,8 @@ const MAX_STRUCTURES: usize = 512;
 impl Structures {
     /// A page's paths, in path order, and how many records it has.
     fn page(&mut self, records: &[String]) -> (BTreeMap<String, Seen>, u64) {
-        let mut counts: HashMap<u64, u64> = HashMap::new();
+        // A page has a handful of structures: a list beats a map.
+        let mut counts: Vec<(u64, u64)> = Vec::new();
         let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
         for record in records {
             match structure(record.as_bytes()) {
@@ -208,7 +228,7 @@ impl Structures {
                     if !self.0.contains_key(&hash) {
                         if self.0.len() >= MAX_STRUCTURES {
                             // The records counted so far first, then room.
-                            for (hash, n) in counts.drain() {
+                            for (hash, n) in counts.drain(..) {
                                 if let Some(paths) = self.0.get(&hash) {
                                     add(&mut seen, paths, n);
                                 }
@@ -217,7 +237,10 @@ impl Structures {
                         }
                         self.0.insert(hash, record_paths(record));
                     }
-                    *counts.entry(hash).or_default() += 1;
+                    match counts.iter_mut().find(|(h, _)| *h == hash) {
+                        Some((_, n)) => *n += 1,
+                        None => counts.push((hash, 1)),
+                    }
                 }
                 None => add(&mut seen, &record_paths(record), 1),
             }
@@ -294,14 +317,13 @@ impl Scan<'_> {
     fn string(&mut self) -> Option<std::ops::Range<usize>> {
         let start = self.at;
         loop {
-            match self.bytes.get(self.at)? {
-                b'"' => {
-                    self.at += 1;
-                    return Some(start..self.at - 1);
-                }
-                b'\\' => self.at += 2,
-                _ => self.at += 1,
+            let rest = self.bytes.get(self.at..)?;
+            self.at += rest.iter().position(|b| matches!(b, b'"' | b'\\'))?;
+            if self.bytes[self.at] == b'"' {
+                self.at += 1;
+                return Some(start..self.at - 1);
             }
+            self.at += 2;
         }
     }
 
