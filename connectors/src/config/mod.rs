@@ -74,9 +74,9 @@ pub use source::{
 pub use span::Span;
 pub use stream::{
     initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
-    ReconcileSection, SchemaPolicy, StreamSection, TimeFormat, WindowSection, WindowStart,
-    RESERVED,
+    ReconcileSection, SchemaPolicy, StreamSection, WindowSection, WindowStart, RESERVED,
 };
+pub use template::TimeFormat;
 pub use tenants::{split_tenant, Tenant, TenantsSection};
 pub use url::http_url;
 pub use webhook::{ApplyMode, HmacEncoding, HmacSection, SchemeName, WebhookSection};

@@ -14,6 +14,7 @@ use super::http::ResponseRule;
 use super::schedule::ScheduleSection;
 use super::source::{Method, Pagination};
 use super::span::Span;
+use super::template::TimeFormat;
 use super::webhook::WebhookSection;
 
 /// A primary key: one dotted path, or several (a composite key).
@@ -109,33 +110,6 @@ impl From<WindowStart> for waymark_engine::window::Start {
         match start {
             WindowStart::Watermark => Self::Watermark,
             WindowStart::MaxSeen => Self::MaxSeen,
-        }
-    }
-}
-
-/// How a time is written in a request.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeFormat {
-    /// `2026-01-01T00:00:00.000Z`
-    #[default]
-    Rfc3339,
-    /// Unix seconds.
-    Unix,
-    /// Unix milliseconds.
-    UnixMs,
-    /// `2026-01-01` (the day containing the instant, UTC).
-    Date,
-}
-
-impl TimeFormat {
-    /// `t` written in this format.
-    pub fn format(self, t: Timestamp) -> String {
-        match self {
-            TimeFormat::Rfc3339 => t.to_string(),
-            TimeFormat::Unix => (t.0 / 1000).to_string(),
-            TimeFormat::UnixMs => t.0.to_string(),
-            TimeFormat::Date => t.to_string().chars().take(10).collect(),
         }
     }
 }

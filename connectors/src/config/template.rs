@@ -1,9 +1,37 @@
 //! The placeholder syntax of request templates (`{window.start|unix}`, `{cursor}`,
 //! `{parent.<path>}`), checked when the file is loaded; rendering is the source's.
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use waymark_engine::Timestamp;
 
-use super::stream::TimeFormat;
+/// How a time is written in a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// `2026-01-01T00:00:00.000Z`
+    #[default]
+    Rfc3339,
+    /// Unix seconds.
+    Unix,
+    /// Unix milliseconds.
+    UnixMs,
+    /// `2026-01-01` (the day containing the instant, UTC).
+    Date,
+}
+
+impl TimeFormat {
+    /// `t` written in this format.
+    pub fn format(self, t: Timestamp) -> String {
+        match self {
+            TimeFormat::Rfc3339 => t.to_string(),
+            TimeFormat::Unix => (t.0 / 1000).to_string(),
+            TimeFormat::UnixMs => t.0.to_string(),
+            TimeFormat::Date => t.to_string().chars().take(10).collect(),
+        }
+    }
+}
 
 pub(crate) fn format_of(name: &str) -> Result<TimeFormat, String> {
     serde_json::from_value(Value::String(name.to_string()))
