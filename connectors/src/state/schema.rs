@@ -58,15 +58,20 @@ fn kind(raw: &RawValue) -> Option<u8> {
 
 /// `integer|string`.
 pub fn names(types: u8) -> String {
-    let names: Vec<&str> = NAMES
-        .iter()
-        .filter(|(bit, _)| types & bit != 0)
-        .map(|(_, name)| *name)
-        .collect();
+    let names = names_list(types);
     match names.is_empty() {
         true => "null".into(),
         false => names.join("|"),
     }
+}
+
+/// The names of `types`, in name order.
+fn names_list(types: u8) -> Vec<String> {
+    NAMES
+        .iter()
+        .filter(|(bit, _)| types & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect()
 }
 
 fn bits(names: &[String]) -> u8 {
@@ -510,14 +515,6 @@ impl Shape {
     }
 }
 
-fn names_list(types: u8) -> Vec<String> {
-    NAMES
-        .iter()
-        .filter(|(bit, _)| types & bit != 0)
-        .map(|(_, name)| name.to_string())
-        .collect()
-}
-
 /// A stream's schema as its source observes it, page after page.
 pub struct Schema {
     file: PathBuf,
@@ -652,20 +649,17 @@ impl Schema {
 
     /// Replaces the file (written aside, renamed).
     fn save(&self) -> Result<(), Error> {
-        let error = |e: std::io::Error| Error {
+        let error = |e: &dyn std::fmt::Display| Error {
             path: self.file.display().to_string(),
             why: e.to_string(),
         };
         if let Some(dir) = self.file.parent() {
-            std::fs::create_dir_all(dir).map_err(error)?;
+            std::fs::create_dir_all(dir).map_err(|e| error(&e))?;
         }
         let tmp = self.file.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&self.shape).map_err(|e| Error {
-            path: self.file.display().to_string(),
-            why: e.to_string(),
-        })?;
-        std::fs::write(&tmp, bytes).map_err(error)?;
-        std::fs::rename(&tmp, &self.file).map_err(error)
+        let bytes = serde_json::to_vec_pretty(&self.shape).map_err(|e| error(&e))?;
+        std::fs::write(&tmp, bytes).map_err(|e| error(&e))?;
+        std::fs::rename(&tmp, &self.file).map_err(|e| error(&e))
     }
 }
 
