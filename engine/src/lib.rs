@@ -4,7 +4,9 @@
 //! - [`event`]: the journaled facts of a run ([`Event`]).
 //! - [`state`]: [`RunState`] and the pure fold [`apply`].
 //! - [`decision`]: the pure choice of the next [`Action`] and of retry or failure.
-//! - [`journal`]: events, heads and checkpoints in one ordered key space (sled or memory).
+//! - [`journal`]: each run's events in an append-only log; heads and checkpoints in one
+//!   ordered key space (sled or memory).
+//! - [`durability`]: whether each step waits for the disk or only for the kernel.
 //! - [`staging`]: fetched pages on disk, checksummed, until their cursor is committed.
 //! - [`driver`]: the only I/O: perform the action, journal the event, fold, repeat.
 //! - [`source`], [`destination`]: the traits connectors implement.
@@ -25,6 +27,7 @@ pub mod checkpoint;
 pub mod decision;
 pub mod destination;
 pub mod driver;
+pub mod durability;
 pub mod event;
 pub mod format;
 pub mod journal;
@@ -43,6 +46,7 @@ pub use checkpoint::Checkpoint;
 pub use decision::{decide, Action, Budget, RetryPolicy};
 pub use destination::{Batch, Destination, Preparer};
 pub use driver::{drive, open, Plan, Settings};
+pub use durability::Durability;
 pub use event::{Event, PageFetched, PauseReason, RunStarted, StartFrom, WriteAck};
 pub use journal::Journal;
 pub use lease::Lease;

@@ -18,6 +18,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::durability::Durability;
 use crate::run_id::RunId;
 
 const MAGIC: &[u8; 4] = b"WMPG";
@@ -69,8 +70,8 @@ pub struct Staged {
 #[derive(Debug, Clone)]
 pub struct Staging {
     dir: PathBuf,
-    /// Pages are synced to disk before `stage` returns (off only in the bench-only
-    /// unjournaled mode).
+    /// Pages are synced to disk before `stage` returns (off for a run of `process`
+    /// durability, and in the bench-only unjournaled mode).
     durable: bool,
 }
 
@@ -92,6 +93,14 @@ impl Staging {
         Staging {
             dir: dir.to_path_buf(),
             durable: true,
+        }
+    }
+
+    /// The same staging, its pages synced only if `durability` asks for it.
+    pub fn with_durability(&self, durability: Durability) -> Staging {
+        Staging {
+            dir: self.dir.clone(),
+            durable: self.durable && durability.syncs(),
         }
     }
 

@@ -5,8 +5,42 @@ mod fixture;
 use std::time::Duration;
 
 use fixture::{plan, Harness, MemorySource, NOW};
-use waymark_engine::journal::{Backend, Error, Op};
-use waymark_engine::{Status, Timestamp};
+use waymark_engine::journal::{codec, Backend, Error, MemoryBackend, Op};
+use waymark_engine::{RunId, Status, Timestamp};
+
+type Failure = Box<dyn std::error::Error>;
+
+/// The values of a run log's frames (`[length: u32 LE][value]` each).
+fn frames(backend: &MemoryBackend, run: RunId) -> Result<Vec<Vec<u8>>, Failure> {
+    let bytes = backend.log_read(run)?.ok_or("no log")?;
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let length = u32::from_le_bytes(bytes[at..at + 4].try_into()?) as usize;
+        frames.push(bytes[at + 4..at + 4 + length].to_vec());
+        at += 4 + length;
+    }
+    Ok(frames)
+}
+
+/// Rewrites the run's log with `edit` applied to the value of its `seq`-th frame.
+fn edit_log(
+    backend: &MemoryBackend,
+    run: RunId,
+    seq: usize,
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> Result<(), Failure> {
+    let mut frames = frames(backend, run)?;
+    edit(frames.get_mut(seq - 1).ok_or("no such frame")?);
+    let mut log = Vec::new();
+    for frame in frames {
+        log.extend_from_slice(&u32::try_from(frame.len())?.to_le_bytes());
+        log.extend_from_slice(&frame);
+    }
+    backend.log_remove(run)?;
+    backend.log_append(run, &log)?;
+    Ok(())
+}
 
 fn records(n: u64) -> Vec<(u64, u64)> {
     (1..=n).map(|id| (id, 1)).collect()
@@ -21,15 +55,10 @@ async fn a_damaged_entry_is_named_by_run_and_sequence() -> Result<(), Box<dyn st
     assert!(h.journal.verify()?.damage.is_empty());
 
     // Flip one bit in the value of seq 3 (batch_written).
-    let (key, mut value) = h
-        .backend
-        .scan(b"e")
-        .filter_map(Result::ok)
-        .find(|(k, _)| k.ends_with(&3u64.to_be_bytes()))
-        .ok_or("no seq 3")?;
-    let last = value.len() - 1;
-    value[last] ^= 0x01;
-    h.backend.commit(vec![Op::Put(key, value)])?;
+    edit_log(&h.backend, run, 3, |value| {
+        let last = value.len() - 1;
+        value[last] ^= 0x01;
+    })?;
     let report = h.journal.verify()?;
     assert_eq!(report.damage.len(), 1);
     assert_eq!(report.damage[0].entry, format!("run {run} seq 3"));
@@ -76,14 +105,9 @@ async fn a_future_format_version_is_refused_not_misread() -> Result<(), Box<dyn 
 {
     let mut h = Harness::new("future", MemorySource::new(records(2), 2));
     let state = h.run(&plan()).await?;
-    let (key, mut value) = h
-        .backend
-        .scan(b"e")
-        .filter_map(Result::ok)
-        .next()
-        .ok_or("no event")?;
-    value[1] = waymark_engine::journal::FORMAT_VERSION + 1;
-    h.backend.commit(vec![Op::Put(key, value)])?;
+    edit_log(&h.backend, state.run_id(), 1, |value| {
+        value[1] = waymark_engine::journal::FORMAT_VERSION + 1;
+    })?;
     let err = h
         .journal
         .events(state.run_id())
@@ -188,14 +212,19 @@ async fn a_journal_written_by_earlier_formats_is_read_and_resumed(
         // As that version wrote them: the same events without what came later, and a
         // head of the older layout (version 3's is never decoded: the head is rebuilt from
         // the events).
+        // Each event under its own key, as before run logs.
         let mut ops = Vec::new();
-        let scanned: Vec<_> = h.backend.scan(b"e").collect::<Result<_, _>>()?;
-        assert_eq!(scanned.len(), events.len());
-        for ((key, mut value), (_, event)) in scanned.into_iter().zip(&events) {
+        assert_eq!(frames(&h.backend, run)?.len(), events.len());
+        for (seq, event) in &events {
+            let mut key = vec![b'e'];
+            key.extend_from_slice(run.as_bytes());
+            key.extend_from_slice(&seq.to_be_bytes());
+            let mut value = codec::encode(event);
             let fetched = matches!(event, waymark_engine::Event::PageFetched(_));
             as_version(&mut value, version, fetched);
             ops.push(Op::Put(key, value));
         }
+        h.backend.log_remove(run)?;
         for item in h.backend.scan(b"h") {
             let (key, mut value) = item?;
             as_version(&mut value, version, true);

@@ -139,3 +139,125 @@ proptest! {
         rt.block_on(crashing(n, page_size, &failing, &crashes, max_pages))?;
     }
 }
+
+/// How a `process`-durability run is interrupted.
+#[derive(Clone, Copy, Debug)]
+enum Interruption {
+    /// The process is killed: what it wrote to its run log stays.
+    Kill,
+    /// A power cut: the run log loses what was not synced, and the destination its last
+    /// `n` commits (it does not sync each one either).
+    PowerCut(usize),
+}
+
+fn interruption() -> impl Strategy<Value = Interruption> {
+    prop_oneof![
+        Just(Interruption::Kill),
+        (0usize..4).prop_map(Interruption::PowerCut),
+    ]
+}
+
+/// Under `process` durability: kills anywhere keep the exactly-once guarantees; power cuts
+/// anywhere (the journal losing its unsynced steps, the destination its last commits)
+/// still reach the uninterrupted run's rows, since a run never trusts the journal past the
+/// destination's own checkpoint.
+async fn interrupted_process_runs(
+    n: u64,
+    page_size: usize,
+    crashes: &[(u64, Interruption)],
+    max_pages: Option<u64>,
+    cut_after: Option<usize>,
+) -> Result<(), TestCaseError> {
+    let src = source(n, page_size, &[]);
+    let mut h = Harness::new("model-process", src.clone());
+    h.settings.max_pages = max_pages;
+    let mut plan = plan();
+    plan.durability = waymark_engine::Durability::Process;
+    let mut armed = crashes.iter();
+    let mut next = armed.next();
+    if let Some((k, _)) = next {
+        h.backend.fail_after(*k);
+    }
+    let mut cut = false;
+    let mut final_state = None;
+    for _ in 0..1000 {
+        match h.run(&plan).await {
+            Err(_) => {
+                match next.map(|(_, how)| *how) {
+                    Some(Interruption::PowerCut(lost)) => {
+                        cut = true;
+                        h.destination.state().lose(lost);
+                        h.crash();
+                    }
+                    _ => h.kill(),
+                }
+                next = armed.next();
+                if let Some((k, _)) = next {
+                    h.backend.fail_after(*k);
+                }
+            }
+            Ok(state) if state.status == Status::Completed => {
+                final_state = Some(state);
+                // A power cut after the run completed: its end is synced in the journal,
+                // the destination's last commits need not be.
+                match (cut, cut_after) {
+                    (false, Some(lost)) => {
+                        cut = true;
+                        h.destination.state().lose(lost);
+                        h.crash();
+                    }
+                    _ => break,
+                }
+            }
+            Ok(state) => prop_assert!(
+                matches!(state.status, Status::Paused(_)),
+                "{:?}",
+                state.status
+            ),
+        }
+    }
+    h.backend.heal();
+    let state = final_state.ok_or_else(|| TestCaseError::fail("never completed"))?;
+    let expected = uninterrupted(n, page_size, &[]).await;
+    prop_assert_eq!(&h.destination.state().rows, &expected.rows);
+    let ours = h.journal.checkpoint("shop", "orders")?;
+    prop_assert_eq!(
+        ours.as_ref().map(|c| (&c.cursor, c.complete)),
+        expected
+            .checkpoint
+            .as_ref()
+            .map(|c| (&c.cursor, c.complete))
+    );
+    if !cut {
+        // Kills only: every page of the completed run written once, as with `power-loss`.
+        prop_assert_eq!(comparable(ours), expected.checkpoint);
+        let d = h.destination.state();
+        for page in 1..=state.committed_page {
+            let real = d
+                .writes
+                .iter()
+                .filter(|(run, p, replayed)| *run == state.run_id() && *p == page && !replayed)
+                .count();
+            prop_assert_eq!(real, 1, "page {}", page);
+        }
+    }
+    let report = h.journal.verify()?;
+    prop_assert!(report.damage.is_empty(), "{:?}", report.damage);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn under_process_durability_kills_and_power_cuts_anywhere_lose_nothing(
+        n in 0u64..40,
+        page_size in 1usize..7,
+        crashes in proptest::collection::vec((0u64..30, interruption()), 1..4),
+        max_pages in proptest::option::of(1u64..4),
+        cut_after in proptest::option::of(0usize..4),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+        rt.block_on(interrupted_process_runs(n, page_size, &crashes, max_pages, cut_after))?;
+    }
+}

@@ -34,6 +34,31 @@ pub struct SyncSection {
     pub audit_keep: Span,
     /// When `waymark serve` runs the streams without a schedule of their own.
     pub schedule: Option<ScheduleSection>,
+    /// What each step of a run survives: `"power-loss"` (the default: every step synced
+    /// to disk) or `"process"` (kills and crashes of Waymark, not a power cut).
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// `[sync] durability`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// Every step on disk before the next (`fdatasync`; SQLite `synchronous=FULL`).
+    #[default]
+    PowerLoss,
+    /// Every step handed to the kernel before the next, without waiting for the disk
+    /// (SQLite `synchronous=NORMAL`, PostgreSQL `synchronous_commit=off`).
+    Process,
+}
+
+impl From<Durability> for waymark_engine::Durability {
+    fn from(durability: Durability) -> Self {
+        match durability {
+            Durability::PowerLoss => Self::PowerLoss,
+            Durability::Process => Self::Process,
+        }
+    }
 }
 
 fn default_audit_keep() -> Span {

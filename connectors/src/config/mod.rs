@@ -58,7 +58,7 @@ pub use destination::{
 };
 pub use env::expand_env;
 pub use error::Error;
-pub use file::{schema, File, SyncSection};
+pub use file::{schema, Durability, File, SyncSection};
 pub use filter::RecordFilter;
 pub use http::{
     Action, AuthSection, ClientAuth, FromEnv, HeaderMatch, KeyIn, RateLimit, ResponseRule, Setting,

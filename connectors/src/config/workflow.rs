@@ -232,6 +232,11 @@ impl Workflow {
         Cadence::new(section, &format!("{}/{}", self.file.sync.name, stream.name)).ok()
     }
 
+    /// What each step of the sync's runs survives (`[sync] durability`).
+    pub fn durability(&self) -> waymark_engine::Durability {
+        self.file.sync.durability.into()
+    }
+
     /// How long the audit index keeps what it noted (zero: no index).
     pub fn audit_keep(&self) -> Duration {
         self.file.sync.audit_keep.0
@@ -381,6 +386,7 @@ impl Workflow {
             },
             fresh,
             lease: None,
+            durability: self.durability(),
         }
     }
 }

@@ -52,12 +52,14 @@ impl AnyDestination {
         Ok(match d.kind {
             DestinationKind::Sqlite => {
                 let path = workflow.destination_path();
-                let store = SqliteStore::open(&path, &binding, d.busy_timeout.0)?;
+                let store =
+                    SqliteStore::open(&path, &binding, d.busy_timeout.0, workflow.durability())?;
                 AnyDestination::Sqlite(Upserting::new(store, binding, notes))
             }
             DestinationKind::Postgres => {
                 let (url, schema, tls) = postgres_settings(workflow)?;
-                let store = PostgresStore::open(&url, tls, schema, &binding).await?;
+                let store =
+                    PostgresStore::open(&url, tls, schema, &binding, workflow.durability()).await?;
                 AnyDestination::Postgres(Upserting::new(store, binding, notes))
             }
             DestinationKind::Jsonl => {

@@ -5,6 +5,7 @@ use super::error::Error;
 use super::plan::Plan;
 use crate::checkpoint::Checkpoint;
 use crate::destination::Destination;
+use crate::durability::Durability;
 use crate::event::{Event, RunStarted, StartFrom};
 use crate::journal::{self, Backend, Journal};
 use crate::run_id::RunId;
@@ -21,6 +22,7 @@ pub async fn open<B: Backend, D: Destination>(
     plan: &Plan,
     now: Timestamp,
 ) -> Result<RunState, Error> {
+    journal.set_durability(plan.durability);
     let active = match journal.active_run(&plan.sync, &plan.stream) {
         Ok(active) => active,
         Err(e @ journal::Error::Corrupt { .. }) if !plan.fresh => return Err(e.into()),
@@ -54,7 +56,21 @@ pub async fn open<B: Backend, D: Destination>(
                 journal.append(state, &Event::RunAbandoned { reason, at: now })?;
                 staging.remove_run(run)?;
             }
-            Ok(state) if !plan.fresh => return resume(journal, state, plan, now),
+            Ok(state) if !plan.fresh => {
+                let ours = state
+                    .checkpoint()
+                    .or_else(|| state.started.start_from.checkpoint().cloned());
+                match destination_behind(destination, ours.as_ref(), plan).await? {
+                    None => return resume(journal, state, plan, now),
+                    Some(behind) => {
+                        let reason = behind.said(plan);
+                        tracing::warn!("{reason}");
+                        journal.append(state, &Event::RunAbandoned { reason, at: now })?;
+                        staging.remove_run(run)?;
+                        return start(journal, behind.start_from(), plan, now);
+                    }
+                }
+            }
             Ok(state) => {
                 let reason = "abandoned by --fresh".to_string();
                 journal.append(state, &Event::RunAbandoned { reason, at: now })?;
@@ -96,6 +112,10 @@ pub async fn open<B: Backend, D: Destination>(
         Err(e @ journal::Error::Corrupt { .. }) => (None, Some(e)),
         Err(e) => return Err(e.into()),
     };
+    if let Some(behind) = destination_behind(destination, ours.as_ref(), plan).await? {
+        tracing::warn!("{}", behind.said(plan));
+        return start(journal, behind.start_from(), plan, now);
+    }
     let start_from = match ours {
         Some(checkpoint) => StartFrom::Journal(checkpoint),
         None => {
@@ -127,6 +147,55 @@ pub async fn open<B: Backend, D: Destination>(
         }
     };
     start(journal, start_from, plan, now)
+}
+
+/// The destination's checkpoint when it is behind the journal's `ours`.
+struct Behind {
+    ours: Checkpoint,
+    theirs: Option<Checkpoint>,
+}
+
+impl Behind {
+    fn start_from(self) -> StartFrom {
+        match self.theirs {
+            Some(theirs) => StartFrom::Destination(theirs),
+            None => StartFrom::Beginning,
+        }
+    }
+
+    fn said(&self, plan: &Plan) -> String {
+        let theirs = match &self.theirs {
+            Some(c) => format!("at page {} of run {}", c.page, c.run_id),
+            None => "at no checkpoint".into(),
+        };
+        format!(
+            "{}/{}: the destination is behind the journal (journal at page {} of run {},              destination {theirs}): with durability = \"process\" a power cut can take a              destination's last commits back; continuing from the destination's checkpoint",
+            plan.sync, plan.stream, self.ours.page, self.ours.run_id
+        )
+    }
+}
+
+/// Under `process` durability the journal is never trusted past the destination's own
+/// checkpoint: after a power cut the destination may have lost commits the journal kept.
+/// `Some` when it is behind `ours` (an earlier page of the same run, an earlier run, none).
+async fn destination_behind<D: Destination>(
+    destination: &mut D,
+    ours: Option<&Checkpoint>,
+    plan: &Plan,
+) -> Result<Option<Behind>, Error> {
+    let (Durability::Process, None, Some(ours)) = (plan.durability, &plan.lease, ours) else {
+        return Ok(None);
+    };
+    let theirs = destination.checkpoint().await?;
+    let behind = match &theirs {
+        None => true,
+        Some(t) if t.run_id == ours.run_id => t.page < ours.page,
+        Some(t) => t.at < ours.at,
+    };
+    Ok(behind.then(|| Behind {
+        ours: ours.clone(),
+        theirs,
+    }))
 }
 
 /// Journals the start of a new run after `start_from`.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::decision::RetryPolicy;
+use crate::durability::Durability;
 use crate::lease::Lease;
 use crate::time::Timestamp;
 use crate::window::Start;
@@ -39,6 +40,9 @@ pub struct Plan {
     /// In a cluster: the lease the partition is held under (runs start from the
     /// destination's checkpoint, batches are fenced by its token).
     pub lease: Option<Lease>,
+    /// What each step of the run survives; under `process`, a run never trusts the journal
+    /// past the destination's own checkpoint (see [`crate::driver::open`]).
+    pub durability: Durability,
 }
 
 /// Limits and retry behaviour of one invocation.

@@ -41,6 +41,7 @@ where
     S: Source,
     D: Destination,
 {
+    let staging = &staging.with_durability(journal.durability());
     let mut steps = Steps {
         prepare: destination.preparer(),
         staging,

@@ -1,9 +1,12 @@
-//! The narrow key-value interface the journal is stored behind, and an in-memory backend
-//! for tests that can lose everything not flushed, as a crash would.
+//! The narrow storage interface the journal is kept behind — an ordered key space with
+//! atomic batches, and an append-only log per run — and an in-memory backend for tests
+//! that loses what a power cut or a killed process would.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::run_id::RunId;
 
 /// A storage failure below the journal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,17 +40,38 @@ pub trait Backend: Send {
     fn commit(&self, ops: Vec<Op>) -> Result<(), BackendError>;
     /// Makes every committed batch durable.
     fn flush(&self) -> Result<(), BackendError>;
+
+    /// Appends `bytes` to the run's log (creating it). Once this returns the bytes survive
+    /// the process being killed; a power cut can lose them until [`Backend::log_sync`].
+    fn log_append(&self, run: RunId, bytes: &[u8]) -> Result<(), BackendError>;
+    /// Makes everything appended to the run's log durable.
+    fn log_sync(&self, run: RunId) -> Result<(), BackendError>;
+    /// The run's whole log (`None`: the run has none).
+    fn log_read(&self, run: RunId) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Cuts the run's log to its first `len` bytes (a write a crash cut short).
+    fn log_truncate(&self, run: RunId, len: u64) -> Result<(), BackendError>;
+    /// Removes the run's log.
+    fn log_remove(&self, run: RunId) -> Result<(), BackendError>;
+}
+
+/// A run log as the in-memory disk holds it: what the process wrote, and what is synced.
+#[derive(Clone, Default)]
+struct Log {
+    written: Vec<u8>,
+    durable: Vec<u8>,
 }
 
 #[derive(Default)]
 struct Disk {
     live: BTreeMap<Vec<u8>, Vec<u8>>,
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
+    logs: BTreeMap<RunId, Log>,
 }
 
 /// In-memory backend. Clones share the same "disk"; [`MemoryBackend::crash`] drops
-/// everything committed since the last flush, and [`MemoryBackend::fail_after`] makes
-/// commits fail from the n-th one on, to inject a crash at an exact step.
+/// everything not flushed or synced, [`MemoryBackend::kill`] what a killed process loses,
+/// and [`MemoryBackend::fail_after`] makes a run's steps (appends to its log) fail from
+/// the n-th one on, to inject a crash at an exact step.
 #[derive(Clone, Default)]
 pub struct MemoryBackend {
     disk: Arc<Mutex<Disk>>,
@@ -67,7 +91,8 @@ impl MemoryBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Lets `n` more commits succeed; every later one fails until [`MemoryBackend::heal`].
+    /// Lets `n` more steps (log appends) succeed; every later one fails until
+    /// [`MemoryBackend::heal`].
     pub fn fail_after(&self, n: u64) {
         self.commits_left.store(n, Ordering::SeqCst);
         self.limited.store(true, Ordering::SeqCst);
@@ -78,8 +103,18 @@ impl MemoryBackend {
         self.limited.store(false, Ordering::SeqCst);
     }
 
-    /// Simulates a crash: what was not flushed is lost.
+    /// Simulates a power cut: what was not flushed or synced is lost.
     pub fn crash(&self) {
+        let mut disk = self.disk();
+        disk.live = disk.durable.clone();
+        for log in disk.logs.values_mut() {
+            log.written = log.durable.clone();
+        }
+    }
+
+    /// Simulates the process being killed: batches not flushed are lost (sled keeps them
+    /// in its own buffers), bytes appended to run logs are kept (the kernel has them).
+    pub fn kill(&self) {
         let mut disk = self.disk();
         disk.live = disk.durable.clone();
     }
@@ -87,12 +122,27 @@ impl MemoryBackend {
     /// A separate backend holding only what is durable here: what a process that starts
     /// after a crash right now would find.
     pub fn durable_copy(&self) -> MemoryBackend {
-        let durable = self.disk().durable.clone();
+        let (durable, logs) = {
+            let disk = self.disk();
+            let logs: BTreeMap<RunId, Log> = disk
+                .logs
+                .iter()
+                .map(|(run, log)| {
+                    let synced = Log {
+                        written: log.durable.clone(),
+                        durable: log.durable.clone(),
+                    };
+                    (*run, synced)
+                })
+                .collect();
+            (disk.durable.clone(), logs)
+        };
         let copy = MemoryBackend::new();
         {
             let mut disk = copy.disk();
             disk.live = durable.clone();
             disk.durable = durable;
+            disk.logs = logs;
         }
         copy
     }
@@ -125,13 +175,6 @@ impl Backend for MemoryBackend {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Result<(), BackendError> {
-        if self.limited.load(Ordering::SeqCst) {
-            let left = self.commits_left.load(Ordering::SeqCst);
-            if left == 0 {
-                return Err(BackendError("injected crash".into()));
-            }
-            self.commits_left.store(left - 1, Ordering::SeqCst);
-        }
         let mut disk = self.disk();
         for op in ops {
             match op {
@@ -145,6 +188,48 @@ impl Backend for MemoryBackend {
     fn flush(&self) -> Result<(), BackendError> {
         let mut disk = self.disk();
         disk.durable = disk.live.clone();
+        Ok(())
+    }
+
+    fn log_append(&self, run: RunId, bytes: &[u8]) -> Result<(), BackendError> {
+        if self.limited.load(Ordering::SeqCst) {
+            let left = self.commits_left.load(Ordering::SeqCst);
+            if left == 0 {
+                return Err(BackendError("injected crash".into()));
+            }
+            self.commits_left.store(left - 1, Ordering::SeqCst);
+        }
+        self.disk()
+            .logs
+            .entry(run)
+            .or_default()
+            .written
+            .extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn log_sync(&self, run: RunId) -> Result<(), BackendError> {
+        if let Some(log) = self.disk().logs.get_mut(&run) {
+            log.durable = log.written.clone();
+        }
+        Ok(())
+    }
+
+    fn log_read(&self, run: RunId) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.disk().logs.get(&run).map(|log| log.written.clone()))
+    }
+
+    fn log_truncate(&self, run: RunId, len: u64) -> Result<(), BackendError> {
+        if let Some(log) = self.disk().logs.get_mut(&run) {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            log.written.truncate(len);
+            log.durable.truncate(len);
+        }
+        Ok(())
+    }
+
+    fn log_remove(&self, run: RunId) -> Result<(), BackendError> {
+        self.disk().logs.remove(&run);
         Ok(())
     }
 }

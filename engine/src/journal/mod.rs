@@ -1,25 +1,31 @@
 //! The run journal: every event of every run, per-run heads, stream checkpoints.
 //!
-//! Layout (one ordered key space, so a step is one atomic batch):
+//! A run's events go to its own append-only log ([`log`]: one `write` per step, synced when
+//! the run's [`Durability`] asks), so a long run never grows the ordered key space below
+//! and a step costs no database batch. The key space (sled) holds the rest:
 //!
 //! | key                          | value                                  |
 //! |------------------------------|----------------------------------------|
-//! | `e` run-id(16) seq(u64 BE)   | [`Event`]                              |
-//! | `h` run-id(16)               | [`RunState`] after the last event      |
+//! | `h` run-id(16)               | [`RunState`] when the run started or last changed status |
 //! | `a` sync `\0` stream         | [`RunId`] of the stream's unfinished run |
-//! | `c` sync `\0` stream         | the stream's committed [`Checkpoint`]  |
+//! | `c` sync `\0` stream         | the stream's committed [`Checkpoint`] as of its last settled run |
 //! | `w` digest                   | the workflow's canonical key/values    |
 //! | `k` sync `\0` stream `\0` seq | a [`CheckpointChange`] (the last 200)   |
 //! | `r` sync `\0` stream `\0` seq | a [`Reconciliation`] (the last 200)     |
+//! | `e` run-id(16) seq(u64 BE)   | an [`Event`] of a run journaled before run logs |
 //!
-//! Every value is framed by [`codec`] (format version + CRC-32). Appending an event writes
-//! the event, the new head and, for a commit, the checkpoint in one batch, so resume reads
-//! one head instead of folding the whole history, and head and events can never disagree.
+//! Every value is framed by [`codec`] (format version + CRC-32). A run's state is its head
+//! folded with the events its log holds past it; its checkpoint, the last commit among
+//! those (or the stored one). When a run changes status (starts, pauses, fails, completes,
+//! is abandoned) its log is synced and the head, the checkpoint, the history and the
+//! unfinished-run pointer are written in one flushed batch: what every other reader sees.
 
 mod backend;
-mod codec;
+pub mod codec;
+mod log;
 pub mod sled;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 pub use self::backend::{Backend, BackendError, Entries, Entry, MemoryBackend, Op};
@@ -27,6 +33,7 @@ pub use self::codec::{Error as CodecError, FORMAT_VERSION};
 pub use self::sled::SledBackend;
 
 use crate::checkpoint::Checkpoint;
+use crate::durability::Durability;
 use crate::event::{Event, RunStarted};
 use crate::reconciliation::Reconciliation;
 use crate::run_id::RunId;
@@ -63,14 +70,6 @@ pub enum Error {
     /// No run with that id is in the journal (never existed, or pruned).
     #[error("no run {0} in the journal (it never existed or was pruned by retention)")]
     UnknownRun(RunId),
-}
-
-fn event_key(run: RunId, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(25);
-    key.push(b'e');
-    key.extend_from_slice(run.as_bytes());
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
 }
 
 fn run_key(tag: u8, run: RunId) -> Vec<u8> {
@@ -159,6 +158,11 @@ const HEAD_VERSION: u8 = 4;
 pub struct Journal<B> {
     backend: B,
     witness: Option<Witness>,
+    durability: Durability,
+    /// Runs appended to by this handle, their logs checked for a torn tail.
+    opened: BTreeSet<RunId>,
+    /// Each run's checkpoint after its last commit not yet settled into the key space.
+    committed: BTreeMap<RunId, Checkpoint>,
 }
 
 /// A scope whose journal lost steps that the witness saw it make durable.
@@ -189,7 +193,20 @@ impl<B: Backend> Journal<B> {
         Journal {
             backend,
             witness: None,
+            durability: Durability::default(),
+            opened: BTreeSet::new(),
+            committed: BTreeMap::new(),
         }
+    }
+
+    /// Sets what each step of a run survives from now on (see [`Durability`]).
+    pub fn set_durability(&mut self, durability: Durability) {
+        self.durability = durability;
+    }
+
+    /// What each step of a run survives.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// The same, with a witness of what it makes durable (see [`crate::witness`]).
@@ -264,8 +281,12 @@ impl<B: Backend> Journal<B> {
         let run = started.run_id;
         let state = RunState::start(&started);
         let event = Event::RunStarted(started);
+        let mut frame = Vec::new();
+        log::frame(&mut frame, state.last_seq, &event);
+        self.backend.log_append(run, &frame)?;
+        self.backend.log_sync(run)?;
+        self.opened.insert(run);
         let ops = vec![
-            Op::Put(event_key(run, 1), codec::encode(&event)),
             Op::Put(run_key(b'h', run), codec::encode(&state)),
             Op::Put(
                 stream_key(b'a', &state.started.sync, &state.started.stream),
@@ -282,57 +303,95 @@ impl<B: Backend> Journal<B> {
         Ok(state)
     }
 
-    /// Appends `event` to the run, folds it into `state`, and returns the new state. The
-    /// event, the new head and (for a commit) the stream checkpoint are written atomically,
-    /// and flushed when [`Event::needs_flush`] says so.
+    /// Appends `event` to the run, folds it into `state`, and returns the new state (see
+    /// [`Journal::append_steps`]).
     pub fn append(&mut self, state: RunState, event: &Event) -> Result<RunState, Error> {
         let states = self.append_steps(&state, std::slice::from_ref(event))?;
         Ok(states.into_iter().next_back().unwrap_or(state))
     }
 
-    /// Appends `events` in order as one atomic batch — each event, the head after the last
-    /// and (for a commit) the stream checkpoint — flushed once if any of them needs it
-    /// ([`Event::needs_flush`]). Returns the state after each event. One batch per step of
-    /// the driver: a page's write, its commit and the next page's fetch cost one sled batch
-    /// and one flush, not three and one.
+    /// Appends `events` in order to the run's log with one write, synced once if any of
+    /// them needs it ([`Event::needs_flush`]) and the durability is `power-loss`. Returns
+    /// the state after each event. A step that changes the run's status also settles it
+    /// (see the module's description).
     pub fn append_steps(
         &mut self,
         state: &RunState,
         events: &[Event],
     ) -> Result<Vec<RunState>, Error> {
         let run = state.run_id();
+        self.open(run)?;
         let mut states: Vec<RunState> = Vec::with_capacity(events.len());
-        let mut ops = Vec::with_capacity(events.len() + 3);
-        let mut checkpoint = None;
+        let mut frames = Vec::with_capacity(256 * events.len());
         for event in events {
             let before = states.last().unwrap_or(state);
             if let Event::CursorCommitted { page, at } = event {
-                checkpoint = before.checkpoint_after(*page, *at).or(checkpoint);
+                if let Some(checkpoint) = before.checkpoint_after(*page, *at) {
+                    self.committed.insert(run, checkpoint);
+                }
             }
             let next = apply(before.clone(), event)
                 .map_err(|source| Error::Inconsistent { run, source })?;
-            ops.push(Op::Put(event_key(run, next.last_seq), codec::encode(event)));
-            if let Event::RunCompleted { at } = event {
-                let (sync, stream) = (&next.started.sync, &next.started.stream);
-                let change = CheckpointChange {
-                    at: *at,
-                    who: format!("run {run}"),
-                    why: "completed".into(),
-                    previous: next.started.start_from.checkpoint().cloned(),
-                    new: match &checkpoint {
-                        Some(c) => Some(c.clone()),
-                        None => self.checkpoint(sync, stream)?,
-                    },
-                };
-                ops.extend(self.history_ops(b'k', sync, stream, &change)?);
-            }
+            log::frame(&mut frames, next.last_seq, event);
             states.push(next);
         }
         let Some(last) = states.last() else {
             return Ok(states);
         };
-        ops.push(Op::Put(run_key(b'h', run), codec::encode(last)));
+        self.backend.log_append(run, &frames)?;
+        if last.status != state.status || last.status.is_finished() {
+            self.backend.log_sync(run)?;
+            self.settle(last, events)?;
+            self.note(last);
+        } else if self.durability.syncs() && events.iter().any(Event::needs_flush) {
+            self.backend.log_sync(run)?;
+            // Only what is durable: the witness must never be ahead of the journal.
+            self.note(last);
+        }
+        Ok(states)
+    }
+
+    /// The first append to a run by this handle: a write a crash cut short is cut from its
+    /// log, and the checkpoint of its last commit past the head is taken up.
+    fn open(&mut self, run: RunId) -> Result<(), Error> {
+        if self.opened.contains(&run) {
+            return Ok(());
+        }
+        let parsed = self.log(run)?;
+        if let Some((bytes, why)) = &parsed.tail {
+            tracing::warn!(%run, bytes, why, "cutting a write a crash cut short from the run's log");
+            self.backend.log_truncate(run, parsed.valid as u64)?;
+        }
+        if let (_, Some(checkpoint)) = self.replay(run)? {
+            self.committed.insert(run, checkpoint);
+        }
+        self.opened.insert(run);
+        Ok(())
+    }
+
+    /// Writes the run's head, its checkpoint, the history entry of a completion and the
+    /// stream's unfinished-run pointer in one flushed batch.
+    fn settle(&mut self, last: &RunState, events: &[Event]) -> Result<(), Error> {
+        let run = last.run_id();
         let (sync, stream) = (&last.started.sync, &last.started.stream);
+        let checkpoint = self.committed.remove(&run);
+        let mut ops = vec![Op::Put(run_key(b'h', run), codec::encode(last))];
+        if let Some(at) = events.iter().find_map(|e| match e {
+            Event::RunCompleted { at } => Some(*at),
+            _ => None,
+        }) {
+            let change = CheckpointChange {
+                at,
+                who: format!("run {run}"),
+                why: "completed".into(),
+                previous: last.started.start_from.checkpoint().cloned(),
+                new: match &checkpoint {
+                    Some(c) => Some(c.clone()),
+                    None => self.checkpoint_stored(sync, stream)?,
+                },
+            };
+            ops.extend(self.history_ops(b'k', sync, stream, &change)?);
+        }
         if let Some(checkpoint) = checkpoint {
             ops.push(Op::Put(
                 stream_key(b'c', sync, stream),
@@ -341,15 +400,11 @@ impl<B: Backend> Journal<B> {
         }
         if last.status.is_finished() {
             ops.push(Op::Delete(stream_key(b'a', sync, stream)));
+            self.opened.remove(&run);
         }
         self.backend.commit(ops)?;
-        if events.iter().any(Event::needs_flush) {
-            self.backend.flush()?;
-            // Only what is durable: an unflushed batch can be lost by a kill, and the
-            // witness must never be ahead of the journal for that.
-            self.note(last);
-        }
-        Ok(states)
+        self.backend.flush()?;
+        Ok(())
     }
 
     /// A run's head as stored: a head older than [`HEAD_VERSION`] (before the run's active
@@ -375,40 +430,57 @@ impl<B: Backend> Journal<B> {
             .ok_or(Error::UnknownRun(run))
     }
 
-    /// The run's state, from its head snapshot plus any events after it.
+    /// The run's state: its head folded with the events its log holds past it.
     pub fn load(&self, run: RunId) -> Result<RunState, Error> {
+        Ok(self.replay(run)?.0)
+    }
+
+    /// The run's state, and the checkpoint of its last commit past its head.
+    fn replay(&self, run: RunId) -> Result<(RunState, Option<Checkpoint>), Error> {
         let value = self
             .backend
             .get(&run_key(b'h', run))?
             .ok_or(Error::UnknownRun(run))?;
-        let head = self.head(run, &value)?;
-        let last = self.last_seq(run)?;
-        if last <= head.last_seq {
-            return Ok(head);
-        }
-        // Events past the head cannot be written by `append`; fold them if a future
-        // writer leaves some.
-        let mut state = head;
-        for item in self.events(run) {
-            let (seq, event) = item?;
-            if seq > state.last_seq {
-                state =
-                    apply(state, &event).map_err(|source| Error::Inconsistent { run, source })?;
+        let mut state = self.head(run, &value)?;
+        let mut checkpoint = None;
+        for (seq, event) in self.log(run)?.events {
+            if seq <= state.last_seq {
+                continue;
             }
+            if let Event::CursorCommitted { page, at } = &event {
+                checkpoint = state.checkpoint_after(*page, *at).or(checkpoint);
+            }
+            state = apply(state, &event).map_err(|source| Error::Inconsistent { run, source })?;
         }
-        Ok(state)
+        Ok((state, checkpoint))
     }
 
-    fn last_seq(&self, run: RunId) -> Result<u64, Error> {
-        Ok(match self.backend.last(&run_key(b'e', run))? {
-            Some((key, _)) => seq_of(&key),
-            None => 0,
-        })
+    /// The run's log as it reads (empty when it has none); a damaged frame that readable
+    /// ones follow is an error naming it.
+    fn log(&self, run: RunId) -> Result<log::Parsed, Error> {
+        let parsed = self.log_as_is(run)?;
+        match parsed.damaged {
+            Some((seq, source)) => Err(Error::Corrupt {
+                entry: format!("run {run} seq {seq}"),
+                source,
+            }),
+            None => Ok(parsed),
+        }
     }
 
-    /// The run's events in order, each checked against its checksum.
+    /// The run's log as it reads, damage and all.
+    fn log_as_is(&self, run: RunId) -> Result<log::Parsed, Error> {
+        Ok(self
+            .backend
+            .log_read(run)?
+            .map(|bytes| log::parse(&bytes))
+            .unwrap_or_default())
+    }
+
+    /// The run's events in order, each checked against its checksum: those journaled
+    /// before run logs, then its log's.
     pub fn events(&self, run: RunId) -> impl Iterator<Item = Result<(u64, Event), Error>> + '_ {
-        self.backend.scan(&run_key(b'e', run)).map(move |item| {
+        let stored = self.backend.scan(&run_key(b'e', run)).map(move |item| {
             let (key, value) = item?;
             let seq = seq_of(&key);
             let event = codec::decode(&value).map_err(|source| Error::Corrupt {
@@ -416,7 +488,20 @@ impl<B: Backend> Journal<B> {
                 source,
             })?;
             Ok((seq, event))
-        })
+        });
+        let logged: Vec<Result<(u64, Event), Error>> = match self.log_as_is(run) {
+            Ok(parsed) => {
+                let damaged = parsed.damaged.map(|(seq, source)| {
+                    Err(Error::Corrupt {
+                        entry: format!("run {run} seq {seq}"),
+                        source,
+                    })
+                });
+                parsed.events.into_iter().map(Ok).chain(damaged).collect()
+            }
+            Err(e) => vec![Err(e)],
+        };
+        stored.chain(logged)
     }
 
     /// The unfinished run of a stream, if any.
@@ -435,18 +520,37 @@ impl<B: Backend> Journal<B> {
         Ok(())
     }
 
-    /// The stream's committed checkpoint, if any.
+    /// The stream's committed checkpoint, if any: its unfinished run's last commit, else
+    /// the one stored when its last run settled.
     pub fn checkpoint(&self, sync: &str, stream: &str) -> Result<Option<Checkpoint>, Error> {
+        if let Some(checkpoint) = self.running_checkpoint(sync, stream) {
+            return Ok(Some(checkpoint));
+        }
+        self.checkpoint_stored(sync, stream)
+    }
+
+    /// The checkpoint stored when the stream's last run settled.
+    fn checkpoint_stored(&self, sync: &str, stream: &str) -> Result<Option<Checkpoint>, Error> {
         self.read(&stream_key(b'c', sync, stream), || {
             format!("checkpoint of {sync}/{stream}")
         })
+    }
+
+    /// The last commit of the stream's unfinished run past its settled head (`None` if
+    /// there is none, or the run does not read: the stored checkpoint then stands).
+    fn running_checkpoint(&self, sync: &str, stream: &str) -> Option<Checkpoint> {
+        let run = self.active_run(sync, stream).ok()??;
+        if let Some(checkpoint) = self.committed.get(&run) {
+            return Some(checkpoint.clone());
+        }
+        self.replay(run).ok()?.1
     }
 
     /// Every stream's committed checkpoint: `(sync, stream, checkpoint)`.
     pub fn checkpoints(
         &self,
     ) -> impl Iterator<Item = Result<(String, String, Checkpoint), Error>> + '_ {
-        self.backend.scan(b"c").map(|item| {
+        let stored = self.backend.scan(b"c").map(|item| {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key[1..]).into_owned();
             let (sync, stream) = name.split_once('\0').unwrap_or((name.as_str(), ""));
@@ -455,7 +559,30 @@ impl<B: Backend> Journal<B> {
                 source,
             })?;
             Ok((sync.to_string(), stream.to_string(), checkpoint))
-        })
+        });
+        let mut all: BTreeMap<(String, String), Result<Checkpoint, Error>> = BTreeMap::new();
+        let mut failed = Vec::new();
+        for item in stored {
+            match item {
+                Ok((sync, stream, checkpoint)) => {
+                    all.insert((sync, stream), Ok(checkpoint));
+                }
+                Err(e) => failed.push(Err(e)),
+            }
+        }
+        for item in self.backend.scan(b"a") {
+            let Ok((key, _)) = item else { continue };
+            let name = String::from_utf8_lossy(&key[1..]).into_owned();
+            let (sync, stream) = name.split_once('\0').unwrap_or((name.as_str(), ""));
+            if let Some(checkpoint) = self.running_checkpoint(sync, stream) {
+                all.insert((sync.to_string(), stream.to_string()), Ok(checkpoint));
+            }
+        }
+        let listed: Vec<_> = all
+            .into_iter()
+            .map(|((sync, stream), checkpoint)| checkpoint.map(|c| (sync, stream, c)))
+            .collect();
+        listed.into_iter().chain(failed)
     }
 
     /// Sets (or, with `change.new == None`, clears: from the beginning) the stream's
@@ -574,7 +701,10 @@ impl<B: Backend> Journal<B> {
         self.backend.scan(b"h").map(|item| {
             let (key, value) = item?;
             match run_of(&key[1..]) {
-                Some(run) => self.head(run, &value),
+                Some(run) => match self.head(run, &value)? {
+                    head if head.status.is_finished() => Ok(head),
+                    _ => self.load(run),
+                },
                 None => codec::decode(&value).map_err(|source| Error::Corrupt {
                     entry: format!("head {}", hex(&key[1..])),
                     source,
@@ -612,8 +742,10 @@ impl<B: Backend> Journal<B> {
                 ops.push(Op::Delete(item?.0));
             }
             pruned.events += ops.len() as u64;
+            pruned.events += self.log_as_is(run)?.events.len() as u64;
             ops.push(Op::Delete(run_key(b'h', run)));
             self.backend.commit(ops)?;
+            self.backend.log_remove(run)?;
             pruned.runs += 1;
         }
         if pruned.runs > 0 {
@@ -703,6 +835,18 @@ impl<B: Backend> Journal<B> {
                     Ok(_) => {}
                 }
             }
+            let parsed = self.log_as_is(run)?;
+            if let (None, Some((bytes, why)), Some(head)) = (&parsed.damaged, parsed.tail, &head) {
+                // An unfinished run's log may end in a write a crash cut short (cut when
+                // the run resumes); a finished run's may not.
+                if head.status.is_finished() {
+                    report.damage.push(Damage {
+                        entry: format!("log of run {run}"),
+                        problem: format!("{bytes} bytes after its last readable event: {why}"),
+                    });
+                }
+            }
+            let head = head.and_then(|_| self.load(run).ok());
             if let (false, Some(folded), Some(head)) = (broken, state, head) {
                 if folded != head {
                     report.damage.push(Damage {

@@ -5,17 +5,82 @@
 //! panics instead of returning an error. Snapshots are only an index over sled's own log, so
 //! [`SledBackend::open`] moves incomplete snapshot files into `quarantine/` and retries;
 //! a panic inside sled becomes an error. The journal's own checksums then verify every entry.
+//!
+//! Run logs are plain files beside sled's, `runs/<run id>.log` in the same directory, each
+//! appended with one `write` per step and synced with `fdatasync` when asked.
 
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::backend::{Backend, BackendError, Entries, Entry, Op};
+use crate::run_id::RunId;
 
-/// sled's default tree as a journal backend; a clone is another handle on the same open
-/// database.
+/// sled's default tree as a journal backend, with the run logs beside it; a clone is
+/// another handle on the same open database and logs.
 #[derive(Clone)]
 pub struct SledBackend {
     /// `None`: the bench-only discarding mode (nothing is kept).
     db: Option<sled::Db>,
+    logs: Option<Logs>,
+}
+
+/// The run logs' directory and the logs open for appending (one writer per run).
+#[derive(Clone)]
+struct Logs {
+    dir: PathBuf,
+    open: Arc<Mutex<HashMap<RunId, File>>>,
+}
+
+/// Logs kept open for appending at most; a process drives few runs at once.
+const OPEN_LOGS: usize = 64;
+
+impl Logs {
+    fn path(&self, run: RunId) -> PathBuf {
+        self.dir.join(format!("{run}.log"))
+    }
+
+    fn fail(&self, run: RunId, what: &str) -> impl FnOnce(std::io::Error) -> BackendError {
+        let path = self.path(run);
+        let what = what.to_string();
+        move |e| BackendError(format!("{what} {}: {e}", path.display()))
+    }
+
+    /// Runs `f` on the run's log opened for appending.
+    fn with<T>(
+        &self,
+        run: RunId,
+        f: impl FnOnce(&mut File) -> std::io::Result<T>,
+        what: &str,
+    ) -> Result<T, BackendError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if !open.contains_key(&run) {
+            if open.len() >= OPEN_LOGS {
+                open.clear();
+            }
+            let created = !self.path(run).exists();
+            std::fs::create_dir_all(&self.dir)
+                .map_err(self.fail(run, "creating the directory of"))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(run))
+                .map_err(self.fail(run, "opening"))?;
+            if created {
+                // The new file's name must survive a power cut like its contents.
+                File::open(&self.dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(self.fail(run, "syncing the directory of"))?;
+            }
+            open.insert(run, file);
+        }
+        match open.get_mut(&run) {
+            Some(file) => f(file).map_err(self.fail(run, what)),
+            None => Err(BackendError(format!("run log of {run} not open"))),
+        }
+    }
 }
 
 fn err(e: sled::Error) -> BackendError {
@@ -66,7 +131,7 @@ impl SledBackend {
             tracing::warn!(files = ?quarantined, "moved incomplete sled snapshot files aside");
         }
         match try_open(dir) {
-            Ok(db) => Ok(SledBackend { db: Some(db) }),
+            Ok(db) => Ok(SledBackend::with_logs(db, dir)),
             Err(held @ Opened::LockHeld(_)) => Err(held.into()),
             Err(io @ Opened::Failed(Failure::Io(_))) => Err(io.into()),
             Err(Opened::Failed(Failure::Other(first))) => {
@@ -78,7 +143,7 @@ impl SledBackend {
                 }
                 tracing::warn!(files = ?moved, error = %first, "sled snapshot unreadable; retrying without it");
                 try_open(dir)
-                    .map(|db| SledBackend { db: Some(db) })
+                    .map(|db| SledBackend::with_logs(db, dir))
                     .map_err(|second| match second {
                         Opened::Failed(Failure::Other(second)) => OpenError::Unreadable(format!(
                             "{second} (and before moving snapshots aside: {first})"
@@ -94,7 +159,20 @@ impl SledBackend {
     /// cannot be resumed.
     #[cfg(feature = "bench-unjournaled")]
     pub fn discarding() -> Self {
-        SledBackend { db: None }
+        SledBackend {
+            db: None,
+            logs: None,
+        }
+    }
+
+    fn with_logs(db: sled::Db, dir: &Path) -> Self {
+        SledBackend {
+            db: Some(db),
+            logs: Some(Logs {
+                dir: dir.join("runs"),
+                open: Arc::default(),
+            }),
+        }
     }
 
     /// Bytes sled uses on disk.
@@ -236,6 +314,60 @@ impl Backend for SledBackend {
     fn flush(&self) -> Result<(), BackendError> {
         let Some(db) = &self.db else { return Ok(()) };
         db.flush().map(|_| ()).map_err(err)
+    }
+
+    fn log_append(&self, run: RunId, bytes: &[u8]) -> Result<(), BackendError> {
+        let Some(logs) = &self.logs else {
+            return Ok(());
+        };
+        logs.with(run, |file| file.write_all(bytes), "appending to")
+    }
+
+    fn log_sync(&self, run: RunId) -> Result<(), BackendError> {
+        let Some(logs) = &self.logs else {
+            return Ok(());
+        };
+        logs.with(run, |file| file.sync_data(), "syncing")
+    }
+
+    fn log_read(&self, run: RunId) -> Result<Option<Vec<u8>>, BackendError> {
+        let Some(logs) = &self.logs else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        match File::open(logs.path(run)).and_then(|mut f| f.read_to_end(&mut bytes)) {
+            Ok(_) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(logs.fail(run, "reading")(e)),
+        }
+    }
+
+    fn log_truncate(&self, run: RunId, len: u64) -> Result<(), BackendError> {
+        let Some(logs) = &self.logs else {
+            return Ok(());
+        };
+        logs.with(
+            run,
+            |file| {
+                file.set_len(len)?;
+                file.sync_data()
+            },
+            "truncating",
+        )
+    }
+
+    fn log_remove(&self, run: RunId) -> Result<(), BackendError> {
+        let Some(logs) = &self.logs else {
+            return Ok(());
+        };
+        logs.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&run);
+        match std::fs::remove_file(logs.path(run)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(logs.fail(run, "removing")(e)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use waymark_engine::destination;
 use waymark_engine::lease::may_commit;
-use waymark_engine::{Checkpoint, Lease, WriteAck};
+use waymark_engine::{Checkpoint, Durability, Lease, WriteAck};
 
 use super::client::{connect, failed, ident, reconnect_if_lost};
 use super::tls::Rustls;
@@ -41,6 +41,10 @@ pub struct PostgresStore {
     hard_delete: bool,
     /// The lease token this scope was claimed for (a cluster's run): each batch checks it.
     fence: Option<i64>,
+    /// How each write transaction begins: `process` durability does not wait for the
+    /// server's WAL flush (`synchronous_commit = off`: a crash of the server can take the
+    /// last commits back, never tear one).
+    begin: &'static str,
 }
 
 /// The PostgreSQL destination.
@@ -61,6 +65,7 @@ impl PostgresStore {
         tls: Rustls,
         schema: &str,
         binding: &Binding,
+        durability: Durability,
     ) -> Result<Self, destination::Error> {
         let client = connect(url, tls.clone()).await?;
         let s = format!("{}.", ident(schema));
@@ -151,6 +156,10 @@ impl PostgresStore {
             columns: binding.columns.clone(),
             hard_delete: binding.hard_delete,
             fence: None,
+            begin: match durability {
+                Durability::PowerLoss => "BEGIN",
+                Durability::Process => "BEGIN; SET LOCAL synchronous_commit = off",
+            },
         })
     }
 
@@ -210,7 +219,7 @@ impl Store for PostgresStore {
     async fn begin(&mut self) -> Result<(), destination::Error> {
         reconnect_if_lost(&mut self.client, &self.url, &self.tls).await?;
         self.client
-            .batch_execute("BEGIN")
+            .batch_execute(self.begin)
             .await
             .map_err(failed("begin"))
     }

@@ -16,7 +16,7 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use waymark_engine::destination;
-use waymark_engine::{Checkpoint, WriteAck};
+use waymark_engine::{Checkpoint, Durability, WriteAck};
 
 use crate::config::FileKind;
 use crate::sink::columns::{Cell, Columns};
@@ -67,6 +67,7 @@ impl SqliteStore {
         path: &Path,
         binding: &Binding,
         busy_timeout: Duration,
+        durability: Durability,
     ) -> Result<Self, destination::Error> {
         // SQLite writes `-journal` and `-wal` files beside the database: a device
         // (`/dev/null`), a directory or a FIFO is refused before anything is created there.
@@ -89,8 +90,15 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(fail("WAL mode"))?;
         // FULL: a commit is on disk before we journal past it, so the checkpoint is never
-        // ahead of a durable write, even on power loss.
-        conn.pragma_update(None, "synchronous", "FULL")
+        // ahead of a durable write, even on power loss. NORMAL (`process` durability): a
+        // commit survives the process, and a power cut can take the last ones back, which a
+        // run then finds by comparing checkpoints (the journal's is never trusted past this
+        // database's own).
+        let synchronous = match durability {
+            Durability::PowerLoss => "FULL",
+            Durability::Process => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
             .map_err(fail("synchronous"))?;
         let table = &binding.table;
         conn.execute_batch(&format!(
@@ -481,7 +489,12 @@ mod tests {
             let _ = std::fs::remove_dir_all(&dir);
             let path = dir.join("t.db");
             let open = |b: Binding| -> Result<SqliteDestination, destination::Error> {
-                let store = SqliteStore::open(&path, &b, Duration::from_millis(100))?;
+                let store = SqliteStore::open(
+                    &path,
+                    &b,
+                    Duration::from_millis(100),
+                    Durability::default(),
+                )?;
                 let notes = Notes::in_dir(&dir.join("state"), &b);
                 Ok(Upserting::new(store, b, notes))
             };
