@@ -438,26 +438,35 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
         cpu: Duration::ZERO,
     }];
     let scratch = std::env::temp_dir().join(format!("waymark-bench-e2e-{}", std::process::id()));
-    // (name, binary, journal off); no binary: one of the hand-written loops (this bench's
-    // own subcommand of that name). `WAYMARK_BENCH_BASELINE` names another build of
-    // waymark (an earlier commit's, say) measured in the same rounds.
-    let mut runs: Vec<(&'static str, Option<PathBuf>, bool)> = vec![
-        ("plain Rust loop", None, false),
-        ("lean Rust loop", None, false),
-        ("waymark", Some(this_waymark()), false),
-        ("waymark, journal off", Some(this_waymark()), true),
+    // (name, binary, how); no binary: one of the hand-written loops (this bench's own
+    // subcommand of that name). `WAYMARK_BENCH_BASELINE` names another build of waymark
+    // (an earlier commit's, say) measured in the same rounds.
+    let mut runs: Vec<(&'static str, Option<PathBuf>, How)> = vec![
+        ("plain Rust loop", None, How::AsIs),
+        ("lean Rust loop", None, How::AsIs),
+        ("waymark", Some(this_waymark()), How::AsIs),
+        (
+            "waymark, durability \"process\"",
+            Some(this_waymark()),
+            How::Process,
+        ),
+        (
+            "waymark, journal off",
+            Some(this_waymark()),
+            How::Unjournaled,
+        ),
     ];
     if let Some(baseline) = std::env::var_os("WAYMARK_BENCH_BASELINE") {
         runs.push((
             "waymark, baseline binary",
             Some(PathBuf::from(baseline)),
-            false,
+            How::AsIs,
         ));
     }
     let mut samples: Vec<Vec<(Duration, u64, Duration)>> = vec![Vec::new(); runs.len()];
     for _ in 0..rounds.max(1) {
-        for (i, (name, bin, unjournaled)) in runs.iter().enumerate() {
-            let dir = scratch.join(name.replace([' ', ',', '(', ')'], "_"));
+        for (i, (name, bin, how)) in runs.iter().enumerate() {
+            let dir = scratch.join(name.replace([' ', ',', '(', ')', '"'], "_"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
             let db = dir.join("out.db");
@@ -474,8 +483,14 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
                 }
                 Some(bin) => {
                     let wf = workflow(&dir, addr, "", PAGE)?;
+                    if *how == How::Process {
+                        let text = std::fs::read_to_string(&wf)?;
+                        let text =
+                            text.replacen("[sync]\n", "[sync]\ndurability = \"process\"\n", 1);
+                        std::fs::write(&wf, text)?;
+                    }
                     let mut cmd = waymark(bin, &dir, &wf);
-                    if *unjournaled {
+                    if *how == How::Unjournaled {
                         cmd.env("WAYMARK_BENCH_UNJOURNALED", "1");
                     }
                     timed(cmd)?
@@ -498,6 +513,17 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
         });
     }
     Ok(rows_out)
+}
+
+/// How a waymark run of [`throughput`] is set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// The workflow as written: everything on, `durability = "power-loss"`.
+    AsIs,
+    /// `[sync] durability = "process"`: no fsync per step.
+    Process,
+    /// The bench-only switch: nothing journaled, pages staged without fsync.
+    Unjournaled,
 }
 
 /// Against a server allowing `rate` requests a second (429 + Retry-After beyond, quota

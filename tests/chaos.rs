@@ -304,6 +304,64 @@ fn sigkill_scenario(seed: u64) -> Result {
 }
 
 #[test]
+fn sigkill_at_random_moments_under_process_durability_loses_nothing() -> Result {
+    with_seed(process_durability_scenario)
+}
+
+/// `durability = "process"` syncs nothing a step: a kill must still lose, duplicate and
+/// corrupt nothing (the kernel keeps every write the killed process made).
+fn process_durability_scenario(seed: u64) -> Result {
+    let mut rng = Rng(seed);
+    let sandbox = Sandbox::start(&[
+        "--records",
+        "8000",
+        "--customers",
+        "1000",
+        "--seed",
+        &seed.to_string(),
+        "--mutate",
+        "100",
+        "--latency",
+        "1ms",
+        "--rate-429",
+        "0.05",
+        "--retry-after",
+        "1s",
+        "--rate-500",
+        "0.03",
+    ])?;
+    let dir = TempDir::new("chaos-process");
+    let workflow = chaos_workflow(dir.path(), 100)?;
+    let text = std::fs::read_to_string(&workflow)?;
+    assert!(text.contains("[sync]\n"), "{text}");
+    std::fs::write(
+        &workflow,
+        text.replacen("[sync]\n", "[sync]\ndurability = \"process\"\n", 1),
+    )?;
+    let state = dir.path().join("state");
+    let (kills, invocations) = kill_runs(
+        &mut rng,
+        &state,
+        &sandbox,
+        &workflow,
+        (5, 400),
+        (16, u32::MAX),
+    )?;
+    sandbox.set_mutation_rate(0.0)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    catch_up(&state, &sandbox, &workflow)?;
+    eprintln!("{kills} kills over {invocations} invocations");
+    let db = dir.path().join("shop.db");
+    assert_matches_source(&sandbox, &db, "orders")?;
+    assert_matches_source(&sandbox, &db, "customers")?;
+    let (pages, _, resumes) = assert_each_page_written_once(&state)?;
+    eprintln!("{pages} pages written once each, {resumes} resumes journaled");
+    assert_journal_verifies_and_nothing_staged(&state)?;
+    assert!(resumes > 0, "no run was resumed: the kills came at no step");
+    Ok(())
+}
+
+#[test]
 fn sigkill_while_partitions_are_read_at_once_resumes_each_and_loses_nothing() -> Result {
     with_seed(partitions_scenario)
 }

@@ -4,9 +4,11 @@
 //! frame: [length of value: u32 LE][value: codec-framed (seq: u64, event)]
 //! ```
 //!
-//! A log is read up to its first frame that is incomplete or fails its checksum: what
-//! follows is a write that a crash cut short (the step it held was never acknowledged, so
-//! it is dropped and the log cut there before the run appends again).
+//! A log is read up to its first frame that is incomplete or unreadable with nothing
+//! readable after it: that is a write a crash cut short (the step it held was never
+//! acknowledged, so it is dropped and the log cut there before the run appends again). A
+//! whole frame that does not read but is followed by one that does is damage: reported in
+//! its place, and read past.
 
 use super::codec;
 use crate::event::Event;
@@ -24,57 +26,60 @@ pub fn frame(out: &mut Vec<u8>, seq: u64, event: &Event) {
 /// What a log holds.
 #[derive(Debug, Default)]
 pub struct Parsed {
-    /// The events of the readable prefix, in order, with their sequence numbers.
-    pub events: Vec<(u64, Event)>,
+    /// Each frame of the readable prefix in order: its event with its sequence number, or
+    /// a damaged frame's (the previous one's plus one) and what is wrong with it.
+    pub frames: Vec<Result<(u64, Event), (u64, codec::Error)>>,
     /// Bytes in the readable prefix.
     pub valid: usize,
     /// Bytes after it, and why the first of them is not a frame.
     pub tail: Option<(usize, String)>,
-    /// A damaged frame that readable frames follow — damage, not a write cut short: its
-    /// sequence number and what is wrong with it.
-    pub damaged: Option<(u64, codec::Error)>,
 }
 
-/// One frame at `at`: the event and where the next frame starts, or what is wrong.
-fn read_frame(bytes: &[u8], at: usize) -> Result<((u64, Event), usize), (String, Frame)> {
+/// A frame that does not read: cut short, or whole but unreadable (and where it ends).
+enum Unread {
+    Incomplete(&'static str),
+    Damaged(codec::Error, usize),
+}
+
+/// One frame at `at`: the event and where the next frame starts, or why it does not read.
+fn read_frame(bytes: &[u8], at: usize) -> Result<((u64, Event), usize), Unread> {
     let Some(length) = bytes.get(at..at + LENGTH) else {
-        return Err(("a frame's length is cut short".into(), Frame::Incomplete));
+        return Err(Unread::Incomplete("a frame's length is cut short"));
     };
     let mut word = [0u8; LENGTH];
     word.copy_from_slice(length);
     let end = (at + LENGTH).saturating_add(u32::from_le_bytes(word) as usize);
     let Some(value) = bytes.get(at + LENGTH..end) else {
-        return Err(("a frame is cut short".into(), Frame::Incomplete));
+        return Err(Unread::Incomplete("a frame is cut short"));
     };
     codec::decode::<(u64, Event)>(value)
         .map(|event| (event, end))
-        .map_err(|e| (e.to_string(), Frame::Unreadable(e, end)))
-}
-
-/// A frame that does not read: cut short, or whole but unreadable (and where it ends).
-enum Frame {
-    Incomplete,
-    Unreadable(codec::Error, usize),
+        .map_err(|e| Unread::Damaged(e, end))
 }
 
 /// Reads a log's frames.
 pub fn parse(bytes: &[u8]) -> Parsed {
     let mut parsed = Parsed::default();
     let mut at = 0usize;
+    let mut last = 0u64;
     while at < bytes.len() {
         match read_frame(bytes, at) {
-            Ok((event, end)) => {
-                parsed.events.push(event);
+            Ok(((seq, event), end)) => {
+                last = seq;
+                parsed.frames.push(Ok((seq, event)));
                 at = end;
             }
-            Err((problem, frame)) => {
-                if let Frame::Unreadable(error, end) = frame {
-                    if read_frame(bytes, end).is_ok() {
-                        let seq = parsed.events.last().map_or(1, |(seq, _)| seq + 1);
-                        parsed.damaged = Some((seq, error));
-                    }
-                }
-                parsed.tail = Some((bytes.len() - at, problem));
+            Err(Unread::Damaged(error, end)) if read_frame(bytes, end).is_ok() => {
+                last += 1;
+                parsed.frames.push(Err((last, error)));
+                at = end;
+            }
+            Err(unread) => {
+                let why = match unread {
+                    Unread::Incomplete(why) => why.to_string(),
+                    Unread::Damaged(error, _) => error.to_string(),
+                };
+                parsed.tail = Some((bytes.len() - at, why));
                 break;
             }
         }
@@ -104,19 +109,26 @@ mod tests {
     }
 
     #[test]
-    fn a_log_reads_back_up_to_its_first_damaged_frame() {
+    fn a_log_reads_back_up_to_a_write_cut_short_and_past_damage() {
+        let seqs = |parsed: &Parsed| -> Vec<Result<u64, u64>> {
+            parsed
+                .frames
+                .iter()
+                .map(|f| f.as_ref().map(|(s, _)| *s).map_err(|(s, _)| *s))
+                .collect()
+        };
         let whole = log(3);
         let parsed = parse(&whole);
-        assert_eq!(parsed.events.len(), 3);
+        assert_eq!(seqs(&parsed), vec![Ok(1), Ok(2), Ok(3)]);
         assert_eq!(parsed.valid, whole.len());
         assert!(parsed.tail.is_none());
+        let second = parse(&log(1)).valid;
         let third = parse(&log(2)).valid;
 
         // Every cut inside the last frame keeps the first two and says what follows.
         for cut in third..whole.len() {
             let parsed = parse(&whole[..cut]);
-            let seqs: Vec<u64> = parsed.events.iter().map(|(s, _)| *s).collect();
-            assert_eq!(seqs, vec![1, 2], "cut at {cut}");
+            assert_eq!(seqs(&parsed), vec![Ok(1), Ok(2)], "cut at {cut}");
             assert_eq!(parsed.valid, third);
             assert_eq!(
                 parsed.tail.map(|(bytes, _)| bytes),
@@ -124,26 +136,23 @@ mod tests {
             );
         }
 
-        assert!(parse(&whole[..whole.len() - 1]).damaged.is_none());
-
-        // A flipped byte in the second of three frames: damage, named by its sequence
-        // number, since a readable frame follows it.
+        // A flipped byte in the second of three frames: damage in its place, read past.
         let mut flipped = whole.clone();
-        let second = parse(&log(1)).valid;
         flipped[second + 12] ^= 0x40;
         let parsed = parse(&flipped);
-        assert_eq!(parsed.events.len(), 1);
-        assert!(parsed
-            .tail
-            .is_some_and(|(bytes, why)| bytes == whole.len() - second && why.contains("checksum")));
+        assert_eq!(seqs(&parsed), vec![Ok(1), Err(2), Ok(3)]);
         assert!(matches!(
-            parsed.damaged,
-            Some((2, codec::Error::Checksum { .. }))
+            parsed.frames[1],
+            Err((2, codec::Error::Checksum { .. }))
         ));
+        assert!(parsed.tail.is_none());
         // The same damage in the last frame reads as a write cut short.
         let mut last = whole.clone();
         last[third + 12] ^= 0x40;
         let parsed = parse(&last);
-        assert_eq!((parsed.events.len(), parsed.damaged.is_none()), (2, true));
+        assert_eq!(seqs(&parsed), vec![Ok(1), Ok(2)]);
+        assert!(parsed
+            .tail
+            .is_some_and(|(bytes, why)| bytes == whole.len() - third && why.contains("checksum")));
     }
 }

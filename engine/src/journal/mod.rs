@@ -159,7 +159,8 @@ pub struct Journal<B> {
     backend: B,
     witness: Option<Witness>,
     durability: Durability,
-    /// Runs appended to by this handle, their logs checked for a torn tail.
+    /// Runs this handle is appending to (since their start or last status change), their
+    /// logs checked for a torn tail.
     opened: BTreeSet<RunId>,
     /// Each run's checkpoint after its last commit not yet settled into the key space.
     committed: BTreeMap<RunId, Checkpoint>,
@@ -400,8 +401,9 @@ impl<B: Backend> Journal<B> {
         }
         if last.status.is_finished() {
             ops.push(Op::Delete(stream_key(b'a', sync, stream)));
-            self.opened.remove(&run);
         }
+        // Whoever continues the run next (this handle or another) opens it again.
+        self.opened.remove(&run);
         self.backend.commit(ops)?;
         self.backend.flush()?;
         Ok(())
@@ -443,10 +445,13 @@ impl<B: Backend> Journal<B> {
             .ok_or(Error::UnknownRun(run))?;
         let mut state = self.head(run, &value)?;
         let mut checkpoint = None;
-        for (seq, event) in self.log(run)?.events {
-            if seq <= state.last_seq {
-                continue;
-            }
+        for frame in self.log(run)?.frames {
+            // Damage in what the head already holds is history, not state.
+            let event = match frame {
+                Ok((seq, _)) | Err((seq, _)) if seq <= state.last_seq => continue,
+                Ok((_, event)) => event,
+                Err((seq, source)) => return Err(corrupt(run, seq, source)),
+            };
             if let Event::CursorCommitted { page, at } = &event {
                 checkpoint = state.checkpoint_after(*page, *at).or(checkpoint);
             }
@@ -455,21 +460,8 @@ impl<B: Backend> Journal<B> {
         Ok((state, checkpoint))
     }
 
-    /// The run's log as it reads (empty when it has none); a damaged frame that readable
-    /// ones follow is an error naming it.
+    /// The run's log as it reads (empty when it has none).
     fn log(&self, run: RunId) -> Result<log::Parsed, Error> {
-        let parsed = self.log_as_is(run)?;
-        match parsed.damaged {
-            Some((seq, source)) => Err(Error::Corrupt {
-                entry: format!("run {run} seq {seq}"),
-                source,
-            }),
-            None => Ok(parsed),
-        }
-    }
-
-    /// The run's log as it reads, damage and all.
-    fn log_as_is(&self, run: RunId) -> Result<log::Parsed, Error> {
         Ok(self
             .backend
             .log_read(run)?
@@ -483,22 +475,15 @@ impl<B: Backend> Journal<B> {
         let stored = self.backend.scan(&run_key(b'e', run)).map(move |item| {
             let (key, value) = item?;
             let seq = seq_of(&key);
-            let event = codec::decode(&value).map_err(|source| Error::Corrupt {
-                entry: format!("run {run} seq {seq}"),
-                source,
-            })?;
+            let event = codec::decode(&value).map_err(|source| corrupt(run, seq, source))?;
             Ok((seq, event))
         });
-        let logged: Vec<Result<(u64, Event), Error>> = match self.log_as_is(run) {
-            Ok(parsed) => {
-                let damaged = parsed.damaged.map(|(seq, source)| {
-                    Err(Error::Corrupt {
-                        entry: format!("run {run} seq {seq}"),
-                        source,
-                    })
-                });
-                parsed.events.into_iter().map(Ok).chain(damaged).collect()
-            }
+        let logged: Vec<Result<(u64, Event), Error>> = match self.log(run) {
+            Ok(parsed) => parsed
+                .frames
+                .into_iter()
+                .map(|frame| frame.map_err(|(seq, source)| corrupt(run, seq, source)))
+                .collect(),
             Err(e) => vec![Err(e)],
         };
         stored.chain(logged)
@@ -539,10 +524,8 @@ impl<B: Backend> Journal<B> {
     /// The last commit of the stream's unfinished run past its settled head (`None` if
     /// there is none, or the run does not read: the stored checkpoint then stands).
     fn running_checkpoint(&self, sync: &str, stream: &str) -> Option<Checkpoint> {
+        // From the log, not this handle's memory: another handle may be driving the run.
         let run = self.active_run(sync, stream).ok()??;
-        if let Some(checkpoint) = self.committed.get(&run) {
-            return Some(checkpoint.clone());
-        }
         self.replay(run).ok()?.1
     }
 
@@ -742,7 +725,7 @@ impl<B: Backend> Journal<B> {
                 ops.push(Op::Delete(item?.0));
             }
             pruned.events += ops.len() as u64;
-            pruned.events += self.log_as_is(run)?.events.len() as u64;
+            pruned.events += self.log(run)?.frames.len() as u64;
             ops.push(Op::Delete(run_key(b'h', run)));
             self.backend.commit(ops)?;
             self.backend.log_remove(run)?;
@@ -835,8 +818,7 @@ impl<B: Backend> Journal<B> {
                     Ok(_) => {}
                 }
             }
-            let parsed = self.log_as_is(run)?;
-            if let (None, Some((bytes, why)), Some(head)) = (&parsed.damaged, parsed.tail, &head) {
+            if let (Some((bytes, why)), Some(head)) = (self.log(run)?.tail, &head) {
                 // An unfinished run's log may end in a write a crash cut short (cut when
                 // the run resumes); a finished run's may not.
                 if head.status.is_finished() {
@@ -875,6 +857,13 @@ impl<B: Backend> Journal<B> {
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), Error> {
         Ok(self.backend.flush()?)
+    }
+}
+
+fn corrupt(run: RunId, seq: u64, source: codec::Error) -> Error {
+    Error::Corrupt {
+        entry: format!("run {run} seq {seq}"),
+        source,
     }
 }
 
