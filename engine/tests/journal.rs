@@ -12,7 +12,7 @@ type Failure = Box<dyn std::error::Error>;
 
 /// The values of a run log's frames (`[length: u32 LE][value]` each).
 fn frames(backend: &MemoryBackend, run: RunId) -> Result<Vec<Vec<u8>>, Failure> {
-    let bytes = backend.log_read(run)?.ok_or("no log")?;
+    let bytes = backend.log_read(run, 0)?.ok_or("no log")?;
     let mut frames = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -245,5 +245,47 @@ async fn a_journal_written_by_earlier_formats_is_read_and_resumed(
         assert_eq!((done.run_id(), &done.status), (run, &Status::Completed));
         assert_eq!(done.counts.records_committed, 6);
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_long_run_resumes_from_its_latest_head_not_its_first_event() -> Result<(), Failure> {
+    let mut h = Harness::new("long", MemorySource::new(records(1500), 1));
+    h.backend.fail_after(900);
+    assert!(h.run(&plan()).await.is_err(), "the 901st step fails");
+    h.kill();
+    let run = h
+        .journal
+        .active_run("shop", "orders")?
+        .ok_or("no unfinished run")?;
+    let before = h.journal.load(run)?;
+    assert!(before.last_seq > 2048, "{}", before.last_seq);
+    // The head is stored every 1,024 events: the one at 2,048 is in the key space.
+    let mut head_key = vec![b'h'];
+    head_key.extend_from_slice(run.as_bytes());
+    let head: waymark_engine::RunState =
+        codec::decode(&h.backend.get(&head_key)?.ok_or("no head")?)?;
+    assert_eq!(head.last_seq, 2048);
+
+    // With the log's first frame destroyed, the run still loads: the fold starts at the
+    // head's own event, where the key space says it is in the log.
+    let log = h.backend.log_read(run, 0)?.ok_or("no log")?;
+    let mut broken = log.clone();
+    broken[..4].copy_from_slice(&[0xff; 4]);
+    h.backend.log_remove(run)?;
+    h.backend.log_append(run, &broken)?;
+    h.journal = waymark_engine::Journal::new(h.backend.clone());
+    assert_eq!(h.journal.load(run)?, before);
+
+    let done = h.run(&plan()).await?;
+    assert_eq!((done.run_id(), &done.status), (run, &Status::Completed));
+    assert_eq!(h.destination.state().rows.len(), 1500);
+    // Mended, the whole log folds to the same state, and checks.
+    let mut mended = h.backend.log_read(run, 0)?.ok_or("no log")?;
+    mended[..4].copy_from_slice(&log[..4]);
+    h.backend.log_remove(run)?;
+    h.backend.log_append(run, &mended)?;
+    let report = h.journal.verify()?;
+    assert!(report.damage.is_empty(), "{:?}", report.damage);
     Ok(())
 }

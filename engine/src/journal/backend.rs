@@ -46,8 +46,8 @@ pub trait Backend: Send {
     fn log_append(&self, run: RunId, bytes: &[u8]) -> Result<(), BackendError>;
     /// Makes everything appended to the run's log durable.
     fn log_sync(&self, run: RunId) -> Result<(), BackendError>;
-    /// The run's whole log (`None`: the run has none).
-    fn log_read(&self, run: RunId) -> Result<Option<Vec<u8>>, BackendError>;
+    /// The run's log from byte `from` on (`None`: the run has none).
+    fn log_read(&self, run: RunId, from: u64) -> Result<Option<Vec<u8>>, BackendError>;
     /// Cuts the run's log to its first `len` bytes (a write a crash cut short).
     fn log_truncate(&self, run: RunId, len: u64) -> Result<(), BackendError>;
     /// Removes the run's log.
@@ -215,8 +215,13 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    fn log_read(&self, run: RunId) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.disk().logs.get(&run).map(|log| log.written.clone()))
+    fn log_read(&self, run: RunId, from: u64) -> Result<Option<Vec<u8>>, BackendError> {
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        Ok(self
+            .disk()
+            .logs
+            .get(&run)
+            .map(|log| log.written.get(from..).unwrap_or_default().to_vec()))
     }
 
     fn log_truncate(&self, run: RunId, len: u64) -> Result<(), BackendError> {

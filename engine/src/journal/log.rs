@@ -31,6 +31,8 @@ pub struct Parsed {
     pub frames: Vec<Result<(u64, Event), (u64, codec::Error)>>,
     /// Bytes in the readable prefix.
     pub valid: usize,
+    /// Where the prefix's last frame starts.
+    pub last: usize,
     /// Bytes after it, and why the first of them is not a frame.
     pub tail: Option<(usize, String)>,
 }
@@ -67,11 +69,13 @@ pub fn parse(bytes: &[u8]) -> Parsed {
             Ok(((seq, event), end)) => {
                 last = seq;
                 parsed.frames.push(Ok((seq, event)));
+                parsed.last = at;
                 at = end;
             }
             Err(Unread::Damaged(error, end)) if read_frame(bytes, end).is_ok() => {
                 last += 1;
                 parsed.frames.push(Err((last, error)));
+                parsed.last = at;
                 at = end;
             }
             Err(unread) => {

@@ -25,7 +25,7 @@ pub mod codec;
 mod log;
 pub mod sled;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use self::backend::{Backend, BackendError, Entries, Entry, MemoryBackend, Op};
@@ -150,6 +150,27 @@ pub struct Verified {
     pub damage: Vec<Damage>,
 }
 
+/// A run's head is stored again (with its log synced) every this many events, so that
+/// resuming a long run folds at most this many.
+const HEAD_EVERY: u64 = 1024;
+
+/// Where a run's log stands: its length, and where its last frame starts.
+#[derive(Clone, Copy, Debug, Default)]
+struct Position {
+    end: u64,
+    last: u64,
+}
+
+/// A run's state as its head and log give it.
+struct Replayed {
+    state: RunState,
+    /// The checkpoint of its last commit past the head.
+    checkpoint: Option<Checkpoint>,
+    position: Position,
+    /// Bytes after the log's readable prefix, and why.
+    tail: Option<(usize, String)>,
+}
+
 /// The format version since which a run's head is stored as this build reads it.
 const HEAD_VERSION: u8 = 4;
 
@@ -160,8 +181,8 @@ pub struct Journal<B> {
     witness: Option<Witness>,
     durability: Durability,
     /// Runs this handle is appending to (since their start or last status change), their
-    /// logs checked for a torn tail.
-    opened: BTreeSet<RunId>,
+    /// logs checked for a torn tail, and where their logs stand.
+    opened: BTreeMap<RunId, Position>,
     /// Each run's checkpoint after its last commit not yet settled into the key space.
     committed: BTreeMap<RunId, Checkpoint>,
 }
@@ -195,7 +216,7 @@ impl<B: Backend> Journal<B> {
             backend,
             witness: None,
             durability: Durability::default(),
-            opened: BTreeSet::new(),
+            opened: BTreeMap::new(),
             committed: BTreeMap::new(),
         }
     }
@@ -286,9 +307,17 @@ impl<B: Backend> Journal<B> {
         log::frame(&mut frame, state.last_seq, &event);
         self.backend.log_append(run, &frame)?;
         self.backend.log_sync(run)?;
-        self.opened.insert(run);
+        let position = Position {
+            end: frame.len() as u64,
+            last: 0,
+        };
+        self.opened.insert(run, position);
         let ops = vec![
             Op::Put(run_key(b'h', run), codec::encode(&state)),
+            Op::Put(
+                run_key(b'l', run),
+                codec::encode(&(state.last_seq, position.last)),
+            ),
             Op::Put(
                 stream_key(b'a', &state.started.sync, &state.started.stream),
                 codec::encode(&run),
@@ -324,6 +353,7 @@ impl<B: Backend> Journal<B> {
         self.open(run)?;
         let mut states: Vec<RunState> = Vec::with_capacity(events.len());
         let mut frames = Vec::with_capacity(256 * events.len());
+        let mut last_frame = 0;
         for event in events {
             let before = states.last().unwrap_or(state);
             if let Event::CursorCommitted { page, at } = event {
@@ -333,6 +363,7 @@ impl<B: Backend> Journal<B> {
             }
             let next = apply(before.clone(), event)
                 .map_err(|source| Error::Inconsistent { run, source })?;
+            last_frame = frames.len();
             log::frame(&mut frames, next.last_seq, event);
             states.push(next);
         }
@@ -340,10 +371,19 @@ impl<B: Backend> Journal<B> {
             return Ok(states);
         };
         self.backend.log_append(run, &frames)?;
-        if last.status != state.status || last.status.is_finished() {
+        if let Some(position) = self.opened.get_mut(&run) {
+            position.last = position.end + last_frame as u64;
+            position.end += frames.len() as u64;
+        }
+        let changed = last.status != state.status || last.status.is_finished();
+        if changed || last.last_seq / HEAD_EVERY != state.last_seq / HEAD_EVERY {
             self.backend.log_sync(run)?;
             self.settle(last, events)?;
             self.note(last);
+            if changed {
+                // Whoever continues the run next (this handle or another) opens it again.
+                self.opened.remove(&run);
+            }
         } else if self.durability.syncs() && events.iter().any(Event::needs_flush) {
             self.backend.log_sync(run)?;
             // Only what is durable: the witness must never be ahead of the journal.
@@ -355,28 +395,35 @@ impl<B: Backend> Journal<B> {
     /// The first append to a run by this handle: a write a crash cut short is cut from its
     /// log, and the checkpoint of its last commit past the head is taken up.
     fn open(&mut self, run: RunId) -> Result<(), Error> {
-        if self.opened.contains(&run) {
+        if self.opened.contains_key(&run) {
             return Ok(());
         }
-        let parsed = self.log(run)?;
-        if let Some((bytes, why)) = &parsed.tail {
+        let replayed = self.replay(run)?;
+        if let Some((bytes, why)) = &replayed.tail {
             tracing::warn!(%run, bytes, why, "cutting a write a crash cut short from the run's log");
-            self.backend.log_truncate(run, parsed.valid as u64)?;
+            self.backend.log_truncate(run, replayed.position.end)?;
         }
-        if let (_, Some(checkpoint)) = self.replay(run)? {
+        if let Some(checkpoint) = replayed.checkpoint {
             self.committed.insert(run, checkpoint);
         }
-        self.opened.insert(run);
+        self.opened.insert(run, replayed.position);
         Ok(())
     }
 
-    /// Writes the run's head, its checkpoint, the history entry of a completion and the
-    /// stream's unfinished-run pointer in one flushed batch.
+    /// Writes the run's head (with where its last event's frame starts in its log), its
+    /// checkpoint, the history entry of a completion and the stream's unfinished-run
+    /// pointer in one flushed batch.
     fn settle(&mut self, last: &RunState, events: &[Event]) -> Result<(), Error> {
         let run = last.run_id();
         let (sync, stream) = (&last.started.sync, &last.started.stream);
         let checkpoint = self.committed.remove(&run);
         let mut ops = vec![Op::Put(run_key(b'h', run), codec::encode(last))];
+        if let Some(position) = self.opened.get(&run) {
+            ops.push(Op::Put(
+                run_key(b'l', run),
+                codec::encode(&(last.last_seq, position.last)),
+            ));
+        }
         if let Some(at) = events.iter().find_map(|e| match e {
             Event::RunCompleted { at } => Some(*at),
             _ => None,
@@ -402,8 +449,6 @@ impl<B: Backend> Journal<B> {
         if last.status.is_finished() {
             ops.push(Op::Delete(stream_key(b'a', sync, stream)));
         }
-        // Whoever continues the run next (this handle or another) opens it again.
-        self.opened.remove(&run);
         self.backend.commit(ops)?;
         self.backend.flush()?;
         Ok(())
@@ -434,18 +479,34 @@ impl<B: Backend> Journal<B> {
 
     /// The run's state: its head folded with the events its log holds past it.
     pub fn load(&self, run: RunId) -> Result<RunState, Error> {
-        Ok(self.replay(run)?.0)
+        Ok(self.replay(run)?.state)
     }
 
-    /// The run's state, and the checkpoint of its last commit past its head.
-    fn replay(&self, run: RunId) -> Result<(RunState, Option<Checkpoint>), Error> {
+    /// The run's head folded with the events its log holds past it, read from where the
+    /// head's own event starts in the log (from the start when that is not known or not
+    /// found there).
+    fn replay(&self, run: RunId) -> Result<Replayed, Error> {
         let value = self
             .backend
             .get(&run_key(b'h', run))?
             .ok_or(Error::UnknownRun(run))?;
         let mut state = self.head(run, &value)?;
+        let stored: Option<(u64, u64)> = self
+            .read(&run_key(b'l', run), || format!("log position of run {run}"))
+            .ok()
+            .flatten();
+        let mut from = match stored {
+            Some((seq, at)) if seq == state.last_seq => at,
+            _ => 0,
+        };
+        let mut parsed = self.log(run, from)?;
+        let found = matches!(parsed.frames.first(), Some(Ok((seq, _))) if *seq == state.last_seq);
+        if from > 0 && !found {
+            from = 0;
+            parsed = self.log(run, 0)?;
+        }
         let mut checkpoint = None;
-        for frame in self.log(run)?.frames {
+        for frame in parsed.frames {
             // Damage in what the head already holds is history, not state.
             let event = match frame {
                 Ok((seq, _)) | Err((seq, _)) if seq <= state.last_seq => continue,
@@ -457,14 +518,22 @@ impl<B: Backend> Journal<B> {
             }
             state = apply(state, &event).map_err(|source| Error::Inconsistent { run, source })?;
         }
-        Ok((state, checkpoint))
+        Ok(Replayed {
+            state,
+            checkpoint,
+            position: Position {
+                end: from + parsed.valid as u64,
+                last: from + parsed.last as u64,
+            },
+            tail: parsed.tail,
+        })
     }
 
-    /// The run's log as it reads (empty when it has none).
-    fn log(&self, run: RunId) -> Result<log::Parsed, Error> {
+    /// The run's log from byte `from` as it reads (empty when it has none).
+    fn log(&self, run: RunId, from: u64) -> Result<log::Parsed, Error> {
         Ok(self
             .backend
-            .log_read(run)?
+            .log_read(run, from)?
             .map(|bytes| log::parse(&bytes))
             .unwrap_or_default())
     }
@@ -478,7 +547,7 @@ impl<B: Backend> Journal<B> {
             let event = codec::decode(&value).map_err(|source| corrupt(run, seq, source))?;
             Ok((seq, event))
         });
-        let logged: Vec<Result<(u64, Event), Error>> = match self.log(run) {
+        let logged: Vec<Result<(u64, Event), Error>> = match self.log(run, 0) {
             Ok(parsed) => parsed
                 .frames
                 .into_iter()
@@ -526,7 +595,7 @@ impl<B: Backend> Journal<B> {
     fn running_checkpoint(&self, sync: &str, stream: &str) -> Option<Checkpoint> {
         // From the log, not this handle's memory: another handle may be driving the run.
         let run = self.active_run(sync, stream).ok()??;
-        self.replay(run).ok()?.1
+        self.replay(run).ok()?.checkpoint
     }
 
     /// Every stream's committed checkpoint: `(sync, stream, checkpoint)`.
@@ -725,8 +794,9 @@ impl<B: Backend> Journal<B> {
                 ops.push(Op::Delete(item?.0));
             }
             pruned.events += ops.len() as u64;
-            pruned.events += self.log(run)?.frames.len() as u64;
+            pruned.events += self.log(run, 0)?.frames.len() as u64;
             ops.push(Op::Delete(run_key(b'h', run)));
+            ops.push(Op::Delete(run_key(b'l', run)));
             self.backend.commit(ops)?;
             self.backend.log_remove(run)?;
             pruned.runs += 1;
@@ -818,7 +888,7 @@ impl<B: Backend> Journal<B> {
                     Ok(_) => {}
                 }
             }
-            if let (Some((bytes, why)), Some(head)) = (self.log(run)?.tail, &head) {
+            if let (Some((bytes, why)), Some(head)) = (self.log(run, 0)?.tail, &head) {
                 // An unfinished run's log may end in a write a crash cut short (cut when
                 // the run resumes); a finished run's may not.
                 if head.status.is_finished() {

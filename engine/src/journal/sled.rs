@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -330,12 +330,16 @@ impl Backend for SledBackend {
         logs.with(run, |file| file.sync_data(), "syncing")
     }
 
-    fn log_read(&self, run: RunId) -> Result<Option<Vec<u8>>, BackendError> {
+    fn log_read(&self, run: RunId, from: u64) -> Result<Option<Vec<u8>>, BackendError> {
         let Some(logs) = &self.logs else {
             return Ok(None);
         };
         let mut bytes = Vec::new();
-        match File::open(logs.path(run)).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        let read = File::open(logs.path(run)).and_then(|mut f| {
+            f.seek(SeekFrom::Start(from))?;
+            f.read_to_end(&mut bytes)
+        });
+        match read {
             Ok(_) => Ok(Some(bytes)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(logs.fail(run, "reading")(e)),
