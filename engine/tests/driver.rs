@@ -630,3 +630,39 @@ fn slices_and_a_fixed_end_bound_each_window() {
         }
     );
 }
+
+#[tokio::test]
+async fn under_process_durability_a_destination_behind_the_journal_is_said_and_followed(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("behind", MemorySource::new(records(6), 1));
+    let mut plan = plan();
+    plan.durability = waymark_engine::Durability::Process;
+    h.settings.max_pages = Some(3);
+    let paused = h.run(&plan).await?;
+    let run = paused.run_id();
+    assert_eq!(paused.committed_page, 3);
+    // A power cut: the pause was synced in the journal; the destination's last commit
+    // was not, and is gone.
+    h.destination.state().lose(1);
+    h.crash();
+    h.settings.max_pages = None;
+    let done = h.run(&plan).await?;
+    assert_eq!(done.status, Status::Completed);
+    assert_ne!(done.run_id(), run);
+    let abandoned = h.journal.load(run)?;
+    assert_eq!(
+        abandoned.status,
+        Status::Abandoned(format!(
+            "shop/orders: the destination is behind the journal (journal at page 3 of run \
+             {run}, destination at page 2 of run {run}): with durability = \"process\" a \
+             power cut can take a destination's last commits back; continuing from the \
+             destination's checkpoint"
+        ))
+    );
+    match &done.started.start_from {
+        StartFrom::Destination(c) => assert_eq!((c.run_id, c.page), (run, 2)),
+        other => panic!("started from {other:?}"),
+    }
+    assert_eq!(h.destination.state().rows.len(), 6);
+    Ok(())
+}

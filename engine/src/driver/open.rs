@@ -169,7 +169,9 @@ impl Behind {
             None => "at no checkpoint".into(),
         };
         format!(
-            "{}/{}: the destination is behind the journal (journal at page {} of run {},              destination {theirs}): with durability = \"process\" a power cut can take a              destination's last commits back; continuing from the destination's checkpoint",
+            "{}/{}: the destination is behind the journal (journal at page {} of run {}, \
+             destination {theirs}): with durability = \"process\" a power cut can take a \
+             destination's last commits back; continuing from the destination's checkpoint",
             plan.sync, plan.stream, self.ours.page, self.ours.run_id
         )
     }

@@ -41,7 +41,7 @@ pub struct Plan {
     /// destination's checkpoint, batches are fenced by its token).
     pub lease: Option<Lease>,
     /// What each step of the run survives; under `process`, a run never trusts the journal
-    /// past the destination's own checkpoint (see [`crate::driver::open`]).
+    /// past the destination's own checkpoint (compared when a run opens).
     pub durability: Durability,
 }
 

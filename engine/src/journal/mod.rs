@@ -6,7 +6,8 @@
 //!
 //! | key                          | value                                  |
 //! |------------------------------|----------------------------------------|
-//! | `h` run-id(16)               | [`RunState`] when the run started or last changed status |
+//! | `h` run-id(16)               | [`RunState`] at its last status change (or every 1,024 events) |
+//! | `l` run-id(16)               | the head's seq and where its event's frame starts in the log |
 //! | `a` sync `\0` stream         | [`RunId`] of the stream's unfinished run |
 //! | `c` sync `\0` stream         | the stream's committed [`Checkpoint`] as of its last settled run |
 //! | `w` digest                   | the workflow's canonical key/values    |
@@ -17,8 +18,9 @@
 //! Every value is framed by [`codec`] (format version + CRC-32). A run's state is its head
 //! folded with the events its log holds past it; its checkpoint, the last commit among
 //! those (or the stored one). When a run changes status (starts, pauses, fails, completes,
-//! is abandoned) its log is synced and the head, the checkpoint, the history and the
-//! unfinished-run pointer are written in one flushed batch: what every other reader sees.
+//! is abandoned), and every 1,024 events, its log is synced and the head, the
+//! checkpoint, the history and the unfinished-run pointer are written in one flushed batch:
+//! what every other reader sees, and where a resume starts folding.
 
 mod backend;
 pub mod codec;
