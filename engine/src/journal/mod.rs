@@ -356,18 +356,16 @@ impl<B: Backend> Journal<B> {
         let mut states: Vec<RunState> = Vec::with_capacity(events.len());
         let mut frames = Vec::with_capacity(256 * events.len());
         let mut last_frame = 0;
+        let mut committed = self.committed.get(&run).cloned();
         for event in events {
-            let before = states.last().unwrap_or(state);
-            if let Event::CursorCommitted { page, at } = event {
-                if let Some(checkpoint) = before.checkpoint_after(*page, *at) {
-                    self.committed.insert(run, checkpoint);
-                }
-            }
-            let next = apply(before.clone(), event)
-                .map_err(|source| Error::Inconsistent { run, source })?;
+            let before = states.last().unwrap_or(state).clone();
+            let next = advance(before, event, &mut committed)?;
             last_frame = frames.len();
             log::frame(&mut frames, next.last_seq, event);
             states.push(next);
+        }
+        if let Some(checkpoint) = committed {
+            self.committed.insert(run, checkpoint);
         }
         let Some(last) = states.last() else {
             return Ok(states);
@@ -492,7 +490,13 @@ impl<B: Backend> Journal<B> {
             .backend
             .get(&run_key(b'h', run))?
             .ok_or(Error::UnknownRun(run))?;
-        let mut state = self.head(run, &value)?;
+        self.replay_from(self.head(run, &value)?)
+    }
+
+    /// [`Journal::replay`] from the run's head as read already.
+    fn replay_from(&self, head: RunState) -> Result<Replayed, Error> {
+        let run = head.run_id();
+        let mut state = head;
         let stored: Option<(u64, u64)> = self
             .read(&run_key(b'l', run), || format!("log position of run {run}"))
             .ok()
@@ -515,10 +519,7 @@ impl<B: Backend> Journal<B> {
                 Ok((_, event)) => event,
                 Err((seq, source)) => return Err(corrupt(run, seq, source)),
             };
-            if let Event::CursorCommitted { page, at } = &event {
-                checkpoint = state.checkpoint_after(*page, *at).or(checkpoint);
-            }
-            state = apply(state, &event).map_err(|source| Error::Inconsistent { run, source })?;
+            state = advance(state, &event, &mut checkpoint)?;
         }
         Ok(Replayed {
             state,
@@ -604,37 +605,35 @@ impl<B: Backend> Journal<B> {
     pub fn checkpoints(
         &self,
     ) -> impl Iterator<Item = Result<(String, String, Checkpoint), Error>> + '_ {
-        let stored = self.backend.scan(b"c").map(|item| {
-            let (key, value) = item?;
-            let name = String::from_utf8_lossy(&key[1..]).into_owned();
-            let (sync, stream) = name.split_once('\0').unwrap_or((name.as_str(), ""));
-            let checkpoint = codec::decode(&value).map_err(|source| Error::Corrupt {
-                entry: format!("checkpoint of {sync}/{stream}"),
-                source,
-            })?;
-            Ok((sync.to_string(), stream.to_string(), checkpoint))
-        });
-        let mut all: BTreeMap<(String, String), Result<Checkpoint, Error>> = BTreeMap::new();
+        let mut all: BTreeMap<(String, String), Checkpoint> = BTreeMap::new();
         let mut failed = Vec::new();
-        for item in stored {
-            match item {
-                Ok((sync, stream, checkpoint)) => {
-                    all.insert((sync, stream), Ok(checkpoint));
+        for item in self.backend.scan(b"c") {
+            let read = item.map_err(Error::from).and_then(|(key, value)| {
+                let (sync, stream) = stream_of(&key);
+                match codec::decode(&value) {
+                    Ok(checkpoint) => Ok(((sync, stream), checkpoint)),
+                    Err(source) => Err(Error::Corrupt {
+                        entry: format!("checkpoint of {sync}/{stream}"),
+                        source,
+                    }),
+                }
+            });
+            match read {
+                Ok((name, checkpoint)) => {
+                    all.insert(name, checkpoint);
                 }
                 Err(e) => failed.push(Err(e)),
             }
         }
-        for item in self.backend.scan(b"a") {
-            let Ok((key, _)) = item else { continue };
-            let name = String::from_utf8_lossy(&key[1..]).into_owned();
-            let (sync, stream) = name.split_once('\0').unwrap_or((name.as_str(), ""));
-            if let Some(checkpoint) = self.running_checkpoint(sync, stream) {
-                all.insert((sync.to_string(), stream.to_string()), Ok(checkpoint));
+        for (key, _) in self.backend.scan(b"a").flatten() {
+            let (sync, stream) = stream_of(&key);
+            if let Some(checkpoint) = self.running_checkpoint(&sync, &stream) {
+                all.insert((sync, stream), checkpoint);
             }
         }
         let listed: Vec<_> = all
             .into_iter()
-            .map(|((sync, stream), checkpoint)| checkpoint.map(|c| (sync, stream, c)))
+            .map(|((sync, stream), checkpoint)| Ok((sync, stream, checkpoint)))
             .collect();
         listed.into_iter().chain(failed)
     }
@@ -757,7 +756,7 @@ impl<B: Backend> Journal<B> {
             match run_of(&key[1..]) {
                 Some(run) => match self.head(run, &value)? {
                     head if head.status.is_finished() => Ok(head),
-                    _ => self.load(run),
+                    head => Ok(self.replay_from(head)?.state),
                 },
                 None => codec::decode(&value).map_err(|source| Error::Corrupt {
                     entry: format!("head {}", hex(&key[1..])),
@@ -929,6 +928,30 @@ impl<B: Backend> Journal<B> {
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), Error> {
         Ok(self.backend.flush()?)
+    }
+}
+
+/// Folds `event` into `state`; a commit sets `checkpoint` to the checkpoint after its page.
+fn advance(
+    state: RunState,
+    event: &Event,
+    checkpoint: &mut Option<Checkpoint>,
+) -> Result<RunState, Error> {
+    if let Event::CursorCommitted { page, at } = event {
+        if let Some(after) = state.checkpoint_after(*page, *at) {
+            *checkpoint = Some(after);
+        }
+    }
+    let run = state.run_id();
+    apply(state, event).map_err(|source| Error::Inconsistent { run, source })
+}
+
+/// The sync and stream named by a stream key (`tag` sync `\0` stream).
+fn stream_of(key: &[u8]) -> (String, String) {
+    let name = String::from_utf8_lossy(key.get(1..).unwrap_or_default());
+    match name.split_once('\0') {
+        Some((sync, stream)) => (sync.to_string(), stream.to_string()),
+        None => (name.into_owned(), String::new()),
     }
 }
 
