@@ -60,7 +60,9 @@ pub async fn open<B: Backend, D: Destination>(
                 let ours = state
                     .checkpoint()
                     .or_else(|| state.started.start_from.checkpoint().cloned());
-                match destination_behind(destination, ours.as_ref(), plan).await? {
+                match destination_behind(journal, destination, ours.as_ref(), Some(run), plan)
+                    .await?
+                {
                     None => return resume(journal, state, plan, now),
                     Some(behind) => {
                         let reason = behind.said(plan);
@@ -112,7 +114,9 @@ pub async fn open<B: Backend, D: Destination>(
         Err(e @ journal::Error::Corrupt { .. }) => (None, Some(e)),
         Err(e) => return Err(e.into()),
     };
-    if let Some(behind) = destination_behind(destination, ours.as_ref(), plan).await? {
+    if let Some(behind) =
+        destination_behind(journal, destination, ours.as_ref(), None, plan).await?
+    {
         tracing::warn!("{}", behind.said(plan));
         return start(journal, behind.start_from(), plan, now);
     }
@@ -179,20 +183,30 @@ impl Behind {
 
 /// Under `process` durability the journal is never trusted past the destination's own
 /// checkpoint: after a power cut the destination may have lost commits the journal kept.
-/// `Some` when it is behind `ours` (an earlier page of the same run, an earlier run, none).
-async fn destination_behind<D: Destination>(
+/// `Some` when it is behind `ours` (the journal's, committed by one of its runs; `active`:
+/// the stream's unfinished run): an earlier page of the same run, another run's (one
+/// committed before the journal's), or none. The destination holding the unfinished run's
+/// own commits is ahead, never behind (the journal lost them; their replay is recognised).
+async fn destination_behind<B: Backend, D: Destination>(
+    journal: &Journal<B>,
     destination: &mut D,
     ours: Option<&Checkpoint>,
+    active: Option<RunId>,
     plan: &Plan,
 ) -> Result<Option<Behind>, Error> {
     let (Durability::Process, None, Some(ours)) = (plan.durability, &plan.lease, ours) else {
         return Ok(None);
     };
+    // A checkpoint an operator set (`waymark checkpoint set`) is no run's: nothing to
+    // compare it with.
+    if journal.load(ours.run_id).is_err() {
+        return Ok(None);
+    }
     let theirs = destination.checkpoint().await?;
     let behind = match &theirs {
         None => true,
         Some(t) if t.run_id == ours.run_id => t.page < ours.page,
-        Some(t) => t.at < ours.at,
+        Some(t) => Some(t.run_id) != active,
     };
     Ok(behind.then(|| Behind {
         ours: ours.clone(),
