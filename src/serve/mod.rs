@@ -290,6 +290,8 @@ async fn serve_here(
                 pauses.remove(&key);
                 scheduler.finished(&key);
                 holds.ended(&key, &report(&key, outcome), &mut scheduler);
+                // A stream removed while its run went on is forgotten now.
+                metrics.serving(scheduler.keys());
                 alert_wake.notify_one();
             }
             _ = tokio::time::sleep(wait) => {}
@@ -360,6 +362,9 @@ async fn serve_here(
             reload |= catalog.lists_tenants_by_query();
         }
         if reload {
+            // How the files looked before they are read: one written while it is read (a
+            // half-written list) differs from this at the next look and is read again.
+            seen = catalog::look(&options.paths, &catalog);
             resumes.extend(
                 reload_files(
                     &dir,
@@ -373,7 +378,6 @@ async fn serve_here(
                 .await?,
             );
             receiver.reload(hooks::table(&catalog));
-            seen = catalog::look(&options.paths, &catalog);
             if let Some(cluster) = &cluster {
                 check_cluster(&catalog)?;
                 cluster::share_budgets(&catalog, &cluster.held, cluster.ttl);

@@ -23,7 +23,7 @@ pub enum Decision<K> {
     Skipped(K),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Entry {
     /// `None`: runs only when asked (run now, or an unfinished run to resume).
     cadence: Option<Cadence>,
@@ -32,6 +32,8 @@ struct Entry {
     running: bool,
     /// Held for a changing command: no run starts until it is released.
     held: bool,
+    /// Removed while its run went on: forgotten when that run ends.
+    gone: bool,
     skipped: u64,
 }
 
@@ -75,14 +77,13 @@ impl<K: Ord + Clone> Scheduler<K> {
                 let kept = entry.due.filter(|d| *d <= now);
                 entry.due = kept.or_else(|| cadence.as_ref().and_then(|c| c.next_after(now)));
                 entry.cadence = cadence;
+                entry.gone = false;
             }
             None => {
                 let entry = Entry {
                     cadence,
                     due,
-                    running: false,
-                    held: false,
-                    skipped: 0,
+                    ..Entry::default()
                 };
                 self.entries.insert(key, entry);
             }
@@ -90,7 +91,7 @@ impl<K: Ord + Clone> Scheduler<K> {
     }
 
     /// Forgets a stream (gone from the files, its lease lost); a run in progress finishes
-    /// first (forgotten by the next `remove` once it ended).
+    /// first (forgotten when it ends).
     pub fn remove(&mut self, key: &K) {
         match self.entries.get_mut(key) {
             // Its run goes on and counts against the limit, but the stream is due no more
@@ -98,6 +99,7 @@ impl<K: Ord + Clone> Scheduler<K> {
             Some(entry) if entry.running => {
                 entry.cadence = None;
                 entry.due = None;
+                entry.gone = true;
             }
             _ => {
                 self.entries.remove(key);
@@ -119,13 +121,7 @@ impl<K: Ord + Clone> Scheduler<K> {
     /// Holds `key` for a changing command, if no run of it is going (true); a stream it
     /// does not schedule yet is added, without a schedule.
     pub fn hold(&mut self, key: &K) -> bool {
-        let entry = self.entries.entry(key.clone()).or_insert(Entry {
-            cadence: None,
-            due: None,
-            running: false,
-            held: false,
-            skipped: 0,
-        });
+        let entry = self.entries.entry(key.clone()).or_default();
         if entry.running || entry.held {
             return false;
         }
@@ -177,8 +173,12 @@ impl<K: Ord + Clone> Scheduler<K> {
 
     /// The run of `key` ended (however it ended).
     pub fn finished(&mut self, key: &K) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.running = false;
+        match self.entries.get_mut(key) {
+            Some(entry) if entry.gone => {
+                self.entries.remove(key);
+            }
+            Some(entry) => entry.running = false,
+            None => {}
         }
     }
 
@@ -367,5 +367,28 @@ mod tests {
         s.remove(&"a");
         assert!(s.tick(at(5)).is_empty());
         assert!(s.keys().is_empty());
+    }
+
+    #[test]
+    fn a_stream_removed_while_its_run_goes_is_forgotten_when_it_ends() {
+        let mut s = Scheduler::new(2);
+        s.set("a", every(5), Some(at(0)), false, at(1));
+        s.set("b", every(5), Some(at(0)), false, at(1));
+        assert_eq!(
+            s.tick(at(5)),
+            vec![Decision::Start("a"), Decision::Start("b")]
+        );
+        s.remove(&"a");
+        s.remove(&"b");
+        assert_eq!(s.run_now(&"a", at(6)), Some(false), "its run still goes");
+        assert_eq!(s.running(), 2);
+        // Added again before its run ended: kept.
+        s.set("b", every(5), Some(at(5)), false, at(7));
+        s.finished(&"a");
+        s.finished(&"b");
+        assert!(!s.knows(&"a"));
+        assert_eq!(s.run_now(&"a", at(8)), None, "not run when asked");
+        assert_eq!(s.keys(), vec!["b"]);
+        assert_eq!(s.tick(at(10)), vec![Decision::Start("b")]);
     }
 }
