@@ -126,14 +126,26 @@ async fn retention_prunes_finished_runs_but_never_checkpoints(
     h.settings.max_pages = Some(0);
     let unfinished = h.run(&plan()).await?;
     assert!(matches!(unfinished.status, Status::Paused(_)));
+    // A crash between a new run's first step and its head left its log; one whose first
+    // step does not read is left alone (nothing says when it started).
+    let (orphan, unreadable) = (RunId::new(), RunId::new());
+    let started = frames(&h.backend, first.run_id())?.remove(0);
+    h.backend
+        .log_append(orphan, &u32::try_from(started.len())?.to_le_bytes())?;
+    h.backend.log_append(orphan, &started)?;
+    h.backend.log_append(unreadable, b"\x03\0\0\0ab")?;
 
     // Nothing is old enough yet.
     let pruned = h.journal.prune(NOW, Duration::from_secs(3600))?;
     assert_eq!(pruned.runs, 0);
+    assert!(h.backend.log_read(orphan, 0)?.is_some());
     let later = Timestamp(NOW.0 + 7_200_000);
     let pruned = h.journal.prune(later, Duration::from_secs(3600))?;
-    // Each run: started, 2 × (fetched, written, committed), completed.
-    assert_eq!((pruned.runs, pruned.events), (2, 2 * 8));
+    // Each run: started, 2 × (fetched, written, committed), completed; the orphan: started.
+    assert_eq!((pruned.runs, pruned.events), (3, 2 * 8 + 1));
+    assert!(h.backend.log_read(orphan, 0)?.is_none());
+    assert!(h.backend.log_read(unreadable, 0)?.is_some());
+    assert!(h.backend.log_read(unfinished.run_id(), 0)?.is_some());
     for run in [first.run_id(), second.run_id()] {
         assert!(matches!(h.journal.load(run), Err(Error::UnknownRun(r)) if r == run));
         assert_eq!(h.journal.events(run).count(), 0);

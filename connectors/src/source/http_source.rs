@@ -445,11 +445,11 @@ impl HttpSource {
             Some(path) => records_by_query(&doc, path)
                 .map_err(|e| fatal(format!("{what}: {e}")))?
                 .into_iter()
-                .map(|r| r.get().to_string())
+                .map(str::to_string)
                 .collect(),
             None => records_at(&doc, &self.stream.records)?
                 .into_iter()
-                .map(|r| r.get().to_string())
+                .map(str::to_string)
                 .collect(),
         };
         self.oversized(what, request.page, records.len())?;

@@ -8,11 +8,76 @@ use super::page::{records_at, records_by_query, shape, Document};
 use super::pagination::{link_next, token};
 use crate::config::StreamSection;
 
+/// A JSON value of random shape from `seed` (xorshift): nested arrays and objects, strings
+/// with escapes, quotes, brackets and commas inside, numbers, white space around tokens.
+fn random_json(seed: &mut u64, depth: u32) -> String {
+    let mut next = |n: usize| {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        usize::try_from(*seed % n as u64).unwrap_or(0)
+    };
+    let space = [" ", "", "\n\t", ""][next(4)];
+    let value = match next(if depth == 0 { 4 } else { 6 }) {
+        0 => ["0", "-1.5e3", "12345678901234567890", "true", "null"][next(5)].to_string(),
+        1 | 2 => {
+            let parts = [
+                r#"a"#,
+                r#"\""#,
+                r#"\\"#,
+                "]",
+                "}",
+                ",",
+                "[",
+                "é",
+                r#"\u005d"#,
+                r#"\\\""#,
+            ];
+            let text: String = (0..next(5)).map(|_| parts[next(10)]).collect();
+            format!("\"{text}\"")
+        }
+        3 => String::new() + "{}",
+        4 => {
+            let items: Vec<String> = (0..next(4)).map(|_| random_json(seed, depth - 1)).collect();
+            format!("[{}]", items.join(","))
+        }
+        _ => {
+            let fields: Vec<String> = (0..next(4))
+                .map(|i| format!("\"k{i}]\":{}", random_json(seed, depth - 1)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+    };
+    format!("{space}{value}{space}")
+}
+
+#[test]
+fn records_are_split_as_a_json_parser_splits_them() -> Result<(), source::Error> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for case in 0..3_000 {
+        let items: Vec<String> = (0..case % 7).map(|_| random_json(&mut seed, 3)).collect();
+        let body = format!("{{\"data\": [{}] , \"next\":\"x\"}}", items.join(","));
+        let doc = Document::parse(body.as_bytes())?;
+        let parsed: Vec<&serde_json::value::RawValue> = doc
+            .at("data")
+            .and_then(|raw| serde_json::from_str(raw.get()).ok())
+            .unwrap_or_default();
+        let expected: Vec<&str> = parsed.iter().map(|r| r.get()).collect();
+        assert_eq!(records_at(&doc, "data")?, expected, "case {case}: {body}");
+    }
+    let doc = Document::parse(br#"{"data":{"a":[1]}}"#)?;
+    assert!(
+        records_at(&doc, "data").is_err(),
+        "an object is not an array"
+    );
+    Ok(())
+}
+
 #[test]
 fn reads_records_without_reserialising() -> Result<(), source::Error> {
     let body = br#"{"data":[{"id":1, "a":"x"},{"id":2}],"meta":{"next":"c2"}}"#;
     let doc = Document::parse(body)?;
-    let records: Vec<&str> = records_at(&doc, "data")?.iter().map(|r| r.get()).collect();
+    let records = records_at(&doc, "data")?;
     assert_eq!(records, [r#"{"id":1, "a":"x"}"#, r#"{"id":2}"#]);
     assert_eq!(
         token(doc.value("meta.next"), "meta.next")?.as_deref(),
@@ -131,10 +196,7 @@ fields = ["id", "c.x"]
     let body = br#"{"a":{"items":[{"id":12345678901234567890123, "v":1.50}]},"b":[{"id":1e2}]}"#;
     let doc = Document::parse(body).map_err(|e| e.message)?;
     let query = serde_json_path::JsonPath::parse("$..[?@.id]").map_err(|e| e.to_string())?;
-    let mut found: Vec<&str> = records_by_query(&doc, &query)?
-        .iter()
-        .map(|r| r.get())
-        .collect();
+    let mut found: Vec<&str> = records_by_query(&doc, &query)?;
     found.sort_unstable();
     assert_eq!(
         found,

@@ -52,6 +52,8 @@ pub trait Backend: Send {
     fn log_truncate(&self, run: RunId, len: u64) -> Result<(), BackendError>;
     /// Removes the run's log.
     fn log_remove(&self, run: RunId) -> Result<(), BackendError>;
+    /// The runs that have a log.
+    fn log_runs(&self) -> Result<Vec<RunId>, BackendError>;
 }
 
 /// A run log as the in-memory disk holds it: what the process wrote, and what is synced.
@@ -236,5 +238,9 @@ impl Backend for MemoryBackend {
     fn log_remove(&self, run: RunId) -> Result<(), BackendError> {
         self.disk().logs.remove(&run);
         Ok(())
+    }
+
+    fn log_runs(&self) -> Result<Vec<RunId>, BackendError> {
+        Ok(self.disk().logs.keys().copied().collect())
     }
 }

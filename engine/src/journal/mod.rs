@@ -766,11 +766,30 @@ impl<B: Backend> Journal<B> {
         })
     }
 
-    /// Removes the journals of runs that finished more than `keep` before `now`. Active
-    /// runs and stream checkpoints are never pruned. Returns what was removed.
+    /// Removes the journals of runs that finished more than `keep` before `now`, and the
+    /// logs of runs without a head that started before then (a crash between a new run's
+    /// first step and its head: a run writes its head right after its first step, so such
+    /// a log is no run's). Active runs and stream checkpoints are never pruned. Returns
+    /// what was removed.
     pub fn prune(&mut self, now: Timestamp, keep: Duration) -> Result<Pruned, Error> {
         let cutoff = now.saturating_sub(keep);
-        self.prune_where(|head| head.updated_at <= cutoff)
+        let mut pruned = self.prune_where(|head| head.updated_at <= cutoff)?;
+        for run in self.backend.log_runs()? {
+            if self.backend.get(&run_key(b'h', run))?.is_some() {
+                continue;
+            }
+            let log = self.log(run, 0)?;
+            let started = match log.frames.first() {
+                Some(Ok((_, first))) => first.at(),
+                _ => continue,
+            };
+            if started <= cutoff {
+                pruned.events += log.frames.len() as u64;
+                self.backend.log_remove(run)?;
+                pruned.runs += 1;
+            }
+        }
+        Ok(pruned)
     }
 
     /// Removes the journals of the finished runs `doomed` picks (by their heads). Active

@@ -373,6 +373,28 @@ impl Backend for SledBackend {
             _ => Ok(()),
         }
     }
+
+    fn log_runs(&self) -> Result<Vec<RunId>, BackendError> {
+        let Some(logs) = &self.logs else {
+            return Ok(Vec::new());
+        };
+        let entries = match std::fs::read_dir(&logs.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(BackendError(format!("{}: {e}", logs.dir.display()))),
+        };
+        let mut runs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| BackendError(format!("{}: {e}", logs.dir.display())))?;
+            // Anything else in the directory is not a run log (and left alone).
+            let name = entry.file_name();
+            let run = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log")?.parse::<RunId>().ok());
+            runs.extend(run);
+        }
+        Ok(runs)
+    }
 }
 
 #[cfg(test)]
@@ -391,6 +413,24 @@ mod tests {
         let second = SledBackend::open(&dir);
         let _ = releaser.join();
         drop(second?);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn the_runs_with_a_log_are_listed_and_nothing_else() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("waymark-sled-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let backend = SledBackend::open(&dir)?;
+        assert!(backend.log_runs()?.is_empty());
+        let (kept, removed) = (RunId::new(), RunId::new());
+        backend.log_append(kept, b"kept")?;
+        backend.log_append(removed, b"removed")?;
+        backend.log_remove(removed)?;
+        std::fs::write(dir.join("runs").join("notes.txt"), "not a log")?;
+        std::fs::write(dir.join("runs").join("not-a-run.log"), "")?;
+        assert_eq!(backend.log_runs()?, [kept]);
+        drop(backend);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
