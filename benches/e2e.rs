@@ -1,5 +1,6 @@
 //! End-to-end throughput of the real `waymark` binary against a local page server, side by
-//! side with a plain sequential Rust loop and with the journal switched off; and the
+//! side with hand-written Rust loops (plain; lean, into its own table and into Waymark's)
+//! and with the journal switched off; and the
 //! achieved request rate against a rate-limited server.
 //!
 //! `cargo bench --features bench-unjournaled --bench e2e` (the feature builds the
@@ -306,14 +307,14 @@ fn rows(db: &Path) -> Result<u64> {
     Ok(conn.query_row("SELECT count(*) FROM items", [], |r| r.get::<_, i64>(0))? as u64)
 }
 
-/// What the hand-written loops share: the SQLite file (WAL, `synchronous`, `items` keyed by
-/// `key_type`), then page after page of `url`: `write` upserts a page's body in the open
-/// transaction and returns the next cursor, then the checkpoint row, commit. Runs in a
-/// child process (`e2e baseline|lean <url> <db>`), so its RSS is its own.
+/// What the hand-written loops share: the SQLite file (WAL, `synchronous`, the `items` table
+/// `table` creates), then page after page of `url`: `write` upserts a page's body in the
+/// open transaction and returns the next cursor, then the checkpoint row, commit. Runs in a
+/// child process (`e2e baseline|lean|lean-table <url> <db>`), so its RSS is its own.
 fn hand_written(
     url: &str,
     db: &Path,
-    (synchronous, key_type): (&str, &str),
+    (synchronous, table): (&str, &str),
     mut write: impl FnMut(&rusqlite::Transaction, &[u8]) -> Result<Option<String>>,
 ) -> Result {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -324,7 +325,7 @@ fn hand_written(
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.execute_batch(&format!(
-        "CREATE TABLE IF NOT EXISTS items (key {key_type} PRIMARY KEY, version TEXT, record TEXT);
+        "{table};
          CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, cursor TEXT);"
     ))?;
     let mut cursor: Option<String> = None;
@@ -358,7 +359,9 @@ const UPSERT: &str = "INSERT INTO items (key, version, record) VALUES (?1, ?2, ?
 /// keys, each record re-serialised) with the checkpoint in one transaction, WAL with
 /// `synchronous=FULL` as Waymark's destination.
 fn baseline(url: &str, db: &Path) -> Result {
-    hand_written(url, db, ("FULL", "TEXT"), |tx, body| {
+    let table =
+        "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, version TEXT, record TEXT)";
+    hand_written(url, db, ("FULL", table), |tx, body| {
         let page: serde_json::Value = serde_json::from_slice(body)?;
         let records = page["data"].as_array().ok_or("no data")?;
         let mut upsert = tx.prepare_cached(UPSERT)?;
@@ -385,12 +388,51 @@ fn lean(url: &str, db: &Path) -> Result {
         id: u64,
         updated_at: &'a str,
     }
-    hand_written(url, db, ("NORMAL", "INTEGER"), |tx, body| {
+    let table =
+        "CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, version TEXT, record TEXT)";
+    hand_written(url, db, ("NORMAL", table), |tx, body| {
         let page: Page = serde_json::from_slice(body)?;
         let mut upsert = tx.prepare_cached(UPSERT)?;
         for raw in &page.data {
             let item: Item = serde_json::from_str(raw.get())?;
             upsert.execute((item.id, item.updated_at, raw.get()))?;
+        }
+        Ok(page.next.map(String::from))
+    })
+}
+
+/// The lean loop writing Waymark's table instead of its own: the key as the text the API
+/// wrote (`TEXT PRIMARY KEY`, so an index beside the rows), the run and page that wrote
+/// each row, `deleted_at`. What the lean loop would cost with Waymark's storage.
+fn lean_in_waymarks_table(url: &str, db: &Path) -> Result {
+    #[derive(serde::Deserialize)]
+    struct Page<'a> {
+        #[serde(borrow)]
+        data: Vec<&'a serde_json::value::RawValue>,
+        next: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item<'a> {
+        #[serde(borrow)]
+        id: &'a serde_json::value::RawValue,
+        updated_at: &'a str,
+    }
+    let table = "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY NOT NULL, version TEXT,
+         record TEXT NOT NULL, run_id TEXT NOT NULL, page INTEGER NOT NULL, deleted_at TEXT)";
+    let run = "01a23def-ec06-71ee-954f-b011937cdff1";
+    let mut page_no = 0i64;
+    hand_written(url, db, ("NORMAL", table), |tx, body| {
+        let page: Page = serde_json::from_slice(body)?;
+        page_no += 1;
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO items (key, version, record, run_id, page) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (key) DO UPDATE SET version = excluded.version, record = excluded.record,
+               run_id = excluded.run_id, page = excluded.page, deleted_at = NULL
+             WHERE excluded.version >= items.version",
+        )?;
+        for raw in &page.data {
+            let item: Item = serde_json::from_str(raw.get())?;
+            upsert.execute((item.id.get(), item.updated_at, raw.get(), run, page_no))?;
         }
         Ok(page.next.map(String::from))
     })
@@ -444,6 +486,7 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
     let mut runs: Vec<(&'static str, Option<PathBuf>, How)> = vec![
         ("plain Rust loop", None, How::AsIs),
         ("lean Rust loop", None, How::AsIs),
+        ("lean Rust loop, Waymark's table", None, How::AsIs),
         ("waymark", Some(this_waymark()), How::AsIs),
         (
             "waymark, durability \"process\"",
@@ -473,10 +516,10 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             let sample = match bin {
                 None => {
                     let mut cmd = Command::new(std::env::current_exe()?);
-                    let loop_ = if name.starts_with("lean") {
-                        "lean"
-                    } else {
-                        "baseline"
+                    let loop_ = match *name {
+                        "lean Rust loop" => "lean",
+                        "lean Rust loop, Waymark's table" => "lean-table",
+                        _ => "baseline",
                     };
                     cmd.arg(loop_).arg(&url).arg(&db);
                     timed(cmd)?
@@ -923,10 +966,11 @@ path = "out.db"
 
 fn main() -> Result {
     let args: Vec<String> = std::env::args().collect();
-    if let Some(loop_ @ ("baseline" | "lean")) = args.get(1).map(String::as_str) {
+    if let Some(loop_ @ ("baseline" | "lean" | "lean-table")) = args.get(1).map(String::as_str) {
         let (url, db) = (args.get(2).ok_or("url")?, args.get(3).ok_or("db")?);
         return match loop_ {
             "lean" => lean(url, Path::new(db)),
+            "lean-table" => lean_in_waymarks_table(url, Path::new(db)),
             _ => baseline(url, Path::new(db)),
         };
     }
