@@ -768,9 +768,9 @@ impl<B: Backend> Journal<B> {
 
     /// Removes the journals of runs that finished more than `keep` before `now`, and the
     /// logs of runs without a head that started before then (a crash between a new run's
-    /// first step and its head: a run writes its head right after its first step, so such
-    /// a log is no run's). Active runs and stream checkpoints are never pruned. Returns
-    /// what was removed.
+    /// first step and its head: a run writes its head right after its first step, so while
+    /// no run is starting — callers prune before their runs — such a log is no run's).
+    /// Active runs and stream checkpoints are never pruned. Returns what was removed.
     pub fn prune(&mut self, now: Timestamp, keep: Duration) -> Result<Pruned, Error> {
         let cutoff = now.saturating_sub(keep);
         let mut pruned = self.prune_where(|head| head.updated_at <= cutoff)?;
