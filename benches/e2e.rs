@@ -372,17 +372,19 @@ fn baseline(url: &str, db: &Path) -> Result {
     })
 }
 
+/// A page as the lean loops read it: its records borrowed as they came, the next cursor.
+#[derive(serde::Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    data: Vec<&'a serde_json::value::RawValue>,
+    next: Option<&'a str>,
+}
+
 /// The lean loop an engineer would write by hand instead of adopting a tool: the page
 /// parsed once into borrowed, typed fields (each record's text kept as it came), a
 /// prepared version-checked upsert and a checkpoint row per page in one transaction, WAL
 /// with `synchronous=NORMAL` (survives a crash of the process, not a power cut).
 fn lean(url: &str, db: &Path) -> Result {
-    #[derive(serde::Deserialize)]
-    struct Page<'a> {
-        #[serde(borrow)]
-        data: Vec<&'a serde_json::value::RawValue>,
-        next: Option<&'a str>,
-    }
     #[derive(serde::Deserialize)]
     struct Item<'a> {
         id: u64,
@@ -405,12 +407,6 @@ fn lean(url: &str, db: &Path) -> Result {
 /// wrote (`TEXT PRIMARY KEY`, so an index beside the rows), the run and page that wrote
 /// each row, `deleted_at`. What the lean loop would cost with Waymark's storage.
 fn lean_in_waymarks_table(url: &str, db: &Path) -> Result {
-    #[derive(serde::Deserialize)]
-    struct Page<'a> {
-        #[serde(borrow)]
-        data: Vec<&'a serde_json::value::RawValue>,
-        next: Option<&'a str>,
-    }
     #[derive(serde::Deserialize)]
     struct Item<'a> {
         #[serde(borrow)]
