@@ -666,3 +666,55 @@ async fn under_process_durability_a_destination_behind_the_journal_is_said_and_f
     assert_eq!(h.destination.state().rows.len(), 6);
     Ok(())
 }
+
+#[tokio::test]
+async fn under_process_durability_a_destination_behind_a_pruned_run_is_followed(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut h = Harness::new("behind-pruned", MemorySource::new(records(6), 1));
+    let mut plan = plan();
+    plan.durability = waymark_engine::Durability::Process;
+    let done = h.run(&plan).await?;
+    let run = done.run_id();
+    assert_eq!(
+        (done.status.clone(), done.committed_page),
+        (Status::Completed, 6)
+    );
+    // A power cut takes the destination's last two commits back; the next run comes after
+    // `keep`, so the journal no longer holds the run its checkpoint names.
+    h.destination.state().lose(2);
+    h.crash();
+    let later = Timestamp(NOW.0 + 7_200_000);
+    assert_eq!(
+        h.journal
+            .prune(later, std::time::Duration::from_secs(3600))?
+            .runs,
+        1
+    );
+    let next = h.run(&plan).await?;
+    match &next.started.start_from {
+        StartFrom::Destination(c) => assert_eq!((c.run_id, c.page), (run, 4)),
+        other => panic!("started from {other:?}"),
+    }
+    assert_eq!(next.status, Status::Completed);
+    assert_eq!(h.destination.state().rows.len(), 6);
+    // A checkpoint an operator set (no run's) is not compared with the destination's.
+    let mut set = h
+        .journal
+        .checkpoint("shop", "orders")?
+        .ok_or("no checkpoint")?;
+    set.run_id = waymark_engine::RunId::new();
+    let change = waymark_engine::journal::CheckpointChange {
+        at: Timestamp(5),
+        who: "ops".into(),
+        why: "by hand".into(),
+        previous: None,
+        new: Some(set.clone()),
+    };
+    h.journal.set_checkpoint("shop", "orders", &change)?;
+    let after = h.run(&plan).await?;
+    match &after.started.start_from {
+        StartFrom::Journal(c) => assert_eq!(c.run_id, set.run_id),
+        other => panic!("started from {other:?}"),
+    }
+    Ok(())
+}

@@ -73,6 +73,11 @@ async fn a_damaged_entry_is_named_by_run_and_sequence() -> Result<(), Box<dyn st
         msg.contains(&format!("run {run} seq 3")) && msg.contains("waymark journal verify"),
         "{msg}"
     );
+    // Pruning (which `waymark run --fresh` does first) goes past the damaged run, and keeps
+    // it: it is unfinished.
+    let later = Timestamp(NOW.0 + 7_200_000);
+    assert_eq!(h.journal.prune(later, Duration::from_secs(1))?.runs, 0);
+    assert!(h.backend.log_read(run, 0)?.is_some());
 
     // A truncated head refuses to load, naming the run; --fresh gets past it.
     let mut head_key = vec![b'h'];
@@ -85,6 +90,7 @@ async fn a_damaged_entry_is_named_by_run_and_sequence() -> Result<(), Box<dyn st
         }
         other => panic!("expected a corrupt head, got {other:?}"),
     }
+    assert_eq!(h.journal.prune(later, Duration::from_secs(1))?.runs, 0);
     let mut fresh = plan();
     fresh.fresh = true;
     h.settings.max_pages = None;

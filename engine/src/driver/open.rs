@@ -198,8 +198,8 @@ async fn destination_behind<B: Backend, D: Destination>(
         return Ok(None);
     };
     // A checkpoint an operator set (`waymark checkpoint set`) is no run's: nothing to
-    // compare it with.
-    if journal.load(ours.run_id).is_err() {
+    // compare it with. One of a run the journal no longer holds (pruned by `keep`) is.
+    if journal.load(ours.run_id).is_err() && set_by_operator(journal, ours, plan)? {
         return Ok(None);
     }
     let theirs = destination.checkpoint().await?;
@@ -211,6 +211,19 @@ async fn destination_behind<B: Backend, D: Destination>(
     Ok(behind.then(|| Behind {
         ours: ours.clone(),
         theirs,
+    }))
+}
+
+/// Whether the stream's latest checkpoint change set `ours` by hand (not a run's commit).
+fn set_by_operator<B: Backend>(
+    journal: &Journal<B>,
+    ours: &Checkpoint,
+    plan: &Plan,
+) -> Result<bool, Error> {
+    let history = journal.checkpoint_history(&plan.sync, &plan.stream)?;
+    Ok(history.last().is_some_and(|(_, change)| {
+        change.new.as_ref().is_some_and(|c| c.run_id == ours.run_id)
+            && change.who != format!("run {}", ours.run_id)
     }))
 }
 

@@ -796,10 +796,18 @@ impl<B: Backend> Journal<B> {
     /// runs and stream checkpoints are never pruned.
     pub fn prune_where(&mut self, doomed: impl Fn(&RunState) -> bool) -> Result<Pruned, Error> {
         let mut picked = Vec::new();
-        for head in self.runs() {
-            let head = head?;
-            if head.status.is_finished() && doomed(&head) {
-                picked.push(head);
+        // Heads as stored: only finished runs are pruned, so an unfinished run is not
+        // replayed, and one whose head or log is damaged does not stop the pruning (nor
+        // the `--fresh` run that abandons it, which prunes first).
+        for item in self.backend.scan(b"h") {
+            let (key, value) = item?;
+            let Some(run) = run_of(&key[1..]) else {
+                continue;
+            };
+            match self.head(run, &value) {
+                Ok(head) if head.status.is_finished() && doomed(&head) => picked.push(head),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%run, error = %e, "not pruned: its head does not read"),
             }
         }
         let doomed = picked;
