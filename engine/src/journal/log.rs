@@ -79,6 +79,20 @@ pub fn parse(bytes: &[u8]) -> Parsed {
                 at = end;
             }
             Err(unread) => {
+                // Damage longer than a frame (a length word hit, a bad sector over several
+                // frames) is followed by frames of later steps; a write a crash cut short is
+                // the end of the log.
+                if let Some(next) = next_readable(bytes, at, last) {
+                    let error = match unread {
+                        Unread::Damaged(error, _) => error,
+                        Unread::Incomplete(_) => codec::Error::Truncated(next - at),
+                    };
+                    last += 1;
+                    parsed.frames.push(Err((last, error)));
+                    parsed.last = at;
+                    at = next;
+                    continue;
+                }
                 let why = match unread {
                     Unread::Incomplete(why) => why.to_string(),
                     Unread::Damaged(error, _) => error.to_string(),
@@ -90,6 +104,13 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     }
     parsed.valid = at;
     parsed
+}
+
+/// Where the first readable frame of a step after `last` starts past `at`, if any (only on
+/// the way past bytes that do not read: at most the rest of the log is tried, offset by
+/// offset, and a checksum rejects nearly every wrong one at once).
+fn next_readable(bytes: &[u8], at: usize, last: u64) -> Option<usize> {
+    (at + 1..bytes.len()).find(|&p| matches!(read_frame(bytes, p), Ok(((seq, _), _)) if seq > last))
 }
 
 #[cfg(test)]
@@ -158,5 +179,26 @@ mod tests {
         assert!(parsed
             .tail
             .is_some_and(|(bytes, why)| bytes == whole.len() - third && why.contains("checksum")));
+
+        // Damage longer than a frame, with later steps after it, is damage too (the log is
+        // not cut there): a length word made huge, two frames in a row.
+        let five = log(5);
+        let starts: Vec<usize> = (0..5).map(|n| parse(&log(n)).valid).collect();
+        let mut huge = five.clone();
+        huge[starts[1] + 3] = 0xff;
+        let parsed = parse(&huge);
+        assert_eq!(seqs(&parsed), vec![Ok(1), Err(2), Ok(3), Ok(4), Ok(5)]);
+        assert!(matches!(
+            parsed.frames[1],
+            Err((2, codec::Error::Truncated(_)))
+        ));
+        assert!(parsed.tail.is_none());
+        let mut two = five.clone();
+        two[starts[1] + 12] ^= 0x40;
+        two[starts[2] + 12] ^= 0x40;
+        let parsed = parse(&two);
+        assert_eq!(seqs(&parsed), vec![Ok(1), Err(2), Ok(4), Ok(5)]);
+        assert!(parsed.tail.is_none());
+        assert_eq!(parsed.valid, five.len());
     }
 }
