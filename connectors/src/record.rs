@@ -63,7 +63,7 @@ pub fn scalar_text(raw: &RawValue) -> Option<String> {
     }
 }
 
-fn is_json_space(c: char) -> bool {
+pub(crate) fn is_json_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 

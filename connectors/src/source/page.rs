@@ -12,7 +12,7 @@ use waymark_engine::source::{self, ErrorKind};
 
 use crate::config::StreamSection;
 use crate::http::excerpt::excerpt;
-use crate::record::{instant, raw_at, raw_child, Fields};
+use crate::record::{instant, is_json_space, raw_at, raw_child, Fields};
 use waymark_engine::Timestamp;
 
 pub(super) fn fatal(message: String) -> source::Error {
@@ -137,10 +137,6 @@ fn items(array: &RawValue) -> Option<Vec<&str>> {
         at += 1;
     }
     None
-}
-
-fn is_json_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
 /// The records a JSONPath expression selects in a page, each record's text as the API sent

@@ -7,7 +7,7 @@ use crate::checkpoint::Checkpoint;
 use crate::destination::Destination;
 use crate::durability::Durability;
 use crate::event::{Event, RunStarted, StartFrom};
-use crate::journal::{self, Backend, Journal};
+use crate::journal::{self, Backend, CheckpointChange, Journal};
 use crate::run_id::RunId;
 use crate::staging::Staging;
 use crate::state::RunState;
@@ -223,7 +223,7 @@ fn set_by_operator<B: Backend>(
     let history = journal.checkpoint_history(&plan.sync, &plan.stream)?;
     Ok(history.last().is_some_and(|(_, change)| {
         change.new.as_ref().is_some_and(|c| c.run_id == ours.run_id)
-            && change.who != format!("run {}", ours.run_id)
+            && change.who != CheckpointChange::run_author(ours.run_id)
     }))
 }
 

@@ -117,6 +117,13 @@ pub struct CheckpointChange {
     pub new: Option<Checkpoint>,
 }
 
+impl CheckpointChange {
+    /// Who a run is in a checkpoint history.
+    pub fn run_author(run: RunId) -> String {
+        format!("run {run}")
+    }
+}
+
 fn digest_key(digest: &str) -> Vec<u8> {
     let mut key = vec![b'w'];
     key.extend_from_slice(digest.as_bytes());
@@ -430,7 +437,7 @@ impl<B: Backend> Journal<B> {
         }) {
             let change = CheckpointChange {
                 at,
-                who: format!("run {run}"),
+                who: CheckpointChange::run_author(run),
                 why: "completed".into(),
                 previous: last.started.start_from.checkpoint().cloned(),
                 new: match &checkpoint {
