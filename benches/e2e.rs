@@ -476,23 +476,39 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
         cpu: Duration::ZERO,
     }];
     let scratch = std::env::temp_dir().join(format!("waymark-bench-e2e-{}", std::process::id()));
-    // (name, binary, how); no binary: one of the hand-written loops (this bench's own
-    // subcommand of that name). `WAYMARK_BENCH_BASELINE` names another build of waymark
-    // (an earlier commit's, say) measured in the same rounds.
-    let mut runs: Vec<(&'static str, Option<PathBuf>, How)> = vec![
-        ("plain Rust loop", None, How::AsIs),
-        ("lean Rust loop", None, How::AsIs),
-        ("lean Rust loop, Waymark's table", None, How::AsIs),
-        ("waymark", Some(this_waymark()), How::AsIs),
+    // (name, binary, how, stream keys); no binary: one of the hand-written loops (this
+    // bench's own subcommand of that name). This build's runs declare the key an integer
+    // (`key_type`, as the lean loop's typed parse does) but one, which keeps it as text.
+    // `WAYMARK_BENCH_BASELINE` names another build of waymark (an earlier commit's, say)
+    // measured in the same rounds, with the stream as such a build reads it.
+    let integer = "key_type = \"integer\"";
+    let mut runs: Vec<(&'static str, Option<PathBuf>, How, &str)> = vec![
+        ("plain Rust loop", None, How::AsIs, ""),
+        ("lean Rust loop", None, How::AsIs, ""),
+        (
+            "lean Rust loop, Waymark's text-key table",
+            None,
+            How::AsIs,
+            "",
+        ),
+        ("waymark", Some(this_waymark()), How::AsIs, integer),
         (
             "waymark, durability \"process\"",
             Some(this_waymark()),
             How::Process,
+            integer,
+        ),
+        (
+            "waymark, durability \"process\", text key",
+            Some(this_waymark()),
+            How::Process,
+            "",
         ),
         (
             "waymark, journal off",
             Some(this_waymark()),
             How::Unjournaled,
+            integer,
         ),
     ];
     if let Some(baseline) = std::env::var_os("WAYMARK_BENCH_BASELINE") {
@@ -500,11 +516,12 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             "waymark, baseline binary",
             Some(PathBuf::from(baseline)),
             How::AsIs,
+            "",
         ));
     }
     let mut samples: Vec<Vec<(Duration, u64, Duration)>> = vec![Vec::new(); runs.len()];
     for _ in 0..rounds.max(1) {
-        for (i, (name, bin, how)) in runs.iter().enumerate() {
+        for (i, (name, bin, how, keys)) in runs.iter().enumerate() {
             let dir = scratch.join(name.replace([' ', ',', '(', ')', '"'], "_"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
@@ -514,14 +531,14 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
                     let mut cmd = Command::new(std::env::current_exe()?);
                     let loop_ = match *name {
                         "lean Rust loop" => "lean",
-                        "lean Rust loop, Waymark's table" => "lean-table",
+                        "lean Rust loop, Waymark's text-key table" => "lean-table",
                         _ => "baseline",
                     };
                     cmd.arg(loop_).arg(&url).arg(&db);
                     timed(cmd)?
                 }
                 Some(bin) => {
-                    let wf = workflow(&dir, addr, "", PAGE)?;
+                    let wf = workflow_with(&dir, addr, "", PAGE, keys)?;
                     if *how == How::Process {
                         let text = std::fs::read_to_string(&wf)?;
                         let text =
@@ -543,7 +560,7 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
-    for ((name, _, _), taken) in runs.into_iter().zip(samples) {
+    for ((name, ..), taken) in runs.into_iter().zip(samples) {
         rows_out.push(Row {
             name,
             took: median(taken.iter().map(|t| t.0).collect()),

@@ -27,6 +27,8 @@ impl Workflow {
             stream.remove("on_response");
             stream.remove("conditional");
             stream.remove("columns");
+            // How the destination keeps keys; the records read are the same.
+            stream.remove("key_type");
             stream.remove("reconcile");
             stream.remove("oversized_pages");
             stream.remove("schedule");

@@ -73,7 +73,7 @@ pub use source::{
 };
 pub use span::Span;
 pub use stream::{
-    initial_start, ColumnSpec, ColumnType, OversizedPages, PrimaryKey, ReconcileMode,
+    initial_start, ColumnSpec, ColumnType, KeyType, OversizedPages, PrimaryKey, ReconcileMode,
     ReconcileSection, SchemaPolicy, StreamSection, WindowSection, WindowStart, RESERVED,
 };
 pub use template::TimeFormat;

@@ -37,6 +37,27 @@ impl PrimaryKey {
     }
 }
 
+/// `key_type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyType {
+    /// Any scalar, kept as its text.
+    #[default]
+    Text,
+    /// A whole number from −2⁶³ to 2⁶³ − 1, written without a plus sign or leading zeros.
+    Integer,
+}
+
+impl KeyType {
+    /// Whether `key` (a key's text) is a key of this type.
+    pub fn admits(self, key: &str) -> bool {
+        match self {
+            KeyType::Text => true,
+            KeyType::Integer => key.parse::<i64>().is_ok_and(|i| i.to_string() == key),
+        }
+    }
+}
+
 impl std::fmt::Display for PrimaryKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.paths().join(", "))
@@ -151,6 +172,11 @@ pub struct StreamSection {
     pub records: String,
     /// Dotted path of the primary key in a record.
     pub primary_key: PrimaryKey,
+    /// What the key is: `text` (default: any scalar, kept as its text) or `integer` (a
+    /// whole number written canonically; SQLite keeps it as the row id, with no index
+    /// beside the rows; a record whose key is not one is dead-lettered).
+    #[serde(default)]
+    pub key_type: KeyType,
     /// Dotted path of the version (e.g. `updated_at`): an older version never overwrites a
     /// newer one.
     pub cursor_field: Option<String>,

@@ -232,6 +232,36 @@ fn semantic_errors_name_the_key() {
 }
 
 #[test]
+fn an_integer_key_is_one_path_and_a_deletions_feed_keys_like_its_target() {
+    let composite = GOOD.replace(
+        "primary_key = \"id\"",
+        "primary_key = [\"shop\", \"id\"]\nkey_type = \"integer\"",
+    );
+    assert_eq!(
+        error(&composite),
+        "w.toml:14:1: stream.orders.key_type: an integer key is a single path: a composite \
+         primary_key is kept as text"
+    );
+    let feed = |key_type: &str| {
+        format!(
+            "{}\n[[stream]]\nname = \"gone\"\npath = \"/gone\"\nprimary_key = \"id\"\n\
+             cursor_field = \"deleted_at\"\ndeletes = \"orders\"\n{key_type}\n\
+             pagination = {{ kind = \"cursor\", cursor_path = \"n\", cursor_param = \"c\" }}\n",
+            GOOD.replace(
+                "primary_key = \"id\"",
+                "primary_key = \"id\"\nkey_type = \"integer\""
+            )
+        )
+    };
+    let msg = error(&feed(""));
+    assert!(
+        msg.contains("stream.gone.key_type") && msg.contains("`orders`'s key_type (\"integer\")"),
+        "{msg}"
+    );
+    assert_eq!(error(&feed("key_type = \"integer\"")), "");
+}
+
+#[test]
 fn digest_ignores_formatting_and_names_changes() -> Result<(), Error> {
     let a = Workflow::parse(Path::new("w.toml"), GOOD)?;
     let b = Workflow::parse(Path::new("w.toml"), &format!("# comment\n{GOOD}"))?;
@@ -260,7 +290,12 @@ fn operational_knobs_do_not_change_the_digest() -> Result<(), Error> {
     );
     let b = Workflow::parse(
         Path::new("w.toml"),
-        &tuned.replace("name = \"shop\"", "name = \"shop\"\nkeep = \"1d\""),
+        &tuned
+            .replace("name = \"shop\"", "name = \"shop\"\nkeep = \"1d\"")
+            .replace(
+                "primary_key = \"id\"",
+                "primary_key = \"id\"\nkey_type = \"integer\"",
+            ),
     )?;
     assert_eq!(
         a.plan(&a.streams()[0], false).workflow_digest,

@@ -11,7 +11,7 @@ use super::http::{AuthSection, RateLimit, ResponseRule, Statuses};
 use super::schedule::Cadence;
 use super::source::{CursorIn, Method, PaginationKind};
 use super::stream::StreamSection;
-use super::stream::{initial_start, PrimaryKey, WindowStart, RESERVED};
+use super::stream::{initial_start, KeyType, PrimaryKey, WindowStart, RESERVED};
 use super::template::check;
 use super::tenants::mentions_tenant;
 use super::url::check_written;
@@ -44,6 +44,7 @@ impl Workflow {
                 return Err(self.invalid(key, "two streams have this name"));
             }
             self.check_records(s)?;
+            self.check_key_type(s)?;
             self.check_deletes(s)?;
             self.check_reconcile(s)?;
             self.check_schedule(s)?;
@@ -402,6 +403,34 @@ impl Workflow {
             return Err(self.invalid(key("page_size"), "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// `key_type`: an integer key is one field; a deletions feed's keys are its target's.
+    fn check_key_type(&self, s: &StreamSection) -> Result<(), Error> {
+        let key = format!("stream.{}.key_type", s.name);
+        if s.key_type == KeyType::Integer && matches!(s.primary_key, PrimaryKey::Composite(_)) {
+            return Err(self.invalid(
+                key,
+                "an integer key is a single path: a composite primary_key is kept as text",
+            ));
+        }
+        let target = s
+            .deletes
+            .as_ref()
+            .and_then(|t| self.file.stream.iter().find(|x| &x.name == t));
+        match target {
+            Some(t) if t.key_type != s.key_type => Err(self.invalid(
+                key,
+                format!(
+                    "a deletions feed deletes rows of `{}` by their keys: give it `{}`'s \
+                     key_type ({})",
+                    t.name,
+                    t.name,
+                    serde_json::to_string(&t.key_type).unwrap_or_default()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A deletions feed (`deletes`) and its target.

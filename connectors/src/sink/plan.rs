@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use waymark_engine::{Preparer, WriteAck};
 
-use crate::config::{DeleteMode, RecordFilter, StreamSection, Workflow};
+use crate::config::{DeleteMode, KeyType, RecordFilter, StreamSection, Workflow};
 use crate::record::{compare_versions, key_by, Fields};
 use crate::sink::columns::{Cell, Columns};
 use crate::state::audit::{Outcome, Seen};
@@ -31,6 +31,9 @@ pub struct Binding {
     pub table: String,
     /// Dotted paths of the record key (several: a composite key, stored as a JSON array).
     pub primary_key: Vec<String>,
+    /// What the key is: an integer key that is not one is refused (and SQLite keeps the
+    /// table's keys as row ids).
+    pub key_type: KeyType,
     /// Dotted path of the record version (for a deletions feed: the deletion time).
     pub version_field: Option<String>,
     /// Records mark rows of `table` deleted instead of being stored.
@@ -66,6 +69,7 @@ impl Binding {
             stream: stream.name.clone(),
             table,
             primary_key: stream.primary_key.paths(),
+            key_type: stream.key_type,
             version_field: stream.cursor_field.clone(),
             deletes: stream.deletes.is_some(),
             deleted_when: stream.deleted_when.clone(),
@@ -229,6 +233,15 @@ pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
     })?;
     if key.contains('\0') {
         return Err((None, "the primary key contains a NUL character".into()));
+    }
+    if !b.key_type.admits(&key) {
+        return Err((
+            Some(key),
+            "the primary key is not an integer (key_type = \"integer\": a whole number \
+             from -9223372036854775808 to 9223372036854775807, without a plus sign or \
+             leading zeros)"
+                .into(),
+        ));
     }
     let version = match &b.version_field {
         None => None,
@@ -492,6 +505,7 @@ mod tests {
             stream: "t".into(),
             table: "t".into(),
             primary_key: vec!["id".into()],
+            key_type: KeyType::Text,
             version_field: Some("v".into()),
             deletes: false,
             deleted_when: Some(RecordFilter {

@@ -54,7 +54,7 @@ impl ParentRecords {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let row: Option<(String, String)> = conn
             .prepare_cached(&format!(
-                "SELECT key, record FROM \"{}\" WHERE deleted_at IS NULL AND (?1 IS NULL OR key > ?1)
+                "SELECT CAST(key AS TEXT), record FROM \"{}\" WHERE deleted_at IS NULL AND (?1 IS NULL OR key > ?1)
                  ORDER BY key LIMIT 1",
                 self.table
             ))

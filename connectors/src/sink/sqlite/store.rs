@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use waymark_engine::destination;
 use waymark_engine::{Checkpoint, Durability, WriteAck};
 
-use crate::config::FileKind;
+use crate::config::{FileKind, KeyType};
 use crate::sink::columns::{Cell, Columns};
 use crate::sink::plan::{Binding, Op, Plan, Stored};
 use crate::sink::store::{commit, decode_checkpoint, encode, Commit, Store};
@@ -101,9 +101,14 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(fail("synchronous"))?;
         let table = &binding.table;
+        // An integer key is the row id itself: no index beside the rows to keep in step.
+        let key = match binding.key_type {
+            KeyType::Text => "TEXT",
+            KeyType::Integer => "INTEGER",
+        };
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS \"{table}\" (
-                 key TEXT PRIMARY KEY NOT NULL,
+                 key {key} PRIMARY KEY NOT NULL,
                  version TEXT,
                  record TEXT NOT NULL,
                  run_id TEXT NOT NULL,
@@ -130,13 +135,34 @@ impl SqliteStore {
         .map_err(fail("creating tables"))?;
         // Schema evolution: columns declared since the table was made (and `deleted_at`,
         // which tables from before deletions feeds lack) are added.
-        let existing: Vec<String> = conn
-            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
+        let existing: Vec<(String, String)> = conn
+            .prepare(&format!(
+                "SELECT name, type FROM pragma_table_info('{table}')"
+            ))
             .and_then(|mut stmt| {
-                stmt.query_map([], |row| row.get::<_, String>(0))?
+                stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
                     .collect::<Result<_, _>>()
             })
             .map_err(fail("reading the table's columns"))?;
+        // The table keeps the layout it was made with.
+        let integer_keys = existing
+            .iter()
+            .any(|(name, kind)| name == "key" && kind.eq_ignore_ascii_case("INTEGER"));
+        match (integer_keys, binding.key_type) {
+            (true, KeyType::Text) => {
+                return Err(destination::Error::permanent(format!(
+                    "table `{table}` in {} keeps integer keys (it was made with key_type = \
+                     \"integer\"): set key_type = \"integer\" on the stream, or give it \
+                     another table",
+                    path.display()
+                )))
+            }
+            (false, KeyType::Integer) => tracing::info!(
+                "{table}: keys are kept as text (the table was made before key_type = \
+                 \"integer\"); a new table keeps them as row ids"
+            ),
+            _ => {}
+        }
         let wanted = std::iter::once(("deleted_at".to_string(), "TEXT")).chain(
             binding
                 .columns
@@ -144,7 +170,7 @@ impl SqliteStore {
                 .map(|c| (c.name.clone(), c.kind.sqlite())),
         );
         for (name, kind) in wanted {
-            if !existing.contains(&name) {
+            if !existing.iter().any(|(have, _)| *have == name) {
                 conn.execute_batch(&format!(
                     "ALTER TABLE \"{table}\" ADD COLUMN \"{name}\" {kind}"
                 ))
@@ -170,7 +196,7 @@ impl SqliteStore {
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"",
+                "SELECT CAST(key AS TEXT), version, record, deleted_at IS NOT NULL FROM \"{}\"",
                 self.table
             ))
             .map_err(fail("scanning the table"))?;
@@ -333,7 +359,7 @@ impl Store for SqliteStore {
         let mut rows = self
             .conn
             .prepare_cached(&format!(
-                "SELECT key, version, record, deleted_at IS NOT NULL FROM \"{}\"
+                "SELECT CAST(key AS TEXT), version, record, deleted_at IS NOT NULL FROM \"{}\"
                  WHERE key IN (SELECT value FROM json_each(?1))",
                 self.table
             ))
@@ -460,7 +486,7 @@ mod tests {
         page: u64,
     }
 
-    fn binding(stream: &str, deletes: bool, hard: bool) -> Binding {
+    fn binding(stream: &str, deletes: bool, hard: bool, key_type: KeyType) -> Binding {
         Binding {
             deleted_when: Some(RecordFilter {
                 path: "status".into(),
@@ -471,6 +497,7 @@ mod tests {
             stream: stream.into(),
             table: "orders".into(),
             primary_key: vec!["id".into()],
+            key_type,
             version_field: Some(if deletes { "deleted_at" } else { "v" }.into()),
             deletes,
             columns: crate::sink::columns::Columns::default(),
@@ -480,9 +507,9 @@ mod tests {
     }
 
     impl Db {
-        fn new(hard: bool) -> Result<Db, destination::Error> {
+        fn new(hard: bool, key_type: KeyType) -> Result<Db, destination::Error> {
             let dir = std::env::temp_dir().join(format!(
-                "waymark-sqlite-{}-{:?}-{hard}",
+                "waymark-sqlite-{}-{:?}-{hard}-{key_type:?}",
                 std::process::id(),
                 std::thread::current().id()
             ));
@@ -499,8 +526,8 @@ mod tests {
                 Ok(Upserting::new(store, b, notes))
             };
             Ok(Db {
-                orders: open(binding("orders", false, hard))?,
-                deletions: open(binding("orders_deleted", true, hard))?,
+                orders: open(binding("orders", false, hard, key_type))?,
+                deletions: open(binding("orders_deleted", true, hard, key_type))?,
                 _dir: dir,
                 run: RunId::new(),
                 page: 0,
@@ -547,7 +574,7 @@ mod tests {
             };
             let mut stmt = match table
                 .conn
-                .prepare("SELECT key, version, deleted_at FROM orders ORDER BY key")
+                .prepare("SELECT CAST(key AS TEXT), version, deleted_at FROM orders ORDER BY key")
             {
                 Ok(s) => s,
                 Err(_) => return Vec::new(),
@@ -559,8 +586,8 @@ mod tests {
     }
 
     /// The same story in both modes; `rows` differ only in what a deletion leaves.
-    async fn deletion_story(hard: bool) -> Result<Db, destination::Error> {
-        let mut db = Db::new(hard)?;
+    async fn deletion_story(hard: bool, key_type: KeyType) -> Result<Db, destination::Error> {
+        let mut db = Db::new(hard, key_type)?;
         let ack = db
             .write(false, &[r#"{"id":1,"v":"10"}"#, r#"{"id":2,"v":"10"}"#])
             .await?;
@@ -597,21 +624,85 @@ mod tests {
 
     #[tokio::test]
     async fn soft_deletions_respect_versions_both_ways() -> Result<(), destination::Error> {
-        let mut db = deletion_story(false).await?;
+        for key_type in [KeyType::Text, KeyType::Integer] {
+            let mut db = deletion_story(false, key_type).await?;
+            assert_eq!(
+                db.rows(),
+                vec![
+                    ("1".into(), "20".into(), Some("20".into())),
+                    ("2".into(), "40".into(), Some("40".into())),
+                    ("3".into(), "30".into(), None),
+                ],
+                "{key_type:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// An integer key is the row id: stored as an integer, looked up, compared and read
+    /// back as the key's text; a record whose key is not an integer is dead-lettered.
+    #[tokio::test]
+    async fn integer_keys_are_row_ids() -> Result<(), destination::Error> {
+        let mut db = Db::new(false, KeyType::Integer)?;
+        let ack = db
+            .write(
+                false,
+                &[
+                    r#"{"id":10,"v":"1"}"#,
+                    r#"{"id":"9","v":"1"}"#,
+                    r#"{"id":-3,"v":"1"}"#,
+                    r#"{"id":"abc","v":"1"}"#,
+                    r#"{"id":"007","v":"1"}"#,
+                    r#"{"id":9223372036854775808,"v":"1"}"#,
+                ],
+            )
+            .await?;
+        assert_eq!((ack.inserted, ack.dead_lettered), (3, 3));
+        let ack = db
+            .write(false, &[r#"{"id":9,"v":"2"}"#, r#"{"id":10,"v":"0"}"#])
+            .await?;
+        assert_eq!((ack.updated, ack.skipped_stale), (1, 1));
         assert_eq!(
             db.rows(),
             vec![
-                ("1".into(), "20".into(), Some("20".into())),
-                ("2".into(), "40".into(), Some("40".into())),
-                ("3".into(), "30".into(), None),
+                ("-3".into(), "1".into(), None),
+                ("9".into(), "2".into(), None),
+                ("10".into(), "1".into(), None),
             ]
+        );
+        let store = db.orders.store()?;
+        let types: Vec<String> = store
+            .conn
+            .prepare("SELECT DISTINCT typeof(key) FROM orders")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(fail("test"))?;
+        assert_eq!(types, ["integer"]);
+        let mut keys = Vec::new();
+        store.scan(&mut |key, _| {
+            keys.push(key);
+            Ok(())
+        })?;
+        assert_eq!(keys, ["-3", "9", "10"]);
+        // The table keeps its layout: a binding with text keys is refused, naming the fix.
+        let path = db._dir.join("t.db");
+        let text = binding("orders", false, false, KeyType::Text);
+        let refused = SqliteStore::open(
+            &path,
+            &text,
+            Duration::from_millis(100),
+            Durability::default(),
+        );
+        let why = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            why.contains("keeps integer keys") && why.contains("key_type"),
+            "{why}"
         );
         Ok(())
     }
 
     #[tokio::test]
     async fn hard_deletions_remove_rows_and_remember_versions() -> Result<(), destination::Error> {
-        let mut db = deletion_story(true).await?;
+        let mut db = deletion_story(true, KeyType::Integer).await?;
         assert_eq!(db.rows(), vec![("3".into(), "30".into(), None)]);
         let remembered: Vec<(String, String)> = db
             .orders
