@@ -52,6 +52,30 @@ fn dead_letters_are_listed_shown_retried_after_a_fix_and_dropped_with_a_reason()
     assert!(text(&unknown.stderr)
         .contains("no dead letters for stream `nope` (streams with dead letters: shop/orders)"));
 
+    // A record broken by a hand edit is refused before anything is written or removed.
+    let letter_files: Vec<_> = std::fs::read_dir(state.join("dead_letters/shop/orders"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    let letter_file = letter_files.first().ok_or("no dead-letter file")?;
+    let kept = std::fs::read_to_string(letter_file)?;
+    let edited = kept.replacen("\\\"status\\\":", "\\\"status\\\"::", 1);
+    assert_ne!(edited, kept, "{kept}");
+    std::fs::write(letter_file, &edited)?;
+    let refused = run(waymark(&state, "")
+        .args(["dlq", "retry"])
+        .arg(&file)
+        .args(["--stream", "orders"]))?;
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("is not JSON")
+            && text(&refused.stderr).contains("nothing was retried"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(letter_file)?, edited);
+    std::fs::write(letter_file, kept)?;
+
     // Fixed: the retry writes them all, under its own checkpoint scope.
     std::fs::write(&file, broken.replace("\"integer\"", "\"text\""))?;
     let retried = run(waymark(&state, "")

@@ -208,6 +208,20 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
     let store = DeadLetters::new(root, workflow.name(), &section.name);
     let files = store.files()?;
     let letters: Vec<DeadLetter> = store.read(&files)?;
+    // A record edited by hand is checked here: the write reads only the fields it needs.
+    for l in letters.iter().filter(|l| !l.record.is_empty()) {
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&l.record) {
+            return Err(UsageError(format!(
+                "the dead letter of run {} page {} (key {}) is not JSON ({e}): fix its record \
+                 in {}, or drop the letters; nothing was retried",
+                l.run_id,
+                l.page,
+                printable(l.key.as_deref().unwrap_or("-")),
+                store.dir().display()
+            ))
+            .into());
+        }
+    }
     let records: Vec<String> = letters
         .iter()
         .filter(|l| !l.record.is_empty())

@@ -215,8 +215,15 @@ pub(crate) type Refused = (Option<String>, String);
 /// every record, and a reconciliation every source record. The key, version and deletion
 /// flag are read from the record's text ([`Fields`]: exact, only the paths needed); the
 /// whole record is parsed only for declared columns.
+///
+/// `record` is JSON: records come from pages checked when they were read (or serialised
+/// by Waymark), and `dlq retry` checks the dead letters it reads. So its fields are found
+/// by [`Fields::scan`], which checks only the values it reads.
 pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
-    let fields = match Fields::parse(record) {
+    let fields = match Fields::scan(record)
+        .ok_or(())
+        .or_else(|()| Fields::parse(record))
+    {
         Ok(fields) => fields,
         // JSON, but not an object: it has no key.
         Err(e) if e.is_data() => Fields::default(),
@@ -326,7 +333,7 @@ pub fn plan<'a, E>(
 ) -> Result<Plan<'a>, E> {
     let mut out = Plan::default();
     // What each key holds as the batch goes (records borrowed from the batch).
-    let mut seen: HashMap<String, Option<Known<'a>>> = HashMap::new();
+    let mut seen: HashMap<&'a str, Option<Known<'a>>> = HashMap::with_capacity(records.ids.len());
     for (record, id) in records.records.iter().zip(&records.ids) {
         let id = match id {
             Ok(id) => id,
@@ -335,7 +342,7 @@ pub fn plan<'a, E>(
                 continue;
             }
         };
-        let before = match seen.get(&id.key) {
+        let before = match seen.get(id.key.as_str()) {
             Some(s) => s.clone(),
             None => stored(&id.key)?.map(Known::from),
         };
@@ -354,13 +361,13 @@ pub fn plan<'a, E>(
         let (op, after) = match outcome {
             Outcome::Unchanged | Outcome::Stale | Outcome::DeadLettered => {
                 // The key's later records compare with the same (`stored` is asked once).
-                seen.insert(id.key.clone(), before);
+                seen.insert(&id.key, before);
                 continue;
             }
             _ if id.deletion => deletion(b, id, record, before),
             _ => put(id, record, revived),
         };
-        seen.insert(id.key.clone(), Some(after));
+        seen.insert(&id.key, Some(after));
         out.ops.push(op);
     }
     Ok(out)

@@ -12,7 +12,7 @@ use waymark_engine::source::{self, ErrorKind};
 
 use crate::config::StreamSection;
 use crate::http::excerpt::excerpt;
-use crate::record::{instant, is_json_space, raw_at, raw_child, Fields};
+use crate::record::{instant, raw_at, raw_child, space, value_end, Fields};
 use waymark_engine::Timestamp;
 
 pub(super) fn fatal(message: String) -> source::Error {
@@ -95,48 +95,30 @@ pub fn records_at<'a>(doc: &Document<'a>, path: &str) -> Result<Vec<&'a str>, so
 /// The items of a JSON array, each as its text; `None` when `array` is not an array.
 ///
 /// The page was checked as JSON when it was read ([`Document::parse`]), so this scan only
-/// follows strings and nesting to find the commas between items: checking the grammar a
+/// follows strings and nesting ([`value_end`]) to find the items: checking the grammar a
 /// second time (a `serde_json` parse) was a visible share of a sync's CPU.
 fn items(array: &RawValue) -> Option<Vec<&str>> {
     let text = array.get();
     let bytes = text.as_bytes();
-    let inner = text.trim_matches(is_json_space).strip_prefix('[')?;
-    let mut out = Vec::new();
-    // Where the current item starts, and how deep the scan is inside it.
-    let mut start = bytes.len() - inner.len();
-    let mut depth = 0usize;
-    let mut at = start;
-    while at < bytes.len() {
-        match bytes[at] {
-            b'"' => {
-                // To the closing quote: past escapes (a backslash and the byte after it).
-                at += 1;
-                loop {
-                    at += memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
-                    match bytes[at] {
-                        b'\\' => at += 2,
-                        _ => break,
-                    }
-                }
-            }
-            b'[' | b'{' => depth += 1,
-            b',' if depth == 0 => {
-                out.push(text[start..at].trim_matches(is_json_space));
-                start = at + 1;
-            }
-            b']' | b'}' if depth == 0 => {
-                let last = text[start..at].trim_matches(is_json_space);
-                if !last.is_empty() {
-                    out.push(last);
-                }
-                return Some(out);
-            }
-            b']' | b'}' => depth -= 1,
-            _ => {}
-        }
-        at += 1;
+    let mut at = space(bytes, 0);
+    if bytes.get(at) != Some(&b'[') {
+        return None;
     }
-    None
+    let mut out = Vec::new();
+    at = space(bytes, at + 1);
+    if bytes.get(at) == Some(&b']') {
+        return Some(out);
+    }
+    loop {
+        let end = value_end(bytes, at)?;
+        out.push(text.get(at..end)?);
+        at = space(bytes, end);
+        match bytes.get(at)? {
+            b',' => at = space(bytes, at + 1),
+            b']' => return Some(out),
+            _ => return None,
+        }
+    }
 }
 
 /// The records a JSONPath expression selects in a page, each record's text as the API sent

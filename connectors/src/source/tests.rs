@@ -7,6 +7,7 @@ use waymark_engine::source::{self, ErrorKind};
 use super::page::{records_at, records_by_query, shape, Document};
 use super::pagination::{link_next, token};
 use crate::config::StreamSection;
+use crate::record::Fields;
 
 /// A JSON value of random shape from `seed` (xorshift): nested arrays and objects, strings
 /// with escapes, quotes, brackets and commas inside, numbers, white space around tokens.
@@ -64,6 +65,17 @@ fn records_are_split_as_a_json_parser_splits_them() -> Result<(), source::Error>
             .unwrap_or_default();
         let expected: Vec<&str> = parsed.iter().map(|r| r.get()).collect();
         assert_eq!(records_at(&doc, "data")?, expected, "case {case}: {body}");
+        // A record's fields are found by a scan as a parser finds them.
+        for item in expected {
+            let fields = |f: Fields<'_>| -> Vec<(String, String)> {
+                f.entries()
+                    .map(|(k, v)| (k.to_string(), v.get().to_string()))
+                    .collect()
+            };
+            let scanned = Fields::scan(item).map(fields);
+            let parsed = Fields::parse(item).ok().map(fields);
+            assert_eq!(scanned, parsed, "case {case}: {item}");
+        }
     }
     let doc = Document::parse(br#"{"data":{"a":[1]}}"#)?;
     assert!(

@@ -48,6 +48,11 @@ impl DeadLetters {
         }
     }
 
+    /// The folder of the store's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Stores a page's dead letters (nothing when there are none).
     pub fn put(
         &self,

@@ -17,7 +17,7 @@ use waymark_engine::event::FieldChange;
 use waymark_engine::Timestamp;
 
 use crate::config::{ColumnSpec, SchemaPolicy};
-use crate::record::Fields;
+use crate::record::{string_end, Fields};
 
 /// Paths deeper than this are not followed (a map of arbitrary keys, e.g. `metadata.*`,
 /// stays one field per key at most this deep).
@@ -344,15 +344,8 @@ impl Scan<'_> {
     /// Skips a string's body (after its opening quote); the bytes it spans.
     fn string(&mut self) -> Option<std::ops::Range<usize>> {
         let start = self.at;
-        loop {
-            let rest = self.bytes.get(self.at..)?;
-            self.at += memchr::memchr2(b'"', b'\\', rest)?;
-            if self.bytes[self.at] == b'"' {
-                self.at += 1;
-                return Some(start..self.at - 1);
-            }
-            self.at += 2;
-        }
+        self.at = string_end(self.bytes, start)?;
+        Some(start..self.at - 1)
     }
 
     fn value(&mut self, depth: usize) -> Option<u64> {
