@@ -52,29 +52,53 @@ fn dead_letters_are_listed_shown_retried_after_a_fix_and_dropped_with_a_reason()
     assert!(text(&unknown.stderr)
         .contains("no dead letters for stream `nope` (streams with dead letters: shop/orders)"));
 
-    // A record broken by a hand edit is refused before anything is written or removed.
-    let letter_files: Vec<_> = std::fs::read_dir(state.join("dead_letters/shop/orders"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    let letter_file = letter_files.first().ok_or("no dead-letter file")?;
-    let kept = std::fs::read_to_string(letter_file)?;
-    let edited = kept.replacen("\\\"status\\\":", "\\\"status\\\"::", 1);
-    assert_ne!(edited, kept, "{kept}");
-    std::fs::write(letter_file, &edited)?;
-    let refused = run(waymark(&state, "")
+    // A record broken by a hand edit is not retried: it stays a dead letter, saying why,
+    // and the others are retried (dead-lettered again here: the workflow is not fixed yet).
+    let letters_dir = state.join("dead_letters/shop/orders");
+    let letter_files = || -> std::io::Result<Vec<std::path::PathBuf>> {
+        Ok(std::fs::read_dir(&letters_dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect())
+    };
+    let first = letter_files()?
+        .into_iter()
+        .next()
+        .ok_or("no dead-letter file")?;
+    let (good, bad) = ("\\\"status\\\":", "\\\"status\\\"::");
+    let kept = std::fs::read_to_string(&first)?;
+    std::fs::write(&first, kept.replacen(good, bad, 1))?;
+    let retried = run(waymark(&state, "")
         .args(["dlq", "retry"])
         .arg(&file)
         .args(["--stream", "orders"]))?;
-    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert_eq!(retried.status.code(), Some(1), "{}", text(&retried.stderr));
     assert!(
-        text(&refused.stderr).contains("is not JSON")
-            && text(&refused.stderr).contains("nothing was retried"),
+        text(&retried.stdout).contains("retried 299 dead letters")
+            && text(&retried.stdout).contains("1 not JSON, kept as dead letters"),
         "{}",
-        text(&refused.stderr)
+        text(&retried.stdout)
     );
-    assert_eq!(std::fs::read_to_string(letter_file)?, edited);
-    std::fs::write(letter_file, kept)?;
+    let shown = text(&dlq(&["show", "--stream", "orders", "--limit", "300", "--json"])?.stdout);
+    let reasons: Vec<String> = shown
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| l["reason"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(reasons.len(), 300, "{shown}");
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("not JSON: "))
+            .count(),
+        1,
+        "{shown}"
+    );
+    // Mended by hand again.
+    for letters in letter_files()? {
+        let text = std::fs::read_to_string(&letters)?;
+        std::fs::write(&letters, text.replace(bad, good))?;
+    }
 
     // Fixed: the retry writes them all, under its own checkpoint scope.
     std::fs::write(&file, broken.replace("\"integer\"", "\"text\""))?;

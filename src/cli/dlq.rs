@@ -208,28 +208,34 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
     let store = DeadLetters::new(root, workflow.name(), &section.name);
     let files = store.files()?;
     let letters: Vec<DeadLetter> = store.read(&files)?;
-    // A record edited by hand is checked here: the write reads only the fields it needs.
-    for l in letters.iter().filter(|l| !l.record.is_empty()) {
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&l.record) {
-            return Err(UsageError(format!(
-                "the dead letter of run {} page {} (key {}) is not JSON ({e}): fix its record \
-                 in {}, or drop the letters; nothing was retried",
-                l.run_id,
-                l.page,
-                printable(l.key.as_deref().unwrap_or("-")),
-                store.dir().display()
-            ))
-            .into());
+    // Records are JSON past the edges that read them (the write reads only the fields it
+    // needs): a letter whose record is not (edited by hand, or older than webhooks marking
+    // such events) is not retried; it stays a dead letter, saying why.
+    let mut broken = Vec::new();
+    let mut records = Vec::new();
+    for l in letters.into_iter().filter(|l| !l.record.is_empty()) {
+        match serde_json::from_str::<serde::de::IgnoredAny>(&l.record) {
+            Ok(_) => records.push(l.record),
+            Err(e) => broken.push(DeadLetter {
+                reason: format!("not JSON: {e} (fix the record, or drop the letters)"),
+                ..l
+            }),
         }
     }
-    let records: Vec<String> = letters
-        .iter()
-        .filter(|l| !l.record.is_empty())
-        .map(|l| l.record.clone())
-        .collect();
     if records.is_empty() {
-        out!("{}/{stream}: no dead letters to retry", workflow.name());
-        return Ok(ExitStatus::Success);
+        return Ok(match broken.len() {
+            0 => {
+                out!("{}/{stream}: no dead letters to retry", workflow.name());
+                ExitStatus::Success
+            }
+            n => {
+                out!(
+                    "{}/{stream}: no dead letters to retry; {n} not JSON (fix their records, or drop the letters)",
+                    workflow.name()
+                );
+                ExitStatus::Failed
+            }
+        });
     }
     // Its own checkpoint scope: the stream's checkpoint never moves.
     let scope = format!("{stream}@dlq-retry");
@@ -259,11 +265,17 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
             checkpoint: &checkpoint,
         })
         .await?;
+    // Page 0: the retry's own dead letters are its page 1.
+    store.put(&run_id.to_string(), 0, &broken)?;
     store.remove(&files)?;
-    let summary = format!("retried {count} dead letters as run {run_id}: {ack}");
+    let kept = match broken.len() {
+        0 => String::new(),
+        n => format!("; {n} not JSON, kept as dead letters"),
+    };
+    let summary = format!("retried {count} dead letters as run {run_id}: {ack}{kept}");
     store.audit(&format!("{now} {} {summary}", user()))?;
     out!("{}/{stream}: {summary}", workflow.name());
-    Ok(if ack.dead_lettered > 0 {
+    Ok(if ack.dead_lettered > 0 || !broken.is_empty() {
         ExitStatus::Failed
     } else {
         ExitStatus::Success

@@ -98,6 +98,11 @@ impl Binding {
 /// The field marking a deletion record of a repair or a webhook.
 pub const DELETION_MARK: &str = "_waymark_deleted";
 
+/// The one field of the record a webhook passes on for an event whose body is not JSON
+/// (the body's text): it is dead-lettered, saying why. Records are JSON past the edges
+/// that read them ([`identify`]).
+pub const NOT_JSON_MARK: &str = "_waymark_not_json";
+
 /// What a destination holds for a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
@@ -216,9 +221,10 @@ pub(crate) type Refused = (Option<String>, String);
 /// flag are read from the record's text ([`Fields`]: exact, only the paths needed); the
 /// whole record is parsed only for declared columns.
 ///
-/// `record` is JSON: records come from pages checked when they were read (or serialised
-/// by Waymark), and `dlq retry` checks the dead letters it reads. So its fields are found
-/// by [`Fields::scan`], which checks only the values it reads.
+/// `record` is JSON: records come from pages checked when they were read or are serialised
+/// by Waymark (a webhook event that is not JSON arrives as [`NOT_JSON_MARK`]), and `dlq
+/// retry` passes on only the dead letters that are JSON. So its fields are found by
+/// [`Fields::scan`], which checks only the values it reads.
 pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
     let fields = match Fields::scan(record)
         .ok_or(())
@@ -229,6 +235,20 @@ pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
         Err(e) if e.is_data() => Fields::default(),
         Err(e) => return Err((None, format!("not JSON: {e}"))),
     };
+    if let Some(body) = b
+        .marked_deletions
+        .then(|| fields.scalar(NOT_JSON_MARK))
+        .flatten()
+    {
+        let why = serde_json::from_str::<serde::de::IgnoredAny>(&body).err();
+        return Err((
+            None,
+            format!(
+                "not JSON: {}",
+                why.map(|e| e.to_string()).unwrap_or_default()
+            ),
+        ));
+    }
     let key = key_by(&b.primary_key, |path| fields.scalar(path)).ok_or_else(|| {
         (
             None,
@@ -528,6 +548,25 @@ mod tests {
 
     fn records(texts: &[&str]) -> Vec<String> {
         texts.iter().map(|t| t.to_string()).collect()
+    }
+
+    /// A webhook event that was not JSON arrives as its text under the mark, and is
+    /// refused as not JSON: it is never taken for a record with the fields a scan found.
+    #[test]
+    fn an_event_that_is_not_json_is_refused_as_such() {
+        let b = Binding {
+            marked_deletions: true,
+            ..binding(false)
+        };
+        let body = r#"{"id":7,"v":"1","total":NaN}"#;
+        let record = serde_json::json!({ NOT_JSON_MARK: body }).to_string();
+        let refused = identify(&record, &b)
+            .err()
+            .map(|(_, why)| why)
+            .unwrap_or_default();
+        assert!(refused.starts_with("not JSON: expected value"), "{refused}");
+        // The same text as a record of a page would have been checked with the page.
+        assert!(identify(body, &b).is_ok());
     }
 
     #[test]

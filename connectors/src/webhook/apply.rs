@@ -18,7 +18,7 @@ use crate::http::api::Api;
 use crate::http::path_segment;
 use crate::http::rules::Rules;
 use crate::record::{lookup, scalar};
-use crate::sink::plan::DELETION_MARK;
+use crate::sink::plan::{DELETION_MARK, NOT_JSON_MARK};
 
 /// The source of a stream's webhook runs.
 pub struct EventSource {
@@ -71,11 +71,12 @@ impl EventSource {
     }
 
     /// The record an event applies (none: a fetched record gone, or ignored by a response
-    /// rule). An event that is not JSON is passed on as it is: the destination
-    /// dead-letters it, saying so.
+    /// rule). An event that is not JSON is passed on as its text under [`NOT_JSON_MARK`]:
+    /// the destination dead-letters it, saying so.
     async fn record(&self, event: &Waiting) -> Result<Option<String>, source::Error> {
         let Ok(body) = serde_json::from_slice::<Value>(&event.body) else {
-            return Ok(Some(String::from_utf8_lossy(&event.body).into_owned()));
+            let text = String::from_utf8_lossy(&event.body);
+            return Ok(Some(serde_json::json!({ NOT_JSON_MARK: text }).to_string()));
         };
         let named = at(&body, &self.section.record_path);
         if matches(self.section.deleted_when.as_ref(), &body) {
