@@ -155,12 +155,12 @@ impl<'a> Fields<'a> {
                 if bytes.get(at) != Some(&b'"') {
                     return None;
                 }
-                let end = at + 1 + memchr::memchr2(b'"', b'\\', bytes.get(at + 1..)?)?;
-                if bytes[end] == b'\\' {
+                let end = string_end(bytes, at + 1)?;
+                let name = record.get(at + 1..end - 1)?;
+                if name.contains('\\') {
                     return None;
                 }
-                let name = record.get(at + 1..end)?;
-                at = space(bytes, end + 1);
+                at = space(bytes, end);
                 if bytes.get(at) != Some(&b':') {
                     return None;
                 }

@@ -504,10 +504,7 @@ impl HttpDestination {
             }
         }
         for seen in plan.seen.iter_mut() {
-            if refused
-                .iter()
-                .any(|d| d.key.as_deref() == Some(seen.key.as_str()))
-            {
+            if refused.iter().any(|d| d.key.as_deref() == Some(seen.key)) {
                 seen.outcome = crate::state::audit::Outcome::DeadLettered;
             }
         }

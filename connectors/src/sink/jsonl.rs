@@ -222,8 +222,8 @@ impl JsonlStore {
                 record,
                 ..
             } => Line {
-                key: key.clone(),
-                version: version.clone(),
+                key: key.to_string(),
+                version: version.map(str::to_string),
                 deleted_at: None,
                 record: Some(serde_json::from_str(record).map_err(encoding)?),
             },
@@ -234,20 +234,20 @@ impl JsonlStore {
             } => {
                 kept = self
                     .index
-                    .get(key)
+                    .get(*key)
                     .and_then(|s| s.record.clone())
                     .unwrap_or_else(|| record.to_string());
                 Line {
-                    key: key.clone(),
-                    version: version.clone(),
-                    deleted_at: version.clone(),
+                    key: key.to_string(),
+                    version: version.map(str::to_string),
+                    deleted_at: version.map(str::to_string),
                     record: Some(serde_json::from_str(&kept).map_err(encoding)?),
                 }
             }
             Op::Remove { key, version } => Line {
-                key: key.clone(),
-                version: version.clone(),
-                deleted_at: version.clone(),
+                key: key.to_string(),
+                version: version.map(str::to_string),
+                deleted_at: version.map(str::to_string),
                 record: None,
             },
         };

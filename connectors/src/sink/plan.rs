@@ -114,19 +114,19 @@ pub struct Stored {
     pub record: Option<String>,
 }
 
-/// One change to a destination.
+/// One change to a destination, borrowed from the batch's records and their identities.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op<'a> {
     /// Insert or replace the row; `revived`: it had been hard-deleted (forget that).
     Put {
         /// The key.
-        key: String,
+        key: &'a str,
         /// The version.
-        version: Option<String>,
+        version: Option<&'a str>,
         /// The record.
         record: &'a str,
         /// Its declared columns.
-        cells: Vec<Cell>,
+        cells: &'a [Cell],
         /// It had been hard-deleted.
         revived: bool,
     },
@@ -134,18 +134,18 @@ pub enum Op<'a> {
     /// version become the deletion's time.
     Tombstone {
         /// The key.
-        key: String,
+        key: &'a str,
         /// The deletion's version.
-        version: Option<String>,
+        version: Option<&'a str>,
         /// The deletion record (stored only when the row is new).
         record: &'a str,
     },
     /// Hard delete: the row goes; `(key, version)` is remembered.
     Remove {
         /// The key.
-        key: String,
+        key: &'a str,
         /// The deletion's version.
-        version: Option<String>,
+        version: Option<&'a str>,
     },
 }
 
@@ -168,7 +168,7 @@ pub struct Plan<'a> {
     /// The counts.
     pub ack: WriteAck,
     /// What became of each record that has a key, in record order.
-    pub seen: Vec<Seen>,
+    pub seen: Vec<Seen<'a>>,
 }
 
 impl<'a> Plan<'a> {
@@ -187,7 +187,7 @@ impl<'a> Plan<'a> {
 /// [`Stored`] as a batch's plan sees it: a record of the batch is borrowed, not copied.
 #[derive(Clone)]
 struct Known<'a> {
-    version: Option<String>,
+    version: Option<Cow<'a, str>>,
     deleted: bool,
     record: Option<Cow<'a, str>>,
 }
@@ -195,7 +195,7 @@ struct Known<'a> {
 impl From<Stored> for Known<'_> {
     fn from(s: Stored) -> Self {
         Known {
-            version: s.version,
+            version: s.version.map(Cow::Owned),
             deleted: s.deleted,
             record: s.record.map(Cow::Owned),
         }
@@ -358,7 +358,7 @@ pub fn plan<'a, E>(
         let id = match id {
             Ok(id) => id,
             Err((key, reason)) => {
-                out.refuse(b, run, page, key.clone(), reason.clone(), record);
+                out.refuse(b, run, page, key.as_deref(), reason, record);
                 continue;
             }
         };
@@ -393,20 +393,20 @@ pub fn plan<'a, E>(
     Ok(out)
 }
 
-impl Plan<'_> {
+impl<'a> Plan<'a> {
     /// A record refused before it was compared: to the dead letters.
     fn refuse(
         &mut self,
         b: &Binding,
         run: &str,
         page: u64,
-        key: Option<String>,
-        reason: String,
+        key: Option<&'a str>,
+        reason: &str,
         record: &str,
     ) {
-        if let Some(key) = &key {
+        if let Some(key) = key {
             self.seen.push(Seen {
-                key: key.clone(),
+                key,
                 version: None,
                 outcome: Outcome::DeadLettered,
             });
@@ -415,18 +415,18 @@ impl Plan<'_> {
             stream: b.stream.clone(),
             run_id: run.to_string(),
             page,
-            key,
-            reason,
+            key: key.map(str::to_string),
+            reason: reason.to_string(),
             record: record.to_string(),
         });
         self.ack.dead_lettered += 1;
     }
 
     /// What became of an identified record: the audit trail and the counts.
-    fn note(&mut self, id: &Identity, outcome: Outcome) {
+    fn note(&mut self, id: &'a Identity, outcome: Outcome) {
         self.seen.push(Seen {
-            key: id.key.clone(),
-            version: id.version.clone(),
+            key: &id.key,
+            version: id.version.as_deref(),
             outcome,
         });
         let count = match outcome {
@@ -472,13 +472,13 @@ fn record_outcome(before: Option<&Known<'_>>, order: Ordering, record: &str) -> 
 /// record (for audit); hard, it goes and only its deletion version is remembered.
 fn deletion<'a>(
     b: &Binding,
-    id: &Identity,
+    id: &'a Identity,
     record: &'a str,
     before: Option<Known<'a>>,
 ) -> (Op<'a>, Known<'a>) {
-    let (key, version) = (id.key.clone(), id.version.clone());
+    let (key, version) = (id.key.as_str(), id.version.as_deref());
     let after = Known {
-        version: id.version.clone(),
+        version: version.map(Cow::Borrowed),
         deleted: true,
         record: match b.hard_delete {
             true => None,
@@ -499,17 +499,17 @@ fn deletion<'a>(
 }
 
 /// A record's change, and what the key holds after it.
-fn put<'a>(id: &Identity, record: &'a str, revived: bool) -> (Op<'a>, Known<'a>) {
+fn put<'a>(id: &'a Identity, record: &'a str, revived: bool) -> (Op<'a>, Known<'a>) {
     let after = Known {
-        version: id.version.clone(),
+        version: id.version.as_deref().map(Cow::Borrowed),
         deleted: false,
         record: Some(Cow::Borrowed(record)),
     };
     let op = Op::Put {
-        key: id.key.clone(),
-        version: id.version.clone(),
+        key: &id.key,
+        version: id.version.as_deref(),
         record,
-        cells: id.cells.clone(),
+        cells: &id.cells,
         revived,
     };
     (op, after)

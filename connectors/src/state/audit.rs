@@ -60,13 +60,13 @@ impl Outcome {
     }
 }
 
-/// One record seen: key, version and outcome.
+/// One record seen: key, version and outcome (borrowed from the batch).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Seen {
+pub struct Seen<'a> {
     /// The record's key.
-    pub key: String,
+    pub key: &'a str,
     /// The version it had.
-    pub version: Option<String>,
+    pub version: Option<&'a str>,
     /// What became of it.
     pub outcome: Outcome,
 }
@@ -205,7 +205,7 @@ impl Audit {
         run: &str,
         page: u64,
         at: Timestamp,
-        seen: &[Seen],
+        seen: &[Seen<'_>],
     ) -> Result<(), destination::Error> {
         if seen.is_empty() || !self.enabled {
             return Ok(());

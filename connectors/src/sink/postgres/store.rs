@@ -541,7 +541,7 @@ fn copy_rows(ops: &[&Op<'_>], width: usize) -> String {
                 record,
                 cells,
                 revived,
-            } => (0, key, version, Some(*record), *revived, cells.as_slice()),
+            } => (0, key, version, Some(*record), *revived, *cells),
             Op::Tombstone {
                 key,
                 version,

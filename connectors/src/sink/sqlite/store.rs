@@ -275,7 +275,7 @@ impl SqliteStore {
                     }
                     // Bound as borrowed text: the record is not copied on our side.
                     let bound = (|| {
-                        upsert.raw_bind_parameter(1, key.as_str())?;
+                        upsert.raw_bind_parameter(1, *key)?;
                         upsert.raw_bind_parameter(2, version.as_deref())?;
                         upsert.raw_bind_parameter(3, &**record)?;
                         upsert.raw_bind_parameter(4, run)?;
