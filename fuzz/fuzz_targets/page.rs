@@ -1,7 +1,8 @@
 //! Any response as a page of a stream, through everything Waymark reads from it: the
 //! records (a dotted path or a JSONPath), shaping, the next cursor of each pagination style
-//! with its stop rules and guards, then each record's key, version and deletion, and the
-//! write plan. Never a panic, and writing the page twice leaves what writing it once did.
+//! with its stop rules and guards, then each record's key, version and deletion (its
+//! fields found by the scan as the parser finds them), and the write plan. Never a panic,
+//! and writing the page twice leaves what writing it once did.
 #![no_main]
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::fuzz_target;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use waymark_connectors::http::api::Accepted;
+use waymark_connectors::record::Fields;
 use waymark_connectors::sink::plan::{plan, Binding, Identified, Op, Stored};
 use waymark_connectors::{Api, HttpSource, Workflow};
 use waymark_engine::source::PageRequest;
@@ -101,7 +103,7 @@ fn apply(store: &mut HashMap<String, Stored>, ops: &[Op<'_>]) {
             Op::Put {
                 version, record, ..
             } => Stored {
-                version: version.clone(),
+                version: version.map(str::to_string),
                 deleted: false,
                 record: Some(record.to_string()),
             },
@@ -110,15 +112,15 @@ fn apply(store: &mut HashMap<String, Stored>, ops: &[Op<'_>]) {
                 version,
                 record,
             } => Stored {
-                version: version.clone(),
+                version: version.map(str::to_string),
                 deleted: true,
-                record: match store.get(key).and_then(|s| s.record.clone()) {
+                record: match store.get(*key).and_then(|s| s.record.clone()) {
                     Some(kept) => Some(kept),
                     None => Some(record.to_string()),
                 },
             },
             Op::Remove { version, .. } => Stored {
-                version: version.clone(),
+                version: version.map(str::to_string),
                 deleted: true,
                 record: None,
             },
@@ -182,6 +184,17 @@ fuzz_target!(|data: &[u8]| {
         assert!(!next.is_empty(), "an empty cursor is the last page");
     }
 
+    // Each record's fields, found by the write path's scan, are the parser's.
+    for record in &read.records {
+        let fields = |f: Fields<'_>| -> Vec<(String, String)> {
+            f.entries()
+                .map(|(k, v)| (k.to_string(), v.get().to_string()))
+                .collect()
+        };
+        if let (Some(scanned), Ok(parsed)) = (Fields::scan(record), Fields::parse(record)) {
+            assert_eq!(fields(scanned), fields(parsed), "{record}");
+        }
+    }
     let identified = Identified::new(&stream.binding, read.records);
     let keys: Vec<String> = identified.keys().into_iter().map(str::to_string).collect();
     let mut store: HashMap<String, Stored> = HashMap::new();
