@@ -235,11 +235,9 @@ pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
         Err(e) if e.is_data() => Fields::default(),
         Err(e) => return Err((None, format!("not JSON: {e}"))),
     };
-    if let Some(body) = b
-        .marked_deletions
-        .then(|| fields.scalar(NOT_JSON_MARK))
-        .flatten()
-    {
+    // The mark is the record's one field (a record of the API may have such a field too).
+    let marked = b.marked_deletions && fields.entries().nth(1).is_none();
+    if let Some(body) = marked.then(|| fields.scalar(NOT_JSON_MARK)).flatten() {
         let why = serde_json::from_str::<serde::de::IgnoredAny>(&body).err();
         return Err((
             None,
@@ -567,6 +565,9 @@ mod tests {
         assert!(refused.starts_with("not JSON: expected value"), "{refused}");
         // The same text as a record of a page would have been checked with the page.
         assert!(identify(body, &b).is_ok());
+        // A record of the API with a field of that name beside others is a record.
+        let beside = serde_json::json!({ NOT_JSON_MARK: "x", "id": 1, "v": "1" }).to_string();
+        assert!(identify(&beside, &b).is_ok());
     }
 
     #[test]
