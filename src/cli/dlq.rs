@@ -5,14 +5,13 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use std::sync::Arc;
 use waymark_connectors::http::excerpt::printable;
 use waymark_connectors::state::dead_letters::{DeadLetter, DeadLetters};
 use waymark_connectors::Workflow;
 
 use waymark_engine::{Batch, Checkpoint, Clock, Destination, RunId, StateDir, SystemClock, Window};
 
-use super::context::{destination, open_existing_state, user};
+use super::context::{marking_destination, open_existing_state, user};
 use super::instances::{instance, sync_name};
 use super::{ExitStatus, UsageError};
 
@@ -210,36 +209,43 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
     let letters: Vec<DeadLetter> = store.read(&files)?;
     // Records are JSON past the edges that read them (the write reads only the fields it
     // needs): a letter whose record is not (edited by hand, or older than webhooks marking
-    // such events) is not retried; it stays a dead letter, saying why.
-    let mut broken = Vec::new();
+    // such events) is not retried; it stays a dead letter, saying why. So does one with no
+    // record (an API destination's refused deletion): there is nothing to write again.
+    let mut kept = Vec::new();
     let mut records = Vec::new();
-    for l in letters.into_iter().filter(|l| !l.record.is_empty()) {
+    for l in letters {
+        if l.record.is_empty() {
+            kept.push(l);
+            continue;
+        }
         match serde_json::from_str::<serde::de::IgnoredAny>(&l.record) {
             Ok(_) => records.push(l.record),
-            Err(e) => broken.push(DeadLetter {
+            Err(e) => kept.push(DeadLetter {
                 reason: format!("not JSON: {e} (fix the record, or drop the letters)"),
                 ..l
             }),
         }
     }
     if records.is_empty() {
-        return Ok(match broken.len() {
+        return Ok(match kept.len() {
             0 => {
                 out!("{}/{stream}: no dead letters to retry", workflow.name());
                 ExitStatus::Success
             }
             n => {
                 out!(
-                    "{}/{stream}: no dead letters to retry; {n} not JSON (fix their records, or drop the letters)",
+                    "{}/{stream}: no dead letters to retry; {n} kept (not JSON, or without a record: fix or drop them)",
                     workflow.name()
                 );
                 ExitStatus::Failed
             }
         });
     }
-    // Its own checkpoint scope: the stream's checkpoint never moves.
+    // Its own checkpoint scope: the stream's checkpoint never moves. The letters of
+    // webhook and repair runs carry their marks (a deletion, an event that was not JSON),
+    // read as those runs read them.
     let scope = format!("{stream}@dlq-retry");
-    let mut target = destination(dir, workflow, &section, &scope, Arc::new(SystemClock)).await?;
+    let mut target = marking_destination(dir, workflow, &section, &scope).await?;
     let run_id = RunId::new();
     let now = SystemClock.now();
     let checkpoint = Checkpoint {
@@ -266,16 +272,16 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
         })
         .await?;
     // Page 0: the retry's own dead letters are its page 1.
-    store.put(&run_id.to_string(), 0, &broken)?;
+    store.put(&run_id.to_string(), 0, &kept)?;
     store.remove(&files)?;
-    let kept = match broken.len() {
+    let said = match kept.len() {
         0 => String::new(),
-        n => format!("; {n} not JSON, kept as dead letters"),
+        n => format!("; {n} kept as dead letters (not JSON, or without a record)"),
     };
-    let summary = format!("retried {count} dead letters as run {run_id}: {ack}{kept}");
+    let summary = format!("retried {count} dead letters as run {run_id}: {ack}{said}");
     store.audit(&format!("{now} {} {summary}", user()))?;
     out!("{}/{stream}: {summary}", workflow.name());
-    Ok(if ack.dead_lettered > 0 || !broken.is_empty() {
+    Ok(if ack.dead_lettered > 0 || !kept.is_empty() {
         ExitStatus::Failed
     } else {
         ExitStatus::Success

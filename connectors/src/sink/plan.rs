@@ -14,7 +14,7 @@ use std::sync::Arc;
 use waymark_engine::{Preparer, WriteAck};
 
 use crate::config::{DeleteMode, KeyType, RecordFilter, StreamSection, Workflow};
-use crate::record::{compare_versions, key_by, Fields};
+use crate::record::{compare_versions, key_by, raw_at, scalar_text, Fields};
 use crate::sink::columns::{Cell, Columns};
 use crate::state::audit::{Outcome, Seen};
 use crate::state::dead_letters::DeadLetter;
@@ -99,8 +99,8 @@ impl Binding {
 pub const DELETION_MARK: &str = "_waymark_deleted";
 
 /// The one field of the record a webhook passes on for an event whose body is not JSON
-/// (the body's text): it is dead-lettered, saying why. Records are JSON past the edges
-/// that read them ([`identify`]).
+/// (`{"body": <its text>, "error": <the parser's>}`): it is dead-lettered, saying why.
+/// Records are JSON past the edges that read them ([`identify`]).
 pub const NOT_JSON_MARK: &str = "_waymark_not_json";
 
 /// What a destination holds for a key.
@@ -237,15 +237,11 @@ pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
     };
     // The mark is the record's one field (a record of the API may have such a field too).
     let marked = b.marked_deletions && fields.entries().nth(1).is_none();
-    if let Some(body) = marked.then(|| fields.scalar(NOT_JSON_MARK)).flatten() {
-        let why = serde_json::from_str::<serde::de::IgnoredAny>(&body).err();
-        return Err((
-            None,
-            format!(
-                "not JSON: {}",
-                why.map(|e| e.to_string()).unwrap_or_default()
-            ),
-        ));
+    if let Some(mark) = marked.then(|| fields.raw(NOT_JSON_MARK)).flatten() {
+        let why = raw_at(mark, "error")
+            .and_then(scalar_text)
+            .unwrap_or_default();
+        return Err((None, format!("not JSON: {why}")));
     }
     let key = key_by(&b.primary_key, |path| fields.scalar(path)).ok_or_else(|| {
         (
@@ -557,12 +553,18 @@ mod tests {
             ..binding(false)
         };
         let body = r#"{"id":7,"v":"1","total":NaN}"#;
-        let record = serde_json::json!({ NOT_JSON_MARK: body }).to_string();
+        let error = serde_json::from_str::<serde_json::Value>(body)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let mark = serde_json::json!({ "body": body, "error": error });
+        let record = serde_json::json!({ NOT_JSON_MARK: mark }).to_string();
         let refused = identify(&record, &b)
             .err()
             .map(|(_, why)| why)
             .unwrap_or_default();
-        assert!(refused.starts_with("not JSON: expected value"), "{refused}");
+        assert_eq!(refused, format!("not JSON: {error}"));
+        assert!(error.starts_with("expected value"), "{error}");
         // The same text as a record of a page would have been checked with the page.
         assert!(identify(body, &b).is_ok());
         // A record of the API with a field of that name beside others is a record.

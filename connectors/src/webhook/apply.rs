@@ -71,12 +71,16 @@ impl EventSource {
     }
 
     /// The record an event applies (none: a fetched record gone, or ignored by a response
-    /// rule). An event that is not JSON is passed on as its text under [`NOT_JSON_MARK`]:
-    /// the destination dead-letters it, saying so.
+    /// rule). An event that is not JSON is passed on as its text and the parser's error
+    /// under [`NOT_JSON_MARK`]: the destination dead-letters it, saying so.
     async fn record(&self, event: &Waiting) -> Result<Option<String>, source::Error> {
-        let Ok(body) = serde_json::from_slice::<Value>(&event.body) else {
-            let text = String::from_utf8_lossy(&event.body);
-            return Ok(Some(serde_json::json!({ NOT_JSON_MARK: text }).to_string()));
+        let body = match serde_json::from_slice::<Value>(&event.body) {
+            Ok(body) => body,
+            Err(e) => {
+                let text = String::from_utf8_lossy(&event.body);
+                let mark = serde_json::json!({ "body": text, "error": e.to_string() });
+                return Ok(Some(serde_json::json!({ NOT_JSON_MARK: mark }).to_string()));
+            }
         };
         let named = at(&body, &self.section.record_path);
         if matches(self.section.deleted_when.as_ref(), &body) {
