@@ -405,32 +405,16 @@ impl Workflow {
         Ok(())
     }
 
-    /// `key_type`: an integer key is one field; a deletions feed's keys are its target's.
+    /// `key_type`: an integer key is one field (a deletions feed's is its target's:
+    /// [`Self::check_deletes`]).
     fn check_key_type(&self, s: &StreamSection) -> Result<(), Error> {
-        let key = format!("stream.{}.key_type", s.name);
         if s.key_type == KeyType::Integer && matches!(s.primary_key, PrimaryKey::Composite(_)) {
             return Err(self.invalid(
-                key,
+                format!("stream.{}.key_type", s.name),
                 "an integer key is a single path: a composite primary_key is kept as text",
             ));
         }
-        let target = s
-            .deletes
-            .as_ref()
-            .and_then(|t| self.file.stream.iter().find(|x| &x.name == t));
-        match target {
-            Some(t) if t.key_type != s.key_type => Err(self.invalid(
-                key,
-                format!(
-                    "a deletions feed deletes rows of `{}` by their keys: give it `{}`'s \
-                     key_type ({})",
-                    t.name,
-                    t.name,
-                    serde_json::to_string(&t.key_type).unwrap_or_default()
-                ),
-            )),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// A deletions feed (`deletes`) and its target.
@@ -447,6 +431,16 @@ impl Workflow {
                 return Err(self.invalid(
                     key("deletes"),
                     format!("`{target}` is itself a deletions feed"),
+                ));
+            }
+            if t.key_type != s.key_type {
+                return Err(self.invalid(
+                    key("key_type"),
+                    format!(
+                        "a deletions feed deletes rows of `{target}` by their keys: give it \
+                         `{target}`'s key_type ({})",
+                        serde_json::to_string(&t.key_type).unwrap_or_default()
+                    ),
                 ));
             }
             if s.cursor_field.is_none() || t.cursor_field.is_none() {
