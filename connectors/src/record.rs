@@ -137,6 +137,97 @@ impl<'a> Fields<'a> {
         serde_json::from_str(record)
     }
 
+    /// Parses a page as [`Fields::parse`] does and, in the same pass, splits the array at
+    /// its top-level field `name` (the last of duplicates) into its items' texts: `None`
+    /// when that field is missing or not an array. Checking a page and then scanning its
+    /// records array again to split it were two passes over every record.
+    pub fn parse_splitting(
+        text: &'a str,
+        name: &str,
+    ) -> Result<(Self, Option<Vec<&'a str>>), serde_json::Error> {
+        use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+        /// The page's fields, and the last `name` field's items (`Err(())`: not an array).
+        type Split<'de> = (Fields<'de>, Option<Result<Vec<&'de str>, ()>>);
+        struct Top<'n, 'de> {
+            name: &'n str,
+            text: &'de str,
+        }
+        impl<'de> Visitor<'de> for Top<'_, 'de> {
+            type Value = Split<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut top = Vec::with_capacity(16);
+                let mut split = None;
+                while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+                    if name != self.name {
+                        top.push((name, Raw::Checked(map.next_value::<&'de RawValue>()?)));
+                        continue;
+                    }
+                    let items = map.next_value_seed(Items)?;
+                    if let Ok(items) = &items {
+                        top.push((name, Raw::Unchecked(array_text(self.text, items))));
+                    }
+                    split = Some(items);
+                }
+                Ok((Fields { top }, split))
+            }
+        }
+        /// An array's items; any other value is read past.
+        struct Items;
+        impl<'de> serde::de::DeserializeSeed<'de> for Items {
+            type Value = Result<Vec<&'de str>, ()>;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de> Visitor<'de> for Items {
+            type Value = Result<Vec<&'de str>, ()>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+                let mut items = Vec::with_capacity(64);
+                while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                    items.push(item.get());
+                }
+                Ok(Ok(items))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Err(()))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Err(()))
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let (fields, split) = de.deserialize_map(Top { name, text })?;
+        de.end()?;
+        match split {
+            None => Ok((fields, None)),
+            Some(Ok(items)) => Ok((fields, Some(items))),
+            // Not an array: its text was not kept; read as any other page.
+            Some(Err(())) => Ok((Self::parse(text)?, None)),
+        }
+    }
+
     /// The top-level fields of a record already known to be JSON (a page's record: the page
     /// was checked when it was read), found by a scan that follows only strings and nesting
     /// and checks a field's value only when a path reads it: parsing every value again was
@@ -207,6 +298,25 @@ impl<'a> Fields<'a> {
     pub fn scalar(&self, path: &str) -> Option<String> {
         self.raw(path).and_then(scalar_text)
     }
+}
+
+/// The text of the array in `text` whose items are `items` (slices of `text`, as a parse
+/// of it gave them): from its `[` to its `]`; `[]` for an empty one.
+fn array_text<'a>(text: &'a str, items: &[&'a str]) -> &'a str {
+    let (Some(first), Some(last)) = (items.first(), items.last()) else {
+        return "[]";
+    };
+    let base = text.as_ptr() as usize;
+    let start = first.as_ptr() as usize - base;
+    let end = last.as_ptr() as usize - base + last.len();
+    // White space, then the bracket, on either side (the parse checked it).
+    let open = text[..start]
+        .trim_end_matches(is_json_space)
+        .len()
+        .saturating_sub(1);
+    let after = &text[end..];
+    let close = end + (after.len() - after.trim_start_matches(is_json_space).len()) + 1;
+    text.get(open..close).unwrap_or("[]")
 }
 
 /// Past JSON white space from `at`.

@@ -200,18 +200,6 @@ impl Staging {
         decode(&buf, checksum).map_err(corrupt)
     }
 
-    /// Forgets a committed page: its slot is reused by the page after next; a file of an
-    /// older version is deleted (missing is fine: a crash may have come after the delete).
-    pub fn remove(&self, run: RunId, page: u64) -> Result<(), Error> {
-        let path = self.legacy_path(run, page);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::Io { path, source: e })
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// The runs with staged pages.
     pub fn runs(&self) -> Vec<RunId> {
         fs::read_dir(&self.dir)
@@ -329,7 +317,6 @@ mod tests {
         // Page 4 has the other slot; page 5 reuses page 3's, whose checksum then fails.
         let four = staging.stage(run, 4, &records[..1])?;
         staging.stage(run, 3, &records)?;
-        staging.remove(run, 3)?;
         staging.stage(run, 5, &records[1..])?;
         assert_eq!(staging.read(run, 4, four.checksum)?, records[..1]);
         assert!(matches!(
@@ -340,7 +327,8 @@ mod tests {
         fs::write(staging.legacy_path(run, 8), fs::read(staging.path(run, 5))?)?;
         let legacy = crc32fast::hash(&fs::read(staging.legacy_path(run, 8))?[HEADER..]);
         assert_eq!(staging.read(run, 8, legacy)?, records[1..]);
-        staging.remove(run, 8)?;
+        // It goes with the run's other staged pages.
+        staging.remove_run(run)?;
         assert!(!staging.legacy_path(run, 8).exists());
         fs::remove_dir_all(&dir)?;
         Ok(())

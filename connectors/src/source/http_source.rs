@@ -440,7 +440,10 @@ impl HttpSource {
             body,
             ..
         } = response;
-        let doc = Document::parse(body)?;
+        let doc = match &self.records_path {
+            Some(_) => Document::parse(body)?,
+            None => Document::with_records(body, &self.stream.records)?,
+        };
         let mut records: Vec<String> = match &self.records_path {
             Some(path) => records_by_query(&doc, path)
                 .map_err(|e| fatal(format!("{what}: {e}")))?

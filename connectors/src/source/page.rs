@@ -25,6 +25,8 @@ pub(super) fn fatal(message: String) -> source::Error {
 pub struct Document<'a> {
     text: &'a str,
     shape: Shape<'a>,
+    /// The records array's items, split by the same scan ([`Document::with_records`]).
+    records: Option<(String, Vec<&'a str>)>,
 }
 
 enum Shape<'a> {
@@ -32,12 +34,25 @@ enum Shape<'a> {
     Object(Fields<'a>),
     /// Any other JSON value (an array of records).
     Other(&'a RawValue),
+    /// An array, checked and split into its items (read again only if a path asks).
+    Array,
 }
 
 impl<'a> Document<'a> {
     /// The page body as a JSON document (not JSON: worth a retry, the API may have sent
     /// an error page).
     pub fn parse(body: &'a [u8]) -> Result<Self, source::Error> {
+        Self::read(body, None)
+    }
+
+    /// The page body as [`Document::parse`] reads it, its records array at `records` (a
+    /// top-level field, or empty: the whole document) split into records by the same scan
+    /// ([`records_at`] then has them at once).
+    pub fn with_records(body: &'a [u8], records: &str) -> Result<Self, source::Error> {
+        Self::read(body, Some(records))
+    }
+
+    fn read(body: &'a [u8], records: Option<&str>) -> Result<Self, source::Error> {
         let not_json = |e: &dyn std::fmt::Display| {
             source::Error::new(
                 ErrorKind::Retry,
@@ -45,11 +60,40 @@ impl<'a> Document<'a> {
             )
         };
         let text = std::str::from_utf8(body).map_err(|e| not_json(&e))?;
-        let shape = match text.trim_start().starts_with('{') {
-            true => Shape::Object(Fields::parse(text).map_err(|e| not_json(&e))?),
-            false => Shape::Other(serde_json::from_str(text).map_err(|e| not_json(&e))?),
+        let object = text.trim_start().starts_with('{');
+        let (shape, split) = match records {
+            Some(path) if object && !path.is_empty() && !path.contains('.') => {
+                let (fields, split) =
+                    Fields::parse_splitting(text, path).map_err(|e| not_json(&e))?;
+                (
+                    Shape::Object(fields),
+                    split.map(|items| (path.to_string(), items)),
+                )
+            }
+            Some("") if !object => match serde_json::from_str::<Vec<&RawValue>>(text) {
+                Ok(items) => {
+                    let items = items.iter().map(|item| item.get()).collect();
+                    (Shape::Array, Some((String::new(), items)))
+                }
+                Err(_) => (
+                    Shape::Other(serde_json::from_str(text).map_err(|e| not_json(&e))?),
+                    None,
+                ),
+            },
+            _ if object => (
+                Shape::Object(Fields::parse(text).map_err(|e| not_json(&e))?),
+                None,
+            ),
+            _ => (
+                Shape::Other(serde_json::from_str(text).map_err(|e| not_json(&e))?),
+                None,
+            ),
         };
-        Ok(Document { text, shape })
+        Ok(Document {
+            text,
+            shape,
+            records: split,
+        })
     }
 
     /// The page's text.
@@ -63,7 +107,8 @@ impl<'a> Document<'a> {
         match (&self.shape, path.is_empty()) {
             (Shape::Other(raw), true) => Some(raw),
             (Shape::Other(raw), false) => raw_at(raw, path),
-            (Shape::Object(_), true) => serde_json::from_str(self.text).ok(),
+            (Shape::Object(_) | Shape::Array, true) => serde_json::from_str(self.text).ok(),
+            (Shape::Array, false) => raw_at(serde_json::from_str(self.text).ok()?, path),
             (Shape::Object(fields), false) => fields.raw(path),
         }
     }
@@ -78,6 +123,9 @@ impl<'a> Document<'a> {
 /// The records array at `path` (empty: the document is the array), each record's text as
 /// the API sent it.
 pub fn records_at<'a>(doc: &Document<'a>, path: &str) -> Result<Vec<&'a str>, source::Error> {
+    if let Some((_, items)) = doc.records.as_ref().filter(|(at, _)| *at == path) {
+        return Ok(items.clone());
+    }
     let array = doc.at(path).ok_or_else(|| {
         fatal(format!(
             "records path `{path}` is not in the page: {}",

@@ -65,6 +65,17 @@ fn records_are_split_as_a_json_parser_splits_them() -> Result<(), source::Error>
             .unwrap_or_default();
         let expected: Vec<&str> = parsed.iter().map(|r| r.get()).collect();
         assert_eq!(records_at(&doc, "data")?, expected, "case {case}: {body}");
+        // Split while the page is checked: the same records, the same array's text.
+        let split = Document::with_records(body.as_bytes(), "data")?;
+        assert_eq!(records_at(&split, "data")?, expected, "case {case}: {body}");
+        let text = |d: &Document<'_>| d.at("data").map(|raw| raw.get().to_string());
+        match expected.is_empty() {
+            true => assert_eq!(text(&split).as_deref(), Some("[]"), "case {case}"),
+            false => assert_eq!(text(&split), text(&doc), "case {case}: {body}"),
+        }
+        let bare = format!(" [{}] ", items.join(" , "));
+        let bare_doc = Document::with_records(bare.as_bytes(), "")?;
+        assert_eq!(records_at(&bare_doc, "")?, expected, "case {case}: {bare}");
         // A record's fields are found by a scan as a parser finds them.
         for item in expected {
             let fields = |f: Fields<'_>| -> Vec<(String, String)> {
@@ -77,11 +88,29 @@ fn records_are_split_as_a_json_parser_splits_them() -> Result<(), source::Error>
             assert_eq!(scanned, parsed, "case {case}: {item}");
         }
     }
-    let doc = Document::parse(br#"{"data":{"a":[1]}}"#)?;
-    assert!(
-        records_at(&doc, "data").is_err(),
-        "an object is not an array"
-    );
+    for read in [Document::parse, |b| Document::with_records(b, "data")] {
+        let doc = read(br#"{"data":{"a":[1]}}"#)?;
+        assert!(
+            records_at(&doc, "data").is_err(),
+            "an object is not an array"
+        );
+        // Of duplicate fields, the last counts, array or not.
+        let doc = read(br#"{"data":[1,2],"next":"x","data":[3]}"#)?;
+        assert_eq!(records_at(&doc, "data")?, ["3"]);
+        assert_eq!(doc.at("data").map(|raw| raw.get()), Some("[3]"));
+        let doc = read(br#"{"data":[1,2],"data":{"a":[1]}}"#)?;
+        assert!(records_at(&doc, "data").is_err());
+        let doc = read(br#"{"data":"x","data":[ 1 ]}"#)?;
+        assert_eq!(records_at(&doc, "data")?, ["1"]);
+        assert_eq!(doc.at("data").map(|raw| raw.get()), Some("[ 1 ]"));
+        // Not JSON, wherever it breaks.
+        assert!(read(br#"{"data":[1,]}"#).is_err());
+        assert!(read(br#"{"data":[1],"next":tru}"#).is_err());
+        assert!(read(br#"{"data":[1]} x"#).is_err());
+    }
+    let bare = Document::with_records(br#""x""#, "")?;
+    assert!(records_at(&bare, "").is_err(), "a string is not an array");
+    assert!(Document::with_records(b"[1,", "").is_err());
     Ok(())
 }
 

@@ -22,8 +22,8 @@ use crate::time::{Clock, Timestamp};
 ///
 /// Each turn of the loop: `decide` the action (pure), perform it as one step (the events
 /// it leads to), journal those events as one batch with at most one flush
-/// (`append_steps`), then the step's after-effects (free the committed page's staging
-/// slot, wait out a retry's backoff).
+/// (`append_steps`), then the step's after-effects (wait out a retry's backoff, remove a
+/// finished run's staged pages).
 #[allow(clippy::too_many_arguments)]
 pub async fn drive<B, S, D>(
     journal: &mut Journal<B>,
@@ -292,7 +292,6 @@ impl<S: Source, D: Destination> Steps<'_, S, D> {
     /// A journaled event's after-effects.
     async fn after(&self, state: &RunState, event: &Event) -> Result<(), Error> {
         match event {
-            Event::CursorCommitted { page, .. } => self.staging.remove(self.run, *page)?,
             Event::RequestRetried { wait_ms, .. } | Event::WriteRetried { wait_ms, .. } => {
                 // A stop request cuts the wait short; `decide` then pauses.
                 tokio::select! {
