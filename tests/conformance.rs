@@ -278,7 +278,7 @@ async fn write(
         at: Timestamp(1_000),
         max_seen: Some(Timestamp(900 + page)),
     };
-    let records = d.preparer()(records);
+    let records = d.preparer()(records, None);
     let batch = Batch {
         run_id: run,
         page,

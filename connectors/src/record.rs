@@ -218,14 +218,36 @@ impl<'a> Fields<'a> {
             }
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let (fields, split) = de.deserialize_map(Top { name, text })?;
-        de.end()?;
+        let parsed = de
+            .deserialize_map(Top { name, text })
+            .and_then(|parsed| de.end().map(|()| parsed));
+        // Reading past a value that is not an array checks more than its grammar (a number
+        // beyond `f64`, a lone surrogate): such a page is parsed as any other, and a page
+        // that is not JSON fails as it always did.
+        let Ok((fields, split)) = parsed else {
+            return Ok((Self::parse(text)?, None));
+        };
         match split {
             None => Ok((fields, None)),
             Some(Ok(items)) => Ok((fields, Some(items))),
             // Not an array: its text was not kept; read as any other page.
             Some(Err(())) => Ok((Self::parse(text)?, None)),
         }
+    }
+
+    /// The top-level fields of a record already known to be JSON, where an index says they
+    /// are (name and value ranges of its text, as the schema scan found them); `None` when
+    /// a range is not in the text or a name has escapes ([`Fields::scan`] it).
+    pub fn at(
+        record: &'a str,
+        at: impl Iterator<Item = (std::ops::Range<usize>, std::ops::Range<usize>)>,
+    ) -> Option<Self> {
+        let mut top = Vec::with_capacity(at.size_hint().0);
+        for (name, value) in at {
+            let name = record.get(name).filter(|n| !n.contains('\\'))?;
+            top.push((Cow::Borrowed(name), Raw::Unchecked(record.get(value)?)));
+        }
+        Some(Fields { top })
     }
 
     /// The top-level fields of a record already known to be JSON (a page's record: the page

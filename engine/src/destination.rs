@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoint;
 use crate::event::WriteAck;
+use crate::fields::FieldIndex;
 use crate::lease::Lease;
 use crate::run_id::RunId;
 
@@ -74,10 +75,11 @@ impl<P> Clone for Batch<'_, P> {
 impl<P> Copy for Batch<'_, P> {}
 
 /// Makes a page's records (one JSON object each) ready for a destination's `write` —
-/// parsing each for its key and version, say. Pure work without I/O, shared with the
+/// reading each for its key and version, say, where the source's [`FieldIndex`] (when it
+/// gave one) says its fields are. Pure work without I/O, shared with the
 /// driver, which runs it while the page before is written (pipelining), off the write's
 /// critical path.
-pub type Preparer<P> = Arc<dyn Fn(Vec<String>) -> P + Send + Sync>;
+pub type Preparer<P> = Arc<dyn Fn(Vec<String>, Option<FieldIndex>) -> P + Send + Sync>;
 
 /// Where one stream's records go. Implemented by connectors; called only by the driver.
 pub trait Destination: Send {

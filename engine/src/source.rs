@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::event::FieldChange;
+use crate::fields::FieldIndex;
 use crate::time::Timestamp;
 use crate::window::Window;
 
@@ -23,6 +24,9 @@ pub struct PageRequest<'a> {
 pub struct Page {
     /// The records, each one JSON object as text.
     pub records: Vec<String>,
+    /// Where each record's top-level fields are, when the source found them reading the
+    /// page (for the destination's [`crate::destination::Preparer`]).
+    pub fields: Option<FieldIndex>,
     /// The cursor of the next page; `None` when this is the last.
     pub next_cursor: Option<String>,
     /// Set when a response rule ignored the response: the page is empty and journaled as

@@ -262,7 +262,7 @@ async fn retry(dir: &StateDir, workflow: &Workflow, stream: &str) -> anyhow::Res
         max_seen: None,
     };
     let count = records.len();
-    let prepared = target.preparer()(records);
+    let prepared = target.preparer()(records, None);
     let ack = target
         .write(Batch {
             run_id,

@@ -174,9 +174,7 @@ impl Source for RepairSource {
         Ok(Page {
             records: rows.into_iter().map(|(_, r)| r).collect(),
             next_cursor: more.and(last).map(|l| l.to_string()),
-            ignored: None,
-            max_seen: None,
-            drift: None,
+            ..Page::default()
         })
     }
 }

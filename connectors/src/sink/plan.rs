@@ -9,9 +9,10 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
-use waymark_engine::{Preparer, WriteAck};
+use waymark_engine::{FieldIndex, Preparer, WriteAck};
 
 use crate::config::{DeleteMode, KeyType, RecordFilter, StreamSection, Workflow};
 use crate::record::{compare_versions, key_by, raw_at, scalar_text, Fields};
@@ -226,7 +227,18 @@ pub(crate) type Refused = (Option<String>, String);
 /// retry` passes on only the dead letters that are JSON. So its fields are found by
 /// [`Fields::scan`], which checks only the values it reads.
 pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
-    let fields = match Fields::scan(record)
+    identify_at(record, None::<std::iter::Empty<_>>, b)
+}
+
+/// [`identify`], with the record's top-level fields where the source found them (`at`),
+/// so the record is not scanned again.
+fn identify_at<I>(record: &str, at: Option<I>, b: &Binding) -> Result<Identity, Refused>
+where
+    I: Iterator<Item = (Range<usize>, Range<usize>)>,
+{
+    let fields = match at
+        .and_then(|at| Fields::at(record, at))
+        .or_else(|| Fields::scan(record))
         .ok_or(())
         .or_else(|()| Fields::parse(record))
     {
@@ -304,7 +316,17 @@ pub struct Identified {
 impl Identified {
     /// Reads each of `records` by the binding's rules.
     pub fn new(b: &Binding, records: Vec<String>) -> Self {
-        let ids = records.iter().map(|r| identify(r, b)).collect();
+        Self::indexed(b, records, None)
+    }
+
+    /// Reads each of `records` by the binding's rules, where `fields` (the source's index,
+    /// if it gave one) says their fields are.
+    pub fn indexed(b: &Binding, records: Vec<String>, fields: Option<&FieldIndex>) -> Self {
+        let ids = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| identify_at(r, fields.and_then(|f| f.record(i)), b))
+            .collect();
         Identified { records, ids }
     }
 
@@ -332,7 +354,7 @@ impl Binding {
     /// What makes a page ready for a destination writing by this binding.
     pub fn preparer(&self) -> Preparer<Arc<Identified>> {
         let b = self.clone();
-        Arc::new(move |records| Arc::new(Identified::new(&b, records)))
+        Arc::new(move |records, fields| Arc::new(Identified::indexed(&b, records, fields.as_ref())))
     }
 }
 

@@ -420,8 +420,7 @@ impl HttpSource {
                          its records are written"
                     .into(),
             }),
-            max_seen: None,
-            drift: None,
+            ..Page::default()
         })
     }
 
@@ -493,19 +492,26 @@ impl HttpSource {
         if self.stream.filter.is_some() || self.stream.fields.is_some() {
             records = shape(records, &self.stream).map_err(|e| fatal(format!("{what}: {e}")))?;
         }
-        let drift = match &self.schema {
+        // The schema's scan of each record also finds its top-level fields, for the
+        // destination.
+        let (drift, fields) = match &self.schema {
             Some(schema) => {
                 let mut schema = schema.lock().unwrap_or_else(PoisonError::into_inner);
                 let last = next_cursor.is_none();
-                let (changes, refused) = schema
+                let observed = schema
                     .observe(request.page, &records, self.api.now(), last)
                     .map_err(|e| fatal(e.to_string()))?;
-                Some(SchemaDrift { changes, refused })
+                let drift = SchemaDrift {
+                    changes: observed.changes,
+                    refused: observed.refused,
+                };
+                (Some(drift), observed.fields)
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Page {
             records,
+            fields,
             next_cursor,
             ignored: None,
             max_seen,

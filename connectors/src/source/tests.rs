@@ -103,6 +103,17 @@ fn records_are_split_as_a_json_parser_splits_them() -> Result<(), source::Error>
         let doc = read(br#"{"data":"x","data":[ 1 ]}"#)?;
         assert_eq!(records_at(&doc, "data")?, ["1"]);
         assert_eq!(doc.at("data").map(|raw| raw.get()), Some("[ 1 ]"));
+        // A value of that name that only a checked parse refuses (beyond `f64`, a lone
+        // surrogate) is JSON all the same; the last duplicate still counts.
+        let doc = read(br#"{"data":1e400}"#)?;
+        assert!(
+            records_at(&doc, "data").is_err(),
+            "a number is not an array"
+        );
+        let doc = read(br#"{"data":"\ud800","data":[{"id":1}]}"#)?;
+        assert_eq!(records_at(&doc, "data")?, [r#"{"id":1}"#]);
+        let doc = read(br#"{"data":{"\udc00":1},"data":[2]}"#)?;
+        assert_eq!(records_at(&doc, "data")?, ["2"]);
         // Not JSON, wherever it breaks.
         assert!(read(br#"{"data":[1,]}"#).is_err());
         assert!(read(br#"{"data":[1],"next":tru}"#).is_err());

@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use waymark_engine::event::FieldChange;
-use waymark_engine::Timestamp;
+use waymark_engine::{FieldIndex, Timestamp};
 
 use crate::config::{ColumnSpec, SchemaPolicy};
 use crate::record::{string_end, Fields};
@@ -222,13 +223,23 @@ impl Hasher for Hashed {
 const MAX_STRUCTURES: usize = 512;
 
 impl Structures {
-    /// A page's paths, in path order, and how many records it has.
-    fn page(&mut self, records: &[String]) -> (BTreeMap<String, Seen>, u64) {
+    /// A page's paths, in path order, and how many records it has; `index` notes where
+    /// each record's top-level fields are (the same scan finds them).
+    fn page(
+        &mut self,
+        records: &[String],
+        index: &mut FieldIndex,
+    ) -> (BTreeMap<String, Seen>, u64) {
         // A page has a handful of structures: a list beats a map.
         let mut counts: Vec<(u64, u64)> = Vec::new();
         let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+        let mut top = Vec::with_capacity(16);
         for record in records {
-            match structure(record.as_bytes()) {
+            top.clear();
+            let hashed = structure_at(record.as_bytes(), Some(&mut top));
+            let object = record.starts_with('{');
+            index.push((hashed.is_some() && object).then_some(top.as_slice()));
+            match hashed {
                 Some(hash) => {
                     if !self.0.contains_key(&hash) {
                         if self.0.len() >= MAX_STRUCTURES {
@@ -278,16 +289,27 @@ fn add(seen: &mut BTreeMap<String, Seen>, paths: &Paths, n: u64) {
 /// elements of an array with consecutive equal structures counted once (`[{a},{a}]` is
 /// `[{a}]`); string contents and numbers' digits are skipped. `None` when it is not JSON
 /// (or nests deeper than 64).
+#[cfg(test)]
 fn structure(bytes: &[u8]) -> Option<u64> {
-    let mut scan = Scan { bytes, at: 0 };
+    structure_at(bytes, None)
+}
+
+/// [`structure`], noting in `top` (when given) each top-level field's name and value
+/// ranges of `bytes`.
+fn structure_at(bytes: &[u8], top: Option<&mut TopFields>) -> Option<u64> {
+    let mut scan = Scan { bytes, at: 0, top };
     let hash = scan.value(0)?;
     scan.space();
     (scan.at == bytes.len()).then_some(hash)
 }
 
-struct Scan<'a> {
+/// A record's top-level fields: name (between its quotes) and value ranges of its text.
+type TopFields = Vec<(Range<usize>, Range<usize>)>;
+
+struct Scan<'a, 't> {
     bytes: &'a [u8],
     at: usize,
+    top: Option<&'t mut TopFields>,
 }
 
 const SEED: u64 = 0xcbf2_9ce4_8422_2325;
@@ -323,7 +345,7 @@ fn mix_bytes(hash: u64, bytes: &[u8]) -> u64 {
     hash
 }
 
-impl Scan<'_> {
+impl Scan<'_, '_> {
     fn space(&mut self) {
         while self
             .bytes
@@ -365,11 +387,16 @@ impl Scan<'_> {
                         return None;
                     }
                     let key = self.string()?;
-                    hash = mix_bytes(mark(hash, b'"'), &self.bytes[key]);
+                    hash = mix_bytes(mark(hash, b'"'), &self.bytes[key.clone()]);
                     if self.next()? != b':' {
                         return None;
                     }
+                    self.space();
+                    let start = self.at;
                     hash = mix(mark(hash, b':'), self.value(depth + 1)?);
+                    if let (0, Some(top)) = (depth, self.top.as_deref_mut()) {
+                        top.push((key, start..self.at));
+                    }
                     match self.next()? {
                         b',' => continue,
                         b'}' => return Some(mark(hash, b'}')),
@@ -442,8 +469,9 @@ impl Shape {
         &self,
         structures: &mut Structures,
         records: &[String],
+        index: &mut FieldIndex,
     ) -> (Vec<FieldChange>, BTreeMap<String, Seen>, u64) {
-        let (page, n) = structures.page(records);
+        let (page, n) = structures.page(records, index);
         let mut changes = Vec::new();
         if self.records == 0 {
             return (changes, page, n);
@@ -529,6 +557,17 @@ impl Shape {
     }
 }
 
+/// What [`Schema::observe`] found on a page.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The changes to journal.
+    pub changes: Vec<FieldChange>,
+    /// Whether the stream's policy refuses the page.
+    pub refused: bool,
+    /// Where each record's top-level fields are (none when nothing was observed).
+    pub fields: Option<FieldIndex>,
+}
+
 /// A stream's schema as its source observes it, page after page.
 pub struct Schema {
     file: PathBuf,
@@ -607,20 +646,24 @@ impl Schema {
     }
 
     /// Compares page `page`'s records with the shape and applies the policy: the changes
-    /// to journal (a frozen one once per process), and whether the page is refused. The
-    /// shape and its history are saved when something changed, and on the run's last page
-    /// (`last`: when each field was last seen).
+    /// to journal (a frozen one once per process), whether the page is refused, and where
+    /// each record's top-level fields are (the scan found them). The shape and its
+    /// history are saved when something changed, and on the run's last page (`last`: when
+    /// each field was last seen).
     pub fn observe(
         &mut self,
         page: u64,
         records: &[String],
         at: Timestamp,
         last: bool,
-    ) -> Result<(Vec<FieldChange>, bool), Error> {
+    ) -> Result<Observed, Error> {
         if self.off {
-            return Ok((Vec::new(), false));
+            return Ok(Observed::default());
         }
-        let (mut changes, seen, n) = self.shape.compare(&mut self.structures, records);
+        let mut fields = FieldIndex::with_capacity(records.len(), 12);
+        let (mut changes, seen, n) = self
+            .shape
+            .compare(&mut self.structures, records, &mut fields);
         for change in &mut changes {
             change.column = self.columns.get(&change.path).cloned();
         }
@@ -658,7 +701,11 @@ impl Schema {
         if action == "frozen" {
             changes.retain(|c| self.reported.insert(c.to_string()));
         }
-        Ok((changes, refused))
+        Ok(Observed {
+            changes,
+            refused,
+            fields: Some(fields),
+        })
     }
 
     /// Replaces the file (written aside, renamed).
@@ -769,6 +816,75 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_finds_each_records_top_level_fields_as_a_parser_does() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % n).unwrap_or(0)
+        };
+        // A duplicate name, an escaped one, a non-ASCII one; values with brackets, quotes
+        // and escapes inside; white space around tokens.
+        let names = ["id", "id", r"k\u0031", "été", "v"];
+        let values = [
+            r#""a\"b""#,
+            r#"[1,{"x":"}"}]"#,
+            r#"{"k":[],"m":{"n":null}}"#,
+            "-1.5e3",
+            "null",
+            r#"" \u005d ""#,
+            "true",
+        ];
+        let space = ["", " ", "\n\t", ""];
+        let entries = |f: Fields<'_>| -> Vec<(String, String)> {
+            f.entries()
+                .map(|(k, v)| (k.to_string(), v.get().to_string()))
+                .collect()
+        };
+        let (mut indexed, mut left_out) = (0, 0);
+        for _ in 0..300 {
+            let records: Vec<String> = (0..8)
+                .map(|_| match next(12) {
+                    0 => "{}".to_string(),
+                    1 => "[1,{\"id\":2}]".to_string(),
+                    _ => {
+                        let fields: Vec<String> = (0..1 + next(5))
+                            .map(|_| {
+                                let (a, b) = (space[next(4)], space[next(4)]);
+                                let (name, value) = (names[next(5)], values[next(7)]);
+                                format!("{a}\"{name}\"{b}:{a}{value}{b}")
+                            })
+                            .collect();
+                        format!("{{{}}}", fields.join(","))
+                    }
+                })
+                .collect();
+            let mut index = FieldIndex::default();
+            Structures::default().page(&records, &mut index);
+            assert_eq!(index.len(), records.len());
+            for (i, record) in records.iter().enumerate() {
+                let parsed = Fields::parse(record).map(entries).ok();
+                match index.record(i).and_then(|at| Fields::at(record, at)) {
+                    Some(found) => {
+                        indexed += 1;
+                        assert_eq!(Some(entries(found)), parsed, "{record}");
+                    }
+                    None => {
+                        left_out += 1;
+                        let escaped = parsed.is_some_and(|p| p.iter().any(|(k, _)| k == "k1"));
+                        assert!(escaped || !record.starts_with('{'), "{record}");
+                    }
+                }
+            }
+        }
+        assert!(
+            indexed > 1_000 && left_out > 200,
+            "{indexed} indexed, {left_out} left out"
+        );
+    }
+
+    #[test]
     fn a_page_of_known_structures_counts_like_one_walked_record_by_record() {
         let records: Vec<String> = (0..40)
             .map(|i| match i % 3 {
@@ -778,7 +894,7 @@ mod tests {
             })
             .collect();
         let mut structures = Structures::default();
-        let (cached, n) = structures.page(&records);
+        let (cached, n) = structures.page(&records, &mut FieldIndex::default());
         let mut walked: BTreeMap<String, Seen> = BTreeMap::new();
         for r in &records {
             add(&mut walked, &record_paths(r), 1);
@@ -802,7 +918,9 @@ mod tests {
                 .to_string(),
             r#"{"id":2,"total":7,"note":null,"ship":{"city":"Gent"},"items":[]}"#.to_string(),
         ];
-        let (changes, refused) = s.observe(1, &first, Timestamp(1), false).unwrap();
+        let Observed {
+            changes, refused, ..
+        } = s.observe(1, &first, Timestamp(1), false).unwrap();
         assert!(
             changes.is_empty() && !refused,
             "the first page is the shape"
@@ -810,7 +928,7 @@ mod tests {
         let drifted = [
             r#"{"id":3,"total":"9.50","ship":{"city":"Cork","zip":"T12"},"items":[{"sku":"y","qty":2}],"priority":{"level":1}}"#.to_string(),
         ];
-        let (changes, _) = s.observe(2, &drifted, Timestamp(2), false).unwrap();
+        let changes = s.observe(2, &drifted, Timestamp(2), false).unwrap().changes;
         assert_eq!(
             texts(&changes),
             [
@@ -822,7 +940,7 @@ mod tests {
             ]
         );
         // Evolved: the same shape again is no change, and the file holds it.
-        let (changes, _) = s.observe(3, &drifted, Timestamp(3), true).unwrap();
+        let changes = s.observe(3, &drifted, Timestamp(3), true).unwrap().changes;
         assert!(changes.is_empty(), "{:?}", texts(&changes));
         let kept = Schema::read(&dir.join("s.json")).unwrap();
         assert_eq!(kept.records, 4);

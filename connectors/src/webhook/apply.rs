@@ -171,9 +171,7 @@ impl Source for EventSource {
                     return Ok(Page {
                         records,
                         next_cursor: done.map(|seq| seq.to_string()),
-                        ignored: None,
-                        max_seen: None,
-                        drift: None,
+                        ..Page::default()
                     });
                 }
             }
@@ -183,9 +181,7 @@ impl Source for EventSource {
             next_cursor: more
                 .then(|| events.last().map(|e| e.seq.to_string()))
                 .flatten(),
-            ignored: None,
-            max_seen: None,
-            drift: None,
+            ..Page::default()
         })
     }
 }

@@ -23,7 +23,7 @@ use crate::time::{Clock, Timestamp};
 /// Each turn of the loop: `decide` the action (pure), perform it as one step (the events
 /// it leads to), journal those events as one batch with at most one flush
 /// (`append_steps`), then the step's after-effects (wait out a retry's backoff, remove a
-/// finished run's staged pages).
+/// completed run's staged pages).
 #[allow(clippy::too_many_arguments)]
 pub async fn drive<B, S, D>(
     journal: &mut Journal<B>,
@@ -201,7 +201,10 @@ impl<S: Source, D: Destination> Steps<'_, S, D> {
         // read back and prepared now.
         let records = match self.kept.take() {
             Some(k) if k.page == page && k.checksum == pending.fetched.checksum => k.records,
-            _ => (self.prepare)(self.staging.read(run, page, pending.fetched.checksum)?),
+            _ => (self.prepare)(
+                self.staging.read(run, page, pending.fetched.checksum)?,
+                None,
+            ),
         };
         let batch = Batch {
             run_id: run,
@@ -366,7 +369,7 @@ async fn fetch_and_stage<S: Source, P>(
         kept: Some(Kept {
             page: request.page,
             checksum: staged.checksum,
-            records: prepare(fetched.records),
+            records: prepare(fetched.records, fetched.fields),
         }),
     }))
 }

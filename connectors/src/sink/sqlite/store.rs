@@ -558,7 +558,7 @@ mod tests {
                 true => &mut self.deletions,
                 false => &mut self.orders,
             };
-            let records = d.preparer()(records);
+            let records = d.preparer()(records, None);
             d.write(Batch {
                 run_id: self.run,
                 page: self.page,
