@@ -510,6 +510,12 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
             How::Unjournaled,
             integer,
         ),
+        (
+            "waymark, durability \"process\", journal off",
+            Some(this_waymark()),
+            How::ProcessUnjournaled,
+            integer,
+        ),
     ];
     if let Some(baseline) = std::env::var_os("WAYMARK_BENCH_BASELINE") {
         runs.push((
@@ -539,14 +545,14 @@ fn throughput(rt: &tokio::runtime::Runtime, n: u64, rounds: usize) -> Result<Vec
                 }
                 Some(bin) => {
                     let wf = workflow_with(&dir, addr, "", PAGE, keys)?;
-                    if *how == How::Process {
+                    if matches!(how, How::Process | How::ProcessUnjournaled) {
                         let text = std::fs::read_to_string(&wf)?;
                         let text =
                             text.replacen("[sync]\n", "[sync]\ndurability = \"process\"\n", 1);
                         std::fs::write(&wf, text)?;
                     }
                     let mut cmd = waymark(bin, &dir, &wf);
-                    if *how == How::Unjournaled {
+                    if matches!(how, How::Unjournaled | How::ProcessUnjournaled) {
                         cmd.env("WAYMARK_BENCH_UNJOURNALED", "1");
                     }
                     timed(cmd)?
@@ -578,8 +584,11 @@ enum How {
     AsIs,
     /// `[sync] durability = "process"`: no fsync per step.
     Process,
-    /// The bench-only switch: nothing journaled, pages staged without fsync.
+    /// The bench-only switch: nothing journaled, pages staged without fsync (the
+    /// destination as under `power-loss`).
     Unjournaled,
+    /// Both: what the journal costs under `process`.
+    ProcessUnjournaled,
 }
 
 /// Against a server allowing `rate` requests a second (429 + Retry-After beyond, quota
