@@ -9,7 +9,6 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::Arc;
 
 use waymark_engine::{FieldIndex, Preparer, WriteAck};
@@ -227,17 +226,17 @@ pub(crate) type Refused = (Option<String>, String);
 /// retry` passes on only the dead letters that are JSON. So its fields are found by
 /// [`Fields::scan`], which checks only the values it reads.
 pub(crate) fn identify(record: &str, b: &Binding) -> Result<Identity, Refused> {
-    identify_at(record, None::<std::iter::Empty<_>>, b)
+    identify_found(record, None, b)
 }
 
-/// [`identify`], with the record's top-level fields where the source found them (`at`),
-/// so the record is not scanned again.
-fn identify_at<I>(record: &str, at: Option<I>, b: &Binding) -> Result<Identity, Refused>
-where
-    I: Iterator<Item = (Range<usize>, Range<usize>)>,
-{
-    let fields = match at
-        .and_then(|at| Fields::at(record, at))
+/// [`identify`], with the record's top-level fields already found (`found`: where the
+/// source's index says they are), so the record is not scanned again.
+fn identify_found<'r>(
+    record: &'r str,
+    found: Option<Fields<'r>>,
+    b: &Binding,
+) -> Result<Identity, Refused> {
+    let fields = match found
         .or_else(|| Fields::scan(record))
         .ok_or(())
         .or_else(|()| Fields::parse(record))
@@ -325,7 +324,10 @@ impl Identified {
         let ids = records
             .iter()
             .enumerate()
-            .map(|(i, r)| identify_at(r, fields.and_then(|f| f.record(i)), b))
+            .map(|(i, r)| {
+                let found = fields.and_then(|f| Fields::at(r, f.record(i)?));
+                identify_found(r, found, b)
+            })
             .collect();
         Identified { records, ids }
     }
