@@ -121,7 +121,11 @@ async fn read_commands_during_a_run_answer_what_they_answer_after_it() -> Result
         workflow_text(&server.url, "", "").replace(r#"timeout = "2s""#, r#"timeout = "10m""#);
     std::fs::write(dir.join("wf.toml"), workflow)?;
 
-    // The run waits for the page at cursor 7 once pages 1 and 4 are written.
+    // Pages 1 and 2 (cursors 1 and 4) are written and committed, and the run pauses at
+    // its page budget; resumed, it waits for the page at cursor 7 with nothing else in
+    // flight.
+    let paused = waymark(dir, &["run", "wf.toml", "--max-pages", "2"]).output()?;
+    assert_eq!(paused.status.code(), Some(3), "{}", text(&paused.stderr));
     let child = waymark(dir, &["run", "wf.toml"]).spawn()?;
     let asked = |cursor: u64| {
         let asked = asked.clone();

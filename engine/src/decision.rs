@@ -86,15 +86,27 @@ pub fn decide(state: &RunState, budget: &Budget) -> Action {
     }
 }
 
-/// The fetch that may run *ahead*, while the one pending page is written and committed:
-/// the driver's pipelining. At most one page ahead, never past the last page, only when
-/// the budget would allow that fetch next anyway. Its `PageFetched` is journaled after the
-/// pending page's `BatchWritten` and `CursorCommitted`, in the same batch and flush, so the
-/// page is still written only once its fetch is durable, and pages are written and
-/// committed in order. Pure.
+/// Pages a step fetches ahead at most, and so the most a step writes: a group. The
+/// pages of a group share one sync of their staged bytes and one of the journal, so a
+/// power-loss run pays those two syncs a group instead of a page.
+pub const GROUP: u64 = 8;
+
+/// The staged bytes after which a step fetches no more pages ahead (a group of large pages
+/// is smaller than [`GROUP`], so memory stays bounded).
+pub const GROUP_BYTES: u64 = 4 << 20;
+
+/// The next fetch that may run *ahead*, while the pending pages are written and committed:
+/// the driver's pipelining. Never past the last page, only when the budget would allow
+/// that fetch next anyway, and never more than `2 × GROUP` pages pending (the staged block
+/// files rely on it: see [`crate::staging`]). The driver asks again with each page fetched
+/// ahead folded into `state`. The pages' `PageFetched` are journaled after the written
+/// pages' `BatchWritten` and `CursorCommitted`, in the same batch and flush, so a page is
+/// still written only once its fetch is durable, and pages are written and committed in
+/// order. Pure.
 pub fn lookahead(state: &RunState, budget: &Budget) -> Option<Action> {
     let ahead_ok = state.status == Status::Running
-        && state.pending.len() == 1
+        && !state.pending.is_empty()
+        && (state.pending.len() as u64) < 2 * GROUP
         && !state.exhausted()
         && !budget.interrupted
         && !budget.out_of_time
@@ -356,7 +368,7 @@ mod tests {
     };
 
     #[test]
-    fn looks_one_page_ahead_only_while_one_page_is_pending_and_the_budget_allows() {
+    fn looks_ahead_while_fewer_than_two_groups_are_pending_and_the_budget_allows() {
         let next = Some(Action::Fetch {
             page: 2,
             cursor: Some("c1".into()),
@@ -371,8 +383,25 @@ mod tests {
         };
         let one_written = state(&[fetched(1, Some("c1")), written.clone()]);
         assert_eq!(lookahead(&one_written, &NONE), next);
-        let two = state(&[fetched(1, Some("c1")), written, fetched(2, Some("c2"))]);
-        assert_eq!(lookahead(&two, &NONE), None, "one page ahead at most");
+        // Pages fetched ahead one by one: the last one allowed makes 2 × GROUP pending.
+        let mut events = vec![fetched(1, Some("c1")), written];
+        for page in 2..=2 * GROUP {
+            let ahead = lookahead(&state(&events), &NONE);
+            let cursor = format!("c{}", page - 1);
+            assert_eq!(
+                ahead,
+                Some(Action::Fetch {
+                    page,
+                    cursor: Some(cursor)
+                })
+            );
+            events.push(fetched(page, Some(&format!("c{page}"))));
+        }
+        assert_eq!(
+            lookahead(&state(&events), &NONE),
+            None,
+            "two groups pending at most"
+        );
         assert_eq!(
             lookahead(&state(&[fetched(1, None)]), &NONE),
             None,

@@ -9,6 +9,10 @@ use crate::fields::FieldIndex;
 use crate::lease::Lease;
 use crate::run_id::RunId;
 
+/// The most pages of a run the driver writes before journaling them (two groups): all of
+/// them may be replayed after a crash, each expecting its own acknowledgement.
+pub const REPLAYABLE: u64 = 2 * crate::decision::GROUP;
+
 /// One page's records and the checkpoint that committing them produces.
 #[derive(Debug)]
 pub struct Batch<'a, P> {
@@ -92,11 +96,26 @@ pub trait Destination: Send {
     /// Stores the batch and its checkpoint in one transaction, upserting by key with a
     /// version check. If the destination already committed this run's `page` (a crash came
     /// between its commit and our journal entry), it must write nothing and return the
-    /// acknowledgement stored with that commit, with `replayed` set.
+    /// acknowledgement stored with that commit, with `replayed` set. The driver writes up
+    /// to [`REPLAYABLE`] pages before the journal hears of them, so a destination keeps the
+    /// acknowledgements of that many of a run's last pages.
     fn write(
         &mut self,
         batch: Batch<'_, Self::Page>,
     ) -> impl Future<Output = Result<WriteAck, Error>> + Send;
+
+    /// Writes `batches` in order, as [`Destination::write`] each, up to the first failure:
+    /// one result a batch written or failed. A destination that blocks a thread to write
+    /// writes them all in one go, so no page waits for the driver's task between two.
+    fn write_pages(
+        &mut self,
+        batches: &[Batch<'_, Self::Page>],
+    ) -> impl Future<Output = Vec<Result<WriteAck, Error>>> + Send
+    where
+        Self: Sized,
+    {
+        write_in_turn(self, batches)
+    }
 
     /// The checkpoint stored with the last committed batch, if any.
     fn checkpoint(&mut self) -> impl Future<Output = Result<Option<Checkpoint>, Error>> + Send;
@@ -114,4 +133,22 @@ pub trait Destination: Send {
             )))
         }
     }
+}
+
+/// Writes `batches` one after the other with [`Destination::write`], up to the first
+/// failure.
+pub async fn write_in_turn<D: Destination>(
+    destination: &mut D,
+    batches: &[Batch<'_, D::Page>],
+) -> Vec<Result<WriteAck, Error>> {
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let written = destination.write(*batch).await;
+        let failed = written.is_err();
+        results.push(written);
+        if failed {
+            break;
+        }
+    }
+    results
 }

@@ -20,9 +20,9 @@ use waymark_engine::journal::Damage;
 #[command(
     args_conflicts_with_subcommands = true,
     after_help = "A run's steps are shown in journal order (seq), the order they took effect. \
-SINCE START is when each step happened, counted from the run's start. While a page is \
-written the next page is already fetched (pipelining); it is journaled after that write, \
-so it can show an earlier time than the line above: such a line says `fetched ahead`. \
+SINCE START is when each step happened, counted from the run's start. While pages are \
+written the next ones are already fetched (pipelining); they are journaled after those \
+writes, so they can show an earlier time than the line above: such a line says `fetched ahead`. \
 The table cuts long cursors with `…`; --json has every value in full, with `time` (when \
 the step happened), `offset_ms` and `ahead`."
 )]
@@ -305,11 +305,12 @@ fn describe(event: &Event, before: Option<&RunState>) -> (String, String, String
 /// The lines are in journal order (seq): the order the steps took effect, and the only
 /// order a resume relies on. The time shown is each event's own time — the journal keeps
 /// no other (not when the event was appended) — as an offset from the run's start.
-/// While page k is written, page k+1 is fetched ahead (pipelining, see
-/// `decision::lookahead`); its `page_fetched` is journaled only with page k's commit, after
-/// it, and carries the time the page arrived, which can be earlier than the commit's.
-/// Rather than reorder the lines by time (which would show page k+1 fetched before page k
-/// was committed, an order the run never journaled) such a line is marked `fetched ahead`.
+/// While pages are written, the next ones are fetched ahead (pipelining, see
+/// `decision::lookahead`); their `page_fetched` are journaled only with those pages'
+/// commits, after them, and carry the time each page arrived, which can be earlier than
+/// the commits'. Rather than reorder the lines by time (which would show a page fetched
+/// before the pages before it were committed, an order the run never journaled) such a
+/// line is marked `fetched ahead`.
 struct Printer {
     run: RunId,
     json: bool,
@@ -387,8 +388,8 @@ impl Printer {
         self.latest = self.latest.max(Some(at));
         let (cursor, counts, mut outcome) = describe(event, self.state.as_ref());
         if let Some(page) = ahead {
-            let before = page.saturating_sub(1);
-            outcome = format!("fetched ahead, while page {before} was written; {outcome}");
+            outcome =
+                format!("fetched ahead, while the pages before {page} were written; {outcome}");
         }
         let line = if self.json {
             json!({
@@ -599,7 +600,7 @@ mod tests {
         }
         assert!(lines[4]
             .0
-            .contains("fetched ahead, while page 1 was written"));
+            .contains("fetched ahead, while the pages before 2 were written"));
         assert!(lines[4].1.contains("\"offset_ms\":250"));
         // A long cursor is cut, so the columns after it stay in line.
         let counts = lines[1].0.find("page 1 records 1");

@@ -180,6 +180,18 @@ impl Destination for AnyDestination {
         }
     }
 
+    async fn write_pages(
+        &mut self,
+        batches: &[Batch<'_, Arc<Identified>>],
+    ) -> Vec<Result<WriteAck, destination::Error>> {
+        match self {
+            AnyDestination::Sqlite(d) => d.write_pages(batches).await,
+            AnyDestination::Postgres(d) => d.write_pages(batches).await,
+            AnyDestination::Jsonl(d) => d.write_pages(batches).await,
+            AnyDestination::Http(d) => d.write_pages(batches).await,
+        }
+    }
+
     async fn checkpoint(&mut self) -> Result<Option<Checkpoint>, destination::Error> {
         match self {
             AnyDestination::Sqlite(d) => d.checkpoint().await,

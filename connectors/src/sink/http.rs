@@ -33,6 +33,7 @@ use crate::http::Api;
 use crate::record::lookup;
 use crate::sink::body;
 use crate::sink::plan::{plan, Binding, Identified, Op, Stored};
+use crate::sink::store::{Commit, Earlier};
 use crate::sink::upserting::Notes;
 use crate::state::dead_letters::DeadLetter;
 
@@ -52,6 +53,23 @@ struct Mapping {
     records: BTreeMap<String, Known>,
     /// Scope → (run, page, checkpoint, ack) of the last page written.
     checkpoints: BTreeMap<String, (String, u64, Checkpoint, WriteAck)>,
+    /// Scope → the acknowledgements of the run's pages before the last (absent from what
+    /// older versions saved).
+    #[serde(default)]
+    earlier: BTreeMap<String, Earlier>,
+}
+
+impl Mapping {
+    /// The last page `scope` committed.
+    fn last(&self, scope: &str) -> Option<Commit> {
+        let (run, page, _, ack) = self.checkpoints.get(scope)?;
+        Some(Commit {
+            run: run.clone(),
+            page: *page,
+            ack: *ack,
+            earlier: self.earlier.get(scope).cloned().unwrap_or_default(),
+        })
+    }
 }
 
 /// A related stream's ids, for a body mapping's links: its id map as last read, ids its
@@ -430,13 +448,9 @@ impl HttpDestination {
         batch: Batch<'_, Arc<Identified>>,
     ) -> Result<WriteAck, destination::Error> {
         let run = batch.run_id.to_string();
-        if let Some((r, p, _, ack)) = self.mapping.checkpoints.get(&self.binding.stream) {
-            if *r == run && *p >= batch.page {
-                return Ok(WriteAck {
-                    replayed: true,
-                    ..*ack
-                });
-            }
+        let last = self.mapping.last(&self.binding.stream);
+        if let Some(ack) = last.as_ref().and_then(|l| l.replayed(&run, batch.page)) {
+            return Ok(ack);
         }
         let records = &self.mapping.records;
         let hard = self.binding.hard_delete;
@@ -511,10 +525,12 @@ impl HttpDestination {
         plan.dead.extend(refused);
         self.notes
             .note(&self.binding, &run, batch.page, batch.checkpoint.at, &plan)?;
-        self.mapping.checkpoints.insert(
-            self.binding.stream.clone(),
-            (run, batch.page, batch.checkpoint.clone(), plan.ack),
-        );
+        let commit = Commit::after(last.as_ref(), &run, batch.page, plan.ack);
+        let scope = self.binding.stream.clone();
+        self.mapping.earlier.insert(scope.clone(), commit.earlier);
+        self.mapping
+            .checkpoints
+            .insert(scope, (run, batch.page, batch.checkpoint.clone(), plan.ack));
         self.save()?;
         Ok(plan.ack)
     }

@@ -21,7 +21,7 @@ use waymark_engine::destination;
 use waymark_engine::{Checkpoint, WriteAck};
 
 use super::plan::{Binding, Op, Plan, Stored};
-use super::store::{Commit, Store};
+use super::store::{Commit, Earlier, Store};
 use super::upserting::Upserting;
 
 /// A page file's first line.
@@ -30,6 +30,9 @@ struct Header {
     stream: String,
     checkpoint: Checkpoint,
     ack: WriteAck,
+    /// The run's earlier pages' acknowledgements (absent from older versions' files).
+    #[serde(default, skip_serializing_if = "Earlier::is_empty")]
+    earlier: Earlier,
 }
 
 /// One change.
@@ -157,6 +160,7 @@ impl JsonlStore {
                         run: header.checkpoint.run_id.to_string(),
                         page: header.checkpoint.page,
                         ack: header.ack,
+                        earlier: header.earlier,
                     });
                 }
             }
@@ -303,10 +307,8 @@ impl Store for JsonlStore {
 
     async fn put_checkpoint(
         &mut self,
-        _run: &str,
-        _page: u64,
         checkpoint: &Checkpoint,
-        ack: &WriteAck,
+        commit: &Commit,
     ) -> Result<(), destination::Error> {
         let pending = self
             .pending
@@ -315,7 +317,8 @@ impl Store for JsonlStore {
         pending.header = Some(Header {
             stream: self.scope.clone(),
             checkpoint: checkpoint.clone(),
-            ack: *ack,
+            ack: commit.ack,
+            earlier: commit.earlier.clone(),
         });
         Ok(())
     }
@@ -354,6 +357,7 @@ impl Store for JsonlStore {
             run,
             page,
             ack: header.ack,
+            earlier: header.earlier,
         });
         Ok(())
     }

@@ -11,7 +11,7 @@ use waymark_engine::destination::{self, Batch, Destination, Preparer};
 use waymark_engine::{Checkpoint, Lease, WriteAck};
 
 use super::plan::{plan, Binding, Identified, Plan};
-use super::store::Store;
+use super::store::{Commit, Store};
 use crate::config::{parse_scope, Workflow};
 use crate::state::audit::Audit;
 use crate::state::dead_letters::DeadLetters;
@@ -124,14 +124,10 @@ impl<S: Store> Inner<S> {
         let run = batch.run_id.to_string();
         // Committed before a crash, before our journal heard of it: the stored
         // acknowledgement, and nothing written again.
-        if let Some(last) = self.store.last_commit().await? {
-            if last.run == run && last.page >= batch.page {
-                self.store.rollback().await;
-                return Ok(WriteAck {
-                    replayed: true,
-                    ..last.ack
-                });
-            }
+        let last = self.store.last_commit().await?;
+        if let Some(ack) = last.as_ref().and_then(|l| l.replayed(&run, batch.page)) {
+            self.store.rollback().await;
+            return Ok(ack);
         }
         let records: &Identified = batch.records;
         let mut stored = self.store.stored(&records.keys()).await?;
@@ -141,9 +137,8 @@ impl<S: Store> Inner<S> {
         self.notes
             .note(&self.binding, &run, batch.page, batch.checkpoint.at, &plan)?;
         self.store.apply(&run, batch.page, &plan).await?;
-        self.store
-            .put_checkpoint(&run, batch.page, batch.checkpoint, &plan.ack)
-            .await?;
+        let commit = Commit::after(last.as_ref(), &run, batch.page, plan.ack);
+        self.store.put_checkpoint(batch.checkpoint, &commit).await?;
         self.store.commit().await?;
         Ok(plan.ack)
     }
@@ -160,33 +155,65 @@ impl<S: Store> Destination for Upserting<S> {
         &mut self,
         batch: Batch<'_, Arc<Identified>>,
     ) -> Result<WriteAck, destination::Error> {
+        let written = self.write_pages(&[batch]).await;
+        written.into_iter().next().unwrap_or_else(|| Err(lost()))
+    }
+
+    /// For a blocking store, the pages are written on one blocking thread, one transaction
+    /// each, which shares their records.
+    async fn write_pages(
+        &mut self,
+        batches: &[Batch<'_, Arc<Identified>>],
+    ) -> Vec<Result<WriteAck, destination::Error>> {
         if !S::BLOCKING {
-            return self.inner.as_mut().ok_or_else(lost)?.write(batch).await;
+            let Some(inner) = self.inner.as_mut() else {
+                return vec![Err(lost())];
+            };
+            let mut results = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let written = inner.write(*batch).await;
+                let failed = written.is_err();
+                results.push(written);
+                if failed {
+                    break;
+                }
+            }
+            return results;
         }
-        // On a blocking thread, which shares the page's records.
-        let mut inner = self.inner.take().ok_or_else(lost)?;
-        let (run_id, page) = (batch.run_id, batch.page);
-        let records = batch.records.clone();
-        let checkpoint = batch.checkpoint.clone();
+        let Some(mut inner) = self.inner.take() else {
+            return vec![Err(lost())];
+        };
+        let owned: Vec<_> = batches
+            .iter()
+            .map(|b| (b.run_id, b.page, b.records.clone(), b.checkpoint.clone()))
+            .collect();
         let runtime = tokio::runtime::Handle::current();
         let done = tokio::task::spawn_blocking(move || {
-            let ack = runtime.block_on(inner.write(Batch {
-                run_id,
-                page,
-                records: &records,
-                checkpoint: &checkpoint,
-            }));
-            (inner, ack)
+            let mut results = Vec::with_capacity(owned.len());
+            for (run_id, page, records, checkpoint) in &owned {
+                let written = runtime.block_on(inner.write(Batch {
+                    run_id: *run_id,
+                    page: *page,
+                    records,
+                    checkpoint,
+                }));
+                let failed = written.is_err();
+                results.push(written);
+                if failed {
+                    break;
+                }
+            }
+            (inner, results)
         })
         .await;
         match done {
-            Ok((inner, ack)) => {
+            Ok((inner, results)) => {
                 self.inner = Some(inner);
-                ack
+                results
             }
-            Err(e) => Err(destination::Error::permanent(format!(
+            Err(e) => vec![Err(destination::Error::permanent(format!(
                 "the destination's write failed: {e}"
-            ))),
+            )))],
         }
     }
 

@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use waymark_engine::destination;
 use waymark_engine::lease::may_commit;
-use waymark_engine::{Checkpoint, Durability, Lease, WriteAck};
+use waymark_engine::{Checkpoint, Durability, Lease};
 
 use super::client::{connect, failed, ident, reconnect_if_lost};
 use super::tls::Rustls;
@@ -427,12 +427,11 @@ impl Store for PostgresStore {
 
     async fn put_checkpoint(
         &mut self,
-        run: &str,
-        page: u64,
         checkpoint: &Checkpoint,
-        ack: &WriteAck,
+        commit: &Commit,
     ) -> Result<(), destination::Error> {
-        let (checkpoint, ack) = encode(checkpoint, ack)?;
+        let (checkpoint, ack) = encode(checkpoint, commit)?;
+        let (run, page) = (&commit.run, commit.page);
         self.client
             .execute(
                 &format!(

@@ -16,7 +16,7 @@ use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use waymark_engine::destination;
-use waymark_engine::{Checkpoint, Durability, WriteAck};
+use waymark_engine::{Checkpoint, Durability};
 
 use crate::config::{FileKind, KeyType};
 use crate::sink::columns::{Cell, Columns};
@@ -407,12 +407,11 @@ impl Store for SqliteStore {
 
     async fn put_checkpoint(
         &mut self,
-        run: &str,
-        page: u64,
         checkpoint: &Checkpoint,
-        ack: &WriteAck,
+        commit: &Commit,
     ) -> Result<(), destination::Error> {
-        let (checkpoint, ack) = encode(checkpoint, ack)?;
+        let (checkpoint, ack) = encode(checkpoint, commit)?;
+        let (run, page) = (&commit.run, commit.page);
         let page = sql_page(page)?;
         self.conn
             .prepare_cached(
@@ -474,7 +473,7 @@ mod tests {
     use super::*;
     use crate::config::RecordFilter;
     use waymark_engine::destination::{Batch, Destination};
-    use waymark_engine::{RunId, Timestamp, Window};
+    use waymark_engine::{RunId, Timestamp, Window, WriteAck};
 
     use crate::sink::upserting::Notes;
 
