@@ -494,7 +494,7 @@ async fn a_batch_committed_before_a_crash_is_recognised_not_written_again() -> R
 /// crash each is replayed, and each must count what its own write counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_committed_before_a_crash_is_recognised_page_by_page() -> Result {
-    use waymark_engine::destination::REPLAYABLE;
+    use waymark_engine::group::REPLAYABLE;
     // Page p: (p % 3) + 1 new records, and on even pages a newer version of one of page
     // p - 1's: each page's counts differ from its neighbours'.
     let pages: Vec<(u64, Vec<String>)> = (1..=REPLAYABLE + 1)

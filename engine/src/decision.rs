@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::destination;
 use crate::event::{Event, PauseReason};
+use crate::group::GROUP;
 use crate::source::{self, ErrorKind};
 use crate::state::{RunState, Status};
 use crate::time::{millis, Timestamp};
@@ -86,19 +87,10 @@ pub fn decide(state: &RunState, budget: &Budget) -> Action {
     }
 }
 
-/// Pages a step fetches ahead at most, and so the most a step writes: a group. The
-/// pages of a group share one sync of their staged bytes and one of the journal, so a
-/// power-loss run pays those two syncs a group instead of a page.
-pub const GROUP: u64 = 8;
-
-/// The staged bytes after which a step fetches no more pages ahead (a group of large pages
-/// is smaller than [`GROUP`], so memory stays bounded).
-pub const GROUP_BYTES: u64 = 4 << 20;
-
 /// The next fetch that may run *ahead*, while the pending pages are written and committed:
 /// the driver's pipelining. Never past the last page, only when the budget would allow
 /// that fetch next anyway, and never more than `2 × GROUP` pages pending (the staged block
-/// files rely on it: see [`crate::staging`]). The driver asks again with each page fetched
+/// files rely on it: see `staging`). The driver asks again with each page fetched
 /// ahead folded into `state`. The pages' `PageFetched` are journaled after the written
 /// pages' `BatchWritten` and `CursorCommitted`, in the same batch and flush, so a page is
 /// still written only once its fetch is durable, and pages are written and committed in

@@ -9,10 +9,6 @@ use crate::fields::FieldIndex;
 use crate::lease::Lease;
 use crate::run_id::RunId;
 
-/// The most pages of a run the driver writes before journaling them (two groups): all of
-/// them may be replayed after a crash, each expecting its own acknowledgement.
-pub const REPLAYABLE: u64 = 2 * crate::decision::GROUP;
-
 /// One page's records and the checkpoint that committing them produces.
 #[derive(Debug)]
 pub struct Batch<'a, P> {
@@ -97,7 +93,7 @@ pub trait Destination: Send {
     /// version check. If the destination already committed this run's `page` (a crash came
     /// between its commit and our journal entry), it must write nothing and return the
     /// acknowledgement stored with that commit, with `replayed` set. The driver writes up
-    /// to [`REPLAYABLE`] pages before the journal hears of them, so a destination keeps the
+    /// to [`REPLAYABLE`](crate::group::REPLAYABLE) pages before the journal hears of them, so a destination keeps the
     /// acknowledgements of that many of a run's last pages.
     fn write(
         &mut self,

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Durability {
     /// Every step is on disk before the next begins (`fdatasync` of the run's log and
-    /// staged page, the destination's commit synced): survives a power cut.
+    /// staged pages — one each a step, which writes a group of pages — and each of the
+    /// destination's commits synced): survives a power cut.
     #[default]
     PowerLoss,
     /// Every step is handed to the kernel before the next begins, without waiting for the

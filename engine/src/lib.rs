@@ -8,6 +8,7 @@
 //!   ordered key space (sled or memory).
 //! - [`durability`]: whether each step waits for the disk or only for the kernel.
 //! - [`staging`]: fetched pages on disk, checksummed, until their cursor is committed.
+//! - [`group`]: how many pages one write step writes while the next are fetched ahead.
 //! - [`driver`]: the only I/O: perform the action, journal the event, fold, repeat.
 //! - [`source`], [`destination`]: the traits connectors implement.
 //! - [`state_dir`]: the locked state directory that holds journal and staging.
@@ -31,6 +32,7 @@ pub mod durability;
 pub mod event;
 pub mod fields;
 pub mod format;
+pub mod group;
 pub mod journal;
 pub mod lease;
 pub mod reconciliation;

@@ -26,8 +26,8 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::decision::GROUP;
 use crate::durability::Durability;
+use crate::group::GROUP;
 use crate::run_id::RunId;
 
 const MAGIC: &[u8; 4] = b"WMPG";

@@ -115,7 +115,7 @@ async fn every_step_is_durable_before_the_next_one_starts() -> Result<(), Box<dy
         let ok = state.as_ref().is_some_and(|s| {
             let durable = s.committed_page + s.pending.len() as u64;
             durable < page
-                && page - 1 - durable < waymark_engine::decision::GROUP
+                && page - 1 - durable < waymark_engine::group::GROUP
                 && s.pending.iter().all(|p| p.written.is_none())
         });
         let checkpoint = durable

@@ -137,7 +137,7 @@ async fn crashing(
     // to the journal causes a second fetch (of at most a group fetched ahead).
     let fetches: u32 = src.state().fetches.values().sum();
     prop_assert!(
-        u64::from(fetches) <= pages.max(1) + crashed * waymark_engine::decision::GROUP,
+        u64::from(fetches) <= pages.max(1) + crashed * waymark_engine::group::GROUP,
         "{fetches} fetches, {pages} pages, {crashed} crashes"
     );
     // The journal is sound and staging holds nothing.

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
-use waymark_engine::destination::{Error, REPLAYABLE};
+use waymark_engine::destination::Error;
+use waymark_engine::group::REPLAYABLE;
 use waymark_engine::{Checkpoint, Lease, WriteAck};
 
 use super::plan::{Plan, Stored};

@@ -105,6 +105,23 @@ impl<S: Store> Upserting<S> {
 }
 
 impl<S: Store> Inner<S> {
+    /// Writes the batches one after the other, up to the first failure.
+    async fn write_all<'b>(
+        &mut self,
+        batches: impl Iterator<Item = Batch<'b, Arc<Identified>>>,
+    ) -> Vec<Result<WriteAck, destination::Error>> {
+        let mut results = Vec::new();
+        for batch in batches {
+            let written = self.write(batch).await;
+            let failed = written.is_err();
+            results.push(written);
+            if failed {
+                break;
+            }
+        }
+        results
+    }
+
     async fn write(
         &mut self,
         batch: Batch<'_, Arc<Identified>>,
@@ -166,19 +183,10 @@ impl<S: Store> Destination for Upserting<S> {
         batches: &[Batch<'_, Arc<Identified>>],
     ) -> Vec<Result<WriteAck, destination::Error>> {
         if !S::BLOCKING {
-            let Some(inner) = self.inner.as_mut() else {
-                return vec![Err(lost())];
+            return match self.inner.as_mut() {
+                Some(inner) => inner.write_all(batches.iter().copied()).await,
+                None => vec![Err(lost())],
             };
-            let mut results = Vec::with_capacity(batches.len());
-            for batch in batches {
-                let written = inner.write(*batch).await;
-                let failed = written.is_err();
-                results.push(written);
-                if failed {
-                    break;
-                }
-            }
-            return results;
         }
         let Some(mut inner) = self.inner.take() else {
             return vec![Err(lost())];
@@ -189,20 +197,15 @@ impl<S: Store> Destination for Upserting<S> {
             .collect();
         let runtime = tokio::runtime::Handle::current();
         let done = tokio::task::spawn_blocking(move || {
-            let mut results = Vec::with_capacity(owned.len());
-            for (run_id, page, records, checkpoint) in &owned {
-                let written = runtime.block_on(inner.write(Batch {
+            let batches = owned
+                .iter()
+                .map(|(run_id, page, records, checkpoint)| Batch {
                     run_id: *run_id,
                     page: *page,
                     records,
                     checkpoint,
-                }));
-                let failed = written.is_err();
-                results.push(written);
-                if failed {
-                    break;
-                }
-            }
+                });
+            let results = runtime.block_on(inner.write_all(batches));
             (inner, results)
         })
         .await;

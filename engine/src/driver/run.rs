@@ -7,11 +7,11 @@ use std::time::Duration;
 use super::error::Error;
 use super::plan::Settings;
 use crate::decision::{
-    decide, lookahead, on_fetch_failure, on_write_failure, Action, Budget, Jitter, GROUP,
-    GROUP_BYTES,
+    decide, lookahead, on_fetch_failure, on_write_failure, Action, Budget, Jitter,
 };
 use crate::destination::{self, Batch, Destination, Preparer};
 use crate::event::{Event, PageFetched, WriteAck};
+use crate::group::{GROUP, GROUP_BYTES};
 use crate::journal::{self, Backend, Journal};
 use crate::run_id::RunId;
 use crate::source::{PageRequest, Source};
