@@ -5,7 +5,8 @@
 //! two groups. Staging's block files, the driver's lookahead and the destinations' replay
 //! recognition are sized by these numbers.
 
-/// Pages a step fetches ahead at most, and so the most a step writes.
+/// Pages a step fetches ahead at most; a step writes what is pending: a group (two after
+/// a write was retried while a group was fetched ahead).
 pub const GROUP: u64 = 8;
 
 /// The staged bytes after which a step fetches no more pages ahead (a group of large pages

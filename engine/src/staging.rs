@@ -238,8 +238,8 @@ struct BlockFile {
     end: u64,
     /// Appended to since the last sync.
     dirty: bool,
-    /// Created by this stager: its directory entry is synced too.
-    created: bool,
+    /// Opened by this stager and not synced yet: its directory entry is synced too.
+    entry_unsynced: bool,
 }
 
 impl Stager {
@@ -272,11 +272,11 @@ impl Stager {
         for file in self.files.iter_mut().filter(|f| f.dirty) {
             if durable {
                 file.file.sync_data().map_err(io(&file.path))?;
-                if file.created {
+                if file.entry_unsynced {
                     File::open(&dir)
                         .and_then(|d| d.sync_all())
                         .map_err(io(&dir))?;
-                    file.created = false;
+                    file.entry_unsynced = false;
                 }
             }
             file.dirty = false;
@@ -310,8 +310,7 @@ impl Stager {
     fn open(&self, block: u64) -> Result<BlockFile, Error> {
         let path = self.staging.block_path(self.run, block);
         let dir = self.staging.run_dir(self.run);
-        let created = !path.exists();
-        if created {
+        if !path.exists() {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
         let mut file = fs::OpenOptions::new()
@@ -323,18 +322,18 @@ impl Stager {
             .map_err(io(&path))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io(&path))?;
-        let held = (bytes.len() >= BLOCK_HEADER && bytes[..4] == *BLOCK_MAGIC)
-            .then(|| u64::from_le_bytes(bytes[5..13].try_into().unwrap_or_default()));
+        // Its directory entry is synced with the first sync, whoever created it (a process
+        // that died before its first sync leaves one never synced).
         let mut opened = BlockFile {
             path,
             file,
             block,
             end: 0,
             dirty: false,
-            created,
+            entry_unsynced: true,
         };
-        match held {
-            Some(held) if held == block => {
+        match holds(&bytes, block) {
+            true => {
                 // Cut a write a crash cut short.
                 let end = entries(&bytes, block)
                     .last()
@@ -344,7 +343,7 @@ impl Stager {
                     opened.file.set_len(opened.end).map_err(io(&opened.path))?;
                 }
             }
-            _ => restart(&mut opened, block)?,
+            false => restart(&mut opened, block)?,
         }
         Ok(opened)
     }
@@ -379,11 +378,10 @@ struct Entry<'a> {
 /// The whole entries of a block file's bytes, if it holds `block`: up to the first one
 /// torn or damaged.
 fn entries(bytes: &[u8], block: u64) -> impl Iterator<Item = Entry<'_>> {
-    let holds = bytes.len() >= BLOCK_HEADER
-        && bytes[..4] == *BLOCK_MAGIC
-        && bytes[4] == BLOCK_VERSION
-        && bytes[5..13] == block.to_le_bytes();
-    let mut at = if holds { BLOCK_HEADER } else { bytes.len() };
+    let mut at = match holds(bytes, block) {
+        true => BLOCK_HEADER,
+        false => bytes.len(),
+    };
     std::iter::from_fn(move || {
         let header = bytes.get(at..at + ENTRY_HEADER)?;
         let page = u64::from_le_bytes(header[..8].try_into().ok()?);
@@ -399,6 +397,14 @@ fn entries(bytes: &[u8], block: u64) -> impl Iterator<Item = Entry<'_>> {
             end: at,
         })
     })
+}
+
+/// True when a block file's bytes start with this version's header for `block`.
+fn holds(bytes: &[u8], block: u64) -> bool {
+    bytes.len() >= BLOCK_HEADER
+        && bytes[..4] == *BLOCK_MAGIC
+        && bytes[4] == BLOCK_VERSION
+        && bytes[5..13] == block.to_le_bytes()
 }
 
 /// The checksum of a staged page whose body matches it.
@@ -573,6 +579,16 @@ mod tests {
         assert_eq!(staging.read(run, p, s.checksum)?, page(1));
         let start = 3 * GROUP;
         assert!(staging.read(run, start, 0).is_err());
+        // A file of another version, even for the same block, is started again too.
+        let path = staging.block_path(run, p / GROUP);
+        let mut other = fs::read(&path)?;
+        other[4] = BLOCK_VERSION + 1;
+        fs::write(&path, &other)?;
+        let mut next = staging.stager(run);
+        let s = next.stage(p + 1, &page(2))?;
+        next.sync()?;
+        assert_eq!(staging.read(run, p + 1, s.checksum)?, page(2));
+        assert_eq!(fs::read(&path)?[4], BLOCK_VERSION);
         fs::remove_dir_all(&dir)?;
         Ok(())
     }

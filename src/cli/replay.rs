@@ -91,8 +91,8 @@ pub fn run(state_dir: &Path, args: ReplayArgs) -> anyhow::Result<ExitStatus> {
             };
             decide(&running, &Budget::default())
         });
-        // A page fetched ahead while the pending one was written (pipelining) is journaled
-        // right after that page's `BatchWritten`.
+        // Pages fetched ahead while the pending ones were written (pipelining) are journaled
+        // after those pages' `BatchWritten` and `CursorCommitted`.
         let ahead = state.as_ref().and_then(|s| {
             let running = RunState {
                 status: waymark_engine::Status::Running,

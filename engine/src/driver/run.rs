@@ -244,6 +244,8 @@ impl<S: Source, D: Destination> Steps<'_, S, D> {
         // The fetches ahead start first: with a source that answers at once they run to a
         // whole group before the writes are polled.
         let (ahead, results) = tokio::join!(ahead, writes);
+        // The destination's commits of this step, if any, are recognised on replay.
+        let ahead = ahead?;
         let pages = pages.iter().map(|(page, _)| *page);
         let mut events = written_events(state, pages, results?, &mut self.jitter, limits)?;
         // Only a retry or a whole group keeps the run going: after a pause or a failure,
@@ -305,7 +307,8 @@ impl<S: Source, D: Destination> Steps<'_, S, D> {
 /// the writes are done (a slow API is not waited for). A stop request drops the fetch under
 /// way (a hung request never delays the pause); a failed fetch ends them and waits for its
 /// page's turn; a failure to stage (the disk) is only logged: the page is fetched again in
-/// turn, where a second failure stops the run. The pages are synced together.
+/// turn, where a second failure stops the run. The pages are synced together; a failed
+/// sync stops the run.
 async fn fetch_ahead<S: Source, P>(
     state: &RunState,
     written: &AtomicBool,
@@ -314,7 +317,7 @@ async fn fetch_ahead<S: Source, P>(
     prepare: &Preparer<P>,
     limits: Limits<'_>,
     (fetched, failed): (u64, Option<u64>),
-) -> Ahead<P> {
+) -> Result<Ahead<P>, Error> {
     let run = state.run_id();
     let mut scratch = state.clone();
     let mut ahead = Ahead {
@@ -367,13 +370,12 @@ async fn fetch_ahead<S: Source, P>(
             }
         }
     }
+    // A failed sync stops the run, as a fetch's does: what the disk refused to sync may be
+    // lost while the next sync succeeds, so nothing more is appended after it.
     if !ahead.fetched.is_empty() {
-        if let Err(e) = stager.sync() {
-            tracing::warn!(%run, "syncing the pages staged ahead failed: {e}");
-            ahead.fetched.clear();
-        }
+        stager.sync()?;
     }
-    ahead
+    Ok(ahead)
 }
 
 /// Writes `pages` in order, each committed by the destination with its checkpoint: a
